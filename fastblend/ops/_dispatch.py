@@ -1,0 +1,182 @@
+"""Backend selection shared by every op.
+
+Three backends exist for each op:
+
+* ``"triton"``: Triton kernels; runs on CUDA tensors, or on any device when the Triton
+  interpreter is on (``TRITON_INTERPRET=1``, slow, for tests).
+* ``"cpp"``: the C++/OpenMP extension ``fastblend._C``; CPU tensors only.
+* ``"torch"``: plain PyTorch with the same hand-written backward; always available.
+
+``"auto"`` picks the first backend in the op's preference order that can run the given
+tensors. ``FASTBLEND_BACKEND`` replaces ``"auto"`` (an explicit ``backend=`` argument wins,
+because a caller who names a backend means it). A named backend that cannot run the inputs
+raises instead of silently falling back.
+
+Nothing here compiles or imports an optional dependency at import time.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+BACKENDS = ("triton", "cpp", "torch")
+
+_CPP_INSTALL_HINT = (
+    "reinstall fastblend from source with a C++17 compiler, e.g. "
+    "`pip install --no-build-isolation -e .` (set FASTBLEND_REQUIRE_CPP=1 to make a failed "
+    "build an error)"
+)
+_TRITON_INSTALL_HINT = "`pip install triton` (CUDA builds of torch already bring it)"
+
+_cpp_state: tuple[object | None, str | None] | None = None
+_triton_state: tuple[bool, str | None] | None = None
+
+
+def cpp_extension():
+    """The compiled extension module, or ``None``; see :func:`cpp_unavailable_reason`."""
+    return _load_cpp()[0]
+
+
+def cpp_unavailable_reason() -> str | None:
+    return _load_cpp()[1]
+
+
+def _load_cpp():
+    global _cpp_state
+    if os.environ.get("FASTBLEND_NO_CPP", "") not in ("", "0"):
+        return None, "disabled by FASTBLEND_NO_CPP"
+    if _cpp_state is None:
+        try:
+            mod = importlib.import_module("fastblend._C")
+            _cpp_state = (mod, None)
+        except ImportError as exc:
+            _cpp_state = (None, f"C++ extension fastblend._C not built ({exc}); {_CPP_INSTALL_HINT}")
+    return _cpp_state
+
+
+def triton_interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "") not in ("", "0")
+
+
+def triton_unavailable_reason() -> str | None:
+    global _triton_state
+    if _triton_state is None:
+        try:
+            importlib.import_module("triton")
+            _triton_state = (True, None)
+        except ImportError as exc:
+            _triton_state = (False, f"triton is not installed ({exc}); {_TRITON_INSTALL_HINT}")
+    return _triton_state[1]
+
+
+def _devices(tensors: Sequence[object]) -> set[torch.device]:
+    return {t.device for t in tensors if isinstance(t, torch.Tensor)}
+
+
+def default_reasons(backend: str, tensors: Sequence[object]) -> str | None:
+    """Why ``backend`` cannot run on these tensors (device and availability only)."""
+    devices = _devices(tensors)
+    if backend == "torch":
+        return None
+    if backend == "cpp":
+        reason = cpp_unavailable_reason()
+        if reason:
+            return reason
+        if any(d.type != "cpu" for d in devices):
+            return "the C++ backend runs on CPU tensors only"
+        return None
+    if backend == "triton":
+        reason = triton_unavailable_reason()
+        if reason:
+            return reason
+        if triton_interpret():
+            return None
+        if not devices or any(d.type != "cuda" for d in devices):
+            return "Triton kernels need CUDA tensors (or TRITON_INTERPRET=1 for the slow interpreter)"
+        return None
+    raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+
+
+@dataclass
+class OpInfo:
+    name: str
+    # extra per-backend checks beyond device/availability (dtype limits, sizes, ...)
+    extra_checks: dict[str, Callable[[Sequence[object]], str | None]] = field(default_factory=dict)
+
+
+_REGISTRY: dict[str, OpInfo] = {}
+
+
+def register(info: OpInfo) -> OpInfo:
+    _REGISTRY[info.name] = info
+    return info
+
+
+def op_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def preference(tensors: Sequence[object]) -> tuple[str, ...]:
+    """Fastest first: Triton on CUDA, C++ on CPU; the interpreter is never picked by auto."""
+    devices = _devices(tensors)
+    if devices and all(d.type == "cuda" for d in devices):
+        return ("triton", "torch")
+    return ("cpp", "torch")
+
+
+def reasons(op: str, tensors: Sequence[object]) -> dict[str, str | None]:
+    info = _REGISTRY.get(op)
+    if info is None:
+        raise ValueError(f"unknown op {op!r}; expected one of {op_names()}")
+    out: dict[str, str | None] = {}
+    for backend in BACKENDS:
+        why = default_reasons(backend, tensors)
+        if why is None and backend in info.extra_checks:
+            why = info.extra_checks[backend](tensors)
+        out[backend] = why
+    return out
+
+
+def resolve(op: str, backend: str, tensors: Sequence[object]) -> str:
+    """Return the concrete backend that runs ``op`` for ``tensors``."""
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a str, got {type(backend).__name__}")
+    requested = backend
+    if requested == "auto":
+        requested = os.environ.get("FASTBLEND_BACKEND", "auto").strip().lower() or "auto"
+    if requested not in BACKENDS + ("auto",):
+        raise ValueError(f"backend must be one of 'auto', {', '.join(map(repr, BACKENDS))}; got {backend!r}")
+    why = reasons(op, tensors)
+    if requested != "auto":
+        if why[requested] is not None:
+            raise RuntimeError(f"{op}: backend {requested!r} cannot run these inputs: {why[requested]}")
+        return requested
+    for candidate in preference(tensors):
+        if why[candidate] is None:
+            return candidate
+    return "torch"
+
+
+@dataclass
+class Explanation:
+    op: str
+    chosen: str
+    reasons: dict[str, str | None]
+
+    def __str__(self) -> str:
+        lines = [f"{self.op}: runs on backend {self.chosen!r}"]
+        for backend, why in self.reasons.items():
+            if backend == self.chosen:
+                continue
+            lines.append(f"  {backend}: {'available, lower priority' if why is None else why}")
+        return "\n".join(lines)
+
+
+def explain(op: str, *tensors: object, backend: str = "auto") -> Explanation:
+    """Which backend would run ``op`` on ``tensors`` and why each other one would not."""
+    return Explanation(op=op, chosen=resolve(op, backend, tensors), reasons=reasons(op, tensors))

@@ -5,6 +5,8 @@ Written for clarity, differentiated by autograd, never called by the fast paths.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -34,18 +36,20 @@ def normalize_segment_weights(weights: torch.Tensor, indptr: torch.Tensor, norma
     raise ValueError(f"normalize must be 'sum', 'softmax' or 'none'; got {normalize!r}")
 
 
-def segment_blend(x: torch.Tensor, weights: torch.Tensor, indptr: torch.Tensor, normalize: str = "sum") -> torch.Tensor:
+def segment_blend(x: torch.Tensor, weights: torch.Tensor, indptr: torch.Tensor,
+                  normalize: str = "sum") -> torch.Tensor:
     """``out[k] = Σ_{i in segment k} ŵ_i x_i`` via ``index_add`` (the best eager formulation)."""
     k = indptr.numel() - 1
     w_hat = normalize_segment_weights(weights, indptr, normalize)
     seg = segment_ids(indptr, x.shape[0])
-    flat = x.reshape(x.shape[0], -1)
+    flat = x.reshape(x.shape[0], math.prod(x.shape[1:]))
     out = torch.zeros((k, flat.shape[1]), dtype=torch.promote_types(x.dtype, w_hat.dtype), device=x.device)
     out = out.index_add(0, seg, w_hat.to(out.dtype)[:, None] * flat.to(out.dtype))
     return out.to(x.dtype).reshape((k,) + tuple(x.shape[1:]))
 
 
-def segment_blend_loop(x: torch.Tensor, weights: torch.Tensor, indptr: torch.Tensor, normalize: str = "sum") -> torch.Tensor:
+def segment_blend_loop(x: torch.Tensor, weights: torch.Tensor, indptr: torch.Tensor,
+                       normalize: str = "sum") -> torch.Tensor:
     """One Python iteration per segment, the way the published reference blends clusters."""
     rows = []
     bounds = indptr.tolist()

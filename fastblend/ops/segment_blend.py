@@ -15,6 +15,8 @@ zero output row and zero gradients (never inf/NaN). Empty segments yield zero ro
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from . import _dispatch
@@ -63,7 +65,7 @@ if triton is not None:
                 idx = s + offs
                 m = idx < end
                 w = tl.load(w_ptr + idx, mask=m, other=0.0)
-                tl.store(what_ptr + idx, tl.where(total == 0, 0.0, w / total), mask=m)
+                tl.store(what_ptr + idx, tl.where(total == 0, 0.0, w / tl.where(total == 0, 1.0, total)), mask=m)
         else:
             peak = tl.full([BLOCK], float("-inf"), dtype=acc_ty)
             for s in range(start, end, BLOCK):
@@ -147,7 +149,7 @@ if triton is not None:
                 m = idx < end
                 d = tl.load(d_ptr + idx, mask=m, other=0.0)
                 if MODE == 1:
-                    g = tl.where(total == 0, 0.0, (d - t) / total)
+                    g = tl.where(total == 0, 0.0, (d - t) / tl.where(total == 0, 1.0, total))
                 else:
                     g = tl.load(what_ptr + idx, mask=m, other=0.0) * (d - t)
                 tl.store(dw_ptr + idx, g, mask=m)
@@ -157,6 +159,14 @@ def _triton_blocks(F: int) -> tuple[int, int]:
     if _dispatch.triton_interpret():
         return 4, max(16, min(64, triton.next_power_of_2(max(F, 1))))
     return 8, max(16, min(512, triton.next_power_of_2(max(F, 1))))
+
+
+def _triton_store_dtype(dtype: torch.dtype) -> torch.dtype:
+    # Triton's interpreter truncates float32 -> bfloat16 (compiled kernels round to nearest even):
+    # under the interpreter bfloat16 results are written in float32 and rounded by torch.
+    if dtype == torch.bfloat16 and _dispatch.triton_interpret():
+        return torch.float32
+    return dtype
 
 
 def _triton_normalize(w: torch.Tensor, indptr: torch.Tensor, mode: int) -> torch.Tensor:
@@ -173,13 +183,12 @@ def _triton_forward(x, w, indptr, normalize):
     mode = NORMALIZE_MODES[normalize]
     x = x.contiguous()
     w = w.to(_acc_dtype(x)).contiguous()
-    out = torch.zeros((k, f), dtype=x.dtype, device=x.device)
-    if k == 0 or f == 0 or n == 0:
-        return out
-    what = _triton_normalize(w, indptr, mode)
-    block_r, block_f = _triton_blocks(f)
-    _forward_kernel[(k, triton.cdiv(f, block_f))](x, what, indptr, out, f, BLOCK_R=block_r, BLOCK_F=block_f)
-    return out
+    out = torch.zeros((k, f), dtype=_triton_store_dtype(x.dtype), device=x.device)
+    if k > 0 and f > 0 and n > 0:
+        what = _triton_normalize(w, indptr, mode)
+        block_r, block_f = _triton_blocks(f)
+        _forward_kernel[(k, triton.cdiv(f, block_f))](x, what, indptr, out, f, BLOCK_R=block_r, BLOCK_F=block_f)
+    return out.to(x.dtype)
 
 
 def _triton_backward(grad, x, w, indptr, normalize, need_x, need_w):
@@ -189,7 +198,7 @@ def _triton_backward(grad, x, w, indptr, normalize, need_x, need_w):
     x = x.contiguous()
     grad = grad.to(x.dtype).contiguous()
     w_acc = w.to(acc).contiguous()
-    dx = torch.zeros_like(x) if need_x else None
+    dx = torch.zeros_like(x, dtype=_triton_store_dtype(x.dtype)) if need_x else None
     d = torch.zeros(n, dtype=acc, device=x.device)
     dw = torch.zeros(n, dtype=acc, device=x.device)
     if n > 0:
@@ -202,7 +211,7 @@ def _triton_backward(grad, x, w, indptr, normalize, need_x, need_w):
         if need_w:
             _backward_weights_kernel[(indptr.numel() - 1,)](w_acc, what, d, indptr, dw, MODE=mode,
                                                              BLOCK=32 if _dispatch.triton_interpret() else 128)
-    return dx, dw.to(w.dtype)
+    return (dx.to(x.dtype) if need_x else None), dw.to(w.dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -413,6 +422,6 @@ def segment_blend(x: torch.Tensor, weights: torch.Tensor, indptr: torch.Tensor, 
     """
     _check_inputs(x, weights, indptr, normalize, validate)
     chosen = _dispatch.resolve(OP_NAME, backend, (x, weights, indptr))
-    flat = x.reshape(x.shape[0], -1)
+    flat = x.reshape(x.shape[0], math.prod(x.shape[1:]))
     out = _segment_blend_op(flat, weights, indptr, normalize, chosen)
     return out.reshape((indptr.shape[0] - 1,) + tuple(x.shape[1:]))

@@ -64,3 +64,34 @@ def segment_blend_loop(x: torch.Tensor, weights: torch.Tensor, indptr: torch.Ten
     if not rows:
         return x.new_zeros((0,) + tuple(x.shape[1:]))
     return torch.stack(rows)
+
+
+def quantile_transform(logits: torch.Tensor, labels: torch.Tensor, k: float = 2.0, kappa: float = 60.0) -> torch.Tensor:
+    """SPEC §2.2 literally: ``g = clamp(Φ⁻¹((1/M) Σ_j σ(k·relu(u_i − u_j))), −κ, κ)`` with
+    ``u = log(1 + CE + 1e-8)``. ``[M, C]`` logits, ``[M]`` labels -> ``[M]`` in the logits' dtype.
+
+    ``relu`` has subgradient 0 at 0, so tied losses (and the diagonal ``j = i``) pass no gradient
+    through the soft CDF; ``clamp`` passes none at or beyond ``±κ``.
+    """
+    loss = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    u = torch.log(1 + loss + 1e-8)
+    c = torch.sigmoid(k * torch.relu(u[:, None] - u[None, :])).mean(1)
+    return torch.clamp(2**0.5 * torch.erfinv(2 * c - 1), -kappa, kappa)
+
+
+def gaussian_kernel_mean(a: torch.Tensor, b: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
+    """``mean_{i,j} exp(−(a_i − b_j)² / (2σ²))``."""
+    return torch.exp(-((a[:, None] - b[None, :]) ** 2) / (2 * sigma**2)).mean()
+
+
+def quantile_mmd(forget_logits: torch.Tensor, forget_labels: torch.Tensor, unseen_logits: torch.Tensor,
+                 unseen_labels: torch.Tensor, k: float = 2.0, kappa: float = 60.0, sigma: float = 1.0,
+                 detach_unseen: bool = True) -> torch.Tensor:
+    """SPEC §2.3 literally: biased MMD² between ``g`` of the unseen set (detached unless
+    ``detach_unseen=False``) and ``g`` of the forget set, Gaussian kernel of width ``sigma``."""
+    if detach_unseen:
+        unseen_logits = unseen_logits.detach()
+    gf = quantile_transform(forget_logits, forget_labels, k, kappa)
+    gu = quantile_transform(unseen_logits, unseen_labels, k, kappa)
+    return (gaussian_kernel_mean(gu, gu, sigma) + gaussian_kernel_mean(gf, gf, sigma)
+            - 2 * gaussian_kernel_mean(gu, gf, sigma))

@@ -1,20 +1,76 @@
-"""Per-class grouping of SPEC §1.1: k-means per class -> CSR clusters.
+"""Per-class grouping of SPEC §1.1: features of a random ConvNet-3, k-means per class -> CSR clusters.
 
-(The k-means backends and ``group``/``extract_features`` are being built; ``Clustering`` is the
-contract the rest of the package relies on.)
+Two steps, kept separate so each can be timed, cached and reused:
+
+* :func:`extract_features` embeds images with a frozen network (by default the seeded random
+  ConvNet-3 ``f_g`` of SPEC §1.1) in large no-grad batches.
+* :func:`group` runs k-means with ``k = ipc`` within every class and returns a :class:`Clustering`
+  (global cluster id ``class * ipc + local id``, the CSR layout ``perm``/``indptr``, the class of each
+  cluster, sizes, per-class k-means objective, wall time).
+
+k-means backends (``backend=``):
+
+* ``"faiss"``: ``faiss.Clustering`` per class with every point used (FAISS's default subsampling to
+  ``k * 256`` points is switched off) and k-means++ initialisation (FAISS's own where the installed
+  version has it, otherwise centroids seeded by fastblend's k-means++ and passed in). The assignment
+  index is a GPU index when FAISS has GPU support and the features are on CUDA (FAISS's clustering
+  keeps the points on the host; only the assignment search runs on the device). FAISS stops when
+  the objective no longer changes and re-fills empty clusters by splitting large ones.
+* ``"torch"``: a batched k-means on the features' device that runs all classes at once (classes are
+  zero-padded to a common size and processed in memory-bounded chunks). Reference semantics of
+  SPEC §1.1: k-means++ initialisation, at most ``niter`` Lloyd iterations, stop when the sum over a
+  class's centroids of the L2 centroid shift is ``< tol``, empty clusters re-seeded on random points.
+  No Python loop over clusters in the Lloyd iterations (k-means++ seeding is sequential by nature).
+* ``"auto"``: ``"faiss"`` when FAISS imports (and, for CUDA features, has GPU support), else
+  ``"torch"``; :attr:`Clustering.backend` records which one ran.
+
+Defined behaviour of the edge cases:
+
+* A class with ``n <= ipc`` images: every image is its own cluster (local ids ``0 .. n-1`` in index
+  order); the class's remaining ``ipc - n`` clusters are empty. ``ipc = 1`` puts each class in one
+  cluster without running k-means.
+* Classes absent from ``labels`` (``num_classes`` defaults to ``max(labels) + 1``): all their
+  clusters are empty, objective 0.
+* Duplicate images: identical feature vectors always share a cluster (ties go to the lowest
+  centroid index). A class with fewer distinct vectors than ``ipc`` therefore ends with some empty
+  clusters: empty clusters are re-seeded only on points that are not already at their centroid,
+  and stay empty when there is none.
+* Empty clusters are legal everywhere downstream (``indptr`` has equal consecutive entries).
+
+The objective reported is, per class, the within-cluster sum of squared Euclidean distances of the
+returned partition to its cluster means, computed in float64 (independent of the backend, so the
+backends and scikit-learn can be compared on it).
+
+``balanced=True`` (option, off by default) bounds every cluster of a class to at most
+``ceil(n / ipc)`` members: after the unconstrained k-means, Lloyd iterations continue with a
+capacity-constrained assignment (every unassigned point proposes to its nearest non-full centroid;
+each centroid accepts its closest proposals up to its remaining capacity; repeat).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
+from torch import nn
+
+_FORMAT = "fastblend.Clustering"
+_FORMAT_VERSION = 1
+_GROUP_BACKENDS = ("auto", "faiss", "torch")
+# Elements of one [classes, points, clusters] distance buffer in the batched torch k-means.
+_CHUNK_ELEMENTS = 1 << 27
+_FAISS_HINT = "`pip install faiss-cpu` (or a faiss-gpu build)"
 
 
+# ------------------------------------------------------------------------------------------------
+# Clustering
+# ------------------------------------------------------------------------------------------------
 @dataclass
 class Clustering:
-    """A per-class clustering in CSR form.
+    """A per-class clustering in CSR form (all tensors on the CPU).
 
     Attributes:
         assignment: ``[N]`` int64 global cluster id of each sample, ``class * ipc + local id``.
@@ -24,9 +80,12 @@ class Clustering:
         cluster_class: ``[K]`` int64 class of each cluster (``c // ipc``).
         ipc: clusters per class.
         num_classes: number of classes (``K / ipc``).
-        objective: ``[num_classes]`` float64 k-means objective (sum of squared distances) per class.
+        objective: ``[num_classes]`` float64 k-means objective (within-cluster sum of squared
+            distances to the cluster means) per class.
         seconds: wall time of the grouping.
-        backend: which k-means backend produced it.
+        backend: which k-means backend produced it (``"faiss"``, ``"faiss-gpu"``, ``"torch"``; with
+            ``"+balanced"`` appended for ``balanced=True``).
+        meta: settings and diagnostics (seed, niter, tol, balanced, Lloyd iterations per class).
     """
 
     assignment: torch.Tensor
@@ -45,12 +104,571 @@ class Clustering:
         return int(self.indptr.numel() - 1)
 
     @property
+    def num_samples(self) -> int:
+        return int(self.assignment.numel())
+
+    @property
     def sizes(self) -> torch.Tensor:
+        """``[K]`` int64 number of samples in each cluster."""
         return self.indptr[1:] - self.indptr[:-1]
 
+    def members(self, cluster: int) -> torch.Tensor:
+        """Sample indices of one cluster, ``[size]`` int64."""
+        return self.perm[self.indptr[cluster]:self.indptr[cluster + 1]]
+
+    def validate(self) -> None:
+        """Check that the fields are consistent with each other; raise ``ValueError`` if not."""
+        k = self.num_classes * self.ipc
+        n = self.assignment.numel()
+        problems = []
+        if self.indptr.shape != (k + 1,) or self.cluster_class.shape != (k,):
+            problems.append(f"indptr/cluster_class must have {k + 1}/{k} entries")
+        elif self.perm.shape != (n,) or int(self.indptr[0]) != 0 or int(self.indptr[-1]) != n:
+            problems.append("perm must have N entries and indptr must run from 0 to N")
+        elif bool((self.indptr[1:] < self.indptr[:-1]).any()):
+            problems.append("indptr must be non-decreasing")
+        elif n and (int(self.assignment.min()) < 0 or int(self.assignment.max()) >= k):
+            problems.append(f"assignment must lie in [0, {k})")
+        elif not torch.equal(self.assignment[self.perm],
+                             torch.repeat_interleave(torch.arange(k), self.sizes)):
+            problems.append("perm/indptr do not match assignment")
+        if self.objective.shape != (self.num_classes,):
+            problems.append(f"objective must have {self.num_classes} entries")
+        if problems:
+            raise ValueError("Clustering: inconsistent fields: " + "; ".join(problems))
+
     def save(self, path: str | Path) -> None:
-        torch.save({k: getattr(self, k) for k in self.__dataclass_fields__}, Path(path))
+        """Write to ``path`` (a ``torch.save`` file holding only tensors and plain values)."""
+        state = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        state = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+        torch.save({"format": _FORMAT, "version": _FORMAT_VERSION, "fields": state}, Path(path))
 
     @classmethod
     def load(cls, path: str | Path) -> Clustering:
-        return cls(**torch.load(Path(path), weights_only=False))
+        """Read a file written by :meth:`save` (safe loading: no arbitrary objects are unpickled)."""
+        blob = torch.load(Path(path), map_location="cpu", weights_only=True)
+        if not isinstance(blob, dict) or blob.get("format") != _FORMAT:
+            raise ValueError(f"Clustering.load: {path} is not a saved fastblend Clustering")
+        if blob.get("version") != _FORMAT_VERSION:
+            raise ValueError(f"Clustering.load: {path} has format version {blob.get('version')}, "
+                             f"this fastblend reads version {_FORMAT_VERSION}")
+        fields = blob["fields"]
+        missing = set(cls.__dataclass_fields__) - set(fields)
+        if missing:
+            raise ValueError(f"Clustering.load: {path} lacks fields {sorted(missing)}")
+        out = cls(**{k: fields[k] for k in cls.__dataclass_fields__})
+        out.validate()
+        return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Feature extraction
+# ------------------------------------------------------------------------------------------------
+def _module_device(module: object) -> torch.device | None:
+    if isinstance(module, nn.Module):
+        for tensor in module.parameters():
+            return tensor.device
+        for tensor in module.buffers():
+            return tensor.device
+    return None
+
+
+def extract_features(images: torch.Tensor, extractor: nn.Module | Callable | None = None,
+                     batch_size: int = 512, device: torch.device | str | None = None, seed: int = 0,
+                     progress: bool = True) -> torch.Tensor:
+    """Embed ``images`` with a frozen network in no-grad batches.
+
+    Args:
+        images: ``[N, C, H, W]`` floating-point images (``[N, H, W]`` is read as one channel), on
+            any device; each batch is moved to ``device``.
+        extractor: a module with an ``embed(x)`` method (used; e.g. fastblend's models) or any
+            callable mapping ``[B, C, H, W]`` to ``[B, ...]`` features (flattened). ``None``: the
+            seeded random ConvNet-3 ``f_g`` of SPEC §1.1, ``fastblend.models.random_convnet(C, H,
+            seed)`` (1 or 3 channels, 28 or 32 px), run in channels-last memory format. A given
+            extractor is used as is (not moved, not switched to eval mode).
+        batch_size: images per forward pass.
+        device: where the forward runs. Default: the extractor's device (its first parameter), or
+            the images' device for the default extractor.
+        seed: seed of the default extractor (ignored when ``extractor`` is given).
+        progress: show a tqdm progress bar.
+
+    Returns:
+        ``[N, D]`` float32 features on ``device``.
+    """
+    name = "extract_features"
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"{name}: images must be a torch.Tensor, got {type(images).__name__}")
+    if images.dim() == 3:
+        images = images.unsqueeze(1)
+    if images.dim() != 4:
+        raise ValueError(f"{name}: images must be [N, C, H, W] (or [N, H, W]), got shape {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise TypeError(f"{name}: images must be a floating-point tensor (normalised pixels), got {images.dtype}")
+    if images.shape[0] == 0:
+        raise ValueError(f"{name}: images must hold at least one image, got shape {tuple(images.shape)}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"{name}: batch_size must be an int >= 1, got {batch_size!r}")
+    n, channels, height, width = images.shape
+
+    memory_format = torch.preserve_format
+    if extractor is None:
+        if channels not in (1, 3) or height != width or height not in (28, 32):
+            raise ValueError(f"{name}: the default extractor takes 1- or 3-channel 28x28 or 32x32 images, "
+                             f"got {channels}x{height}x{width}; pass extractor= for other inputs")
+        from .models import random_convnet
+
+        dev = torch.device(device) if device is not None else images.device
+        # Channels-last runs the convolutions without layout conversions (oneDNN / cuDNN).
+        memory_format = torch.channels_last
+        extractor = random_convnet(channels, height, seed, device=dev).to(memory_format=memory_format)
+    else:
+        if not callable(extractor):
+            raise TypeError(f"{name}: extractor must be an nn.Module or a callable, got {type(extractor).__name__}")
+        module_dev = _module_device(extractor)
+        dev = torch.device(device) if device is not None else (module_dev or images.device)
+    forward = extractor.embed if callable(getattr(extractor, "embed", None)) else extractor
+
+    from tqdm.auto import tqdm
+
+    out: torch.Tensor | None = None
+    with tqdm(total=n, desc=name, unit="img", disable=not progress) as bar, torch.inference_mode():
+        for start in range(0, n, batch_size):
+            batch = images[start:start + batch_size].to(dev, non_blocking=True, memory_format=memory_format)
+            emb = forward(batch)
+            if not isinstance(emb, torch.Tensor) or emb.shape[0] != batch.shape[0]:
+                raise ValueError(f"{name}: the extractor must return a tensor with one row per image, "
+                                 f"got {type(emb).__name__} {tuple(getattr(emb, 'shape', ()))}")
+            emb = emb.reshape(emb.shape[0], -1)
+            if out is None:
+                # Allocated outside autograd's inference-tensor rules would forbid later in-place use.
+                with torch.inference_mode(False):
+                    out = torch.empty(n, emb.shape[1], dtype=torch.float32, device=emb.device)
+            out[start:start + batch.shape[0]].copy_(emb)
+            bar.update(batch.shape[0])
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Input validation
+# ------------------------------------------------------------------------------------------------
+def _check_group_inputs(features, labels, ipc, backend, niter, tol, num_classes):
+    name = "group"
+    if not isinstance(features, torch.Tensor):
+        try:
+            features = torch.as_tensor(features)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TypeError(f"group: features must be a tensor or array, got {type(features).__name__}") from exc
+    if features.dim() != 2:
+        raise ValueError(f"{name}: features must be 2-D [N, D], got shape {tuple(features.shape)}")
+    if not features.is_floating_point():
+        raise TypeError(f"{name}: features must be floating point, got {features.dtype}")
+    if features.shape[0] == 0 or features.shape[1] == 0:
+        raise ValueError(f"{name}: features must be non-empty [N, D], got shape {tuple(features.shape)}")
+    if not bool(torch.isfinite(features).all()):
+        raise ValueError(f"{name}: features must be finite (found NaN or inf)")
+    if not isinstance(labels, torch.Tensor):
+        try:
+            labels = torch.as_tensor(labels)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TypeError(f"group: labels must be a tensor or array, got {type(labels).__name__}") from exc
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"{name}: labels must be an integer tensor, got {labels.dtype}")
+    if labels.dim() != 1 or labels.shape[0] != features.shape[0]:
+        raise ValueError(f"{name}: labels must be [N] with N = {features.shape[0]} (rows of features), "
+                         f"got shape {tuple(labels.shape)}")
+    labels = labels.to("cpu", torch.int64)
+    if int(labels.min()) < 0:
+        raise ValueError(f"{name}: labels must be >= 0, got {int(labels.min())}")
+    if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
+        raise ValueError(f"{name}: ipc must be an int >= 1, got {ipc!r}")
+    if backend not in _GROUP_BACKENDS:
+        raise ValueError(f"{name}: backend must be one of {_GROUP_BACKENDS}, got {backend!r}")
+    if isinstance(niter, bool) or not isinstance(niter, int) or niter < 1:
+        raise ValueError(f"{name}: niter must be an int >= 1, got {niter!r}")
+    if not isinstance(tol, (int, float)) or isinstance(tol, bool) or not tol >= 0:
+        raise ValueError(f"{name}: tol must be a number >= 0, got {tol!r}")
+    present = int(labels.max()) + 1
+    if num_classes is None:
+        num_classes = present
+    elif isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < present:
+        raise ValueError(f"{name}: num_classes must be an int >= max(labels) + 1 = {present}, got {num_classes!r}")
+    return features, labels, num_classes
+
+
+def _faiss_module():
+    """FAISS, imported lazily (never at fastblend import time), or ``None``."""
+    try:
+        import faiss
+    except ImportError:
+        return None
+    return faiss
+
+
+def _faiss_has_gpu(faiss) -> bool:
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+# ------------------------------------------------------------------------------------------------
+# Batched torch k-means (all classes of a chunk at once, zero-padded to a common size)
+# ------------------------------------------------------------------------------------------------
+def _kmeans_pp(x: torch.Tensor, valid: torch.Tensor, counts: torch.Tensor, k: int,
+               gen: torch.Generator) -> torch.Tensor:
+    """k-means++ seeding for every class of the chunk at once: ``[B, n, D] -> [B, k, D]``.
+
+    First centroid uniform among the class's points, each next one drawn with probability
+    proportional to the squared distance to the nearest centroid chosen so far. When all of a
+    class's points coincide with chosen centroids (duplicates), the draw is uniform.
+    """
+    bsz, n, dim = x.shape
+    rows = torch.arange(bsz, device=x.device)
+    xnorm = (x * x).sum(-1)
+    centroids = torch.empty(bsz, k, dim, dtype=x.dtype, device=x.device)
+    first = (torch.rand(bsz, generator=gen, device=x.device) * counts).long().clamp_max_(counts - 1)
+    centroids[:, 0] = x[rows, first]
+    mind = torch.full((bsz, n), float("inf"), dtype=x.dtype, device=x.device)
+    validf = valid.to(x.dtype)
+    for j in range(k):
+        if j > 0:
+            weights = mind * validf
+            degenerate = weights.sum(1) <= 0
+            weights = torch.where(degenerate[:, None], validf, weights)
+            pick = torch.multinomial(weights, 1, generator=gen).squeeze(1)
+            centroids[:, j] = x[rows, pick]
+        c = centroids[:, j]
+        dist = torch.baddbmm((xnorm + (c * c).sum(-1)[:, None]).unsqueeze(-1), x, c.unsqueeze(-1),
+                             alpha=-2).squeeze(-1)
+        torch.minimum(mind, dist.clamp_min_(0), out=mind)
+    return centroids
+
+
+def _balanced_assign(dist: torch.Tensor, valid: torch.Tensor, capacity: torch.Tensor) -> torch.Tensor:
+    """Capacity-constrained assignment: ``dist [B, n, k]`` -> ``[B, n]`` local ids (-1 for padding).
+
+    Rounds of proposals: every unassigned point proposes to its nearest centroid that still has
+    room; each centroid accepts its closest proposals up to its remaining capacity. Every round
+    either places all proposers or fills a centroid, so it ends after at most ``k + 1`` rounds.
+    """
+    bsz, n, k = dist.shape
+    dev = dist.device
+    assign = torch.full((bsz, n), -1, dtype=torch.long, device=dev)
+    remaining = capacity[:, None].expand(bsz, k).reshape(-1).clone()
+    todo_b, todo_i = valid.nonzero(as_tuple=True)
+    while todo_b.numel():
+        sub = dist[todo_b, todo_i].masked_fill((remaining.view(bsz, k) <= 0)[todo_b], float("inf"))
+        best, choice = sub.min(1)
+        gid = todo_b * k + choice
+        order = torch.argsort(best, stable=True)
+        order = order[torch.argsort(gid[order], stable=True)]
+        gid_sorted = gid[order]
+        per_group = torch.bincount(gid_sorted, minlength=bsz * k)
+        starts = torch.cumsum(per_group, 0) - per_group
+        rank = torch.arange(order.numel(), device=dev) - starts[gid_sorted]
+        accept = rank < remaining[gid_sorted]
+        taken = order[accept]
+        assign[todo_b[taken], todo_i[taken]] = choice[taken]
+        remaining -= torch.bincount(gid_sorted[accept], minlength=bsz * k)
+        keep = torch.ones_like(todo_b, dtype=torch.bool)
+        keep[taken] = False
+        todo_b, todo_i = todo_b[keep], todo_i[keep]
+    return assign
+
+
+def _segment_sums(x: torch.Tensor, gid: torch.Tensor, groups: int) -> torch.Tensor:
+    """``[groups, D]`` sums of the rows of ``x [M, D]`` per group id ``gid [M]`` (deterministic)."""
+    if x.device.type == "cpu":
+        return torch.zeros(groups, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, gid, x)
+    # index_add_ on CUDA uses atomics (run-to-run differences); a one-hot matmul is deterministic.
+    sums = torch.zeros(groups, x.shape[1], dtype=x.dtype, device=x.device)
+    step = max(1, _CHUNK_ELEMENTS // max(groups, 1))
+    for s in range(0, x.shape[0], step):
+        onehot = torch.zeros(groups, min(step, x.shape[0] - s), dtype=x.dtype, device=x.device)
+        onehot[gid[s:s + step], torch.arange(onehot.shape[1], device=x.device)] = 1
+        sums.addmm_(onehot, x[s:s + step])
+    return sums
+
+
+def _lloyd(x: torch.Tensor, valid: torch.Tensor, counts: torch.Tensor, centroids: torch.Tensor,
+           niter: int, tol: float, gen: torch.Generator, balanced: bool,
+           bar=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd iterations for a chunk of classes. Returns local assignment ``[B, n]`` and the number
+    of iterations run per class ``[B]``.
+
+    One iteration: assign every point to its nearest centroid (``||x||^2 - 2 x.c + ||c||^2`` by a
+    batched matmul; ``||x||^2`` is constant per point and skipped), move each centroid to its
+    members' mean, re-seed empty clusters on random points, stop a class once the sum of its
+    centroids' L2 shifts is ``< tol`` (a stopped class's centroids are frozen).
+    """
+    bsz, n, dim = x.shape
+    k = centroids.shape[1]
+    dev = x.device
+    rows = torch.arange(bsz, device=dev)
+    dump = bsz * k  # padding rows are summed into an extra group that is dropped
+    capacity = (counts + k - 1) // k
+    active = torch.ones(bsz, dtype=torch.bool, device=dev)
+    iterations = torch.zeros(bsz, dtype=torch.long, device=dev)
+    xnorm = (x * x).sum(-1)
+    flat_x = x.reshape(-1, dim)
+
+    def assign(c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dist = torch.baddbmm((c * c).sum(-1).unsqueeze(1), x, c.transpose(1, 2), alpha=-2)
+        if balanced:
+            dist.add_(xnorm.unsqueeze(-1))
+            a = _balanced_assign(dist, valid, capacity)
+        else:
+            a = dist.argmin(-1)
+        return a, dist
+
+    for _ in range(niter):
+        a, dist = assign(centroids)
+        gid = torch.where(valid, rows[:, None] * k + a, dump).reshape(-1)
+        sums = _segment_sums(flat_x, gid, dump + 1)[:dump]
+        sizes = torch.bincount(gid, minlength=dump + 1)[:dump]
+        new = (sums / sizes.clamp_min(1).unsqueeze(1).to(x.dtype)).view(bsz, k, dim)
+        empty = (sizes == 0).view(bsz, k)
+        new = torch.where(empty.unsqueeze(-1), centroids, new)
+        if bool(empty.any()):
+            a0 = a.clamp_min(0)
+            own = dist.gather(-1, a0.unsqueeze(-1)).squeeze(-1)
+            if not balanced:
+                own = own + xnorm
+            # Only a point that is not already at its centroid (up to the rounding error of the
+            # expanded distance) can seed a new, distinct centroid.
+            scale = xnorm + (centroids * centroids).sum(-1).gather(1, a0)
+            eligible = valid & (own > 1e-5 * scale)
+            keys = torch.rand(bsz, n, generator=gen, device=dev).masked_fill_(~eligible, -1.0)
+            need = int(empty.sum(1).max())
+            top_keys, top_idx = keys.topk(min(need, n), dim=1)
+            eb, ej = empty.nonzero(as_tuple=True)
+            rank = (torch.cumsum(empty.long(), 1) - 1)[eb, ej]
+            ok = top_keys[eb, rank] >= 0
+            eb, ej, rank = eb[ok], ej[ok], rank[ok]
+            new[eb, ej] = x[eb, top_idx[eb, rank]]
+        shift = (new - centroids).norm(dim=-1).sum(-1)
+        centroids = torch.where(active[:, None, None], new, centroids)
+        iterations += active.long()
+        active &= shift >= tol
+        if bar is not None:
+            bar.update(1)
+        if not bool(active.any()):
+            break
+    a, _ = assign(centroids)
+    return a, iterations
+
+
+def _pack(features: torch.Tensor, members: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gather classes into a zero-padded ``[B, n_max, D]`` float32 block, each class centred on its
+    mean (k-means is translation invariant; centring keeps the expanded distance accurate)."""
+    dev = features.device
+    counts = torch.tensor([m.numel() for m in members], device=dev)
+    n_max = int(counts.max())
+    idx = torch.cat(members).to(dev)
+    b = torch.repeat_interleave(torch.arange(len(members), device=dev), counts)
+    pos = torch.arange(idx.numel(), device=dev) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    rows = features.index_select(0, idx).to(torch.float32)
+    means = torch.zeros(len(members), features.shape[1], dtype=torch.float64, device=dev)
+    means.index_add_(0, b, rows.to(torch.float64))
+    means /= counts.unsqueeze(1)
+    x = torch.zeros(len(members), n_max, features.shape[1], dtype=torch.float32, device=dev)
+    x[b, pos] = rows - means.to(torch.float32)[b]
+    valid = torch.arange(n_max, device=dev)[None, :] < counts[:, None]
+    return x, valid, counts
+
+
+def _chunks(members: list[torch.Tensor], k: int, dim: int) -> list[list[int]]:
+    """Classes (largest first) split into chunks whose padded buffers stay under the budget."""
+    order = sorted(range(len(members)), key=lambda c: -members[c].numel())
+    chunks: list[list[int]] = []
+    for c in order:
+        width = members[order[0]].numel() if not chunks else members[chunks[-1][0]].numel()
+        if chunks and (len(chunks[-1]) + 1) * width * max(k, dim) <= _CHUNK_ELEMENTS:
+            chunks[-1].append(c)
+        else:
+            chunks.append([c])
+    return chunks
+
+
+def _generator(seed: int, device: torch.device) -> torch.Generator:
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    return gen
+
+
+def _run_torch(features, members, k, niter, tol, seed, balanced, progress, init=None):
+    """Local assignment of every class in ``members`` with the batched torch k-means.
+
+    ``init`` optionally maps a class position to starting centroids ``[k, D]`` (skips k-means++).
+    """
+    from tqdm.auto import tqdm
+
+    gen = _generator(seed, features.device)
+    local = [None] * len(members)
+    iters = [0] * len(members)
+    chunks = _chunks(members, k, features.shape[1])
+    with tqdm(total=niter * len(chunks), desc="group", unit="iter", disable=not progress) as bar:
+        for chunk in chunks:
+            x, valid, counts = _pack(features, [members[c] for c in chunk])
+            if init is None:
+                centroids = _kmeans_pp(x, valid, counts, k, gen)
+            else:
+                centroids = torch.stack([init[c] for c in chunk]).to(x)
+            a, it = _lloyd(x, valid, counts, centroids, niter, tol, gen, balanced, bar)
+            a, it = a.cpu(), it.cpu()
+            for row, c in enumerate(chunk):
+                local[c] = a[row, :members[c].numel()]
+                iters[c] = int(it[row])
+    return local, iters
+
+
+def _run_faiss(faiss, features, members, k, niter, seed, progress):
+    """Local assignment of every class in ``members`` with ``faiss.Clustering``."""
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    use_gpu = features.is_cuda and _faiss_has_gpu(faiss)
+    gpu_res = faiss.StandardGpuResources() if use_gpu else None
+    has_pp = hasattr(faiss, "ClusteringInitMethod_KMEANS_PLUS_PLUS")
+    dim = features.shape[1]
+    local, iters = [], []
+    for c, idx in enumerate(tqdm(members, desc="group", unit="class", disable=not progress)):
+        xc = features.index_select(0, idx.to(features.device)).to(torch.float32)
+        xc = (xc - xc.mean(0, dtype=torch.float64).to(torch.float32)).cpu().numpy()
+        xc = np.ascontiguousarray(xc)
+        params = faiss.ClusteringParameters()
+        params.niter = niter
+        params.seed = (seed * 1_000_003 + c) % (2**31 - 1)
+        params.max_points_per_centroid = max(1, xc.shape[0])  # k * this >= n: no subsampling
+        params.min_points_per_centroid = 1
+        if has_pp:
+            params.init_method = faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS
+        clus = faiss.Clustering(dim, k, params)
+        if not has_pp:
+            gen = _generator(params.seed, torch.device("cpu"))
+            x = torch.from_numpy(xc).unsqueeze(0)
+            init = _kmeans_pp(x, torch.ones(x.shape[:2], dtype=torch.bool), torch.tensor([x.shape[1]]), k, gen)
+            faiss.copy_array_to_vector(np.ascontiguousarray(init[0].numpy()).ravel(), clus.centroids)
+        index = faiss.GpuIndexFlatL2(gpu_res, dim) if use_gpu else faiss.IndexFlatL2(dim)
+        clus.train(xc, index)
+        _, assign = index.search(xc, 1)
+        local.append(torch.from_numpy(assign[:, 0].astype(np.int64)))
+        iters.append(int(clus.iteration_stats.size()))
+    return local, iters, ("faiss-gpu" if use_gpu else "faiss")
+
+
+def _class_means(features: torch.Tensor, gid: torch.Tensor, groups: int) -> torch.Tensor:
+    sums = torch.zeros(groups, features.shape[1], dtype=torch.float64, device=features.device)
+    sums.index_add_(0, gid, features.to(torch.float64))
+    sizes = torch.bincount(gid, minlength=groups).clamp_min(1)
+    return sums / sizes.unsqueeze(1)
+
+
+def _objective(features: torch.Tensor, labels: torch.Tensor, assignment: torch.Tensor,
+               num_classes: int, num_clusters: int) -> torch.Tensor:
+    """``[num_classes]`` float64 within-cluster sum of squares around the cluster means."""
+    dev = features.device
+    gid = assignment.to(dev)
+    means = torch.zeros(num_clusters, features.shape[1], dtype=torch.float64, device=dev)
+    step = 8192
+    for s in range(0, features.shape[0], step):
+        means.index_add_(0, gid[s:s + step], features[s:s + step].to(torch.float64))
+    means /= torch.bincount(gid, minlength=num_clusters).clamp_min(1).unsqueeze(1)
+    per_sample = torch.empty(features.shape[0], dtype=torch.float64, device=dev)
+    for s in range(0, features.shape[0], step):
+        diff = features[s:s + step].to(torch.float64) - means[gid[s:s + step]]
+        per_sample[s:s + step] = (diff * diff).sum(1)
+    out = torch.zeros(num_classes, dtype=torch.float64, device=dev)
+    out.index_add_(0, labels.to(dev), per_sample)
+    return out.cpu()
+
+
+# ------------------------------------------------------------------------------------------------
+# group
+# ------------------------------------------------------------------------------------------------
+def group(features: torch.Tensor, labels: torch.Tensor, ipc: int, backend: str = "auto", seed: int = 0,
+          niter: int = 100, tol: float = 1e-4, balanced: bool = False, num_classes: int | None = None,
+          progress: bool = False) -> Clustering:
+    """k-means with ``k = ipc`` within every class (SPEC §1.1) -> :class:`Clustering`.
+
+    Args:
+        features: ``[N, D]`` floating-point features (e.g. from :func:`extract_features`), any
+            device; must be finite. The torch backend runs on their device.
+        labels: ``[N]`` integer class labels ``>= 0`` (any device).
+        ipc: clusters per class, ``>= 1``.
+        backend: ``"auto"``, ``"faiss"`` or ``"torch"`` (see the module docstring).
+        seed: seed of every random choice (k-means++ draws, re-seeding); same seed, same result.
+        niter: at most this many Lloyd iterations per class.
+        tol: stop a class when the sum of its centroids' L2 shifts is below this (torch backend;
+            FAISS stops when its objective stops changing).
+        balanced: bound each cluster of a class of ``n`` images to ``ceil(n / ipc)`` members.
+        num_classes: number of classes; default ``max(labels) + 1``. Classes without samples get
+            empty clusters.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        A :class:`Clustering` with CPU tensors; ``backend`` says which k-means ran.
+    """
+    features, labels, num_classes = _check_group_inputs(features, labels, ipc, backend, niter, tol, num_classes)
+    if not isinstance(balanced, bool):
+        raise TypeError(f"group: balanced must be a bool, got {type(balanced).__name__}")
+    faiss = None
+    if backend in ("auto", "faiss"):
+        faiss = _faiss_module()
+        if faiss is None and backend == "faiss":
+            raise ImportError(f"group: backend='faiss' needs FAISS; install it with {_FAISS_HINT}, "
+                              "or use backend='torch'")
+        if backend == "auto" and faiss is not None and features.is_cuda and not _faiss_has_gpu(faiss):
+            faiss = None  # the on-device torch k-means beats copying to a CPU-only FAISS
+    if features.is_cuda:
+        torch.cuda.synchronize(features.device)
+    start = time.perf_counter()
+
+    n = labels.numel()
+    order = torch.argsort(labels, stable=True)
+    class_sizes = torch.bincount(labels, minlength=num_classes)
+    members_all = torch.split(order, class_sizes.tolist())
+    local = torch.empty(n, dtype=torch.int64)
+    iterations = [0] * num_classes
+    # Classes with at most ipc images: one image per cluster, no k-means.
+    for idx in members_all:
+        if 0 < idx.numel() <= ipc:
+            local[idx] = torch.arange(idx.numel())
+    todo = [c for c in range(num_classes) if class_sizes[c] > ipc]
+    members = [members_all[c] for c in todo]
+
+    used = "faiss" if faiss is not None else "torch"
+    if members:
+        if faiss is not None:
+            results, iters, used = _run_faiss(faiss, features, members, ipc, niter, seed, progress)
+        else:
+            results, iters = _run_torch(features, members, ipc, niter, tol, seed, False, progress)
+        if balanced:
+            init = []
+            for idx, a in zip(members, results):
+                init.append(_class_means(features.index_select(0, idx.to(features.device)),
+                                         a.to(features.device), ipc))
+            # Same centring as _pack, so the centroids live in the packed coordinates.
+            init = [m - features.index_select(0, idx.to(features.device)).to(torch.float64).mean(0)
+                    for m, idx in zip(init, members)]
+            results, more = _run_torch(features, members, ipc, niter, tol, seed + 1, True, progress,
+                                       init=[m.to(torch.float32) for m in init])
+            iters = [a + b for a, b in zip(iters, more)]
+            used += "+balanced"
+        for c, idx, a, it in zip(todo, members, results, iters):
+            local[idx] = a
+            iterations[c] = it
+
+    assignment = labels * ipc + local
+    k_total = num_classes * ipc
+    perm = torch.argsort(assignment, stable=True)
+    indptr = torch.zeros(k_total + 1, dtype=torch.int64)
+    indptr[1:] = torch.cumsum(torch.bincount(assignment, minlength=k_total), 0)
+    objective = _objective(features, labels, assignment, num_classes, k_total)
+    if features.is_cuda:
+        torch.cuda.synchronize(features.device)
+    seconds = time.perf_counter() - start
+    return Clustering(
+        assignment=assignment, perm=perm, indptr=indptr,
+        cluster_class=torch.arange(k_total, dtype=torch.int64) // ipc,
+        ipc=ipc, num_classes=num_classes, objective=objective, seconds=seconds, backend=used,
+        meta={"seed": seed, "niter": niter, "tol": float(tol), "balanced": balanced,
+              "iterations": iterations, "device": str(features.device)},
+    )

@@ -1,6 +1,7 @@
 """fastblend: fast kernels for approximate machine unlearning (Blend condensation + A-AMU)."""
 
 from .backend import available_backends, explain
+from .data import load_dataset
 from .grouping import Clustering, extract_features, group
 from .ops import segment_blend
 
@@ -13,5 +14,6 @@ __all__ = [
     "explain",
     "extract_features",
     "group",
+    "load_dataset",
     "segment_blend",
 ]

@@ -1,0 +1,799 @@
+"""Blend condensation of the retain set (SPEC §1.2–1.4).
+
+After a forget request, every cluster of the grouping is either **touched** (at least one member is
+forgotten) or **free**. Touched clusters keep their non-forgotten members as raw images (the
+*residual*); each non-empty free cluster is condensed into one blended image
+``x̃_i = Σ_j (w_ij / Σ_k w_ik) X_ij`` whose per-member scalar weights are optimised so that a
+frozen random matcher network ``f_m`` sees the blend like the mean of its members:
+
+    L = (1/K) Σ_i (1/D) ‖f_m(x̃_i) − μ_i‖²,   μ_i = mean_j f_m(X_ij),
+
+SGD with momentum 0.5 and the reference learning rate ``lr(ipc)``, 12 iterations by default.
+
+The matcher has no batch statistics, so ``L`` is a sum of independent per-cluster terms and all K
+clusters are optimised together: one :func:`fastblend.segment_blend` over the CSR layout of the free
+clusters plus one batched forward/backward of ``f_m`` per iteration (optionally in chunks, which is
+exact because the terms are independent). ``fastblend.condense_reference`` holds the literal
+per-cluster loop that this reproduces.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from .grouping import Clustering
+from .ops import segment_blend
+from .ops.reference import normalize_segment_weights, segment_ids
+
+__all__ = [
+    "BlendResult",
+    "Blender",
+    "ReducedRetainSet",
+    "blend_clusters",
+    "blend_lr",
+    "check_matcher",
+    "condense",
+    "matcher_seed",
+    "save_blend_grid",
+]
+
+NORMALIZE_MODES = ("sum", "softmax")
+BLENDER_MODES = ("cached", "reference")
+MOMENTUM = 0.5
+# lr(ipc) = a·ipc³ + b·ipc² + c·ipc + d, SPEC §1.3 (≈1.0 at ipc 2, 0.166 at 10, 100 at 100, 9999 at 1000)
+_LR_COEFFS = (-2.397e-6, 0.01265, -0.2558, 1.461)
+_TARGET_BATCH = 512  # inference batch for the targets when no chunk_size is given
+
+
+# --------------------------------------------------------------------------------------------
+# Small public helpers
+# --------------------------------------------------------------------------------------------
+def blend_lr(ipc: int) -> float:
+    """The reference Blend learning rate ``−2.397e−6·ipc³ + 0.01265·ipc² − 0.2558·ipc + 1.461``.
+
+    The cubic is positive for ``1 <= ipc <= 5277``; beyond that it turns negative and a
+    ``ValueError`` asks for an explicit ``lr``.
+    """
+    if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
+        raise ValueError(f"blend_lr: ipc must be a positive int, got {ipc!r}")
+    a, b, c, d = _LR_COEFFS
+    lr = ((a * ipc + b) * ipc + c) * ipc + d
+    if lr <= 0:
+        raise ValueError(f"blend_lr: the reference formula gives lr = {lr:.4g} <= 0 at ipc {ipc}; "
+                         "pass lr=<number> explicitly")
+    return lr
+
+
+def matcher_seed(seed: int, round_index: int = 0) -> int:
+    """Seed of the Blend matcher ``f_m`` for a condensation seeded with ``seed``.
+
+    Always differs from ``seed`` itself (the grouping extractor's seed), so ``f_m`` and ``f_g`` are
+    independent networks; ``round_index`` gives each multi-round re-blend a fresh matcher.
+    """
+    return (int(seed) * 1_000_003 + 7_919 * (int(round_index) + 1)) % (2**63)
+
+
+def _embed_fn(matcher: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    embed = getattr(matcher, "embed", None)
+    fn = embed if callable(embed) else matcher
+    return lambda x: fn(x).flatten(1)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _matcher_dtype(matcher: nn.Module, fallback: torch.dtype) -> torch.dtype:
+    for p in matcher.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return fallback
+
+
+def check_matcher(matcher: nn.Module, probe: torch.Tensor, caller: str = "check_matcher") -> None:
+    """Refuse a matcher whose output for a sample depends on the rest of its batch.
+
+    The batched Blend equals the per-cluster optimisation only when ``f_m(batch)[i] == f_m(x_i)``.
+    BatchNorm in training mode breaks that by construction (it is refused without running it, so
+    its running statistics are not touched); any other module is tested empirically on ``probe``
+    (``[B, C, H, W]``, a few real images): the batched output must match sample-by-sample outputs.
+    """
+    if not isinstance(matcher, nn.Module):
+        raise TypeError(f"{caller}: matcher must be a torch.nn.Module, got {type(matcher).__name__}")
+    for name, module in matcher.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
+            raise ValueError(
+                f"{caller}: matcher module {name or type(module).__name__!r} is a BatchNorm in training mode; "
+                "its batch statistics make each blended image's features depend on the other clusters "
+                "in the batch, so the batched Blend would not equal the per-cluster optimisation. "
+                "Call matcher.eval() or use a network without batch statistics (e.g. instance/group norm)")
+    if probe.shape[0] < 2:
+        probe = torch.cat([probe, 0.5 - probe.flip(-1)])
+    embed = _embed_fn(matcher)
+    with torch.no_grad():
+        together = embed(probe)
+        alone = torch.cat([embed(probe[i : i + 1]) for i in range(probe.shape[0])])
+    if together.shape != alone.shape:
+        raise ValueError(f"{caller}: matcher output shape depends on the batch size "
+                         f"({list(together.shape)} batched vs {list(alone.shape)} one at a time)")
+    scale = float(alone.abs().max()) if alone.numel() else 0.0
+    tol = (1e-9 if together.dtype == torch.float64 else 1e-4) * max(scale, 1.0)
+    diff = float((together - alone).abs().max()) if alone.numel() else 0.0
+    if not math.isfinite(diff) or diff > tol:
+        raise ValueError(
+            f"{caller}: the matcher's output for a sample depends on the rest of its batch (or is random): "
+            f"batched vs one-at-a-time features differ by {diff:.3g} (tolerance {tol:.3g}). The batched "
+            "Blend needs a per-sample matcher (eval mode, no batch statistics, no dropout)")
+
+
+# --------------------------------------------------------------------------------------------
+# The reduced retain set
+# --------------------------------------------------------------------------------------------
+@dataclass(eq=False)
+class ReducedRetainSet(Dataset):
+    """Residual images ∪ one blended image per free cluster (SPEC §1.2); a ``torch`` Dataset.
+
+    Rows are ordered: blended rows by cluster id, then residual rows by cluster id (and by position
+    in the clustering's CSR order within a cluster).
+
+    Attributes:
+        images: ``[R, C, H, W]`` in the dtype/device of the training images.
+        labels: ``[R]`` int64.
+        is_blended: ``[R]`` bool.
+        source_cluster: ``[R]`` int64 cluster of a blended row, ``-1`` for residual rows.
+        source_index: ``[R]`` int64 training index of a residual row, ``-1`` for blended rows.
+        free_clusters: ``[K_free]`` int64 ids of the blended (free, non-empty) clusters.
+        touched_clusters: ``[K_touched]`` int64 ids of the clusters with a forgotten member.
+        compression: ``len(real retain set) / R``.
+        timings: seconds per stage: ``features``, ``grouping``, ``split``, ``blend`` (plus detail keys).
+        final_loss: matching loss ``L`` of the output blends (``nan`` when no cluster is free).
+        initial_loss: ``L`` at initialisation (the cluster means).
+        settings: how it was made (iterations, lr, normalize, seeds, round, ...).
+        blend_members: ``[M]`` int64 training indices of the free clusters' members, CSR order.
+        blend_weights: ``[M]`` final normalised weights ``ŵ`` aligned with ``blend_members``.
+        blend_indptr: ``[K_free + 1]`` int64 CSR offsets of the free clusters into those two.
+        loss_history: ``L`` before each optimiser step.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    is_blended: torch.Tensor
+    source_cluster: torch.Tensor
+    source_index: torch.Tensor
+    free_clusters: torch.Tensor
+    touched_clusters: torch.Tensor
+    compression: float
+    timings: dict = field(default_factory=dict)
+    final_loss: float = math.nan
+    initial_loss: float = math.nan
+    settings: dict = field(default_factory=dict)
+    blend_members: torch.Tensor | None = None
+    blend_weights: torch.Tensor | None = None
+    blend_indptr: torch.Tensor | None = None
+    loss_history: list = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[i], self.labels[i]
+
+    @property
+    def num_blended(self) -> int:
+        return int(self.is_blended.sum())
+
+    @property
+    def num_residual(self) -> int:
+        return len(self) - self.num_blended
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(images [R, C, H, W], labels [R] int64)``."""
+        return self.images, self.labels
+
+    def save(self, path: str | Path) -> None:
+        """Write to ``path`` atomically (a temporary file renamed into place)."""
+        path = Path(path)
+        state = {f.name: getattr(self, f.name) for f in fields(self)}
+        state = {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in state.items()}
+        fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save(state, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ReducedRetainSet:
+        state = torch.load(Path(path), weights_only=True)
+        names = {f.name for f in fields(cls)}
+        if not isinstance(state, dict) or not {"images", "labels", "is_blended"} <= set(state):
+            raise ValueError(f"ReducedRetainSet.load: {path} does not hold a saved ReducedRetainSet")
+        return cls(**{k: v for k, v in state.items() if k in names})
+
+
+# --------------------------------------------------------------------------------------------
+# Input checks
+# --------------------------------------------------------------------------------------------
+def _check_data(caller: str, images: object, labels: object) -> tuple[torch.Tensor, torch.Tensor]:
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"{caller}: images must be a torch.Tensor [N, C, H, W], got {type(images).__name__}")
+    if not images.is_floating_point():
+        raise TypeError(f"{caller}: images must be a floating tensor (normalised pixels), got {images.dtype}")
+    if images.dim() != 4:
+        raise ValueError(f"{caller}: images must have shape [N, C, H, W], got {list(images.shape)}")
+    if not isinstance(labels, torch.Tensor):
+        labels = torch.as_tensor(labels)
+    if labels.dim() != 1 or labels.is_floating_point() or labels.dtype == torch.bool:
+        raise TypeError(f"{caller}: labels must be a 1-d integer tensor [N], got {labels.dtype} "
+                        f"of shape {list(labels.shape)}")
+    if labels.shape[0] != images.shape[0]:
+        raise ValueError(f"{caller}: images and labels must have the same length, got {images.shape[0]} "
+                         f"images and {labels.shape[0]} labels")
+    if images.shape[0] == 0:
+        raise ValueError(f"{caller}: images must hold at least one image")
+    labels = labels.to(torch.int64)
+    if int(labels.min()) < 0:
+        raise ValueError(f"{caller}: labels must be >= 0, got {int(labels.min())}")
+    return images, labels
+
+
+def _forget_mask(caller: str, forget: object, n: int) -> torch.Tensor:
+    """``[n]`` bool CPU mask from indices or a mask; duplicates / out-of-range raise."""
+    if isinstance(forget, torch.Tensor):
+        f = forget.detach().cpu()
+    else:
+        try:
+            f = torch.as_tensor(list(forget) if isinstance(forget, (range, Sequence)) else forget)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TypeError(f"{caller}: forget must be indices or a boolean mask, got {type(forget).__name__}"
+                            ) from exc
+    if f.dtype == torch.bool:
+        if f.shape != (n,):
+            raise ValueError(f"{caller}: a boolean forget mask must have shape [{n}], got {list(f.shape)}")
+        return f.clone()
+    if f.numel() == 0:
+        return torch.zeros(n, dtype=torch.bool)
+    if f.is_floating_point() or f.is_complex():
+        raise TypeError(f"{caller}: forget indices must be integers, got {f.dtype}")
+    if f.dim() != 1:
+        raise ValueError(f"{caller}: forget indices must be 1-d, got shape {list(f.shape)}")
+    f = f.to(torch.int64)
+    lo, hi = int(f.min()), int(f.max())
+    if lo < 0 or hi >= n:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"{caller}: forget indices must be in [0, {n}), got {bad}")
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[f] = True
+    if int(mask.sum()) != f.numel():
+        uniq, counts = torch.unique(f, return_counts=True)
+        raise ValueError(f"{caller}: forget indices must be distinct; index {int(uniq[counts > 1][0])} "
+                         f"appears {int(counts.max())} times")
+    return mask
+
+
+def _check_settings(caller: str, iterations: object, lr: object, normalize: object,
+                    chunk_size: object) -> None:
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
+        raise ValueError(f"{caller}: iterations must be an int >= 0, got {iterations!r}")
+    if isinstance(lr, str):
+        if lr != "reference":
+            raise ValueError(f"{caller}: lr must be 'reference' or a positive number, got {lr!r}")
+    elif isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"{caller}: lr must be 'reference' or a positive number, got {lr!r}")
+    if normalize not in NORMALIZE_MODES:
+        raise ValueError(f"{caller}: normalize must be one of {NORMALIZE_MODES}, got {normalize!r}")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
+                                   or chunk_size < 1):
+        raise ValueError(f"{caller}: chunk_size must be None or an int >= 1, got {chunk_size!r}")
+
+
+def _check_clustering(caller: str, clustering: object, labels: torch.Tensor, ipc: object) -> Clustering:
+    if not isinstance(clustering, Clustering):
+        raise TypeError(f"{caller}: clustering must be a fastblend Clustering, got {type(clustering).__name__}")
+    n = labels.shape[0]
+    if ipc is not None and ipc != clustering.ipc:
+        raise ValueError(f"{caller}: ipc={ipc!r} disagrees with the clustering's ipc={clustering.ipc}; "
+                         "pass one of them (or matching values)")
+    if clustering.assignment.shape != (n,) or clustering.perm.shape != (n,):
+        raise ValueError(f"{caller}: clustering covers {clustering.assignment.numel()} samples but there are "
+                         f"{n} images")
+    indptr = clustering.indptr.cpu()
+    k = indptr.numel() - 1
+    if int(indptr[0]) != 0 or int(indptr[-1]) != n or bool((indptr[1:] < indptr[:-1]).any()):
+        raise ValueError(f"{caller}: clustering.indptr must rise from 0 to {n} (the number of images)")
+    if clustering.cluster_class.shape != (k,):
+        raise ValueError(f"{caller}: clustering.cluster_class must have one entry per cluster ({k}), "
+                         f"got {list(clustering.cluster_class.shape)}")
+    assignment = clustering.assignment.cpu()
+    if int(assignment.min()) < 0 or int(assignment.max()) >= k:
+        raise ValueError(f"{caller}: clustering.assignment must hold cluster ids in [0, {k})")
+    if not torch.equal(clustering.cluster_class.cpu()[assignment], labels.cpu()):
+        raise ValueError(f"{caller}: clustering does not match labels (some image's cluster belongs to "
+                         "another class); was it built for these images?")
+    if not torch.equal(segment_ids(indptr, n), assignment[clustering.perm.cpu()]):
+        raise ValueError(f"{caller}: clustering.perm/indptr disagree with clustering.assignment")
+    return clustering
+
+
+def _resolve_clustering(caller: str, images: torch.Tensor, labels: torch.Tensor, ipc: object,
+                        clustering: Clustering | None, seed: int, device: torch.device,
+                        progress: bool) -> tuple[Clustering, float, float]:
+    """The caller's clustering, or extract features + group (seconds of both returned)."""
+    if clustering is not None:
+        return _check_clustering(caller, clustering, labels, ipc), 0.0, 0.0
+    if ipc is None:
+        raise ValueError(f"{caller}: pass ipc (clusters per class) or a precomputed clustering")
+    if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
+        raise ValueError(f"{caller}: ipc must be a positive int, got {ipc!r}")
+    from .grouping import extract_features, group
+
+    _sync(device)
+    t0 = time.perf_counter()
+    feats = extract_features(images, device=device, seed=seed, progress=progress)
+    _sync(device)
+    t1 = time.perf_counter()
+    clustering = group(feats, labels, ipc, seed=seed)
+    t2 = time.perf_counter()
+    return _check_clustering(caller, clustering, labels, ipc), t1 - t0, t2 - t1
+
+
+# --------------------------------------------------------------------------------------------
+# The split (F-sampling)
+# --------------------------------------------------------------------------------------------
+@dataclass
+class _Split:
+    touched: torch.Tensor  # [K] bool
+    free_ids: torch.Tensor  # [K_free] int64, non-empty free clusters
+    touched_ids: torch.Tensor  # [K_touched] int64
+    members: torch.Tensor  # [M] int64 training indices of free members, CSR order
+    free_indptr: torch.Tensor  # [K_free + 1] int64
+    member_pos: torch.Tensor  # [M] int64 positions of those members in the clustering's CSR order
+    residual: torch.Tensor  # [R_res] int64 training indices, CSR order
+    residual_cluster: torch.Tensor  # [R_res] int64
+
+
+def _split(clustering: Clustering, forget: torch.Tensor) -> _Split:
+    """Vectorised F-sampling over the CSR layout (CPU index tensors)."""
+    indptr = clustering.indptr.cpu()
+    perm = clustering.perm.cpu()
+    k = indptr.numel() - 1
+    sizes = indptr[1:] - indptr[:-1]
+    touched = torch.zeros(k, dtype=torch.bool)
+    touched[clustering.assignment.cpu()[forget]] = True
+    free = ~touched & (sizes > 0)
+    seg = segment_ids(indptr, perm.numel())  # cluster of each CSR position
+    in_free = free[seg]
+    member_pos = torch.nonzero(in_free).flatten()
+    free_ids = torch.nonzero(free).flatten()
+    free_indptr = torch.zeros(free_ids.numel() + 1, dtype=torch.int64)
+    torch.cumsum(sizes[free_ids], 0, out=free_indptr[1:])
+    res_pos = touched[seg] & ~forget[perm]
+    return _Split(touched=touched, free_ids=free_ids, touched_ids=torch.nonzero(touched).flatten(),
+                  members=perm[member_pos], free_indptr=free_indptr, member_pos=member_pos,
+                  residual=perm[res_pos], residual_cluster=seg[res_pos])
+
+
+# --------------------------------------------------------------------------------------------
+# The batched Blend optimisation
+# --------------------------------------------------------------------------------------------
+@dataclass
+class BlendResult:
+    """What a Blend optimisation returns (batched or reference loop).
+
+    Attributes:
+        weights: ``[M]`` raw optimised weights (CSR order of the blended clusters).
+        normalized_weights: ``[M]`` ``ŵ`` (sum or softmax normalised within each cluster).
+        blended: ``[K, C, H, W]`` blends with the final weights.
+        initial_terms / final_terms: ``[K]`` per-cluster ``‖f_m(x̃_i) − μ_i‖² / D`` at the start and
+            for the output (``L`` is their mean).
+        loss_history: ``L`` before each optimiser step.
+        seconds_targets / seconds_iterations / seconds_final: wall time of the target pass, of the
+            optimisation loop and of the final blend + loss evaluation.
+    """
+
+    weights: torch.Tensor
+    normalized_weights: torch.Tensor
+    blended: torch.Tensor
+    initial_terms: torch.Tensor
+    final_terms: torch.Tensor
+    loss_history: list
+    seconds_targets: float = 0.0
+    seconds_iterations: float = 0.0
+    seconds_final: float = 0.0
+
+    @property
+    def initial_loss(self) -> float:
+        return float(self.initial_terms.mean()) if self.initial_terms.numel() else math.nan
+
+    @property
+    def final_loss(self) -> float:
+        return float(self.final_terms.mean()) if self.final_terms.numel() else math.nan
+
+
+def _segment_mean_targets(embed, x: torch.Tensor, indptr: torch.Tensor, batch: int,
+                          backend: str) -> torch.Tensor:
+    """``μ_i = mean_j f_m(X_ij)``: batched embeddings, then a segment mean (equal weights)."""
+    with torch.no_grad():
+        emb = torch.cat([embed(x[s : s + batch]) for s in range(0, x.shape[0], batch)])
+        ones = torch.ones(x.shape[0], dtype=emb.dtype, device=emb.device)
+        return segment_blend(emb, ones, indptr, "sum", backend, validate=False)
+
+
+def _matching_grad(embed, blended: torch.Tensor, targets: torch.Tensor, chunk: int,
+                   scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradient of ``scale · Σ_i ‖f_m(x̃_i) − μ_i‖²`` w.r.t. the blends, and the per-cluster
+    ``‖·‖²`` terms; chunk by chunk (exact: the terms are independent)."""
+    grad = torch.empty_like(blended)
+    terms = torch.empty(blended.shape[0], dtype=blended.dtype, device=blended.device)
+    for s in range(0, blended.shape[0], chunk):
+        xc = blended[s : s + chunk].detach().requires_grad_(True)
+        with torch.enable_grad():
+            sq = (embed(xc) - targets[s : s + chunk]).pow(2).sum(1)
+            (grad[s : s + chunk],) = torch.autograd.grad(sq.sum() * scale, xc)
+        terms[s : s + chunk] = sq.detach()
+    return grad, terms
+
+
+def _matching_terms(embed, blended: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Per-cluster ``‖f_m(x̃_i) − μ_i‖²`` without gradient."""
+    with torch.no_grad():
+        parts = [(embed(blended[s : s + chunk]) - targets[s : s + chunk]).pow(2).sum(1)
+                 for s in range(0, blended.shape[0], chunk)]
+    return torch.cat(parts)
+
+
+def blend_clusters(x: torch.Tensor, indptr: torch.Tensor, matcher: nn.Module, *, lr: float,
+                   iterations: int = 12, normalize: str = "sum", chunk_size: int | None = None,
+                   backend: str = "auto", progress: bool = False) -> BlendResult:
+    """Blend every CSR segment of ``x`` into one image (SPEC §1.3), all segments at once.
+
+    Args:
+        x: ``[M, C, H, W]`` member images sorted by cluster, in the matcher's dtype and device.
+        indptr: ``[K+1]`` int64 offsets (on ``x``'s device); every segment must be non-empty.
+        matcher: frozen per-sample network; its ``embed`` (else its output), flattened, is ``f_m``.
+        lr: SGD learning rate (momentum 0.5, no weight decay).
+        iterations: optimiser steps.
+        normalize: ``"sum"`` (reference) or ``"softmax"``.
+        chunk_size: blended images per matcher forward/backward (``None``: all K at once). Chunking
+            is exact and bounds the matcher's activation memory.
+        backend: :func:`fastblend.segment_blend` backend.
+
+    Each iteration is one ``segment_blend`` over all clusters and one batched matcher
+    forward/backward over the K blends; there is no Python loop over clusters.
+    """
+    from tqdm.auto import tqdm
+
+    device = x.device
+    m, k = x.shape[0], indptr.numel() - 1
+    if k == 0:
+        empty = x.new_zeros(0)
+        return BlendResult(empty, empty, x.new_zeros((0,) + tuple(x.shape[1:])), empty, empty, [])
+    sizes = indptr[1:] - indptr[:-1]
+    if bool((sizes <= 0).any()):
+        raise ValueError("blend_clusters: every segment of indptr must be non-empty (drop empty clusters)")
+    embed = _embed_fn(matcher)
+    chunk = chunk_size or k
+    _sync(device)
+    t0 = time.perf_counter()
+    targets = _segment_mean_targets(embed, x, indptr, chunk_size or _TARGET_BATCH, backend)
+    scale = 1.0 / (k * targets.shape[1])
+    w = (1.0 / sizes.to(x.dtype)).repeat_interleave(sizes, output_size=m).requires_grad_(True)
+    opt = torch.optim.SGD([w], lr=lr, momentum=MOMENTUM, weight_decay=0.0)
+    _sync(device)
+    t1 = time.perf_counter()
+    history: list[float] = []
+    initial_terms = None
+    for _ in tqdm(range(iterations), desc="blend", disable=not progress, leave=False):
+        opt.zero_grad(set_to_none=True)
+        blended = segment_blend(x, w, indptr, normalize, backend, validate=False)
+        g, terms = _matching_grad(embed, blended, targets, chunk, scale)
+        (w.grad,) = torch.autograd.grad(blended, w, g)
+        opt.step()
+        if initial_terms is None:
+            initial_terms = terms / targets.shape[1]
+        history.append(float(terms.sum()) * scale)
+    _sync(device)
+    t2 = time.perf_counter()
+    with torch.no_grad():
+        blended = segment_blend(x, w, indptr, normalize, backend, validate=False)
+        final_terms = _matching_terms(embed, blended, targets, chunk) / targets.shape[1]
+        w_hat = normalize_segment_weights(w.detach(), indptr, normalize)
+    if initial_terms is None:
+        initial_terms = final_terms
+    _sync(device)
+    t3 = time.perf_counter()
+    return BlendResult(weights=w.detach(), normalized_weights=w_hat, blended=blended, initial_terms=initial_terms,
+                       final_terms=final_terms, loss_history=history, seconds_targets=t1 - t0,
+                       seconds_iterations=t2 - t1, seconds_final=t3 - t2)
+
+
+# --------------------------------------------------------------------------------------------
+# condense
+# --------------------------------------------------------------------------------------------
+def _make_matcher(caller: str, matcher: nn.Module | None, images: torch.Tensor, seed: int, round_index: int,
+                  device: torch.device) -> tuple[nn.Module, int | None]:
+    if matcher is not None:
+        if not isinstance(matcher, nn.Module):
+            raise TypeError(f"{caller}: matcher must be a torch.nn.Module or None, got {type(matcher).__name__}")
+        devices = {p.device for p in matcher.parameters()}
+        if devices and devices != {device}:
+            raise ValueError(f"{caller}: matcher parameters are on {sorted(map(str, devices))} but the Blend "
+                             f"runs on {device}; move it or pass device=")
+        return matcher, None
+    from .models import random_convnet
+
+    mseed = matcher_seed(seed, round_index)
+    return random_convnet(images.shape[1], images.shape[2], seed=mseed, device=device), mseed
+
+
+def _condense_core(caller: str, images: torch.Tensor, labels: torch.Tensor, forget: torch.Tensor,
+                   clustering: Clustering, *, iterations: int, lr: object, normalize: str,
+                   matcher: nn.Module | None, seed: int, round_index: int, device: torch.device,
+                   chunk_size: int | None, progress: bool, backend: str,
+                   timings: dict) -> tuple[ReducedRetainSet, _Split, BlendResult]:
+    lr_value = blend_lr(clustering.ipc) if lr == "reference" else float(lr)
+    t0 = time.perf_counter()
+    sp = _split(clustering, forget)
+    t1 = time.perf_counter()
+
+    net, mseed = _make_matcher(caller, matcher, images, seed, round_index, device)
+    dtype = _matcher_dtype(net, images.dtype)
+    _sync(device)
+    t2 = time.perf_counter()
+    x = images[sp.members.to(images.device)].to(device=device, dtype=dtype)
+    if x.shape[0]:
+        check_matcher(net, x[:4], caller)
+    result = blend_clusters(x, sp.free_indptr.to(device), net, lr=lr_value, iterations=iterations,
+                            normalize=normalize, chunk_size=chunk_size, backend=backend, progress=progress)
+    del x
+    _sync(device)
+    t3 = time.perf_counter()
+    timings = dict(timings)
+    timings.update(split=t1 - t0, blend=t3 - t2, blend_targets=result.seconds_targets,
+                   blend_iterations=result.seconds_iterations, blend_final=result.seconds_final)
+    settings = dict(iterations=iterations, lr=lr_value, normalize=normalize, seed=seed, matcher_seed=mseed,
+                    matcher="random_convnet" if mseed is not None else type(net).__name__, ipc=clustering.ipc,
+                    chunk_size=chunk_size, round=round_index, device=str(device))
+    reduced = _assemble(images, labels, forget, clustering, sp, result.blended, result.normalized_weights,
+                        result.initial_terms, result.final_terms, timings, settings, result.loss_history)
+    return reduced, sp, result
+
+
+def _assemble(images, labels, forget, clustering, sp: _Split, blended, w_hat, initial_terms, final_terms,
+              timings, settings, history) -> ReducedRetainSet:
+    n_blend, n_res = sp.free_ids.numel(), sp.residual.numel()
+    out_images = torch.cat([blended.to(device=images.device, dtype=images.dtype),
+                            images[sp.residual.to(images.device)]])
+    cc = clustering.cluster_class.cpu().to(torch.int64)
+    out_labels = torch.cat([cc[sp.free_ids], labels.cpu()[sp.residual]]).to(labels.device)
+    minus = torch.full((n_res,), -1, dtype=torch.int64)
+    retain = int(forget.numel() - forget.sum())
+    rows = n_blend + n_res
+    return ReducedRetainSet(
+        images=out_images, labels=out_labels,
+        is_blended=torch.cat([torch.ones(n_blend, dtype=torch.bool), torch.zeros(n_res, dtype=torch.bool)]),
+        source_cluster=torch.cat([sp.free_ids, minus]),
+        source_index=torch.cat([torch.full((n_blend,), -1, dtype=torch.int64), sp.residual]),
+        free_clusters=sp.free_ids, touched_clusters=sp.touched_ids,
+        compression=retain / rows if rows else math.nan, timings=timings,
+        final_loss=float(final_terms.mean()) if final_terms.numel() else math.nan,
+        initial_loss=float(initial_terms.mean()) if initial_terms.numel() else math.nan,
+        settings=settings, blend_members=sp.members, blend_weights=w_hat.detach().cpu(),
+        blend_indptr=sp.free_indptr, loss_history=list(history))
+
+
+def _prepare(caller: str, images, labels, forget, iterations, lr, normalize, chunk_size, device):
+    images, labels = _check_data(caller, images, labels)
+    _check_settings(caller, iterations, lr, normalize, chunk_size)
+    mask = _forget_mask(caller, forget, images.shape[0])
+    if bool(mask.all()):
+        raise ValueError(f"{caller}: forget covers all {images.shape[0]} images; nothing would be retained")
+    dev = torch.device(device) if device is not None else images.device
+    return images, labels, mask, dev
+
+
+def condense(images: torch.Tensor, labels: torch.Tensor, forget: object, *, ipc: int | None = None,
+             clustering: Clustering | None = None, iterations: int = 12, lr: float | str = "reference",
+             normalize: str = "sum", matcher: nn.Module | None = None, seed: int = 0,
+             device: torch.device | str | None = None, chunk_size: int | None = None, progress: bool = True,
+             backend: str = "auto") -> ReducedRetainSet:
+    """Condense the retain set after a forget request (SPEC §1.2–1.3).
+
+    Args:
+        images: ``[N, C, H, W]`` floating training images (normalised pixels).
+        labels: ``[N]`` integer labels.
+        forget: training indices (tensor/list/array, distinct) or a ``[N]`` bool mask.
+        ipc: clusters per class; with no ``clustering`` the images are grouped here
+            (``extract_features`` + ``group`` with ``seed``, timed as ``features`` / ``grouping``).
+        clustering: a precomputed :class:`fastblend.grouping.Clustering` of these images.
+        iterations: Blend optimiser steps (12 for unlearning, 20 in the condensation comparison).
+        lr: ``"reference"`` (:func:`blend_lr` of the clustering's ipc) or a positive number.
+        normalize: ``"sum"`` (reference) or ``"softmax"`` (option).
+        matcher: per-sample network used as ``f_m`` (its ``embed`` if it has one); default: a fresh
+            random ConvNet-3 seeded with :func:`matcher_seed` ``(seed)``, independent of the grouping
+            extractor. Matchers with batch statistics are refused (see :func:`check_matcher`).
+        seed: seeds the grouping (when done here) and the default matcher.
+        device: where grouping and Blend run (default: the images' device); outputs stay on the
+            images' device.
+        chunk_size: blended images per matcher forward/backward; ``None`` runs all K at once. A
+            ConvNet-3 keeps about 1.4 MB of activations per 32x32 float32 image, so pass e.g. 512
+            to bound memory at large ipc; the result is the same.
+        progress: show tqdm bars.
+        backend: :func:`fastblend.segment_blend` backend.
+
+    Returns:
+        :class:`ReducedRetainSet`: blended rows first, then the residual rows.
+    """
+    images, labels, mask, dev = _prepare("condense", images, labels, forget, iterations, lr, normalize,
+                                         chunk_size, device)
+    clustering, t_feat, t_group = _resolve_clustering("condense", images, labels, ipc, clustering, seed, dev,
+                                                      progress)
+    reduced, _, _ = _condense_core("condense", images, labels, mask, clustering, iterations=iterations, lr=lr,
+                                   normalize=normalize, matcher=matcher, seed=seed, round_index=0, device=dev,
+                                   chunk_size=chunk_size, progress=progress, backend=backend,
+                                   timings={"features": t_feat, "grouping": t_group})
+    return reduced
+
+
+# --------------------------------------------------------------------------------------------
+# Multi-round (SPEC §1.4)
+# --------------------------------------------------------------------------------------------
+class Blender:
+    """Multi-round unlearning: group once, then condense after each (cumulative) forget request.
+
+    ``mode="reference"`` re-blends every free cluster each round with a fresh matcher (seed
+    :func:`matcher_seed` ``(seed, round)``), the paper's protocol. ``mode="cached"`` (option,
+    SPEC §1.4) blends everything in the first round and afterwards keeps the blends of clusters that
+    stay free: clusters touched by the new request lose their blended row and contribute their
+    non-forgotten members as residual rows. No matcher runs after the first round; a round costs a
+    vectorised re-split plus gathering the output rows. A cached blend is the one computed in the
+    first round (its loss was normalised by that round's K, so it can differ slightly from a fresh
+    blend with the same matcher).
+
+    The rows of every round's set are ordered exactly as :func:`condense` orders them, so a cached
+    round has the same rows (blended vs residual, clusters, training indices) as a fresh split over
+    the cumulative forget set. A user-supplied ``matcher`` is used in every round.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, ipc: int | None = None,
+                 clustering: Clustering | None = None, mode: str = "cached", iterations: int = 12,
+                 lr: float | str = "reference", normalize: str = "sum", matcher: nn.Module | None = None,
+                 seed: int = 0, device: torch.device | str | None = None, chunk_size: int | None = None,
+                 progress: bool = True, backend: str = "auto"):
+        if mode not in BLENDER_MODES:
+            raise ValueError(f"Blender: mode must be one of {BLENDER_MODES}, got {mode!r}")
+        images, labels, _, dev = _prepare("Blender", images, labels, [], iterations, lr, normalize, chunk_size,
+                                          device)
+        if matcher is not None and not isinstance(matcher, nn.Module):
+            raise TypeError(f"Blender: matcher must be a torch.nn.Module or None, got {type(matcher).__name__}")
+        self.clustering, t_feat, t_group = _resolve_clustering("Blender", images, labels, ipc, clustering, seed,
+                                                               dev, progress)
+        self.images, self.labels, self.mode, self.device = images, labels, mode, dev
+        self.grouping_timings = {"features": t_feat, "grouping": t_group}
+        self._kw = dict(iterations=iterations, lr=lr, normalize=normalize, matcher=matcher, seed=seed,
+                        chunk_size=chunk_size, progress=progress, backend=backend)
+        self.forgotten = torch.zeros(images.shape[0], dtype=torch.bool)
+        self.rounds = 0
+        self.current: ReducedRetainSet | None = None
+        self._cache: dict | None = None
+
+    def forget(self, indices: object) -> ReducedRetainSet:
+        """Add ``indices`` (distinct indices or a ``[N]`` bool mask) to the cumulative forget set and
+        return the reduced retain set for it. On error nothing changes."""
+        n = self.images.shape[0]
+        new = _forget_mask("Blender.forget", indices, n)
+        cumulative = self.forgotten | new
+        if bool(cumulative.all()):
+            raise ValueError(f"Blender.forget: the cumulative forget set would cover all {n} images; "
+                             "nothing would be retained")
+        timings = dict(self.grouping_timings) if self.rounds == 0 else {"features": 0.0, "grouping": 0.0}
+        if self.mode == "reference" or self._cache is None:
+            reduced, sp, result = _condense_core("Blender.forget", self.images, self.labels, cumulative,
+                                                 self.clustering, round_index=self.rounds, device=self.device,
+                                                 timings=timings, **self._kw)
+            if self.mode == "cached":
+                self._cache = self._make_cache(sp, result)
+        else:
+            reduced = self._from_cache(cumulative, timings)
+        reduced.settings.update(mode=self.mode)
+        self.forgotten = cumulative
+        self.rounds += 1
+        self.current = reduced
+        return reduced
+
+    def _make_cache(self, sp: _Split, result: BlendResult) -> dict:
+        k = self.clustering.num_clusters
+        n = self.images.shape[0]
+        blends = result.blended.to(device=self.images.device, dtype=self.images.dtype)
+        slot = torch.full((k,), -1, dtype=torch.int64)
+        slot[sp.free_ids] = torch.arange(sp.free_ids.numel())
+        w_hat = torch.full((n,), math.nan, dtype=result.normalized_weights.dtype)
+        w_hat[sp.member_pos] = result.normalized_weights.detach().cpu()
+        init = torch.full((k,), math.nan, dtype=torch.float64)
+        final = torch.full((k,), math.nan, dtype=torch.float64)
+        init[sp.free_ids] = result.initial_terms.detach().cpu().double()
+        final[sp.free_ids] = result.final_terms.detach().cpu().double()
+        return dict(blends=blends, slot=slot, w_hat=w_hat, init=init, final=final)
+
+    def _from_cache(self, cumulative: torch.Tensor, timings: dict) -> ReducedRetainSet:
+        t0 = time.perf_counter()
+        sp = _split(self.clustering, cumulative)
+        t1 = time.perf_counter()
+        c = self._cache
+        slot = c["slot"][sp.free_ids]
+        # the free set only shrinks as the forget set grows, so every free cluster has a cached blend
+        blended = c["blends"][slot.to(c["blends"].device)]
+        w_hat = c["w_hat"][sp.member_pos]
+        timings = dict(timings)
+        t2 = time.perf_counter()
+        timings.update(split=t1 - t0)
+        prev = self.current.settings if self.current is not None else {}
+        settings = {key: prev.get(key) for key in ("iterations", "lr", "normalize", "seed", "matcher_seed",
+                                                   "matcher", "ipc", "chunk_size", "device")}
+        settings.update(round=self.rounds, cached_from_round=0)
+        reduced = _assemble(self.images, self.labels, cumulative, self.clustering, sp, blended, w_hat,
+                            c["init"][sp.free_ids], c["final"][sp.free_ids], timings, settings, [])
+        timings["blend"] = time.perf_counter() - t2
+        reduced.timings = timings
+        return reduced
+
+
+# --------------------------------------------------------------------------------------------
+# Visual check
+# --------------------------------------------------------------------------------------------
+def save_blend_grid(reduced: ReducedRetainSet, images: torch.Tensor, clustering: Clustering, path: str | Path,
+                    n: int = 8, members: int = 7) -> Path:
+    """Save a PNG grid: each row is a blended image followed by up to ``members`` of its cluster.
+
+    Every tile is min-max scaled on its own for display. Needs matplotlib (``pip install
+    fastblend[plots]``).
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("save_blend_grid: needs matplotlib (pip install 'fastblend[plots]')") from exc
+    if n < 1 or members < 0:
+        raise ValueError(f"save_blend_grid: n must be >= 1 and members >= 0, got n={n}, members={members}")
+    rows = torch.nonzero(reduced.is_blended).flatten()[:n].tolist()
+    if not rows:
+        raise ValueError("save_blend_grid: the reduced set has no blended rows")
+    perm, indptr = clustering.perm.cpu(), clustering.indptr.cpu()
+
+    def tile(img: torch.Tensor):
+        img = img.detach().cpu().double()
+        img = (img - img.min()) / (img.max() - img.min()).clamp_min(1e-12)
+        return img[0].numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).numpy()
+
+    cols = members + 1
+    fig, axes = plt.subplots(len(rows), cols, figsize=(1.2 * cols, 1.2 * len(rows)), squeeze=False)
+    for r, row in enumerate(rows):
+        c = int(reduced.source_cluster[row])
+        idx = perm[indptr[c] : indptr[c + 1]][:members].tolist()
+        for j, ax in enumerate(axes[r]):
+            ax.axis("off")
+            if j == 0:
+                ax.imshow(tile(reduced.images[row]), cmap="gray")
+                ax.set_title(f"blend c{c}", fontsize=6)
+            elif j - 1 < len(idx):
+                ax.imshow(tile(images[idx[j - 1]]), cmap="gray")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,6 +1,8 @@
 """fastblend: fast kernels for approximate machine unlearning (Blend condensation + A-AMU)."""
 
 from .backend import available_backends, explain
+from .condense import Blender, ReducedRetainSet, blend_lr, condense, save_blend_grid
+from .condense_reference import condense_reference
 from .data import load_dataset
 from .grouping import Clustering, extract_features, group
 from .ops import segment_blend
@@ -8,12 +10,18 @@ from .ops import segment_blend
 __version__ = "0.1.0"
 
 __all__ = [
+    "Blender",
     "Clustering",
+    "ReducedRetainSet",
     "__version__",
     "available_backends",
+    "blend_lr",
+    "condense",
+    "condense_reference",
     "explain",
     "extract_features",
     "group",
     "load_dataset",
+    "save_blend_grid",
     "segment_blend",
 ]

@@ -129,7 +129,7 @@ def default_data_root() -> Path:
     return Path(os.environ.get("FASTBLEND_DATA") or "data")
 
 
-@dataclass
+@dataclass(eq=False)  # fields are tensors: compare them explicitly
 class ImageData:
     """A labelled image set, normalised, held in memory. A ``torch.utils.data.Dataset``.
 
@@ -211,7 +211,7 @@ class ImageData:
         return x * std + mean
 
 
-@dataclass
+@dataclass(eq=False)  # fields are tensors: compare them explicitly
 class UnlearningSplit:
     """The SPEC §6 split of one dataset for one unlearning request.
 

@@ -1,0 +1,656 @@
+"""Shared machinery of the AMU methods: configs, data views, on-device batching, the training loop.
+
+Every training-based method is a :class:`Method` — a handful of hooks (the retain-side loss, an
+optional forget-side term, a regulariser, an optional extra pass per epoch) run by one loop,
+:func:`train`. The same loop runs the accelerated variant of a method (SPEC §2.4): the retain-side
+per-sample loss is steepened and ``λ·MMD²`` between the forget batch's and an unseen batch's
+loss distributions is added (the A-AMU loss of :mod:`fastblend.aamu`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+# ---------------------------------------------------------------------------------------------
+# configs
+
+
+@dataclass
+class TrainConfig:
+    """Settings every training-based method shares.
+
+    Attributes:
+        epochs: passes over the retain set.
+        batch_size: retain batch size ``B``.
+        optimizer: ``"sgd"`` or ``"adam"`` (Adam with default betas).
+        lr, momentum, weight_decay: optimiser settings (momentum is ignored by Adam).
+        schedule: ``"constant"`` or ``"cosine"`` (per-step cosine decay to 0 after a linear warm-up
+            of ``warmup_epochs`` epochs; the warm-up is cut to ``epochs - 1`` for short runs).
+        amp: run forwards under ``torch.autocast`` (changes numerics; off by default).
+        amp_dtype: ``"auto"`` (bfloat16 on CPU and on GPUs that support it, else float16 with a
+            gradient scaler), ``"bfloat16"`` or ``"float16"``.
+        channels_last: channels-last memory format for the model and 4-D batches.
+        fuse_forward: run the retain and forget batches of a step in one forward. Only for models
+            without batch statistics (a BatchNorm in training mode makes every output depend on the
+            batch); such models fall back to separate forwards with a warning.
+        inference_mode: forwards that need no gradient (teachers, the unseen batch) run under
+            ``torch.inference_mode`` instead of ``torch.no_grad`` (same numbers, less overhead).
+        data_on_device: move in-memory data to the device once, before training, instead of
+            per batch.
+        inplace: train the given model instead of a deep copy (methods that start from a fresh
+            model — retrain, distill — always return a new one).
+    """
+
+    epochs: int = 1
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "constant"
+    warmup_epochs: int = 0
+    amp: bool = False
+    amp_dtype: str = "auto"
+    channels_last: bool = False
+    fuse_forward: bool = False
+    inference_mode: bool = True
+    data_on_device: bool = True
+    inplace: bool = False
+
+    def check(self, fn: str) -> None:
+        """Raise ``ValueError`` for out-of-range settings (``fn`` names the caller)."""
+        if self.epochs < 1:
+            raise ValueError(f"{fn}: config.epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"{fn}: config.batch_size must be >= 1, got {self.batch_size}")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"{fn}: config.optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        if not self.lr > 0:
+            raise ValueError(f"{fn}: config.lr must be > 0, got {self.lr}")
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"{fn}: config.schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        if self.warmup_epochs < 0:
+            raise ValueError(f"{fn}: config.warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        if self.amp_dtype not in ("auto", "bfloat16", "float16"):
+            raise ValueError(f"{fn}: config.amp_dtype must be 'auto', 'bfloat16' or 'float16', got {self.amp_dtype!r}")
+
+
+@dataclass
+class AAMUFields:
+    """The A-AMU settings of SPEC §2.2-2.4, mixed into the config of every accelerated method.
+
+    Attributes:
+        lam: weight ``λ`` of the MMD² regulariser.
+        k, kappa: sharpness and clamp of the loss-distribution transform ``g``.
+        sigma: Gaussian kernel width of the MMD.
+        steepen: how the retain-side loss is steepened (``"batch_mean_sq"``: square of the batch
+            mean, the reference; see :func:`fastblend.aamu.steepen`).
+        forget_batch_factor, unseen_batch_factor: forget and unseen batches hold this many times
+            ``batch_size`` samples (4B in the reference).
+    """
+
+    lam: float = 34.0
+    k: float = 2.0
+    kappa: float = 60.0
+    sigma: float = 1.0
+    steepen: str = "batch_mean_sq"
+    forget_batch_factor: int = 4
+    unseen_batch_factor: int = 4
+
+    def check(self, fn: str) -> None:
+        """Check the base method's settings (the next class in the MRO), then these."""
+        super().check(fn)
+        if self.lam < 0:
+            raise ValueError(f"{fn}: config.lam must be >= 0, got {self.lam}")
+        if self.forget_batch_factor < 1 or self.unseen_batch_factor < 1:
+            raise ValueError(f"{fn}: config.forget_batch_factor and unseen_batch_factor must be >= 1, got "
+                             f"{self.forget_batch_factor} and {self.unseen_batch_factor}")
+
+
+def resolve_config(config: Any, cls: type, fn: str):
+    """``None`` -> defaults; a dict -> defaults with those overrides; an instance of ``cls`` -> itself."""
+    if config is None:
+        cfg = cls()
+    elif isinstance(config, dict):
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(config) - names)
+        if unknown:
+            raise ValueError(f"{fn}: unknown config keys {unknown} for {cls.__name__}; "
+                             f"expected some of {sorted(names)}")
+        cfg = cls(**config)
+    elif type(config) is cls:
+        cfg = config
+    else:
+        raise TypeError(f"{fn}: config must be None, a dict of overrides or a {cls.__name__}; "
+                        f"got {type(config).__name__}")
+    cfg.check(fn)
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+def _is_reduced_set(obj: Any) -> bool:
+    return all(hasattr(obj, a) for a in ("images", "labels", "is_blended"))
+
+
+class DataView:
+    """One data argument of ``unlearn`` (retain, forget or unseen), normalised.
+
+    Either in memory (``images [N, ...]`` floating point, ``labels [N]`` int64, on one device) or a
+    ``DataLoader`` streamed as is. ``indices [N]`` int64 holds each row's index in the training
+    set where it is known (``-1`` where not, e.g. a blended image), for the disjointness check.
+    """
+
+    def __init__(self, name: str, images: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                 loader: DataLoader | None = None, indices: torch.Tensor | None = None, reduced: bool = False):
+        self.name = name
+        self.images = images
+        self.labels = labels
+        self.loader = loader
+        self.indices = indices
+        self.reduced = reduced
+
+    @property
+    def in_memory(self) -> bool:
+        return self.images is not None
+
+    def __len__(self) -> int:
+        if self.images is not None:
+            return int(self.images.shape[0])
+        return len(self.loader.dataset)
+
+    def num_batches(self, batch_size: int) -> int:
+        if self.images is not None:
+            return math.ceil(len(self) / batch_size)
+        return len(self.loader)
+
+    def to(self, device: torch.device) -> DataView:
+        if self.images is None or self.images.device == device:
+            return self
+        return DataView(self.name, self.images.to(device), self.labels.to(device), None, self.indices, self.reduced)
+
+    def materialise(self, fn: str) -> DataView:
+        """The same data in memory (iterates a loader once; its own shuffling and transforms apply)."""
+        if self.images is not None:
+            return self
+        xs, ys = [], []
+        for batch in self.loader:
+            x, y = _unpack_batch(batch, self.name, fn)
+            xs.append(x)
+            ys.append(y)
+        if not xs:
+            raise ValueError(f"{fn}: {self.name} is empty")
+        return _tensor_view(self.name, torch.cat(xs), torch.cat(ys), self.indices, self.reduced, fn)
+
+    def take(self, idx: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = idx.to(self.images.device)
+        return self.images[idx].to(device, non_blocking=True), self.labels[idx].to(device, non_blocking=True)
+
+    def batches(self, batch_size: int, generator: torch.Generator, device: torch.device, fn: str,
+                shuffle: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches of ``(images, labels)`` on ``device``: a seeded permutation per call (in memory),
+        or the loader's own order."""
+        if self.images is None:
+            for batch in self.loader:
+                x, y = _unpack_batch(batch, self.name, fn)
+                yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            return
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        order = order.to(self.images.device)
+        for start in range(0, n, batch_size):
+            yield self.take(order[start:start + batch_size], device)
+
+
+class CyclicBatches:
+    """Endless batches from an in-memory view: a fresh seeded permutation each time it runs out."""
+
+    def __init__(self, view: DataView, batch_size: int, generator: torch.Generator, device: torch.device):
+        self.view, self.batch_size, self.generator, self.device = view, min(batch_size, len(view)), generator, device
+        self._order = torch.empty(0, dtype=torch.long)
+        self._pos = 0
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._pos + self.batch_size > self._order.numel():
+            self._order = torch.randperm(len(self.view), generator=self.generator)
+            self._pos = 0
+        idx = self._order[self._pos:self._pos + self.batch_size]
+        self._pos += self.batch_size
+        return self.view.take(idx, self.device)
+
+
+def _unpack_batch(batch: Any, name: str, fn: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2 and torch.is_tensor(batch[0]) and torch.is_tensor(batch[1]):
+        return batch[0], batch[1].long()
+    raise TypeError(f"{fn}: {name} batches must be (images, labels, ...) tuples of tensors; got {type(batch).__name__}")
+
+
+def _tensor_view(name: str, images: Any, labels: Any, indices: Any, reduced: bool, fn: str) -> DataView:
+    if not torch.is_tensor(images) or not torch.is_tensor(labels):
+        raise TypeError(f"{fn}: {name} images and labels must be tensors; got {type(images).__name__} and "
+                        f"{type(labels).__name__}")
+    if not images.is_floating_point():
+        raise TypeError(f"{fn}: {name} images must be a floating-point tensor, got {images.dtype}")
+    if labels.dim() != 1 or labels.is_floating_point() or labels.dtype == torch.bool:
+        raise TypeError(f"{fn}: {name} labels must be a 1-D integer tensor, got {labels.dtype} of shape "
+                        f"{tuple(labels.shape)}")
+    if images.dim() < 1 or images.shape[0] != labels.shape[0]:
+        n_images = images.shape[0] if images.dim() else 0
+        raise ValueError(f"{fn}: {name} has {n_images} images but {labels.shape[0]} labels")
+    if images.device != labels.device:
+        raise ValueError(f"{fn}: {name} images are on {images.device} but labels on {labels.device}; "
+                         "expected one device")
+    if labels.shape[0] == 0:
+        raise ValueError(f"{fn}: {name} is empty")
+    if labels.device.type != "meta" and int(labels.min()) < 0:
+        raise ValueError(f"{fn}: {name} labels must be >= 0, got {int(labels.min())}")
+    if indices is not None:
+        indices = torch.as_tensor(indices).reshape(-1).long().cpu()
+        if indices.shape[0] != labels.shape[0]:
+            raise ValueError(f"{fn}: {name} indices have length {indices.shape[0]}, expected {labels.shape[0]}")
+    return DataView(name, images, labels.long(), None, indices, reduced)
+
+
+def as_data(obj: Any, name: str, fn: str) -> DataView:
+    """Normalise a data argument: a pair ``(images, labels)`` or triple ``(images, labels,
+    training_indices)`` of tensors, a ``ReducedRetainSet`` (anything with ``images``, ``labels``
+    and ``is_blended``), a ``Subset``, a ``TensorDataset``, a dataset with ``images``/``labels``
+    tensors, any other map-style ``Dataset`` (read once into memory) or a ``DataLoader``."""
+    if isinstance(obj, DataView):
+        return obj
+    if obj is None:
+        raise ValueError(f"{fn}: {name} is required, got None")
+    if isinstance(obj, (tuple, list)):
+        if len(obj) not in (2, 3):
+            raise ValueError(f"{fn}: {name} must be (images, labels) or (images, labels, indices); got a "
+                             f"sequence of length {len(obj)}")
+        return _tensor_view(name, obj[0], obj[1], obj[2] if len(obj) == 3 else None, False, fn)
+    if isinstance(obj, DataLoader):
+        return DataView(name, loader=obj)
+    if _is_reduced_set(obj):
+        src = getattr(obj, "source_index", None)
+        return _tensor_view(name, obj.images, obj.labels, src, True, fn)
+    if isinstance(obj, Subset):
+        base = as_data(obj.dataset, name, fn).materialise(fn)
+        idx = torch.as_tensor(list(obj.indices), dtype=torch.long)
+        if idx.numel() == 0:
+            raise ValueError(f"{fn}: {name} is empty")
+        train_idx = base.indices[idx] if base.indices is not None else idx
+        return _tensor_view(name, base.images[idx.to(base.images.device)], base.labels[idx.to(base.labels.device)],
+                            train_idx, base.reduced, fn)
+    if isinstance(obj, TensorDataset):
+        if len(obj.tensors) < 2:
+            raise ValueError(f"{fn}: {name} TensorDataset must hold (images, labels, ...)")
+        return _tensor_view(name, obj.tensors[0], obj.tensors[1], None, False, fn)
+    if torch.is_tensor(getattr(obj, "images", None)) and torch.is_tensor(getattr(obj, "labels", None)):
+        return _tensor_view(name, obj.images, obj.labels, getattr(obj, "indices", None), False, fn)
+    if isinstance(obj, Dataset):
+        if len(obj) == 0:
+            raise ValueError(f"{fn}: {name} is empty")
+        return DataView(name, loader=DataLoader(obj, batch_size=512)).materialise(fn)
+    raise TypeError(f"{fn}: {name} must be a pair (images, labels) of tensors, a torch Dataset, a DataLoader or a "
+                    f"ReducedRetainSet; got {type(obj).__name__}")
+
+
+def check_disjoint(retain: DataView, forget: DataView, fn: str) -> None:
+    """Raise if training indices are known for both sets and some index is in both."""
+    if retain.indices is None or forget.indices is None:
+        return
+    r = retain.indices[retain.indices >= 0]
+    f = forget.indices[forget.indices >= 0]
+    both = f[torch.isin(f, r)]
+    if both.numel():
+        raise ValueError(f"{fn}: retain and forget must be disjoint, but {both.numel()} training indices are in "
+                         f"both (e.g. {both[:5].tolist()})")
+
+
+def check_label_range(view: DataView, num_classes: int, fn: str) -> None:
+    if view.labels is None or view.labels.device.type == "meta":
+        return
+    top = int(view.labels.max())
+    if top >= num_classes:
+        raise ValueError(f"{fn}: {view.name} labels must be in [0, {num_classes}) (the model's output width), "
+                         f"got {top}")
+
+
+# ---------------------------------------------------------------------------------------------
+# models
+
+
+def model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+def has_batch_statistics(model: nn.Module) -> bool:
+    """Whether a training-mode BatchNorm makes some output depend on the rest of its batch."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules())
+
+
+def reinitialise(model: nn.Module, seed: int, fn: str) -> nn.Module:
+    """A deep copy of ``model`` with every parameter re-drawn by its module's ``reset_parameters``.
+
+    The global RNG is forked (its state is restored afterwards) and seeded with ``seed``.
+    """
+    fresh = copy.deepcopy(model)
+    missing = [f"{n or '<root>'} ({type(m).__name__})" for n, m in fresh.named_modules()
+               if next(m.parameters(recurse=False), None) is not None and not hasattr(m, "reset_parameters")]
+    if missing:
+        raise ValueError(f"{fn}: cannot re-initialise modules {missing}: they own parameters but have no "
+                         "reset_parameters(); pass config.model_factory")
+    device = model_device(fresh)
+    devices = []
+    if device.type == "cuda":
+        devices = [device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for m in fresh.modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+    return fresh
+
+
+def probe_num_classes(model: nn.Module, x: torch.Tensor) -> int:
+    """Output width of ``model`` on one sample (eval mode for the probe, then restored)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x[:1])
+    finally:
+        model.train(was_training)
+    if out.dim() != 2:
+        raise ValueError(f"unlearn: the model must return logits of shape [N, C]; got shape {tuple(out.shape)}")
+    return int(out.shape[1])
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float,
+            reduction: str = "batchmean") -> torch.Tensor:
+    """``KL_T(student‖teacher) = kl_div(log_softmax(s/T), softmax(t/T))·T²`` (SPEC §2.4).
+
+    ``reduction="none"`` gives the per-sample KL ``[B]`` (its mean equals ``"batchmean"``).
+    """
+    log_s = F.log_softmax(student_logits / T, dim=1)
+    log_t = F.log_softmax(teacher_logits / T, dim=1)
+    per_sample = (log_t.exp() * (log_t - log_s)).sum(1) * (T * T)
+    return per_sample if reduction == "none" else per_sample.mean()
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """An eval-mode deep copy without gradients (teachers)."""
+    teacher = copy.deepcopy(model).eval()
+    teacher.requires_grad_(False)
+    return teacher
+
+
+# ---------------------------------------------------------------------------------------------
+# run context
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class RunContext:
+    """Device, RNG, precision and forward helpers for one ``unlearn`` call."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, seed: int, progress: bool, fn: str):
+        self.cfg = cfg
+        self.device = device
+        self.seed = seed
+        self.progress = progress
+        self.fn = fn
+        self.generator = torch.Generator().manual_seed(seed)
+        self.num_classes = 0
+        self.info: dict[str, Any] = {}
+        self.fuse = False
+        dtype = None
+        if cfg.amp:
+            if cfg.amp_dtype == "auto":
+                bf16_ok = device.type != "cuda" or torch.cuda.is_bf16_supported()
+                dtype = torch.bfloat16 if bf16_ok else torch.float16
+            else:
+                dtype = getattr(torch, cfg.amp_dtype)
+        self.amp_dtype = dtype
+        self.scaler = torch.amp.GradScaler("cuda") if (dtype == torch.float16 and device.type == "cuda") else None
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def no_grad(self):
+        return torch.inference_mode() if self.cfg.inference_mode else torch.no_grad()
+
+    def place(self, module: nn.Module) -> nn.Module:
+        """Move a module (model or teacher) to the device, in channels-last format when asked."""
+        module = module.to(self.device)
+        return module.to(memory_format=torch.channels_last) if self.cfg.channels_last else module
+
+    def prep(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def forward(self, model: nn.Module, *xs: torch.Tensor | None) -> list[torch.Tensor | None]:
+        """Float32 logits of each batch (``None`` passes through); one fused forward when allowed."""
+        present = [x for x in xs if x is not None]
+        with self.autocast():
+            if self.fuse and len(present) > 1:
+                out = model(self.prep(torch.cat(present))).float()
+                parts = iter(out.split([x.shape[0] for x in present]))
+            else:
+                parts = iter([model(self.prep(x)).float() for x in present])
+        return [next(parts) if x is not None else None for x in xs]
+
+    def infer(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Float32 logits without gradient; an ordinary tensor (usable as a constant in autograd)."""
+        with self.no_grad(), self.autocast():
+            out = model(self.prep(x)).float()
+        return out.clone() if self.cfg.inference_mode else out
+
+    def backward_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+                      scheduler: torch.optim.lr_scheduler.LRScheduler | None) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int, steps_per_epoch: int):
+    """Per-step linear warm-up then cosine decay (``schedule="cosine"``), else ``None``."""
+    if cfg.schedule == "constant":
+        return None
+    total = max(1, total_steps)
+    warmup = min(cfg.warmup_epochs, cfg.epochs - 1) * steps_per_epoch
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# ---------------------------------------------------------------------------------------------
+# methods and the loop
+
+
+@dataclass
+class RetainTerms:
+    """A method's retain-side loss: ``weight · mean(per_sample) + extra`` (plain), or
+    ``weight · steepen(per_sample) + extra`` (accelerated)."""
+
+    per_sample: torch.Tensor
+    weight: float = 1.0
+    extra: torch.Tensor | None = None
+
+
+@dataclass
+class RunData:
+    retain: DataView
+    forget: DataView
+    unseen: DataView | None
+
+
+class Method:
+    """Hooks of a training-based AMU method; the defaults give plain fine-tuning (CE on retain)."""
+
+    name = "method"
+    #: whether each retain step also draws a forget batch (plain, non-accelerated runs)
+    uses_forget_batches = False
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+
+    def prepare(self, model: nn.Module, data: RunData, ctx: RunContext) -> nn.Module:
+        """Called once before training; returns the model to train (may be a fresh one)."""
+        return model
+
+    def forget_batch_size(self, cfg: TrainConfig, data: RunData) -> int:
+        return cfg.batch_size
+
+    def extra_steps_per_epoch(self, cfg: TrainConfig, data: RunData, epoch: int) -> int:
+        return 0
+
+    def before_epoch(self, model: nn.Module, epoch: int, data: RunData, ctx: RunContext,
+                     step: Callable[[torch.Tensor], None]) -> tuple[torch.Tensor, int]:
+        """An extra pass before the retain pass of ``epoch`` (``step(loss)`` takes one optimiser step).
+        Returns (sum of its losses, its step count)."""
+        return torch.zeros((), device=ctx.device), 0
+
+    def retain_terms(self, model: nn.Module, x: torch.Tensor, logits: torch.Tensor, y: torch.Tensor,
+                     epoch: int, ctx: RunContext) -> RetainTerms:
+        return RetainTerms(F.cross_entropy(logits, y, reduction="none"))
+
+    def forget_loss(self, x: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, epoch: int,
+                    ctx: RunContext) -> torch.Tensor | None:
+        return None
+
+    def regulariser(self, model: nn.Module, epoch: int, ctx: RunContext) -> torch.Tensor | None:
+        return None
+
+    def finish(self, model: nn.Module) -> nn.Module:
+        return model
+
+
+@dataclass
+class TrainOutcome:
+    model: nn.Module
+    losses: list[float]
+    steps: int
+
+
+def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx: RunContext,
+          accelerated: bool) -> TrainOutcome:
+    """Run ``method`` (plain, or accelerated per SPEC §2.4 when ``accelerated``) on ``model``."""
+    model = ctx.place(method.prepare(model, data, ctx))
+    model.train()
+    ctx.fuse = cfg.fuse_forward
+    if cfg.fuse_forward and has_batch_statistics(model):
+        warnings.warn(f"{ctx.fn}: fuse_forward ignored: the model has BatchNorm in training mode, so a fused "
+                      "forward would change its outputs", stacklevel=3)
+        ctx.fuse = False
+
+    forget_stream = unseen_sampler = forget_sampler = aamu_loss = None
+    if accelerated:
+        from ..aamu import AAMULoss, ForgetSampler, UnseenSampler
+
+        aamu_loss = AAMULoss(lam=cfg.lam, k=cfg.k, kappa=cfg.kappa, sigma=cfg.sigma, steepen=cfg.steepen)
+        forget_sampler = ForgetSampler(len(data.forget), cfg.forget_batch_factor * cfg.batch_size,
+                                       seed=ctx.seed, device=data.forget.images.device)
+        unseen_sampler = UnseenSampler(data.unseen.labels, cfg.unseen_batch_factor * cfg.batch_size,
+                                       num_classes=ctx.num_classes, seed=ctx.seed + 1)
+    elif method.uses_forget_batches:
+        forget_stream = CyclicBatches(data.forget, method.forget_batch_size(cfg, data), ctx.generator, ctx.device)
+
+    optimizer = make_optimizer(model, cfg)
+    per_epoch = data.retain.num_batches(cfg.batch_size)
+    total_steps = sum(per_epoch + method.extra_steps_per_epoch(cfg, data, e) for e in range(cfg.epochs))
+    scheduler = make_scheduler(optimizer, cfg, total_steps, per_epoch)
+
+    def step(loss: torch.Tensor) -> None:
+        ctx.backward_step(loss, optimizer, scheduler)
+
+    losses: list[float] = []
+    steps = 0
+    epochs = range(cfg.epochs)
+    if ctx.progress:
+        from tqdm.auto import tqdm
+
+        epochs = tqdm(epochs, desc=method.name, leave=False)
+    for epoch in epochs:
+        total, n = method.before_epoch(model, epoch, data, ctx, step)
+        total = total.detach()
+        for x_r, y_r in data.retain.batches(cfg.batch_size, ctx.generator, ctx.device, ctx.fn):
+            x_f = y_f = None
+            if accelerated:
+                x_f, y_f = data.forget.take(forget_sampler.sample(), ctx.device)
+            elif forget_stream is not None:
+                x_f, y_f = forget_stream.next()
+            logits_r, logits_f = ctx.forward(model, x_r, x_f)
+            terms = method.retain_terms(model, x_r, logits_r, y_r, epoch, ctx)
+            if accelerated:
+                x_u, y_u = data.unseen.take(unseen_sampler.sample(y_f), ctx.device)
+                logits_u = ctx.infer(model, x_u)
+                out = aamu_loss(terms.per_sample, logits_f, y_f, logits_u, y_u)
+                loss = terms.weight * out.main + cfg.lam * out.mmd
+            else:
+                loss = terms.weight * terms.per_sample.mean()
+            if terms.extra is not None:
+                loss = loss + terms.extra
+            if logits_f is not None:
+                extra = method.forget_loss(x_f, logits_f, y_f, epoch, ctx)
+                if extra is not None:
+                    loss = loss + extra
+            reg = method.regulariser(model, epoch, ctx)
+            if reg is not None:
+                loss = loss + reg
+            step(loss)
+            total = total + loss.detach()
+            n += 1
+        steps += n
+        losses.append(float(total) / max(n, 1))
+        if ctx.progress:
+            epochs.set_postfix(loss=f"{losses[-1]:.4f}")
+    return TrainOutcome(method.finish(model), losses, steps)
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
+    """Run ``fn`` and return its result and its wall time, synchronising ``device`` on both ends."""
+    synchronize(device)
+    start = time.perf_counter()
+    out = fn()
+    synchronize(device)
+    return out, time.perf_counter() - start

@@ -1,0 +1,42 @@
+"""NegGrad+: descend on the retain cross-entropy while ascending on the forget cross-entropy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .base import Method, RunContext, RunData, TrainConfig
+
+
+@dataclass
+class NegGradPlusConfig(TrainConfig):
+    """``loss = CE(retain batch) − β·CE(forget batch)``, one forget batch per retain step.
+
+    NegGrad+ is not in the reference code (SPEC §3), so these are fastblend's defaults: SGD lr 0.01,
+    momentum 0.9, weight decay 5e-4, 5 epochs, ``β = 0.05`` (the ``α·L_r − (1−α)·L_f`` form of
+    Kurmanji et al. with ``α ≈ 0.95``, divided by ``α``). The forget term is unbounded below, so large
+    ``β`` or many epochs can diverge. ``forget_batch_size``: default ``batch_size``.
+    """
+
+    epochs: int = 5
+    beta: float = 0.05
+    forget_batch_size: int | None = None
+
+    def check(self, fn: str) -> None:
+        super().check(fn)
+        if self.beta < 0:
+            raise ValueError(f"{fn}: config.beta must be >= 0, got {self.beta}")
+
+
+class NegGradPlus(Method):
+    name = "neggrad_plus"
+    uses_forget_batches = True
+
+    def forget_batch_size(self, cfg: TrainConfig, data: RunData) -> int:
+        return self.cfg.forget_batch_size or cfg.batch_size
+
+    def forget_loss(self, x: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, epoch: int,
+                    ctx: RunContext) -> torch.Tensor:
+        return -self.cfg.beta * F.cross_entropy(logits, y)

@@ -1,0 +1,253 @@
+"""Evaluation of unlearning (SPEC §4): accuracies, the paper's MIA score, the SVC-based membership
+attack of other unlearning papers, and a device-synchronised stage timer.
+
+Data arguments (``forget``, ``test``, ...) take the same forms as :func:`fastblend.unlearn`: a pair
+``(images, labels)`` of tensors, a ``Dataset``, a ``DataLoader`` or a ``ReducedRetainSet``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .methods.base import as_data, model_device, synchronize
+
+
+def _eval_device(model: nn.Module, device: torch.device | str | None, fn: str) -> torch.device:
+    here = model_device(model)
+    if device is None:
+        return here
+    dev = torch.device(device)
+    if dev.type != here.type or (dev.index is not None and here.index is not None and dev.index != here.index):
+        raise ValueError(f"{fn}: model is on {here} but device is {dev}; move the model or pass device=None")
+    return here
+
+
+def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 1024,
+                   device: torch.device | str | None = None) -> torch.Tensor:
+    """Float32 logits ``[N, C]`` on the model's device: batched, eval mode, ``inference_mode``
+    (the model's train/eval mode is restored afterwards)."""
+    if batch_size < 1:
+        raise ValueError(f"predict_logits: batch_size must be >= 1, got {batch_size}")
+    dev = _eval_device(model, device, "predict_logits")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            out = [model(images[s:s + batch_size].to(dev, non_blocking=True)).float()
+                   for s in range(0, images.shape[0], batch_size)]
+    finally:
+        model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, 0, device=dev)
+
+
+def _view(data: Any, labels: torch.Tensor | None, name: str, fn: str):
+    return as_data((data, labels) if labels is not None else data, name, fn).materialise(fn)
+
+
+def accuracy(model: nn.Module, images: Any, labels: torch.Tensor | None = None, batch_size: int = 1024,
+             device: torch.device | str | None = None) -> float:
+    """Top-1 accuracy in percent (0..100) of ``model`` on ``images [N, ...]`` with ``labels [N]``
+    (or on a data object passed as ``images`` with ``labels=None``). Batched under
+    ``inference_mode`` on the model's device; ``device``, when given, must be that device."""
+    v = _view(images, labels, "images", "accuracy")
+    logits = predict_logits(model, v.images, batch_size, device)
+    return float((logits.argmax(1) == v.labels.to(logits.device)).double().mean()) * 100.0
+
+
+def true_class_log_odds(logits: torch.Tensor, labels: torch.Tensor, clamp: float = 100.0) -> torch.Tensor:
+    """``φ = log p_y − log(1 − p_y)`` per sample, float32 ``[N]``, from logits ``[N, C]``.
+
+    Computed without forming probabilities: ``log p_y = z_y − LSE(z)`` and ``log(1 − p_y) =
+    LSE_{c≠y}(z) − LSE(z)``, so ``φ = z_y − LSE_{c≠y}(z)``, exact where ``p_y`` rounds to 1.
+    Clamped to ``[−clamp, clamp]`` (a single class or infinite logits give ``±inf`` otherwise).
+    """
+    if logits.dim() != 2 or labels.shape != logits.shape[:1]:
+        raise ValueError(f"true_class_log_odds: expected logits [N, C] and labels [N], got {tuple(logits.shape)} "
+                         f"and {tuple(labels.shape)}")
+    z = logits.float()
+    y = labels.to(z.device).long()[:, None]
+    z_y = z.gather(1, y).squeeze(1)
+    others = z.scatter(1, y, float("-inf"))
+    return (z_y - torch.logsumexp(others, 1)).nan_to_num(nan=0.0).clamp(-clamp, clamp)
+
+
+def _equal_size(a: np.ndarray, b: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    n = min(len(a), len(b))
+    g = torch.Generator().manual_seed(seed)
+    ia = torch.randperm(len(a), generator=g)[:n].sort().values.numpy()
+    ib = torch.randperm(len(b), generator=g)[:n].sort().values.numpy()
+    return a[ia], b[ib]
+
+
+def mia_score(model: nn.Module, forget: Any, test: Any, batch_size: int = 1024,
+              device: torch.device | str | None = None, seed: int = 0, fold_back: bool = False,
+              fold_back_below: float = 42.0, clamp: float = 100.0, n_splits: int = 5) -> float:
+    """The paper's MIA score (SPEC §4), ROC-AUC × 100: how well a logistic regression on the
+    per-sample log-odds ``φ`` (:func:`true_class_log_odds`) tells forget samples (label 0) from
+    held-out test samples (label 1).
+
+    The two sets are truncated to equal size (a seeded random subset of the larger one); the score is
+    the AUC of out-of-fold probabilities of ``StratifiedKFold(n_splits, shuffle=True, random_state=0)``.
+    About 50 means forget samples look like unseen ones (what a retrained model gets). ``test``
+    should hold the held-out samples of the forgotten classes. ``fold_back=True`` reproduces the
+    reference's reflection ``AUC -> 100 − AUC`` when ``AUC <= fold_back_below`` (off by default).
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    fn = "mia_score"
+    f = _view(forget, None, "forget", fn)
+    t = _view(test, None, "test", fn)
+    phi_f = true_class_log_odds(predict_logits(model, f.images, batch_size, device), f.labels, clamp)
+    phi_t = true_class_log_odds(predict_logits(model, t.images, batch_size, device), t.labels, clamp)
+    a, b = _equal_size(phi_f.cpu().double().numpy(), phi_t.cpu().double().numpy(), seed)
+    if len(a) < n_splits:
+        raise ValueError(f"{fn}: forget and test need at least n_splits={n_splits} samples each, got {len(a)}")
+    x = np.concatenate([a, b])[:, None]
+    y = np.concatenate([np.zeros(len(a)), np.ones(len(b))])
+    cv = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=0)
+    prob = cross_val_predict(LogisticRegression(), x, y, cv=cv, method="predict_proba")[:, 1]
+    auc = float(roc_auc_score(y, prob)) * 100.0
+    if fold_back and auc <= fold_back_below:
+        auc = 100.0 - auc
+    return auc
+
+
+SVC_FEATURES = ("correctness", "confidence", "entropy", "m_entropy", "prob")
+
+
+def attack_features(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, np.ndarray]:
+    """The membership-attack features of Song & Mittal (2021) per sample, float64 numpy:
+    ``correctness`` [N, 1] (top-1 hit), ``confidence`` [N, 1] (``p_y``), ``entropy`` [N, 1]
+    (``−Σ p log p``), ``m_entropy`` [N, 1] (modified entropy ``−(1−p_y) log p_y −
+    Σ_{c≠y} p_c log(1−p_c)``), ``prob`` [N, C] (the softmax vector)."""
+    z = logits.double()
+    y = labels.to(z.device).long()
+    logp = F.log_softmax(z, 1)
+    p = logp.exp()
+    p_y = p.gather(1, y[:, None]).squeeze(1)
+    log1m = torch.log((1.0 - p).clamp_min(1e-300))
+    hit = F.one_hot(y, z.shape[1]).bool()
+    m_ent = -(1.0 - p_y) * logp.gather(1, y[:, None]).squeeze(1) - torch.where(hit, 0.0, p * log1m).sum(1)
+    feats = {
+        "correctness": (z.argmax(1) == y).double()[:, None],
+        "confidence": p_y[:, None],
+        "entropy": -(p * logp).nan_to_num(nan=0.0).sum(1)[:, None],
+        "m_entropy": m_ent[:, None],
+        "prob": p,
+    }
+    return {k: v.cpu().numpy() for k, v in feats.items()}
+
+
+def svc_mia(model: nn.Module, retain: Any, forget: Any, test: Any, batch_size: int = 1024,
+            device: torch.device | str | None = None, seed: int = 0, max_shadow: int = 5000,
+            features: tuple[str, ...] = SVC_FEATURES) -> dict[str, float]:
+    """The SVC membership attack used by many unlearning papers ("MIA-efficacy").
+
+    For each feature of :func:`attack_features`, an RBF SVC (``C=3``, ``gamma="auto"``) is fit on
+    shadow data — retain samples as members (1), test samples as non-members (0), equal numbers
+    (a seeded subset of the larger set, at most ``max_shadow`` each: SVC training is quadratic) — and
+    applied to the forget set. Returned per feature: the percentage of forget samples the attack calls
+    non-members (higher = the model treats the forget set more like unseen data; a model that never
+    saw the forget set scores roughly its test-set rate).
+    """
+    from sklearn.svm import SVC
+
+    fn = "svc_mia"
+    unknown = sorted(set(features) - set(SVC_FEATURES))
+    if unknown:
+        raise ValueError(f"{fn}: unknown features {unknown}; expected some of {list(SVC_FEATURES)}")
+    if max_shadow < 1:
+        raise ValueError(f"{fn}: max_shadow must be >= 1, got {max_shadow}")
+    views = {name: _view(d, None, name, fn) for name, d in (("retain", retain), ("forget", forget), ("test", test))}
+    feats = {name: attack_features(predict_logits(model, v.images, batch_size, device), v.labels)
+             for name, v in views.items()}
+    n = min(len(views["retain"]), len(views["test"]), max_shadow)
+    g = torch.Generator().manual_seed(seed)
+    ir = torch.randperm(len(views["retain"]), generator=g)[:n].numpy()
+    it = torch.randperm(len(views["test"]), generator=g)[:n].numpy()
+    y = np.concatenate([np.ones(n), np.zeros(n)])
+    out = {}
+    for name in features:
+        x = np.concatenate([feats["retain"][name][ir], feats["test"][name][it]])
+        clf = SVC(C=3, gamma="auto", kernel="rbf").fit(x, y)
+        out[name] = float(1.0 - clf.predict(feats["forget"][name]).mean()) * 100.0
+    return out
+
+
+class StageTimer:
+    """Wall-clock time of named stages, the device synchronised before each clock read.
+
+    >>> timer = StageTimer(device)
+    >>> with timer("grouping"):
+    ...     clustering = fastblend.group(features, labels, ipc)
+    >>> timer.stages            # {"grouping": 1.93}
+    >>> timer.to_json("results/timings.json", dataset="cifar10")
+
+    A stage entered twice accumulates. ``device=None`` synchronises every initialised CUDA device.
+    """
+
+    def __init__(self, device: torch.device | str | None = None):
+        self.device = torch.device(device) if device is not None else None
+        self.stages: dict[str, float] = {}
+
+    def _sync(self) -> None:
+        if self.device is not None:
+            synchronize(self.device)
+        elif torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"StageTimer: stage name must be a non-empty string, got {name!r}")
+        self._sync()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._sync()
+            self.add(name, time.perf_counter() - start)
+
+    def add(self, name: str, seconds: float) -> None:
+        """Record ``seconds`` for stage ``name`` (e.g. a time measured elsewhere, such as
+        ``UnlearnResult.seconds``)."""
+        self.stages[name] = self.stages.get(name, 0.0) + float(seconds)
+
+    @property
+    def total(self) -> float:
+        return sum(self.stages.values())
+
+    def as_dict(self) -> dict[str, float]:
+        return {**self.stages, "total": self.total}
+
+    def to_json(self, path: str | Path, **extra: Any) -> dict[str, Any]:
+        """Write ``{"stages": {...}, "total": ..., **extra}`` to ``path`` and return it."""
+        record = {"stages": dict(self.stages), "total": self.total, **extra}
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=2, default=str))
+        return record
+
+
+__all__ = [
+    "SVC_FEATURES",
+    "StageTimer",
+    "accuracy",
+    "attack_features",
+    "mia_score",
+    "predict_logits",
+    "svc_mia",
+    "true_class_log_odds",
+]

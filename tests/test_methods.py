@@ -1,0 +1,375 @@
+"""Tests of fastblend.methods on small synthetic tasks (a 2-hidden-layer MLP on Gaussian blobs)."""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Subset, TensorDataset
+
+from fastblend.methods import (
+    AFinetuneConfig,
+    FinetuneConfig,
+    RetrainConfig,
+    ScrubConfig,
+    SSDConfig,
+    accelerated,
+    available_methods,
+    config_class,
+    presets,
+    unlearn,
+)
+from fastblend.methods.base import kd_loss, make_scheduler
+from fastblend.methods.sparse import alpha_at
+
+C, D = 4, 16
+
+
+def _blobs(n: int, g: torch.Generator, centers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    y = torch.randint(0, C, (n,), generator=g)
+    return centers[y] + torch.randn(n, D, generator=g), y
+
+
+def _mlp(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(D, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, C))
+
+
+def _acc(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float((model(x).argmax(1) == y).float().mean()) * 100
+
+
+@pytest.fixture(scope="module")
+def noisy_task():
+    """Blobs; a 10% forget set with wrong labels that the model has memorised (training stops once
+    it fits 95% of them, so nothing is saturated)."""
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(C, D, generator=g) * 1.2
+    xr, yr = _blobs(400, g, centers)
+    xf, yf_true = _blobs(40, g, centers)
+    yf = (yf_true + 1 + torch.randint(0, C - 1, (40,), generator=g)) % C
+    xu, yu = _blobs(300, g, centers)
+    net = _mlp()
+    x, y = torch.cat([xr, xf]), torch.cat([yr, yf])
+    opt = torch.optim.Adam(net.parameters(), 3e-3)
+    for _ in range(2000):
+        opt.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+        if _acc(net, xf, yf) >= 95:
+            break
+    assert _acc(net, xf, yf) >= 95 and _acc(net, xr, yr) >= 99
+    return dict(model=net, retain=(xr, yr), forget=(xf, yf), unseen=(xu, yu))
+
+
+# Small-demo settings (the SPEC's epoch counts are for CIFAR / ResNet).
+DEMO = {
+    "retrain": dict(epochs=10, lr=0.05),
+    "finetune": dict(epochs=5, lr=0.1),
+    "neggrad_plus": dict(epochs=2, beta=0.1),
+    "scrub": dict(epochs=4, max_epochs=2, lr=0.05),
+    "l1_sparse": dict(epochs=3, lr=0.05),
+    "bad_teacher": dict(epochs=8, lr=0.02),
+    "ssd": dict(alpha=50.0),
+    "distill": dict(epochs=10, lr=0.05),
+    "prune": dict(epochs=5, lr=0.05, sparsity=0.8),
+}
+
+
+@pytest.mark.parametrize("method", sorted(DEMO))
+def test_base_method_forgets_and_keeps_retain(noisy_task, method):
+    t = noisy_task
+    before = copy.deepcopy(t["model"].state_dict())
+    res = unlearn(method, t["model"], t["retain"], t["forget"], config=DEMO[method])
+    # forget accuracy (on the memorised wrong labels) drops by >= 30 points; retain (100%) stays >= 90%
+    assert _acc(res.model, *t["forget"]) <= 65.0
+    assert _acc(res.model, *t["retain"]) >= 90.0
+    assert res.method == method and res.seconds > 0 and res.steps > 0
+    assert all(math.isfinite(v) for v in res.losses)
+    # the input model is untouched
+    for k, v in t["model"].state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+class _Recorder:
+    """Shared (not copied by deepcopy) list of every input a model saw."""
+
+    def __init__(self):
+        self.seen: list[torch.Tensor] = []
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+class _RecordingMLP(nn.Module):
+    def __init__(self, recorder: _Recorder):
+        super().__init__()
+        self.net = _mlp()
+        self.recorder = recorder
+
+    def forward(self, x):
+        self.recorder.seen.append(x.detach().clone())
+        return self.net(x)
+
+
+def _marked(n: int, base: float, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs whose feature 0 is ``base + i`` (a marker that identifies each row)."""
+    x = torch.randn(n, D, generator=g)
+    x[:, 0] = base + torch.arange(n, dtype=torch.float32)
+    return x, torch.randint(0, C, (n,), generator=g)
+
+
+def test_retrain_never_sees_forget_data():
+    g = torch.Generator().manual_seed(1)
+    retain, forget = _marked(100, 0.0, g), _marked(30, 1000.0, g)
+    rec = _Recorder()
+    res = unlearn("retrain", _RecordingMLP(rec), retain, forget, config=dict(epochs=2))
+    seen = torch.cat(rec.seen)[:, 0]
+    assert seen.numel() >= 200 and (seen >= 999).sum() == 0
+    assert res.steps == 2 * math.ceil(100 / 64)
+    # the same probe catches a method that does read the forget set
+    rec.seen.clear()
+    unlearn("neggrad_plus", _RecordingMLP(rec), retain, forget, config=dict(epochs=1))
+    assert (torch.cat(rec.seen)[:, 0] >= 999).any()
+
+
+def test_retrain_is_a_fresh_model(noisy_task):
+    t = noisy_task
+    res = unlearn("retrain", t["model"], t["retain"], t["forget"], config=dict(epochs=1, lr=1e-8), seed=3)
+    w_new = res.model[0].weight
+    assert not torch.allclose(w_new, t["model"][0].weight)
+    again = unlearn("retrain", t["model"], t["retain"], t["forget"], config=dict(epochs=1, lr=1e-8), seed=3)
+    assert torch.equal(again.model[0].weight, w_new)
+
+
+def test_ssd_dampens_exactly_the_selected_parameters():
+    g = torch.Generator().manual_seed(2)
+    lin = nn.Linear(3, 2)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(2, 3, generator=g))
+        lin.bias.copy_(torch.randn(2, generator=g))
+    xr, yr = torch.randn(12, 3, generator=g), torch.randint(0, 2, (12,), generator=g)
+    xf, yf = torch.randn(5, 3, generator=g) * 3, torch.randint(0, 2, (5,), generator=g)
+    alpha, lam = 1.5, 0.7
+
+    def sq_grad(x, y):  # float64 importance from one batch
+        w, b = lin.weight.double().detach().requires_grad_(), lin.bias.double().detach().requires_grad_()
+        F.cross_entropy(x.double() @ w.T + b, y).backward()
+        return [w.grad ** 2, b.grad ** 2]
+
+    i_f = sq_grad(xf, yf)
+    i_d = sq_grad(torch.cat([xr, xf]), torch.cat([yr, yf]))
+    expected, n_sel = [], 0
+    for p, f_, d_ in zip((lin.weight, lin.bias), i_f, i_d):
+        ratio = f_ / (alpha * d_)
+        assert ((ratio - 1).abs() > 0.01).all(), "constructed case must not sit on the selection boundary"
+        sel = f_ > alpha * d_
+        n_sel += int(sel.sum())
+        expected.append(torch.where(sel, p.double() * (lam * d_ / f_).clamp(max=1), p.double()))
+    assert 0 < n_sel < 8, "the case must select some parameters and leave others"
+    # one batch each: batch_size covers retain ∪ forget
+    res = unlearn("ssd", lin, (xr, yr), (xf, yf), config=SSDConfig(alpha=alpha, lam=lam, batch_size=64))
+    assert res.info["ssd_selected"] == n_sel
+    torch.testing.assert_close(res.model.weight.double(), expected[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(res.model.bias.double(), expected[1], rtol=1e-5, atol=1e-6)
+
+
+def test_prune_is_permanent_and_sparse(noisy_task):
+    t = noisy_task
+    res = unlearn("prune", t["model"], t["retain"], t["forget"], config=dict(epochs=1, sparsity=0.95))
+    names = [n for n, _ in res.model.named_parameters()]
+    assert not any(n.endswith("_orig") for n in names)
+    assert not any(m._forward_pre_hooks for m in res.model.modules())
+    weights = torch.cat([m.weight.flatten() for m in res.model if isinstance(m, nn.Linear)])
+    assert abs(float((weights == 0).float().mean()) - 0.95) < 0.005
+
+
+def test_l1_alpha_schedule():
+    assert alpha_at(1e-4, 0, 1, True) == 1e-4  # E = 1: no division by zero
+    assert [alpha_at(1.0, e, 3, True) for e in range(3)] == [1.0, 0.5, 0.0]
+    assert alpha_at(1.0, 2, 3, False) == 1.0
+
+
+def test_kd_loss_matches_kl_div():
+    s, t = torch.randn(7, 5), torch.randn(7, 5)
+    ref = F.kl_div(F.log_softmax(s / 2, 1), F.softmax(t / 2, 1), reduction="batchmean") * 4
+    torch.testing.assert_close(kd_loss(s, t, 2.0), ref)
+    torch.testing.assert_close(kd_loss(s, t, 2.0, reduction="none").mean(), ref)
+
+
+def test_cosine_schedule_with_warmup():
+    p = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    sched = make_scheduler(opt, FinetuneConfig(epochs=4, warmup_epochs=1), total_steps=8, steps_per_epoch=2)
+    lrs = []
+    for _ in range(8):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:3] == [0.5, 1.0, 1.0]  # linear warm-up, then cosine from the full lr
+    assert all(a > b for a, b in zip(lrs[2:], lrs[3:])) and lrs[-1] > 0
+    assert lrs[-1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 5 / 6)))
+
+
+def test_configs_hold_the_spec_defaults():
+    ft = FinetuneConfig()
+    assert (ft.lr, ft.momentum, ft.weight_decay, ft.epochs, ft.warmup_epochs, ft.schedule) == \
+        (0.04, 0.502, 0.0014, 50, 5, "cosine")
+    rt = RetrainConfig()
+    assert (rt.lr, rt.momentum, rt.weight_decay, rt.epochs) == (0.1, 0.9, 5e-4, 100)
+    sc = ScrubConfig()
+    assert (sc.lr, sc.T, sc.epochs, sc.max_epochs, sc.ce_weight, sc.kl_weight) == (0.01, 2.0, 15, 5, 0.99, 0.001)
+    a = AFinetuneConfig()
+    assert (a.optimizer, a.lr, a.weight_decay, a.epochs, a.batch_size, a.lam, a.k, a.kappa, a.sigma) == \
+        ("adam", 2.4e-4, 0.0, 1, 64, 34.0, 2.0, 60.0, 1.0)
+    assert (a.forget_batch_factor, a.unseen_batch_factor) == (4, 4)
+    s = config_class("a_sparse")()
+    assert (s.alpha, s.lr) == (1e-4, 1e-4)
+    ssd = SSDConfig()
+    assert (ssd.alpha, ssd.lam) == (10.0, 1.0)
+    assert config_class("a_scrub")().forget_weight == 0.2
+    assert config_class("l1_sparse")().epochs == 30 and config_class("bad_teacher")().epochs == 20
+
+
+def test_presets_and_names():
+    assert presets("a_finetune", "cinic10", "resnet18").lr == 1e-4
+    assert presets("a_finetune", "cifar10", "resnet50").lr == 2.4e-4
+    assert presets("finetune", "svhn").lr == 0.04
+    with pytest.raises(ValueError, match="presets: dataset"):
+        presets("finetune", "mnist")
+    with pytest.raises(ValueError, match="presets: arch"):
+        presets("finetune", "cifar10", "vit")
+    assert accelerated("finetune") == "a_finetune" and accelerated("scrub") == "a_scrub"
+    assert accelerated("l1_sparse") == "a_sparse" and accelerated("CF") == "a_finetune"
+    for m in ("retrain", "ssd", "distill"):
+        with pytest.raises(ValueError, match="cannot be accelerated"):
+            accelerated(m)
+    assert {"retrain", "finetune", "neggrad_plus", "scrub", "l1_sparse", "bad_teacher", "ssd", "distill",
+            "prune", "a_finetune", "a_sparse", "a_scrub"} <= set(available_methods())
+
+
+def test_config_forms(noisy_task):
+    t = noisy_task
+    args = (t["model"], t["retain"], t["forget"])
+    res = unlearn("finetune", *args, config=dict(epochs=1, lr=0.01))
+    assert isinstance(res.config, FinetuneConfig) and res.config.lr == 0.01 and res.config.momentum == 0.502
+    res = unlearn("finetune", *args, config=FinetuneConfig(epochs=1))
+    assert res.config.epochs == 1 and len(res.losses) == 1
+    with pytest.raises(ValueError, match="unlearn: unknown config keys"):
+        unlearn("finetune", *args, config=dict(epochs=1, learning_rate=0.1))
+    with pytest.raises(TypeError, match="unlearn: config must be"):
+        unlearn("finetune", *args, config=ScrubConfig())
+    with pytest.raises(ValueError, match="unlearn: config.epochs"):
+        unlearn("finetune", *args, config=dict(epochs=0))
+
+
+def test_deterministic_given_seed(noisy_task):
+    t = noisy_task
+    run = lambda seed: unlearn("scrub", t["model"], t["retain"], t["forget"],  # noqa: E731
+                               config=dict(epochs=2, max_epochs=1), seed=seed).model
+    a, b, c = run(5), run(5), run(6)
+    for pa, pb, pc in zip(a.parameters(), b.parameters(), c.parameters()):
+        assert torch.equal(pa, pb)
+    assert any(not torch.equal(pa, pc) for pa, pc in zip(a.parameters(), c.parameters()))
+
+
+def test_inplace(noisy_task):
+    t = noisy_task
+    model = copy.deepcopy(t["model"])
+    res = unlearn("finetune", model, t["retain"], t["forget"], config=dict(epochs=1, inplace=True))
+    assert res.model is model
+
+
+def test_data_forms_agree(noisy_task):
+    t = noisy_task
+    (xr, yr), forget = t["retain"], t["forget"]
+    cfg = dict(epochs=1)
+    ref = unlearn("finetune", t["model"], (xr, yr), forget, config=cfg).model
+    for retain in (TensorDataset(xr, yr), Subset(TensorDataset(xr, yr), list(range(len(yr))))):
+        got = unlearn("finetune", t["model"], retain, TensorDataset(*forget), config=cfg).model
+        for pa, pb in zip(ref.parameters(), got.parameters()):
+            assert torch.equal(pa, pb)
+    loader = DataLoader(TensorDataset(xr, yr), batch_size=50, shuffle=False)
+    res = unlearn("finetune", t["model"], loader, forget, config=cfg)
+    assert res.steps == 8
+
+
+def test_fuse_forward_matches_separate_forwards(noisy_task):
+    t = noisy_task
+    cfg = dict(epochs=1, beta=0.1)
+    a = unlearn("neggrad_plus", t["model"], t["retain"], t["forget"], config=cfg).model
+    b = unlearn("neggrad_plus", t["model"], t["retain"], t["forget"], config={**cfg, "fuse_forward": True}).model
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-5)
+
+
+def test_fuse_forward_refused_with_batchnorm():
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(80, D, generator=g), torch.randint(0, C, (80,), generator=g)
+    torch.manual_seed(0)
+    bn = nn.Sequential(nn.Linear(D, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, C))
+    cfg = dict(epochs=1, batch_size=16, beta=0.1)
+    plain = unlearn("neggrad_plus", bn, (x[:60], y[:60]), (x[60:], y[60:]), config=cfg).model
+    with pytest.warns(UserWarning, match="fuse_forward ignored"):
+        fused = unlearn("neggrad_plus", bn, (x[:60], y[:60]), (x[60:], y[60:]),
+                        config={**cfg, "fuse_forward": True}).model
+    for pa, pb in zip(plain.parameters(), fused.parameters()):
+        assert torch.equal(pa, pb)
+
+
+def test_amp_and_channels_last_on_a_convnet():
+    from fastblend.models import ConvNet3
+
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.randn(48, 1, 8, 8, generator=g), torch.randint(0, 3, (48,), generator=g)
+    torch.manual_seed(0)
+    net = ConvNet3(in_channels=1, num_classes=3, image_size=8, width=8)
+    base = unlearn("scrub", net, (x[:40], y[:40]), (x[40:], y[40:]), config=dict(epochs=1, batch_size=16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # CPU autocast may warn about unsupported ops
+        fast = unlearn("scrub", net, (x[:40], y[:40]), (x[40:], y[40:]),
+                       config=dict(epochs=1, batch_size=16, amp=True, channels_last=True, fuse_forward=True))
+    assert all(math.isfinite(v) for v in fast.losses)
+    assert abs(fast.losses[0] - base.losses[0]) < 0.1 * (1 + abs(base.losses[0]))
+    assert fast.model.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input
+
+
+def test_bad_inputs(noisy_task):
+    t = noisy_task
+    m, (xr, yr), (xf, yf) = t["model"], t["retain"], t["forget"]
+    with pytest.raises(ValueError, match="unlearn: unknown method"):
+        unlearn("forget_everything", m, (xr, yr), (xf, yf))
+    with pytest.raises(TypeError, match="unlearn: model must be"):
+        unlearn("finetune", "model", (xr, yr), (xf, yf))
+    idx = torch.arange(440)
+    with pytest.raises(ValueError, match="unlearn: retain and forget must be disjoint"):
+        unlearn("finetune", m, (xr, yr, idx[:400]), (xf, yf, idx[390:430]))
+    base = TensorDataset(torch.cat([xr, xf]), torch.cat([yr, yf]))
+    with pytest.raises(ValueError, match="disjoint"):
+        unlearn("finetune", m, Subset(base, range(0, 400)), Subset(base, range(399, 440)))
+    with pytest.raises(ValueError, match=r"unlearn: forget labels must be in \[0, 4\)"):
+        unlearn("finetune", m, (xr, yr), (xf, yf + 4))
+    with pytest.raises(ValueError, match="unlearn: retain labels must be >= 0"):
+        unlearn("finetune", m, (xr, yr - 1), (xf, yf))
+    with pytest.raises(ValueError, match="unlearn: forget is empty"):
+        unlearn("finetune", m, (xr, yr), (xf[:0], yf[:0]))
+    with pytest.raises(ValueError, match="unlearn: forget images are on meta but labels on cpu"):
+        unlearn("finetune", m, (xr, yr), (xf.to("meta"), yf))
+    with pytest.raises(ValueError, match="unlearn: retain has 400 images but 399 labels"):
+        unlearn("finetune", m, (xr, yr[:-1]), (xf, yf))
+    with pytest.raises(TypeError, match="unlearn: retain images must be a floating-point"):
+        unlearn("finetune", m, (xr.long(), yr), (xf, yf))
+    with pytest.raises(TypeError, match="unlearn: retain must be a pair"):
+        unlearn("finetune", m, xr, (xf, yf))
+    with pytest.raises(ValueError, match="unlearn: method 'a_finetune' requires unseen"):
+        unlearn("a_finetune", m, (xr, yr), (xf, yf))

@@ -25,6 +25,12 @@
 
 #include "common.h"
 
+// The pair loops select between precomputed values; GCC if-converts (and so vectorises) such
+// selects only when floating-point comparisons may not trap. Nothing here reads FP exception flags.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
+
 namespace py = pybind11;
 
 namespace fastblend {
@@ -90,7 +96,8 @@ inline T expm1_neg(T x) {
   constexpr T kLog2e = T(1.4426950408889634);
   constexpr T kLn2Hi = T(0.693145751953125);  // few mantissa bits: n * kLn2Hi is exact
   constexpr T kLn2Lo = T(1.4286068203094173e-06);
-  x = x < NegExp<T>::kLow ? NegExp<T>::kLow : x;
+  const T lo = NegExp<T>::kLow;
+  x = x < lo ? lo : x;
   const int n = (int)(x * kLog2e - T(0.5));  // truncation of a non-positive value: round to nearest
   const T r = (x - T(n) * kLn2Hi) - T(n) * kLn2Lo;
   const T s = NegExp<T>::scale(n);
@@ -100,6 +107,30 @@ inline T expm1_neg(T x) {
 template <typename T>
 inline T exp_neg(T x) {
   return expm1_neg<T>(x) + T(1);
+}
+
+// sum_{j in [begin, end)} f(j) in double. Blocks of kBlock terms are first evaluated in T into a
+// buffer (an elementwise loop, which the compiler vectorises: a floating-point reduction would
+// need reassociation), then summed on independent lanes and added to a double accumulator, so
+// rounding does not grow with the row length.
+template <typename T, typename F>
+inline double lane_sum(int64_t begin, int64_t end, F&& f) {
+  constexpr int64_t kBlock = 256;
+  constexpr int kLanes = 8;
+  T buf[kBlock];
+  double total = 0;
+  for (int64_t s = begin; s < end; s += kBlock) {
+    const int64_t len = std::min(end - s, kBlock);
+    for (int64_t j = 0; j < len; ++j) buf[j] = f(s + j);
+    for (int64_t j = len; j < kBlock; ++j) buf[j] = T(0);
+    T lanes[kLanes] = {};
+    for (int64_t j = 0; j < kBlock; j += kLanes)
+      for (int l = 0; l < kLanes; ++l) lanes[l] += buf[j + l];
+    double part = 0;
+    for (int l = 0; l < kLanes; ++l) part += (double)lanes[l];
+    total += part;
+  }
+  return total;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -155,20 +186,22 @@ void cdf_tail_rows(const PairTable<T>& tab, int64_t M, double* q, int nthreads) 
 #pragma omp parallel for schedule(dynamic, 16) num_threads(nthreads)
   for (int64_t i = 0; i < M; ++i) {
     const T ui = uu[i];
-    double acc = 0;
+    double acc;
     if (tab.product) {
       const T* e = tab.e.data();
       const T inv_ei = tab.inv_e[i];
-      for (int64_t j = 0; j < M; ++j) {
+      acc = lane_sum<T>(0, M, [&](int64_t j) {
         const T r = e[j] * inv_ei;  // exp(-k (u_i - u_j)), < 1 exactly when u_j < u_i
-        acc += (double)(uu[j] < ui ? r / (T(1) + r) : T(0.5));
-      }
+        const T t = r / (T(1) + r);  // evaluated on every lane: a plain select vectorises
+        return uu[j] < ui ? t : T(0.5);
+      });
     } else {
-      for (int64_t j = 0; j < M; ++j) {
+      acc = lane_sum<T>(0, M, [&](int64_t j) {
         const T d = ui - uu[j];
-        const T r = exp_neg<T>(-k * (d > 0 ? d : T(0)));
-        acc += (double)(d > 0 ? r / (T(1) + r) : T(0.5));
-      }
+        const T r = exp_neg<T>(-k * (d > T(0) ? d : T(0)));
+        const T t = r / (T(1) + r);
+        return d > 0 ? t : T(0.5);
+      });
     }
     q[i] = acc / (double)M;
   }
@@ -185,21 +218,35 @@ void cdf_backward_rows(const PairTable<T>& tab, const double* dc, int64_t M, dou
 #pragma omp parallel for schedule(dynamic, 16) num_threads(nthreads)
   for (int64_t m = 0; m < M; ++m) {
     const T um = uu[m];
-    double a = 0, b = 0;  // a: sum over smaller u of s'; b: sum over larger u of dc * s'
-    for (int64_t j = 0; j < M; ++j) {
-      T r;
-      if (tab.product) {
-        const T lo_r = tab.e[j] * tab.inv_e[m];
-        const T hi_r = tab.e[m] * tab.inv_e[j];
-        r = uu[j] < um ? lo_r : hi_r;
-      } else {
+    // a: sum over smaller u of s'; b: sum over larger u of dc * s'
+    double a, b;
+    if (tab.product) {
+      const T* e = tab.e.data();
+      const T* inv_e = tab.inv_e.data();
+      const T em = e[m], inv_em = inv_e[m];
+      a = lane_sum<T>(0, M, [&](int64_t j) {
+        const T r = e[j] * inv_em;
+        const T sp = k * r / ((T(1) + r) * (T(1) + r));
+        return uu[j] < um ? sp : T(0);
+      });
+      b = lane_sum<T>(0, M, [&](int64_t j) {
+        const T r = em * inv_e[j];
+        const T sp = dcv[j] * k * r / ((T(1) + r) * (T(1) + r));
+        return uu[j] > um ? sp : T(0);
+      });
+    } else {
+      a = lane_sum<T>(0, M, [&](int64_t j) {
         const T d = um - uu[j];
-        r = exp_neg<T>(-k * (d > 0 ? d : -d));
-      }
-      const T one_r = T(1) + r;
-      const T sp = k * r / (one_r * one_r);
-      a += (double)(uu[j] < um ? sp : T(0));
-      b += (double)(uu[j] > um ? dcv[j] * sp : T(0));
+        const T r = exp_neg<T>(-k * (d > T(0) ? d : T(0)));
+        const T sp = k * r / ((T(1) + r) * (T(1) + r));
+        return d > 0 ? sp : T(0);
+      });
+      b = lane_sum<T>(0, M, [&](int64_t j) {
+        const T d = uu[j] - um;
+        const T r = exp_neg<T>(-k * (d > T(0) ? d : T(0)));
+        const T sp = dcv[j] * k * r / ((T(1) + r) * (T(1) + r));
+        return d > 0 ? sp : T(0);
+      });
     }
     du[m] = (dc[m] * a - b) / (double)M;
   }
@@ -235,11 +282,10 @@ double mmd_value(const double* g, const double* w, int64_t N, double sigma, int 
 #pragma omp parallel for schedule(dynamic, 16) num_threads(nthreads)
   for (int64_t a = 0; a < N; ++a) {
     const T ga = gt[a];
-    double acc = 0;
-    for (int64_t b = a + 1; b < N; ++b) {
+    const double acc = lane_sum<T>(a + 1, N, [&](int64_t b) {
       const T d = ga - gt[b];
-      acc += (double)(wt[b] * expm1_neg<T>(scale * d * d));
-    }
+      return wt[b] * expm1_neg<T>(scale * d * d);
+    });
     rows[a] = w[a] * acc;
   }
   double total = 0;
@@ -259,11 +305,10 @@ void mmd_backward_rows(const double* g, const double* w, int64_t N, double sigma
 #pragma omp parallel for schedule(static) num_threads(nthreads)
   for (int64_t a = 0; a < N; ++a) {
     const T ga = gt[a];
-    double acc = 0;
-    for (int64_t b = 0; b < N; ++b) {
+    const double acc = lane_sum<T>(0, N, [&](int64_t b) {
       const T d = ga - gt[b];
-      acc += (double)(wt[b] * d * exp_neg<T>(scale * d * d));
-    }
+      return wt[b] * d * exp_neg<T>(scale * d * d);
+    });
     dg[a] = -2.0 * grad * w[a] * acc / (sigma * sigma);
   }
 }

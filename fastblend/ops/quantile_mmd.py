@@ -255,6 +255,13 @@ def _triton_mmd_backward(g, w, sigma, single):
 # --------------------------------------------------------------------------------------------
 # C++ launcher
 # --------------------------------------------------------------------------------------------
+_CPP_PARALLEL_PAIRS = 1 << 20  # below this many pairs a second thread costs more than it saves
+
+
+def _cpp_threads(pairs: int) -> int:
+    return torch.get_num_threads() if pairs >= _CPP_PARALLEL_PAIRS else 1
+
+
 def _cpp_set_forward(z, y, k):
     ext = _dispatch.cpp_extension()
     m, c = z.shape
@@ -262,7 +269,7 @@ def _cpp_set_forward(z, y, k):
     y = y.contiguous()
     stats = torch.empty((3, m), dtype=torch.float64)
     ext.quantile_set_forward(z.data_ptr(), _DTYPE_CODE[z.dtype], y.data_ptr(), m, c, float(k), stats.data_ptr(),
-                             torch.get_num_threads())
+                             _cpp_threads(m * m))
     return stats
 
 
@@ -275,7 +282,7 @@ def _cpp_set_backward(z, y, k, stats, dc):
     dc = dc.contiguous()
     dz = torch.empty_like(z)
     ext.quantile_set_backward(z.data_ptr(), _DTYPE_CODE[z.dtype], y.data_ptr(), m, c, float(k), stats.data_ptr(),
-                              dc.data_ptr(), dz.data_ptr(), torch.get_num_threads())
+                              dc.data_ptr(), dz.data_ptr(), _cpp_threads(m * m))
     return dz
 
 
@@ -283,7 +290,7 @@ def _cpp_mmd_forward(g, w, sigma, single):
     ext = _dispatch.cpp_extension()
     g, w = g.contiguous(), w.contiguous()
     value = ext.quantile_mmd_forward(g.data_ptr(), w.data_ptr(), g.numel(), float(sigma), single,
-                                     torch.get_num_threads())
+                                     _cpp_threads(g.numel() ** 2))
     return torch.tensor(value, dtype=torch.float64)
 
 
@@ -292,7 +299,7 @@ def _cpp_mmd_backward(g, w, sigma, single):
     g, w = g.contiguous(), w.contiguous()
     dg = torch.empty_like(g)
     ext.quantile_mmd_backward(g.data_ptr(), w.data_ptr(), g.numel(), float(sigma), 1.0, single, dg.data_ptr(),
-                              torch.get_num_threads())
+                              _cpp_threads(g.numel() ** 2))
     return dg
 
 

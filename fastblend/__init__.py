@@ -1,19 +1,26 @@
 """fastblend: fast kernels for approximate machine unlearning (Blend condensation + A-AMU)."""
 
+from .aamu import AAMULoss, AAMULossOutput, Accelerator, ForgetSampler, UnseenSampler, accelerate, steepen
 from .backend import available_backends, explain
 from .condense import Blender, ReducedRetainSet, blend_lr, condense, save_blend_grid
 from .condense_reference import condense_reference
 from .data import load_dataset
 from .grouping import Clustering, extract_features, group
-from .ops import segment_blend
+from .ops import quantile_mmd, quantile_transform, segment_blend
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AAMULoss",
+    "AAMULossOutput",
+    "Accelerator",
     "Blender",
     "Clustering",
+    "ForgetSampler",
     "ReducedRetainSet",
+    "UnseenSampler",
     "__version__",
+    "accelerate",
     "available_backends",
     "blend_lr",
     "condense",
@@ -22,6 +29,9 @@ __all__ = [
     "extract_features",
     "group",
     "load_dataset",
+    "quantile_mmd",
+    "quantile_transform",
     "save_blend_grid",
     "segment_blend",
+    "steepen",
 ]

@@ -22,6 +22,7 @@ from fastblend.methods import (
     available_methods,
     config_class,
     presets,
+    train_model,
     unlearn,
 )
 from fastblend.methods.base import kd_loss, make_scheduler
@@ -238,13 +239,16 @@ def test_configs_hold_the_spec_defaults():
 
 
 def test_presets_and_names():
-    assert presets("a_finetune", "cinic10", "resnet18").lr == 1e-4
-    assert presets("a_finetune", "cifar10", "resnet50").lr == 2.4e-4
-    assert presets("finetune", "svhn").lr == 0.04
+    assert presets("cinic10-resnet18", "a_finetune")["lr"] == 1e-4
+    assert presets("cifar10-resnet50", "a_finetune")["lr"] == 2.4e-4
+    assert presets("svhn", "finetune")["lr"] == 0.04
+    table = presets("cinic10-resnet50")
+    assert set(table) == set(available_methods()) and table["a_sparse"]["lr"] == 1e-4
+    assert AFinetuneConfig(**table["a_finetune"]).lr == 1e-4
     with pytest.raises(ValueError, match="presets: dataset"):
-        presets("finetune", "mnist")
+        presets("mnist-resnet18", "finetune")
     with pytest.raises(ValueError, match="presets: arch"):
-        presets("finetune", "cifar10", "vit")
+        presets("cifar10-vit", "finetune")
     assert accelerated("finetune") == "a_finetune" and accelerated("scrub") == "a_scrub"
     assert accelerated("l1_sparse") == "a_sparse" and accelerated("CF") == "a_finetune"
     for m in ("retrain", "ssd", "distill"):
@@ -252,6 +256,14 @@ def test_presets_and_names():
             accelerated(m)
     assert {"retrain", "finetune", "neggrad_plus", "scrub", "l1_sparse", "bad_teacher", "ssd", "distill",
             "prune", "a_finetune", "a_sparse", "a_scrub"} <= set(available_methods())
+
+
+def test_train_model_fits_the_data(noisy_task):
+    t = noisy_task
+    fresh = _mlp(seed=1)
+    trained = train_model(fresh, t["retain"], config=dict(epochs=5, lr=0.05, warmup_epochs=1))
+    assert trained is not fresh and not trained.training
+    assert _acc(trained, *t["retain"]) >= 95.0 and _acc(fresh, *t["retain"]) < 60.0
 
 
 def test_config_forms(noisy_task):

@@ -10,7 +10,7 @@ a dataclass whose defaults are the SPEC's hyperparameters (:func:`config_class`,
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -131,18 +131,63 @@ _PRESET_OVERRIDES: dict[tuple[str, str], dict[str, Any]] = {
 }
 
 
-def presets(method: str, dataset: str, arch: str = "resnet18") -> Any:
-    """The config of ``method`` for one of the paper's settings (dataset ``cifar10``/``svhn``/
-    ``cinic10`` × arch ``resnet18``/``resnet50``). Epoch counts are those of the SPEC (CIFAR-10 /
-    ResNet-18); override them for small demos."""
-    spec = _spec(method, "presets")
-    ds = dataset.lower().replace("-", "")
-    ar = arch.lower().replace("-", "").replace("_", "")
+def presets(setting: str, method: str | None = None) -> dict[str, Any]:
+    """Hyperparameters of the paper's settings as config overrides (dicts ``unlearn`` accepts).
+
+    ``setting``: ``"<dataset>-<arch>"`` with dataset ``cifar10``/``svhn``/``cinic10`` and arch
+    ``resnet18``/``resnet50`` (``"<dataset>"`` alone means ResNet-18). With ``method``: that method's
+    full config as a dict; without: ``{method: dict}`` for every method. Epoch counts are the SPEC's
+    (CIFAR-10 / ResNet-18); override them for small demos, e.g.
+    ``unlearn("a_finetune", ..., config={**presets("cinic10-resnet18", "a_finetune"), "epochs": 2})``.
+    """
+    if not isinstance(setting, str):
+        raise TypeError(f"presets: setting must be a string like 'cifar10-resnet18', got {type(setting).__name__}")
+    parts = setting.lower().replace("_", "-").split("-")
+    ds = parts[0]
+    ar = "".join(parts[1:]) or "resnet18"
     if ds not in PRESET_DATASETS:
-        raise ValueError(f"presets: dataset must be one of {PRESET_DATASETS}, got {dataset!r}")
+        raise ValueError(f"presets: dataset must be one of {PRESET_DATASETS}, got {setting!r}")
     if ar not in PRESET_ARCHS:
-        raise ValueError(f"presets: arch must be one of {PRESET_ARCHS}, got {arch!r}")
-    return replace(spec.config_class(), **_PRESET_OVERRIDES.get((spec.name, ds), {}))
+        raise ValueError(f"presets: arch must be one of {PRESET_ARCHS}, got {setting!r}")
+    if method is None:
+        return {name: presets(setting, name) for name in METHODS}
+    spec = _spec(method, "presets")
+    cfg = replace(spec.config_class(), **_PRESET_OVERRIDES.get((spec.name, ds), {}))
+    return {f.name: getattr(cfg, f.name) for f in fields(cfg)}
+
+
+@dataclass
+class TrainModelConfig(TrainConfig):
+    """Supervised training of the model to unlearn from (not an AMU method): Retrain's SPEC §3
+    recipe — SGD lr 0.1, momentum 0.9, weight decay 5e-4, 5 warm-up epochs then cosine, 100 epochs."""
+
+    epochs: int = 100
+    lr: float = 0.1
+    schedule: str = "cosine"
+    warmup_epochs: int = 5
+
+
+def train_model(model: nn.Module, data: Any, config: Any = None, device: torch.device | str | None = None,
+                seed: int = 0, progress: bool = False) -> nn.Module:
+    """Train ``model`` with cross-entropy on ``data`` (any data form of :func:`unlearn`) and return
+    it (a trained deep copy unless ``config.inplace``), in eval mode. ``config``: ``None``, a dict of
+    overrides or a :class:`TrainModelConfig`."""
+    fn = "train_model"
+    cfg = resolve_config(config, TrainModelConfig, fn)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{fn}: model must be a torch.nn.Module, got {type(model).__name__}")
+    dev = torch.device(device) if device is not None else model_device(model)
+    view = as_data(data, "data", fn)
+    work = (model if cfg.inplace else copy.deepcopy(model)).to(dev)
+    probe = view.images[:1] if view.in_memory else next(iter(view.loader))[0][:1]
+    num_classes = probe_num_classes(work, probe.to(dev))
+    check_label_range(view, num_classes, fn)
+    if cfg.data_on_device:
+        view = view.to(dev)
+    ctx = RunContext(cfg, dev, seed, progress, fn)
+    ctx.num_classes = num_classes
+    outcome = train(Finetune(cfg), work, RunData(view, view, None), cfg, ctx, accelerated=False)
+    return outcome.model.eval()
 
 
 @dataclass
@@ -262,10 +307,12 @@ __all__ = [
     "SSDConfig",
     "ScrubConfig",
     "TrainConfig",
+    "TrainModelConfig",
     "UnlearnResult",
     "accelerated",
     "available_methods",
     "config_class",
     "presets",
+    "train_model",
     "unlearn",
 ]

@@ -420,7 +420,8 @@ def _quantile_mmd_op(forget_logits: torch.Tensor, forget_labels: torch.Tensor, u
     g = torch.cat([_clamped(stats_u, kappa), _clamped(stats_f, kappa)])
     w = _mmd_weights(unseen_logits.shape[0], forget_logits.shape[0], g.device)
     single = _acc_dtype(forget_logits, unseen_logits) != torch.float64
-    value = _MMD_FORWARD[backend](g, w, sigma, single)
+    # MMD² is a squared RKHS norm; rounding can take an exact 0 (identical sets) to −1e-10
+    value = _MMD_FORWARD[backend](g, w, sigma, single).clamp_min(0)
     return value.to(_acc_dtype(forget_logits, unseen_logits)), stats_f, stats_u
 
 

@@ -1,0 +1,91 @@
+"""A-AMU loss, steepening, samplers and the accelerate wrapper."""
+
+import pytest
+import torch
+from torch import nn
+
+import fastblend
+from fastblend.ops import reference as ref
+
+
+def test_steepen_modes():
+    loss = torch.tensor([1.0, 2.0, 4.0])
+    assert float(fastblend.steepen(loss)) == pytest.approx((7 / 3) ** 2)
+    assert float(fastblend.steepen(loss, "per_sample_sq")) == pytest.approx(21 / 3)
+    with pytest.raises(ValueError, match="^steepen: mode"):
+        fastblend.steepen(loss, "cube")
+    with pytest.raises(ValueError, match="^steepen: per_sample_loss must have shape"):
+        fastblend.steepen(loss.mean())
+
+
+def test_aamu_loss_parts_add_up_and_detach_unseen():
+    gen = torch.Generator().manual_seed(0)
+    retain = torch.rand(8, generator=gen).requires_grad_()
+    fl = torch.randn(32, 10, generator=gen).requires_grad_()
+    ul = torch.randn(24, 10, generator=gen).requires_grad_()
+    fy, uy = torch.randint(0, 10, (32,), generator=gen), torch.randint(0, 10, (24,), generator=gen)
+    crit = fastblend.AAMULoss(lam=34.0)
+    out = crit(retain, fl, fy, ul, uy)
+    assert isinstance(out, fastblend.AAMULossOutput)
+    torch.testing.assert_close(out.total, out.main + 34.0 * out.mmd)
+    torch.testing.assert_close(out.main, retain.mean() ** 2)
+    torch.testing.assert_close(out.mmd.double(), ref.quantile_mmd(fl.double(), fy, ul.double(), uy).detach(),
+                               rtol=1e-4, atol=1e-10)
+    out.total.backward()
+    assert retain.grad is not None and fl.grad is not None and ul.grad is None
+
+
+def test_forget_sampler():
+    s = fastblend.ForgetSampler(100, 16, seed=3)
+    a, b = s.sample(), fastblend.ForgetSampler(100, 16, seed=3).sample()
+    assert torch.equal(a, b) and a.numel() == 16 and a.unique().numel() == 16
+    assert not torch.equal(s.sample(), a) or not torch.equal(s.sample(), a)
+    idx = torch.tensor([5, 9, 42])
+    small = fastblend.ForgetSampler(idx, 16).sample()
+    assert sorted(small.tolist()) == [5, 9, 42]
+    epoch = torch.cat(list(fastblend.ForgetSampler(50, 16)))
+    assert sorted(epoch.tolist()) == list(range(50)) and len(fastblend.ForgetSampler(50, 16)) == 4
+    with pytest.raises(ValueError, match="^ForgetSampler: the forget set is empty"):
+        fastblend.ForgetSampler(0, 4)
+    with pytest.raises(ValueError, match="^ForgetSampler: batch_size"):
+        fastblend.ForgetSampler(10, 0)
+
+
+def test_unseen_sampler_allowed_classes_only():
+    gen = torch.Generator().manual_seed(1)
+    pool = torch.randint(0, 10, (700,), generator=gen)
+    s = fastblend.UnseenSampler(pool, 64, seed=5)
+    forget = torch.tensor([2, 7, 7, 2])
+    idx = s.sample(forget)
+    assert idx.numel() == 64 and idx.unique().numel() == 64
+    assert set(pool[idx].tolist()) <= {2, 7}
+    assert torch.equal(fastblend.UnseenSampler(pool, 64, seed=5).sample(forget), idx)
+    # fewer allowed samples than the batch: all of them
+    tiny = torch.tensor([0, 1, 1, 3, 0, 1])
+    got = fastblend.UnseenSampler(tiny, 64).sample(torch.tensor([1]))
+    assert sorted(got.tolist()) == [1, 2, 5]
+    with pytest.raises(ValueError, match="^UnseenSampler.sample: the unseen pool holds none of the forget classes"):
+        fastblend.UnseenSampler(tiny, 4, num_classes=5).sample(torch.tensor([2, 4]))
+    with pytest.raises(ValueError, match="^UnseenSampler: unseen_labels must be in"):
+        fastblend.UnseenSampler(tiny, 4, num_classes=2)
+
+
+def test_accelerate_trains_in_a_plain_loop():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 4))
+    gen = torch.Generator().manual_seed(2)
+    fx, fy = torch.randn(40, 3, 4, generator=gen), torch.randint(0, 4, (40,), generator=gen)
+    ux, uy = torch.randn(60, 3, 4, generator=gen), torch.randint(0, 4, (60,), generator=gen)
+    rx, ry = torch.randn(32, 3, 4, generator=gen), torch.randint(0, 4, (32,), generator=gen)
+    acc = fastblend.accelerate(model, fx, fy, ux, uy, batch_size=8, seed=1)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    before = [p.detach().clone() for p in model.parameters()]
+    for x, y in zip(rx.split(8), ry.split(8)):
+        out = acc.loss(nn.functional.cross_entropy(model(x), y, reduction="none"))
+        opt.zero_grad()
+        out.total.backward()
+        opt.step()
+    assert torch.isfinite(out.total) and out.mmd >= 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    with pytest.raises(ValueError, match="^Accelerator: forget_x and forget_y must have the same length"):
+        fastblend.accelerate(model, fx, fy[:-1], ux, uy)

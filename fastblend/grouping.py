@@ -325,24 +325,44 @@ def _kmeans_pp(x: torch.Tensor, valid: torch.Tensor, counts: torch.Tensor, k: in
     coincide with chosen centroids (duplicates), the draw is uniform.
     """
     bsz, n, dim = x.shape
+    if k > 16 and n * n <= _CHUNK_ELEMENTS:
+        # Many draws: precompute each class's point-to-point distances once (one compute-bound
+        # matmul) so that a draw reads a row of them instead of streaming all features again.
+        step = max(1, _CHUNK_ELEMENTS // (n * n))
+        return torch.cat([_kmeans_pp_rows(x[s:s + step], valid[s:s + step], counts[s:s + step], k, gen,
+                                          trials, gram=True) for s in range(0, bsz, step)])
+    return _kmeans_pp_rows(x, valid, counts, k, gen, trials, gram=False)
+
+
+def _kmeans_pp_rows(x, valid, counts, k, gen, trials, gram):
+    bsz, n, dim = x.shape
     rows = torch.arange(bsz, device=x.device)
     xnorm = (x * x).sum(-1)
     validf = valid.to(x.dtype)
+    pair = None
+    if gram:
+        pair = torch.baddbmm(xnorm.unsqueeze(-1) + xnorm.unsqueeze(1), x, x.transpose(1, 2), alpha=-2).clamp_min_(0)
     centroids = torch.empty(bsz, k, dim, dtype=x.dtype, device=x.device)
     first = (torch.rand(bsz, generator=gen, device=x.device) * counts).long().clamp_max_(counts - 1)
     centroids[:, 0] = x[rows, first]
     c = centroids[:, 0]
-    mind = torch.baddbmm((xnorm + (c * c).sum(-1)[:, None]).unsqueeze(-1), x, c.unsqueeze(-1),
-                         alpha=-2).squeeze(-1).clamp_min_(0).mul_(validf)
+    if gram:
+        mind = pair[rows, first] * validf
+    else:
+        mind = torch.baddbmm((xnorm + (c * c).sum(-1)[:, None]).unsqueeze(-1), x, c.unsqueeze(-1),
+                             alpha=-2).squeeze(-1).clamp_min_(0).mul_(validf)
     for j in range(1, k):
         weights = torch.where((mind.sum(1) <= 0)[:, None], validf, mind)
         cand = torch.multinomial(weights, trials, replacement=True, generator=gen)  # [B, L]
-        cpts = x[rows[:, None], cand]  # [B, L, D]
-        dist = torch.baddbmm(xnorm.unsqueeze(-1) + (cpts * cpts).sum(-1).unsqueeze(1), x,
-                             cpts.transpose(1, 2), alpha=-2).clamp_min_(0)  # [B, n, L]
+        if gram:
+            dist = pair[rows[:, None], cand].transpose(1, 2)  # [B, n, L]
+        else:
+            cpts = x[rows[:, None], cand]  # [B, L, D]
+            dist = torch.baddbmm(xnorm.unsqueeze(-1) + (cpts * cpts).sum(-1).unsqueeze(1), x,
+                                 cpts.transpose(1, 2), alpha=-2).clamp_min_(0)  # [B, n, L]
         dist = torch.minimum(dist, mind.unsqueeze(-1)).mul_(validf.unsqueeze(-1))
         best = dist.sum(1).argmin(1) if trials > 1 else torch.zeros_like(rows)
-        centroids[:, j] = cpts[rows, best]
+        centroids[:, j] = x[rows, cand[rows, best]]
         mind = dist[rows, :, best]
     return centroids
 

@@ -1,0 +1,437 @@
+"""End-to-end unlearning experiments: the job behind ``fastblend demo`` and ``fastblend run``.
+
+One repetition (seed):
+
+1. load the data set and make the SPEC §6 split (retain / forget, unseen 70% / evaluation 30%);
+2. train the original model on the whole training set, or load it from the cache;
+3. **Retrain** (the gold standard) on the real retain set;
+4. the **base** AMU method on the full retain set;
+5. the same method **accelerated** by Blend + A-AMU: features -> grouping -> split -> blend ->
+   unlearning on the reduced retain set, every stage timed separately (device synchronised);
+6. evaluation of every model on the real retain set, the forget set, the held-out evaluation split
+   and the MIA of SPEC §4.
+
+Results (JSON + CSV), the settings and plots go to the output folder; ``summarise`` aggregates
+seeds into mean ± std.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import __version__
+from .condense import Blender, ReducedRetainSet, condense, save_blend_grid
+from .data import dataset_info, load_dataset, make_split
+from .grouping import extract_features, group
+from .methods import unlearn
+from .methods import train_model as _train_model
+from .metrics import accuracy, mia_score
+from .models import ConvNet3, build_model
+
+VARIANTS = ("original", "retrain", "base", "accelerated")
+STAGES = ("features", "grouping", "split", "blend", "unlearning", "evaluation")
+ACCELERATED_NAMES = {"finetune": "a_finetune", "scrub": "a_scrub", "l1_sparse": "a_sparse"}
+
+
+@dataclass
+class ExperimentConfig:
+    """Every setting of a run; saved next to the results.
+
+    ``*_config`` dicts override the method configs' SPEC defaults (e.g. ``{"epochs": 5}``).
+    ``ipc=None`` picks about five images per cluster (the paper's CIFAR-10 ratio) unless the data
+    set has a paper value and the full data is used.
+    """
+
+    dataset: str = "animal-mnist"
+    data_root: str | None = None
+    per_class: int | None = None
+    limit: int | None = None
+    model: str = "convnet3"
+    width: int = 128
+    method: str = "finetune"
+    accelerated_method: str | None = None
+    forget: str = "uniform"
+    forget_fraction: float = 0.1
+    forget_class: int | None = None
+    ipc: int | None = None
+    blend_iterations: int = 12
+    grouping_backend: str = "auto"
+    seeds: list[int] = field(default_factory=lambda: [0])
+    rounds: int = 1
+    round_mode: str = "cached"
+    run_retrain: bool = True
+    run_base: bool = True
+    train_config: dict = field(default_factory=lambda: {"epochs": 10, "lr": 0.05, "batch_size": 128,
+                                                        "schedule": "cosine", "warmup_epochs": 1})
+    retrain_config: dict = field(default_factory=dict)
+    base_config: dict = field(default_factory=dict)
+    accelerated_config: dict = field(default_factory=dict)
+    device: str | None = None
+    out: str = "fastblend-out"
+    cache_dir: str | None = None
+    plots: bool = True
+    quiet: bool = False
+
+    def check(self) -> None:
+        if self.rounds < 1:
+            raise ValueError(f"ExperimentConfig: rounds must be >= 1, got {self.rounds}")
+        if self.round_mode not in ("cached", "reference"):
+            raise ValueError(f"ExperimentConfig: round_mode must be 'cached' or 'reference', got {self.round_mode!r}")
+        if not self.seeds:
+            raise ValueError("ExperimentConfig: seeds must name at least one seed")
+        if self.blend_iterations < 0:
+            raise ValueError(f"ExperimentConfig: blend_iterations must be >= 0, got {self.blend_iterations}")
+
+    @property
+    def accelerated(self) -> str:
+        return self.accelerated_method or ACCELERATED_NAMES.get(self.method, f"accelerated:{self.method}")
+
+
+DEMO = ExperimentConfig(
+    width=32,
+    train_config={"epochs": 8, "lr": 0.05, "batch_size": 128, "schedule": "cosine", "warmup_epochs": 1},
+    retrain_config={"epochs": 8, "lr": 0.05, "batch_size": 128, "warmup_epochs": 1},
+    base_config={"epochs": 10, "warmup_epochs": 1},
+    accelerated_config={},
+)
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _resolve_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine")
+    return dev
+
+
+class _Clock:
+    """Synchronised wall-clock stages."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.seconds: dict[str, float] = {}
+
+    def run(self, stage: str, fn: Callable[[], Any]) -> Any:
+        _sync(self.device)
+        t0 = time.perf_counter()
+        out = fn()
+        _sync(self.device)
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
+        return out
+
+
+def machine_info() -> dict:
+    info = {"fastblend": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+    return info
+
+
+def _cache_dir(cfg: ExperimentConfig) -> Path:
+    if cfg.cache_dir:
+        return Path(cfg.cache_dir)
+    return Path(os.environ.get("FASTBLEND_CACHE", Path.home() / ".cache" / "fastblend"))
+
+
+def _build(cfg: ExperimentConfig, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+    if cfg.model.lower().replace("-", "").replace("_", "") == "convnet3":
+        return ConvNet3(in_channels, num_classes, image_size, width=cfg.width)
+    return build_model(cfg.model, in_channels, num_classes, image_size)
+
+
+def original_model(cfg: ExperimentConfig, train_images: torch.Tensor, train_labels: torch.Tensor,
+                   num_classes: int, seed: int, device: torch.device, progress: bool) -> tuple[nn.Module, float, bool]:
+    """The trained model to unlearn from, trained on the whole training set or loaded from the cache.
+
+    Returns ``(model, training seconds, loaded_from_cache)``.
+    """
+    key_src = json.dumps({"dataset": cfg.dataset, "per_class": cfg.per_class, "limit": cfg.limit,
+                          "model": cfg.model, "width": cfg.width, "train": cfg.train_config, "seed": seed,
+                          "n": int(train_labels.numel()), "version": 1}, sort_keys=True)
+    key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
+    path = _cache_dir(cfg) / "models" / f"{cfg.dataset}-{cfg.model}-{key}.pt"
+    model = _build(cfg, train_images.shape[1], num_classes, train_images.shape[-1])
+    if path.exists():
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return model.to(device), 0.0, True
+    t0 = time.perf_counter()
+    model = _train_model(model, (train_images, train_labels), config=cfg.train_config, device=device, seed=seed,
+                         progress=progress)
+    _sync(device)
+    seconds = time.perf_counter() - t0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
+    return model, seconds, False
+
+
+@torch.inference_mode()
+def per_sample_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
+                    batch_size: int = 1024) -> torch.Tensor:
+    """Cross-entropy of every sample, ``[N]`` float32 on the CPU."""
+    model.eval()
+    out = []
+    for s in range(0, images.shape[0], batch_size):
+        logits = model(images[s:s + batch_size].to(device)).float()
+        out.append(F.cross_entropy(logits, labels[s:s + batch_size].to(device), reduction="none").cpu())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def evaluate(model: nn.Module, split, device: torch.device) -> dict:
+    """Retain / forget / evaluation accuracy (percent) and the SPEC §4 MIA score."""
+    rx, ry = split.retain_tensors()
+    fx, fy = split.forget_tensors()
+    ex, ey = split.eval_tensors()
+    forgotten_classes = torch.unique(fy)
+    keep = torch.isin(ey, forgotten_classes)
+    return {
+        "retain_acc": accuracy(model, rx, ry, device=device),
+        "forget_acc": accuracy(model, fx, fy, device=device),
+        "test_acc": accuracy(model, ex, ey, device=device),
+        "mia": mia_score(model, (fx, fy), (ex[keep], ey[keep]), device=device),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# one repetition
+# --------------------------------------------------------------------------------------------
+def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, log: Callable[[str], None]) -> dict:
+    device = _resolve_device(cfg.device)
+    progress = not cfg.quiet
+    train, test = load_dataset(cfg.dataset, cfg.data_root, per_class=cfg.per_class, limit=cfg.limit)
+    split = make_split(train, test, forget=cfg.forget, forget_fraction=cfg.forget_fraction,
+                       forget_class=cfg.forget_class, seed=seed)
+    retain, forget, unseen = split.retain_tensors(), split.forget_tensors(), split.unseen_tensors()
+    ipc = cfg.ipc or default_ipc(cfg, train)
+    log(f"[seed {seed}] {train.name}: {len(train)} train ({split.retain.numel()} retain, {split.forget.numel()} "
+        f"forget, {cfg.forget}), {split.unseen.numel()} unseen, {split.evaluation.numel()} evaluation; ipc {ipc}")
+
+    model, train_seconds, cached = original_model(cfg, train.images, train.labels, train.num_classes, seed,
+                                                  device, progress)
+    log(f"[seed {seed}] original model: {'loaded from cache' if cached else f'trained in {train_seconds:.1f}s'}")
+    rows: dict[str, dict] = {}
+    losses: dict[str, dict] = {}
+    fx, fy = forget
+    ux, uy = unseen
+
+    def record(variant: str, method: str, m: nn.Module, stages: dict[str, float]) -> None:
+        clock = _Clock(device)
+        metrics = clock.run("evaluation", lambda: evaluate(m, split, device))
+        stages = {**stages, "evaluation": clock.seconds["evaluation"]}
+        total = sum(v for k, v in stages.items() if k != "evaluation")
+        rows[variant] = {"variant": variant, "method": method, "seed": seed, **metrics,
+                         **{f"t_{k}": stages.get(k, 0.0) for k in STAGES}, "t_total": total}
+        losses[variant] = {"forget": per_sample_loss(m, fx, fy, device), "unseen": per_sample_loss(m, ux, uy, device)}
+        log(f"[seed {seed}] {variant:<12} {method:<14} {total:8.1f}s  retain {metrics['retain_acc']:5.1f}  "
+            f"forget {metrics['forget_acc']:5.1f}  test {metrics['test_acc']:5.1f}  MIA {metrics['mia']:5.1f}")
+
+    record("original", "trained", model, {"unlearning": 0.0})
+    rows["original"]["t_train"] = train_seconds
+    rows["original"]["cached"] = cached
+
+    if cfg.run_retrain:
+        res = unlearn("retrain", model, retain, forget, config=cfg.retrain_config or None, device=device, seed=seed,
+                      progress=progress)
+        record("retrain", "retrain", res.model, {"unlearning": res.seconds})
+
+    if cfg.run_base:
+        res = unlearn(cfg.method, model, retain, forget, unseen=unseen, config=cfg.base_config or None,
+                      device=device, seed=seed, progress=progress)
+        record("base", cfg.method, res.model, {"unlearning": res.seconds})
+
+    clock = _Clock(device)
+    feats = clock.run("features", lambda: extract_features(train.images, device=device, seed=seed, progress=progress))
+    clustering = clock.run("grouping", lambda: group(feats, train.labels, ipc, backend=cfg.grouping_backend,
+                                                     seed=seed, num_classes=train.num_classes))
+    reduced = condense(train.images, train.labels, split.forget, clustering=clustering,
+                       iterations=cfg.blend_iterations, seed=seed, device=device, progress=progress)
+    stages = dict(clock.seconds)
+    stages["split"] = reduced.timings.get("split", 0.0)
+    stages["blend"] = reduced.timings.get("blend", 0.0)
+    res = unlearn(cfg.accelerated, model, reduced, forget, unseen=unseen, config=cfg.accelerated_config or None,
+                  device=device, seed=seed, progress=progress)
+    stages["unlearning"] = res.seconds
+    record("accelerated", cfg.accelerated, res.model, stages)
+    rows["accelerated"].update({"reduced_size": len(reduced), "retain_size": int(split.retain.numel()),
+                                "compression": reduced.compression, "blend_loss_initial": reduced.initial_loss,
+                                "blend_loss_final": reduced.final_loss, "ipc": ipc,
+                                "grouping_backend": clustering.backend})
+
+    for variant in ("base", "accelerated"):
+        if variant in rows:
+            for ref in ("base", "retrain"):
+                if ref in rows and ref != variant:
+                    rows[variant][f"speedup_vs_{ref}"] = rows[ref]["t_total"] / max(rows[variant]["t_total"], 1e-12)
+    if "retrain" in rows:
+        for row in rows.values():
+            for key in ("retain_acc", "forget_acc", "test_acc", "mia"):
+                row[f"gap_{key}"] = row[key] - rows["retrain"][key]
+
+    round_rows = run_rounds(cfg, seed, train, split, clustering, model, unseen, forget, device, log) \
+        if cfg.rounds > 1 else []
+
+    if cfg.plots:
+        seed_dir = out_dir / f"seed{seed}"
+        seed_dir.mkdir(parents=True, exist_ok=True)
+        from . import plots
+
+        plots.stage_times(list(rows.values()), seed_dir / "stage_times.png")
+        plots.loss_histograms(losses, seed_dir / "loss_histograms.png")
+        save_blend_grid(reduced, train.denormalize() if hasattr(train, "denormalize") else train.images, clustering,
+                        seed_dir / "blend_grid.png")
+    return {"seed": seed, "rows": list(rows.values()), "rounds": round_rows, "split": split.summary()}
+
+
+def run_rounds(cfg: ExperimentConfig, seed: int, train, split, clustering, model: nn.Module, unseen, forget,
+               device: torch.device, log: Callable[[str], None]) -> list[dict]:
+    """Multi-round unlearning (SPEC §1.4): the forget set arrives in ``cfg.rounds`` cumulative parts;
+    each round condenses (cached or reference mode) and unlearns from the previous round's model."""
+    blender = Blender(train.images, train.labels, clustering=clustering, mode=cfg.round_mode,
+                      iterations=cfg.blend_iterations, seed=seed, device=device, progress=not cfg.quiet)
+    rows = []
+    previous = torch.zeros(0, dtype=torch.int64)
+    current = model
+    for r, cumulative in enumerate(split.forget_rounds(cfg.rounds)):
+        new = cumulative[~torch.isin(cumulative, previous)]
+        clock = _Clock(device)
+        reduced: ReducedRetainSet = clock.run("condense", lambda new=new: blender.forget(new))
+        fmask = torch.zeros(len(train), dtype=torch.bool)
+        fmask[cumulative] = True
+        round_forget = (train.images[cumulative], train.labels[cumulative])
+        res = unlearn(cfg.accelerated, current, reduced, round_forget, unseen=unseen,
+                      config=cfg.accelerated_config or None, device=device, seed=seed + r, progress=not cfg.quiet)
+        current = res.model
+        rx, ry = train.images[~fmask], train.labels[~fmask]
+        rows.append({"seed": seed, "round": r, "mode": cfg.round_mode, "forget_size": int(cumulative.numel()),
+                     "new_requests": int(new.numel()), "t_condense": clock.seconds["condense"],
+                     "t_unlearning": res.seconds, "reduced_size": len(reduced),
+                     "retain_acc": accuracy(current, rx, ry, device=device),
+                     "forget_acc": accuracy(current, *round_forget, device=device),
+                     "test_acc": accuracy(current, *split.eval_tensors(), device=device)})
+        log(f"[seed {seed}] round {r}: +{new.numel()} forgotten, condense {clock.seconds['condense']:.2f}s "
+            f"({cfg.round_mode}), unlearning {res.seconds:.1f}s, forget acc {rows[-1]['forget_acc']:.1f}")
+        previous = cumulative
+    return rows
+
+
+def default_ipc(cfg: ExperimentConfig, train) -> int:
+    info = dataset_info(cfg.dataset)
+    paper = getattr(info, "paper_ipc", None)
+    if paper and cfg.per_class is None and cfg.limit is None:
+        return int(paper)
+    per_class = max(1, len(train) // max(train.num_classes, 1))
+    return max(1, round(per_class / 5))
+
+
+# --------------------------------------------------------------------------------------------
+# many repetitions, aggregation and files
+# --------------------------------------------------------------------------------------------
+NUMERIC = ("retain_acc", "forget_acc", "test_acc", "mia", "t_total", "t_features", "t_grouping", "t_split",
+           "t_blend", "t_unlearning", "t_evaluation", "speedup_vs_base", "speedup_vs_retrain", "gap_retain_acc",
+           "gap_forget_acc", "gap_test_acc", "gap_mia")
+
+
+def summarise(per_seed: list[dict]) -> list[dict]:
+    """Mean and standard deviation over seeds of every numeric column, per variant."""
+    out = []
+    for variant in VARIANTS:
+        rows = [r for s in per_seed for r in s["rows"] if r["variant"] == variant]
+        if not rows:
+            continue
+        agg: dict[str, Any] = {"variant": variant, "method": rows[0]["method"], "seeds": len(rows)}
+        for key in NUMERIC:
+            vals = [r[key] for r in rows if key in r and r[key] is not None and not math.isnan(r[key])]
+            if vals:
+                agg[key] = statistics.fmean(vals)
+                agg[f"{key}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        out.append(agg)
+    return out
+
+
+def format_table(summary: list[dict]) -> str:
+    head = (f"{'variant':<12} {'method':<14} {'features':>8} {'grouping':>8} {'split':>6} {'blend':>7} "
+            f"{'unlearn':>8} {'eval':>6} {'total':>8} {'speedup':>8} {'retain':>7} {'forget':>7} {'test':>6} "
+            f"{'MIA':>6}  gap to retrain (retain/forget/test/MIA)")
+    lines = [head, "-" * len(head)]
+    for r in summary:
+        speed = r.get("speedup_vs_base")
+        gaps = "/".join(f"{r[f'gap_{k}']:+.1f}" for k in ("retain_acc", "forget_acc", "test_acc", "mia")) \
+            if "gap_mia" in r else "-"
+        lines.append(
+            f"{r['variant']:<12} {r['method']:<14} {r.get('t_features', 0):8.2f} {r.get('t_grouping', 0):8.2f} "
+            f"{r.get('t_split', 0):6.2f} {r.get('t_blend', 0):7.2f} {r.get('t_unlearning', 0):8.2f} "
+            f"{r.get('t_evaluation', 0):6.2f} {r.get('t_total', 0):8.2f} "
+            f"{(f'{speed:.1f}x' if speed else '-'):>8} {r['retain_acc']:7.1f} {r['forget_acc']:7.1f} "
+            f"{r['test_acc']:6.1f} {r['mia']:6.1f}  {gaps}")
+    return "\n".join(lines)
+
+
+def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] | None = None) -> dict:
+    """Run every seed of ``cfg``; write ``results.json``, ``results.csv``, ``summary.csv``, plots."""
+    cfg.check()
+    log = log or (lambda msg: None)
+    out_dir = Path(cfg.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    per_seed = [run_seed(cfg, seed, out_dir, log) for seed in cfg.seeds]
+    summary = summarise(per_seed)
+    result = {"config": asdict(cfg), "machine": machine_info(), "summary": summary, "per_seed": per_seed,
+              "wall_seconds": time.perf_counter() - t0}
+    (out_dir / "results.json").write_text(json.dumps(result, indent=2, default=_json_default))
+    _write_csv(out_dir / "results.csv", [r for s in per_seed for r in s["rows"]])
+    _write_csv(out_dir / "summary.csv", summary)
+    rounds = [r for s in per_seed for r in s["rounds"]]
+    if rounds:
+        _write_csv(out_dir / "rounds.csv", rounds)
+    return result
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def with_overrides(base: ExperimentConfig, **overrides: Any) -> ExperimentConfig:
+    cfg = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if not hasattr(cfg, key):
+            raise ValueError(f"ExperimentConfig has no setting {key!r}")
+        setattr(cfg, key, value)
+    return cfg

@@ -1,0 +1,68 @@
+"""PNG figures of a run (matplotlib, imported lazily; Agg backend, no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("fastblend plots need matplotlib: `pip install matplotlib` (or fastblend[plots])") from exc
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+STAGE_COLOURS = {"features": "#4c72b0", "grouping": "#55a868", "split": "#c44e52", "blend": "#8172b2",
+                 "unlearning": "#ccb974", "evaluation": "#64b5cd"}
+
+
+def stage_times(rows: list[dict], path: str | Path) -> Path:
+    """Stacked horizontal bars: seconds per stage for each variant (``t_<stage>`` keys of ``rows``)."""
+    plt = _pyplot()
+    rows = [r for r in rows if r.get("variant") != "original"]
+    fig, ax = plt.subplots(figsize=(8, 0.7 * len(rows) + 1.5))
+    labels = [f"{r['variant']}\n({r['method']})" for r in rows]
+    left = [0.0] * len(rows)
+    for stage, colour in STAGE_COLOURS.items():
+        widths = [float(r.get(f"t_{stage}", 0.0)) for r in rows]
+        ax.barh(labels, widths, left=left, color=colour, label=stage)
+        left = [a + b for a, b in zip(left, widths)]
+    for i, total in enumerate(left):
+        ax.text(total, i, f" {total:.1f}s", va="center")
+    ax.set_xlabel("wall-clock seconds (device synchronised)")
+    ax.set_title("Time per stage")
+    ax.invert_yaxis()
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def loss_histograms(losses: dict[str, dict[str, torch.Tensor]], path: str | Path) -> Path:
+    """One panel per variant: histograms of per-sample losses on the forget set and on unseen data.
+
+    After good unlearning the forget losses look like unseen losses (what A-AMU's regulariser aims
+    for)."""
+    plt = _pyplot()
+    names = list(losses)
+    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.0), squeeze=False)
+    top = max(float(torch.log1p(t).max()) for d in losses.values() for t in d.values() if t.numel()) or 1.0
+    bins = torch.linspace(0, top, 40).tolist()
+    for ax, name in zip(axes[0], names):
+        for part, colour in (("unseen", "#4c72b0"), ("forget", "#c44e52")):
+            data = torch.log1p(losses[name][part]).tolist()
+            ax.hist(data, bins=bins, alpha=0.55, density=True, color=colour, label=part)
+        ax.set_title(name)
+        ax.set_xlabel("log(1 + cross-entropy)")
+    axes[0][0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

@@ -6,6 +6,8 @@ from .condense import Blender, ReducedRetainSet, blend_lr, condense, save_blend_
 from .condense_reference import condense_reference
 from .data import load_dataset
 from .grouping import Clustering, extract_features, group
+from .methods import UnlearnResult, available_methods, presets, train_model, unlearn
+from .metrics import StageTimer, accuracy, mia_score, svc_mia
 from .ops import quantile_mmd, quantile_transform, segment_blend
 
 __version__ = "0.1.0"
@@ -18,10 +20,14 @@ __all__ = [
     "Clustering",
     "ForgetSampler",
     "ReducedRetainSet",
+    "StageTimer",
+    "UnlearnResult",
     "UnseenSampler",
     "__version__",
     "accelerate",
+    "accuracy",
     "available_backends",
+    "available_methods",
     "blend_lr",
     "condense",
     "condense_reference",
@@ -29,9 +35,14 @@ __all__ = [
     "extract_features",
     "group",
     "load_dataset",
+    "mia_score",
+    "presets",
     "quantile_mmd",
     "quantile_transform",
     "save_blend_grid",
     "segment_blend",
     "steepen",
+    "svc_mia",
+    "train_model",
+    "unlearn",
 ]

@@ -206,7 +206,7 @@ class ReducedRetainSet(Dataset):
         path = Path(path)
         state = {f.name: getattr(self, f.name) for f in fields(self)}
         state = {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in state.items()}
-        fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
         os.close(fd)
         try:
             torch.save(state, tmp)
@@ -494,7 +494,7 @@ def blend_clusters(x: torch.Tensor, indptr: torch.Tensor, matcher: nn.Module, *,
     opt = torch.optim.SGD([w], lr=lr, momentum=MOMENTUM, weight_decay=0.0)
     _sync(device)
     t1 = time.perf_counter()
-    history: list[float] = []
+    sums: list[torch.Tensor] = []  # kept on the device: no host sync inside the loop
     initial_terms = None
     for _ in tqdm(range(iterations), desc="blend", disable=not progress, leave=False):
         opt.zero_grad(set_to_none=True)
@@ -504,9 +504,10 @@ def blend_clusters(x: torch.Tensor, indptr: torch.Tensor, matcher: nn.Module, *,
         opt.step()
         if initial_terms is None:
             initial_terms = terms / targets.shape[1]
-        history.append(float(terms.sum()) * scale)
+        sums.append(terms.sum())
     _sync(device)
     t2 = time.perf_counter()
+    history = (torch.stack(sums) * scale).tolist() if sums else []
     with torch.no_grad():
         blended = segment_blend(x, w, indptr, normalize, backend, validate=False)
         final_terms = _matching_terms(embed, blended, targets, chunk) / targets.shape[1]

@@ -330,10 +330,12 @@ def _check_clustering(caller: str, clustering: object, labels: torch.Tensor, ipc
 
 def _resolve_clustering(caller: str, images: torch.Tensor, labels: torch.Tensor, ipc: object,
                         clustering: Clustering | None, seed: int, device: torch.device,
-                        progress: bool) -> tuple[Clustering, float, float]:
-    """The caller's clustering, or extract features + group (seconds of both returned)."""
+                        progress: bool, extractor: nn.Module | None = None,
+                        ) -> tuple[Clustering, float, float, torch.Tensor | None]:
+    """The caller's clustering, or extract features + group (seconds of both returned, and the
+    features when they were extracted here)."""
     if clustering is not None:
-        return _check_clustering(caller, clustering, labels, ipc), 0.0, 0.0
+        return _check_clustering(caller, clustering, labels, ipc), 0.0, 0.0, None
     if ipc is None:
         raise ValueError(f"{caller}: pass ipc (clusters per class) or a precomputed clustering")
     if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
@@ -342,12 +344,12 @@ def _resolve_clustering(caller: str, images: torch.Tensor, labels: torch.Tensor,
 
     _sync(device)
     t0 = time.perf_counter()
-    feats = extract_features(images, device=device, seed=seed, progress=progress)
+    feats = extract_features(images, extractor=extractor, device=device, seed=seed, progress=progress)
     _sync(device)
     t1 = time.perf_counter()
     clustering = group(feats, labels, ipc, seed=seed)
     t2 = time.perf_counter()
-    return _check_clustering(caller, clustering, labels, ipc), t1 - t0, t2 - t1
+    return _check_clustering(caller, clustering, labels, ipc), t1 - t0, t2 - t1, feats
 
 
 # --------------------------------------------------------------------------------------------
@@ -457,7 +459,8 @@ def _matching_terms(embed, blended: torch.Tensor, targets: torch.Tensor, chunk: 
 
 def blend_clusters(x: torch.Tensor, indptr: torch.Tensor, matcher: nn.Module, *, lr: float,
                    iterations: int = 12, normalize: str = "sum", chunk_size: int | None = None,
-                   backend: str = "auto", progress: bool = False) -> BlendResult:
+                   backend: str = "auto", progress: bool = False,
+                   member_features: torch.Tensor | None = None) -> BlendResult:
     """Blend every CSR segment of ``x`` into one image (SPEC §1.3), all segments at once.
 
     Args:
@@ -470,6 +473,8 @@ def blend_clusters(x: torch.Tensor, indptr: torch.Tensor, matcher: nn.Module, *,
         chunk_size: blended images per matcher forward/backward (``None``: all K at once). Chunking
             is exact and bounds the matcher's activation memory.
         backend: :func:`fastblend.segment_blend` backend.
+        member_features: ``[M, D]`` ``f_m(x)`` of the members, already computed (the shared-network
+            option of :func:`condense`); the targets are their segment means instead of a new forward.
 
     Each iteration is one ``segment_blend`` over all clusters and one batched matcher
     forward/backward over the K blends; there is no Python loop over clusters.
@@ -488,7 +493,15 @@ def blend_clusters(x: torch.Tensor, indptr: torch.Tensor, matcher: nn.Module, *,
     chunk = chunk_size or k
     _sync(device)
     t0 = time.perf_counter()
-    targets = _segment_mean_targets(embed, x, indptr, chunk_size or _TARGET_BATCH, backend)
+    if member_features is not None:
+        if member_features.dim() != 2 or member_features.shape[0] != m:
+            raise ValueError(f"blend_clusters: member_features must have shape [M, D] = [{m}, D], got "
+                             f"{list(member_features.shape)}")
+        feats = member_features.to(device=device, dtype=x.dtype)
+        targets = segment_blend(feats, torch.ones(m, dtype=x.dtype, device=device), indptr, "sum", backend,
+                                validate=False)
+    else:
+        targets = _segment_mean_targets(embed, x, indptr, chunk_size or _TARGET_BATCH, backend)
     scale = 1.0 / (k * targets.shape[1])
     w = (1.0 / sizes.to(x.dtype)).repeat_interleave(sizes, output_size=m).requires_grad_(True)
     opt = torch.optim.SGD([w], lr=lr, momentum=MOMENTUM, weight_decay=0.0)
@@ -544,21 +557,27 @@ def _condense_core(caller: str, images: torch.Tensor, labels: torch.Tensor, forg
                    clustering: Clustering, *, iterations: int, lr: object, normalize: str,
                    matcher: nn.Module | None, seed: int, round_index: int, device: torch.device,
                    chunk_size: int | None, progress: bool, backend: str,
-                   timings: dict) -> tuple[ReducedRetainSet, _Split, BlendResult]:
+                   timings: dict, features: torch.Tensor | None = None,
+                   net: nn.Module | None = None) -> tuple[ReducedRetainSet, _Split, BlendResult]:
     lr_value = blend_lr(clustering.ipc) if lr == "reference" else float(lr)
     t0 = time.perf_counter()
     sp = _split(clustering, forget)
     t1 = time.perf_counter()
 
-    net, mseed = _make_matcher(caller, matcher, images, seed, round_index, device)
+    if net is None:
+        net, mseed = _make_matcher(caller, matcher, images, seed, round_index, device)
+    else:
+        mseed = matcher_seed(seed, round_index) if matcher is None else None
     dtype = _matcher_dtype(net, images.dtype)
     _sync(device)
     t2 = time.perf_counter()
     x = images[sp.members.to(images.device)].to(device=device, dtype=dtype)
     if x.shape[0]:
         check_matcher(net, x[:4], caller)
+    member_features = features[sp.members.to(features.device)] if features is not None else None
     result = blend_clusters(x, sp.free_indptr.to(device), net, lr=lr_value, iterations=iterations,
-                            normalize=normalize, chunk_size=chunk_size, backend=backend, progress=progress)
+                            normalize=normalize, chunk_size=chunk_size, backend=backend, progress=progress,
+                            member_features=member_features)
     del x
     _sync(device)
     t3 = time.perf_counter()
@@ -566,6 +585,7 @@ def _condense_core(caller: str, images: torch.Tensor, labels: torch.Tensor, forg
     timings.update(split=t1 - t0, blend=t3 - t2, blend_targets=result.seconds_targets,
                    blend_iterations=result.seconds_iterations, blend_final=result.seconds_final)
     settings = dict(iterations=iterations, lr=lr_value, normalize=normalize, seed=seed, matcher_seed=mseed,
+                    shared_network=features is not None,
                     matcher="random_convnet" if mseed is not None else type(net).__name__, ipc=clustering.ipc,
                     chunk_size=chunk_size, round=round_index, device=str(device))
     reduced = _assemble(images, labels, forget, clustering, sp, result.blended, result.normalized_weights,
@@ -610,7 +630,8 @@ def condense(images: torch.Tensor, labels: torch.Tensor, forget: object, *, ipc:
              clustering: Clustering | None = None, iterations: int = 12, lr: float | str = "reference",
              normalize: str = "sum", matcher: nn.Module | None = None, seed: int = 0,
              device: torch.device | str | None = None, chunk_size: int | None = None, progress: bool = True,
-             backend: str = "auto") -> ReducedRetainSet:
+             backend: str = "auto", share_network: bool = False,
+             features: torch.Tensor | None = None) -> ReducedRetainSet:
     """Condense the retain set after a forget request (SPEC §1.2–1.3).
 
     Args:
@@ -634,18 +655,45 @@ def condense(images: torch.Tensor, labels: torch.Tensor, forget: object, *, ipc:
             to bound memory at large ipc; the result is the same.
         progress: show tqdm bars.
         backend: :func:`fastblend.segment_blend` backend.
+        share_network: **option, a departure from the reference** (which uses two independent random
+            networks): one random network serves as the grouping extractor and as the matcher, so a
+            single feature extraction gives both the grouping's features and Blend's targets
+            ``μ_i`` (one forward pass over the free clusters' members saved). With a ``clustering``,
+            pass the ``features`` it was computed from (``f_m`` of every image), or they are
+            extracted here with the matcher.
+        features: ``[N, D]`` embeddings of ``images`` by the matcher (only with ``share_network``).
 
     Returns:
         :class:`ReducedRetainSet`: blended rows first, then the residual rows.
     """
     images, labels, mask, dev = _prepare("condense", images, labels, forget, iterations, lr, normalize,
                                          chunk_size, device)
-    clustering, t_feat, t_group = _resolve_clustering("condense", images, labels, ipc, clustering, seed, dev,
-                                                      progress)
+    if features is not None and not share_network:
+        raise ValueError("condense: features are only used with share_network=True")
+    net = None
+    if share_network:
+        net, _ = _make_matcher("condense", matcher, images, seed, 0, dev)
+        if features is not None and (not isinstance(features, torch.Tensor) or features.dim() != 2
+                                     or features.shape[0] != images.shape[0]):
+            raise ValueError(f"condense: features must be a [N, D] tensor with N = {images.shape[0]}, got "
+                             f"{getattr(features, 'shape', type(features).__name__)}")
+    clustering, t_feat, t_group, feats = _resolve_clustering("condense", images, labels, ipc, clustering, seed,
+                                                             dev, progress, extractor=net)
+    if share_network and features is None:
+        if feats is None:
+            from .grouping import extract_features
+
+            _sync(dev)
+            t0 = time.perf_counter()
+            feats = extract_features(images, extractor=net, device=dev, progress=progress)
+            _sync(dev)
+            t_feat = time.perf_counter() - t0
+        features = feats
     reduced, _, _ = _condense_core("condense", images, labels, mask, clustering, iterations=iterations, lr=lr,
                                    normalize=normalize, matcher=matcher, seed=seed, round_index=0, device=dev,
                                    chunk_size=chunk_size, progress=progress, backend=backend,
-                                   timings={"features": t_feat, "grouping": t_group})
+                                   timings={"features": t_feat, "grouping": t_group},
+                                   features=features if share_network else None, net=net)
     return reduced
 
 
@@ -680,7 +728,7 @@ class Blender:
                                           device)
         if matcher is not None and not isinstance(matcher, nn.Module):
             raise TypeError(f"Blender: matcher must be a torch.nn.Module or None, got {type(matcher).__name__}")
-        self.clustering, t_feat, t_group = _resolve_clustering("Blender", images, labels, ipc, clustering, seed,
+        self.clustering, t_feat, t_group, _ = _resolve_clustering("Blender", images, labels, ipc, clustering, seed,
                                                                dev, progress)
         self.images, self.labels, self.mode, self.device = images, labels, mode, dev
         self.grouping_timings = {"features": t_feat, "grouping": t_group}

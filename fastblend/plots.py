@@ -26,7 +26,7 @@ def stage_times(rows: list[dict], path: str | Path) -> Path:
     """Stacked horizontal bars: seconds per stage for each variant (``t_<stage>`` keys of ``rows``)."""
     plt = _pyplot()
     rows = [r for r in rows if r.get("variant") != "original"]
-    fig, ax = plt.subplots(figsize=(8, 0.7 * len(rows) + 1.5))
+    fig, ax = plt.subplots(figsize=(9, 0.7 * len(rows) + 1.5))
     labels = [f"{r['variant']}\n({r['method']})" for r in rows]
     left = [0.0] * len(rows)
     for stage, colour in STAGE_COLOURS.items():
@@ -38,7 +38,8 @@ def stage_times(rows: list[dict], path: str | Path) -> Path:
     ax.set_xlabel("wall-clock seconds (device synchronised)")
     ax.set_title("Time per stage")
     ax.invert_yaxis()
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    ax.set_xlim(0, max(left + [1e-9]) * 1.15)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -420,6 +420,31 @@ def test_condense_groups_when_no_clustering_given(tmp_path):
     assert png.stat().st_size > 0 and png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_share_network_uses_one_extraction_for_grouping_and_targets():
+    data, _ = fastblend.load_dataset("animal-mnist", per_class=12)
+    images, labels = data.images, data.labels
+    forget = torch.arange(0, labels.numel(), 7)
+    net = fastblend.models.random_convnet(1, 28, seed=matcher_seed(2))
+    feats = fastblend.extract_features(images, extractor=net, progress=False)
+    clustering = fastblend.group(feats, labels, 3, seed=2)
+    # the reference route with that one network as matcher: targets from a fresh forward pass
+    expect = condense(images, labels, forget, clustering=clustering, matcher=net, iterations=3, seed=2,
+                      progress=False)
+    shared = condense(images, labels, forget, ipc=3, share_network=True, iterations=3, seed=2, progress=False)
+    given = condense(images, labels, forget, clustering=clustering, share_network=True, features=feats,
+                     iterations=3, seed=2, progress=False)
+    for r in (shared, given):
+        assert rows(r) == rows(expect)
+        assert r.settings["shared_network"] is True
+        torch.testing.assert_close(r.images, expect.images, rtol=1e-4, atol=1e-4)
+    assert shared.timings["features"] > 0 and given.timings["features"] == 0
+    with pytest.raises(ValueError, match="share_network"):
+        condense(images, labels, forget, clustering=clustering, features=feats, progress=False)
+    with pytest.raises(ValueError, match="features must be"):
+        condense(images, labels, forget, clustering=clustering, share_network=True, features=feats[:5],
+                 progress=False)
+
+
 @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
 def test_cuda_matches_cpu():
     images, labels, clustering, forget = _layout("uniform")

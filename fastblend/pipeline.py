@@ -38,8 +38,8 @@ from . import __version__
 from .condense import Blender, ReducedRetainSet, condense, save_blend_grid
 from .data import dataset_info, load_dataset, make_split
 from .grouping import extract_features, group
-from .methods import unlearn
 from .methods import train_model as _train_model
+from .methods import unlearn
 from .metrics import accuracy, mia_score
 from .models import ConvNet3, build_model
 

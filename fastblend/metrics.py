@@ -102,15 +102,27 @@ def mia_score(model: nn.Module, forget: Any, test: Any, batch_size: int = 1024,
     should hold the held-out samples of the forgotten classes. ``fold_back=True`` reproduces the
     reference's reflection ``AUC -> 100 − AUC`` when ``AUC <= fold_back_below`` (off by default).
     """
+    fn = "mia_score"
+    f = _view(forget, None, "forget", fn)
+    t = _view(test, None, "test", fn)
+    return mia_score_from_logits(predict_logits(model, f.images, batch_size, device), f.labels,
+                                 predict_logits(model, t.images, batch_size, device), t.labels, seed=seed,
+                                 fold_back=fold_back, fold_back_below=fold_back_below, clamp=clamp,
+                                 n_splits=n_splits)
+
+
+def mia_score_from_logits(forget_logits: torch.Tensor, forget_labels: torch.Tensor, test_logits: torch.Tensor,
+                          test_labels: torch.Tensor, seed: int = 0, fold_back: bool = False,
+                          fold_back_below: float = 42.0, clamp: float = 100.0, n_splits: int = 5) -> float:
+    """:func:`mia_score` from logits already computed (``[M, C]`` and ``[M]`` for each set), so a
+    caller that also needs accuracies runs the model once per set."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
     fn = "mia_score"
-    f = _view(forget, None, "forget", fn)
-    t = _view(test, None, "test", fn)
-    phi_f = true_class_log_odds(predict_logits(model, f.images, batch_size, device), f.labels, clamp)
-    phi_t = true_class_log_odds(predict_logits(model, t.images, batch_size, device), t.labels, clamp)
+    phi_f = true_class_log_odds(forget_logits, forget_labels.to(forget_logits.device), clamp)
+    phi_t = true_class_log_odds(test_logits, test_labels.to(test_logits.device), clamp)
     a, b = _equal_size(phi_f.cpu().double().numpy(), phi_t.cpu().double().numpy(), seed)
     if len(a) < n_splits:
         raise ValueError(f"{fn}: forget and test need at least n_splits={n_splits} samples each, got {len(a)}")

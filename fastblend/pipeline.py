@@ -40,7 +40,7 @@ from .data import dataset_info, load_dataset, make_split
 from .grouping import extract_features, group
 from .methods import train_model as _train_model
 from .methods import unlearn
-from .metrics import accuracy, mia_score
+from .metrics import accuracy, mia_score_from_logits, predict_logits
 from .models import ConvNet3, build_model
 
 VARIANTS = ("original", "retrain", "base", "accelerated")
@@ -104,8 +104,8 @@ class ExperimentConfig:
 
 DEMO = ExperimentConfig(
     width=64,
-    train_config={"epochs": 10, "lr": 0.05, "batch_size": 128, "schedule": "cosine", "warmup_epochs": 1},
-    retrain_config={"epochs": 10, "lr": 0.05, "batch_size": 128, "warmup_epochs": 1},
+    train_config={"epochs": 8, "lr": 0.05, "batch_size": 128, "schedule": "cosine", "warmup_epochs": 1},
+    retrain_config={"epochs": 8, "lr": 0.05, "batch_size": 128, "warmup_epochs": 1},
     base_config={},
     accelerated_config={},
 )
@@ -189,31 +189,25 @@ def original_model(cfg: ExperimentConfig, train_images: torch.Tensor, train_labe
     return model, seconds, False
 
 
-@torch.inference_mode()
-def per_sample_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
-                    batch_size: int = 1024) -> torch.Tensor:
-    """Cross-entropy of every sample, ``[N]`` float32 on the CPU."""
-    model.eval()
-    out = []
-    for s in range(0, images.shape[0], batch_size):
-        logits = model(images[s:s + batch_size].to(device)).float()
-        out.append(F.cross_entropy(logits, labels[s:s + batch_size].to(device), reduction="none").cpu())
-    return torch.cat(out) if out else torch.zeros(0)
+def evaluate(model: nn.Module, split, device: torch.device) -> tuple[dict, dict]:
+    """Retain / forget / evaluation accuracy (percent), the SPEC §4 MIA score, and the per-sample
+    losses on the forget and unseen sets (for the histograms). One forward pass per set."""
+    logits = {name: predict_logits(model, x, device=device).float().cpu()
+              for name, (x, _) in (("retain", split.retain_tensors()), ("forget", split.forget_tensors()),
+                                   ("eval", split.eval_tensors()), ("unseen", split.unseen_tensors()))}
+    labels = {"retain": split.retain_tensors()[1], "forget": split.forget_tensors()[1],
+              "eval": split.eval_tensors()[1], "unseen": split.unseen_tensors()[1]}
 
+    def acc(name: str) -> float:
+        return float((logits[name].argmax(1) == labels[name]).double().mean() * 100) if labels[name].numel() else \
+            math.nan
 
-def evaluate(model: nn.Module, split, device: torch.device) -> dict:
-    """Retain / forget / evaluation accuracy (percent) and the SPEC §4 MIA score."""
-    rx, ry = split.retain_tensors()
-    fx, fy = split.forget_tensors()
-    ex, ey = split.eval_tensors()
-    forgotten_classes = torch.unique(fy)
-    keep = torch.isin(ey, forgotten_classes)
-    return {
-        "retain_acc": accuracy(model, rx, ry, device=device),
-        "forget_acc": accuracy(model, fx, fy, device=device),
-        "test_acc": accuracy(model, ex, ey, device=device),
-        "mia": mia_score(model, (fx, fy), (ex[keep], ey[keep]), device=device),
-    }
+    keep = torch.isin(labels["eval"], torch.unique(labels["forget"]))
+    metrics = {"retain_acc": acc("retain"), "forget_acc": acc("forget"), "test_acc": acc("eval"),
+               "mia": mia_score_from_logits(logits["forget"], labels["forget"], logits["eval"][keep],
+                                            labels["eval"][keep])}
+    losses = {name: F.cross_entropy(logits[name], labels[name], reduction="none") for name in ("forget", "unseen")}
+    return metrics, losses
 
 
 # --------------------------------------------------------------------------------------------
@@ -235,17 +229,14 @@ def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, log: Callable[[str
     log(f"[seed {seed}] original model: {'loaded from cache' if cached else f'trained in {train_seconds:.1f}s'}")
     rows: dict[str, dict] = {}
     losses: dict[str, dict] = {}
-    fx, fy = forget
-    ux, uy = unseen
 
     def record(variant: str, method: str, m: nn.Module, stages: dict[str, float]) -> None:
         clock = _Clock(device)
-        metrics = clock.run("evaluation", lambda: evaluate(m, split, device))
+        metrics, losses[variant] = clock.run("evaluation", lambda: evaluate(m, split, device))
         stages = {**stages, "evaluation": clock.seconds["evaluation"]}
         total = sum(v for k, v in stages.items() if k != "evaluation")
         rows[variant] = {"variant": variant, "method": method, "seed": seed, **metrics,
                          **{f"t_{k}": stages.get(k, 0.0) for k in STAGES}, "t_total": total}
-        losses[variant] = {"forget": per_sample_loss(m, fx, fy, device), "unseen": per_sample_loss(m, ux, uy, device)}
         log(f"[seed {seed}] {variant:<12} {method:<14} {total:8.1f}s  retain {metrics['retain_acc']:5.1f}  "
             f"forget {metrics['forget_acc']:5.1f}  test {metrics['test_acc']:5.1f}  MIA {metrics['mia']:5.1f}")
 

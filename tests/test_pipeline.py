@@ -1,0 +1,90 @@
+"""End-to-end pipeline and the `fastblend` command at tiny scale (real animal-mnist data)."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fastblend import cli, pipeline
+from fastblend.pipeline import ExperimentConfig
+
+TINY = dict(limit=400, width=8, ipc=8, blend_iterations=2,
+            train_config={"epochs": 1, "lr": 0.05, "batch_size": 64},
+            retrain_config={"epochs": 1, "lr": 0.05, "batch_size": 64, "warmup_epochs": 0},
+            base_config={"epochs": 1, "warmup_epochs": 0}, accelerated_config={"epochs": 1}, quiet=True)
+
+
+def _tiny(tmp_path, **kw) -> ExperimentConfig:
+    return pipeline.with_overrides(ExperimentConfig(), out=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"),
+                                   **{**TINY, **kw})
+
+
+def test_run_experiment_writes_results_and_plots(tmp_path):
+    cfg = _tiny(tmp_path)
+    result = pipeline.run_experiment(cfg)
+    out = tmp_path / "out"
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["config"]["ipc"] == 8 and doc["machine"]["torch"] == torch.__version__
+    variants = {r["variant"]: r for r in result["per_seed"][0]["rows"]}
+    assert set(variants) == {"original", "retrain", "base", "accelerated"}
+    acc = variants["accelerated"]
+    for stage in pipeline.STAGES:
+        assert acc[f"t_{stage}"] >= 0
+    assert acc["t_blend"] > 0 and acc["t_grouping"] > 0 and acc["t_features"] > 0
+    assert acc["t_total"] == pytest.approx(sum(acc[f"t_{s}"] for s in pipeline.STAGES if s != "evaluation"))
+    assert acc["reduced_size"] < acc["retain_size"]
+    assert acc["speedup_vs_base"] == pytest.approx(variants["base"]["t_total"] / acc["t_total"])
+    assert variants["retrain"]["gap_test_acc"] == 0
+    for row in variants.values():
+        assert 0 <= row["forget_acc"] <= 100 and 0 <= row["mia"] <= 100
+    with (out / "results.csv").open() as fh:
+        assert len(list(csv.DictReader(fh))) == 4
+    for png in ("stage_times.png", "loss_histograms.png", "blend_grid.png"):
+        assert (out / "seed0" / png).read_bytes()[:4] == b"\x89PNG"
+    table = pipeline.format_table(result["summary"])
+    assert "accelerated" in table and "a_finetune" in table
+    # the original model is cached: a second run loads it
+    again = pipeline.run_experiment(_tiny(tmp_path, run_retrain=False, run_base=False, plots=False))
+    assert again["per_seed"][0]["rows"][0]["cached"] is True
+
+
+def test_seeds_are_aggregated_and_rounds_reported(tmp_path):
+    cfg = _tiny(tmp_path, seeds=[0, 1], rounds=2, run_retrain=False, run_base=False, plots=False)
+    result = pipeline.run_experiment(cfg)
+    acc = [r for r in result["summary"] if r["variant"] == "accelerated"][0]
+    assert acc["seeds"] == 2 and "test_acc_std" in acc
+    rounds = [r for s in result["per_seed"] for r in s["rounds"]]
+    assert [r["round"] for r in rounds] == [0, 1, 0, 1]
+    assert rounds[1]["forget_size"] > rounds[0]["forget_size"]
+    assert (tmp_path / "out" / "rounds.csv").exists()
+
+
+def test_cli_run_from_config_file(tmp_path, capsys):
+    config = tmp_path / "exp.toml"
+    config.write_text('dataset = "animal-mnist"\nlimit = 300\nwidth = 8\nipc = 6\nblend_iterations = 1\n'
+                      'run_retrain = false\nplots = false\n[train_config]\nepochs = 1\n[base_config]\nepochs = 1\n'
+                      'warmup_epochs = 0\n')
+    code = cli.main(["run", "--config", str(config), "--out", str(tmp_path / "o"), "--cache-dir",
+                     str(tmp_path / "c"), "--quiet", "--method", "finetune"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "accelerated" in printed and "a_finetune" in printed
+    assert json.loads((tmp_path / "o" / "results.json").read_text())["config"]["limit"] == 300
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert cli.main(["run", "--dataset", "imagenet", "--out", str(tmp_path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "imagenet" in err and "Traceback" not in err
+    bad = tmp_path / "bad.toml"
+    bad.write_text("no_such_setting = 1\n")
+    with pytest.raises(SystemExit, match="unknown settings"):
+        cli.main(["run", "--config", str(bad)])
+
+
+def test_python_dash_m_help():
+    res = subprocess.run([sys.executable, "-m", "fastblend", "--help"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "demo" in res.stdout and "condense" in res.stdout

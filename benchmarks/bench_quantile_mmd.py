@@ -144,6 +144,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="reduced sizes for a quick check")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=None, help="JSON path (default results/quantile_mmd[_small].json)")
     args = parser.parse_args()
     sizes = [(256, 10), (1024, 100)] if args.small else [(256, 10), (2048, 100)]
     repeats = args.repeats or (5 if args.small else 15)
@@ -156,8 +157,8 @@ def main() -> None:
     rows += bench_sampler()
     for row in rows:
         row.update(info)
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"quantile_mmd{'_small' if args.small else ''}.json"
+    out = args.out or RESULTS / f"quantile_mmd{'_small' if args.small else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=1))
     for r in rows:
         extra = (f"x{r['speedup_vs_eager']:.1f} vs eager, peak {r['peak_bytes'] / 2**20:.1f} MiB"

@@ -174,30 +174,49 @@ def cmd_condense(args: argparse.Namespace) -> int:
     return 0
 
 
+SCRIPT_BENCHMARKS = ("quantile_mmd", "grouping", "condense")
+PYTEST_BENCHMARKS = ("segment_blend",)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     root = Path(__file__).resolve().parents[1]
     bench_dir = root / "benchmarks"
     if not bench_dir.is_dir():
         raise SystemExit("fastblend bench: the benchmark suite lives in the source checkout (benchmarks/); "
                          "run it from a clone of the repository with the package installed (`pip install -e .`)")
-    out = Path(args.out or "fastblend-out/bench")
+    out = Path(args.out or "fastblend-out/bench").resolve()
     out.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    json_path = out / f"bench-{stamp}.json"
+    names = args.only or list(PYTEST_BENCHMARKS + SCRIPT_BENCHMARKS)
+    unknown = sorted(set(names) - set(PYTEST_BENCHMARKS + SCRIPT_BENCHMARKS))
+    if unknown:
+        raise SystemExit(f"fastblend bench: unknown benchmarks {unknown}; known: "
+                         f"{list(PYTEST_BENCHMARKS + SCRIPT_BENCHMARKS)}")
     env = dict(os.environ)
     if args.small:
         env["FASTBLEND_BENCH_SMALL"] = "1"
-    targets = [str(bench_dir / f"bench_{name}.py") for name in args.only] if args.only else [str(bench_dir)]
-    cmd = [sys.executable, "-m", "pytest", *targets, "--benchmark-only", f"--benchmark-json={json_path}", "-q",
-           "-p", "no:cacheprovider"]
-    code = subprocess.call(cmd, cwd=root, env=env)
-    if json_path.exists():
+    suffix = "_small" if args.small else ""
+    codes = []
+    written = []
+    for name in names:
+        target = out / f"{name}{suffix}.json"
+        if name in PYTEST_BENCHMARKS:
+            cmd = [sys.executable, "-m", "pytest", str(bench_dir / f"bench_{name}.py"), "--benchmark-only",
+                   f"--benchmark-json={target}", "-q", "-p", "no:cacheprovider"]
+        else:
+            cmd = [sys.executable, "-m", f"benchmarks.bench_{name}", "--out", str(target)]
+            if args.small:
+                cmd.append("--small")
+        print(f"\n== {name}: {' '.join(cmd)}", flush=True)
+        codes.append(subprocess.call(cmd, cwd=root, env=env))
+        written.append(target)
+    pytest_json = [str(p) for p in written if p.exists() and p.stem.replace("_small", "") in PYTEST_BENCHMARKS]
+    if pytest_json:
+        sys.path.insert(0, str(root))
         from benchmarks.summarize import main as summarize_main
 
-        sys.path.insert(0, str(root))
-        summarize_main([str(json_path), "--csv", str(json_path.with_suffix(".csv"))])
-        print(f"\nbenchmark results: {json_path} and {json_path.with_suffix('.csv')}")
-    return code
+        summarize_main([*pytest_json, "--csv", str(out / f"segment_blend{suffix}.csv")])
+    print("\nbenchmark results: " + ", ".join(str(p) for p in written if p.exists()))
+    return max(codes) if codes else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -218,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_condense)
     p = sub.add_parser("bench", help="run the benchmark suite (source checkout) and print its summary")
     p.add_argument("--small", action="store_true", help="reduced sizes (FASTBLEND_BENCH_SMALL=1)")
-    p.add_argument("--only", nargs="+", help="benchmark files by name, e.g. segment_blend quantile_mmd")
+    p.add_argument("--only", nargs="+", help="benchmarks by name: segment_blend quantile_mmd grouping condense")
     p.add_argument("--out", default=None)
     p.set_defaults(fn=cmd_bench)
     return parser

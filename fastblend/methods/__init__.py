@@ -186,7 +186,9 @@ def train_model(model: nn.Module, data: Any, config: Any = None, device: torch.d
         view = view.to(dev)
     ctx = RunContext(cfg, dev, seed, progress, fn)
     ctx.num_classes = num_classes
-    outcome = train(Finetune(cfg), work, RunData(view, view, None), cfg, ctx, accelerated=False)
+    trainer = Finetune(cfg)
+    trainer.name = "train"  # the progress bar's label
+    outcome = train(trainer, work, RunData(view, view, None), cfg, ctx, accelerated=False)
     return outcome.model.eval()
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 import fastblend
-from fastblend.condense import blend_clusters, blend_lr, matcher_seed
+from fastblend.condense import blend_clusters, blend_lr, default_chunk_size, matcher_seed
 from fastblend.condense_reference import blend_clusters_reference
 from fastblend.models import random_convnet
 
@@ -126,7 +126,7 @@ def cifar_like(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 # --------------------------------------------------------------------------------------------
 def floor_seconds(matcher, blended: torch.Tensor, chunk: int | None, repeats: int = 3) -> float:
     """One matcher forward + input-gradient backward over the K blended images (best of ``repeats``)."""
-    chunk = chunk or blended.shape[0]
+    chunk = chunk or default_chunk_size(blended.shape[0], blended.device)
     best = float("inf")
     for _ in range(repeats):
         _sync(blended.device)
@@ -237,14 +237,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--only", choices=["animal-mnist", "cifar-like"], help="run one data set")
     p.add_argument("--iterations", type=int, default=12)
     p.add_argument("--chunk-size", type=int, default=None,
-                   help="matcher chunk (default: all K on CUDA, 256 on CPU to bound memory)")
+                   help="matcher chunk (default: fastblend's default_chunk_size: all K on CUDA, small on CPU)")
     p.add_argument("--loop-clusters", type=int, default=None,
                    help="clusters the literal loop runs on (default: all when --small, else 100 on CPU)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     device = torch.device(args.device)
-    chunk = args.chunk_size if args.chunk_size is not None else (None if device.type == "cuda" else 256)
+    chunk = args.chunk_size
     loop_clusters = args.loop_clusters or (10**9 if args.small else (2000 if device.type == "cuda" else 100))
     cases = {"animal-mnist": (lambda: animal_mnist(2000 if args.small else 10_000), 20 if args.small else 100),
              "cifar-like": (lambda: cifar_like(2000 if args.small else 50_000), 40 if args.small else 1000)}

@@ -818,7 +818,8 @@ class Blender:
 # --------------------------------------------------------------------------------------------
 def save_blend_grid(reduced: ReducedRetainSet, images: torch.Tensor, clustering: Clustering, path: str | Path,
                     n: int = 8, members: int = 7) -> Path:
-    """Save a PNG grid: each row is a blended image followed by up to ``members`` of its cluster.
+    """Save a PNG grid: each row is a blended image followed by up to ``members`` of its cluster;
+    rows cycle through the classes.
 
     Every tile is min-max scaled on its own for display. Needs matplotlib (``pip install
     fastblend[plots]``).
@@ -832,9 +833,15 @@ def save_blend_grid(reduced: ReducedRetainSet, images: torch.Tensor, clustering:
         raise ImportError("save_blend_grid: needs matplotlib (pip install 'fastblend[plots]')") from exc
     if n < 1 or members < 0:
         raise ValueError(f"save_blend_grid: n must be >= 1 and members >= 0, got n={n}, members={members}")
-    rows = torch.nonzero(reduced.is_blended).flatten()[:n].tolist()
-    if not rows:
+    blended = torch.nonzero(reduced.is_blended).flatten()
+    if not blended.numel():
         raise ValueError("save_blend_grid: the reduced set has no blended rows")
+    # round-robin over classes so the grid shows every class, not the first class's clusters only
+    labels = reduced.labels.cpu()[blended]
+    rank = torch.zeros_like(labels)
+    for c in torch.unique(labels).tolist():
+        rank[labels == c] = torch.arange(int((labels == c).sum()))
+    rows = blended[torch.argsort(rank * (int(labels.max()) + 1) + labels)][:n].tolist()
     perm, indptr = clustering.perm.cpu(), clustering.indptr.cpu()
 
     def tile(img: torch.Tensor):
@@ -851,7 +858,7 @@ def save_blend_grid(reduced: ReducedRetainSet, images: torch.Tensor, clustering:
             ax.axis("off")
             if j == 0:
                 ax.imshow(tile(reduced.images[row]), cmap="gray")
-                ax.set_title(f"blend c{c}", fontsize=6)
+                ax.set_title(f"blend, cluster {c} (class {int(reduced.labels[row])})", fontsize=6, loc="left")
             elif j - 1 < len(idx):
                 ax.imshow(tile(images[idx[j - 1]]), cmap="gray")
     fig.tight_layout()

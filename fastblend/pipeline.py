@@ -293,7 +293,7 @@ def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, log: Callable[[str
         plots.stage_times(list(rows.values()), seed_dir / "stage_times.png")
         plots.loss_histograms(losses, seed_dir / "loss_histograms.png")
         save_blend_grid(reduced, train.denormalize() if hasattr(train, "denormalize") else train.images, clustering,
-                        seed_dir / "blend_grid.png")
+                        seed_dir / "blend_grid.png", n=min(train.num_classes, 12))
     return {"seed": seed, "rows": list(rows.values()), "rounds": round_rows, "split": split.summary()}
 
 

@@ -335,6 +335,40 @@ def test_fuse_forward_refused_with_batchnorm():
         assert torch.equal(pa, pb)
 
 
+def test_micro_batch_matches_whole_batch_forward():
+    from fastblend.models import ConvNet3
+
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.randn(72, 1, 8, 8, generator=g), torch.randint(0, 3, (72,), generator=g)
+    ux, uy = torch.randn(40, 1, 8, 8, generator=g), torch.randint(0, 3, (40,), generator=g)
+    torch.manual_seed(0)
+    net = ConvNet3(in_channels=1, num_classes=3, image_size=8, width=8)
+    cfg = dict(batch_size=8, optimizer="sgd", lr=0.05, momentum=0.0)  # SGD: no Adam amplification of rounding
+    whole = unlearn("a_finetune", net, (x[:56], y[:56]), (x[56:], y[56:]), unseen=(ux, uy), config=cfg).model
+    micro = unlearn("a_finetune", net, (x[:56], y[:56]), (x[56:], y[56:]), unseen=(ux, uy),
+                    config={**cfg, "micro_batch": 5}).model
+    changed = False
+    for pw, pm, p0 in zip(whole.parameters(), micro.parameters(), net.parameters()):
+        torch.testing.assert_close(pm, pw, rtol=1e-4, atol=1e-5)
+        changed |= not torch.equal(pw, p0)
+    assert changed
+    with pytest.raises(ValueError, match="micro_batch"):
+        unlearn("finetune", net, (x[:56], y[:56]), (x[56:], y[56:]), config={"micro_batch": -1})
+
+
+def test_micro_batch_refused_with_batchnorm():
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(80, D, generator=g), torch.randint(0, C, (80,), generator=g)
+    torch.manual_seed(0)
+    bn = nn.Sequential(nn.Linear(D, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, C))
+    cfg = dict(epochs=1, batch_size=16)
+    plain = unlearn("finetune", bn, (x[:60], y[:60]), (x[60:], y[60:]), config=cfg).model
+    with pytest.warns(UserWarning, match="micro_batch ignored"):
+        split = unlearn("finetune", bn, (x[:60], y[:60]), (x[60:], y[60:]), config={**cfg, "micro_batch": 4}).model
+    for pa, pb in zip(plain.parameters(), split.parameters()):
+        assert torch.equal(pa, pb)
+
+
 def test_amp_and_channels_last_on_a_convnet():
     from fastblend.models import ConvNet3
 

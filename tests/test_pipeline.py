@@ -88,3 +88,24 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 def test_python_dash_m_help():
     res = subprocess.run([sys.executable, "-m", "fastblend", "--help"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "demo" in res.stdout and "condense" in res.stdout
+
+
+def test_cli_condense_writes_reduced_set_and_grid(tmp_path, capsys):
+    from fastblend import ReducedRetainSet
+    from fastblend.grouping import Clustering
+
+    out = tmp_path / "reduced.pt"
+    code = cli.main(["condense", "--limit", "300", "--ipc", "6", "--blend-iterations", "2", "--out", str(out),
+                     "--quiet"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    reduced = ReducedRetainSet.load(out)
+    clustering = Clustering.load(summary["clustering"])
+    assert summary["rows"] == len(reduced) and clustering.ipc == 6
+    assert summary["timings"]["features"] > 0 and summary["timings"]["blend"] > 0
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_bench_rejects_unknown_benchmark(tmp_path):
+    with pytest.raises(SystemExit, match="unknown benchmarks"):
+        cli.main(["bench", "--only", "nope", "--out", str(tmp_path)])

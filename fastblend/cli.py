@@ -75,6 +75,8 @@ def _experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--forget-class", type=int)
     p.add_argument("--ipc", type=int, help="clusters per class")
     p.add_argument("--blend-iterations", type=int)
+    p.add_argument("--blend-amp", action="store_true",
+                   help="run Blend's matcher in bfloat16 (faster; a departure from the reference numerics)")
     p.add_argument("--grouping-backend", choices=["auto", "faiss", "torch"])
     p.add_argument("--seeds", type=int, nargs="+", help="one repetition per seed (mean ± std reported)")
     p.add_argument("--rounds", type=int, help="multi-round unlearning: the forget set arrives in R parts")
@@ -114,6 +116,7 @@ def _config_from_args(args: argparse.Namespace, base: ExperimentConfig) -> Exper
     cfg.run_retrain = cfg.run_retrain and not getattr(args, "no_retrain", False)
     cfg.run_base = cfg.run_base and not getattr(args, "no_base", False)
     cfg.plots = cfg.plots and not getattr(args, "no_plots", False)
+    cfg.blend_amp = cfg.blend_amp or bool(getattr(args, "blend_amp", False))
     cfg.quiet = bool(args.quiet)
     return cfg
 
@@ -164,7 +167,8 @@ def cmd_condense(args: argparse.Namespace) -> int:
                        num_classes=train.num_classes)
     t2 = time.perf_counter()
     reduced = condense(train.images, train.labels, split.forget, clustering=clustering,
-                       iterations=cfg.blend_iterations, seed=cfg.seeds[0], device=device, progress=not cfg.quiet)
+                       iterations=cfg.blend_iterations, seed=cfg.seeds[0], device=device, progress=not cfg.quiet,
+                       amp=cfg.blend_amp)
     reduced.timings.update(features=t1 - t0, grouping=t2 - t1)
     reduced.save(out)
     clustering.save(out.with_suffix(".clustering.pt"))

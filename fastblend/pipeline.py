@@ -70,6 +70,7 @@ class ExperimentConfig:
     forget_class: int | None = None
     ipc: int | None = None
     blend_iterations: int = 12
+    blend_amp: bool = False
     grouping_backend: str = "auto"
     seeds: list[int] = field(default_factory=lambda: [0])
     rounds: int = 1
@@ -259,7 +260,8 @@ def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, log: Callable[[str
     clustering = clock.run("grouping", lambda: group(feats, train.labels, ipc, backend=cfg.grouping_backend,
                                                      seed=seed, num_classes=train.num_classes))
     reduced = condense(train.images, train.labels, split.forget, clustering=clustering,
-                       iterations=cfg.blend_iterations, seed=seed, device=device, progress=progress)
+                       iterations=cfg.blend_iterations, seed=seed, device=device, progress=progress,
+                       amp=cfg.blend_amp)
     stages = dict(clock.seconds)
     stages["split"] = reduced.timings.get("split", 0.0)
     stages["blend"] = reduced.timings.get("blend", 0.0)
@@ -302,7 +304,8 @@ def run_rounds(cfg: ExperimentConfig, seed: int, train, split, clustering, model
     """Multi-round unlearning (SPEC §1.4): the forget set arrives in ``cfg.rounds`` cumulative parts;
     each round condenses (cached or reference mode) and unlearns from the previous round's model."""
     blender = Blender(train.images, train.labels, clustering=clustering, mode=cfg.round_mode,
-                      iterations=cfg.blend_iterations, seed=seed, device=device, progress=not cfg.quiet)
+                      iterations=cfg.blend_iterations, seed=seed, device=device, progress=not cfg.quiet,
+                      amp=cfg.blend_amp)
     rows = []
     previous = torch.zeros(0, dtype=torch.int64)
     current = model

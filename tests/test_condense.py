@@ -445,6 +445,22 @@ def test_share_network_uses_one_extraction_for_grouping_and_targets():
                  progress=False)
 
 
+def test_amp_blend_is_close_to_float32():
+    data, _ = fastblend.load_dataset("animal-mnist", per_class=12)
+    images, labels = data.images, data.labels
+    forget = torch.arange(0, labels.numel(), 9)
+    clustering = fastblend.group(fastblend.extract_features(images, seed=4, progress=False), labels, 3, seed=4)
+    exact = condense(images, labels, forget, clustering=clustering, iterations=4, seed=4, progress=False)
+    mixed = condense(images, labels, forget, clustering=clustering, iterations=4, seed=4, progress=False, amp=True)
+    assert rows(mixed) == rows(exact) and mixed.settings["amp"] is True
+    assert mixed.images.dtype == exact.images.dtype == torch.float32
+    assert mixed.final_loss == pytest.approx(exact.final_loss, rel=0.05)
+    assert mixed.final_loss < mixed.initial_loss
+    scale = exact.images.abs().max()
+    assert (mixed.images - exact.images).abs().max() < 0.05 * scale
+    assert not torch.equal(mixed.images, exact.images)
+
+
 @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
 def test_cuda_matches_cpu():
     images, labels, clustering, forget = _layout("uniform")

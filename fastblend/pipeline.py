@@ -173,10 +173,12 @@ def original_model(cfg: ExperimentConfig, train_images: torch.Tensor, train_labe
     """
     key_src = json.dumps({"dataset": cfg.dataset, "per_class": cfg.per_class, "limit": cfg.limit,
                           "model": cfg.model, "width": cfg.width, "train": cfg.train_config, "seed": seed,
-                          "n": int(train_labels.numel()), "version": 1}, sort_keys=True)
+                          "n": int(train_labels.numel()), "version": 2}, sort_keys=True)
     key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
     path = _cache_dir(cfg) / "models" / f"{cfg.dataset}-{cfg.model}-{key}.pt"
-    model = _build(cfg, train_images.shape[1], num_classes, train_images.shape[-1])
+    with torch.random.fork_rng(devices=[]):  # the initial weights come from the seed, not the global RNG
+        torch.manual_seed(seed)
+        model = _build(cfg, train_images.shape[1], num_classes, train_images.shape[-1])
     if path.exists():
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return model.to(device), 0.0, True

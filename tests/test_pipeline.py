@@ -109,3 +109,15 @@ def test_cli_condense_writes_reduced_set_and_grid(tmp_path, capsys):
 def test_cli_bench_rejects_unknown_benchmark(tmp_path):
     with pytest.raises(SystemExit, match="unknown benchmarks"):
         cli.main(["bench", "--only", "nope", "--out", str(tmp_path)])
+
+
+def test_original_model_is_deterministic_given_seed(tmp_path):
+    cfg = _tiny(tmp_path)
+    train = torch.randn(64, 1, 28, 28), torch.arange(64) % 10
+    a, _, cached_a = pipeline.original_model(cfg, *train, 10, seed=3, device=torch.device("cpu"), progress=False)
+    cfg_b = _tiny(tmp_path / "other")
+    torch.manual_seed(12345)  # the global RNG must not matter
+    b, _, cached_b = pipeline.original_model(cfg_b, *train, 10, seed=3, device=torch.device("cpu"), progress=False)
+    assert not cached_a and not cached_b
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)

@@ -187,8 +187,8 @@ def extract_features(images: torch.Tensor, extractor: nn.Module | Callable | Non
         extractor: a module with an ``embed(x)`` method (used; e.g. fastblend's models) or any
             callable mapping ``[B, C, H, W]`` to ``[B, ...]`` features (flattened). ``None``: the
             seeded random ConvNet-3 ``f_g`` of SPEC §1.1, ``fastblend.models.random_convnet(C, H,
-            seed)`` (1 or 3 channels, 28 or 32 px), run in channels-last memory format. A given
-            extractor is used as is (not moved, not switched to eval mode).
+            seed)`` (1 or 3 channels, square, at least 8 px; 28 or 32 px in the SPEC), run in
+            channels-last memory format. A given extractor is used as is (not moved, not switched to eval mode).
         batch_size: images per forward pass.
         device: where the forward runs. Default: the extractor's device (its first parameter), or
             the images' device for the default extractor.
@@ -215,9 +215,11 @@ def extract_features(images: torch.Tensor, extractor: nn.Module | Callable | Non
 
     memory_format = torch.preserve_format
     if extractor is None:
-        if channels not in (1, 3) or height != width or height not in (28, 32):
-            raise ValueError(f"{name}: the default extractor takes 1- or 3-channel 28x28 or 32x32 images, "
-                             f"got {channels}x{height}x{width}; pass extractor= for other inputs")
+        # SPEC §5 sizes are 28 and 32 px; ConvNet-3's three 2x2 pools work down to 8 px (e.g. digits)
+        if channels not in (1, 3) or height != width or height < 8:
+            raise ValueError(f"{name}: the default extractor takes 1- or 3-channel square images of at least 8x8 "
+                             f"(ConvNet-3; 28x28 and 32x32 in the SPEC), got {channels}x{height}x{width}; "
+                             "pass extractor= for other inputs")
         from .models import random_convnet
 
         dev = torch.device(device) if device is not None else images.device

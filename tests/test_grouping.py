@@ -388,6 +388,9 @@ def test_extract_features_errors():
         extract_features(torch.zeros(0, 1, 28, 28))
     with pytest.raises(ValueError, match="extract_features: the default extractor"):
         extract_features(torch.zeros(2, 2, 28, 28))
+    with pytest.raises(ValueError, match="extract_features: the default extractor"):
+        extract_features(torch.zeros(2, 1, 4, 4))
+    assert extract_features(torch.zeros(2, 1, 8, 8), progress=False).shape == (2, 128)  # e.g. sklearn digits
     with pytest.raises(ValueError, match="extract_features: batch_size"):
         extract_features(torch.zeros(2, 1, 28, 28), batch_size=0)
     with pytest.raises(TypeError, match="extract_features: extractor"):

@@ -30,14 +30,21 @@ from .sparse import L1SparseConfig
 
 
 @dataclass
-class AFinetuneConfig(AAMUFields, FinetuneConfig):
-    """A-AMU, SPEC §2.4: ``L = steepen(CE_retain) + λ·MMD²``, ``λ = 34``, ``B = 64``, Adam lr 2.4e-4
-    (1e-4 on CINIC-10: see ``presets``), default betas, no weight decay, 1 epoch over the retain set."""
+class AAMUOptimiser:
+    """A-AMU's optimiser (SPEC §2.4), shared by the accelerated configs that follow it: Adam lr
+    2.4e-4 (default betas), no weight decay, 1 epoch over the (reduced) retain set."""
 
     epochs: int = 1
     optimizer: str = "adam"
     lr: float = 2.4e-4
     weight_decay: float = 0.0
+
+
+@dataclass
+class AFinetuneConfig(AAMUFields, AAMUOptimiser, FinetuneConfig):
+    """A-AMU, SPEC §2.4: ``L = steepen(CE_retain) + λ·MMD²``, ``λ = 34``, ``B = 64``, Adam lr 2.4e-4
+    (1e-4 on CINIC-10: see ``presets``), default betas, no weight decay, 1 epoch over the retain set."""
+
     schedule: str = "constant"
     warmup_epochs: int = 0
 
@@ -65,34 +72,22 @@ class AScrubConfig(AAMUFields, ScrubConfig):
 
 
 @dataclass
-class ANegGradPlusConfig(AAMUFields, NegGradPlusConfig):
+class ANegGradPlusConfig(AAMUFields, AAMUOptimiser, NegGradPlusConfig):
     """NegGrad+ accelerated: ``steepen(CE_retain) − β·CE_forget + λ·MMD²`` with A-AMU's optimiser
     (Adam lr 2.4e-4, no weight decay, 1 epoch)."""
 
-    epochs: int = 1
-    optimizer: str = "adam"
-    lr: float = 2.4e-4
-    weight_decay: float = 0.0
 
 
 @dataclass
-class ABadTeacherConfig(AAMUFields, BadTeacherConfig):
+class ABadTeacherConfig(AAMUFields, AAMUOptimiser, BadTeacherConfig):
     """Bad Teacher accelerated: the steepened per-sample KL to the competent teacher on retain, the
     KL to the incompetent teacher on the forget batch, ``+ λ·MMD²``; A-AMU's optimiser (Adam lr
     2.4e-4, no weight decay, 1 epoch)."""
 
-    epochs: int = 1
-    optimizer: str = "adam"
-    lr: float = 2.4e-4
-    weight_decay: float = 0.0
 
 
 @dataclass
-class APruneConfig(AAMUFields, PruneConfig):
+class APruneConfig(AAMUFields, AAMUOptimiser, PruneConfig):
     """Prune accelerated: prune to ``sparsity`` as in ``prune``, then fine-tune with
     ``steepen(CE_retain) + λ·MMD²`` and A-AMU's optimiser (Adam lr 2.4e-4, no weight decay, 1 epoch)."""
 
-    epochs: int = 1
-    optimizer: str = "adam"
-    lr: float = 2.4e-4
-    weight_decay: float = 0.0

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 import fastblend
+from fastblend._device import synchronize
 from fastblend.condense import blend_clusters, blend_lr, default_chunk_size, matcher_seed
 from fastblend.condense_reference import blend_clusters_reference
 from fastblend.models import random_convnet
@@ -41,11 +42,6 @@ from fastblend.models import random_convnet
 from .conftest import machine_info
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _rss_bytes() -> int:
@@ -129,12 +125,12 @@ def floor_seconds(matcher, blended: torch.Tensor, chunk: int | None, repeats: in
     chunk = chunk or default_chunk_size(blended.shape[0], blended.device)
     best = float("inf")
     for _ in range(repeats):
-        _sync(blended.device)
+        synchronize(blended.device)
         t0 = time.perf_counter()
         for s in range(0, blended.shape[0], chunk):
             xc = blended[s : s + chunk].detach().requires_grad_(True)
             torch.autograd.grad(matcher.embed(xc).flatten(1).pow(2).sum(), xc)
-        _sync(blended.device)
+        synchronize(blended.device)
         best = min(best, time.perf_counter() - t0)
     return best
 
@@ -152,10 +148,10 @@ def run_case(name: str, images: torch.Tensor, labels: torch.Tensor, ipc: int, *,
                  "iterations": iterations, "chunk_size": chunk_size, "device": str(device), **machine_info()}
     print(f"[{name}] N={labels.numel()} ipc={ipc} on {device}", flush=True)
 
-    _sync(device)
+    synchronize(device)
     t0 = time.perf_counter()
     feats = fastblend.extract_features(images, device=device, seed=seed, progress=False)
-    _sync(device)
+    synchronize(device)
     t1 = time.perf_counter()
     clustering = fastblend.group(feats, labels, ipc, seed=seed)
     t2 = time.perf_counter()
@@ -218,10 +214,10 @@ def run_case(name: str, images: torch.Tensor, labels: torch.Tensor, ipc: int, *,
           f"{loop_iter_full / per_iter:.2f}x per iteration; subset loss loop {loop.final_loss:.5g} "
           f"batched {sub.final_loss:.5g}", flush=True)
 
-    _sync(device)
+    synchronize(device)
     t0 = time.perf_counter()
     round2 = blender.forget(extra)
-    _sync(device)
+    synchronize(device)
     cached_s = time.perf_counter() - t0
     row["cached_round"] = {"extra_forget": int(extra.numel()), "seconds": cached_s,
                            "free_clusters": round2.num_blended, "full_reblend_s": t["split"] + t["blend"],

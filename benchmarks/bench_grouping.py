@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.kmeans_baseline import straightforward_group  # noqa: E402
 from fastblend import extract_features, group  # noqa: E402
+from fastblend._device import synchronize  # noqa: E402
 from fastblend.grouping import _objective  # noqa: E402
 from fastblend.models import random_convnet  # noqa: E402
 
@@ -63,18 +64,13 @@ def synthetic_cifar(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(n, 3, 32, 32, generator=g), torch.arange(n) % 10
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed(fn, repeats: int, device: torch.device):
     times, out = [], None
     for _ in range(repeats):
-        sync(device)
+        synchronize(device)
         t = time.perf_counter()
         out = fn()
-        sync(device)
+        synchronize(device)
         times.append(time.perf_counter() - t)
     return out, times
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 import fastblend
+from fastblend._device import synchronize
 from fastblend.ops import reference as ref
 from fastblend.ops._dispatch import cpp_unavailable_reason
 
@@ -34,11 +35,6 @@ from .conftest import machine_info
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _sync() -> None:
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def _rss() -> int:
@@ -63,7 +59,7 @@ def _peak_memory(fn) -> int:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         fn()
-        _sync()
+        synchronize(DEVICE)
         return torch.cuda.max_memory_allocated() - base
     base, peak, done = _rss(), [0], threading.Event()
 
@@ -84,10 +80,10 @@ def _time(fn, repeats: int) -> dict:
     fn()
     times = []
     for _ in range(repeats):
-        _sync()
+        synchronize(DEVICE)
         t0 = time.perf_counter()
         fn()
-        _sync()
+        synchronize(DEVICE)
         times.append(time.perf_counter() - t0)
     return {"median_ms": 1e3 * statistics.median(times), "min_ms": 1e3 * min(times), "max_ms": 1e3 * max(times)}
 

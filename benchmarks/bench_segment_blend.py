@@ -18,21 +18,20 @@ import pytest
 import torch
 
 import fastblend
+from fastblend._device import synchronize
 from fastblend.ops import reference as ref
 from fastblend.ops._dispatch import cpp_unavailable_reason
-
-from .conftest import sync
 
 SMALL = os.environ.get("FASTBLEND_BENCH_SMALL", "") not in ("", "0")
 N = 5_000 if SMALL else 50_000
 SHAPE = (3, 32, 32)
 SEGMENTS = {"seg5": N // 5, "seg50": N // 50}
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _impls():
     out = {}
-    if DEVICE == "cuda":
+    if DEVICE.type == "cuda":
         out["triton"] = lambda x, w, ip: fastblend.segment_blend(x, w, ip, backend="triton", validate=False)
     elif cpp_unavailable_reason() is None:
         out["cpp"] = lambda x, w, ip: fastblend.segment_blend(x, w, ip, backend="cpp", validate=False)
@@ -74,7 +73,7 @@ def test_fwd(benchmark, record, data, impl, layout):
     def run():
         with torch.no_grad():
             out = fn(x, w, ip)
-        sync()
+        synchronize(DEVICE)
         return out
 
     benchmark.pedantic(run, rounds=5 if impl != "loop" else 2, warmup_rounds=1)
@@ -99,7 +98,7 @@ def test_fwd_bwd(benchmark, record, data, impl, layout, grads):
         x.grad = None
         w.grad = None
         fn(x, w, ip).backward(gout)
-        sync()
+        synchronize(DEVICE)
 
     benchmark.pedantic(run, rounds=5 if impl != "loop" else 2, warmup_rounds=1)
 
@@ -118,17 +117,17 @@ def test_bwd(benchmark, record, data, impl, layout):
     def setup():
         w.grad = None
         out = fn(x, w, ip)
-        sync()
+        synchronize(DEVICE)
         return (out,), {}
 
     def run(out):
         out.backward(gout)
-        sync()
+        synchronize(DEVICE)
 
     benchmark.pedantic(run, setup=setup, rounds=5)
 
 
-@pytest.mark.skipif(DEVICE != "cuda", reason="copy bandwidth of a GPU")
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="copy bandwidth of a GPU")
 def test_triton_bandwidth(benchmark, record, data):
     """Fraction of the card's measured copy bandwidth that the Triton forward reaches."""
     import triton.testing

@@ -31,8 +31,3 @@ def record(benchmark):
         benchmark.extra_info.update(machine_info())
         benchmark.extra_info.update(fields)
     return _record
-
-
-def sync():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()

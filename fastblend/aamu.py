@@ -25,6 +25,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from ._device import module_device
 from .ops.quantile_mmd import quantile_mmd
 
 STEEPEN_MODES = ("batch_mean_sq", "per_sample_sq")
@@ -232,13 +233,9 @@ class Accelerator:
         self.forget_sampler = ForgetSampler(forget_x.shape[0], 4 * batch_size, seed=seed, device=forget_y.device)
         self.unseen_sampler = UnseenSampler(self.unseen_y, 4 * batch_size, seed=seed + 1)
 
-    def _device(self) -> torch.device:
-        param = next(self.model.parameters(), None)
-        return param.device if param is not None else self.forget_x.device
-
     def loss(self, retain_per_sample_loss: torch.Tensor) -> AAMULossOutput:
         """``AAMULossOutput(total, main, mmd)`` for one step; backpropagate ``total``."""
-        device = self._device()
+        device = module_device(self.model) or self.forget_x.device
         fi = self.forget_sampler.sample()
         fx, fy = self.forget_x[fi].to(device), self.forget_y[fi].to(device)
         ui = self.unseen_sampler.sample(self.forget_y[fi])

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ._device import synchronize
 from .grouping import Clustering
 from .ops import segment_blend
 from .ops.reference import normalize_segment_weights, segment_ids
@@ -107,11 +108,6 @@ def _embed_fn(matcher: nn.Module, amp: bool = False,
         return out.flatten(1).float()
 
     return mixed
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _matcher_dtype(matcher: nn.Module, fallback: torch.dtype) -> torch.dtype:
@@ -362,10 +358,10 @@ def _resolve_clustering(caller: str, images: torch.Tensor, labels: torch.Tensor,
         raise ValueError(f"{caller}: ipc must be a positive int, got {ipc!r}")
     from .grouping import extract_features, group
 
-    _sync(device)
+    synchronize(device)
     t0 = time.perf_counter()
     feats = extract_features(images, extractor=extractor, device=device, seed=seed, progress=progress)
-    _sync(device)
+    synchronize(device)
     t1 = time.perf_counter()
     clustering = group(feats, labels, ipc, seed=seed)
     t2 = time.perf_counter()
@@ -516,7 +512,7 @@ def blend_clusters(x: torch.Tensor, indptr: torch.Tensor, matcher: nn.Module, *,
         raise ValueError("blend_clusters: every segment of indptr must be non-empty (drop empty clusters)")
     embed = _embed_fn(matcher, amp, device)
     chunk = chunk_size or default_chunk_size(k, device)
-    _sync(device)
+    synchronize(device)
     t0 = time.perf_counter()
     if member_features is not None:
         if member_features.dim() != 2 or member_features.shape[0] != m:
@@ -531,7 +527,7 @@ def blend_clusters(x: torch.Tensor, indptr: torch.Tensor, matcher: nn.Module, *,
     scale = 1.0 / (k * targets.shape[1])
     w = (1.0 / sizes.to(x.dtype)).repeat_interleave(sizes, output_size=m).requires_grad_(True)
     opt = torch.optim.SGD([w], lr=lr, momentum=MOMENTUM, weight_decay=0.0)
-    _sync(device)
+    synchronize(device)
     t1 = time.perf_counter()
     sums: list[torch.Tensor] = []  # kept on the device: no host sync inside the loop
     initial_terms = None
@@ -544,7 +540,7 @@ def blend_clusters(x: torch.Tensor, indptr: torch.Tensor, matcher: nn.Module, *,
         if initial_terms is None:
             initial_terms = terms / targets.shape[1]
         sums.append(terms.sum())
-    _sync(device)
+    synchronize(device)
     t2 = time.perf_counter()
     history = (torch.stack(sums) * scale).tolist() if sums else []
     with torch.no_grad():
@@ -553,7 +549,7 @@ def blend_clusters(x: torch.Tensor, indptr: torch.Tensor, matcher: nn.Module, *,
         w_hat = normalize_segment_weights(w.detach(), indptr, normalize)
     if initial_terms is None:
         initial_terms = final_terms
-    _sync(device)
+    synchronize(device)
     t3 = time.perf_counter()
     return BlendResult(weights=w.detach(), normalized_weights=w_hat, blended=blended, initial_terms=initial_terms,
                        final_terms=final_terms, loss_history=history, seconds_targets=t1 - t0,
@@ -595,7 +591,7 @@ def _condense_core(caller: str, images: torch.Tensor, labels: torch.Tensor, forg
     else:
         mseed = matcher_seed(seed, round_index) if matcher is None else None
     dtype = _matcher_dtype(net, images.dtype)
-    _sync(device)
+    synchronize(device)
     t2 = time.perf_counter()
     x = images[sp.members.to(images.device)].to(device=device, dtype=dtype)
     if x.shape[0]:
@@ -605,7 +601,7 @@ def _condense_core(caller: str, images: torch.Tensor, labels: torch.Tensor, forg
                             normalize=normalize, chunk_size=chunk_size, backend=backend, progress=progress,
                             member_features=member_features, amp=amp)
     del x
-    _sync(device)
+    synchronize(device)
     t3 = time.perf_counter()
     timings = dict(timings)
     timings.update(split=t1 - t0, blend=t3 - t2, blend_targets=result.seconds_targets,
@@ -712,10 +708,10 @@ def condense(images: torch.Tensor, labels: torch.Tensor, forget: object, *, ipc:
         if feats is None:
             from .grouping import extract_features
 
-            _sync(dev)
+            synchronize(dev)
             t0 = time.perf_counter()
             feats = extract_features(images, extractor=net, device=dev, progress=progress)
-            _sync(dev)
+            synchronize(dev)
             t_feat = time.perf_counter() - t0
         features = feats
     reduced, _, _ = _condense_core("condense", images, labels, mask, clustering, iterations=iterations, lr=lr,

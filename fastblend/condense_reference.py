@@ -14,6 +14,7 @@ import time
 import torch
 from torch import nn
 
+from ._device import synchronize
 from .condense import (
     MOMENTUM,
     BlendResult,
@@ -23,7 +24,6 @@ from .condense import (
     _make_matcher,
     _matcher_dtype,
     _prepare,
-    _sync,
     blend_lr,
     check_matcher,
 )
@@ -60,14 +60,14 @@ def blend_clusters_reference(x: torch.Tensor, indptr: torch.Tensor, matcher: nn.
         raise ValueError("blend_clusters_reference: every segment of indptr must be non-empty")
     embed = _embed_fn(matcher)
     device = x.device
-    _sync(device)
+    synchronize(device)
     t0 = time.perf_counter()
     with torch.no_grad():
         targets = [embed(c).mean(0) for c in clusters]
     weights = [torch.full((c.shape[0],), 1.0 / c.shape[0], dtype=x.dtype, device=device, requires_grad=True)
                for c in clusters]
     opt = torch.optim.SGD(weights, lr=lr, momentum=MOMENTUM, weight_decay=0.0)
-    _sync(device)
+    synchronize(device)
     t1 = time.perf_counter()
     history: list[float] = []
     initial_terms = None
@@ -83,14 +83,14 @@ def blend_clusters_reference(x: torch.Tensor, indptr: torch.Tensor, matcher: nn.
             initial_terms = torch.stack(terms)
         history.append(float(torch.stack(terms).mean()))
         opt.step()
-    _sync(device)
+    synchronize(device)
     t2 = time.perf_counter()
     with torch.no_grad():
         blended = torch.stack([_blend_one(c, w, normalize) for c, w in zip(clusters, weights)])
         final_terms = torch.stack([(embed(b[None])[0] - mu).pow(2).mean() for b, mu in zip(blended, targets)])
         raw = torch.cat([w.detach() for w in weights])
         w_hat = torch.cat([_normalize(w.detach(), normalize) for w in weights])
-    _sync(device)
+    synchronize(device)
     t3 = time.perf_counter()
     return BlendResult(weights=raw, normalized_weights=w_hat, blended=blended,
                        initial_terms=initial_terms if initial_terms is not None else final_terms,
@@ -135,7 +135,7 @@ def condense_reference(images: torch.Tensor, labels: torch.Tensor, forget: objec
         check_matcher(net, x[:4], "condense_reference")
     result = blend_clusters_reference(x, indptr, net, lr=lr_value, iterations=iterations, normalize=normalize,
                                       progress=progress)
-    _sync(dev)
+    synchronize(dev)
     t2 = time.perf_counter()
 
     n_blend, n_res = len(free), len(residual)

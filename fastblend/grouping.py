@@ -59,6 +59,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ._device import module_device, synchronize
+
 _FORMAT = "fastblend.Clustering"
 _FORMAT_VERSION = 1
 _GROUP_BACKENDS = ("auto", "faiss", "torch")
@@ -167,15 +169,6 @@ class Clustering:
 # ------------------------------------------------------------------------------------------------
 # Feature extraction
 # ------------------------------------------------------------------------------------------------
-def _module_device(module: object) -> torch.device | None:
-    if isinstance(module, nn.Module):
-        for tensor in module.parameters():
-            return tensor.device
-        for tensor in module.buffers():
-            return tensor.device
-    return None
-
-
 def extract_features(images: torch.Tensor, extractor: nn.Module | Callable | None = None,
                      batch_size: int = 512, device: torch.device | str | None = None, seed: int = 0,
                      progress: bool = True) -> torch.Tensor:
@@ -229,7 +222,7 @@ def extract_features(images: torch.Tensor, extractor: nn.Module | Callable | Non
     else:
         if not callable(extractor):
             raise TypeError(f"{name}: extractor must be an nn.Module or a callable, got {type(extractor).__name__}")
-        module_dev = _module_device(extractor)
+        module_dev = module_device(extractor)
         dev = torch.device(device) if device is not None else (module_dev or images.device)
     forward = extractor.embed if callable(getattr(extractor, "embed", None)) else extractor
 
@@ -660,8 +653,7 @@ def group(features: torch.Tensor, labels: torch.Tensor, ipc: int, backend: str =
                               "or use backend='torch'")
         if backend == "auto" and faiss is not None and features.is_cuda and not _faiss_has_gpu(faiss):
             faiss = None  # the on-device torch k-means beats copying to a CPU-only FAISS
-    if features.is_cuda:
-        torch.cuda.synchronize(features.device)
+    synchronize(features.device)
     start = time.perf_counter()
 
     n = labels.numel()
@@ -706,8 +698,7 @@ def group(features: torch.Tensor, labels: torch.Tensor, ipc: int, backend: str =
     indptr = torch.zeros(k_total + 1, dtype=torch.int64)
     indptr[1:] = torch.cumsum(torch.bincount(assignment, minlength=k_total), 0)
     objective = _objective(features, labels, assignment, num_classes, k_total)
-    if features.is_cuda:
-        torch.cuda.synchronize(features.device)
+    synchronize(features.device)
     seconds = time.perf_counter() - start
     return Clustering(
         assignment=assignment, perm=perm, indptr=indptr,

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .methods.base import as_data, model_device, synchronize
+from ._device import synchronize
+from .methods.base import as_data, model_device
 
 
 def _eval_device(model: nn.Module, device: torch.device | str | None, fn: str) -> torch.device:

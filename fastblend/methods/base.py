@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from .._device import module_device, synchronize
+
 # ---------------------------------------------------------------------------------------------
 # configs
 
@@ -342,11 +344,8 @@ def check_label_range(view: DataView, num_classes: int, fn: str) -> None:
 
 
 def model_device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    for b in model.buffers():
-        return b.device
-    return torch.device("cpu")
+    """Where ``model``'s parameters live (CPU for a parameterless model)."""
+    return module_device(model) or torch.device("cpu")
 
 
 def has_batch_statistics(model: nn.Module) -> bool:
@@ -412,11 +411,6 @@ def frozen_copy(model: nn.Module) -> nn.Module:
 
 # ---------------------------------------------------------------------------------------------
 # run context
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class RunContext:

@@ -147,9 +147,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_condense(args: argparse.Namespace) -> int:
     import torch
 
-    from .condense import condense, save_blend_grid
+    from .condense import save_blend_grid
     from .data import load_dataset, make_split
-    from .grouping import extract_features, group
 
     cfg = _config_from_args(args, ExperimentConfig())
     log = _log(cfg.quiet)
@@ -160,16 +159,8 @@ def cmd_condense(args: argparse.Namespace) -> int:
     split = make_split(train, test, forget=cfg.forget, forget_fraction=cfg.forget_fraction,
                        forget_class=cfg.forget_class, seed=cfg.seeds[0])
     ipc = cfg.ipc or pipeline.default_ipc(cfg, train)
-    t0 = time.perf_counter()
-    feats = extract_features(train.images, device=device, seed=cfg.seeds[0], progress=not cfg.quiet)
-    t1 = time.perf_counter()
-    clustering = group(feats, train.labels, ipc, backend=cfg.grouping_backend, seed=cfg.seeds[0],
-                       num_classes=train.num_classes)
-    t2 = time.perf_counter()
-    reduced = condense(train.images, train.labels, split.forget, clustering=clustering,
-                       iterations=cfg.blend_iterations, seed=cfg.seeds[0], device=device, progress=not cfg.quiet,
-                       amp=cfg.blend_amp)
-    reduced.timings.update(features=t1 - t0, grouping=t2 - t1)
+    clustering, reduced, _ = pipeline.reduce_retain(cfg, train, split.forget, ipc, cfg.seeds[0], device,
+                                                    progress=not cfg.quiet)
     reduced.save(out)
     clustering.save(out.with_suffix(".clustering.pt"))
     grid = save_blend_grid(reduced, train.denormalize(), clustering, out.with_suffix(".png")) if cfg.plots else None

@@ -37,10 +37,10 @@ from torch import nn
 from . import __version__
 from .condense import Blender, ReducedRetainSet, condense, save_blend_grid
 from .data import dataset_info, load_dataset, make_split
-from .grouping import extract_features, group
+from .grouping import Clustering, extract_features, group
 from .methods import train_model as _train_model
 from .methods import unlearn
-from .metrics import accuracy, mia_score_from_logits, predict_logits
+from .metrics import StageTimer, accuracy, mia_score_from_logits, predict_logits
 from .models import ConvNet3, build_model
 
 VARIANTS = ("original", "retrain", "base", "accelerated")
@@ -115,11 +115,6 @@ DEMO = ExperimentConfig(
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _resolve_device(device: str | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -127,22 +122,6 @@ def _resolve_device(device: str | None) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: CUDA is not available on this machine")
     return dev
-
-
-class _Clock:
-    """Synchronised wall-clock stages."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.seconds: dict[str, float] = {}
-
-    def run(self, stage: str, fn: Callable[[], Any]) -> Any:
-        _sync(self.device)
-        t0 = time.perf_counter()
-        out = fn()
-        _sync(self.device)
-        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
-        return out
 
 
 def machine_info() -> dict:
@@ -182,24 +161,22 @@ def original_model(cfg: ExperimentConfig, train_images: torch.Tensor, train_labe
     if path.exists():
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return model.to(device), 0.0, True
-    t0 = time.perf_counter()
-    model = _train_model(model, (train_images, train_labels), config=cfg.train_config, device=device, seed=seed,
-                         progress=progress)
-    _sync(device)
-    seconds = time.perf_counter() - t0
+    timer = StageTimer(device)
+    with timer("train"):
+        model = _train_model(model, (train_images, train_labels), config=cfg.train_config, device=device,
+                             seed=seed, progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
-    return model, seconds, False
+    return model, timer.stages["train"], False
 
 
 def evaluate(model: nn.Module, split, device: torch.device) -> tuple[dict, dict]:
     """Retain / forget / evaluation accuracy (percent), the SPEC §4 MIA score, and the per-sample
     losses on the forget and unseen sets (for the histograms). One forward pass per set."""
-    logits = {name: predict_logits(model, x, device=device).float().cpu()
-              for name, (x, _) in (("retain", split.retain_tensors()), ("forget", split.forget_tensors()),
-                                   ("eval", split.eval_tensors()), ("unseen", split.unseen_tensors()))}
-    labels = {"retain": split.retain_tensors()[1], "forget": split.forget_tensors()[1],
-              "eval": split.eval_tensors()[1], "unseen": split.unseen_tensors()[1]}
+    sets = {"retain": split.retain_tensors(), "forget": split.forget_tensors(), "eval": split.eval_tensors(),
+            "unseen": split.unseen_tensors()}
+    logits = {name: predict_logits(model, x, device=device).float().cpu() for name, (x, _) in sets.items()}
+    labels = {name: y for name, (_, y) in sets.items()}
 
     def acc(name: str) -> float:
         return float((logits[name].argmax(1) == labels[name]).double().mean() * 100) if labels[name].numel() else \
@@ -211,6 +188,24 @@ def evaluate(model: nn.Module, split, device: torch.device) -> tuple[dict, dict]
                                             labels["eval"][keep])}
     losses = {name: F.cross_entropy(logits[name], labels[name], reduction="none") for name in ("forget", "unseen")}
     return metrics, losses
+
+
+def reduce_retain(cfg: ExperimentConfig, train, forget: torch.Tensor, ipc: int, seed: int,
+                  device: torch.device | None, progress: bool) -> tuple[Clustering, ReducedRetainSet, dict]:
+    """Features -> grouping -> split -> Blend for ``train`` and the forget indices: the clustering,
+    the reduced retain set and the seconds of each stage (device synchronised)."""
+    timer = StageTimer(device)
+    with timer("features"):
+        feats = extract_features(train.images, device=device, seed=seed, progress=progress)
+    with timer("grouping"):
+        clustering = group(feats, train.labels, ipc, backend=cfg.grouping_backend, seed=seed,
+                           num_classes=train.num_classes)
+    reduced = condense(train.images, train.labels, forget, clustering=clustering, iterations=cfg.blend_iterations,
+                       seed=seed, device=device, progress=progress, amp=cfg.blend_amp)
+    for stage in ("split", "blend"):
+        timer.add(stage, reduced.timings.get(stage, 0.0))
+    reduced.timings.update(features=timer.stages["features"], grouping=timer.stages["grouping"])
+    return clustering, reduced, dict(timer.stages)
 
 
 # --------------------------------------------------------------------------------------------
@@ -234,9 +229,10 @@ def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, log: Callable[[str
     losses: dict[str, dict] = {}
 
     def record(variant: str, method: str, m: nn.Module, stages: dict[str, float]) -> None:
-        clock = _Clock(device)
-        metrics, losses[variant] = clock.run("evaluation", lambda: evaluate(m, split, device))
-        stages = {**stages, "evaluation": clock.seconds["evaluation"]}
+        timer = StageTimer(device)
+        with timer("evaluation"):
+            metrics, losses[variant] = evaluate(m, split, device)
+        stages = {**stages, **timer.stages}
         total = sum(v for k, v in stages.items() if k != "evaluation")
         rows[variant] = {"variant": variant, "method": method, "seed": seed, **metrics,
                          **{f"t_{k}": stages.get(k, 0.0) for k in STAGES}, "t_total": total}
@@ -257,16 +253,7 @@ def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, log: Callable[[str
                       device=device, seed=seed, progress=progress)
         record("base", cfg.method, res.model, {"unlearning": res.seconds})
 
-    clock = _Clock(device)
-    feats = clock.run("features", lambda: extract_features(train.images, device=device, seed=seed, progress=progress))
-    clustering = clock.run("grouping", lambda: group(feats, train.labels, ipc, backend=cfg.grouping_backend,
-                                                     seed=seed, num_classes=train.num_classes))
-    reduced = condense(train.images, train.labels, split.forget, clustering=clustering,
-                       iterations=cfg.blend_iterations, seed=seed, device=device, progress=progress,
-                       amp=cfg.blend_amp)
-    stages = dict(clock.seconds)
-    stages["split"] = reduced.timings.get("split", 0.0)
-    stages["blend"] = reduced.timings.get("blend", 0.0)
+    clustering, reduced, stages = reduce_retain(cfg, train, split.forget, ipc, seed, device, progress)
     res = unlearn(cfg.accelerated, model, reduced, forget, unseen=unseen, config=cfg.accelerated_config or None,
                   device=device, seed=seed, progress=progress)
     stages["unlearning"] = res.seconds
@@ -286,7 +273,7 @@ def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, log: Callable[[str
             for key in ("retain_acc", "forget_acc", "test_acc", "mia"):
                 row[f"gap_{key}"] = row[key] - rows["retrain"][key]
 
-    round_rows = run_rounds(cfg, seed, train, split, clustering, model, unseen, forget, device, log) \
+    round_rows = run_rounds(cfg, seed, train, split, clustering, model, unseen, device, log) \
         if cfg.rounds > 1 else []
 
     if cfg.plots:
@@ -296,12 +283,12 @@ def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, log: Callable[[str
 
         plots.stage_times(list(rows.values()), seed_dir / "stage_times.png")
         plots.loss_histograms(losses, seed_dir / "loss_histograms.png")
-        save_blend_grid(reduced, train.denormalize() if hasattr(train, "denormalize") else train.images, clustering,
-                        seed_dir / "blend_grid.png", n=min(train.num_classes, 12))
+        save_blend_grid(reduced, train.denormalize(), clustering, seed_dir / "blend_grid.png",
+                        n=min(train.num_classes, 12))
     return {"seed": seed, "rows": list(rows.values()), "rounds": round_rows, "split": split.summary()}
 
 
-def run_rounds(cfg: ExperimentConfig, seed: int, train, split, clustering, model: nn.Module, unseen, forget,
+def run_rounds(cfg: ExperimentConfig, seed: int, train, split, clustering, model: nn.Module, unseen,
                device: torch.device, log: Callable[[str], None]) -> list[dict]:
     """Multi-round unlearning (SPEC §1.4): the forget set arrives in ``cfg.rounds`` cumulative parts;
     each round condenses (cached or reference mode) and unlearns from the previous round's model."""
@@ -313,8 +300,9 @@ def run_rounds(cfg: ExperimentConfig, seed: int, train, split, clustering, model
     current = model
     for r, cumulative in enumerate(split.forget_rounds(cfg.rounds)):
         new = cumulative[~torch.isin(cumulative, previous)]
-        clock = _Clock(device)
-        reduced: ReducedRetainSet = clock.run("condense", lambda new=new: blender.forget(new))
+        timer = StageTimer(device)
+        with timer("condense"):
+            reduced = blender.forget(new)
         fmask = torch.zeros(len(train), dtype=torch.bool)
         fmask[cumulative] = True
         round_forget = (train.images[cumulative], train.labels[cumulative])
@@ -323,12 +311,12 @@ def run_rounds(cfg: ExperimentConfig, seed: int, train, split, clustering, model
         current = res.model
         rx, ry = train.images[~fmask], train.labels[~fmask]
         rows.append({"seed": seed, "round": r, "mode": cfg.round_mode, "forget_size": int(cumulative.numel()),
-                     "new_requests": int(new.numel()), "t_condense": clock.seconds["condense"],
+                     "new_requests": int(new.numel()), "t_condense": timer.stages["condense"],
                      "t_unlearning": res.seconds, "reduced_size": len(reduced),
                      "retain_acc": accuracy(current, rx, ry, device=device),
                      "forget_acc": accuracy(current, *round_forget, device=device),
                      "test_acc": accuracy(current, *split.eval_tensors(), device=device)})
-        log(f"[seed {seed}] round {r}: +{new.numel()} forgotten, condense {clock.seconds['condense']:.2f}s "
+        log(f"[seed {seed}] round {r}: +{new.numel()} forgotten, condense {timer.stages['condense']:.2f}s "
             f"({cfg.round_mode}), unlearning {res.seconds:.1f}s, forget acc {rows[-1]['forget_acc']:.1f}")
         previous = cumulative
     return rows

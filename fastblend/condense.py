@@ -326,21 +326,13 @@ def _check_clustering(caller: str, clustering: object, labels: torch.Tensor, ipc
     if clustering.assignment.shape != (n,) or clustering.perm.shape != (n,):
         raise ValueError(f"{caller}: clustering covers {clustering.assignment.numel()} samples but there are "
                          f"{n} images")
-    indptr = clustering.indptr.cpu()
-    k = indptr.numel() - 1
-    if int(indptr[0]) != 0 or int(indptr[-1]) != n or bool((indptr[1:] < indptr[:-1]).any()):
-        raise ValueError(f"{caller}: clustering.indptr must rise from 0 to {n} (the number of images)")
-    if clustering.cluster_class.shape != (k,):
-        raise ValueError(f"{caller}: clustering.cluster_class must have one entry per cluster ({k}), "
-                         f"got {list(clustering.cluster_class.shape)}")
-    assignment = clustering.assignment.cpu()
-    if int(assignment.min()) < 0 or int(assignment.max()) >= k:
-        raise ValueError(f"{caller}: clustering.assignment must hold cluster ids in [0, {k})")
-    if not torch.equal(clustering.cluster_class.cpu()[assignment], labels.cpu()):
+    try:
+        clustering.validate()  # CSR layout, id ranges and perm/indptr/assignment agreement
+    except ValueError as exc:
+        raise ValueError(f"{caller}: {exc}") from exc
+    if not torch.equal(clustering.cluster_class.cpu()[clustering.assignment.cpu()], labels.cpu()):
         raise ValueError(f"{caller}: clustering does not match labels (some image's cluster belongs to "
                          "another class); was it built for these images?")
-    if not torch.equal(segment_ids(indptr, n), assignment[clustering.perm.cpu()]):
-        raise ValueError(f"{caller}: clustering.perm/indptr disagree with clustering.assignment")
     return clustering
 
 
@@ -380,7 +372,6 @@ class _Split:
     free_indptr: torch.Tensor  # [K_free + 1] int64
     member_pos: torch.Tensor  # [M] int64 positions of those members in the clustering's CSR order
     residual: torch.Tensor  # [R_res] int64 training indices, CSR order
-    residual_cluster: torch.Tensor  # [R_res] int64
 
 
 def _split(clustering: Clustering, forget: torch.Tensor) -> _Split:
@@ -401,7 +392,7 @@ def _split(clustering: Clustering, forget: torch.Tensor) -> _Split:
     res_pos = touched[seg] & ~forget[perm]
     return _Split(touched=touched, free_ids=free_ids, touched_ids=torch.nonzero(touched).flatten(),
                   members=perm[member_pos], free_indptr=free_indptr, member_pos=member_pos,
-                  residual=perm[res_pos], residual_cluster=seg[res_pos])
+                  residual=perm[res_pos])
 
 
 # --------------------------------------------------------------------------------------------
@@ -682,8 +673,8 @@ def condense(images: torch.Tensor, labels: torch.Tensor, forget: object, *, ipc:
             networks): one random network serves as the grouping extractor and as the matcher, so a
             single feature extraction gives both the grouping's features and Blend's targets
             ``μ_i`` (one forward pass over the free clusters' members saved). With a ``clustering``,
-            pass the ``features`` it was computed from (``f_m`` of every image), or they are
-            extracted here with the matcher.
+            pass the ``features`` it was computed from (``f_m`` of every image); without them the
+            targets come from the shared network's forward over the free members.
         features: ``[N, D]`` embeddings of ``images`` by the matcher (only with ``share_network``).
         amp: **option, changes numerics**: the matcher runs in bfloat16 under ``torch.autocast``
             (see :func:`blend_clusters`); off by default.
@@ -705,20 +696,14 @@ def condense(images: torch.Tensor, labels: torch.Tensor, forget: object, *, ipc:
     clustering, t_feat, t_group, feats = _resolve_clustering("condense", images, labels, ipc, clustering, seed,
                                                              dev, progress, extractor=net)
     if share_network and features is None:
-        if feats is None:
-            from .grouping import extract_features
-
-            synchronize(dev)
-            t0 = time.perf_counter()
-            feats = extract_features(images, extractor=net, device=dev, progress=progress)
-            synchronize(dev)
-            t_feat = time.perf_counter() - t0
+        # features extracted for the grouping; with a given clustering and no features the Blend embeds
+        # only the free clusters' members with the shared network (fewer images than all N)
         features = feats
     reduced, _, _ = _condense_core("condense", images, labels, mask, clustering, iterations=iterations, lr=lr,
                                    normalize=normalize, matcher=matcher, seed=seed, round_index=0, device=dev,
                                    chunk_size=chunk_size, progress=progress, backend=backend,
                                    timings={"features": t_feat, "grouping": t_group},
-                                   features=features if share_network else None, net=net, amp=bool(amp))
+                                   features=features, net=net, amp=bool(amp))
     return reduced
 
 
@@ -814,10 +799,8 @@ class Blender:
         timings = dict(timings)
         t2 = time.perf_counter()
         timings.update(split=t1 - t0)
-        prev = self.current.settings if self.current is not None else {}
-        settings = {key: prev.get(key) for key in ("iterations", "lr", "normalize", "seed", "matcher_seed",
-                                                   "matcher", "ipc", "chunk_size", "device")}
-        settings.update(round=self.rounds, cached_from_round=0)
+        # a cache exists only after round 0, so the previous round's settings describe these blends
+        settings = {**self.current.settings, "round": self.rounds, "cached_from_round": 0}
         reduced = _assemble(self.images, self.labels, cumulative, self.clustering, sp, blended, w_hat,
                             c["init"][sp.free_ids], c["final"][sp.free_ids], timings, settings, [])
         timings["blend"] = time.perf_counter() - t2

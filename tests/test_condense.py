@@ -433,11 +433,13 @@ def test_share_network_uses_one_extraction_for_grouping_and_targets():
     shared = condense(images, labels, forget, ipc=3, share_network=True, iterations=3, seed=2, progress=False)
     given = condense(images, labels, forget, clustering=clustering, share_network=True, features=feats,
                      iterations=3, seed=2, progress=False)
-    for r in (shared, given):
+    without = condense(images, labels, forget, clustering=clustering, share_network=True, iterations=3, seed=2,
+                       progress=False)
+    for r in (shared, given, without):
         assert rows(r) == rows(expect)
         assert r.settings["shared_network"] is True
         torch.testing.assert_close(r.images, expect.images, rtol=1e-4, atol=1e-4)
-    assert shared.timings["features"] > 0 and given.timings["features"] == 0
+    assert shared.timings["features"] > 0 and given.timings["features"] == 0 == without.timings["features"]
     with pytest.raises(ValueError, match="share_network"):
         condense(images, labels, forget, clustering=clustering, features=feats, progress=False)
     with pytest.raises(ValueError, match="features must be"):

@@ -577,6 +577,7 @@ def _condense_core(caller: str, images: torch.Tensor, labels: torch.Tensor, forg
     sp = _split(clustering, forget)
     t1 = time.perf_counter()
 
+    shared_network = net is not None  # only condense(share_network=True) hands its network in
     if net is None:
         net, mseed = _make_matcher(caller, matcher, images, seed, round_index, device)
     else:
@@ -598,7 +599,7 @@ def _condense_core(caller: str, images: torch.Tensor, labels: torch.Tensor, forg
     timings.update(split=t1 - t0, blend=t3 - t2, blend_targets=result.seconds_targets,
                    blend_iterations=result.seconds_iterations, blend_final=result.seconds_final)
     settings = dict(iterations=iterations, lr=lr_value, normalize=normalize, seed=seed, matcher_seed=mseed,
-                    shared_network=features is not None, amp=amp,
+                    shared_network=shared_network, amp=amp,
                     matcher="random_convnet" if mseed is not None else type(net).__name__, ipc=clustering.ipc,
                     chunk_size=chunk_size, round=round_index, device=str(device))
     reduced = _assemble(images, labels, forget, clustering, sp, result.blended, result.normalized_weights,

@@ -38,8 +38,7 @@ from fastblend._device import synchronize
 from fastblend.condense import blend_clusters, blend_lr, default_chunk_size, matcher_seed
 from fastblend.condense_reference import blend_clusters_reference
 from fastblend.models import random_convnet
-
-from .conftest import machine_info
+from fastblend.pipeline import machine_info
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 

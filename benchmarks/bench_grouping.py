@@ -21,12 +21,8 @@ run on this machine; nothing is asserted.
 from __future__ import annotations
 
 import argparse
-import gzip
 import importlib.util
 import json
-import os
-import pickle
-import platform
 import statistics
 import sys
 import time
@@ -39,24 +35,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.kmeans_baseline import straightforward_group  # noqa: E402
-from fastblend import extract_features, group  # noqa: E402
+from fastblend import extract_features, group, load_dataset  # noqa: E402
 from fastblend._device import synchronize  # noqa: E402
 from fastblend.grouping import _objective  # noqa: E402
 from fastblend.models import random_convnet  # noqa: E402
+from fastblend.pipeline import machine_info  # noqa: E402
 
 
 def load_animal_mnist(limit_per_class: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    spec = importlib.util.find_spec("animal_mnist")
-    folder = Path(list(spec.submodule_search_locations)[0]) / "data" / "Animal_MNIST"
-    with gzip.open(folder / "animal_data_version_3.gz") as f:
-        images = np.asarray(pickle.load(f))
-    with gzip.open(folder / "animal_label_version_3.gz") as f:
-        labels = torch.as_tensor(np.asarray(pickle.load(f)), dtype=torch.int64)
+    """The real animal-mnist images (fastblend.data): the first ``limit_per_class`` training images
+    of each class, or all 10,000 (train and test splits together)."""
+    train, test = load_dataset("animal-mnist", per_class=limit_per_class)
     if limit_per_class is not None:
-        idx = torch.cat([torch.nonzero(labels == c)[:limit_per_class, 0] for c in range(10)])
-        images, labels = images[idx.numpy()], labels[idx]
-    x = torch.from_numpy(images).float().div_(255).unsqueeze(1)
-    return (x - x.mean()) / x.std(), labels
+        return train.images, train.labels
+    return torch.cat([train.images, test.images]), torch.cat([train.labels, test.labels])
 
 
 def synthetic_cifar(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,15 +146,7 @@ def main() -> None:
         for x in rows:
             x.setdefault("n", n)
             x.setdefault("ipc", ipc)
-    info = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cores": os.cpu_count(),
-            "machine": platform.machine(), "python": platform.python_version(),
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
-    try:
-        import faiss
-
-        info["faiss"] = faiss.__version__
-    except ImportError:
-        info["faiss"] = None
+    info = machine_info()
     out = Path(args.out or ROOT / "results" / ("grouping_small.json" if args.small else "grouping.json"))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": info, "small": args.small, "rows": rows}, indent=2))

@@ -30,8 +30,7 @@ import fastblend
 from fastblend._device import synchronize
 from fastblend.ops import reference as ref
 from fastblend.ops._dispatch import cpp_unavailable_reason
-
-from .conftest import machine_info
+from fastblend.pipeline import machine_info
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")

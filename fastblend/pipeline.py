@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import csv
 import hashlib
+import importlib.metadata
 import json
 import math
 import os
@@ -125,11 +126,19 @@ def _resolve_device(device: str | None) -> torch.device:
 
 
 def machine_info() -> dict:
-    info = {"fastblend": __version__, "torch": torch.__version__, "python": platform.python_version(),
+    """What a result row needs to name the machine: versions, CPU, threads and the GPU if any
+    (recorded by every run and benchmark)."""
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    versions = {}
+    for package in ("triton", "faiss-cpu", "faiss-gpu-cu12"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return {"fastblend": __version__, "torch": torch.__version__, "python": platform.python_version(),
             "platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
-    return info
+            "cores": os.cpu_count(), "threads": torch.get_num_threads(), "gpu": gpu, "device": gpu or "cpu",
+            **versions}
 
 
 def _cache_dir(cfg: ExperimentConfig) -> Path:

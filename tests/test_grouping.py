@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import gzip
 import importlib.util
-import pickle
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from fastblend import Clustering, extract_features, group
+from fastblend import Clustering, extract_features, group, load_dataset
 from fastblend.models import random_convnet
 
 HAS_FAISS = importlib.util.find_spec("faiss") is not None
@@ -22,18 +19,9 @@ BACKENDS = ["torch", pytest.param("faiss", marks=pytest.mark.skipif(not HAS_FAIS
 
 
 def _animal_mnist(per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """First ``per_class`` images of each class of the real animal-mnist data, normalised."""
-    spec = importlib.util.find_spec("animal_mnist")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("animal-mnist data not installed")
-    folder = Path(list(spec.submodule_search_locations)[0]) / "data" / "Animal_MNIST"
-    with gzip.open(folder / "animal_data_version_3.gz") as f:
-        images = np.asarray(pickle.load(f))
-    with gzip.open(folder / "animal_label_version_3.gz") as f:
-        labels = torch.as_tensor(np.asarray(pickle.load(f)), dtype=torch.int64)
-    idx = torch.cat([torch.nonzero(labels == c)[:per_class, 0] for c in range(int(labels.max()) + 1)])
-    x = torch.from_numpy(images[idx.numpy()]).float().div_(255).unsqueeze(1)
-    return (x - x.mean()) / x.std(), labels[idx]
+    """First ``per_class`` training images of each class of the real animal-mnist data, normalised."""
+    train, _ = load_dataset("animal-mnist", per_class=per_class)
+    return train.images, train.labels
 
 
 @pytest.fixture(scope="module")

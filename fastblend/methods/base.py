@@ -30,8 +30,38 @@ from .._device import module_device, synchronize
 
 
 @dataclass
-class TrainConfig:
-    """Settings every training-based method shares.
+class RuntimeConfig:
+    """How a method runs, shared by every method's config (training-based ones and SSD).
+
+    Attributes:
+        amp: run forwards under ``torch.autocast`` (changes numerics; off by default).
+        amp_dtype: ``"auto"`` (bfloat16 on CPU and on GPUs that support it, else float16 with a
+            gradient scaler), ``"bfloat16"`` or ``"float16"``.
+        channels_last: channels-last memory format for the model and 4-D batches.
+        inference_mode: forwards that need no gradient (teachers, the unseen batch) run under
+            ``torch.inference_mode`` instead of ``torch.no_grad`` (same numbers, less overhead).
+        data_on_device: move in-memory data to the device once, before training, instead of
+            per batch.
+        inplace: train the given model instead of a deep copy (methods that start from a fresh
+            model — retrain, distill — always return a new one).
+    """
+
+    amp: bool = False
+    amp_dtype: str = "auto"
+    channels_last: bool = False
+    inference_mode: bool = True
+    data_on_device: bool = True
+    inplace: bool = False
+
+    def check(self, fn: str) -> None:
+        """Raise ``ValueError`` for out-of-range settings (``fn`` names the caller)."""
+        if self.amp_dtype not in ("auto", "bfloat16", "float16"):
+            raise ValueError(f"{fn}: config.amp_dtype must be 'auto', 'bfloat16' or 'float16', got {self.amp_dtype!r}")
+
+
+@dataclass
+class TrainConfig(RuntimeConfig):
+    """Settings every training-based method shares (plus those of :class:`RuntimeConfig`).
 
     Attributes:
         epochs: passes over the retain set.
@@ -40,19 +70,9 @@ class TrainConfig:
         lr, momentum, weight_decay: optimiser settings (momentum is ignored by Adam).
         schedule: ``"constant"`` or ``"cosine"`` (per-step cosine decay to 0 after a linear warm-up
             of ``warmup_epochs`` epochs; the warm-up is cut to ``epochs - 1`` for short runs).
-        amp: run forwards under ``torch.autocast`` (changes numerics; off by default).
-        amp_dtype: ``"auto"`` (bfloat16 on CPU and on GPUs that support it, else float16 with a
-            gradient scaler), ``"bfloat16"`` or ``"float16"``.
-        channels_last: channels-last memory format for the model and 4-D batches.
         fuse_forward: run the retain and forget batches of a step in one forward. Only for models
             without batch statistics (a BatchNorm in training mode makes every output depend on the
             batch); such models fall back to separate forwards with a warning.
-        inference_mode: forwards that need no gradient (teachers, the unseen batch) run under
-            ``torch.inference_mode`` instead of ``torch.no_grad`` (same numbers, less overhead).
-        data_on_device: move in-memory data to the device once, before training, instead of
-            per batch.
-        inplace: train the given model instead of a deep copy (methods that start from a fresh
-            model — retrain, distill — always return a new one).
         micro_batch: run forwards that need gradients in micro-batches of this many samples, each
             recomputed during the backward (activation checkpointing); ``0`` (default) is off. Same
             gradients up to float reassociation for models without batch statistics (BatchNorm in
@@ -70,17 +90,12 @@ class TrainConfig:
     weight_decay: float = 5e-4
     schedule: str = "constant"
     warmup_epochs: int = 0
-    amp: bool = False
-    amp_dtype: str = "auto"
-    channels_last: bool = False
     fuse_forward: bool = False
-    inference_mode: bool = True
-    data_on_device: bool = True
-    inplace: bool = False
     micro_batch: int = 0
 
     def check(self, fn: str) -> None:
         """Raise ``ValueError`` for out-of-range settings (``fn`` names the caller)."""
+        super().check(fn)
         if self.epochs < 1:
             raise ValueError(f"{fn}: config.epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
@@ -95,8 +110,6 @@ class TrainConfig:
             raise ValueError(f"{fn}: config.micro_batch must be >= 0 (0 = off), got {self.micro_batch}")
         if self.warmup_epochs < 0:
             raise ValueError(f"{fn}: config.warmup_epochs must be >= 0, got {self.warmup_epochs}")
-        if self.amp_dtype not in ("auto", "bfloat16", "float16"):
-            raise ValueError(f"{fn}: config.amp_dtype must be 'auto', 'bfloat16' or 'float16', got {self.amp_dtype!r}")
 
 
 @dataclass

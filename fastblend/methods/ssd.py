@@ -16,27 +16,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import DataView, RunContext, RunData, TrainOutcome
+from .base import DataView, RunContext, RunData, RuntimeConfig, TrainOutcome
 
 
 @dataclass
-class SSDConfig:
+class SSDConfig(RuntimeConfig):
     """SPEC §3: ``alpha`` (selection threshold) 10, ``lam`` (dampening constant) 1; importances
     from batches of ``batch_size`` (they depend on it: the square of a batch-mean gradient).
-    The model is in eval mode while importances are computed. ``amp``, ``amp_dtype``,
-    ``channels_last``, ``inference_mode``, ``data_on_device``, ``inplace``: as in ``TrainConfig``."""
+    The model is in eval mode while importances are computed. The run settings (``amp``,
+    ``channels_last``, ...) are those of :class:`~fastblend.methods.base.RuntimeConfig`."""
 
     alpha: float = 10.0
     lam: float = 1.0
     batch_size: int = 64
-    amp: bool = False
-    amp_dtype: str = "auto"
-    channels_last: bool = False
-    inference_mode: bool = True
-    data_on_device: bool = True
-    inplace: bool = False
 
     def check(self, fn: str) -> None:
+        super().check(fn)
         if not self.alpha > 0:
             raise ValueError(f"{fn}: config.alpha must be > 0, got {self.alpha}")
         if not self.lam > 0:

@@ -43,22 +43,11 @@ import math
 import torch
 
 from . import _dispatch
-
-try:  # Triton is optional: kernels are defined only when it imports (never compiled here).
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - depends on the environment
-    triton = None
+from ._common import DTYPE_CODE, SUPPORTED_DTYPES, acc_dtype, tl, triton
 
 OP_NAME = "quantile_mmd"
 TRANSFORM_OP_NAME = "quantile_transform"
-_DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
-SUPPORTED_DTYPES = tuple(_DTYPE_CODE)
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
-
-
-def _acc_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
 # --------------------------------------------------------------------------------------------
@@ -268,7 +257,7 @@ def _cpp_set_forward(z, y, k):
     z = z.contiguous()
     y = y.contiguous()
     stats = torch.empty((3, m), dtype=torch.float64)
-    ext.quantile_set_forward(z.data_ptr(), _DTYPE_CODE[z.dtype], y.data_ptr(), m, c, float(k), stats.data_ptr(),
+    ext.quantile_set_forward(z.data_ptr(), DTYPE_CODE[z.dtype], y.data_ptr(), m, c, float(k), stats.data_ptr(),
                              _cpp_threads(m * m))
     return stats
 
@@ -281,7 +270,7 @@ def _cpp_set_backward(z, y, k, stats, dc):
     stats = stats.contiguous()
     dc = dc.contiguous()
     dz = torch.empty_like(z)
-    ext.quantile_set_backward(z.data_ptr(), _DTYPE_CODE[z.dtype], y.data_ptr(), m, c, float(k), stats.data_ptr(),
+    ext.quantile_set_backward(z.data_ptr(), DTYPE_CODE[z.dtype], y.data_ptr(), m, c, float(k), stats.data_ptr(),
                               dc.data_ptr(), dz.data_ptr(), _cpp_threads(m * m))
     return dz
 
@@ -373,13 +362,13 @@ _MMD_BACKWARD = {"triton": _triton_mmd_backward, "cpp": _cpp_mmd_backward, "torc
 def _quantile_transform_op(logits: torch.Tensor, labels: torch.Tensor, k: float, kappa: float,
                            backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     stats = _SET_FORWARD[backend](logits, labels, k)
-    return _clamped(stats, kappa).to(_acc_dtype(logits)), stats
+    return _clamped(stats, kappa).to(acc_dtype(logits)), stats
 
 
 @_quantile_transform_op.register_fake
 def _(logits, labels, k, kappa, backend):
     m = logits.shape[0]
-    return logits.new_empty((m,), dtype=_acc_dtype(logits)), logits.new_empty((3, m), dtype=torch.float64)
+    return logits.new_empty((m,), dtype=acc_dtype(logits)), logits.new_empty((3, m), dtype=torch.float64)
 
 
 @torch.library.custom_op("fastblend::quantile_transform_backward", mutates_args=())
@@ -419,15 +408,15 @@ def _quantile_mmd_op(forget_logits: torch.Tensor, forget_labels: torch.Tensor, u
     stats_u = _SET_FORWARD[backend](unseen_logits, unseen_labels, k)
     g = torch.cat([_clamped(stats_u, kappa), _clamped(stats_f, kappa)])
     w = _mmd_weights(unseen_logits.shape[0], forget_logits.shape[0], g.device)
-    single = _acc_dtype(forget_logits, unseen_logits) != torch.float64
+    single = acc_dtype(forget_logits, unseen_logits) != torch.float64
     # MMD² is a squared RKHS norm; rounding can take an exact 0 (identical sets) to −1e-10
     value = _MMD_FORWARD[backend](g, w, sigma, single).clamp_min(0)
-    return value.to(_acc_dtype(forget_logits, unseen_logits)), stats_f, stats_u
+    return value.to(acc_dtype(forget_logits, unseen_logits)), stats_f, stats_u
 
 
 @_quantile_mmd_op.register_fake
 def _(forget_logits, forget_labels, unseen_logits, unseen_labels, k, kappa, sigma, backend):
-    acc = _acc_dtype(forget_logits, unseen_logits)
+    acc = acc_dtype(forget_logits, unseen_logits)
     return (forget_logits.new_empty((), dtype=acc),
             forget_logits.new_empty((3, forget_logits.shape[0]), dtype=torch.float64),
             unseen_logits.new_empty((3, unseen_logits.shape[0]), dtype=torch.float64))
@@ -441,7 +430,7 @@ def _quantile_mmd_backward_op(grad: torch.Tensor, forget_logits: torch.Tensor, f
     mu, mf = unseen_logits.shape[0], forget_logits.shape[0]
     g = torch.cat([_clamped(stats_u, kappa), _clamped(stats_f, kappa)])
     w = _mmd_weights(mu, mf, g.device)
-    single = _acc_dtype(forget_logits, unseen_logits) != torch.float64
+    single = acc_dtype(forget_logits, unseen_logits) != torch.float64
     dg = _MMD_BACKWARD[backend](g, w, sigma, single) * grad.double()
     d_forget, d_unseen = forget_logits.new_empty(0), unseen_logits.new_empty(0)
     if need_forget:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -103,19 +103,13 @@ def default_reasons(backend: str, tensors: Sequence[object]) -> str | None:
     raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
 
 
-@dataclass
-class OpInfo:
-    name: str
-    # extra per-backend checks beyond device/availability (dtype limits, sizes, ...)
-    extra_checks: dict[str, Callable[[Sequence[object]], str | None]] = field(default_factory=dict)
+_REGISTRY: dict[str, Callable[..., str | None] | None] = {}
 
 
-_REGISTRY: dict[str, OpInfo] = {}
-
-
-def register(info: OpInfo) -> OpInfo:
-    _REGISTRY[info.name] = info
-    return info
+def register(op: str, unsupported: Callable[..., str | None] | None = None) -> None:
+    """Make ``op`` known to :func:`resolve`; ``unsupported(backend, *tensors)`` says why ``backend``
+    cannot run validated inputs (``None`` if it can), beyond device and availability."""
+    _REGISTRY[op] = unsupported
 
 
 def op_names() -> list[str]:
@@ -131,14 +125,14 @@ def preference(tensors: Sequence[object]) -> tuple[str, ...]:
 
 
 def reasons(op: str, tensors: Sequence[object]) -> dict[str, str | None]:
-    info = _REGISTRY.get(op)
-    if info is None:
+    if op not in _REGISTRY:
         raise ValueError(f"unknown op {op!r}; expected one of {op_names()}")
+    unsupported = _REGISTRY[op]
     out: dict[str, str | None] = {}
     for backend in BACKENDS:
         why = default_reasons(backend, tensors)
-        if why is None and backend in info.extra_checks:
-            why = info.extra_checks[backend](tensors)
+        if why is None and unsupported is not None:
+            why = unsupported(backend, *tensors)
         out[backend] = why
     return out
 

@@ -509,23 +509,15 @@ def _check_params(fn: str, k: float, kappa: float, sigma: float | None = None) -
             raise ValueError(f"{fn}: {name} must be {what}, got {value}")
 
 
-def _check_backend_inputs(tensors) -> str | None:
-    for t in tensors:
-        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype not in SUPPORTED_DTYPES:
-            return f"dtype {t.dtype} not supported"
+def unsupported(backend: str, *tensors: object) -> str | None:
+    """Why ``backend`` cannot run these validated inputs (both ops), or ``None``."""
+    if backend == "triton" and any(isinstance(t, torch.Tensor) and t.dtype == torch.float64 for t in tensors):
+        return "the Triton kernels compute in float32; float64 logits run on the cpp or torch backend"
     return None
 
 
-def _check_triton_inputs(tensors) -> str | None:
-    why = _check_backend_inputs(tensors)
-    if why is None and any(isinstance(t, torch.Tensor) and t.dtype == torch.float64 for t in tensors):
-        return "the Triton kernels compute in float32; float64 logits run on the cpp or torch backend"
-    return why
-
-
-_CHECKS = {"triton": _check_triton_inputs, "cpp": _check_backend_inputs, "torch": _check_backend_inputs}
-_dispatch.register(_dispatch.OpInfo(OP_NAME, dict(_CHECKS)))
-_dispatch.register(_dispatch.OpInfo(TRANSFORM_OP_NAME, dict(_CHECKS)))
+_dispatch.register(OP_NAME, unsupported)
+_dispatch.register(TRANSFORM_OP_NAME, unsupported)
 
 
 def quantile_transform(logits: torch.Tensor, labels: torch.Tensor, k: float = 2.0, kappa: float = 60.0,

@@ -380,14 +380,8 @@ def _check_inputs(x, weights, indptr, normalize: str, validate_indptr: bool) -> 
                              f"{int(bounds[bad + 1])} < indptr[{bad}] = {int(bounds[bad])}")
 
 
-def _check_backend_inputs(tensors) -> str | None:
-    x = tensors[0] if tensors else None
-    if isinstance(x, torch.Tensor) and x.dtype not in SUPPORTED_DTYPES:
-        return f"dtype {x.dtype} not supported"
-    return None
-
-
-_dispatch.register(_dispatch.OpInfo(OP_NAME, {b: _check_backend_inputs for b in _dispatch.BACKENDS}))
+# every backend runs every input that passes _check_inputs: no op-specific limits
+_dispatch.register(OP_NAME)
 
 
 def segment_blend(x: torch.Tensor, weights: torch.Tensor, indptr: torch.Tensor, normalize: str = "sum",

@@ -287,7 +287,7 @@ def _cpp_mmd_backward(g, w, sigma, single):
     ext = _dispatch.cpp_extension()
     g, w = g.contiguous(), w.contiguous()
     dg = torch.empty_like(g)
-    ext.quantile_mmd_backward(g.data_ptr(), w.data_ptr(), g.numel(), float(sigma), 1.0, single, dg.data_ptr(),
+    ext.quantile_mmd_backward(g.data_ptr(), w.data_ptr(), g.numel(), float(sigma), single, dg.data_ptr(),
                               _cpp_threads(g.numel() ** 2))
     return dg
 

@@ -38,6 +38,7 @@ evaluation from the same float32 inputs. Since every pair with ``u_j ≥ u_i`` c
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -225,7 +226,7 @@ def _triton_set_backward(z, y, k, stats, dc):
     return dz
 
 
-def _triton_mmd_forward(g, w, sigma, single):
+def _triton_mmd_forward(g, w, sigma):
     n = g.numel()
     br, bc, _ = _triton_blocks()
     part = torch.empty(triton.cdiv(n, br), dtype=torch.float64, device=g.device)
@@ -233,7 +234,7 @@ def _triton_mmd_forward(g, w, sigma, single):
     return part.sum()
 
 
-def _triton_mmd_backward(g, w, sigma, single):
+def _triton_mmd_backward(g, w, sigma):
     n = g.numel()
     br, bc, _ = _triton_blocks()
     dg = torch.empty(n, dtype=torch.float64, device=g.device)
@@ -275,7 +276,7 @@ def _cpp_set_backward(z, y, k, stats, dc):
     return dz
 
 
-def _cpp_mmd_forward(g, w, sigma, single):
+def _cpp_mmd_forward(g, w, sigma, *, single):
     ext = _dispatch.cpp_extension()
     g, w = g.contiguous(), w.contiguous()
     value = ext.quantile_mmd_forward(g.data_ptr(), w.data_ptr(), g.numel(), float(sigma), single,
@@ -283,7 +284,7 @@ def _cpp_mmd_forward(g, w, sigma, single):
     return torch.tensor(value, dtype=torch.float64)
 
 
-def _cpp_mmd_backward(g, w, sigma, single):
+def _cpp_mmd_backward(g, w, sigma, *, single):
     ext = _dispatch.cpp_extension()
     g, w = g.contiguous(), w.contiguous()
     dg = torch.empty_like(g)
@@ -333,7 +334,7 @@ def _torch_set_backward(z, y, k, stats, dc):
     return (dl[:, None] * p).to(z.dtype)
 
 
-def _torch_mmd_forward(g, w, sigma, single):
+def _torch_mmd_forward(g, w, sigma):
     total = torch.zeros((), dtype=torch.float64, device=g.device)
     for rows in _row_chunks(g.numel(), g.numel()):
         d = g[rows, None] - g[None, :]
@@ -341,7 +342,7 @@ def _torch_mmd_forward(g, w, sigma, single):
     return total
 
 
-def _torch_mmd_backward(g, w, sigma, single):
+def _torch_mmd_backward(g, w, sigma):
     dg = torch.empty_like(g)
     for rows in _row_chunks(g.numel(), g.numel()):
         d = g[rows, None] - g[None, :]
@@ -353,6 +354,14 @@ _SET_FORWARD = {"triton": _triton_set_forward, "cpp": _cpp_set_forward, "torch":
 _SET_BACKWARD = {"triton": _triton_set_backward, "cpp": _cpp_set_backward, "torch": _torch_set_backward}
 _MMD_FORWARD = {"triton": _triton_mmd_forward, "cpp": _cpp_mmd_forward, "torch": _torch_mmd_forward}
 _MMD_BACKWARD = {"triton": _triton_mmd_backward, "cpp": _cpp_mmd_backward, "torch": _torch_mmd_backward}
+
+
+def _mmd_launcher(table, backend, forget_logits, unseen_logits):
+    """``table[backend]`` as a function of ``(g, w, sigma)``. The C++ kernels evaluate the pairwise terms in
+    float unless either logits tensor is float64 (Triton's always use float, the torch backend double)."""
+    if backend != "cpp":
+        return table[backend]
+    return functools.partial(table["cpp"], single=acc_dtype(forget_logits, unseen_logits) != torch.float64)
 
 
 # --------------------------------------------------------------------------------------------
@@ -408,9 +417,8 @@ def _quantile_mmd_op(forget_logits: torch.Tensor, forget_labels: torch.Tensor, u
     stats_u = _SET_FORWARD[backend](unseen_logits, unseen_labels, k)
     g = torch.cat([_clamped(stats_u, kappa), _clamped(stats_f, kappa)])
     w = _mmd_weights(unseen_logits.shape[0], forget_logits.shape[0], g.device)
-    single = acc_dtype(forget_logits, unseen_logits) != torch.float64
     # MMD² is a squared RKHS norm; rounding can take an exact 0 (identical sets) to −1e-10
-    value = _MMD_FORWARD[backend](g, w, sigma, single).clamp_min(0)
+    value = _mmd_launcher(_MMD_FORWARD, backend, forget_logits, unseen_logits)(g, w, sigma).clamp_min(0)
     return value.to(acc_dtype(forget_logits, unseen_logits)), stats_f, stats_u
 
 
@@ -430,8 +438,7 @@ def _quantile_mmd_backward_op(grad: torch.Tensor, forget_logits: torch.Tensor, f
     mu, mf = unseen_logits.shape[0], forget_logits.shape[0]
     g = torch.cat([_clamped(stats_u, kappa), _clamped(stats_f, kappa)])
     w = _mmd_weights(mu, mf, g.device)
-    single = acc_dtype(forget_logits, unseen_logits) != torch.float64
-    dg = _MMD_BACKWARD[backend](g, w, sigma, single) * grad.double()
+    dg = _mmd_launcher(_MMD_BACKWARD, backend, forget_logits, unseen_logits)(g, w, sigma) * grad.double()
     d_forget, d_unseen = forget_logits.new_empty(0), unseen_logits.new_empty(0)
     if need_forget:
         dc = _dc_from_dg(dg[mu:], stats_f, kappa)

@@ -294,8 +294,8 @@ double mmd_value(const double* g, const double* w, int64_t N, double sigma, int 
 }
 
 template <typename T>
-void mmd_backward_rows(const double* g, const double* w, int64_t N, double sigma, double grad,
-                       double* dg, int nthreads) {
+void mmd_backward_rows(const double* g, const double* w, int64_t N, double sigma, double* dg,
+                       int nthreads) {
   std::vector<T> gt(N), wt(N);
   for (int64_t a = 0; a < N; ++a) {
     gt[a] = T(g[a]);
@@ -309,7 +309,7 @@ void mmd_backward_rows(const double* g, const double* w, int64_t N, double sigma
       const T d = ga - gt[b];
       return wt[b] * d * exp_neg<T>(scale * d * d);
     });
-    dg[a] = -2.0 * grad * w[a] * acc / (sigma * sigma);
+    dg[a] = -2.0 * w[a] * acc / (sigma * sigma);
   }
 }
 
@@ -353,13 +353,13 @@ double mmd_forward(uintptr_t g, uintptr_t w, int64_t N, double sigma, bool singl
   return mmd_value<double>(as_ptr<const double>(g), as_ptr<const double>(w), N, sigma, nthreads);
 }
 
-void mmd_backward(uintptr_t g, uintptr_t w, int64_t N, double sigma, double grad, bool single,
-                  uintptr_t dg, int nthreads) {
+void mmd_backward(uintptr_t g, uintptr_t w, int64_t N, double sigma, bool single, uintptr_t dg,
+                  int nthreads) {
   if (single) {
-    mmd_backward_rows<float>(as_ptr<const double>(g), as_ptr<const double>(w), N, sigma, grad,
+    mmd_backward_rows<float>(as_ptr<const double>(g), as_ptr<const double>(w), N, sigma,
                              as_ptr<double>(dg), nthreads);
   } else {
-    mmd_backward_rows<double>(as_ptr<const double>(g), as_ptr<const double>(w), N, sigma, grad,
+    mmd_backward_rows<double>(as_ptr<const double>(g), as_ptr<const double>(w), N, sigma,
                               as_ptr<double>(dg), nthreads);
   }
 }
@@ -381,8 +381,8 @@ void init_quantile_mmd(py::module_& m) {
         py::arg("g"), py::arg("w"), py::arg("N"), py::arg("sigma"), py::arg("single"),
         py::arg("nthreads"));
   m.def("quantile_mmd_backward", &mmd_backward, nogil,
-        "dg[N] float64 = grad * d(MMD^2)/dg (raw pointers)", py::arg("g"), py::arg("w"), py::arg("N"),
-        py::arg("sigma"), py::arg("grad"), py::arg("single"), py::arg("dg"), py::arg("nthreads"));
+        "dg[N] float64 = d(MMD^2)/dg (raw pointers)", py::arg("g"), py::arg("w"), py::arg("N"),
+        py::arg("sigma"), py::arg("single"), py::arg("dg"), py::arg("nthreads"));
 }
 
 }  // namespace fastblend

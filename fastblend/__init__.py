@@ -1,7 +1,6 @@
 """fastblend: fast kernels for approximate machine unlearning (Blend condensation + A-AMU)."""
 
 from .aamu import AAMULoss, AAMULossOutput, Accelerator, ForgetSampler, UnseenSampler, accelerate, steepen
-from .backend import available_backends, explain
 from .condense import Blender, ReducedRetainSet, blend_lr, condense, save_blend_grid
 from .condense_reference import condense_reference
 from .data import load_dataset
@@ -9,6 +8,7 @@ from .grouping import Clustering, extract_features, group
 from .methods import UnlearnResult, available_methods, presets, train_model, unlearn
 from .metrics import StageTimer, accuracy, mia_score, svc_mia
 from .ops import quantile_mmd, quantile_transform, segment_blend
+from .ops._dispatch import available_backends, explain
 
 __version__ = "0.1.0"
 

@@ -1,4 +1,4 @@
-"""Backend selection shared by every op.
+"""Which backend runs each op, and why.
 
 Three backends exist for each op:
 
@@ -7,11 +7,18 @@ Three backends exist for each op:
 * ``"cpp"``: the C++/OpenMP extension ``fastblend._C``; CPU tensors only.
 * ``"torch"``: plain PyTorch with the same hand-written backward; always available.
 
-``"auto"`` picks the first backend in the op's preference order that can run the given
-tensors. ``FASTBLEND_BACKEND`` replaces ``"auto"`` (an explicit ``backend=`` argument wins,
-because a caller who names a backend means it). A named backend that cannot run the inputs
-raises instead of silently falling back.
+``backend="auto"`` (the default of every op) picks Triton for CUDA tensors and the C++ extension
+for CPU tensors, falling back to PyTorch; the interpreter is never picked. A named backend that
+cannot run the inputs raises instead of silently falling back. Environment variables:
 
+* ``FASTBLEND_BACKEND=triton|cpp|torch|auto`` replaces ``"auto"``; an explicit ``backend=`` wins,
+  because a caller who names a backend means it.
+* ``FASTBLEND_NO_CPP=1`` behaves as if the C++ extension were not built.
+* ``TRITON_INTERPRET=1`` (set before fastblend is imported) lets the Triton backend run on CPU
+  tensors in Triton's interpreter.
+
+Each op registers its name and, where some backend cannot run inputs that pass the op's
+validation, an ``unsupported(backend, *tensors) -> str | None`` giving the reason.
 Nothing here compiles or imports an optional dependency at import time.
 """
 
@@ -20,7 +27,7 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -103,19 +110,13 @@ def default_reasons(backend: str, tensors: Sequence[object]) -> str | None:
     raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
 
 
-@dataclass
-class OpInfo:
-    name: str
-    # extra per-backend checks beyond device/availability (dtype limits, sizes, ...)
-    extra_checks: dict[str, Callable[[Sequence[object]], str | None]] = field(default_factory=dict)
+_REGISTRY: dict[str, Callable[..., str | None] | None] = {}
 
 
-_REGISTRY: dict[str, OpInfo] = {}
-
-
-def register(info: OpInfo) -> OpInfo:
-    _REGISTRY[info.name] = info
-    return info
+def register(op: str, unsupported: Callable[..., str | None] | None = None) -> None:
+    """Make ``op`` known to :func:`resolve`; ``unsupported(backend, *tensors)`` says why ``backend``
+    cannot run validated inputs (``None`` if it can), beyond device and availability."""
+    _REGISTRY[op] = unsupported
 
 
 def op_names() -> list[str]:
@@ -131,14 +132,14 @@ def preference(tensors: Sequence[object]) -> tuple[str, ...]:
 
 
 def reasons(op: str, tensors: Sequence[object]) -> dict[str, str | None]:
-    info = _REGISTRY.get(op)
-    if info is None:
+    if op not in _REGISTRY:
         raise ValueError(f"unknown op {op!r}; expected one of {op_names()}")
+    unsupported = _REGISTRY[op]
     out: dict[str, str | None] = {}
     for backend in BACKENDS:
         why = default_reasons(backend, tensors)
-        if why is None and backend in info.extra_checks:
-            why = info.extra_checks[backend](tensors)
+        if why is None and unsupported is not None:
+            why = unsupported(backend, *tensors)
         out[backend] = why
     return out
 
@@ -178,6 +179,17 @@ class Explanation:
         return "\n".join(lines)
 
 
-def explain(op: str, *tensors: object, backend: str = "auto") -> Explanation:
-    """Which backend would run ``op`` on ``tensors`` and why each other one would not."""
-    return Explanation(op=op, chosen=resolve(op, backend, tensors), reasons=reasons(op, tensors))
+def explain(op_name: str, *tensors: object, backend: str = "auto") -> Explanation:
+    """Say which backend would run ``op_name`` on ``tensors`` and why each other one would not.
+
+    >>> print(fastblend.explain("segment_blend", x, w, indptr))   # doctest: +SKIP
+    segment_blend: runs on backend 'cpp'
+      triton: Triton kernels need CUDA tensors (or TRITON_INTERPRET=1 for the slow interpreter)
+      torch: available, lower priority
+    """
+    return Explanation(op=op_name, chosen=resolve(op_name, backend, tensors), reasons=reasons(op_name, tensors))
+
+
+def available_backends() -> dict[str, str | None]:
+    """Each backend mapped to ``None`` if it can run at all here, else the reason it cannot."""
+    return {"triton": triton_unavailable_reason(), "cpp": cpp_unavailable_reason(), "torch": None}

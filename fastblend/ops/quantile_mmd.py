@@ -38,27 +38,17 @@ evaluation from the same float32 inputs. Since every pair with ``u_j ≥ u_i`` c
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 
 from . import _dispatch
-
-try:  # Triton is optional: kernels are defined only when it imports (never compiled here).
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - depends on the environment
-    triton = None
+from ._common import DTYPE_CODE, SUPPORTED_DTYPES, acc_dtype, tl, triton
 
 OP_NAME = "quantile_mmd"
 TRANSFORM_OP_NAME = "quantile_transform"
-_DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
-SUPPORTED_DTYPES = tuple(_DTYPE_CODE)
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
-
-
-def _acc_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
 # --------------------------------------------------------------------------------------------
@@ -236,7 +226,7 @@ def _triton_set_backward(z, y, k, stats, dc):
     return dz
 
 
-def _triton_mmd_forward(g, w, sigma, single):
+def _triton_mmd_forward(g, w, sigma):
     n = g.numel()
     br, bc, _ = _triton_blocks()
     part = torch.empty(triton.cdiv(n, br), dtype=torch.float64, device=g.device)
@@ -244,7 +234,7 @@ def _triton_mmd_forward(g, w, sigma, single):
     return part.sum()
 
 
-def _triton_mmd_backward(g, w, sigma, single):
+def _triton_mmd_backward(g, w, sigma):
     n = g.numel()
     br, bc, _ = _triton_blocks()
     dg = torch.empty(n, dtype=torch.float64, device=g.device)
@@ -268,7 +258,7 @@ def _cpp_set_forward(z, y, k):
     z = z.contiguous()
     y = y.contiguous()
     stats = torch.empty((3, m), dtype=torch.float64)
-    ext.quantile_set_forward(z.data_ptr(), _DTYPE_CODE[z.dtype], y.data_ptr(), m, c, float(k), stats.data_ptr(),
+    ext.quantile_set_forward(z.data_ptr(), DTYPE_CODE[z.dtype], y.data_ptr(), m, c, float(k), stats.data_ptr(),
                              _cpp_threads(m * m))
     return stats
 
@@ -281,12 +271,12 @@ def _cpp_set_backward(z, y, k, stats, dc):
     stats = stats.contiguous()
     dc = dc.contiguous()
     dz = torch.empty_like(z)
-    ext.quantile_set_backward(z.data_ptr(), _DTYPE_CODE[z.dtype], y.data_ptr(), m, c, float(k), stats.data_ptr(),
+    ext.quantile_set_backward(z.data_ptr(), DTYPE_CODE[z.dtype], y.data_ptr(), m, c, float(k), stats.data_ptr(),
                               dc.data_ptr(), dz.data_ptr(), _cpp_threads(m * m))
     return dz
 
 
-def _cpp_mmd_forward(g, w, sigma, single):
+def _cpp_mmd_forward(g, w, sigma, *, single):
     ext = _dispatch.cpp_extension()
     g, w = g.contiguous(), w.contiguous()
     value = ext.quantile_mmd_forward(g.data_ptr(), w.data_ptr(), g.numel(), float(sigma), single,
@@ -294,11 +284,11 @@ def _cpp_mmd_forward(g, w, sigma, single):
     return torch.tensor(value, dtype=torch.float64)
 
 
-def _cpp_mmd_backward(g, w, sigma, single):
+def _cpp_mmd_backward(g, w, sigma, *, single):
     ext = _dispatch.cpp_extension()
     g, w = g.contiguous(), w.contiguous()
     dg = torch.empty_like(g)
-    ext.quantile_mmd_backward(g.data_ptr(), w.data_ptr(), g.numel(), float(sigma), 1.0, single, dg.data_ptr(),
+    ext.quantile_mmd_backward(g.data_ptr(), w.data_ptr(), g.numel(), float(sigma), single, dg.data_ptr(),
                               _cpp_threads(g.numel() ** 2))
     return dg
 
@@ -344,7 +334,7 @@ def _torch_set_backward(z, y, k, stats, dc):
     return (dl[:, None] * p).to(z.dtype)
 
 
-def _torch_mmd_forward(g, w, sigma, single):
+def _torch_mmd_forward(g, w, sigma):
     total = torch.zeros((), dtype=torch.float64, device=g.device)
     for rows in _row_chunks(g.numel(), g.numel()):
         d = g[rows, None] - g[None, :]
@@ -352,7 +342,7 @@ def _torch_mmd_forward(g, w, sigma, single):
     return total
 
 
-def _torch_mmd_backward(g, w, sigma, single):
+def _torch_mmd_backward(g, w, sigma):
     dg = torch.empty_like(g)
     for rows in _row_chunks(g.numel(), g.numel()):
         d = g[rows, None] - g[None, :]
@@ -366,6 +356,14 @@ _MMD_FORWARD = {"triton": _triton_mmd_forward, "cpp": _cpp_mmd_forward, "torch":
 _MMD_BACKWARD = {"triton": _triton_mmd_backward, "cpp": _cpp_mmd_backward, "torch": _torch_mmd_backward}
 
 
+def _mmd_launcher(table, backend, forget_logits, unseen_logits):
+    """``table[backend]`` as a function of ``(g, w, sigma)``. The C++ kernels evaluate the pairwise terms in
+    float unless either logits tensor is float64 (Triton's always use float, the torch backend double)."""
+    if backend != "cpp":
+        return table[backend]
+    return functools.partial(table["cpp"], single=acc_dtype(forget_logits, unseen_logits) != torch.float64)
+
+
 # --------------------------------------------------------------------------------------------
 # torch.library registration
 # --------------------------------------------------------------------------------------------
@@ -373,13 +371,13 @@ _MMD_BACKWARD = {"triton": _triton_mmd_backward, "cpp": _cpp_mmd_backward, "torc
 def _quantile_transform_op(logits: torch.Tensor, labels: torch.Tensor, k: float, kappa: float,
                            backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     stats = _SET_FORWARD[backend](logits, labels, k)
-    return _clamped(stats, kappa).to(_acc_dtype(logits)), stats
+    return _clamped(stats, kappa).to(acc_dtype(logits)), stats
 
 
 @_quantile_transform_op.register_fake
 def _(logits, labels, k, kappa, backend):
     m = logits.shape[0]
-    return logits.new_empty((m,), dtype=_acc_dtype(logits)), logits.new_empty((3, m), dtype=torch.float64)
+    return logits.new_empty((m,), dtype=acc_dtype(logits)), logits.new_empty((3, m), dtype=torch.float64)
 
 
 @torch.library.custom_op("fastblend::quantile_transform_backward", mutates_args=())
@@ -419,15 +417,14 @@ def _quantile_mmd_op(forget_logits: torch.Tensor, forget_labels: torch.Tensor, u
     stats_u = _SET_FORWARD[backend](unseen_logits, unseen_labels, k)
     g = torch.cat([_clamped(stats_u, kappa), _clamped(stats_f, kappa)])
     w = _mmd_weights(unseen_logits.shape[0], forget_logits.shape[0], g.device)
-    single = _acc_dtype(forget_logits, unseen_logits) != torch.float64
     # MMD² is a squared RKHS norm; rounding can take an exact 0 (identical sets) to −1e-10
-    value = _MMD_FORWARD[backend](g, w, sigma, single).clamp_min(0)
-    return value.to(_acc_dtype(forget_logits, unseen_logits)), stats_f, stats_u
+    value = _mmd_launcher(_MMD_FORWARD, backend, forget_logits, unseen_logits)(g, w, sigma).clamp_min(0)
+    return value.to(acc_dtype(forget_logits, unseen_logits)), stats_f, stats_u
 
 
 @_quantile_mmd_op.register_fake
 def _(forget_logits, forget_labels, unseen_logits, unseen_labels, k, kappa, sigma, backend):
-    acc = _acc_dtype(forget_logits, unseen_logits)
+    acc = acc_dtype(forget_logits, unseen_logits)
     return (forget_logits.new_empty((), dtype=acc),
             forget_logits.new_empty((3, forget_logits.shape[0]), dtype=torch.float64),
             unseen_logits.new_empty((3, unseen_logits.shape[0]), dtype=torch.float64))
@@ -441,8 +438,7 @@ def _quantile_mmd_backward_op(grad: torch.Tensor, forget_logits: torch.Tensor, f
     mu, mf = unseen_logits.shape[0], forget_logits.shape[0]
     g = torch.cat([_clamped(stats_u, kappa), _clamped(stats_f, kappa)])
     w = _mmd_weights(mu, mf, g.device)
-    single = _acc_dtype(forget_logits, unseen_logits) != torch.float64
-    dg = _MMD_BACKWARD[backend](g, w, sigma, single) * grad.double()
+    dg = _mmd_launcher(_MMD_BACKWARD, backend, forget_logits, unseen_logits)(g, w, sigma) * grad.double()
     d_forget, d_unseen = forget_logits.new_empty(0), unseen_logits.new_empty(0)
     if need_forget:
         dc = _dc_from_dg(dg[mu:], stats_f, kappa)
@@ -520,23 +516,15 @@ def _check_params(fn: str, k: float, kappa: float, sigma: float | None = None) -
             raise ValueError(f"{fn}: {name} must be {what}, got {value}")
 
 
-def _check_backend_inputs(tensors) -> str | None:
-    for t in tensors:
-        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype not in SUPPORTED_DTYPES:
-            return f"dtype {t.dtype} not supported"
+def unsupported(backend: str, *tensors: object) -> str | None:
+    """Why ``backend`` cannot run these validated inputs (both ops), or ``None``."""
+    if backend == "triton" and any(isinstance(t, torch.Tensor) and t.dtype == torch.float64 for t in tensors):
+        return "the Triton kernels compute in float32; float64 logits run on the cpp or torch backend"
     return None
 
 
-def _check_triton_inputs(tensors) -> str | None:
-    why = _check_backend_inputs(tensors)
-    if why is None and any(isinstance(t, torch.Tensor) and t.dtype == torch.float64 for t in tensors):
-        return "the Triton kernels compute in float32; float64 logits run on the cpp or torch backend"
-    return why
-
-
-_CHECKS = {"triton": _check_triton_inputs, "cpp": _check_backend_inputs, "torch": _check_backend_inputs}
-_dispatch.register(_dispatch.OpInfo(OP_NAME, dict(_CHECKS)))
-_dispatch.register(_dispatch.OpInfo(TRANSFORM_OP_NAME, dict(_CHECKS)))
+_dispatch.register(OP_NAME, unsupported)
+_dispatch.register(TRANSFORM_OP_NAME, unsupported)
 
 
 def quantile_transform(logits: torch.Tensor, labels: torch.Tensor, k: float = 2.0, kappa: float = 60.0,

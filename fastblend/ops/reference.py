@@ -1,6 +1,7 @@
 """Plain-PyTorch versions of every fastblend op: the test oracle and the benchmark baseline.
 
-Written for clarity, differentiated by autograd, never called by the fast paths.
+Written for clarity and differentiated by autograd. Independent of the fast paths: it imports
+nothing from them and no module of the package imports it (only tests and benchmarks do).
 """
 
 from __future__ import annotations

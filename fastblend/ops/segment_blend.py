@@ -20,22 +20,10 @@ import math
 import torch
 
 from . import _dispatch
-from .reference import normalize_segment_weights, segment_ids
-
-try:  # Triton is optional: kernels are defined only when it imports (never compiled here).
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - depends on the environment
-    triton = None
+from ._common import DTYPE_CODE, SUPPORTED_DTYPES, acc_dtype, normalize_segment_weights, segment_ids, tl, triton
 
 OP_NAME = "segment_blend"
 NORMALIZE_MODES = {"none": 0, "sum": 1, "softmax": 2}
-_DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
-SUPPORTED_DTYPES = tuple(_DTYPE_CODE)
-
-
-def _acc_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,7 +170,7 @@ def _triton_forward(x, w, indptr, normalize):
     k = indptr.numel() - 1
     mode = NORMALIZE_MODES[normalize]
     x = x.contiguous()
-    w = w.to(_acc_dtype(x)).contiguous()
+    w = w.to(acc_dtype(x)).contiguous()
     out = torch.zeros((k, f), dtype=_triton_store_dtype(x.dtype), device=x.device)
     if k > 0 and f > 0 and n > 0:
         what = _triton_normalize(w, indptr, mode)
@@ -194,7 +182,7 @@ def _triton_forward(x, w, indptr, normalize):
 def _triton_backward(grad, x, w, indptr, normalize, need_x, need_w):
     n, f = x.shape
     mode = NORMALIZE_MODES[normalize]
-    acc = _acc_dtype(x)
+    acc = acc_dtype(x)
     x = x.contiguous()
     grad = grad.to(x.dtype).contiguous()
     w_acc = w.to(acc).contiguous()
@@ -222,11 +210,11 @@ def _cpp_forward(x, w, indptr, normalize):
     n, f = x.shape
     k = indptr.numel() - 1
     x = x.contiguous()
-    w = w.to(_acc_dtype(x)).contiguous()
+    w = w.to(acc_dtype(x)).contiguous()
     indptr = indptr.contiguous()
     out = torch.empty((k, f), dtype=x.dtype)
     what = torch.empty(n, dtype=w.dtype)
-    ext.segment_blend_forward(x.data_ptr(), _DTYPE_CODE[x.dtype], w.data_ptr(), indptr.data_ptr(), n, k, f,
+    ext.segment_blend_forward(x.data_ptr(), DTYPE_CODE[x.dtype], w.data_ptr(), indptr.data_ptr(), n, k, f,
                               NORMALIZE_MODES[normalize], out.data_ptr(), what.data_ptr(), torch.get_num_threads())
     return out
 
@@ -237,11 +225,11 @@ def _cpp_backward(grad, x, w, indptr, normalize, need_x, need_w):
     k = indptr.numel() - 1
     x = x.contiguous()
     grad = grad.to(x.dtype).contiguous()
-    w_acc = w.to(_acc_dtype(x)).contiguous()
+    w_acc = w.to(acc_dtype(x)).contiguous()
     indptr = indptr.contiguous()
     dx = torch.empty_like(x) if need_x else None
     dw = torch.empty(n, dtype=w_acc.dtype) if need_w else None
-    ext.segment_blend_backward(grad.data_ptr(), x.data_ptr(), _DTYPE_CODE[x.dtype], w_acc.data_ptr(),
+    ext.segment_blend_backward(grad.data_ptr(), x.data_ptr(), DTYPE_CODE[x.dtype], w_acc.data_ptr(),
                                indptr.data_ptr(), n, k, f, NORMALIZE_MODES[normalize],
                                dx.data_ptr() if need_x else 0, dw.data_ptr() if need_w else 0,
                                torch.get_num_threads())
@@ -257,7 +245,7 @@ _TORCH_CHUNK_ELEMS = 1 << 23  # bound the [rows, F] temporaries of the backward 
 def _torch_forward(x, w, indptr, normalize):
     n, f = x.shape
     k = indptr.numel() - 1
-    acc = _acc_dtype(x)
+    acc = acc_dtype(x)
     what = normalize_segment_weights(w.to(acc), indptr, normalize)
     seg = segment_ids(indptr, n)
     out = torch.zeros((k, f), dtype=acc, device=x.device)
@@ -270,7 +258,7 @@ def _torch_forward(x, w, indptr, normalize):
 def _torch_backward(grad, x, w, indptr, normalize, need_x, need_w):
     n, f = x.shape
     k = indptr.numel() - 1
-    acc = _acc_dtype(x)
+    acc = acc_dtype(x)
     w_acc = w.to(acc)
     what = normalize_segment_weights(w_acc, indptr, normalize)
     seg = segment_ids(indptr, n)
@@ -392,14 +380,8 @@ def _check_inputs(x, weights, indptr, normalize: str, validate_indptr: bool) -> 
                              f"{int(bounds[bad + 1])} < indptr[{bad}] = {int(bounds[bad])}")
 
 
-def _check_backend_inputs(tensors) -> str | None:
-    x = tensors[0] if tensors else None
-    if isinstance(x, torch.Tensor) and x.dtype not in SUPPORTED_DTYPES:
-        return f"dtype {x.dtype} not supported"
-    return None
-
-
-_dispatch.register(_dispatch.OpInfo(OP_NAME, {b: _check_backend_inputs for b in _dispatch.BACKENDS}))
+# every backend runs every input that passes _check_inputs: no op-specific limits
+_dispatch.register(OP_NAME)
 
 
 def segment_blend(x: torch.Tensor, weights: torch.Tensor, indptr: torch.Tensor, normalize: str = "sum",

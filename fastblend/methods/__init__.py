@@ -26,20 +26,18 @@ from .accelerated import (
 )
 from .bad_teacher import BadTeacher, BadTeacherConfig
 from .base import (
-    AAMUFields,
     Method,
     RunContext,
     RunData,
-    TrainConfig,
     as_data,
     check_disjoint,
     check_label_range,
     model_device,
     probe_num_classes,
-    resolve_config,
     timed,
     train,
 )
+from .config import AAMUFields, TrainConfig, resolve_config
 from .distill import Distill, DistillConfig
 from .finetune import Finetune, FinetuneConfig
 from .neggrad import NegGradPlus, NegGradPlusConfig

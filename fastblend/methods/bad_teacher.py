@@ -10,7 +10,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .base import Method, RetainTerms, RunContext, RunData, TrainConfig, frozen_copy, kd_loss, reinitialise
+from .base import Method, RetainTerms, RunContext, RunData, frozen_copy, kd_loss, reinitialise
+from .config import TrainConfig
 
 
 @dataclass

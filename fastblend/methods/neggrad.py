@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .base import Method, RunContext, RunData, TrainConfig
+from .base import Method, RunContext, RunData
+from .config import TrainConfig
 
 
 @dataclass

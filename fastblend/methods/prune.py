@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from torch import nn
 from torch.nn.utils import prune
 
-from .base import Method, RunContext, RunData, TrainConfig
+from .base import Method, RunContext, RunData
+from .config import TrainConfig
 
 
 @dataclass

@@ -11,7 +11,8 @@ from typing import Callable
 
 from torch import nn
 
-from .base import Method, RunContext, RunData, TrainConfig, reinitialise
+from .base import Method, RunContext, RunData, reinitialise
+from .config import TrainConfig
 
 
 @dataclass

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Method, RetainTerms, RunContext, RunData, TrainConfig, frozen_copy, kd_loss
+from .base import Method, RetainTerms, RunContext, RunData, frozen_copy, kd_loss
+from .config import TrainConfig
 
 
 @dataclass

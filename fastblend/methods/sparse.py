@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .base import Method, RunContext, TrainConfig
+from .base import Method, RunContext
+from .config import TrainConfig
 
 
 @dataclass

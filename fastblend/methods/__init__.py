@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..dataview import as_data, check_disjoint, check_label_range, model_device
 from .accelerated import (
     ABadTeacherConfig,
     AFinetuneConfig,
@@ -29,10 +30,6 @@ from .base import (
     Method,
     RunContext,
     RunData,
-    as_data,
-    check_disjoint,
-    check_label_range,
-    model_device,
     probe_num_classes,
     timed,
     train,

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import DataView, RunContext, RunData, TrainOutcome
+from ..dataview import DataView
+from .base import RunContext, RunData, TrainOutcome
 from .config import RuntimeConfig
 
 

@@ -28,13 +28,13 @@ from .accelerated import (
 from .bad_teacher import BadTeacher, BadTeacherConfig
 from .base import (
     Method,
-    RunContext,
     RunData,
     probe_num_classes,
     timed,
     train,
 )
 from .config import AAMUFields, TrainConfig, resolve_config
+from .context import RunContext
 from .distill import Distill, DistillConfig
 from .finetune import Finetune, FinetuneConfig
 from .neggrad import NegGradPlus, NegGradPlusConfig

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .base import Method, RunContext, RunData
+from .base import Method, RunData
 from .config import TrainConfig
+from .context import RunContext
 
 
 @dataclass

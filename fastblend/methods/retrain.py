@@ -11,8 +11,9 @@ from typing import Callable
 
 from torch import nn
 
-from .base import Method, RunContext, RunData, reinitialise
+from .base import Method, RunData, reinitialise
 from .config import TrainConfig
+from .context import RunContext
 
 
 @dataclass

@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..dataview import DataView
-from .base import RunContext, RunData, TrainOutcome
+from .base import RunData, TrainOutcome
 from .config import RuntimeConfig
+from .context import RunContext
 
 
 @dataclass

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._device import synchronize
-from .methods.base import as_data, model_device
+from .dataview import as_data, model_device
 
 
 def _eval_device(model: nn.Module, device: torch.device | str | None, fn: str) -> torch.device:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from fastblend import data as fd
+from fastblend import readers
 from fastblend.data import ImageData, load_dataset, make_split
 
 # ---------------------------------------------------------------------------------------------
@@ -50,7 +51,7 @@ def test_animal_mnist_split_is_fixed_by_split_seed(animal):
 
 
 def test_animal_mnist_missing_package_names_install_command(monkeypatch):
-    monkeypatch.setattr(fd.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(readers.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModuleNotFoundError, match="pip install --no-deps animal-mnist==0.4"):
         load_dataset("animal-mnist")
 

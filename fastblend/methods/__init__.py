@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..dataview import as_data, check_disjoint, check_label_range, model_device
 from .accelerated import (
     ABadTeacherConfig,
     AFinetuneConfig,
@@ -26,20 +27,14 @@ from .accelerated import (
 )
 from .bad_teacher import BadTeacher, BadTeacherConfig
 from .base import (
-    AAMUFields,
     Method,
-    RunContext,
     RunData,
-    TrainConfig,
-    as_data,
-    check_disjoint,
-    check_label_range,
-    model_device,
     probe_num_classes,
-    resolve_config,
     timed,
     train,
 )
+from .config import AAMUFields, TrainConfig, resolve_config
+from .context import RunContext
 from .distill import Distill, DistillConfig
 from .finetune import Finetune, FinetuneConfig
 from .neggrad import NegGradPlus, NegGradPlusConfig

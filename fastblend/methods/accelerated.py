@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .bad_teacher import BadTeacherConfig
-from .base import AAMUFields
+from .config import AAMUFields
 from .finetune import FinetuneConfig
 from .neggrad import NegGradPlusConfig
 from .prune import PruneConfig

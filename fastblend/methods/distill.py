@@ -8,7 +8,9 @@ from typing import Callable
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Method, RetainTerms, RunContext, RunData, TrainConfig, frozen_copy, kd_loss, reinitialise
+from .base import Method, RetainTerms, RunData, frozen_copy, kd_loss, reinitialise
+from .config import TrainConfig
+from .context import RunContext
 
 
 @dataclass

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import Method, TrainConfig
+from .base import Method
+from .config import TrainConfig
 
 
 @dataclass

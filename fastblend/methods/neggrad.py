@@ -7,7 +7,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .base import Method, RunContext, RunData, TrainConfig
+from .base import Method, RunData
+from .config import TrainConfig
+from .context import RunContext
 
 
 @dataclass

@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from torch import nn
 from torch.nn.utils import prune
 
-from .base import Method, RunContext, RunData, TrainConfig
+from .base import Method, RunData
+from .config import TrainConfig
+from .context import RunContext
 
 
 @dataclass

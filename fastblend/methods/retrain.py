@@ -11,7 +11,9 @@ from typing import Callable
 
 from torch import nn
 
-from .base import Method, RunContext, RunData, TrainConfig, reinitialise
+from .base import Method, RunData, reinitialise
+from .config import TrainConfig
+from .context import RunContext
 
 
 @dataclass

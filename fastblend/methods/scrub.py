@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Method, RetainTerms, RunContext, RunData, TrainConfig, frozen_copy, kd_loss
+from .base import Method, RetainTerms, RunData, frozen_copy, kd_loss
+from .config import TrainConfig
+from .context import RunContext
 
 
 @dataclass

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .base import Method, RunContext, TrainConfig
+from .base import Method
+from .config import TrainConfig
+from .context import RunContext
 
 
 @dataclass

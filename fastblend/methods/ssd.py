@@ -16,7 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import DataView, RunContext, RunData, RuntimeConfig, TrainOutcome
+from ..dataview import DataView
+from .base import RunData, TrainOutcome
+from .config import RuntimeConfig
+from .context import RunContext
 
 
 @dataclass
@@ -24,7 +27,7 @@ class SSDConfig(RuntimeConfig):
     """SPEC §3: ``alpha`` (selection threshold) 10, ``lam`` (dampening constant) 1; importances
     from batches of ``batch_size`` (they depend on it: the square of a batch-mean gradient).
     The model is in eval mode while importances are computed. The run settings (``amp``,
-    ``channels_last``, ...) are those of :class:`~fastblend.methods.base.RuntimeConfig`."""
+    ``channels_last``, ...) are those of :class:`~fastblend.methods.config.RuntimeConfig`."""
 
     alpha: float = 10.0
     lam: float = 1.0

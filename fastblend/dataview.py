@@ -1,0 +1,209 @@
+"""The data adapter of ``unlearn`` and the metrics: any data argument -> one :class:`DataView`.
+
+:func:`as_data` accepts tensor pairs/triples, a ``ReducedRetainSet``, ``Subset``/``TensorDataset``/
+any map-style ``Dataset`` or a ``DataLoader``; a :class:`DataView` serves its seeded batches on a
+device (:class:`CyclicBatches` endlessly). Also the checks on data arguments (disjoint retain/forget,
+labels within the model's output width) and :func:`model_device`. Imports nothing else from
+fastblend but ``_device``, so both ``fastblend.methods`` and ``fastblend.metrics`` build on it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+from ._device import module_device
+
+
+def _is_reduced_set(obj: Any) -> bool:
+    return all(hasattr(obj, a) for a in ("images", "labels", "is_blended"))
+
+
+class DataView:
+    """One data argument of ``unlearn`` (retain, forget or unseen), normalised.
+
+    Either in memory (``images [N, ...]`` floating point, ``labels [N]`` int64, on one device) or a
+    ``DataLoader`` streamed as is. ``indices [N]`` int64 holds each row's index in the training
+    set where it is known (``-1`` where not, e.g. a blended image), for the disjointness check.
+    """
+
+    def __init__(self, name: str, images: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                 loader: DataLoader | None = None, indices: torch.Tensor | None = None, reduced: bool = False):
+        self.name = name
+        self.images = images
+        self.labels = labels
+        self.loader = loader
+        self.indices = indices
+        self.reduced = reduced
+
+    @property
+    def in_memory(self) -> bool:
+        return self.images is not None
+
+    def __len__(self) -> int:
+        if self.images is not None:
+            return int(self.images.shape[0])
+        return len(self.loader.dataset)
+
+    def num_batches(self, batch_size: int) -> int:
+        if self.images is not None:
+            return math.ceil(len(self) / batch_size)
+        return len(self.loader)
+
+    def to(self, device: torch.device) -> DataView:
+        if self.images is None or self.images.device == device:
+            return self
+        return DataView(self.name, self.images.to(device), self.labels.to(device), None, self.indices, self.reduced)
+
+    def materialise(self, fn: str) -> DataView:
+        """The same data in memory (iterates a loader once; its own shuffling and transforms apply)."""
+        if self.images is not None:
+            return self
+        xs, ys = [], []
+        for batch in self.loader:
+            x, y = _unpack_batch(batch, self.name, fn)
+            xs.append(x)
+            ys.append(y)
+        if not xs:
+            raise ValueError(f"{fn}: {self.name} is empty")
+        return _tensor_view(self.name, torch.cat(xs), torch.cat(ys), self.indices, self.reduced, fn)
+
+    def take(self, idx: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = idx.to(self.images.device)
+        return self.images[idx].to(device, non_blocking=True), self.labels[idx].to(device, non_blocking=True)
+
+    def batches(self, batch_size: int, generator: torch.Generator, device: torch.device, fn: str,
+                shuffle: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches of ``(images, labels)`` on ``device``: a seeded permutation per call (in memory),
+        or the loader's own order."""
+        if self.images is None:
+            for batch in self.loader:
+                x, y = _unpack_batch(batch, self.name, fn)
+                yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            return
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        order = order.to(self.images.device)
+        for start in range(0, n, batch_size):
+            yield self.take(order[start:start + batch_size], device)
+
+
+class CyclicBatches:
+    """Endless batches from an in-memory view: a fresh seeded permutation each time it runs out."""
+
+    def __init__(self, view: DataView, batch_size: int, generator: torch.Generator, device: torch.device):
+        self.view, self.batch_size, self.generator, self.device = view, min(batch_size, len(view)), generator, device
+        self._order = torch.empty(0, dtype=torch.long)
+        self._pos = 0
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._pos + self.batch_size > self._order.numel():
+            self._order = torch.randperm(len(self.view), generator=self.generator)
+            self._pos = 0
+        idx = self._order[self._pos:self._pos + self.batch_size]
+        self._pos += self.batch_size
+        return self.view.take(idx, self.device)
+
+
+def _unpack_batch(batch: Any, name: str, fn: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2 and torch.is_tensor(batch[0]) and torch.is_tensor(batch[1]):
+        return batch[0], batch[1].long()
+    raise TypeError(f"{fn}: {name} batches must be (images, labels, ...) tuples of tensors; got {type(batch).__name__}")
+
+
+def _tensor_view(name: str, images: Any, labels: Any, indices: Any, reduced: bool, fn: str) -> DataView:
+    if not torch.is_tensor(images) or not torch.is_tensor(labels):
+        raise TypeError(f"{fn}: {name} images and labels must be tensors; got {type(images).__name__} and "
+                        f"{type(labels).__name__}")
+    if not images.is_floating_point():
+        raise TypeError(f"{fn}: {name} images must be a floating-point tensor, got {images.dtype}")
+    if labels.dim() != 1 or labels.is_floating_point() or labels.dtype == torch.bool:
+        raise TypeError(f"{fn}: {name} labels must be a 1-D integer tensor, got {labels.dtype} of shape "
+                        f"{tuple(labels.shape)}")
+    if images.dim() < 1 or images.shape[0] != labels.shape[0]:
+        n_images = images.shape[0] if images.dim() else 0
+        raise ValueError(f"{fn}: {name} has {n_images} images but {labels.shape[0]} labels")
+    if images.device != labels.device:
+        raise ValueError(f"{fn}: {name} images are on {images.device} but labels on {labels.device}; "
+                         "expected one device")
+    if labels.shape[0] == 0:
+        raise ValueError(f"{fn}: {name} is empty")
+    if labels.device.type != "meta" and int(labels.min()) < 0:
+        raise ValueError(f"{fn}: {name} labels must be >= 0, got {int(labels.min())}")
+    if indices is not None:
+        indices = torch.as_tensor(indices).reshape(-1).long().cpu()
+        if indices.shape[0] != labels.shape[0]:
+            raise ValueError(f"{fn}: {name} indices have length {indices.shape[0]}, expected {labels.shape[0]}")
+    return DataView(name, images, labels.long(), None, indices, reduced)
+
+
+def as_data(obj: Any, name: str, fn: str) -> DataView:
+    """Normalise a data argument: a pair ``(images, labels)`` or triple ``(images, labels,
+    training_indices)`` of tensors, a ``ReducedRetainSet`` (anything with ``images``, ``labels``
+    and ``is_blended``), a ``Subset``, a ``TensorDataset``, a dataset with ``images``/``labels``
+    tensors, any other map-style ``Dataset`` (read once into memory) or a ``DataLoader``."""
+    if isinstance(obj, DataView):
+        return obj
+    if obj is None:
+        raise ValueError(f"{fn}: {name} is required, got None")
+    if isinstance(obj, (tuple, list)):
+        if len(obj) not in (2, 3):
+            raise ValueError(f"{fn}: {name} must be (images, labels) or (images, labels, indices); got a "
+                             f"sequence of length {len(obj)}")
+        return _tensor_view(name, obj[0], obj[1], obj[2] if len(obj) == 3 else None, False, fn)
+    if isinstance(obj, DataLoader):
+        return DataView(name, loader=obj)
+    if _is_reduced_set(obj):
+        src = getattr(obj, "source_index", None)
+        return _tensor_view(name, obj.images, obj.labels, src, True, fn)
+    if isinstance(obj, Subset):
+        base = as_data(obj.dataset, name, fn).materialise(fn)
+        idx = torch.as_tensor(list(obj.indices), dtype=torch.long)
+        if idx.numel() == 0:
+            raise ValueError(f"{fn}: {name} is empty")
+        train_idx = base.indices[idx] if base.indices is not None else idx
+        return _tensor_view(name, base.images[idx.to(base.images.device)], base.labels[idx.to(base.labels.device)],
+                            train_idx, base.reduced, fn)
+    if isinstance(obj, TensorDataset):
+        if len(obj.tensors) < 2:
+            raise ValueError(f"{fn}: {name} TensorDataset must hold (images, labels, ...)")
+        return _tensor_view(name, obj.tensors[0], obj.tensors[1], None, False, fn)
+    if torch.is_tensor(getattr(obj, "images", None)) and torch.is_tensor(getattr(obj, "labels", None)):
+        return _tensor_view(name, obj.images, obj.labels, getattr(obj, "indices", None), False, fn)
+    if isinstance(obj, Dataset):
+        if len(obj) == 0:
+            raise ValueError(f"{fn}: {name} is empty")
+        return DataView(name, loader=DataLoader(obj, batch_size=512)).materialise(fn)
+    raise TypeError(f"{fn}: {name} must be a pair (images, labels) of tensors, a torch Dataset, a DataLoader or a "
+                    f"ReducedRetainSet; got {type(obj).__name__}")
+
+
+def check_disjoint(retain: DataView, forget: DataView, fn: str) -> None:
+    """Raise if training indices are known for both sets and some index is in both."""
+    if retain.indices is None or forget.indices is None:
+        return
+    r = retain.indices[retain.indices >= 0]
+    f = forget.indices[forget.indices >= 0]
+    both = f[torch.isin(f, r)]
+    if both.numel():
+        raise ValueError(f"{fn}: retain and forget must be disjoint, but {both.numel()} training indices are in "
+                         f"both (e.g. {both[:5].tolist()})")
+
+
+def check_label_range(view: DataView, num_classes: int, fn: str) -> None:
+    if view.labels is None or view.labels.device.type == "meta":
+        return
+    top = int(view.labels.max())
+    if top >= num_classes:
+        raise ValueError(f"{fn}: {view.name} labels must be in [0, {num_classes}) (the model's output width), "
+                         f"got {top}")
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model``'s parameters live (CPU for a parameterless model)."""
+    return module_device(model) or torch.device("cpu")

@@ -31,10 +31,10 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ._device import synchronize
-from .grouping import Clustering
-from .ops import segment_blend
-from .ops.reference import normalize_segment_weights, segment_ids
+from .._device import synchronize
+from ..grouping import Clustering
+from ..ops import segment_blend
+from ..ops.reference import normalize_segment_weights, segment_ids
 
 __all__ = [
     "BlendResult",
@@ -348,7 +348,7 @@ def _resolve_clustering(caller: str, images: torch.Tensor, labels: torch.Tensor,
         raise ValueError(f"{caller}: pass ipc (clusters per class) or a precomputed clustering")
     if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
         raise ValueError(f"{caller}: ipc must be a positive int, got {ipc!r}")
-    from .grouping import extract_features, group
+    from ..grouping import extract_features, group
 
     synchronize(device)
     t0 = time.perf_counter()
@@ -560,7 +560,7 @@ def _make_matcher(caller: str, matcher: nn.Module | None, images: torch.Tensor, 
             raise ValueError(f"{caller}: matcher parameters are on {sorted(map(str, devices))} but the Blend "
                              f"runs on {device}; move it or pass device=")
         return matcher, None
-    from .models import random_convnet
+    from ..models import random_convnet
 
     mseed = matcher_seed(seed, round_index)
     return random_convnet(images.shape[1], images.shape[2], seed=mseed, device=device), mseed

@@ -1,5 +1,6 @@
 """Blend condensation of the retain set (SPEC §1.2–1.4); see :mod:`fastblend.condense.blend`."""
 
+from ..plots import save_blend_grid
 from .blend import BLENDER_MODES as BLENDER_MODES
 from .blend import CPU_CHUNK as CPU_CHUNK
 from .blend import MOMENTUM as MOMENTUM
@@ -13,7 +14,6 @@ from .blend import (
     check_matcher,
     condense,
     matcher_seed,
-    save_blend_grid,
 )
 from .blend import _check_clustering as _check_clustering
 from .blend import _embed_fn as _embed_fn

@@ -8,7 +8,6 @@ from .blend import NORMALIZE_MODES as NORMALIZE_MODES
 from .blend import (
     Blender,
     BlendResult,
-    ReducedRetainSet,
     blend_clusters,
     blend_lr,
     check_matcher,
@@ -21,6 +20,7 @@ from .blend import _make_matcher as _make_matcher
 from .blend import _matcher_dtype as _matcher_dtype
 from .blend import _prepare as _prepare
 from .blend import default_chunk_size as default_chunk_size
+from .reduced import ReducedRetainSet
 
 __all__ = [
     "BlendResult",

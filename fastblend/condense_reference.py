@@ -19,14 +19,13 @@ from .condense import (
     MOMENTUM,
     BlendResult,
     ReducedRetainSet,
-    _check_clustering,
     _embed_fn,
     _make_matcher,
     _matcher_dtype,
-    _prepare,
     blend_lr,
     check_matcher,
 )
+from .condense.checks import check_clustering, prepare_inputs
 from .grouping import Clustering
 
 __all__ = ["blend_clusters_reference", "condense_reference"]
@@ -106,9 +105,9 @@ def condense_reference(images: torch.Tensor, labels: torch.Tensor, forget: objec
 
     Returns the same rows in the same order (blended rows by cluster id, then residual rows).
     """
-    images, labels, forget_mask, dev = _prepare("condense_reference", images, labels, forget, iterations, lr,
-                                                normalize, None, device)
-    clustering = _check_clustering("condense_reference", clustering, labels, None)
+    images, labels, forget_mask, dev = prepare_inputs("condense_reference", images, labels, forget, iterations, lr,
+                                                      normalize, None, device)
+    clustering = check_clustering("condense_reference", clustering, labels, None)
     lr_value = blend_lr(clustering.ipc) if lr == "reference" else float(lr)
     forgotten = set(torch.nonzero(forget_mask).flatten().tolist())
     perm, bounds = clustering.perm.cpu().tolist(), clustering.indptr.cpu().tolist()

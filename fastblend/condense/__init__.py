@@ -4,7 +4,6 @@ from ..plots import save_blend_grid
 from .blend import BLENDER_MODES as BLENDER_MODES
 from .blend import CPU_CHUNK as CPU_CHUNK
 from .blend import MOMENTUM as MOMENTUM
-from .blend import NORMALIZE_MODES as NORMALIZE_MODES
 from .blend import (
     Blender,
     BlendResult,
@@ -14,12 +13,11 @@ from .blend import (
     condense,
     matcher_seed,
 )
-from .blend import _check_clustering as _check_clustering
 from .blend import _embed_fn as _embed_fn
 from .blend import _make_matcher as _make_matcher
 from .blend import _matcher_dtype as _matcher_dtype
-from .blend import _prepare as _prepare
 from .blend import default_chunk_size as default_chunk_size
+from .checks import NORMALIZE_MODES as NORMALIZE_MODES
 from .reduced import ReducedRetainSet
 
 __all__ = [

@@ -30,9 +30,10 @@ from torch import nn
 from .._device import synchronize
 from ..grouping import Clustering
 from ..ops import segment_blend
-from ..ops.reference import normalize_segment_weights, segment_ids
+from ..ops.reference import normalize_segment_weights
 from .checks import forget_mask, prepare_inputs, resolve_clustering
 from .reduced import ReducedRetainSet
+from .split import Split, split_clusters
 
 __all__ = [
     "BlendResult",
@@ -146,41 +147,6 @@ def check_matcher(matcher: nn.Module, probe: torch.Tensor, caller: str = "check_
             f"{caller}: the matcher's output for a sample depends on the rest of its batch (or is random): "
             f"batched vs one-at-a-time features differ by {diff:.3g} (tolerance {tol:.3g}). The batched "
             "Blend needs a per-sample matcher (eval mode, no batch statistics, no dropout)")
-
-
-# --------------------------------------------------------------------------------------------
-# The split (F-sampling)
-# --------------------------------------------------------------------------------------------
-@dataclass
-class _Split:
-    touched: torch.Tensor  # [K] bool
-    free_ids: torch.Tensor  # [K_free] int64, non-empty free clusters
-    touched_ids: torch.Tensor  # [K_touched] int64
-    members: torch.Tensor  # [M] int64 training indices of free members, CSR order
-    free_indptr: torch.Tensor  # [K_free + 1] int64
-    member_pos: torch.Tensor  # [M] int64 positions of those members in the clustering's CSR order
-    residual: torch.Tensor  # [R_res] int64 training indices, CSR order
-
-
-def _split(clustering: Clustering, forget: torch.Tensor) -> _Split:
-    """Vectorised F-sampling over the CSR layout (CPU index tensors)."""
-    indptr = clustering.indptr.cpu()
-    perm = clustering.perm.cpu()
-    k = indptr.numel() - 1
-    sizes = indptr[1:] - indptr[:-1]
-    touched = torch.zeros(k, dtype=torch.bool)
-    touched[clustering.assignment.cpu()[forget]] = True
-    free = ~touched & (sizes > 0)
-    seg = segment_ids(indptr, perm.numel())  # cluster of each CSR position
-    in_free = free[seg]
-    member_pos = torch.nonzero(in_free).flatten()
-    free_ids = torch.nonzero(free).flatten()
-    free_indptr = torch.zeros(free_ids.numel() + 1, dtype=torch.int64)
-    torch.cumsum(sizes[free_ids], 0, out=free_indptr[1:])
-    res_pos = touched[seg] & ~forget[perm]
-    return _Split(touched=touched, free_ids=free_ids, touched_ids=torch.nonzero(touched).flatten(),
-                  members=perm[member_pos], free_indptr=free_indptr, member_pos=member_pos,
-                  residual=perm[res_pos])
 
 
 # --------------------------------------------------------------------------------------------
@@ -359,10 +325,10 @@ def _condense_core(caller: str, images: torch.Tensor, labels: torch.Tensor, forg
                    matcher: nn.Module | None, seed: int, round_index: int, device: torch.device,
                    chunk_size: int | None, progress: bool, backend: str,
                    timings: dict, features: torch.Tensor | None = None,
-                   net: nn.Module | None = None, amp: bool = False) -> tuple[ReducedRetainSet, _Split, BlendResult]:
+                   net: nn.Module | None = None, amp: bool = False) -> tuple[ReducedRetainSet, Split, BlendResult]:
     lr_value = blend_lr(clustering.ipc) if lr == "reference" else float(lr)
     t0 = time.perf_counter()
-    sp = _split(clustering, forget)
+    sp = split_clusters(clustering, forget)
     t1 = time.perf_counter()
 
     shared_network = net is not None  # only condense(share_network=True) hands its network in
@@ -395,7 +361,7 @@ def _condense_core(caller: str, images: torch.Tensor, labels: torch.Tensor, forg
     return reduced, sp, result
 
 
-def _assemble(images, labels, forget, clustering, sp: _Split, blended, w_hat, initial_terms, final_terms,
+def _assemble(images, labels, forget, clustering, sp: Split, blended, w_hat, initial_terms, final_terms,
               timings, settings, history) -> ReducedRetainSet:
     n_blend, n_res = sp.free_ids.numel(), sp.residual.numel()
     out_images = torch.cat([blended.to(device=images.device, dtype=images.dtype),
@@ -552,7 +518,7 @@ class Blender:
         self.current = reduced
         return reduced
 
-    def _make_cache(self, sp: _Split, result: BlendResult) -> dict:
+    def _make_cache(self, sp: Split, result: BlendResult) -> dict:
         k = self.clustering.num_clusters
         n = self.images.shape[0]
         blends = result.blended.to(device=self.images.device, dtype=self.images.dtype)
@@ -568,7 +534,7 @@ class Blender:
 
     def _from_cache(self, cumulative: torch.Tensor, timings: dict) -> ReducedRetainSet:
         t0 = time.perf_counter()
-        sp = _split(self.clustering, cumulative)
+        sp = split_clusters(self.clustering, cumulative)
         t1 = time.perf_counter()
         c = self._cache
         slot = c["slot"][sp.free_ids]

@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from ..grouping import Clustering
-from .blend import BlendResult, assemble_reduced, condense_core
+from .blend import BlendResult
 from .checks import forget_mask, prepare_inputs, resolve_clustering
+from .core import assemble_reduced, condense_core
 from .reduced import ReducedRetainSet
 from .split import Split, split_clusters
 
@@ -45,11 +46,11 @@ class Blender:
         if mode not in BLENDER_MODES:
             raise ValueError(f"Blender: mode must be one of {BLENDER_MODES}, got {mode!r}")
         images, labels, _, dev = prepare_inputs("Blender", images, labels, [], iterations, lr, normalize, chunk_size,
-                                          device)
+                                                device)
         if matcher is not None and not isinstance(matcher, nn.Module):
             raise TypeError(f"Blender: matcher must be a torch.nn.Module or None, got {type(matcher).__name__}")
         self.clustering, t_feat, t_group, _ = resolve_clustering("Blender", images, labels, ipc, clustering, seed,
-                                                               dev, progress)
+                                                                 dev, progress)
         self.images, self.labels, self.mode, self.device = images, labels, mode, dev
         self.grouping_timings = {"features": t_feat, "grouping": t_group}
         self._kw = dict(iterations=iterations, lr=lr, normalize=normalize, matcher=matcher, seed=seed,
@@ -71,8 +72,8 @@ class Blender:
         timings = dict(self.grouping_timings) if self.rounds == 0 else {"features": 0.0, "grouping": 0.0}
         if self.mode == "reference" or self._cache is None:
             reduced, sp, result = condense_core("Blender.forget", self.images, self.labels, cumulative,
-                                                 self.clustering, round_index=self.rounds, device=self.device,
-                                                 timings=timings, **self._kw)
+                                                self.clustering, round_index=self.rounds, device=self.device,
+                                                timings=timings, **self._kw)
             if self.mode == "cached":
                 self._cache = self._make_cache(sp, result)
         else:
@@ -112,7 +113,7 @@ class Blender:
         # a cache exists only after round 0, so the previous round's settings describe these blends
         settings = {**self.current.settings, "round": self.rounds, "cached_from_round": 0}
         reduced = assemble_reduced(self.images, self.labels, cumulative, self.clustering, sp, blended, w_hat,
-                            c["init"][sp.free_ids], c["final"][sp.free_ids], timings, settings, [])
+                                   c["init"][sp.free_ids], c["final"][sp.free_ids], timings, settings, [])
         timings["blend"] = time.perf_counter() - t2
         reduced.timings = timings
         return reduced

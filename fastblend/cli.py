@@ -147,8 +147,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_condense(args: argparse.Namespace) -> int:
     import torch
 
-    from .condense import save_blend_grid
     from .data import load_dataset, make_split
+    from .plots import save_blend_grid
 
     cfg = _config_from_args(args, ExperimentConfig())
     log = _log(cfg.quiet)

@@ -15,18 +15,10 @@ import torch
 from torch import nn
 
 from ._device import synchronize
-from .condense import (
-    MOMENTUM,
-    BlendResult,
-    ReducedRetainSet,
-    _check_clustering,
-    _embed_fn,
-    _make_matcher,
-    _matcher_dtype,
-    _prepare,
-    blend_lr,
-    check_matcher,
-)
+from .condense.blend import MOMENTUM, BlendResult, check_matcher, embed_fn, matcher_dtype
+from .condense.checks import check_clustering, prepare_inputs
+from .condense.core import blend_lr, make_matcher
+from .condense.reduced import ReducedRetainSet
 from .grouping import Clustering
 
 __all__ = ["blend_clusters_reference", "condense_reference"]
@@ -58,7 +50,7 @@ def blend_clusters_reference(x: torch.Tensor, indptr: torch.Tensor, matcher: nn.
         return BlendResult(empty, empty, x.new_zeros((0,) + tuple(x.shape[1:])), empty, empty, [])
     if any(c.shape[0] == 0 for c in clusters):
         raise ValueError("blend_clusters_reference: every segment of indptr must be non-empty")
-    embed = _embed_fn(matcher)
+    embed = embed_fn(matcher)
     device = x.device
     synchronize(device)
     t0 = time.perf_counter()
@@ -106,9 +98,9 @@ def condense_reference(images: torch.Tensor, labels: torch.Tensor, forget: objec
 
     Returns the same rows in the same order (blended rows by cluster id, then residual rows).
     """
-    images, labels, forget_mask, dev = _prepare("condense_reference", images, labels, forget, iterations, lr,
-                                                normalize, None, device)
-    clustering = _check_clustering("condense_reference", clustering, labels, None)
+    images, labels, forget_mask, dev = prepare_inputs("condense_reference", images, labels, forget, iterations, lr,
+                                                      normalize, None, device)
+    clustering = check_clustering("condense_reference", clustering, labels, None)
     lr_value = blend_lr(clustering.ipc) if lr == "reference" else float(lr)
     forgotten = set(torch.nonzero(forget_mask).flatten().tolist())
     perm, bounds = clustering.perm.cpu().tolist(), clustering.indptr.cpu().tolist()
@@ -126,8 +118,8 @@ def condense_reference(images: torch.Tensor, labels: torch.Tensor, forget: objec
             free_members.append(members)
     t1 = time.perf_counter()
 
-    net, mseed = _make_matcher("condense_reference", matcher, images, seed, 0, dev)
-    dtype = _matcher_dtype(net, images.dtype)
+    net, mseed = make_matcher("condense_reference", matcher, images, seed, 0, dev)
+    dtype = matcher_dtype(net, images.dtype)
     flat = [i for m in free_members for i in m]
     indptr = torch.tensor([0] + [len(m) for m in free_members], dtype=torch.int64).cumsum(0)
     x = images[torch.tensor(flat, dtype=torch.int64, device=images.device)].to(device=dev, dtype=dtype)

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import __version__
-from .condense import Blender, ReducedRetainSet, condense, save_blend_grid
+from .condense import Blender, ReducedRetainSet, condense
 from .data import dataset_info, load_dataset, make_split
 from .grouping import Clustering, extract_features, group
 from .methods import train_model as _train_model
@@ -292,8 +292,8 @@ def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, log: Callable[[str
 
         plots.stage_times(list(rows.values()), seed_dir / "stage_times.png")
         plots.loss_histograms(losses, seed_dir / "loss_histograms.png")
-        save_blend_grid(reduced, train.denormalize(), clustering, seed_dir / "blend_grid.png",
-                        n=min(train.num_classes, 12))
+        plots.save_blend_grid(reduced, train.denormalize(), clustering, seed_dir / "blend_grid.png",
+                              n=min(train.num_classes, 12))
     return {"seed": seed, "rows": list(rows.values()), "rounds": round_rows, "split": split.summary()}
 
 

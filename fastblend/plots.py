@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from .condense import ReducedRetainSet
+    from .grouping import Clustering
 
 
 def _pyplot():
@@ -67,3 +72,49 @@ def loss_histograms(losses: dict[str, dict[str, torch.Tensor]], path: str | Path
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return Path(path)
+
+
+def save_blend_grid(reduced: ReducedRetainSet, images: torch.Tensor, clustering: Clustering, path: str | Path,
+                    n: int = 8, members: int = 7) -> Path:
+    """Save a PNG grid: each row is a blended image followed by up to ``members`` of its cluster;
+    rows cycle through the classes.
+
+    Every tile is min-max scaled on its own for display. Needs matplotlib (``pip install
+    fastblend[plots]``).
+    """
+    plt = _pyplot()
+    if n < 1 or members < 0:
+        raise ValueError(f"save_blend_grid: n must be >= 1 and members >= 0, got n={n}, members={members}")
+    blended = torch.nonzero(reduced.is_blended).flatten()
+    if not blended.numel():
+        raise ValueError("save_blend_grid: the reduced set has no blended rows")
+    # round-robin over classes so the grid shows every class, not the first class's clusters only
+    labels = reduced.labels.cpu()[blended]
+    rank = torch.zeros_like(labels)
+    for c in torch.unique(labels).tolist():
+        rank[labels == c] = torch.arange(int((labels == c).sum()))
+    rows = blended[torch.argsort(rank * (int(labels.max()) + 1) + labels)][:n].tolist()
+    perm, indptr = clustering.perm.cpu(), clustering.indptr.cpu()
+
+    def tile(img: torch.Tensor):
+        img = img.detach().cpu().double()
+        img = (img - img.min()) / (img.max() - img.min()).clamp_min(1e-12)
+        return img[0].numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).numpy()
+
+    cols = members + 1
+    fig, axes = plt.subplots(len(rows), cols, figsize=(1.2 * cols, 1.2 * len(rows)), squeeze=False)
+    for r, row in enumerate(rows):
+        c = int(reduced.source_cluster[row])
+        idx = perm[indptr[c] : indptr[c + 1]][:members].tolist()
+        for j, ax in enumerate(axes[r]):
+            ax.axis("off")
+            if j == 0:
+                ax.imshow(tile(reduced.images[row]), cmap="gray")
+                ax.set_title(f"blend, cluster {c} (class {int(reduced.labels[row])})", fontsize=6, loc="left")
+            elif j - 1 < len(idx):
+                ax.imshow(tile(images[idx[j - 1]]), cmap="gray")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

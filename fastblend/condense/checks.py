@@ -1,0 +1,150 @@
+"""Input checks shared by :func:`condense`, :class:`Blender` and ``fastblend.condense_reference``.
+
+Every check raises ``ValueError``/``TypeError`` naming its ``caller``; :func:`resolve_clustering`
+also builds the clustering (features + grouping) when the caller passed only ``ipc``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .._device import synchronize
+from ..grouping import Clustering
+
+__all__ = ["NORMALIZE_MODES", "check_clustering", "forget_mask", "prepare_inputs", "resolve_clustering"]
+
+NORMALIZE_MODES = ("sum", "softmax")
+
+
+def _check_data(caller: str, images: object, labels: object) -> tuple[torch.Tensor, torch.Tensor]:
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"{caller}: images must be a torch.Tensor [N, C, H, W], got {type(images).__name__}")
+    if not images.is_floating_point():
+        raise TypeError(f"{caller}: images must be a floating tensor (normalised pixels), got {images.dtype}")
+    if images.dim() != 4:
+        raise ValueError(f"{caller}: images must have shape [N, C, H, W], got {list(images.shape)}")
+    if not isinstance(labels, torch.Tensor):
+        labels = torch.as_tensor(labels)
+    if labels.dim() != 1 or labels.is_floating_point() or labels.dtype == torch.bool:
+        raise TypeError(f"{caller}: labels must be a 1-d integer tensor [N], got {labels.dtype} "
+                        f"of shape {list(labels.shape)}")
+    if labels.shape[0] != images.shape[0]:
+        raise ValueError(f"{caller}: images and labels must have the same length, got {images.shape[0]} "
+                         f"images and {labels.shape[0]} labels")
+    if images.shape[0] == 0:
+        raise ValueError(f"{caller}: images must hold at least one image")
+    labels = labels.to(torch.int64)
+    if int(labels.min()) < 0:
+        raise ValueError(f"{caller}: labels must be >= 0, got {int(labels.min())}")
+    return images, labels
+
+
+def forget_mask(caller: str, forget: object, n: int) -> torch.Tensor:
+    """``[n]`` bool CPU mask from indices or a mask; duplicates / out-of-range raise."""
+    if isinstance(forget, torch.Tensor):
+        f = forget.detach().cpu()
+    else:
+        try:
+            f = torch.as_tensor(list(forget) if isinstance(forget, (range, Sequence)) else forget)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TypeError(f"{caller}: forget must be indices or a boolean mask, got {type(forget).__name__}"
+                            ) from exc
+    if f.dtype == torch.bool:
+        if f.shape != (n,):
+            raise ValueError(f"{caller}: a boolean forget mask must have shape [{n}], got {list(f.shape)}")
+        return f.clone()
+    if f.numel() == 0:
+        return torch.zeros(n, dtype=torch.bool)
+    if f.is_floating_point() or f.is_complex():
+        raise TypeError(f"{caller}: forget indices must be integers, got {f.dtype}")
+    if f.dim() != 1:
+        raise ValueError(f"{caller}: forget indices must be 1-d, got shape {list(f.shape)}")
+    f = f.to(torch.int64)
+    lo, hi = int(f.min()), int(f.max())
+    if lo < 0 or hi >= n:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"{caller}: forget indices must be in [0, {n}), got {bad}")
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[f] = True
+    if int(mask.sum()) != f.numel():
+        uniq, counts = torch.unique(f, return_counts=True)
+        raise ValueError(f"{caller}: forget indices must be distinct; index {int(uniq[counts > 1][0])} "
+                         f"appears {int(counts.max())} times")
+    return mask
+
+
+def _check_settings(caller: str, iterations: object, lr: object, normalize: object,
+                    chunk_size: object) -> None:
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
+        raise ValueError(f"{caller}: iterations must be an int >= 0, got {iterations!r}")
+    if isinstance(lr, str):
+        if lr != "reference":
+            raise ValueError(f"{caller}: lr must be 'reference' or a positive number, got {lr!r}")
+    elif isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"{caller}: lr must be 'reference' or a positive number, got {lr!r}")
+    if normalize not in NORMALIZE_MODES:
+        raise ValueError(f"{caller}: normalize must be one of {NORMALIZE_MODES}, got {normalize!r}")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
+                                   or chunk_size < 1):
+        raise ValueError(f"{caller}: chunk_size must be None or an int >= 1, got {chunk_size!r}")
+
+
+def check_clustering(caller: str, clustering: object, labels: torch.Tensor, ipc: object) -> Clustering:
+    if not isinstance(clustering, Clustering):
+        raise TypeError(f"{caller}: clustering must be a fastblend Clustering, got {type(clustering).__name__}")
+    n = labels.shape[0]
+    if ipc is not None and ipc != clustering.ipc:
+        raise ValueError(f"{caller}: ipc={ipc!r} disagrees with the clustering's ipc={clustering.ipc}; "
+                         "pass one of them (or matching values)")
+    if clustering.assignment.shape != (n,) or clustering.perm.shape != (n,):
+        raise ValueError(f"{caller}: clustering covers {clustering.assignment.numel()} samples but there are "
+                         f"{n} images")
+    try:
+        clustering.validate()  # CSR layout, id ranges and perm/indptr/assignment agreement
+    except ValueError as exc:
+        raise ValueError(f"{caller}: {exc}") from exc
+    if not torch.equal(clustering.cluster_class.cpu()[clustering.assignment.cpu()], labels.cpu()):
+        raise ValueError(f"{caller}: clustering does not match labels (some image's cluster belongs to "
+                         "another class); was it built for these images?")
+    return clustering
+
+
+def resolve_clustering(caller: str, images: torch.Tensor, labels: torch.Tensor, ipc: object,
+                       clustering: Clustering | None, seed: int, device: torch.device,
+                       progress: bool, extractor: nn.Module | None = None,
+                        ) -> tuple[Clustering, float, float, torch.Tensor | None]:
+    """The caller's clustering, or extract features + group (seconds of both returned, and the
+    features when they were extracted here)."""
+    if clustering is not None:
+        return check_clustering(caller, clustering, labels, ipc), 0.0, 0.0, None
+    if ipc is None:
+        raise ValueError(f"{caller}: pass ipc (clusters per class) or a precomputed clustering")
+    if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
+        raise ValueError(f"{caller}: ipc must be a positive int, got {ipc!r}")
+    from ..grouping import extract_features, group
+
+    synchronize(device)
+    t0 = time.perf_counter()
+    feats = extract_features(images, extractor=extractor, device=device, seed=seed, progress=progress)
+    synchronize(device)
+    t1 = time.perf_counter()
+    clustering = group(feats, labels, ipc, seed=seed)
+    t2 = time.perf_counter()
+    return check_clustering(caller, clustering, labels, ipc), t1 - t0, t2 - t1, feats
+
+
+def prepare_inputs(caller: str, images, labels, forget, iterations, lr, normalize, chunk_size, device):
+    """Check the data, the Blend settings and ``forget``; return ``(images, labels [N] int64,
+    forget mask [N] bool on the CPU, device)`` (``device`` defaults to the images' device)."""
+    images, labels = _check_data(caller, images, labels)
+    _check_settings(caller, iterations, lr, normalize, chunk_size)
+    mask = forget_mask(caller, forget, images.shape[0])
+    if bool(mask.all()):
+        raise ValueError(f"{caller}: forget covers all {images.shape[0]} images; nothing would be retained")
+    dev = torch.device(device) if device is not None else images.device
+    return images, labels, mask, dev

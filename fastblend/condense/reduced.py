@@ -1,0 +1,98 @@
+"""The reduced retain set: what a condensation returns (a ``torch`` Dataset), and its save/load."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+__all__ = ["ReducedRetainSet"]
+
+
+@dataclass(eq=False)
+class ReducedRetainSet(Dataset):
+    """Residual images ∪ one blended image per free cluster (SPEC §1.2); a ``torch`` Dataset.
+
+    Rows are ordered: blended rows by cluster id, then residual rows by cluster id (and by position
+    in the clustering's CSR order within a cluster).
+
+    Attributes:
+        images: ``[R, C, H, W]`` in the dtype/device of the training images.
+        labels: ``[R]`` int64.
+        is_blended: ``[R]`` bool.
+        source_cluster: ``[R]`` int64 cluster of a blended row, ``-1`` for residual rows.
+        source_index: ``[R]`` int64 training index of a residual row, ``-1`` for blended rows.
+        free_clusters: ``[K_free]`` int64 ids of the blended (free, non-empty) clusters.
+        touched_clusters: ``[K_touched]`` int64 ids of the clusters with a forgotten member.
+        compression: ``len(real retain set) / R``.
+        timings: seconds per stage: ``features``, ``grouping``, ``split``, ``blend`` (plus detail keys).
+        final_loss: matching loss ``L`` of the output blends (``nan`` when no cluster is free).
+        initial_loss: ``L`` at initialisation (the cluster means).
+        settings: how it was made (iterations, lr, normalize, seeds, round, ...).
+        blend_members: ``[M]`` int64 training indices of the free clusters' members, CSR order.
+        blend_weights: ``[M]`` final normalised weights ``ŵ`` aligned with ``blend_members``.
+        blend_indptr: ``[K_free + 1]`` int64 CSR offsets of the free clusters into those two.
+        loss_history: ``L`` before each optimiser step.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    is_blended: torch.Tensor
+    source_cluster: torch.Tensor
+    source_index: torch.Tensor
+    free_clusters: torch.Tensor
+    touched_clusters: torch.Tensor
+    compression: float
+    timings: dict = field(default_factory=dict)
+    final_loss: float = math.nan
+    initial_loss: float = math.nan
+    settings: dict = field(default_factory=dict)
+    blend_members: torch.Tensor | None = None
+    blend_weights: torch.Tensor | None = None
+    blend_indptr: torch.Tensor | None = None
+    loss_history: list = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[i], self.labels[i]
+
+    @property
+    def num_blended(self) -> int:
+        return int(self.is_blended.sum())
+
+    @property
+    def num_residual(self) -> int:
+        return len(self) - self.num_blended
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(images [R, C, H, W], labels [R] int64)``."""
+        return self.images, self.labels
+
+    def save(self, path: str | Path) -> None:
+        """Write to ``path`` atomically (a temporary file renamed into place)."""
+        path = Path(path)
+        state = {f.name: getattr(self, f.name) for f in fields(self)}
+        state = {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in state.items()}
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save(state, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ReducedRetainSet:
+        state = torch.load(Path(path), weights_only=True)
+        names = {f.name for f in fields(cls)}
+        if not isinstance(state, dict) or not {"images", "labels", "is_blended"} <= set(state):
+            raise ValueError(f"ReducedRetainSet.load: {path} does not hold a saved ReducedRetainSet")
+        return cls(**{k: v for k, v in state.items() if k in names})

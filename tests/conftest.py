@@ -1,7 +1,8 @@
 """Test configuration.
 
 Without a GPU the Triton kernels run in Triton's interpreter: TRITON_INTERPRET must be set before
-any kernel is defined, i.e. before fastblend.ops is first imported, so it is set here.
+any kernel is defined, i.e. before fastblend.ops is first imported, so it is set here. The helpers
+the tests share (backends, devices, tolerances) live in tests/_support.py.
 """
 
 import os
@@ -12,13 +13,6 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
-
-HAS_CUDA = torch.cuda.is_available()
-
-
-def triton_device() -> str:
-    """Device on which the Triton backend is exercised: CUDA when present, else the interpreter."""
-    return "cuda" if HAS_CUDA else "cpu"
 
 
 @pytest.fixture(autouse=True)

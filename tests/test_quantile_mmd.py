@@ -11,14 +11,20 @@ from fastblend.ops import _dispatch, quantile_mmd, quantile_transform
 from fastblend.ops import reference as ref
 from fastblend.ops.quantile_mmd import _SET_FORWARD, _probit
 
-from .conftest import triton_device
+from ._support import (
+    CPU_BACKENDS,
+    HAS_CPP,
+    MMD_VALUE,
+    Tol,
+    assert_close,
+    assert_within_eager_error,
+    backend_params,
+    backends,
+    device_for,
+)
 
-CPU_BACKENDS = [b for b in ("cpp", "torch") if _dispatch.default_reasons(b, ()) is None]
-ALL_BACKENDS = CPU_BACKENDS + (["triton"] if _dispatch.triton_unavailable_reason() is None else [])
-
-
-def _device(backend):
-    return triton_device() if backend == "triton" else "cpu"
+MMD_GRAD = Tol(rtol=1e-3, atol=1e-4)  # atol relative to the largest gradient: float32 keeps ~3 digits
+TRANSFORM_GRAD = Tol(rtol=1e-3, atol=1e-5)
 
 
 def _sets(mf, mu, c, dtype=torch.float32, device="cpu", seed=0, scale=2.0):
@@ -31,7 +37,7 @@ def _sets(mf, mu, c, dtype=torch.float32, device="cpu", seed=0, scale=2.0):
 
 
 def _check_against_reference(backend, mf, mu, c, seed=0, tie=False, k=2.0, kappa=60.0, sigma=1.0):
-    dev = _device(backend)
+    dev = device_for(backend)
     fl, fy, ul, uy = _sets(mf, mu, c, device=dev, seed=seed)
     if tie and mf > 2:  # exact ties in the losses
         fl[1], fy[1] = fl[0], fy[0]
@@ -45,26 +51,27 @@ def _check_against_reference(backend, mf, mu, c, seed=0, tie=False, k=2.0, kappa
     got = quantile_mmd(fl, fy, ul, uy, k, kappa, sigma, backend=backend)
     got_f, got_u = torch.autograd.grad(got * upstream, (fl, ul))
     assert got.dtype == torch.float32
-    torch.testing.assert_close(got.double(), want.detach(), rtol=1e-4, atol=1e-9)
+    assert_close(got, want.detach(), tol=MMD_VALUE)
     gscale = max(want_f.abs().max().item(), want_u.abs().max().item(), 1e-12)
-    torch.testing.assert_close(got_f.double(), want_f, rtol=1e-3, atol=1e-4 * gscale)
-    torch.testing.assert_close(got_u.double(), want_u, rtol=1e-3, atol=1e-4 * gscale)
+    grad_tol = MMD_GRAD._replace(atol=MMD_GRAD.atol * gscale)
+    assert_close(got_f, want_f, tol=grad_tol)
+    assert_close(got_u, want_u, tol=grad_tol)
 
 
-@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("mf,mu,c", [(1, 1, 2), (1, 5, 3), (7, 4, 5), (33, 17, 10), (20, 40, 7)])
 def test_backends_match_reference(backend, mf, mu, c):
     _check_against_reference(backend, mf, mu, c)
 
 
-@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("backend", backend_params())
 def test_ties_and_clamp(backend):
     _check_against_reference(backend, 12, 9, 4, tie=True)
     # small kappa: the clamp is active for the top samples and passes no gradient there
     _check_against_reference(backend, 24, 16, 6, kappa=1.0, k=5.0, sigma=0.7)
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", backend_params(*CPU_BACKENDS))
 @settings(max_examples=20, deadline=None)
 @given(mf=st.integers(1, 40), mu=st.integers(1, 40), c=st.integers(2, 30), seed=st.integers(0, 10_000),
        tie=st.booleans())
@@ -72,11 +79,11 @@ def test_hypothesis_sizes(backend, mf, mu, c, seed, tie):
     _check_against_reference(backend, mf, mu, c, seed=seed, tie=tie)
 
 
-@pytest.mark.skipif("triton" not in ALL_BACKENDS, reason="triton not installed")
+@pytest.mark.parametrize("backend", backend_params("triton"))
 @settings(max_examples=5, deadline=None)
 @given(mf=st.integers(1, 40), mu=st.integers(1, 40), c=st.integers(2, 30), seed=st.integers(0, 10_000))
-def test_hypothesis_triton(mf, mu, c, seed):
-    _check_against_reference("triton", mf, mu, c, seed=seed, tie=seed % 2 == 0)
+def test_hypothesis_triton(backend, mf, mu, c, seed):
+    _check_against_reference(backend, mf, mu, c, seed=seed, tie=seed % 2 == 0)
 
 
 def test_unseen_gets_no_gradient_unless_it_requires_grad():
@@ -86,7 +93,7 @@ def test_unseen_gets_no_gradient_unless_it_requires_grad():
     assert fl.grad is not None and ul.grad is None
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", backend_params(*CPU_BACKENDS))
 def test_gradcheck_float64(backend):
     fl, fy, ul, uy = _sets(6, 5, 4, dtype=torch.float64, seed=3)
     fl.requires_grad_()
@@ -95,22 +102,22 @@ def test_gradcheck_float64(backend):
     assert torch.autograd.gradcheck(lambda a: quantile_transform(a, fy, backend=backend), (fl,))
 
 
-@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("backend", backend_params())
 def test_transform_matches_reference(backend):
-    dev = _device(backend)
+    dev = device_for(backend)
     fl, fy, _, _ = _sets(23, 1, 6, device=dev, seed=5)
     x = fl.requires_grad_()
     x64 = fl.detach().double().requires_grad_()
     up = torch.randn(23, device=dev)
     got = quantile_transform(x, fy, backend=backend)
     want = ref.quantile_transform(x64, fy)
-    torch.testing.assert_close(got.double(), want.detach(), rtol=1e-5, atol=1e-5)
+    assert_close(got, want.detach())
     (got * up).sum().backward()
     (want * up.double()).sum().backward()
-    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-3, atol=1e-5)
+    assert_close(x.grad, x64.grad, tol=TRANSFORM_GRAD)
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", backend_params(*CPU_BACKENDS))
 def test_invariants(backend):
     fl, fy, ul, uy = _sets(50, 30, 10, seed=7)
     assert quantile_mmd(fl, fy, ul, uy, backend=backend) >= 0
@@ -134,40 +141,39 @@ def test_invariants(backend):
     torch.testing.assert_close(_probit(shifted), _probit(stats), rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", backend_params(*CPU_BACKENDS))
 def test_precision_against_float64(backend):
     fl, fy, ul, uy = _sets(256, 256, 10, seed=11, scale=1.0)
     exact = ref.quantile_mmd(fl.double(), fy, ul.double(), uy).item()
     got = quantile_mmd(fl, fy, ul, uy, backend=backend).item()
-    assert abs(got - exact) <= 1e-4 * exact
+    assert abs(got - exact) <= MMD_VALUE.rtol * exact
     literal32 = ref.quantile_mmd(fl, fy, ul, uy).item()  # documents why the care is needed
     assert abs(literal32 - exact) > abs(got - exact)
 
 
-@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision_inputs(backend, dtype):
-    dev = _device(backend)
+    dev = device_for(backend)
     fl, fy, ul, uy = _sets(24, 20, 6, device=dev, seed=13)
     fl, ul = fl.to(dtype), ul.to(dtype)  # the fp64 oracle sees the same rounded inputs
     exact = ref.quantile_mmd(fl.double(), fy, ul.double(), uy)
     eager = ref.quantile_mmd(fl.float(), fy, ul.float(), uy).to(dtype).double()
     got = quantile_mmd(fl, fy, ul, uy, backend=backend).double()
-    assert (got - exact).abs() <= 2 * (eager - exact).abs() + 1e-7 * exact.abs() + 1e-9
+    assert_within_eager_error(got, eager, exact, floor=1e-7 * exact.abs().item() + 1e-9, msg="value")
     x = fl.clone().requires_grad_()
     x64 = fl.double().requires_grad_()
     quantile_mmd(x, fy, ul, uy, backend=backend).backward()
     ref.quantile_mmd(x64, fy, ul.double(), uy).backward()
     assert x.grad.dtype == dtype
-    err = (x.grad.double() - x64.grad).abs().max()
-    rounding = (x64.grad.to(dtype).double() - x64.grad).abs().max()  # storing in dtype alone
-    assert err <= 2 * rounding + 1e-3 * x64.grad.abs().max()
+    stored = x64.grad.to(dtype)  # the best any computation in dtype can do: the exact gradient, rounded
+    assert_within_eager_error(x.grad, stored, x64.grad, floor=1e-3 * x64.grad.abs().max().item(), msg="grad")
 
 
 def test_opcheck():
     fl, fy, ul, uy = _sets(9, 7, 5, seed=17)
     fl.requires_grad_()
-    for backend in CPU_BACKENDS:
+    for backend in backends(*CPU_BACKENDS):
         torch.library.opcheck(torch.ops.fastblend.quantile_mmd.default, (fl, fy, ul, uy, 2.0, 60.0, 1.0, backend))
         torch.library.opcheck(torch.ops.fastblend.quantile_transform.default, (fl, fy, 2.0, 60.0, backend))
 
@@ -175,15 +181,14 @@ def test_opcheck():
 def test_large_k_falls_back_to_pairwise_exp():
     # k * (u_max − u_min) beyond the float range of the product form
     fl, fy, ul, uy = _sets(15, 12, 5, seed=19, scale=6.0)
-    _check_against_reference("torch", 15, 12, 5, seed=19, k=200.0)
-    if "cpp" in CPU_BACKENDS:
-        _check_against_reference("cpp", 15, 12, 5, seed=19, k=200.0)
+    for backend in backends(*CPU_BACKENDS):
+        _check_against_reference(backend, 15, 12, 5, seed=19, k=200.0)
 
 
 def test_auto_backend_and_explain():
     fl, fy, ul, uy = _sets(4, 4, 3)
     chosen = _dispatch.resolve("quantile_mmd", "auto", (fl, fy, ul, uy))
-    assert chosen == ("cpp" if "cpp" in CPU_BACKENDS else "torch")
+    assert chosen == ("cpp" if HAS_CPP else "torch")
     why = _dispatch.reasons("quantile_mmd", (fl.double(), fy, ul.double(), uy))
     assert why["triton"] is not None
 

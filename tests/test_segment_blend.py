@@ -11,12 +11,19 @@ from hypothesis import strategies as st
 
 import fastblend
 from fastblend.ops import reference as ref
-from fastblend.ops._dispatch import cpp_unavailable_reason
 
-from .conftest import triton_device
+from ._support import (
+    CPU_BACKENDS,
+    HAS_CPP,
+    HAS_CUDA,
+    assert_close,
+    assert_within_eager_error,
+    backend_params,
+    backends,
+    device_for,
+)
 
 NORMS = ["sum", "softmax", "none"]
-HAS_CPP = cpp_unavailable_reason() is None
 
 LAYOUTS = {
     "size1": [1, 1, 1, 1],
@@ -26,17 +33,13 @@ LAYOUTS = {
     "mixed": [2, 1, 5, 0, 3, 1],
 }
 FEATURES = [(3, 5, 7), (1,), (17,), (2, 3)]
-
-
-def _backends():
-    out = ["torch", "triton"]
-    if HAS_CPP:
-        out.append("cpp")
-    return out
-
-
-def _device(backend):
-    return triton_device() if backend == "triton" else "cpu"
+FEATURES_OF_LAYOUT = {  # each feature shape meets some layout
+    "size1": (3, 5, 7),
+    "empty_segments": (1,),
+    "one_segment": (17,),
+    "single_row": (2, 3),
+    "mixed": (3, 5, 7),
+}
 
 
 def _indptr(sizes, device="cpu"):
@@ -61,32 +64,32 @@ def _case(sizes, feat, dtype=torch.float32, device="cpu", seed=0):
     return x, w, ip, grad
 
 
-@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("norm", NORMS)
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_matches_reference_outputs_and_grads(backend, norm, layout):
-    feat = FEATURES[hash(layout) % len(FEATURES)] if backend != "triton" else (3, 5)
-    x, w, ip, grad = _case(LAYOUTS[layout], feat, device=_device(backend))
+    feat = FEATURES_OF_LAYOUT[layout] if backend != "triton" else (3, 5)
+    x, w, ip, grad = _case(LAYOUTS[layout], feat, device=device_for(backend))
     expect = _run(ref.segment_blend, x.double(), w.double(), ip, grad.double(), norm)
     got = _run(fastblend.segment_blend, x, w, ip, grad, norm, backend=backend)
     for name, a, b in zip(("out", "dx", "dw"), got, expect):
         assert a.shape == b.shape, name
         assert a.dtype == torch.float32, name
-        torch.testing.assert_close(a.double(), b, rtol=2e-5, atol=2e-5, msg=f"{backend}/{norm}/{layout}: {name}")
+        assert_close(a, b, msg=f"{backend}/{norm}/{layout}: {name}")
 
 
-@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("feat", FEATURES)
 def test_odd_feature_shapes_keep_shape(backend, feat):
-    x, w, ip, grad = _case([2, 0, 3], feat, device=_device(backend))
+    x, w, ip, grad = _case([2, 0, 3], feat, device=device_for(backend))
     out = fastblend.segment_blend(x, w, ip, backend=backend)
     assert out.shape == (3,) + feat
     torch.testing.assert_close(out, ref.segment_blend(x, w, ip))
 
 
-@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("backend", backend_params())
 def test_empty_segments_are_zero_and_initial_sum_blend_is_mean(backend):
-    device = _device(backend)
+    device = device_for(backend)
     x, _, ip, _ = _case([3, 0, 2], (4,), device=device)
     w = torch.full((5,), 0.2, device=device)
     out = fastblend.segment_blend(x, w, ip, backend=backend)
@@ -95,9 +98,9 @@ def test_empty_segments_are_zero_and_initial_sum_blend_is_mean(backend):
     torch.testing.assert_close(out[2], x[3:].mean(0))
 
 
-@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("backend", backend_params())
 def test_zero_sum_segment_gives_zero_row_and_zero_grads(backend):
-    device = _device(backend)
+    device = device_for(backend)
     x = torch.randn(5, 3, device=device, requires_grad=True)
     w = torch.tensor([1.0, -1.0, 2.0, 0.5, 0.5], device=device, requires_grad=True)
     ip = torch.tensor([0, 2, 5], device=device)
@@ -110,9 +113,9 @@ def test_zero_sum_segment_gives_zero_row_and_zero_grads(backend):
     torch.testing.assert_close(out[1], (x[2:] * (w[2:] / 3.0)[:, None]).sum(0).detach())
 
 
-@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("backend", backend_params())
 def test_no_rows_and_no_segments(backend):
-    device = _device(backend)
+    device = device_for(backend)
     x = torch.randn(0, 4, device=device)
     w = torch.randn(0, device=device)
     out = fastblend.segment_blend(x, w, torch.zeros(3, dtype=torch.int64, device=device), backend=backend)
@@ -121,26 +124,22 @@ def test_no_rows_and_no_segments(backend):
     assert out.shape == (0, 4)
 
 
-@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("backend", backend_params())
 def test_only_weights_need_grad(backend):
-    x, w, ip, grad = _case([3, 1, 2], (6,), device=_device(backend))
+    x, w, ip, grad = _case([3, 1, 2], (6,), device=device_for(backend))
     w.requires_grad_(True)
     fastblend.segment_blend(x, w, ip, backend=backend).backward(grad)
     expect = _run(ref.segment_blend, x, w, ip, grad, "sum")[2]
     torch.testing.assert_close(w.grad, expect)
 
 
-def _max_err(a, b):
-    return (a.double() - b.double()).abs().max().item()
-
-
-@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("norm", NORMS)
 def test_low_precision_within_twice_eager_error(backend, dtype, norm):
     """flash-attention's rule: error vs an fp64 reference at most 2x eager PyTorch's in that dtype."""
     sizes = [5, 1, 12, 3] if backend != "triton" else [3, 1, 4]
-    x, w, ip, grad = _case(sizes, (33,) if backend != "triton" else (9,), device=_device(backend), seed=3)
+    x, w, ip, grad = _case(sizes, (33,) if backend != "triton" else (9,), device=device_for(backend), seed=3)
     x16, w16, g16 = x.to(dtype), w.to(dtype), grad.to(dtype)
     exact = _run(ref.segment_blend, x16.double(), w16.double(), ip, g16.double(), norm)
     eager = _run(ref.segment_blend, x16, w16, ip, g16, norm)
@@ -148,7 +147,7 @@ def test_low_precision_within_twice_eager_error(backend, dtype, norm):
     for name, a, e, r in zip(("out", "dx", "dw"), got, eager, exact):
         assert a.dtype == dtype, name
         floor = 1e-3 * max(r.abs().max().item(), 1.0)
-        assert _max_err(a, r) <= 2 * _max_err(e, r) + floor, f"{backend}/{dtype}/{norm}: {name}"
+        assert_within_eager_error(a, e, r, floor=floor, msg=f"{backend}/{dtype}/{norm}: {name}")
 
 
 @pytest.mark.skipif(not HAS_CPP, reason="C++ extension not built")
@@ -174,10 +173,10 @@ def test_gradcheck_torch_backend_float64(norm):
 def test_random_csr_layouts_match_reference(sizes, f, norm, seed):
     x, w, ip, grad = _case(sizes, (f,), seed=seed)
     expect = _run(ref.segment_blend, x.double(), w.double(), ip, grad.double(), norm)
-    for backend in ["cpp", "torch"] if HAS_CPP else ["torch"]:
+    for backend in backends(*CPU_BACKENDS):
         got = _run(fastblend.segment_blend, x, w, ip, grad, norm, backend=backend)
         for a, b in zip(got, expect):
-            torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5)
+            assert_close(a, b)
 
 
 @settings(max_examples=25, deadline=None)
@@ -186,7 +185,7 @@ def test_sum_blend_is_invariant_to_weight_scale(sizes, seed):
     x, w, ip, _ = _case(sizes, (5,), seed=seed)
     a = fastblend.segment_blend(x, w, ip, "sum")
     b = fastblend.segment_blend(x, 7.5 * w, ip, "sum")
-    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert_close(a, b)
 
 
 def test_loop_reference_agrees_with_index_add_reference():
@@ -200,8 +199,8 @@ def test_opcheck():
     x.requires_grad_(True)
     w.requires_grad_(True)
     op = torch.ops.fastblend.segment_blend.default
-    for backend in _backends():
-        if backend == "triton" and triton_device() != "cpu":
+    for backend in backends():
+        if device_for(backend) != "cpu":
             continue
         for norm in NORMS:
             torch.library.opcheck(op, (x, w, ip, norm, backend))
@@ -251,7 +250,7 @@ def test_bad_normalize_and_backend():
         fastblend.segment_blend(x, w, ip, backend="cuda")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs two devices")
+@pytest.mark.skipif(not HAS_CUDA, reason="needs two devices")
 def test_device_mismatch_is_an_error():
     x, w, ip, _ = _case([2, 2], (3,))
     with pytest.raises(ValueError, match="one device"):

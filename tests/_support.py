@@ -1,0 +1,120 @@
+"""The test toolkit: which backends run on this machine, on which device, and how close is close.
+
+Imported by the test modules after ``conftest.py`` has set ``TRITON_INTERPRET`` (pytest loads the
+conftest first), so importing fastblend here defines the Triton kernels in the right mode.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import NamedTuple
+
+import pytest
+import torch
+
+import fastblend
+
+# --------------------------------------------------------------------------------------------
+# Devices
+# --------------------------------------------------------------------------------------------
+HAS_CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
+
+
+def device_for(backend: str) -> str:
+    """Device whose tensors ``backend`` is tested on: Triton on CUDA when present (else in the
+    interpreter on CPU); every other backend on CPU."""
+    return "cuda" if backend == "triton" and HAS_CUDA else "cpu"
+
+
+# --------------------------------------------------------------------------------------------
+# Backend matrix
+# --------------------------------------------------------------------------------------------
+OP_BACKENDS = ("torch", "cpp", "triton")  # the backends of every op in fastblend.ops
+CPU_BACKENDS = ("torch", "cpp")  # those that run CPU tensors natively (no interpreter)
+
+
+def unavailable_reason(backend: str) -> str | None:
+    """Why ``backend`` cannot be tested here, or ``None``. Knows the op backends and faiss (grouping)."""
+    if backend == "faiss":
+        return None if importlib.util.find_spec("faiss") is not None else "faiss not installed"
+    reason = fastblend.available_backends()[backend]
+    if reason is None and backend == "triton" and not HAS_CUDA and os.environ.get("TRITON_INTERPRET", "") in ("", "0"):
+        reason = "no CUDA device and TRITON_INTERPRET is off"
+    return reason
+
+
+def backends(*names: str) -> list[str]:
+    """Those of ``names`` (default: every op backend) that can be tested here."""
+    return [b for b in names or OP_BACKENDS if unavailable_reason(b) is None]
+
+
+def backend_params(*names: str) -> list:
+    """``names`` (default: every op backend) as pytest params; one that cannot run here is skipped
+    with the reason."""
+    return [pytest.param(b, marks=pytest.mark.skipif(unavailable_reason(b) is not None,
+                                                     reason=f"{b}: {unavailable_reason(b)}"))
+            for b in names or OP_BACKENDS]
+
+
+HAS_CPP = unavailable_reason("cpp") is None
+HAS_FAISS = unavailable_reason("faiss") is None
+
+
+# --------------------------------------------------------------------------------------------
+# Tolerances
+# --------------------------------------------------------------------------------------------
+class Tol(NamedTuple):
+    rtol: float
+    atol: float
+
+
+# A result computed in this dtype against a float64 reference (or against the same computation in
+# another summation order). half/bfloat16 rows are torch.testing's defaults; low-precision kernels
+# are held to assert_within_eager_error instead.
+TOLERANCES = {
+    torch.float64: Tol(rtol=1e-10, atol=1e-12),
+    torch.float32: Tol(rtol=1e-5, atol=1e-5),
+    torch.float16: Tol(rtol=1e-3, atol=1e-5),
+    torch.bfloat16: Tol(rtol=1.6e-2, atol=1e-5),
+}
+
+# Deliberately looser, shared by several files: float32 results of many dependent steps (a training
+# run, a blend optimisation, a deep network on batches of another size) drift beyond one op's
+# rounding when the summation order changes.
+FP32_MULTISTEP = Tol(rtol=1e-4, atol=1e-5)
+# The quantile-MMD value is a difference of nearly equal kernel sums: float32 keeps about 4 digits.
+MMD_VALUE = Tol(rtol=1e-4, atol=1e-10)
+
+
+def tolerance(dtype: torch.dtype) -> Tol:
+    return TOLERANCES[dtype]
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, *, dtype: torch.dtype | None = None,
+                 tol: Tol | None = None, msg: str | None = None) -> None:
+    """``torch.testing.assert_close`` with ``tol``, else the standard tolerance of ``dtype`` (default:
+    ``actual``'s dtype, the precision under test). A lower-precision ``actual`` against a float64
+    ``expected`` is compared in float64; otherwise the dtypes must match."""
+    tol = tol or tolerance(dtype or actual.dtype)
+    if expected.dtype == torch.float64 and actual.is_floating_point():
+        actual = actual.double()
+    torch.testing.assert_close(actual, expected, rtol=tol.rtol, atol=tol.atol, msg=msg)
+
+
+def max_abs_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.double() - b.double()).abs().max().item()
+
+
+EAGER_ERROR_FACTOR = 2.0
+
+
+def assert_within_eager_error(actual: torch.Tensor, eager: torch.Tensor, reference: torch.Tensor, *,
+                              factor: float = EAGER_ERROR_FACTOR, floor: float = 0.0, msg: str = "") -> None:
+    """flash-attention's rule for low precision: the largest error of ``actual`` against a float64
+    ``reference`` is at most ``factor`` times that of ``eager`` (eager PyTorch in the same dtype),
+    plus ``floor``, an absolute slack for when eager happens to be exact."""
+    err, eager_err = max_abs_error(actual, reference), max_abs_error(eager, reference)
+    assert err <= factor * eager_err + floor, (
+        f"{msg}: error {err:.3g} > {factor:g} x eager error {eager_err:.3g} + {floor:.3g}")

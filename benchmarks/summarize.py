@@ -1,82 +1,92 @@
-"""Summarise pytest-benchmark JSON files: median, spread and speed-up ratios per group.
+"""Markdown summary of benchmark results in the runner's ROW schema (``benchmarks/runner.py``).
 
-    python -m benchmarks.summarize results/*.json [--csv results/summary.csv]
+    python -m benchmarks.summarize [PATH ...] [--md FILE]
 
-Within each benchmark group the ratio column is ``median(baseline) / median(row)`` for every
-baseline present (``eager``, ``loop``, ``torch_backend``, ``reference``...), i.e. how many times
-faster the row is than that baseline in the same run on the same machine.
+PATHs are ``.jsonl`` files or folders of them (default ``fastblend-out/bench``). Prints one table,
+rows grouped by (benchmark, case, variant); the ``speed-up`` column is ``median(baseline) /
+median(row)`` for every baseline backend of the group (``runner.BASELINES``): how many times faster
+the row is than that baseline in the same run on the same machine. ``--md`` (default
+``summary.md`` in the first folder given) also writes it to a file.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-from collections import defaultdict
 from pathlib import Path
 
-BASELINES = ("eager", "loop", "reference", "literal_loop", "python_scan", "straightforward")
+from .runner import BASELINES, DEFAULT_OUT
 
 
 def load_rows(paths: list[Path]) -> list[dict]:
     rows = []
     for path in paths:
-        doc = json.loads(Path(path).read_text())
-        machine = doc.get("machine_info", {})
-        for bench in doc.get("benchmarks", []):
-            stats = bench["stats"]
-            extra = bench.get("extra_info", {})
-            rows.append({
-                "group": bench.get("group") or bench["name"],
-                "impl": extra.get("impl", bench["name"]),
-                "median_s": stats["median"],
-                "iqr_s": stats["iqr"],
-                "min_s": stats["min"],
-                "rounds": stats["rounds"],
-                "device": extra.get("device", machine.get("cpu", {}).get("brand_raw", "")),
-                "file": str(path),
-                **{k: v for k, v in extra.items() if k not in ("impl", "device")},
-            })
+        for file in sorted(path.glob("*.jsonl")) if path.is_dir() else [path]:
+            rows += [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
     return rows
 
 
-def add_ratios(rows: list[dict]) -> list[dict]:
-    by_group: dict[str, dict[str, float]] = defaultdict(dict)
-    for row in rows:
-        by_group[row["group"]][row["impl"]] = row["median_s"]
-    for row in rows:
-        for base in BASELINES:
-            if base in by_group[row["group"]] and base != row["impl"]:
-                row[f"speedup_vs_{base}"] = by_group[row["group"]][base] / row["median_s"]
-    return rows
+def is_baseline(backend: str) -> bool:
+    """Whether a backend is a baseline: its first word is one of ``BASELINES`` (``own_forward contiguous``)."""
+    return backend.split()[0] in BASELINES
 
 
-def format_table(rows: list[dict]) -> str:
+def speedups(rows: list[dict]) -> list[dict[str, float]]:
+    """Per row: ``{baseline backend: median(baseline) / median(row)}`` within its group."""
+    medians: dict[tuple, dict[str, float]] = {}
+    for row in rows:
+        medians.setdefault(_group(row), {})[row["backend"]] = row["median_s"]
+    return [{base: t / row["median_s"] for base, t in medians[_group(row)].items()
+             if is_baseline(base) and base != row["backend"] and row["median_s"] > 0} for row in rows]
+
+
+def _group(row: dict) -> tuple:
+    return row["benchmark"], row["case"], row["variant"]
+
+
+def _seconds(s: float) -> str:
+    return f"{s * 1e3:.3g} ms" if s < 1 else f"{s:.3g} s"
+
+
+def _value(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def format_markdown(rows: list[dict]) -> str:
+    machines = {json.dumps(r["machine"], sort_keys=True) for r in rows}
     lines = []
-    for group in sorted({r["group"] for r in rows}):
-        lines.append(f"\n{group}")
-        for row in sorted((r for r in rows if r["group"] == group), key=lambda r: r["median_s"]):
-            ratios = "  ".join(f"{k[len('speedup_vs_'):]}: {v:6.1f}x" for k, v in row.items()
-                               if k.startswith("speedup_vs_"))
-            lines.append(f"  {row['impl']:<16} median {row['median_s'] * 1e3:10.2f} ms  "
-                         f"iqr {row['iqr_s'] * 1e3:8.2f} ms  {ratios}")
-    return "\n".join(lines)
+    for m in map(json.loads, sorted(machines)):
+        lines.append(f"Machine: {m['device'] if m['gpu'] else m['cpu']}, {m['cores']} cores, {m['threads']} threads; "
+                     f"python {m['python']}, torch {m['torch']}, triton {m['triton']}, "
+                     f"faiss {m['faiss-cpu'] or m['faiss-gpu-cu12']}, fastblend {m['fastblend']}")
+    lines += ["", "| benchmark | case | variant | backend | median | p10-p90 | n | speed-up | metrics |",
+              "|---|---|---|---|---:|---:|---:|---|---|"]
+    order = sorted(range(len(rows)), key=lambda i: (*_group(rows[i]), rows[i]["median_s"]))
+    ratios = speedups(rows)
+    for i in order:
+        r = rows[i]
+        speed = ", ".join(f"{v:.2f}x vs {k}" for k, v in ratios[i].items())
+        metrics = ", ".join(f"{k}={_value(v)}" for k, v in r["metrics"].items() if v is not None)
+        lines.append(f"| {r['benchmark']} | {r['case']} | {r['variant']} | {r['backend']} | {_seconds(r['median_s'])} "
+                     f"| {_seconds(r['p10_s'])}-{_seconds(r['p90_s'])} | {r['repeats']} | {speed} | {metrics} |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("json", nargs="+", type=Path)
-    parser.add_argument("--csv", type=Path, default=None)
+    parser.add_argument("paths", nargs="*", type=Path, default=[DEFAULT_OUT])
+    parser.add_argument("--md", type=Path, default=None, help="Markdown file to write (default <folder>/summary.md)")
     args = parser.parse_args(argv)
-    rows = add_ratios(load_rows(args.json))
-    print(format_table(rows))
-    if args.csv:
-        keys = sorted({k for r in rows for k in r})
-        args.csv.parent.mkdir(parents=True, exist_ok=True)
-        with args.csv.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(rows)
+    rows = load_rows(args.paths)
+    if not rows:
+        raise SystemExit(f"benchmarks.summarize: no result rows in {[str(p) for p in args.paths]}")
+    table = format_markdown(rows)
+    print(table)
+    md = args.md or next((p / "summary.md" for p in args.paths if p.is_dir()), None)
+    if md:
+        md.parent.mkdir(parents=True, exist_ok=True)
+        md.write_text(table)
+        print(f"wrote {md}")
     return 0
 
 

@@ -5,12 +5,13 @@ from .condense import Blender, ReducedRetainSet, blend_lr, condense, save_blend_
 from .condense_reference import condense_reference
 from .data import load_dataset
 from .grouping import Clustering, extract_features, group
+from .machine import package_version as _package_version
 from .methods import UnlearnResult, available_methods, presets, train_model, unlearn
 from .metrics import StageTimer, accuracy, mia_score, svc_mia
 from .ops import quantile_mmd, quantile_transform, segment_blend
 from .ops._dispatch import available_backends, explain
 
-__version__ = "0.1.0"
+__version__ = _package_version()  # from the installed metadata: pyproject.toml is the one source
 
 __all__ = [
     "AAMULoss",

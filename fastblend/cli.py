@@ -4,7 +4,7 @@
     fastblend run --dataset cifar10 --data-root ~/data --model resnet18 --method scrub --seeds 0 1 2
     fastblend run --config experiment.toml --rounds 4 --round-mode cached
     fastblend condense --ipc 160 --out reduced.pt
-    fastblend bench [--small]
+    fastblend bench                      # points to the benchmark suite: python -m benchmarks (a checkout)
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from dataclasses import fields
@@ -173,49 +172,11 @@ def cmd_condense(args: argparse.Namespace) -> int:
     return 0
 
 
-SCRIPT_BENCHMARKS = ("quantile_mmd", "grouping", "condense")
-PYTEST_BENCHMARKS = ("segment_blend",)
-
-
 def cmd_bench(args: argparse.Namespace) -> int:
-    root = Path(__file__).resolve().parents[1]
-    bench_dir = root / "benchmarks"
-    if not bench_dir.is_dir():
-        raise SystemExit("fastblend bench: the benchmark suite lives in the source checkout (benchmarks/); "
-                         "run it from a clone of the repository with the package installed (`pip install -e .`)")
-    out = Path(args.out or "fastblend-out/bench").resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    names = args.only or list(PYTEST_BENCHMARKS + SCRIPT_BENCHMARKS)
-    unknown = sorted(set(names) - set(PYTEST_BENCHMARKS + SCRIPT_BENCHMARKS))
-    if unknown:
-        raise SystemExit(f"fastblend bench: unknown benchmarks {unknown}; known: "
-                         f"{list(PYTEST_BENCHMARKS + SCRIPT_BENCHMARKS)}")
-    env = dict(os.environ)
-    if args.small:
-        env["FASTBLEND_BENCH_SMALL"] = "1"
-    suffix = "_small" if args.small else ""
-    codes = []
-    written = []
-    for name in names:
-        target = out / f"{name}{suffix}.json"
-        if name in PYTEST_BENCHMARKS:
-            cmd = [sys.executable, "-m", "pytest", str(bench_dir / f"bench_{name}.py"), "--benchmark-only",
-                   f"--benchmark-json={target}", "-q", "-p", "no:cacheprovider"]
-        else:
-            cmd = [sys.executable, "-m", f"benchmarks.bench_{name}", "--out", str(target)]
-            if args.small:
-                cmd.append("--small")
-        print(f"\n== {name}: {' '.join(cmd)}", flush=True)
-        codes.append(subprocess.call(cmd, cwd=root, env=env))
-        written.append(target)
-    pytest_json = [str(p) for p in written if p.exists() and p.stem.replace("_small", "") in PYTEST_BENCHMARKS]
-    if pytest_json:
-        sys.path.insert(0, str(root))
-        from benchmarks.summarize import main as summarize_main
-
-        summarize_main([*pytest_json, "--csv", str(out / f"segment_blend{suffix}.csv")])
-    print("\nbenchmark results: " + ", ".join(str(p) for p in written if p.exists()))
-    return max(codes) if codes else 0
+    command = ["python", "-m", "benchmarks"] + (["--out", args.out] if args.out else []) + (
+        ["--quick"] if args.quick else []) + (["--only", *args.only] if args.only else [])
+    raise SystemExit("fastblend bench: the benchmark suite is not part of the installed package; from a checkout "
+                     f"of the repository run `{' '.join(command)}`")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -234,9 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     _experiment_args(p)
     p.set_defaults(fn=cmd_condense)
-    p = sub.add_parser("bench", help="run the benchmark suite (source checkout) and print its summary")
-    p.add_argument("--small", action="store_true", help="reduced sizes (FASTBLEND_BENCH_SMALL=1)")
-    p.add_argument("--only", nargs="+", help="benchmarks by name: segment_blend quantile_mmd grouping condense")
+    p = sub.add_parser("bench", help="how to run the benchmark suite (`python -m benchmarks` in a checkout)")
+    p.add_argument("--quick", "--small", action="store_true")
+    p.add_argument("--only", nargs="+")
     p.add_argument("--out", default=None)
     p.set_defaults(fn=cmd_bench)
     return parser

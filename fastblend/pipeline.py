@@ -20,11 +20,9 @@ from __future__ import annotations
 import copy
 import csv
 import hashlib
-import importlib.metadata
 import json
 import math
 import os
-import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -35,10 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import __version__
 from .condense import Blender, ReducedRetainSet, condense
 from .data import dataset_info, load_dataset, make_split
 from .grouping import Clustering, extract_features, group
+from .machine import machine_info
 from .methods import train_model as _train_model
 from .methods import unlearn
 from .metrics import StageTimer, accuracy, mia_score_from_logits, predict_logits
@@ -123,22 +121,6 @@ def _resolve_device(device: str | None) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: CUDA is not available on this machine")
     return dev
-
-
-def machine_info() -> dict:
-    """What a result row needs to name the machine: versions, CPU, threads and the GPU if any
-    (recorded by every run and benchmark)."""
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    versions = {}
-    for package in ("triton", "faiss-cpu", "faiss-gpu-cu12"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = None
-    return {"fastblend": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(), "threads": torch.get_num_threads(), "gpu": gpu, "device": gpu or "cpu",
-            **versions}
 
 
 def _cache_dir(cfg: ExperimentConfig) -> Path:

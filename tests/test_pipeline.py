@@ -106,9 +106,9 @@ def test_cli_condense_writes_reduced_set_and_grid(tmp_path, capsys):
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_cli_bench_rejects_unknown_benchmark(tmp_path):
-    with pytest.raises(SystemExit, match="unknown benchmarks"):
-        cli.main(["bench", "--only", "nope", "--out", str(tmp_path)])
+def test_cli_bench_points_to_the_benchmark_suite(tmp_path):
+    with pytest.raises(SystemExit, match=r"installed package.*`python -m benchmarks --out \S+ --quick`"):
+        cli.main(["bench", "--quick", "--out", str(tmp_path)])
 
 
 def test_original_model_is_deterministic_given_seed(tmp_path):

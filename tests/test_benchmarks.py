@@ -1,0 +1,45 @@
+"""The benchmark runner's ROW schema, the summary, and the suite's argument checks (no timings asserted)."""
+
+import json
+
+import pytest
+import torch
+
+from benchmarks import summarize
+from benchmarks.__main__ import main as suite_main
+from benchmarks.runner import PeakMemory, Recorder, Timing, measure
+
+ROW_KEYS = {"benchmark", "case", "variant", "backend", "params", "median_s", "p10_s", "p90_s", "repeats", "warmup",
+            "metrics", "machine"}
+
+
+def test_timing_summarises_median_and_percentiles():
+    t = Timing.of([5.0, 1.0, 3.0, 2.0, 4.0], warmup=1)
+    assert (t.median_s, t.p10_s, t.p90_s, t.repeats, t.warmup) == (3.0, 1.4, 4.6, 5, 1)
+    single = Timing.of([0.5])
+    assert single.median_s == single.p10_s == single.p90_s == 0.5
+
+
+def test_measure_runs_warmup_then_repeats_with_setup():
+    calls = []
+    timing, out = measure(lambda x: calls.append(x) or x, repeats=3, warmup=2, setup=lambda: (len(calls),))
+    assert calls == [0, 1, 2, 3, 4] and out == 4 and timing.repeats == 3 and timing.warmup == 2
+
+
+def test_recorder_writes_rows_that_summarize_reads(tmp_path):
+    rec = Recorder(tmp_path, "demo")
+    with PeakMemory(torch.device("cpu")) as mem:
+        torch.ones(1000)
+    rec.add("op", "N=4", "fwd", "eager", Timing.of([0.4, 0.4]), {"N": 4})
+    rec.add("op", "N=4", "fwd", "cpp", Timing.of([0.1, 0.1]), {"N": 4}, mem.metrics())
+    rows = [json.loads(line) for line in (tmp_path / "demo.jsonl").read_text().splitlines()]
+    assert [set(r) for r in rows] == [ROW_KEYS, ROW_KEYS]
+    assert rows[1]["metrics"]["memory_kind"] == "cpu_rss" and rows[1]["machine"]["torch"] == torch.__version__
+    assert summarize.speedups(summarize.load_rows([tmp_path])) == [{}, {"eager": pytest.approx(4.0)}]
+    assert summarize.main([str(tmp_path)]) == 0
+    assert "| op | N=4 | fwd | cpp |" in (tmp_path / "summary.md").read_text()
+
+
+def test_suite_rejects_unknown_benchmark(tmp_path):
+    with pytest.raises(SystemExit, match="unknown benchmarks"):
+        suite_main(["--only", "nope", "--out", str(tmp_path)])

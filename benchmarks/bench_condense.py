@@ -1,4 +1,4 @@
-"""Blend condensation: batched Blend vs the literal per-cluster loop (SPEC §1.2-1.4).
+"""Blend condensation: batched Blend vs the literal per-cluster loop (docs/method.md §1.2-1.4).
 
     python -m benchmarks.bench_condense [--quick] [--out DIR]   # animal-mnist N=10,000 ipc 100;
                                                                 # CIFAR-like N=50,000 ipc 1000

@@ -3,7 +3,7 @@
     python -m benchmarks.bench_quantile_mmd [--quick] [--out DIR]   # M = 256 (10 classes), 2,048 (100 classes)
 
 * ``quantile_mmd`` forward+backward (gradient into the forget logits, unseen detached as in
-  SPEC §2.3) for the fused backends (C++ on CPU, Triton on CUDA, the chunked torch backend) against
+  docs/method.md §2.3) for the fused backends (C++ on CPU, Triton on CUDA, the chunked torch backend) against
   the literal eager reference ``fastblend.ops.reference.quantile_mmd`` differentiated by autograd,
   with the peak memory of one call (CUDA: allocator peak; CPU: resident set sampled every 0.2 ms,
   glibc set to return freed memory at once).

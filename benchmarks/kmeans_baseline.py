@@ -2,7 +2,7 @@
 
 Written in the style of the published reference: one class at a time, plain k-means++ seeding, Lloyd
 iterations with a vectorised assignment but a Python loop over clusters for the centroid update,
-same stopping rule as SPEC §1.1 (sum of L2 centroid shifts < tol, at most niter), empty clusters
+same stopping rule as docs/method.md §1.1 (sum of L2 centroid shifts < tol, at most niter), empty clusters
 re-seeded on a random point. Not part of the package: a benchmark baseline only.
 """
 

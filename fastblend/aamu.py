@@ -1,4 +1,4 @@
-"""A-AMU: the accelerated unlearning objective (SPEC §2) and the samplers that feed it.
+"""A-AMU: the accelerated unlearning objective (docs/method.md §2) and the samplers that feed it.
 
 ``L = steepen(retain loss) + λ · MMD²(g(unseen batch), g(forget batch))``. Any AMU method keeps its
 own retain-side per-sample loss; :func:`accelerate` wraps the rest. A complete training loop on the
@@ -32,7 +32,7 @@ STEEPEN_MODES = ("batch_mean_sq", "per_sample_sq")
 
 
 def steepen(per_sample_loss: torch.Tensor, mode: str = "batch_mean_sq") -> torch.Tensor:
-    """Steepened primary loss (SPEC §2.1): ``mean(ℓ)²`` (``"batch_mean_sq"``, reference) or
+    """Steepened primary loss (docs/method.md §2.1): ``mean(ℓ)²`` (``"batch_mean_sq"``, reference) or
     ``mean(ℓ²)`` (``"per_sample_sq"``). ``[B]`` floating -> 0-d tensor of the same dtype."""
     if not isinstance(per_sample_loss, torch.Tensor) or not per_sample_loss.is_floating_point():
         raise TypeError(f"steepen: per_sample_loss must be a floating torch.Tensor, got "
@@ -56,7 +56,7 @@ class AAMULossOutput(NamedTuple):
 
 
 class AAMULoss(nn.Module):
-    """``L = steepen(retain_loss) + λ · MMD²(G_u, G_f)`` (SPEC §2.4). The unseen logits are detached."""
+    """``L = steepen(retain_loss) + λ · MMD²(G_u, G_f)`` (docs/method.md §2.4). The unseen logits are detached."""
 
     def __init__(self, lam: float = 34.0, k: float = 2.0, kappa: float = 60.0, sigma: float = 1.0,
                  steepen: str = "batch_mean_sq", backend: str = "auto") -> None:
@@ -98,7 +98,7 @@ class ForgetSampler:
     Args:
         forget: the number of forget samples ``n`` (indices ``0..n-1``) or a ``[n]`` int64 tensor of
             indices.
-        batch_size: samples per draw (SPEC §2.4: 4B).
+        batch_size: samples per draw (docs/method.md §2.4: 4B).
         seed: seeds the sampler's own ``torch.Generator``.
         device: where the returned indices live (default: that of ``forget``, else CPU).
 
@@ -141,7 +141,7 @@ class ForgetSampler:
 
 
 class UnseenSampler:
-    """Unseen batches restricted to the classes present in the forget batch (SPEC §2.4).
+    """Unseen batches restricted to the classes present in the forget batch (docs/method.md §2.4).
 
     Per-class index tables (the pool sorted by class, CSR offsets) are built once on the pool's
     device; a draw picks ``batch_size`` distinct positions in the concatenation of the allowed
@@ -198,7 +198,7 @@ class UnseenSampler:
 
 
 class Accelerator:
-    """Turns any AMU method's retain-side per-sample loss into its accelerated version (SPEC §2.4).
+    """Turns any AMU method's retain-side per-sample loss into its accelerated version (docs/method.md §2.4).
 
     Holds the forget and unseen sets, draws a forget batch of ``4·batch_size`` and an unseen batch
     of ``4·batch_size`` from the forget batch's classes each step, and returns

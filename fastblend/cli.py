@@ -60,7 +60,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="TOML/YAML/JSON file with ExperimentConfig settings")
-    p.add_argument("--preset", help="method hyperparameters of a SPEC preset, e.g. cifar10-resnet18")
+    p.add_argument("--preset", help="method hyperparameters of a docs/method.md preset, e.g. cifar10-resnet18")
     p.add_argument("--dataset", help="animal-mnist (default), digits, cifar10, svhn, cinic10")
     p.add_argument("--data-root", help="folder holding the local data set (default $FASTBLEND_DATA or ./data)")
     p.add_argument("--per-class", type=int, help="use the first N training images of each class")

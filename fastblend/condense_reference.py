@@ -1,4 +1,4 @@
-"""The literal per-cluster Blend of SPEC §1.2–1.3: the test oracle and the benchmark baseline.
+"""The literal per-cluster Blend of docs/method.md §1.2–1.3: the test oracle and the benchmark baseline.
 
 One cluster, one blended image, one matcher forward and one backward at a time, the way the
 published reference code condenses; the loss of each cluster is divided by K so that the summed

@@ -1,4 +1,4 @@
-"""Loading datasets and the SPEC §6 unlearning protocol: load_dataset, make_split and their seeded draws.
+"""Loading datasets and the docs/method.md §6 unlearning protocol: load_dataset, make_split and their seeded draws.
 
 Two steps, both deterministic::
 
@@ -56,7 +56,7 @@ NORMALIZATIONS = ("auto", "train", "none")
 
 @dataclass(eq=False)  # fields are tensors: compare them explicitly
 class UnlearningSplit:
-    """The SPEC §6 split of one dataset for one unlearning request.
+    """The docs/method.md §6 split of one dataset for one unlearning request.
 
     Attributes:
         train, test: the full train and test sets.
@@ -110,7 +110,7 @@ class UnlearningSplit:
         return self._take(self.test, self.evaluation)
 
     def forget_rounds(self, rounds: int) -> list[torch.Tensor]:
-        """Cumulative forget sets for multi-round unlearning (SPEC §1.4).
+        """Cumulative forget sets for multi-round unlearning (docs/method.md §1.4).
 
         The forget set is cut, in an order drawn from ``seed``, into ``rounds`` parts whose sizes
         differ by at most one; round ``r`` (0-based) forgets parts ``0..r``. Returns ``rounds``
@@ -190,7 +190,7 @@ def _stratified_subset(labels: torch.Tensor, size: int, generator: torch.Generat
 def make_split(train: ImageData, test: ImageData, forget: str | torch.Tensor | Sequence[int] = "uniform",
                forget_fraction: float = 0.1, forget_class: int | None = None, unseen_fraction: float = 0.7,
                seed: int = 0) -> UnlearningSplit:
-    """Split ``train`` into forget/retain and ``test`` into unseen pool/evaluation (SPEC §0, §6).
+    """Split ``train`` into forget/retain and ``test`` into unseen pool/evaluation (docs/method.md §0, §6).
 
     Args:
         train, test: from :func:`load_dataset`.
@@ -287,7 +287,7 @@ def load_dataset(name: str = DEFAULT_DATASET, root: str | os.PathLike | None = N
         root: folder of the local datasets (default: :func:`default_data_root`); unused for the
             built-in ones.
         per_class: keep only the first ``per_class`` train images of each class in the dataset's
-            order (SPEC §6; a class with fewer keeps all). The test set is not sliced.
+            order (docs/method.md §6; a class with fewer keeps all). The test set is not sliced.
         limit: keep at most ``limit`` train and at most ``limit`` test images, a stratified
             subset drawn with ``split_seed`` (applied after ``per_class``), for quick runs.
         normalization: ``"auto"``, ``"train"`` or ``"none"`` (see the module docstring).

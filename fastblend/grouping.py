@@ -1,9 +1,9 @@
-"""Per-class grouping of SPEC §1.1: features of a random ConvNet-3, k-means per class -> CSR clusters.
+"""Per-class grouping of docs/method.md §1.1: features of a random ConvNet-3, k-means per class -> CSR clusters.
 
 Two steps, kept separate so each can be timed, cached and reused:
 
 * :func:`extract_features` embeds images with a frozen network (by default the seeded random
-  ConvNet-3 ``f_g`` of SPEC §1.1) in large no-grad batches.
+  ConvNet-3 ``f_g`` of docs/method.md §1.1) in large no-grad batches.
 * :func:`group` runs k-means with ``k = ipc`` within every class and returns a :class:`Clustering`
   (global cluster id ``class * ipc + local id``, the CSR layout ``perm``/``indptr``, the class of each
   cluster, sizes, per-class k-means objective, wall time).
@@ -19,7 +19,7 @@ k-means backends (``backend=``; implemented in :mod:`fastblend.kmeans`):
   the objective no longer changes and re-fills empty clusters by splitting large ones.
 * ``"torch"``: a batched k-means on the features' device that runs all classes at once (classes are
   zero-padded to a common size and processed in memory-bounded chunks). Reference semantics of
-  SPEC §1.1: (greedy) k-means++ initialisation, at most ``niter`` Lloyd iterations, stop when the sum over a
+  docs/method.md §1.1: (greedy) k-means++ initialisation, at most ``niter`` Lloyd iterations, stop when the sum over a
   class's centroids of the L2 centroid shift is ``< tol``, empty clusters re-seeded on random points.
   No Python loop over clusters in the Lloyd iterations (k-means++ seeding is sequential by nature).
 * ``"auto"``: ``"faiss"`` when FAISS imports (and, for CUDA features, has GPU support), else
@@ -177,8 +177,8 @@ def extract_features(images: torch.Tensor, extractor: nn.Module | Callable | Non
             any device; each batch is moved to ``device``.
         extractor: a module with an ``embed(x)`` method (used; e.g. fastblend's models) or any
             callable mapping ``[B, C, H, W]`` to ``[B, ...]`` features (flattened). ``None``: the
-            seeded random ConvNet-3 ``f_g`` of SPEC §1.1, ``fastblend.models.random_convnet(C, H,
-            seed)`` (1 or 3 channels, square, at least 8 px; 28 or 32 px in the SPEC), run in
+            seeded random ConvNet-3 ``f_g`` of docs/method.md §1.1, ``fastblend.models.random_convnet(C, H,
+            seed)`` (1 or 3 channels, square, at least 8 px; 28 or 32 px in docs/method.md), run in
             channels-last memory format. A given extractor is used as is (not moved, not switched to eval mode).
         batch_size: images per forward pass.
         device: where the forward runs. Default: the extractor's device (its first parameter), or
@@ -206,10 +206,10 @@ def extract_features(images: torch.Tensor, extractor: nn.Module | Callable | Non
 
     memory_format = torch.preserve_format
     if extractor is None:
-        # SPEC §5 sizes are 28 and 32 px; ConvNet-3's three 2x2 pools work down to 8 px (e.g. digits)
+        # docs/method.md §5 sizes are 28 and 32 px; ConvNet-3's three 2x2 pools work down to 8 px (e.g. digits)
         if channels not in (1, 3) or height != width or height < 8:
             raise ValueError(f"{name}: the default extractor takes 1- or 3-channel square images of at least 8x8 "
-                             f"(ConvNet-3; 28x28 and 32x32 in the SPEC), got {channels}x{height}x{width}; "
+                             f"(ConvNet-3; 28x28 and 32x32 in docs/method.md), got {channels}x{height}x{width}; "
                              "pass extractor= for other inputs")
         from .models import random_convnet
 
@@ -297,7 +297,7 @@ def _check_group_inputs(features, labels, ipc, backend, niter, tol, num_classes)
 def group(features: torch.Tensor, labels: torch.Tensor, ipc: int, backend: str = "auto", seed: int = 0,
           niter: int = 100, tol: float = 1e-4, balanced: bool = False, num_classes: int | None = None,
           init: str = "greedy-k-means++", progress: bool = False) -> Clustering:
-    """k-means with ``k = ipc`` within every class (SPEC §1.1) -> :class:`Clustering`.
+    """k-means with ``k = ipc`` within every class (docs/method.md §1.1) -> :class:`Clustering`.
 
     Args:
         features: ``[N, D]`` floating-point features (e.g. from :func:`extract_features`), any

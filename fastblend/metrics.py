@@ -1,4 +1,4 @@
-"""Evaluation of unlearning (SPEC §4): accuracies, the paper's MIA score, the SVC-based membership
+"""Evaluation of unlearning (docs/method.md §4): accuracies, the paper's MIA score, the SVC-based membership
 attack of other unlearning papers, and a device-synchronised stage timer.
 
 Data arguments (``forget``, ``test``, ...) take the same forms as :func:`fastblend.unlearn`: a pair
@@ -93,7 +93,7 @@ def _equal_size(a: np.ndarray, b: np.ndarray, seed: int) -> tuple[np.ndarray, np
 def mia_score(model: nn.Module, forget: Any, test: Any, batch_size: int = 1024,
               device: torch.device | str | None = None, seed: int = 0, fold_back: bool = False,
               fold_back_below: float = 42.0, clamp: float = 100.0, n_splits: int = 5) -> float:
-    """The paper's MIA score (SPEC §4), ROC-AUC × 100: how well a logistic regression on the
+    """The paper's MIA score (docs/method.md §4), ROC-AUC × 100: how well a logistic regression on the
     per-sample log-odds ``φ`` (:func:`true_class_log_odds`) tells forget samples (label 0) from
     held-out test samples (label 1).
 

@@ -1,4 +1,4 @@
-"""Models of SPEC §5: ConvNet-3 (instance norm) and instance-norm ResNet-18/50 with the CIFAR stem.
+"""Models of docs/method.md §5: ConvNet-3 (instance norm) and instance-norm ResNet-18/50 with the CIFAR stem.
 
 Every model has ``embed(x)`` (penultimate features) and ``forward(x)`` (logits). All use
 GroupNorm with one group per channel, so a sample's output never depends on the rest of its
@@ -131,7 +131,7 @@ def resnet50_in(in_channels: int = 3, num_classes: int = 10) -> ResNetIN:
 def random_convnet(in_channels: int, image_size: int, seed: int, num_classes: int = 10,
                    device: torch.device | str | None = None) -> ConvNet3:
     """A seeded, randomly initialised, never trained ConvNet-3 in eval mode with frozen weights
-    (the grouping extractor ``f_g`` and the Blend matcher ``f_m`` of SPEC §1)."""
+    (the grouping extractor ``f_g`` and the Blend matcher ``f_m`` of docs/method.md §1)."""
     gen_state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)

@@ -2,14 +2,14 @@
 
 One repetition (seed):
 
-1. load the data set and make the SPEC §6 split (retain / forget, unseen 70% / evaluation 30%);
+1. load the data set and make the docs/method.md §6 split (retain / forget, unseen 70% / evaluation 30%);
 2. train the original model on the whole training set, or load it from the cache;
 3. **Retrain** (the gold standard) on the real retain set;
 4. the **base** AMU method on the full retain set;
 5. the same method **accelerated** by Blend + A-AMU: features -> grouping -> split -> blend ->
    unlearning on the reduced retain set, every stage timed separately (device synchronised);
 6. evaluation of every model on the real retain set, the forget set, the held-out evaluation split
-   and the MIA of SPEC §4.
+   and the MIA of docs/method.md §4.
 
 Results (JSON + CSV), the settings and plots go to the output folder; ``summarise`` aggregates
 seeds into mean ± std.
@@ -51,7 +51,7 @@ ACCELERATED_NAMES = {"finetune": "a_finetune", "scrub": "a_scrub", "l1_sparse": 
 class ExperimentConfig:
     """Every setting of a run; saved next to the results.
 
-    ``*_config`` dicts override the method configs' SPEC defaults (e.g. ``{"epochs": 5}``).
+    ``*_config`` dicts override the method configs' docs/method.md defaults (e.g. ``{"epochs": 5}``).
     ``ipc=None`` picks about five images per cluster (the paper's CIFAR-10 ratio) unless the data
     set has a paper value and the full data is used.
     """
@@ -162,7 +162,7 @@ def original_model(cfg: ExperimentConfig, train_images: torch.Tensor, train_labe
 
 
 def evaluate(model: nn.Module, split, device: torch.device) -> tuple[dict, dict]:
-    """Retain / forget / evaluation accuracy (percent), the SPEC §4 MIA score, and the per-sample
+    """Retain / forget / evaluation accuracy (percent), the docs/method.md §4 MIA score, and the per-sample
     losses on the forget and unseen sets (for the histograms). One forward pass per set."""
     sets = {"retain": split.retain_tensors(), "forget": split.forget_tensors(), "eval": split.eval_tensors(),
             "unseen": split.unseen_tensors()}
@@ -281,7 +281,7 @@ def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, log: Callable[[str
 
 def run_rounds(cfg: ExperimentConfig, seed: int, train, split, clustering, model: nn.Module, unseen,
                device: torch.device, log: Callable[[str], None]) -> list[dict]:
-    """Multi-round unlearning (SPEC §1.4): the forget set arrives in ``cfg.rounds`` cumulative parts;
+    """Multi-round unlearning (docs/method.md §1.4): the forget set arrives in ``cfg.rounds`` cumulative parts;
     each round condenses (cached or reference mode) and unlearns from the previous round's model."""
     blender = Blender(train.images, train.labels, clustering=clustering, mode=cfg.round_mode,
                       iterations=cfg.blend_iterations, seed=seed, device=device, progress=not cfg.quiet,

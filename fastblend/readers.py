@@ -42,7 +42,7 @@ _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 class DatasetInfo:
     """What fastblend knows about a dataset before loading it.
 
-    ``paper_per_class`` and ``paper_ipc`` are the SPEC §6 settings (``None`` where the paper does
+    ``paper_per_class`` and ``paper_ipc`` are the docs/method.md §6 settings (``None`` where the paper does
     not use the dataset); ``standard_mean``/``standard_std`` the constants ``normalization="auto"``
     uses (``None``: statistics of the train split).
     """

@@ -1,5 +1,5 @@
 """Tests for fastblend.data: the built-in datasets, the local-folder loaders (on tiny fake files
-written here in torchvision's formats) and the SPEC §6 split."""
+written here in torchvision's formats) and the docs/method.md §6 split."""
 
 import pickle
 

@@ -74,7 +74,7 @@ def noisy_task():
     return dict(model=net, retain=(xr, yr), forget=(xf, yf), unseen=(xu, yu))
 
 
-# Small-demo settings (the SPEC's epoch counts are for CIFAR / ResNet).
+# Small-demo settings (the paper's epoch counts, docs/method.md, are for CIFAR / ResNet).
 DEMO = {
     "retrain": dict(epochs=10, lr=0.05),
     "finetune": dict(epochs=5, lr=0.1),
@@ -427,7 +427,7 @@ def test_bad_inputs(noisy_task):
 
 
 # ---------------------------------------------------------------------------------------------
-# accelerated methods (A-AMU, SPEC §2.4)
+# accelerated methods (A-AMU, docs/method.md §2.4)
 
 
 @pytest.fixture(scope="module")
@@ -491,7 +491,7 @@ def test_plain_finetune_leaves_the_gap(overfit_task):
 
 
 def test_a_finetune_is_the_spec_loop(overfit_task):
-    """One epoch of ``a_finetune`` equals a literal SPEC §2.4 loop built from fastblend.aamu."""
+    """One epoch of ``a_finetune`` equals a literal docs/method.md §2.4 loop built from fastblend.aamu."""
     from fastblend.aamu import AAMULoss, ForgetSampler, UnseenSampler
 
     t = overfit_task

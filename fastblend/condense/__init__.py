@@ -1,4 +1,4 @@
-"""Blend condensation of the retain set (SPEC §1.2–1.4).
+"""Blend condensation of the retain set (docs/method.md §1.2–1.4).
 
 After a forget request, every cluster of the grouping is either **touched** (at least one member is
 forgotten) or **free**. Touched clusters keep their non-forgotten members as raw images (the

@@ -1,4 +1,4 @@
-"""The batched Blend optimisation (SPEC §1.3): :func:`blend_clusters` and its matching terms.
+"""The batched Blend optimisation (docs/method.md §1.3): :func:`blend_clusters` and its matching terms.
 
 Each free cluster ``i`` becomes ``x̃_i = Σ_j ŵ_ij X_ij``, its per-member weights optimised (SGD,
 momentum 0.5) so that a frozen matcher ``f_m`` sees the blend like the mean of its members:
@@ -176,7 +176,7 @@ def blend_clusters(x: torch.Tensor, indptr: torch.Tensor, matcher: nn.Module, *,
                    iterations: int = 12, normalize: str = "sum", chunk_size: int | None = None,
                    backend: str = "auto", progress: bool = False,
                    member_features: torch.Tensor | None = None, amp: bool = False) -> BlendResult:
-    """Blend every CSR segment of ``x`` into one image (SPEC §1.3), all segments at once.
+    """Blend every CSR segment of ``x`` into one image (docs/method.md §1.3), all segments at once.
 
     Args:
         x: ``[M, C, H, W]`` member images sorted by cluster, in the matcher's dtype and device.

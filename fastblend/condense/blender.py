@@ -1,4 +1,4 @@
-"""Multi-round unlearning (SPEC §1.4): :class:`Blender` groups once and condenses after each
+"""Multi-round unlearning (docs/method.md §1.4): :class:`Blender` groups once and condenses after each
 cumulative forget request, re-blending every round or reusing the first round's blends."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class Blender:
 
     ``mode="reference"`` re-blends every free cluster each round with a fresh matcher (seed
     :func:`matcher_seed` ``(seed, round)``), the paper's protocol. ``mode="cached"`` (option,
-    SPEC §1.4) blends everything in the first round and afterwards keeps the blends of clusters that
+    docs/method.md §1.4) blends everything in the first round and afterwards keeps the blends of clusters that
     stay free: clusters touched by the new request lose their blended row and contribute their
     non-forgotten members as residual rows. No matcher runs after the first round; a round costs a
     vectorised re-split plus gathering the output rows. A cached blend is the one computed in the

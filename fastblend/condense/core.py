@@ -21,7 +21,7 @@ from .split import Split, split_clusters
 
 __all__ = ["assemble_reduced", "blend_lr", "condense", "condense_core", "make_matcher", "matcher_seed"]
 
-# lr(ipc) = a·ipc³ + b·ipc² + c·ipc + d, SPEC §1.3 (≈1.0 at ipc 2, 0.166 at 10, 100 at 100, 9999 at 1000)
+# lr(ipc) = a·ipc³ + b·ipc² + c·ipc + d, docs/method.md §1.3 (≈1.0 at ipc 2, 0.166 at 10, 100 at 100, 9999 at 1000)
 _LR_COEFFS = (-2.397e-6, 0.01265, -0.2558, 1.461)
 
 
@@ -142,7 +142,7 @@ def condense(images: torch.Tensor, labels: torch.Tensor, forget: object, *, ipc:
              device: torch.device | str | None = None, chunk_size: int | None = None, progress: bool = True,
              backend: str = "auto", share_network: bool = False,
              features: torch.Tensor | None = None, amp: bool = False) -> ReducedRetainSet:
-    """Condense the retain set after a forget request (SPEC §1.2–1.3).
+    """Condense the retain set after a forget request (docs/method.md §1.2–1.3).
 
     Args:
         images: ``[N, C, H, W]`` floating training images (normalised pixels).

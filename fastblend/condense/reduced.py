@@ -16,7 +16,7 @@ __all__ = ["ReducedRetainSet"]
 
 @dataclass(eq=False)
 class ReducedRetainSet(Dataset):
-    """Residual images ∪ one blended image per free cluster (SPEC §1.2); a ``torch`` Dataset.
+    """Residual images ∪ one blended image per free cluster (docs/method.md §1.2); a ``torch`` Dataset.
 
     Rows are ordered: blended rows by cluster id, then residual rows by cluster id (and by position
     in the clustering's CSR order within a cluster).

@@ -1,4 +1,4 @@
-"""The split (F-sampling, SPEC §1.2): which clusters a forget set touches, which stay free.
+"""The split (F-sampling, docs/method.md §1.2): which clusters a forget set touches, which stay free.
 
 Touched clusters (at least one member forgotten) keep their non-forgotten members as residual
 rows; every non-empty free cluster is blended into one image.

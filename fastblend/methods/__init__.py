@@ -1,10 +1,10 @@
 """Approximate machine unlearning methods behind one call, :func:`unlearn`.
 
-Base methods (SPEC §3): ``retrain``, ``finetune`` (CF), ``neggrad_plus``, ``scrub``, ``l1_sparse``,
-``bad_teacher``, ``ssd``, ``distill``, ``prune``. Accelerated methods (SPEC §2.4): ``a_finetune``
+Base methods (docs/method.md §3): ``retrain``, ``finetune`` (CF), ``neggrad_plus``, ``scrub``, ``l1_sparse``,
+``bad_teacher``, ``ssd``, ``distill``, ``prune``. Accelerated methods (docs/method.md §2.4): ``a_finetune``
 (A-AMU, the paper's headline), ``a_sparse``, ``a_scrub``, ``a_neggrad_plus``, ``a_bad_teacher``,
 ``a_prune``; :func:`accelerated` maps a base method to its accelerated name. Each method's config is
-a dataclass whose defaults are the SPEC's hyperparameters (:func:`config_class`, :func:`presets`).
+a dataclass whose defaults are the paper's hyperparameters (docs/method.md) (:func:`config_class`, :func:`presets`).
 """
 
 from __future__ import annotations
@@ -113,13 +113,13 @@ def accelerated(method: str) -> str:
 
 
 def config_class(method: str) -> type:
-    """The config dataclass of ``method``; its defaults are the SPEC's hyperparameters."""
+    """The config dataclass of ``method``; its defaults are the paper's hyperparameters (docs/method.md)."""
     return _spec(method, "config_class").config_class
 
 
 PRESET_DATASETS = ("cifar10", "svhn", "cinic10")
 PRESET_ARCHS = ("resnet18", "resnet50")
-# SPEC §2.4: A-AMU's Adam lr is 1e-4 on CINIC-10; every other SPEC setting is given for CIFAR-10 /
+# docs/method.md §2.4: A-AMU's Adam lr is 1e-4 on CINIC-10; every other docs/method.md setting is given for CIFAR-10 /
 # ResNet-18 and applies unchanged to the other pairs. A-SCRUB keeps SCRUB's SGD, so it is not listed.
 _PRESET_OVERRIDES: dict[tuple[str, str], dict[str, Any]] = {
     (m, "cinic10"): {"lr": 1e-4} for m in ("a_finetune", "a_neggrad_plus", "a_bad_teacher", "a_prune")
@@ -131,7 +131,7 @@ def presets(setting: str, method: str | None = None) -> dict[str, Any]:
 
     ``setting``: ``"<dataset>-<arch>"`` with dataset ``cifar10``/``svhn``/``cinic10`` and arch
     ``resnet18``/``resnet50`` (``"<dataset>"`` alone means ResNet-18). With ``method``: that method's
-    full config as a dict; without: ``{method: dict}`` for every method. Epoch counts are the SPEC's
+    full config as a dict; without: ``{method: dict}`` for every method. Epoch counts are the paper's (docs/method.md)
     (CIFAR-10 / ResNet-18); override them for small demos, e.g.
     ``unlearn("a_finetune", ..., config={**presets("cinic10-resnet18", "a_finetune"), "epochs": 2})``.
     """
@@ -153,7 +153,7 @@ def presets(setting: str, method: str | None = None) -> dict[str, Any]:
 
 @dataclass
 class TrainModelConfig(TrainConfig):
-    """Supervised training of the model to unlearn from (not an AMU method): Retrain's SPEC §3
+    """Supervised training of the model to unlearn from (not an AMU method): Retrain's docs/method.md §3
     recipe — SGD lr 0.1, momentum 0.9, weight decay 5e-4, 5 warm-up epochs then cosine, 100 epochs."""
 
     epochs: int = 100
@@ -229,7 +229,7 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
         forget: the forget set, in the same forms (read into memory).
         unseen: in-distribution data the model never trained on, with labels; required by the
             accelerated methods, unused by the others.
-        config: ``None`` (the SPEC's defaults), a dict of overrides, or the method's config dataclass.
+        config: ``None`` (the paper's defaults, docs/method.md), a dict of overrides, or the method's config dataclass.
         device: where to run; default the model's device.
         seed: seeds batch order, samplers and fresh initialisations (own generators; the global RNG
             is untouched).

@@ -1,4 +1,4 @@
-"""Accelerated AMU methods (SPEC §2.4): A-AMU on fine-tuning (``a_finetune``), on L1-sparse
+"""Accelerated AMU methods (docs/method.md §2.4): A-AMU on fine-tuning (``a_finetune``), on L1-sparse
 (``a_sparse``), on SCRUB (``a_scrub``), and the same recipe on NegGrad+, Bad Teacher and
 prune-then-fine-tune.
 
@@ -31,7 +31,7 @@ from .sparse import L1SparseConfig
 
 @dataclass
 class AAMUOptimiser:
-    """A-AMU's optimiser (SPEC §2.4), shared by the accelerated configs that follow it: Adam lr
+    """A-AMU's optimiser (docs/method.md §2.4), shared by the accelerated configs that follow it: Adam lr
     2.4e-4 (default betas), no weight decay, 1 epoch over the (reduced) retain set."""
 
     epochs: int = 1
@@ -42,7 +42,7 @@ class AAMUOptimiser:
 
 @dataclass
 class AFinetuneConfig(AAMUFields, AAMUOptimiser, FinetuneConfig):
-    """A-AMU, SPEC §2.4: ``L = steepen(CE_retain) + λ·MMD²``, ``λ = 34``, ``B = 64``, Adam lr 2.4e-4
+    """A-AMU, docs/method.md §2.4: ``L = steepen(CE_retain) + λ·MMD²``, ``λ = 34``, ``B = 64``, Adam lr 2.4e-4
     (1e-4 on CINIC-10: see ``presets``), default betas, no weight decay, 1 epoch over the retain set."""
 
     schedule: str = "constant"
@@ -51,7 +51,7 @@ class AFinetuneConfig(AAMUFields, AAMUOptimiser, FinetuneConfig):
 
 @dataclass
 class ASparseConfig(AAMUFields, L1SparseConfig):
-    """A-Sparse, SPEC §2.4: A-AMU plus ``α‖θ‖₁`` (``α = 1e-4``), Adam lr 1e-4, 1 epoch."""
+    """A-Sparse, docs/method.md §2.4: A-AMU plus ``α‖θ‖₁`` (``α = 1e-4``), Adam lr 1e-4, 1 epoch."""
 
     epochs: int = 1
     optimizer: str = "adam"
@@ -61,9 +61,9 @@ class ASparseConfig(AAMUFields, L1SparseConfig):
 
 @dataclass
 class AScrubConfig(AAMUFields, ScrubConfig):
-    """A-SCRUB, SPEC §2.4: every epoch, one pass over ``D_f`` minimising ``−0.2·KL_T``, then a retain
+    """A-SCRUB, docs/method.md §2.4: every epoch, one pass over ``D_f`` minimising ``−0.2·KL_T``, then a retain
     pass minimising ``0.99·steepen(CE) + 0.001·KL_T + λ·MMD²``; ``T = 2``, teacher = frozen original.
-    The SPEC gives no optimiser or epoch count for A-SCRUB: fastblend keeps SCRUB's SGD (lr 0.01,
+    The paper gives no optimiser or epoch count for A-SCRUB: fastblend keeps SCRUB's SGD (lr 0.01,
     momentum 0.9, weight decay 5e-4) and runs 3 epochs."""
 
     epochs: int = 3

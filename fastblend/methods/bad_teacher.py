@@ -17,7 +17,7 @@ from .context import RunContext
 
 @dataclass
 class BadTeacherConfig(TrainConfig):
-    """SPEC §3: SGD lr 0.01, ``T = 2``, 20 epochs (momentum 0.9, weight decay 5e-4: shared defaults).
+    """docs/method.md §3: SGD lr 0.01, ``T = 2``, 20 epochs (momentum 0.9, weight decay 5e-4: shared defaults).
 
     Each retain batch of ``B`` is joined by a forget batch of ``forget_batch_size`` samples (default
     ``ceil(B·|D_f|/|D_r|)``, the share forget samples have in the reference's shuffled

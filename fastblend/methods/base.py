@@ -2,7 +2,7 @@
 
 Every training-based method is a :class:`Method` — a handful of hooks (the retain-side loss, an
 optional forget-side term, a regulariser, an optional extra pass per epoch) run by one loop,
-:func:`train`. The same loop runs the accelerated variant of a method (SPEC §2.4): the retain-side
+:func:`train`. The same loop runs the accelerated variant of a method (docs/method.md §2.4): the retain-side
 per-sample loss is steepened and ``λ·MMD²`` between the forget batch's and an unseen batch's
 loss distributions is added (the A-AMU loss of :mod:`fastblend.aamu`).
 """
@@ -72,7 +72,7 @@ def probe_num_classes(model: nn.Module, x: torch.Tensor) -> int:
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float,
             reduction: str = "batchmean") -> torch.Tensor:
-    """``KL_T(student‖teacher) = kl_div(log_softmax(s/T), softmax(t/T))·T²`` (SPEC §2.4).
+    """``KL_T(student‖teacher) = kl_div(log_softmax(s/T), softmax(t/T))·T²`` (docs/method.md §2.4).
 
     ``reduction="none"`` gives the per-sample KL ``[B]`` (its mean equals ``"batchmean"``).
     """
@@ -160,7 +160,7 @@ class TrainOutcome:
 
 def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx: RunContext,
           accelerated: bool) -> TrainOutcome:
-    """Run ``method`` (plain, or accelerated per SPEC §2.4 when ``accelerated``) on ``model``."""
+    """Run ``method`` (plain, or accelerated per docs/method.md §2.4 when ``accelerated``) on ``model``."""
     model = ctx.place(method.prepare(model, data, ctx))
     model.train()
     ctx.fuse = cfg.fuse_forward

@@ -97,7 +97,7 @@ class TrainConfig(RuntimeConfig):
 
 @dataclass
 class AAMUFields:
-    """The A-AMU settings of SPEC §2.2-2.4, mixed into the config of every accelerated method.
+    """The A-AMU settings of docs/method.md §2.2-2.4, mixed into the config of every accelerated method.
 
     Attributes:
         lam: weight ``λ`` of the MMD² regulariser.

@@ -17,7 +17,7 @@ from .context import RunContext
 class DistillConfig(TrainConfig):
     """Per-sample loss ``kd_weight·KL_T(student‖teacher) + (1 − kd_weight)·CE`` on retain batches.
 
-    The SPEC refers to the reference tables for this baseline without restating them; fastblend's
+    docs/method.md refers to the reference tables for this baseline without restating them; fastblend's
     defaults follow Retrain's schedule at half the epochs: SGD lr 0.1, momentum 0.9, weight decay
     5e-4, 5 warm-up epochs then cosine, 50 epochs, ``T = 4``, ``kd_weight = 1``. ``model_factory``
     builds the student (default: a re-initialised copy of the model, seeded by the run's seed).

@@ -10,7 +10,7 @@ from .config import TrainConfig
 
 @dataclass
 class FinetuneConfig(TrainConfig):
-    """SPEC §3: SGD lr 0.04, momentum 0.502, weight decay 0.0014, 5 warm-up epochs then cosine,
+    """docs/method.md §3: SGD lr 0.04, momentum 0.502, weight decay 0.0014, 5 warm-up epochs then cosine,
     50 epochs, batch 64."""
 
     epochs: int = 50

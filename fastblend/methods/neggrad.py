@@ -16,7 +16,7 @@ from .context import RunContext
 class NegGradPlusConfig(TrainConfig):
     """``loss = CE(retain batch) − β·CE(forget batch)``, one forget batch per retain step.
 
-    NegGrad+ is not in the reference code (SPEC §3), so these are fastblend's defaults: SGD lr 0.01,
+    NegGrad+ is not in the reference code (docs/method.md §3), so these are fastblend's defaults: SGD lr 0.01,
     momentum 0.9, weight decay 5e-4, 5 epochs, ``β = 0.05`` (the ``α·L_r − (1−α)·L_f`` form of
     Kurmanji et al. with ``α ≈ 0.95``, divided by ``α``). The forget term is unbounded below, so large
     ``β`` or many epochs can diverge. ``forget_batch_size``: default ``batch_size``.

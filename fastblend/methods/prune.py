@@ -18,7 +18,7 @@ from .context import RunContext
 class PruneConfig(TrainConfig):
     """``sparsity`` 0.95 of the weights of every parameter named ``weight`` with 2+ dimensions
     (convolutions, linear layers) pruned by global magnitude; then fine-tuning on retain with
-    fastblend's defaults (the reference tables are not restated in the SPEC): SGD lr 0.01,
+    fastblend's defaults (the reference tables are not restated in docs/method.md): SGD lr 0.01,
     momentum 0.9, weight decay 5e-4, 10 epochs."""
 
     epochs: int = 10

@@ -18,7 +18,7 @@ from .context import RunContext
 
 @dataclass
 class RetrainConfig(TrainConfig):
-    """SPEC §3: SGD lr 0.1, momentum 0.9, weight decay 5e-4, 5 warm-up epochs then cosine,
+    """docs/method.md §3: SGD lr 0.1, momentum 0.9, weight decay 5e-4, 5 warm-up epochs then cosine,
     100 epochs, batch 64.
 
     ``model_factory``: builds the fresh model; default: a copy of the given model whose modules are

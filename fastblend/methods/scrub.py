@@ -18,7 +18,7 @@ from .context import RunContext
 
 @dataclass
 class ScrubConfig(TrainConfig):
-    """SPEC §3: SGD lr 0.01, momentum 0.9, weight decay 5e-4, 15 epochs, ``T = 2``.
+    """docs/method.md §3: SGD lr 0.01, momentum 0.9, weight decay 5e-4, 15 epochs, ``T = 2``.
 
     Each epoch ``e < max_epochs`` (5; ``None``: every epoch) starts with one pass over the forget set
     minimising ``−forget_weight·KL_T(student‖teacher)``; then a pass over the retain set minimising

@@ -14,7 +14,7 @@ from .context import RunContext
 
 @dataclass
 class L1SparseConfig(TrainConfig):
-    """SPEC §3: ``CE + α_t‖θ‖₁`` with ``α_t = α(1 − e/(E−1))`` at epoch ``e`` of ``E`` (``α_t = α``
+    """docs/method.md §3: ``CE + α_t‖θ‖₁`` with ``α_t = α(1 − e/(E−1))`` at epoch ``e`` of ``E`` (``α_t = α``
     when ``E = 1``, or always when ``decay_alpha`` is off); SGD lr 0.01, ``α = 1e-4``, 30 epochs
     (momentum 0.9 and weight decay 5e-4, the shared defaults)."""
 

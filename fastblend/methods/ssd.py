@@ -4,7 +4,7 @@ Per parameter element, importance ``I = mean over batches of (∂L_batch/∂θ)�
 batch-mean cross-entropy, computed once on the forget set (``I_f``) and once on the full training
 set, retain ∪ forget (``I_d``). Elements with ``I_f > α·I_d`` are selected and multiplied by
 ``min(λ·I_d / I_f, 1)``; the rest are untouched. (The published reference code swaps the two
-importances; SPEC §3 says not to, and fastblend does not.)
+importances; docs/method.md §3 says not to, and fastblend does not.)
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from .context import RunContext
 
 @dataclass
 class SSDConfig(RuntimeConfig):
-    """SPEC §3: ``alpha`` (selection threshold) 10, ``lam`` (dampening constant) 1; importances
+    """docs/method.md §3: ``alpha`` (selection threshold) 10, ``lam`` (dampening constant) 1; importances
     from batches of ``batch_size`` (they depend on it: the square of a batch-mean gradient).
     The model is in eval mode while importances are computed. The run settings (``amp``,
     ``channels_last``, ...) are those of :class:`~fastblend.methods.config.RuntimeConfig`."""

@@ -1,4 +1,4 @@
-"""``quantile_transform`` and ``quantile_mmd``: the loss-distribution regulariser of A-AMU (SPEC §2).
+"""``quantile_transform`` and ``quantile_mmd``: the loss-distribution regulariser of A-AMU (docs/method.md §2).
 
 Per set of M samples (logits ``z [M, C]``, labels ``y [M]``)::
 
@@ -529,7 +529,7 @@ _dispatch.register(TRANSFORM_OP_NAME, unsupported)
 
 def quantile_transform(logits: torch.Tensor, labels: torch.Tensor, k: float = 2.0, kappa: float = 60.0,
                        backend: str = "auto", *, validate: bool = True) -> torch.Tensor:
-    """Per-sample loss quantiles ``g`` of one set (SPEC §2.2).
+    """Per-sample loss quantiles ``g`` of one set (docs/method.md §2.2).
 
     Args:
         logits: ``[M, C]`` float32/float16/bfloat16/float64 logits, M >= 1.
@@ -553,7 +553,7 @@ def quantile_transform(logits: torch.Tensor, labels: torch.Tensor, k: float = 2.
 def quantile_mmd(forget_logits: torch.Tensor, forget_labels: torch.Tensor, unseen_logits: torch.Tensor,
                  unseen_labels: torch.Tensor, k: float = 2.0, kappa: float = 60.0, sigma: float = 1.0,
                  backend: str = "auto", *, validate: bool = True) -> torch.Tensor:
-    """Biased MMD² between the loss quantiles of the unseen and the forget set (SPEC §2.3).
+    """Biased MMD² between the loss quantiles of the unseen and the forget set (docs/method.md §2.3).
 
     Args:
         forget_logits: ``[M_f, C]`` float32/float16/bfloat16/float64 logits of the forget batch.
@@ -569,7 +569,7 @@ def quantile_mmd(forget_logits: torch.Tensor, forget_labels: torch.Tensor, unsee
         A 0-d float32 tensor (float64 if either logits tensor is float64), ``>= 0``. Computed as
         ``Σ w_a w_b expm1(−(G_a − G_b)²/2σ²)`` with float64 accumulation (module docstring): within
         1e-4 relative of a float64 evaluation of the formula. The gradient flows into
-        ``forget_logits`` and, only when that tensor requires grad, into ``unseen_logits`` (SPEC
+        ``forget_logits`` and, only when that tensor requires grad, into ``unseen_logits`` (docs/method.md
         §2.3 detaches the unseen set: pass ``unseen_logits.detach()`` or compute them under
         ``torch.no_grad()``, as :class:`fastblend.AAMULoss` does).
     """

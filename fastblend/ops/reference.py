@@ -68,7 +68,7 @@ def segment_blend_loop(x: torch.Tensor, weights: torch.Tensor, indptr: torch.Ten
 
 
 def quantile_transform(logits: torch.Tensor, labels: torch.Tensor, k: float = 2.0, kappa: float = 60.0) -> torch.Tensor:
-    """SPEC §2.2 literally: ``g = clamp(Φ⁻¹((1/M) Σ_j σ(k·relu(u_i − u_j))), −κ, κ)`` with
+    """docs/method.md §2.2 literally: ``g = clamp(Φ⁻¹((1/M) Σ_j σ(k·relu(u_i − u_j))), −κ, κ)`` with
     ``u = log(1 + CE + 1e-8)``. ``[M, C]`` logits, ``[M]`` labels -> ``[M]`` in the logits' dtype.
 
     ``relu`` has subgradient 0 at 0, so tied losses (and the diagonal ``j = i``) pass no gradient
@@ -88,7 +88,7 @@ def gaussian_kernel_mean(a: torch.Tensor, b: torch.Tensor, sigma: float = 1.0) -
 def quantile_mmd(forget_logits: torch.Tensor, forget_labels: torch.Tensor, unseen_logits: torch.Tensor,
                  unseen_labels: torch.Tensor, k: float = 2.0, kappa: float = 60.0, sigma: float = 1.0,
                  detach_unseen: bool = True) -> torch.Tensor:
-    """SPEC §2.3 literally: biased MMD² between ``g`` of the unseen set (detached unless
+    """docs/method.md §2.3 literally: biased MMD² between ``g`` of the unseen set (detached unless
     ``detach_unseen=False``) and ``g`` of the forget set, Gaussian kernel of width ``sigma``."""
     if detach_unseen:
         unseen_logits = unseen_logits.detach()

@@ -1,49 +1,71 @@
-"""fastblend: fast kernels for approximate machine unlearning (Blend condensation + A-AMU)."""
+"""fastblend: fast kernels for approximate machine unlearning (Blend condensation + A-AMU).
+
+The public API, in the groups the README follows:
+
+- **Condense the retain set (Blend)**: :func:`extract_features`, :func:`group` -> :class:`Clustering`,
+  :func:`condense` -> :class:`ReducedRetainSet`, :class:`Blender` (multi-round).
+- **Accelerate unlearning (A-AMU)**: :func:`accelerate` / :class:`Accelerator`, :class:`AAMULoss`,
+  :func:`steepen`, :class:`ForgetSampler`, :class:`UnseenSampler`.
+- **Unlearning methods**: :func:`unlearn` -> :class:`UnlearnResult`, :func:`train_model`,
+  :func:`available_methods`, :func:`presets`.
+- **Evaluation**: :func:`accuracy`, :func:`mia_score`, :func:`svc_mia`.
+- **Data and models**: :func:`load_dataset`, :func:`make_split`, :func:`random_convnet`.
+- **Kernels**: :func:`segment_blend`, :func:`quantile_transform`, :func:`quantile_mmd`, and which
+  backend runs them: :func:`available_backends`, :func:`explain`.
+
+Everything else lives in its module: timing (``fastblend.metrics.StageTimer``), plots
+(``fastblend.plots``), the literal research-code Blend (``fastblend.condense_reference``), the
+end-to-end runs (``fastblend.pipeline``) and the kernels' plain-PyTorch oracle (``fastblend.ops.reference``).
+"""
 
 from .aamu import AAMULoss, AAMULossOutput, Accelerator, ForgetSampler, UnseenSampler, accelerate, steepen
-from .condense import Blender, ReducedRetainSet, blend_lr, condense, save_blend_grid
-from .condense_reference import condense_reference
-from .data import load_dataset
+from .condense import Blender, ReducedRetainSet, condense
+from .data import load_dataset, make_split
 from .grouping import Clustering, extract_features, group
 from .machine import package_version as _package_version
 from .methods import UnlearnResult, available_methods, presets, train_model, unlearn
-from .metrics import StageTimer, accuracy, mia_score, svc_mia
+from .metrics import accuracy, mia_score, svc_mia
+from .models import random_convnet
 from .ops import quantile_mmd, quantile_transform, segment_blend
 from .ops._dispatch import available_backends, explain
 
 __version__ = _package_version()  # from the installed metadata: pyproject.toml is the one source
 
 __all__ = [
+    # Blend
+    "Blender",
+    "Clustering",
+    "ReducedRetainSet",
+    "condense",
+    "extract_features",
+    "group",
+    # A-AMU
     "AAMULoss",
     "AAMULossOutput",
     "Accelerator",
-    "Blender",
-    "Clustering",
     "ForgetSampler",
-    "ReducedRetainSet",
-    "StageTimer",
-    "UnlearnResult",
     "UnseenSampler",
-    "__version__",
     "accelerate",
-    "accuracy",
-    "available_backends",
-    "available_methods",
-    "blend_lr",
-    "condense",
-    "condense_reference",
-    "explain",
-    "extract_features",
-    "group",
-    "load_dataset",
-    "mia_score",
-    "presets",
-    "quantile_mmd",
-    "quantile_transform",
-    "save_blend_grid",
-    "segment_blend",
     "steepen",
-    "svc_mia",
+    # methods
+    "UnlearnResult",
+    "available_methods",
+    "presets",
     "train_model",
     "unlearn",
+    # evaluation
+    "accuracy",
+    "mia_score",
+    "svc_mia",
+    # data and models
+    "load_dataset",
+    "make_split",
+    "random_convnet",
+    # kernels and backends
+    "available_backends",
+    "explain",
+    "quantile_mmd",
+    "quantile_transform",
+    "segment_blend",
+    "__version__",
 ]

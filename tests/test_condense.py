@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 import fastblend
-from fastblend import Blender, Clustering, ReducedRetainSet, blend_lr, condense, condense_reference
-from fastblend.condense import blend_clusters, check_matcher, matcher_seed
-from fastblend.condense_reference import blend_clusters_reference
+from fastblend import Blender, Clustering, ReducedRetainSet, condense
+from fastblend.condense import blend_clusters, blend_lr, check_matcher, matcher_seed
+from fastblend.condense_reference import blend_clusters_reference, condense_reference
 from fastblend.models import ConvNet3
 
 from ._support import CPU_BACKENDS, FP32_MULTISTEP, Tol, assert_close, backend_params, needs_cuda, tolerance
@@ -422,7 +422,7 @@ def test_condense_groups_when_no_clustering_given(tmp_path):
     again = condense(images, labels, forget, clustering=clustering, iterations=3, seed=1, progress=False)
     assert rows(r) == rows(again)
     _check_split(again, images, labels, clustering, set(forget.tolist()))
-    png = fastblend.save_blend_grid(again, images, clustering, tmp_path / "grid.png", n=3)
+    png = fastblend.plots.save_blend_grid(again, images, clustering, tmp_path / "grid.png", n=3)
     assert png.stat().st_size > 0 and png.read_bytes()[:4] == b"\x89PNG"
 
 

@@ -44,7 +44,7 @@ import math
 import torch
 
 from . import _dispatch
-from ._common import DTYPE_CODE, SUPPORTED_DTYPES, acc_dtype, tl, triton
+from ._common import DTYPE_CODE, SUPPORTED_DTYPES, acc_dtype, bounded_labels, tl, triton
 
 OP_NAME = "quantile_mmd"
 TRANSFORM_OP_NAME = "quantile_transform"
@@ -208,6 +208,7 @@ def _triton_blocks() -> tuple[int, int, int]:
 def _triton_set_forward(z, y, k):
     m, c = z.shape
     z = z.contiguous()
+    y = bounded_labels(y, c)
     stats = torch.empty((3, m), dtype=torch.float64, device=z.device)
     br, bc, bk = _triton_blocks()
     _ce_forward_kernel[(m,)](z, y, stats[0], stats[1], c, BLOCK_C=min(bk, triton.next_power_of_2(c)))
@@ -218,6 +219,7 @@ def _triton_set_forward(z, y, k):
 def _triton_set_backward(z, y, k, stats, dc):
     m, c = z.shape
     z = z.contiguous()
+    y = bounded_labels(y, c)
     du = torch.empty(m, dtype=torch.float64, device=z.device)
     dz = torch.empty_like(z)
     br, bc, bk = _triton_blocks()

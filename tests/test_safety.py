@@ -1,0 +1,104 @@
+"""Issue 14: no public input crashes the interpreter, returns a silently wrong value, or scores a
+broken model as good. One test (or a few) per numbered defect; the table of bad inputs per public
+name is tests/test_contract.py and the cross-backend differential tests tests/test_differential.py."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+import fastblend
+from fastblend.condense.blend import blend_clusters
+from tests._support import HAS_CPP, backend_params, device_for
+
+
+# --------------------------------------------------------------------------------------------
+# 1. Triton launchers hand the kernels contiguous index tensors
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", backend_params("triton", "cpp", "torch"))
+def test_strided_labels_and_indptr_match_the_reference(backend):
+    dev = device_for(backend)
+    g = torch.Generator().manual_seed(1)
+    y = torch.randint(0, 5, (16,), generator=g)[::2]
+    z = torch.randn(8, 5, generator=g)
+    want = fastblend.quantile_transform(z, y.contiguous(), backend="torch")
+    got = fastblend.quantile_transform(z.to(dev), y.to(dev) if dev != "cpu" else y, backend=backend)
+    torch.testing.assert_close(got.cpu(), want, rtol=1e-4, atol=1e-5)
+
+    x, w = torch.randn(9, 3, generator=g), torch.rand(9, generator=g) + 0.1
+    indptr = torch.tensor([0, 1, 2, 3, 5, 7, 9])[::2]  # [0, 2, 5, 9], stride 2
+    assert not indptr.is_contiguous()
+    want = fastblend.segment_blend(x, w, indptr.contiguous(), backend="torch")
+    got = fastblend.segment_blend(x.to(dev), w.to(dev), indptr.to(dev) if dev != "cpu" else indptr, backend=backend)
+    torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# 2. Memory safety: hostile indices raise a Python exception, never a signal
+# --------------------------------------------------------------------------------------------
+_HOSTILE = textwrap.dedent("""
+    import torch, fastblend
+    x, w, z = torch.randn(6, 4), torch.ones(6), torch.randn(4, 3)
+    ops = torch.ops.fastblend
+    cases = {
+        "indptr_past_end": lambda: fastblend.segment_blend(x, w, torch.tensor([0, 3, 600]), backend="cpp",
+                                                          validate=False),
+        "indptr_negative": lambda: fastblend.segment_blend(x, w, torch.tensor([0, -500, 6]), backend="cpp",
+                                                          validate=False),
+        "indptr_backward": lambda: ops.segment_blend_backward(torch.ones(2, 4), x, w, torch.tensor([0, 9, 6]),
+                                                              "sum", "cpp", True, True),
+        "label_huge": lambda: fastblend.quantile_mmd(z, torch.tensor([0, 1, 10**12, 2]), z,
+                                                     torch.tensor([0, 1, 2, 2]), backend="cpp", validate=False),
+        "label_negative_backward": lambda: ops.quantile_transform_backward(
+            torch.ones(4), z, torch.tensor([0, -7, 2, 2]), torch.rand(3, 4, dtype=torch.float64), 2.0, 60.0,
+            "cpp"),
+    }
+    for name, call in cases.items():
+        try:
+            call()
+            print(name, "no exception")
+        except ValueError as exc:
+            print(name, "ValueError", exc)
+""")
+
+
+@pytest.mark.skipif(not HAS_CPP, reason="C++ extension not built")
+def test_cpp_ops_raise_on_hostile_indices_with_validate_false():
+    """Run in a child process: before the in-kernel bounds checks these segfaulted or aborted."""
+    proc = subprocess.run([sys.executable, "-c", _HOSTILE], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"process died with {proc.returncode}: {proc.stdout}{proc.stderr[-500:]}"
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 5, proc.stdout
+    for line in lines:
+        assert line.split()[1] == "ValueError", line
+    assert "indptr must end at N = 6" in lines[0]
+    assert "labels must be in [0, 3), got 1000000000000" in lines[3]
+
+
+def test_triton_launchers_bound_hostile_indices():
+    """Under validate=False the Triton kernels never index out of bounds: the launchers clamp the
+    layout and the labels (values are then unspecified, but the process survives)."""
+    from fastblend.ops._common import bounded_indptr, bounded_labels
+
+    assert bounded_indptr(torch.tensor([0, 3, 600]), 6).tolist() == [0, 3, 6]
+    assert bounded_indptr(torch.tensor([5, -500, 2, 1]), 6).tolist() == [0, 5, 5, 6]
+    assert bounded_indptr(torch.tensor([0, 2, 4, 6])[::1], 6).tolist() == [0, 2, 4, 6]  # valid: unchanged
+    assert bounded_labels(torch.tensor([-1, 10**12, 2]), 3).tolist() == [0, 2, 2]
+
+
+def test_blend_clusters_validates_indptr():
+    net = fastblend.random_convnet(1, 8, seed=0).eval()
+    x = torch.randn(6, 1, 8, 8)
+    with pytest.raises(ValueError, match="blend_clusters: indptr must start at 0 and end at M = 6"):
+        blend_clusters(x, torch.tensor([0, 3, 600]), net, lr=0.1)
+    with pytest.raises(ValueError, match="blend_clusters: indptr must be strictly increasing"):
+        blend_clusters(x, torch.tensor([0, 4, 3, 6]), net, lr=0.1)
+    with pytest.raises(ValueError, match="blend_clusters: lr"):
+        blend_clusters(x, torch.tensor([0, 3, 6]), net, lr=float("nan"))
+    with pytest.raises(TypeError, match="blend_clusters: matcher"):
+        blend_clusters(x, torch.tensor([0, 3, 6]), nn.Linear(2, 2).state_dict(), lr=0.1)

@@ -40,6 +40,7 @@ class DataView:
         self.loader = loader
         self.indices = indices
         self.reduced = reduced
+        self.num_classes: int | None = None  # set by check_label_range: a loader's batches are checked too
 
     @property
     def in_memory(self) -> bool:
@@ -73,6 +74,17 @@ class DataView:
             raise ValueError(f"{fn}: {self.name} is empty")
         return _tensor_view(self.name, torch.cat(xs), torch.cat(ys), self.indices, self.reduced, fn)
 
+    def probe(self, fn: str) -> torch.Tensor:
+        """The first image as a ``[1, ...]`` batch (a loader's first batch is read); ``ValueError``
+        if there is none."""
+        if self.images is not None:
+            return self.images[:1]
+        for batch in self.loader:
+            x, _ = _unpack_batch(batch, self.name, fn)
+            if x.shape[0]:
+                return x[:1]
+        raise ValueError(f"{fn}: {self.name} is empty (its DataLoader yields no samples)")
+
     def take(self, idx: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         idx = idx.to(self.images.device)
         return self.images[idx].to(device, non_blocking=True), self.labels[idx].to(device, non_blocking=True)
@@ -84,6 +96,8 @@ class DataView:
         if self.images is None:
             for batch in self.loader:
                 x, y = _unpack_batch(batch, self.name, fn)
+                if self.num_classes is not None:
+                    _check_batch_labels(y, self.num_classes, self.name, fn)
                 yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             return
         n = len(self)
@@ -111,8 +125,20 @@ class CyclicBatches:
 
 
 def _unpack_batch(batch: Any, name: str, fn: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images, labels)`` of one loader batch, held to the checks of in-memory data (floating images,
+    1-D integer labels >= 0, one per image)."""
     if isinstance(batch, (tuple, list)) and len(batch) >= 2 and torch.is_tensor(batch[0]) and torch.is_tensor(batch[1]):
-        return batch[0], batch[1].long()
+        x, y = batch[0], batch[1]
+        if not x.is_floating_point():
+            raise TypeError(f"{fn}: {name} images must be a floating-point tensor, got {x.dtype} in a batch")
+        if y.dim() != 1 or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise TypeError(f"{fn}: {name} labels must be a 1-D integer tensor, got {y.dtype} of shape "
+                            f"{tuple(y.shape)} in a batch (float labels would be truncated)")
+        if x.dim() < 1 or x.shape[0] != y.shape[0]:
+            raise ValueError(f"{fn}: {name} batch has {x.shape[0] if x.dim() else 0} images but {y.shape[0]} labels")
+        if y.numel() and y.device.type != "meta" and int(y.min()) < 0:
+            raise ValueError(f"{fn}: {name} labels must be >= 0, got {int(y.min())}")
+        return x, y.long()
     raise TypeError(f"{fn}: {name} batches must be (images, labels, ...) tuples of tensors; got {type(batch).__name__}")
 
 
@@ -195,7 +221,15 @@ def check_disjoint(retain: DataView, forget: DataView, fn: str) -> None:
                          f"both (e.g. {both[:5].tolist()})")
 
 
+def _check_batch_labels(labels: torch.Tensor, num_classes: int, name: str, fn: str) -> None:
+    if labels.numel() and labels.device.type != "meta" and int(labels.max()) >= num_classes:
+        raise ValueError(f"{fn}: {name} labels must be in [0, {num_classes}) (the model's output width), "
+                         f"got {int(labels.max())}")
+
+
 def check_label_range(view: DataView, num_classes: int, fn: str) -> None:
+    """Raise if a label is ``>= num_classes``; a loader's batches are checked as they stream."""
+    view.num_classes = num_classes
     if view.labels is None or view.labels.device.type == "meta":
         return
     top = int(view.labels.max())

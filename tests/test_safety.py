@@ -4,6 +4,7 @@ name is tests/test_contract.py and the cross-backend differential tests tests/te
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import textwrap
@@ -102,3 +103,110 @@ def test_blend_clusters_validates_indptr():
         blend_clusters(x, torch.tensor([0, 3, 6]), net, lr=float("nan"))
     with pytest.raises(TypeError, match="blend_clusters: matcher"):
         blend_clusters(x, torch.tensor([0, 3, 6]), nn.Linear(2, 2).state_dict(), lr=0.1)
+
+
+# --------------------------------------------------------------------------------------------
+# 4. A diverged model is never scored as good; training stops when the loss goes non-finite
+# --------------------------------------------------------------------------------------------
+def _task(n: int = 40, c: int = 4, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 6, generator=g)
+    y = torch.randint(0, c, (n,), generator=g)
+    return x, y
+
+
+class _NaNModel(nn.Module):
+    def __init__(self, c: int = 4):
+        super().__init__()
+        self.lin = nn.Linear(6, c)
+
+    def forward(self, x):
+        return self.lin(x) * float("nan")
+
+
+def test_metrics_refuse_non_finite_logits():
+    x, y = _task()
+    model = _NaNModel()
+    with pytest.raises(ValueError, match="accuracy: the model's logits on images are not finite"):
+        fastblend.accuracy(model, x, y)
+    with pytest.raises(ValueError, match="mia_score: the model's logits on forget are not finite"):
+        fastblend.mia_score(model, (x, y), (x, y))
+    with pytest.raises(ValueError, match="svc_mia: the model's logits on retain are not finite"):
+        fastblend.svc_mia(model, (x, y), (x, y), (x, y))
+
+
+def test_true_class_log_odds_propagates_nan():
+    from fastblend.metrics import true_class_log_odds
+
+    phi = true_class_log_odds(torch.tensor([[float("nan"), 1.0], [2.0, 0.0]]), torch.tensor([0, 0]))
+    assert math.isnan(float(phi[0])) and math.isfinite(float(phi[1]))
+
+
+def test_training_stops_on_a_non_finite_loss():
+    x, y = _task()
+    bad = x.clone()
+    bad[7] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"unlearn: the training loss became non-finite .* in epoch 1, "
+                                                 r"first at step \d+ of \d+"):
+        fastblend.unlearn("finetune", nn.Linear(6, 4), (bad[:30], y[:30]), (x[30:], y[30:]),
+                          config=dict(epochs=1, batch_size=8))
+    with pytest.raises(FloatingPointError, match="train_model: training left non-finite weights"):
+        fastblend.train_model(nn.Linear(6, 4), (x * 1e20, y), config=dict(epochs=1, batch_size=64, lr=1e20,
+                                                                    warmup_epochs=0))
+
+
+@pytest.mark.parametrize("lr", [float("inf"), float("nan")])
+def test_train_config_rejects_non_finite_lr(lr):
+    from fastblend.methods import FinetuneConfig
+
+    with pytest.raises(ValueError, match="unlearn: config.lr must be a finite number > 0"):
+        FinetuneConfig(lr=lr).check("unlearn")
+
+
+# --------------------------------------------------------------------------------------------
+# 5. Labels outside the model's classes
+# --------------------------------------------------------------------------------------------
+def test_metrics_check_labels_against_logit_width():
+    x, y = _task()
+    model = nn.Linear(6, 4)
+    y_bad = y.clone()
+    y_bad[3] = 9
+    with pytest.raises(ValueError, match=r"accuracy: images labels must be in \[0, 4\).*got 9"):
+        fastblend.accuracy(model, x, y_bad)
+    with pytest.raises(ValueError, match=r"mia_score: forget labels must be in \[0, 4\).*got 9"):
+        fastblend.mia_score(model, (x, y_bad), (x, y))
+    with pytest.raises(ValueError, match=r"svc_mia: test labels must be in \[0, 4\).*got 9"):
+        fastblend.svc_mia(model, (x, y), (x, y), (x, y_bad))
+
+
+# --------------------------------------------------------------------------------------------
+# 7. DataLoader inputs get the checks of tensors
+# --------------------------------------------------------------------------------------------
+def _loader(x, y, batch_size=8):
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=batch_size)
+
+
+def test_dataloader_float_labels_are_refused_not_truncated():
+    x, y = _task()
+    with pytest.raises(TypeError, match="accuracy: images labels must be a 1-D integer tensor, got torch.float32"):
+        fastblend.accuracy(nn.Linear(6, 4), _loader(x, y.float() + 0.7))
+
+
+def test_dataloader_labels_beyond_the_model_are_refused():
+    x, y = _task()
+    y_bad = y.clone()
+    y_bad[5] = 7
+    with pytest.raises(ValueError, match=r"unlearn: retain labels must be in \[0, 4\)"):
+        fastblend.unlearn("finetune", nn.Linear(6, 4), _loader(x[:30], y_bad[:30]), (x[30:], y[30:]),
+                          config=dict(epochs=1))
+
+
+def test_empty_dataloader_is_a_clear_error():
+    x, y = _task()
+    empty = _loader(x[:0], y[:0])
+    with pytest.raises(ValueError, match="unlearn: retain is empty"):
+        fastblend.unlearn("finetune", nn.Linear(6, 4), empty, (x, y), config=dict(epochs=1))
+    with pytest.raises(ValueError, match="train_model: data is empty"):
+        fastblend.train_model(nn.Linear(6, 4), empty)
+    with pytest.raises(ValueError, match="accuracy: images is empty"):
+        fastblend.accuracy(nn.Linear(6, 4), empty)

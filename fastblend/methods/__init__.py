@@ -174,7 +174,7 @@ def train_model(model: nn.Module, data: Any, config: Any = None, device: torch.d
     dev = torch.device(device) if device is not None else model_device(model)
     view = as_data(data, "data", fn)
     work = (model if cfg.inplace else copy.deepcopy(model)).to(dev)
-    probe = view.images[:1] if view.in_memory else next(iter(view.loader))[0][:1]
+    probe = view.probe(fn)
     num_classes = probe_num_classes(work, probe.to(dev))
     check_label_range(view, num_classes, fn)
     if cfg.data_on_device:
@@ -259,10 +259,7 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
 
     work = model if cfg.inplace else copy.deepcopy(model)
     work = work.to(dev)
-    if r.in_memory:
-        probe = r.images[:1]
-    else:
-        probe = next(iter(r.loader))[0][:1]
+    probe = r.probe(fn)
     num_classes = probe_num_classes(work, probe.to(dev))
     for view in (r, f, u):
         if view is not None:

@@ -210,3 +210,46 @@ def test_empty_dataloader_is_a_clear_error():
         fastblend.train_model(nn.Linear(6, 4), empty)
     with pytest.raises(ValueError, match="accuracy: images is empty"):
         fastblend.accuracy(nn.Linear(6, 4), empty)
+
+
+# --------------------------------------------------------------------------------------------
+# 3. One NaN/Inf behaviour on every backend: refused when validating, NaN otherwise
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("backend", backend_params())
+def test_non_finite_logits_are_refused_or_give_nan(backend, bad):
+    dev = device_for(backend)
+    g = torch.Generator().manual_seed(3)
+    z, u = torch.randn(8, 5, generator=g), torch.randn(6, 5, generator=g)
+    y, yu = torch.randint(0, 5, (8,), generator=g), torch.randint(0, 5, (6,), generator=g)
+    z[2, y[2]] = bad
+    z, u, y, yu = z.to(dev), u.to(dev), y.to(dev), yu.to(dev)
+    with pytest.raises(ValueError, match="quantile_mmd: forget_logits must be finite; row 2"):
+        fastblend.quantile_mmd(z, y, u, yu, backend=backend)
+    with pytest.raises(ValueError, match="quantile_transform: logits must be finite; row 2"):
+        fastblend.quantile_transform(z, y, backend=backend)
+    zz = z.clone().requires_grad_(True)
+    value = fastblend.quantile_mmd(zz, y, u, yu, backend=backend, validate=False)
+    value.backward()
+    assert math.isnan(float(value.detach()))
+    assert bool(zz.grad.isnan().all())
+    assert bool(fastblend.quantile_transform(z, y, backend=backend, validate=False).isnan().all())
+
+
+@pytest.mark.parametrize("sigma", [1e-30, 1e-5, float("inf")])
+def test_sigma_must_be_finite_and_not_below_the_quantile_resolution(sigma):
+    z, y = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    with pytest.raises(ValueError, match="quantile_mmd: sigma must be a finite number >= 0.0001"):
+        fastblend.quantile_mmd(z, y, z, y, sigma=sigma)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_smallest_sigma_agrees_across_backends(backend):
+    dev = device_for(backend)
+    g = torch.Generator().manual_seed(4)
+    z, u = torch.randn(8, 5, generator=g), torch.randn(6, 5, generator=g)
+    y, yu = torch.randint(0, 5, (8,), generator=g), torch.randint(0, 5, (6,), generator=g)
+    want = fastblend.quantile_mmd(z.double(), y, u.double(), yu, sigma=1e-4, backend="torch")
+    got = fastblend.quantile_mmd(z.to(dev), y.to(dev), u.to(dev), yu.to(dev), sigma=1e-4, backend=backend)
+    assert math.isfinite(float(got))
+    torch.testing.assert_close(got.double().cpu(), want, rtol=1e-4, atol=1e-6)

@@ -253,3 +253,34 @@ def test_smallest_sigma_agrees_across_backends(backend):
     got = fastblend.quantile_mmd(z.to(dev), y.to(dev), u.to(dev), yu.to(dev), sigma=1e-4, backend=backend)
     assert math.isfinite(float(got))
     torch.testing.assert_close(got.double().cpu(), want, rtol=1e-4, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# 8. Samplers and the A-AMU loss check their arguments at construction
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("indices, match", [(torch.tensor([-1, 2, 3]), "forget indices must be >= 0, got -1"),
+                                            (torch.tensor([0, 2, 2]), "forget indices must be distinct, got 1")])
+def test_forget_sampler_rejects_negative_and_duplicate_indices(indices, match):
+    with pytest.raises(ValueError, match=f"ForgetSampler: {match}"):
+        fastblend.ForgetSampler(indices, batch_size=2)
+
+
+def test_accelerator_rejects_float_labels():
+    x, y = _task()
+    with pytest.raises(TypeError, match="Accelerator: forget_y must be integer class labels, got torch.float32"):
+        fastblend.accelerate(nn.Linear(6, 4), x, y.float() + 0.7, x, y)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(k=-1.0), "k must be a finite number >= 0"),
+    (dict(backend="bogus"), "backend must be one of 'auto'"),
+    (dict(lam=float("inf")), "lam must be a finite number >= 0"),
+    (dict(sigma=0.0), "sigma must be a finite number >= 0.0001"),
+    (dict(kappa=float("nan")), "kappa must be a number > 0"),
+])
+def test_aamu_settings_are_checked_at_construction(kwargs, match):
+    x, y = _task()
+    with pytest.raises(ValueError, match=f"AAMULoss: {match}"):
+        fastblend.AAMULoss(**kwargs)
+    with pytest.raises(ValueError, match=f"Accelerator: {match}"):
+        fastblend.accelerate(nn.Linear(6, 4), x, y, x, y, **kwargs)

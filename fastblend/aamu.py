@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ._device import module_device
+from .dataview import model_dtype
 from .ops._dispatch import BACKENDS
 from .ops.quantile_mmd import _check_params, quantile_mmd
 
@@ -257,7 +258,7 @@ class Accelerator:
                                  f"{x.shape[0] if x.dim() else 0} and {list(y.shape)}")
             if y.numel() and int(y.min()) < 0:
                 raise ValueError(f"{fn}: {name}_y must be >= 0, got {int(y.min())}")
-        dtype = _model_dtype(model)
+        dtype = model_dtype(model)
         if dtype is not None:  # images run in the network's dtype (documented in the class docstring)
             forget_x, unseen_x = forget_x.to(dtype), unseen_x.to(dtype)
         self.model = model
@@ -278,10 +279,6 @@ class Accelerator:
         with torch.no_grad():
             unseen_logits = self.model(ux)
         return self.criterion(retain_per_sample_loss, forget_logits, fy, unseen_logits, uy)
-
-
-def _model_dtype(model: nn.Module) -> torch.dtype | None:
-    return next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
 
 
 def accelerate(model: nn.Module, forget_x: torch.Tensor, forget_y: torch.Tensor, unseen_x: torch.Tensor,

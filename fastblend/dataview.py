@@ -41,6 +41,7 @@ class DataView:
         self.indices = indices
         self.reduced = reduced
         self.num_classes: int | None = None  # set by check_label_range: a loader's batches are checked too
+        self.image_dtype: torch.dtype | None = None  # set by cast_to_model: batches arrive in the model's dtype
 
     @property
     def in_memory(self) -> bool:
@@ -59,7 +60,9 @@ class DataView:
     def to(self, device: torch.device) -> DataView:
         if self.images is None or self.images.device == device:
             return self
-        return DataView(self.name, self.images.to(device), self.labels.to(device), None, self.indices, self.reduced)
+        moved = DataView(self.name, self.images.to(device), self.labels.to(device), None, self.indices, self.reduced)
+        moved.num_classes, moved.image_dtype = self.num_classes, self.image_dtype
+        return moved
 
     def materialise(self, fn: str) -> DataView:
         """The same data in memory (iterates a loader once; its own shuffling and transforms apply)."""
@@ -87,7 +90,8 @@ class DataView:
 
     def take(self, idx: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         idx = idx.to(self.images.device)
-        return self.images[idx].to(device, non_blocking=True), self.labels[idx].to(device, non_blocking=True)
+        return (self.images[idx].to(device, self.image_dtype, non_blocking=True),
+                self.labels[idx].to(device, non_blocking=True))
 
     def batches(self, batch_size: int, generator: torch.Generator, device: torch.device, fn: str,
                 shuffle: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -98,7 +102,7 @@ class DataView:
                 x, y = _unpack_batch(batch, self.name, fn)
                 if self.num_classes is not None:
                     _check_batch_labels(y, self.num_classes, self.name, fn)
-                yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                yield x.to(device, self.image_dtype, non_blocking=True), y.to(device, non_blocking=True)
             return
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
@@ -236,6 +240,17 @@ def check_label_range(view: DataView, num_classes: int, fn: str) -> None:
     if top >= num_classes:
         raise ValueError(f"{fn}: {view.name} labels must be in [0, {num_classes}) (the model's output width), "
                          f"got {top}")
+
+
+def model_dtype(model: nn.Module) -> torch.dtype | None:
+    """The dtype of ``model``'s first floating parameter (``None`` for a parameterless model)."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+
+
+def cast_to_model(view: DataView, model: nn.Module) -> None:
+    """Serve ``view``'s images in ``model``'s floating dtype (float16/bfloat16/float64 images run on a
+    float32 network, cast batch by batch)."""
+    view.image_dtype = model_dtype(model)
 
 
 def model_device(model: nn.Module) -> torch.device:

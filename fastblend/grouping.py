@@ -174,7 +174,8 @@ def extract_features(images: torch.Tensor, extractor: nn.Module | Callable | Non
 
     Args:
         images: ``[N, C, H, W]`` floating-point images (``[N, H, W]`` is read as one channel), on
-            any device; each batch is moved to ``device``.
+            any device; each batch is moved to ``device`` and cast to the extractor's floating dtype
+            (float16/bfloat16/float64 images run on the float32 default network).
         extractor: a module with an ``embed(x)`` method (used; e.g. fastblend's models) or any
             callable mapping ``[B, C, H, W]`` to ``[B, ...]`` features (flattened). ``None``: the
             seeded random ConvNet-3 ``f_g`` of docs/method.md §1.1, ``fastblend.models.random_convnet(C, H,
@@ -223,13 +224,16 @@ def extract_features(images: torch.Tensor, extractor: nn.Module | Callable | Non
         module_dev = module_device(extractor)
         dev = torch.device(device) if device is not None else (module_dev or images.device)
     forward = extractor.embed if callable(getattr(extractor, "embed", None)) else extractor
+    params = extractor.parameters() if isinstance(extractor, nn.Module) else iter(())
+    net_dtype = next((p.dtype for p in params if p.is_floating_point()), None)  # images are cast to it
 
     from tqdm.auto import tqdm
 
     out: torch.Tensor | None = None
     with tqdm(total=n, desc=name, unit="img", disable=not progress) as bar, torch.inference_mode():
         for start in range(0, n, batch_size):
-            batch = images[start:start + batch_size].to(dev, non_blocking=True, memory_format=memory_format)
+            batch = images[start:start + batch_size].to(dev, net_dtype, non_blocking=True,
+                                                           memory_format=memory_format)
             emb = forward(batch)
             if not isinstance(emb, torch.Tensor) or emb.shape[0] != batch.shape[0]:
                 raise ValueError(f"{name}: the extractor must return a tensor with one row per image, "

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._device import synchronize
-from .dataview import as_data, model_device
+from .dataview import as_data, model_device, model_dtype
 
 
 def _eval_device(model: nn.Module, device: torch.device | str | None, fn: str) -> torch.device:
@@ -36,7 +36,8 @@ def _eval_device(model: nn.Module, device: torch.device | str | None, fn: str) -
 def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 1024,
                    device: torch.device | str | None = None) -> torch.Tensor:
     """Float32 logits ``[N, C]`` on the model's device: batched, eval mode, ``inference_mode``
-    (the model's train/eval mode is restored afterwards)."""
+    (the model's train/eval mode is restored afterwards). Images are cast to the model's floating
+    dtype batch by batch."""
     if batch_size < 1:
         raise ValueError(f"predict_logits: batch_size must be >= 1, got {batch_size}")
     dev = _eval_device(model, device, "predict_logits")
@@ -44,7 +45,8 @@ def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 102
     model.eval()
     try:
         with torch.inference_mode():
-            out = [model(images[s:s + batch_size].to(dev, non_blocking=True)).float()
+            dtype = model_dtype(model)
+            out = [model(images[s:s + batch_size].to(dev, dtype, non_blocking=True)).float()
                    for s in range(0, images.shape[0], batch_size)]
     finally:
         model.train(was_training)

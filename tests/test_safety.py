@@ -284,3 +284,23 @@ def test_aamu_settings_are_checked_at_construction(kwargs, match):
         fastblend.AAMULoss(**kwargs)
     with pytest.raises(ValueError, match=f"Accelerator: {match}"):
         fastblend.accelerate(nn.Linear(6, 4), x, y, x, y, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# 6. Images of any floating dtype run, cast to the network's dtype
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_images_of_other_floating_dtypes_are_cast_to_the_network(dtype):
+    g = torch.Generator().manual_seed(5)
+    x32 = torch.randn(16, 1, 8, 8, generator=g)
+    x, y = x32.to(dtype), torch.arange(16) % 4
+    want = fastblend.extract_features(x.float(), progress=False)
+    torch.testing.assert_close(fastblend.extract_features(x, progress=False), want)
+    reduced = fastblend.condense(x, y, [0, 1], ipc=2, iterations=1, progress=False)
+    assert reduced.images.dtype == dtype and bool(torch.isfinite(reduced.images.float()).all())
+    net = fastblend.random_convnet(1, 8, 0, num_classes=4).requires_grad_(True)
+    assert 0.0 <= fastblend.accuracy(net, x, y) <= 100.0
+    res = fastblend.unlearn("finetune", net, (x[4:], y[4:]), (x[:4], y[:4]), config=dict(epochs=1, batch_size=8))
+    assert res.steps == 2
+    acc = fastblend.accelerate(net, x[:4], y[:4], x[4:], y[4:], batch_size=2)
+    assert acc.forget_x.dtype == torch.float32

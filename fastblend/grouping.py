@@ -59,6 +59,7 @@ import torch
 from torch import nn
 
 from ._device import module_device, synchronize
+from ._io import atomic_save, load_torch
 from .kmeans import _class_means, _faiss_has_gpu, _faiss_module, _objective, _run_faiss, _run_torch
 
 _FORMAT = "fastblend.Clustering"
@@ -141,15 +142,15 @@ class Clustering:
             raise ValueError("Clustering: inconsistent fields: " + "; ".join(problems))
 
     def save(self, path: str | Path) -> None:
-        """Write to ``path`` (a ``torch.save`` file holding only tensors and plain values)."""
+        """Write to ``path`` atomically (a ``torch.save`` file holding only tensors and plain values)."""
         state = {name: getattr(self, name) for name in self.__dataclass_fields__}
         state = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
-        torch.save({"format": _FORMAT, "version": _FORMAT_VERSION, "fields": state}, Path(path))
+        atomic_save({"format": _FORMAT, "version": _FORMAT_VERSION, "fields": state}, path)
 
     @classmethod
     def load(cls, path: str | Path) -> Clustering:
         """Read a file written by :meth:`save` (safe loading: no arbitrary objects are unpickled)."""
-        blob = torch.load(Path(path), map_location="cpu", weights_only=True)
+        blob = load_torch(path, "Clustering.load")
         if not isinstance(blob, dict) or blob.get("format") != _FORMAT:
             raise ValueError(f"Clustering.load: {path} is not a saved fastblend Clustering")
         if blob.get("version") != _FORMAT_VERSION:
@@ -160,7 +161,10 @@ class Clustering:
         if missing:
             raise ValueError(f"Clustering.load: {path} lacks fields {sorted(missing)}")
         out = cls(**{k: fields[k] for k in cls.__dataclass_fields__})
-        out.validate()
+        try:
+            out.validate()
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise ValueError(f"Clustering.load: {path}: {exc}") from exc
         return out
 
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._device import synchronize
+from ._io import atomic_write_text
 from .dataview import as_data, model_device, model_dtype
 
 
@@ -277,7 +278,7 @@ class StageTimer:
         record = {"stages": dict(self.stages), "total": self.total, **extra}
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(record, indent=2, default=str))
+        atomic_write_text(json.dumps(record, indent=2, default=str), path)
         return record
 
 

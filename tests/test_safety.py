@@ -304,3 +304,72 @@ def test_images_of_other_floating_dtypes_are_cast_to_the_network(dtype):
     assert res.steps == 2
     acc = fastblend.accelerate(net, x[:4], y[:4], x[4:], y[4:], batch_size=2)
     assert acc.forget_x.dtype == torch.float32
+
+
+# --------------------------------------------------------------------------------------------
+# 9. Persistence: loads are validated and name the file; writes are atomic
+# --------------------------------------------------------------------------------------------
+def _reduced():
+    from fastblend.condense import ReducedRetainSet
+
+    r = 5
+    none = torch.zeros(0, dtype=torch.long)
+    return ReducedRetainSet(images=torch.randn(r, 1, 4, 4), labels=torch.arange(r),
+                            is_blended=torch.zeros(r, dtype=torch.bool), source_cluster=torch.full((r,), -1),
+                            source_index=torch.arange(r), free_clusters=none, touched_clusters=none, compression=1.0)
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("images", "not a tensor", "images must be a floating tensor"),
+    ("labels", torch.arange(3), r"labels must be a torch.int64 tensor of shape \[5\]"),
+    ("is_blended", torch.zeros(5), "is_blended must be a torch.bool tensor"),
+    ("compression", "high", "compression must be a number"),
+])
+def test_reduced_set_load_validates_fields(tmp_path, field, value, match):
+    from fastblend.condense import ReducedRetainSet
+
+    path = tmp_path / "r.pt"
+    _reduced().save(path)
+    state = torch.load(path, weights_only=True)
+    state[field] = value
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=f"ReducedRetainSet.load: {path}: {match}"):
+        ReducedRetainSet.load(path)
+
+
+def test_truncated_files_raise_naming_the_path(tmp_path):
+    from fastblend.condense import ReducedRetainSet
+
+    path = tmp_path / "r.pt"
+    _reduced().save(path)
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ValueError, match=f"ReducedRetainSet.load: cannot read '{path}'"):
+        ReducedRetainSet.load(path)
+    clustering = fastblend.group(torch.randn(12, 3), torch.arange(12) % 2, ipc=2)
+    cpath = tmp_path / "c.pt"
+    clustering.save(cpath)
+    assert fastblend.Clustering.load(cpath).ipc == 2
+    cpath.write_bytes(cpath.read_bytes()[:-50])
+    with pytest.raises(ValueError, match=f"Clustering.load: cannot read '{cpath}'"):
+        fastblend.Clustering.load(cpath)
+
+
+def test_saves_are_atomic(tmp_path, monkeypatch):
+    """A write that fails half-way leaves the previous file intact and no temporary behind."""
+    path = tmp_path / "c.pt"
+    clustering = fastblend.group(torch.randn(12, 3), torch.arange(12) % 2, ipc=2)
+    clustering.save(path)
+    before = path.read_bytes()
+
+    def broken_save(obj, f, *args, **kwargs):
+        with open(f, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        clustering.save(path)
+    with pytest.raises(OSError, match="disk full"):
+        _reduced().save(tmp_path / "r.pt")
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]

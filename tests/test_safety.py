@@ -373,3 +373,28 @@ def test_saves_are_atomic(tmp_path, monkeypatch):
         _reduced().save(tmp_path / "r.pt")
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
+
+
+# --------------------------------------------------------------------------------------------
+# 11. Environment variables and available_backends
+# --------------------------------------------------------------------------------------------
+def test_bad_fastblend_backend_names_the_variable(monkeypatch):
+    monkeypatch.setenv("FASTBLEND_BACKEND", "garbage")
+    with pytest.raises(ValueError, match="FASTBLEND_BACKEND must be one of .*got 'garbage'"):
+        fastblend.segment_blend(torch.ones(2, 2), torch.ones(2), torch.tensor([0, 2]))
+
+
+@pytest.mark.skipif(not HAS_CPP, reason="C++ extension not built")
+@pytest.mark.parametrize("value, disabled", [("false", False), ("0", False), ("off", False), ("1", True),
+                                             ("yes", True)])
+def test_fastblend_no_cpp_reads_false_as_false(monkeypatch, value, disabled):
+    monkeypatch.setenv("FASTBLEND_NO_CPP", value)
+    assert (fastblend.available_backends()["cpp"] is not None) == disabled
+
+
+@pytest.mark.skipif(fastblend.ops._dispatch.triton_unavailable_reason() is not None, reason="triton not installed")
+def test_available_backends_says_triton_is_interpreter_only_without_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    reason = fastblend.available_backends()["triton"]
+    assert reason is not None and "interpreter" in reason

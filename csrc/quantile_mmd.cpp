@@ -314,8 +314,21 @@ void mmd_backward_rows(const double* g, const double* w, int64_t N, double sigma
 }
 
 // ---------------------------------------------------------------------------------------------
+// O(M) bounds check run on every call, validate=False included: a label outside [0, C) would read
+// outside its logits row. Raises ValueError in Python (pybind11 translates std::invalid_argument).
+void check_labels(const char* fn, const int64_t* y, int64_t M, int64_t C) {
+  if (M < 0 || C <= 0) throw std::invalid_argument(std::string(fn) + ": bad logits shape");
+  for (int64_t i = 0; i < M; ++i) {
+    if (y[i] < 0 || y[i] >= C)
+      throw std::invalid_argument(std::string(fn) + ": labels must be in [0, " + std::to_string(C) +
+                                  "), got " + std::to_string(y[i]) + " at position " +
+                                  std::to_string(i));
+  }
+}
+
 void set_forward(uintptr_t z, int dtype, uintptr_t y, int64_t M, int64_t C, double k,
                  uintptr_t stats, int nthreads) {
+  check_labels("quantile_mmd", as_ptr<const int64_t>(y), M, C);
   double* lse = as_ptr<double>(stats);
   double* u = lse + M;
   double* q = u + M;
@@ -332,6 +345,7 @@ void set_forward(uintptr_t z, int dtype, uintptr_t y, int64_t M, int64_t C, doub
 
 void set_backward(uintptr_t z, int dtype, uintptr_t y, int64_t M, int64_t C, double k,
                   uintptr_t stats, uintptr_t dc, uintptr_t dz, int nthreads) {
+  check_labels("quantile_mmd", as_ptr<const int64_t>(y), M, C);
   const double* lse = as_ptr<const double>(stats);
   const double* u = lse + M;
   std::vector<double> du(M);

@@ -130,9 +130,29 @@ void check_mode(int mode) {
   if (mode < kNone || mode > kSoftmax) throw std::invalid_argument("segment_blend: bad normalize code");
 }
 
+// O(K) bounds check run on every call, validate=False included: the kernels index x, w and their
+// outputs through indptr, so an offset outside [0, N] or a decreasing pair would read or write out
+// of bounds. Raises ValueError in Python (pybind11 translates std::invalid_argument).
+void check_layout(const int64_t* indptr, int64_t N, int64_t K, int64_t F) {
+  if (N < 0 || K < 0 || F < 0) throw std::invalid_argument("segment_blend: negative size");
+  if (indptr[0] != 0)
+    throw std::invalid_argument("segment_blend: indptr must start at 0, got indptr[0] = " +
+                                std::to_string(indptr[0]));
+  if (indptr[K] != N)
+    throw std::invalid_argument("segment_blend: indptr must end at N = " + std::to_string(N) +
+                                " (rows of x), got indptr[-1] = " + std::to_string(indptr[K]));
+  for (int64_t k = 0; k < K; ++k) {
+    if (indptr[k + 1] < indptr[k])
+      throw std::invalid_argument("segment_blend: indptr must be non-decreasing; indptr[" +
+                                  std::to_string(k + 1) + "] = " + std::to_string(indptr[k + 1]) +
+                                  " < indptr[" + std::to_string(k) + "] = " + std::to_string(indptr[k]));
+  }
+}
+
 void forward(uintptr_t x, int dtype, uintptr_t w, uintptr_t indptr, int64_t N, int64_t K, int64_t F,
              int mode, uintptr_t out, uintptr_t what, int nthreads) {
   check_mode(mode);
+  check_layout(as_ptr<const int64_t>(indptr), N, K, F);
   FASTBLEND_DISPATCH_FLOAT(dtype, "segment_blend_forward", [&] {
     using acc_t = typename Scalar<scalar_t>::acc_t;
     forward_impl<scalar_t>(as_ptr<const scalar_t>(x), as_ptr<const acc_t>(w),
@@ -144,6 +164,7 @@ void forward(uintptr_t x, int dtype, uintptr_t w, uintptr_t indptr, int64_t N, i
 void backward(uintptr_t grad, uintptr_t x, int dtype, uintptr_t w, uintptr_t indptr, int64_t N,
               int64_t K, int64_t F, int mode, uintptr_t dx, uintptr_t dw, int nthreads) {
   check_mode(mode);
+  check_layout(as_ptr<const int64_t>(indptr), N, K, F);
   FASTBLEND_DISPATCH_FLOAT(dtype, "segment_blend_backward", [&] {
     using acc_t = typename Scalar<scalar_t>::acc_t;
     backward_impl<scalar_t>(as_ptr<const scalar_t>(grad), as_ptr<const scalar_t>(x),

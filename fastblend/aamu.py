@@ -19,6 +19,7 @@ reduced retain set (``fastblend.condense``)::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -26,7 +27,9 @@ import torch
 from torch import nn
 
 from ._device import module_device
-from .ops.quantile_mmd import quantile_mmd
+from .dataview import model_dtype
+from .ops._dispatch import BACKENDS
+from .ops.quantile_mmd import _check_params, quantile_mmd
 
 STEEPEN_MODES = ("batch_mean_sq", "per_sample_sq")
 
@@ -63,8 +66,7 @@ class AAMULoss(nn.Module):
         super().__init__()
         if steepen not in STEEPEN_MODES:
             raise ValueError(f"AAMULoss: steepen must be one of {STEEPEN_MODES}, got {steepen!r}")
-        if not isinstance(lam, (int, float)) or isinstance(lam, bool) or not lam >= 0:
-            raise ValueError(f"AAMULoss: lam must be a number >= 0, got {lam!r}")
+        _check_loss_params("AAMULoss", lam, k, kappa, sigma, backend)
         self.lam, self.k, self.kappa, self.sigma = float(lam), float(k), float(kappa), float(sigma)
         self.steepen, self.backend = steepen, backend
 
@@ -78,6 +80,17 @@ class AAMULoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"lam={self.lam}, k={self.k}, kappa={self.kappa}, sigma={self.sigma}, steepen={self.steepen!r}"
+
+
+def _check_loss_params(fn: str, lam: float, k: float, kappa: float, sigma: float, backend: str) -> None:
+    """Check the A-AMU settings at construction, so a bad one fails here and not at the first step."""
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)):
+        raise TypeError(f"{fn}: lam must be a number, got {type(lam).__name__}")
+    if not math.isfinite(lam) or lam < 0:
+        raise ValueError(f"{fn}: lam must be a finite number >= 0, got {lam!r}")
+    _check_params(fn, k, kappa, sigma)
+    if not isinstance(backend, str) or backend not in BACKENDS + ("auto",):
+        raise ValueError(f"{fn}: backend must be one of 'auto', {', '.join(map(repr, BACKENDS))}; got {backend!r}")
 
 
 def _generator(seed: int, device: torch.device) -> torch.Generator:
@@ -114,6 +127,12 @@ class ForgetSampler:
                 raise TypeError(f"{fn}: forget must be a count or a 1-D integer index tensor, got "
                                 f"{forget.dtype} of shape {list(forget.shape)}")
             indices = forget.long()
+            if indices.numel() and int(indices.min()) < 0:
+                raise ValueError(f"{fn}: forget indices must be >= 0, got {int(indices.min())}")
+            dups = indices.numel() - indices.unique().numel()
+            if dups:
+                raise ValueError(f"{fn}: forget indices must be distinct, got {dups} duplicates (a duplicated "
+                                 "sample would be drawn twice as often)")
         elif isinstance(forget, int) and not isinstance(forget, bool):
             if forget < 0:
                 raise ValueError(f"{fn}: forget count must be >= 0, got {forget}")
@@ -210,8 +229,11 @@ class Accelerator:
         forget_x, forget_y: ``[F, ...]`` images and ``[F]`` int64 labels of ``D_f``.
         unseen_x, unseen_y: ``[U, ...]`` images and ``[U]`` int64 labels of ``D_u``.
         batch_size: the retain batch size B; forget/unseen batches hold ``4B`` samples.
-        lam, k, kappa, sigma, steepen, backend: see :class:`AAMULoss`.
+        lam, k, kappa, sigma, steepen, backend: see :class:`AAMULoss` (checked here).
         seed: seeds both samplers.
+
+    Images of another floating dtype than the model's parameters (float16, bfloat16, float64) are
+    cast to the model's dtype once, here; integer labels are required (float labels are refused).
     """
 
     def __init__(self, model: nn.Module, forget_x: torch.Tensor, forget_y: torch.Tensor, unseen_x: torch.Tensor,
@@ -220,12 +242,25 @@ class Accelerator:
                  seed: int = 0) -> None:
         fn = "Accelerator"
         _check_batch_size(fn, batch_size)
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"{fn}: model must be a torch.nn.Module, got {type(model).__name__}")
+        _check_loss_params(fn, lam, k, kappa, sigma, backend)
         for name, x, y in (("forget", forget_x, forget_y), ("unseen", unseen_x, unseen_y)):
             if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
                 raise TypeError(f"{fn}: {name}_x and {name}_y must be tensors")
-            if y.dim() != 1 or x.shape[0] != y.shape[0]:
+            if not x.is_floating_point():
+                raise TypeError(f"{fn}: {name}_x must be floating-point images, got {x.dtype}")
+            if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+                raise TypeError(f"{fn}: {name}_y must be integer class labels, got {y.dtype} (float labels "
+                                "would be truncated)")
+            if y.dim() != 1 or x.dim() < 1 or x.shape[0] != y.shape[0]:
                 raise ValueError(f"{fn}: {name}_x and {name}_y must have the same length, got "
-                                 f"{x.shape[0]} and {list(y.shape)}")
+                                 f"{x.shape[0] if x.dim() else 0} and {list(y.shape)}")
+            if y.numel() and int(y.min()) < 0:
+                raise ValueError(f"{fn}: {name}_y must be >= 0, got {int(y.min())}")
+        dtype = model_dtype(model)
+        if dtype is not None:  # images run in the network's dtype (documented in the class docstring)
+            forget_x, unseen_x = forget_x.to(dtype), unseen_x.to(dtype)
         self.model = model
         self.forget_x, self.forget_y = forget_x, forget_y.long()
         self.unseen_x, self.unseen_y = unseen_x, unseen_y.long()

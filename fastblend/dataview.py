@@ -40,6 +40,8 @@ class DataView:
         self.loader = loader
         self.indices = indices
         self.reduced = reduced
+        self.num_classes: int | None = None  # set by check_label_range: a loader's batches are checked too
+        self.image_dtype: torch.dtype | None = None  # set by cast_to_model: batches arrive in the model's dtype
 
     @property
     def in_memory(self) -> bool:
@@ -58,7 +60,9 @@ class DataView:
     def to(self, device: torch.device) -> DataView:
         if self.images is None or self.images.device == device:
             return self
-        return DataView(self.name, self.images.to(device), self.labels.to(device), None, self.indices, self.reduced)
+        moved = DataView(self.name, self.images.to(device), self.labels.to(device), None, self.indices, self.reduced)
+        moved.num_classes, moved.image_dtype = self.num_classes, self.image_dtype
+        return moved
 
     def materialise(self, fn: str) -> DataView:
         """The same data in memory (iterates a loader once; its own shuffling and transforms apply)."""
@@ -73,9 +77,21 @@ class DataView:
             raise ValueError(f"{fn}: {self.name} is empty")
         return _tensor_view(self.name, torch.cat(xs), torch.cat(ys), self.indices, self.reduced, fn)
 
+    def probe(self, fn: str) -> torch.Tensor:
+        """The first image as a ``[1, ...]`` batch (a loader's first batch is read); ``ValueError``
+        if there is none."""
+        if self.images is not None:
+            return self.images[:1]
+        for batch in self.loader:
+            x, _ = _unpack_batch(batch, self.name, fn)
+            if x.shape[0]:
+                return x[:1]
+        raise ValueError(f"{fn}: {self.name} is empty (its DataLoader yields no samples)")
+
     def take(self, idx: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         idx = idx.to(self.images.device)
-        return self.images[idx].to(device, non_blocking=True), self.labels[idx].to(device, non_blocking=True)
+        return (self.images[idx].to(device, self.image_dtype, non_blocking=True),
+                self.labels[idx].to(device, non_blocking=True))
 
     def batches(self, batch_size: int, generator: torch.Generator, device: torch.device, fn: str,
                 shuffle: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -84,7 +100,9 @@ class DataView:
         if self.images is None:
             for batch in self.loader:
                 x, y = _unpack_batch(batch, self.name, fn)
-                yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                if self.num_classes is not None:
+                    _check_batch_labels(y, self.num_classes, self.name, fn)
+                yield x.to(device, self.image_dtype, non_blocking=True), y.to(device, non_blocking=True)
             return
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
@@ -111,8 +129,20 @@ class CyclicBatches:
 
 
 def _unpack_batch(batch: Any, name: str, fn: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images, labels)`` of one loader batch, held to the checks of in-memory data (floating images,
+    1-D integer labels >= 0, one per image)."""
     if isinstance(batch, (tuple, list)) and len(batch) >= 2 and torch.is_tensor(batch[0]) and torch.is_tensor(batch[1]):
-        return batch[0], batch[1].long()
+        x, y = batch[0], batch[1]
+        if not x.is_floating_point():
+            raise TypeError(f"{fn}: {name} images must be a floating-point tensor, got {x.dtype} in a batch")
+        if y.dim() != 1 or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise TypeError(f"{fn}: {name} labels must be a 1-D integer tensor, got {y.dtype} of shape "
+                            f"{tuple(y.shape)} in a batch (float labels would be truncated)")
+        if x.dim() < 1 or x.shape[0] != y.shape[0]:
+            raise ValueError(f"{fn}: {name} batch has {x.shape[0] if x.dim() else 0} images but {y.shape[0]} labels")
+        if y.numel() and y.device.type != "meta" and int(y.min()) < 0:
+            raise ValueError(f"{fn}: {name} labels must be >= 0, got {int(y.min())}")
+        return x, y.long()
     raise TypeError(f"{fn}: {name} batches must be (images, labels, ...) tuples of tensors; got {type(batch).__name__}")
 
 
@@ -195,13 +225,32 @@ def check_disjoint(retain: DataView, forget: DataView, fn: str) -> None:
                          f"both (e.g. {both[:5].tolist()})")
 
 
+def _check_batch_labels(labels: torch.Tensor, num_classes: int, name: str, fn: str) -> None:
+    if labels.numel() and labels.device.type != "meta" and int(labels.max()) >= num_classes:
+        raise ValueError(f"{fn}: {name} labels must be in [0, {num_classes}) (the model's output width), "
+                         f"got {int(labels.max())}")
+
+
 def check_label_range(view: DataView, num_classes: int, fn: str) -> None:
+    """Raise if a label is ``>= num_classes``; a loader's batches are checked as they stream."""
+    view.num_classes = num_classes
     if view.labels is None or view.labels.device.type == "meta":
         return
     top = int(view.labels.max())
     if top >= num_classes:
         raise ValueError(f"{fn}: {view.name} labels must be in [0, {num_classes}) (the model's output width), "
                          f"got {top}")
+
+
+def model_dtype(model: nn.Module) -> torch.dtype | None:
+    """The dtype of ``model``'s first floating parameter (``None`` for a parameterless model)."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+
+
+def cast_to_model(view: DataView, model: nn.Module) -> None:
+    """Serve ``view``'s images in ``model``'s floating dtype (float16/bfloat16/float64 images run on a
+    float32 network, cast batch by batch)."""
+    view.image_dtype = model_dtype(model)
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -59,6 +59,7 @@ import torch
 from torch import nn
 
 from ._device import module_device, synchronize
+from ._io import atomic_save, load_torch
 from .kmeans import _class_means, _faiss_has_gpu, _faiss_module, _objective, _run_faiss, _run_torch
 
 _FORMAT = "fastblend.Clustering"
@@ -141,15 +142,15 @@ class Clustering:
             raise ValueError("Clustering: inconsistent fields: " + "; ".join(problems))
 
     def save(self, path: str | Path) -> None:
-        """Write to ``path`` (a ``torch.save`` file holding only tensors and plain values)."""
+        """Write to ``path`` atomically (a ``torch.save`` file holding only tensors and plain values)."""
         state = {name: getattr(self, name) for name in self.__dataclass_fields__}
         state = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
-        torch.save({"format": _FORMAT, "version": _FORMAT_VERSION, "fields": state}, Path(path))
+        atomic_save({"format": _FORMAT, "version": _FORMAT_VERSION, "fields": state}, path)
 
     @classmethod
     def load(cls, path: str | Path) -> Clustering:
         """Read a file written by :meth:`save` (safe loading: no arbitrary objects are unpickled)."""
-        blob = torch.load(Path(path), map_location="cpu", weights_only=True)
+        blob = load_torch(path, "Clustering.load")
         if not isinstance(blob, dict) or blob.get("format") != _FORMAT:
             raise ValueError(f"Clustering.load: {path} is not a saved fastblend Clustering")
         if blob.get("version") != _FORMAT_VERSION:
@@ -160,7 +161,10 @@ class Clustering:
         if missing:
             raise ValueError(f"Clustering.load: {path} lacks fields {sorted(missing)}")
         out = cls(**{k: fields[k] for k in cls.__dataclass_fields__})
-        out.validate()
+        try:
+            out.validate()
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise ValueError(f"Clustering.load: {path}: {exc}") from exc
         return out
 
 
@@ -174,7 +178,8 @@ def extract_features(images: torch.Tensor, extractor: nn.Module | Callable | Non
 
     Args:
         images: ``[N, C, H, W]`` floating-point images (``[N, H, W]`` is read as one channel), on
-            any device; each batch is moved to ``device``.
+            any device; each batch is moved to ``device`` and cast to the extractor's floating dtype
+            (float16/bfloat16/float64 images run on the float32 default network).
         extractor: a module with an ``embed(x)`` method (used; e.g. fastblend's models) or any
             callable mapping ``[B, C, H, W]`` to ``[B, ...]`` features (flattened). ``None``: the
             seeded random ConvNet-3 ``f_g`` of docs/method.md §1.1, ``fastblend.models.random_convnet(C, H,
@@ -223,13 +228,16 @@ def extract_features(images: torch.Tensor, extractor: nn.Module | Callable | Non
         module_dev = module_device(extractor)
         dev = torch.device(device) if device is not None else (module_dev or images.device)
     forward = extractor.embed if callable(getattr(extractor, "embed", None)) else extractor
+    params = extractor.parameters() if isinstance(extractor, nn.Module) else iter(())
+    net_dtype = next((p.dtype for p in params if p.is_floating_point()), None)  # images are cast to it
 
     from tqdm.auto import tqdm
 
     out: torch.Tensor | None = None
     with tqdm(total=n, desc=name, unit="img", disable=not progress) as bar, torch.inference_mode():
         for start in range(0, n, batch_size):
-            batch = images[start:start + batch_size].to(dev, non_blocking=True, memory_format=memory_format)
+            batch = images[start:start + batch_size].to(dev, net_dtype, non_blocking=True,
+                                                           memory_format=memory_format)
             emb = forward(batch)
             if not isinstance(emb, torch.Tensor) or emb.shape[0] != batch.shape[0]:
                 raise ValueError(f"{name}: the extractor must return a tensor with one row per image, "

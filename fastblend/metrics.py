@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._device import synchronize
-from .dataview import as_data, model_device
+from ._io import atomic_write_text
+from .dataview import as_data, model_device, model_dtype
 
 
 def _eval_device(model: nn.Module, device: torch.device | str | None, fn: str) -> torch.device:
@@ -36,7 +37,8 @@ def _eval_device(model: nn.Module, device: torch.device | str | None, fn: str) -
 def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 1024,
                    device: torch.device | str | None = None) -> torch.Tensor:
     """Float32 logits ``[N, C]`` on the model's device: batched, eval mode, ``inference_mode``
-    (the model's train/eval mode is restored afterwards)."""
+    (the model's train/eval mode is restored afterwards). Images are cast to the model's floating
+    dtype batch by batch."""
     if batch_size < 1:
         raise ValueError(f"predict_logits: batch_size must be >= 1, got {batch_size}")
     dev = _eval_device(model, device, "predict_logits")
@@ -44,7 +46,8 @@ def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 102
     model.eval()
     try:
         with torch.inference_mode():
-            out = [model(images[s:s + batch_size].to(dev, non_blocking=True)).float()
+            dtype = model_dtype(model)
+            out = [model(images[s:s + batch_size].to(dev, dtype, non_blocking=True)).float()
                    for s in range(0, images.shape[0], batch_size)]
     finally:
         model.train(was_training)
@@ -55,6 +58,24 @@ def _view(data: Any, labels: torch.Tensor | None, name: str, fn: str):
     return as_data((data, labels) if labels is not None else data, name, fn).materialise(fn)
 
 
+def _check_scored(logits: torch.Tensor, labels: torch.Tensor, name: str, fn: str) -> None:
+    """Refuse what cannot be scored honestly: non-finite logits (a diverged model would otherwise
+    score like a perfectly unlearned one) and labels outside the logits' width."""
+    if logits.dim() != 2 or labels.dim() != 1 or labels.shape[0] != logits.shape[0]:
+        raise ValueError(f"{fn}: expected {name} logits [N, C] and labels [N], got {list(logits.shape)} and "
+                         f"{list(labels.shape)}")
+    finite = torch.isfinite(logits).all(1)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise ValueError(f"{fn}: the model's logits on {name} are not finite (NaN/Inf in {bad} of "
+                         f"{logits.shape[0]} rows); a diverged model cannot be scored")
+    if labels.numel():
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= logits.shape[1]:
+            raise ValueError(f"{fn}: {name} labels must be in [0, {logits.shape[1]}) (the model's output "
+                             f"width), got {lo if lo < 0 else hi}")
+
+
 def accuracy(model: nn.Module, images: Any, labels: torch.Tensor | None = None, batch_size: int = 1024,
              device: torch.device | str | None = None) -> float:
     """Top-1 accuracy in percent (0..100) of ``model`` on ``images [N, ...]`` with ``labels [N]``
@@ -62,6 +83,7 @@ def accuracy(model: nn.Module, images: Any, labels: torch.Tensor | None = None, 
     ``inference_mode`` on the model's device; ``device``, when given, must be that device."""
     v = _view(images, labels, "images", "accuracy")
     logits = predict_logits(model, v.images, batch_size, device)
+    _check_scored(logits, v.labels, "images", "accuracy")
     return float((logits.argmax(1) == v.labels.to(logits.device)).double().mean()) * 100.0
 
 
@@ -70,7 +92,8 @@ def true_class_log_odds(logits: torch.Tensor, labels: torch.Tensor, clamp: float
 
     Computed without forming probabilities: ``log p_y = z_y − LSE(z)`` and ``log(1 − p_y) =
     LSE_{c≠y}(z) − LSE(z)``, so ``φ = z_y − LSE_{c≠y}(z)``, exact where ``p_y`` rounds to 1.
-    Clamped to ``[−clamp, clamp]`` (a single class or infinite logits give ``±inf`` otherwise).
+    Clamped to ``[−clamp, clamp]`` (a single class gives ``+inf`` otherwise). NaN logits give NaN:
+    the callers (:func:`mia_score`) refuse non-finite logits.
     """
     if logits.dim() != 2 or labels.shape != logits.shape[:1]:
         raise ValueError(f"true_class_log_odds: expected logits [N, C] and labels [N], got {tuple(logits.shape)} "
@@ -79,7 +102,7 @@ def true_class_log_odds(logits: torch.Tensor, labels: torch.Tensor, clamp: float
     y = labels.to(z.device).long()[:, None]
     z_y = z.gather(1, y).squeeze(1)
     others = z.scatter(1, y, float("-inf"))
-    return (z_y - torch.logsumexp(others, 1)).nan_to_num(nan=0.0).clamp(-clamp, clamp)
+    return (z_y - torch.logsumexp(others, 1)).clamp(-clamp, clamp)
 
 
 def _equal_size(a: np.ndarray, b: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -122,6 +145,8 @@ def mia_score_from_logits(forget_logits: torch.Tensor, forget_labels: torch.Tens
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
     fn = "mia_score"
+    _check_scored(forget_logits, forget_labels.to(forget_logits.device), "forget", fn)
+    _check_scored(test_logits, test_labels.to(test_logits.device), "test", fn)
     phi_f = true_class_log_odds(forget_logits, forget_labels.to(forget_logits.device), clamp)
     phi_t = true_class_log_odds(test_logits, test_labels.to(test_logits.device), clamp)
     a, b = _equal_size(phi_f.cpu().double().numpy(), phi_t.cpu().double().numpy(), seed)
@@ -184,8 +209,11 @@ def svc_mia(model: nn.Module, retain: Any, forget: Any, test: Any, batch_size: i
     if max_shadow < 1:
         raise ValueError(f"{fn}: max_shadow must be >= 1, got {max_shadow}")
     views = {name: _view(d, None, name, fn) for name, d in (("retain", retain), ("forget", forget), ("test", test))}
-    feats = {name: attack_features(predict_logits(model, v.images, batch_size, device), v.labels)
-             for name, v in views.items()}
+    feats = {}
+    for name, v in views.items():
+        logits = predict_logits(model, v.images, batch_size, device)
+        _check_scored(logits, v.labels.to(logits.device), name, fn)
+        feats[name] = attack_features(logits, v.labels)
     n = min(len(views["retain"]), len(views["test"]), max_shadow)
     g = torch.Generator().manual_seed(seed)
     ir = torch.randperm(len(views["retain"]), generator=g)[:n].numpy()
@@ -250,7 +278,7 @@ class StageTimer:
         record = {"stages": dict(self.stages), "total": self.total, **extra}
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(record, indent=2, default=str))
+        atomic_write_text(json.dumps(record, indent=2, default=str), path)
         return record
 
 

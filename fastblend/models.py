@@ -132,6 +132,11 @@ def random_convnet(in_channels: int, image_size: int, seed: int, num_classes: in
                    device: torch.device | str | None = None) -> ConvNet3:
     """A seeded, randomly initialised, never trained ConvNet-3 in eval mode with frozen weights
     (the grouping extractor ``f_g`` and the Blend matcher ``f_m`` of docs/method.md §1)."""
+    for name, value in (("in_channels", in_channels), ("image_size", image_size), ("num_classes", num_classes)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"random_convnet: {name} must be an int >= 1, got {value!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"random_convnet: seed must be an int, got {type(seed).__name__}")
     gen_state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._io import atomic_save, atomic_write_text, load_torch
 from .condense import Blender, ReducedRetainSet, condense
 from .data import dataset_info, load_dataset, make_split
 from .grouping import Clustering, extract_features, group
@@ -150,14 +151,14 @@ def original_model(cfg: ExperimentConfig, train_images: torch.Tensor, train_labe
         torch.manual_seed(seed)
         model = _build(cfg, train_images.shape[1], num_classes, train_images.shape[-1])
     if path.exists():
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        model.load_state_dict(load_torch(path, "pipeline"))
         return model.to(device), 0.0, True
     timer = StageTimer(device)
     with timer("train"):
         model = _train_model(model, (train_images, train_labels), config=cfg.train_config, device=device,
                              seed=seed, progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
+    atomic_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
     return model, timer.stages["train"], False
 
 
@@ -378,7 +379,7 @@ def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] | None = No
     summary = summarise(per_seed)
     result = {"config": asdict(cfg), "machine": machine_info(), "summary": summary, "per_seed": per_seed,
               "wall_seconds": time.perf_counter() - t0}
-    (out_dir / "results.json").write_text(json.dumps(result, indent=2, default=_json_default))
+    atomic_write_text(json.dumps(result, indent=2, default=_json_default), out_dir / "results.json")
     _write_csv(out_dir / "results.csv", [r for s in per_seed for r in s["rows"]])
     _write_csv(out_dir / "summary.csv", summary)
     rounds = [r for s in per_seed for r in s["rounds"]]

@@ -172,6 +172,35 @@ def _matching_terms(embed, blended: torch.Tensor, targets: torch.Tensor, chunk: 
     return torch.cat(parts)
 
 
+def _check_blend_inputs(x: torch.Tensor, indptr: torch.Tensor, matcher: nn.Module, lr: float,
+                        iterations: int) -> None:
+    """The argument checks of :func:`blend_clusters` (reads ``indptr`` on the host: O(K))."""
+    fn = "blend_clusters"
+    if not isinstance(x, torch.Tensor) or not isinstance(indptr, torch.Tensor):
+        bad = "x" if not isinstance(x, torch.Tensor) else "indptr"
+        raise TypeError(f"{fn}: {bad} must be a torch.Tensor, got {type(x if bad == 'x' else indptr).__name__}")
+    if x.dim() != 4 or not x.is_floating_point():
+        raise ValueError(f"{fn}: x must be a floating [M, C, H, W] tensor, got {x.dtype} {list(x.shape)}")
+    if indptr.dtype != torch.int64 or indptr.dim() != 1 or indptr.numel() < 1:
+        raise ValueError(f"{fn}: indptr must be a 1-D int64 tensor of K+1 offsets, got {indptr.dtype} "
+                         f"{list(indptr.shape)}")
+    if indptr.device != x.device:
+        raise ValueError(f"{fn}: indptr must be on x's device {x.device}, got {indptr.device}")
+    if not isinstance(matcher, nn.Module):
+        raise TypeError(f"{fn}: matcher must be a torch.nn.Module, got {type(matcher).__name__}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise ValueError(f"{fn}: lr must be a finite number > 0, got {lr!r}")
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
+        raise ValueError(f"{fn}: iterations must be an int >= 0, got {iterations!r}")
+    bounds = indptr.cpu()
+    if int(bounds[0]) != 0 or int(bounds[-1]) != x.shape[0]:
+        raise ValueError(f"{fn}: indptr must start at 0 and end at M = {x.shape[0]} (rows of x), got "
+                         f"indptr[0] = {int(bounds[0])}, indptr[-1] = {int(bounds[-1])}")
+    if bool((bounds[1:] <= bounds[:-1]).any()):
+        raise ValueError(f"{fn}: indptr must be strictly increasing: every segment must be non-empty "
+                         "(drop empty clusters)")
+
+
 def blend_clusters(x: torch.Tensor, indptr: torch.Tensor, matcher: nn.Module, *, lr: float,
                    iterations: int = 12, normalize: str = "sum", chunk_size: int | None = None,
                    backend: str = "auto", progress: bool = False,
@@ -201,14 +230,13 @@ def blend_clusters(x: torch.Tensor, indptr: torch.Tensor, matcher: nn.Module, *,
     """
     from tqdm.auto import tqdm
 
+    _check_blend_inputs(x, indptr, matcher, lr, iterations)
     device = x.device
     m, k = x.shape[0], indptr.numel() - 1
     if k == 0:
         empty = x.new_zeros(0)
         return BlendResult(empty, empty, x.new_zeros((0,) + tuple(x.shape[1:])), empty, empty, [])
     sizes = indptr[1:] - indptr[:-1]
-    if bool((sizes <= 0).any()):
-        raise ValueError("blend_clusters: every segment of indptr must be non-empty (drop empty clusters)")
     embed = embed_fn(matcher, amp, device)
     chunk = chunk_size or default_chunk_size(k, device)
     synchronize(device)

@@ -145,7 +145,8 @@ def condense(images: torch.Tensor, labels: torch.Tensor, forget: object, *, ipc:
     """Condense the retain set after a forget request (docs/method.md §1.2–1.3).
 
     Args:
-        images: ``[N, C, H, W]`` floating training images (normalised pixels).
+        images: ``[N, C, H, W]`` floating training images (normalised pixels); any floating dtype, cast
+            to the networks' dtype where they run (the reduced set keeps the images' dtype).
         labels: ``[N]`` integer labels.
         forget: training indices (tensor/list/array, distinct) or a ``[N]`` bool mask.
         ipc: clusters per class; with no ``clustering`` the images are grouped here

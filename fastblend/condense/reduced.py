@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
+
+from .._io import atomic_save, load_torch
 
 __all__ = ["ReducedRetainSet"]
 
@@ -77,22 +77,53 @@ class ReducedRetainSet(Dataset):
 
     def save(self, path: str | Path) -> None:
         """Write to ``path`` atomically (a temporary file renamed into place)."""
-        path = Path(path)
         state = {f.name: getattr(self, f.name) for f in fields(self)}
         state = {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in state.items()}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(state, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        atomic_save(state, path)
 
     @classmethod
     def load(cls, path: str | Path) -> ReducedRetainSet:
-        state = torch.load(Path(path), weights_only=True)
-        names = {f.name for f in fields(cls)}
+        """Read a file written by :meth:`save` (safe loading); every field is checked and every error
+        names the file."""
+        fn = "ReducedRetainSet.load"
+        state = load_torch(path, fn)
         if not isinstance(state, dict) or not {"images", "labels", "is_blended"} <= set(state):
-            raise ValueError(f"ReducedRetainSet.load: {path} does not hold a saved ReducedRetainSet")
-        return cls(**{k: v for k, v in state.items() if k in names})
+            raise ValueError(f"{fn}: {path} does not hold a saved ReducedRetainSet")
+        names = {f.name for f in fields(cls)}
+        state = {k: v for k, v in state.items() if k in names}
+        _check_state(state, f"{fn}: {path}")
+        return cls(**state)
+
+
+_ROW_FIELDS = {"labels": torch.int64, "is_blended": torch.bool, "source_cluster": torch.int64,
+               "source_index": torch.int64}
+
+
+def _check_state(state: dict, where: str) -> None:
+    """Types and shapes of a loaded ReducedRetainSet's fields (``where`` prefixes every error)."""
+    images = state["images"]
+    if not isinstance(images, torch.Tensor) or not images.is_floating_point() or images.dim() < 2:
+        raise ValueError(f"{where}: images must be a floating tensor [R, ...], got "
+                         f"{getattr(images, 'dtype', type(images).__name__)}")
+    rows = images.shape[0]
+    for name, dtype in _ROW_FIELDS.items():
+        value = state.get(name)
+        if not isinstance(value, torch.Tensor) or value.dtype != dtype or tuple(value.shape) != (rows,):
+            got = f"{value.dtype} {list(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(f"{where}: {name} must be a {dtype} tensor of shape [{rows}] (one per image), got {got}")
+    for name in ("free_clusters", "touched_clusters"):
+        value = state.get(name)
+        if not isinstance(value, torch.Tensor) or value.dtype != torch.int64 or value.dim() != 1:
+            raise ValueError(f"{where}: {name} must be a 1-D int64 tensor")
+    for name in ("compression", "final_loss", "initial_loss"):
+        value = state.get(name, 0.0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where}: {name} must be a number, got {type(value).__name__}")
+    for name, kind in (("timings", dict), ("settings", dict), ("loss_history", list)):
+        if not isinstance(state.get(name, kind()), kind):
+            raise ValueError(f"{where}: {name} must be a {kind.__name__}, got {type(state[name]).__name__}")
+    blend = [state.get(n) for n in ("blend_members", "blend_weights", "blend_indptr")]
+    if any(v is not None for v in blend):
+        if not all(isinstance(v, torch.Tensor) and v.dim() == 1 for v in blend) or blend[0].shape != blend[1].shape:
+            raise ValueError(f"{where}: blend_members, blend_weights and blend_indptr must be 1-D tensors, the "
+                             "first two of one length")

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..dataview import as_data, check_disjoint, check_label_range, model_device
+from ..dataview import as_data, cast_to_model, check_disjoint, check_label_range, model_device, model_dtype
 from .accelerated import (
     ABadTeacherConfig,
     AFinetuneConfig,
@@ -174,9 +174,10 @@ def train_model(model: nn.Module, data: Any, config: Any = None, device: torch.d
     dev = torch.device(device) if device is not None else model_device(model)
     view = as_data(data, "data", fn)
     work = (model if cfg.inplace else copy.deepcopy(model)).to(dev)
-    probe = view.images[:1] if view.in_memory else next(iter(view.loader))[0][:1]
-    num_classes = probe_num_classes(work, probe.to(dev))
+    probe = view.probe(fn)
+    num_classes = probe_num_classes(work, probe.to(dev, model_dtype(work)))
     check_label_range(view, num_classes, fn)
+    cast_to_model(view, work)
     if cfg.data_on_device:
         view = view.to(dev)
     ctx = RunContext(cfg, dev, seed, progress, fn)
@@ -259,14 +260,12 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
 
     work = model if cfg.inplace else copy.deepcopy(model)
     work = work.to(dev)
-    if r.in_memory:
-        probe = r.images[:1]
-    else:
-        probe = next(iter(r.loader))[0][:1]
-    num_classes = probe_num_classes(work, probe.to(dev))
+    probe = r.probe(fn)
+    num_classes = probe_num_classes(work, probe.to(dev, model_dtype(work)))
     for view in (r, f, u):
         if view is not None:
             check_label_range(view, num_classes, fn)
+            cast_to_model(view, work)
     if cfg.data_on_device:
         r = r.to(dev)
         if spec.name != "retrain":  # retrain never touches the forget set

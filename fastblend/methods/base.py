@@ -10,6 +10,7 @@ loss distributions is added (the A-AMU loss of :mod:`fastblend.aamu`).
 from __future__ import annotations
 
 import copy
+import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -204,6 +205,7 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
     for epoch in epochs:
         total, n = method.before_epoch(model, epoch, data, ctx, step)
         total = total.detach()
+        step_losses: list[torch.Tensor] = []  # on the device: read once per epoch, no per-step sync
         for x_r, y_r in data.retain.batches(cfg.batch_size, ctx.generator, ctx.device, ctx.fn):
             x_f = y_f = None
             if accelerated:
@@ -233,12 +235,31 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
                 loss = loss + reg
             step(loss)
             total = total + loss.detach()
+            step_losses.append(loss.detach())
             n += 1
         steps += n
         losses.append(float(total) / max(n, 1))
+        _check_finite_loss(losses[-1], step_losses, epoch, ctx.fn)
         if ctx.progress:
             epochs.set_postfix(loss=f"{losses[-1]:.4f}")
+    bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise FloatingPointError(f"{ctx.fn}: training left non-finite weights in {len(bad)} parameters (e.g. "
+                                 f"{bad[0]!r}) after epoch {cfg.epochs}; lower config.lr or check the data")
     return TrainOutcome(method.finish(model), losses, steps)
+
+
+def _check_finite_loss(mean: float, step_losses: list[torch.Tensor], epoch: int, fn: str) -> None:
+    """Stop a diverged run: the epoch's mean loss is read anyway, so finite losses cost nothing more."""
+    if math.isfinite(mean):
+        return
+    where = ""
+    if step_losses:
+        bad = torch.nonzero(~torch.isfinite(torch.stack(step_losses).float()))
+        if bad.numel():
+            where = f", first at step {int(bad[0]) + 1} of {len(step_losses)}"
+    raise FloatingPointError(f"{fn}: the training loss became non-finite ({mean}) in epoch {epoch + 1}{where}; "
+                             "the weights are no longer usable. Lower config.lr or check the data for NaN/Inf")
 
 
 def timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -85,8 +86,12 @@ class TrainConfig(RuntimeConfig):
             raise ValueError(f"{fn}: config.batch_size must be >= 1, got {self.batch_size}")
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"{fn}: config.optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
-        if not self.lr > 0:
-            raise ValueError(f"{fn}: config.lr must be > 0, got {self.lr}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"{fn}: config.lr must be a finite number > 0, got {self.lr}")
+        for name in ("momentum", "weight_decay"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{fn}: config.{name} must be a finite number >= 0, got {value}")
         if self.schedule not in ("constant", "cosine"):
             raise ValueError(f"{fn}: config.schedule must be 'constant' or 'cosine', got {self.schedule!r}")
         if self.micro_batch < 0:
@@ -120,8 +125,8 @@ class AAMUFields:
     def check(self, fn: str) -> None:
         """Check the base method's settings (the next class in the MRO), then these."""
         super().check(fn)
-        if self.lam < 0:
-            raise ValueError(f"{fn}: config.lam must be >= 0, got {self.lam}")
+        if not (isinstance(self.lam, (int, float)) and math.isfinite(self.lam) and self.lam >= 0):
+            raise ValueError(f"{fn}: config.lam must be a finite number >= 0, got {self.lam}")
         if self.forget_batch_factor < 1 or self.unseen_batch_factor < 1:
             raise ValueError(f"{fn}: config.forget_batch_factor and unseen_batch_factor must be >= 1, got "
                              f"{self.forget_batch_factor} and {self.unseen_batch_factor}")

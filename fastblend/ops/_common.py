@@ -31,6 +31,27 @@ def segment_ids(indptr: torch.Tensor, n: int | None = None) -> torch.Tensor:
     return torch.repeat_interleave(torch.arange(sizes.numel(), device=indptr.device), sizes, output_size=n)
 
 
+def bounded_indptr(indptr: torch.Tensor, n: int) -> torch.Tensor:
+    """``indptr`` made contiguous and forced into a valid CSR layout over ``n`` rows (clamped to
+    ``[0, n]``, non-decreasing, first 0, last ``n``) on the device, without a host sync.
+
+    Unchanged for a valid layout. The Triton kernels index through ``indptr`` without bounds checks,
+    so their launchers pass it through this: an invalid layout given with ``validate=False`` then
+    yields unspecified values, never an out-of-bounds access.
+    """
+    bounded = torch.cummax(indptr.clamp(0, n), 0).values
+    if bounded.numel() > 0:
+        bounded[-1] = n
+        bounded[0] = 0
+    return bounded.contiguous()
+
+
+def bounded_labels(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``labels`` made contiguous and clamped to ``[0, num_classes)`` on the device (no host sync):
+    what the Triton launchers hand their kernels, which gather ``logits[i, labels[i]]`` unchecked."""
+    return labels.clamp(0, num_classes - 1).contiguous()
+
+
 def normalize_segment_weights(weights: torch.Tensor, indptr: torch.Tensor, normalize: str) -> torch.Tensor:
     """``ŵ`` of ``segment_blend``; a zero-sum segment gives zeros under ``"sum"``."""
     k = indptr.numel() - 1

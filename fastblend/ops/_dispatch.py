@@ -56,7 +56,7 @@ def cpp_unavailable_reason() -> str | None:
 
 def _load_cpp():
     global _cpp_state
-    if os.environ.get("FASTBLEND_NO_CPP", "") not in ("", "0"):
+    if _env_flag("FASTBLEND_NO_CPP"):
         return None, "disabled by FASTBLEND_NO_CPP"
     if _cpp_state is None:
         try:
@@ -65,6 +65,11 @@ def _load_cpp():
         except ImportError as exc:
             _cpp_state = (None, f"C++ extension fastblend._C not built ({exc}); {_CPP_INSTALL_HINT}")
     return _cpp_state
+
+
+def _env_flag(name: str) -> bool:
+    """An environment switch: unset, empty, ``0``, ``false``, ``no`` and ``off`` (any case) mean off."""
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 def triton_interpret() -> bool:
@@ -151,6 +156,9 @@ def resolve(op: str, backend: str, tensors: Sequence[object]) -> str:
     requested = backend
     if requested == "auto":
         requested = os.environ.get("FASTBLEND_BACKEND", "auto").strip().lower() or "auto"
+    if requested not in BACKENDS + ("auto",) and backend == "auto":
+        raise ValueError(f"{op}: the environment variable FASTBLEND_BACKEND must be one of 'auto', "
+                         f"{', '.join(map(repr, BACKENDS))}; got {os.environ.get('FASTBLEND_BACKEND')!r}")
     if requested not in BACKENDS + ("auto",):
         raise ValueError(f"backend must be one of 'auto', {', '.join(map(repr, BACKENDS))}; got {backend!r}")
     why = reasons(op, tensors)
@@ -191,5 +199,9 @@ def explain(op_name: str, *tensors: object, backend: str = "auto") -> Explanatio
 
 
 def available_backends() -> dict[str, str | None]:
-    """Each backend mapped to ``None`` if it can run at all here, else the reason it cannot."""
-    return {"triton": triton_unavailable_reason(), "cpp": cpp_unavailable_reason(), "torch": None}
+    """Each backend mapped to ``None`` if it can run at all here, else the reason it cannot (Triton
+    without a CUDA device runs only in the interpreter, ``TRITON_INTERPRET=1``)."""
+    triton_reason = triton_unavailable_reason()
+    if triton_reason is None and not triton_interpret() and not torch.cuda.is_available():
+        triton_reason = "no CUDA device: Triton runs here only in the slow interpreter (set TRITON_INTERPRET=1)"
+    return {"triton": triton_reason, "cpp": cpp_unavailable_reason(), "torch": None}

@@ -44,7 +44,7 @@ import math
 import torch
 
 from . import _dispatch
-from ._common import DTYPE_CODE, SUPPORTED_DTYPES, acc_dtype, tl, triton
+from ._common import DTYPE_CODE, SUPPORTED_DTYPES, acc_dtype, bounded_labels, tl, triton
 
 OP_NAME = "quantile_mmd"
 TRANSFORM_OP_NAME = "quantile_transform"
@@ -59,14 +59,24 @@ def _probit(stats: torch.Tensor) -> torch.Tensor:
     return -torch.special.ndtri(stats[2])
 
 
+def _nan_unless_finite(values: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """``values``, or all NaN when any of ``inputs`` is not finite (on the device, no host sync).
+
+    Non-finite logits give a NaN or infinite per-sample loss ``u``; every ``g_i`` depends on every
+    ``u_j``, so one such sample makes the whole set's result NaN, identically on every backend (the
+    kernels' own arithmetic on NaN differs, and is never returned)."""
+    return torch.where(torch.isfinite(inputs).all(), values, torch.full_like(values, math.nan))
+
+
 def _clamped(stats: torch.Tensor, kappa: float) -> torch.Tensor:
-    return _probit(stats).clamp(-kappa, kappa)
+    return _nan_unless_finite(_probit(stats).clamp(-kappa, kappa), stats[1])
 
 
 def _dc_from_dg(dg: torch.Tensor, stats: torch.Tensor, kappa: float) -> torch.Tensor:
     p = _probit(stats)
     active = (p > -kappa) & (p < kappa)
-    return torch.where(active, dg * _SQRT_2PI * torch.exp(0.5 * p * p), torch.zeros_like(dg))
+    dc = torch.where(active, dg * _SQRT_2PI * torch.exp(0.5 * p * p), torch.zeros_like(dg))
+    return _nan_unless_finite(dc, stats[1])
 
 
 def _mmd_weights(mu: int, mf: int, device) -> torch.Tensor:
@@ -208,6 +218,7 @@ def _triton_blocks() -> tuple[int, int, int]:
 def _triton_set_forward(z, y, k):
     m, c = z.shape
     z = z.contiguous()
+    y = bounded_labels(y, c)
     stats = torch.empty((3, m), dtype=torch.float64, device=z.device)
     br, bc, bk = _triton_blocks()
     _ce_forward_kernel[(m,)](z, y, stats[0], stats[1], c, BLOCK_C=min(bk, triton.next_power_of_2(c)))
@@ -218,6 +229,7 @@ def _triton_set_forward(z, y, k):
 def _triton_set_backward(z, y, k, stats, dc):
     m, c = z.shape
     z = z.contiguous()
+    y = bounded_labels(y, c)
     du = torch.empty(m, dtype=torch.float64, device=z.device)
     dz = torch.empty_like(z)
     br, bc, bk = _triton_blocks()
@@ -419,6 +431,7 @@ def _quantile_mmd_op(forget_logits: torch.Tensor, forget_labels: torch.Tensor, u
     w = _mmd_weights(unseen_logits.shape[0], forget_logits.shape[0], g.device)
     # MMD² is a squared RKHS norm; rounding can take an exact 0 (identical sets) to −1e-10
     value = _mmd_launcher(_MMD_FORWARD, backend, forget_logits, unseen_logits)(g, w, sigma).clamp_min(0)
+    value = _nan_unless_finite(value, g)
     return value.to(acc_dtype(forget_logits, unseen_logits)), stats_f, stats_u
 
 
@@ -439,6 +452,7 @@ def _quantile_mmd_backward_op(grad: torch.Tensor, forget_logits: torch.Tensor, f
     g = torch.cat([_clamped(stats_u, kappa), _clamped(stats_f, kappa)])
     w = _mmd_weights(mu, mf, g.device)
     dg = _mmd_launcher(_MMD_BACKWARD, backend, forget_logits, unseen_logits)(g, w, sigma) * grad.double()
+    dg = _nan_unless_finite(dg, g)
     d_forget, d_unseen = forget_logits.new_empty(0), unseen_logits.new_empty(0)
     if need_forget:
         dc = _dc_from_dg(dg[mu:], stats_f, kappa)
@@ -503,12 +517,27 @@ def _check_set(fn: str, logits, labels, logits_name: str, labels_name: str, vali
             bad = lo if lo < 0 else hi
             raise ValueError(f"{fn}: {labels_name} must be in [0, {logits.shape[1]}) (the class count of "
                              f"{logits_name}), got {bad}")
+        _check_finite(fn, logits, logits_name)
+
+
+def _check_finite(fn: str, logits: torch.Tensor, logits_name: str) -> None:
+    """Refuse NaN/Inf logits (a host read, part of ``validate``); unvalidated they give NaN."""
+    finite = torch.isfinite(logits).all(1)
+    if not bool(finite.all()):
+        row = int(torch.nonzero(~finite)[0])
+        raise ValueError(f"{fn}: {logits_name} must be finite; row {row} holds NaN or Inf "
+                         f"({int((~finite).sum())} of {logits.shape[0]} rows); pass validate=False to get NaN instead")
+
+
+# The quantiles g lie in [-κ, κ] and are float32 in the fused kernels (spacing ~1e-5 near κ = 60): a
+# narrower Gaussian kernel would compare rounding errors (and 1/2σ² overflows float32 below ~1e-19).
+MIN_SIGMA = 1e-4
 
 
 def _check_params(fn: str, k: float, kappa: float, sigma: float | None = None) -> None:
     checks = [("k", k, lambda v: v >= 0, "a finite number >= 0"), ("kappa", kappa, lambda v: v > 0, "a number > 0")]
     if sigma is not None:
-        checks.append(("sigma", sigma, lambda v: v > 0, "a finite number > 0"))
+        checks.append(("sigma", sigma, lambda v: v >= MIN_SIGMA, f"a finite number >= {MIN_SIGMA:g}"))
     for name, value, ok, what in checks:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"{fn}: {name} must be a number, got {type(value).__name__}")
@@ -537,7 +566,9 @@ def quantile_transform(logits: torch.Tensor, labels: torch.Tensor, k: float = 2.
         k: steepness of the soft CDF (``>= 0``).
         kappa: clamp of the probit (``> 0``).
         backend: ``"auto" | "triton" | "cpp" | "torch"``; see :func:`fastblend.explain`.
-        validate: check the label range (reads ``labels`` on the host; pass ``False`` in a hot loop).
+        validate: check the label range and that ``logits`` are finite (reads them on the host; pass
+            ``False`` in a hot loop). Unvalidated, NaN/Inf logits make every output NaN (all backends);
+            a label outside ``[0, C)`` raises in the C++ kernels and is clamped by the Triton launcher.
 
     Returns:
         ``[M]`` float32 (float64 for float64 logits), each in ``[0, min(κ, Φ⁻¹(1 − 1/(2M)))]``.
@@ -561,9 +592,11 @@ def quantile_mmd(forget_logits: torch.Tensor, forget_labels: torch.Tensor, unsee
         unseen_logits: ``[M_u, C']`` logits of the unseen batch (``M_u`` may differ from ``M_f``).
         unseen_labels: ``[M_u]`` int64 labels in ``[0, C')``.
         k, kappa: soft-CDF steepness and probit clamp (:func:`quantile_transform`).
-        sigma: width of the Gaussian kernel.
+        sigma: width of the Gaussian kernel, finite and ``>= MIN_SIGMA = 1e-4`` (narrower kernels would
+            compare the float32 rounding of the quantiles).
         backend: ``"auto" | "triton" | "cpp" | "torch"``; see :func:`fastblend.explain`.
-        validate: check the label ranges (reads the labels on the host).
+        validate: check the label ranges and that the logits are finite (reads them on the host).
+            Unvalidated, NaN/Inf logits give a NaN result on every backend.
 
     Returns:
         A 0-d float32 tensor (float64 if either logits tensor is float64), ``>= 0``. Computed as

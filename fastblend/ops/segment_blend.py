@@ -20,7 +20,16 @@ import math
 import torch
 
 from . import _dispatch
-from ._common import DTYPE_CODE, SUPPORTED_DTYPES, acc_dtype, normalize_segment_weights, segment_ids, tl, triton
+from ._common import (
+    DTYPE_CODE,
+    SUPPORTED_DTYPES,
+    acc_dtype,
+    bounded_indptr,
+    normalize_segment_weights,
+    segment_ids,
+    tl,
+    triton,
+)
 
 OP_NAME = "segment_blend"
 NORMALIZE_MODES = {"none": 0, "sum": 1, "softmax": 2}
@@ -171,6 +180,7 @@ def _triton_forward(x, w, indptr, normalize):
     mode = NORMALIZE_MODES[normalize]
     x = x.contiguous()
     w = w.to(acc_dtype(x)).contiguous()
+    indptr = bounded_indptr(indptr, n)
     out = torch.zeros((k, f), dtype=_triton_store_dtype(x.dtype), device=x.device)
     if k > 0 and f > 0 and n > 0:
         what = _triton_normalize(w, indptr, mode)
@@ -186,6 +196,7 @@ def _triton_backward(grad, x, w, indptr, normalize, need_x, need_w):
     x = x.contiguous()
     grad = grad.to(x.dtype).contiguous()
     w_acc = w.to(acc).contiguous()
+    indptr = bounded_indptr(indptr, n)
     dx = torch.zeros_like(x, dtype=_triton_store_dtype(x.dtype)) if need_x else None
     d = torch.zeros(n, dtype=acc, device=x.device)
     dw = torch.zeros(n, dtype=acc, device=x.device)

@@ -1,0 +1,400 @@
+"""Issue 14: no public input crashes the interpreter, returns a silently wrong value, or scores a
+broken model as good. One test (or a few) per numbered defect; the table of bad inputs per public
+name is tests/test_contract.py and the cross-backend differential tests tests/test_differential.py."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+import fastblend
+from fastblend.condense.blend import blend_clusters
+from tests._support import HAS_CPP, backend_params, device_for
+
+
+# --------------------------------------------------------------------------------------------
+# 1. Triton launchers hand the kernels contiguous index tensors
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", backend_params("triton", "cpp", "torch"))
+def test_strided_labels_and_indptr_match_the_reference(backend):
+    dev = device_for(backend)
+    g = torch.Generator().manual_seed(1)
+    y = torch.randint(0, 5, (16,), generator=g)[::2]
+    z = torch.randn(8, 5, generator=g)
+    want = fastblend.quantile_transform(z, y.contiguous(), backend="torch")
+    got = fastblend.quantile_transform(z.to(dev), y.to(dev) if dev != "cpu" else y, backend=backend)
+    torch.testing.assert_close(got.cpu(), want, rtol=1e-4, atol=1e-5)
+
+    x, w = torch.randn(9, 3, generator=g), torch.rand(9, generator=g) + 0.1
+    indptr = torch.tensor([0, 1, 2, 3, 5, 7, 9])[::2]  # [0, 2, 5, 9], stride 2
+    assert not indptr.is_contiguous()
+    want = fastblend.segment_blend(x, w, indptr.contiguous(), backend="torch")
+    got = fastblend.segment_blend(x.to(dev), w.to(dev), indptr.to(dev) if dev != "cpu" else indptr, backend=backend)
+    torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# 2. Memory safety: hostile indices raise a Python exception, never a signal
+# --------------------------------------------------------------------------------------------
+_HOSTILE = textwrap.dedent("""
+    import torch, fastblend
+    x, w, z = torch.randn(6, 4), torch.ones(6), torch.randn(4, 3)
+    ops = torch.ops.fastblend
+    cases = {
+        "indptr_past_end": lambda: fastblend.segment_blend(x, w, torch.tensor([0, 3, 600]), backend="cpp",
+                                                          validate=False),
+        "indptr_negative": lambda: fastblend.segment_blend(x, w, torch.tensor([0, -500, 6]), backend="cpp",
+                                                          validate=False),
+        "indptr_backward": lambda: ops.segment_blend_backward(torch.ones(2, 4), x, w, torch.tensor([0, 9, 6]),
+                                                              "sum", "cpp", True, True),
+        "label_huge": lambda: fastblend.quantile_mmd(z, torch.tensor([0, 1, 10**12, 2]), z,
+                                                     torch.tensor([0, 1, 2, 2]), backend="cpp", validate=False),
+        "label_negative_backward": lambda: ops.quantile_transform_backward(
+            torch.ones(4), z, torch.tensor([0, -7, 2, 2]), torch.rand(3, 4, dtype=torch.float64), 2.0, 60.0,
+            "cpp"),
+    }
+    for name, call in cases.items():
+        try:
+            call()
+            print(name, "no exception")
+        except ValueError as exc:
+            print(name, "ValueError", exc)
+""")
+
+
+@pytest.mark.skipif(not HAS_CPP, reason="C++ extension not built")
+def test_cpp_ops_raise_on_hostile_indices_with_validate_false():
+    """Run in a child process: before the in-kernel bounds checks these segfaulted or aborted."""
+    proc = subprocess.run([sys.executable, "-c", _HOSTILE], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"process died with {proc.returncode}: {proc.stdout}{proc.stderr[-500:]}"
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 5, proc.stdout
+    for line in lines:
+        assert line.split()[1] == "ValueError", line
+    assert "indptr must end at N = 6" in lines[0]
+    assert "labels must be in [0, 3), got 1000000000000" in lines[3]
+
+
+def test_triton_launchers_bound_hostile_indices():
+    """Under validate=False the Triton kernels never index out of bounds: the launchers clamp the
+    layout and the labels (values are then unspecified, but the process survives)."""
+    from fastblend.ops._common import bounded_indptr, bounded_labels
+
+    assert bounded_indptr(torch.tensor([0, 3, 600]), 6).tolist() == [0, 3, 6]
+    assert bounded_indptr(torch.tensor([5, -500, 2, 1]), 6).tolist() == [0, 5, 5, 6]
+    assert bounded_indptr(torch.tensor([0, 2, 4, 6])[::1], 6).tolist() == [0, 2, 4, 6]  # valid: unchanged
+    assert bounded_labels(torch.tensor([-1, 10**12, 2]), 3).tolist() == [0, 2, 2]
+
+
+def test_blend_clusters_validates_indptr():
+    net = fastblend.random_convnet(1, 8, seed=0).eval()
+    x = torch.randn(6, 1, 8, 8)
+    with pytest.raises(ValueError, match="blend_clusters: indptr must start at 0 and end at M = 6"):
+        blend_clusters(x, torch.tensor([0, 3, 600]), net, lr=0.1)
+    with pytest.raises(ValueError, match="blend_clusters: indptr must be strictly increasing"):
+        blend_clusters(x, torch.tensor([0, 4, 3, 6]), net, lr=0.1)
+    with pytest.raises(ValueError, match="blend_clusters: lr"):
+        blend_clusters(x, torch.tensor([0, 3, 6]), net, lr=float("nan"))
+    with pytest.raises(TypeError, match="blend_clusters: matcher"):
+        blend_clusters(x, torch.tensor([0, 3, 6]), nn.Linear(2, 2).state_dict(), lr=0.1)
+
+
+# --------------------------------------------------------------------------------------------
+# 4. A diverged model is never scored as good; training stops when the loss goes non-finite
+# --------------------------------------------------------------------------------------------
+def _task(n: int = 40, c: int = 4, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 6, generator=g)
+    y = torch.randint(0, c, (n,), generator=g)
+    return x, y
+
+
+class _NaNModel(nn.Module):
+    def __init__(self, c: int = 4):
+        super().__init__()
+        self.lin = nn.Linear(6, c)
+
+    def forward(self, x):
+        return self.lin(x) * float("nan")
+
+
+def test_metrics_refuse_non_finite_logits():
+    x, y = _task()
+    model = _NaNModel()
+    with pytest.raises(ValueError, match="accuracy: the model's logits on images are not finite"):
+        fastblend.accuracy(model, x, y)
+    with pytest.raises(ValueError, match="mia_score: the model's logits on forget are not finite"):
+        fastblend.mia_score(model, (x, y), (x, y))
+    with pytest.raises(ValueError, match="svc_mia: the model's logits on retain are not finite"):
+        fastblend.svc_mia(model, (x, y), (x, y), (x, y))
+
+
+def test_true_class_log_odds_propagates_nan():
+    from fastblend.metrics import true_class_log_odds
+
+    phi = true_class_log_odds(torch.tensor([[float("nan"), 1.0], [2.0, 0.0]]), torch.tensor([0, 0]))
+    assert math.isnan(float(phi[0])) and math.isfinite(float(phi[1]))
+
+
+def test_training_stops_on_a_non_finite_loss():
+    x, y = _task()
+    bad = x.clone()
+    bad[7] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"unlearn: the training loss became non-finite .* in epoch 1, "
+                                                 r"first at step \d+ of \d+"):
+        fastblend.unlearn("finetune", nn.Linear(6, 4), (bad[:30], y[:30]), (x[30:], y[30:]),
+                          config=dict(epochs=1, batch_size=8))
+    with pytest.raises(FloatingPointError, match="train_model: training left non-finite weights"):
+        fastblend.train_model(nn.Linear(6, 4), (x * 1e20, y), config=dict(epochs=1, batch_size=64, lr=1e20,
+                                                                    warmup_epochs=0))
+
+
+@pytest.mark.parametrize("lr", [float("inf"), float("nan")])
+def test_train_config_rejects_non_finite_lr(lr):
+    from fastblend.methods import FinetuneConfig
+
+    with pytest.raises(ValueError, match="unlearn: config.lr must be a finite number > 0"):
+        FinetuneConfig(lr=lr).check("unlearn")
+
+
+# --------------------------------------------------------------------------------------------
+# 5. Labels outside the model's classes
+# --------------------------------------------------------------------------------------------
+def test_metrics_check_labels_against_logit_width():
+    x, y = _task()
+    model = nn.Linear(6, 4)
+    y_bad = y.clone()
+    y_bad[3] = 9
+    with pytest.raises(ValueError, match=r"accuracy: images labels must be in \[0, 4\).*got 9"):
+        fastblend.accuracy(model, x, y_bad)
+    with pytest.raises(ValueError, match=r"mia_score: forget labels must be in \[0, 4\).*got 9"):
+        fastblend.mia_score(model, (x, y_bad), (x, y))
+    with pytest.raises(ValueError, match=r"svc_mia: test labels must be in \[0, 4\).*got 9"):
+        fastblend.svc_mia(model, (x, y), (x, y), (x, y_bad))
+
+
+# --------------------------------------------------------------------------------------------
+# 7. DataLoader inputs get the checks of tensors
+# --------------------------------------------------------------------------------------------
+def _loader(x, y, batch_size=8):
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=batch_size)
+
+
+def test_dataloader_float_labels_are_refused_not_truncated():
+    x, y = _task()
+    with pytest.raises(TypeError, match="accuracy: images labels must be a 1-D integer tensor, got torch.float32"):
+        fastblend.accuracy(nn.Linear(6, 4), _loader(x, y.float() + 0.7))
+
+
+def test_dataloader_labels_beyond_the_model_are_refused():
+    x, y = _task()
+    y_bad = y.clone()
+    y_bad[5] = 7
+    with pytest.raises(ValueError, match=r"unlearn: retain labels must be in \[0, 4\)"):
+        fastblend.unlearn("finetune", nn.Linear(6, 4), _loader(x[:30], y_bad[:30]), (x[30:], y[30:]),
+                          config=dict(epochs=1))
+
+
+def test_empty_dataloader_is_a_clear_error():
+    x, y = _task()
+    empty = _loader(x[:0], y[:0])
+    with pytest.raises(ValueError, match="unlearn: retain is empty"):
+        fastblend.unlearn("finetune", nn.Linear(6, 4), empty, (x, y), config=dict(epochs=1))
+    with pytest.raises(ValueError, match="train_model: data is empty"):
+        fastblend.train_model(nn.Linear(6, 4), empty)
+    with pytest.raises(ValueError, match="accuracy: images is empty"):
+        fastblend.accuracy(nn.Linear(6, 4), empty)
+
+
+# --------------------------------------------------------------------------------------------
+# 3. One NaN/Inf behaviour on every backend: refused when validating, NaN otherwise
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("backend", backend_params())
+def test_non_finite_logits_are_refused_or_give_nan(backend, bad):
+    dev = device_for(backend)
+    g = torch.Generator().manual_seed(3)
+    z, u = torch.randn(8, 5, generator=g), torch.randn(6, 5, generator=g)
+    y, yu = torch.randint(0, 5, (8,), generator=g), torch.randint(0, 5, (6,), generator=g)
+    z[2, y[2]] = bad
+    z, u, y, yu = z.to(dev), u.to(dev), y.to(dev), yu.to(dev)
+    with pytest.raises(ValueError, match="quantile_mmd: forget_logits must be finite; row 2"):
+        fastblend.quantile_mmd(z, y, u, yu, backend=backend)
+    with pytest.raises(ValueError, match="quantile_transform: logits must be finite; row 2"):
+        fastblend.quantile_transform(z, y, backend=backend)
+    zz = z.clone().requires_grad_(True)
+    value = fastblend.quantile_mmd(zz, y, u, yu, backend=backend, validate=False)
+    value.backward()
+    assert math.isnan(float(value.detach()))
+    assert bool(zz.grad.isnan().all())
+    assert bool(fastblend.quantile_transform(z, y, backend=backend, validate=False).isnan().all())
+
+
+@pytest.mark.parametrize("sigma", [1e-30, 1e-5, float("inf")])
+def test_sigma_must_be_finite_and_not_below_the_quantile_resolution(sigma):
+    z, y = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    with pytest.raises(ValueError, match="quantile_mmd: sigma must be a finite number >= 0.0001"):
+        fastblend.quantile_mmd(z, y, z, y, sigma=sigma)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_smallest_sigma_agrees_across_backends(backend):
+    dev = device_for(backend)
+    g = torch.Generator().manual_seed(4)
+    z, u = torch.randn(8, 5, generator=g), torch.randn(6, 5, generator=g)
+    y, yu = torch.randint(0, 5, (8,), generator=g), torch.randint(0, 5, (6,), generator=g)
+    want = fastblend.quantile_mmd(z.double(), y, u.double(), yu, sigma=1e-4, backend="torch")
+    got = fastblend.quantile_mmd(z.to(dev), y.to(dev), u.to(dev), yu.to(dev), sigma=1e-4, backend=backend)
+    assert math.isfinite(float(got))
+    torch.testing.assert_close(got.double().cpu(), want, rtol=1e-4, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# 8. Samplers and the A-AMU loss check their arguments at construction
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("indices, match", [(torch.tensor([-1, 2, 3]), "forget indices must be >= 0, got -1"),
+                                            (torch.tensor([0, 2, 2]), "forget indices must be distinct, got 1")])
+def test_forget_sampler_rejects_negative_and_duplicate_indices(indices, match):
+    with pytest.raises(ValueError, match=f"ForgetSampler: {match}"):
+        fastblend.ForgetSampler(indices, batch_size=2)
+
+
+def test_accelerator_rejects_float_labels():
+    x, y = _task()
+    with pytest.raises(TypeError, match="Accelerator: forget_y must be integer class labels, got torch.float32"):
+        fastblend.accelerate(nn.Linear(6, 4), x, y.float() + 0.7, x, y)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(k=-1.0), "k must be a finite number >= 0"),
+    (dict(backend="bogus"), "backend must be one of 'auto'"),
+    (dict(lam=float("inf")), "lam must be a finite number >= 0"),
+    (dict(sigma=0.0), "sigma must be a finite number >= 0.0001"),
+    (dict(kappa=float("nan")), "kappa must be a number > 0"),
+])
+def test_aamu_settings_are_checked_at_construction(kwargs, match):
+    x, y = _task()
+    with pytest.raises(ValueError, match=f"AAMULoss: {match}"):
+        fastblend.AAMULoss(**kwargs)
+    with pytest.raises(ValueError, match=f"Accelerator: {match}"):
+        fastblend.accelerate(nn.Linear(6, 4), x, y, x, y, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# 6. Images of any floating dtype run, cast to the network's dtype
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_images_of_other_floating_dtypes_are_cast_to_the_network(dtype):
+    g = torch.Generator().manual_seed(5)
+    x32 = torch.randn(16, 1, 8, 8, generator=g)
+    x, y = x32.to(dtype), torch.arange(16) % 4
+    want = fastblend.extract_features(x.float(), progress=False)
+    torch.testing.assert_close(fastblend.extract_features(x, progress=False), want)
+    reduced = fastblend.condense(x, y, [0, 1], ipc=2, iterations=1, progress=False)
+    assert reduced.images.dtype == dtype and bool(torch.isfinite(reduced.images.float()).all())
+    net = fastblend.random_convnet(1, 8, 0, num_classes=4).requires_grad_(True)
+    assert 0.0 <= fastblend.accuracy(net, x, y) <= 100.0
+    res = fastblend.unlearn("finetune", net, (x[4:], y[4:]), (x[:4], y[:4]), config=dict(epochs=1, batch_size=8))
+    assert res.steps == 2
+    acc = fastblend.accelerate(net, x[:4], y[:4], x[4:], y[4:], batch_size=2)
+    assert acc.forget_x.dtype == torch.float32
+
+
+# --------------------------------------------------------------------------------------------
+# 9. Persistence: loads are validated and name the file; writes are atomic
+# --------------------------------------------------------------------------------------------
+def _reduced():
+    from fastblend.condense import ReducedRetainSet
+
+    r = 5
+    none = torch.zeros(0, dtype=torch.long)
+    return ReducedRetainSet(images=torch.randn(r, 1, 4, 4), labels=torch.arange(r),
+                            is_blended=torch.zeros(r, dtype=torch.bool), source_cluster=torch.full((r,), -1),
+                            source_index=torch.arange(r), free_clusters=none, touched_clusters=none, compression=1.0)
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("images", "not a tensor", "images must be a floating tensor"),
+    ("labels", torch.arange(3), r"labels must be a torch.int64 tensor of shape \[5\]"),
+    ("is_blended", torch.zeros(5), "is_blended must be a torch.bool tensor"),
+    ("compression", "high", "compression must be a number"),
+])
+def test_reduced_set_load_validates_fields(tmp_path, field, value, match):
+    from fastblend.condense import ReducedRetainSet
+
+    path = tmp_path / "r.pt"
+    _reduced().save(path)
+    state = torch.load(path, weights_only=True)
+    state[field] = value
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=f"ReducedRetainSet.load: {path}: {match}"):
+        ReducedRetainSet.load(path)
+
+
+def test_truncated_files_raise_naming_the_path(tmp_path):
+    from fastblend.condense import ReducedRetainSet
+
+    path = tmp_path / "r.pt"
+    _reduced().save(path)
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ValueError, match=f"ReducedRetainSet.load: cannot read '{path}'"):
+        ReducedRetainSet.load(path)
+    clustering = fastblend.group(torch.randn(12, 3), torch.arange(12) % 2, ipc=2)
+    cpath = tmp_path / "c.pt"
+    clustering.save(cpath)
+    assert fastblend.Clustering.load(cpath).ipc == 2
+    cpath.write_bytes(cpath.read_bytes()[:-50])
+    with pytest.raises(ValueError, match=f"Clustering.load: cannot read '{cpath}'"):
+        fastblend.Clustering.load(cpath)
+
+
+def test_saves_are_atomic(tmp_path, monkeypatch):
+    """A write that fails half-way leaves the previous file intact and no temporary behind."""
+    path = tmp_path / "c.pt"
+    clustering = fastblend.group(torch.randn(12, 3), torch.arange(12) % 2, ipc=2)
+    clustering.save(path)
+    before = path.read_bytes()
+
+    def broken_save(obj, f, *args, **kwargs):
+        with open(f, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        clustering.save(path)
+    with pytest.raises(OSError, match="disk full"):
+        _reduced().save(tmp_path / "r.pt")
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
+
+
+# --------------------------------------------------------------------------------------------
+# 11. Environment variables and available_backends
+# --------------------------------------------------------------------------------------------
+def test_bad_fastblend_backend_names_the_variable(monkeypatch):
+    monkeypatch.setenv("FASTBLEND_BACKEND", "garbage")
+    with pytest.raises(ValueError, match="FASTBLEND_BACKEND must be one of .*got 'garbage'"):
+        fastblend.segment_blend(torch.ones(2, 2), torch.ones(2), torch.tensor([0, 2]))
+
+
+@pytest.mark.skipif(not HAS_CPP, reason="C++ extension not built")
+@pytest.mark.parametrize("value, disabled", [("false", False), ("0", False), ("off", False), ("1", True),
+                                             ("yes", True)])
+def test_fastblend_no_cpp_reads_false_as_false(monkeypatch, value, disabled):
+    monkeypatch.setenv("FASTBLEND_NO_CPP", value)
+    assert (fastblend.available_backends()["cpp"] is not None) == disabled
+
+
+@pytest.mark.skipif(fastblend.ops._dispatch.triton_unavailable_reason() is not None, reason="triton not installed")
+def test_available_backends_says_triton_is_interpreter_only_without_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    reason = fastblend.available_backends()["triton"]
+    assert reason is not None and "interpreter" in reason

@@ -14,6 +14,7 @@ from torch import nn
 
 from .._device import synchronize
 from ..grouping import Clustering
+from ..ops._dispatch import backend_for
 from .blend import BlendResult, blend_clusters, check_matcher, matcher_dtype
 from .checks import prepare_inputs, resolve_clustering
 from .reduced import ReducedRetainSet
@@ -106,7 +107,9 @@ def condense_core(caller: str, images: torch.Tensor, labels: torch.Tensor, forge
     settings = dict(iterations=iterations, lr=lr_value, normalize=normalize, seed=seed, matcher_seed=mseed,
                     shared_network=shared_network, amp=amp,
                     matcher="random_convnet" if mseed is not None else type(net).__name__, ipc=clustering.ipc,
-                    chunk_size=chunk_size, round=round_index, device=str(device))
+                    chunk_size=chunk_size, round=round_index, device=str(device),
+                    backends={"grouping": clustering.backend,
+                              "segment_blend": backend_for("segment_blend", device, backend)})
     reduced = assemble_reduced(images, labels, forget, clustering, sp, result.blended, result.normalized_weights,
                                result.initial_terms, result.final_terms, timings, settings, result.loss_history)
     return reduced, sp, result

@@ -200,7 +200,8 @@ class UnlearnResult:
         method: the method's canonical name.
         steps: optimiser steps taken (SSD: importance batches).
         info: method-specific facts (SSD: ``ssd_selected``/``ssd_total``; all: ``num_classes``,
-            ``retain_size``, ``reduced_retain``).
+            ``retain_size``, ``reduced_retain``, ``backends``: the backend of each fastblend op the run
+            used, e.g. ``{"quantile_mmd": "cpp"}`` for an accelerated method, ``{}`` for the others).
     """
 
     model: nn.Module
@@ -280,7 +281,9 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
         outcome, seconds = timed(lambda: run_ssd(work, data, cfg, ctx), dev)
     else:
         outcome, seconds = timed(lambda: train(spec.impl(cfg), work, data, cfg, ctx, spec.accelerated), dev)
-    info = {"num_classes": num_classes, "retain_size": len(r), "reduced_retain": r.reduced, **ctx.info}
+    # "backends": the backend of each fastblend op the method ran (A-AMU: quantile_mmd); {} for none
+    info = {"num_classes": num_classes, "retain_size": len(r), "reduced_retain": r.reduced, "backends": {},
+            **ctx.info}
     return UnlearnResult(outcome.model.eval(), seconds, outcome.losses, cfg, spec.name, outcome.steps, info)
 
 

@@ -21,6 +21,7 @@ from torch import nn
 
 from .._device import synchronize
 from ..dataview import CyclicBatches, DataView, model_device
+from ..ops._dispatch import backend_for
 from .config import TrainConfig
 from .context import RunContext, make_optimizer, make_scheduler
 
@@ -179,6 +180,7 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
         from ..aamu import AAMULoss, ForgetSampler, UnseenSampler
 
         aamu_loss = AAMULoss(lam=cfg.lam, k=cfg.k, kappa=cfg.kappa, sigma=cfg.sigma, steepen=cfg.steepen)
+        ctx.info["backends"] = {"quantile_mmd": backend_for("quantile_mmd", ctx.device, aamu_loss.backend)}
         forget_sampler = ForgetSampler(len(data.forget), cfg.forget_batch_factor * cfg.batch_size,
                                        seed=ctx.seed, device=data.forget.images.device)
         unseen_sampler = UnseenSampler(data.unseen.labels, cfg.unseen_batch_factor * cfg.batch_size,

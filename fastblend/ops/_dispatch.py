@@ -228,6 +228,11 @@ def explain(op_name: str, *tensors: object, backend: str = "auto") -> Explanatio
     return Explanation(op=op_name, chosen=resolve(op_name, backend, tensors), reasons=reasons(op_name, tensors))
 
 
+def backend_for(op: str, device: torch.device | str, backend: str = "auto") -> str:
+    """The backend ``op`` runs on for float32 tensors on ``device``: what results record."""
+    return resolve(op, backend, (torch.empty(0, device=device),))
+
+
 def available_backends() -> dict[str, str | None]:
     """Each backend mapped to ``None`` if it can run at all here, else the reason it cannot."""
     return {"triton": triton_unavailable_reason(), "cpp": cpp_unavailable_reason(), "torch": None}

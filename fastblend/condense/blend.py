@@ -174,7 +174,7 @@ def _matching_terms(embed, blended: torch.Tensor, targets: torch.Tensor, chunk: 
 
 def blend_clusters(x: torch.Tensor, indptr: torch.Tensor, matcher: nn.Module, *, lr: float,
                    iterations: int = 12, normalize: str = "sum", chunk_size: int | None = None,
-                   backend: str = "auto", progress: bool = False,
+                   backend: str = "auto", progress: bool | None = None,
                    member_features: torch.Tensor | None = None, amp: bool = False) -> BlendResult:
     """Blend every CSR segment of ``x`` into one image (docs/method.md §1.3), all segments at once.
 
@@ -199,7 +199,7 @@ def blend_clusters(x: torch.Tensor, indptr: torch.Tensor, matcher: nn.Module, *,
     Each iteration is one ``segment_blend`` over all clusters and one batched matcher
     forward/backward over the K blends; there is no Python loop over clusters.
     """
-    from tqdm.auto import tqdm
+    from .._progress import bar as progress_bar
 
     device = x.device
     m, k = x.shape[0], indptr.numel() - 1
@@ -230,7 +230,7 @@ def blend_clusters(x: torch.Tensor, indptr: torch.Tensor, matcher: nn.Module, *,
     t1 = time.perf_counter()
     sums: list[torch.Tensor] = []  # kept on the device: no host sync inside the loop
     initial_terms = None
-    for _ in tqdm(range(iterations), desc="blend", disable=not progress, leave=False):
+    for _ in progress_bar(range(iterations), desc="blend", progress=progress, leave=False):
         opt.zero_grad(set_to_none=True)
         blended = segment_blend(x, w, indptr, normalize, backend, validate=False)
         g, terms = _matching_grad(embed, blended, targets, chunk, scale)

@@ -72,7 +72,7 @@ def make_matcher(caller: str, matcher: nn.Module | None, images: torch.Tensor, s
 def condense_core(caller: str, images: torch.Tensor, labels: torch.Tensor, forget: torch.Tensor,
                   clustering: Clustering, *, iterations: int, lr: object, normalize: str,
                   matcher: nn.Module | None, seed: int, round_index: int, device: torch.device,
-                  chunk_size: int | None, progress: bool, backend: str,
+                  chunk_size: int | None, progress: bool | None, backend: str,
                   timings: dict, features: torch.Tensor | None = None,
                   net: nn.Module | None = None, amp: bool = False) -> tuple[ReducedRetainSet, Split, BlendResult]:
     """One condensation of checked inputs for the ``[N]`` bool ``forget`` mask: split, matcher, Blend,
@@ -142,7 +142,8 @@ def assemble_reduced(images, labels, forget, clustering, sp: Split, blended, w_h
 def condense(images: torch.Tensor, labels: torch.Tensor, forget: object, *, ipc: int | None = None,
              clustering: Clustering | None = None, iterations: int = 12, lr: float | str = "reference",
              normalize: str = "sum", matcher: nn.Module | None = None, seed: int = 0,
-             device: torch.device | str | None = None, chunk_size: int | None = None, progress: bool = True,
+             device: torch.device | str | None = None, chunk_size: int | None = None,
+             progress: bool | None = None,
              backend: str = "auto", share_network: bool = False,
              features: torch.Tensor | None = None, amp: bool = False) -> ReducedRetainSet:
     """Condense the retain set after a forget request (docs/method.md §1.2–1.3).
@@ -167,7 +168,7 @@ def condense(images: torch.Tensor, labels: torch.Tensor, forget: object, *, ipc:
             GPU and small cache-friendly batches on a CPU (:func:`default_chunk_size`). A ConvNet-3
             keeps about 1.4 MB of activations per 32x32 float32 image, so on a GPU pass e.g. 512 to
             bound memory at large ipc; the result is the same.
-        progress: show tqdm bars.
+        progress: show tqdm bars; ``None``: off unless ``FASTBLEND_PROGRESS=1`` (``fastblend._progress``).
         backend: :func:`fastblend.segment_blend` backend.
         share_network: **option, a departure from the reference** (which uses two independent random
             networks): one random network serves as the grouping extractor and as the matcher, so a

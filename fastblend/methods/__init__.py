@@ -163,7 +163,7 @@ class TrainModelConfig(TrainConfig):
 
 
 def train_model(model: nn.Module, data: Any, config: Any = None, device: torch.device | str | None = None,
-                seed: int = 0, progress: bool = False) -> nn.Module:
+                seed: int = 0, progress: bool | None = None) -> nn.Module:
     """Train ``model`` with cross-entropy on ``data`` (any data form of :func:`unlearn`) and return
     it (a trained deep copy unless ``config.inplace``), in eval mode. ``config``: ``None``, a dict of
     overrides or a :class:`TrainModelConfig`."""
@@ -214,7 +214,7 @@ class UnlearnResult:
 
 
 def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any = None, config: Any = None,
-            device: torch.device | str | None = None, seed: int = 0, progress: bool = False) -> UnlearnResult:
+            device: torch.device | str | None = None, seed: int = 0, progress: bool | None = None) -> UnlearnResult:
     """Unlearn ``forget`` from ``model`` with ``method``.
 
     Args:
@@ -234,7 +234,7 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
         device: where to run; default the model's device.
         seed: seeds batch order, samplers and fresh initialisations (own generators; the global RNG
             is untouched).
-        progress: a tqdm bar over epochs.
+        progress: a tqdm bar over epochs; ``None``: off unless ``FASTBLEND_PROGRESS=1`` (``fastblend._progress``).
 
     Raises ``ValueError``/``TypeError`` for an unknown method or config key, malformed or empty data,
     labels outside the model's classes, images and labels on different devices, retain and forget

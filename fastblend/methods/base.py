@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._device import synchronize
+from .._progress import bar as progress_bar
+from .._progress import progress_enabled
 from ..dataview import CyclicBatches, DataView, model_device
 from ..ops._dispatch import backend_for
 from .config import TrainConfig
@@ -199,10 +201,9 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
     losses: list[float] = []
     steps = 0
     epochs = range(cfg.epochs)
-    if ctx.progress:
-        from tqdm.auto import tqdm
-
-        epochs = tqdm(epochs, desc=method.name, leave=False)
+    show = progress_enabled(ctx.progress)
+    if show:
+        epochs = progress_bar(epochs, desc=method.name, leave=False, progress=True)
     for epoch in epochs:
         total, n = method.before_epoch(model, epoch, data, ctx, step)
         total = total.detach()
@@ -238,7 +239,7 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
             n += 1
         steps += n
         losses.append(float(total) / max(n, 1))
-        if ctx.progress:
+        if show:
             epochs.set_postfix(loss=f"{losses[-1]:.4f}")
     return TrainOutcome(method.finish(model), losses, steps)
 

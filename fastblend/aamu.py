@@ -59,23 +59,30 @@ class AAMULossOutput(NamedTuple):
 
 
 class AAMULoss(nn.Module):
-    """``L = steepen(retain_loss) + λ · MMD²(G_u, G_f)`` (docs/method.md §2.4). The unseen logits are detached."""
+    """``L = steepen(retain_loss) + λ · MMD²(G_u, G_f)`` (docs/method.md §2.4). The unseen logits are detached.
+
+    ``validate=True`` checks the label ranges on the host in eager mode; under ``torch.compile`` or
+    ``torch.export`` that check is skipped, so a compiled step has no graph break either way.
+    ``validate=False`` skips it in eager mode too (a hot loop whose labels are known to be valid).
+    """
 
     def __init__(self, lam: float = 34.0, k: float = 2.0, kappa: float = 60.0, sigma: float = 1.0,
-                 steepen: str = "batch_mean_sq", backend: str = "auto") -> None:
+                 steepen: str = "batch_mean_sq", backend: str = "auto", validate: bool = True) -> None:
         super().__init__()
         if steepen not in STEEPEN_MODES:
             raise ValueError(f"AAMULoss: steepen must be one of {STEEPEN_MODES}, got {steepen!r}")
         _check_loss_params("AAMULoss", lam, k, kappa, sigma, backend)
         self.lam, self.k, self.kappa, self.sigma = float(lam), float(k), float(kappa), float(sigma)
-        self.steepen, self.backend = steepen, backend
+        if not isinstance(validate, bool):
+            raise TypeError(f"AAMULoss: validate must be a bool, got {type(validate).__name__}")
+        self.steepen, self.backend, self.validate = steepen, backend, validate
 
     def forward(self, retain_loss: torch.Tensor, forget_logits: torch.Tensor, forget_labels: torch.Tensor,
                 unseen_logits: torch.Tensor, unseen_labels: torch.Tensor) -> AAMULossOutput:
         """``retain_loss`` ``[B]`` per-sample; logits ``[M_f, C]`` / ``[M_u, C]``, labels int64."""
         main = steepen(retain_loss, self.steepen)
         mmd = quantile_mmd(forget_logits, forget_labels, unseen_logits.detach(), unseen_labels, self.k,
-                           self.kappa, self.sigma, backend=self.backend)
+                           self.kappa, self.sigma, backend=self.backend, validate=self.validate)
         return AAMULossOutput(main + self.lam * mmd.to(main.dtype), main, mmd)
 
     def extra_repr(self) -> str:

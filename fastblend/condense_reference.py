@@ -40,7 +40,7 @@ def _blend_one(members: torch.Tensor, w: torch.Tensor, normalize: str) -> torch.
 def blend_clusters_reference(x: torch.Tensor, indptr: torch.Tensor, matcher: nn.Module, *, lr: float,
                              iterations: int = 12, normalize: str = "sum", progress: bool = False) -> BlendResult:
     """Same contract as :func:`fastblend.condense.blend_clusters`, as a Python loop over clusters."""
-    from tqdm.auto import tqdm
+    from ._progress import bar as progress_bar
 
     bounds = indptr.tolist()
     clusters = [x[s:e] for s, e in zip(bounds[:-1], bounds[1:])]
@@ -63,7 +63,7 @@ def blend_clusters_reference(x: torch.Tensor, indptr: torch.Tensor, matcher: nn.
     t1 = time.perf_counter()
     history: list[float] = []
     initial_terms = None
-    for _ in tqdm(range(iterations), desc="blend (loop)", disable=not progress, leave=False):
+    for _ in progress_bar(range(iterations), desc="blend (loop)", progress=progress, leave=False):
         opt.zero_grad(set_to_none=True)
         terms = []
         for members, w, mu in zip(clusters, weights, targets):

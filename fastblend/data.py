@@ -278,7 +278,7 @@ def make_split(train: ImageData, test: ImageData, forget: str | torch.Tensor | S
 
 def load_dataset(name: str = DEFAULT_DATASET, root: str | os.PathLike | None = None, *,
                  per_class: int | None = None, limit: int | None = None, normalization: str = "auto",
-                 split_seed: int = 0, include_valid: bool = False, progress: bool = False
+                 split_seed: int = 0, include_valid: bool = False, progress: bool | None = None
                  ) -> tuple[ImageData, ImageData]:
     """Load a dataset as normalised ``(train, test)`` :class:`ImageData`.
 
@@ -294,7 +294,8 @@ def load_dataset(name: str = DEFAULT_DATASET, root: str | os.PathLike | None = N
         split_seed: seed of the 80/20 train/test split of the datasets without an official one,
             and of ``limit``; keep it fixed to keep a dataset's split fixed across experiments.
         include_valid: CINIC-10 only: append the ``valid`` part to the train set.
-        progress: show a progress bar while decoding image files (CINIC-10).
+        progress: show a progress bar while decoding image files (CINIC-10); ``None``: off unless
+            ``FASTBLEND_PROGRESS=1`` (``fastblend._progress``).
 
     Raises:
         ValueError: unknown name, bad argument.

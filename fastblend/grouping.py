@@ -173,7 +173,7 @@ class Clustering:
 # ------------------------------------------------------------------------------------------------
 def extract_features(images: torch.Tensor, extractor: nn.Module | Callable | None = None,
                      batch_size: int = 512, device: torch.device | str | None = None, seed: int = 0,
-                     progress: bool = True) -> torch.Tensor:
+                     progress: bool | None = None) -> torch.Tensor:
     """Embed ``images`` with a frozen network in no-grad batches.
 
     Args:
@@ -189,7 +189,7 @@ def extract_features(images: torch.Tensor, extractor: nn.Module | Callable | Non
         device: where the forward runs. Default: the extractor's device (its first parameter), or
             the images' device for the default extractor.
         seed: seed of the default extractor (ignored when ``extractor`` is given).
-        progress: show a tqdm progress bar.
+        progress: show a tqdm progress bar; ``None``: off unless ``FASTBLEND_PROGRESS=1`` (``fastblend._progress``).
 
     Returns:
         ``[N, D]`` float32 features on ``device``.
@@ -231,10 +231,10 @@ def extract_features(images: torch.Tensor, extractor: nn.Module | Callable | Non
     params = extractor.parameters() if isinstance(extractor, nn.Module) else iter(())
     net_dtype = next((p.dtype for p in params if p.is_floating_point()), None)  # images are cast to it
 
-    from tqdm.auto import tqdm
+    from ._progress import bar as progress_bar
 
     out: torch.Tensor | None = None
-    with tqdm(total=n, desc=name, unit="img", disable=not progress) as bar, torch.inference_mode():
+    with progress_bar(total=n, desc=name, unit="img", progress=progress) as bar, torch.inference_mode():
         for start in range(0, n, batch_size):
             batch = images[start:start + batch_size].to(dev, net_dtype, non_blocking=True,
                                                            memory_format=memory_format)
@@ -304,7 +304,7 @@ def _check_group_inputs(features, labels, ipc, backend, niter, tol, num_classes)
 # ------------------------------------------------------------------------------------------------
 def group(features: torch.Tensor, labels: torch.Tensor, ipc: int, backend: str = "auto", seed: int = 0,
           niter: int = 100, tol: float = 1e-4, balanced: bool = False, num_classes: int | None = None,
-          init: str = "greedy-k-means++", progress: bool = False) -> Clustering:
+          init: str = "greedy-k-means++", progress: bool | None = None) -> Clustering:
     """k-means with ``k = ipc`` within every class (docs/method.md §1.1) -> :class:`Clustering`.
 
     Args:
@@ -324,7 +324,7 @@ def group(features: torch.Tensor, labels: torch.Tensor, ipc: int, backend: str =
             as scikit-learn's ``KMeans``) or ``"k-means++"`` (one candidate per draw, the textbook
             rule; FAISS's native implementation on the faiss backend). Greedy seeding costs about
             twice as much and reaches a 1-3% lower objective at ipc 10-100.
-        progress: show a tqdm progress bar.
+        progress: show a tqdm progress bar; ``None``: off unless ``FASTBLEND_PROGRESS=1`` (``fastblend._progress``).
 
     Returns:
         A :class:`Clustering` with CPU tensors; ``backend`` says which k-means ran.

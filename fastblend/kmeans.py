@@ -255,13 +255,13 @@ def _run_torch(features, members, k, niter, tol, seed, balanced, progress, init=
 
     ``init`` optionally maps a class position to starting centroids ``[k, D]`` (skips k-means++).
     """
-    from tqdm.auto import tqdm
+    from ._progress import bar as progress_bar
 
     gen = _generator(seed, features.device)
     local = [None] * len(members)
     iters = [0] * len(members)
     chunks = _chunks(members, k, features.shape[1])
-    with tqdm(total=niter * len(chunks), desc="group", unit="iter", disable=not progress) as bar:
+    with progress_bar(total=niter * len(chunks), desc="group", unit="iter", progress=progress) as bar:
         for chunk in chunks:
             x, valid, counts = _pack(features, [members[c] for c in chunk])
             if init is None:
@@ -279,7 +279,8 @@ def _run_torch(features, members, k, niter, tol, seed, balanced, progress, init=
 def _run_faiss(faiss, features, members, k, niter, seed, progress, seeding):
     """Local assignment of every class in ``members`` with ``faiss.Clustering``."""
     import numpy as np
-    from tqdm.auto import tqdm
+
+    from ._progress import bar as progress_bar
 
     use_gpu = features.is_cuda and _faiss_has_gpu(faiss)
     gpu_res = faiss.StandardGpuResources() if use_gpu else None
@@ -288,7 +289,7 @@ def _run_faiss(faiss, features, members, k, niter, seed, progress, seeding):
     native_pp = seeding == "k-means++" and hasattr(faiss, "ClusteringInitMethod_KMEANS_PLUS_PLUS")
     dim = features.shape[1]
     local, iters = [], []
-    for c, idx in enumerate(tqdm(members, desc="group", unit="class", disable=not progress)):
+    for c, idx in enumerate(progress_bar(members, desc="group", unit="class", progress=progress)):
         xc = features.index_select(0, idx.to(features.device)).to(torch.float32)
         xc = (xc - xc.mean(0, dtype=torch.float64).to(torch.float32)).cpu().numpy()
         xc = np.ascontiguousarray(xc)

@@ -253,7 +253,9 @@ def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, log: Callable[[str
     rows["accelerated"].update({"reduced_size": len(reduced), "retain_size": int(split.retain.numel()),
                                 "compression": reduced.compression, "blend_loss_initial": reduced.initial_loss,
                                 "blend_loss_final": reduced.final_loss, "ipc": ipc,
-                                "grouping_backend": clustering.backend})
+                                "grouping_backend": clustering.backend,
+                                **{f"backend_{op}": name for op, name in {**reduced.settings.get("backends", {}),
+                                                                          **res.info.get("backends", {})}.items()}})
 
     for variant in ("base", "accelerated"):
         if variant in rows:

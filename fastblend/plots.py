@@ -1,4 +1,8 @@
-"""PNG figures of a run (matplotlib, imported lazily; Agg backend, no display needed)."""
+"""PNG figures of a run (matplotlib, imported lazily; no display needed).
+
+Every figure is a bare ``matplotlib.figure.Figure`` saved by its own canvas: nothing here calls
+``matplotlib.use`` or ``pyplot``, so the caller's backend and pyplot's figure list (a notebook's
+inline plots) are left as they were."""
 
 from __future__ import annotations
 
@@ -12,15 +16,13 @@ if TYPE_CHECKING:
     from .grouping import Clustering
 
 
-def _pyplot():
+def _figure(**kwargs):
+    """A new ``matplotlib.figure.Figure`` outside pyplot (``savefig`` renders it with Agg for PNG)."""
     try:
-        import matplotlib
+        from matplotlib.figure import Figure
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError("fastblend plots need matplotlib: `pip install matplotlib` (or fastblend[plots])") from exc
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kwargs)
 
 
 STAGE_COLOURS = {"features": "#4c72b0", "grouping": "#55a868", "split": "#c44e52", "blend": "#8172b2",
@@ -29,9 +31,9 @@ STAGE_COLOURS = {"features": "#4c72b0", "grouping": "#55a868", "split": "#c44e52
 
 def stage_times(rows: list[dict], path: str | Path) -> Path:
     """Stacked horizontal bars: seconds per stage for each variant (``t_<stage>`` keys of ``rows``)."""
-    plt = _pyplot()
     rows = [r for r in rows if r.get("variant") != "original"]
-    fig, ax = plt.subplots(figsize=(9, 0.7 * len(rows) + 1.5))
+    fig = _figure(figsize=(9, 0.7 * len(rows) + 1.5))
+    ax = fig.subplots()
     labels = [f"{r['variant']}\n({r['method']})" for r in rows]
     left = [0.0] * len(rows)
     for stage, colour in STAGE_COLOURS.items():
@@ -47,7 +49,6 @@ def stage_times(rows: list[dict], path: str | Path) -> Path:
     ax.set_xlim(0, max(left + [1e-9]) * 1.15)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return Path(path)
 
 
@@ -56,9 +57,9 @@ def loss_histograms(losses: dict[str, dict[str, torch.Tensor]], path: str | Path
 
     After good unlearning the forget losses look like unseen losses (what A-AMU's regulariser aims
     for)."""
-    plt = _pyplot()
     names = list(losses)
-    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.0), squeeze=False)
+    fig = _figure(figsize=(3.6 * len(names), 3.0))
+    axes = fig.subplots(1, len(names), squeeze=False)
     top = max(float(torch.log1p(t).max()) for d in losses.values() for t in d.values() if t.numel()) or 1.0
     bins = torch.linspace(0, top, 40).tolist()
     for ax, name in zip(axes[0], names):
@@ -70,7 +71,6 @@ def loss_histograms(losses: dict[str, dict[str, torch.Tensor]], path: str | Path
     axes[0][0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return Path(path)
 
 
@@ -82,7 +82,6 @@ def save_blend_grid(reduced: ReducedRetainSet, images: torch.Tensor, clustering:
     Every tile is min-max scaled on its own for display. Needs matplotlib (``pip install
     fastblend[plots]``).
     """
-    plt = _pyplot()
     if n < 1 or members < 0:
         raise ValueError(f"save_blend_grid: n must be >= 1 and members >= 0, got n={n}, members={members}")
     blended = torch.nonzero(reduced.is_blended).flatten()
@@ -102,7 +101,8 @@ def save_blend_grid(reduced: ReducedRetainSet, images: torch.Tensor, clustering:
         return img[0].numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).numpy()
 
     cols = members + 1
-    fig, axes = plt.subplots(len(rows), cols, figsize=(1.2 * cols, 1.2 * len(rows)), squeeze=False)
+    fig = _figure(figsize=(1.2 * cols, 1.2 * len(rows)))
+    axes = fig.subplots(len(rows), cols, squeeze=False)
     for r, row in enumerate(rows):
         c = int(reduced.source_cluster[row])
         idx = perm[indptr[c] : indptr[c + 1]][:members].tolist()
@@ -116,5 +116,4 @@ def save_blend_grid(reduced: ReducedRetainSet, images: torch.Tensor, clustering:
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path

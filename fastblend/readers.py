@@ -248,7 +248,7 @@ def _read_svhn(base: Path):
     return read(folder / files[0]), read(folder / files[1])
 
 
-def _read_cinic10(base: Path, include_valid: bool, per_class: int | None, progress: bool):
+def _read_cinic10(base: Path, include_valid: bool, per_class: int | None, progress: bool | None):
     parts = ("train", "test") + (("valid",) if include_valid else ())
     folder = _locate(base, "cinic10", parts)
     expected = "{" + ",".join(parts) + "}/<class>/*.png (the ImageFolder layout CINIC-10 is distributed in)"
@@ -285,12 +285,12 @@ def _read_cinic10(base: Path, include_valid: bool, per_class: int | None, progre
         return arr
 
     def read(paths: list[Path], labels: list[int], desc: str):
-        from tqdm.auto import tqdm
+        from ._progress import bar as progress_bar
 
         x = np.empty((len(paths), 32, 32, 3), dtype=np.uint8)
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-            for i, arr in enumerate(tqdm(pool.map(decode, paths), total=len(paths), desc=desc,
-                                         disable=not progress)):
+            for i, arr in enumerate(progress_bar(pool.map(decode, paths), total=len(paths), desc=desc,
+                                                 progress=progress)):
                 x[i] = arr
         return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.tensor(labels, dtype=torch.int64)
 

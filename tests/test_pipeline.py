@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+import fastblend
 from fastblend import cli, pipeline
 from fastblend.pipeline import ExperimentConfig
 
@@ -36,6 +37,9 @@ def test_run_experiment_writes_results_and_plots(tmp_path):
     assert acc["t_blend"] > 0 and acc["t_grouping"] > 0 and acc["t_features"] > 0
     assert acc["t_total"] == pytest.approx(sum(acc[f"t_{s}"] for s in pipeline.STAGES if s != "evaluation"))
     assert acc["reduced_size"] < acc["retain_size"]
+    json_acc = next(r for r in doc["per_seed"][0]["rows"] if r["variant"] == "accelerated")
+    for op in ("segment_blend", "quantile_mmd"):  # results.json says which backend ran each op
+        assert json_acc[f"backend_{op}"] == fastblend.explain(op, torch.empty(0)).chosen
     assert acc["speedup_vs_base"] == pytest.approx(variants["base"]["t_total"] / acc["t_total"])
     assert variants["retrain"]["gap_test_acc"] == 0
     for row in variants.values():

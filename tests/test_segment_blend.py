@@ -206,20 +206,6 @@ def test_opcheck():
             torch.library.opcheck(op, (x, w, ip, norm, backend))
 
 
-def test_torch_compile_fullgraph():
-    x, w, ip, grad = _case([2, 1, 3], (5,))
-    w.requires_grad_(True)
-
-    @torch.compile(backend="aot_eager", fullgraph=True)
-    def step(a, b):
-        return (fastblend.segment_blend(a, b, ip, validate=False) ** 2).sum()
-
-    step(x, w).backward()
-    w2 = w.detach().clone().requires_grad_(True)
-    (ref.segment_blend(x, w2, ip) ** 2).sum().backward()
-    torch.testing.assert_close(w.grad, w2.grad)
-
-
 # --- errors -------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "make, exc, match",

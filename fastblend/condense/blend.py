@@ -203,7 +203,7 @@ def _check_blend_inputs(x: torch.Tensor, indptr: torch.Tensor, matcher: nn.Modul
 
 def blend_clusters(x: torch.Tensor, indptr: torch.Tensor, matcher: nn.Module, *, lr: float,
                    iterations: int = 12, normalize: str = "sum", chunk_size: int | None = None,
-                   backend: str = "auto", progress: bool = False,
+                   backend: str = "auto", progress: bool | None = None,
                    member_features: torch.Tensor | None = None, amp: bool = False) -> BlendResult:
     """Blend every CSR segment of ``x`` into one image (docs/method.md §1.3), all segments at once.
 
@@ -228,7 +228,7 @@ def blend_clusters(x: torch.Tensor, indptr: torch.Tensor, matcher: nn.Module, *,
     Each iteration is one ``segment_blend`` over all clusters and one batched matcher
     forward/backward over the K blends; there is no Python loop over clusters.
     """
-    from tqdm.auto import tqdm
+    from .._progress import bar as progress_bar
 
     _check_blend_inputs(x, indptr, matcher, lr, iterations)
     device = x.device
@@ -258,7 +258,7 @@ def blend_clusters(x: torch.Tensor, indptr: torch.Tensor, matcher: nn.Module, *,
     t1 = time.perf_counter()
     sums: list[torch.Tensor] = []  # kept on the device: no host sync inside the loop
     initial_terms = None
-    for _ in tqdm(range(iterations), desc="blend", disable=not progress, leave=False):
+    for _ in progress_bar(range(iterations), desc="blend", progress=progress, leave=False):
         opt.zero_grad(set_to_none=True)
         blended = segment_blend(x, w, indptr, normalize, backend, validate=False)
         g, terms = _matching_grad(embed, blended, targets, chunk, scale)

@@ -42,7 +42,7 @@ class Blender:
                  clustering: Clustering | None = None, mode: str = "cached", iterations: int = 12,
                  lr: float | str = "reference", normalize: str = "sum", matcher: nn.Module | None = None,
                  seed: int = 0, device: torch.device | str | None = None, chunk_size: int | None = None,
-                 progress: bool = True, backend: str = "auto", amp: bool = False):
+                 progress: bool | None = None, backend: str = "auto", amp: bool = False):
         if mode not in BLENDER_MODES:
             raise ValueError(f"Blender: mode must be one of {BLENDER_MODES}, got {mode!r}")
         images, labels, _, dev = prepare_inputs("Blender", images, labels, [], iterations, lr, normalize, chunk_size,

@@ -116,7 +116,7 @@ def check_clustering(caller: str, clustering: object, labels: torch.Tensor, ipc:
 
 def resolve_clustering(caller: str, images: torch.Tensor, labels: torch.Tensor, ipc: object,
                        clustering: Clustering | None, seed: int, device: torch.device,
-                       progress: bool, extractor: nn.Module | None = None,
+                       progress: bool | None, extractor: nn.Module | None = None,
                         ) -> tuple[Clustering, float, float, torch.Tensor | None]:
     """The caller's clustering, or extract features + group (seconds of both returned, and the
     features when they were extracted here)."""

@@ -14,6 +14,7 @@ from torch import nn
 
 from .._device import synchronize
 from ..grouping import Clustering
+from ..ops._dispatch import backend_for
 from .blend import BlendResult, blend_clusters, check_matcher, matcher_dtype
 from .checks import prepare_inputs, resolve_clustering
 from .reduced import ReducedRetainSet
@@ -71,7 +72,7 @@ def make_matcher(caller: str, matcher: nn.Module | None, images: torch.Tensor, s
 def condense_core(caller: str, images: torch.Tensor, labels: torch.Tensor, forget: torch.Tensor,
                   clustering: Clustering, *, iterations: int, lr: object, normalize: str,
                   matcher: nn.Module | None, seed: int, round_index: int, device: torch.device,
-                  chunk_size: int | None, progress: bool, backend: str,
+                  chunk_size: int | None, progress: bool | None, backend: str,
                   timings: dict, features: torch.Tensor | None = None,
                   net: nn.Module | None = None, amp: bool = False) -> tuple[ReducedRetainSet, Split, BlendResult]:
     """One condensation of checked inputs for the ``[N]`` bool ``forget`` mask: split, matcher, Blend,
@@ -106,7 +107,9 @@ def condense_core(caller: str, images: torch.Tensor, labels: torch.Tensor, forge
     settings = dict(iterations=iterations, lr=lr_value, normalize=normalize, seed=seed, matcher_seed=mseed,
                     shared_network=shared_network, amp=amp,
                     matcher="random_convnet" if mseed is not None else type(net).__name__, ipc=clustering.ipc,
-                    chunk_size=chunk_size, round=round_index, device=str(device))
+                    chunk_size=chunk_size, round=round_index, device=str(device),
+                    backends={"grouping": clustering.backend,
+                              "segment_blend": backend_for("segment_blend", device, backend)})
     reduced = assemble_reduced(images, labels, forget, clustering, sp, result.blended, result.normalized_weights,
                                result.initial_terms, result.final_terms, timings, settings, result.loss_history)
     return reduced, sp, result
@@ -139,7 +142,8 @@ def assemble_reduced(images, labels, forget, clustering, sp: Split, blended, w_h
 def condense(images: torch.Tensor, labels: torch.Tensor, forget: object, *, ipc: int | None = None,
              clustering: Clustering | None = None, iterations: int = 12, lr: float | str = "reference",
              normalize: str = "sum", matcher: nn.Module | None = None, seed: int = 0,
-             device: torch.device | str | None = None, chunk_size: int | None = None, progress: bool = True,
+             device: torch.device | str | None = None, chunk_size: int | None = None,
+             progress: bool | None = None,
              backend: str = "auto", share_network: bool = False,
              features: torch.Tensor | None = None, amp: bool = False) -> ReducedRetainSet:
     """Condense the retain set after a forget request (docs/method.md §1.2–1.3).
@@ -165,7 +169,7 @@ def condense(images: torch.Tensor, labels: torch.Tensor, forget: object, *, ipc:
             GPU and small cache-friendly batches on a CPU (:func:`default_chunk_size`). A ConvNet-3
             keeps about 1.4 MB of activations per 32x32 float32 image, so on a GPU pass e.g. 512 to
             bound memory at large ipc; the result is the same.
-        progress: show tqdm bars.
+        progress: show tqdm bars; ``None``: off unless ``FASTBLEND_PROGRESS=1`` (``fastblend._progress``).
         backend: :func:`fastblend.segment_blend` backend.
         share_network: **option, a departure from the reference** (which uses two independent random
             networks): one random network serves as the grouping extractor and as the matcher, so a

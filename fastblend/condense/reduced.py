@@ -33,7 +33,9 @@ class ReducedRetainSet(Dataset):
         timings: seconds per stage: ``features``, ``grouping``, ``split``, ``blend`` (plus detail keys).
         final_loss: matching loss ``L`` of the output blends (``nan`` when no cluster is free).
         initial_loss: ``L`` at initialisation (the cluster means).
-        settings: how it was made (iterations, lr, normalize, seeds, round, ...).
+        settings: how it was made (iterations, lr, normalize, seeds, round, ...); ``settings["backends"]``
+            names the backend of each stage (``grouping``: the clustering's k-means backend,
+            ``segment_blend``: the Blend op's).
         blend_members: ``[M]`` int64 training indices of the free clusters' members, CSR order.
         blend_weights: ``[M]`` final normalised weights ``ŵ`` aligned with ``blend_members``.
         blend_indptr: ``[K_free + 1]`` int64 CSR offsets of the free clusters into those two.

@@ -163,7 +163,7 @@ class TrainModelConfig(TrainConfig):
 
 
 def train_model(model: nn.Module, data: Any, config: Any = None, device: torch.device | str | None = None,
-                seed: int = 0, progress: bool = False) -> nn.Module:
+                seed: int = 0, progress: bool | None = None) -> nn.Module:
     """Train ``model`` with cross-entropy on ``data`` (any data form of :func:`unlearn`) and return
     it (a trained deep copy unless ``config.inplace``), in eval mode. ``config``: ``None``, a dict of
     overrides or a :class:`TrainModelConfig`."""
@@ -201,7 +201,8 @@ class UnlearnResult:
         method: the method's canonical name.
         steps: optimiser steps taken (SSD: importance batches).
         info: method-specific facts (SSD: ``ssd_selected``/``ssd_total``; all: ``num_classes``,
-            ``retain_size``, ``reduced_retain``).
+            ``retain_size``, ``reduced_retain``, ``backends``: the backend of each fastblend op the run
+            used, e.g. ``{"quantile_mmd": "cpp"}`` for an accelerated method, ``{}`` for the others).
     """
 
     model: nn.Module
@@ -214,7 +215,7 @@ class UnlearnResult:
 
 
 def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any = None, config: Any = None,
-            device: torch.device | str | None = None, seed: int = 0, progress: bool = False) -> UnlearnResult:
+            device: torch.device | str | None = None, seed: int = 0, progress: bool | None = None) -> UnlearnResult:
     """Unlearn ``forget`` from ``model`` with ``method``.
 
     Args:
@@ -234,7 +235,7 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
         device: where to run; default the model's device.
         seed: seeds batch order, samplers and fresh initialisations (own generators; the global RNG
             is untouched).
-        progress: a tqdm bar over epochs.
+        progress: a tqdm bar over epochs; ``None``: off unless ``FASTBLEND_PROGRESS=1`` (``fastblend._progress``).
 
     Raises ``ValueError``/``TypeError`` for an unknown method or config key, malformed or empty data,
     labels outside the model's classes, images and labels on different devices, retain and forget
@@ -279,7 +280,9 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
         outcome, seconds = timed(lambda: run_ssd(work, data, cfg, ctx), dev)
     else:
         outcome, seconds = timed(lambda: train(spec.impl(cfg), work, data, cfg, ctx, spec.accelerated), dev)
-    info = {"num_classes": num_classes, "retain_size": len(r), "reduced_retain": r.reduced, **ctx.info}
+    # "backends": the backend of each fastblend op the method ran (A-AMU: quantile_mmd); {} for none
+    info = {"num_classes": num_classes, "retain_size": len(r), "reduced_retain": r.reduced, "backends": {},
+            **ctx.info}
     return UnlearnResult(outcome.model.eval(), seconds, outcome.losses, cfg, spec.name, outcome.steps, info)
 
 

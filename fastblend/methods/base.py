@@ -21,7 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._device import synchronize
+from .._progress import bar as progress_bar
+from .._progress import progress_enabled
 from ..dataview import CyclicBatches, DataView, model_device
+from ..ops._dispatch import backend_for
 from .config import TrainConfig
 from .context import RunContext, make_optimizer, make_scheduler
 
@@ -180,6 +183,7 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
         from ..aamu import AAMULoss, ForgetSampler, UnseenSampler
 
         aamu_loss = AAMULoss(lam=cfg.lam, k=cfg.k, kappa=cfg.kappa, sigma=cfg.sigma, steepen=cfg.steepen)
+        ctx.info["backends"] = {"quantile_mmd": backend_for("quantile_mmd", ctx.device, aamu_loss.backend)}
         forget_sampler = ForgetSampler(len(data.forget), cfg.forget_batch_factor * cfg.batch_size,
                                        seed=ctx.seed, device=data.forget.images.device)
         unseen_sampler = UnseenSampler(data.unseen.labels, cfg.unseen_batch_factor * cfg.batch_size,
@@ -198,10 +202,9 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
     losses: list[float] = []
     steps = 0
     epochs = range(cfg.epochs)
-    if ctx.progress:
-        from tqdm.auto import tqdm
-
-        epochs = tqdm(epochs, desc=method.name, leave=False)
+    show = progress_enabled(ctx.progress)
+    if show:
+        epochs = progress_bar(epochs, desc=method.name, leave=False, progress=True)
     for epoch in epochs:
         total, n = method.before_epoch(model, epoch, data, ctx, step)
         total = total.detach()
@@ -240,7 +243,7 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
         steps += n
         losses.append(float(total) / max(n, 1))
         _check_finite_loss(losses[-1], step_losses, epoch, ctx.fn)
-        if ctx.progress:
+        if show:
             epochs.set_postfix(loss=f"{losses[-1]:.4f}")
     bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
     if bad:

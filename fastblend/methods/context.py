@@ -21,7 +21,7 @@ from .config import TrainConfig
 class RunContext:
     """Device, RNG, precision and forward helpers for one ``unlearn`` call."""
 
-    def __init__(self, cfg: TrainConfig, device: torch.device, seed: int, progress: bool, fn: str):
+    def __init__(self, cfg: TrainConfig, device: torch.device, seed: int, progress: bool | None, fn: str):
         self.cfg = cfg
         self.device = device
         self.seed = seed

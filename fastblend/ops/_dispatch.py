@@ -17,6 +17,16 @@ cannot run the inputs raises instead of silently falling back. Environment varia
 * ``TRITON_INTERPRET=1`` (set before fastblend is imported) lets the Triton backend run on CPU
   tensors in Triton's interpreter.
 
+The backend is resolved when an op *runs*, inside its ``torch.library`` custom op, never while it is
+traced: ``torch.compile`` and ``torch.export`` record the requested string (``"auto"`` by default),
+so a compiled or exported graph picks the fastest backend of the machine and tensors it runs on
+(a ``.pt2`` exported where the C++ extension exists loads and runs where it does not). A named
+backend is recorded as named and raises at run time if it cannot run there.
+
+When ``"auto"`` falls back to PyTorch on CPU tensors because the C++ extension is missing (not
+switched off by ``FASTBLEND_NO_CPP``), the first such op of the process warns once
+(:class:`SlowPathWarning`) with the command that builds the extension.
+
 Each op registers its name and, where some backend cannot run inputs that pass the op's
 validation, an ``unsupported(backend, *tensors) -> str | None`` giving the reason.
 Nothing here compiles or imports an optional dependency at import time.
@@ -26,6 +36,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Callable
@@ -35,14 +46,20 @@ import torch
 BACKENDS = ("triton", "cpp", "torch")
 
 _CPP_INSTALL_HINT = (
-    "reinstall fastblend from source with a C++17 compiler, e.g. "
-    "`pip install --no-build-isolation -e .` (set FASTBLEND_REQUIRE_CPP=1 to make a failed "
-    "build an error)"
+    "install a C++17 compiler with OpenMP (e.g. `apt install g++`), then rebuild fastblend from source "
+    "without pip's cached wheel: `pip install --force-reinstall --no-deps --no-cache-dir --no-binary fastblend "
+    "fastblend` (or `pip install --force-reinstall --no-deps --no-cache-dir .` in a checkout); "
+    "set FASTBLEND_REQUIRE_CPP=1 to make a failed build an error"
 )
 _TRITON_INSTALL_HINT = "`pip install triton` (CUDA builds of torch already bring it)"
 
 _cpp_state: tuple[object | None, str | None] | None = None
 _triton_state: tuple[bool, str | None] | None = None
+_slow_path_warned = False
+
+
+class SlowPathWarning(UserWarning):
+    """An op ran on the PyTorch fallback because the C++ extension is missing (several times slower)."""
 
 
 def cpp_extension():
@@ -149,8 +166,17 @@ def reasons(op: str, tensors: Sequence[object]) -> dict[str, str | None]:
     return out
 
 
+def check_backend(fn: str, backend: object) -> str:
+    """Check the ``backend`` argument of ``fn`` (a string check only: safe while tracing)."""
+    if not isinstance(backend, str):
+        raise TypeError(f"{fn}: backend must be a str, got {type(backend).__name__}")
+    if backend not in BACKENDS + ("auto",):
+        raise ValueError(f"{fn}: backend must be one of 'auto', {', '.join(map(repr, BACKENDS))}; got {backend!r}")
+    return backend
+
+
 def resolve(op: str, backend: str, tensors: Sequence[object]) -> str:
-    """Return the concrete backend that runs ``op`` for ``tensors``."""
+    """Return the concrete backend that runs ``op`` for ``tensors`` (called when the op runs)."""
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a str, got {type(backend).__name__}")
     requested = backend
@@ -169,7 +195,19 @@ def resolve(op: str, backend: str, tensors: Sequence[object]) -> str:
     for candidate in preference(tensors):
         if why[candidate] is None:
             return candidate
+        if candidate == "cpp":
+            _warn_slow_path(op, why[candidate])
     return "torch"
+
+
+def _warn_slow_path(op: str, reason: str | None) -> None:
+    """Warn once per process that ``op`` runs on the torch fallback for want of the C++ extension."""
+    global _slow_path_warned
+    if _slow_path_warned or reason is None or not reason.startswith("C++ extension fastblend._C not built"):
+        return
+    _slow_path_warned = True
+    warnings.warn(f"{op}: running on the PyTorch fallback, several times slower than the C++ backend: {reason}",
+                  SlowPathWarning, stacklevel=3)
 
 
 @dataclass
@@ -196,6 +234,11 @@ def explain(op_name: str, *tensors: object, backend: str = "auto") -> Explanatio
       torch: available, lower priority
     """
     return Explanation(op=op_name, chosen=resolve(op_name, backend, tensors), reasons=reasons(op_name, tensors))
+
+
+def backend_for(op: str, device: torch.device | str, backend: str = "auto") -> str:
+    """The backend ``op`` runs on for float32 tensors on ``device``: what results record."""
+    return resolve(op, backend, (torch.empty(0, device=device),))
 
 
 def available_backends() -> dict[str, str | None]:

@@ -382,6 +382,7 @@ def _mmd_launcher(table, backend, forget_logits, unseen_logits):
 @torch.library.custom_op("fastblend::quantile_transform", mutates_args=())
 def _quantile_transform_op(logits: torch.Tensor, labels: torch.Tensor, k: float, kappa: float,
                            backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    backend = _dispatch.resolve(TRANSFORM_OP_NAME, backend, (logits, labels))
     stats = _SET_FORWARD[backend](logits, labels, k)
     return _clamped(stats, kappa).to(acc_dtype(logits)), stats
 
@@ -395,6 +396,7 @@ def _(logits, labels, k, kappa, backend):
 @torch.library.custom_op("fastblend::quantile_transform_backward", mutates_args=())
 def _quantile_transform_backward_op(grad: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor,
                                     stats: torch.Tensor, k: float, kappa: float, backend: str) -> torch.Tensor:
+    backend = _dispatch.resolve(TRANSFORM_OP_NAME, backend, (logits, labels))
     dc = _dc_from_dg(grad.double(), stats, kappa)
     return _SET_BACKWARD[backend](logits, labels, k, stats, dc)
 
@@ -425,6 +427,7 @@ _quantile_transform_op.register_autograd(_transform_backward, setup_context=_tra
 def _quantile_mmd_op(forget_logits: torch.Tensor, forget_labels: torch.Tensor, unseen_logits: torch.Tensor,
                      unseen_labels: torch.Tensor, k: float, kappa: float, sigma: float,
                      backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    backend = _dispatch.resolve(OP_NAME, backend, (forget_logits, forget_labels, unseen_logits, unseen_labels))
     stats_f = _SET_FORWARD[backend](forget_logits, forget_labels, k)
     stats_u = _SET_FORWARD[backend](unseen_logits, unseen_labels, k)
     g = torch.cat([_clamped(stats_u, kappa), _clamped(stats_f, kappa)])
@@ -448,6 +451,7 @@ def _quantile_mmd_backward_op(grad: torch.Tensor, forget_logits: torch.Tensor, f
                               unseen_logits: torch.Tensor, unseen_labels: torch.Tensor, stats_f: torch.Tensor,
                               stats_u: torch.Tensor, k: float, kappa: float, sigma: float, backend: str,
                               need_forget: bool, need_unseen: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    backend = _dispatch.resolve(OP_NAME, backend, (forget_logits, forget_labels, unseen_logits, unseen_labels))
     mu, mf = unseen_logits.shape[0], forget_logits.shape[0]
     g = torch.cat([_clamped(stats_u, kappa), _clamped(stats_f, kappa)])
     w = _mmd_weights(mu, mf, g.device)
@@ -511,7 +515,7 @@ def _check_set(fn: str, logits, labels, logits_name: str, labels_name: str, vali
     if labels.device != logits.device:
         raise ValueError(f"{fn}: {logits_name} and {labels_name} must be on one device; got {logits.device} "
                          f"and {labels.device}")
-    if validate:
+    if validate and not torch.compiler.is_compiling():  # host reads: eager only
         lo, hi = int(labels.min()), int(labels.max())
         if lo < 0 or hi >= logits.shape[1]:
             bad = lo if lo < 0 else hi
@@ -541,6 +545,8 @@ def _check_params(fn: str, k: float, kappa: float, sigma: float | None = None) -
     for name, value, ok, what in checks:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"{fn}: {name} must be a number, got {type(value).__name__}")
+        if torch.compiler.is_compiling():  # the tracer may hand a symbolic float: value checks are eager-only
+            continue
         if math.isnan(value) or not ok(value) or (name != "kappa" and math.isinf(value)):
             raise ValueError(f"{fn}: {name} must be {what}, got {value}")
 
@@ -569,6 +575,8 @@ def quantile_transform(logits: torch.Tensor, labels: torch.Tensor, k: float = 2.
         validate: check the label range and that ``logits`` are finite (reads them on the host; pass
             ``False`` in a hot loop). Unvalidated, NaN/Inf logits make every output NaN (all backends);
             a label outside ``[0, C)`` raises in the C++ kernels and is clamped by the Triton launcher.
+            The host checks are skipped while ``torch.compile``/``torch.export`` trace the call
+            (shape/dtype checks stay).
 
     Returns:
         ``[M]`` float32 (float64 for float64 logits), each in ``[0, min(κ, Φ⁻¹(1 − 1/(2M)))]``.
@@ -576,8 +584,8 @@ def quantile_transform(logits: torch.Tensor, labels: torch.Tensor, k: float = 2.
     """
     _check_set("quantile_transform", logits, labels, "logits", "labels", validate)
     _check_params("quantile_transform", k, kappa)
-    chosen = _dispatch.resolve(TRANSFORM_OP_NAME, backend, (logits, labels))
-    g, _ = _quantile_transform_op(logits, labels, float(k), float(kappa), chosen)
+    _dispatch.check_backend(TRANSFORM_OP_NAME, backend)
+    g, _ = _quantile_transform_op(logits, labels, float(k), float(kappa), backend)
     return g
 
 
@@ -596,7 +604,8 @@ def quantile_mmd(forget_logits: torch.Tensor, forget_labels: torch.Tensor, unsee
             compare the float32 rounding of the quantiles).
         backend: ``"auto" | "triton" | "cpp" | "torch"``; see :func:`fastblend.explain`.
         validate: check the label ranges and that the logits are finite (reads them on the host).
-            Unvalidated, NaN/Inf logits give a NaN result on every backend.
+            Unvalidated, NaN/Inf logits give a NaN result on every backend. The host checks are
+            skipped while ``torch.compile``/``torch.export`` trace the call (shape/dtype checks stay).
 
     Returns:
         A 0-d float32 tensor (float64 if either logits tensor is float64), ``>= 0``. Computed as
@@ -613,7 +622,7 @@ def quantile_mmd(forget_logits: torch.Tensor, forget_labels: torch.Tensor, unsee
     if forget_logits.device != unseen_logits.device:
         raise ValueError(f"{fn}: forget_logits and unseen_logits must be on one device; got {forget_logits.device} "
                          f"and {unseen_logits.device}")
-    chosen = _dispatch.resolve(OP_NAME, backend, (forget_logits, forget_labels, unseen_logits, unseen_labels))
+    _dispatch.check_backend(fn, backend)
     value, _, _ = _quantile_mmd_op(forget_logits, forget_labels, unseen_logits, unseen_labels, float(k),
-                                   float(kappa), float(sigma), chosen)
+                                   float(kappa), float(sigma), backend)
     return value

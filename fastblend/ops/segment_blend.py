@@ -15,8 +15,6 @@ zero output row and zero gradients (never inf/NaN). Empty segments yield zero ro
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from . import _dispatch
@@ -307,7 +305,7 @@ _BACKWARD = {"triton": _triton_backward, "cpp": _cpp_backward, "torch": _torch_b
 @torch.library.custom_op("fastblend::segment_blend", mutates_args=())
 def _segment_blend_op(x: torch.Tensor, weights: torch.Tensor, indptr: torch.Tensor, normalize: str,
                       backend: str) -> torch.Tensor:
-    return _FORWARD[backend](x, weights, indptr, normalize)
+    return _FORWARD[_dispatch.resolve(OP_NAME, backend, (x, weights, indptr))](x, weights, indptr, normalize)
 
 
 @_segment_blend_op.register_fake
@@ -319,7 +317,8 @@ def _(x, weights, indptr, normalize, backend):
 def _segment_blend_backward_op(grad: torch.Tensor, x: torch.Tensor, weights: torch.Tensor, indptr: torch.Tensor,
                                normalize: str, backend: str, need_x: bool,
                                need_w: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    dx, dw = _BACKWARD[backend](grad, x, weights, indptr, normalize, need_x, need_w)
+    chosen = _dispatch.resolve(OP_NAME, backend, (x, weights, indptr))
+    dx, dw = _BACKWARD[chosen](grad, x, weights, indptr, normalize, need_x, need_w)
     # custom ops cannot return None: an empty tensor stands for "not requested"
     return (dx if dx is not None else x.new_empty(0)), (dw if dw is not None else weights.new_empty(0))
 
@@ -377,7 +376,7 @@ def _check_inputs(x, weights, indptr, normalize: str, validate_indptr: bool) -> 
     if len({x.device, weights.device, indptr.device}) != 1:
         raise ValueError(f"segment_blend: x, weights and indptr must be on one device; got x on {x.device}, "
                          f"weights on {weights.device}, indptr on {indptr.device}")
-    if validate_indptr:
+    if validate_indptr and not torch.compiler.is_compiling():  # host reads: eager only
         bounds = indptr.cpu()
         if int(bounds[0]) != 0:
             raise ValueError(f"segment_blend: indptr must start at 0, got indptr[0] = {int(bounds[0])}")
@@ -405,16 +404,21 @@ def segment_blend(x: torch.Tensor, weights: torch.Tensor, indptr: torch.Tensor, 
         indptr: ``[K+1]`` int64 offsets; segment ``k`` is rows ``indptr[k]:indptr[k+1]``.
         normalize: ``"sum"`` (``w / Σ_seg w``, reference semantics; a zero-sum segment gives a zero
             row and zero gradients), ``"softmax"`` (softmax within the segment) or ``"none"``.
-        backend: ``"auto" | "triton" | "cpp" | "torch"``; see :func:`fastblend.explain`.
+        backend: ``"auto" | "triton" | "cpp" | "torch"``; see :func:`fastblend.explain`. Resolved when
+            the op runs, so a compiled or exported graph keeps ``"auto"`` (``fastblend.ops._dispatch``).
         validate: check ``indptr`` (starts at 0, ends at N, non-decreasing). This reads ``indptr`` on
-            the host; pass ``False`` in a hot loop once the layout is known to be valid.
+            the host; pass ``False`` in a hot loop once the layout is known to be valid. Skipped while
+            ``torch.compile``/``torch.export`` trace the call (shape, dtype and device checks stay).
 
     Returns:
         ``[K, *F]`` in ``x.dtype``, accumulated in float32 (float64 for float64 input). Differentiable in
         ``x`` and ``weights``.
     """
     _check_inputs(x, weights, indptr, normalize, validate)
-    chosen = _dispatch.resolve(OP_NAME, backend, (x, weights, indptr))
-    flat = x.reshape(x.shape[0], math.prod(x.shape[1:]))
-    out = _segment_blend_op(flat, weights, indptr, normalize, chosen)
-    return out.reshape((indptr.shape[0] - 1,) + tuple(x.shape[1:]))
+    _dispatch.check_backend(OP_NAME, backend)
+    # flatten/unflatten touch only the feature dims: no guard on the (dynamic) N or K
+    flat = x.unsqueeze(1) if x.dim() == 1 else x.flatten(1)
+    out = _segment_blend_op(flat, weights, indptr, normalize, backend)
+    if x.dim() == 2:
+        return out
+    return out.squeeze(1) if x.dim() == 1 else out.unflatten(1, x.shape[1:])

@@ -539,15 +539,17 @@ MIN_SIGMA = 1e-4
 
 
 def _check_params(fn: str, k: float, kappa: float, sigma: float | None = None) -> None:
-    checks = [("k", k, lambda v: v >= 0, "a finite number >= 0"), ("kappa", kappa, lambda v: v > 0, "a number > 0")]
-    if sigma is not None:
-        checks.append(("sigma", sigma, lambda v: v >= MIN_SIGMA, f"a finite number >= {MIN_SIGMA:g}"))
-    for name, value, ok, what in checks:
+    named = [("k", k), ("kappa", kappa)] + ([("sigma", sigma)] if sigma is not None else [])
+    for name, value in named:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"{fn}: {name} must be a number, got {type(value).__name__}")
-        if torch.compiler.is_compiling():  # the tracer may hand a symbolic float: value checks are eager-only
-            continue
-        if math.isnan(value) or not ok(value) or (name != "kappa" and math.isinf(value)):
+    if torch.compiler.is_compiling():  # the tracer may hand a symbolic float: value checks are eager-only
+        return
+    checks = [("k", k, k >= 0, "a finite number >= 0"), ("kappa", kappa, kappa > 0, "a number > 0")]
+    if sigma is not None:
+        checks.append(("sigma", sigma, sigma >= MIN_SIGMA, f"a finite number >= {MIN_SIGMA:g}"))
+    for name, value, ok, what in checks:
+        if math.isnan(value) or not ok or (name != "kappa" and math.isinf(value)):
             raise ValueError(f"{fn}: {name} must be {what}, got {value}")
 
 

@@ -216,7 +216,7 @@ def cmd_condense(args: argparse.Namespace) -> int:
         out = out / "reduced.pt"
     elif out.suffix != ".pt":
         raise UsageError(f"--out {args.out}: expected a .pt file (the reduced set; its .clustering.pt and .png "
-                         "go beside it) or a folder")
+                         "go beside it) or a folder (an existing one, or a path ending in /)")
     cfg.check()
     pipeline.prepare_output(out.parent)
     if cfg.plots and not pipeline.plots_available():

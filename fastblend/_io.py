@@ -1,7 +1,8 @@
 """Atomic writes and path-naming reads, shared by every module that persists something.
 
-A file is written to a temporary sibling and renamed into place (``os.replace``), so a crash or a
-full disk never leaves a truncated file under the final name. A read that fails names the file.
+Each write goes to a temporary file in the target's folder, is flushed to disk and then renamed over
+the target (``os.replace``, atomic on POSIX and Windows), so a process killed mid-write never leaves a
+truncated file under the final name. A read that fails names the file.
 A leaf: imports torch and the standard library only.
 """
 
@@ -11,39 +12,40 @@ import os
 import pickle
 import tempfile
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import torch
 
-__all__ = ["atomic_save", "atomic_write", "atomic_write_text", "load_torch"]
+__all__ = ["atomic_save", "atomic_write_text", "load_torch"]
 
 
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` on a temporary file next to ``path``, then rename it to ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
 
 
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save(obj, path)``, atomically."""
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically; the folder must exist. Returns the path."""
+    return _atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
-def atomic_write_text(text: str, path: str | Path) -> None:
-    """``Path(path).write_text(text)``, atomically."""
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save(obj, path)`` atomically; the folder must exist. Returns the path."""
+    return _atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
-def load_torch(path: str | Path, fn: str) -> Any:
+def load_torch(path: str | os.PathLike, fn: str) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU; a truncated or foreign file raises
     ``ValueError`` naming ``fn`` and the path (a missing one ``FileNotFoundError``)."""
     path = Path(path)

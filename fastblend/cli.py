@@ -5,6 +5,11 @@
     fastblend run --config experiment.toml --rounds 4 --round-mode cached
     fastblend condense --ipc 160 --out reduced.pt
     fastblend bench                      # points to the benchmark suite: python -m benchmarks (a checkout)
+
+Every setting is checked before any data is loaded or any model trained. Exit codes: 0 success;
+1 an error during the run (results of the seeds already finished are on disk); 2 a mistake in the
+command line or the configuration (nothing was run); 130 interrupted (Ctrl-C); 143 terminated
+(SIGTERM). Errors are one line on stderr; ``--debug`` (or ``FASTBLEND_DEBUG=1``) shows the traceback.
 """
 
 from __future__ import annotations
@@ -12,13 +17,37 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import time
+import warnings
 from dataclasses import fields
 from pathlib import Path
 
 from . import pipeline
-from .pipeline import DEMO, ExperimentConfig
+from .machine import package_version
+from .methods import METHODS, accelerated
+from .pipeline import DEMO, ConfigError, ExperimentConfig
+
+# the flag that sets each ExperimentConfig setting, where it is not simply --<setting with dashes>
+_FLAGS = {"base_config": "--epochs", "train_config": "--train-epochs", "retrain_config": "--retrain-epochs",
+          "accelerated_config": "--config (accelerated_config)", "run_retrain": "--no-retrain",
+          "run_base": "--no-base", "plots": "--no-plots", "FASTBLEND_BACKEND": "FASTBLEND_BACKEND"}
+
+
+class UsageError(ValueError):
+    """A mistake in the command line, found before any work; the message names the flag."""
+
+
+class _Terminated(BaseException):
+    """Raised in the main thread by SIGTERM, so that the run unwinds (files already written stay)."""
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's own usage dump would be several lines
+        print(f"{self.prog}: error: {' '.join(message.split())}", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def _log(quiet: bool):
@@ -26,36 +55,58 @@ def _log(quiet: bool):
 
 
 def _load_config_file(path: Path) -> dict:
-    if not path.exists():
-        raise SystemExit(f"fastblend: --config {path}: no such file")
-    text = path.read_text()
-    if path.suffix in (".toml", ".tml"):
-        try:
-            import tomllib
-        except ImportError:  # Python < 3.11
-            import tomli as tomllib
-        data = tomllib.loads(text)
-    elif path.suffix in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError as exc:
-            raise SystemExit("fastblend: YAML configs need pyyaml: `pip install pyyaml`") from exc
-        data = yaml.safe_load(text) or {}
-    elif path.suffix == ".json":
-        data = json.loads(text)
-    else:
-        raise SystemExit(f"fastblend: --config {path}: expected a .toml, .yaml/.yml or .json file")
+    if not path.is_file():
+        raise UsageError(f"--config {path}: no such file")
+    if path.suffix not in (".toml", ".tml", ".yaml", ".yml", ".json"):
+        raise UsageError(f"--config {path}: expected a .toml, .yaml/.yml or .json file")
+    try:
+        text = path.read_text()
+        if path.suffix in (".toml", ".tml"):
+            try:
+                import tomllib
+            except ImportError:  # Python < 3.11
+                import tomli as tomllib
+            data = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            try:
+                import yaml
+            except ImportError:
+                raise UsageError(f"--config {path}: YAML configs need pyyaml: `pip install pyyaml`") from None
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text)
+    except (OSError, ValueError) as exc:  # TOML and JSON decoding errors are ValueErrors
+        if isinstance(exc, UsageError):
+            raise
+        raise UsageError(f"--config {path}: cannot read it ({' '.join(str(exc).split())})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"--config {path}: expected a table of settings, got {type(data).__name__}")
     known = {f.name for f in fields(ExperimentConfig)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise SystemExit(f"fastblend: --config {path}: unknown settings {unknown}; known: {sorted(known)}")
+        raise UsageError(f"--config {path}: unknown settings {unknown}; known: {sorted(known)}")
     return data
+
+
+def _method_help() -> str:
+    base = [name for name, spec in METHODS.items() if not spec.accelerated]
+    with_variant, without = [], []
+    for name in base:
+        try:
+            accelerated(name)
+            with_variant.append(name)
+        except ValueError:
+            without.append(name)
+    named = ", ".join(f"{name} (alias cf)" if name == "finetune" else name for name in with_variant)
+    return (f"base AMU method (default finetune), one of: {named}, each run accelerated as a_<name> "
+            f"(l1_sparse: a_sparse); {', '.join(without)} have no accelerated variant and need --accelerated-method")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="output folder (default: fastblend-out/<command>)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or log lines (warnings still show)")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
 
 
 def _experiment_args(p: argparse.ArgumentParser) -> None:
@@ -67,8 +118,9 @@ def _experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, help="seeded stratified subset of at most N images")
     p.add_argument("--model", help="convnet3 (default), resnet18, resnet50")
     p.add_argument("--width", type=int, help="ConvNet-3 width")
-    p.add_argument("--method", help="base AMU method: finetune, neggrad_plus, scrub, l1_sparse, bad_teacher, ...")
-    p.add_argument("--accelerated-method", help="override the accelerated method (default a_<method> or generic)")
+    p.add_argument("--method", help=_method_help())
+    p.add_argument("--accelerated-method", help="the accelerated method, one of: " + ", ".join(
+        name for name, spec in METHODS.items() if spec.accelerated) + " (default: the --method's a_<name>)")
     p.add_argument("--forget", choices=["uniform", "classwise"], help="forget-set mode")
     p.add_argument("--forget-fraction", type=float)
     p.add_argument("--forget-class", type=int)
@@ -86,7 +138,8 @@ def _experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-retrain", action="store_true", help="skip the Retrain gold standard")
     p.add_argument("--no-base", action="store_true", help="skip the base method on the full retain set")
     p.add_argument("--no-plots", action="store_true")
-    p.add_argument("--cache-dir", help="where trained original models are cached (default ~/.cache/fastblend)")
+    p.add_argument("--cache-dir", help="where trained original models are cached (default $FASTBLEND_CACHE, "
+                   "else $XDG_CACHE_HOME/fastblend, else ~/.cache/fastblend)")
 
 
 def _config_from_args(args: argparse.Namespace, base: ExperimentConfig) -> ExperimentConfig:
@@ -104,13 +157,17 @@ def _config_from_args(args: argparse.Namespace, base: ExperimentConfig) -> Exper
     if getattr(args, "preset", None):
         from .methods import presets
 
-        cfg.base_config = {**presets(args.preset, cfg.method), **cfg.base_config}
-        cfg.accelerated_config = {**presets(args.preset, cfg.accelerated), **cfg.accelerated_config}
-    if getattr(args, "epochs", None):
+        try:
+            cfg.base_config = {**presets(args.preset, cfg.method), **cfg.base_config}
+            cfg.accelerated_config = {**presets(args.preset, cfg.accelerated), **cfg.accelerated_config}
+        except ValueError as exc:
+            raise UsageError(f"--preset {args.preset} with --method {cfg.method}: {exc}") from None
+    # `is not None`: an explicit 0 reaches the checks (and is refused there), never the defaults
+    if getattr(args, "epochs", None) is not None:
         cfg.base_config = {**cfg.base_config, "epochs": args.epochs}
-    if getattr(args, "train_epochs", None):
+    if getattr(args, "train_epochs", None) is not None:
         cfg.train_config = {**cfg.train_config, "epochs": args.train_epochs}
-    if getattr(args, "retrain_epochs", None):
+    if getattr(args, "retrain_epochs", None) is not None:
         cfg.retrain_config = {**cfg.retrain_config, "epochs": args.retrain_epochs}
     cfg.run_retrain = cfg.run_retrain and not getattr(args, "no_retrain", False)
     cfg.run_base = cfg.run_base and not getattr(args, "no_base", False)
@@ -121,7 +178,10 @@ def _config_from_args(args: argparse.Namespace, base: ExperimentConfig) -> Exper
 
 
 def _run(cfg: ExperimentConfig, command: str, args: argparse.Namespace) -> int:
-    cfg.out = args.out or os.path.join("fastblend-out", command)
+    cfg.out = args.out if args.out is not None else os.path.join("fastblend-out", command)
+    cfg.check()
+    pipeline.prepare_output(cfg.out)
+    args.results = cfg.out
     log = _log(cfg.quiet)
     t0 = time.perf_counter()
     result = pipeline.run_experiment(cfg, log=log)
@@ -151,13 +211,24 @@ def cmd_condense(args: argparse.Namespace) -> int:
 
     cfg = _config_from_args(args, ExperimentConfig())
     log = _log(cfg.quiet)
-    out = Path(args.out or "fastblend-out/condense/reduced.pt")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out if args.out is not None else "fastblend-out/condense/reduced.pt")
+    if out.is_dir() or str(args.out or "").endswith(("/", os.sep)):
+        out = out / "reduced.pt"
+    elif out.suffix != ".pt":
+        raise UsageError(f"--out {args.out}: expected a .pt file (the reduced set; its .clustering.pt and .png "
+                         "go beside it) or a folder (an existing one, or a path ending in /)")
+    cfg.check()
+    pipeline.prepare_output(out.parent)
+    if cfg.plots and not pipeline.plots_available():
+        warnings.warn("matplotlib is not installed, so no PNG grid (`pip install matplotlib`)", RuntimeWarning,
+                      stacklevel=1)
+        cfg.plots = False
     device = torch.device(cfg.device) if cfg.device else None
     train, test = load_dataset(cfg.dataset, cfg.data_root, per_class=cfg.per_class, limit=cfg.limit)
     split = make_split(train, test, forget=cfg.forget, forget_fraction=cfg.forget_fraction,
                        forget_class=cfg.forget_class, seed=cfg.seeds[0])
-    ipc = cfg.ipc or pipeline.default_ipc(cfg, train)
+    ipc = cfg.ipc if cfg.ipc is not None else pipeline.default_ipc(cfg, train)
+    pipeline.check_against_data(cfg, split, ipc)
     clustering, reduced, _ = pipeline.reduce_retain(cfg, train, split.forget, ipc, cfg.seeds[0], device,
                                                     progress=not cfg.quiet)
     reduced.save(out)
@@ -174,44 +245,96 @@ def cmd_condense(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     command = ["python", "-m", "benchmarks"] + (["--out", args.out] if args.out else []) + (
-        ["--quick"] if args.quick else []) + (["--only", *args.only] if args.only else [])
-    raise SystemExit("fastblend bench: the benchmark suite is not part of the installed package; from a checkout "
-                     f"of the repository run `{' '.join(command)}`")
+        ["--quick"] if args.quick else []) + (["--only", *args.only] if args.only else []) + (
+        ["--device", args.device] if args.device else [])
+    print("fastblend bench: error: the benchmark suite is not part of the installed package; from a checkout "
+          f"of the repository run `{' '.join(command)}`", file=sys.stderr)
+    return 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastblend", description="Fast approximate machine unlearning: "
-                                     "Blend condensation + A-AMU (arXiv 2507.09786)")
+    parser = _OneLineParser(prog="fastblend", allow_abbrev=False, description="Fast approximate machine "
+                            "unlearning: Blend condensation + A-AMU (arXiv 2507.09786)")
+    parser.add_argument("--version", action="version", version=f"fastblend {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="the main job on the built-in animal-mnist data (no arguments needed)")
+    p = sub.add_parser("demo", allow_abbrev=False,
+                       help="the main job on the built-in animal-mnist data (no arguments needed)")
     _common(p)
     _experiment_args(p)
     p.set_defaults(fn=cmd_demo)
-    p = sub.add_parser("run", help="any data set, model, method, forget mode, ipc, seeds, rounds")
+    p = sub.add_parser("run", allow_abbrev=False,
+                       help="any data set, model, method, forget mode, ipc, seeds, rounds")
     _common(p)
     _experiment_args(p)
     p.set_defaults(fn=cmd_run)
-    p = sub.add_parser("condense", help="build and save a reduced retain set (+ a PNG of blends)")
+    p = sub.add_parser("condense", allow_abbrev=False,
+                       help="build and save a reduced retain set (+ a PNG of blends)")
     _common(p)
     _experiment_args(p)
     p.set_defaults(fn=cmd_condense)
-    p = sub.add_parser("bench", help="how to run the benchmark suite (`python -m benchmarks` in a checkout)")
+    p = sub.add_parser("bench", allow_abbrev=False,
+                       help="how to run the benchmark suite (`python -m benchmarks` in a checkout)")
     p.add_argument("--quick", "--small", action="store_true")
     p.add_argument("--only", nargs="+")
-    p.add_argument("--out", default=None)
+    _common(p)
     p.set_defaults(fn=cmd_bench)
     return parser
 
 
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    if isinstance(exc, (ValueError, TypeError, FileNotFoundError, ModuleNotFoundError)) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"fastblend: warning: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+
+
+def _terminate(signum, frame) -> None:
+    raise _Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """The ``fastblend`` command; returns the exit code (see the module docstring)."""
     try:
-        return args.fn(args)
-    except (ValueError, TypeError, FileNotFoundError, ModuleNotFoundError) as exc:
-        if os.environ.get("FASTBLEND_DEBUG", "") not in ("", "0"):
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help and --version exit 0 through argparse; a mistake returns its code
+        if exc.code in (0, None):
             raise
-        print(f"fastblend {args.command}: error: {exc}", file=sys.stderr)
+        return int(exc.code)
+    debug = args.debug or os.environ.get("FASTBLEND_DEBUG", "") not in ("", "0")
+    where = f"fastblend {args.command}"
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default", RuntimeWarning)
+            warnings.showwarning = _show_warning
+            return args.fn(args)
+    except (ConfigError, UsageError) as exc:
+        if debug:
+            raise
+        setting = getattr(exc, "setting", None)
+        flag = _FLAGS.get(setting, f"--{setting.replace('_', '-')}") if setting else None
+        print(f"{where}: error: {flag + ': ' if flag else ''}{_one_line(exc)}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, _Terminated) as exc:
+        if debug:
+            raise
+        kept = f"; results of the finished seeds are in {args.results}" if getattr(args, "results", None) else ""
+        how = "SIGTERM" if isinstance(exc, _Terminated) else "Ctrl-C"
+        print(f"{where}: interrupted by {how}{kept}", file=sys.stderr)
+        return 143 if isinstance(exc, _Terminated) else 130
+    except Exception as exc:
+        if debug:
+            raise
+        print(f"{where}: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -278,7 +278,7 @@ class StageTimer:
         record = {"stages": dict(self.stages), "total": self.total, **extra}
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(json.dumps(record, indent=2, default=str), path)
+        atomic_write_text(path, json.dumps(record, indent=2, default=str))
         return record
 
 

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import copy
 import csv
-import hashlib
+import io
 import json
 import math
 import os
 import statistics
+import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -33,19 +35,52 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._io import atomic_save, atomic_write_text, load_torch
+from . import cache
+from ._io import atomic_write_text
 from .condense import Blender, ReducedRetainSet, condense
+from .condense.core import blend_lr
 from .data import dataset_info, load_dataset, make_split
 from .grouping import Clustering, extract_features, group
 from .machine import machine_info
+from .methods import TrainModelConfig, accelerated, config_class, unlearn
 from .methods import train_model as _train_model
-from .methods import unlearn
+from .methods.config import resolve_config
 from .metrics import StageTimer, accuracy, mia_score_from_logits, predict_logits
-from .models import ConvNet3, build_model
+from .models import MODELS, ConvNet3, build_model
+from .ops._dispatch import BACKENDS, available_backends
+from .readers import canonical_name
 
 VARIANTS = ("original", "retrain", "base", "accelerated")
 STAGES = ("features", "grouping", "split", "blend", "unlearning", "evaluation")
-ACCELERATED_NAMES = {"finetune": "a_finetune", "scrub": "a_scrub", "l1_sparse": "a_sparse"}
+
+# the type each ExperimentConfig setting must have (None: the setting may be None)
+_PATH = (str, os.PathLike)
+_TYPES: dict[str, tuple] = {
+    "dataset": (str,), "data_root": (*_PATH, None), "per_class": (int, None), "limit": (int, None),
+    "model": (str,), "width": (int,), "method": (str,), "accelerated_method": (str, None), "forget": (str,),
+    "forget_fraction": (float, int), "forget_class": (int, None), "ipc": (int, None), "blend_iterations": (int,),
+    "blend_amp": (bool,), "grouping_backend": (str,), "seeds": (list, tuple), "rounds": (int,),
+    "round_mode": (str,), "run_retrain": (bool,), "run_base": (bool,), "train_config": (dict,),
+    "retrain_config": (dict,), "base_config": (dict,), "accelerated_config": (dict,), "device": (str, None),
+    "out": _PATH, "cache_dir": (*_PATH, None), "plots": (bool,), "quiet": (bool,),
+}
+
+
+class ConfigError(ValueError):
+    """An :class:`ExperimentConfig` setting that cannot run; ``setting`` names it (a field name, or
+    ``FASTBLEND_BACKEND`` for the environment variable)."""
+
+    def __init__(self, setting: str, message: str):
+        super().__init__(f"ExperimentConfig: {message}")
+        self.setting = setting
+
+
+def _is(value: Any, kinds: tuple) -> bool:
+    if value is None:
+        return None in kinds
+    if isinstance(value, bool):  # bool is an int subclass: only a bool setting takes one
+        return bool in kinds
+    return isinstance(value, tuple(k for k in kinds if k is not None))
 
 
 @dataclass
@@ -89,18 +124,102 @@ class ExperimentConfig:
     quiet: bool = False
 
     def check(self) -> None:
-        if self.rounds < 1:
-            raise ValueError(f"ExperimentConfig: rounds must be >= 1, got {self.rounds}")
-        if self.round_mode not in ("cached", "reference"):
-            raise ValueError(f"ExperimentConfig: round_mode must be 'cached' or 'reference', got {self.round_mode!r}")
-        if not self.seeds:
-            raise ValueError("ExperimentConfig: seeds must name at least one seed")
+        """Validate every setting without loading data or training: types, names (data set, model,
+        methods, backends), ranges, the method configs' keys and values, the device and
+        ``$FASTBLEND_BACKEND``. Raises :class:`ConfigError` (a ``ValueError``) naming the setting."""
+        for name, kinds in _TYPES.items():
+            value = getattr(self, name)
+            if not _is(value, kinds):
+                expected = " or ".join("None" if k is None else k.__name__ for k in kinds)
+                raise ConfigError(name, f"{name} must be {expected}, got {type(value).__name__} {value!r}")
+        if not self.seeds or not all(_is(s, (int,)) for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError("seeds", f"seeds must be distinct ints, at least one, got {self.seeds!r}")
+        for name in ("per_class", "limit", "width", "rounds", "ipc"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(name, f"{name} must be >= 1" + (" (or None for the default)" if name == "ipc"
+                                                                    else "") + f", got {value}")
         if self.blend_iterations < 0:
-            raise ValueError(f"ExperimentConfig: blend_iterations must be >= 0, got {self.blend_iterations}")
+            raise ConfigError("blend_iterations", f"blend_iterations must be >= 0, got {self.blend_iterations}")
+        if self.ipc is not None:
+            try:
+                blend_lr(self.ipc)
+            except ValueError:
+                raise ConfigError("ipc", f"ipc {self.ipc} is beyond what the reference Blend learning rate "
+                                  "(docs/method.md §1.3) serves: at most 5277") from None
+        if not str(self.out):
+            raise ConfigError("out", "out must name a folder, got ''")
+        choices = {"round_mode": ("cached", "reference"), "forget": ("uniform", "classwise"),
+                   "grouping_backend": ("auto", "faiss", "torch")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(name, f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        try:
+            dataset = canonical_name(self.dataset)
+        except ValueError as exc:
+            raise ConfigError("dataset", str(exc)) from None
+        if self.model.lower().replace("-", "").replace("_", "") not in MODELS:
+            raise ConfigError("model", f"model must be one of {sorted(MODELS)}, got {self.model!r}")
+        if not 0 < self.forget_fraction < 1:
+            raise ConfigError("forget_fraction", f"forget_fraction must be in (0, 1), got {self.forget_fraction}")
+        classes = len(dataset_info(dataset).class_names)
+        if self.forget_class is not None and (self.forget != "classwise" or not 0 <= self.forget_class < classes):
+            raise ConfigError("forget_class", f"forget_class must be in [0, {classes}) with forget='classwise', "
+                              f"got {self.forget_class} with forget={self.forget!r}")
+        self._check_methods()
+        most = self._max_forget(classes)
+        if most is not None and self.rounds > most:
+            raise ConfigError("rounds", f"rounds ({self.rounds}) must be at most the number of forget samples "
+                              f"(at most {most} with these settings)")
+        try:
+            _resolve_device(self.device)
+        except (RuntimeError, ValueError) as exc:
+            raise ConfigError("device", f"device {self.device!r}: {exc}") from None
+        backend = os.environ.get("FASTBLEND_BACKEND", "auto").strip().lower() or "auto"
+        why = "unknown" if backend not in BACKENDS + ("auto",) else available_backends().get(backend)
+        if why is not None:
+            raise ConfigError("FASTBLEND_BACKEND", f"$FASTBLEND_BACKEND={backend!r} cannot be used ({why}); "
+                              f"expected auto or one of {BACKENDS} available here")
+
+    def _check_methods(self) -> None:
+        try:
+            base_cls = config_class(self.method)
+        except ValueError as exc:
+            raise ConfigError("method", str(exc)) from None
+        if self.accelerated_method is not None:
+            try:
+                acc_cls = config_class(self.accelerated_method)
+            except ValueError as exc:
+                raise ConfigError("accelerated_method", str(exc)) from None
+        else:
+            try:
+                acc_cls = config_class(accelerated(self.method))
+            except ValueError:
+                raise ConfigError("method", f"method {self.method!r} has no accelerated variant (retrain, distill "
+                                  "and ssd have none); name one with accelerated_method "
+                                  "(--accelerated-method), e.g. 'a_finetune'") from None
+        for name, cls in (("train_config", TrainModelConfig), ("retrain_config", config_class("retrain")),
+                          ("base_config", base_cls), ("accelerated_config", acc_cls)):
+            try:
+                resolve_config(getattr(self, name) or None, cls, f"ExperimentConfig {name}")
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(name, str(exc).removeprefix("ExperimentConfig ")) from None
+
+    def _max_forget(self, classes: int) -> int | None:
+        """An upper bound on the forget set's size where the settings give one (else ``None``)."""
+        sizes = [v for v in (self.limit, None if self.per_class is None else self.per_class * classes) if v]
+        if not sizes:
+            return None
+        if self.forget == "classwise":
+            return min([*sizes, self.per_class or sizes[0]])
+        n = min(sizes)
+        return max(min(math.floor(self.forget_fraction * n + 0.5), n - 1), 1)
 
     @property
     def accelerated(self) -> str:
-        return self.accelerated_method or ACCELERATED_NAMES.get(self.method, f"accelerated:{self.method}")
+        """The accelerated method: ``accelerated_method``, else the methods package's accelerated
+        variant of ``method`` (``ValueError`` for retrain, distill and ssd, which have none)."""
+        return self.accelerated_method or accelerated(self.method)
 
 
 DEMO = ExperimentConfig(
@@ -121,13 +240,9 @@ def _resolve_device(device: str | None) -> torch.device:
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: CUDA is not available on this machine")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return dev
-
-
-def _cache_dir(cfg: ExperimentConfig) -> Path:
-    if cfg.cache_dir:
-        return Path(cfg.cache_dir)
-    return Path(os.environ.get("FASTBLEND_CACHE", Path.home() / ".cache" / "fastblend"))
 
 
 def _build(cfg: ExperimentConfig, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
@@ -140,25 +255,23 @@ def original_model(cfg: ExperimentConfig, train_images: torch.Tensor, train_labe
                    num_classes: int, seed: int, device: torch.device, progress: bool) -> tuple[nn.Module, float, bool]:
     """The trained model to unlearn from, trained on the whole training set or loaded from the cache.
 
-    Returns ``(model, training seconds, loaded_from_cache)``.
+    Returns ``(model, training seconds, loaded_from_cache)``. The cache (:mod:`fastblend.cache`) is keyed
+    by the model and training settings, the seed and a fingerprint of the training data.
     """
-    key_src = json.dumps({"dataset": cfg.dataset, "per_class": cfg.per_class, "limit": cfg.limit,
-                          "model": cfg.model, "width": cfg.width, "train": cfg.train_config, "seed": seed,
-                          "n": int(train_labels.numel()), "version": 2}, sort_keys=True)
-    key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
-    path = _cache_dir(cfg) / "models" / f"{cfg.dataset}-{cfg.model}-{key}.pt"
+    settings = {"dataset": cfg.dataset, "per_class": cfg.per_class, "limit": cfg.limit, "model": cfg.model,
+                "width": cfg.width, "train": cfg.train_config, "seed": seed, "classes": num_classes}
+    path = cache.model_path(cache.cache_root(cfg.cache_dir), settings,
+                            cache.data_fingerprint(train_images, train_labels), f"{cfg.dataset}-{cfg.model}")
     with torch.random.fork_rng(devices=[]):  # the initial weights come from the seed, not the global RNG
         torch.manual_seed(seed)
         model = _build(cfg, train_images.shape[1], num_classes, train_images.shape[-1])
-    if path.exists():
-        model.load_state_dict(load_torch(path, "pipeline"))
+    if cache.load_model(model, path):
         return model.to(device), 0.0, True
     timer = StageTimer(device)
     with timer("train"):
         model = _train_model(model, (train_images, train_labels), config=cfg.train_config, device=device,
                              seed=seed, progress=progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
+    cache.save_model(model, path)
     return model, timer.stages["train"], False
 
 
@@ -203,14 +316,18 @@ def reduce_retain(cfg: ExperimentConfig, train, forget: torch.Tensor, ipc: int, 
 # --------------------------------------------------------------------------------------------
 # one repetition
 # --------------------------------------------------------------------------------------------
-def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, log: Callable[[str], None]) -> dict:
+def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, log: Callable[[str], None],
+             on_result: Callable[[dict], None] | None = None) -> dict:
+    """One repetition; returns its record (rows, rounds, split). ``on_result`` receives the record as
+    soon as it is complete, before the plots are drawn."""
     device = _resolve_device(cfg.device)
     progress = not cfg.quiet
     train, test = load_dataset(cfg.dataset, cfg.data_root, per_class=cfg.per_class, limit=cfg.limit)
     split = make_split(train, test, forget=cfg.forget, forget_fraction=cfg.forget_fraction,
                        forget_class=cfg.forget_class, seed=seed)
     retain, forget, unseen = split.retain_tensors(), split.forget_tensors(), split.unseen_tensors()
-    ipc = cfg.ipc or default_ipc(cfg, train)
+    ipc = cfg.ipc if cfg.ipc is not None else default_ipc(cfg, train)
+    check_against_data(cfg, split, ipc)
     log(f"[seed {seed}] {train.name}: {len(train)} train ({split.retain.numel()} retain, {split.forget.numel()} "
         f"forget, {cfg.forget}), {split.unseen.numel()} unseen, {split.evaluation.numel()} evaluation; ipc {ipc}")
 
@@ -269,6 +386,9 @@ def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, log: Callable[[str
 
     round_rows = run_rounds(cfg, seed, train, split, clustering, model, unseen, device, log) \
         if cfg.rounds > 1 else []
+    record = {"seed": seed, "rows": list(rows.values()), "rounds": round_rows, "split": split.summary()}
+    if on_result is not None:
+        on_result(record)
 
     if cfg.plots:
         seed_dir = out_dir / f"seed{seed}"
@@ -279,7 +399,7 @@ def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, log: Callable[[str
         plots.loss_histograms(losses, seed_dir / "loss_histograms.png")
         plots.save_blend_grid(reduced, train.denormalize(), clustering, seed_dir / "blend_grid.png",
                               n=min(train.num_classes, 12))
-    return {"seed": seed, "rows": list(rows.values()), "rounds": round_rows, "split": split.summary()}
+    return record
 
 
 def run_rounds(cfg: ExperimentConfig, seed: int, train, split, clustering, model: nn.Module, unseen,
@@ -314,6 +434,19 @@ def run_rounds(cfg: ExperimentConfig, seed: int, train, split, clustering, model
             f"({cfg.round_mode}), unlearning {res.seconds:.1f}s, forget acc {rows[-1]['forget_acc']:.1f}")
         previous = cumulative
     return rows
+
+
+def check_against_data(cfg: ExperimentConfig, split, ipc: int) -> None:
+    """The settings that need the loaded data (checked before any training): ``rounds`` at most the
+    forget set's size, ``ipc`` (given or default) within the Blend learning-rate formula's range."""
+    if cfg.rounds > split.forget.numel():
+        raise ConfigError("rounds", f"rounds ({cfg.rounds}) must be at most the number of forget samples "
+                          f"({split.forget.numel()})")
+    try:
+        blend_lr(ipc)
+    except ValueError:
+        raise ConfigError("ipc", f"ipc {ipc} is beyond what the reference Blend learning rate "
+                          "(docs/method.md §1.3) serves: at most 5277; set ipc") from None
 
 
 def default_ipc(cfg: ExperimentConfig, train) -> int:
@@ -370,18 +503,67 @@ def format_table(summary: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def plots_available() -> bool:
+    """Whether matplotlib (an optional dependency, needed for the plots) can be imported."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def prepare_output(out: str | os.PathLike) -> Path:
+    """Create the output folder ``out`` and check that a file can be written in it (``ConfigError``
+    naming ``out`` otherwise)."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ConfigError("out", f"out {str(path)!r} is a file, expected a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as exc:
+        raise ConfigError("out", f"out {str(path)!r} is not a writable folder ({exc.strerror or exc})") from None
+    return path
+
+
 def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] | None = None) -> dict:
-    """Run every seed of ``cfg``; write ``results.json``, ``results.csv``, ``summary.csv``, plots."""
+    """Run every seed of ``cfg``; write ``results.json``, ``results.csv``, ``summary.csv`` (and
+    ``rounds.csv``) atomically as each seed finishes, before its plots.
+
+    Everything is checked before any work (:meth:`ExperimentConfig.check`, the output folder); without
+    matplotlib a ``RuntimeWarning`` says so once and the run goes on without plots (``config.plots``
+    recorded as false).
+    """
     cfg.check()
     log = log or (lambda msg: None)
-    out_dir = Path(cfg.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = prepare_output(cfg.out)
+    if cfg.plots and not plots_available():
+        warnings.warn("matplotlib is not installed, so no plots (`pip install matplotlib`); every other output "
+                      "is written", RuntimeWarning, stacklevel=2)
+        cfg = with_overrides(cfg, plots=False)
     t0 = time.perf_counter()
-    per_seed = [run_seed(cfg, seed, out_dir, log) for seed in cfg.seeds]
+    machine = machine_info()
+    per_seed: list[dict] = []
+    result: dict = {}
+
+    def finished(record: dict) -> None:
+        per_seed.append(record)
+        result.update(write_results(cfg, out_dir, per_seed, machine, time.perf_counter() - t0))
+
+    for seed in cfg.seeds:
+        run_seed(cfg, seed, out_dir, log, on_result=finished)
+    return result
+
+
+def write_results(cfg: ExperimentConfig, out_dir: Path, per_seed: list[dict], machine: dict,
+                  wall_seconds: float) -> dict:
+    """Write ``results.json``, ``results.csv``, ``summary.csv`` and (with rounds) ``rounds.csv`` for the
+    seeds finished so far, each atomically; returns the ``results.json`` document (``complete``: every
+    seed of ``cfg`` is in it)."""
     summary = summarise(per_seed)
-    result = {"config": asdict(cfg), "machine": machine_info(), "summary": summary, "per_seed": per_seed,
-              "wall_seconds": time.perf_counter() - t0}
-    atomic_write_text(json.dumps(result, indent=2, default=_json_default), out_dir / "results.json")
+    result = {"config": asdict(cfg), "machine": machine, "summary": summary, "per_seed": per_seed,
+              "wall_seconds": wall_seconds, "complete": len(per_seed) == len(cfg.seeds)}
+    atomic_write_text(out_dir / "results.json", json.dumps(result, indent=2, default=_json_default))
     _write_csv(out_dir / "results.csv", [r for s in per_seed for r in s["rows"]])
     _write_csv(out_dir / "summary.csv", summary)
     rounds = [r for s in per_seed for r in s["rounds"]]
@@ -402,10 +584,11 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     keys: list[str] = []
     for row in rows:
         keys += [k for k in row if k not in keys]
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
 
 
 def with_overrides(base: ExperimentConfig, **overrides: Any) -> ExperimentConfig:

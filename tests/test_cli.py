@@ -1,0 +1,353 @@
+"""The `fastblend` command line and the pipeline's robustness: mistakes refused up front in one line,
+results written as each seed finishes, the original-model cache safe against kills and stale data.
+Tiny runs on the built-in 8x8 `digits` data."""
+
+import ast
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastblend import cli, pipeline
+from fastblend.methods import accelerated, config_class
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--dataset", "digits", "--limit", "100", "--width", "4", "--ipc", "2", "--blend-iterations", "1",
+        "--train-epochs", "1", "--no-retrain", "--no-plots", "--quiet"]
+
+
+def _run(tmp_path, *argv, cache=None, out=None):
+    """``fastblend run`` in this process with the tiny settings; returns the exit code."""
+    return cli.main(["run", *TINY, "--out", str(out or tmp_path / "out"), "--cache-dir",
+                     str(cache or tmp_path / "cache"), *argv])
+
+
+def _one_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def _env(**extra) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **extra}
+    env.pop("FASTBLEND_DEBUG", None)
+    return env
+
+
+# --------------------------------------------------------------------------------------------
+# every mistake: exit code != 0, one line naming the flag, no work started
+# --------------------------------------------------------------------------------------------
+def _mistakes(tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    wrong_type = tmp_path / "wrong_type.toml"
+    wrong_type.write_text('rounds = "two"\n')
+    bad_key = tmp_path / "bad_key.toml"
+    bad_key.write_text("no_such_setting = 1\n")
+    return [
+        (["--epochs", "0"], "--epochs"),
+        (["--train-epochs", "0"], "--train-epochs"),
+        (["--retrain-epochs", "0"], "--retrain-epochs"),
+        (["--epochs", "x"], "--epochs"),
+        (["--epoch", "1"], "--epoch"),
+        (["--ipc", "0"], "--ipc"),
+        (["--ipc", "6000"], "--ipc"),
+        (["--method", "nope"], "--method"),
+        (["--method", "ssd"], "--method"),
+        (["--accelerated-method", "nope"], "--accelerated-method"),
+        (["--rounds", "50"], "--rounds"),
+        (["--device", "tpu"], "--device"),
+        (["--dataset", "imagenet"], "--dataset"),
+        (["--model", "vgg"], "--model"),
+        (["--forget-fraction", "1.5"], "--forget-fraction"),
+        (["--forget", "classwise", "--forget-class", "99"], "--forget-class"),
+        (["--seeds", "0", "0"], "--seeds"),
+        (["--limit", "0"], "--limit"),
+        (["--out", str(a_file)], "--out"),
+        (["--config", str(tmp_path / "missing.toml")], "--config"),
+        (["--config", str(wrong_type)], "rounds"),
+        (["--config", str(bad_key)], "no_such_setting"),
+    ]
+
+
+def test_every_cli_mistake_is_one_line_before_any_work(tmp_path, capsys, monkeypatch):
+    cache = tmp_path / "cache"
+    for argv, flag in _mistakes(tmp_path):
+        code = _run(tmp_path, *argv, cache=cache)
+        line = _one_line(capsys.readouterr().err)
+        assert code == 2, (argv, line)
+        assert flag in line and line.startswith("fastblend") and "error:" in line, (argv, line)
+        assert not cache.exists(), argv  # no model was trained
+        assert not (tmp_path / "out" / "results.json").exists(), argv
+    monkeypatch.setenv("FASTBLEND_BACKEND", "bogus")
+    assert _run(tmp_path, cache=cache) == 2
+    assert "FASTBLEND_BACKEND" in _one_line(capsys.readouterr().err)
+    assert not cache.exists()
+
+
+def test_read_only_out_is_refused_up_front(tmp_path, capsys):
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        assert _run(tmp_path, out=ro / "sub") == 2
+    finally:
+        ro.chmod(0o700)
+    assert "--out" in _one_line(capsys.readouterr().err)
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_device_without_cuda_is_refused(tmp_path, capsys):
+    assert _run(tmp_path, "--device", "cuda") == 2
+    assert "--device" in _one_line(capsys.readouterr().err)
+
+
+def test_condense_out_png_and_out_folder(tmp_path, capsys):
+    argv = ["condense", "--dataset", "digits", "--limit", "100", "--ipc", "2", "--blend-iterations", "1", "--quiet"]
+    assert cli.main([*argv, "--out", str(tmp_path / "x.png")]) == 2
+    assert "--out" in _one_line(capsys.readouterr().err)
+    assert not (tmp_path / "x.png").exists()
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    assert cli.main([*argv, "--out", str(folder)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["reduced"] == str(folder / "reduced.pt")
+    assert (folder / "reduced.pt").exists() and (folder / "reduced.clustering.pt").exists()
+    assert (folder / "reduced.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# --------------------------------------------------------------------------------------------
+# every --method in --help runs, or is refused up front
+# --------------------------------------------------------------------------------------------
+def _methods_in_help(capsys) -> list[str]:
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    segment = text.rsplit("--method METHOD", 1)[1].split(" --", 1)[0]
+    names = []
+    for word in re.findall(r"[a-z][a-z0-9_+]*", segment):
+        try:
+            config_class(word)
+        except ValueError:
+            continue
+        names.append(word)
+    return list(dict.fromkeys(names))
+
+
+def _acceleratable(method: str) -> bool:
+    try:
+        accelerated(method)
+    except ValueError:
+        return False
+    return True
+
+
+def test_every_method_in_help_runs_or_is_refused_up_front(tmp_path, capsys):
+    names = _methods_in_help(capsys)
+    assert {"finetune", "cf", "neggrad_plus", "scrub", "l1_sparse", "bad_teacher", "prune", "retrain", "distill",
+            "ssd"} <= set(names)
+    cache = tmp_path / "cache"
+    refused = []
+    for method in names:
+        out = tmp_path / method
+        epochs = [] if method == "ssd" else ["--epochs", "1"]
+        code = _run(tmp_path, "--method", method, *epochs, cache=cache, out=out)
+        captured = capsys.readouterr()
+        if _acceleratable(method):
+            assert code == 0, (method, captured.err)
+            rows = {r["variant"]: r for r in json.loads((out / "results.json").read_text())["per_seed"][0]["rows"]}
+            assert rows["accelerated"]["method"] == accelerated(method) and rows["base"]["method"] == method
+        else:
+            line = _one_line(captured.err)
+            assert code == 2 and "--method" in line and "--accelerated-method" in line, line
+            assert not out.exists()
+            refused.append(method)
+    assert sorted(refused) == ["distill", "retrain", "ssd"]
+    # with an accelerated method named, they run
+    assert _run(tmp_path, "--method", "ssd", "--accelerated-method", "a_finetune", cache=cache,
+                out=tmp_path / "ssd") == 0, capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# nothing computed is lost
+# --------------------------------------------------------------------------------------------
+_CHILD_PREFIX = """
+import os, sys, time
+import fastblend.pipeline as pipeline
+from fastblend import cli
+"""
+
+
+def _child(code: str, argv: list[str]) -> subprocess.Popen:
+    script = _CHILD_PREFIX + textwrap.dedent(code) + f"\nsys.exit(cli.main({argv!r}))\n"
+    return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=_env())
+
+
+def _wait_for(proc: subprocess.Popen, marker: str) -> None:
+    for line in proc.stdout:
+        if marker in line:
+            return
+    raise AssertionError(f"child ended before {marker!r}: {proc.stderr.read()}")
+
+
+def test_sigkill_during_cache_write_then_rerun_recovers(tmp_path, capsys):
+    cache = tmp_path / "cache"
+    argv = ["run", *TINY, "--no-base", "--out", str(tmp_path / "out"), "--cache-dir", str(cache)]
+    # the child writes part of the cache entry, then hangs until killed
+    proc = _child("""
+        import torch
+        def partial_save(obj, f, *args, **kwargs):
+            fh = open(f, "wb") if isinstance(f, (str, os.PathLike)) else f
+            fh.write(b"PK\\x03\\x04 partial zip")
+            fh.flush()
+            print("SAVING", flush=True)
+            time.sleep(120)
+        torch.save = partial_save
+    """, argv)
+    try:
+        _wait_for(proc, "SAVING")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert not list((cache / "models").glob("*.pt")), "a partial cache entry under the final name"
+    assert cli.main(argv) == 0
+    (entry,) = (cache / "models").glob("*.pt")
+    torch.load(entry, weights_only=True)
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert doc["per_seed"][0]["rows"][0]["cached"] is False
+
+    # an unreadable entry under the final name: a warning names it, the model is retrained and replaced
+    entry.write_bytes(entry.read_bytes()[:100])
+    capsys.readouterr()
+    assert cli.main(argv) == 0
+    err = capsys.readouterr().err
+    assert str(entry) in err and "retrain" in err and "Traceback" not in err
+    torch.load(entry, weights_only=True)
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["per_seed"][0]["rows"][0]["cached"] is False
+
+
+def test_sigterm_during_second_seed_keeps_the_first(tmp_path):
+    out = tmp_path / "out"
+    argv = ["run", *TINY, "--no-base", "--seeds", "0", "1", "--out", str(out), "--cache-dir",
+            str(tmp_path / "cache")]
+    proc = _child("""
+        real = pipeline.original_model
+        def original_model(cfg, images, labels, num_classes, seed, *args, **kwargs):
+            if seed == 1:
+                print("SEED1", flush=True)
+                time.sleep(120)
+            return real(cfg, images, labels, num_classes, seed, *args, **kwargs)
+        pipeline.original_model = original_model
+    """, argv)
+    try:
+        _wait_for(proc, "SEED1")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    assert "SIGTERM" in _one_line(err)
+    doc = json.loads((out / "results.json").read_text())
+    assert [s["seed"] for s in doc["per_seed"]] == [0]
+    csv_rows = (out / "results.csv").read_text().splitlines()
+    assert len(csv_rows) == 1 + len(doc["per_seed"][0]["rows"])
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_unreadable_data_is_one_line_exit_1(tmp_path, capsys):
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for name in ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch",
+                 "batches.meta"]:
+        (folder / name).write_bytes(b"not a pickle")
+    code = cli.main(["run", "--dataset", "cifar10", "--data-root", str(tmp_path / "data"), "--quiet",
+                     "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")])
+    line = _one_line(capsys.readouterr().err)
+    assert code == 1 and line.startswith("fastblend run: error:"), line
+
+
+def test_missing_matplotlib_warns_once_and_writes_results(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now fails
+    args = [a for a in TINY if a != "--no-plots"]
+    code = cli.main(["run", *args, "--no-base", "--seeds", "0", "1", "--out", str(tmp_path / "out"),
+                     "--cache-dir", str(tmp_path / "cache")])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert len([line for line in err.splitlines() if "warning" in line and "matplotlib" in line]) == 1, err
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert len(doc["per_seed"]) == 2 and doc["config"]["plots"] is False
+    assert (tmp_path / "out" / "results.csv").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# the cache key and location
+# --------------------------------------------------------------------------------------------
+def test_cache_key_includes_the_data(tmp_path):
+    cfg = pipeline.with_overrides(pipeline.ExperimentConfig(), width=4, cache_dir=str(tmp_path / "cache"),
+                                  train_config={"epochs": 1, "batch_size": 32})
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.arange(64) % 10
+    a = torch.randn(64, 1, 8, 8, generator=gen)
+    b = a.clone()
+    b[-1] += 1.0  # same size and labels, one image differs
+    cpu = torch.device("cpu")
+    assert pipeline.original_model(cfg, a, labels, 10, seed=0, device=cpu, progress=False)[2] is False
+    assert pipeline.original_model(cfg, a, labels, 10, seed=0, device=cpu, progress=False)[2] is True
+    assert pipeline.original_model(cfg, b, labels, 10, seed=0, device=cpu, progress=False)[2] is False
+
+
+def test_cache_honours_fastblend_cache_then_xdg(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("FASTBLEND_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    cfg = pipeline.with_overrides(pipeline.ExperimentConfig(), width=4, train_config={"epochs": 1})
+    data = torch.randn(20, 1, 8, 8), torch.arange(20) % 10
+    pipeline.original_model(cfg, *data, 10, seed=0, device=torch.device("cpu"), progress=False)
+    assert len(list((tmp_path / "xdg" / "fastblend" / "models").glob("*.pt"))) == 1
+    monkeypatch.setenv("FASTBLEND_CACHE", str(tmp_path / "fb"))
+    pipeline.original_model(cfg, *data, 10, seed=0, device=torch.device("cpu"), progress=False)
+    assert len(list((tmp_path / "fb" / "models").glob("*.pt"))) == 1
+    assert not (tmp_path / "home").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# small ones: --version, bench's flags, the command line imports nothing outside the package
+# --------------------------------------------------------------------------------------------
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.startswith("fastblend ")
+
+
+def test_bench_accepts_quiet_and_device(capsys):
+    assert cli.main(["bench", "--quick", "--quiet", "--device", "cpu"]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "python -m benchmarks" in line and "--device cpu" in line
+
+
+def test_cli_imports_nothing_outside_the_package(tmp_path):
+    for path in (ROOT / "fastblend").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            assert not any(n.split(".")[0] == "benchmarks" for n in names), path
+    # a foreign `benchmarks` package on the path is never imported by `fastblend bench`
+    fake = tmp_path / "benchmarks"
+    fake.mkdir()
+    (fake / "__init__.py").write_text(f"open({str(tmp_path / 'imported')!r}, 'w').close()\n")
+    (fake / "__main__.py").write_text(f"open({str(tmp_path / 'imported')!r}, 'w').close()\n")
+    res = subprocess.run([sys.executable, "-m", "fastblend", "bench", "--quick"], cwd=tmp_path, capture_output=True,
+                         text=True, env=_env(PYTHONPATH=f"{ROOT}{os.pathsep}{tmp_path}"), timeout=120)
+    assert res.returncode != 0 and "python -m benchmarks" in res.stderr
+    assert not (tmp_path / "imported").exists()

@@ -44,7 +44,8 @@ def _strided_index(values: list[int]) -> torch.Tensor:
 
 @pytest.mark.parametrize("backend", backend_params())
 @settings(max_examples=5, deadline=None, derandomize=True)
-@given(sizes=st.lists(st.integers(0, 3), min_size=1, max_size=4).filter(lambda s: sum(s) > 0), layout=st.sampled_from(LAYOUTS),
+@given(sizes=st.lists(st.integers(0, 3), min_size=1, max_size=4).filter(lambda s: sum(s) > 0),
+       layout=st.sampled_from(LAYOUTS),
        normalize=st.sampled_from(["sum", "softmax", "none"]), seed=st.integers(0, 2**16))
 def test_segment_blend_agrees_with_reference_on_any_layout(backend, sizes, layout, normalize, seed):
     dev = device_for(backend)

@@ -398,3 +398,64 @@ def test_available_backends_says_triton_is_interpreter_only_without_cuda(monkeyp
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     reason = fastblend.available_backends()["triton"]
     assert reason is not None and "interpreter" in reason
+
+
+# --------------------------------------------------------------------------------------------
+# 10. Dataset readers: restricted unpickling, clear errors naming the file
+# --------------------------------------------------------------------------------------------
+class _Exploit:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def _cifar_folder(tmp_path):
+    import numpy as np
+
+    from tests.test_data import _write_cifar
+
+    folder = tmp_path / "cifar-10-batches-py"
+    _write_cifar(folder, per_batch=10)
+    return folder, np
+
+
+def test_cifar_pickles_refuse_foreign_globals(tmp_path, capsys):
+    import pickle
+
+    folder, _ = _cifar_folder(tmp_path)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": _Exploit()}, f)
+    with pytest.raises(ValueError, match=r"load_dataset: cifar10: cannot read .*batches.meta.*refusing to load "
+                                         r"global builtins.print"):
+        fastblend.load_dataset("cifar10", tmp_path)
+    assert "pwned" not in capsys.readouterr().out
+
+
+def test_truncated_cifar_batch_names_the_file(tmp_path):
+    folder, _ = _cifar_folder(tmp_path)
+    path = folder / "data_batch_3"
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(ValueError, match="load_dataset: cifar10: cannot read .*data_batch_3"):
+        fastblend.load_dataset("cifar10", tmp_path)
+
+
+def test_cifar_data_beyond_uint8_is_refused(tmp_path):
+    import pickle
+
+    folder, np = _cifar_folder(tmp_path)
+    batch = {"data": np.full((10, 3072), 300, dtype=np.int64), "labels": list(range(10))}
+    with open(folder / "data_batch_2", "wb") as f:
+        pickle.dump(batch, f)
+    with pytest.raises(ValueError, match=r"load_dataset: cifar10: .*data_batch_2 holds data of dtype int64"):
+        fastblend.load_dataset("cifar10", tmp_path)
+
+
+def test_cinic_empty_class_folder_is_an_error(tmp_path):
+    pytest.importorskip("PIL")
+    from tests.test_data import _write_cinic
+
+    _write_cinic(tmp_path / "cinic10")
+    victim = sorted((tmp_path / "cinic10" / "test").iterdir())[0]
+    for p in victim.iterdir():
+        p.unlink()
+    with pytest.raises(ValueError, match=f"load_dataset: cinic10: .*{victim.name} holds no images"):
+        fastblend.load_dataset("cinic10", tmp_path)

@@ -459,3 +459,12 @@ def test_cinic_empty_class_folder_is_an_error(tmp_path):
         p.unlink()
     with pytest.raises(ValueError, match=f"load_dataset: cinic10: .*{victim.name} holds no images"):
         fastblend.load_dataset("cinic10", tmp_path)
+
+
+def test_group_bounds_what_it_allocates_from_arguments():
+    feats, labels = torch.randn(6, 2), torch.arange(6) % 2
+    with pytest.raises(ValueError, match=r"group: num_classes \* ipc = 2 \* 1099511627776"):
+        fastblend.group(feats, labels, ipc=2**40)
+    labels[0] = 10**7
+    with pytest.raises(ValueError, match="group: num_classes \\* ipc = 10000001 \\* 2 .*largest label, 10000000"):
+        fastblend.group(feats, labels, ipc=2)

@@ -468,3 +468,11 @@ def test_group_bounds_what_it_allocates_from_arguments():
     labels[0] = 10**7
     with pytest.raises(ValueError, match="group: num_classes \\* ipc = 10000001 \\* 2 .*largest label, 10000000"):
         fastblend.group(feats, labels, ipc=2)
+
+
+def test_make_split_refuses_duplicate_and_nested_indices():
+    train, test = fastblend.load_dataset("digits")
+    with pytest.raises(ValueError, match="make_split: forget indices must be distinct, got 1 duplicates"):
+        fastblend.make_split(train, test, forget=[3, 5, 5])
+    with pytest.raises(ValueError, match="make_split: forget indices must be 1-D"):
+        fastblend.make_split(train, test, forget=[[3, 5], [6, 7]])

@@ -33,10 +33,10 @@ def _layout(x: torch.Tensor, layout: str) -> torch.Tensor:
     return x
 
 
-def _strided_index(values: list[int]) -> torch.Tensor:
-    """``values`` as a non-contiguous int64 tensor (every other element of a padded buffer)."""
-    buf = torch.full((2 * len(values),), -(10**9), dtype=torch.long)
-    buf[::2] = torch.tensor(values, dtype=torch.long)
+def _strided_index(values: list[int], device: str = "cpu") -> torch.Tensor:
+    """``values`` as a non-contiguous int64 tensor on ``device`` (every other element of a padded buffer)."""
+    buf = torch.full((2 * len(values),), -(10**9), dtype=torch.long, device=device)
+    buf[::2] = torch.tensor(values, dtype=torch.long, device=device)
     out = buf[::2]
     assert not out.is_contiguous() or len(values) <= 1
     return out
@@ -56,17 +56,17 @@ def test_segment_blend_agrees_with_reference_on_any_layout(backend, sizes, layou
     offsets = [0]
     for s in sizes:
         offsets.append(offsets[-1] + s)
-    indptr = _strided_index(offsets)
-    want = reference.segment_blend(x.double(), w.double(), indptr.contiguous(), normalize)
+    indptr = _strided_index(offsets, dev)
+    want = reference.segment_blend(x.double(), w.double(), indptr.cpu().contiguous(), normalize)
     xg = x.detach().to(dev).requires_grad_(True)
     wg = w.detach().to(dev).requires_grad_(True)
-    got = fastblend.segment_blend(xg, wg, indptr.to(dev) if dev != "cpu" else indptr, normalize, backend)
+    got = fastblend.segment_blend(xg, wg, indptr, normalize, backend)
     torch.testing.assert_close(got.detach().double().cpu(), want, rtol=1e-5, atol=1e-5)
     # gradients against the oracle's autograd
     xr = x.detach().double().requires_grad_(True)
     wr = w.detach().double().requires_grad_(True)
     probe = torch.randn(want.shape, generator=g, dtype=torch.float64)
-    (reference.segment_blend(xr, wr, indptr.contiguous(), normalize) * probe).sum().backward()
+    (reference.segment_blend(xr, wr, indptr.cpu().contiguous(), normalize) * probe).sum().backward()
     (got * probe.to(got)).sum().backward()
     torch.testing.assert_close(xg.grad.double().cpu(), xr.grad, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(wg.grad.double().cpu(), wr.grad, rtol=1e-4, atol=1e-5)
@@ -80,17 +80,17 @@ def test_quantile_mmd_agrees_with_reference_on_strided_inputs(backend, m, c, tra
     g = torch.Generator().manual_seed(seed)
     zf = torch.randn(c, m, generator=g).t() if transposed else torch.randn(m, c, generator=g)
     zu = torch.randn(m + 1, c, generator=g)[::1]
-    yf = _strided_index(torch.randint(0, c, (m,), generator=g).tolist())
-    yu = _strided_index(torch.randint(0, c, (m + 1,), generator=g).tolist())
-    want_g = reference.quantile_transform(zf.double(), yf.contiguous())
-    got_g = fastblend.quantile_transform(zf.to(dev), yf.to(dev) if dev != "cpu" else yf, backend=backend)
+    yf = _strided_index(torch.randint(0, c, (m,), generator=g).tolist(), dev)
+    yu = _strided_index(torch.randint(0, c, (m + 1,), generator=g).tolist(), dev)
+    yf_ref, yu_ref = yf.cpu().contiguous(), yu.cpu().contiguous()
+    want_g = reference.quantile_transform(zf.double(), yf_ref)
+    got_g = fastblend.quantile_transform(zf.to(dev), yf, backend=backend)
     torch.testing.assert_close(got_g.double().cpu(), want_g, rtol=1e-4, atol=1e-4)
     zr = zf.detach().double().requires_grad_(True)
-    want = reference.quantile_mmd(zr, yf.contiguous(), zu.double(), yu.contiguous())
+    want = reference.quantile_mmd(zr, yf_ref, zu.double(), yu_ref)
     want.backward()
     zg = zf.detach().to(dev).requires_grad_(True)
-    got = fastblend.quantile_mmd(zg, yf.to(dev) if dev != "cpu" else yf, zu.to(dev),
-                                 yu.to(dev) if dev != "cpu" else yu, backend=backend)
+    got = fastblend.quantile_mmd(zg, yf, zu.to(dev), yu, backend=backend)
     got.backward()
     torch.testing.assert_close(got.detach().double().cpu(), want.detach(), rtol=1e-3, atol=1e-6)
     torch.testing.assert_close(zg.grad.double().cpu(), zr.grad, rtol=1e-3, atol=1e-5)

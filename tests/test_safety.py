@@ -25,17 +25,17 @@ from tests._support import HAS_CPP, backend_params, device_for
 def test_strided_labels_and_indptr_match_the_reference(backend):
     dev = device_for(backend)
     g = torch.Generator().manual_seed(1)
-    y = torch.randint(0, 5, (16,), generator=g)[::2]
+    y = torch.randint(0, 5, (16,), generator=g).to(dev)[::2]  # strided on the device itself
     z = torch.randn(8, 5, generator=g)
-    want = fastblend.quantile_transform(z, y.contiguous(), backend="torch")
-    got = fastblend.quantile_transform(z.to(dev), y.to(dev) if dev != "cpu" else y, backend=backend)
+    want = fastblend.quantile_transform(z, y.cpu().contiguous(), backend="torch")
+    got = fastblend.quantile_transform(z.to(dev), y, backend=backend)
     torch.testing.assert_close(got.cpu(), want, rtol=1e-4, atol=1e-5)
 
     x, w = torch.randn(9, 3, generator=g), torch.rand(9, generator=g) + 0.1
-    indptr = torch.tensor([0, 1, 2, 3, 5, 7, 9])[::2]  # [0, 2, 5, 9], stride 2
+    indptr = torch.tensor([0, 1, 2, 3, 5, 7, 9], device=dev)[::2]  # [0, 2, 5, 9], stride 2
     assert not indptr.is_contiguous()
-    want = fastblend.segment_blend(x, w, indptr.contiguous(), backend="torch")
-    got = fastblend.segment_blend(x.to(dev), w.to(dev), indptr.to(dev) if dev != "cpu" else indptr, backend=backend)
+    want = fastblend.segment_blend(x, w, indptr.cpu().contiguous(), backend="torch")
+    got = fastblend.segment_blend(x.to(dev), w.to(dev), indptr, backend=backend)
     torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=1e-5)
 
 
@@ -380,7 +380,8 @@ def test_saves_are_atomic(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------------------------
 def test_bad_fastblend_backend_names_the_variable(monkeypatch):
     monkeypatch.setenv("FASTBLEND_BACKEND", "garbage")
-    with pytest.raises(ValueError, match="FASTBLEND_BACKEND must be one of .*got 'garbage'"):
+    expected = "segment_blend: backend must be one of .*got 'garbage' from the environment variable FASTBLEND_BACKEND"
+    with pytest.raises(ValueError, match=expected):
         fastblend.segment_blend(torch.ones(2, 2), torch.ones(2), torch.tensor([0, 2]))
 
 

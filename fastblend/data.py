@@ -261,7 +261,13 @@ def make_split(train: ImageData, test: ImageData, forget: str | torch.Tensor | S
             idx = idx.nonzero().flatten()
         if idx.dtype == torch.bool or idx.is_floating_point():
             raise TypeError(f"{fn}: forget indices must be integers, got {idx.dtype}")
-        forget_idx = torch.unique(_check_indices(idx.to(torch.int64).flatten(), n, fn, "forget indices"))
+        if idx.dim() > 1:
+            raise ValueError(f"{fn}: forget indices must be 1-D (or a [N] bool mask), got shape {list(idx.shape)}")
+        idx = _check_indices(idx.to(torch.int64).reshape(-1), n, fn, "forget indices")
+        forget_idx = torch.unique(idx)
+        if forget_idx.numel() != idx.numel():
+            raise ValueError(f"{fn}: forget indices must be distinct, got {idx.numel() - forget_idx.numel()} "
+                             "duplicates (as condense requires)")
         if not 0 < forget_idx.numel() < n:
             raise ValueError(f"{fn}: forget indices must select between 1 and {n - 1} train images, got "
                              f"{forget_idx.numel()}")

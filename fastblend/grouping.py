@@ -296,7 +296,20 @@ def _check_group_inputs(features, labels, ipc, backend, niter, tol, num_classes)
         num_classes = present
     elif isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < present:
         raise ValueError(f"{name}: num_classes must be an int >= max(labels) + 1 = {present}, got {num_classes!r}")
+    _check_cluster_count(name, num_classes, ipc, features.shape[0])
     return features, labels, num_classes
+
+
+_MAX_EMPTY_CLUSTERS = 1 << 22  # tables of K clusters are allocated up front: bound K by what can be filled
+
+
+def _check_cluster_count(name: str, num_classes: int, ipc: int, n: int) -> None:
+    """Refuse ``K = num_classes * ipc`` far beyond ``N`` (at most N clusters can be non-empty) before any
+    O(K) table is allocated: an ``ipc`` of 2**40, or one label of 10**6, would otherwise take gigabytes."""
+    k = num_classes * ipc
+    if k > max(8 * n, _MAX_EMPTY_CLUSTERS):
+        raise ValueError(f"{name}: num_classes * ipc = {num_classes} * {ipc} = {k} clusters for N = {n} samples; "
+                         f"at most N can be non-empty (check ipc and the largest label, {num_classes - 1})")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -11,8 +11,8 @@ Datasets (``DATASETS``; :func:`dataset_info` describes each):
 * ``cifar10``, ``svhn``, ``cinic10``: read from a local folder in torchvision's formats, never
   downloaded (see ``dataset_info(name).layout``). The folder is ``root``, else the environment
   variable ``FASTBLEND_DATA``, else ``./data``; each dataset is looked for in ``<root>`` and in
-  ``<root>/<name>``. The CIFAR-10 batches are pickles and are unpickled: only point ``root`` at
-  files you trust.
+  ``<root>/<name>``. The CIFAR-10 batches are pickles, read with a restricted unpickler that
+  admits only builtin containers and numpy arrays (a pickle naming any other global is refused).
 
 The readers return raw ``uint8 [N, C, H, W]`` images and ``int64 [N]`` labels;
 :func:`fastblend.data.load_dataset` splits, slices and normalises them.
@@ -186,6 +186,36 @@ def _missing(key: str, base: Path, expected: str) -> FileNotFoundError:
         f"FASTBLEND_DATA)")
 
 
+# the globals a numpy array's pickle needs (numpy 1.x and 2.x module paths); nothing else is loaded
+_PICKLE_GLOBALS = {
+    (mod, name)
+    for mod in ("numpy.core.multiarray", "numpy._core.multiarray")
+    for name in ("_reconstruct", "scalar")
+} | {("numpy", "ndarray"), ("numpy", "dtype")}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles builtin containers, strings, numbers and numpy arrays only."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _PICKLE_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load global {module}.{name} (only numpy arrays are allowed)")
+
+
+def _read_pickle(path: Path, key: str):
+    """A CIFAR pickle (latin1 strings) through :class:`_ArrayUnpickler`; errors name the file."""
+    try:
+        with open(path, "rb") as f:
+            entry = _ArrayUnpickler(f, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
+        raise ValueError(f"load_dataset: {key}: cannot read {path} (truncated or not a CIFAR pickle): "
+                         f"{type(exc).__name__}: {exc}") from exc
+    if not isinstance(entry, dict):
+        raise ValueError(f"load_dataset: {key}: {path} must hold a dict, got {type(entry).__name__}")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
+
+
 def _read_cifar10(base: Path):
     sub = "cifar-10-batches-py"
     files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
@@ -196,12 +226,16 @@ def _read_cifar10(base: Path):
     folder = folder / sub
 
     def read(path: Path):
-        with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
-        entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
+        entry = _read_pickle(path, "cifar10")
         if "data" not in entry or "labels" not in entry:
             raise ValueError(f"load_dataset: cifar10: {path} must hold 'data' and 'labels' (a CIFAR-10 batch)")
-        data = np.asarray(entry["data"], dtype=np.uint8)
+        data = np.asarray(entry["data"])
+        if data.dtype != np.uint8:
+            if data.dtype.kind not in "iu" or (data.size and (data.min() < 0 or data.max() > 255)):
+                raise ValueError(f"load_dataset: cifar10: {path} holds data of dtype {data.dtype} (range "
+                                 f"{data.min() if data.size else '-'}..{data.max() if data.size else '-'}); "
+                                 "expected uint8 pixels 0..255")
+            data = data.astype(np.uint8)
         if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.shape[0] != len(entry["labels"]):
             raise ValueError(f"load_dataset: cifar10: {path} holds data {data.shape} for "
                              f"{len(entry['labels'])} labels; expected [n, 3072]")
@@ -214,9 +248,7 @@ def _read_cifar10(base: Path):
     names = None
     meta = folder / "batches.meta"
     if meta.is_file():
-        with open(meta, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
-        entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
+        entry = _read_pickle(meta, "cifar10")
         label_names = entry.get("label_names")
         if label_names is not None and len(label_names) == 10:
             names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in label_names)
@@ -234,7 +266,10 @@ def _read_svhn(base: Path):
         raise ModuleNotFoundError("load_dataset: svhn needs scipy: pip install 'fastblend[datasets]'") from err
 
     def read(path: Path):
-        mat = loadmat(str(path))
+        try:
+            mat = loadmat(str(path))
+        except (ValueError, OSError, TypeError) as exc:
+            raise ValueError(f"load_dataset: svhn: cannot read {path} (truncated or not a .mat file): {exc}") from exc
         if "X" not in mat or "y" not in mat:
             raise ValueError(f"load_dataset: svhn: {path} must hold 'X' and 'y' (an SVHN .mat file)")
         x, y = np.asarray(mat["X"]), np.asarray(mat["y"]).astype(np.int64).reshape(-1)
@@ -272,14 +307,20 @@ def _read_cinic10(base: Path, include_valid: bool, per_class: int | None, progre
         paths, labels = [], []
         for label, cls in enumerate(classes):
             files = sorted(p for p in (folder / part / cls).iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+            if not files:
+                raise ValueError(f"load_dataset: cinic10: {folder / part / cls} holds no images "
+                                 f"({', '.join(sorted(_IMAGE_SUFFIXES))})")
             files = files[:limit_per_class] if limit_per_class is not None else files
             paths += files
             labels += [label] * len(files)
         return paths, labels
 
     def decode(path: Path) -> np.ndarray:
-        with Image.open(path) as img:
-            arr = np.asarray(img.convert("RGB"), dtype=np.uint8)  # a few CINIC-10 images are grey
+        try:
+            with Image.open(path) as img:
+                arr = np.asarray(img.convert("RGB"), dtype=np.uint8)  # a few CINIC-10 images are grey
+        except (OSError, ValueError, SyntaxError) as exc:  # PIL raises these for truncated/foreign files
+            raise ValueError(f"load_dataset: cinic10: cannot decode {path}: {exc}") from exc
         if arr.shape != (32, 32, 3):
             raise ValueError(f"load_dataset: cinic10: {path} is {arr.shape[1]}x{arr.shape[0]}; expected 32x32")
         return arr

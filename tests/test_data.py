@@ -194,7 +194,7 @@ def test_classwise_split(animal):
 
 def test_custom_forget_indices_and_rounds(animal):
     train, test = animal
-    s = make_split(train, test, forget=[10, 3, 3, 7999], seed=0)
+    s = make_split(train, test, forget=[10, 3, 7999], seed=0)  # duplicates are refused (tests/test_safety.py)
     assert s.forget_mode == "custom" and s.forget.tolist() == [3, 10, 7999]
     assert torch.equal(make_split(train, test, forget=s.forget_mask).forget, s.forget)
     u = make_split(train, test, seed=2)

@@ -25,17 +25,17 @@ from tests._support import HAS_CPP, backend_params, device_for
 def test_strided_labels_and_indptr_match_the_reference(backend):
     dev = device_for(backend)
     g = torch.Generator().manual_seed(1)
-    y = torch.randint(0, 5, (16,), generator=g)[::2]
+    y = torch.randint(0, 5, (16,), generator=g).to(dev)[::2]  # strided on the device itself
     z = torch.randn(8, 5, generator=g)
-    want = fastblend.quantile_transform(z, y.contiguous(), backend="torch")
-    got = fastblend.quantile_transform(z.to(dev), y.to(dev) if dev != "cpu" else y, backend=backend)
+    want = fastblend.quantile_transform(z, y.cpu().contiguous(), backend="torch")
+    got = fastblend.quantile_transform(z.to(dev), y, backend=backend)
     torch.testing.assert_close(got.cpu(), want, rtol=1e-4, atol=1e-5)
 
     x, w = torch.randn(9, 3, generator=g), torch.rand(9, generator=g) + 0.1
-    indptr = torch.tensor([0, 1, 2, 3, 5, 7, 9])[::2]  # [0, 2, 5, 9], stride 2
+    indptr = torch.tensor([0, 1, 2, 3, 5, 7, 9], device=dev)[::2]  # [0, 2, 5, 9], stride 2
     assert not indptr.is_contiguous()
-    want = fastblend.segment_blend(x, w, indptr.contiguous(), backend="torch")
-    got = fastblend.segment_blend(x.to(dev), w.to(dev), indptr.to(dev) if dev != "cpu" else indptr, backend=backend)
+    want = fastblend.segment_blend(x, w, indptr.cpu().contiguous(), backend="torch")
+    got = fastblend.segment_blend(x.to(dev), w.to(dev), indptr, backend=backend)
     torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=1e-5)
 
 
@@ -380,7 +380,8 @@ def test_saves_are_atomic(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------------------------
 def test_bad_fastblend_backend_names_the_variable(monkeypatch):
     monkeypatch.setenv("FASTBLEND_BACKEND", "garbage")
-    with pytest.raises(ValueError, match="FASTBLEND_BACKEND must be one of .*got 'garbage'"):
+    expected = "segment_blend: backend must be one of .*got 'garbage' from the environment variable FASTBLEND_BACKEND"
+    with pytest.raises(ValueError, match=expected):
         fastblend.segment_blend(torch.ones(2, 2), torch.ones(2), torch.tensor([0, 2]))
 
 
@@ -398,3 +399,81 @@ def test_available_backends_says_triton_is_interpreter_only_without_cuda(monkeyp
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     reason = fastblend.available_backends()["triton"]
     assert reason is not None and "interpreter" in reason
+
+
+# --------------------------------------------------------------------------------------------
+# 10. Dataset readers: restricted unpickling, clear errors naming the file
+# --------------------------------------------------------------------------------------------
+class _Exploit:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def _cifar_folder(tmp_path):
+    import numpy as np
+
+    from tests.test_data import _write_cifar
+
+    folder = tmp_path / "cifar-10-batches-py"
+    _write_cifar(folder, per_batch=10)
+    return folder, np
+
+
+def test_cifar_pickles_refuse_foreign_globals(tmp_path, capsys):
+    import pickle
+
+    folder, _ = _cifar_folder(tmp_path)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": _Exploit()}, f)
+    with pytest.raises(ValueError, match=r"load_dataset: cifar10: cannot read .*batches.meta.*refusing to load "
+                                         r"global builtins.print"):
+        fastblend.load_dataset("cifar10", tmp_path)
+    assert "pwned" not in capsys.readouterr().out
+
+
+def test_truncated_cifar_batch_names_the_file(tmp_path):
+    folder, _ = _cifar_folder(tmp_path)
+    path = folder / "data_batch_3"
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(ValueError, match="load_dataset: cifar10: cannot read .*data_batch_3"):
+        fastblend.load_dataset("cifar10", tmp_path)
+
+
+def test_cifar_data_beyond_uint8_is_refused(tmp_path):
+    import pickle
+
+    folder, np = _cifar_folder(tmp_path)
+    batch = {"data": np.full((10, 3072), 300, dtype=np.int64), "labels": list(range(10))}
+    with open(folder / "data_batch_2", "wb") as f:
+        pickle.dump(batch, f)
+    with pytest.raises(ValueError, match=r"load_dataset: cifar10: .*data_batch_2 holds data of dtype int64"):
+        fastblend.load_dataset("cifar10", tmp_path)
+
+
+def test_cinic_empty_class_folder_is_an_error(tmp_path):
+    pytest.importorskip("PIL")
+    from tests.test_data import _write_cinic
+
+    _write_cinic(tmp_path / "cinic10")
+    victim = sorted((tmp_path / "cinic10" / "test").iterdir())[0]
+    for p in victim.iterdir():
+        p.unlink()
+    with pytest.raises(ValueError, match=f"load_dataset: cinic10: .*{victim.name} holds no images"):
+        fastblend.load_dataset("cinic10", tmp_path)
+
+
+def test_group_bounds_what_it_allocates_from_arguments():
+    feats, labels = torch.randn(6, 2), torch.arange(6) % 2
+    with pytest.raises(ValueError, match=r"group: num_classes \* ipc = 2 \* 1099511627776"):
+        fastblend.group(feats, labels, ipc=2**40)
+    labels[0] = 10**7
+    with pytest.raises(ValueError, match="group: num_classes \\* ipc = 10000001 \\* 2 .*largest label, 10000000"):
+        fastblend.group(feats, labels, ipc=2)
+
+
+def test_make_split_refuses_duplicate_and_nested_indices():
+    train, test = fastblend.load_dataset("digits")
+    with pytest.raises(ValueError, match="make_split: forget indices must be distinct, got 1 duplicates"):
+        fastblend.make_split(train, test, forget=[3, 5, 5])
+    with pytest.raises(ValueError, match="make_split: forget indices must be 1-D"):
+        fastblend.make_split(train, test, forget=[[3, 5], [6, 7]])

@@ -183,8 +183,8 @@ def resolve(op: str, backend: str, tensors: Sequence[object]) -> str:
     if requested == "auto":
         requested = os.environ.get("FASTBLEND_BACKEND", "auto").strip().lower() or "auto"
     if requested not in BACKENDS + ("auto",) and backend == "auto":
-        raise ValueError(f"{op}: the environment variable FASTBLEND_BACKEND must be one of 'auto', "
-                         f"{', '.join(map(repr, BACKENDS))}; got {os.environ.get('FASTBLEND_BACKEND')!r}")
+        raise ValueError(f"{op}: backend must be one of 'auto', {', '.join(map(repr, BACKENDS))}; got "
+                         f"{os.environ.get('FASTBLEND_BACKEND')!r} from the environment variable FASTBLEND_BACKEND")
     if requested not in BACKENDS + ("auto",):
         raise ValueError(f"backend must be one of 'auto', {', '.join(map(repr, BACKENDS))}; got {backend!r}")
     why = reasons(op, tensors)

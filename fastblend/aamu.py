@@ -78,11 +78,12 @@ class AAMULoss(nn.Module):
         self.steepen, self.backend, self.validate = steepen, backend, validate
 
     def forward(self, retain_loss: torch.Tensor, forget_logits: torch.Tensor, forget_labels: torch.Tensor,
-                unseen_logits: torch.Tensor, unseen_labels: torch.Tensor) -> AAMULossOutput:
-        """``retain_loss`` ``[B]`` per-sample; logits ``[M_f, C]`` / ``[M_u, C]``, labels int64."""
+                unseen_logits: torch.Tensor, unseen_labels: torch.Tensor, *, validate: bool = True) -> AAMULossOutput:
+        """``retain_loss`` ``[B]`` per-sample; logits ``[M_f, C]`` / ``[M_u, C]``, labels int64.
+        ``validate=False`` skips :func:`quantile_mmd`'s host-side label check (a hot loop after one check)."""
         main = steepen(retain_loss, self.steepen)
         mmd = quantile_mmd(forget_logits, forget_labels, unseen_logits.detach(), unseen_labels, self.k,
-                           self.kappa, self.sigma, backend=self.backend, validate=self.validate)
+                           self.kappa, self.sigma, backend=self.backend, validate=self.validate and validate)
         return AAMULossOutput(main + self.lam * mmd.to(main.dtype), main, mmd)
 
     def extra_repr(self) -> str:
@@ -100,10 +101,39 @@ def _check_loss_params(fn: str, lam: float, k: float, kappa: float, sigma: float
         raise ValueError(f"{fn}: backend must be one of 'auto', {', '.join(map(repr, BACKENDS))}; got {backend!r}")
 
 
-def _generator(seed: int, device: torch.device) -> torch.Generator:
-    gen = torch.Generator(device=device)
-    gen.manual_seed(int(seed))
-    return gen
+_MASK32 = 0xFFFFFFFF
+
+
+def _mix32(x):
+    """A bijection of ``[0, 2^32)`` with good avalanche (xorshift-multiply; multipliers < 2^31, so every
+    product fits in int64): works on Python ints and on int64 tensors alike."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x2C1B3C6D) & _MASK32
+    return x ^ (x >> 16)
+
+
+class _CounterRNG:
+    """Counter-based random keys: draw ``t`` of a stream seeded ``seed`` gives element ``i`` the key
+    ``mix(mix(i ^ a_t) ^ b_t)``, where ``a_t``, ``b_t`` are mixed from the seed and ``t`` on the device.
+
+    Unlike a ``torch.Generator`` this never leaves the device (the counter ``t`` is a 0-d device tensor
+    incremented in place), so a draw neither synchronises with the host on CUDA nor breaks a
+    ``torch.compile(fullgraph=True)`` graph. The keys of one draw are distinct (``mix`` is a
+    bijection), so ordering by key is a uniformly shuffled permutation without ties."""
+
+    def __init__(self, seed: int, device: torch.device) -> None:
+        self.seed = _mix32(int(seed) & _MASK32)
+        self.counter = torch.zeros((), dtype=torch.int64, device=device)
+
+    def keys(self, n: int) -> torch.Tensor:
+        """``[n]`` int64 keys in ``[0, 2^32)``, distinct, for the next draw."""
+        t = self.counter & _MASK32
+        a = _mix32(t ^ self.seed)
+        b = _mix32(a ^ 0x5BD1E995)
+        self.counter += 1
+        return _mix32(_mix32(torch.arange(n, device=self.counter.device) ^ a) ^ b)
 
 
 def _check_batch_size(fn: str, batch_size: int) -> int:
@@ -119,7 +149,7 @@ class ForgetSampler:
         forget: the number of forget samples ``n`` (indices ``0..n-1``) or a ``[n]`` int64 tensor of
             indices.
         batch_size: samples per draw (docs/method.md §2.4: 4B).
-        seed: seeds the sampler's own ``torch.Generator``.
+        seed: seeds the sampler's own random stream (a counter on ``device``; never the global RNG).
         device: where the returned indices live (default: that of ``forget``, else CPU).
 
     ``sample()`` returns ``[min(batch_size, n)]`` int64 indices; iterating yields one epoch (a
@@ -151,34 +181,37 @@ class ForgetSampler:
         self.batch_size = _check_batch_size(fn, batch_size)
         self.device = torch.device(device) if device is not None else indices.device
         self.indices = indices.to(self.device)
-        self._gen = _generator(seed, self.device)
+        self._rng = _CounterRNG(seed, self.device)
 
     def __len__(self) -> int:
         return -(-self.indices.numel() // self.batch_size)
 
     def sample(self) -> torch.Tensor:
+        """``[min(batch_size, n)]`` distinct indices; no host synchronisation (fixed size, device RNG)."""
         n = self.indices.numel()
-        perm = torch.randperm(n, generator=self._gen, device=self.device)
-        return self.indices[perm[: self.batch_size]]
+        pick = torch.topk(self._rng.keys(n), min(self.batch_size, n), largest=False).indices
+        return self.indices[pick]
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        perm = torch.randperm(self.indices.numel(), generator=self._gen, device=self.device)
+        perm = torch.argsort(self._rng.keys(self.indices.numel()))
         yield from (self.indices[chunk] for chunk in perm.split(self.batch_size))
 
 
 class UnseenSampler:
     """Unseen batches restricted to the classes present in the forget batch (docs/method.md §2.4).
 
-    Per-class index tables (the pool sorted by class, CSR offsets) are built once on the pool's
-    device; a draw picks ``batch_size`` distinct positions in the concatenation of the allowed
-    classes' ranges (all of them when fewer) and maps them back with ``searchsorted``: no Python
-    scan of the pool.
+    The pool is sorted by class once (``order``; ``counts`` per class and CSR offsets ``indptr``). A
+    draw keys every pool sample with the sampler's counter-based device RNG, puts the allowed
+    classes' samples first and takes the ``batch_size`` smallest keys: fixed-size tensors only, so
+    :meth:`sample` with ``validate=False`` never synchronises with the host on CUDA and traces
+    under ``torch.compile(fullgraph=True)`` (the rule for fewer allowed samples than the batch is in
+    :meth:`sample`).
 
     Args:
         unseen_labels: ``[N]`` int64 labels of the unseen pool.
         batch_size: samples per draw (4B).
         num_classes: class count (default ``max label + 1``).
-        seed: seeds the sampler's own ``torch.Generator``.
+        seed: seeds the sampler's own random stream (never the global RNG).
     """
 
     def __init__(self, unseen_labels: torch.Tensor, batch_size: int, num_classes: int | None = None,
@@ -198,29 +231,52 @@ class UnseenSampler:
         self.order = torch.argsort(labels, stable=True)
         self.counts = torch.bincount(labels, minlength=self.num_classes)
         self.indptr = torch.cat([self.counts.new_zeros(1), torch.cumsum(self.counts, 0)])
-        self._gen = _generator(seed, self.device)
+        self._sorted_labels = labels[self.order]
+        self._rng = _CounterRNG(seed, self.device)
 
-    def sample(self, forget_labels: torch.Tensor) -> torch.Tensor:
-        """``[min(batch_size, pool size of the allowed classes)]`` int64 indices into the pool."""
+    def sample(self, forget_labels: torch.Tensor, *, validate: bool = True) -> torch.Tensor:
+        """``[batch_size]`` int64 indices into the pool, drawn from the classes in ``forget_labels``.
+
+        Without replacement while the allowed classes hold at least ``batch_size`` samples; when they
+        hold fewer (``T``), every allowed sample is taken once in random order and the order repeats
+        until ``batch_size`` are drawn (position ``j`` holds draw ``j mod T``), so the output size never
+        depends on the data. ``validate`` checks the labels' range and that some allowed sample
+        exists, reading ``forget_labels`` on the host; with ``validate=False`` (a hot loop, once the
+        labels are known to be valid) nothing synchronises with the host, and a batch whose classes
+        the pool lacks entirely is drawn from the whole pool.
+        """
         fn = "UnseenSampler.sample"
         if not isinstance(forget_labels, torch.Tensor) or forget_labels.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"{fn}: forget_labels must be an integer tensor")
         fl = forget_labels.to(self.device).long().reshape(-1)
         if fl.numel() == 0:
             raise ValueError(f"{fn}: forget_labels is empty")
-        if int(fl.min()) < 0 or int(fl.max()) >= self.num_classes:
-            raise ValueError(f"{fn}: forget_labels must be in [0, {self.num_classes}), got values outside")
-        present = torch.bincount(fl, minlength=self.num_classes) > 0
-        allowed = torch.where(present, self.counts, torch.zeros_like(self.counts))
-        ends = torch.cumsum(allowed, 0)
-        total = int(ends[-1])
-        if total == 0:
+        if validate:
+            self.check_labels(fl, fn)
+        present = torch.zeros(self.num_classes, dtype=torch.bool, device=self.device).index_fill_(0, fl, True)
+        allowed = present[self._sorted_labels]
+        total = allowed.sum()
+        allowed = allowed | (total == 0)  # no allowed sample at all: the whole pool
+        total = torch.where(total == 0, allowed.numel(), total)
+        # allowed samples first (their keys < 2^32), in the random order of their keys
+        keys = self._rng.keys(allowed.numel()) + torch.where(allowed, 0, 1 << 32)
+        first = torch.topk(keys, min(self.batch_size, allowed.numel()), largest=False).indices
+        pos = first[torch.arange(self.batch_size, device=self.device) % total]
+        return self.order[pos]
+
+    def check_labels(self, forget_labels: torch.Tensor, fn: str = "UnseenSampler.check_labels",
+                     name: str = "forget_labels") -> None:
+        """Raise ``ValueError`` unless every label is in ``[0, num_classes)`` and the pool holds at least
+        one of their classes (reads them on the host): run once over the whole forget set before a loop
+        that samples with ``validate=False``. ``fn`` and ``name`` name the caller and the argument."""
+        fl = forget_labels.to(self.device).long().reshape(-1)
+        lo, hi = int(fl.min()), int(fl.max())
+        if lo < 0 or hi >= self.num_classes:
+            raise ValueError(f"{fn}: {name} must be in [0, {self.num_classes}), got {lo if lo < 0 else hi}")
+        present = torch.zeros(self.num_classes, dtype=torch.bool, device=self.device).index_fill_(0, fl, True)
+        if int(self.counts[present].sum()) == 0:
             classes = torch.nonzero(present).flatten().tolist()
             raise ValueError(f"{fn}: the unseen pool holds none of the forget classes {classes}")
-        offsets = torch.randperm(total, generator=self._gen, device=self.device)[: self.batch_size]
-        cls = torch.searchsorted(ends, offsets, right=True)
-        pos = self.indptr[cls] + offsets - (ends[cls] - allowed[cls])
-        return self.order[pos]
 
 
 class Accelerator:
@@ -230,6 +286,11 @@ class Accelerator:
     of ``4·batch_size`` from the forget batch's classes each step, and returns
     ``steepen(retain loss) + lam · MMD²`` from :meth:`loss`. The unseen forward runs under
     ``torch.no_grad()``; the forget forward carries gradient into ``model``.
+
+    The labels are checked once (the forget labels here, the class count of the logits in the first
+    :meth:`loss`); after that a step reads nothing on the host: on CUDA it never waits for the
+    device, and ``torch.compile(model-and-loss, fullgraph=True)`` traces it whole (unseen batches
+    follow :meth:`UnseenSampler.sample`'s rule, ``validate=False``).
 
     Args:
         model: the model being unlearned (called on image batches, returns ``[n, C]`` logits).
@@ -274,18 +335,21 @@ class Accelerator:
         self.criterion = AAMULoss(lam, k, kappa, sigma, steepen, backend)
         self.forget_sampler = ForgetSampler(forget_x.shape[0], 4 * batch_size, seed=seed, device=forget_y.device)
         self.unseen_sampler = UnseenSampler(self.unseen_y, 4 * batch_size, seed=seed + 1)
+        self.unseen_sampler.check_labels(self.forget_y, fn, "forget_y")  # once: loss() samples with validate=False
+        self._labels_checked = False  # quantile_mmd's label check needs the logits: the first loss() runs it
 
     def loss(self, retain_per_sample_loss: torch.Tensor) -> AAMULossOutput:
         """``AAMULossOutput(total, main, mmd)`` for one step; backpropagate ``total``."""
         device = module_device(self.model) or self.forget_x.device
         fi = self.forget_sampler.sample()
         fx, fy = self.forget_x[fi].to(device), self.forget_y[fi].to(device)
-        ui = self.unseen_sampler.sample(self.forget_y[fi])
+        ui = self.unseen_sampler.sample(self.forget_y[fi], validate=False)
         ux, uy = self.unseen_x[ui.to(self.unseen_x.device)].to(device), self.unseen_y[ui].to(device)
         forget_logits = self.model(fx)
         with torch.no_grad():
             unseen_logits = self.model(ux)
-        return self.criterion(retain_per_sample_loss, forget_logits, fy, unseen_logits, uy)
+        validate, self._labels_checked = not self._labels_checked, True
+        return self.criterion(retain_per_sample_loss, forget_logits, fy, unseen_logits, uy, validate=validate)
 
 
 def accelerate(model: nn.Module, forget_x: torch.Tensor, forget_y: torch.Tensor, unseen_x: torch.Tensor,

@@ -188,6 +188,7 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
                                        seed=ctx.seed, device=data.forget.images.device)
         unseen_sampler = UnseenSampler(data.unseen.labels, cfg.unseen_batch_factor * cfg.batch_size,
                                        num_classes=ctx.num_classes, seed=ctx.seed + 1)
+        unseen_sampler.check_labels(data.forget.labels, ctx.fn, "forget labels")  # once: steps sample sync-free
     elif method.uses_forget_batches:
         forget_stream = CyclicBatches(data.forget, method.forget_batch_size(cfg, data), ctx.generator, ctx.device)
 
@@ -201,6 +202,7 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
 
     losses: list[float] = []
     steps = 0
+    labels_checked = False
     epochs = range(cfg.epochs)
     show = progress_enabled(ctx.progress)
     if show:
@@ -218,9 +220,10 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
             logits_r, logits_f = ctx.forward(model, x_r, x_f)
             terms = method.retain_terms(model, x_r, logits_r, y_r, epoch, ctx)
             if accelerated:
-                x_u, y_u = data.unseen.take(unseen_sampler.sample(y_f), ctx.device)
+                x_u, y_u = data.unseen.take(unseen_sampler.sample(y_f, validate=False), ctx.device)
                 logits_u = ctx.infer(model, x_u)
-                out = aamu_loss(terms.per_sample, logits_f, y_f, logits_u, y_u)
+                out = aamu_loss(terms.per_sample, logits_f, y_f, logits_u, y_u, validate=not labels_checked)
+                labels_checked = True  # checked on the host once; later steps never wait for it
                 if terms.weight == 1.0:
                     loss = out.total
                 else:

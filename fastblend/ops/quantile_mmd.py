@@ -44,6 +44,7 @@ import math
 import torch
 
 from . import _dispatch
+from ._aot import Specialization, pointer, spec
 from ._common import DTYPE_CODE, SUPPORTED_DTYPES, acc_dtype, bounded_labels, tl, triton
 
 OP_NAME = "quantile_mmd"
@@ -208,11 +209,47 @@ if triton is not None:
         tl.store(dg_ptr + rows, 4.0 * scale * wa * acc, mask=rmask)
 
 
-def _triton_blocks() -> tuple[int, int, int]:
-    """(rows per program, columns per step, classes per step)."""
+# --------------------------------------------------------------------------------------------
+# Block sizes: the compiled launchers pick only from this table, and triton_specializations()
+# enumerates it, so tests/test_aot.py compiles every variant a GPU can be asked to run.
+# --------------------------------------------------------------------------------------------
+TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # float64 logits run on cpp/torch
+BLOCK_R = 64  # rows (samples) per program of the pairwise kernels
+BLOCK_C = 64  # columns (samples) per step of the pairwise kernels
+CLASS_BLOCK_CHOICES = (16, 32, 64, 128, 256, 512, 1024)  # classes per step: the smallest >= C, at most 1024
+_INTERPRET_BLOCKS = (16, 32, (16, 32))  # the same roles under the CPU interpreter (small: it is slow)
+_TRITON_HELPERS = ("_expm1_neg",)  # @triton.jit functions called from kernels, never launched
+
+
+def _pick_block(n: int, choices: tuple[int, ...]) -> int:
+    return next((c for c in choices if c >= n), choices[-1])
+
+
+def _triton_blocks(c: int) -> tuple[int, int, int]:
+    """(rows per program, columns per step, classes per step for ``c`` classes)."""
     if _dispatch.triton_interpret():
-        return 16, 32, 32
-    return 64, 64, 1024
+        return _INTERPRET_BLOCKS[0], _INTERPRET_BLOCKS[1], _pick_block(c, _INTERPRET_BLOCKS[2])
+    return BLOCK_R, BLOCK_C, _pick_block(c, CLASS_BLOCK_CHOICES)
+
+
+def triton_specializations() -> list[Specialization]:
+    """Every (kernel, argument types, constexprs) the compiled launchers can request: each logits
+    dtype and class block for the per-row kernels; the pairwise kernels work on float64 statistics."""
+    f64, i64, blocks = pointer(torch.float64), "*i64", {"BLOCK_R": BLOCK_R, "BLOCK_C": BLOCK_C}
+    out = [spec("_cdf_tail_kernel", {"u_ptr": f64, "q_ptr": f64, "M": "i32", "k": "fp32"}, blocks),
+           spec("_cdf_backward_kernel", {"u_ptr": f64, "dc_ptr": f64, "du_ptr": f64, "M": "i32", "k": "fp32"}, blocks),
+           spec("_mmd_forward_kernel", {"g_ptr": f64, "w_ptr": f64, "part_ptr": f64, "N": "i32", "scale": "fp32"},
+                blocks),
+           spec("_mmd_backward_kernel", {"g_ptr": f64, "w_ptr": f64, "dg_ptr": f64, "N": "i32", "scale": "fp32"},
+                blocks)]
+    for dtype in TRITON_DTYPES:
+        z = pointer(dtype)
+        for block_c in CLASS_BLOCK_CHOICES:
+            out.append(spec("_ce_forward_kernel", {"z_ptr": z, "y_ptr": i64, "lse_ptr": f64, "u_ptr": f64, "C": "i32"},
+                            {"BLOCK_C": block_c}))
+            out.append(spec("_ce_backward_kernel", {"z_ptr": z, "y_ptr": i64, "lse_ptr": f64, "u_ptr": f64,
+                                                    "du_ptr": f64, "dz_ptr": z, "C": "i32"}, {"BLOCK_C": block_c}))
+    return out
 
 
 def _triton_set_forward(z, y, k):
@@ -220,8 +257,8 @@ def _triton_set_forward(z, y, k):
     z = z.contiguous()
     y = bounded_labels(y, c)
     stats = torch.empty((3, m), dtype=torch.float64, device=z.device)
-    br, bc, bk = _triton_blocks()
-    _ce_forward_kernel[(m,)](z, y, stats[0], stats[1], c, BLOCK_C=min(bk, triton.next_power_of_2(c)))
+    br, bc, bk = _triton_blocks(c)
+    _ce_forward_kernel[(m,)](z, y, stats[0], stats[1], c, BLOCK_C=bk)
     _cdf_tail_kernel[(triton.cdiv(m, br),)](stats[1], stats[2], m, float(k), BLOCK_R=br, BLOCK_C=bc)
     return stats
 
@@ -232,15 +269,15 @@ def _triton_set_backward(z, y, k, stats, dc):
     y = bounded_labels(y, c)
     du = torch.empty(m, dtype=torch.float64, device=z.device)
     dz = torch.empty_like(z)
-    br, bc, bk = _triton_blocks()
+    br, bc, bk = _triton_blocks(c)
     _cdf_backward_kernel[(triton.cdiv(m, br),)](stats[1], dc.contiguous(), du, m, float(k), BLOCK_R=br, BLOCK_C=bc)
-    _ce_backward_kernel[(m,)](z, y, stats[0], stats[1], du, dz, c, BLOCK_C=min(bk, triton.next_power_of_2(c)))
+    _ce_backward_kernel[(m,)](z, y, stats[0], stats[1], du, dz, c, BLOCK_C=bk)
     return dz
 
 
 def _triton_mmd_forward(g, w, sigma):
     n = g.numel()
-    br, bc, _ = _triton_blocks()
+    br, bc, _ = _triton_blocks(1)
     part = torch.empty(triton.cdiv(n, br), dtype=torch.float64, device=g.device)
     _mmd_forward_kernel[(part.numel(),)](g, w, part, n, -0.5 / sigma**2, BLOCK_R=br, BLOCK_C=bc)
     return part.sum()
@@ -248,7 +285,7 @@ def _triton_mmd_forward(g, w, sigma):
 
 def _triton_mmd_backward(g, w, sigma):
     n = g.numel()
-    br, bc, _ = _triton_blocks()
+    br, bc, _ = _triton_blocks(1)
     dg = torch.empty(n, dtype=torch.float64, device=g.device)
     _mmd_backward_kernel[(triton.cdiv(n, br),)](g, w, dg, n, -0.5 / sigma**2, BLOCK_R=br, BLOCK_C=bc)
     return dg

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from . import _dispatch
+from ._aot import Specialization, pointer, spec
 from ._common import (
     DTYPE_CODE,
     SUPPORTED_DTYPES,
@@ -150,10 +151,52 @@ if triton is not None:
                 tl.store(dw_ptr + idx, g, mask=m)
 
 
+# --------------------------------------------------------------------------------------------
+# Block sizes: the compiled launchers pick only from this table, and triton_specializations()
+# enumerates it, so tests/test_aot.py compiles every variant a GPU can be asked to run.
+# --------------------------------------------------------------------------------------------
+TRITON_DTYPES = SUPPORTED_DTYPES  # float64 runs on Triton as well (accumulating in float64)
+BLOCK_R = 8  # rows per step of the forward
+BLOCK_F_CHOICES = (16, 32, 64, 128, 256, 512)  # feature columns per program: the smallest >= F, at most 512
+SEGMENT_BLOCK = 128  # weights per step of the per-segment normalisation and weight-gradient kernels
+_INTERPRET_BLOCKS = (4, (16, 32, 64), 32)  # the same roles under the CPU interpreter (small: it is slow)
+
+
+def _pick_block(n: int, choices: tuple[int, ...]) -> int:
+    return next((c for c in choices if c >= n), choices[-1])
+
+
 def _triton_blocks(F: int) -> tuple[int, int]:
     if _dispatch.triton_interpret():
-        return 4, max(16, min(64, triton.next_power_of_2(max(F, 1))))
-    return 8, max(16, min(512, triton.next_power_of_2(max(F, 1))))
+        return _INTERPRET_BLOCKS[0], _pick_block(F, _INTERPRET_BLOCKS[1])
+    return BLOCK_R, _pick_block(F, BLOCK_F_CHOICES)
+
+
+def _segment_block() -> int:
+    return _INTERPRET_BLOCKS[2] if _dispatch.triton_interpret() else SEGMENT_BLOCK
+
+
+def triton_specializations() -> list[Specialization]:
+    """Every (kernel, argument types, constexprs) the compiled launchers can request: each dtype of
+    ``x``, each normalisation mode, each gradient flag pair the backward launches, each block size."""
+    out = []
+    for dtype in TRITON_DTYPES:
+        x, acc, i64 = pointer(dtype), pointer(torch.float64 if dtype == torch.float64 else torch.float32), "*i64"
+        for mode in NORMALIZE_MODES.values():
+            out.append(spec("_normalize_kernel", {"w_ptr": acc, "indptr_ptr": i64, "what_ptr": acc},
+                            {"MODE": mode, "BLOCK": SEGMENT_BLOCK}))
+            out.append(spec("_backward_weights_kernel", {"w_ptr": acc, "what_ptr": acc, "d_ptr": acc,
+                                                         "indptr_ptr": i64, "dw_ptr": acc},
+                            {"MODE": mode, "BLOCK": SEGMENT_BLOCK}))
+        for block_f in BLOCK_F_CHOICES:
+            out.append(spec("_forward_kernel", {"x_ptr": x, "what_ptr": acc, "indptr_ptr": i64, "out_ptr": x,
+                                                "F": "i32"}, {"BLOCK_R": BLOCK_R, "BLOCK_F": block_f}))
+            for need_x, need_w in ((True, True), (True, False), (False, True)):
+                out.append(spec("_backward_rows_kernel",
+                                {"grad_ptr": x, "x_ptr": x, "what_ptr": acc, "seg_ptr": i64, "d_ptr": acc,
+                                 "dx_ptr": x, "F": "i32"},
+                                {"NEED_X": need_x, "NEED_W": need_w, "BLOCK_F": block_f}))
+    return list(dict.fromkeys(out))  # the normalisation kernels depend on the accumulation dtype only
 
 
 def _triton_store_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -168,7 +211,7 @@ def _triton_normalize(w: torch.Tensor, indptr: torch.Tensor, mode: int) -> torch
     what = torch.empty_like(w)
     k = indptr.numel() - 1
     if k > 0 and w.numel() > 0:
-        _normalize_kernel[(k,)](w, indptr, what, MODE=mode, BLOCK=32 if _dispatch.triton_interpret() else 128)
+        _normalize_kernel[(k,)](w, indptr, what, MODE=mode, BLOCK=_segment_block())
     return what
 
 
@@ -207,7 +250,7 @@ def _triton_backward(grad, x, w, indptr, normalize, need_x, need_w):
                                         NEED_X=need_x, NEED_W=need_w, BLOCK_F=block_f)
         if need_w:
             _backward_weights_kernel[(indptr.numel() - 1,)](w_acc, what, d, indptr, dw, MODE=mode,
-                                                             BLOCK=32 if _dispatch.triton_interpret() else 128)
+                                                             BLOCK=_segment_block())
     return (dx.to(x.dtype) if need_x else None), dw.to(w.dtype)
 
 

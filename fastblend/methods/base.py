@@ -21,6 +21,7 @@ from torch import nn
 
 from .._device import synchronize
 from ..dataview import CyclicBatches, DataView, model_device
+from ..tracking import StepClock
 from .config import TrainConfig
 from .context import RunContext, make_optimizer, make_scheduler
 
@@ -159,8 +160,15 @@ class TrainOutcome:
 
 
 def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx: RunContext,
-          accelerated: bool) -> TrainOutcome:
-    """Run ``method`` (plain, or accelerated per docs/method.md §2.4 when ``accelerated``) on ``model``."""
+          accelerated: bool, callback: Callable[[nn.Module, int, float], None] | None = None,
+          eval_every: int = 0) -> TrainOutcome:
+    """Run ``method`` (plain, or accelerated per docs/method.md §2.4 when ``accelerated``) on ``model``.
+
+    ``callback(model, step, seconds)``, when given, runs before the first step, after every
+    ``eval_every``-th optimiser step and after the last, with ``seconds`` the training wall time so
+    far; its own time is excluded from that clock and recorded in ``ctx.info["eval_seconds"]``.
+    """
+    clock = StepClock(callback, ctx.device) if callback is not None else None
     model = ctx.place(method.prepare(model, data, ctx))
     model.train()
     ctx.fuse = cfg.fuse_forward
@@ -191,9 +199,17 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
     total_steps = sum(per_epoch + method.extra_steps_per_epoch(cfg, data, e) for e in range(cfg.epochs))
     scheduler = make_scheduler(optimizer, cfg, total_steps, per_epoch)
 
-    def step(loss: torch.Tensor) -> None:
-        ctx.backward_step(loss, optimizer, scheduler)
+    taken = 0
 
+    def step(loss: torch.Tensor) -> None:
+        nonlocal taken
+        ctx.backward_step(loss, optimizer, scheduler)
+        taken += 1
+        if clock is not None and eval_every and taken % eval_every == 0:
+            clock.report(model, taken)
+
+    if clock is not None:
+        clock.report(model, 0)
     losses: list[float] = []
     steps = 0
     epochs = range(cfg.epochs)
@@ -238,6 +254,9 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
         losses.append(float(total) / max(n, 1))
         if ctx.progress:
             epochs.set_postfix(loss=f"{losses[-1]:.4f}")
+    if clock is not None:
+        clock.report(model, taken)
+        ctx.info["eval_seconds"] = clock.paused
     return TrainOutcome(method.finish(model), losses, steps)
 
 

@@ -119,3 +119,30 @@ def test_unlearn_rejects_bad_callback_arguments():
         unlearn("finetune", _model(), (x[:80], y[:80]), (x[80:], y[80:]), callback=3)
     with pytest.raises(ValueError, match="unlearn: eval_every must be an int >= 0"):
         unlearn("finetune", _model(), (x[:80], y[:80]), (x[80:], y[80:]), eval_every=-1)
+
+
+def test_pipeline_reports_time_to_target_and_plots_quality_against_time(tmp_path):
+    from fastblend import pipeline
+
+    cfg = pipeline.with_overrides(
+        pipeline.ExperimentConfig(), out=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"), limit=400, width=8,
+        ipc=8, blend_iterations=2, train_config={"epochs": 1, "lr": 0.05, "batch_size": 64},
+        retrain_config={"epochs": 2, "lr": 0.05, "batch_size": 64, "warmup_epochs": 0},
+        run_base=False, accelerated_config={"epochs": 1}, quiet=True,
+        track_evaluations=4, band={"forget_acc": 100.0, "test_acc": 100.0, "mia": 100.0})
+    result = pipeline.run_experiment(cfg)
+    seed = result["per_seed"][0]
+    rows = {r["variant"]: r for r in seed["rows"]}
+    target = seed["time_to_target"]
+    assert target["band"] == cfg.band and set(target["curves"]) == {"retrain", "accelerated"}
+    # with a band as wide as the scale every variant is on target at its first evaluation
+    assert rows["retrain"]["t_target"] == target["curves"]["retrain"][0]["seconds"]
+    acc = rows["accelerated"]
+    pre = sum(acc[f"t_{s}"] for s in ("features", "grouping", "split", "blend"))
+    assert pre <= acc["t_target"] <= pre + acc["t_unlearning"]  # its curve starts after Blend
+    assert acc["speedup_target_vs_retrain"] == pytest.approx(rows["retrain"]["t_target"] / acc["t_target"])
+    assert rows["retrain"]["t_eval_tracking"] > 0
+    last = target["curves"]["retrain"][-1]
+    assert last["test_acc"] == pytest.approx(rows["retrain"]["test_acc"])  # the subset is the whole split here
+    assert (tmp_path / "out" / "seed0" / "quality_vs_time.png").read_bytes()[:4] == b"\x89PNG"
+    assert "target" in pipeline.format_table(result["summary"])

@@ -110,10 +110,15 @@ class ExperimentConfig:
         return self.accelerated_method or ACCELERATED_NAMES.get(self.method, f"accelerated:{self.method}")
 
 
+#: The demo's training recipe, for the original model and for Retrain alike: SGD (momentum 0.9, weight
+#: decay 5e-4) at lr 0.05, batch 128, one warm-up epoch then cosine decay, 20 epochs — run to
+#: convergence (training accuracy ~100%, test accuracy flat over the last epochs of Retrain's curve).
+DEMO_RECIPE = {"epochs": 20, "lr": 0.05, "batch_size": 128, "schedule": "cosine", "warmup_epochs": 1}
+
 DEMO = ExperimentConfig(
     width=64,
-    train_config={"epochs": 8, "lr": 0.05, "batch_size": 128, "schedule": "cosine", "warmup_epochs": 1},
-    retrain_config={"epochs": 8, "lr": 0.05, "batch_size": 128, "warmup_epochs": 1},
+    train_config=dict(DEMO_RECIPE),
+    retrain_config=dict(DEMO_RECIPE),
     base_config={},
     accelerated_config={},
 )

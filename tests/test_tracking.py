@@ -146,3 +146,24 @@ def test_pipeline_reports_time_to_target_and_plots_quality_against_time(tmp_path
     assert last["test_acc"] == pytest.approx(rows["retrain"]["test_acc"])  # the subset is the whole split here
     assert (tmp_path / "out" / "seed0" / "quality_vs_time.png").read_bytes()[:4] == b"\x89PNG"
     assert "target" in pipeline.format_table(result["summary"])
+
+
+@pytest.mark.parametrize("refresh, forwards", [(1, 10), (3, 4), (20, 1)])
+def test_unseen_refresh_forwards_a_new_unseen_batch_every_k_steps(monkeypatch, refresh, forwards):
+    from fastblend.methods.context import RunContext
+
+    calls = []
+    original = RunContext.infer
+    monkeypatch.setattr(RunContext, "infer",
+                        lambda self, model, x: calls.append(x.shape[0]) or original(self, model, x))
+    x, y = _data(200)
+    res = unlearn("a_finetune", _model(), (x[:80], y[:80]), (x[80:100], y[80:100]), unseen=(x[100:], y[100:]),
+                  config={"batch_size": 8, "unseen_refresh": refresh})
+    assert res.steps == 10 and len(calls) == forwards
+
+
+def test_unseen_refresh_must_be_positive():
+    x, y = _data()
+    with pytest.raises(ValueError, match="unlearn: config.unseen_refresh must be >= 1"):
+        unlearn("a_finetune", _model(), (x[:80], y[:80]), (x[80:100], y[80:100]), unseen=(x[100:], y[100:]),
+                config={"unseen_refresh": 0})

@@ -182,7 +182,7 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
         ctx.fuse = False
         ctx.micro = 0
 
-    forget_stream = unseen_sampler = forget_sampler = aamu_loss = None
+    forget_stream = unseen_sampler = forget_sampler = aamu_loss = unseen_cache = None
     if accelerated:
         from ..aamu import AAMULoss, ForgetSampler, UnseenSampler
 
@@ -229,8 +229,11 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
             logits_r, logits_f = ctx.forward(model, x_r, x_f)
             terms = method.retain_terms(model, x_r, logits_r, y_r, epoch, ctx)
             if accelerated:
-                x_u, y_u = data.unseen.take(unseen_sampler.sample(y_f), ctx.device)
-                logits_u = ctx.infer(model, x_u)
+                if unseen_cache is None or unseen_cache[2] == cfg.unseen_refresh:
+                    x_u, y_u = data.unseen.take(unseen_sampler.sample(y_f), ctx.device)
+                    unseen_cache = (ctx.infer(model, x_u), y_u, 0)
+                logits_u, y_u, age = unseen_cache
+                unseen_cache = (logits_u, y_u, age + 1)
                 out = aamu_loss(terms.per_sample, logits_f, y_f, logits_u, y_u)
                 if terms.weight == 1.0:
                     loss = out.total

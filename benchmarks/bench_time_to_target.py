@@ -71,7 +71,8 @@ def profile_step(model: torch.nn.Module, retain, forget, unseen, batch: int = 64
         model.zero_grad(set_to_none=True)
         lr_, lf = model(xr), model(xf)
         with torch.inference_mode():
-            lu = model(xu).clone()
+            lu = model(xu)
+        lu = lu.clone()  # a normal tensor, usable as a constant in autograd
         loss_fn(F.cross_entropy(lr_, yr, reduction="none"), lf, yf, lu, yu).total.backward()
 
     parts = {"retain_fwd_bwd": lambda: fwd_bwd(xr, yr), "forget_fwd_bwd": lambda: fwd_bwd(xf, yf),

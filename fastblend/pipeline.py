@@ -49,6 +49,7 @@ from .metrics import StageTimer, accuracy, mia_score_from_logits, predict_logits
 from .models import MODELS, ConvNet3, build_model
 from .ops._dispatch import BACKENDS, available_backends
 from .readers import canonical_name
+from .tracking import Band, Tracker, eval_every_for, planned_steps, time_to_target
 
 VARIANTS = ("original", "retrain", "base", "accelerated")
 STAGES = ("features", "grouping", "split", "blend", "unlearning", "evaluation")
@@ -122,6 +123,10 @@ class ExperimentConfig:
     cache_dir: str | None = None
     plots: bool = True
     quiet: bool = False
+    track: bool = True
+    track_evaluations: int = 30
+    track_samples: int | None = 2000
+    band: dict = field(default_factory=lambda: Band().as_dict())
 
     def check(self) -> None:
         """Validate every setting without loading data or training: types, names (data set, model,
@@ -166,6 +171,12 @@ class ExperimentConfig:
         if self.forget_class is not None and (self.forget != "classwise" or not 0 <= self.forget_class < classes):
             raise ConfigError("forget_class", f"forget_class must be in [0, {classes}) with forget='classwise', "
                               f"got {self.forget_class} with forget={self.forget!r}")
+        if self.track_evaluations < 1:
+            raise ConfigError("track_evaluations", f"track_evaluations must be >= 1, got {self.track_evaluations}")
+        try:
+            Band(**self.band)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError("band", f"band: {exc}") from None
         self._check_methods()
         most = self._max_forget(classes)
         if most is not None and self.rounds > most:
@@ -222,10 +233,15 @@ class ExperimentConfig:
         return self.accelerated_method or accelerated(self.method)
 
 
+#: The demo's training recipe, for the original model and for Retrain alike: SGD (momentum 0.9, weight
+#: decay 5e-4) at lr 0.05, batch 128, one warm-up epoch then cosine decay, 20 epochs — run to
+#: convergence (training accuracy ~100%, test accuracy flat over the last epochs of Retrain's curve).
+DEMO_RECIPE = {"epochs": 20, "lr": 0.05, "batch_size": 128, "schedule": "cosine", "warmup_epochs": 1}
+
 DEMO = ExperimentConfig(
     width=64,
-    train_config={"epochs": 8, "lr": 0.05, "batch_size": 128, "schedule": "cosine", "warmup_epochs": 1},
-    retrain_config={"epochs": 8, "lr": 0.05, "batch_size": 128, "warmup_epochs": 1},
+    train_config=dict(DEMO_RECIPE),
+    retrain_config=dict(DEMO_RECIPE),
     base_config={},
     accelerated_config={},
 )
@@ -313,6 +329,39 @@ def reduce_retain(cfg: ExperimentConfig, train, forget: torch.Tensor, ipc: int, 
     return clustering, reduced, dict(timer.stages)
 
 
+def _tracked(cfg: ExperimentConfig, trackers: dict, variant: str, method: str, config: dict, retain_size: int,
+             split, seed: int) -> dict:
+    """``unlearn`` keyword arguments that record ``variant``'s quality curve (time to target), or none."""
+    if not cfg.track:
+        return {}
+    trackers[variant] = Tracker(split.forget_tensors(), split.eval_tensors(), max_samples=cfg.track_samples,
+                                seed=seed)
+    steps = planned_steps(method, config or None, retain_size)
+    return {"callback": trackers[variant], "eval_every": eval_every_for(steps, cfg.track_evaluations)}
+
+
+def _time_to_target(cfg: ExperimentConfig, rows: dict[str, dict], trackers: dict) -> dict:
+    """Times to Retrain's band (``t_target``, ``None`` = not reached) and the speed-ups between them."""
+    if "retrain" not in trackers or not trackers["retrain"].points:
+        return {}
+    band = Band(**cfg.band)
+    reference = trackers["retrain"].points[-1]
+    for variant, tracker in trackers.items():
+        row = rows[variant]
+        t = time_to_target(tracker.points, reference, band)
+        row.update(t_target=t, target_reached=float(t is not None), t_eval_tracking=tracker.eval_seconds)
+    for variant in ("base", "accelerated"):
+        t = rows.get(variant, {}).get("t_target")
+        for ref in ("retrain", "base"):
+            t_ref = rows.get(ref, {}).get("t_target")
+            if variant in rows and ref in rows and ref != variant:
+                rows[variant][f"speedup_target_vs_{ref}"] = t_ref / max(t, 1e-12) if t and t_ref else None
+                if t and t_ref is None:  # ref never reached the band: its whole run is a lower bound
+                    rows[variant][f"speedup_target_vs_{ref}_lower"] = rows[ref]["t_total"] / max(t, 1e-12)
+    return {"band": band.as_dict(), "reference": {k: getattr(reference, k) for k in ("forget_acc", "test_acc", "mia")},
+            "curves": {v: tr.curve() for v, tr in trackers.items()}}
+
+
 # --------------------------------------------------------------------------------------------
 # one repetition
 # --------------------------------------------------------------------------------------------
@@ -336,6 +385,7 @@ def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, log: Callable[[str
     log(f"[seed {seed}] original model: {'loaded from cache' if cached else f'trained in {train_seconds:.1f}s'}")
     rows: dict[str, dict] = {}
     losses: dict[str, dict] = {}
+    trackers: dict[str, Tracker] = {}
 
     def record(variant: str, method: str, m: nn.Module, stages: dict[str, float]) -> None:
         timer = StageTimer(device)
@@ -354,17 +404,24 @@ def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, log: Callable[[str
 
     if cfg.run_retrain:
         res = unlearn("retrain", model, retain, forget, config=cfg.retrain_config or None, device=device, seed=seed,
-                      progress=progress)
+                      progress=progress, **_tracked(cfg, trackers, "retrain", "retrain", cfg.retrain_config,
+                                                    len(retain[1]), split, seed))
         record("retrain", "retrain", res.model, {"unlearning": res.seconds})
 
     if cfg.run_base:
         res = unlearn(cfg.method, model, retain, forget, unseen=unseen, config=cfg.base_config or None,
-                      device=device, seed=seed, progress=progress)
+                      device=device, seed=seed, progress=progress,
+                      **_tracked(cfg, trackers, "base", cfg.method, cfg.base_config, len(retain[1]), split, seed))
         record("base", cfg.method, res.model, {"unlearning": res.seconds})
 
     clustering, reduced, stages = reduce_retain(cfg, train, split.forget, ipc, seed, device, progress)
     res = unlearn(cfg.accelerated, model, reduced, forget, unseen=unseen, config=cfg.accelerated_config or None,
-                  device=device, seed=seed, progress=progress)
+                  device=device, seed=seed, progress=progress,
+                  **_tracked(cfg, trackers, "accelerated", cfg.accelerated, cfg.accelerated_config, len(reduced),
+                             split, seed))
+    if "accelerated" in trackers:  # its curve starts after features, grouping, split and Blend
+        for point in trackers["accelerated"].points:
+            point.seconds += sum(stages.values())
     stages["unlearning"] = res.seconds
     record("accelerated", cfg.accelerated, res.model, stages)
     rows["accelerated"].update({"reduced_size": len(reduced), "retain_size": int(split.retain.numel()),
@@ -384,11 +441,13 @@ def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, log: Callable[[str
             for key in ("retain_acc", "forget_acc", "test_acc", "mia"):
                 row[f"gap_{key}"] = row[key] - rows["retrain"][key]
 
+    target = _time_to_target(cfg, rows, trackers)
     round_rows = run_rounds(cfg, seed, train, split, clustering, model, unseen, device, log) \
         if cfg.rounds > 1 else []
-    record = {"seed": seed, "rows": list(rows.values()), "rounds": round_rows, "split": split.summary()}
+    result = {"seed": seed, "rows": list(rows.values()), "rounds": round_rows, "split": split.summary(),
+              "time_to_target": target}
     if on_result is not None:
-        on_result(record)
+        on_result(result)
 
     if cfg.plots:
         seed_dir = out_dir / f"seed{seed}"
@@ -399,7 +458,10 @@ def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, log: Callable[[str
         plots.loss_histograms(losses, seed_dir / "loss_histograms.png")
         plots.save_blend_grid(reduced, train.denormalize(), clustering, seed_dir / "blend_grid.png",
                               n=min(train.num_classes, 12))
-    return record
+        if target:
+            plots.quality_vs_time(target["curves"], target["reference"], target["band"],
+                                  seed_dir / "quality_vs_time.png")
+    return result
 
 
 def run_rounds(cfg: ExperimentConfig, seed: int, train, split, clustering, model: nn.Module, unseen,
@@ -463,7 +525,8 @@ def default_ipc(cfg: ExperimentConfig, train) -> int:
 # --------------------------------------------------------------------------------------------
 NUMERIC = ("retain_acc", "forget_acc", "test_acc", "mia", "t_total", "t_features", "t_grouping", "t_split",
            "t_blend", "t_unlearning", "t_evaluation", "speedup_vs_base", "speedup_vs_retrain", "gap_retain_acc",
-           "gap_forget_acc", "gap_test_acc", "gap_mia")
+           "gap_forget_acc", "gap_test_acc", "gap_mia", "t_target", "target_reached", "t_eval_tracking",
+           "speedup_target_vs_retrain", "speedup_target_vs_base", "speedup_target_vs_base_lower")
 
 
 def summarise(per_seed: list[dict]) -> list[dict]:
@@ -485,13 +548,15 @@ def summarise(per_seed: list[dict]) -> list[dict]:
 
 def format_table(summary: list[dict]) -> str:
     head = (f"{'variant':<12} {'method':<14} {'features':>8} {'grouping':>8} {'split':>6} {'blend':>7} "
-            f"{'unlearn':>8} {'eval':>6} {'total':>8} {'vs base':>8} {'vs retr.':>8} {'retain':>7} {'forget':>7} "
+            f"{'unlearn':>8} {'eval':>6} {'total':>8} {'vs base':>8} {'vs retr.':>8} {'target':>8} {'@t base':>8} "
+            f"{'@t retr.':>8} {'retain':>7} {'forget':>7} "
             f"{'test':>6} "
             f"{'MIA':>6}  gap to retrain (retain/forget/test/MIA)")
     lines = [head, "-" * len(head)]
     for r in summary:
         speeds = [r.get("speedup_vs_base"), r.get("speedup_vs_retrain")]
         speed_cols = " ".join(f"{(f'{v:.1f}x' if v else '-'):>8}" for v in speeds)
+        speed_cols += " " + _target_cols(r)
         gaps = "/".join(f"{r[f'gap_{k}']:+.1f}" for k in ("retain_acc", "forget_acc", "test_acc", "mia")) \
             if "gap_mia" in r else "-"
         lines.append(
@@ -524,6 +589,19 @@ def prepare_output(out: str | os.PathLike) -> Path:
     except OSError as exc:
         raise ConfigError("out", f"out {str(path)!r} is not a writable folder ({exc.strerror or exc})") from None
     return path
+
+
+def _target_cols(r: dict) -> str:
+    """``target`` (seconds to Retrain's band, ``n/r`` = not reached) and the speed-ups at the target
+    (``>Nx``: the reference never reached the band, so its whole run is a lower bound)."""
+    if "target_reached" not in r:
+        return " ".join(f"{'-':>8}" for _ in range(3))
+    t = f"{r['t_target']:.1f}s" if r.get("t_target") is not None else "n/r"
+    cols = [t]
+    for ref in ("base", "retrain"):
+        v, low = r.get(f"speedup_target_vs_{ref}"), r.get(f"speedup_target_vs_{ref}_lower")
+        cols.append(f"{v:.1f}x" if v else (f">{low:.1f}x" if low else "-"))
+    return " ".join(f"{c:>8}" for c in cols)
 
 
 def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] | None = None) -> dict:

@@ -117,3 +117,32 @@ def save_blend_grid(reduced: ReducedRetainSet, images: torch.Tensor, clustering:
     path = Path(path)
     fig.savefig(path, dpi=100)
     return path
+
+
+TARGET_METRICS = (("forget_acc", "forget accuracy (%)"), ("test_acc", "test accuracy (%)"), ("mia", "MIA (%)"))
+
+
+def quality_vs_time(curves: dict[str, list[dict]], reference: dict[str, float], band: dict[str, float],
+                    path: str | Path) -> Path:
+    """Forget accuracy, test accuracy and MIA against wall time, every variant on one figure, with
+    Retrain's band shaded (``curves``: variant -> points with ``seconds`` and the metrics, as
+    :meth:`fastblend.tracking.Tracker.curve` gives; ``reference``/``band``: Retrain's final values
+    and the tolerances). Draws on its own ``matplotlib.figure.Figure`` (no pyplot state)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(13, 3.8))
+    axes = fig.subplots(1, len(TARGET_METRICS))
+    for ax, (key, label) in zip(axes, TARGET_METRICS):
+        ref, tol = reference[key], band[key]
+        ax.axhspan(ref - tol, ref + tol, color="#dddddd", label="Retrain's band")
+        for variant, points in curves.items():
+            ax.plot([p["seconds"] for p in points], [p[key] for p in points], marker=".", markersize=3,
+                    label=variant)
+        ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_xlabel("wall time (s, evaluations excluded)")
+        ax.set_ylabel(label)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Quality against wall time (time to target = first entry into the band that holds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return Path(path)

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from ..dataview import as_data, cast_to_model, check_disjoint, check_label_range, model_device, model_dtype
+from ..tracking import StepClock
 from .accelerated import (
     ABadTeacherConfig,
     AFinetuneConfig,
@@ -215,7 +216,8 @@ class UnlearnResult:
 
 
 def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any = None, config: Any = None,
-            device: torch.device | str | None = None, seed: int = 0, progress: bool | None = None) -> UnlearnResult:
+            device: torch.device | str | None = None, seed: int = 0, progress: bool | None = None,
+            callback: Callable[[nn.Module, int, float], None] | None = None, eval_every: int = 0) -> UnlearnResult:
     """Unlearn ``forget`` from ``model`` with ``method``.
 
     Args:
@@ -236,6 +238,11 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
         seed: seeds batch order, samplers and fresh initialisations (own generators; the global RNG
             is untouched).
         progress: a tqdm bar over epochs; ``None``: off unless ``FASTBLEND_PROGRESS=1`` (``fastblend._progress``).
+        callback: ``callback(model, step, seconds)`` before the first optimiser step, after every
+            ``eval_every``-th and after the last (SSD: before and after), ``seconds`` being the
+            method's wall time so far; e.g. a :class:`fastblend.tracking.Tracker`. Its own time is
+            excluded from ``seconds`` (here and in the result) and reported as ``info["eval_seconds"]``.
+        eval_every: steps between ``callback`` calls (``0``: only before and after).
 
     Raises ``ValueError``/``TypeError`` for an unknown method or config key, malformed or empty data,
     labels outside the model's classes, images and labels on different devices, retain and forget
@@ -243,6 +250,10 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
     """
     fn = "unlearn"
     spec = _spec(method, fn)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"{fn}: callback must be callable(model, step, seconds) or None, got {type(callback).__name__}")
+    if not isinstance(eval_every, int) or eval_every < 0:
+        raise ValueError(f"{fn}: eval_every must be an int >= 0 (0: before and after only), got {eval_every!r}")
     cfg = resolve_config(config, spec.config_class, fn)
     if not isinstance(model, nn.Module):
         raise TypeError(f"{fn}: model must be a torch.nn.Module, got {type(model).__name__}")
@@ -277,13 +288,28 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
     ctx.num_classes = num_classes
     data = RunData(r, f, u)
     if spec.impl is None:
-        outcome, seconds = timed(lambda: run_ssd(work, data, cfg, ctx), dev)
+        outcome, seconds = timed(lambda: _ssd_tracked(work, data, cfg, ctx, callback), dev)
     else:
-        outcome, seconds = timed(lambda: train(spec.impl(cfg), work, data, cfg, ctx, spec.accelerated), dev)
+        outcome, seconds = timed(lambda: train(spec.impl(cfg), work, data, cfg, ctx, spec.accelerated, callback,
+                                               eval_every), dev)
+    seconds -= ctx.info.get("eval_seconds", 0.0)
     # "backends": the backend of each fastblend op the method ran (A-AMU: quantile_mmd); {} for none
     info = {"num_classes": num_classes, "retain_size": len(r), "reduced_retain": r.reduced, "backends": {},
             **ctx.info}
     return UnlearnResult(outcome.model.eval(), seconds, outcome.losses, cfg, spec.name, outcome.steps, info)
+
+
+def _ssd_tracked(model: nn.Module, data: RunData, cfg: Any, ctx: RunContext,
+                 callback: Callable[[nn.Module, int, float], None] | None):
+    """SSD with ``callback`` reported before and after (it takes no optimiser steps)."""
+    if callback is None:
+        return run_ssd(model, data, cfg, ctx)
+    clock = StepClock(callback, ctx.device)
+    clock.report(model, 0)
+    outcome = run_ssd(model, data, cfg, ctx)
+    clock.report(outcome.model, outcome.steps)
+    ctx.info["eval_seconds"] = clock.paused
+    return outcome
 
 
 __all__ = [

@@ -25,6 +25,7 @@ from .._progress import bar as progress_bar
 from .._progress import progress_enabled
 from ..dataview import CyclicBatches, DataView, model_device
 from ..ops._dispatch import backend_for
+from ..tracking import StepClock
 from .config import TrainConfig
 from .context import RunContext, make_optimizer, make_scheduler
 
@@ -163,8 +164,15 @@ class TrainOutcome:
 
 
 def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx: RunContext,
-          accelerated: bool) -> TrainOutcome:
-    """Run ``method`` (plain, or accelerated per docs/method.md §2.4 when ``accelerated``) on ``model``."""
+          accelerated: bool, callback: Callable[[nn.Module, int, float], None] | None = None,
+          eval_every: int = 0) -> TrainOutcome:
+    """Run ``method`` (plain, or accelerated per docs/method.md §2.4 when ``accelerated``) on ``model``.
+
+    ``callback(model, step, seconds)``, when given, runs before the first step, after every
+    ``eval_every``-th optimiser step and after the last, with ``seconds`` the training wall time so
+    far; its own time is excluded from that clock and recorded in ``ctx.info["eval_seconds"]``.
+    """
+    clock = StepClock(callback, ctx.device) if callback is not None else None
     model = ctx.place(method.prepare(model, data, ctx))
     model.train()
     ctx.fuse = cfg.fuse_forward
@@ -178,7 +186,7 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
         ctx.fuse = False
         ctx.micro = 0
 
-    forget_stream = unseen_sampler = forget_sampler = aamu_loss = None
+    forget_stream = unseen_sampler = forget_sampler = aamu_loss = unseen_cache = None
     if accelerated:
         from ..aamu import AAMULoss, ForgetSampler, UnseenSampler
 
@@ -197,9 +205,17 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
     total_steps = sum(per_epoch + method.extra_steps_per_epoch(cfg, data, e) for e in range(cfg.epochs))
     scheduler = make_scheduler(optimizer, cfg, total_steps, per_epoch)
 
-    def step(loss: torch.Tensor) -> None:
-        ctx.backward_step(loss, optimizer, scheduler)
+    taken = 0
 
+    def step(loss: torch.Tensor) -> None:
+        nonlocal taken
+        ctx.backward_step(loss, optimizer, scheduler)
+        taken += 1
+        if clock is not None and eval_every and taken % eval_every == 0:
+            clock.report(model, taken)
+
+    if clock is not None:
+        clock.report(model, 0)
     losses: list[float] = []
     steps = 0
     labels_checked = False
@@ -220,8 +236,11 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
             logits_r, logits_f = ctx.forward(model, x_r, x_f)
             terms = method.retain_terms(model, x_r, logits_r, y_r, epoch, ctx)
             if accelerated:
-                x_u, y_u = data.unseen.take(unseen_sampler.sample(y_f, validate=False), ctx.device)
-                logits_u = ctx.infer(model, x_u)
+                if unseen_cache is None or unseen_cache[2] == cfg.unseen_refresh:
+                    x_u, y_u = data.unseen.take(unseen_sampler.sample(y_f, validate=False), ctx.device)
+                    unseen_cache = (ctx.infer(model, x_u), y_u, 0)
+                logits_u, y_u, age = unseen_cache
+                unseen_cache = (logits_u, y_u, age + 1)
                 out = aamu_loss(terms.per_sample, logits_f, y_f, logits_u, y_u, validate=not labels_checked)
                 labels_checked = True  # checked on the host once; later steps never wait for it
                 if terms.weight == 1.0:
@@ -248,6 +267,9 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
         _check_finite_loss(losses[-1], step_losses, epoch, ctx.fn)
         if show:
             epochs.set_postfix(loss=f"{losses[-1]:.4f}")
+    if clock is not None:
+        clock.report(model, taken)
+        ctx.info["eval_seconds"] = clock.paused
     bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
     if bad:
         raise FloatingPointError(f"{ctx.fn}: training left non-finite weights in {len(bad)} parameters (e.g. "

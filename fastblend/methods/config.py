@@ -112,6 +112,10 @@ class AAMUFields:
             mean, the reference; see :func:`fastblend.aamu.steepen`).
         forget_batch_factor, unseen_batch_factor: forget and unseen batches hold this many times
             ``batch_size`` samples (4B in the reference).
+        unseen_refresh: draw and forward a new unseen batch every this many steps and reuse its
+            logits in between (``1``, the default, is the paper's every-step batch). A departure
+            from docs/method.md §2.4 when > 1: the unseen losses are up to ``k - 1`` steps stale
+            and their classes follow the forget batch of the refresh step only.
     """
 
     lam: float = 34.0
@@ -121,6 +125,7 @@ class AAMUFields:
     steepen: str = "batch_mean_sq"
     forget_batch_factor: int = 4
     unseen_batch_factor: int = 4
+    unseen_refresh: int = 1
 
     def check(self, fn: str) -> None:
         """Check the base method's settings (the next class in the MRO), then these."""
@@ -130,6 +135,8 @@ class AAMUFields:
         if self.forget_batch_factor < 1 or self.unseen_batch_factor < 1:
             raise ValueError(f"{fn}: config.forget_batch_factor and unseen_batch_factor must be >= 1, got "
                              f"{self.forget_batch_factor} and {self.unseen_batch_factor}")
+        if self.unseen_refresh < 1:
+            raise ValueError(f"{fn}: config.unseen_refresh must be >= 1 (1 = every step), got {self.unseen_refresh}")
 
 
 def resolve_config(config: Any, cls: type, fn: str):

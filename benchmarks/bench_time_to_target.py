@@ -1,0 +1,171 @@
+"""Time to Retrain's band for A-AMU step settings and Blend settings, on the demo's data and model.
+
+    python -m benchmarks.bench_time_to_target [--forget uniform|classwise] [--only profile ...]
+        [--variants paper f2 ...] [--blend-variants ...] [--out FILE]
+
+One process, one machine, one run: the demo's converged original model (``pipeline.DEMO``, from
+the cache or trained), Retrain with the same recipe (its curve and final values define the band),
+then per A-AMU setting one ``a_finetune`` run on the same reduced retain set with a
+:class:`fastblend.tracking.Tracker`. Every setting's time to target (Blend's seconds plus the
+unlearning seconds to the band, evaluations excluded) is divided into Retrain's in the same run,
+so the ratios hold on a shared machine even when absolute seconds drift; final quality is beside.
+
+``profile`` times the parts of one A-AMU step (retain forward+backward of B, forget
+forward+backward of ``4B``, unseen forward of ``4B``, the loss) on the demo's model; blend variants
+re-run Blend with another matcher width / iteration count and unlearn with the paper's A-AMU
+settings. Nothing here asserts on a timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from fastblend import pipeline
+from fastblend.aamu import AAMULoss
+from fastblend.data import load_dataset, make_split
+from fastblend.machine import machine_info
+from fastblend.methods import unlearn
+from fastblend.tracking import Band, Tracker, eval_every_for, planned_steps, time_to_target
+
+#: A-AMU step settings against the paper's (docs/method.md §2.4: forget and unseen batches of 4B, a
+#: new unseen batch every step, separate forwards)
+STEP_VARIANTS = {
+    "paper": {},
+    "fuse": {"fuse_forward": True},
+    "f2": {"forget_batch_factor": 2},
+    "u2": {"unseen_batch_factor": 2},
+    "f2u2": {"forget_batch_factor": 2, "unseen_batch_factor": 2},
+    "f1u1": {"forget_batch_factor": 1, "unseen_batch_factor": 1},
+    "refresh4": {"unseen_refresh": 4},
+    "f2_refresh4_fuse": {"forget_batch_factor": 2, "unseen_refresh": 4, "fuse_forward": True},
+}
+#: Blend settings against the paper's matcher (width 128, 12 iterations)
+BLEND_VARIANTS = {"iter6": {"blend_iterations": 6}, "iter3": {"blend_iterations": 3}}
+
+
+def profile_step(model: torch.nn.Module, retain, forget, unseen, batch: int = 64, repeats: int = 20) -> dict:
+    """Median seconds of each part of one A-AMU step on ``model`` (CPU, float32)."""
+    model = copy.deepcopy(model).train()
+    loss_fn = AAMULoss()
+    xr, yr = retain[0][:batch], retain[1][:batch]
+    xf, yf = forget[0][:4 * batch], forget[1][:4 * batch]
+    xu, yu = unseen[0][:4 * batch], unseen[1][:4 * batch]
+
+    def fwd_bwd(x, y):
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+
+    def unseen_fwd():
+        with torch.inference_mode():
+            model(xu)
+
+    def whole():
+        model.zero_grad(set_to_none=True)
+        lr_, lf = model(xr), model(xf)
+        with torch.inference_mode():
+            lu = model(xu)
+        lu = lu.clone()  # a normal tensor, usable as a constant in autograd
+        loss_fn(F.cross_entropy(lr_, yr, reduction="none"), lf, yf, lu, yu).total.backward()
+
+    parts = {"retain_fwd_bwd": lambda: fwd_bwd(xr, yr), "forget_fwd_bwd": lambda: fwd_bwd(xf, yf),
+             "unseen_fwd": unseen_fwd, "whole_step": whole, "plain_step": lambda: fwd_bwd(xr, yr)}
+    out = {}
+    for name, fn in parts.items():
+        fn()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        out[name] = statistics.median(times)
+    out["shares"] = {k: out[k] / out["whole_step"] for k in ("retain_fwd_bwd", "forget_fwd_bwd", "unseen_fwd")}
+    out["whole_over_plain"] = out["whole_step"] / out["plain_step"]
+    return out
+
+
+def tracked(method, model, retain, forget, unseen, config, split, seed, evaluations, offset=0.0):
+    tracker = Tracker(split.forget_tensors(), split.eval_tensors(), seed=seed, offset=offset)
+    every = eval_every_for(planned_steps(method, config or None, len(retain[1]) if isinstance(retain, tuple)
+                                         else len(retain)), evaluations)
+    res = unlearn(method, model, retain, forget, unseen=unseen, config=config or None, seed=seed, callback=tracker,
+                  eval_every=every)
+    return res, tracker
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--forget", default="uniform", choices=["uniform", "classwise"])
+    p.add_argument("--variants", nargs="+", default=list(STEP_VARIANTS))
+    p.add_argument("--blend-variants", nargs="*", default=list(BLEND_VARIANTS))
+    p.add_argument("--no-profile", action="store_true")
+    p.add_argument("--evaluations", type=int, default=30)
+    p.add_argument("--limit", type=int, help="a seeded stratified subset of the training set (ExperimentConfig.limit)")
+    p.add_argument("--out", default="benchmarks/results-2026-11-26-cpu/time_to_target_uniform.json")
+    args = p.parse_args(argv)
+
+    cfg = pipeline.with_overrides(pipeline.DEMO, forget=args.forget, limit=args.limit, quiet=True)
+    seed, device = 0, torch.device("cpu")
+    train, test = load_dataset(cfg.dataset, limit=cfg.limit)
+    split = make_split(train, test, forget=cfg.forget, forget_fraction=cfg.forget_fraction, seed=seed)
+    retain, forget, unseen = split.retain_tensors(), split.forget_tensors(), split.unseen_tensors()
+    model, train_s, cached = pipeline.original_model(cfg, train.images, train.labels, train.num_classes, seed,
+                                                     device, progress=False)
+    doc: dict = {"command": "python -m benchmarks.bench_time_to_target " + " ".join(argv or []),
+                 "forget": args.forget, "limit": args.limit, "recipe": pipeline.DEMO_RECIPE, "machine": machine_info(),
+                 "original": {"cached": cached, "train_seconds": train_s}, "band": Band().as_dict()}
+    if not args.no_profile:
+        doc["profile"] = profile_step(model, retain, forget, unseen)
+
+    ref_res, ref_tr = tracked("retrain", model, retain, forget, None, cfg.retrain_config, split, seed,
+                              args.evaluations)
+    reference = ref_tr.points[-1]
+    t_retrain = time_to_target(ref_tr.points, reference)
+    doc["retrain"] = {"t_total": ref_res.seconds, "t_target": t_retrain, "curve": ref_tr.curve()}
+
+    def record(name, res, tracker, blend_seconds, settings):
+        t = time_to_target(tracker.points, reference)
+        last = tracker.points[-1]
+        row = {"settings": settings, "t_blend_stages": blend_seconds, "t_unlearning": res.seconds,
+               "t_total": blend_seconds + res.seconds, "t_target": t,
+               "speedup_target_vs_retrain": t_retrain / t if t else None,
+               "unlearning_over_paper": None, "forget_acc": last.forget_acc, "test_acc": last.test_acc,
+               "mia": last.mia, "curve": tracker.curve()}
+        doc.setdefault("variants", {})[name] = row
+        print(f"{name:<18} t_target {t if t is None else round(t, 1)!s:>6}  unlearn {res.seconds:6.1f}s  "
+              f"forget {last.forget_acc:5.1f} test {last.test_acc:5.1f} MIA {last.mia:5.1f}", flush=True)
+
+    _, reduced, stages = pipeline.reduce_retain(cfg, train, split.forget, cfg.ipc or pipeline.default_ipc(cfg, train),
+                                                seed, device, progress=False)
+    pre = sum(stages.values())
+    for name in args.variants:
+        res, tr = tracked("a_finetune", model, reduced, forget, unseen, STEP_VARIANTS[name], split, seed,
+                          args.evaluations, offset=pre)
+        record(name, res, tr, pre, STEP_VARIANTS[name])
+    paper = doc["variants"].get("paper")
+    if paper:
+        for row in doc["variants"].values():
+            row["unlearning_over_paper"] = row["t_unlearning"] / paper["t_unlearning"]
+    for name in args.blend_variants:
+        bcfg = pipeline.with_overrides(cfg, **BLEND_VARIANTS[name])
+        _, red, st = pipeline.reduce_retain(bcfg, train, split.forget, cfg.ipc or pipeline.default_ipc(cfg, train),
+                                            seed, device, progress=False)
+        res, tr = tracked("a_finetune", model, red, forget, unseen, {}, split, seed, args.evaluations,
+                          offset=sum(st.values()))
+        record(f"blend_{name}", res, tr, sum(st.values()), BLEND_VARIANTS[name])
+    print(f"retrain: t_target {t_retrain:.1f}s of {ref_res.seconds:.1f}s; band around forget "
+          f"{reference.forget_acc:.1f} test {reference.test_acc:.1f} MIA {reference.mia:.1f}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(doc, indent=2))
+    return doc
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""Time to target: quality curves during training and the wall time until a model reaches Retrain's band.
+
+A speed-up is only meaningful at equal quality. :class:`Tracker` is a step callback for
+:func:`fastblend.unlearn` (``unlearn(..., callback=tracker, eval_every=N)``): every ``N`` optimiser
+steps (and before the first and after the last) it evaluates the model being trained on a fixed,
+seeded evaluation subset — forget accuracy, test accuracy and the docs/method.md §4 MIA — and
+records a :class:`CurvePoint` at the method's training wall time. The training loop stops its
+clock around each evaluation (the device synchronised on both ends), so evaluation time is
+excluded from the method's time and reported apart (``Tracker.eval_seconds``,
+``UnlearnResult.info["eval_seconds"]``).
+
+:class:`Band` is Retrain's band: forget accuracy, test accuracy and MIA each within a tolerance of
+Retrain's final values. :func:`time_to_target` is the wall time at the first evaluation where a
+curve is inside the band and still inside at the next evaluation (the last evaluation counts as
+staying: the run ends with that model), or ``None`` ("not reached").
+
+Retrain's own time to target uses the same rule against its own final values (which define the
+band), so every variant is judged by one rule; it is at most Retrain's total time, which makes
+speed-ups against it conservative.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ._device import synchronize
+from .metrics import mia_score_from_logits, predict_logits
+
+METRICS = ("forget_acc", "test_acc", "mia")
+
+
+@dataclass(frozen=True)
+class Band:
+    """Tolerances (percentage points) of Retrain's band: a model is on target when its forget
+    accuracy, test accuracy and MIA are each within these of Retrain's final values."""
+
+    forget_acc: float = 2.0
+    test_acc: float = 2.0
+    mia: float = 5.0
+
+    def __post_init__(self) -> None:
+        for name in METRICS:
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"Band: {name} must be a number >= 0, got {value!r}")
+
+    def contains(self, point: dict | CurvePoint, reference: dict | CurvePoint) -> bool:
+        """Whether ``point`` is within the tolerances of ``reference`` on every metric (NaN is outside)."""
+        p = point if isinstance(point, dict) else asdict(point)
+        r = reference if isinstance(reference, dict) else asdict(reference)
+        return all(abs(p[m] - r[m]) <= getattr(self, m) for m in METRICS)
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@dataclass
+class CurvePoint:
+    """One evaluation during training: the optimiser ``step``, the method's training wall time
+    ``seconds`` up to it (evaluations excluded), the three metrics (percent) and what this
+    evaluation itself cost (``eval_seconds``, not part of ``seconds``)."""
+
+    step: int
+    seconds: float
+    forget_acc: float
+    test_acc: float
+    mia: float
+    eval_seconds: float
+
+
+class StepClock:
+    """The training loop's side of a step callback: training wall time with evaluations cut out.
+
+    ``report(model, step)`` synchronises the device, reads the clock, calls
+    ``callback(model, step, seconds)`` and adds the callback's own time (synchronised again) to
+    ``paused``, so ``seconds`` counts training only.
+    """
+
+    def __init__(self, callback: Callable[[nn.Module, int, float], None], device: torch.device):
+        self.callback = callback
+        self.device = device
+        self.paused = 0.0
+        self.last_step = -1
+        synchronize(device)
+        self.start = time.perf_counter()
+
+    def report(self, model: nn.Module, step: int) -> None:
+        if step == self.last_step:
+            return
+        self.last_step = step
+        synchronize(self.device)
+        now = time.perf_counter()
+        self.callback(model, step, now - self.start - self.paused)
+        synchronize(self.device)
+        self.paused += time.perf_counter() - now
+
+
+def _subset(x: torch.Tensor, y: torch.Tensor, limit: int | None, generator: torch.Generator):
+    if limit is None or y.numel() <= limit:
+        return x, y
+    keep = torch.randperm(y.numel(), generator=generator)[:limit].sort().values
+    return x[keep], y[keep]
+
+
+class Tracker:
+    """Step callback recording forget accuracy, test accuracy and MIA during training.
+
+    Args:
+        forget: ``(images [F, ...] float, labels [F] int64)`` of the forget set.
+        test: ``(images [T, ...], labels [T])`` held out from training (the evaluation split); the
+            MIA uses its samples of the forget set's classes (as the pipeline's evaluation does).
+        max_samples: evaluate on at most this many samples of each set, a subset drawn once with
+            ``seed`` (``None``: every sample).
+        seed: seeds the subset and the MIA's equal-size subsampling.
+        offset: seconds added to every point's time (work done before training, e.g. Blend).
+
+    Use: ``unlearn(method, ..., callback=tracker, eval_every=N)``; afterwards ``tracker.points``
+    holds the curve and ``tracker.eval_seconds`` the evaluation time excluded from it.
+    """
+
+    def __init__(self, forget: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
+                 max_samples: int | None = 2000, seed: int = 0, offset: float = 0.0):
+        if max_samples is not None and max_samples < 5:
+            raise ValueError(f"Tracker: max_samples must be None or >= 5 (the MIA's folds), got {max_samples}")
+        gen = torch.Generator().manual_seed(seed)
+        fx, fy = _subset(*forget, max_samples, gen)
+        tx, ty = _subset(*test, max_samples, gen)
+        if fy.numel() < 5:
+            raise ValueError(f"Tracker: forget must hold at least 5 samples, got {fy.numel()}")
+        self.forget = (fx, fy)
+        self.test = (tx, ty)
+        self.mia_keep = torch.isin(ty, torch.unique(fy))
+        self.seed = seed
+        self.offset = float(offset)
+        self.points: list[CurvePoint] = []
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """Forget accuracy, test accuracy (percent) and MIA of ``model`` on the fixed subsets."""
+        dev = next(model.parameters()).device
+        lf = predict_logits(model, self.forget[0], device=dev).float().cpu()
+        lt = predict_logits(model, self.test[0], device=dev).float().cpu()
+        fy, ty = self.forget[1].cpu(), self.test[1].cpu()
+        keep = self.mia_keep.cpu()
+        mia = mia_score_from_logits(lf, fy, lt[keep], ty[keep], seed=self.seed) if int(keep.sum()) >= 5 else math.nan
+        return {"forget_acc": float((lf.argmax(1) == fy).double().mean() * 100),
+                "test_acc": float((lt.argmax(1) == ty).double().mean() * 100) if ty.numel() else math.nan,
+                "mia": mia}
+
+    def __call__(self, model: nn.Module, step: int, seconds: float) -> None:
+        start = time.perf_counter()
+        metrics = self.evaluate(model)
+        self.points.append(CurvePoint(step, self.offset + seconds, **metrics,
+                                      eval_seconds=time.perf_counter() - start))
+
+    @property
+    def eval_seconds(self) -> float:
+        return sum(p.eval_seconds for p in self.points)
+
+    def curve(self) -> list[dict]:
+        """The points as dicts (JSON-ready)."""
+        return [asdict(p) for p in self.points]
+
+
+def time_to_target(points: list[CurvePoint] | list[dict], reference: dict | CurvePoint,
+                   band: Band | None = None) -> float | None:
+    """Seconds at the first point inside ``band`` around ``reference`` whose next point is inside too
+    (the last point needs no successor); ``None`` when no point qualifies ("not reached")."""
+    band = band or Band()
+    inside = [band.contains(p, reference) for p in points]
+    for i, ok in enumerate(inside):
+        if ok and (i + 1 == len(inside) or inside[i + 1]):
+            p = points[i]
+            return float(p["seconds"] if isinstance(p, dict) else p.seconds)
+    return None
+
+
+def eval_every_for(steps: int, evaluations: int) -> int:
+    """Steps between evaluations so that a run of ``steps`` optimiser steps is evaluated about
+    ``evaluations`` times (at least every step)."""
+    if evaluations < 1:
+        raise ValueError(f"eval_every_for: evaluations must be >= 1, got {evaluations}")
+    return max(1, math.ceil(max(steps, 1) / evaluations))
+
+
+def planned_steps(method: str, config: object, retain_size: int) -> int:
+    """Optimiser steps ``unlearn(method, ..., config=config)`` takes on ``retain_size`` retain rows
+    (epochs x batches; extra passes such as SCRUB's forget pass are not counted): what
+    :func:`eval_every_for` spreads evaluations over."""
+    from .methods import config_class
+    from .methods.config import resolve_config
+
+    cfg = resolve_config(config, config_class(method), "planned_steps")
+    batch = getattr(cfg, "batch_size", retain_size) or 1
+    return getattr(cfg, "epochs", 1) * math.ceil(retain_size / batch)
+
+
+__all__ = ["Band", "CurvePoint", "StepClock", "Tracker", "eval_every_for", "planned_steps", "time_to_target"]

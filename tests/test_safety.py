@@ -5,6 +5,7 @@ name is tests/test_contract.py and the cross-backend differential tests tests/te
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 import textwrap
@@ -362,8 +363,11 @@ def test_saves_are_atomic(tmp_path, monkeypatch):
     before = path.read_bytes()
 
     def broken_save(obj, f, *args, **kwargs):
-        with open(f, "wb") as fh:
-            fh.write(b"partial")
+        if isinstance(f, (str, bytes, os.PathLike)):
+            with open(f, "wb") as fh:
+                fh.write(b"partial")
+        else:  # a file object
+            f.write(b"partial")
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", broken_save)

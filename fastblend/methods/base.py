@@ -215,11 +215,7 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
             if accelerated:
                 x_u, y_u = data.unseen.take(unseen_sampler.sample(y_f), ctx.device)
                 logits_u = ctx.infer(model, x_u)
-                out = aamu_loss(terms.per_sample, logits_f, y_f, logits_u, y_u)
-                if terms.weight == 1.0:
-                    loss = out.total
-                else:
-                    loss = terms.weight * out.main + cfg.lam * out.mmd.to(out.main.dtype)
+                loss = aamu_loss(terms.per_sample, logits_f, y_f, logits_u, y_u, retain_weight=terms.weight).total
             else:
                 loss = terms.weight * terms.per_sample.mean()
             if terms.extra is not None:

@@ -3,7 +3,8 @@
 The public API, in the groups the README follows:
 
 - **Condense the retain set (Blend)**: :func:`extract_features`, :func:`group` -> :class:`Clustering`,
-  :func:`condense` -> :class:`ReducedRetainSet`, :class:`Blender` (multi-round).
+  :func:`condense` -> :class:`ReducedRetainSet`, :class:`Blender` (multi-round), :class:`BlendIndex`
+  (group and blend once, ``.reduce(forget)`` per request).
 - **Accelerate unlearning (A-AMU)**: :func:`accelerate` / :class:`Accelerator`, :class:`AAMULoss`,
   :func:`steepen`, :class:`ForgetSampler`, :class:`UnseenSampler`.
 - **Unlearning methods**: :func:`unlearn` -> :class:`UnlearnResult`, :func:`train_model`,
@@ -19,7 +20,7 @@ end-to-end runs (``fastblend.pipeline``) and the kernels' plain-PyTorch oracle (
 """
 
 from .aamu import AAMULoss, AAMULossOutput, Accelerator, ForgetSampler, UnseenSampler, accelerate, steepen
-from .condense import Blender, ReducedRetainSet, condense
+from .condense import Blender, BlendIndex, ReducedRetainSet, condense
 from .data import load_dataset, make_split
 from .grouping import Clustering, extract_features, group
 from .machine import package_version as _package_version
@@ -33,6 +34,7 @@ __version__ = _package_version()  # from the installed metadata: pyproject.toml 
 
 __all__ = [
     # Blend
+    "BlendIndex",
     "Blender",
     "Clustering",
     "ReducedRetainSet",

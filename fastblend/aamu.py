@@ -273,9 +273,19 @@ class Accelerator:
         return self.criterion(retain_per_sample_loss, forget_logits, fy, unseen_logits, uy)
 
 
-def accelerate(model: nn.Module, forget_x: torch.Tensor, forget_y: torch.Tensor, unseen_x: torch.Tensor,
-               unseen_y: torch.Tensor, **kwargs) -> Accelerator:
+def accelerate(model: nn.Module, forget_x: object, forget_y: object = None, unseen_x: torch.Tensor | None = None,
+               unseen_y: torch.Tensor | None = None, **kwargs) -> Accelerator:
     """The documented way to accelerate any AMU method: see the module docstring and :class:`Accelerator`
     (``kwargs``: ``batch_size``, ``lam``, ``k``, ``kappa``, ``sigma``, ``steepen``, ``backend``, ``seed``,
-    ``forget_batch_factor``, ``unseen_batch_factor``)."""
+    ``forget_batch_factor``, ``unseen_batch_factor``).
+
+    Either ``accelerate(model, forget_x, forget_y, unseen_x, unseen_y)`` with tensors, or
+    ``accelerate(model, forget, unseen)`` with each set a ``DataLoader``, a ``Dataset`` or an
+    ``(images, labels)`` pair (read into memory once)."""
+    if unseen_x is None and unseen_y is None and forget_y is not None and not isinstance(forget_x, torch.Tensor):
+        from .dataview import as_data
+
+        forget = as_data(forget_x, "forget", "accelerate").materialise("accelerate")
+        unseen = as_data(forget_y, "unseen", "accelerate").materialise("accelerate")
+        forget_x, forget_y, unseen_x, unseen_y = forget.images, forget.labels, unseen.images, unseen.labels
     return Accelerator(model, forget_x, forget_y, unseen_x, unseen_y, **kwargs)

@@ -89,3 +89,21 @@ def test_unlearn_a_finetune_keeps_only_retain_statistics(resnet):
     with torch.no_grad():
         expected(rx)  # one retain batch of 8: the whole retain set (unlearn shuffles it)
     _assert_same_stats(res.model, expected, exact=False)
+
+
+def test_dropin_criterion_keeps_only_retain_statistics(resnet):
+    model = copy.deepcopy(resnet)
+    rx, ry = _data(12, 7)
+    fx, fy = _data(6, 8, shift=3.0)
+    ux, uy = _data(16, 9, shift=-3.0)
+    prep = fastblend.prepare_unlearning(model, (rx, ry), (fx, fy), (ux, uy), ipc=1, batch_size=4, iterations=1)
+    x, y = next(iter(prep.retain_loader))
+    expected = copy.deepcopy(resnet)
+    with torch.no_grad():
+        expected(x)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss = prep.criterion(model(x), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    _assert_same_stats(model, expected)

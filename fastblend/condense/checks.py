@@ -16,7 +16,7 @@ from torch import nn
 from .._device import synchronize
 from ..grouping import Clustering
 
-__all__ = ["NORMALIZE_MODES", "as_image_tensors", "check_clustering", "content_order", "forget_mask",
+__all__ = ["NORMALIZE_MODES", "as_image_tensors", "check_clustering", "content_keys", "content_order", "forget_mask",
            "group_in_content_order", "prepare_inputs", "resolve_clustering"]
 
 NORMALIZE_MODES = ("sum", "softmax")
@@ -151,20 +151,24 @@ def as_image_tensors(caller: str, data: object, labels: object) -> tuple[object,
 _HASH_SEED = 0x5EED_B1E4D
 
 
-def content_order(images: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
-    """``[N]`` int64 permutation sorting the rows of ``images`` by a hash of their bytes.
-
-    The hash is a fixed random linear form over the rows' bit patterns in wrapping int64
-    arithmetic: exact, so it does not depend on the row order or the batch a row sits in. Feeding
-    features and k-means in this order makes the grouping (k-means++ seeding picks positions)
-    depend on the data only, not on the order of its rows; equal rows are interchangeable.
-    """
+def content_keys(images: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """``[N]`` int64 CPU hash of each row's bytes: a fixed random linear form over the bit patterns in
+    wrapping int64 arithmetic, exact, so it depends neither on the row order nor on the batch."""
     flat = images.reshape(images.shape[0], -1)
     int_dtype = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.int8}[flat.element_size()]
     gen = torch.Generator().manual_seed(_HASH_SEED)
     mult = (torch.randint(-(2**62), 2**62, (flat.shape[1],), generator=gen, dtype=torch.int64) | 1).to(flat.device)
     keys = [(part.contiguous().view(int_dtype).to(torch.int64) * mult).sum(1) for part in flat.split(chunk)]
-    return torch.argsort(torch.cat(keys).cpu(), stable=True)
+    return torch.cat(keys).cpu()
+
+
+def content_order(images: torch.Tensor) -> torch.Tensor:
+    """``[N]`` int64 permutation sorting the rows of ``images`` by :func:`content_keys`.
+
+    Feeding features and k-means in this order makes the grouping (k-means++ seeding picks
+    positions) depend on the data only, not on the order of its rows; equal rows are interchangeable.
+    """
+    return torch.argsort(content_keys(images), stable=True)
 
 
 def group_in_content_order(images: torch.Tensor, labels: torch.Tensor, ipc: int, seed: int,

@@ -125,3 +125,14 @@ def test_reduced_set_repr_is_short(index):
     text = repr(index.reduce([0, 1]))
     assert text.startswith("ReducedRetainSet(rows=") and "compression=" in text and "tensor" not in text
     assert len(text) < 300
+
+
+def test_unlearn_warns_when_a_plain_method_gets_a_reduced_set(index):
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(144, 3))
+    reduced = index.reduce([0, 1, 2])
+    forget = (index.images[:3], index.labels[:3])
+    with pytest.warns(UserWarning, match=r"^unlearn: method 'finetune' is not accelerated .*use 'a_finetune'"):
+        fastblend.unlearn("FT", model, reduced, forget, config={"epochs": 1})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fastblend.unlearn("a_finetune", model, reduced, forget, unseen=forget)

@@ -6,8 +6,9 @@ One repetition (seed):
 2. train the original model on the whole training set, or load it from the cache;
 3. **Retrain** (the gold standard) on the real retain set;
 4. the **base** AMU method on the full retain set;
-5. the same method **accelerated** by Blend + A-AMU: features -> grouping -> split -> blend ->
-   unlearning on the reduced retain set, every stage timed separately (device synchronised);
+5. the same method **accelerated** by Blend + A-AMU: a :class:`fastblend.BlendIndex` (features ->
+   grouping -> blend of every cluster) built once per seed and timed apart as ``index``, then per
+   request the split (``index.reduce``) and unlearning on the reduced retain set (device synchronised);
 6. evaluation of every model on the real retain set, the forget set, the held-out evaluation split
    and the MIA of docs/method.md §4.
 
@@ -33,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .condense import Blender, ReducedRetainSet, condense
+from .condense import Blender, BlendIndex, ReducedRetainSet, condense
 from .data import dataset_info, load_dataset, make_split
 from .grouping import Clustering, extract_features, group
 from .machine import machine_info
@@ -43,7 +44,9 @@ from .metrics import StageTimer, accuracy, mia_score_from_logits, predict_logits
 from .models import ConvNet3, build_model
 
 VARIANTS = ("original", "retrain", "base", "accelerated")
-STAGES = ("features", "grouping", "split", "blend", "unlearning", "evaluation")
+STAGES = ("features", "grouping", "split", "blend", "unlearning", "evaluation", "index")
+#: stages outside a request's latency: evaluation, and the index built once per training set
+NOT_PER_REQUEST = ("evaluation", "index")
 ACCELERATED_NAMES = {"finetune": "a_finetune", "scrub": "a_scrub", "l1_sparse": "a_sparse"}
 
 
@@ -224,7 +227,7 @@ def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, log: Callable[[str
         with timer("evaluation"):
             metrics, losses[variant] = evaluate(m, split, device)
         stages = {**stages, **timer.stages}
-        total = sum(v for k, v in stages.items() if k != "evaluation")
+        total = sum(v for k, v in stages.items() if k not in NOT_PER_REQUEST)
         rows[variant] = {"variant": variant, "method": method, "seed": seed, **metrics,
                          **{f"t_{k}": stages.get(k, 0.0) for k in STAGES}, "t_total": total}
         log(f"[seed {seed}] {variant:<12} {method:<14} {total:8.1f}s  retain {metrics['retain_acc']:5.1f}  "
@@ -244,7 +247,15 @@ def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, log: Callable[[str
                       device=device, seed=seed, progress=progress)
         record("base", cfg.method, res.model, {"unlearning": res.seconds})
 
-    clustering, reduced, stages = reduce_retain(cfg, train, split.forget, ipc, seed, device, progress)
+    index_timer = StageTimer(device)
+    with index_timer("index"):  # once per training set: features, grouping, a blend for every cluster
+        feats = extract_features(train.images, device=device, seed=seed, progress=progress)
+        clustering = group(feats, train.labels, ipc, backend=cfg.grouping_backend, seed=seed,
+                           num_classes=train.num_classes)
+        index = BlendIndex.build(train.images, train.labels, clustering=clustering, iterations=cfg.blend_iterations,
+                                 seed=seed, device=device, progress=progress, amp=cfg.blend_amp)
+    reduced = index.reduce(split.forget)  # per request: split + gather
+    stages = {"split": reduced.timings["request"], "index": index_timer.stages["index"]}
     res = unlearn(cfg.accelerated, model, reduced, forget, unseen=unseen, config=cfg.accelerated_config or None,
                   device=device, seed=seed, progress=progress)
     stages["unlearning"] = res.seconds
@@ -252,7 +263,8 @@ def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, log: Callable[[str
     rows["accelerated"].update({"reduced_size": len(reduced), "retain_size": int(split.retain.numel()),
                                 "compression": reduced.compression, "blend_loss_initial": reduced.initial_loss,
                                 "blend_loss_final": reduced.final_loss, "ipc": ipc,
-                                "grouping_backend": clustering.backend})
+                                "grouping_backend": clustering.backend,
+                                "index_blend": index.timings["blend"]})
 
     for variant in ("base", "accelerated"):
         if variant in rows:
@@ -327,7 +339,7 @@ def default_ipc(cfg: ExperimentConfig, train) -> int:
 # --------------------------------------------------------------------------------------------
 NUMERIC = ("retain_acc", "forget_acc", "test_acc", "mia", "t_total", "t_features", "t_grouping", "t_split",
            "t_blend", "t_unlearning", "t_evaluation", "speedup_vs_base", "speedup_vs_retrain", "gap_retain_acc",
-           "gap_forget_acc", "gap_test_acc", "gap_mia")
+           "gap_forget_acc", "t_index", "gap_test_acc", "gap_mia")
 
 
 def summarise(per_seed: list[dict]) -> list[dict]:
@@ -349,7 +361,8 @@ def summarise(per_seed: list[dict]) -> list[dict]:
 
 def format_table(summary: list[dict]) -> str:
     head = (f"{'variant':<12} {'method':<14} {'features':>8} {'grouping':>8} {'split':>6} {'blend':>7} "
-            f"{'unlearn':>8} {'eval':>6} {'total':>8} {'vs base':>8} {'vs retr.':>8} {'retain':>7} {'forget':>7} "
+            f"{'unlearn':>8} {'eval':>6} {'total':>8} {'index':>7} {'vs base':>8} {'vs retr.':>8} {'retain':>7} "
+            f"{'forget':>7} "
             f"{'test':>6} "
             f"{'MIA':>6}  gap to retrain (retain/forget/test/MIA)")
     lines = [head, "-" * len(head)]
@@ -361,7 +374,7 @@ def format_table(summary: list[dict]) -> str:
         lines.append(
             f"{r['variant']:<12} {r['method']:<14} {r.get('t_features', 0):8.2f} {r.get('t_grouping', 0):8.2f} "
             f"{r.get('t_split', 0):6.2f} {r.get('t_blend', 0):7.2f} {r.get('t_unlearning', 0):8.2f} "
-            f"{r.get('t_evaluation', 0):6.2f} {r.get('t_total', 0):8.2f} "
+            f"{r.get('t_evaluation', 0):6.2f} {r.get('t_total', 0):8.2f} {r.get('t_index', 0):7.2f} "
             f"{speed_cols} {r['retain_acc']:7.1f} {r['forget_acc']:7.1f} "
             f"{r['test_acc']:6.1f} {r['mia']:6.1f}  {gaps}")
     return "\n".join(lines)

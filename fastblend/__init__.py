@@ -3,9 +3,11 @@
 The public API, in the groups the README follows:
 
 - **Condense the retain set (Blend)**: :func:`extract_features`, :func:`group` -> :class:`Clustering`,
-  :func:`condense` -> :class:`ReducedRetainSet`, :class:`Blender` (multi-round).
-- **Accelerate unlearning (A-AMU)**: :func:`accelerate` / :class:`Accelerator`, :class:`AAMULoss`,
-  :func:`steepen`, :class:`ForgetSampler`, :class:`UnseenSampler`.
+  :func:`condense` -> :class:`ReducedRetainSet`, :class:`Blender` (multi-round), :class:`BlendIndex`
+  (group and blend once, ``.reduce(forget)`` per request).
+- **Accelerate unlearning (A-AMU)**: :func:`prepare_unlearning` (drop-in for a loader-based loop),
+  :func:`accelerate` / :class:`Accelerator`, :class:`AAMULoss`, :func:`steepen`, :class:`ForgetSampler`,
+  :class:`UnseenSampler`.
 - **Unlearning methods**: :func:`unlearn` -> :class:`UnlearnResult`, :func:`train_model`,
   :func:`available_methods`, :func:`presets`.
 - **Evaluation**: :func:`accuracy`, :func:`mia_score`, :func:`svc_mia`.
@@ -19,8 +21,9 @@ end-to-end runs (``fastblend.pipeline``) and the kernels' plain-PyTorch oracle (
 """
 
 from .aamu import AAMULoss, AAMULossOutput, Accelerator, ForgetSampler, UnseenSampler, accelerate, steepen
-from .condense import Blender, ReducedRetainSet, condense
+from .condense import Blender, BlendIndex, ReducedRetainSet, condense
 from .data import load_dataset, make_split
+from .dropin import prepare_unlearning
 from .grouping import Clustering, extract_features, group
 from .machine import package_version as _package_version
 from .methods import UnlearnResult, available_methods, presets, train_model, unlearn
@@ -33,6 +36,7 @@ __version__ = _package_version()  # from the installed metadata: pyproject.toml 
 
 __all__ = [
     # Blend
+    "BlendIndex",
     "Blender",
     "Clustering",
     "ReducedRetainSet",
@@ -46,6 +50,7 @@ __all__ = [
     "ForgetSampler",
     "UnseenSampler",
     "accelerate",
+    "prepare_unlearning",
     "steepen",
     # methods
     "UnlearnResult",

@@ -14,7 +14,8 @@ reduced retain set (``fastblend.condense``)::
         out.total.backward()
         opt.step()
 
-``out.main`` and ``out.mmd`` are the two parts (detached copies are cheap to log).
+``out.main`` and ``out.mmd`` are the two parts, detached (log them with ``float``); ``out.total``
+carries the graph. The forget and unseen forwards leave BatchNorm running statistics untouched.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from ._batchnorm import frozen_batchnorm_stats
 from ._device import module_device
 from .dataview import model_dtype
 from .ops._dispatch import BACKENDS
@@ -51,7 +53,8 @@ def steepen(per_sample_loss: torch.Tensor, mode: str = "batch_mean_sq") -> torch
 
 
 class AAMULossOutput(NamedTuple):
-    """``total = main + lam * mmd``; all 0-d tensors."""
+    """``total = retain_weight * main + lam * mmd``; all 0-d tensors. ``total`` carries the autograd
+    graph; ``main`` (the steepened retain loss) and ``mmd`` are detached, for logging."""
 
     total: torch.Tensor
     main: torch.Tensor
@@ -78,13 +81,17 @@ class AAMULoss(nn.Module):
         self.steepen, self.backend, self.validate = steepen, backend, validate
 
     def forward(self, retain_loss: torch.Tensor, forget_logits: torch.Tensor, forget_labels: torch.Tensor,
-                unseen_logits: torch.Tensor, unseen_labels: torch.Tensor, *, validate: bool = True) -> AAMULossOutput:
-        """``retain_loss`` ``[B]`` per-sample; logits ``[M_f, C]`` / ``[M_u, C]``, labels int64.
-        ``validate=False`` skips :func:`quantile_mmd`'s host-side label check (a hot loop after one check)."""
+                unseen_logits: torch.Tensor, unseen_labels: torch.Tensor, retain_weight: float = 1.0, *,
+                validate: bool = True) -> AAMULossOutput:
+        """``retain_loss`` ``[B]`` per-sample; logits ``[M_f, C]`` / ``[M_u, C]``, labels int64;
+        ``retain_weight`` scales the steepened retain loss in ``total`` (a method's own weight, e.g.
+        SCRUB's 0.99). ``validate=False`` skips :func:`quantile_mmd`'s host-side label check (a hot
+        loop after one check). ``main`` and ``mmd`` are detached (for logging); ``total`` carries the graph."""
         main = steepen(retain_loss, self.steepen)
         mmd = quantile_mmd(forget_logits, forget_labels, unseen_logits.detach(), unseen_labels, self.k,
                            self.kappa, self.sigma, backend=self.backend, validate=self.validate and validate)
-        return AAMULossOutput(main + self.lam * mmd.to(main.dtype), main, mmd)
+        main_part = main if retain_weight == 1.0 else retain_weight * main
+        return AAMULossOutput(main_part + self.lam * mmd.to(main.dtype), main.detach(), mmd.detach())
 
     def extra_repr(self) -> str:
         return f"lam={self.lam}, k={self.k}, kappa={self.kappa}, sigma={self.sigma}, steepen={self.steepen!r}"
@@ -282,10 +289,13 @@ class UnseenSampler:
 class Accelerator:
     """Turns any AMU method's retain-side per-sample loss into its accelerated version (docs/method.md §2.4).
 
-    Holds the forget and unseen sets, draws a forget batch of ``4·batch_size`` and an unseen batch
-    of ``4·batch_size`` from the forget batch's classes each step, and returns
-    ``steepen(retain loss) + lam · MMD²`` from :meth:`loss`. The unseen forward runs under
-    ``torch.no_grad()``; the forget forward carries gradient into ``model``.
+    Holds the forget and unseen sets, draws a forget batch of ``forget_batch_factor·batch_size``
+    (4B) and an unseen batch of ``unseen_batch_factor·batch_size`` (4B) from the forget batch's
+    classes each step, and returns ``steepen(retain loss) + lam · MMD²`` from :meth:`loss`. The
+    unseen forward runs under ``torch.no_grad()``; the forget forward carries gradient into
+    ``model``. Neither updates BatchNorm running statistics: in training mode both normalise with
+    their own batch statistics, as the research code's forwards do, so forget and unseen logits
+    are computed alike, but only the caller's retain forward moves the running statistics.
 
     The labels are checked once (the forget labels here, the class count of the logits in the first
     :meth:`loss`); after that a step reads nothing on the host: on CUDA it never waits for the
@@ -296,9 +306,11 @@ class Accelerator:
         model: the model being unlearned (called on image batches, returns ``[n, C]`` logits).
         forget_x, forget_y: ``[F, ...]`` images and ``[F]`` int64 labels of ``D_f``.
         unseen_x, unseen_y: ``[U, ...]`` images and ``[U]`` int64 labels of ``D_u``.
-        batch_size: the retain batch size B; forget/unseen batches hold ``4B`` samples.
+        batch_size: the retain batch size B; :meth:`loss` refuses a retain loss of more than B samples.
         lam, k, kappa, sigma, steepen, backend: see :class:`AAMULoss` (checked here).
         seed: seeds both samplers.
+        forget_batch_factor, unseen_batch_factor: forget / unseen batches hold this many times
+            ``batch_size`` samples (4 in the reference, as in the method configs).
 
     Images of another floating dtype than the model's parameters (float16, bfloat16, float64) are
     cast to the model's dtype once, here; integer labels are required (float labels are refused).
@@ -307,12 +319,16 @@ class Accelerator:
     def __init__(self, model: nn.Module, forget_x: torch.Tensor, forget_y: torch.Tensor, unseen_x: torch.Tensor,
                  unseen_y: torch.Tensor, batch_size: int = 64, lam: float = 34.0, k: float = 2.0,
                  kappa: float = 60.0, sigma: float = 1.0, steepen: str = "batch_mean_sq", backend: str = "auto",
-                 seed: int = 0) -> None:
+                 seed: int = 0, forget_batch_factor: int = 4, unseen_batch_factor: int = 4) -> None:
         fn = "Accelerator"
-        _check_batch_size(fn, batch_size)
+        self.batch_size = _check_batch_size(fn, batch_size)
         if not isinstance(model, nn.Module):
             raise TypeError(f"{fn}: model must be a torch.nn.Module, got {type(model).__name__}")
         _check_loss_params(fn, lam, k, kappa, sigma, backend)
+        for name, factor in (("forget_batch_factor", forget_batch_factor),
+                             ("unseen_batch_factor", unseen_batch_factor)):
+            if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+                raise ValueError(f"{fn}: {name} must be an int >= 1, got {factor!r}")
         for name, x, y in (("forget", forget_x, forget_y), ("unseen", unseen_x, unseen_y)):
             if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
                 raise TypeError(f"{fn}: {name}_x and {name}_y must be tensors")
@@ -333,27 +349,49 @@ class Accelerator:
         self.forget_x, self.forget_y = forget_x, forget_y.long()
         self.unseen_x, self.unseen_y = unseen_x, unseen_y.long()
         self.criterion = AAMULoss(lam, k, kappa, sigma, steepen, backend)
-        self.forget_sampler = ForgetSampler(forget_x.shape[0], 4 * batch_size, seed=seed, device=forget_y.device)
-        self.unseen_sampler = UnseenSampler(self.unseen_y, 4 * batch_size, seed=seed + 1)
+        self.forget_sampler = ForgetSampler(forget_x.shape[0], forget_batch_factor * batch_size, seed=seed,
+                                            device=forget_y.device)
+        self.unseen_sampler = UnseenSampler(self.unseen_y, unseen_batch_factor * batch_size, seed=seed + 1)
         self.unseen_sampler.check_labels(self.forget_y, fn, "forget_y")  # once: loss() samples with validate=False
         self._labels_checked = False  # quantile_mmd's label check needs the logits: the first loss() runs it
 
     def loss(self, retain_per_sample_loss: torch.Tensor) -> AAMULossOutput:
-        """``AAMULossOutput(total, main, mmd)`` for one step; backpropagate ``total``."""
+        """``AAMULossOutput(total, main, mmd)`` for one step; backpropagate ``total``.
+
+        ``retain_per_sample_loss``: ``[b]`` floating, ``1 <= b <= batch_size`` (the method's
+        per-sample retain loss, e.g. ``F.cross_entropy(..., reduction="none")``)."""
+        if isinstance(retain_per_sample_loss, torch.Tensor) and retain_per_sample_loss.dim() == 1 \
+                and retain_per_sample_loss.numel() > self.batch_size:
+            raise ValueError(f"Accelerator.loss: retain_per_sample_loss has {retain_per_sample_loss.numel()} "
+                             f"samples but the accelerator was built with batch_size={self.batch_size}; pass "
+                             "the retain batch size to accelerate(batch_size=...) so the forget/unseen batches "
+                             "are sized for it")
         device = module_device(self.model) or self.forget_x.device
         fi = self.forget_sampler.sample()
         fx, fy = self.forget_x[fi].to(device), self.forget_y[fi].to(device)
         ui = self.unseen_sampler.sample(self.forget_y[fi], validate=False)
         ux, uy = self.unseen_x[ui.to(self.unseen_x.device)].to(device), self.unseen_y[ui].to(device)
-        forget_logits = self.model(fx)
-        with torch.no_grad():
-            unseen_logits = self.model(ux)
+        with frozen_batchnorm_stats(self.model):
+            forget_logits = self.model(fx)
+            with torch.no_grad():
+                unseen_logits = self.model(ux)
         validate, self._labels_checked = not self._labels_checked, True
         return self.criterion(retain_per_sample_loss, forget_logits, fy, unseen_logits, uy, validate=validate)
 
 
-def accelerate(model: nn.Module, forget_x: torch.Tensor, forget_y: torch.Tensor, unseen_x: torch.Tensor,
-               unseen_y: torch.Tensor, **kwargs) -> Accelerator:
+def accelerate(model: nn.Module, forget_x: object, forget_y: object = None, unseen_x: torch.Tensor | None = None,
+               unseen_y: torch.Tensor | None = None, **kwargs) -> Accelerator:
     """The documented way to accelerate any AMU method: see the module docstring and :class:`Accelerator`
-    (``kwargs``: ``batch_size``, ``lam``, ``k``, ``kappa``, ``sigma``, ``steepen``, ``backend``, ``seed``)."""
+    (``kwargs``: ``batch_size``, ``lam``, ``k``, ``kappa``, ``sigma``, ``steepen``, ``backend``, ``seed``,
+    ``forget_batch_factor``, ``unseen_batch_factor``).
+
+    Either ``accelerate(model, forget_x, forget_y, unseen_x, unseen_y)`` with tensors, or
+    ``accelerate(model, forget, unseen)`` with each set a ``DataLoader``, a ``Dataset`` or an
+    ``(images, labels)`` pair (read into memory once)."""
+    if unseen_x is None and unseen_y is None and forget_y is not None and not isinstance(forget_x, torch.Tensor):
+        from .dataview import as_data
+
+        forget = as_data(forget_x, "forget", "accelerate").materialise("accelerate")
+        unseen = as_data(forget_y, "unseen", "accelerate").materialise("accelerate")
+        forget_x, forget_y, unseen_x, unseen_y = forget.images, forget.labels, unseen.images, unseen.labels
     return Accelerator(model, forget_x, forget_y, unseen_x, unseen_y, **kwargs)

@@ -51,6 +51,7 @@ each centroid accepts its closest proposals up to its remaining capacity; repeat
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -341,6 +342,10 @@ def group(features: torch.Tensor, labels: torch.Tensor, ipc: int, backend: str =
 
     Returns:
         A :class:`Clustering` with CPU tensors; ``backend`` says which k-means ran.
+
+    k-means++ seeding draws rows by position, so the clusters depend on the order of the rows;
+    :func:`fastblend.condense` and :class:`fastblend.BlendIndex` group in an order fixed by the
+    images' content, which removes that dependence. Warns when ``ipc`` exceeds a class's size.
     """
     features, labels, num_classes = _check_group_inputs(features, labels, ipc, backend, niter, tol, num_classes)
     if not isinstance(balanced, bool):
@@ -368,6 +373,12 @@ def group(features: torch.Tensor, labels: torch.Tensor, ipc: int, backend: str =
     for idx in members_all:
         if 0 < idx.numel() <= ipc:
             local[idx] = torch.arange(idx.numel())
+    small = [(c, n_c) for c, n_c in enumerate(class_sizes.tolist()) if 0 < n_c < ipc]
+    if small:
+        named = ", ".join(f"class {c} ({n_c} images)" for c, n_c in small[:5]) + (" ..." if len(small) > 5 else "")
+        warnings.warn(f"group: ipc={ipc} is larger than {len(small)} class(es): {named}; each of their images "
+                      "becomes its own cluster, so those classes are not condensed. Choose ipc well below the "
+                      "smallest class size (about a fifth of it keeps ~5 images per cluster)", stacklevel=2)
     todo = [c for c in range(num_classes) if class_sizes[c] > ipc]
     members = [members_all[c] for c in todo]
 

@@ -90,3 +90,34 @@ def test_accelerate_trains_in_a_plain_loop():
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     with pytest.raises(ValueError, match="^Accelerator: forget_x and forget_y must have the same length"):
         fastblend.accelerate(model, fx, fy[:-1], ux, uy)
+
+
+def test_loss_output_parts_are_detached_for_logging():
+    gen = torch.Generator().manual_seed(4)
+    retain = torch.rand(8, generator=gen).requires_grad_()
+    fl = torch.randn(32, 10, generator=gen).requires_grad_()
+    ul, fy, uy = torch.randn(24, 10, generator=gen), torch.randint(0, 10, (32,)), torch.randint(0, 10, (24,))
+    out = fastblend.AAMULoss()(retain, fl, fy, ul, uy)
+    assert out.total.requires_grad and not out.main.requires_grad and not out.mmd.requires_grad
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        float(out.main), float(out.mmd)
+    weighted = fastblend.AAMULoss()(retain, fl, fy, ul, uy, retain_weight=0.5)
+    torch.testing.assert_close(weighted.total, 0.5 * out.main + 34.0 * out.mmd)
+
+
+def test_accelerator_checks_the_retain_batch_against_batch_size():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 4))
+    gen = torch.Generator().manual_seed(2)
+    fx, fy = torch.randn(400, 3, 4, generator=gen), torch.randint(0, 4, (400,), generator=gen)
+    ux, uy = torch.randn(400, 3, 4, generator=gen), torch.randint(0, 4, (400,), generator=gen)
+    acc = fastblend.accelerate(model, fx, fy, ux, uy, batch_size=16)
+    with pytest.raises(ValueError, match=r"^Accelerator.loss: retain_per_sample_loss has 64 samples .*batch_size=16"):
+        acc.loss(torch.rand(64))
+    acc.loss(torch.rand(10))  # a short last batch is fine
+    wide = fastblend.accelerate(model, fx, fy, ux, uy, batch_size=16, forget_batch_factor=2, unseen_batch_factor=3)
+    assert wide.forget_sampler.batch_size == 32 and wide.unseen_sampler.batch_size == 48
+    with pytest.raises(ValueError, match="^Accelerator: forget_batch_factor must be an int >= 1"):
+        fastblend.accelerate(model, fx, fy, ux, uy, forget_batch_factor=0)

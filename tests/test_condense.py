@@ -14,6 +14,7 @@ from torch import nn
 import fastblend
 from fastblend import Blender, Clustering, ReducedRetainSet, condense
 from fastblend.condense import blend_clusters, blend_lr, check_matcher, matcher_seed
+from fastblend.condense.checks import group_in_content_order
 from fastblend.condense_reference import blend_clusters_reference, condense_reference
 from fastblend.models import ConvNet3
 
@@ -418,7 +419,9 @@ def test_condense_groups_when_no_clustering_given(tmp_path):
     assert r.timings["features"] > 0 and r.timings["grouping"] > 0 and r.timings["blend"] > 0
     assert r.settings["ipc"] == 3 and r.settings["lr"] == pytest.approx(blend_lr(3))
     assert r.images.shape[1:] == images.shape[1:]
-    clustering = fastblend.group(fastblend.extract_features(images, seed=1, progress=False), labels, 3, seed=1)
+    # condense groups with the rows in an order fixed by their content (row-order invariance)
+    clustering, _, _, _ = group_in_content_order(images, labels, 3, 1, None,
+                                                 lambda x: fastblend.extract_features(x, seed=1, progress=False))
     again = condense(images, labels, forget, clustering=clustering, iterations=3, seed=1, progress=False)
     assert rows(r) == rows(again)
     _check_split(again, images, labels, clustering, set(forget.tolist()))
@@ -431,8 +434,8 @@ def test_share_network_uses_one_extraction_for_grouping_and_targets():
     images, labels = data.images, data.labels
     forget = torch.arange(0, labels.numel(), 7)
     net = fastblend.models.random_convnet(1, 28, seed=matcher_seed(2))
-    feats = fastblend.extract_features(images, extractor=net, progress=False)
-    clustering = fastblend.group(feats, labels, 3, seed=2)
+    clustering, feats, _, _ = group_in_content_order(
+        images, labels, 3, 2, None, lambda x: fastblend.extract_features(x, extractor=net, progress=False))
     # the reference route with that one network as matcher: targets from a fresh forward pass
     expect = condense(images, labels, forget, clustering=clustering, matcher=net, iterations=3, seed=2,
                       progress=False)

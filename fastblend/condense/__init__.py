@@ -14,7 +14,8 @@ Modules, one concern each:
 - :mod:`.blend`: the batched Blend optimisation (:func:`blend_clusters`, :func:`check_matcher`);
 - :mod:`.split`: the split (F-sampling) into touched and free clusters;
 - :mod:`.checks`: input checks;
-- :mod:`.reduced`: :class:`ReducedRetainSet` and its save/load.
+- :mod:`.reduced`: :class:`ReducedRetainSet` and its save/load;
+- :mod:`.index`: :class:`BlendIndex`, group and blend once, answer every request with a split.
 
 ``__all__`` below is the public API. The names each submodule lists in its own ``__all__`` are
 fastblend-internal (shared between these modules and ``fastblend.condense_reference``), not a
@@ -30,9 +31,11 @@ from .blender import BLENDER_MODES as BLENDER_MODES
 from .blender import Blender
 from .checks import NORMALIZE_MODES as NORMALIZE_MODES
 from .core import blend_lr, condense, matcher_seed
+from .index import BlendIndex
 from .reduced import ReducedRetainSet
 
 __all__ = [
+    "BlendIndex",
     "BlendResult",
     "Blender",
     "ReducedRetainSet",

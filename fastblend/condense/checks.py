@@ -16,7 +16,8 @@ from torch import nn
 from .._device import synchronize
 from ..grouping import Clustering
 
-__all__ = ["NORMALIZE_MODES", "check_clustering", "forget_mask", "prepare_inputs", "resolve_clustering"]
+__all__ = ["NORMALIZE_MODES", "as_image_tensors", "check_clustering", "content_keys", "content_order", "forget_mask",
+           "group_in_content_order", "prepare_inputs", "resolve_clustering"]
 
 NORMALIZE_MODES = ("sum", "softmax")
 
@@ -28,6 +29,9 @@ def _check_data(caller: str, images: object, labels: object) -> tuple[torch.Tens
         raise TypeError(f"{caller}: images must be a floating tensor (normalised pixels), got {images.dtype}")
     if images.dim() != 4:
         raise ValueError(f"{caller}: images must have shape [N, C, H, W], got {list(images.shape)}")
+    if labels is None:
+        raise TypeError(f"{caller}: labels are required with an images tensor (or pass an (images, labels) "
+                        "pair, a Dataset or a DataLoader)")
     if not isinstance(labels, torch.Tensor):
         labels = torch.as_tensor(labels)
     if labels.dim() != 1 or labels.is_floating_point() or labels.dtype == torch.bool:
@@ -114,28 +118,105 @@ def check_clustering(caller: str, clustering: object, labels: torch.Tensor, ipc:
     return clustering
 
 
+def as_image_tensors(caller: str, data: object, labels: object) -> tuple[object, object]:
+    """``(images, labels)`` from a tensor and its labels, an ``(images, labels)`` pair, a ``Dataset``
+    or a ``DataLoader`` (read once, in its own order; a shuffling loader is refused, since forget
+    indices must name stable rows). Tensors pass through unchecked (``_check_data`` follows)."""
+    if isinstance(data, torch.Tensor):
+        return data, labels
+    from torch.utils.data import DataLoader, RandomSampler
+
+    from ..dataview import as_data
+
+    if labels is not None:
+        raise TypeError(f"{caller}: labels must be None when the data is a {type(data).__name__} "
+                        "(the labels come from the data)")
+    if isinstance(data, DataLoader):
+        if isinstance(data.sampler, RandomSampler):
+            raise ValueError(f"{caller}: the DataLoader shuffles (shuffle=True), so its rows have no stable "
+                             "index for forget; pass a loader with shuffle=False, its dataset, or tensors")
+        view = as_data(data, "data", caller).materialise(caller)
+        if len(view) != len(data.dataset):
+            raise ValueError(f"{caller}: the DataLoader yielded {len(view)} of its dataset's {len(data.dataset)} "
+                             "rows (drop_last?); every training row is needed")
+    else:
+        try:
+            view = as_data(data, "data", caller).materialise(caller)
+        except TypeError as exc:
+            raise TypeError(f"{caller}: data must be an images tensor with labels, an (images, labels) pair, a "
+                            f"Dataset or a DataLoader, got {type(data).__name__}") from exc
+    return view.images, view.labels
+
+
+_HASH_SEED = 0x5EED_B1E4D
+
+
+def content_keys(images: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """``[N]`` int64 CPU hash of each row's bytes: a fixed random linear form over the bit patterns in
+    wrapping int64 arithmetic, exact, so it depends neither on the row order nor on the batch."""
+    flat = images.reshape(images.shape[0], -1)
+    int_dtype = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.int8}[flat.element_size()]
+    gen = torch.Generator().manual_seed(_HASH_SEED)
+    mult = (torch.randint(-(2**62), 2**62, (flat.shape[1],), generator=gen, dtype=torch.int64) | 1).to(flat.device)
+    keys = [(part.contiguous().view(int_dtype).to(torch.int64) * mult).sum(1) for part in flat.split(chunk)]
+    return torch.cat(keys).cpu()
+
+
+def content_order(images: torch.Tensor) -> torch.Tensor:
+    """``[N]`` int64 permutation sorting the rows of ``images`` by :func:`content_keys`.
+
+    Feeding features and k-means in this order makes the grouping (k-means++ seeding picks
+    positions) depend on the data only, not on the order of its rows; equal rows are interchangeable.
+    """
+    return torch.argsort(content_keys(images), stable=True)
+
+
+def group_in_content_order(images: torch.Tensor, labels: torch.Tensor, ipc: int, seed: int,
+                           features: torch.Tensor | None, feature_fn) -> tuple[Clustering, torch.Tensor, float, float]:
+    """Features (``feature_fn(images in content order)`` unless given) and :func:`fastblend.group` on
+    the rows in :func:`content_order`, mapped back to the caller's row order: the same data in any
+    row order gives the same clusters. Returns ``(clustering, features [N, D], seconds of features,
+    seconds of grouping)``."""
+    from ..grouping import group
+
+    order = content_order(images)
+    t0 = time.perf_counter()
+    if features is None:
+        feats_sorted = feature_fn(images[order.to(images.device)])
+    else:
+        feats_sorted = features[order.to(features.device)]
+    synchronize(feats_sorted.device)
+    t1 = time.perf_counter()
+    sorted_clustering = group(feats_sorted, labels.cpu()[order], ipc, seed=seed)
+    t2 = time.perf_counter()
+    clustering = sorted_clustering
+    assignment = torch.empty_like(clustering.assignment)
+    assignment[order] = clustering.assignment
+    clustering.assignment, clustering.perm = assignment, order[clustering.perm]
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.numel())
+    return clustering, feats_sorted[inverse.to(feats_sorted.device)], t1 - t0, t2 - t1
+
+
 def resolve_clustering(caller: str, images: torch.Tensor, labels: torch.Tensor, ipc: object,
                        clustering: Clustering | None, seed: int, device: torch.device,
                        progress: bool | None, extractor: nn.Module | None = None,
                         ) -> tuple[Clustering, float, float, torch.Tensor | None]:
-    """The caller's clustering, or extract features + group (seconds of both returned, and the
-    features when they were extracted here)."""
+    """The caller's clustering, or extract features + group in :func:`content_order` (invariant to
+    the row order; seconds of both returned, and the features when they were extracted here)."""
     if clustering is not None:
         return check_clustering(caller, clustering, labels, ipc), 0.0, 0.0, None
     if ipc is None:
         raise ValueError(f"{caller}: pass ipc (clusters per class) or a precomputed clustering")
     if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
         raise ValueError(f"{caller}: ipc must be a positive int, got {ipc!r}")
-    from ..grouping import extract_features, group
+    from ..grouping import extract_features
 
     synchronize(device)
-    t0 = time.perf_counter()
-    feats = extract_features(images, extractor=extractor, device=device, seed=seed, progress=progress)
-    synchronize(device)
-    t1 = time.perf_counter()
-    clustering = group(feats, labels, ipc, seed=seed)
-    t2 = time.perf_counter()
-    return check_clustering(caller, clustering, labels, ipc), t1 - t0, t2 - t1, feats
+    clustering, feats, t_feat, t_group = group_in_content_order(
+        images, labels, ipc, seed, None,
+        lambda x: extract_features(x, extractor=extractor, device=device, seed=seed, progress=progress))
+    return check_clustering(caller, clustering, labels, ipc), t_feat, t_group, feats
 
 
 def prepare_inputs(caller: str, images, labels, forget, iterations, lr, normalize, chunk_size, device):

@@ -16,7 +16,7 @@ from .._device import synchronize
 from ..grouping import Clustering
 from ..ops._dispatch import backend_for
 from .blend import BlendResult, blend_clusters, check_matcher, matcher_dtype
-from .checks import prepare_inputs, resolve_clustering
+from .checks import as_image_tensors, prepare_inputs, resolve_clustering
 from .reduced import ReducedRetainSet
 from .split import Split, split_clusters
 
@@ -139,7 +139,7 @@ def assemble_reduced(images, labels, forget, clustering, sp: Split, blended, w_h
         blend_indptr=sp.free_indptr, loss_history=list(history))
 
 
-def condense(images: torch.Tensor, labels: torch.Tensor, forget: object, *, ipc: int | None = None,
+def condense(images: object, labels: torch.Tensor | None = None, forget: object = None, *, ipc: int | None = None,
              clustering: Clustering | None = None, iterations: int = 12, lr: float | str = "reference",
              normalize: str = "sum", matcher: nn.Module | None = None, seed: int = 0,
              device: torch.device | str | None = None, chunk_size: int | None = None,
@@ -149,12 +149,16 @@ def condense(images: torch.Tensor, labels: torch.Tensor, forget: object, *, ipc:
     """Condense the retain set after a forget request (docs/method.md §1.2–1.3).
 
     Args:
-        images: ``[N, C, H, W]`` floating training images (normalised pixels); any floating dtype, cast
-            to the networks' dtype where they run (the reduced set keeps the images' dtype).
+        images: ``[N, C, H, W]`` floating training images (normalised pixels), any floating dtype, cast
+            to the networks' dtype where they run (the reduced set keeps the images' dtype); or the whole
+            training set as an ``(images, labels)`` pair, a ``Dataset`` or a non-shuffling ``DataLoader``
+            (read once; then ``labels`` is omitted: ``condense(train_set, forget, ipc=...)``).
         labels: ``[N]`` integer labels.
         forget: training indices (tensor/list/array, distinct) or a ``[N]`` bool mask.
         ipc: clusters per class; with no ``clustering`` the images are grouped here
-            (``extract_features`` + ``group`` with ``seed``, timed as ``features`` / ``grouping``).
+            (``extract_features`` + ``group`` with ``seed``, timed as ``features`` / ``grouping``),
+            in an order fixed by the images' content, so the same data in another row order gives
+            the same reduced set (rows named by their new indices).
         clustering: a precomputed :class:`fastblend.grouping.Clustering` of these images.
         iterations: Blend optimiser steps (12 for unlearning, 20 in the condensation comparison).
         lr: ``"reference"`` (:func:`blend_lr` of the clustering's ipc) or a positive number.
@@ -184,6 +188,11 @@ def condense(images: torch.Tensor, labels: torch.Tensor, forget: object, *, ipc:
     Returns:
         :class:`ReducedRetainSet`: blended rows first, then the residual rows.
     """
+    if not isinstance(images, torch.Tensor) and forget is None:
+        forget, labels = labels, None  # condense(train_set, forget, ...)
+    images, labels = as_image_tensors("condense", images, labels)
+    if forget is None:
+        raise ValueError("condense: forget is required (training indices or a [N] bool mask)")
     images, labels, mask, dev = prepare_inputs("condense", images, labels, forget, iterations, lr, normalize,
                                                chunk_size, device)
     if features is not None and not share_network:

@@ -14,7 +14,7 @@ from .._io import atomic_save, load_torch
 __all__ = ["ReducedRetainSet"]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class ReducedRetainSet(Dataset):
     """Residual images ∪ one blended image per free cluster (docs/method.md §1.2); a ``torch`` Dataset.
 
@@ -72,6 +72,14 @@ class ReducedRetainSet(Dataset):
     @property
     def num_residual(self) -> int:
         return len(self) - self.num_blended
+
+    def __repr__(self) -> str:
+        """Sizes, compression and timings; never the tensors."""
+        shape = "x".join(map(str, self.images.shape[1:]))
+        times = ", ".join(f"{k}={v:.3g}s" for k, v in self.timings.items()
+                          if k in ("features", "grouping", "split", "blend", "request", "index") and v)
+        return (f"ReducedRetainSet(rows={len(self)}, blended={self.num_blended}, residual={self.num_residual}, "
+                f"images={shape}, compression={self.compression:.2f}x, timings={{{times}}})")
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(images [R, C, H, W], labels [R] int64)``."""

@@ -10,6 +10,7 @@ a dataclass whose defaults are the paper's hyperparameters (docs/method.md) (:fu
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable
 
@@ -222,7 +223,8 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
 
     Args:
         method: a name from :func:`available_methods` (aliases such as ``"cf"``, ``"neggrad+"``,
-            ``"a_amu"`` work too).
+            ``"a_amu"`` work too). Names are fastblend's recipes with docs/method.md's settings:
+            ``"finetune"`` (alias ``"ft"``/``"cf"``) is 50 epochs of SGD, not one; pass ``config`` to change.
         model: a trained classifier returning logits ``[N, C]``. Not modified unless
             ``config.inplace``.
         retain: the retain set, or the reduced retain set (``ReducedRetainSet``) for the accelerated
@@ -265,6 +267,13 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
     if spec.accelerated and u is None:
         raise ValueError(f"{fn}: method {spec.name!r} requires unseen data (images and labels the model never "
                          "trained on), got None")
+    if r.reduced and not spec.accelerated:
+        warnings.warn(f"{fn}: method {spec.name!r} is not accelerated but retain is a reduced retain set (Blend): "
+                      f"it runs its full recipe ({getattr(cfg, 'epochs', 'one-shot')} epochs) on blended images "
+                      f"it was not designed for; use {accelerated(spec.name)!r} for Blend + A-AMU, or pass the "
+                      "real retain set" if spec.name in _ACCELERATED_OF else
+                      f"{fn}: method {spec.name!r} is not accelerated but retain is a reduced retain set (Blend); "
+                      "pass the real retain set", stacklevel=2)
     check_disjoint(r, f, fn)
     f = f.materialise(fn)
     if u is not None:

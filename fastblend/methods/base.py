@@ -241,12 +241,10 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
                     unseen_cache = (ctx.infer(model, x_u), y_u, 0)
                 logits_u, y_u, age = unseen_cache
                 unseen_cache = (logits_u, y_u, age + 1)
-                out = aamu_loss(terms.per_sample, logits_f, y_f, logits_u, y_u, validate=not labels_checked)
+                out = aamu_loss(terms.per_sample, logits_f, y_f, logits_u, y_u, retain_weight=terms.weight,
+                                validate=not labels_checked)
                 labels_checked = True  # checked on the host once; later steps never wait for it
-                if terms.weight == 1.0:
-                    loss = out.total
-                else:
-                    loss = terms.weight * out.main + cfg.lam * out.mmd.to(out.main.dtype)
+                loss = out.total
             else:
                 loss = terms.weight * terms.per_sample.mean()
             if terms.extra is not None:

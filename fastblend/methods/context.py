@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._batchnorm import frozen_batchnorm_stats
 from .config import TrainConfig
 
 
@@ -61,14 +62,20 @@ class RunContext:
         return x
 
     def forward(self, model: nn.Module, *xs: torch.Tensor | None) -> list[torch.Tensor | None]:
-        """Float32 logits of each batch (``None`` passes through); one fused forward when allowed."""
+        """Float32 logits of each batch (``None`` passes through); one fused forward when allowed.
+
+        Only the first batch (the retain batch) updates BatchNorm running statistics; the later ones
+        (forget batches) normalise with their own batch statistics and leave them untouched."""
         present = [x for x in xs if x is not None]
         with self.autocast():
             if self.fuse and len(present) > 1:
                 out = self._grad_forward(model, torch.cat(present)).float()
                 parts = iter(out.split([x.shape[0] for x in present]))
             else:
-                parts = iter([self._grad_forward(model, x).float() for x in present])
+                outs = [self._grad_forward(model, present[0]).float()] if present else []
+                with frozen_batchnorm_stats(model):
+                    outs += [self._grad_forward(model, x).float() for x in present[1:]]
+                parts = iter(outs)
         return [next(parts) if x is not None else None for x in xs]
 
     def _grad_forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -81,8 +88,9 @@ class RunContext:
                           for s in range(0, x.shape[0], self.micro)])
 
     def infer(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """Float32 logits without gradient; an ordinary tensor (usable as a constant in autograd)."""
-        with self.no_grad(), self.autocast():
+        """Float32 logits without gradient; an ordinary tensor (usable as a constant in autograd).
+        Leaves BatchNorm running statistics untouched (unseen batches, teachers)."""
+        with self.no_grad(), self.autocast(), frozen_batchnorm_stats(model):
             out = model(self.prep(x)).float()
         return out.clone() if self.cfg.inference_mode else out
 

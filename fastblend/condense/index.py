@@ -1,0 +1,255 @@
+"""A pre-request Blend index (docs/method.md §1.4): group and blend once, answer each forget request
+with a split and a gather.
+
+Grouping does not depend on the forget request, and neither does a free cluster's blend: the Blend
+loss is a sum of independent per-cluster terms (docs/method.md §1.3), so a cluster's blend depends
+only on its members, the matcher and the step size. :meth:`BlendIndex.build` therefore computes,
+once per training set, the features, the clustering and a blend for **every** non-empty cluster;
+:meth:`BlendIndex.reduce` answers a request by selecting the blends of the clusters it leaves free
+and the raw residual images of the ones it touches: no network runs, only the split and a gather.
+
+Step size: the reference averages the loss over the ``K`` clusters blended together, so a
+post-request :func:`fastblend.condense` steps each free cluster by ``lr/K_free`` while the index,
+blending all ``K_all`` non-empty clusters at once, steps by ``lr/K_all``. A blend from the index
+equals the one ``condense`` computes after the request with the same matcher and
+``lr · K_free / K_all`` (the cached-rounds option of docs/method.md §1.4 has the same property).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import tempfile
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .._device import synchronize
+from ..grouping import Clustering
+from .blend import blend_clusters, check_matcher, matcher_dtype
+from .checks import (
+    as_image_tensors,
+    check_clustering,
+    forget_mask,
+    group_in_content_order,
+    prepare_inputs,
+    resolve_clustering,
+)
+from .core import assemble_reduced, blend_lr, make_matcher
+from .reduced import ReducedRetainSet
+from .split import split_clusters
+
+__all__ = ["BlendIndex"]
+
+_FORMAT = "fastblend.BlendIndex"
+_FORMAT_VERSION = 1
+
+
+@dataclass(eq=False, repr=False)
+class BlendIndex:
+    """Features, clustering and one blend per non-empty cluster of a training set (docs/method.md §1.4).
+
+    Build it with :meth:`build` (once per training set), answer forget requests with :meth:`reduce`
+    (milliseconds), keep it with :meth:`save` / :meth:`load`.
+
+    Attributes:
+        images: ``[N, C, H, W]`` the training images (residual rows are gathered from them).
+        labels: ``[N]`` int64.
+        clustering: the per-class :class:`fastblend.Clustering` of the images.
+        blends: ``[K, C, H, W]`` one blend per cluster in the images' dtype/device (zeros for an empty
+            cluster).
+        blend_weights: ``[N]`` normalised member weights ``ŵ`` in the clustering's CSR order
+            (aligned with ``clustering.perm``).
+        initial_terms, final_terms: ``[K]`` float per-cluster matching terms at the start and for the
+            stored blend (``nan`` for an empty cluster).
+        features: ``[N, D]`` float32 grouping features (``None`` when a clustering was given).
+        loss_history: the Blend loss ``L`` (mean over all ``K_all`` blended clusters) before each step.
+        settings: how it was built (ipc, iterations, lr, normalize, seed, matcher seed, ...).
+        timings: seconds of the build: ``features``, ``grouping``, ``blend`` and ``total``.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    clustering: Clustering
+    blends: torch.Tensor
+    blend_weights: torch.Tensor
+    initial_terms: torch.Tensor
+    final_terms: torch.Tensor
+    features: torch.Tensor | None = None
+    loss_history: list = field(default_factory=list)
+    settings: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, data: object, labels: torch.Tensor | None = None, *, ipc: int | None = None,
+              iterations: int = 12, lr: float | str = "reference", normalize: str = "sum",
+              matcher: nn.Module | None = None, seed: int = 0, device: torch.device | str | None = None,
+              chunk_size: int | None = None, progress: bool = False, backend: str = "auto",
+              features: torch.Tensor | None = None, clustering: Clustering | None = None,
+              amp: bool = False) -> BlendIndex:
+        """Group the training set and blend every non-empty cluster, once.
+
+        Args:
+            data: ``[N, C, H, W]`` floating images (then ``labels`` ``[N]`` int), or an
+                ``(images, labels)`` pair, a ``Dataset`` or a non-shuffling ``DataLoader`` (read once).
+            ipc: clusters per class (needed unless ``clustering`` is given).
+            iterations, lr, normalize, matcher, chunk_size, backend, amp: the Blend settings of
+                :func:`fastblend.condense` (default matcher: the random ConvNet-3 seeded with
+                ``matcher_seed(seed)``, the one ``condense`` uses).
+            seed: seeds the grouping and the default matcher.
+            device: where features, grouping and Blend run (default: the images' device).
+            progress: tqdm bars.
+            features: ``[N, D]`` grouping features of ``data`` already computed (grouped here).
+            clustering: a precomputed clustering of ``data`` (no features, no grouping).
+
+        Grouping runs with the rows in an order fixed by their content, so the index (and every
+        reduced set) does not depend on the order of the rows.
+        """
+        fn = "BlendIndex.build"
+        t_start = time.perf_counter()
+        images, labels = as_image_tensors(fn, data, labels)
+        images, labels, _, dev = prepare_inputs(fn, images, labels, [], iterations, lr, normalize, chunk_size,
+                                                device)
+        if clustering is not None:
+            clustering = check_clustering(fn, clustering, labels, ipc)
+            feats, t_feat, t_group = None, 0.0, 0.0
+        elif features is not None:
+            if not isinstance(features, torch.Tensor) or features.dim() != 2 or features.shape[0] != images.shape[0]:
+                raise ValueError(f"{fn}: features must be a [N, D] tensor with N = {images.shape[0]}, got "
+                                 f"{getattr(features, 'shape', type(features).__name__)}")
+            if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
+                raise ValueError(f"{fn}: ipc must be a positive int, got {ipc!r}")
+            clustering, feats, t_feat, t_group = group_in_content_order(images, labels, ipc, seed, features, None)
+            clustering = check_clustering(fn, clustering, labels, ipc)
+        else:
+            clustering, t_feat, t_group, feats = resolve_clustering(fn, images, labels, ipc, None, seed, dev,
+                                                                    progress)
+        lr_value = blend_lr(clustering.ipc) if lr == "reference" else float(lr)
+        everything_free = split_clusters(clustering, torch.zeros(images.shape[0], dtype=torch.bool))
+        net, mseed = make_matcher(fn, matcher, images, seed, 0, dev)
+        synchronize(dev)
+        t0 = time.perf_counter()
+        x = images[everything_free.members.to(images.device)].to(device=dev, dtype=matcher_dtype(net, images.dtype))
+        check_matcher(net, x[:4], fn)
+        result = blend_clusters(x, everything_free.free_indptr.to(dev), net, lr=lr_value, iterations=iterations,
+                                normalize=normalize, chunk_size=chunk_size, backend=backend, progress=progress,
+                                amp=amp)
+        del x
+        synchronize(dev)
+        t_blend = time.perf_counter() - t0
+        k = clustering.num_clusters
+        ids = everything_free.free_ids
+        blends = images.new_zeros((k,) + tuple(images.shape[1:]))
+        blends[ids.to(images.device)] = result.blended.to(device=images.device, dtype=images.dtype)
+        initial = torch.full((k,), math.nan, dtype=torch.float64)
+        final = torch.full((k,), math.nan, dtype=torch.float64)
+        initial[ids] = result.initial_terms.detach().cpu().double()
+        final[ids] = result.final_terms.detach().cpu().double()
+        settings = dict(ipc=clustering.ipc, iterations=iterations, lr=lr_value, normalize=normalize, seed=seed,
+                        matcher_seed=mseed, matcher="random_convnet" if mseed is not None else type(net).__name__,
+                        chunk_size=chunk_size, amp=bool(amp), device=str(dev), loss_clusters=int(ids.numel()),
+                        grouping_backend=clustering.backend)
+        timings = dict(features=t_feat, grouping=t_group, blend=t_blend, total=time.perf_counter() - t_start)
+        return cls(images=images, labels=labels, clustering=clustering, blends=blends,
+                   blend_weights=result.normalized_weights.detach().cpu(), initial_terms=initial, final_terms=final,
+                   features=feats, loss_history=list(result.loss_history), settings=settings, timings=timings)
+
+    # ------------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def num_blends(self) -> int:
+        """Non-empty clusters (each has a stored blend)."""
+        return int((self.clustering.sizes > 0).sum())
+
+    def __repr__(self) -> str:
+        c, h, w = self.images.shape[1:]
+        return (f"BlendIndex(N={len(self)}, images={c}x{h}x{w}, ipc={self.clustering.ipc}, "
+                f"classes={self.clustering.num_classes}, blends={self.num_blends}, "
+                f"build={self.timings.get('total', math.nan):.2f}s)")
+
+    def reduce(self, forget: object) -> ReducedRetainSet:
+        """The reduced retain set after forgetting ``forget`` (training indices or a ``[N]`` bool mask).
+
+        Rows as :func:`fastblend.condense` orders them: the stored blends of the free non-empty
+        clusters (by cluster id), then the non-forgotten members of the touched clusters (CSR
+        order). Forgetting a whole class touches all its clusters, so it leaves no residual from it.
+        ``timings`` holds this request's ``split``, ``assemble`` and ``request`` (their sum) seconds,
+        ``features``/``grouping``/``blend`` at 0 (not in the request path) and the index build apart,
+        as ``index`` (with ``index_features``, ``index_grouping``, ``index_blend``).
+        """
+        fn = "BlendIndex.reduce"
+        t0 = time.perf_counter()
+        mask = forget_mask(fn, forget, len(self))
+        if bool(mask.all()):
+            raise ValueError(f"{fn}: forget covers all {len(self)} images; nothing would be retained")
+        sp = split_clusters(self.clustering, mask)
+        t1 = time.perf_counter()
+        blended = self.blends[sp.free_ids.to(self.blends.device)]
+        timings = dict(features=0.0, grouping=0.0, split=t1 - t0, blend=0.0,
+                       index=self.timings.get("total", 0.0),
+                       **{f"index_{k}": self.timings.get(k, 0.0) for k in ("features", "grouping", "blend")})
+        settings = dict(self.settings, source="BlendIndex", round=0)
+        reduced = assemble_reduced(self.images, self.labels, mask, self.clustering, sp, blended,
+                                   self.blend_weights[sp.member_pos], self.initial_terms[sp.free_ids],
+                                   self.final_terms[sp.free_ids], timings, settings, self.loss_history)
+        t2 = time.perf_counter()
+        reduced.timings.update(assemble=t2 - t1, request=t2 - t0)
+        return reduced
+
+    # ------------------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """Write the index (training images included) to ``path`` atomically: a temporary file in the
+        same folder, renamed into place."""
+        path = Path(path)
+        state = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "clustering"}
+        state = {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in state.items()}
+        clustering = {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v)
+                      for k, v in vars(self.clustering).items()}
+        blob = {"format": _FORMAT, "version": _FORMAT_VERSION, "fields": state, "clustering": clustering}
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save(blob, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    @classmethod
+    def load(cls, path: str | Path) -> BlendIndex:
+        """Read a file written by :meth:`save` (safe loading) and check that its fields agree."""
+        fn = "BlendIndex.load"
+        try:
+            blob = torch.load(Path(path), map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+            raise ValueError(f"{fn}: cannot read {path}: {exc}") from exc
+        if not isinstance(blob, dict) or blob.get("format") != _FORMAT:
+            raise ValueError(f"{fn}: {path} is not a saved fastblend BlendIndex")
+        if blob.get("version") != _FORMAT_VERSION:
+            raise ValueError(f"{fn}: {path} has format version {blob.get('version')}, this fastblend reads "
+                             f"version {_FORMAT_VERSION}")
+        state, cstate = blob.get("fields"), blob.get("clustering")
+        names = [f.name for f in fields(cls) if f.name != "clustering"]
+        if not isinstance(state, dict) or not isinstance(cstate, dict):
+            raise ValueError(f"{fn}: {path} lacks its fields or its clustering")
+        missing = sorted(set(names) - set(state)) + sorted(set(Clustering.__dataclass_fields__) - set(cstate))
+        if missing:
+            raise ValueError(f"{fn}: {path} lacks fields {missing}")
+        try:
+            clustering = Clustering(**{k: cstate[k] for k in Clustering.__dataclass_fields__})
+            images, labels = state["images"], state["labels"]
+            check_clustering(fn, clustering, labels, None)
+            n, k = images.shape[0], clustering.num_clusters
+            for name, shape in (("blends", (k,) + tuple(images.shape[1:])), ("blend_weights", (n,)),
+                                ("initial_terms", (k,)), ("final_terms", (k,))):
+                if tuple(state[name].shape) != shape:
+                    raise ValueError(f"{name} has shape {list(state[name].shape)}, expected {list(shape)}")
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise ValueError(f"{fn}: {path} holds an inconsistent index: {exc}") from exc
+        return cls(clustering=clustering, **{k: state[k] for k in names})

@@ -1,0 +1,109 @@
+"""BatchNorm safety of A-AMU (docs/method.md §2.4): the forget and unseen forwards leave a model's
+running statistics untouched, in ``accelerate``, the packaged accelerated methods and the drop-in."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fastblend
+
+torchvision = pytest.importorskip("torchvision")
+
+
+def _stats(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()
+            if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+
+
+def _assert_same_stats(got: nn.Module, want: nn.Module, exact: bool = True) -> None:
+    a, b = _stats(got), _stats(want)
+    assert a.keys() == b.keys() and a
+    for key in a:
+        if exact:
+            assert torch.equal(a[key], b[key]), f"{key} differs from the retain-only statistics"
+        else:  # the same samples in another order: equal up to float reassociation
+            torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def _data(n: int, seed: int, shift: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 32, 32, generator=gen) + shift, torch.randint(0, 10, (n,), generator=gen)
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(num_classes=10).train()
+
+
+def test_accelerator_step_keeps_only_retain_statistics(resnet):
+    model = copy.deepcopy(resnet)
+    rx, ry = _data(4, 0)
+    fx, fy = _data(16, 1, shift=3.0)  # forget/unseen batches with very different statistics
+    ux, uy = _data(16, 2, shift=-3.0)
+    expected = copy.deepcopy(resnet)
+    with torch.no_grad():
+        expected(rx)  # the retain forward alone, in training mode
+    acc = fastblend.accelerate(model, fx, fy, ux, uy, batch_size=4, seed=0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    out = acc.loss(F.cross_entropy(model(rx), ry, reduction="none"))
+    opt.zero_grad()
+    out.total.backward()
+    opt.step()
+    _assert_same_stats(model, expected)
+    assert model.training and all(m.track_running_stats for m in model.modules()
+                                  if isinstance(m, nn.BatchNorm2d))
+    # the forget forward still carries gradient into the model (batch statistics, train mode)
+    assert model.conv1.weight.grad is not None and torch.isfinite(out.total)
+
+
+def test_frozen_batchnorm_stats_normalises_with_batch_statistics(resnet):
+    from fastblend._batchnorm import frozen_batchnorm_stats
+
+    model = copy.deepcopy(resnet)
+    x, _ = _data(6, 3, shift=2.0)
+    before = _stats(model)
+    with torch.no_grad():
+        with frozen_batchnorm_stats(model):
+            frozen = model(x)
+        _assert_same_stats_dict(_stats(model), before)
+        plain = copy.deepcopy(resnet)(x)  # train mode: batch statistics (and a stats update)
+    torch.testing.assert_close(frozen, plain)
+
+
+def _assert_same_stats_dict(a: dict, b: dict) -> None:
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_unlearn_a_finetune_keeps_only_retain_statistics(resnet):
+    rx, ry = _data(8, 4)
+    fx, fy = _data(8, 5, shift=3.0)
+    ux, uy = _data(16, 6, shift=-3.0)
+    cfg = {"batch_size": 8, "epochs": 1}
+    res = fastblend.unlearn("a_finetune", resnet, (rx, ry), (fx, fy), unseen=(ux, uy), config=cfg)
+    expected = copy.deepcopy(resnet)
+    with torch.no_grad():
+        expected(rx)  # one retain batch of 8: the whole retain set (unlearn shuffles it)
+    _assert_same_stats(res.model, expected, exact=False)
+
+
+def test_dropin_criterion_keeps_only_retain_statistics(resnet):
+    model = copy.deepcopy(resnet)
+    rx, ry = _data(12, 7)
+    fx, fy = _data(6, 8, shift=3.0)
+    ux, uy = _data(16, 9, shift=-3.0)
+    prep = fastblend.prepare_unlearning(model, (rx, ry), (fx, fy), (ux, uy), ipc=1, batch_size=4, iterations=1)
+    x, y = next(iter(prep.retain_loader))
+    expected = copy.deepcopy(resnet)
+    with torch.no_grad():
+        expected(x)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss = prep.criterion(model(x), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    _assert_same_stats(model, expected)

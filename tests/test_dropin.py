@@ -1,0 +1,105 @@
+"""prepare_unlearning: an existing loader-based fine-tune loop runs unmodified with the drop-in and
+forgets; the index and content lookup of forget rows; accelerate on loaders and datasets."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import fastblend
+
+C = 4
+
+
+def finetune(loaders: dict, model: nn.Module, criterion, optimizer, epochs: int) -> None:
+    """The usual loop of a loader-based unlearning codebase (not to be edited for fastblend)."""
+    for _ in range(epochs):
+        model.train()
+        for x, y in loaders["retain"]:
+            loss = criterion(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+
+def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    model.eval()
+    with torch.no_grad():
+        out = float((model(x).argmax(1) == y).float().mean() * 100)
+    model.train()
+    return out
+
+
+@pytest.fixture(scope="module")
+def memorised():
+    """A BatchNorm MLP that memorised a forget set with wrong labels (hard data: test accuracy ~75%)."""
+    gen = torch.Generator().manual_seed(0)
+    means = torch.randn(C, 1, 8, 8, generator=gen)
+
+    def make(n):
+        y = torch.arange(n) % C
+        return means[y] + 3.0 * torch.randn(n, 1, 8, 8, generator=gen), y
+
+    (rx, ry), (fx, fy_true), (ux, uy), (tx, ty) = make(320), make(32), make(200), make(200)
+    fy = (fy_true + 1 + torch.randint(0, C - 1, (32,), generator=gen)) % C  # wrong labels
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 256), nn.BatchNorm1d(256), nn.ReLU(), nn.Linear(256, C))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x, y = torch.cat([rx, fx]), torch.cat([ry, fy])
+    for _ in range(400):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model, (rx, ry), (fx, fy), (ux, uy), (tx, ty)
+
+
+def test_loader_loop_runs_unmodified_and_forgets(memorised):
+    import copy
+
+    trained, retain, forget, unseen, test = memorised
+    model = copy.deepcopy(trained)
+    before_forget, before_test = _accuracy(model, *forget), _accuracy(model, *test)
+    assert before_forget == 100.0
+    loaders = {"retain": DataLoader(TensorDataset(*retain), batch_size=16, shuffle=True),
+               "forget": DataLoader(TensorDataset(*forget), batch_size=16),
+               "unseen": DataLoader(TensorDataset(*unseen), batch_size=16)}
+    prep = fastblend.prepare_unlearning(model, loaders["retain"], loaders["forget"], loaders["unseen"],
+                                        batch_size=16, iterations=2, seed=0)
+    assert len(prep.reduced) < len(retain[1]) and prep.timings["index"] > 0
+    loaders["retain"] = prep.retain_loader
+    finetune(loaders, model, prep.criterion, torch.optim.Adam(model.parameters(), lr=1e-3), epochs=2)
+    after_forget, after_test = _accuracy(model, *forget), _accuracy(model, *test)
+    assert after_forget <= before_forget - 10, (before_forget, after_forget)
+    assert after_test >= before_test - 5, (before_test, after_test)
+    assert prep.criterion.last is not None and not prep.criterion.last.main.requires_grad
+
+
+def test_index_passed_in_and_forget_found_by_content(memorised):
+    _, (rx, ry), (fx, fy), unseen, _ = memorised
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, C))
+    train_x, train_y = torch.cat([fx, rx]), torch.cat([fy, ry])  # the forget rows first this time
+    index = fastblend.BlendIndex.build(train_x, train_y, ipc=8, iterations=1)
+    by_content = fastblend.prepare_unlearning(model, None, TensorDataset(fx, fy), unseen, index=index,
+                                              batch_size=16)
+    by_index = fastblend.prepare_unlearning(model, None, torch.arange(32), unseen, index=index, batch_size=16)
+    assert torch.equal(by_content.reduced.source_index, by_index.reduced.source_index)
+    assert by_content.timings["index"] == 0.0 and by_content.index is index
+    assert not bool(torch.isin(by_content.reduced.source_index, torch.arange(32)).any())
+    with pytest.raises(ValueError, match="^prepare_unlearning: 32 of the 32 forget rows are not in the index"):
+        fastblend.prepare_unlearning(model, None, (fx + 1, fy), unseen, index=index)
+    with pytest.raises(ValueError, match=r"^Accelerator.loss: retain_per_sample_loss has 32 samples"):
+        by_index.criterion(torch.randn(32, C), torch.zeros(32, dtype=torch.long))
+
+
+def test_accelerate_takes_loaders_and_datasets(memorised):
+    _, _, (fx, fy), (ux, uy), _ = memorised
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, C))
+    a = fastblend.accelerate(model, DataLoader(TensorDataset(fx, fy), batch_size=7), TensorDataset(ux, uy),
+                             batch_size=4, seed=2)
+    b = fastblend.accelerate(model, fx, fy, ux, uy, batch_size=4, seed=2)
+    assert torch.equal(a.forget_x, b.forget_x) and torch.equal(a.unseen_y, b.unseen_y)
+    torch.testing.assert_close(a.loss(torch.rand(4)).mmd, b.loss(torch.rand(4)).mmd)

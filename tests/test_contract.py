@@ -68,6 +68,10 @@ def _reduced_fields(**over):
     return {**fields, **over}
 
 
+def _index():
+    return fastblend.BlendIndex.build(_x(12), _y(12), ipc=2, iterations=1)
+
+
 def _xy4(n=8):
     return torch.randn(n, 4, generator=torch.Generator().manual_seed(3)), torch.arange(n) % 3
 
@@ -144,6 +148,31 @@ ROWS = [
      "Clustering: inconsistent fields"),
     ("Clustering", "load missing file", lambda: F.Clustering.load("/nonexistent/c.pt"), FileNotFoundError,
      "Clustering.load: no such file"),
+    # ---------------- the index and the drop-in
+    ("BlendIndex", "float labels", lambda: F.BlendIndex.build(_x(12), _y(12).float(), ipc=2), TypeError,
+     "BlendIndex.build: labels must be a 1-d integer tensor"),
+    ("BlendIndex", "ipc 0", lambda: F.BlendIndex.build(_x(12), _y(12), ipc=0), ValueError,
+     "BlendIndex.build: ipc must be a positive int"),
+    ("BlendIndex", "int images", lambda: F.BlendIndex.build(_x(12).long(), _y(12), ipc=2), TypeError,
+     "BlendIndex.build: images must be a floating tensor"),
+    ("BlendIndex", "forget out of range", lambda: _index().reduce([100]), ValueError,
+     "BlendIndex.reduce: forget indices must be in"),
+    ("BlendIndex", "duplicate forget", lambda: _index().reduce([0, 0]), ValueError,
+     "BlendIndex.reduce: forget indices must be distinct"),
+    ("BlendIndex", "missing file", lambda: F.BlendIndex.load("/nonexistent/index.pt"), ValueError,
+     "BlendIndex.load: cannot read /nonexistent/index.pt"),
+    ("prepare_unlearning", "batch_size 0",
+     lambda: F.prepare_unlearning(_net(), (_x(12), _y(12)), (_x(2), _y(2)), (_x(12), _y(12)), batch_size=0, ipc=2),
+     ValueError, "prepare_unlearning: batch_size must be an int >= 1"),
+    ("prepare_unlearning", "model not a module",
+     lambda: F.prepare_unlearning("net", (_x(12), _y(12)), (_x(2), _y(2)), (_x(12), _y(12)), ipc=2),
+     TypeError, "prepare_unlearning: model must be a torch.nn.Module"),
+    ("prepare_unlearning", "no forget",
+     lambda: F.prepare_unlearning(_net(), (_x(12), _y(12)), None, (_x(12), _y(12)), ipc=2),
+     ValueError, "prepare_unlearning: forget is required"),
+    ("prepare_unlearning", "float retain labels",
+     lambda: F.prepare_unlearning(_net(), (_x(12), _y(12).float()), (_x(2), _y(2)), (_x(12), _y(12)), ipc=2),
+     TypeError, "prepare_unlearning: retain labels must be a 1-D integer tensor"),
     ("condense", "float labels", lambda: F.condense(_x(), _y().float(), [0], ipc=1, progress=False), TypeError,
      "condense: labels must be a 1-d integer tensor"),
     ("condense", "forget out of range", lambda: F.condense(_x(), _y(), [10], ipc=1, progress=False), ValueError,

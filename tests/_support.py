@@ -84,8 +84,10 @@ TOLERANCES = {
 # run, a blend optimisation, a deep network on batches of another size) drift beyond one op's
 # rounding when the summation order changes.
 FP32_MULTISTEP = Tol(rtol=1e-4, atol=1e-5)
-# The quantile-MMD value is a difference of nearly equal kernel sums: float32 keeps about 4 digits.
-MMD_VALUE = Tol(rtol=1e-4, atol=1e-10)
+# The quantile-MMD value is a difference of nearly equal kernel sums: float32 keeps about 4 digits,
+# and the fused kernels evaluate each O(1) Gaussian term in float32 (spacing 6e-8) before averaging
+# the M^2 pairs, so a near-zero MMD carries an absolute error of ~1e-9 (seen: 2.0e-9 at 3.3e-6).
+MMD_VALUE = Tol(rtol=1e-4, atol=1e-8)
 
 
 def tolerance(dtype: torch.dtype) -> Tol:

@@ -13,6 +13,11 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+# The same examples on every run (CI included): a failure is reproducible, never a coin toss.
+settings.register_profile("fastblend", derandomize=True, print_blob=True)
+settings.load_profile("fastblend")
 
 
 @pytest.fixture(autouse=True)

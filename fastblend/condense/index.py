@@ -30,6 +30,7 @@ from torch import nn
 
 from .._device import synchronize
 from ..grouping import Clustering
+from ..ops._dispatch import backend_for
 from .blend import blend_clusters, check_matcher, matcher_dtype
 from .checks import (
     as_image_tensors,
@@ -152,7 +153,9 @@ class BlendIndex:
         settings = dict(ipc=clustering.ipc, iterations=iterations, lr=lr_value, normalize=normalize, seed=seed,
                         matcher_seed=mseed, matcher="random_convnet" if mseed is not None else type(net).__name__,
                         chunk_size=chunk_size, amp=bool(amp), device=str(dev), loss_clusters=int(ids.numel()),
-                        grouping_backend=clustering.backend)
+                        grouping_backend=clustering.backend,
+                        backends={"grouping": clustering.backend,
+                                  "segment_blend": backend_for("segment_blend", dev, backend)})
         timings = dict(features=t_feat, grouping=t_group, blend=t_blend, total=time.perf_counter() - t_start)
         return cls(images=images, labels=labels, clustering=clustering, blends=blends,
                    blend_weights=result.normalized_weights.detach().cpu(), initial_terms=initial, final_terms=final,

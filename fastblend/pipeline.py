@@ -12,256 +12,65 @@ One repetition (seed):
 6. evaluation of every model on the real retain set, the forget set, the held-out evaluation split
    and the MIA of docs/method.md §4.
 
-Results (JSON + CSV), the settings and plots go to the output folder; ``summarise`` aggregates
-seeds into mean ± std.
+Results (JSON + CSV), the settings and plots go to the output folder (:mod:`fastblend.results`;
+``summarise`` aggregates seeds into mean ± std); the settings are :mod:`fastblend.experiment`'s.
 """
 
 from __future__ import annotations
 
-import copy
-import csv
-import io
-import json
 import math
-import os
-import statistics
-import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import cache
-from ._io import atomic_write_text
 from .condense import Blender, BlendIndex, ReducedRetainSet, condense
 from .condense.core import blend_lr
 from .data import dataset_info, load_dataset, make_split
+from .experiment import (
+    DEMO,
+    DEMO_RECIPE,
+    NOT_PER_REQUEST,
+    STAGES,
+    VARIANTS,
+    ConfigError,
+    ExperimentConfig,
+    _resolve_device,
+    with_overrides,
+)
 from .grouping import Clustering, extract_features, group
 from .machine import machine_info
-from .methods import TrainModelConfig, accelerated, config_class, unlearn
 from .methods import train_model as _train_model
-from .methods.config import resolve_config
+from .methods import unlearn
 from .metrics import StageTimer, accuracy, mia_score_from_logits, predict_logits
-from .models import MODELS, ConvNet3, build_model
-from .ops._dispatch import BACKENDS, available_backends
-from .readers import canonical_name
+from .models import ConvNet3, build_model
+from .results import format_table, plots_available, prepare_output, summarise, write_results
 from .tracking import Band, Tracker, eval_every_for, planned_steps, time_to_target
 
-VARIANTS = ("original", "retrain", "base", "accelerated")
-STAGES = ("features", "grouping", "split", "blend", "unlearning", "evaluation", "index")
-#: stages outside a request's latency: evaluation, and the index built once per training set
-NOT_PER_REQUEST = ("evaluation", "index")
-
-# the type each ExperimentConfig setting must have (None: the setting may be None)
-_PATH = (str, os.PathLike)
-_TYPES: dict[str, tuple] = {
-    "dataset": (str,), "data_root": (*_PATH, None), "per_class": (int, None), "limit": (int, None),
-    "model": (str,), "width": (int,), "method": (str,), "accelerated_method": (str, None), "forget": (str,),
-    "forget_fraction": (float, int), "forget_class": (int, None), "ipc": (int, None), "blend_iterations": (int,),
-    "blend_amp": (bool,), "grouping_backend": (str,), "seeds": (list, tuple), "rounds": (int,),
-    "round_mode": (str,), "run_retrain": (bool,), "run_base": (bool,), "train_config": (dict,),
-    "retrain_config": (dict,), "base_config": (dict,), "accelerated_config": (dict,), "device": (str, None),
-    "out": _PATH, "cache_dir": (*_PATH, None), "plots": (bool,), "quiet": (bool,),
-}
+# the settings (fastblend.experiment) and the result files (fastblend.results) are re-exported here,
+# where the command line and users have always found them
+__all__ = ["DEMO", "DEMO_RECIPE", "NOT_PER_REQUEST", "STAGES", "VARIANTS", "ConfigError", "ExperimentConfig",
+           "check_against_data", "default_ipc", "evaluate", "format_table", "original_model", "plots_available",
+           "prepare_output", "reduce_retain", "run_experiment", "run_rounds", "run_seed", "summarise",
+           "with_overrides", "write_results"]
 
 
-class ConfigError(ValueError):
-    """An :class:`ExperimentConfig` setting that cannot run; ``setting`` names it (a field name, or
-    ``FASTBLEND_BACKEND`` for the environment variable)."""
-
-    def __init__(self, setting: str, message: str):
-        super().__init__(f"ExperimentConfig: {message}")
-        self.setting = setting
 
 
-def _is(value: Any, kinds: tuple) -> bool:
-    if value is None:
-        return None in kinds
-    if isinstance(value, bool):  # bool is an int subclass: only a bool setting takes one
-        return bool in kinds
-    return isinstance(value, tuple(k for k in kinds if k is not None))
 
 
-@dataclass
-class ExperimentConfig:
-    """Every setting of a run; saved next to the results.
-
-    ``*_config`` dicts override the method configs' docs/method.md defaults (e.g. ``{"epochs": 5}``).
-    ``ipc=None`` picks about five images per cluster (the paper's CIFAR-10 ratio) unless the data
-    set has a paper value and the full data is used.
-    """
-
-    dataset: str = "animal-mnist"
-    data_root: str | None = None
-    per_class: int | None = None
-    limit: int | None = None
-    model: str = "convnet3"
-    width: int = 128
-    method: str = "finetune"
-    accelerated_method: str | None = None
-    forget: str = "uniform"
-    forget_fraction: float = 0.1
-    forget_class: int | None = None
-    ipc: int | None = None
-    blend_iterations: int = 12
-    blend_amp: bool = False
-    grouping_backend: str = "auto"
-    seeds: list[int] = field(default_factory=lambda: [0])
-    rounds: int = 1
-    round_mode: str = "cached"
-    run_retrain: bool = True
-    run_base: bool = True
-    train_config: dict = field(default_factory=lambda: {"epochs": 10, "lr": 0.05, "batch_size": 128,
-                                                        "schedule": "cosine", "warmup_epochs": 1})
-    retrain_config: dict = field(default_factory=dict)
-    base_config: dict = field(default_factory=dict)
-    accelerated_config: dict = field(default_factory=dict)
-    device: str | None = None
-    out: str = "fastblend-out"
-    cache_dir: str | None = None
-    plots: bool = True
-    quiet: bool = False
-    track: bool = True
-    track_evaluations: int = 30
-    track_samples: int | None = 2000
-    band: dict = field(default_factory=lambda: Band().as_dict())
-
-    def check(self) -> None:
-        """Validate every setting without loading data or training: types, names (data set, model,
-        methods, backends), ranges, the method configs' keys and values, the device and
-        ``$FASTBLEND_BACKEND``. Raises :class:`ConfigError` (a ``ValueError``) naming the setting."""
-        for name, kinds in _TYPES.items():
-            value = getattr(self, name)
-            if not _is(value, kinds):
-                expected = " or ".join("None" if k is None else k.__name__ for k in kinds)
-                raise ConfigError(name, f"{name} must be {expected}, got {type(value).__name__} {value!r}")
-        if not self.seeds or not all(_is(s, (int,)) for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
-            raise ConfigError("seeds", f"seeds must be distinct ints, at least one, got {self.seeds!r}")
-        for name in ("per_class", "limit", "width", "rounds", "ipc"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(name, f"{name} must be >= 1" + (" (or None for the default)" if name == "ipc"
-                                                                    else "") + f", got {value}")
-        if self.blend_iterations < 0:
-            raise ConfigError("blend_iterations", f"blend_iterations must be >= 0, got {self.blend_iterations}")
-        if self.ipc is not None:
-            try:
-                blend_lr(self.ipc)
-            except ValueError:
-                raise ConfigError("ipc", f"ipc {self.ipc} is beyond what the reference Blend learning rate "
-                                  "(docs/method.md §1.3) serves: at most 5277") from None
-        if not str(self.out):
-            raise ConfigError("out", "out must name a folder, got ''")
-        choices = {"round_mode": ("cached", "reference"), "forget": ("uniform", "classwise"),
-                   "grouping_backend": ("auto", "faiss", "torch")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ConfigError(name, f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        try:
-            dataset = canonical_name(self.dataset)
-        except ValueError as exc:
-            raise ConfigError("dataset", str(exc)) from None
-        if self.model.lower().replace("-", "").replace("_", "") not in MODELS:
-            raise ConfigError("model", f"model must be one of {sorted(MODELS)}, got {self.model!r}")
-        if not 0 < self.forget_fraction < 1:
-            raise ConfigError("forget_fraction", f"forget_fraction must be in (0, 1), got {self.forget_fraction}")
-        classes = len(dataset_info(dataset).class_names)
-        if self.forget_class is not None and (self.forget != "classwise" or not 0 <= self.forget_class < classes):
-            raise ConfigError("forget_class", f"forget_class must be in [0, {classes}) with forget='classwise', "
-                              f"got {self.forget_class} with forget={self.forget!r}")
-        if self.track_evaluations < 1:
-            raise ConfigError("track_evaluations", f"track_evaluations must be >= 1, got {self.track_evaluations}")
-        try:
-            Band(**self.band)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError("band", f"band: {exc}") from None
-        self._check_methods()
-        most = self._max_forget(classes)
-        if most is not None and self.rounds > most:
-            raise ConfigError("rounds", f"rounds ({self.rounds}) must be at most the number of forget samples "
-                              f"(at most {most} with these settings)")
-        try:
-            _resolve_device(self.device)
-        except (RuntimeError, ValueError) as exc:
-            raise ConfigError("device", f"device {self.device!r}: {exc}") from None
-        backend = os.environ.get("FASTBLEND_BACKEND", "auto").strip().lower() or "auto"
-        why = "unknown" if backend not in BACKENDS + ("auto",) else available_backends().get(backend)
-        if why is not None:
-            raise ConfigError("FASTBLEND_BACKEND", f"$FASTBLEND_BACKEND={backend!r} cannot be used ({why}); "
-                              f"expected auto or one of {BACKENDS} available here")
-
-    def _check_methods(self) -> None:
-        try:
-            base_cls = config_class(self.method)
-        except ValueError as exc:
-            raise ConfigError("method", str(exc)) from None
-        if self.accelerated_method is not None:
-            try:
-                acc_cls = config_class(self.accelerated_method)
-            except ValueError as exc:
-                raise ConfigError("accelerated_method", str(exc)) from None
-        else:
-            try:
-                acc_cls = config_class(accelerated(self.method))
-            except ValueError:
-                raise ConfigError("method", f"method {self.method!r} has no accelerated variant (retrain, distill "
-                                  "and ssd have none); name one with accelerated_method "
-                                  "(--accelerated-method), e.g. 'a_finetune'") from None
-        for name, cls in (("train_config", TrainModelConfig), ("retrain_config", config_class("retrain")),
-                          ("base_config", base_cls), ("accelerated_config", acc_cls)):
-            try:
-                resolve_config(getattr(self, name) or None, cls, f"ExperimentConfig {name}")
-            except (TypeError, ValueError) as exc:
-                raise ConfigError(name, str(exc).removeprefix("ExperimentConfig ")) from None
-
-    def _max_forget(self, classes: int) -> int | None:
-        """An upper bound on the forget set's size where the settings give one (else ``None``)."""
-        sizes = [v for v in (self.limit, None if self.per_class is None else self.per_class * classes) if v]
-        if not sizes:
-            return None
-        if self.forget == "classwise":
-            return min([*sizes, self.per_class or sizes[0]])
-        n = min(sizes)
-        return max(min(math.floor(self.forget_fraction * n + 0.5), n - 1), 1)
-
-    @property
-    def accelerated(self) -> str:
-        """The accelerated method: ``accelerated_method``, else the methods package's accelerated
-        variant of ``method`` (``ValueError`` for retrain, distill and ssd, which have none)."""
-        return self.accelerated_method or accelerated(self.method)
 
 
-#: The demo's training recipe, for the original model and for Retrain alike: SGD (momentum 0.9, weight
-#: decay 5e-4) at lr 0.05, batch 128, one warm-up epoch then cosine decay, 20 epochs — run to
-#: convergence (training accuracy ~100%, test accuracy flat over the last epochs of Retrain's curve).
-DEMO_RECIPE = {"epochs": 20, "lr": 0.05, "batch_size": 128, "schedule": "cosine", "warmup_epochs": 1}
-
-DEMO = ExperimentConfig(
-    width=64,
-    train_config=dict(DEMO_RECIPE),
-    retrain_config=dict(DEMO_RECIPE),
-    base_config={},
-    accelerated_config={},
-)
 
 
-# --------------------------------------------------------------------------------------------
-# helpers
-# --------------------------------------------------------------------------------------------
-def _resolve_device(device: str | None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this machine")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return dev
+
+
+
 
 
 def _build(cfg: ExperimentConfig, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
@@ -532,88 +341,16 @@ def default_ipc(cfg: ExperimentConfig, train) -> int:
     return max(1, round(per_class / 5))
 
 
-# --------------------------------------------------------------------------------------------
-# many repetitions, aggregation and files
-# --------------------------------------------------------------------------------------------
-NUMERIC = ("retain_acc", "forget_acc", "test_acc", "mia", "t_total", "t_features", "t_grouping", "t_split",
-           "t_blend", "t_unlearning", "t_evaluation", "speedup_vs_base", "speedup_vs_retrain", "gap_retain_acc",
-           "gap_forget_acc", "gap_test_acc", "gap_mia", "t_index", "t_target", "target_reached", "t_eval_tracking",
-           "speedup_target_vs_retrain", "speedup_target_vs_base", "speedup_target_vs_base_lower")
 
 
-def summarise(per_seed: list[dict]) -> list[dict]:
-    """Mean and standard deviation over seeds of every numeric column, per variant."""
-    out = []
-    for variant in VARIANTS:
-        rows = [r for s in per_seed for r in s["rows"] if r["variant"] == variant]
-        if not rows:
-            continue
-        agg: dict[str, Any] = {"variant": variant, "method": rows[0]["method"], "seeds": len(rows)}
-        for key in NUMERIC:
-            vals = [r[key] for r in rows if key in r and r[key] is not None and not math.isnan(r[key])]
-            if vals:
-                agg[key] = statistics.fmean(vals)
-                agg[f"{key}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
-        out.append(agg)
-    return out
 
 
-def format_table(summary: list[dict]) -> str:
-    head = (f"{'variant':<12} {'method':<14} {'features':>8} {'grouping':>8} {'split':>6} {'blend':>7} "
-            f"{'unlearn':>8} {'eval':>6} {'total':>8} {'index':>7} {'vs base':>8} {'vs retr.':>8} {'target':>8} "
-            f"{'@t base':>8} {'@t retr.':>8} {'retain':>7} {'forget':>7} "
-            f"{'test':>6} "
-            f"{'MIA':>6}  gap to retrain (retain/forget/test/MIA)")
-    lines = [head, "-" * len(head)]
-    for r in summary:
-        speeds = [r.get("speedup_vs_base"), r.get("speedup_vs_retrain")]
-        speed_cols = " ".join(f"{(f'{v:.1f}x' if v else '-'):>8}" for v in speeds)
-        speed_cols += " " + _target_cols(r)
-        gaps = "/".join(f"{r[f'gap_{k}']:+.1f}" for k in ("retain_acc", "forget_acc", "test_acc", "mia")) \
-            if "gap_mia" in r else "-"
-        lines.append(
-            f"{r['variant']:<12} {r['method']:<14} {r.get('t_features', 0):8.2f} {r.get('t_grouping', 0):8.2f} "
-            f"{r.get('t_split', 0):6.2f} {r.get('t_blend', 0):7.2f} {r.get('t_unlearning', 0):8.2f} "
-            f"{r.get('t_evaluation', 0):6.2f} {r.get('t_total', 0):8.2f} {r.get('t_index', 0):7.2f} "
-            f"{speed_cols} {r['retain_acc']:7.1f} {r['forget_acc']:7.1f} "
-            f"{r['test_acc']:6.1f} {r['mia']:6.1f}  {gaps}")
-    return "\n".join(lines)
 
 
-def plots_available() -> bool:
-    """Whether matplotlib (an optional dependency, needed for the plots) can be imported."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
-def prepare_output(out: str | os.PathLike) -> Path:
-    """Create the output folder ``out`` and check that a file can be written in it (``ConfigError``
-    naming ``out`` otherwise)."""
-    path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise ConfigError("out", f"out {str(path)!r} is a file, expected a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=path).close()
-    except OSError as exc:
-        raise ConfigError("out", f"out {str(path)!r} is not a writable folder ({exc.strerror or exc})") from None
-    return path
 
 
-def _target_cols(r: dict) -> str:
-    """``target`` (seconds to Retrain's band, ``n/r`` = not reached) and the speed-ups at the target
-    (``>Nx``: the reference never reached the band, so its whole run is a lower bound)."""
-    if "target_reached" not in r:
-        return " ".join(f"{'-':>8}" for _ in range(3))
-    t = f"{r['t_target']:.1f}s" if r.get("t_target") is not None else "n/r"
-    cols = [t]
-    for ref in ("base", "retrain"):
-        v, low = r.get(f"speedup_target_vs_{ref}"), r.get(f"speedup_target_vs_{ref}_lower")
-        cols.append(f"{v:.1f}x" if v else (f">{low:.1f}x" if low else "-"))
-    return " ".join(f"{c:>8}" for c in cols)
 
 
 def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] | None = None) -> dict:
@@ -645,46 +382,9 @@ def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] | None = No
     return result
 
 
-def write_results(cfg: ExperimentConfig, out_dir: Path, per_seed: list[dict], machine: dict,
-                  wall_seconds: float) -> dict:
-    """Write ``results.json``, ``results.csv``, ``summary.csv`` and (with rounds) ``rounds.csv`` for the
-    seeds finished so far, each atomically; returns the ``results.json`` document (``complete``: every
-    seed of ``cfg`` is in it)."""
-    summary = summarise(per_seed)
-    result = {"config": asdict(cfg), "machine": machine, "summary": summary, "per_seed": per_seed,
-              "wall_seconds": wall_seconds, "complete": len(per_seed) == len(cfg.seeds)}
-    atomic_write_text(out_dir / "results.json", json.dumps(result, indent=2, default=_json_default))
-    _write_csv(out_dir / "results.csv", [r for s in per_seed for r in s["rows"]])
-    _write_csv(out_dir / "summary.csv", summary)
-    rounds = [r for s in per_seed for r in s["rounds"]]
-    if rounds:
-        _write_csv(out_dir / "rounds.csv", rounds)
-    return result
 
 
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    keys: list[str] = []
-    for row in rows:
-        keys += [k for k in row if k not in keys]
-    buf = io.StringIO(newline="")
-    writer = csv.DictWriter(buf, fieldnames=keys)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
 
 
-def with_overrides(base: ExperimentConfig, **overrides: Any) -> ExperimentConfig:
-    cfg = copy.deepcopy(base)
-    for key, value in overrides.items():
-        if not hasattr(cfg, key):
-            raise ValueError(f"ExperimentConfig has no setting {key!r}")
-        setattr(cfg, key, value)
-    return cfg

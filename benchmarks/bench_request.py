@@ -1,7 +1,7 @@
 """Per-request latency of unlearning: index once, then split + A-AMU on the reduced set, against the
 same method (A-AMU) on the full retain set and the plain fine-tune of the full retain set.
 
-    python -m benchmarks.bench_request [--quick] [--out DIR] [--finetune-epochs 10] [--threads N]
+    python -m benchmarks.bench_request [--quick] [--out DIR] [--finetune-epochs 10] [--threads N] [--repeats R]
 
 On the demo's data (animal-mnist, the docs/method.md §6 splits, the demo's ipc) and model (ConvNet-3
 width 64, trained briefly here), for two requests served by one index — 10% uniform forgetting
@@ -24,7 +24,9 @@ schema) to ``<out>/request.jsonl``:
 
   ``metrics.speedup_vs_*`` on the ``index`` row are ratios of those wall times in this run.
 
-One run of each request variant; timings are wall clock (device synchronised); nothing asserts on them.
+``--repeats`` runs of each request variant, interleaved (variant by variant, round after round) so
+that a change in the machine's load hits them alike; the median is recorded. Timings are wall clock
+(device synchronised); nothing asserts on them.
 """
 
 from __future__ import annotations
@@ -61,6 +63,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--finetune-epochs", type=int, default=10, help="epochs of the plain fine-tune baseline")
     p.add_argument("--train-epochs", type=int, default=3, help="epochs of the briefly trained original model")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--repeats", type=int, default=1, help="interleaved runs of each request variant")
+    p.add_argument("--variants", nargs="+", default=None,
+                   help="request variants to run (default all): index condense straightforward finetune 'index sgd'")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -121,13 +126,25 @@ def _requests(rec: Recorder, case: str, params: dict, model: torch.nn.Module, tr
     if "uniform" in case:
         runs["index sgd"] = lambda: a_amu(index.reduce(split.forget),
                                           {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "batch_size": 256})
+    runs = {name: run for name, run in runs.items() if args.variants is None or name in args.variants}
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    results = {}
+    for _ in range(max(1, args.repeats)):
+        for name, run in runs.items():
+            results[name], t = _timed(run, device)
+            times[name].append(t)
     seconds, rows = {}, {}
-    for name, run in runs.items():
-        res, seconds[name] = _timed(run, device)
+    for name, res in results.items():
+        timing = Timing.of(times[name])
+        seconds[name] = timing.median_s
         rows[name] = ({"steps": res.steps, "retain_rows": res.info["retain_size"], **_quality(res.model, split, device),
-                       "original": original}, Timing.of([seconds[name]]))
-    ratios = {f"speedup_vs_{k.replace(' ', '_')}": seconds[k] / seconds["index"] for k in seconds if k != "index"}
-    ratios["speedup_vs_straightforward_with_index_build"] = seconds["straightforward"] / (seconds["index"] + t_build)
+                       "original": original}, timing)
+    ratios = {}
+    if "index" in seconds:
+        ratios = {f"speedup_vs_{k.replace(' ', '_')}": seconds[k] / seconds["index"] for k in seconds if k != "index"}
+        if "straightforward" in seconds:
+            ratios["speedup_vs_straightforward_with_index_build"] = (seconds["straightforward"]
+                                                                     / (seconds["index"] + t_build))
     for name, (metrics, timing) in rows.items():
         rec.add("request", case, "request", name, timing, params, {**metrics, **(ratios if name == "index" else {})})
 

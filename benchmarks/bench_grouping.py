@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from fastblend import extract_features, group, load_dataset
-from fastblend.grouping import _objective
+from fastblend.kmeans import cluster_objective
 from fastblend.models import random_convnet
 
 from .kmeans_baseline import straightforward_group
@@ -73,7 +73,7 @@ def bench_group(rec: Recorder, case: str, params: dict, feats: torch.Tensor, lab
     num_classes = int(labels.max()) + 1
 
     def objective(assignment):
-        return float(_objective(feats, labels, assignment, num_classes, num_classes * ipc).sum())
+        return float(cluster_objective(feats, labels, assignment, num_classes, num_classes * ipc).sum())
 
     timing, assignment = measure(lambda: straightforward_group(feats, labels, ipc, seed=0), repeats=1, warmup=0)
     base_objective = objective(assignment)

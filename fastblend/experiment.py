@@ -161,7 +161,7 @@ class ExperimentConfig:
             raise ConfigError("rounds", f"rounds ({self.rounds}) must be at most the number of forget samples "
                               f"(at most {most} with these settings)")
         try:
-            _resolve_device(self.device)
+            resolve_device(self.device)
         except (RuntimeError, ValueError) as exc:
             raise ConfigError("device", f"device {self.device!r}: {exc}") from None
         backend = os.environ.get("FASTBLEND_BACKEND", "auto").strip().lower() or "auto"
@@ -229,7 +229,7 @@ DEMO = ExperimentConfig(
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
-def _resolve_device(device: str | None) -> torch.device:
+def resolve_device(device: str | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)

@@ -61,7 +61,7 @@ from torch import nn
 
 from ._device import module_device, synchronize
 from ._io import atomic_save, load_torch
-from .kmeans import _class_means, _faiss_has_gpu, _faiss_module, _objective, _run_faiss, _run_torch
+from .kmeans import class_means, cluster_objective, faiss_has_gpu, faiss_module, run_faiss, run_torch
 
 _FORMAT = "fastblend.Clustering"
 _FORMAT_VERSION = 1
@@ -354,11 +354,11 @@ def group(features: torch.Tensor, labels: torch.Tensor, ipc: int, backend: str =
         raise ValueError(f"group: init must be one of {_INITS}, got {init!r}")
     faiss = None
     if backend in ("auto", "faiss"):
-        faiss = _faiss_module()
+        faiss = faiss_module()
         if faiss is None and backend == "faiss":
             raise ImportError(f"group: backend='faiss' needs FAISS; install it with {_FAISS_HINT}, "
                               "or use backend='torch'")
-        if backend == "auto" and faiss is not None and features.is_cuda and not _faiss_has_gpu(faiss):
+        if backend == "auto" and faiss is not None and features.is_cuda and not faiss_has_gpu(faiss):
             faiss = None  # the on-device torch k-means beats copying to a CPU-only FAISS
     synchronize(features.device)
     start = time.perf_counter()
@@ -385,19 +385,19 @@ def group(features: torch.Tensor, labels: torch.Tensor, ipc: int, backend: str =
     used = "faiss" if faiss is not None else "torch"
     if members:
         if faiss is not None:
-            results, iters, used = _run_faiss(faiss, features, members, ipc, niter, seed, progress, init)
+            results, iters, used = run_faiss(faiss, features, members, ipc, niter, seed, progress, init)
         else:
-            results, iters = _run_torch(features, members, ipc, niter, tol, seed, False, progress,
+            results, iters = run_torch(features, members, ipc, niter, tol, seed, False, progress,
                                         seeding=init)
         if balanced:
             init = []
             for idx, a in zip(members, results):
-                init.append(_class_means(features.index_select(0, idx.to(features.device)),
+                init.append(class_means(features.index_select(0, idx.to(features.device)),
                                          a.to(features.device), ipc))
             # Same centring as _pack, so the centroids live in the packed coordinates.
             init = [m - features.index_select(0, idx.to(features.device)).to(torch.float64).mean(0)
                     for m, idx in zip(init, members)]
-            results, more = _run_torch(features, members, ipc, niter, tol, seed + 1, True, progress,
+            results, more = run_torch(features, members, ipc, niter, tol, seed + 1, True, progress,
                                        init=[m.to(torch.float32) for m in init])
             iters = [a + b for a, b in zip(iters, more)]
             used += "+balanced"
@@ -410,7 +410,7 @@ def group(features: torch.Tensor, labels: torch.Tensor, ipc: int, backend: str =
     perm = torch.argsort(assignment, stable=True)
     indptr = torch.zeros(k_total + 1, dtype=torch.int64)
     indptr[1:] = torch.cumsum(torch.bincount(assignment, minlength=k_total), 0)
-    objective = _objective(features, labels, assignment, num_classes, k_total)
+    objective = cluster_objective(features, labels, assignment, num_classes, k_total)
     synchronize(features.device)
     seconds = time.perf_counter() - start
     return Clustering(

@@ -1,12 +1,12 @@
 """The k-means implementations behind :func:`fastblend.grouping.group`, one class per problem.
 
-* a batched torch k-means (:func:`_run_torch`): all classes of a chunk at once, zero-padded to a
+* a batched torch k-means (:func:`run_torch`): all classes of a chunk at once, zero-padded to a
   common size, on the features' device: (greedy) k-means++ seeding (:func:`_kmeans_pp`), Lloyd
   iterations with empty clusters re-seeded (:func:`_lloyd`), optionally capacity-constrained
   (:func:`_balanced_assign`);
-* the FAISS adapter (:func:`_run_faiss`): ``faiss.Clustering`` per class, seeded with fastblend's
+* the FAISS adapter (:func:`run_faiss`): ``faiss.Clustering`` per class, seeded with fastblend's
   k-means++ or FAISS's own;
-* the k-means objective (:func:`_objective`, float64, independent of the backend).
+* the k-means objective (:func:`cluster_objective`, float64, independent of the backend).
 
 Each takes the features and the members of every class to cluster and returns local assignments;
 this module knows nothing of :class:`~fastblend.grouping.Clustering` (grouping imports it, never
@@ -23,7 +23,7 @@ import torch
 _CHUNK_ELEMENTS = 1 << 27
 
 
-def _faiss_module():
+def faiss_module():
     """FAISS, imported lazily (never at fastblend import time), or ``None``."""
     try:
         import faiss
@@ -32,7 +32,7 @@ def _faiss_module():
     return faiss
 
 
-def _faiss_has_gpu(faiss) -> bool:
+def faiss_has_gpu(faiss) -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
@@ -249,7 +249,7 @@ def _seeding_trials(init: str, k: int) -> int:
     return 2 + int(math.log(k)) if init == "greedy-k-means++" else 1
 
 
-def _run_torch(features, members, k, niter, tol, seed, balanced, progress, init=None,
+def run_torch(features, members, k, niter, tol, seed, balanced, progress, init=None,
                seeding="greedy-k-means++"):
     """Local assignment of every class in ``members`` with the batched torch k-means.
 
@@ -276,13 +276,13 @@ def _run_torch(features, members, k, niter, tol, seed, balanced, progress, init=
     return local, iters
 
 
-def _run_faiss(faiss, features, members, k, niter, seed, progress, seeding):
+def run_faiss(faiss, features, members, k, niter, seed, progress, seeding):
     """Local assignment of every class in ``members`` with ``faiss.Clustering``."""
     import numpy as np
 
     from ._progress import bar as progress_bar
 
-    use_gpu = features.is_cuda and _faiss_has_gpu(faiss)
+    use_gpu = features.is_cuda and faiss_has_gpu(faiss)
     gpu_res = faiss.StandardGpuResources() if use_gpu else None
     # FAISS's own k-means++ is the plain one; greedy seeding (and plain seeding on a FAISS without
     # it) is done here and passed in as the starting centroids.
@@ -315,14 +315,14 @@ def _run_faiss(faiss, features, members, k, niter, seed, progress, seeding):
     return local, iters, ("faiss-gpu" if use_gpu else "faiss")
 
 
-def _class_means(features: torch.Tensor, gid: torch.Tensor, groups: int) -> torch.Tensor:
+def class_means(features: torch.Tensor, gid: torch.Tensor, groups: int) -> torch.Tensor:
     sums = torch.zeros(groups, features.shape[1], dtype=torch.float64, device=features.device)
     sums.index_add_(0, gid, features.to(torch.float64))
     sizes = torch.bincount(gid, minlength=groups).clamp_min(1)
     return sums / sizes.unsqueeze(1)
 
 
-def _objective(features: torch.Tensor, labels: torch.Tensor, assignment: torch.Tensor,
+def cluster_objective(features: torch.Tensor, labels: torch.Tensor, assignment: torch.Tensor,
                num_classes: int, num_clusters: int) -> torch.Tensor:
     """``[num_classes]`` float64 within-cluster sum of squares around the cluster means."""
     dev = features.device

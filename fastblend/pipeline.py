@@ -40,7 +40,7 @@ from .experiment import (
     VARIANTS,
     ConfigError,
     ExperimentConfig,
-    _resolve_device,
+    resolve_device,
     with_overrides,
 )
 from .grouping import Clustering, extract_features, group
@@ -181,7 +181,7 @@ def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, log: Callable[[str
              on_result: Callable[[dict], None] | None = None) -> dict:
     """One repetition; returns its record (rows, rounds, split). ``on_result`` receives the record as
     soon as it is complete, before the plots are drawn."""
-    device = _resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
     progress = not cfg.quiet
     train, test = load_dataset(cfg.dataset, cfg.data_root, per_class=cfg.per_class, limit=cfg.limit)
     split = make_split(train, test, forget=cfg.forget, forget_fraction=cfg.forget_fraction,

@@ -21,7 +21,7 @@ LAYERS = {
     "_batchnorm": 0, "_device": 0, "_io": 0, "_progress": 0, "machine": 0, "ops": 0, "plots": 0,
     "models": 1, "imagedata": 1, "dataview": 1, "readers": 1,
     "data": 2, "kmeans": 2,
-    "grouping": 3,
+    "grouping": 3, "distributed": 0,
     "condense": 4, "condense_reference": 5, "aamu": 4, "experiment": 6, "results": 7,
     "methods": 5, "metrics": 5, "tracking": 5, "dropin": 6, "cache": 6,
     "pipeline": 7,

@@ -1,7 +1,8 @@
-"""The cache of trained original models behind ``fastblend run``/``demo``.
+"""The cache of trained original models and Blend indexes behind ``fastblend run``/``demo``.
 
 Location: ``cache_dir`` if given, else ``$FASTBLEND_CACHE``, else ``$XDG_CACHE_HOME/fastblend``, else
-``~/.cache/fastblend``; models live in its ``models/`` folder. An entry's key hashes the training
+``~/.cache/fastblend``; models live in its ``models/`` folder, :class:`fastblend.BlendIndex` files (what
+is built once per training set) in ``indexes/``. An entry's key hashes the training
 settings together with a fingerprint of the training data itself (:func:`data_fingerprint`), so two
 data sets of the same size never share a model. Entries are written atomically; an entry that cannot
 be read is reported (a ``RuntimeWarning`` naming the file) and treated as a miss, and the caller's
@@ -69,11 +70,11 @@ def data_fingerprint(images: torch.Tensor, labels: torch.Tensor) -> str:
     return h.hexdigest()
 
 
-def model_path(root: Path, settings: dict, fingerprint: str, stem: str) -> Path:
-    """``root/models/<stem>-<key>.pt``, ``key`` a hash of the JSON of ``settings`` and the data
-    ``fingerprint``."""
+def model_path(root: Path, settings: dict, fingerprint: str, stem: str, kind: str = "models") -> Path:
+    """``root/<kind>/<stem>-<key>.pt``, ``key`` a hash of the JSON of ``settings`` and the data
+    ``fingerprint``; ``kind`` is ``"models"`` or ``"indexes"``."""
     src = json.dumps({**settings, "data": fingerprint, "version": KEY_VERSION}, sort_keys=True, default=str)
-    return root / "models" / f"{stem}-{hashlib.sha256(src.encode()).hexdigest()[:16]}.pt"
+    return root / kind / f"{stem}-{hashlib.sha256(src.encode()).hexdigest()[:16]}.pt"
 
 
 def load_model(model: nn.Module, path: Path) -> bool:
@@ -100,6 +101,35 @@ def save_model(model: nn.Module, path: Path) -> bool:
         atomic_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
     except OSError as exc:
         warnings.warn(f"could not write the model cache entry {path} ({exc}); the run goes on without it",
+                      RuntimeWarning, stacklevel=2)
+        return False
+    return True
+
+
+def load_index(path: Path) -> Any:
+    """The :class:`fastblend.BlendIndex` cached at ``path``, or ``None`` if there is no entry or it
+    cannot be read (then a ``RuntimeWarning`` names the file and the caller rebuilds it)."""
+    if not path.exists():
+        return None
+    from .condense import BlendIndex
+
+    try:
+        return BlendIndex.load(path)
+    except (ValueError, OSError) as exc:
+        why = " ".join(str(exc).split())[:200] or type(exc).__name__
+        warnings.warn(f"index cache entry {path} is unreadable ({why}); rebuilding and replacing it",
+                      RuntimeWarning, stacklevel=2)
+        return None
+
+
+def save_index(index: Any, path: Path) -> bool:
+    """Write ``index`` to ``path`` atomically (:meth:`fastblend.BlendIndex.save`); a cache that cannot be
+    written is not an error: a ``RuntimeWarning`` says so and ``False`` is returned."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        index.save(path)
+    except OSError as exc:
+        warnings.warn(f"could not write the index cache entry {path} ({exc}); the run goes on without it",
                       RuntimeWarning, stacklevel=2)
         return False
     return True

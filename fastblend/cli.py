@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
@@ -137,9 +138,25 @@ def _experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retrain-epochs", type=int)
     p.add_argument("--no-retrain", action="store_true", help="skip the Retrain gold standard")
     p.add_argument("--no-base", action="store_true", help="skip the base method on the full retain set")
+    p.add_argument("--base-budget", type=_budget, metavar="SECONDS|retrain|none",
+                   help="stop the base method at the first evaluation past this many seconds, or at Retrain's "
+                   "time ('retrain', the demo's default); 'none' runs its whole schedule")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--cache-dir", help="where trained original models are cached (default $FASTBLEND_CACHE, "
                    "else $XDG_CACHE_HOME/fastblend, else ~/.cache/fastblend)")
+
+
+def _budget(text: str) -> str | float:
+    """``--base-budget``: ``retrain``, ``none`` or a positive number of seconds."""
+    if text in ("retrain", "none"):
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, 'retrain' or 'none', got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
 
 
 def _config_from_args(args: argparse.Namespace, base: ExperimentConfig) -> ExperimentConfig:
@@ -169,6 +186,9 @@ def _config_from_args(args: argparse.Namespace, base: ExperimentConfig) -> Exper
         cfg.train_config = {**cfg.train_config, "epochs": args.train_epochs}
     if getattr(args, "retrain_epochs", None) is not None:
         cfg.retrain_config = {**cfg.retrain_config, "epochs": args.retrain_epochs}
+    budget = getattr(args, "base_budget", None)
+    if budget is not None:
+        cfg.base_budget = None if budget == "none" else budget
     cfg.run_retrain = cfg.run_retrain and not getattr(args, "no_retrain", False)
     cfg.run_base = cfg.run_base and not getattr(args, "no_base", False)
     cfg.plots = cfg.plots and not getattr(args, "no_plots", False)

@@ -42,6 +42,7 @@ _TYPES: dict[str, tuple] = {
     "round_mode": (str,), "run_retrain": (bool,), "run_base": (bool,), "train_config": (dict,),
     "retrain_config": (dict,), "base_config": (dict,), "accelerated_config": (dict,), "device": (str, None),
     "out": _PATH, "cache_dir": (*_PATH, None), "plots": (bool,), "quiet": (bool,),
+    "base_budget": (str, float, int, None),
 }
 
 
@@ -105,6 +106,10 @@ class ExperimentConfig:
     track_evaluations: int = 30
     track_samples: int | None = 2000
     band: dict = field(default_factory=lambda: Band().as_dict())
+    #: stop the base method once its per-request time reaches this many seconds, or ``"retrain"``:
+    #: Retrain's own time (a method that is not in Retrain's band by then loses to retraining);
+    #: ``None``: run its whole schedule. Needs ``track`` (the stop is decided at an evaluation).
+    base_budget: str | float | None = None
 
     def check(self) -> None:
         """Validate every setting without loading data or training: types, names (data set, model,
@@ -149,6 +154,18 @@ class ExperimentConfig:
         if self.forget_class is not None and (self.forget != "classwise" or not 0 <= self.forget_class < classes):
             raise ConfigError("forget_class", f"forget_class must be in [0, {classes}) with forget='classwise', "
                               f"got {self.forget_class} with forget={self.forget!r}")
+        if self.base_budget is not None:
+            if isinstance(self.base_budget, str) and self.base_budget != "retrain":
+                raise ConfigError("base_budget", f"base_budget must be None, 'retrain' or a positive number of "
+                                  f"seconds, got {self.base_budget!r}")
+            if not isinstance(self.base_budget, str) and not (math.isfinite(self.base_budget) and self.base_budget > 0):
+                raise ConfigError("base_budget", f"base_budget must be a positive number of seconds, got "
+                                  f"{self.base_budget!r}")
+            if not self.track:
+                raise ConfigError("base_budget", "base_budget needs track=True (the budget is checked when the "
+                                  "quality curve is evaluated)")
+            if self.base_budget == "retrain" and not self.run_retrain:
+                raise ConfigError("base_budget", "base_budget='retrain' needs run_retrain=True")
         if self.track_evaluations < 1:
             raise ConfigError("track_evaluations", f"track_evaluations must be >= 1, got {self.track_evaluations}")
         try:
@@ -219,6 +236,7 @@ DEMO_RECIPE = {"epochs": 20, "lr": 0.05, "batch_size": 128, "schedule": "cosine"
 
 DEMO = ExperimentConfig(
     width=64,
+    base_budget="retrain",
     train_config=dict(DEMO_RECIPE),
     retrain_config=dict(DEMO_RECIPE),
     base_config={},

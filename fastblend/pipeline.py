@@ -103,6 +103,40 @@ def original_model(cfg: ExperimentConfig, train_images: torch.Tensor, train_labe
     return model, timer.stages["train"], False
 
 
+def blend_index(cfg: ExperimentConfig, train, ipc: int, seed: int, device: torch.device,
+                progress: bool) -> tuple[BlendIndex, float, bool]:
+    """The training set's :class:`BlendIndex` (features, grouping, a blend for every cluster: the work
+    done once per training set), built or loaded from the cache.
+
+    Returns ``(index, seconds spent here, loaded_from_cache)``; ``index.timings`` keeps the seconds of
+    the build that made it (``features``, ``grouping``, ``blend``, ``total``). The cache key holds every
+    setting the blends depend on, the seed and a fingerprint of the training data.
+    """
+    settings = {"dataset": cfg.dataset, "per_class": cfg.per_class, "limit": cfg.limit, "ipc": ipc,
+                "iterations": cfg.blend_iterations, "amp": cfg.blend_amp, "grouping": cfg.grouping_backend,
+                "seed": seed, "classes": train.num_classes, "device": device.type}
+    path = cache.model_path(cache.cache_root(cfg.cache_dir), settings,
+                            cache.data_fingerprint(train.images, train.labels), f"{cfg.dataset}-index", "indexes")
+    timer = StageTimer(device)
+    with timer("load"):
+        index = cache.load_index(path)
+    if index is not None and torch.equal(index.labels.cpu(), train.labels.cpu()):
+        return index, timer.stages["load"], True
+    timer = StageTimer(device)
+    with timer("features"):
+        feats = extract_features(train.images, device=device, seed=seed, progress=progress)
+    with timer("grouping"):
+        clustering = group(feats, train.labels, ipc, backend=cfg.grouping_backend, seed=seed,
+                           num_classes=train.num_classes)
+    with timer("blend"):
+        index = BlendIndex.build(train.images, train.labels, clustering=clustering, iterations=cfg.blend_iterations,
+                                 seed=seed, device=device, progress=progress, amp=cfg.blend_amp)
+    index.timings.update(features=timer.stages["features"], grouping=timer.stages["grouping"],
+                         blend=index.timings.get("blend", timer.stages["blend"]), total=timer.total)
+    cache.save_index(index, path)
+    return index, timer.total, False
+
+
 def evaluate(model: nn.Module, split, device: torch.device) -> tuple[dict, dict]:
     """Retain / forget / evaluation accuracy (percent), the docs/method.md §4 MIA score, and the per-sample
     losses on the forget and unseen sets (for the histograms). One forward pass per set."""
@@ -142,12 +176,13 @@ def reduce_retain(cfg: ExperimentConfig, train, forget: torch.Tensor, ipc: int, 
 
 
 def _tracked(cfg: ExperimentConfig, trackers: dict, variant: str, method: str, config: dict, retain_size: int,
-             split, seed: int) -> dict:
-    """``unlearn`` keyword arguments that record ``variant``'s quality curve (time to target), or none."""
+             split, seed: int, budget: float | None = None) -> dict:
+    """``unlearn`` keyword arguments that record ``variant``'s quality curve (time to target), or none;
+    ``budget`` stops the training at the first evaluation past that many seconds."""
     if not cfg.track:
         return {}
     trackers[variant] = Tracker(split.forget_tensors(), split.eval_tensors(), max_samples=cfg.track_samples,
-                                seed=seed)
+                                seed=seed, budget=budget)
     steps = planned_steps(method, config or None, retain_size)
     return {"callback": trackers[variant], "eval_every": eval_every_for(steps, cfg.track_evaluations)}
 
@@ -221,20 +256,23 @@ def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, log: Callable[[str
         record("retrain", "retrain", res.model, {"unlearning": res.seconds})
 
     if cfg.run_base:
+        budget = cfg.base_budget
+        if budget == "retrain":
+            budget = rows["retrain"]["t_unlearning"]
         res = unlearn(cfg.method, model, retain, forget, unseen=unseen, config=cfg.base_config or None,
                       device=device, seed=seed, progress=progress,
-                      **_tracked(cfg, trackers, "base", cfg.method, cfg.base_config, len(retain[1]), split, seed))
+                      **_tracked(cfg, trackers, "base", cfg.method, cfg.base_config, len(retain[1]), split, seed,
+                                 budget))
         record("base", cfg.method, res.model, {"unlearning": res.seconds})
+        if budget is not None:
+            rows["base"].update(budget_seconds=float(budget), stopped_at_budget=float("stopped_at_step" in res.info))
 
-    index_timer = StageTimer(device)
-    with index_timer("index"):  # once per training set: features, grouping, a blend for every cluster
-        feats = extract_features(train.images, device=device, seed=seed, progress=progress)
-        clustering = group(feats, train.labels, ipc, backend=cfg.grouping_backend, seed=seed,
-                           num_classes=train.num_classes)
-        index = BlendIndex.build(train.images, train.labels, clustering=clustering, iterations=cfg.blend_iterations,
-                                 seed=seed, device=device, progress=progress, amp=cfg.blend_amp)
+    index, index_seconds, index_cached = blend_index(cfg, train, ipc, seed, device, progress)
+    log(f"[seed {seed}] Blend index: " + ("loaded from cache" if index_cached else f"built in {index_seconds:.1f}s")
+        + f" ({index.num_blends} blends, built once per training set)")
+    clustering = index.clustering
     reduced = index.reduce(split.forget)  # per request: split + gather
-    stages = {"split": reduced.timings["request"], "index": index_timer.stages["index"]}
+    stages = {"split": reduced.timings["request"], "index": index_seconds}
     res = unlearn(cfg.accelerated, model, reduced, forget, unseen=unseen, config=cfg.accelerated_config or None,
                   device=device, seed=seed, progress=progress,
                   **_tracked(cfg, trackers, "accelerated", cfg.accelerated, cfg.accelerated_config, len(reduced),
@@ -248,7 +286,8 @@ def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, log: Callable[[str
                                 "compression": reduced.compression, "blend_loss_initial": reduced.initial_loss,
                                 "blend_loss_final": reduced.final_loss, "ipc": ipc,
                                 "grouping_backend": clustering.backend,
-                                "index_blend": index.timings["blend"],
+                                "index_blend": index.timings["blend"], "index_cached": index_cached,
+                                "index_build_seconds": index.timings.get("total", index_seconds),
                                 **{f"backend_{op}": name for op, name in {**reduced.settings.get("backends", {}),
                                                                           **res.info.get("backends", {})}.items()}})
 

@@ -79,14 +79,16 @@ class StepClock:
 
     ``report(model, step)`` synchronises the device, reads the clock, calls
     ``callback(model, step, seconds)`` and adds the callback's own time (synchronised again) to
-    ``paused``, so ``seconds`` counts training only.
+    ``paused``, so ``seconds`` counts training only. A callback that returns ``True`` asks the
+    training to stop after this step: ``stop`` becomes ``True`` and the loop ends there.
     """
 
-    def __init__(self, callback: Callable[[nn.Module, int, float], None], device: torch.device):
+    def __init__(self, callback: Callable[[nn.Module, int, float], bool | None], device: torch.device):
         self.callback = callback
         self.device = device
         self.paused = 0.0
         self.last_step = -1
+        self.stop = False
         synchronize(device)
         self.start = time.perf_counter()
 
@@ -96,7 +98,8 @@ class StepClock:
         self.last_step = step
         synchronize(self.device)
         now = time.perf_counter()
-        self.callback(model, step, now - self.start - self.paused)
+        if self.callback(model, step, now - self.start - self.paused) is True:
+            self.stop = True
         synchronize(self.device)
         self.paused += time.perf_counter() - now
 
@@ -119,15 +122,22 @@ class Tracker:
             ``seed`` (``None``: every sample).
         seed: seeds the subset and the MIA's equal-size subsampling.
         offset: seconds added to every point's time (work done before training, e.g. Blend).
+        budget: stop the training at the first evaluation whose time (offset included) has reached
+            ``budget`` seconds (``None``: never); ``stopped`` then says so. The pipeline uses it to stop
+            a method that has not reached Retrain's band by the time Retrain finished.
 
     Use: ``unlearn(method, ..., callback=tracker, eval_every=N)``; afterwards ``tracker.points``
     holds the curve and ``tracker.eval_seconds`` the evaluation time excluded from it.
     """
 
     def __init__(self, forget: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
-                 max_samples: int | None = 2000, seed: int = 0, offset: float = 0.0):
+                 max_samples: int | None = 2000, seed: int = 0, offset: float = 0.0,
+                 budget: float | None = None):
         if max_samples is not None and max_samples < 5:
             raise ValueError(f"Tracker: max_samples must be None or >= 5 (the MIA's folds), got {max_samples}")
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
+                                   or not math.isfinite(budget) or budget <= 0):
+            raise ValueError(f"Tracker: budget must be None or a positive number of seconds, got {budget!r}")
         gen = torch.Generator().manual_seed(seed)
         fx, fy = _subset(*forget, max_samples, gen)
         tx, ty = _subset(*test, max_samples, gen)
@@ -138,6 +148,8 @@ class Tracker:
         self.mia_keep = torch.isin(ty, torch.unique(fy))
         self.seed = seed
         self.offset = float(offset)
+        self.budget = None if budget is None else float(budget)
+        self.stopped = False
         self.points: list[CurvePoint] = []
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
@@ -152,11 +164,15 @@ class Tracker:
                 "test_acc": float((lt.argmax(1) == ty).double().mean() * 100) if ty.numel() else math.nan,
                 "mia": mia}
 
-    def __call__(self, model: nn.Module, step: int, seconds: float) -> None:
+    def __call__(self, model: nn.Module, step: int, seconds: float) -> bool:
+        """Record one point; ``True`` (stop training) once the budget is spent."""
         start = time.perf_counter()
         metrics = self.evaluate(model)
         self.points.append(CurvePoint(step, self.offset + seconds, **metrics,
                                       eval_seconds=time.perf_counter() - start))
+        if self.budget is not None and self.offset + seconds >= self.budget:
+            self.stopped = True
+        return self.stopped
 
     @property
     def eval_seconds(self) -> float:

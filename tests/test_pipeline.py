@@ -53,9 +53,49 @@ def test_run_experiment_writes_results_and_plots(tmp_path):
         assert (out / "seed0" / png).read_bytes()[:4] == b"\x89PNG"
     table = pipeline.format_table(result["summary"])
     assert "accelerated" in table and "a_finetune" in table
-    # the original model is cached: a second run loads it
+    assert acc["index_cached"] is False
+    # the original model and the Blend index are cached: a second run loads both
     again = pipeline.run_experiment(_tiny(tmp_path, run_retrain=False, run_base=False, plots=False))
-    assert again["per_seed"][0]["rows"][0]["cached"] is True
+    again_rows = {r["variant"]: r for r in again["per_seed"][0]["rows"]}
+    assert again_rows["original"]["cached"] is True
+    acc2 = again_rows["accelerated"]
+    assert acc2["index_cached"] is True and acc2["index_build_seconds"] == pytest.approx(acc["index_build_seconds"])
+    assert acc2["reduced_size"] == acc["reduced_size"] and acc2["blend_loss_final"] == acc["blend_loss_final"]
+
+
+def test_an_unreadable_index_cache_entry_is_rebuilt_with_a_warning(tmp_path):
+    cfg = _tiny(tmp_path, run_retrain=False, run_base=False, plots=False, track=False)
+    first = pipeline.run_experiment(cfg)
+    (entry,) = (tmp_path / "cache" / "indexes").glob("*.pt")
+    entry.write_bytes(b"not a torch file")
+    with pytest.warns(RuntimeWarning, match="index cache entry .* is unreadable"):
+        again = pipeline.run_experiment(cfg)
+    rows = [{r["variant"]: r for r in res["per_seed"][0]["rows"]}["accelerated"] for res in (first, again)]
+    assert rows[1]["index_cached"] is False and rows[1]["reduced_size"] == rows[0]["reduced_size"]
+    assert pipeline.run_experiment(cfg)["per_seed"][0]["rows"][-1]["index_cached"] is True  # replaced
+
+
+def test_base_budget_stops_the_base_method_at_retrains_time(tmp_path):
+    cfg = _tiny(tmp_path, plots=False, base_budget="retrain", track_evaluations=4,
+                base_config={"epochs": 30, "warmup_epochs": 0})
+    rows = {r["variant"]: r for r in pipeline.run_experiment(cfg)["per_seed"][0]["rows"]}
+    base = rows["base"]
+    assert base["budget_seconds"] == pytest.approx(rows["retrain"]["t_unlearning"])
+    assert base["stopped_at_budget"] == 1.0  # 30 epochs take far longer than Retrain's one
+    assert base["t_unlearning"] < 30 * rows["retrain"]["t_unlearning"] / 2
+    assert "stopped at its time budget" in pipeline.format_table(
+        pipeline.summarise([{"rows": list(rows.values())}]))
+
+
+@pytest.mark.parametrize("budget, match", [("soon", "base_budget must be None, 'retrain'"),
+                                           (-1.0, "positive number of seconds"), (float("nan"), "positive")])
+def test_base_budget_is_checked_up_front(tmp_path, budget, match):
+    with pytest.raises(pipeline.ConfigError, match=match):
+        _tiny(tmp_path, base_budget=budget).check()
+    with pytest.raises(pipeline.ConfigError, match="needs track=True"):
+        _tiny(tmp_path, base_budget=10.0, track=False).check()
+    with pytest.raises(pipeline.ConfigError, match="needs run_retrain=True"):
+        _tiny(tmp_path, base_budget="retrain", run_retrain=False).check()
 
 
 def test_seeds_are_aggregated_and_rounds_reported(tmp_path):

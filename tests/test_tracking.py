@@ -167,3 +167,32 @@ def test_unseen_refresh_must_be_positive():
     with pytest.raises(ValueError, match="unlearn: config.unseen_refresh must be >= 1"):
         unlearn("a_finetune", _model(), (x[:80], y[:80]), (x[80:100], y[80:100]), unseen=(x[100:], y[100:]),
                 config={"unseen_refresh": 0})
+
+
+def test_a_callback_returning_true_stops_the_training_after_that_step():
+    x, y = _data()
+    seen = []
+
+    def stop_at_three(model, step, seconds):
+        seen.append(step)
+        return step >= 3
+
+    res = unlearn("finetune", _model(), (x[:80], y[:80]), (x[80:100], y[80:100]),
+                  config={"epochs": 2, "batch_size": 16, "warmup_epochs": 0}, callback=stop_at_three, eval_every=3)
+    assert res.info["stopped_at_step"] == 3 and res.steps == 3
+    assert seen == [0, 3]  # no evaluation after the stop: the model is the one evaluated at step 3
+    full = unlearn("finetune", _model(), (x[:80], y[:80]), (x[80:100], y[80:100]),
+                   config={"epochs": 2, "batch_size": 16, "warmup_epochs": 0}, callback=lambda *a: None, eval_every=3)
+    assert full.steps == 10 and "stopped_at_step" not in full.info
+
+
+def test_tracker_budget_asks_to_stop_once_spent():
+    x, y = _data()
+    model = _model()
+    tracker = Tracker((x[80:100], y[80:100]), (x[100:], y[100:]), offset=2.0, budget=5.0)
+    assert tracker(model, 0, 2.9) is False and not tracker.stopped
+    assert tracker(model, 1, 3.0) is True and tracker.stopped  # 2 s offset + 3 s = the budget
+    assert Tracker((x[80:100], y[80:100]), (x[100:], y[100:]))(model, 0, 1e9) is False  # no budget
+    for bad in (0, -1.0, float("inf"), True, "5"):
+        with pytest.raises(ValueError, match="Tracker: budget must be"):
+            Tracker((x[80:100], y[80:100]), (x[100:], y[100:]), budget=bad)

@@ -244,6 +244,8 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
             ``eval_every``-th and after the last (SSD: before and after), ``seconds`` being the
             method's wall time so far; e.g. a :class:`fastblend.tracking.Tracker`. Its own time is
             excluded from ``seconds`` (here and in the result) and reported as ``info["eval_seconds"]``.
+            Returning ``True`` stops the training after that step (a budget, e.g. ``Tracker(budget=)``);
+            ``info["stopped_at_step"]`` then names the step.
         eval_every: steps between ``callback`` calls (``0``: only before and after).
 
     Raises ``ValueError``/``TypeError`` for an unknown method or config key, malformed or empty data,

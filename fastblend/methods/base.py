@@ -170,7 +170,8 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
 
     ``callback(model, step, seconds)``, when given, runs before the first step, after every
     ``eval_every``-th optimiser step and after the last, with ``seconds`` the training wall time so
-    far; its own time is excluded from that clock and recorded in ``ctx.info["eval_seconds"]``.
+    far; its own time is excluded from that clock and recorded in ``ctx.info["eval_seconds"]``. If it
+    returns ``True`` the training stops there (``ctx.info["stopped_at_step"]`` records the step).
     """
     clock = StepClock(callback, ctx.device) if callback is not None else None
     model = ctx.place(method.prepare(model, data, ctx))
@@ -260,11 +261,16 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
             total = total + loss.detach()
             step_losses.append(loss.detach())
             n += 1
+            if clock is not None and clock.stop:
+                break
         steps += n
         losses.append(float(total) / max(n, 1))
         _check_finite_loss(losses[-1], step_losses, epoch, ctx.fn)
         if show:
             epochs.set_postfix(loss=f"{losses[-1]:.4f}")
+        if clock is not None and clock.stop:
+            ctx.info["stopped_at_step"] = taken
+            break
     if clock is not None:
         clock.report(model, taken)
         ctx.info["eval_seconds"] = clock.paused

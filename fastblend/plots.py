@@ -26,11 +26,13 @@ def _figure(**kwargs):
 
 
 STAGE_COLOURS = {"features": "#4c72b0", "grouping": "#55a868", "split": "#c44e52", "blend": "#8172b2",
-                 "unlearning": "#ccb974", "evaluation": "#64b5cd"}
+                 "unlearning": "#ccb974", "evaluation": "#64b5cd", "index": "#d9d9d9"}
 
 
 def stage_times(rows: list[dict], path: str | Path) -> Path:
-    """Stacked horizontal bars: seconds per stage for each variant (``t_<stage>`` keys of ``rows``)."""
+    """Stacked horizontal bars: seconds per stage for each variant (``t_<stage>`` keys of ``rows``); the
+    ``index`` stage (built once per training set, not per request) is drawn last, hatched, and the
+    label at the end of each bar gives the per-request total (``t_total``) and the index apart."""
     rows = [r for r in rows if r.get("variant") != "original"]
     fig = _figure(figsize=(9, 0.7 * len(rows) + 1.5))
     ax = fig.subplots()
@@ -38,15 +40,19 @@ def stage_times(rows: list[dict], path: str | Path) -> Path:
     left = [0.0] * len(rows)
     for stage, colour in STAGE_COLOURS.items():
         widths = [float(r.get(f"t_{stage}", 0.0)) for r in rows]
-        ax.barh(labels, widths, left=left, color=colour, label=stage)
+        once = stage == "index"
+        ax.barh(labels, widths, left=left, color=colour, hatch="//" if once else None,
+                label="index (once per training set)" if once else stage)
         left = [a + b for a, b in zip(left, widths)]
-    for i, total in enumerate(left):
-        ax.text(total, i, f" {total:.1f}s", va="center")
+    for i, (end, r) in enumerate(zip(left, rows)):
+        index = float(r.get("t_index", 0.0))
+        text = f" {float(r.get('t_total', end)):.1f}s per request" + (f" (+{index:.1f}s index)" if index else "")
+        ax.text(end, i, text, va="center", fontsize=8)
     ax.set_xlabel("wall-clock seconds (device synchronised)")
     ax.set_title("Time per stage")
     ax.invert_yaxis()
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
-    ax.set_xlim(0, max(left + [1e-9]) * 1.15)
+    ax.set_xlim(0, max(left + [1e-9]) * 1.45)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return Path(path)

@@ -164,7 +164,8 @@ class MemmapImages(Dataset):
         return int(self.labels.numel())
 
     def _convert(self, raw: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(raw)).to(torch.float32)
+        x = torch.empty(raw.shape, dtype=torch.float32)
+        x.numpy()[...] = raw  # one pass: read (pages in), convert, copy out of the read-only mapping
         if self.divide_by != 1.0:
             x.div_(self.divide_by)
         if self.mean is not None:

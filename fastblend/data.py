@@ -50,7 +50,8 @@ from .readers import (
 )
 
 __all__ = ["ANIMAL_MNIST_INSTALL", "DATASETS", "DEFAULT_DATASET", "NORMALIZATIONS", "DatasetInfo", "ImageData",
-           "MemmapImages", "UnlearningSplit", "canonical_name", "dataset_info", "default_data_root", "load_dataset", "make_split"]
+           "MemmapImages", "UnlearningSplit", "canonical_name", "dataset_info", "default_data_root", "load_dataset",
+           "make_split"]
 
 NORMALIZATIONS = ("auto", "train", "none")
 

@@ -155,6 +155,12 @@ class DataView:
         return stream_batches(self.dataset, order, batch_size, self.num_workers, pin_memory)
 
     def take(self, idx: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows ``idx`` as ``(images, labels)`` on ``device`` (a streamed dataset reads just those items)."""
+        if self.images is None:
+            x, y = _unpack_batch(fetch_batch(self.dataset, idx.tolist()), self.name, "take")
+            if self.num_classes is not None:
+                _check_batch_labels(y, self.num_classes, self.name, "take")
+            return x.to(device, self.image_dtype, non_blocking=True), y.to(device, non_blocking=True)
         idx = idx.to(self.images.device)
         return (self.images[idx].to(device, self.image_dtype, non_blocking=True),
                 self.labels[idx].to(device, non_blocking=True))

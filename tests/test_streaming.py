@@ -160,7 +160,7 @@ def test_dataset_is_streamed_not_materialised():
 
 @pytest.mark.parametrize("method, cfg", [("finetune", dict(epochs=2, lr=0.05)),
                                          ("neggrad_plus", dict(epochs=2, lr=0.05)),
-                                         ("a_finetune", dict(epochs=2, lr=0.05))])
+                                         ("a_finetune", dict(epochs=2, lr=0.05)), ("ssd", None)])
 def test_unlearn_on_a_dataset_equals_tensors(method, cfg):
     model, (xr, yr), (xf, yf), (xu, yu) = _task()
     ref = fastblend.unlearn(method, model, (xr, yr), (xf, yf), (xu, yu), config=cfg, seed=5)

@@ -36,13 +36,16 @@ def _eval_device(model: nn.Module, device: torch.device | str | None, fn: str) -
     return here
 
 
-def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 1024,
+def predict_logits(model: nn.Module, images: Any, batch_size: int = 1024,
                    device: torch.device | str | None = None) -> torch.Tensor:
     """Float32 logits ``[N, C]`` on the model's device: batched, eval mode, ``inference_mode``
     (the model's train/eval mode is restored afterwards). Images are cast to the model's floating
-    dtype batch by batch."""
+    dtype batch by batch. ``images``: a tensor ``[N, ...]``, or any data form of :func:`accuracy`
+    (a ``Dataset`` of ``(image, label)`` or a ``DataLoader`` is streamed)."""
     if batch_size < 1:
         raise ValueError(f"predict_logits: batch_size must be >= 1, got {batch_size}")
+    if not torch.is_tensor(images):
+        return _logits_labels(model, images, None, "images", "predict_logits", batch_size, device)[0]
     dev = _eval_device(model, device, "predict_logits")
     was_training = model.training
     model.eval()

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 import fastblend
 from fastblend.dataview import as_data
-from fastblend.metrics import accuracy, mia_score, svc_mia
+from fastblend.metrics import accuracy, mia_score, predict_logits, svc_mia
 
 
 class Rows(Dataset):
@@ -182,6 +182,7 @@ def test_streamed_retain_checks_labels_and_disjointness():
 def test_metrics_on_a_dataset_equal_tensors():
     model, (xr, yr), (xf, yf), (xu, yu) = _task()
     assert accuracy(model, Rows(xu, yu), batch_size=16) == accuracy(model, xu, yu, batch_size=16)
+    assert torch.equal(predict_logits(model, Rows(xu, yu), 16), predict_logits(model, xu, 16))
     assert mia_score(model, Rows(xf, yf), Rows(xu, yu)) == mia_score(model, (xf, yf), (xu, yu))
     assert svc_mia(model, Rows(xr, yr), Rows(xf, yf), Rows(xu, yu)) == svc_mia(model, (xr, yr), (xf, yf), (xu, yu))
     with pytest.raises(ValueError, match="^accuracy: batch_size must be >= 1"):

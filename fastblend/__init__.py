@@ -11,7 +11,8 @@ The public API, in the groups the README follows:
 - **Unlearning methods**: :func:`unlearn` -> :class:`UnlearnResult`, :func:`train_model`,
   :func:`available_methods`, :func:`presets`.
 - **Evaluation**: :func:`accuracy`, :func:`mia_score`, :func:`svc_mia`.
-- **Data and models**: :func:`load_dataset`, :func:`make_split`, :func:`random_convnet`.
+- **Data and models**: :func:`load_dataset`, :func:`make_split`, :class:`MemmapImages` (images larger than
+  memory, streamed), :func:`random_convnet`.
 - **Kernels**: :func:`segment_blend`, :func:`quantile_transform`, :func:`quantile_mmd`, and which
   backend runs them: :func:`available_backends`, :func:`explain`.
 
@@ -26,6 +27,7 @@ from .data import load_dataset, make_split
 from .dropin import prepare_unlearning
 from .grouping import Clustering, extract_features, group
 from .machine import package_version as _package_version
+from .memmap import MemmapImages
 from .methods import UnlearnResult, available_methods, presets, train_model, unlearn
 from .metrics import accuracy, mia_score, svc_mia
 from .models import random_convnet
@@ -63,6 +65,7 @@ __all__ = [
     "mia_score",
     "svc_mia",
     # data and models
+    "MemmapImages",
     "load_dataset",
     "make_split",
     "random_convnet",

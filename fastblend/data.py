@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from .imagedata import ImageData, _check_indices
+from .memmap import MemmapImages
 
 # The dataset catalogue lives in readers; fastblend.data stays the public home of its names.
 from .readers import (
@@ -49,7 +50,8 @@ from .readers import (
 )
 
 __all__ = ["ANIMAL_MNIST_INSTALL", "DATASETS", "DEFAULT_DATASET", "NORMALIZATIONS", "DatasetInfo", "ImageData",
-           "UnlearningSplit", "canonical_name", "dataset_info", "default_data_root", "load_dataset", "make_split"]
+           "MemmapImages", "UnlearningSplit", "canonical_name", "dataset_info", "default_data_root", "load_dataset",
+           "make_split"]
 
 NORMALIZATIONS = ("auto", "train", "none")
 

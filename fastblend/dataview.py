@@ -2,42 +2,102 @@
 
 :func:`as_data` accepts tensor pairs/triples, a ``ReducedRetainSet``, ``Subset``/``TensorDataset``/
 any map-style ``Dataset`` or a ``DataLoader``; a :class:`DataView` serves its seeded batches on a
-device (:class:`CyclicBatches` endlessly). Also the checks on data arguments (disjoint retain/forget,
-labels within the model's output width) and :func:`model_device`. Imports nothing else from
-fastblend but ``_device``, so both ``fastblend.methods`` and ``fastblend.metrics`` build on it.
+device (:class:`CyclicBatches` endlessly). A map-style ``Dataset`` that is not already tensors (e.g. a
+:class:`fastblend.memmap.MemmapImages`) is streamed, never read whole: each pass draws the same seeded
+permutation as in-memory data and reads its batches through a ``DataLoader`` (:func:`stream_batches`,
+:func:`fetch_batch`), so the batches equal those of the same data held as tensors. Also the checks on
+data arguments (disjoint retain/forget, labels within the model's output width) and
+:func:`model_device`. Imports nothing else from fastblend but ``_device`` and ``memmap``, so both
+``fastblend.methods`` and ``fastblend.metrics`` build on it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset, TensorDataset, default_collate
 
 from ._device import module_device
+from .memmap import MemmapImages
 
 
 def _is_reduced_set(obj: Any) -> bool:
     return all(hasattr(obj, a) for a in ("images", "labels", "is_blended"))
 
 
+# ------------------------------------------------------------------------------------------------
+# streaming a map-style Dataset
+# ------------------------------------------------------------------------------------------------
+def fetch_batch(dataset: Dataset, indices: Sequence[int]) -> Any:
+    """Items ``indices`` of a map-style ``dataset``, collated (``default_collate``): one
+    :meth:`MemmapImages.take` read, the dataset's ``__getitems__`` where it has one, else item by item."""
+    if isinstance(dataset, MemmapImages):
+        return dataset.take(indices)
+    getitems = getattr(dataset, "__getitems__", None)
+    if callable(getitems):
+        return default_collate(getitems(list(indices)))
+    return default_collate([dataset[i] for i in indices])
+
+
+class _BatchReader(Dataset):
+    """Item ``[i, j, ...]`` is the collated batch of those items of ``dataset`` (so that a
+    ``DataLoader`` with ``batch_size=None`` reads whole batches, in workers if asked)."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, indices: Sequence[int]) -> Any:
+        return fetch_batch(self.dataset, indices)
+
+
+class _Slices(Sampler):
+    """Consecutive slices of ``order`` (``[N]`` int64) as index lists."""
+
+    def __init__(self, order: torch.Tensor, batch_size: int):
+        self.order, self.batch_size = order, batch_size
+
+    def __len__(self) -> int:
+        return math.ceil(self.order.numel() / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for s in range(0, self.order.numel(), self.batch_size):
+            yield self.order[s:s + self.batch_size].tolist()
+
+
+def stream_batches(dataset: Dataset, order: torch.Tensor, batch_size: int, num_workers: int = 0,
+                   pin_memory: bool = False) -> DataLoader:
+    """A ``DataLoader`` that yields the collated batches ``dataset[order[s:s + batch_size]]`` in
+    sequence; ``num_workers`` processes read ahead, ``pin_memory`` pins each batch (for CUDA)."""
+    return DataLoader(_BatchReader(dataset), sampler=_Slices(order.cpu(), batch_size), batch_size=None,
+                      num_workers=num_workers, pin_memory=pin_memory)
+
+
 class DataView:
     """One data argument of ``unlearn`` (retain, forget or unseen), normalised.
 
-    Either in memory (``images [N, ...]`` floating point, ``labels [N]`` int64, on one device) or a
-    ``DataLoader`` streamed as is. ``indices [N]`` int64 holds each row's index in the training
-    set where it is known (``-1`` where not, e.g. a blended image), for the disjointness check.
+    Either in memory (``images [N, ...]`` floating point, ``labels [N]`` int64, on one device), a
+    ``DataLoader`` streamed as is, or a map-style ``dataset`` streamed in seeded batches (read by
+    ``num_workers`` processes; pinned when the batches go to CUDA). ``indices [N]`` int64 holds each
+    row's index in the training set where it is known (``-1`` where not, e.g. a blended image), for
+    the disjointness check.
     """
 
     def __init__(self, name: str, images: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                 loader: DataLoader | None = None, indices: torch.Tensor | None = None, reduced: bool = False):
+                 loader: DataLoader | None = None, indices: torch.Tensor | None = None, reduced: bool = False,
+                 dataset: Dataset | None = None, num_workers: int = 0):
         self.name = name
         self.images = images
         self.labels = labels
         self.loader = loader
+        self.dataset = dataset
+        self.num_workers = num_workers
         self.indices = indices
         self.reduced = reduced
         self.num_classes: int | None = None  # set by check_label_range: a loader's batches are checked too
@@ -50,10 +110,10 @@ class DataView:
     def __len__(self) -> int:
         if self.images is not None:
             return int(self.images.shape[0])
-        return len(self.loader.dataset)
+        return len(self.dataset if self.dataset is not None else self.loader.dataset)
 
     def num_batches(self, batch_size: int) -> int:
-        if self.images is not None:
+        if self.images is not None or self.dataset is not None:
             return math.ceil(len(self) / batch_size)
         return len(self.loader)
 
@@ -69,7 +129,8 @@ class DataView:
         if self.images is not None:
             return self
         xs, ys = [], []
-        for batch in self.loader:
+        source = self.loader if self.dataset is None else self._stream(torch.arange(len(self)), 512, False)
+        for batch in source:
             x, y = _unpack_batch(batch, self.name, fn)
             xs.append(x)
             ys.append(y)
@@ -82,23 +143,39 @@ class DataView:
         if there is none."""
         if self.images is not None:
             return self.images[:1]
+        if self.dataset is not None:
+            return _unpack_batch(fetch_batch(self.dataset, [0]), self.name, fn)[0]
         for batch in self.loader:
             x, _ = _unpack_batch(batch, self.name, fn)
             if x.shape[0]:
                 return x[:1]
         raise ValueError(f"{fn}: {self.name} is empty (its DataLoader yields no samples)")
 
+    def _stream(self, order: torch.Tensor, batch_size: int, pin_memory: bool) -> DataLoader:
+        return stream_batches(self.dataset, order, batch_size, self.num_workers, pin_memory)
+
     def take(self, idx: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows ``idx`` as ``(images, labels)`` on ``device`` (a streamed dataset reads just those items)."""
+        if self.images is None:
+            x, y = _unpack_batch(fetch_batch(self.dataset, idx.tolist()), self.name, "take")
+            if self.num_classes is not None:
+                _check_batch_labels(y, self.num_classes, self.name, "take")
+            return x.to(device, self.image_dtype, non_blocking=True), y.to(device, non_blocking=True)
         idx = idx.to(self.images.device)
         return (self.images[idx].to(device, self.image_dtype, non_blocking=True),
                 self.labels[idx].to(device, non_blocking=True))
 
     def batches(self, batch_size: int, generator: torch.Generator, device: torch.device, fn: str,
                 shuffle: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Batches of ``(images, labels)`` on ``device``: a seeded permutation per call (in memory),
-        or the loader's own order."""
+        """Batches of ``(images, labels)`` on ``device``: a seeded permutation per call (in memory or
+        a streamed dataset: the same batches), or the loader's own order."""
         if self.images is None:
-            for batch in self.loader:
+            source = self.loader
+            if self.dataset is not None:
+                n = len(self)
+                order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+                source = self._stream(order, batch_size, device.type == "cuda")
+            for batch in source:
                 x, y = _unpack_batch(batch, self.name, fn)
                 if self.num_classes is not None:
                     _check_batch_labels(y, self.num_classes, self.name, fn)
@@ -176,7 +253,8 @@ def as_data(obj: Any, name: str, fn: str) -> DataView:
     """Normalise a data argument: a pair ``(images, labels)`` or triple ``(images, labels,
     training_indices)`` of tensors, a ``ReducedRetainSet`` (anything with ``images``, ``labels``
     and ``is_blended``), a ``Subset``, a ``TensorDataset``, a dataset with ``images``/``labels``
-    tensors, any other map-style ``Dataset`` (read once into memory) or a ``DataLoader``."""
+    tensors, any other map-style ``Dataset`` (streamed: see :class:`DataView`; a ``Subset`` of one
+    too) or a ``DataLoader``."""
     if isinstance(obj, DataView):
         return obj
     if obj is None:
@@ -192,11 +270,14 @@ def as_data(obj: Any, name: str, fn: str) -> DataView:
         src = getattr(obj, "source_index", None)
         return _tensor_view(name, obj.images, obj.labels, src, True, fn)
     if isinstance(obj, Subset):
-        base = as_data(obj.dataset, name, fn).materialise(fn)
+        base = as_data(obj.dataset, name, fn)
         idx = torch.as_tensor(list(obj.indices), dtype=torch.long)
         if idx.numel() == 0:
             raise ValueError(f"{fn}: {name} is empty")
         train_idx = base.indices[idx] if base.indices is not None else idx
+        if base.dataset is not None:  # a Subset of a streamed dataset is streamed too
+            return DataView(name, indices=train_idx, reduced=base.reduced, dataset=obj)
+        base = base.materialise(fn)
         return _tensor_view(name, base.images[idx.to(base.images.device)], base.labels[idx.to(base.labels.device)],
                             train_idx, base.reduced, fn)
     if isinstance(obj, TensorDataset):
@@ -208,7 +289,7 @@ def as_data(obj: Any, name: str, fn: str) -> DataView:
     if isinstance(obj, Dataset):
         if len(obj) == 0:
             raise ValueError(f"{fn}: {name} is empty")
-        return DataView(name, loader=DataLoader(obj, batch_size=512)).materialise(fn)
+        return DataView(name, dataset=obj)
     raise TypeError(f"{fn}: {name} must be a pair (images, labels) of tensors, a torch Dataset, a DataLoader or a "
                     f"ReducedRetainSet; got {type(obj).__name__}")
 

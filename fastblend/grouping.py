@@ -54,14 +54,14 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
-from torch import nn
 
-from ._device import module_device, synchronize
+from . import distributed as dist
+from ._device import synchronize
 from ._io import atomic_save, load_torch
-from .kmeans import class_means, cluster_objective, faiss_has_gpu, faiss_module, run_faiss, run_torch
+from .features import extract_features  # noqa: F401  (its public home is here too)
+from .kmeans import class_means, cluster_objective, faiss_has_gpu, faiss_module, run_faiss, run_torch, torch_chunks
 
 _FORMAT = "fastblend.Clustering"
 _FORMAT_VERSION = 1
@@ -170,90 +170,6 @@ class Clustering:
 
 
 # ------------------------------------------------------------------------------------------------
-# Feature extraction
-# ------------------------------------------------------------------------------------------------
-def extract_features(images: torch.Tensor, extractor: nn.Module | Callable | None = None,
-                     batch_size: int = 512, device: torch.device | str | None = None, seed: int = 0,
-                     progress: bool | None = None) -> torch.Tensor:
-    """Embed ``images`` with a frozen network in no-grad batches.
-
-    Args:
-        images: ``[N, C, H, W]`` floating-point images (``[N, H, W]`` is read as one channel), on
-            any device; each batch is moved to ``device`` and cast to the extractor's floating dtype
-            (float16/bfloat16/float64 images run on the float32 default network).
-        extractor: a module with an ``embed(x)`` method (used; e.g. fastblend's models) or any
-            callable mapping ``[B, C, H, W]`` to ``[B, ...]`` features (flattened). ``None``: the
-            seeded random ConvNet-3 ``f_g`` of docs/method.md §1.1, ``fastblend.models.random_convnet(C, H,
-            seed)`` (1 or 3 channels, square, at least 8 px; 28 or 32 px in docs/method.md), run in
-            channels-last memory format. A given extractor is used as is (not moved, not switched to eval mode).
-        batch_size: images per forward pass.
-        device: where the forward runs. Default: the extractor's device (its first parameter), or
-            the images' device for the default extractor.
-        seed: seed of the default extractor (ignored when ``extractor`` is given).
-        progress: show a tqdm progress bar; ``None``: off unless ``FASTBLEND_PROGRESS=1`` (``fastblend._progress``).
-
-    Returns:
-        ``[N, D]`` float32 features on ``device``.
-    """
-    name = "extract_features"
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"{name}: images must be a torch.Tensor, got {type(images).__name__}")
-    if images.dim() == 3:
-        images = images.unsqueeze(1)
-    if images.dim() != 4:
-        raise ValueError(f"{name}: images must be [N, C, H, W] (or [N, H, W]), got shape {tuple(images.shape)}")
-    if not images.is_floating_point():
-        raise TypeError(f"{name}: images must be a floating-point tensor (normalised pixels), got {images.dtype}")
-    if images.shape[0] == 0:
-        raise ValueError(f"{name}: images must hold at least one image, got shape {tuple(images.shape)}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"{name}: batch_size must be an int >= 1, got {batch_size!r}")
-    n, channels, height, width = images.shape
-
-    memory_format = torch.preserve_format
-    if extractor is None:
-        # docs/method.md §5 sizes are 28 and 32 px; ConvNet-3's three 2x2 pools work down to 8 px (e.g. digits)
-        if channels not in (1, 3) or height != width or height < 8:
-            raise ValueError(f"{name}: the default extractor takes 1- or 3-channel square images of at least 8x8 "
-                             f"(ConvNet-3; 28x28 and 32x32 in docs/method.md), got {channels}x{height}x{width}; "
-                             "pass extractor= for other inputs")
-        from .models import random_convnet
-
-        dev = torch.device(device) if device is not None else images.device
-        # Channels-last runs the convolutions without layout conversions (oneDNN / cuDNN).
-        memory_format = torch.channels_last
-        extractor = random_convnet(channels, height, seed, device=dev).to(memory_format=memory_format)
-    else:
-        if not callable(extractor):
-            raise TypeError(f"{name}: extractor must be an nn.Module or a callable, got {type(extractor).__name__}")
-        module_dev = module_device(extractor)
-        dev = torch.device(device) if device is not None else (module_dev or images.device)
-    forward = extractor.embed if callable(getattr(extractor, "embed", None)) else extractor
-    params = extractor.parameters() if isinstance(extractor, nn.Module) else iter(())
-    net_dtype = next((p.dtype for p in params if p.is_floating_point()), None)  # images are cast to it
-
-    from ._progress import bar as progress_bar
-
-    out: torch.Tensor | None = None
-    with progress_bar(total=n, desc=name, unit="img", progress=progress) as bar, torch.inference_mode():
-        for start in range(0, n, batch_size):
-            batch = images[start:start + batch_size].to(dev, net_dtype, non_blocking=True,
-                                                           memory_format=memory_format)
-            emb = forward(batch)
-            if not isinstance(emb, torch.Tensor) or emb.shape[0] != batch.shape[0]:
-                raise ValueError(f"{name}: the extractor must return a tensor with one row per image, "
-                                 f"got {type(emb).__name__} {tuple(getattr(emb, 'shape', ()))}")
-            emb = emb.reshape(emb.shape[0], -1)
-            if out is None:
-                # Allocated outside autograd's inference-tensor rules would forbid later in-place use.
-                with torch.inference_mode(False):
-                    out = torch.empty(n, emb.shape[1], dtype=torch.float32, device=emb.device)
-            out[start:start + batch.shape[0]].copy_(emb)
-            bar.update(batch.shape[0])
-    return out
-
-
-# ------------------------------------------------------------------------------------------------
 # Input validation
 # ------------------------------------------------------------------------------------------------
 def _check_group_inputs(features, labels, ipc, backend, niter, tol, num_classes):
@@ -318,7 +234,8 @@ def _check_cluster_count(name: str, num_classes: int, ipc: int, n: int) -> None:
 # ------------------------------------------------------------------------------------------------
 def group(features: torch.Tensor, labels: torch.Tensor, ipc: int, backend: str = "auto", seed: int = 0,
           niter: int = 100, tol: float = 1e-4, balanced: bool = False, num_classes: int | None = None,
-          init: str = "greedy-k-means++", progress: bool | None = None) -> Clustering:
+          init: str = "greedy-k-means++", progress: bool | None = None, *,
+          distributed: bool | None = None) -> Clustering:
     """k-means with ``k = ipc`` within every class (docs/method.md §1.1) -> :class:`Clustering`.
 
     Args:
@@ -339,6 +256,11 @@ def group(features: torch.Tensor, labels: torch.Tensor, ipc: int, backend: str =
             rule; FAISS's native implementation on the faiss backend). Greedy seeding costs about
             twice as much and reaches a 1-3% lower objective at ipc 10-100.
         progress: show a tqdm progress bar; ``None``: off unless ``FASTBLEND_PROGRESS=1`` (``fastblend._progress``).
+        distributed: split the classes over the ranks of the default process group (balanced by
+            class size; the torch backend splits its chunks of classes), cluster each rank's part and
+            all-gather, so every rank returns the whole clustering, equal to the single-process one
+            (every rank must call with the same features, labels and settings). ``None``: when
+            :func:`fastblend.distributed.is_distributed`.
 
     Returns:
         A :class:`Clustering` with CPU tensors; ``backend`` says which k-means ran.
@@ -352,6 +274,9 @@ def group(features: torch.Tensor, labels: torch.Tensor, ipc: int, backend: str =
         raise TypeError(f"group: balanced must be a bool, got {type(balanced).__name__}")
     if init not in _INITS:
         raise ValueError(f"group: init must be one of {_INITS}, got {init!r}")
+    if distributed is not None and not isinstance(distributed, bool):
+        raise TypeError(f"group: distributed must be a bool or None, got {type(distributed).__name__}")
+    shard = dist.is_distributed() if distributed is None else (distributed and dist.is_distributed())
     faiss = None
     if backend in ("auto", "faiss"):
         faiss = faiss_module()
@@ -385,10 +310,14 @@ def group(features: torch.Tensor, labels: torch.Tensor, ipc: int, backend: str =
     used = "faiss" if faiss is not None else "torch"
     if members:
         if faiss is not None:
-            results, iters, used = run_faiss(faiss, features, members, ipc, niter, seed, progress, init)
+            only = _my_part(members, None, shard)
+            results, iters, used = run_faiss(faiss, features, members, ipc, niter, seed, progress, init, only=only)
         else:
+            only = _my_part(members, torch_chunks(members, ipc, features.shape[1]), shard)
             results, iters = run_torch(features, members, ipc, niter, tol, seed, False, progress,
-                                        seeding=init)
+                                        seeding=init, only=only)
+        if shard:
+            results, iters = _gather_parts(results, iters)
         if balanced:
             init = []
             for idx, a in zip(members, results):
@@ -397,8 +326,11 @@ def group(features: torch.Tensor, labels: torch.Tensor, ipc: int, backend: str =
             # Same centring as _pack, so the centroids live in the packed coordinates.
             init = [m - features.index_select(0, idx.to(features.device)).to(torch.float64).mean(0)
                     for m, idx in zip(init, members)]
+            only = _my_part(members, torch_chunks(members, ipc, features.shape[1]), shard)
             results, more = run_torch(features, members, ipc, niter, tol, seed + 1, True, progress,
-                                       init=[m.to(torch.float32) for m in init])
+                                       init=[m.to(torch.float32) for m in init], only=only)
+            if shard:
+                results, more = _gather_parts(results, more)
             iters = [a + b for a, b in zip(iters, more)]
             used += "+balanced"
         for c, idx, a, it in zip(todo, members, results, iters):
@@ -420,3 +352,24 @@ def group(features: torch.Tensor, labels: torch.Tensor, ipc: int, backend: str =
         meta={"seed": seed, "niter": niter, "tol": float(tol), "balanced": balanced, "init": init,
               "iterations": iterations, "device": str(features.device)},
     )
+
+
+def _my_part(members: list[torch.Tensor], chunks: list[list[int]] | None, shard: bool) -> list[int] | None:
+    """This rank's share of the work: class positions (``chunks=None``) or chunk ids, balanced by the
+    number of points (:func:`fastblend.distributed.balanced_shards`); ``None`` (all) without sharding."""
+    if not shard:
+        return None
+    if chunks is None:
+        weights = [m.numel() for m in members]
+    else:
+        weights = [sum(members[c].numel() for c in chunk) for chunk in chunks]
+    return dist.balanced_shards(weights, dist.world_size())[dist.rank()]
+
+
+def _gather_parts(results: list, iters: list[int]) -> tuple[list[torch.Tensor], list[int]]:
+    """Every rank's local assignments (``None`` where another rank ran the class) merged on all ranks."""
+    mine = {c: (a, iters[c]) for c, a in enumerate(results) if a is not None}
+    for part in dist.all_gather_objects(mine):
+        for c, (a, it) in part.items():
+            results[c], iters[c] = a, it
+    return results, iters

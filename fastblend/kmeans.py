@@ -225,7 +225,7 @@ def _pack(features: torch.Tensor, members: list[torch.Tensor]) -> tuple[torch.Te
     return x, valid, counts
 
 
-def _chunks(members: list[torch.Tensor], k: int, dim: int) -> list[list[int]]:
+def torch_chunks(members: list[torch.Tensor], k: int, dim: int) -> list[list[int]]:
     """Classes (largest first) split into chunks whose padded buffers stay under the budget."""
     order = sorted(range(len(members)), key=lambda c: -members[c].numel())
     chunks: list[list[int]] = []
@@ -249,20 +249,30 @@ def _seeding_trials(init: str, k: int) -> int:
     return 2 + int(math.log(k)) if init == "greedy-k-means++" else 1
 
 
+def chunk_seed(seed: int, chunk: int) -> int:
+    """The seed of chunk ``chunk`` of the torch k-means: ``seed`` itself for the first chunk, a
+    well-mixed other one for the rest (so a chunk's result does not depend on who runs the others)."""
+    return seed if chunk == 0 else (seed + chunk * 0x9E3779B97F4A7C15) % (1 << 63)
+
+
 def run_torch(features, members, k, niter, tol, seed, balanced, progress, init=None,
-               seeding="greedy-k-means++"):
+               seeding="greedy-k-means++", only=None):
     """Local assignment of every class in ``members`` with the batched torch k-means.
 
-    ``init`` optionally maps a class position to starting centroids ``[k, D]`` (skips k-means++).
+    Classes run in the chunks of :func:`torch_chunks`; chunk ``j`` draws from its own generator
+    (:func:`chunk_seed`). ``init`` optionally maps a class position to starting centroids ``[k, D]``
+    (skips k-means++). ``only``: run just these chunk ids (the other classes' entries stay ``None``).
     """
     from ._progress import bar as progress_bar
 
-    gen = _generator(seed, features.device)
     local = [None] * len(members)
     iters = [0] * len(members)
-    chunks = _chunks(members, k, features.shape[1])
-    with progress_bar(total=niter * len(chunks), desc="group", unit="iter", progress=progress) as bar:
-        for chunk in chunks:
+    chunks = torch_chunks(members, k, features.shape[1])
+    run = range(len(chunks)) if only is None else only
+    with progress_bar(total=niter * len(run), desc="group", unit="iter", progress=progress) as bar:
+        for j in run:
+            chunk = chunks[j]
+            gen = _generator(chunk_seed(seed, j), features.device)
             x, valid, counts = _pack(features, [members[c] for c in chunk])
             if init is None:
                 centroids = _kmeans_pp(x, valid, counts, k, gen, _seeding_trials(seeding, k))
@@ -276,8 +286,9 @@ def run_torch(features, members, k, niter, tol, seed, balanced, progress, init=N
     return local, iters
 
 
-def run_faiss(faiss, features, members, k, niter, seed, progress, seeding):
-    """Local assignment of every class in ``members`` with ``faiss.Clustering``."""
+def run_faiss(faiss, features, members, k, niter, seed, progress, seeding, only=None):
+    """Local assignment of every class in ``members`` with ``faiss.Clustering``; class position ``c``
+    is seeded from ``(seed, c)``. ``only``: run just these positions (the others' entries are ``None``)."""
     import numpy as np
 
     from ._progress import bar as progress_bar
@@ -288,8 +299,10 @@ def run_faiss(faiss, features, members, k, niter, seed, progress, seeding):
     # it) is done here and passed in as the starting centroids.
     native_pp = seeding == "k-means++" and hasattr(faiss, "ClusteringInitMethod_KMEANS_PLUS_PLUS")
     dim = features.shape[1]
-    local, iters = [], []
-    for c, idx in enumerate(progress_bar(members, desc="group", unit="class", progress=progress)):
+    local, iters = [None] * len(members), [0] * len(members)
+    run = range(len(members)) if only is None else only
+    for c in progress_bar(run, desc="group", unit="class", progress=progress):
+        idx = members[c]
         xc = features.index_select(0, idx.to(features.device)).to(torch.float32)
         xc = (xc - xc.mean(0, dtype=torch.float64).to(torch.float32)).cpu().numpy()
         xc = np.ascontiguousarray(xc)
@@ -310,8 +323,8 @@ def run_faiss(faiss, features, members, k, niter, seed, progress, seeding):
         index = faiss.GpuIndexFlatL2(gpu_res, dim) if use_gpu else faiss.IndexFlatL2(dim)
         clus.train(xc, index)
         _, assign = index.search(xc, 1)
-        local.append(torch.from_numpy(assign[:, 0].astype(np.int64)))
-        iters.append(int(clus.iteration_stats.size()))
+        local[c] = torch.from_numpy(assign[:, 0].astype(np.int64))
+        iters[c] = int(clus.iteration_stats.size())
     return local, iters, ("faiss-gpu" if use_gpu else "faiss")
 
 

@@ -2,7 +2,9 @@
 attack of other unlearning papers, and a device-synchronised stage timer.
 
 Data arguments (``forget``, ``test``, ...) take the same forms as :func:`fastblend.unlearn`: a pair
-``(images, labels)`` of tensors, a ``Dataset``, a ``DataLoader`` or a ``ReducedRetainSet``.
+``(images, labels)`` of tensors, a ``Dataset``, a ``DataLoader`` or a ``ReducedRetainSet``; a
+``Dataset`` that is not tensors already (e.g. :class:`fastblend.MemmapImages`) and a ``DataLoader``
+are streamed, so only the ``[N, C]`` logits are held.
 """
 
 from __future__ import annotations
@@ -34,13 +36,16 @@ def _eval_device(model: nn.Module, device: torch.device | str | None, fn: str) -
     return here
 
 
-def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 1024,
+def predict_logits(model: nn.Module, images: Any, batch_size: int = 1024,
                    device: torch.device | str | None = None) -> torch.Tensor:
     """Float32 logits ``[N, C]`` on the model's device: batched, eval mode, ``inference_mode``
     (the model's train/eval mode is restored afterwards). Images are cast to the model's floating
-    dtype batch by batch."""
+    dtype batch by batch. ``images``: a tensor ``[N, ...]``, or any data form of :func:`accuracy`
+    (a ``Dataset`` of ``(image, label)`` or a ``DataLoader`` is streamed)."""
     if batch_size < 1:
         raise ValueError(f"predict_logits: batch_size must be >= 1, got {batch_size}")
+    if not torch.is_tensor(images):
+        return _logits_labels(model, images, None, "images", "predict_logits", batch_size, device)[0]
     dev = _eval_device(model, device, "predict_logits")
     was_training = model.training
     model.eval()
@@ -54,8 +59,24 @@ def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 102
     return torch.cat(out) if out else torch.empty(0, 0, device=dev)
 
 
-def _view(data: Any, labels: torch.Tensor | None, name: str, fn: str):
-    return as_data((data, labels) if labels is not None else data, name, fn).materialise(fn)
+def _logits_labels(model: nn.Module, data: Any, labels: torch.Tensor | None, name: str, fn: str, batch_size: int,
+                   device: torch.device | str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits ``[N, C]`` float32 and labels ``[N]`` int64 of one data argument. Tensors are scored in
+    place; a ``Dataset`` or ``DataLoader`` is streamed batch by batch (in its order; a ``Dataset`` in
+    index order, batches of ``batch_size`` as for tensors), so only the logits are held."""
+    if batch_size < 1:
+        raise ValueError(f"{fn}: batch_size must be >= 1, got {batch_size}")
+    view = as_data((data, labels) if labels is not None else data, name, fn)
+    if view.in_memory:
+        return predict_logits(model, view.images, batch_size, device), view.labels
+    dev = _eval_device(model, device, fn)
+    logits, ys = [], []
+    for x, y in view.batches(batch_size, None, dev, fn, shuffle=False):
+        logits.append(predict_logits(model, x, batch_size, dev))
+        ys.append(y)
+    if not logits:
+        raise ValueError(f"{fn}: {name} is empty")
+    return torch.cat(logits), torch.cat(ys)
 
 
 def _check_scored(logits: torch.Tensor, labels: torch.Tensor, name: str, fn: str) -> None:
@@ -81,10 +102,9 @@ def accuracy(model: nn.Module, images: Any, labels: torch.Tensor | None = None, 
     """Top-1 accuracy in percent (0..100) of ``model`` on ``images [N, ...]`` with ``labels [N]``
     (or on a data object passed as ``images`` with ``labels=None``). Batched under
     ``inference_mode`` on the model's device; ``device``, when given, must be that device."""
-    v = _view(images, labels, "images", "accuracy")
-    logits = predict_logits(model, v.images, batch_size, device)
-    _check_scored(logits, v.labels, "images", "accuracy")
-    return float((logits.argmax(1) == v.labels.to(logits.device)).double().mean()) * 100.0
+    logits, y = _logits_labels(model, images, labels, "images", "accuracy", batch_size, device)
+    _check_scored(logits, y.to(logits.device), "images", "accuracy")
+    return float((logits.argmax(1) == y.to(logits.device)).double().mean()) * 100.0
 
 
 def true_class_log_odds(logits: torch.Tensor, labels: torch.Tensor, clamp: float = 100.0) -> torch.Tensor:
@@ -127,12 +147,10 @@ def mia_score(model: nn.Module, forget: Any, test: Any, batch_size: int = 1024,
     reference's reflection ``AUC -> 100 − AUC`` when ``AUC <= fold_back_below`` (off by default).
     """
     fn = "mia_score"
-    f = _view(forget, None, "forget", fn)
-    t = _view(test, None, "test", fn)
-    return mia_score_from_logits(predict_logits(model, f.images, batch_size, device), f.labels,
-                                 predict_logits(model, t.images, batch_size, device), t.labels, seed=seed,
-                                 fold_back=fold_back, fold_back_below=fold_back_below, clamp=clamp,
-                                 n_splits=n_splits)
+    f_logits, f_labels = _logits_labels(model, forget, None, "forget", fn, batch_size, device)
+    t_logits, t_labels = _logits_labels(model, test, None, "test", fn, batch_size, device)
+    return mia_score_from_logits(f_logits, f_labels, t_logits, t_labels, seed=seed, fold_back=fold_back,
+                                 fold_back_below=fold_back_below, clamp=clamp, n_splits=n_splits)
 
 
 def mia_score_from_logits(forget_logits: torch.Tensor, forget_labels: torch.Tensor, test_logits: torch.Tensor,
@@ -208,16 +226,16 @@ def svc_mia(model: nn.Module, retain: Any, forget: Any, test: Any, batch_size: i
         raise ValueError(f"{fn}: unknown features {unknown}; expected some of {list(SVC_FEATURES)}")
     if max_shadow < 1:
         raise ValueError(f"{fn}: max_shadow must be >= 1, got {max_shadow}")
-    views = {name: _view(d, None, name, fn) for name, d in (("retain", retain), ("forget", forget), ("test", test))}
-    feats = {}
-    for name, v in views.items():
-        logits = predict_logits(model, v.images, batch_size, device)
-        _check_scored(logits, v.labels.to(logits.device), name, fn)
-        feats[name] = attack_features(logits, v.labels)
-    n = min(len(views["retain"]), len(views["test"]), max_shadow)
+    feats, sizes = {}, {}
+    for name, d in (("retain", retain), ("forget", forget), ("test", test)):
+        logits, labels = _logits_labels(model, d, None, name, fn, batch_size, device)
+        _check_scored(logits, labels.to(logits.device), name, fn)
+        feats[name] = attack_features(logits, labels)
+        sizes[name] = labels.shape[0]
+    n = min(sizes["retain"], sizes["test"], max_shadow)
     g = torch.Generator().manual_seed(seed)
-    ir = torch.randperm(len(views["retain"]), generator=g)[:n].numpy()
-    it = torch.randperm(len(views["test"]), generator=g)[:n].numpy()
+    ir = torch.randperm(sizes["retain"], generator=g)[:n].numpy()
+    it = torch.randperm(sizes["test"], generator=g)[:n].numpy()
     y = np.concatenate([np.ones(n), np.zeros(n)])
     out = {}
     for name in features:

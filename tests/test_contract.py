@@ -252,6 +252,16 @@ ROWS = [
     # ---------------- data and models
     ("load_dataset", "unknown name", lambda: F.load_dataset("imagenet-22k"), ValueError, "load_dataset: "),
     ("make_split", "train not ImageData", lambda: F.make_split(_x(), _x()), TypeError, "make_split: "),
+    ("MemmapImages", "missing file", lambda: F.MemmapImages("/nonexistent/fastblend/x.npy"), FileNotFoundError,
+     "MemmapImages: no such file"),
+    ("MemmapImages", "labels too short", lambda: _memmap(_x(4).numpy(), labels=[0, 1]), ValueError,
+     r"MemmapImages: labels must have one entry per image \(4\)"),
+    ("MemmapImages", "3-D array", lambda: _memmap(_x(4).numpy()[:, 0], labels=[0, 1, 2, 3]), ValueError,
+     r"MemmapImages: images must be \[N, C, H, W\]"),
+    ("MemmapImages", "float labels", lambda: _memmap(_x(2).numpy(), labels=[0.0, 1.0]), TypeError,
+     "MemmapImages: labels must be a 1-D integer array"),
+    ("MemmapImages", "float images to uint8", lambda: _memmap_write(_x(2), _ip(0, 1), dtype="uint8"), TypeError,
+     "MemmapImages.write: floating images are not quantised"),
     ("random_convnet", "in_channels 0", lambda: F.random_convnet(0, 8, 0), ValueError,
      "random_convnet: in_channels must be an int >= 1"),
     ("random_convnet", "float image_size", lambda: F.random_convnet(1, 8.0, 0), ValueError,
@@ -263,6 +273,25 @@ def _nan_weights(module):
     if isinstance(module, nn.Linear):
         with torch.no_grad():
             module.weight.fill_(NAN)
+
+
+def _memmap(array, **kwargs):
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+
+    with tempfile.TemporaryDirectory() as d:
+        np.save(Path(d) / "x.npy", array)
+        return fastblend.MemmapImages(Path(d) / "x.npy", **kwargs)
+
+
+def _memmap_write(images, labels, **kwargs):
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        return fastblend.MemmapImages.write(Path(d) / "x.npy", images, labels, **kwargs)
 
 
 def _save_load_reduced(**over):

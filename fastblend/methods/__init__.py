@@ -230,11 +230,12 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
         retain: the retain set, or the reduced retain set (``ReducedRetainSet``) for the accelerated
             methods: a pair ``(images [N, ...] float, labels [N] int)``, a triple adding training-set
             ``indices [N]``, a ``Dataset`` (``Subset``/``TensorDataset``/anything with ``images`` and
-            ``labels`` tensors are read without per-sample work; others are read once), or a
-            ``DataLoader`` (streamed as is, batch size and shuffling its own).
-        forget: the forget set, in the same forms (read into memory).
+            ``labels`` tensors are used in place; any other, e.g. :class:`fastblend.MemmapImages`, is
+            streamed: each epoch reads the same seeded batches as the tensors would give, one batch in
+            memory at a time), or a ``DataLoader`` (streamed as is, batch size and shuffling its own).
+        forget: the forget set, in the same forms (read into memory: the samplers draw from it by index).
         unseen: in-distribution data the model never trained on, with labels; required by the
-            accelerated methods, unused by the others.
+            accelerated methods, unused by the others (read into memory, as ``forget``).
         config: ``None`` (the paper's defaults, docs/method.md), a dict of overrides, or the method's config dataclass.
         device: where to run; default the model's device.
         seed: seeds batch order, samplers and fresh initialisations (own generators; the global RNG

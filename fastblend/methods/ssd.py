@@ -68,7 +68,7 @@ def importance(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Ten
 def _union_batches(retain: DataView, forget: DataView, batch_size: int, ctx: RunContext
                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Shuffled batches of retain ∪ forget without concatenating the two sets in memory."""
-    if not retain.in_memory:
+    if retain.loader is not None:  # a DataLoader: its own batches (a streamed Dataset is read by index below)
         yield from retain.batches(batch_size, ctx.generator, ctx.device, ctx.fn)
         yield from forget.batches(batch_size, ctx.generator, ctx.device, ctx.fn)
         return

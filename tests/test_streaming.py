@@ -1,0 +1,189 @@
+"""Data larger than memory: MemmapImages, and map-style Datasets streamed (never read whole) by
+extract_features, unlearn's retain set and the metrics, with the results of the same data as tensors."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+import fastblend
+from fastblend.dataview import as_data
+from fastblend.metrics import accuracy, mia_score, predict_logits, svc_mia
+
+
+class Rows(Dataset):
+    """A generic map-style dataset over tensors (not a TensorDataset: fastblend must stream it);
+    records every batch of indices it is asked for."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        self.x, self.y, self.reads = x, y, []
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int):
+        self.reads.append(1)
+        return self.x[i], int(self.y[i])
+
+
+def _images(n=40, c=1, s=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, c, s, s, generator=g), torch.arange(n) % 3
+
+
+# ---------------------------------------------------------------------------------------------
+# extract_features
+
+
+def test_extract_features_dataset_and_loader_equal_tensors():
+    x, y = _images(37)
+    ref = fastblend.extract_features(x, batch_size=8, seed=3)
+    ds = Rows(x, y)
+    assert torch.equal(fastblend.extract_features(ds, batch_size=8, seed=3), ref)
+    assert max(len(ds.reads), 1) == 37  # each image read once
+    loader = DataLoader(ds, batch_size=8, shuffle=False)
+    assert torch.equal(fastblend.extract_features(loader, batch_size=8, seed=3), ref)
+    # a DataLoader of bare images, dropping its last partial batch: the features are trimmed to what came
+    bare = DataLoader(x, batch_size=8, drop_last=True)
+    assert torch.equal(fastblend.extract_features(bare, batch_size=8, seed=3), ref[:32])
+
+
+def test_extract_features_refuses_a_shuffled_loader_and_bad_items():
+    x, y = _images(8)
+    with pytest.raises(ValueError, match="^extract_features: the DataLoader shuffles"):
+        fastblend.extract_features(DataLoader(Rows(x, y), shuffle=True))
+    with pytest.raises(TypeError, match="^extract_features: images must be a floating-point tensor .* in a batch"):
+        fastblend.extract_features(Rows(x.long(), y))
+    with pytest.raises(ValueError, match="^extract_features: images must hold at least one image"):
+        fastblend.extract_features(Rows(x[:0], y[:0]))
+    with pytest.raises(ValueError, match="^extract_features: num_workers must be an int >= 0"):
+        fastblend.extract_features(x, num_workers=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# MemmapImages
+
+
+def test_memmap_uint8_roundtrip_scaling_and_batched_reads(tmp_path):
+    g = torch.Generator().manual_seed(1)
+    raw = torch.randint(0, 256, (10, 3, 8, 8), generator=g, dtype=torch.uint8)
+    labels = torch.arange(10) % 4
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    ds = fastblend.MemmapImages.write(tmp_path / "train.npy", raw, labels, mean=mean, std=std)
+    assert (tmp_path / "train.labels.npy").is_file() and len(ds) == 10 and ds.shape == (10, 3, 8, 8)
+    expect = (raw.float() / 255 - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    x3, y3 = ds[3]
+    assert x3.dtype == torch.float32 and isinstance(y3, int) and y3 == 3
+    assert torch.equal(x3, expect[3])
+    for idx in ([7, 2, 2, 9], [4, 5, 6], [0]):  # unsorted with a repeat, contiguous, single
+        xb, yb = ds.take(idx)
+        assert torch.equal(xb, expect[idx]) and torch.equal(yb, labels[idx])
+    assert torch.equal(torch.stack([s[0] for s in ds.__getitems__([8, 1])]), expect[[8, 1]])
+    batch = next(iter(DataLoader(ds, batch_size=4)))  # the DataLoader's batched fetch
+    assert torch.equal(batch[0], expect[:4]) and torch.equal(batch[1], labels[:4])
+    # labels are read from the sidecar; a worker gets the path, not a copy of the data
+    again = pickle.loads(pickle.dumps(ds))
+    assert again._array is None and torch.equal(again.take([5])[0], expect[[5]])
+    with pytest.raises(IndexError, match="MemmapImages.take: indices must be in"):
+        ds.take([10])
+
+
+def test_memmap_float_and_raw_files(tmp_path):
+    x, y = _images(6, c=1)
+    ds = fastblend.MemmapImages.write(tmp_path / "f.npy", x, y)
+    assert torch.equal(ds.take(range(6))[0], x)  # float files are read as is
+    raw = (torch.arange(6 * 64) % 251).to(torch.uint8).numpy()
+    path = tmp_path / "images.bin"
+    path.write_bytes(b"HEADER" + raw.tobytes())
+    rd = fastblend.MemmapImages(path, y, shape=(6, 1, 8, 8), offset=6, divide_by=1.0)
+    assert torch.equal(rd.take(range(6))[0], torch.from_numpy(raw).float().view(6, 1, 8, 8))
+    with pytest.raises(ValueError, match="MemmapImages: .* has 390 bytes, .* needs 391"):
+        fastblend.MemmapImages(path, y, shape=(6, 1, 8, 8), offset=7)
+    np.save(tmp_path / "nolabels.npy", x.numpy())
+    with pytest.raises(FileNotFoundError, match="MemmapImages: labels not given and no labels file"):
+        fastblend.MemmapImages(tmp_path / "nolabels.npy")
+
+
+def test_memmap_pipeline_features_group_metrics(tmp_path):
+    """The whole Dataset path on a file: features, grouping, an unlearning run and the metrics."""
+    g = torch.Generator().manual_seed(2)
+    raw = torch.randint(0, 256, (48, 1, 8, 8), generator=g, dtype=torch.uint8)
+    labels = torch.arange(48) % 3
+    ds = fastblend.MemmapImages.write(tmp_path / "d.npy", raw, labels)
+    x = ds.take(range(48))[0]
+    feats = fastblend.extract_features(ds, batch_size=16)
+    assert torch.equal(feats, fastblend.extract_features(x, batch_size=16))
+    clus = fastblend.group(feats, ds.labels, ipc=2, backend="torch")
+    assert torch.equal(clus.assignment, fastblend.group(feats, labels, ipc=2, backend="torch").assignment)
+    model = fastblend.random_convnet(1, 8, 0, num_classes=3)
+    assert accuracy(model, ds) == accuracy(model, x, labels)
+    forget, test = Subset(ds, range(0, 20)), Subset(ds, range(20, 48))
+    assert mia_score(model, forget, test) == mia_score(model, (x[:20], labels[:20]), (x[20:], labels[20:]))
+
+
+# ---------------------------------------------------------------------------------------------
+# unlearn and the metrics on a streamed Dataset
+
+
+C, D = 3, 12
+
+
+def _task(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(C, D, generator=g) * 2
+    def blobs(n):
+        y = torch.randint(0, C, (n,), generator=g)
+        return centers[y] + torch.randn(n, D, generator=g), y
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(D, 32), nn.ReLU(), nn.Linear(32, C))
+    return model, blobs(90), blobs(20), blobs(60)
+
+
+def test_dataset_is_streamed_not_materialised():
+    _, (xr, yr), _, _ = _task()
+    ds = Rows(xr, yr)
+    view = as_data(ds, "retain", "unlearn")
+    assert not view.in_memory and len(view) == 90 and view.num_batches(32) == 3
+    sub = as_data(Subset(ds, [5, 6, 7]), "retain", "unlearn")
+    assert not sub.in_memory and sub.indices.tolist() == [5, 6, 7]
+    mem = as_data((xr, yr), "retain", "unlearn")
+    g1, g2 = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    for (a, ya), (b, yb) in zip(view.batches(32, g1, torch.device("cpu"), "t"),
+                                mem.batches(32, g2, torch.device("cpu"), "t"), strict=True):
+        assert torch.equal(a, b) and torch.equal(ya, yb)
+
+
+@pytest.mark.parametrize("method, cfg", [("finetune", dict(epochs=2, lr=0.05)),
+                                         ("neggrad_plus", dict(epochs=2, lr=0.05)),
+                                         ("a_finetune", dict(epochs=2, lr=0.05)), ("ssd", None)])
+def test_unlearn_on_a_dataset_equals_tensors(method, cfg):
+    model, (xr, yr), (xf, yf), (xu, yu) = _task()
+    ref = fastblend.unlearn(method, model, (xr, yr), (xf, yf), (xu, yu), config=cfg, seed=5)
+    got = fastblend.unlearn(method, model, Rows(xr, yr), Rows(xf, yf), Rows(xu, yu), config=cfg, seed=5)
+    assert got.losses == ref.losses and got.steps == ref.steps
+    for pa, pb in zip(ref.model.parameters(), got.model.parameters()):
+        assert torch.equal(pa, pb)
+
+
+def test_streamed_retain_checks_labels_and_disjointness():
+    model, (xr, yr), (xf, yf), _ = _task()
+    with pytest.raises(ValueError, match=r"unlearn: retain labels must be in \[0, 3\)"):
+        fastblend.unlearn("finetune", model, Rows(xr, yr + 3), (xf, yf), config=dict(epochs=1))
+    both = Rows(torch.cat([xr, xf]), torch.cat([yr, yf]))
+    with pytest.raises(ValueError, match="unlearn: retain and forget must be disjoint"):
+        fastblend.unlearn("finetune", model, Subset(both, range(0, 91)), Subset(both, range(90, 110)))
+
+
+def test_metrics_on_a_dataset_equal_tensors():
+    model, (xr, yr), (xf, yf), (xu, yu) = _task()
+    assert accuracy(model, Rows(xu, yu), batch_size=16) == accuracy(model, xu, yu, batch_size=16)
+    assert torch.equal(predict_logits(model, Rows(xu, yu), 16), predict_logits(model, xu, 16))
+    assert mia_score(model, Rows(xf, yf), Rows(xu, yu)) == mia_score(model, (xf, yf), (xu, yu))
+    assert svc_mia(model, Rows(xr, yr), Rows(xf, yf), Rows(xu, yu)) == svc_mia(model, (xr, yr), (xf, yf), (xu, yu))
+    with pytest.raises(ValueError, match="^accuracy: batch_size must be >= 1"):
+        accuracy(model, Rows(xu, yu), batch_size=0)

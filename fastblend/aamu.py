@@ -17,10 +17,8 @@ reduced retain set (``fastblend.condense``)::
 ``out.main`` and ``out.mmd`` are the two parts, detached (log them with ``float``); ``out.total``
 carries the graph. The forget and unseen forwards leave BatchNorm running statistics untouched.
 
-Data parallel (``torchrun --nproc_per_node=P``, a default process group initialised): wrap the model
-in ``DistributedDataParallel`` yourself and pass the wrapper to ``accelerate`` with the *global*
-``batch_size`` B; every rank feeds :meth:`Accelerator.loss` the per-sample losses of its part
-(:func:`fastblend.distributed.row_shard`) of the same global retain batch. See :class:`Accelerator`.
+Data parallel (``torchrun``): wrap the model in ``DistributedDataParallel`` yourself, pass the wrapper
+and the *global* ``batch_size`` B, and feed each rank's part of the global retain batch (:class:`Accelerator`).
 """
 
 from __future__ import annotations
@@ -322,17 +320,13 @@ class Accelerator:
     Images of another floating dtype than the model's parameters (float16, bfloat16, float64) are
     cast to the model's dtype once, here; integer labels are required (float labels are refused).
 
-    Under ``torch.distributed`` (a default group of P > 1 ranks): pass the ``DistributedDataParallel``
-    wrapper as ``model`` and the global ``batch_size``; each rank passes the per-sample losses of its
-    part of the global retain batch. Every rank draws the same global forget and unseen indices (the
-    samplers are seeded alike), forwards only its :func:`~fastblend.distributed.row_shard` of them,
-    and the retain losses and forget logits are gathered with autograd
-    (:func:`~fastblend.distributed.all_gather_rows_with_grad`; the unseen logits without), so every
-    rank computes the single-process loss of the whole global batch and each rank's rows receive
-    ``P`` times their gradient, which DDP's averaging divides back: the step equals single-process
-    training on the same global batches (up to float reassociation), for any split of the retain
-    batch. Training-mode BatchNorm normalises each rank's part with its own statistics (convert to
-    ``SyncBatchNorm`` for whole-batch statistics; running statistics stay untouched either way).
+    Under ``torch.distributed`` (P > 1 ranks): pass the ``DistributedDataParallel`` wrapper and the
+    global ``batch_size``; each rank passes the per-sample losses of its part of the global retain
+    batch. Every rank draws the same global forget/unseen indices and forwards its
+    :func:`~fastblend.distributed.row_shard` of them; retain losses and forget logits are gathered
+    with autograd, so every rank computes the whole batch's loss and each rank's rows get ``P``
+    times their gradient, which DDP's averaging divides back: single-process steps up to float
+    reassociation. Training-mode BatchNorm normalises each rank's part alone (or use ``SyncBatchNorm``).
     """
 
     def __init__(self, model: nn.Module, forget_x: torch.Tensor, forget_y: torch.Tensor, unseen_x: torch.Tensor,

@@ -147,4 +147,4 @@ def test_unlearn_under_ddp_equals_single_process(ranks):
         for r, out in enumerate(ranks):
             assert len(out[method]) == len(single)
             for got, want in zip(out[method], single):
-                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=lambda m: f"{method} rank {r}: {m}")
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=f"{method} rank {r}")

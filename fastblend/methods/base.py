@@ -293,6 +293,8 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
         _check_finite_loss(losses[-1], step_losses, epoch, ctx.fn)
         if show:
             epochs.set_postfix(loss=f"{losses[-1]:.4f}")
+    if par is not None:
+        par.sync_buffers()
     if clock is not None:
         clock.report(model, taken)
         ctx.info["eval_seconds"] = clock.paused
@@ -331,6 +333,12 @@ class _DataParallel:
     def part(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
         rows = row_shard(x.shape[0])
         return x[rows], y[rows], self.weight(rows.stop - rows.start, x.shape[0])
+
+    def sync_buffers(self) -> None:
+        """Rank 0's buffers (BatchNorm running statistics, which each rank's last retain forward
+        moved with its own part) on every rank, so every rank returns the same model."""
+        for buffer in self.net.module.buffers():
+            torch.distributed.broadcast(buffer, 0)
 
 
 def _check_finite_loss(mean: float, step_losses: list[torch.Tensor], epoch: int, fn: str) -> None:

@@ -38,7 +38,7 @@ def _params(model: nn.Module) -> list[torch.Tensor]:
 def _on_each_rank() -> dict:
     """Everything the tests below compare, in one 2-process run (spawning ranks is the slow part)."""
     return {"mmd": _gathered_mmd(), "accelerator": _accelerated_steps(True), "refused": _local_batch_size(),
-            **{m: _unlearned(m, wrap=(m == "finetune")) for m in METHODS}}
+            "batchnorm": _unlearned_batchnorm(), **{m: _unlearned(m, wrap=(m == "finetune")) for m in METHODS}}
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +148,20 @@ def test_unlearn_under_ddp_equals_single_process(ranks):
             assert len(out[method]) == len(single)
             for got, want in zip(out[method], single):
                 torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=f"{method} rank {r}")
+
+
+def _unlearned_batchnorm() -> list[torch.Tensor]:
+    d = _data()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(5)
+        model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(64, C))
+    # plain fine-tuning: the last forward of the run is a retain forward, on each rank's own part
+    res = fastblend.unlearn("finetune", model, (d["retain_x"], d["retain_y"]), (d["forget_x"], d["forget_y"]),
+                            config={"batch_size": B, "epochs": 1}, seed=4)
+    return [t.detach().clone() for t in res.model.state_dict().values()]
+
+
+def test_batchnorm_model_under_ddp_is_the_same_on_every_rank(ranks):
+    # each rank's part moves the running statistics its own way; rank 0's are kept on every rank
+    for got, want in zip(ranks[1]["batchnorm"], ranks[0]["batchnorm"]):
+        assert torch.equal(got, want)

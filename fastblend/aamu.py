@@ -16,6 +16,9 @@ reduced retain set (``fastblend.condense``)::
 
 ``out.main`` and ``out.mmd`` are the two parts, detached (log them with ``float``); ``out.total``
 carries the graph. The forget and unseen forwards leave BatchNorm running statistics untouched.
+
+Data parallel (``torchrun``): wrap the model in ``DistributedDataParallel`` yourself, pass the wrapper
+and the *global* ``batch_size`` B, and feed each rank's part of the global retain batch (:class:`Accelerator`).
 """
 
 from __future__ import annotations
@@ -26,10 +29,12 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from ._batchnorm import frozen_batchnorm_stats
 from ._device import module_device
 from .dataview import model_dtype
+from .distributed import all_gather_rows, all_gather_rows_with_grad, is_distributed, row_shard
 from .ops._dispatch import BACKENDS
 from .ops.quantile_mmd import _check_params, quantile_mmd
 
@@ -314,6 +319,14 @@ class Accelerator:
 
     Images of another floating dtype than the model's parameters (float16, bfloat16, float64) are
     cast to the model's dtype once, here; integer labels are required (float labels are refused).
+
+    Under ``torch.distributed`` (P > 1 ranks): pass the ``DistributedDataParallel`` wrapper and the
+    global ``batch_size``; each rank passes the per-sample losses of its part of the global retain
+    batch. Every rank draws the same global forget/unseen indices and forwards its
+    :func:`~fastblend.distributed.row_shard` of them; retain losses and forget logits are gathered
+    with autograd, so every rank computes the whole batch's loss and each rank's rows get ``P``
+    times their gradient, which DDP's averaging divides back: single-process steps up to float
+    reassociation. Training-mode BatchNorm normalises each rank's part alone (or use ``SyncBatchNorm``).
     """
 
     def __init__(self, model: nn.Module, forget_x: torch.Tensor, forget_y: torch.Tensor, unseen_x: torch.Tensor,
@@ -368,6 +381,8 @@ class Accelerator:
                              "are sized for it")
         device = module_device(self.model) or self.forget_x.device
         fi = self.forget_sampler.sample()
+        if is_distributed():
+            return self._sharded_loss(retain_per_sample_loss, fi, device)
         fx, fy = self.forget_x[fi].to(device), self.forget_y[fi].to(device)
         ui = self.unseen_sampler.sample(self.forget_y[fi], validate=False)
         ux, uy = self.unseen_x[ui.to(self.unseen_x.device)].to(device), self.unseen_y[ui].to(device)
@@ -377,6 +392,26 @@ class Accelerator:
                 unseen_logits = self.model(ux)
         validate, self._labels_checked = not self._labels_checked, True
         return self.criterion(retain_per_sample_loss, forget_logits, fy, unseen_logits, uy, validate=validate)
+
+    def _sharded_loss(self, retain: torch.Tensor, fi: torch.Tensor, device: torch.device) -> AAMULossOutput:
+        """:meth:`loss` of one data-parallel step: this rank forwards its part of the global forget and
+        unseen batches; the loss is computed, identically on every rank, on the gathered batches."""
+        retain = all_gather_rows_with_grad(retain)
+        if retain.numel() > self.batch_size:
+            raise ValueError(f"Accelerator.loss: the ranks' retain_per_sample_loss hold {retain.numel()} samples "
+                             f"together but the accelerator was built with batch_size={self.batch_size}; under "
+                             "torch.distributed pass the global retain batch size")
+        ui = self.unseen_sampler.sample(self.forget_y[fi], validate=False)
+        fy, uy = self.forget_y[fi].to(device), self.unseen_y[ui].to(device)
+        fx = self.forget_x[fi[row_shard(fi.numel())]].to(device)
+        ux = self.unseen_x[ui[row_shard(ui.numel())].to(self.unseen_x.device)].to(device)
+        with frozen_batchnorm_stats(self.model):
+            forget_logits = all_gather_rows_with_grad(self.model(fx))
+            with torch.no_grad():
+                plain = self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
+                unseen_logits = all_gather_rows(plain(ux))
+        validate, self._labels_checked = not self._labels_checked, True
+        return self.criterion(retain, forget_logits, fy, unseen_logits, uy, validate=validate)
 
 
 def accelerate(model: nn.Module, forget_x: object, forget_y: object = None, unseen_x: torch.Tensor | None = None,

@@ -10,11 +10,18 @@ Every setting is checked before any data is loaded or any model trained. Exit co
 1 an error during the run (results of the seeds already finished are on disk); 2 a mistake in the
 command line or the configuration (nothing was run); 130 interrupted (Ctrl-C); 143 terminated
 (SIGTERM). Errors are one line on stderr; ``--debug`` (or ``FASTBLEND_DEBUG=1``) shows the traceback.
+
+Many processes: ``torchrun --nproc_per_node=P -m fastblend run ...`` (or ``python -m
+torch.distributed.run``). ``run`` and ``demo`` find torchrun's ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``,
+initialise the default process group (NCCL with device ``cuda:LOCAL_RANK`` when the device is CUDA,
+gloo on CPU) and run the experiment data parallel (:mod:`fastblend.pipeline`); only rank 0 prints,
+logs and writes files.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -27,6 +34,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from . import pipeline
+from .distributed import is_main_process
 from .machine import package_version
 from .methods import METHODS, accelerated
 from .pipeline import DEMO, ConfigError, ExperimentConfig
@@ -197,14 +205,52 @@ def _config_from_args(args: argparse.Namespace, base: ExperimentConfig) -> Exper
     return cfg
 
 
+@contextlib.contextmanager
+def _torchrun_group(cfg: ExperimentConfig):
+    """Under torchrun (``WORLD_SIZE`` > 1 with ``RANK`` and ``LOCAL_RANK`` set, no group yet): the
+    default process group for the block (NCCL on ``cuda:LOCAL_RANK``, which becomes ``cfg.device``,
+    when the device is CUDA; gloo otherwise), destroyed after it. Elsewhere: nothing."""
+    env = os.environ
+    if int(env.get("WORLD_SIZE", "1") or 1) <= 1 or "RANK" not in env or "LOCAL_RANK" not in env:
+        yield
+        return
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        yield
+        return
+    backend = "gloo"
+    if cfg.device in (None, "auto", "cuda") and torch.cuda.is_available():
+        device = torch.device("cuda", int(env["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+        cfg.device, backend = str(device), "nccl"
+    elif cfg.device is not None and str(cfg.device).startswith("cuda") and torch.cuda.is_available():
+        backend = "nccl"
+    dist.init_process_group(backend)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
 def _run(cfg: ExperimentConfig, command: str, args: argparse.Namespace) -> int:
     cfg.out = args.out if args.out is not None else os.path.join("fastblend-out", command)
     cfg.check()
-    pipeline.prepare_output(cfg.out)
+    with _torchrun_group(cfg):
+        return _run_experiment(cfg, args)
+
+
+def _run_experiment(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
+    main = is_main_process()  # under torchrun only rank 0 prints and writes
+    if main:
+        pipeline.prepare_output(cfg.out)
     args.results = cfg.out
-    log = _log(cfg.quiet)
+    log = _log(cfg.quiet or not main)
     t0 = time.perf_counter()
     result = pipeline.run_experiment(cfg, log=log)
+    if not main:
+        return 0
     print(pipeline.format_table(result["summary"]))
     machine = result["machine"]
     print(f"\n{len(cfg.seeds)} seed(s), {time.perf_counter() - t0:.0f}s wall; {machine['gpu'] or machine['cpu']}, "

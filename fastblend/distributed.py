@@ -12,6 +12,7 @@ is the identity (or a single-rank answer) without a process group, so callers ne
   order; :func:`all_gather_rows_with_grad` does the same inside autograd (the gradient of each rank's
   rows is the sum over ranks of the gradients that flow into them, so a loss computed identically on
   every rank and averaged by DDP gives the single-process gradient);
+- :func:`row_shard`: this rank's contiguous part of a global batch (data parallelism);
 - :func:`all_gather_objects`, :func:`broadcast_object`: small picklable values (timings, settings).
 """
 
@@ -23,7 +24,7 @@ from typing import Any
 import torch
 
 __all__ = ["all_gather_objects", "all_gather_rows", "all_gather_rows_with_grad", "balanced_shards", "barrier",
-           "broadcast_object", "is_distributed", "is_main_process", "rank", "world_size"]
+           "broadcast_object", "is_distributed", "is_main_process", "rank", "row_shard", "world_size"]
 
 
 def is_distributed() -> bool:
@@ -75,6 +76,16 @@ def balanced_shards(weights: Sequence[int] | torch.Tensor, parts: int) -> list[l
         shards[p].append(i)
         totals[p] += w[i]
     return [sorted(s) for s in shards]
+
+
+def row_shard(n: int) -> slice:
+    """This rank's contiguous part of ``n`` rows of a global batch: ``slice(r·n//P, (r+1)·n//P)``.
+
+    Concatenating every rank's part in rank order gives the rows back in their order, so a gather
+    (:func:`all_gather_rows`) of per-part results is the global batch's. Parts differ by at most one
+    row; a part is empty when ``n < P``. Without a process group: ``slice(0, n)``."""
+    p, r = world_size(), rank()
+    return slice(r * n // p, (r + 1) * n // p)
 
 
 def _gather_sizes(n: int, device: torch.device) -> list[int]:

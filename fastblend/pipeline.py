@@ -14,11 +14,18 @@ One repetition (seed):
 
 Results (JSON + CSV), the settings and plots go to the output folder (:mod:`fastblend.results`;
 ``summarise`` aggregates seeds into mean ± std); the settings are :mod:`fastblend.experiment`'s.
+
+Under ``torch.distributed`` (``torchrun --nproc_per_node=P -m fastblend run ...``; the command line
+initialises the default group) every rank runs the same seeds on the same data: training and
+unlearning are data parallel (:func:`fastblend.unlearn`), grouping and Blend split their work as
+they do; only rank 0 writes files (results, plots, the model cache) and logs, and each seed's
+record holds every rank's stage times (``rank_stage_times``, gathered with ``all_gather_objects``).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from pathlib import Path
@@ -32,6 +39,7 @@ from . import cache
 from .condense import Blender, BlendIndex, ReducedRetainSet, condense
 from .condense.core import blend_lr
 from .data import dataset_info, load_dataset, make_split
+from .distributed import all_gather_objects, is_distributed, is_main_process, world_size
 from .experiment import (
     DEMO,
     DEMO_RECIPE,
@@ -93,13 +101,21 @@ def original_model(cfg: ExperimentConfig, train_images: torch.Tensor, train_labe
     with torch.random.fork_rng(devices=[]):  # the initial weights come from the seed, not the global RNG
         torch.manual_seed(seed)
         model = _build(cfg, train_images.shape[1], num_classes, train_images.shape[-1])
-    if cache.load_model(model, path):
+    loaded = cache.load_model(model, path)
+    if is_distributed() and not all(all_gather_objects(loaded)):  # every rank trains, or none does
+        if loaded:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                model = _build(cfg, train_images.shape[1], num_classes, train_images.shape[-1])
+        loaded = False
+    if loaded:
         return model.to(device), 0.0, True
     timer = StageTimer(device)
     with timer("train"):
         model = _train_model(model, (train_images, train_labels), config=cfg.train_config, device=device,
                              seed=seed, progress=progress)
-    cache.save_model(model, path)
+    if is_main_process():
+        cache.save_model(model, path)
     return model, timer.stages["train"], False
 
 
@@ -216,8 +232,8 @@ def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, log: Callable[[str
              on_result: Callable[[dict], None] | None = None) -> dict:
     """One repetition; returns its record (rows, rounds, split). ``on_result`` receives the record as
     soon as it is complete, before the plots are drawn."""
-    device = resolve_device(cfg.device)
-    progress = not cfg.quiet
+    device = _rank_device(resolve_device(cfg.device))
+    progress = not cfg.quiet and is_main_process()
     train, test = load_dataset(cfg.dataset, cfg.data_root, per_class=cfg.per_class, limit=cfg.limit)
     split = make_split(train, test, forget=cfg.forget, forget_fraction=cfg.forget_fraction,
                        forget_class=cfg.forget_class, seed=seed)
@@ -306,10 +322,14 @@ def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, log: Callable[[str
         if cfg.rounds > 1 else []
     result = {"seed": seed, "rows": list(rows.values()), "rounds": round_rows, "split": split.summary(),
               "time_to_target": target}
+    if is_distributed():  # every rank's own stage times, in rank order
+        mine = {row["variant"]: {k: v for k, v in row.items() if k.startswith("t_")} for row in rows.values()}
+        result["world_size"] = world_size()
+        result["rank_stage_times"] = all_gather_objects(mine)
     if on_result is not None:
         on_result(result)
 
-    if cfg.plots:
+    if cfg.plots and is_main_process():
         seed_dir = out_dir / f"seed{seed}"
         seed_dir.mkdir(parents=True, exist_ok=True)
         from . import plots
@@ -322,6 +342,13 @@ def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, log: Callable[[str
             plots.quality_vs_time(target["curves"], target["reference"], target["band"],
                                   seed_dir / "quality_vs_time.png")
     return result
+
+
+def _rank_device(device: torch.device) -> torch.device:
+    """Under ``torch.distributed`` a CUDA device without an index is this rank's GPU (``LOCAL_RANK``)."""
+    if device.type != "cuda" or device.index is not None or not is_distributed():
+        return device
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
 
 
 def run_rounds(cfg: ExperimentConfig, seed: int, train, split, clustering, model: nn.Module, unseen,
@@ -394,15 +421,19 @@ def default_ipc(cfg: ExperimentConfig, train) -> int:
 
 def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] | None = None) -> dict:
     """Run every seed of ``cfg``; write ``results.json``, ``results.csv``, ``summary.csv`` (and
-    ``rounds.csv``) atomically as each seed finishes, before its plots.
+    ``rounds.csv``) atomically as each seed finishes, before its plots. Under ``torch.distributed``
+    only rank 0 writes and logs; the other ranks return ``{}``.
 
     Everything is checked before any work (:meth:`ExperimentConfig.check`, the output folder); without
     matplotlib a ``RuntimeWarning`` says so once and the run goes on without plots (``config.plots``
     recorded as false).
     """
     cfg.check()
-    log = log or (lambda msg: None)
-    out_dir = prepare_output(cfg.out)
+    main = is_main_process()  # under torch.distributed only rank 0 logs and writes
+    log = log if log is not None and main else (lambda msg: None)
+    if not main:
+        cfg = with_overrides(cfg, quiet=True)  # no progress bars either
+    out_dir = prepare_output(cfg.out) if main else Path(cfg.out)
     if cfg.plots and not plots_available():
         warnings.warn("matplotlib is not installed, so no plots (`pip install matplotlib`); every other output "
                       "is written", RuntimeWarning, stacklevel=2)
@@ -414,7 +445,8 @@ def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] | None = No
 
     def finished(record: dict) -> None:
         per_seed.append(record)
-        result.update(write_results(cfg, out_dir, per_seed, machine, time.perf_counter() - t0))
+        if main:
+            result.update(write_results(cfg, out_dir, per_seed, machine, time.perf_counter() - t0))
 
     for seed in cfg.seeds:
         run_seed(cfg, seed, out_dir, log, on_result=finished)

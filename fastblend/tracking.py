@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ._device import synchronize
+from .distributed import broadcast_object
 from .metrics import mia_score_from_logits, predict_logits
 
 METRICS = ("forget_acc", "test_acc", "mia")
@@ -98,8 +99,9 @@ class StepClock:
         self.last_step = step
         synchronize(self.device)
         now = time.perf_counter()
-        if self.callback(model, step, now - self.start - self.paused) is True:
-            self.stop = True
+        stop = self.callback(model, step, now - self.start - self.paused) is True
+        # every rank reports at the same steps; rank 0's answer holds everywhere, so no rank waits alone
+        self.stop = self.stop or bool(broadcast_object(stop))
         synchronize(self.device)
         self.paused += time.perf_counter() - now
 

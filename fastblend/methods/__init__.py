@@ -168,11 +168,12 @@ def train_model(model: nn.Module, data: Any, config: Any = None, device: torch.d
                 seed: int = 0, progress: bool | None = None) -> nn.Module:
     """Train ``model`` with cross-entropy on ``data`` (any data form of :func:`unlearn`) and return
     it (a trained deep copy unless ``config.inplace``), in eval mode. ``config``: ``None``, a dict of
-    overrides or a :class:`TrainModelConfig`."""
+    overrides or a :class:`TrainModelConfig`. Data parallel under ``torch.distributed`` as :func:`unlearn`."""
     fn = "train_model"
     cfg = resolve_config(config, TrainModelConfig, fn)
     if not isinstance(model, nn.Module):
         raise TypeError(f"{fn}: model must be a torch.nn.Module, got {type(model).__name__}")
+    model = _unwrap(model)
     dev = torch.device(device) if device is not None else model_device(model)
     view = as_data(data, "data", fn)
     work = (model if cfg.inplace else copy.deepcopy(model)).to(dev)
@@ -249,6 +250,18 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
             ``info["stopped_at_step"]`` then names the step.
         eval_every: steps between ``callback`` calls (``0``: only before and after).
 
+    Data parallel: when a default process group of P > 1 ranks is initialised (``torchrun
+    --nproc_per_node=P``), call ``unlearn`` on every rank with the same arguments (the same data,
+    model, config and seed); ``model`` may be the plain model or a ``DistributedDataParallel``
+    wrapper of it. Training then runs under ``DistributedDataParallel`` (device ``device``, e.g.
+    ``cuda:LOCAL_RANK``): each rank draws the same seeded global batches (retain permutation, forget
+    and unseen samplers) and processes its contiguous part of each; batch means are rescaled and the
+    A-AMU loss is computed on gathered rows, so the run equals single-process training on the same
+    global batches up to float reassociation (models without training-mode BatchNorm; BatchNorm
+    normalises each rank's part alone unless you convert it to ``SyncBatchNorm``). A ``DataLoader``
+    retain set must yield the same batches on every rank. SCRUB's forget pass, SSD, teachers and
+    the evaluation ``callback`` run whole on every rank. The returned model is the plain module.
+
     Raises ``ValueError``/``TypeError`` for an unknown method or config key, malformed or empty data,
     labels outside the model's classes, images and labels on different devices, retain and forget
     sharing training indices, or an accelerated method without ``unseen``.
@@ -262,6 +275,7 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
     cfg = resolve_config(config, spec.config_class, fn)
     if not isinstance(model, nn.Module):
         raise TypeError(f"{fn}: model must be a torch.nn.Module, got {type(model).__name__}")
+    model = _unwrap(model)
     dev = torch.device(device) if device is not None else model_device(model)
 
     r = as_data(retain, "retain", fn)
@@ -309,6 +323,13 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
     info = {"num_classes": num_classes, "retain_size": len(r), "reduced_retain": r.reduced, "backends": {},
             **ctx.info}
     return UnlearnResult(outcome.model.eval(), seconds, outcome.losses, cfg, spec.name, outcome.steps, info)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a ``DistributedDataParallel`` wrapper (``train`` wraps it again)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 def _ssd_tracked(model: nn.Module, data: RunData, cfg: Any, ctx: RunContext,

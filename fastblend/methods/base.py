@@ -24,6 +24,7 @@ from .._device import synchronize
 from .._progress import bar as progress_bar
 from .._progress import progress_enabled
 from ..dataview import CyclicBatches, DataView, model_device
+from ..distributed import all_gather_rows, all_gather_rows_with_grad, is_distributed, row_shard, world_size
 from ..ops._dispatch import backend_for
 from ..tracking import StepClock
 from .config import TrainConfig
@@ -171,11 +172,17 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
     ``callback(model, step, seconds)``, when given, runs before the first step, after every
     ``eval_every``-th optimiser step and after the last, with ``seconds`` the training wall time so
     far; its own time is excluded from that clock and recorded in ``ctx.info["eval_seconds"]``. If it
-    returns ``True`` the training stops there (``ctx.info["stopped_at_step"]`` records the step).
+    returns ``True`` the training stops there (``ctx.info["stopped_at_step"]`` records the step; under
+    ``torch.distributed`` rank 0's answer holds on every rank).
+
+    Under ``torch.distributed`` (a default group of P > 1 ranks) the model is trained as
+    ``DistributedDataParallel``: see :class:`_DataParallel` for how batches are split and the loss scaled.
     """
     clock = StepClock(callback, ctx.device) if callback is not None else None
     model = ctx.place(method.prepare(model, data, ctx))
     model.train()
+    par = _DataParallel(model, ctx.device) if is_distributed() else None
+    net = par.net if par is not None else model  # the forwards that need gradients go through DDP
     ctx.fuse = cfg.fuse_forward
     ctx.micro = cfg.micro_batch
     if has_batch_statistics(model):
@@ -229,31 +236,51 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
         total = total.detach()
         step_losses: list[torch.Tensor] = []  # on the device: read once per epoch, no per-step sync
         for x_r, y_r in data.retain.batches(cfg.batch_size, ctx.generator, ctx.device, ctx.fn):
-            x_f = y_f = None
+            x_f = y_f = fi = None
+            if par is not None:
+                x_r, y_r, w_r = par.part(x_r, y_r)
             if accelerated:
-                x_f, y_f = data.forget.take(forget_sampler.sample(), ctx.device)
+                fi = forget_sampler.sample()
+                x_f, y_f = data.forget.take(fi if par is None else fi[row_shard(fi.numel())], ctx.device)
             elif forget_stream is not None:
                 x_f, y_f = forget_stream.next()
-            logits_r, logits_f = ctx.forward(model, x_r, x_f)
+                if par is not None:
+                    x_f, y_f, w_f = par.part(x_f, y_f)
+            logits_r, logits_f = ctx.forward(net, x_r, x_f)
             terms = method.retain_terms(model, x_r, logits_r, y_r, epoch, ctx)
             if accelerated:
+                y_fg = y_f  # the global forget batch's labels
+                if par is not None:
+                    w_f = par.weight(x_f.shape[0], fi.numel())
+                    y_fg = data.forget.labels[fi.to(data.forget.labels.device)].to(ctx.device)
                 if unseen_cache is None or unseen_cache[2] == cfg.unseen_refresh:
-                    x_u, y_u = data.unseen.take(unseen_sampler.sample(y_f, validate=False), ctx.device)
-                    unseen_cache = (ctx.infer(model, x_u), y_u, 0)
+                    ui = unseen_sampler.sample(y_fg, validate=False)
+                    if par is None:
+                        x_u, y_u = data.unseen.take(ui, ctx.device)
+                        unseen_cache = (ctx.infer(model, x_u), y_u, 0)
+                    else:
+                        x_u, _ = data.unseen.take(ui[row_shard(ui.numel())], ctx.device)
+                        y_u = data.unseen.labels[ui.to(data.unseen.labels.device)].to(ctx.device)
+                        unseen_cache = (all_gather_rows(ctx.infer(model, x_u)), y_u, 0)
                 logits_u, y_u, age = unseen_cache
                 unseen_cache = (logits_u, y_u, age + 1)
-                out = aamu_loss(terms.per_sample, logits_f, y_f, logits_u, y_u, retain_weight=terms.weight,
+                per_sample, logits_fg = terms.per_sample, logits_f
+                if par is not None:
+                    per_sample, logits_fg = all_gather_rows_with_grad(per_sample), all_gather_rows_with_grad(logits_f)
+                out = aamu_loss(per_sample, logits_fg, y_fg, logits_u, y_u, retain_weight=terms.weight,
                                 validate=not labels_checked)
                 labels_checked = True  # checked on the host once; later steps never wait for it
                 loss = out.total
-            else:
+            elif par is None:
                 loss = terms.weight * terms.per_sample.mean()
-            if terms.extra is not None:
-                loss = loss + terms.extra
-            if logits_f is not None:
+            else:
+                loss = terms.weight * w_r * terms.per_sample.mean() if w_r else terms.per_sample.sum()
+            if terms.extra is not None and (par is None or w_r):
+                loss = loss + (terms.extra if par is None else w_r * terms.extra)
+            if logits_f is not None and (par is None or w_f):
                 extra = method.forget_loss(x_f, logits_f, y_f, epoch, ctx)
                 if extra is not None:
-                    loss = loss + extra
+                    loss = loss + (extra if par is None else w_f * extra)
             reg = method.regulariser(model, epoch, ctx)
             if reg is not None:
                 loss = loss + reg
@@ -264,6 +291,8 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
             if clock is not None and clock.stop:
                 break
         steps += n
+        if par is not None:  # the mean over ranks of their losses is the single-process loss
+            total = all_gather_rows(total.reshape(1)).mean()
         losses.append(float(total) / max(n, 1))
         _check_finite_loss(losses[-1], step_losses, epoch, ctx.fn)
         if show:
@@ -271,6 +300,8 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
         if clock is not None and clock.stop:
             ctx.info["stopped_at_step"] = taken
             break
+    if par is not None:
+        par.sync_buffers()
     if clock is not None:
         clock.report(model, taken)
         ctx.info["eval_seconds"] = clock.paused
@@ -279,6 +310,42 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
         raise FloatingPointError(f"{ctx.fn}: training left non-finite weights in {len(bad)} parameters (e.g. "
                                  f"{bad[0]!r}) after epoch {cfg.epochs}; lower config.lr or check the data")
     return TrainOutcome(method.finish(model), losses, steps)
+
+
+class _DataParallel:
+    """How :func:`train` runs under ``torch.distributed``: ``net`` is the model wrapped in
+    ``DistributedDataParallel`` (gradients averaged over the P ranks).
+
+    Every rank draws the same global batches (same seeded generators and samplers) and keeps its
+    :func:`~fastblend.distributed.row_shard`. A term that is a mean over a batch's ``n`` rows is
+    computed on the rank's ``n_r`` rows and scaled by ``w = P·n_r/n`` (:meth:`part`), so DDP's
+    average ``(1/P) Σ_r w_r mean_r = (1/n) Σ rows`` is the global mean for any split; the A-AMU loss
+    is computed on gathered rows, identically on every rank (each rank's rows get ``P`` times their
+    gradient through the gather, divided back by the average); terms of the parameters alone
+    (regularisers) and passes every rank runs whole (SCRUB's forget pass) are identical on every
+    rank, so averaging leaves them as they are."""
+
+    def __init__(self, model: nn.Module, device: torch.device) -> None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = None
+        if device.type == "cuda":
+            ids = [device.index if device.index is not None else torch.cuda.current_device()]
+        self.net = DistributedDataParallel(model, device_ids=ids)
+        self.world = world_size()
+
+    def weight(self, n_local: int, n: int) -> float:
+        return self.world * n_local / n
+
+    def part(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        rows = row_shard(x.shape[0])
+        return x[rows], y[rows], self.weight(rows.stop - rows.start, x.shape[0])
+
+    def sync_buffers(self) -> None:
+        """Rank 0's buffers (BatchNorm running statistics, which each rank's last retain forward
+        moved with its own part) on every rank, so every rank returns the same model."""
+        for buffer in self.net.module.buffers():
+            torch.distributed.broadcast(buffer, 0)
 
 
 def _check_finite_loss(mean: float, step_losses: list[torch.Tensor], epoch: int, fn: str) -> None:

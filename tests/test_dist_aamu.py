@@ -1,0 +1,167 @@
+"""A-AMU under DistributedDataParallel on 2 gloo processes: the same numbers as one process."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+import fastblend
+from fastblend import distributed as fd
+from tests._dist import run_ranks
+
+C = 3  # classes
+B = 5  # global retain batch: 2 + 3 rows on 2 ranks (unequal parts on purpose)
+
+
+def _data(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    sets = {}
+    for name, n in (("retain", 23), ("forget", 17), ("unseen", 30)):
+        sets[f"{name}_x"] = torch.randn(n, 1, 6, 6, generator=g)
+        sets[f"{name}_y"] = torch.arange(n) % C
+    return sets
+
+
+def _model() -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, C))
+
+
+def _params(model: nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def _on_each_rank() -> dict:
+    """Everything the tests below compare, in one 2-process run (spawning ranks is the slow part)."""
+    return {"mmd": _gathered_mmd(), "accelerator": _accelerated_steps(True), "refused": _local_batch_size(),
+            "batchnorm": _unlearned_batchnorm(), **{m: _unlearned(m, wrap=(m == "finetune")) for m in METHODS}}
+
+
+@pytest.fixture(scope="module")
+def ranks() -> list[dict]:
+    return run_ranks(_on_each_rank, 2)
+
+
+# ---- (a) the MMD of gathered rows ------------------------------------------------------------------
+def _logits(m: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(m, C, generator=g, dtype=torch.float64), torch.arange(m) % C
+
+
+def _gathered_mmd():
+    (zf, yf), (zu, yu) = _logits(11, 1), _logits(9, 2)  # the global batches, the same on every rank
+    part = fd.row_shard(zf.shape[0])
+    local = zf[part].clone().requires_grad_(True)
+    unseen = fd.all_gather_rows(zu[fd.row_shard(zu.shape[0])])
+    mmd = fastblend.quantile_mmd(fd.all_gather_rows_with_grad(local), yf, unseen, yu, backend="torch")
+    mmd.backward()
+    return float(mmd), local.grad, (part.start, part.stop)
+
+
+def test_mmd_of_gathered_rows_equals_single_process(ranks):
+    results = [r["mmd"] for r in ranks]
+    (zf, yf), (zu, yu) = _logits(11, 1), _logits(9, 2)
+    whole = zf.clone().requires_grad_(True)
+    ref = fastblend.quantile_mmd(whole, yf, zu, yu, backend="torch")
+    ref.backward()
+    ref = ref.detach()
+    for value, grad, (start, stop) in results:
+        assert value == float(ref)  # float64 and the same rows in the same order: bit for bit
+        # each rank's rows receive P times their single-process gradient (DDP averages it back)
+        torch.testing.assert_close(grad, 2 * whole.grad[start:stop])
+    assert results[0][2] == (0, 5) and results[1][2] == (5, 11)
+
+
+# ---- (b) Accelerator steps with a user-wrapped DDP model ---------------------------------------------
+STEPS = 3
+
+
+def _accelerated_steps(distributed: bool) -> list[torch.Tensor]:
+    d = _data()
+    model = _model()
+    net = DistributedDataParallel(model) if distributed else model
+    acc = fastblend.accelerate(net, d["forget_x"], d["forget_y"], d["unseen_x"], d["unseen_y"], batch_size=B,
+                               seed=7, forget_batch_factor=3, unseen_batch_factor=3)  # 15 rows: 7 + 8
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)  # plain SGD: a wrong gradient scale shows at once
+    for step in range(STEPS):
+        idx = torch.arange(step * B, (step + 1) * B)
+        part = fd.row_shard(B) if distributed else slice(0, B)
+        x, y = d["retain_x"][idx][part], d["retain_y"][idx][part]
+        out = acc.loss(F.cross_entropy(net(x), y, reduction="none"))
+        opt.zero_grad()
+        out.total.backward()
+        opt.step()
+    return _params(model)
+
+
+def test_accelerator_under_ddp_equals_single_process(ranks):
+    single = _accelerated_steps(False)
+    start = _params(_model())
+    assert any(not torch.equal(a, b) for a, b in zip(single, start))  # training moved the weights
+    for params in (r["accelerator"] for r in ranks):
+        for got, want in zip(params, single):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_accelerator_refuses_a_local_batch_size_under_ddp(ranks):
+    assert "global retain batch size" in ranks[0]["refused"]
+
+
+def _local_batch_size() -> str:
+    d = _data()
+    net = DistributedDataParallel(_model())
+    acc = fastblend.accelerate(net, d["forget_x"], d["forget_y"], d["unseen_x"], d["unseen_y"], batch_size=3)
+    try:
+        acc.loss(F.cross_entropy(net(d["retain_x"][:3]), d["retain_y"][:3], reduction="none"))
+    except ValueError as exc:
+        return str(exc)
+    return ""
+
+
+# ---- (c) unlearn(...) under DDP ------------------------------------------------------------------------
+METHODS = ("a_finetune", "finetune", "a_neggrad_plus")
+
+
+def _unlearned(method: str, wrap: bool) -> list[torch.Tensor]:
+    d = _data()
+    model = _model()
+    if wrap:
+        model = DistributedDataParallel(model)
+    cfg = {"epochs": 1, "batch_size": B, "optimizer": "sgd", "lr": 0.2, "momentum": 0.0, "weight_decay": 0.0,
+           "schedule": "constant", "warmup_epochs": 0}
+    if method.startswith("a_"):
+        cfg.update(forget_batch_factor=3, unseen_batch_factor=3)
+    res = fastblend.unlearn(method, model, (d["retain_x"], d["retain_y"]), (d["forget_x"], d["forget_y"]),
+                            unseen=(d["unseen_x"], d["unseen_y"]), config=cfg, seed=4)
+    assert not isinstance(res.model, DistributedDataParallel)
+    return _params(res.model) + [torch.tensor(res.losses), torch.tensor(res.steps)]
+
+
+def test_unlearn_under_ddp_equals_single_process(ranks):
+    for method in METHODS:
+        single = _unlearned(method, wrap=False)
+        for r, out in enumerate(ranks):
+            assert len(out[method]) == len(single)
+            for got, want in zip(out[method], single):
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=f"{method} rank {r}")
+
+
+def _unlearned_batchnorm() -> list[torch.Tensor]:
+    d = _data()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(5)
+        model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(64, C))
+    # plain fine-tuning: the last forward of the run is a retain forward, on each rank's own part
+    res = fastblend.unlearn("finetune", model, (d["retain_x"], d["retain_y"]), (d["forget_x"], d["forget_y"]),
+                            config={"batch_size": B, "epochs": 1}, seed=4)
+    return [t.detach().clone() for t in res.model.state_dict().values()]
+
+
+def test_batchnorm_model_under_ddp_is_the_same_on_every_rank(ranks):
+    # each rank's part moves the running statistics its own way; rank 0's are kept on every rank
+    for got, want in zip(ranks[1]["batchnorm"], ranks[0]["batchnorm"]):
+        assert torch.equal(got, want)

@@ -136,7 +136,10 @@ def blend_index(cfg: ExperimentConfig, train, ipc: int, seed: int, device: torch
     timer = StageTimer(device)
     with timer("load"):
         index = cache.load_index(path)
-    if index is not None and torch.equal(index.labels.cpu(), train.labels.cpu()):
+    loaded = index is not None and torch.equal(index.labels.cpu(), train.labels.cpu())
+    if is_distributed():  # every rank builds (its share of the work), or none does
+        loaded = all(all_gather_objects(loaded))
+    if loaded:
         return index, timer.stages["load"], True
     timer = StageTimer(device)
     with timer("features"):
@@ -149,7 +152,8 @@ def blend_index(cfg: ExperimentConfig, train, ipc: int, seed: int, device: torch
                                  seed=seed, device=device, progress=progress, amp=cfg.blend_amp)
     index.timings.update(features=timer.stages["features"], grouping=timer.stages["grouping"],
                          blend=index.timings.get("blend", timer.stages["blend"]), total=timer.total)
-    cache.save_index(index, path)
+    if is_main_process():
+        cache.save_index(index, path)
     return index, timer.total, False
 
 

@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from .._device import synchronize
+from ..distributed import is_distributed, world_size
 from ..grouping import Clustering
 from ..ops._dispatch import backend_for
-from ..distributed import is_distributed, world_size
 from .blend import BlendResult, check_matcher, matcher_dtype
 from .checks import open_source, prepare_inputs, resolve_clustering
 from .chunked import blend_chunked, blend_sharded

@@ -30,9 +30,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .._device import synchronize
+from ..distributed import is_distributed, world_size
 from ..grouping import Clustering
 from ..ops._dispatch import backend_for
-from ..distributed import is_distributed, world_size
 from .blend import check_matcher, matcher_dtype
 from .checks import (
     check_clustering,

@@ -123,7 +123,7 @@ def fingerprint(source: object) -> dict:
     rows = _fingerprint_rows(n)
     sample = source_sample(source)
     return {"length": n, "shape": list(sample.shape), "dtype": str(sample.dtype).replace("torch.", ""),
-            "rows": rows.tolist(), "hash": int(row_keys(source, rows).sum())}
+            "rows": rows.tolist(), "hash": int((row_keys(source, rows) * (2 * rows + 1)).sum())}  # position-aware
 
 
 def check_fingerprint(source: object, expected: dict, where: str) -> None:

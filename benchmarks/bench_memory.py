@@ -62,6 +62,11 @@ def write_npy(folder: Path, n: int, seed: int = 0) -> tuple[Path, Path]:
     return images, labels
 
 
+def forget_count(n: int) -> int:
+    """Images forgotten: 100 (at most 5% of a tiny set)."""
+    return max(1, min(100, n // 20))
+
+
 def _run_case(case: str, images_path: str, labels_path: str, n: int, ipc: int, member_chunk: int,
               iterations: int) -> dict:
     """One case, in this (fresh) process: returns the measurements."""
@@ -92,7 +97,7 @@ def _run_case(case: str, images_path: str, labels_path: str, n: int, ipc: int, m
             return list(zip(block, self.labels[rows].tolist()))
 
     labels = np.load(labels_path)[:n]
-    forget = torch.randperm(n, generator=torch.Generator().manual_seed(1))[:100]
+    forget = torch.randperm(n, generator=torch.Generator().manual_seed(1))[:forget_count(n)]
     kw = dict(ipc=ipc, iterations=iterations, seed=0, progress=False)
     t0 = time.perf_counter()
     if case == "in_memory":
@@ -132,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                    "--iterations", str(args.iterations)]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             m = json.loads(out.strip().splitlines()[-1])
-            params = {"N": n, "shape": list(SHAPE), "ipc": ipc, "iterations": args.iterations, "forget": 100,
+            params = {"N": n, "shape": list(SHAPE), "ipc": ipc, "iterations": args.iterations, "forget": forget_count(n),
                       "member_chunk": member_chunk if case != "in_memory" else None,
                       "dataset_bytes": n * int(np.prod(SHAPE)) * 4}
             metrics = {"memory_kind": "cpu_rss_hwm", "peak_bytes": m["peak_bytes"],

@@ -115,7 +115,7 @@ def save_blend_grid(reduced: ReducedRetainSet, images: torch.Tensor, clustering:
         for j, ax in enumerate(axes[r]):
             ax.axis("off")
             if j == 0:
-                ax.imshow(tile(reduced.images[row]), cmap="gray")
+                ax.imshow(tile(reduced[row][0]), cmap="gray")
                 ax.set_title(f"blend, cluster {c} (class {int(reduced.labels[row])})", fontsize=6, loc="left")
             elif j - 1 < len(idx):
                 ax.imshow(tile(images[idx[j - 1]]), cmap="gray")

@@ -181,12 +181,18 @@ ROWS = [
      "condense: forget"),
     ("condense", "int images", lambda: F.condense(_x().long(), _y(), [0], ipc=1, progress=False), TypeError,
      "condense: images must be a floating tensor"),
+    ("condense", "member_chunk 0", lambda: F.condense(_x(), _y(), [0], ipc=1, member_chunk=0), ValueError,
+     "condense: member_chunk must be None or an int >= 1"),
     ("Blender", "float labels", lambda: F.Blender(_x(), _y().float(), ipc=1, progress=False), TypeError,
      "Blender: labels must be a 1-d integer tensor"),
     ("ReducedRetainSet", "load wrong labels", lambda: _save_load_reduced(labels=torch.arange(2)), ValueError,
      r"ReducedRetainSet.load: .*: labels must be a torch.int64 tensor of shape \[3\]"),
     ("ReducedRetainSet", "load images as string", lambda: _save_load_reduced(images="pixels"), ValueError,
      "ReducedRetainSet.load: .*: images must be a floating tensor"),
+    ("ReducedRetainSet", "load without its source", lambda: _save_load_lean_reduced(None), ValueError,
+     "ReducedRetainSet.load: .* holds no residual images .* pass source="),
+    ("ReducedRetainSet", "load with another source", lambda: _save_load_lean_reduced(torch.ones(3, 1, 2, 2)),
+     ValueError, "ReducedRetainSet.load: .*: source does not match"),
     # ---------------- A-AMU
     ("steepen", "int loss", lambda: F.steepen(torch.ones(3, dtype=torch.long)), TypeError,
      "steepen: per_sample_loss must be a floating"),
@@ -292,6 +298,17 @@ def _memmap_write(images, labels, **kwargs):
 
     with tempfile.TemporaryDirectory() as d:
         return fastblend.MemmapImages.write(Path(d) / "x.npy", images, labels, **kwargs)
+
+
+def _save_load_lean_reduced(source):
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "r.pt"
+        fields = _reduced_fields(images=None, blends=torch.zeros(0, 1, 2, 2), source=torch.zeros(3, 1, 2, 2))
+        fastblend.ReducedRetainSet(**fields).save(path, with_residual=False)
+        return fastblend.ReducedRetainSet.load(path, source=source)
 
 
 def _save_load_reduced(**over):

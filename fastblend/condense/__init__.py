@@ -12,6 +12,10 @@ Modules, one concern each:
 - :mod:`.core`: the :func:`condense` entry point, the round core, :func:`blend_lr`, :func:`matcher_seed`;
 - :mod:`.blender`: multi-round unlearning (:class:`Blender`);
 - :mod:`.blend`: the batched Blend optimisation (:func:`blend_clusters`, :func:`check_matcher`);
+- :mod:`.chunked`: the Blend one chunk of clusters at a time (``member_chunk``) and sharded over the
+  ranks of a ``torch.distributed`` process group, each term keeping the global ``1/K``;
+- :mod:`.source`: training images as a tensor or a streamed map-style Dataset (rows, labels,
+  fingerprint);
 - :mod:`.split`: the split (F-sampling) into touched and free clusters;
 - :mod:`.checks`: input checks;
 - :mod:`.reduced`: :class:`ReducedRetainSet` and its save/load;

@@ -204,7 +204,8 @@ def _check_blend_inputs(x: torch.Tensor, indptr: torch.Tensor, matcher: nn.Modul
 def blend_clusters(x: torch.Tensor, indptr: torch.Tensor, matcher: nn.Module, *, lr: float,
                    iterations: int = 12, normalize: str = "sum", chunk_size: int | None = None,
                    backend: str = "auto", progress: bool | None = None,
-                   member_features: torch.Tensor | None = None, amp: bool = False) -> BlendResult:
+                   member_features: torch.Tensor | None = None, amp: bool = False,
+                   loss_clusters: int | None = None, member_chunk: int | None = None) -> BlendResult:
     """Blend every CSR segment of ``x`` into one image (docs/method.md §1.3), all segments at once.
 
     Args:
@@ -224,6 +225,16 @@ def blend_clusters(x: torch.Tensor, indptr: torch.Tensor, matcher: nn.Module, *,
             the weights, blends, targets and loss stay float32). On a 2-core AMD EPYC with AVX-512
             bf16 the matcher's forward+backward is ~1.7x faster per image in isolation and the whole
             demo Blend 1.2x faster; on GPUs it is the tensor-core path.
+        loss_clusters: the ``K`` of the loss's ``1/K`` scale (default: the segments of ``x``). A
+            part of a larger Blend passes the whole Blend's K, so that its clusters get exactly the
+            steps they get when all are optimised together (``loss_history`` then holds this part's
+            share of ``L``).
+        member_chunk: optimise the clusters in chunks of at most this many member images, the whole
+            optimisation (all iterations) one chunk at a time (a cluster larger than that is a chunk
+            of its own), each term keeping the global ``1/K``: the same blends, weights and terms
+            (float tolerance), the history summed over chunks. ``None``: all at once. Bounds the
+            optimisation's working memory (weights, blends, gradients) by the chunk; :func:`condense`
+            and :meth:`BlendIndex.build` also read only the chunk's images from their source.
 
     Each iteration is one ``segment_blend`` over all clusters and one batched matcher
     forward/backward over the K blends; there is no Python loop over clusters.
@@ -233,6 +244,23 @@ def blend_clusters(x: torch.Tensor, indptr: torch.Tensor, matcher: nn.Module, *,
     _check_blend_inputs(x, indptr, matcher, lr, iterations)
     device = x.device
     m, k = x.shape[0], indptr.numel() - 1
+    if loss_clusters is not None and (isinstance(loss_clusters, bool) or not isinstance(loss_clusters, int)
+                                      or loss_clusters < k):
+        raise ValueError(f"blend_clusters: loss_clusters must be an int >= K = {k} (the clusters of x), got "
+                         f"{loss_clusters!r}")
+    if member_chunk is not None:
+        from .chunked import blend_chunked, check_member_chunk
+
+        check_member_chunk("blend_clusters", member_chunk)
+        if member_chunk < m:
+            if member_features is not None and (member_features.dim() != 2 or member_features.shape[0] != m):
+                raise ValueError(f"blend_clusters: member_features must have shape [M, D] = [{m}, D], got "
+                                 f"{list(member_features.shape)}")
+            feats = None if member_features is None else (lambda p: member_features[p.to(member_features.device)])
+            return blend_chunked(lambda p: x[p.to(device)], indptr, matcher, member_chunk=member_chunk,
+                                 loss_clusters=loss_clusters or k, device=device, lr=lr, iterations=iterations,
+                                 normalize=normalize, chunk_size=chunk_size, backend=backend, progress=progress,
+                                 member_features=feats, amp=amp)
     if k == 0:
         empty = x.new_zeros(0)
         return BlendResult(empty, empty, x.new_zeros((0,) + tuple(x.shape[1:])), empty, empty, [])
@@ -251,7 +279,7 @@ def blend_clusters(x: torch.Tensor, indptr: torch.Tensor, matcher: nn.Module, *,
     else:
         batch = chunk_size or (_TARGET_BATCH if device.type == "cuda" else CPU_CHUNK)
         targets = _segment_mean_targets(embed, x, indptr, batch, backend)
-    scale = 1.0 / (k * targets.shape[1])
+    scale = 1.0 / ((loss_clusters or k) * targets.shape[1])
     w = (1.0 / sizes.to(x.dtype)).repeat_interleave(sizes, output_size=m).requires_grad_(True)
     opt = torch.optim.SGD([w], lr=lr, momentum=MOMENTUM, weight_decay=0.0)
     synchronize(device)

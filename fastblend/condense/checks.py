@@ -16,8 +16,9 @@ from torch import nn
 from .._device import synchronize
 from ..grouping import Clustering
 
-__all__ = ["NORMALIZE_MODES", "as_image_tensors", "check_clustering", "content_keys", "content_order", "forget_mask",
-           "group_in_content_order", "prepare_inputs", "resolve_clustering"]
+__all__ = ["NORMALIZE_MODES", "as_image_tensors", "check_clustering", "content_keys", "content_order",
+           "extract_streamed", "forget_mask", "group_in_content_order", "open_source", "prepare_inputs",
+           "resolve_clustering"]
 
 NORMALIZE_MODES = ("sum", "softmax")
 
@@ -32,20 +33,36 @@ def _check_data(caller: str, images: object, labels: object) -> tuple[torch.Tens
     if labels is None:
         raise TypeError(f"{caller}: labels are required with an images tensor (or pass an (images, labels) "
                         "pair, a Dataset or a DataLoader)")
+    return images, _check_labels(caller, labels, images.shape[0])
+
+
+def _check_source(caller: str, source: object, labels: object) -> tuple[object, torch.Tensor]:
+    """A streamed Dataset: a floating ``[C, H, W]`` first image and one label per row."""
+    from .source import source_sample
+
+    if len(source) == 0:
+        raise ValueError(f"{caller}: images must hold at least one image (the Dataset is empty)")
+    sample = source_sample(source, caller)
+    if sample.dim() != 3:
+        raise ValueError(f"{caller}: dataset images must have shape [C, H, W], got {list(sample.shape)}")
+    return source, _check_labels(caller, labels, len(source))
+
+
+def _check_labels(caller: str, labels: object, n: int) -> torch.Tensor:
     if not isinstance(labels, torch.Tensor):
         labels = torch.as_tensor(labels)
     if labels.dim() != 1 or labels.is_floating_point() or labels.dtype == torch.bool:
         raise TypeError(f"{caller}: labels must be a 1-d integer tensor [N], got {labels.dtype} "
                         f"of shape {list(labels.shape)}")
-    if labels.shape[0] != images.shape[0]:
-        raise ValueError(f"{caller}: images and labels must have the same length, got {images.shape[0]} "
+    if labels.shape[0] != n:
+        raise ValueError(f"{caller}: images and labels must have the same length, got {n} "
                          f"images and {labels.shape[0]} labels")
-    if images.shape[0] == 0:
+    if n == 0:
         raise ValueError(f"{caller}: images must hold at least one image")
     labels = labels.to(torch.int64)
     if int(labels.min()) < 0:
         raise ValueError(f"{caller}: labels must be >= 0, got {int(labels.min())}")
-    return images, labels
+    return labels
 
 
 def forget_mask(caller: str, forget: object, n: int) -> torch.Tensor:
@@ -148,6 +165,23 @@ def as_image_tensors(caller: str, data: object, labels: object) -> tuple[object,
     return view.images, view.labels
 
 
+def open_source(caller: str, data: object, labels: object) -> tuple[object, object]:
+    """``(source, labels)``: a map-style Dataset that holds no in-memory image tensor is kept as the
+    source (streamed; labels from ``.labels``/``.targets`` or one pass over it); anything else goes
+    through :func:`as_image_tensors`."""
+    from torch.utils.data import TensorDataset
+
+    from .source import is_dataset_source, source_labels
+
+    if (is_dataset_source(data) and not isinstance(data, TensorDataset)
+            and not torch.is_tensor(getattr(data, "images", None))):
+        if labels is not None:
+            raise TypeError(f"{caller}: labels must be None when the data is a {type(data).__name__} "
+                            "(the labels come from the data)")
+        return data, (source_labels(data, caller) if len(data) else torch.zeros(0, dtype=torch.int64))
+    return as_image_tensors(caller, data, labels)
+
+
 _HASH_SEED = 0x5EED_B1E4D
 
 
@@ -179,10 +213,17 @@ def group_in_content_order(images: torch.Tensor, labels: torch.Tensor, ipc: int,
     seconds of grouping)``."""
     from ..grouping import group
 
-    order = content_order(images)
+    if isinstance(images, torch.Tensor):
+        order = content_order(images)
+        ordered = lambda: images[order.to(images.device)]  # noqa: E731
+    else:  # a Dataset source: keys and features streamed in content order
+        from .source import ReorderedRows, row_keys
+
+        order = torch.argsort(row_keys(images), stable=True)
+        ordered = lambda: ReorderedRows(images, order)  # noqa: E731
     t0 = time.perf_counter()
     if features is None:
-        feats_sorted = feature_fn(images[order.to(images.device)])
+        feats_sorted = feature_fn(ordered())
     else:
         feats_sorted = features[order.to(features.device)]
     synchronize(feats_sorted.device)
@@ -210,22 +251,43 @@ def resolve_clustering(caller: str, images: torch.Tensor, labels: torch.Tensor, 
         raise ValueError(f"{caller}: pass ipc (clusters per class) or a precomputed clustering")
     if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
         raise ValueError(f"{caller}: ipc must be a positive int, got {ipc!r}")
-    from ..grouping import extract_features
-
     synchronize(device)
     clustering, feats, t_feat, t_group = group_in_content_order(
         images, labels, ipc, seed, None,
-        lambda x: extract_features(x, extractor=extractor, device=device, seed=seed, progress=progress))
+        lambda x: extract_streamed(x, extractor=extractor, device=device, seed=seed, progress=progress))
     return check_clustering(caller, clustering, labels, ipc), t_feat, t_group, feats
 
 
-def prepare_inputs(caller: str, images, labels, forget, iterations, lr, normalize, chunk_size, device):
-    """Check the data, the Blend settings and ``forget``; return ``(images, labels [N] int64,
-    forget mask [N] bool on the CPU, device)`` (``device`` defaults to the images' device)."""
-    images, labels = _check_data(caller, images, labels)
+def extract_streamed(data: object, extractor: nn.Module | None, device: torch.device, seed: int,
+                     progress: bool | None, batch_size: int = 512) -> torch.Tensor:
+    """``extract_features`` of a tensor or a Dataset of ``(image, label)`` rows: ``[N, D]`` float32
+    (a Dataset is read ``batch_size`` rows at a time; the same batches, so the same features, as the
+    tensor path)."""
+    from ..features import extract_features
+
+    return extract_features(data, extractor=extractor, batch_size=batch_size, device=device, seed=seed,
+                            progress=progress)
+
+
+def prepare_inputs(caller: str, images, labels, forget, iterations, lr, normalize, chunk_size, device,
+                   member_chunk: object = None):
+    """Check the data (a tensor, or a Dataset source with its labels), the Blend settings and
+    ``forget``; return ``(images, labels [N] int64, forget mask [N] bool on the CPU, device)``
+    (``device`` defaults to the images' device, the CPU for a Dataset)."""
+    from .source import is_dataset_source
+
+    if is_dataset_source(images):
+        images, labels = _check_source(caller, images, labels)
+    else:
+        images, labels = _check_data(caller, images, labels)
     _check_settings(caller, iterations, lr, normalize, chunk_size)
-    mask = forget_mask(caller, forget, images.shape[0])
+    from .chunked import check_member_chunk
+
+    check_member_chunk(caller, member_chunk)
+    n = labels.shape[0]
+    mask = forget_mask(caller, forget, n)
     if bool(mask.all()):
-        raise ValueError(f"{caller}: forget covers all {images.shape[0]} images; nothing would be retained")
-    dev = torch.device(device) if device is not None else images.device
+        raise ValueError(f"{caller}: forget covers all {n} images; nothing would be retained")
+    home = images.device if isinstance(images, torch.Tensor) else torch.device("cpu")
+    dev = torch.device(device) if device is not None else home
     return images, labels, mask, dev

@@ -13,11 +13,14 @@ import torch
 from torch import nn
 
 from .._device import synchronize
+from ..distributed import is_distributed, world_size
 from ..grouping import Clustering
 from ..ops._dispatch import backend_for
-from .blend import BlendResult, blend_clusters, check_matcher, matcher_dtype
-from .checks import as_image_tensors, prepare_inputs, resolve_clustering
+from .blend import BlendResult, check_matcher, matcher_dtype
+from .checks import open_source, prepare_inputs, resolve_clustering
+from .chunked import blend_chunked, blend_sharded
 from .reduced import ReducedRetainSet
+from .source import read_rows, source_sample
 from .split import Split, split_clusters
 
 __all__ = ["assemble_reduced", "blend_lr", "condense", "condense_core", "make_matcher", "matcher_seed"]
@@ -69,36 +72,51 @@ def make_matcher(caller: str, matcher: nn.Module | None, images: torch.Tensor, s
     return random_convnet(images.shape[1], images.shape[2], seed=mseed, device=device), mseed
 
 
-def condense_core(caller: str, images: torch.Tensor, labels: torch.Tensor, forget: torch.Tensor,
+def condense_core(caller: str, images: object, labels: torch.Tensor, forget: torch.Tensor,
                   clustering: Clustering, *, iterations: int, lr: object, normalize: str,
                   matcher: nn.Module | None, seed: int, round_index: int, device: torch.device,
                   chunk_size: int | None, progress: bool | None, backend: str,
                   timings: dict, features: torch.Tensor | None = None,
-                  net: nn.Module | None = None, amp: bool = False) -> tuple[ReducedRetainSet, Split, BlendResult]:
+                  net: nn.Module | None = None, amp: bool = False, member_chunk: int | None = None,
+                  distributed: bool = True) -> tuple[ReducedRetainSet, Split, BlendResult]:
     """One condensation of checked inputs for the ``[N]`` bool ``forget`` mask: split, matcher, Blend,
-    rows. ``net`` is the shared grouping network (``condense(share_network=True)``); ``timings`` holds
-    the grouping's seconds. Returns the reduced set, the split and the raw Blend result."""
+    rows. ``images`` is the source (a tensor or a Dataset, read ``member_chunk`` members at a time);
+    ``net`` is the shared grouping network (``condense(share_network=True)``); ``timings`` holds
+    the grouping's seconds; ``distributed``: shard the clusters over the ranks of a process group.
+    Returns the reduced set, the split and the raw Blend result."""
     lr_value = blend_lr(clustering.ipc) if lr == "reference" else float(lr)
     t0 = time.perf_counter()
     sp = split_clusters(clustering, forget)
     t1 = time.perf_counter()
 
+    sample = source_sample(images, caller)
     shared_network = net is not None  # only condense(share_network=True) hands its network in
     if net is None:
-        net, mseed = make_matcher(caller, matcher, images, seed, round_index, device)
+        net, mseed = make_matcher(caller, matcher, sample[None], seed, round_index, device)
     else:
         mseed = matcher_seed(seed, round_index) if matcher is None else None
-    dtype = matcher_dtype(net, images.dtype)
+    dtype = matcher_dtype(net, sample.dtype)
     synchronize(device)
     t2 = time.perf_counter()
-    x = images[sp.members.to(images.device)].to(device=device, dtype=dtype)
-    if x.shape[0]:
-        check_matcher(net, x[:4], caller)
-    member_features = features[sp.members.to(features.device)] if features is not None else None
-    result = blend_clusters(x, sp.free_indptr.to(device), net, lr=lr_value, iterations=iterations,
-                            normalize=normalize, chunk_size=chunk_size, backend=backend, progress=progress,
-                            member_features=member_features, amp=amp)
-    del x
+    members = sp.members
+
+    def fetch(pos: torch.Tensor) -> torch.Tensor:
+        return read_rows(images, members[pos], caller).to(device=device, dtype=dtype)
+
+    if members.numel():
+        check_matcher(net, fetch(torch.arange(min(4, members.numel()))), caller)
+    member_features = None
+    if features is not None:
+        def member_features(pos: torch.Tensor) -> torch.Tensor:
+            return features[members[pos].to(features.device)]
+    sharded = distributed and is_distributed()
+    result = blend_sharded(fetch, sp.free_indptr, net, member_chunk=member_chunk, device=device,
+                           sample_shape=tuple(sample.shape), dtype=dtype, member_features=member_features,
+                           lr=lr_value, iterations=iterations, normalize=normalize, chunk_size=chunk_size,
+                           backend=backend, progress=progress, amp=amp) if sharded else \
+        blend_chunked(fetch, sp.free_indptr, net, member_chunk=member_chunk, loss_clusters=sp.free_ids.numel(),
+                      device=device, lr=lr_value, iterations=iterations, normalize=normalize, chunk_size=chunk_size,
+                      backend=backend, progress=progress, member_features=member_features, amp=amp)
     synchronize(device)
     t3 = time.perf_counter()
     timings = dict(timings)
@@ -107,7 +125,8 @@ def condense_core(caller: str, images: torch.Tensor, labels: torch.Tensor, forge
     settings = dict(iterations=iterations, lr=lr_value, normalize=normalize, seed=seed, matcher_seed=mseed,
                     shared_network=shared_network, amp=amp,
                     matcher="random_convnet" if mseed is not None else type(net).__name__, ipc=clustering.ipc,
-                    chunk_size=chunk_size, round=round_index, device=str(device),
+                    chunk_size=chunk_size, member_chunk=member_chunk, ranks=world_size() if sharded else 1,
+                    round=round_index, device=str(device),
                     backends={"grouping": clustering.backend,
                               "segment_blend": backend_for("segment_blend", device, backend)})
     reduced = assemble_reduced(images, labels, forget, clustering, sp, result.blended, result.normalized_weights,
@@ -117,17 +136,19 @@ def condense_core(caller: str, images: torch.Tensor, labels: torch.Tensor, forge
 
 def assemble_reduced(images, labels, forget, clustering, sp: Split, blended, w_hat, initial_terms, final_terms,
                      timings, settings, history) -> ReducedRetainSet:
-    """The reduced set's rows: the blends of ``sp.free_ids`` first, then ``sp.residual`` images."""
+    """The reduced set's rows: the blends of ``sp.free_ids`` first, then the ``sp.residual`` rows,
+    served from ``images`` (the source: a tensor or a Dataset), not copied."""
     n_blend, n_res = sp.free_ids.numel(), sp.residual.numel()
-    out_images = torch.cat([blended.to(device=images.device, dtype=images.dtype),
-                            images[sp.residual.to(images.device)]])
+    sample = source_sample(images)
+    home = images.device if isinstance(images, torch.Tensor) else torch.device("cpu")
+    blends = blended.detach().to(device=home, dtype=sample.dtype).reshape((n_blend,) + tuple(sample.shape))
     cc = clustering.cluster_class.cpu().to(torch.int64)
     out_labels = torch.cat([cc[sp.free_ids], labels.cpu()[sp.residual]]).to(labels.device)
     minus = torch.full((n_res,), -1, dtype=torch.int64)
     retain = int(forget.numel() - forget.sum())
     rows = n_blend + n_res
     return ReducedRetainSet(
-        images=out_images, labels=out_labels,
+        images=None, blends=blends, source=images, labels=out_labels,
         is_blended=torch.cat([torch.ones(n_blend, dtype=torch.bool), torch.zeros(n_res, dtype=torch.bool)]),
         source_cluster=torch.cat([sp.free_ids, minus]),
         source_index=torch.cat([torch.full((n_blend,), -1, dtype=torch.int64), sp.residual]),
@@ -145,14 +166,19 @@ def condense(images: object, labels: torch.Tensor | None = None, forget: object 
              device: torch.device | str | None = None, chunk_size: int | None = None,
              progress: bool | None = None,
              backend: str = "auto", share_network: bool = False,
-             features: torch.Tensor | None = None, amp: bool = False) -> ReducedRetainSet:
+             features: torch.Tensor | None = None, amp: bool = False, member_chunk: int | None = None,
+             distributed: bool = True) -> ReducedRetainSet:
     """Condense the retain set after a forget request (docs/method.md §1.2–1.3).
 
     Args:
         images: ``[N, C, H, W]`` floating training images (normalised pixels), any floating dtype, cast
             to the networks' dtype where they run (the reduced set keeps the images' dtype); or the whole
-            training set as an ``(images, labels)`` pair, a ``Dataset`` or a non-shuffling ``DataLoader``
-            (read once; then ``labels`` is omitted: ``condense(train_set, forget, ipc=...)``).
+            training set as an ``(images, labels)`` pair, a ``TensorDataset`` or a non-shuffling
+            ``DataLoader`` (read once into memory), or a map-style ``Dataset`` of ``(image, label)``
+            rows, which is **streamed**: features, content hashes and each Blend chunk's members are
+            read a batch at a time (its ``__getitems__`` when it has one), its labels come from a
+            ``.labels``/``.targets`` attribute or one pass, and the reduced set serves its residual
+            rows from it (then ``labels`` is omitted: ``condense(train_set, forget, ipc=...)``).
         labels: ``[N]`` integer labels.
         forget: training indices (tensor/list/array, distinct) or a ``[N]`` bool mask.
         ipc: clusters per class; with no ``clustering`` the images are grouped here
@@ -184,25 +210,35 @@ def condense(images: object, labels: torch.Tensor | None = None, forget: object 
         features: ``[N, D]`` embeddings of ``images`` by the matcher (only with ``share_network``).
         amp: **option, changes numerics**: the matcher runs in bfloat16 under ``torch.autocast``
             (see :func:`blend_clusters`); off by default.
+        member_chunk: the most member images the Blend holds at once: the free clusters are
+            optimised one chunk at a time (all iterations per chunk; a cluster larger than this is
+            a chunk of its own), each loss term keeping the global ``1/K``, so the blends, weights
+            and loss history are those of the all-at-once Blend (float tolerance) while the Blend's
+            memory is bounded by the chunk. ``None``: every free member at once.
+        distributed: under ``torch.distributed`` (a process group with more than one rank), share
+            the free clusters out over the ranks by member count, blend each rank's share and
+            all-gather the results, so every rank returns the single-process reduced set (every rank
+            must call with the same arguments). ``False``: each rank blends everything itself.
 
     Returns:
-        :class:`ReducedRetainSet`: blended rows first, then the residual rows.
+        :class:`ReducedRetainSet`: blended rows first, then the residual rows (served from
+        ``images``, not copied).
     """
     if not isinstance(images, torch.Tensor) and forget is None:
         forget, labels = labels, None  # condense(train_set, forget, ...)
-    images, labels = as_image_tensors("condense", images, labels)
+    images, labels = open_source("condense", images, labels)
     if forget is None:
         raise ValueError("condense: forget is required (training indices or a [N] bool mask)")
     images, labels, mask, dev = prepare_inputs("condense", images, labels, forget, iterations, lr, normalize,
-                                               chunk_size, device)
+                                               chunk_size, device, member_chunk)
     if features is not None and not share_network:
         raise ValueError("condense: features are only used with share_network=True")
     net = None
     if share_network:
-        net, _ = make_matcher("condense", matcher, images, seed, 0, dev)
+        net, _ = make_matcher("condense", matcher, source_sample(images)[None], seed, 0, dev)
         if features is not None and (not isinstance(features, torch.Tensor) or features.dim() != 2
-                                     or features.shape[0] != images.shape[0]):
-            raise ValueError(f"condense: features must be a [N, D] tensor with N = {images.shape[0]}, got "
+                                     or features.shape[0] != labels.shape[0]):
+            raise ValueError(f"condense: features must be a [N, D] tensor with N = {labels.shape[0]}, got "
                              f"{getattr(features, 'shape', type(features).__name__)}")
     clustering, t_feat, t_group, feats = resolve_clustering("condense", images, labels, ipc, clustering, seed,
                                                             dev, progress, extractor=net)
@@ -214,5 +250,6 @@ def condense(images: object, labels: torch.Tensor | None = None, forget: object 
                                   normalize=normalize, matcher=matcher, seed=seed, round_index=0, device=dev,
                                   chunk_size=chunk_size, progress=progress, backend=backend,
                                   timings={"features": t_feat, "grouping": t_group},
-                                  features=features, net=net, amp=bool(amp))
+                                  features=features, net=net, amp=bool(amp), member_chunk=member_chunk,
+                                  distributed=distributed)
     return reduced

@@ -27,24 +27,32 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from .._device import synchronize
+from ..distributed import is_distributed, world_size
 from ..grouping import Clustering
 from ..ops._dispatch import backend_for
-from .blend import blend_clusters, check_matcher, matcher_dtype
+from .blend import check_matcher, matcher_dtype
 from .checks import (
-    as_image_tensors,
     check_clustering,
     forget_mask,
     group_in_content_order,
+    open_source,
     prepare_inputs,
     resolve_clustering,
 )
+from .chunked import blend_chunked, blend_sharded
 from .core import assemble_reduced, blend_lr, make_matcher
 from .reduced import ReducedRetainSet
+from .source import check_fingerprint, fingerprint, is_dataset_source, read_rows, source_length, source_sample
 from .split import split_clusters
 
 __all__ = ["BlendIndex"]
+
+class _NeedsSource(ValueError):
+    """A saved index whose training images are a Dataset the caller must pass back."""
+
 
 _FORMAT = "fastblend.BlendIndex"
 _FORMAT_VERSION = 1
@@ -58,7 +66,8 @@ class BlendIndex:
     (milliseconds), keep it with :meth:`save` / :meth:`load`.
 
     Attributes:
-        images: ``[N, C, H, W]`` the training images (residual rows are gathered from them).
+        images: ``[N, C, H, W]`` the training images, or the map-style Dataset of ``(image, label)``
+            rows the index was built from (kept, not copied); residual rows are served from them.
         labels: ``[N]`` int64.
         clustering: the per-class :class:`fastblend.Clustering` of the images.
         blends: ``[K, C, H, W]`` one blend per cluster in the images' dtype/device (zeros for an empty
@@ -73,7 +82,7 @@ class BlendIndex:
         timings: seconds of the build: ``features``, ``grouping``, ``blend`` and ``total``.
     """
 
-    images: torch.Tensor
+    images: torch.Tensor | Dataset
     labels: torch.Tensor
     clustering: Clustering
     blends: torch.Tensor
@@ -91,12 +100,14 @@ class BlendIndex:
               matcher: nn.Module | None = None, seed: int = 0, device: torch.device | str | None = None,
               chunk_size: int | None = None, progress: bool = False, backend: str = "auto",
               features: torch.Tensor | None = None, clustering: Clustering | None = None,
-              amp: bool = False) -> BlendIndex:
+              amp: bool = False, member_chunk: int | None = None, distributed: bool = True) -> BlendIndex:
         """Group the training set and blend every non-empty cluster, once.
 
         Args:
             data: ``[N, C, H, W]`` floating images (then ``labels`` ``[N]`` int), or an
-                ``(images, labels)`` pair, a ``Dataset`` or a non-shuffling ``DataLoader`` (read once).
+                ``(images, labels)`` pair, a ``TensorDataset`` or a non-shuffling ``DataLoader`` (read
+                once), or a map-style ``Dataset`` of ``(image, label)`` rows, streamed as in
+                :func:`fastblend.condense` and kept (not copied) as the index's ``images``.
             ipc: clusters per class (needed unless ``clustering`` is given).
             iterations, lr, normalize, matcher, chunk_size, backend, amp: the Blend settings of
                 :func:`fastblend.condense` (default matcher: the random ConvNet-3 seeded with
@@ -106,21 +117,25 @@ class BlendIndex:
             progress: tqdm bars.
             features: ``[N, D]`` grouping features of ``data`` already computed (grouped here).
             clustering: a precomputed clustering of ``data`` (no features, no grouping).
+            member_chunk, distributed: as in :func:`fastblend.condense`: blend the clusters in chunks
+                of at most ``member_chunk`` member images (the same blends), and share them out over
+                the ranks of a ``torch.distributed`` process group (every rank gets the whole index).
 
         Grouping runs with the rows in an order fixed by their content, so the index (and every
         reduced set) does not depend on the order of the rows.
         """
         fn = "BlendIndex.build"
         t_start = time.perf_counter()
-        images, labels = as_image_tensors(fn, data, labels)
+        images, labels = open_source(fn, data, labels)
         images, labels, _, dev = prepare_inputs(fn, images, labels, [], iterations, lr, normalize, chunk_size,
-                                                device)
+                                                device, member_chunk)
+        n = labels.shape[0]
         if clustering is not None:
             clustering = check_clustering(fn, clustering, labels, ipc)
             feats, t_feat, t_group = None, 0.0, 0.0
         elif features is not None:
-            if not isinstance(features, torch.Tensor) or features.dim() != 2 or features.shape[0] != images.shape[0]:
-                raise ValueError(f"{fn}: features must be a [N, D] tensor with N = {images.shape[0]}, got "
+            if not isinstance(features, torch.Tensor) or features.dim() != 2 or features.shape[0] != n:
+                raise ValueError(f"{fn}: features must be a [N, D] tensor with N = {n}, got "
                                  f"{getattr(features, 'shape', type(features).__name__)}")
             if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
                 raise ValueError(f"{fn}: ipc must be a positive int, got {ipc!r}")
@@ -130,29 +145,42 @@ class BlendIndex:
             clustering, t_feat, t_group, feats = resolve_clustering(fn, images, labels, ipc, None, seed, dev,
                                                                     progress)
         lr_value = blend_lr(clustering.ipc) if lr == "reference" else float(lr)
-        everything_free = split_clusters(clustering, torch.zeros(images.shape[0], dtype=torch.bool))
-        net, mseed = make_matcher(fn, matcher, images, seed, 0, dev)
+        everything_free = split_clusters(clustering, torch.zeros(n, dtype=torch.bool))
+        sample = source_sample(images, fn)
+        net, mseed = make_matcher(fn, matcher, sample[None], seed, 0, dev)
+        dtype = matcher_dtype(net, sample.dtype)
+        members = everything_free.members
         synchronize(dev)
         t0 = time.perf_counter()
-        x = images[everything_free.members.to(images.device)].to(device=dev, dtype=matcher_dtype(net, images.dtype))
-        check_matcher(net, x[:4], fn)
-        result = blend_clusters(x, everything_free.free_indptr.to(dev), net, lr=lr_value, iterations=iterations,
-                                normalize=normalize, chunk_size=chunk_size, backend=backend, progress=progress,
-                                amp=amp)
-        del x
+
+        def fetch(pos: torch.Tensor) -> torch.Tensor:
+            return read_rows(images, members[pos], fn).to(device=dev, dtype=dtype)
+
+        check_matcher(net, fetch(torch.arange(min(4, members.numel()))), fn)
+        blend_kw = dict(lr=lr_value, iterations=iterations, normalize=normalize, chunk_size=chunk_size,
+                        backend=backend, progress=progress, amp=amp)
+        sharded = distributed and is_distributed()
+        if sharded:
+            result = blend_sharded(fetch, everything_free.free_indptr, net, member_chunk=member_chunk, device=dev,
+                                   sample_shape=tuple(sample.shape), dtype=dtype, **blend_kw)
+        else:
+            result = blend_chunked(fetch, everything_free.free_indptr, net, member_chunk=member_chunk,
+                                   loss_clusters=everything_free.free_ids.numel(), device=dev, **blend_kw)
         synchronize(dev)
         t_blend = time.perf_counter() - t0
         k = clustering.num_clusters
         ids = everything_free.free_ids
-        blends = images.new_zeros((k,) + tuple(images.shape[1:]))
-        blends[ids.to(images.device)] = result.blended.to(device=images.device, dtype=images.dtype)
+        home = images.device if isinstance(images, torch.Tensor) else torch.device("cpu")
+        blends = torch.zeros((k,) + tuple(sample.shape), dtype=sample.dtype, device=home)
+        blends[ids.to(home)] = result.blended.to(device=home, dtype=sample.dtype)
         initial = torch.full((k,), math.nan, dtype=torch.float64)
         final = torch.full((k,), math.nan, dtype=torch.float64)
         initial[ids] = result.initial_terms.detach().cpu().double()
         final[ids] = result.final_terms.detach().cpu().double()
         settings = dict(ipc=clustering.ipc, iterations=iterations, lr=lr_value, normalize=normalize, seed=seed,
                         matcher_seed=mseed, matcher="random_convnet" if mseed is not None else type(net).__name__,
-                        chunk_size=chunk_size, amp=bool(amp), device=str(dev), loss_clusters=int(ids.numel()),
+                        chunk_size=chunk_size, member_chunk=member_chunk, ranks=world_size() if sharded else 1,
+                        amp=bool(amp), device=str(dev), loss_clusters=int(ids.numel()),
                         grouping_backend=clustering.backend,
                         backends={"grouping": clustering.backend,
                                   "segment_blend": backend_for("segment_blend", dev, backend)})
@@ -171,7 +199,7 @@ class BlendIndex:
         return int((self.clustering.sizes > 0).sum())
 
     def __repr__(self) -> str:
-        c, h, w = self.images.shape[1:]
+        c, h, w = source_sample(self.images).shape
         return (f"BlendIndex(N={len(self)}, images={c}x{h}x{w}, ipc={self.clustering.ipc}, "
                 f"classes={self.clustering.num_classes}, blends={self.num_blends}, "
                 f"build={self.timings.get('total', math.nan):.2f}s)")
@@ -207,10 +235,14 @@ class BlendIndex:
 
     # ------------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
-        """Write the index (training images included) to ``path`` atomically: a temporary file in the
-        same folder, renamed into place."""
+        """Write the index to ``path`` atomically: a temporary file in the same folder, renamed into
+        place. A tensor of training images is written with it; a Dataset is not (its fingerprint is:
+        length, row shape, dtype, a content hash of a few rows) and :meth:`load` needs ``source=``."""
         path = Path(path)
         state = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "clustering"}
+        if not isinstance(self.images, torch.Tensor):
+            state["images"] = None
+            state["source_fingerprint"] = fingerprint(self.images)
         state = {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in state.items()}
         clustering = {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v)
                       for k, v in vars(self.clustering).items()}
@@ -225,8 +257,9 @@ class BlendIndex:
                 os.remove(tmp)
 
     @classmethod
-    def load(cls, path: str | Path) -> BlendIndex:
-        """Read a file written by :meth:`save` (safe loading) and check that its fields agree."""
+    def load(cls, path: str | Path, source: object = None) -> BlendIndex:
+        """Read a file written by :meth:`save` (safe loading) and check that its fields agree. An index
+        saved from a Dataset needs ``source``: that Dataset (checked against the saved fingerprint)."""
         fn = "BlendIndex.load"
         try:
             blob = torch.load(Path(path), map_location="cpu", weights_only=True)
@@ -247,12 +280,26 @@ class BlendIndex:
         try:
             clustering = Clustering(**{k: cstate[k] for k in Clustering.__dataclass_fields__})
             images, labels = state["images"], state["labels"]
+            if images is None:
+                fp = state.get("source_fingerprint")
+                if source is None:
+                    raise _NeedsSource(f"{fn}: {path} was built from a Dataset and holds no training images; "
+                                       f"pass source= (the Dataset of {(fp or {}).get('length')} rows)")
+                if not (isinstance(source, torch.Tensor) or is_dataset_source(source)):
+                    raise _NeedsSource(f"{fn}: source must be the training images tensor or Dataset, got "
+                                       f"{type(source).__name__}")
+                check_fingerprint(source, fp if isinstance(fp, dict) else {}, f"{fn}: {path}")
+                images = state["images"] = source
             check_clustering(fn, clustering, labels, None)
-            n, k = images.shape[0], clustering.num_clusters
-            for name, shape in (("blends", (k,) + tuple(images.shape[1:])), ("blend_weights", (n,)),
+            n, k = source_length(images), clustering.num_clusters
+            for name, shape in (("blends", (k,) + tuple(source_sample(images).shape)), ("blend_weights", (n,)),
                                 ("initial_terms", (k,)), ("final_terms", (k,))):
                 if tuple(state[name].shape) != shape:
                     raise ValueError(f"{name} has shape {list(state[name].shape)}, expected {list(shape)}")
+        except _NeedsSource:
+            raise
         except (ValueError, TypeError, AttributeError) as exc:
+            if f"{fn}: {path}: source does not match" in str(exc):
+                raise
             raise ValueError(f"{fn}: {path} holds an inconsistent index: {exc}") from exc
         return cls(clustering=clustering, **{k: state[k] for k in names})

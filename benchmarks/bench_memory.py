@@ -1,0 +1,156 @@
+"""Peak resident memory of ``fastblend.condense`` on a CIFAR-10-sized data set: in memory vs streamed.
+
+    python -m benchmarks.bench_memory [--quick] [--out DIR] [--ipc 50] [--member-chunk 4096]
+
+The data set (50,000 synthetic 3x32x32 float32 images, seeded, 10 classes: 614 MB) is written once
+to a memory-mapped ``.npy`` in a temporary folder. Each case runs in a fresh interpreter and reports
+its peak resident set (``VmHWM`` of ``/proc/self/status``) and its resident set after the imports
+(``baseline_bytes``: torch, ``torch._dynamo`` and fastblend, no data):
+
+* ``in_memory``: the whole array loaded into a tensor, ``condense(images, labels, forget, ...)``
+  (the baseline: what condensation costs today);
+* ``memmap_chunked``: a map-style Dataset over the memory map (batched ``__getitems__``),
+  ``condense(dataset, forget, member_chunk=...)``: content hashes, features and each Blend chunk's
+  members are read a batch at a time and the reduced set serves its residual rows from the map;
+* ``memmap_chunked`` at half size (the first 25,000 rows): what grows with N is the features
+  (``[N, 2048]`` float32) and the clustering, not the images.
+
+A cheap Blend setting (``iterations=2``, ipc 50, 100 images forgotten) keeps the whole benchmark to
+a few minutes on one core; ``--quick``: N = 2,000 / 1,000. Writes ``<out>/memory.jsonl`` (the
+runner's ROW schema; ``median_s`` is the wall time of the one condense call).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .runner import Recorder, Timing, parser
+
+SHAPE = (3, 32, 32)
+CLASSES = 10
+
+
+def _status_bytes(key: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def write_npy(folder: Path, n: int, seed: int = 0) -> tuple[Path, Path]:
+    """``images.npy`` (``[n, 3, 32, 32]`` float32, standard normal, seeded) written in blocks through a
+    memory map, and ``labels.npy`` (``i % 10``)."""
+    images = folder / "images.npy"
+    mm = np.lib.format.open_memmap(images, mode="w+", dtype=np.float32, shape=(n,) + SHAPE)
+    rng = np.random.default_rng(seed)
+    for s in range(0, n, 4096):
+        mm[s:s + 4096] = rng.standard_normal((min(4096, n - s),) + SHAPE, dtype=np.float32)
+    mm.flush()
+    del mm
+    labels = folder / "labels.npy"
+    np.save(labels, (np.arange(n) % CLASSES).astype(np.int64))
+    return images, labels
+
+
+def forget_count(n: int) -> int:
+    """Images forgotten: 100 (at most 5% of a tiny set)."""
+    return max(1, min(100, n // 20))
+
+
+def _run_case(case: str, images_path: str, labels_path: str, n: int, ipc: int, member_chunk: int,
+              iterations: int) -> dict:
+    """One case, in this (fresh) process: returns the measurements."""
+    import torch
+    import torch._dynamo  # noqa: F401  (imported by the first custom-op call anyway: counted in the baseline)
+    from torch.utils.data import Dataset
+
+    import fastblend
+
+    baseline = _status_bytes("VmRSS")
+
+    class NpyImages(Dataset):
+        """Rows of a memory-mapped ``[N, C, H, W]`` float32 array (the first ``n``), batched reads."""
+
+        def __init__(self, path: str, labels: np.ndarray, n: int):
+            self.mm = np.load(path, mmap_mode="r")
+            self.labels = torch.from_numpy(labels[:n])
+            self.n = n
+
+        def __len__(self) -> int:
+            return self.n
+
+        def __getitem__(self, i: int):
+            return torch.from_numpy(np.array(self.mm[i])), int(self.labels[i])
+
+        def __getitems__(self, rows: list[int]):
+            block = torch.from_numpy(np.array(self.mm[np.asarray(rows)]))
+            return list(zip(block, self.labels[rows].tolist()))
+
+    labels = np.load(labels_path)[:n]
+    forget = torch.randperm(n, generator=torch.Generator().manual_seed(1))[:forget_count(n)]
+    kw = dict(ipc=ipc, iterations=iterations, seed=0, progress=False)
+    t0 = time.perf_counter()
+    if case == "in_memory":
+        x = torch.from_numpy(np.load(images_path)[:n].copy())
+        reduced = fastblend.condense(x, torch.from_numpy(labels), forget, **kw)
+    else:
+        reduced = fastblend.condense(NpyImages(images_path, labels, n), forget, member_chunk=member_chunk, **kw)
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "peak_bytes": _status_bytes("VmHWM"), "baseline_bytes": baseline,
+            "rows": len(reduced), "blended": reduced.num_blended, "residual": reduced.num_residual,
+            "final_loss": reduced.final_loss, "timings": {k: round(v, 3) for k, v in reduced.timings.items()}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--ipc", type=int, default=50)
+    p.add_argument("--member-chunk", type=int, default=4096)
+    p.add_argument("--iterations", type=int, default=2)
+    p.add_argument("--case", help=argparse_hidden())
+    p.add_argument("--images")
+    p.add_argument("--labels")
+    p.add_argument("--n", type=int)
+    args = p.parse_args(argv)
+    if args.case:  # a child: one case, its measurements as one JSON line
+        print(json.dumps(_run_case(args.case, args.images, args.labels, args.n, args.ipc, args.member_chunk,
+                                   args.iterations)), flush=True)
+        return 0
+    n_full = 2000 if args.quick else 50000
+    ipc = min(args.ipc, 5) if args.quick else args.ipc
+    member_chunk = min(args.member_chunk, 256) if args.quick else args.member_chunk
+    rec = Recorder(args.out, "memory")
+    with tempfile.TemporaryDirectory(prefix="fastblend-bench-memory-") as tmp:
+        images, labels = write_npy(Path(tmp), n_full)
+        for case, n in (("in_memory", n_full), ("memmap_chunked", n_full), ("memmap_chunked", n_full // 2)):
+            cmd = [sys.executable, "-m", "benchmarks.bench_memory", "--case", case, "--images", str(images),
+                   "--labels", str(labels), "--n", str(n), "--ipc", str(ipc), "--member-chunk", str(member_chunk),
+                   "--iterations", str(args.iterations)]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            m = json.loads(out.strip().splitlines()[-1])
+            params = {"N": n, "shape": list(SHAPE), "ipc": ipc, "iterations": args.iterations, "forget": forget_count(n),
+                      "member_chunk": member_chunk if case != "in_memory" else None,
+                      "dataset_bytes": n * int(np.prod(SHAPE)) * 4}
+            metrics = {"memory_kind": "cpu_rss_hwm", "peak_bytes": m["peak_bytes"],
+                       "baseline_bytes": m["baseline_bytes"],
+                       "growth_bytes": (m["peak_bytes"] - m["baseline_bytes"]) if m["peak_bytes"] else None,
+                       **{k: m[k] for k in ("rows", "blended", "residual", "final_loss", "timings")}}
+            rec.add("memory", f"N={n} 3x32x32", "condense", case, Timing.of([m["seconds"]]), params, metrics)
+    return 0
+
+
+def argparse_hidden() -> str:
+    return "internal: run one case in this process"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,173 @@
+"""Blend of a large set of clusters in parts (docs/method.md §1.3): cluster chunks and rank shards.
+
+The Blend loss ``L = (1/K) Σ_i (1/D) ‖f_m(x̃_i) − μ_i‖²`` is a sum of independent per-cluster terms
+and SGD with momentum acts on each cluster's weights alone, so optimising the clusters in parts
+gives the same blends as optimising all ``K`` together, provided every term keeps the global
+``1/K`` scale (``blend_clusters(loss_clusters=K)``). Two ways of splitting:
+
+- :func:`blend_chunked`: whole optimisations (all iterations) one chunk of clusters at a time,
+  holding at most ``member_chunk`` member images (a cluster larger than that is a chunk of its own),
+  read through ``fetch``; the loss history is the per-iteration sum over chunks;
+- :func:`blend_sharded`: under ``torch.distributed`` the clusters are shared out over the ranks,
+  balanced by member count (:func:`fastblend.distributed.balanced_shards`); each rank blends its
+  shard in chunks and the results are all-gathered, so every rank returns the single-process result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .. import distributed as dist
+from .blend import BlendResult, blend_clusters
+
+__all__ = ["blend_chunked", "blend_sharded", "check_member_chunk", "plan_chunks"]
+
+Fetch = Callable[[torch.Tensor], torch.Tensor]  # [m] int64 CSR positions -> [m, C, H, W] member images
+
+
+def check_member_chunk(caller: str, member_chunk: object) -> None:
+    """``member_chunk`` must be ``None`` or an int >= 1."""
+    if member_chunk is not None and (isinstance(member_chunk, bool) or not isinstance(member_chunk, int)
+                                     or member_chunk < 1):
+        raise ValueError(f"{caller}: member_chunk must be None or an int >= 1 (member images held at once), "
+                         f"got {member_chunk!r}")
+
+
+def plan_chunks(sizes: torch.Tensor, member_chunk: int | None) -> list[tuple[int, int]]:
+    """Contiguous cluster ranges ``[(k0, k1), ...]`` covering ``0..K``, each holding at most
+    ``member_chunk`` members (a larger cluster alone); ``None``: one range."""
+    k = int(sizes.numel())
+    if k == 0:
+        return []
+    if member_chunk is None:
+        return [(0, k)]
+    out, start, held = [], 0, 0
+    for i, s in enumerate(sizes.tolist()):
+        if i > start and held + s > member_chunk:
+            out.append((start, i))
+            start, held = i, 0
+        held += s
+    out.append((start, k))
+    return out
+
+
+def _cat(parts: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    return torch.cat(parts) if parts else like
+
+
+def blend_chunked(fetch: Fetch, indptr: torch.Tensor, matcher: nn.Module, *, member_chunk: int | None,
+                  loss_clusters: int, device: torch.device, lr: float, iterations: int = 12,
+                  normalize: str = "sum", chunk_size: int | None = None, backend: str = "auto",
+                  progress: bool | None = None, member_features: Fetch | None = None,
+                  amp: bool = False) -> BlendResult:
+    """:func:`blend_clusters` over the CSR layout ``indptr`` (``[K+1]`` int64, CPU), one chunk of
+    clusters at a time.
+
+    ``fetch(positions)`` returns the members at CSR ``positions`` (``[m]`` int64, CPU) as
+    ``[m, C, H, W]`` images on ``device`` in the matcher's dtype; ``member_features(positions)``
+    (optional) their ``[m, D]`` matcher features. Each term is scaled by ``1/loss_clusters`` (the
+    global K). Returns the clusters' results concatenated in CSR order, the history summed over chunks.
+    """
+    indptr = indptr.cpu()
+    sizes = indptr[1:] - indptr[:-1]
+    parts: list[BlendResult] = []
+    for k0, k1 in plan_chunks(sizes, member_chunk):
+        lo, hi = int(indptr[k0]), int(indptr[k1])
+        pos = torch.arange(lo, hi, dtype=torch.int64)
+        x = fetch(pos)
+        feats = member_features(pos) if member_features is not None else None
+        parts.append(blend_clusters(x, (indptr[k0:k1 + 1] - lo).to(x.device), matcher, lr=lr, iterations=iterations,
+                                    normalize=normalize, chunk_size=chunk_size, backend=backend, progress=progress,
+                                    member_features=feats, amp=amp, loss_clusters=loss_clusters))
+        del x, feats
+    if len(parts) == 1:
+        return parts[0]
+    if not parts:
+        empty = torch.zeros(0, device=device)
+        return BlendResult(empty, empty, empty, empty, empty, [])
+    history = [sum(vals) for vals in zip(*(p.loss_history for p in parts))]
+    return BlendResult(weights=torch.cat([p.weights for p in parts]),
+                       normalized_weights=torch.cat([p.normalized_weights for p in parts]),
+                       blended=torch.cat([p.blended for p in parts]),
+                       initial_terms=torch.cat([p.initial_terms for p in parts]),
+                       final_terms=torch.cat([p.final_terms for p in parts]), loss_history=history,
+                       seconds_targets=sum(p.seconds_targets for p in parts),
+                       seconds_iterations=sum(p.seconds_iterations for p in parts),
+                       seconds_final=sum(p.seconds_final for p in parts))
+
+
+def _comm_device(device: torch.device) -> torch.device:
+    """Where collectives run: the rank's GPU under NCCL, else the CPU (gloo)."""
+    backend = torch.distributed.get_backend() if dist.is_distributed() else "gloo"
+    return device if backend == "nccl" and device.type == "cuda" else torch.device("cpu")
+
+
+def _member_positions(indptr: torch.Tensor, clusters: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """CSR positions of the members of ``clusters`` (in that order) and their own ``[k+1]`` offsets."""
+    sizes = (indptr[1:] - indptr[:-1])[clusters]
+    own = torch.zeros(clusters.numel() + 1, dtype=torch.int64)
+    torch.cumsum(sizes, 0, out=own[1:])
+    total = int(own[-1])
+    return (indptr[clusters].repeat_interleave(sizes, output_size=total) + torch.arange(total)
+            - own[:-1].repeat_interleave(sizes, output_size=total)), own
+
+
+def blend_sharded(fetch: Fetch, indptr: torch.Tensor, matcher: nn.Module, *, member_chunk: int | None,
+                  device: torch.device, sample_shape: tuple, dtype: torch.dtype,
+                  member_features: Fetch | None = None, **kw) -> BlendResult:
+    """:func:`blend_chunked` with the clusters shared out over the ranks of the default process group.
+
+    Each rank blends the clusters :func:`fastblend.distributed.balanced_shards` gives it (by member
+    count; every term scaled by the global K) and reads only their members; blends, weights, terms and
+    history are then all-gathered, so every rank returns the same :class:`BlendResult`, in CSR order,
+    as a single process. ``sample_shape``/``dtype`` shape an empty shard's blends. Without a process
+    group: :func:`blend_chunked`.
+    """
+    indptr = indptr.cpu()
+    k = indptr.numel() - 1
+    if not dist.is_distributed():
+        return blend_chunked(fetch, indptr, matcher, member_chunk=member_chunk, loss_clusters=k, device=device,
+                             member_features=member_features, **kw)
+    sizes = indptr[1:] - indptr[:-1]
+    shards = [torch.tensor(s, dtype=torch.int64) for s in dist.balanced_shards(sizes, dist.world_size())]
+    mine = shards[dist.rank()]
+    # CSR positions of this rank's members, and the shard's own CSR offsets
+    positions, my_indptr = _member_positions(indptr, mine)
+
+    def local_fetch(p: torch.Tensor) -> torch.Tensor:
+        return fetch(positions[p])
+
+    local_feats = None if member_features is None else (lambda p: member_features(positions[p]))
+    part = blend_chunked(local_fetch, my_indptr, matcher, member_chunk=member_chunk, loss_clusters=k, device=device,
+                         member_features=local_feats, **kw)
+    if part.blended.dim() != len(sample_shape) + 1:  # an empty shard
+        part.blended = torch.zeros((0,) + tuple(sample_shape), dtype=dtype, device=device)
+    comm = _comm_device(device)
+
+    def gather(t: torch.Tensor) -> torch.Tensor:
+        return dist.all_gather_rows(t.detach().to(comm)).to(device)
+
+    order = torch.cat(shards)  # gathered row -> cluster id
+    inv = torch.empty_like(order)
+    inv[order] = torch.arange(k)
+    all_pos = torch.cat([_member_positions(indptr, s)[0] for s in shards])
+    m_inv = torch.empty_like(all_pos)
+    m_inv[all_pos] = torch.arange(all_pos.numel())
+    wdtype = part.weights.dtype if part.weights.numel() else dtype
+    weights = gather(part.weights.to(wdtype))[m_inv.to(device)]
+    w_hat = gather(part.normalized_weights.to(wdtype))[m_inv.to(device)]
+    tdtype = part.final_terms.dtype if part.final_terms.numel() else dtype
+    blended = gather(part.blended.to(dtype))[inv.to(device)]
+    initial = gather(part.initial_terms.to(tdtype))[inv.to(device)]
+    final = gather(part.final_terms.to(tdtype))[inv.to(device)]
+    info = dist.all_gather_objects((part.loss_history, part.seconds_targets, part.seconds_iterations,
+                                    part.seconds_final))
+    histories = [h for h, *_ in info if h]
+    history = [sum(vals) for vals in zip(*histories)] if histories else []
+    return BlendResult(weights=weights, normalized_weights=w_hat, blended=blended, initial_terms=initial,
+                       final_terms=final, loss_history=history,
+                       seconds_targets=max(i[1] for i in info), seconds_iterations=max(i[2] for i in info),
+                       seconds_final=max(i[3] for i in info))

@@ -142,11 +142,7 @@ def blend_index(cfg: ExperimentConfig, train, ipc: int, seed: int, device: torch
     if loaded:
         return index, timer.stages["load"], True
     timer = StageTimer(device)
-    with timer("features"):
-        feats = extract_features(train.images, device=device, seed=seed, progress=progress)
-    with timer("grouping"):
-        clustering = group(feats, train.labels, ipc, backend=cfg.grouping_backend, seed=seed,
-                           num_classes=train.num_classes)
+    clustering = _grouped(cfg, train, ipc, seed, device, progress, timer)
     with timer("blend"):
         index = BlendIndex.build(train.images, train.labels, clustering=clustering, iterations=cfg.blend_iterations,
                                  seed=seed, device=device, progress=progress, amp=cfg.blend_amp)
@@ -177,16 +173,22 @@ def evaluate(model: nn.Module, split, device: torch.device) -> tuple[dict, dict]
     return metrics, losses
 
 
+def _grouped(cfg: ExperimentConfig, train, ipc: int, seed: int, device: torch.device | None, progress: bool,
+             timer: StageTimer) -> Clustering:
+    """Features then per-class k-means of ``train``, each stage timed into ``timer``."""
+    with timer("features"):
+        feats = extract_features(train.images, device=device, seed=seed, progress=progress)
+    with timer("grouping"):
+        return group(feats, train.labels, ipc, backend=cfg.grouping_backend, seed=seed,
+                     num_classes=train.num_classes)
+
+
 def reduce_retain(cfg: ExperimentConfig, train, forget: torch.Tensor, ipc: int, seed: int,
                   device: torch.device | None, progress: bool) -> tuple[Clustering, ReducedRetainSet, dict]:
     """Features -> grouping -> split -> Blend for ``train`` and the forget indices: the clustering,
     the reduced retain set and the seconds of each stage (device synchronised)."""
     timer = StageTimer(device)
-    with timer("features"):
-        feats = extract_features(train.images, device=device, seed=seed, progress=progress)
-    with timer("grouping"):
-        clustering = group(feats, train.labels, ipc, backend=cfg.grouping_backend, seed=seed,
-                           num_classes=train.num_classes)
+    clustering = _grouped(cfg, train, ipc, seed, device, progress, timer)
     reduced = condense(train.images, train.labels, forget, clustering=clustering, iterations=cfg.blend_iterations,
                        seed=seed, device=device, progress=progress, amp=cfg.blend_amp)
     for stage in ("split", "blend"):

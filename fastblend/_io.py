@@ -2,7 +2,9 @@
 
 Each write goes to a temporary file in the target's folder, is flushed to disk and then renamed over
 the target (``os.replace``, atomic on POSIX and Windows), so a process killed mid-write never leaves a
-truncated file under the final name. A read that fails names the file.
+truncated file under the final name, and ends with the permissions a plain ``open()`` would give
+(``0o666`` less the process umask; a bare temporary file would be ``0o600``). A write into a folder that
+does not exist names the folder; a read that fails names the file.
 A leaf: imports torch and the standard library only.
 """
 
@@ -17,12 +19,42 @@ from typing import Any, BinaryIO, Callable
 
 import torch
 
-__all__ = ["atomic_save", "atomic_write_text", "load_torch"]
+__all__ = ["atomic_save", "atomic_write_text", "load_torch", "make_temp", "plain_file_mode"]
 
 
-def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+def plain_file_mode() -> int:
+    """The permission bits ``open(path, "w")`` gives a new file: ``0o666`` less the process umask."""
+    try:  # Linux reports the umask without changing it
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: read it by setting it, and put it back at once
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def make_temp(target: str | os.PathLike, suffix: str = ".tmp", fn: str | None = None) -> tuple[int, str]:
+    """``(fd, name)`` of a new temporary file next to ``target`` (what an atomic write renames over it)
+    with :func:`plain_file_mode` permissions. A missing folder raises ``FileNotFoundError`` naming it
+    (prefixed by ``fn``)."""
+    target = Path(target)
+    folder = target.parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{fn + ': ' if fn else ''}cannot write {str(target)!r}: no such folder "
+                                f"{str(folder)!r}")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=suffix)
+    try:
+        os.chmod(tmp, plain_file_mode())
+    except OSError:
+        pass  # a file system without permission bits keeps what it gives
+    return fd, tmp
+
+
+def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None], fn: str | None = None) -> Path:
     target = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    fd, tmp = make_temp(target, fn=fn)
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
@@ -35,14 +67,16 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) ->
     return target
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically; the folder must exist. Returns the path."""
-    return _atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+def atomic_write_text(path: str | os.PathLike, text: str, fn: str | None = None) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically; the folder must exist (``fn`` prefixes the error
+    that says it does not). Returns the path."""
+    return _atomic_write(path, lambda fh: fh.write(text.encode("utf-8")), fn)
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save(obj, path)`` atomically; the folder must exist. Returns the path."""
-    return _atomic_write(path, lambda fh: torch.save(obj, fh))
+def atomic_save(obj: Any, path: str | os.PathLike, fn: str | None = None) -> Path:
+    """``torch.save(obj, path)`` atomically; the folder must exist (``fn`` prefixes the error that
+    says it does not). Returns the path."""
+    return _atomic_write(path, lambda fh: torch.save(obj, fh), fn)
 
 
 def load_torch(path: str | os.PathLike, fn: str) -> Any:

@@ -10,7 +10,6 @@ retain set, the metrics). :meth:`MemmapImages.write` creates such a file from te
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from ._io import make_temp
 
 __all__ = ["MemmapImages", "labels_path"]
 
@@ -267,7 +268,7 @@ def _copy_rows(target: Path, images: Any, dtype: np.dtype, chunk_size: int) -> N
 
 
 def _atomic_npy(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npy")
+    fd, tmp = make_temp(path, suffix=".npy", fn="MemmapImages.write")
     os.close(fd)
     try:
         write(Path(tmp))

@@ -481,3 +481,31 @@ def test_make_split_refuses_duplicate_and_nested_indices():
         fastblend.make_split(train, test, forget=[3, 5, 5])
     with pytest.raises(ValueError, match="make_split: forget indices must be 1-D"):
         fastblend.make_split(train, test, forget=[[3, 5], [6, 7]])
+
+
+def test_written_files_get_the_mode_of_a_plain_open(tmp_path):
+    """Atomic writes end with 0o666 & ~umask (a bare temporary file would stay 0o600)."""
+    old = os.umask(0o022)
+    try:
+        clustering = fastblend.group(torch.randn(12, 3), torch.arange(12) % 2, ipc=2)
+        clustering.save(tmp_path / "c.pt")
+        _reduced().save(tmp_path / "r.pt")
+        m = fastblend.MemmapImages.write(tmp_path / "m.npy", torch.zeros(3, 1, 2, 2, dtype=torch.uint8),
+                                          torch.arange(3))
+        index = fastblend.BlendIndex.build(torch.rand(12, 1, 8, 8), torch.arange(12) % 2, ipc=2, iterations=1)
+        index.save(tmp_path / "i.index")
+        (tmp_path / "plain").write_text("x")
+        names = ["c.pt", "r.pt", "m.npy", m.path.name.replace(".npy", ".labels.npy"), "i.index", "plain"]
+        modes = {n: oct((tmp_path / n).stat().st_mode & 0o777) for n in names}
+        assert modes == {n: oct(0o644) for n in names}
+    finally:
+        os.umask(old)
+
+
+def test_a_save_into_a_missing_folder_names_the_folder(tmp_path):
+    missing = tmp_path / "nonexist"
+    with pytest.raises(FileNotFoundError, match=f"ReducedRetainSet.save: .*no such folder '{missing}'"):
+        _reduced().save(missing / "r.pt")
+    index = fastblend.BlendIndex.build(torch.rand(12, 1, 8, 8), torch.arange(12) % 2, ipc=2, iterations=1)
+    with pytest.raises(FileNotFoundError, match=f"BlendIndex.save: .*no such folder '{missing}'"):
+        index.save(missing / "i.index")

@@ -18,9 +18,7 @@ equals the one ``condense`` computes after the request with the same matcher and
 from __future__ import annotations
 
 import math
-import os
 import pickle
-import tempfile
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -30,6 +28,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .._device import synchronize
+from .._io import atomic_save
 from ..distributed import is_distributed, world_size
 from ..grouping import Clustering
 from ..ops._dispatch import backend_for
@@ -247,14 +246,7 @@ class BlendIndex:
         clustering = {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v)
                       for k, v in vars(self.clustering).items()}
         blob = {"format": _FORMAT, "version": _FORMAT_VERSION, "fields": state, "clustering": clustering}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(blob, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        atomic_save(blob, path, fn="BlendIndex.save")
 
     @classmethod
     def load(cls, path: str | Path, source: object = None) -> BlendIndex:

@@ -198,7 +198,7 @@ class ReducedRetainSet(Dataset):
                                      "rows (this set holds only images)")
                 state["source_fingerprint"] = fingerprint(self.source)
         state = {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in state.items()}
-        atomic_save(state, path)
+        atomic_save(state, path, fn="ReducedRetainSet.save")
 
     @classmethod
     def load(cls, path: str | Path, source: object = None) -> ReducedRetainSet:

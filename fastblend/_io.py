@@ -19,7 +19,11 @@ from typing import Any, BinaryIO, Callable
 
 import torch
 
-__all__ = ["atomic_save", "atomic_write_text", "load_torch", "make_temp", "plain_file_mode"]
+__all__ = ["LOAD_ERRORS", "atomic_save", "atomic_write_text", "load_torch", "make_temp", "plain_file_mode"]
+
+# what torch.load raises on a truncated or foreign file (a junk file: KeyError from the legacy unpickler)
+LOAD_ERRORS = (EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, KeyError, TypeError,
+               AttributeError, IndexError, UnicodeDecodeError)
 
 
 def plain_file_mode() -> int:
@@ -87,6 +91,6 @@ def load_torch(path: str | os.PathLike, fn: str) -> Any:
         raise FileNotFoundError(f"{fn}: no such file {str(path)!r}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as exc:
+    except LOAD_ERRORS as exc:
         raise ValueError(f"{fn}: cannot read {str(path)!r} (truncated or not a torch.save file): "
                          f"{type(exc).__name__}: {exc}") from exc

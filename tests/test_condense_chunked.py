@@ -221,3 +221,59 @@ def test_blend_index_from_a_dataset(tmp_path):
         BlendIndex.load(path, source=RowsDataset(x.flip(0), y))
     back = BlendIndex.load(path, source=ds)
     assert back.images is ds and torch.equal(back.blends, idx.blends)
+
+
+def _memmap_index(tmp_path):
+    x, y = _data(30)
+    ds = fastblend.MemmapImages.write(tmp_path / "src.npy", x, y)
+    index = BlendIndex.build(ds, ipc=2, iterations=1, seed=0, progress=False)
+    index.save(tmp_path / "i.index")
+    reduced = index.reduce([0, 1])
+    reduced.save(tmp_path / "r.pt")
+    return x, y, ds, reduced
+
+
+@pytest.mark.parametrize("change", ["pixel", "label"])
+def test_load_refuses_a_source_with_one_pixel_or_one_label_changed(tmp_path, change):
+    x, y, ds, reduced = _memmap_index(tmp_path)
+    x2, y2 = x.clone(), y.clone()
+    if change == "pixel":
+        x2[3, 0, 5, 7] += 0.25
+    else:
+        y2[3] = (y2[3] + 1) % 3
+    modified = fastblend.MemmapImages.write(tmp_path / "mod.npy", x2, y2)
+    for load in (BlendIndex.load, ReducedRetainSet.load):
+        path = tmp_path / ("i.index" if load == BlendIndex.load else "r.pt")
+        with pytest.raises(ValueError, match="source does not match .* (content|labels) hash"):
+            load(path, source=modified)
+    assert BlendIndex.load(tmp_path / "i.index", source=ds).images is ds
+    assert len(ReducedRetainSet.load(tmp_path / "r.pt", source=ds)) == len(reduced)
+
+
+def test_fingerprint_streams_a_sample_of_a_large_source_and_reads_old_fingerprints(monkeypatch):
+    from fastblend.condense import source as src
+
+    x, y = _data(40)
+    ds = RowsDataset(x, y)
+    whole = src.fingerprint(ds)
+    assert whole["rows"] == "all" and whole["label_rows"] == "all" and whole == src.fingerprint(RowsDataset(x, y))
+    assert src.fingerprint(x)["images"] == whole["images"] and src.fingerprint(x)["labels"] is None
+    monkeypatch.setattr(src, "FULL_HASH_BYTES", 1024)
+    monkeypatch.setattr(src, "SAMPLE_ROWS", 5)
+    monkeypatch.setattr(src, "_READ", 2)
+    ds.largest = 0
+    sampled = src.fingerprint(ds)
+    assert sampled["rows"] == "sample" and ds.largest == 2  # streamed two rows at a time
+    for row in (0, 39):  # the first and the last row are always hashed
+        x2 = x.clone()
+        x2[row] += 1
+        with pytest.raises(ValueError, match="content hash"):
+            src.check_fingerprint(RowsDataset(x2, y), sampled, "t")
+    # a fingerprint saved before kind 2 (16 rows, no labels) is still checked the way it was made
+    rows, h = src._legacy_hash(ds)
+    old = {"length": 40, "shape": [3, 16, 16], "dtype": "float32", "rows": rows, "hash": h}
+    src.check_fingerprint(ds, old, "t")
+    with pytest.raises(ValueError, match="content hash"):
+        src.check_fingerprint(RowsDataset(x.flip(0), y), old, "t")
+    with pytest.raises(ValueError, match="kind 3.*rebuild"):
+        src.check_fingerprint(ds, dict(whole, kind=3), "t")

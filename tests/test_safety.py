@@ -509,3 +509,14 @@ def test_a_save_into_a_missing_folder_names_the_folder(tmp_path):
     index = fastblend.BlendIndex.build(torch.rand(12, 1, 8, 8), torch.arange(12) % 2, ipc=2, iterations=1)
     with pytest.raises(FileNotFoundError, match=f"BlendIndex.save: .*no such folder '{missing}'"):
         index.save(missing / "i.index")
+
+
+def test_loading_a_junk_file_raises_value_error_naming_it(tmp_path):
+    from fastblend.condense import ReducedRetainSet
+
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"junk" * 100)  # torch.load's legacy unpickler raises a bare KeyError on it
+    with pytest.raises(ValueError, match=f"ReducedRetainSet.load: cannot read '{junk}'"):
+        ReducedRetainSet.load(junk)
+    with pytest.raises(ValueError, match=f"BlendIndex.load: cannot read {junk}"):
+        fastblend.BlendIndex.load(junk)

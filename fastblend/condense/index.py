@@ -18,7 +18,6 @@ equals the one ``condense`` computes after the request with the same matcher and
 from __future__ import annotations
 
 import math
-import pickle
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -28,7 +27,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .._device import synchronize
-from .._io import atomic_save
+from .._io import LOAD_ERRORS, atomic_save
 from ..distributed import is_distributed, world_size
 from ..grouping import Clustering
 from ..ops._dispatch import backend_for
@@ -236,7 +235,8 @@ class BlendIndex:
     def save(self, path: str | Path) -> None:
         """Write the index to ``path`` atomically: a temporary file in the same folder, renamed into
         place. A tensor of training images is written with it; a Dataset is not (its fingerprint is:
-        length, row shape, dtype, a content hash of a few rows) and :meth:`load` needs ``source=``."""
+        length, row shape, dtype, hashes of the labels and of the images) and :meth:`load` needs
+        ``source=``."""
         path = Path(path)
         state = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "clustering"}
         if not isinstance(self.images, torch.Tensor):
@@ -255,7 +255,7 @@ class BlendIndex:
         fn = "BlendIndex.load"
         try:
             blob = torch.load(Path(path), map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+        except (OSError, *LOAD_ERRORS) as exc:
             raise ValueError(f"{fn}: cannot read {path}: {exc}") from exc
         if not isinstance(blob, dict) or blob.get("format") != _FORMAT:
             raise ValueError(f"{fn}: {path} is not a saved fastblend BlendIndex")

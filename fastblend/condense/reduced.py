@@ -181,7 +181,7 @@ class ReducedRetainSet(Dataset):
 
         ``with_residual=True`` writes every row's image (self-contained; what an in-memory set writes
         by default); ``False`` writes the blends, the residual rows' training indices and the
-        source's fingerprint (length, row shape, dtype, a content hash of a few rows) but no residual
+        source's fingerprint (length, row shape, dtype, hashes of the labels and images) but no residual
         image (the default when the source is a Dataset): :meth:`load` then needs ``source=``.
         """
         if with_residual is None:

@@ -3,11 +3,15 @@
 
 A Dataset is read through its batched ``__getitems__`` when it has one, else row by row; its labels
 come from a ``.labels``/``.targets`` attribute of length ``N`` or one pass over the rows. Also the
-source's fingerprint (length, row shape, a content hash of a few rows) that a reduced set saved
-without its residual images keeps to check the source it is reopened with.
+source's fingerprint (length, row shape, dtype, SHA-256 of the labels and of every image byte up to
+256 MiB, else of 8,192 evenly spaced rows) that an index or a reduced set saved without its
+residual images keeps to check the source it is reopened with.
 """
 
 from __future__ import annotations
+
+import hashlib
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,10 +19,14 @@ from torch.utils.data import Dataset
 
 from .checks import content_keys
 
-__all__ = ["FINGERPRINT_ROWS", "ReorderedRows", "check_fingerprint", "fingerprint", "is_dataset_source",
+__all__ = ["FINGERPRINT_KIND", "FULL_HASH_BYTES", "SAMPLE_ROWS", "ReorderedRows", "check_fingerprint", "fingerprint",
+           "is_dataset_source",
            "read_rows", "row_keys", "source_labels", "source_length", "source_sample"]
 
-FINGERPRINT_ROWS = 16  # rows hashed into a source's fingerprint, evenly spaced
+FINGERPRINT_KIND = 2  # 1 (no "kind" key): 16 rows, no labels; 2: every image byte up to a cap, the labels
+FULL_HASH_BYTES = 256 * 2**20  # images up to this many bytes are hashed whole, as in fastblend.cache
+SAMPLE_ROWS = 8192  # else this many evenly spaced rows, the first and the last among them
+LEGACY_FINGERPRINT_ROWS = 16
 _READ = 512  # rows per read when a whole source is streamed
 
 
@@ -111,28 +119,126 @@ class ReorderedRows(Dataset):
         return [(x, 0) for x in read_rows(self.source, self.order[rows])]
 
 
-def _fingerprint_rows(n: int) -> torch.Tensor:
-    return torch.unique(torch.linspace(0, n - 1, min(n, FINGERPRINT_ROWS)).round().to(torch.int64))
+def _legacy_fingerprint_rows(n: int) -> torch.Tensor:
+    return torch.unique(torch.linspace(0, n - 1, min(n, LEGACY_FINGERPRINT_ROWS)).round().to(torch.int64))
+
+
+def _legacy_hash(source: object) -> tuple[list[int], int]:
+    """The content hash of files saved before fingerprint kind 2 (16 evenly spaced rows, no labels)."""
+    rows = _legacy_fingerprint_rows(source_length(source))
+    return rows.tolist(), int((row_keys(source, rows) * (2 * rows + 1)).sum())  # position-aware
+
+
+def _update(h: Any, t: torch.Tensor) -> None:
+    t = t.detach().cpu().contiguous()
+    if t.numel():
+        h.update(memoryview(t.view(torch.uint8).reshape(-1).numpy()))
+
+
+def _hashed_rows(n: int, row_bytes: int) -> torch.Tensor | None:
+    """``None`` (every row) up to :data:`FULL_HASH_BYTES` of images, else :data:`SAMPLE_ROWS` evenly
+    spaced rows (the first and the last among them)."""
+    if n * row_bytes <= FULL_HASH_BYTES or n <= SAMPLE_ROWS:
+        return None
+    return torch.linspace(0, n - 1, SAMPLE_ROWS).round().to(torch.int64).unique()
+
+
+def _label_attribute(source: object) -> torch.Tensor | None:
+    """A Dataset's ``.labels``/``.targets`` when it holds one integer per row (read without the images)."""
+    n = len(source)
+    for attr in ("labels", "targets"):
+        value = getattr(source, attr, None)
+        if value is None or callable(value):
+            continue
+        try:
+            lab = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError):
+            continue
+        if lab.dim() == 1 and lab.shape[0] == n and not lab.is_floating_point():
+            return lab.cpu().to(torch.int64)
+    return None
 
 
 def fingerprint(source: object) -> dict:
-    """``{"length", "shape" (one row), "dtype", "rows", "hash"}``: what identifies the training images
-    a reduced set's residual rows index (the content hash covers :data:`FINGERPRINT_ROWS` rows evenly
-    spaced, the same for a tensor and a Dataset holding the same images)."""
+    """What identifies the training images a saved index or reduced set indexes (kind 2):
+    ``{"kind", "length", "shape" (one row), "dtype", "rows", "images", "labels", "label_rows"}``.
+
+    ``images`` is the SHA-256 of the image bytes (as the source returns them: a tensor's rows, a
+    Dataset's images) of every row when they hold at most :data:`FULL_HASH_BYTES`, else of
+    :data:`SAMPLE_ROWS` evenly spaced rows, always the first and the last (``rows``: ``"all"`` or
+    ``"sample"``), read :data:`_READ` rows at a time (a Dataset is streamed, never held whole); the
+    same for a tensor and a Dataset holding the same images. ``labels`` (a Dataset only; ``None`` for
+    a tensor) is the SHA-256 of the int64 labels: all of them from a ``.labels``/``.targets``
+    attribute or when every row is read, else the hashed rows' (``label_rows``).
+    """
     n = source_length(source)
-    rows = _fingerprint_rows(n)
     sample = source_sample(source)
-    return {"length": n, "shape": list(sample.shape), "dtype": str(sample.dtype).replace("torch.", ""),
-            "rows": rows.tolist(), "hash": int((row_keys(source, rows) * (2 * rows + 1)).sum())}  # position-aware
+    rows = _hashed_rows(n, sample.numel() * sample.element_size())
+    idx = torch.arange(n) if rows is None else rows
+    h_img = hashlib.sha256(f"{tuple(sample.shape)}|{sample.dtype}|{n}|".encode())
+    labels = None if isinstance(source, torch.Tensor) else _label_attribute(source)
+    from_rows: list[int] | None = None if isinstance(source, torch.Tensor) or labels is not None else []
+    getitems = getattr(source, "__getitems__", None)
+    for s in range(0, idx.numel(), _READ):
+        part = idx[s:s + _READ]
+        if isinstance(source, torch.Tensor):
+            _update(h_img, source[part.to(source.device)])
+            continue
+        rows_list = part.tolist()
+        items = getitems(rows_list) if callable(getitems) else [source[i] for i in rows_list]
+        images = []
+        for it, i in zip(items, rows_list):
+            images.append(_image_of(it, "fingerprint", i))
+            if from_rows is not None:
+                if isinstance(it, (tuple, list)) and len(it) >= 2:
+                    from_rows.append(int(it[1]))
+                else:
+                    from_rows = None
+        _update(h_img, torch.stack(images))
+    if from_rows is not None:
+        labels = torch.tensor(from_rows, dtype=torch.int64)
+    label_rows = None if labels is None else ("all" if labels.numel() == n else "sample")
+    return {"kind": FINGERPRINT_KIND, "length": n, "shape": list(sample.shape),
+            "dtype": str(sample.dtype).replace("torch.", ""), "rows": "all" if rows is None else "sample",
+            "images": h_img.hexdigest(),
+            "labels": None if labels is None else hashlib.sha256(labels.numpy().tobytes()).hexdigest(),
+            "label_rows": label_rows}
+
+
+def _mismatch(where: str, what: str, got: object, want: object, expected: dict) -> ValueError:
+    return ValueError(f"{where}: source does not match the training images this set was made from: "
+                      f"{what} {got} != {want} (expected {expected.get('length')} rows of "
+                      f"{expected.get('shape')} {expected.get('dtype')})")
 
 
 def check_fingerprint(source: object, expected: dict, where: str) -> None:
-    """``ValueError`` (prefixed by ``where``) unless ``source`` matches the ``expected`` fingerprint."""
+    """``ValueError`` (prefixed by ``where``) unless ``source`` matches the ``expected`` fingerprint:
+    length, row shape and dtype first, then the content hashes (of the images; of the labels when
+    both sides have them over the same rows). A fingerprint saved before kind 2 (16 rows hashed, no
+    labels) is checked the way it was made."""
     if not (isinstance(source, torch.Tensor) or is_dataset_source(source)):
         raise TypeError(f"{where}: source must be the training images tensor or Dataset, got {type(source).__name__}")
+    kind = expected.get("kind")
+    if kind is None and "hash" not in expected:
+        raise ValueError(f"{where}: the saved source fingerprint is missing or unreadable; rebuild the file from "
+                         "its training images")
+    if kind is not None and kind != FINGERPRINT_KIND:
+        raise ValueError(f"{where}: the saved source fingerprint is of kind {kind!r}, this fastblend checks kind "
+                         f"{FINGERPRINT_KIND}; rebuild the file with this version")
+    n = source_length(source)
+    sample = source_sample(source)
+    cheap = {"length": n, "shape": list(sample.shape), "dtype": str(sample.dtype).replace("torch.", "")}
+    for key, what in (("length", "rows"), ("shape", "row shape"), ("dtype", "dtype")):
+        if cheap[key] != expected.get(key):
+            raise _mismatch(where, what, cheap[key], expected.get(key), expected)
+    if kind is None:  # the old kind: 16 evenly spaced rows
+        _, got = _legacy_hash(source)
+        if got != expected.get("hash"):
+            raise _mismatch(where, "content hash", got, expected.get("hash"), expected)
+        return
     got = fingerprint(source)
-    for key, what in (("length", "rows"), ("shape", "row shape"), ("dtype", "dtype"), ("hash", "content hash")):
-        if got[key] != expected.get(key):
-            raise ValueError(f"{where}: source does not match the training images this set was made from: "
-                             f"{what} {got[key]} != {expected.get(key)} (expected {expected.get('length')} rows of "
-                             f"{expected.get('shape')} {expected.get('dtype')})")
+    if got["images"] != expected.get("images"):
+        raise _mismatch(where, "content hash", got["images"][:16], str(expected.get("images"))[:16], expected)
+    if (got["labels"] is not None and expected.get("labels") is not None
+            and got["label_rows"] == expected.get("label_rows") and got["labels"] != expected["labels"]):
+        raise _mismatch(where, "labels hash", got["labels"][:16], str(expected["labels"])[:16], expected)

@@ -9,6 +9,7 @@ retain set, the metrics). :meth:`MemmapImages.write` creates such a file from te
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +24,7 @@ from ._io import make_temp
 __all__ = ["MemmapImages", "labels_path"]
 
 _DTYPES = (np.uint8, np.float16, np.float32, np.float64)
+_NPY_MAGIC = b"\x93NUMPY"  # how every .npy file begins
 
 
 def labels_path(path: str | os.PathLike) -> Path:
@@ -91,14 +93,21 @@ class MemmapImages(Dataset):
         if not self.path.is_file():
             raise FileNotFoundError(f"MemmapImages: no such file {str(self.path)!r}")
         if shape is not None:
+            with open(self.path, "rb") as fh:
+                if fh.read(6) == _NPY_MAGIC:
+                    raise ValueError(f"MemmapImages: {str(self.path)!r} is a .npy file (its header gives the shape and "
+                                     "dtype); shape, dtype and offset describe a raw file: leave them out")
+            if any(isinstance(s, bool) or not isinstance(s, numbers.Integral) for s in shape):
+                raise ValueError(f"MemmapImages: shape must be (N, C, H, W) of ints, got {tuple(shape)}")
             shape = tuple(int(s) for s in shape)
             if len(shape) != 4 or min(shape) < 1:
                 raise ValueError(f"MemmapImages: shape must be (N, C, H, W) of positive sizes, got {shape}")
         elif dtype is not None or offset:
             raise ValueError("MemmapImages: dtype and offset describe a raw file; pass shape=(N, C, H, W) too")
-        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        if isinstance(offset, bool) or not isinstance(offset, numbers.Integral) or offset < 0:
             raise ValueError(f"MemmapImages: offset must be an int >= 0, got {offset!r}")
-        self._raw = (shape, np.dtype(dtype if dtype is not None else np.uint8), offset) if shape is not None else None
+        raw_dtype = np.dtype(dtype if dtype is not None else np.uint8)
+        self._raw = (shape, raw_dtype, int(offset)) if shape is not None else None
         self._array: np.ndarray | None = None
         arr = self.array
         if arr.dtype.type not in _DTYPES:
@@ -130,19 +139,24 @@ class MemmapImages(Dataset):
     def array(self) -> np.ndarray:
         """The memory-mapped ``[N, C, H, W]`` array (read-only), opened on first use."""
         if self._array is None:
+            if self._raw is not None:
+                shape, dtype, offset = self._raw
+                need = offset + int(np.prod(shape)) * dtype.itemsize
+                size = self.path.stat().st_size
+                if size < need:
+                    raise ValueError(f"MemmapImages: {self.path} has {size} bytes, shape {shape} of {dtype} "
+                                     f"after {offset} header bytes needs {need}")
             try:
                 if self._raw is None:
-                    self._array = np.load(self.path, mmap_mode="r", allow_pickle=False)
+                    array = np.load(self.path, mmap_mode="r", allow_pickle=False)
+                    if not isinstance(array, np.ndarray):  # an .npz archive
+                        raise ValueError(f"it holds a {type(array).__name__}, not one array")
+                    self._array = array
                 else:
-                    shape, dtype, offset = self._raw
-                    need = offset + int(np.prod(shape)) * dtype.itemsize
-                    size = self.path.stat().st_size
-                    if size < need:
-                        raise ValueError(f"MemmapImages: {self.path} has {size} bytes, shape {shape} of {dtype} "
-                                         f"after {offset} header bytes needs {need}")
                     self._array = np.memmap(self.path, dtype=dtype, mode="r", offset=offset, shape=shape)
-            except (OSError, EOFError) as exc:
-                raise ValueError(f"MemmapImages: cannot map {str(self.path)!r}: {exc}") from exc
+            except (OSError, EOFError, ValueError) as exc:
+                hint = "" if self._raw is not None else " (not a .npy file of [N, C, H, W] numbers?)"
+                raise ValueError(f"MemmapImages: cannot map {str(self.path)!r}{hint}: {exc}") from exc
         return self._array
 
     def __getstate__(self) -> dict:
@@ -188,15 +202,17 @@ class MemmapImages(Dataset):
 
     def take(self, indices: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """A batch: ``(images [B, C, H, W] float32, labels [B] int64)`` of the rows ``indices`` (in that
-        order; repeats allowed). The file is read in ascending row order, a contiguous run as one slice."""
+        order; repeats allowed; a negative index counts from the end, as in ``dataset[i]``). The file is
+        read in ascending row order, a contiguous run as one slice."""
         idx = torch.as_tensor(indices).reshape(-1)
         if idx.is_floating_point() or idx.dtype == torch.bool:
             raise TypeError(f"MemmapImages.take: indices must be integers, got {idx.dtype}")
         idx = idx.to(torch.int64).cpu()
         n = len(self)
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
-            bad = int(idx.min()) if int(idx.min()) < 0 else int(idx.max())
-            raise IndexError(f"MemmapImages.take: indices must be in [0, {n}), got {bad}")
+        if idx.numel() and (int(idx.min()) < -n or int(idx.max()) >= n):
+            bad = int(idx.min()) if int(idx.min()) < -n else int(idx.max())
+            raise IndexError(f"MemmapImages.take: indices must be in [-{n}, {n}), got {bad}")
+        idx = torch.where(idx < 0, idx + n, idx)  # negative counts from the end, as for dataset[i]
         if idx.numel() == 0:
             return torch.empty((0,) + self.shape[1:], dtype=torch.float32), torch.empty(0, dtype=torch.int64)
         rows, order = torch.sort(idx)
@@ -249,8 +265,9 @@ class MemmapImages(Dataset):
             raise TypeError(f"{fn}: dtype must be uint8, float16, float32 or float64, got {out_dtype}")
         if out_dtype == np.uint8 and src_dtype != np.uint8:
             raise TypeError(f"{fn}: floating images are not quantised to uint8; convert them first")
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
             raise ValueError(f"{fn}: chunk_size must be an int >= 1, got {chunk_size!r}")
+        chunk_size = int(chunk_size)
         n = int(images.shape[0])
         y = _as_labels(labels, n).numpy()
         _atomic_npy(path, lambda tmp: _copy_rows(tmp, images, out_dtype, chunk_size))

@@ -187,3 +187,29 @@ def test_metrics_on_a_dataset_equal_tensors():
     assert svc_mia(model, Rows(xr, yr), Rows(xf, yf), Rows(xu, yu)) == svc_mia(model, (xr, yr), (xf, yf), (xu, yu))
     with pytest.raises(ValueError, match="^accuracy: batch_size must be >= 1"):
         accuracy(model, Rows(xu, yu), batch_size=0)
+
+
+def test_memmap_refuses_raw_settings_for_a_npy_file_and_names_a_garbage_one(tmp_path):
+    x, y = _images(6, c=1)
+    fastblend.MemmapImages.write(tmp_path / "a.npy", x, y)
+    with pytest.raises(ValueError, match="MemmapImages: .*a.npy' is a .npy file .* leave them out"):
+        fastblend.MemmapImages(tmp_path / "a.npy", shape=(6, 1, 8, 8))
+    garbage = tmp_path / "g.npy"
+    garbage.write_bytes(b"hello world garbage" * 10)
+    with pytest.raises(ValueError, match="MemmapImages: shape must be .* of ints"):
+        fastblend.MemmapImages(garbage, y, shape=(6, 1, 8, 8.5))
+    with pytest.raises(ValueError, match="^MemmapImages: cannot map .*g.npy' \\(not a .npy file"):
+        fastblend.MemmapImages(garbage, labels=[0])
+
+
+def test_memmap_take_counts_negative_indices_from_the_end(tmp_path):
+    x, y = _images(6, c=1)
+    ds = fastblend.MemmapImages.write(tmp_path / "a.npy", x, y)
+    images, labels = ds.take([1, -1, -6])
+    assert torch.equal(images, x[[1, 5, 0]]) and torch.equal(labels, y[[1, 5, 0]])
+    with pytest.raises(IndexError, match=r"MemmapImages.take: indices must be in \[-6, 6\), got -7"):
+        ds.take([-7])
+    batch = next(iter(DataLoader(Subset(ds, [5, -1]), batch_size=2)))
+    assert torch.equal(batch[0], x[[5, 5]])
+    ds_np = fastblend.MemmapImages.write(tmp_path / "b.npy", x, y, chunk_size=np.int64(2))
+    assert torch.equal(ds_np.take(range(6))[0], x)

@@ -50,6 +50,7 @@ each centroid accepts its closest proposals up to its remaining capacity; repeat
 
 from __future__ import annotations
 
+import numbers
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -200,21 +201,21 @@ def _check_group_inputs(features, labels, ipc, backend, niter, tol, num_classes)
     labels = labels.to("cpu", torch.int64)
     if int(labels.min()) < 0:
         raise ValueError(f"{name}: labels must be >= 0, got {int(labels.min())}")
-    if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
+    if isinstance(ipc, bool) or not isinstance(ipc, numbers.Integral) or ipc < 1:
         raise ValueError(f"{name}: ipc must be an int >= 1, got {ipc!r}")
     if backend not in _GROUP_BACKENDS:
         raise ValueError(f"{name}: backend must be one of {_GROUP_BACKENDS}, got {backend!r}")
-    if isinstance(niter, bool) or not isinstance(niter, int) or niter < 1:
+    if isinstance(niter, bool) or not isinstance(niter, numbers.Integral) or niter < 1:
         raise ValueError(f"{name}: niter must be an int >= 1, got {niter!r}")
     if not isinstance(tol, (int, float)) or isinstance(tol, bool) or not tol >= 0:
         raise ValueError(f"{name}: tol must be a number >= 0, got {tol!r}")
     present = int(labels.max()) + 1
     if num_classes is None:
         num_classes = present
-    elif isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < present:
+    elif isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < present:
         raise ValueError(f"{name}: num_classes must be an int >= max(labels) + 1 = {present}, got {num_classes!r}")
     _check_cluster_count(name, num_classes, ipc, features.shape[0])
-    return features, labels, num_classes
+    return features, labels, int(num_classes)
 
 
 _MAX_EMPTY_CLUSTERS = 1 << 22  # tables of K clusters are allocated up front: bound K by what can be filled
@@ -270,6 +271,7 @@ def group(features: torch.Tensor, labels: torch.Tensor, ipc: int, backend: str =
     images' content, which removes that dependence. Warns when ``ipc`` exceeds a class's size.
     """
     features, labels, num_classes = _check_group_inputs(features, labels, ipc, backend, niter, tol, num_classes)
+    ipc, niter = int(ipc), int(niter)  # numpy integers too
     if not isinstance(balanced, bool):
         raise TypeError(f"group: balanced must be a bool, got {type(balanced).__name__}")
     if init not in _INITS:

@@ -277,3 +277,36 @@ def test_fingerprint_streams_a_sample_of_a_large_source_and_reads_old_fingerprin
         src.check_fingerprint(RowsDataset(x.flip(0), y), old, "t")
     with pytest.raises(ValueError, match="kind 3.*rebuild"):
         src.check_fingerprint(ds, dict(whole, kind=3), "t")
+
+
+def test_numpy_integers_are_accepted_and_saved_as_python_ints(tmp_path):
+    import numpy as np
+
+    from fastblend.condense.chunked import check_member_chunk
+
+    assert check_member_chunk("t", np.int64(5)) == 5 and type(check_member_chunk("t", np.int64(5))) is int
+    for bad in (True, 2.5, "8", 0):
+        with pytest.raises(ValueError, match="t: member_chunk must be None or an int >= 1"):
+            check_member_chunk("t", bad)
+    x, y = _data(36)
+    clustering = fastblend.group(torch.randn(36, 4), y, ipc=np.int64(2), niter=np.int64(5))
+    assert type(clustering.ipc) is int
+    index = BlendIndex.build(x, y, ipc=np.int64(2), iterations=np.int64(1), member_chunk=np.int64(7), progress=False)
+    assert index.settings["member_chunk"] == 7 and type(index.settings["member_chunk"]) is int
+    index.save(tmp_path / "i.index")
+    BlendIndex.load(tmp_path / "i.index")
+    reduced = condense(x, y, [0], clustering=index.clustering, iterations=1, member_chunk=np.int64(7))
+    reduced.save(tmp_path / "r.pt", with_residual=True)  # a numpy member_chunk in settings loads back safely
+    assert ReducedRetainSet.load(tmp_path / "r.pt").settings["member_chunk"] == 7
+
+
+def test_reduced_set_row_index_must_be_an_integer(runs):
+    import numpy as np
+
+    _, _, _, whole, _, streamed = runs
+    for reduced in (whole, streamed, whole.materialise()):
+        for bad in (1.5, True, "1"):
+            with pytest.raises(TypeError, match="ReducedRetainSet: row index must be an int"):
+                reduced[bad]
+        assert torch.equal(reduced[np.int64(2)][0], reduced[2][0]) and torch.equal(reduced[-1][0],
+                                                                                    reduced[len(reduced) - 1][0])

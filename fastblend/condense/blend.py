@@ -16,6 +16,7 @@ reproduces.
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -190,7 +191,7 @@ def _check_blend_inputs(x: torch.Tensor, indptr: torch.Tensor, matcher: nn.Modul
         raise TypeError(f"{fn}: matcher must be a torch.nn.Module, got {type(matcher).__name__}")
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
         raise ValueError(f"{fn}: lr must be a finite number > 0, got {lr!r}")
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
+    if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral) or iterations < 0:
         raise ValueError(f"{fn}: iterations must be an int >= 0, got {iterations!r}")
     bounds = indptr.cpu()
     if int(bounds[0]) != 0 or int(bounds[-1]) != x.shape[0]:
@@ -244,7 +245,7 @@ def blend_clusters(x: torch.Tensor, indptr: torch.Tensor, matcher: nn.Module, *,
     _check_blend_inputs(x, indptr, matcher, lr, iterations)
     device = x.device
     m, k = x.shape[0], indptr.numel() - 1
-    if loss_clusters is not None and (isinstance(loss_clusters, bool) or not isinstance(loss_clusters, int)
+    if loss_clusters is not None and (isinstance(loss_clusters, bool) or not isinstance(loss_clusters, numbers.Integral)
                                       or loss_clusters < k):
         raise ValueError(f"blend_clusters: loss_clusters must be an int >= K = {k} (the clusters of x), got "
                          f"{loss_clusters!r}")

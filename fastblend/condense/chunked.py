@@ -15,6 +15,7 @@ gives the same blends as optimising all ``K`` together, provided every term keep
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 
 import torch
@@ -28,12 +29,14 @@ __all__ = ["blend_chunked", "blend_sharded", "check_member_chunk", "plan_chunks"
 Fetch = Callable[[torch.Tensor], torch.Tensor]  # [m] int64 CSR positions -> [m, C, H, W] member images
 
 
-def check_member_chunk(caller: str, member_chunk: object) -> None:
-    """``member_chunk`` must be ``None`` or an int >= 1."""
-    if member_chunk is not None and (isinstance(member_chunk, bool) or not isinstance(member_chunk, int)
+def check_member_chunk(caller: str, member_chunk: object) -> int | None:
+    """``member_chunk`` must be ``None`` or an integer >= 1 (numpy integers too, not a bool); returned
+    as a Python int."""
+    if member_chunk is not None and (isinstance(member_chunk, bool) or not isinstance(member_chunk, numbers.Integral)
                                      or member_chunk < 1):
         raise ValueError(f"{caller}: member_chunk must be None or an int >= 1 (member images held at once), "
                          f"got {member_chunk!r}")
+    return None if member_chunk is None else int(member_chunk)
 
 
 def plan_chunks(sizes: torch.Tensor, member_chunk: int | None) -> list[tuple[int, int]]:

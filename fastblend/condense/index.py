@@ -18,6 +18,7 @@ equals the one ``condense`` computes after the request with the same matcher and
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -40,9 +41,9 @@ from .checks import (
     prepare_inputs,
     resolve_clustering,
 )
-from .chunked import blend_chunked, blend_sharded
+from .chunked import blend_chunked, blend_sharded, check_member_chunk
 from .core import assemble_reduced, blend_lr, make_matcher
-from .reduced import ReducedRetainSet
+from .reduced import ReducedRetainSet, plain
 from .source import check_fingerprint, fingerprint, is_dataset_source, read_rows, source_length, source_sample
 from .split import split_clusters
 
@@ -124,6 +125,9 @@ class BlendIndex:
         """
         fn = "BlendIndex.build"
         t_start = time.perf_counter()
+        member_chunk = check_member_chunk(fn, member_chunk)
+        ipc, iterations, chunk_size = (int(v) if isinstance(v, numbers.Integral) and not isinstance(v, bool) else v
+                                       for v in (ipc, iterations, chunk_size))  # numpy integers too
         images, labels = open_source(fn, data, labels)
         images, labels, _, dev = prepare_inputs(fn, images, labels, [], iterations, lr, normalize, chunk_size,
                                                 device, member_chunk)
@@ -242,8 +246,8 @@ class BlendIndex:
         if not isinstance(self.images, torch.Tensor):
             state["images"] = None
             state["source_fingerprint"] = fingerprint(self.images)
-        state = {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in state.items()}
-        clustering = {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v)
+        state = {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else plain(v)) for k, v in state.items()}
+        clustering = {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else plain(v))
                       for k, v in vars(self.clustering).items()}
         blob = {"format": _FORMAT, "version": _FORMAT_VERSION, "fields": state, "clustering": clustering}
         atomic_save(blob, path, fn="BlendIndex.save")

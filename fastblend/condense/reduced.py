@@ -8,10 +8,12 @@ until an in-memory ``.images`` is asked for.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import InitVar, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -130,15 +132,21 @@ class ReducedRetainSet(Dataset):
 
     def _index(self, i: int) -> int:
         n = len(self)
+        if isinstance(i, torch.Tensor) and i.numel() == 1 and not i.is_floating_point() and i.dtype != torch.bool:
+            i = int(i)
+        if isinstance(i, bool) or not isinstance(i, numbers.Integral):
+            raise TypeError(f"ReducedRetainSet: row index must be an int, got {type(i).__name__} {i!r}")
         i = int(i)
         if not -n <= i < n:
             raise IndexError(f"ReducedRetainSet: row {i} out of range for {n} rows")
         return i % n
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._images is not None:
+        if self._images is not None and isinstance(i, slice):
             return self._images[i], self.labels[i]
         i = self._index(i)
+        if self._images is not None:
+            return self._images[i], self.labels[i]
         return self._rows(torch.tensor([i]))[0], self.labels[i]
 
     def __getitems__(self, rows: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -197,7 +205,7 @@ class ReducedRetainSet(Dataset):
                     raise ValueError("ReducedRetainSet.save: with_residual=False needs the source of the residual "
                                      "rows (this set holds only images)")
                 state["source_fingerprint"] = fingerprint(self.source)
-        state = {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in state.items()}
+        state = {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else plain(v)) for k, v in state.items()}
         atomic_save(state, path, fn="ReducedRetainSet.save")
 
     @classmethod
@@ -231,6 +239,18 @@ class ReducedRetainSet(Dataset):
             if top >= source_length(source):
                 raise ValueError(f"{fn}: {path} indexes training row {top} but source has {source_length(source)}")
         return cls(images=None, source=source if n_res else None, **state)
+
+
+def plain(value: Any) -> Any:
+    """``value`` with numpy scalars (e.g. a ``member_chunk`` given as ``np.int64``) made Python numbers,
+    through dicts, lists and tuples: what safe loading (``weights_only``) reads back."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain(v) for v in value)
+    return value
 
 
 _ROW_FIELDS = {"labels": torch.int64, "is_blended": torch.bool, "source_cluster": torch.int64,

@@ -22,18 +22,21 @@ speed-ups against it conservative.
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from ._device import synchronize
 from .distributed import broadcast_object
 from .metrics import mia_score_from_logits, predict_logits
 
 METRICS = ("forget_acc", "test_acc", "mia")
+_READ = 512  # rows per read of a Dataset
 
 
 @dataclass(frozen=True)
@@ -106,20 +109,47 @@ class StepClock:
         self.paused += time.perf_counter() - now
 
 
-def _subset(x: torch.Tensor, y: torch.Tensor, limit: int | None, generator: torch.Generator):
-    if limit is None or y.numel() <= limit:
-        return x, y
-    keep = torch.randperm(y.numel(), generator=generator)[:limit].sort().values
-    return x[keep], y[keep]
+def _subset(data: object, limit: int | None, generator: torch.Generator, arg: str,
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images, labels)`` of at most ``limit`` rows of ``data`` (a pair of tensors or a map-style
+    Dataset of ``(image, label)``), drawn with ``generator``; a Dataset is read only at those rows,
+    :data:`_READ` at a time (the same rows, so the same subset, as the pair of tensors)."""
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        x, y = data
+        n = y.numel()
+    elif isinstance(data, Dataset) and hasattr(data, "__len__"):
+        x, n = None, len(data)
+    else:
+        raise TypeError(f"Tracker: {arg} must be an (images, labels) pair of tensors or a map-style Dataset of "
+                        f"(image, label) rows, got {type(data).__name__}")
+    keep = None if limit is None or n <= limit else torch.randperm(n, generator=generator)[:limit].sort().values
+    if x is not None:
+        return (x, y) if keep is None else (x[keep], y[keep])
+    rows = list(range(n)) if keep is None else keep.tolist()
+    getitems = getattr(data, "__getitems__", None)
+    images, labels = [], []
+    for s in range(0, len(rows), _READ):
+        part = rows[s:s + _READ]
+        for i, item in zip(part, getitems(part) if callable(getitems) else [data[i] for i in part]):
+            if not isinstance(item, (tuple, list)) or len(item) < 2 or not isinstance(item[0], torch.Tensor):
+                raise TypeError(f"Tracker: {arg} rows must be (image tensor, label) pairs, got "
+                                f"{type(item).__name__} at row {i}")
+            images.append(item[0])
+            labels.append(int(item[1]))
+    if not images:
+        return torch.zeros(0), torch.zeros(0, dtype=torch.int64)
+    return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
 
 
 class Tracker:
     """Step callback recording forget accuracy, test accuracy and MIA during training.
 
     Args:
-        forget: ``(images [F, ...] float, labels [F] int64)`` of the forget set.
-        test: ``(images [T, ...], labels [T])`` held out from training (the evaluation split); the
-            MIA uses its samples of the forget set's classes (as the pipeline's evaluation does).
+        forget: ``(images [F, ...] float, labels [F] int64)`` of the forget set, or a map-style
+            ``Dataset`` of ``(image, label)`` rows (only the evaluation subset's rows are read, once).
+        test: ``(images [T, ...], labels [T])`` or a ``Dataset``, held out from training (the
+            evaluation split); the MIA uses its samples of the forget set's classes (as the
+            pipeline's evaluation does).
         max_samples: evaluate on at most this many samples of each set, a subset drawn once with
             ``seed`` (``None``: every sample).
         seed: seeds the subset and the MIA's equal-size subsampling.
@@ -135,14 +165,18 @@ class Tracker:
     def __init__(self, forget: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
                  max_samples: int | None = 2000, seed: int = 0, offset: float = 0.0,
                  budget: float | None = None):
-        if max_samples is not None and max_samples < 5:
-            raise ValueError(f"Tracker: max_samples must be None or >= 5 (the MIA's folds), got {max_samples}")
+        if max_samples is not None and (isinstance(max_samples, bool) or not isinstance(max_samples, numbers.Integral)
+                                        or max_samples < 5):
+            raise ValueError(f"Tracker: max_samples must be None or an int >= 5 (the MIA's folds), got {max_samples!r}")
+        if isinstance(offset, bool) or not isinstance(offset, (int, float)) or not math.isfinite(offset) or offset < 0:
+            raise ValueError(f"Tracker: offset must be a finite number of seconds >= 0, got {offset!r}")
         if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
                                    or not math.isfinite(budget) or budget <= 0):
             raise ValueError(f"Tracker: budget must be None or a positive number of seconds, got {budget!r}")
         gen = torch.Generator().manual_seed(seed)
-        fx, fy = _subset(*forget, max_samples, gen)
-        tx, ty = _subset(*test, max_samples, gen)
+        limit = None if max_samples is None else int(max_samples)
+        fx, fy = _subset(forget, limit, gen, "forget")
+        tx, ty = _subset(test, limit, gen, "test")
         if fy.numel() < 5:
             raise ValueError(f"Tracker: forget must hold at least 5 samples, got {fy.numel()}")
         self.forget = (fx, fy)

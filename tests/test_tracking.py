@@ -196,3 +196,32 @@ def test_tracker_budget_asks_to_stop_once_spent():
     for bad in (0, -1.0, float("inf"), True, "5"):
         with pytest.raises(ValueError, match="Tracker: budget must be"):
             Tracker((x[80:100], y[80:100]), (x[100:], y[100:]), budget=bad)
+
+
+class _CountingRows(torch.utils.data.Dataset):
+    def __init__(self, x, y):
+        self.x, self.y, self.read = x, y, 0
+
+    def __len__(self):
+        return self.x.shape[0]
+
+    def __getitem__(self, i):
+        self.read += 1
+        return self.x[i], int(self.y[i])
+
+
+def test_tracker_takes_datasets_reading_only_its_subset_and_checks_its_arguments():
+    x, y = _data(300)
+    pairs = Tracker((x[:200], y[:200]), (x[200:], y[200:]), max_samples=50, seed=3)
+    forget, test = _CountingRows(x[:200], y[:200]), _CountingRows(x[200:], y[200:])
+    ds = Tracker(forget, test, max_samples=50, seed=3)
+    assert forget.read == 50 and test.read == 50  # only the evaluation subset is read
+    for a, b in ((pairs.forget, ds.forget), (pairs.test, ds.test)):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    with pytest.raises(TypeError, match="Tracker: test must be an \\(images, labels\\) pair .* got int"):
+        Tracker((x, y), 5)
+    for bad in (float("nan"), -1.0, float("inf"), "1"):
+        with pytest.raises(ValueError, match="Tracker: offset must be a finite number of seconds >= 0"):
+            Tracker((x, y), (x, y), offset=bad)
+    with pytest.raises(ValueError, match="Tracker: max_samples must be None or an int >= 5"):
+        Tracker((x, y), (x, y), max_samples=7.5)

@@ -171,6 +171,7 @@ def _config_from_args(args: argparse.Namespace, base: ExperimentConfig) -> Exper
     overrides = {}
     if getattr(args, "config", None):
         overrides.update(_load_config_file(args.config))
+    from_file = set(overrides)  # what an error names as "<setting> (in --config FILE)", unless a flag set it
     simple = ["dataset", "data_root", "per_class", "limit", "model", "width", "method", "accelerated_method",
               "forget", "forget_fraction", "forget_class", "ipc", "blend_iterations", "grouping_backend", "seeds",
               "rounds", "round_mode", "device", "cache_dir"]
@@ -202,6 +203,11 @@ def _config_from_args(args: argparse.Namespace, base: ExperimentConfig) -> Exper
     cfg.plots = cfg.plots and not getattr(args, "no_plots", False)
     cfg.blend_amp = cfg.blend_amp or bool(getattr(args, "blend_amp", False))
     cfg.quiet = bool(args.quiet)
+    by_flag = {name for name in simple if getattr(args, name, None) is not None}
+    by_flag |= {setting for setting, flag in (("base_config", "epochs"), ("train_config", "train_epochs"),
+                                              ("retrain_config", "retrain_epochs"), ("base_budget", "base_budget"))
+                if getattr(args, flag, None) is not None}
+    args.config_settings = from_file - by_flag
     return cfg
 
 
@@ -383,7 +389,10 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         setting = getattr(exc, "setting", None)
-        flag = _FLAGS.get(setting, f"--{setting.replace('_', '-')}") if setting else None
+        if setting and setting in getattr(args, "config_settings", ()):
+            flag = f"{setting} (in --config {args.config})"
+        else:
+            flag = _FLAGS.get(setting, f"--{setting.replace('_', '-')}") if setting else None
         print(f"{where}: error: {flag + ': ' if flag else ''}{_one_line(exc)}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, _Terminated) as exc:

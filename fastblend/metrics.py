@@ -66,6 +66,9 @@ def _logits_labels(model: nn.Module, data: Any, labels: torch.Tensor | None, nam
     index order, batches of ``batch_size`` as for tensors), so only the logits are held."""
     if batch_size < 1:
         raise ValueError(f"{fn}: batch_size must be >= 1, got {batch_size}")
+    if labels is not None and not torch.is_tensor(data):
+        raise TypeError(f"{fn}: labels must be None when {name} is a {type(data).__name__} (its rows hold the "
+                        f"labels); pass labels only with an images tensor, got labels {type(labels).__name__}")
     view = as_data((data, labels) if labels is not None else data, name, fn)
     if view.in_memory:
         return predict_logits(model, view.images, batch_size, device), view.labels

@@ -67,7 +67,7 @@ def format_table(summary: list[dict]) -> str:
             f"{r['test_acc']:6.1f} {r['mia']:6.1f}  {gaps}")
     for r in summary:
         if r.get("stopped_at_budget"):
-            lines.append(f"({r['variant']}: stopped at its time budget of {r['budget_seconds']:.0f}s "
+            lines.append(f"({r['variant']}: stopped at its time budget of {r['budget_seconds']:.3g}s "
                          "(base_budget); its numbers are at the stop, and where it had not reached the band the "
                          "speed-ups against it are lower bounds)")
     return "\n".join(lines)

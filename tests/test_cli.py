@@ -354,3 +354,19 @@ def test_cli_imports_nothing_outside_the_package(tmp_path):
                          text=True, env=_env(PYTHONPATH=f"{ROOT}{os.pathsep}{tmp_path}"), timeout=120)
     assert res.returncode != 0 and "python -m benchmarks" in res.stderr
     assert not (tmp_path / "imported").exists()
+
+
+def test_a_bad_setting_from_a_config_file_is_named_with_the_file(tmp_path, capsys):
+    config = tmp_path / "bad.json"
+    config.write_text('{"base_budget": -3}')
+    assert _run(tmp_path, "--config", str(config)) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert f"error: base_budget (in --config {config}): " in line and "--base-budget" not in line, line
+
+
+def test_a_small_time_budget_is_printed_with_its_digits():
+    from fastblend.results import format_table
+
+    row = {"variant": "base", "method": "finetune", "retain_acc": 1.0, "forget_acc": 1.0, "test_acc": 1.0,
+           "mia": 50.0, "stopped_at_budget": 1.0, "budget_seconds": 0.001}
+    assert "stopped at its time budget of 0.001s" in format_table([row])

@@ -159,3 +159,10 @@ def test_stage_timer(tmp_path):
         with timer("boom"):
             raise RuntimeError("x")
     assert "boom" in timer.stages
+
+
+def test_accuracy_refuses_labels_beside_a_dataset():
+    z, y = _logits(10, 3, 1.0, 0)
+    ds = torch.utils.data.TensorDataset(z, y)
+    with pytest.raises(TypeError, match="^accuracy: labels must be None when images is a TensorDataset"):
+        accuracy(nn.Identity(), ds, y)

@@ -310,3 +310,15 @@ def test_reduced_set_row_index_must_be_an_integer(runs):
                 reduced[bad]
         assert torch.equal(reduced[np.int64(2)][0], reduced[2][0]) and torch.equal(reduced[-1][0],
                                                                                     reduced[len(reduced) - 1][0])
+
+
+def test_a_dataset_row_of_another_shape_is_named():
+    x, y = _data(24)
+
+    class Odd(RowsDataset):
+        def __getitems__(self, rows):
+            return [(self.x[i, :, :8] if i == 5 else self.x[i], int(self.y[i])) for i in rows]
+
+    with pytest.raises(ValueError, match=r"every dataset row must hold an image of one shape; row 5 "
+                                         r"has \[3, 8, 16\], expected \[3, 16, 16\]"):
+        condense(Odd(x, y), [0], ipc=2, iterations=1, progress=False)

@@ -60,7 +60,21 @@ def read_rows(source: object, idx: torch.Tensor, caller: str = "read_rows") -> t
         return first.new_zeros((0,) + tuple(first.shape))
     getitems = getattr(source, "__getitems__", None)
     items = getitems(rows) if callable(getitems) else [source[i] for i in rows]
-    return torch.stack([_image_of(it, caller, i) for it, i in zip(items, rows)])
+    return _stack(source, [_image_of(it, caller, i) for it, i in zip(items, rows)], rows, caller)
+
+
+def _stack(source: object, images: list[torch.Tensor], rows: list[int], caller: str) -> torch.Tensor:
+    """``torch.stack(images)``; rows of different shapes raise a ``ValueError`` naming the first odd row
+    and the shape expected (row 0's)."""
+    if all(x.shape == images[0].shape for x in images):
+        return torch.stack(images)
+    expected = tuple(source_sample(source, caller).shape)
+    for x, i in zip(images, rows):
+        if tuple(x.shape) != expected:
+            raise ValueError(f"{caller}: every dataset row must hold an image of one shape; row {i} has "
+                             f"{list(x.shape)}, expected {list(expected)} (the shape of row 0)")
+    raise ValueError(f"{caller}: every dataset row must hold an image of one shape; rows {rows[0]}..{rows[-1]} "
+                     "differ")
 
 
 def source_sample(source: object, caller: str = "source_sample") -> torch.Tensor:
@@ -194,7 +208,7 @@ def fingerprint(source: object) -> dict:
                     from_rows.append(int(it[1]))
                 else:
                     from_rows = None
-        _update(h_img, torch.stack(images))
+        _update(h_img, _stack(source, images, rows_list, "fingerprint"))
     if from_rows is not None:
         labels = torch.tensor(from_rows, dtype=torch.int64)
     label_rows = None if labels is None else ("all" if labels.numel() == n else "sample")

@@ -259,9 +259,11 @@ def group(features: torch.Tensor, labels: torch.Tensor, ipc: int, backend: str =
         progress: show a tqdm progress bar; ``None``: off unless ``FASTBLEND_PROGRESS=1`` (``fastblend._progress``).
         distributed: split the classes over the ranks of the default process group (balanced by
             class size; the torch backend splits its chunks of classes), cluster each rank's part and
-            all-gather, so every rank returns the whole clustering, equal to the single-process one
-            (every rank must call with the same features, labels and settings). ``None``: when
-            :func:`fastblend.distributed.is_distributed`.
+            all-gather, so every rank returns the whole clustering, equal to the single-process one.
+            Under a process group every rank must make the same call (collective: same features,
+            labels and settings; it communicates whatever the data, so a call on one rank alone
+            waits for the others); pass ``distributed=False`` to run one on a single rank.
+            ``None``: when :func:`fastblend.distributed.is_distributed`.
 
     Returns:
         A :class:`Clustering` with CPU tensors; ``backend`` says which k-means ran.
@@ -338,6 +340,8 @@ def group(features: torch.Tensor, labels: torch.Tensor, ipc: int, backend: str =
         for c, idx, a, it in zip(todo, members, results, iters):
             local[idx] = a
             iterations[c] = it
+    elif shard:  # nothing to cluster, but a call under a process group communicates whatever the data
+        _gather_parts([], [])
 
     assignment = labels * ipc + local
     k_total = num_classes * ipc

@@ -410,3 +410,20 @@ def test_gpu_paths(animal_features):
     f_cpu = extract_features(images, progress=False)
     assert f_gpu.is_cuda
     assert_close(f_gpu.cpu(), f_cpu, tol=CUDA_FEATURES)
+
+
+def test_group_under_a_process_group_communicates_whatever_the_data(monkeypatch):
+    """A collective: with nothing to cluster (every class <= ipc) it still gathers, so a call on one
+    rank alone fails the same way (waits for the others) at every data size; distributed=False does not."""
+    import fastblend.grouping as grouping
+
+    calls = []
+    monkeypatch.setattr(grouping.dist, "is_distributed", lambda: True)
+    monkeypatch.setattr(grouping.dist, "world_size", lambda: 2)
+    monkeypatch.setattr(grouping.dist, "rank", lambda: 0)
+    monkeypatch.setattr(grouping.dist, "all_gather_objects", lambda obj: calls.append(obj) or [obj, {}])
+    feats, labels = torch.randn(6, 3), torch.arange(6) % 3  # two images per class, ipc 2: no k-means
+    c = group(feats, labels, ipc=2, backend="torch")
+    assert len(calls) == 1 and c.sizes.tolist() == [1] * 6
+    group(feats, labels, ipc=2, backend="torch", distributed=False)
+    assert len(calls) == 1

@@ -126,8 +126,9 @@ def blend_sharded(fetch: Fetch, indptr: torch.Tensor, matcher: nn.Module, *, mem
     Each rank blends the clusters :func:`fastblend.distributed.balanced_shards` gives it (by member
     count; every term scaled by the global K) and reads only their members; blends, weights, terms and
     history are then all-gathered, so every rank returns the same :class:`BlendResult`, in CSR order,
-    as a single process. ``sample_shape``/``dtype`` shape an empty shard's blends. Without a process
-    group: :func:`blend_chunked`.
+    as a single process. ``sample_shape``/``dtype`` shape an empty shard's blends. A collective: under
+    a process group every rank must make the same call, and it communicates whatever the data (an
+    empty shard, or no cluster at all, still gathers). Without a process group: :func:`blend_chunked`.
     """
     indptr = indptr.cpu()
     k = indptr.numel() - 1

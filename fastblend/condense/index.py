@@ -119,6 +119,8 @@ class BlendIndex:
             member_chunk, distributed: as in :func:`fastblend.condense`: blend the clusters in chunks
                 of at most ``member_chunk`` member images (the same blends), and share them out over
                 the ranks of a ``torch.distributed`` process group (every rank gets the whole index).
+                Under a process group every rank must make the same call (collective); pass
+                ``distributed=False`` to run one on a single rank.
 
         Grouping runs with the rows in an order fixed by their content, so the index (and every
         reduced set) does not depend on the order of the rows.

@@ -53,7 +53,8 @@ STEP_VARIANTS = {
 #: independent of the grouping network): each builds its own index (the one-time cost) and answers the
 #: request with the paper's A-AMU settings
 BLEND_VARIANTS = {"iter6": {"iterations": 6}, "iter3": {"iterations": 3}, "width64": {"width": 64},
-                  "width32": {"width": 32}, "shared": {"shared": True}}
+                  "width32": {"width": 32}, "shared": {"shared": True},
+                  "fast": {"width": 64, "iterations": 3}}  # pipeline.BLEND_PRESETS["fast"]
 
 
 def blend_matcher(images: torch.Tensor, seed: int, width: int = 128, shared: bool = False) -> torch.nn.Module | None:
@@ -61,19 +62,14 @@ def blend_matcher(images: torch.Tensor, seed: int, width: int = 128, shared: boo
     ``matcher_seed(seed)``); ``shared``: the grouping network itself (``random_convnet(C, H, seed)``, the
     network ``condense(share_network=True)`` reuses); else a random ConvNet-3 of ``width`` channels."""
     from fastblend.condense import matcher_seed
-    from fastblend.models import ConvNet3, random_convnet
+    from fastblend.models import random_convnet
 
     c, h = images.shape[1], images.shape[2]
     if shared:
         return random_convnet(c, h, seed)
     if width == 128:
         return None
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(matcher_seed(seed))
-        net = ConvNet3(c, 10, h, width=width).eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
-    return net
+    return random_convnet(c, h, matcher_seed(seed), width=width)  # the pipeline's blend_matcher
 
 
 def build_index(train, ipc: int, seed: int, iterations: int = 12, width: int = 128, shared: bool = False):

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from . import pipeline
 from .distributed import is_main_process
+from .experiment import BLEND_PRESETS
 from .machine import package_version
 from .methods import METHODS, accelerated
 from .pipeline import DEMO, ConfigError, ExperimentConfig
@@ -135,6 +136,10 @@ def _experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--forget-class", type=int)
     p.add_argument("--ipc", type=int, help="clusters per class")
     p.add_argument("--blend-iterations", type=int)
+    p.add_argument("--blend-width", type=int, help="width of Blend's random ConvNet-3 matcher (paper: 128)")
+    p.add_argument("--blend-preset", choices=sorted(BLEND_PRESETS),
+                   help="Blend settings by name: paper (width 128, 12 iterations) or fast (width 64, 3 iterations; "
+                   "a departure from the reference, see the README); --blend-width/--blend-iterations override it")
     p.add_argument("--blend-amp", action="store_true",
                    help="run Blend's matcher in bfloat16 (faster; a departure from the reference numerics)")
     p.add_argument("--grouping-backend", choices=["auto", "faiss", "torch"])
@@ -173,12 +178,15 @@ def _config_from_args(args: argparse.Namespace, base: ExperimentConfig) -> Exper
         overrides.update(_load_config_file(args.config))
     from_file = set(overrides)  # what an error names as "<setting> (in --config FILE)", unless a flag set it
     simple = ["dataset", "data_root", "per_class", "limit", "model", "width", "method", "accelerated_method",
-              "forget", "forget_fraction", "forget_class", "ipc", "blend_iterations", "grouping_backend", "seeds",
-              "rounds", "round_mode", "device", "cache_dir"]
+              "forget", "forget_fraction", "forget_class", "ipc", "blend_iterations", "blend_width",
+              "grouping_backend", "seeds", "rounds", "round_mode", "device", "cache_dir"]
     for name in simple:
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
+    preset = getattr(args, "blend_preset", None)
+    if preset is not None:
+        overrides = {**BLEND_PRESETS[preset], **overrides}
     cfg = pipeline.with_overrides(base, **overrides)
     if getattr(args, "preset", None):
         from .methods import presets

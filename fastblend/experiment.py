@@ -38,6 +38,7 @@ _TYPES: dict[str, tuple] = {
     "dataset": (str,), "data_root": (*_PATH, None), "per_class": (int, None), "limit": (int, None),
     "model": (str,), "width": (int,), "method": (str,), "accelerated_method": (str, None), "forget": (str,),
     "forget_fraction": (float, int), "forget_class": (int, None), "ipc": (int, None), "blend_iterations": (int,),
+    "blend_width": (int,),
     "blend_amp": (bool,), "grouping_backend": (str,), "seeds": (list, tuple), "rounds": (int,),
     "round_mode": (str,), "run_retrain": (bool,), "run_base": (bool,), "train_config": (dict,),
     "retrain_config": (dict,), "base_config": (dict,), "accelerated_config": (dict,), "device": (str, None),
@@ -85,6 +86,8 @@ class ExperimentConfig:
     forget_class: int | None = None
     ipc: int | None = None
     blend_iterations: int = 12
+    #: width of Blend's random ConvNet-3 matcher (128: the paper's; the ``fast`` preset's 64)
+    blend_width: int = 128
     blend_amp: bool = False
     grouping_backend: str = "auto"
     seeds: list[int] = field(default_factory=lambda: [0])
@@ -127,6 +130,8 @@ class ExperimentConfig:
             if value is not None and value < 1:
                 raise ConfigError(name, f"{name} must be >= 1" + (" (or None for the default)" if name == "ipc"
                                                                     else "") + f", got {value}")
+        if self.blend_width < 1:
+            raise ConfigError("blend_width", f"blend_width must be >= 1, got {self.blend_width}")
         if self.blend_iterations < 0:
             raise ConfigError("blend_iterations", f"blend_iterations must be >= 0, got {self.blend_iterations}")
         if self.ipc is not None:
@@ -226,6 +231,13 @@ class ExperimentConfig:
         """The accelerated method: ``accelerated_method``, else the methods package's accelerated
         variant of ``method`` (``ValueError`` for retrain, distill and ssd, which have none)."""
         return self.accelerated_method or accelerated(self.method)
+
+
+#: Blend settings by name (``--blend-preset``): ``paper`` (docs/method.md §1.3: a width-128 matcher, 12
+#: iterations) and ``fast`` (a width-64 matcher, 3 iterations: about a quarter of the index's Blend cost
+#: on the demo; README "Blend's own cost" gives the measured quality, a departure from the reference).
+BLEND_PRESETS = {"paper": {"blend_width": 128, "blend_iterations": 12},
+                 "fast": {"blend_width": 64, "blend_iterations": 3}}
 
 
 #: The demo's training recipe, for the original model and for Retrain alike: SGD (momentum 0.9, weight

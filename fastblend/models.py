@@ -129,10 +129,12 @@ def resnet50_in(in_channels: int = 3, num_classes: int = 10) -> ResNetIN:
 
 
 def random_convnet(in_channels: int, image_size: int, seed: int, num_classes: int = 10,
-                   device: torch.device | str | None = None) -> ConvNet3:
+                   device: torch.device | str | None = None, width: int = 128) -> ConvNet3:
     """A seeded, randomly initialised, never trained ConvNet-3 in eval mode with frozen weights
-    (the grouping extractor ``f_g`` and the Blend matcher ``f_m`` of docs/method.md §1)."""
-    for name, value in (("in_channels", in_channels), ("image_size", image_size), ("num_classes", num_classes)):
+    (the grouping extractor ``f_g`` and the Blend matcher ``f_m`` of docs/method.md §1; ``width``
+    128 is the paper's, a narrower one is a cheaper Blend matcher, e.g. the fast preset's 64)."""
+    for name, value in (("in_channels", in_channels), ("image_size", image_size), ("num_classes", num_classes),
+                        ("width", width)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"random_convnet: {name} must be an int >= 1, got {value!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
@@ -140,7 +142,7 @@ def random_convnet(in_channels: int, image_size: int, seed: int, num_classes: in
     gen_state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)
-        net = ConvNet3(in_channels, num_classes, image_size)
+        net = ConvNet3(in_channels, num_classes, image_size, width=width)
     finally:
         torch.random.set_rng_state(gen_state)
     net.eval().requires_grad_(False)

@@ -130,6 +130,7 @@ def blend_index(cfg: ExperimentConfig, train, ipc: int, seed: int, device: torch
     """
     settings = {"dataset": cfg.dataset, "per_class": cfg.per_class, "limit": cfg.limit, "ipc": ipc,
                 "iterations": cfg.blend_iterations, "amp": cfg.blend_amp, "grouping": cfg.grouping_backend,
+                "matcher_width": cfg.blend_width,
                 "seed": seed, "classes": train.num_classes, "device": device.type}
     path = cache.model_path(cache.cache_root(cfg.cache_dir), settings,
                             cache.data_fingerprint(train.images, train.labels), f"{cfg.dataset}-index", "indexes")
@@ -145,6 +146,7 @@ def blend_index(cfg: ExperimentConfig, train, ipc: int, seed: int, device: torch
     clustering = _grouped(cfg, train, ipc, seed, device, progress, timer)
     with timer("blend"):
         index = BlendIndex.build(train.images, train.labels, clustering=clustering, iterations=cfg.blend_iterations,
+                                 matcher=blend_matcher(cfg, train.images, seed, device),
                                  seed=seed, device=device, progress=progress, amp=cfg.blend_amp)
     index.timings.update(features=timer.stages["features"], grouping=timer.stages["grouping"],
                          blend=index.timings.get("blend", timer.stages["blend"]), total=timer.total)
@@ -173,6 +175,18 @@ def evaluate(model: nn.Module, split, device: torch.device) -> tuple[dict, dict]
     return metrics, losses
 
 
+def blend_matcher(cfg: ExperimentConfig, images: torch.Tensor, seed: int, device: torch.device | None):
+    """Blend's matcher for ``cfg``: ``None`` (the library's default, the paper's width-128 random ConvNet-3
+    seeded with ``matcher_seed(seed)``) or the same network at ``cfg.blend_width`` channels."""
+    if cfg.blend_width == 128:
+        return None
+    from .condense import matcher_seed
+    from .models import random_convnet
+
+    dev = device if device is not None else images.device
+    return random_convnet(images.shape[1], images.shape[-1], matcher_seed(seed), device=dev, width=cfg.blend_width)
+
+
 def _grouped(cfg: ExperimentConfig, train, ipc: int, seed: int, device: torch.device | None, progress: bool,
              timer: StageTimer) -> Clustering:
     """Features then per-class k-means of ``train``, each stage timed into ``timer``."""
@@ -190,6 +204,7 @@ def reduce_retain(cfg: ExperimentConfig, train, forget: torch.Tensor, ipc: int, 
     timer = StageTimer(device)
     clustering = _grouped(cfg, train, ipc, seed, device, progress, timer)
     reduced = condense(train.images, train.labels, forget, clustering=clustering, iterations=cfg.blend_iterations,
+                       matcher=blend_matcher(cfg, train.images, seed, device),
                        seed=seed, device=device, progress=progress, amp=cfg.blend_amp)
     for stage in ("split", "blend"):
         timer.add(stage, reduced.timings.get(stage, 0.0))
@@ -363,6 +378,7 @@ def run_rounds(cfg: ExperimentConfig, seed: int, train, split, clustering, model
     each round condenses (cached or reference mode) and unlearns from the previous round's model."""
     blender = Blender(train.images, train.labels, clustering=clustering, mode=cfg.round_mode,
                       iterations=cfg.blend_iterations, seed=seed, device=device, progress=not cfg.quiet,
+                      matcher=blend_matcher(cfg, train.images, seed, device),
                       amp=cfg.blend_amp)
     rows = []
     previous = torch.zeros(0, dtype=torch.int64)

@@ -71,6 +71,8 @@ def _mistakes(tmp_path):
         (["--seeds", "0", "0"], "--seeds"),
         (["--limit", "0"], "--limit"),
         (["--base-budget", "-3"], "--base-budget"),
+        (["--blend-width", "0"], "--blend-width"),
+        (["--blend-preset", "turbo"], "--blend-preset"),
         (["--base-budget", "soon"], "--base-budget"),
         (["--no-retrain", "--base-budget", "retrain"], "base_budget"),
         (["--out", str(a_file)], "--out"),

@@ -168,3 +168,24 @@ def test_original_model_is_deterministic_given_seed(tmp_path):
     assert not cached_a and not cached_b
     for pa, pb in zip(a.parameters(), b.parameters()):
         assert torch.equal(pa, pb)
+
+
+def test_blend_preset_and_width_reach_the_index(tmp_path):
+    from fastblend.experiment import BLEND_PRESETS
+
+    args = cli.build_parser().parse_args(["run", "--blend-preset", "fast"])
+    cfg = cli._config_from_args(args, ExperimentConfig())
+    assert (cfg.blend_width, cfg.blend_iterations) == (64, 3) == tuple(BLEND_PRESETS["fast"].values())
+    args = cli.build_parser().parse_args(["run", "--blend-preset", "fast", "--blend-iterations", "5"])
+    assert cli._config_from_args(args, ExperimentConfig()).blend_iterations == 5  # an explicit flag wins
+    with pytest.raises(pipeline.ConfigError, match="blend_width"):
+        _tiny(tmp_path, blend_width=0).check()
+    narrow = pipeline.blend_matcher(_tiny(tmp_path, blend_width=16), torch.zeros(2, 1, 28, 28), 0, None)
+    assert narrow.features[0].out_channels == 16 and pipeline.blend_matcher(_tiny(tmp_path), torch.zeros(2, 1, 28, 28),
+                                                                            0, None) is None
+    cfg = _tiny(tmp_path, run_retrain=False, run_base=False, plots=False, track=False, blend_width=16)
+    rows = {r["variant"]: r for r in pipeline.run_experiment(cfg)["per_seed"][0]["rows"]}
+    wide = {r["variant"]: r for r in pipeline.run_experiment(
+        _tiny(tmp_path, run_retrain=False, run_base=False, plots=False, track=False))["per_seed"][0]["rows"]}
+    assert rows["accelerated"]["index_cached"] is False and wide["accelerated"]["index_cached"] is False  # own keys
+    assert rows["accelerated"]["blend_loss_final"] != wide["accelerated"]["blend_loss_final"]

@@ -272,6 +272,8 @@ ROWS = [
      "random_convnet: in_channels must be an int >= 1"),
     ("random_convnet", "float image_size", lambda: F.random_convnet(1, 8.0, 0), ValueError,
      "random_convnet: image_size must be an int >= 1"),
+    ("random_convnet", "width 0", lambda: F.random_convnet(1, 8, 0, width=0), ValueError,
+     "random_convnet: width must be an int >= 1"),
 ]
 
 

@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 __all__ = ["MemmapImages", "labels_path"]
 
 _DTYPES = (np.uint8, np.float16, np.float32, np.float64)
+_FAULT_AROUND = 1 << 17  # bytes released beyond the rows read (twice Linux's default fault-around window)
 
 
 def labels_path(path: str | os.PathLike) -> Path:
@@ -167,8 +168,10 @@ class MemmapImages(Dataset):
         except (TypeError, ValueError, BufferError):
             return
         row = arr.strides[0]
-        start = arr.ctypes.data - base + lo * row
-        end = min(arr.ctypes.data - base + (hi + 1) * row, len(mm))
+        # widened by the kernel's fault-around window (64 KiB by default): a fault maps the cached
+        # neighbouring pages too, on both sides of the rows read
+        start = max(0, arr.ctypes.data - base + lo * row - _FAULT_AROUND)
+        end = min(arr.ctypes.data - base + (hi + 1) * row + _FAULT_AROUND, len(mm))
         start -= start % mmap.PAGESIZE
         if end > start:
             try:

@@ -17,7 +17,7 @@ fastblend, no data):
   what grows with N is the features (``[N, 2048]`` float32, 8 KB per image) and the clustering,
   not the images;
 * ``in_memory``: the whole array loaded into a tensor, ``condense(images, labels, forget, ...)``
-  (the baseline; ``--skip-in-memory`` leaves it out).
+  (the baseline). ``--cases`` picks some of the three (``half``, ``streamed``, ``in_memory``).
 
 A cheap Blend setting (``iterations=2``, ipc 50, 100 images forgotten) keeps the whole benchmark to
 a few minutes on one core; ``--quick``: N = 2,000 / 1,000. Writes ``<out>/memory.jsonl`` (the
@@ -71,19 +71,27 @@ def forget_count(n: int) -> int:
     return max(1, min(100, n // 20))
 
 
-def _anon_peak_sampler() -> list[int]:
-    """Start a daemon thread that keeps the peak ``RssAnon`` (bytes) in the returned one-item list."""
+def _anon_peak_sampler():
+    """Start a thread that keeps the peak ``RssAnon`` (bytes) in a one-item list; returns
+    ``(that list, stop)``, ``stop()`` ending the thread (after a last sample)."""
     import threading
 
-    peak = [0]
+    peak, done = [0], threading.Event()
 
     def sample() -> None:
         while True:
             peak[0] = max(peak[0], _status_bytes("RssAnon") or 0)
-            time.sleep(0.005)
+            if done.wait(0.005):
+                return
 
-    threading.Thread(target=sample, daemon=True).start()
-    return peak
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        done.set()
+        thread.join()
+
+    return peak, stop
 
 
 def _run_case(case: str, images_path: str, labels_path: str, n: int, ipc: int, member_chunk: int,
@@ -96,7 +104,7 @@ def _run_case(case: str, images_path: str, labels_path: str, n: int, ipc: int, m
 
     baseline = _status_bytes("VmRSS")
     baseline_anon = _status_bytes("RssAnon")
-    anon_peak = _anon_peak_sampler()
+    anon_peak, stop_sampler = _anon_peak_sampler()
     labels = np.load(labels_path)[:n]
     forget = torch.randperm(n, generator=torch.Generator().manual_seed(1))[:forget_count(n)]
     kw = dict(ipc=ipc, iterations=iterations, seed=0, progress=False)
@@ -113,6 +121,7 @@ def _run_case(case: str, images_path: str, labels_path: str, n: int, ipc: int, m
         data = fastblend.MemmapImages(images_path, labels, shape=(n,) + SHAPE, dtype=np.float32, offset=header)
         reduced = fastblend.condense(data, forget, member_chunk=member_chunk, **kw)
     seconds = time.perf_counter() - t0
+    stop_sampler()
     return {"seconds": seconds, "peak_bytes": _status_bytes("VmHWM"), "baseline_bytes": baseline,
             "anon_peak_bytes": anon_peak[0], "baseline_anon_bytes": baseline_anon,
             "rows": len(reduced), "blended": reduced.num_blended, "residual": reduced.num_residual,
@@ -124,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ipc", type=int, default=50)
     p.add_argument("--member-chunk", type=int, default=4096)
     p.add_argument("--iterations", type=int, default=2)
-    p.add_argument("--skip-in-memory", action="store_true", help="only the streamed cases")
+    p.add_argument("--cases", nargs="+", choices=("half", "streamed", "in_memory"),
+                   default=["half", "streamed", "in_memory"],
+                   help="memmap_chunked at N/2 and N, in_memory at N (default: all three)")
     p.add_argument("--case", help=argparse_hidden())
     p.add_argument("--images")
     p.add_argument("--labels")
@@ -140,8 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     rec = Recorder(args.out, "memory")
     with tempfile.TemporaryDirectory(prefix="fastblend-bench-memory-") as tmp:
         images, labels = write_npy(Path(tmp), n_full)
-        cases = [("memmap_chunked", n_full // 2), ("memmap_chunked", n_full)]
-        for case, n in cases + ([] if args.skip_in_memory else [("in_memory", n_full)]):
+        cases = {"half": ("memmap_chunked", n_full // 2), "streamed": ("memmap_chunked", n_full),
+                 "in_memory": ("in_memory", n_full)}
+        for case, n in (cases[c] for c in ("half", "streamed", "in_memory") if c in args.cases):
             cmd = [sys.executable, "-m", "benchmarks.bench_memory", "--case", case, "--images", str(images),
                    "--labels", str(labels), "--n", str(n), "--ipc", str(ipc), "--member-chunk", str(member_chunk),
                    "--iterations", str(args.iterations)]

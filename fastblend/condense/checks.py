@@ -221,12 +221,15 @@ def group_in_content_order(images: torch.Tensor, labels: torch.Tensor, ipc: int,
 
     if keep not in ("caller", "content", None):
         raise ValueError(f"group_in_content_order: keep must be 'caller', 'content' or None, got {keep!r}")
+    from .source import ReorderedRows, row_keys
+
     if isinstance(images, torch.Tensor):
         order = content_order(images)
-        ordered = lambda: images[order.to(images.device)]  # noqa: E731
+        if images.device.type == "cpu":  # read in content order batch by batch: no reordered copy of the images
+            ordered = lambda: ReorderedRows(images, order)  # noqa: E731
+        else:
+            ordered = lambda: images[order.to(images.device)]  # noqa: E731
     else:  # a Dataset source: keys and features streamed in content order
-        from .source import ReorderedRows, row_keys
-
         order = torch.argsort(row_keys(images), stable=True)
         ordered = lambda: ReorderedRows(images, order)  # noqa: E731
     t0 = time.perf_counter()

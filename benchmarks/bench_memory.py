@@ -1,19 +1,23 @@
 """Peak resident memory of ``fastblend.condense`` on a CIFAR-10-sized data set: in memory vs streamed.
 
-    python -m benchmarks.bench_memory [--quick] [--out DIR] [--ipc 50] [--member-chunk 4096]
+    python -m benchmarks.bench_memory [--quick] [--out DIR] [--ipc 50] [--member-chunk 4096] [--iterations 2]
 
 The data set (50,000 synthetic 3x32x32 float32 images, seeded, 10 classes: 614 MB) is written once
 to a memory-mapped ``.npy`` in a temporary folder. Each case runs in a fresh interpreter and reports
-its peak resident set (``VmHWM`` of ``/proc/self/status``) and its resident set after the imports
-(``baseline_bytes``: torch, ``torch._dynamo`` and fastblend, no data):
+its peak resident set (``VmHWM`` of ``/proc/self/status``: anonymous memory plus the file pages
+mapped into the process), the peak of its anonymous part (``RssAnon``, sampled every 5 ms by a
+thread) and its resident set after the imports (``baseline_bytes``: torch, ``torch._dynamo`` and
+fastblend, no data):
 
+* ``memmap_chunked``: a :class:`fastblend.MemmapImages` over the memory map (batched reads whose
+  pages are unmapped again once copied out), ``condense(dataset, forget, member_chunk=...)``: content
+  hashes, features and each Blend chunk's members are read a batch at a time and the reduced set
+  serves its residual rows from the map;
+* ``memmap_chunked`` at half size (the first 25,000 rows, the same file read raw with an offset):
+  what grows with N is the features (``[N, 2048]`` float32, 8 KB per image) and the clustering,
+  not the images;
 * ``in_memory``: the whole array loaded into a tensor, ``condense(images, labels, forget, ...)``
-  (the baseline: what condensation costs today);
-* ``memmap_chunked``: a map-style Dataset over the memory map (batched ``__getitems__``),
-  ``condense(dataset, forget, member_chunk=...)``: content hashes, features and each Blend chunk's
-  members are read a batch at a time and the reduced set serves its residual rows from the map;
-* ``memmap_chunked`` at half size (the first 25,000 rows): what grows with N is the features
-  (``[N, 2048]`` float32) and the clustering, not the images.
+  (the baseline). ``--cases`` picks some of the three (``half``, ``streamed``, ``in_memory``).
 
 A cheap Blend setting (``iterations=2``, ipc 50, 100 images forgotten) keeps the whole benchmark to
 a few minutes on one core; ``--quick``: N = 2,000 / 1,000. Writes ``<out>/memory.jsonl`` (the
@@ -67,46 +71,59 @@ def forget_count(n: int) -> int:
     return max(1, min(100, n // 20))
 
 
+def _anon_peak_sampler():
+    """Start a thread that keeps the peak ``RssAnon`` (bytes) in a one-item list; returns
+    ``(that list, stop)``, ``stop()`` ending the thread (after a last sample)."""
+    import threading
+
+    peak, done = [0], threading.Event()
+
+    def sample() -> None:
+        while True:
+            peak[0] = max(peak[0], _status_bytes("RssAnon") or 0)
+            if done.wait(0.005):
+                return
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        done.set()
+        thread.join()
+
+    return peak, stop
+
+
 def _run_case(case: str, images_path: str, labels_path: str, n: int, ipc: int, member_chunk: int,
               iterations: int) -> dict:
     """One case, in this (fresh) process: returns the measurements."""
     import torch
     import torch._dynamo  # noqa: F401  (imported by the first custom-op call anyway: counted in the baseline)
-    from torch.utils.data import Dataset
 
     import fastblend
 
     baseline = _status_bytes("VmRSS")
-
-    class NpyImages(Dataset):
-        """Rows of a memory-mapped ``[N, C, H, W]`` float32 array (the first ``n``), batched reads."""
-
-        def __init__(self, path: str, labels: np.ndarray, n: int):
-            self.mm = np.load(path, mmap_mode="r")
-            self.labels = torch.from_numpy(labels[:n])
-            self.n = n
-
-        def __len__(self) -> int:
-            return self.n
-
-        def __getitem__(self, i: int):
-            return torch.from_numpy(np.array(self.mm[i])), int(self.labels[i])
-
-        def __getitems__(self, rows: list[int]):
-            block = torch.from_numpy(np.array(self.mm[np.asarray(rows)]))
-            return list(zip(block, self.labels[rows].tolist()))
-
+    baseline_anon = _status_bytes("RssAnon")
+    anon_peak, stop_sampler = _anon_peak_sampler()
     labels = np.load(labels_path)[:n]
     forget = torch.randperm(n, generator=torch.Generator().manual_seed(1))[:forget_count(n)]
     kw = dict(ipc=ipc, iterations=iterations, seed=0, progress=False)
     t0 = time.perf_counter()
     if case == "in_memory":
-        x = torch.from_numpy(np.load(images_path)[:n].copy())
+        header = np.load(images_path, mmap_mode="r").offset
+        x = torch.empty((n,) + SHAPE, dtype=torch.float32)  # one copy, read straight in (no mapped pages)
+        with open(images_path, "rb") as fh:
+            fh.seek(header)
+            fh.readinto(x.numpy().reshape(-1).view(np.uint8))
         reduced = fastblend.condense(x, torch.from_numpy(labels), forget, **kw)
     else:
-        reduced = fastblend.condense(NpyImages(images_path, labels, n), forget, member_chunk=member_chunk, **kw)
+        header = np.load(images_path, mmap_mode="r").offset  # the first n rows, read raw
+        data = fastblend.MemmapImages(images_path, labels, shape=(n,) + SHAPE, dtype=np.float32, offset=header)
+        reduced = fastblend.condense(data, forget, member_chunk=member_chunk, **kw)
     seconds = time.perf_counter() - t0
+    stop_sampler()
     return {"seconds": seconds, "peak_bytes": _status_bytes("VmHWM"), "baseline_bytes": baseline,
+            "anon_peak_bytes": anon_peak[0], "baseline_anon_bytes": baseline_anon,
             "rows": len(reduced), "blended": reduced.num_blended, "residual": reduced.num_residual,
             "final_loss": reduced.final_loss, "timings": {k: round(v, 3) for k, v in reduced.timings.items()}}
 
@@ -116,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ipc", type=int, default=50)
     p.add_argument("--member-chunk", type=int, default=4096)
     p.add_argument("--iterations", type=int, default=2)
+    p.add_argument("--cases", nargs="+", choices=("half", "streamed", "in_memory"),
+                   default=["half", "streamed", "in_memory"],
+                   help="memmap_chunked at N/2 and N, in_memory at N (default: all three)")
     p.add_argument("--case", help=argparse_hidden())
     p.add_argument("--images")
     p.add_argument("--labels")
@@ -131,18 +151,22 @@ def main(argv: list[str] | None = None) -> int:
     rec = Recorder(args.out, "memory")
     with tempfile.TemporaryDirectory(prefix="fastblend-bench-memory-") as tmp:
         images, labels = write_npy(Path(tmp), n_full)
-        for case, n in (("in_memory", n_full), ("memmap_chunked", n_full), ("memmap_chunked", n_full // 2)):
+        cases = {"half": ("memmap_chunked", n_full // 2), "streamed": ("memmap_chunked", n_full),
+                 "in_memory": ("in_memory", n_full)}
+        for case, n in (cases[c] for c in ("half", "streamed", "in_memory") if c in args.cases):
             cmd = [sys.executable, "-m", "benchmarks.bench_memory", "--case", case, "--images", str(images),
                    "--labels", str(labels), "--n", str(n), "--ipc", str(ipc), "--member-chunk", str(member_chunk),
                    "--iterations", str(args.iterations)]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             m = json.loads(out.strip().splitlines()[-1])
-            params = {"N": n, "shape": list(SHAPE), "ipc": ipc, "iterations": args.iterations, "forget": forget_count(n),
+            params = {"N": n, "shape": list(SHAPE), "ipc": ipc, "iterations": args.iterations,
+                      "forget": forget_count(n),
                       "member_chunk": member_chunk if case != "in_memory" else None,
                       "dataset_bytes": n * int(np.prod(SHAPE)) * 4}
             metrics = {"memory_kind": "cpu_rss_hwm", "peak_bytes": m["peak_bytes"],
                        "baseline_bytes": m["baseline_bytes"],
                        "growth_bytes": (m["peak_bytes"] - m["baseline_bytes"]) if m["peak_bytes"] else None,
+                       "anon_peak_bytes": m["anon_peak_bytes"], "baseline_anon_bytes": m["baseline_anon_bytes"],
                        **{k: m[k] for k in ("rows", "blended", "residual", "final_loss", "timings")}}
             rec.add("memory", f"N={n} 3x32x32", "condense", case, Timing.of([m["seconds"]]), params, metrics)
     return 0

@@ -26,7 +26,26 @@ from .memmap import MemmapImages
 
 
 def _is_reduced_set(obj: Any) -> bool:
-    return all(hasattr(obj, a) for a in ("images", "labels", "is_blended"))
+    """A ``ReducedRetainSet`` (duck-typed: this layer does not import ``fastblend.condense``): ``labels``
+    and ``is_blended``, and ``images`` or, for a set served from a Dataset (whose ``images`` raises),
+    ``in_memory``."""
+    return (hasattr(obj, "labels") and hasattr(obj, "is_blended")
+            and (hasattr(type(obj), "in_memory") or hasattr(obj, "images")))
+
+
+def _reduced_view(obj: Any, name: str, fn: str) -> DataView:
+    """A reduced retain set as a view that keeps its rows' training indices (``source_index``): in
+    memory when its images need no Dataset read, else streamed (its residual rows read from its source)."""
+    src = getattr(obj, "source_index", None)
+    if getattr(obj, "in_memory", True):
+        return _tensor_view(name, obj.images, obj.labels, src, True, fn)
+    if len(obj) == 0:
+        raise ValueError(f"{fn}: {name} is empty")
+    if src is not None:
+        src = torch.as_tensor(src).reshape(-1).long().cpu()
+        if src.shape[0] != len(obj):
+            raise ValueError(f"{fn}: {name} source_index has length {src.shape[0]}, expected {len(obj)}")
+    return DataView(name, indices=src, reduced=True, dataset=obj)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -267,8 +286,7 @@ def as_data(obj: Any, name: str, fn: str) -> DataView:
     if isinstance(obj, DataLoader):
         return DataView(name, loader=obj)
     if _is_reduced_set(obj):
-        src = getattr(obj, "source_index", None)
-        return _tensor_view(name, obj.images, obj.labels, src, True, fn)
+        return _reduced_view(obj, name, fn)
     if isinstance(obj, Subset):
         base = as_data(obj.dataset, name, fn)
         idx = torch.as_tensor(list(obj.indices), dtype=torch.long)

@@ -26,12 +26,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from ._device import module_device
 from .aamu import AAMULossOutput, Accelerator
 from .condense import BlendIndex, ReducedRetainSet
 from .condense.checks import content_keys
+from .condense.source import is_dataset_source, read_rows, row_keys, source_labels, source_sample
 from .dataview import as_data
 
 __all__ = ["AAMUCriterion", "PreparedUnlearning", "prepare_unlearning"]
@@ -90,6 +91,48 @@ def _tensors(obj: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     return view.images, view.labels
 
 
+def _streamed(obj: Any) -> bool:
+    """A map-style Dataset holding no image tensor (e.g. a :class:`fastblend.MemmapImages`): read in
+    batches, never whole (what :func:`fastblend.condense` streams)."""
+    return (is_dataset_source(obj) and not isinstance(obj, TensorDataset)
+            and not torch.is_tensor(getattr(obj, "images", None)))
+
+
+class _Joined(Dataset):
+    """A streamed retain Dataset followed by the (in-memory) forget rows: ``(image, label)`` rows with
+    ``.labels [N]`` int64, read in batches (``__getitems__``), so an index builds on it without
+    reading the retain set whole."""
+
+    def __init__(self, retain: Dataset, retain_labels: torch.Tensor, fx: torch.Tensor, fy: torch.Tensor):
+        self.retain, self.n_retain = retain, len(retain)
+        self.dtype = source_sample(retain, "prepare_unlearning").dtype
+        self.fx = fx.cpu().to(self.dtype)
+        self.labels = torch.cat([retain_labels.cpu().long(), fy.cpu().long()])
+
+    def __len__(self) -> int:
+        return int(self.labels.numel())
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.__getitems__([int(i)])[0]
+
+    def __getitems__(self, rows: list[int]) -> list[tuple[torch.Tensor, int]]:
+        idx = torch.as_tensor(rows, dtype=torch.int64).reshape(-1)
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= len(self)):
+            raise IndexError(f"prepare_unlearning: row {rows} out of range for {len(self)} rows")
+        mine = idx < self.n_retain
+        out = self.fx.new_empty((idx.numel(),) + tuple(self.fx.shape[1:]))
+        if bool(mine.any()):
+            out[mine] = read_rows(self.retain, idx[mine], "prepare_unlearning").to(self.dtype)
+        if not bool(mine.all()):
+            out[~mine] = self.fx[idx[~mine] - self.n_retain]
+        return list(zip(out, self.labels[idx].tolist()))
+
+
+def _index_rows(index: BlendIndex, rows: torch.Tensor) -> torch.Tensor:
+    """Images of training rows ``rows`` of the index (a tensor's rows, or a Dataset's read in one batch)."""
+    return read_rows(index.images, rows, "prepare_unlearning")
+
+
 def _rows_in_index(index: BlendIndex, forget: Any) -> torch.Tensor:
     """Training indices of ``forget``'s rows in ``index`` (given as indices, or as data found by content)."""
     fn = "prepare_unlearning"
@@ -98,17 +141,17 @@ def _rows_in_index(index: BlendIndex, forget: Any) -> torch.Tensor:
     if isinstance(forget, (list, range)) and all(isinstance(i, int) for i in forget):
         return torch.as_tensor(list(forget), dtype=torch.int64)
     fx, _ = _tensors(forget, "forget")
-    if tuple(fx.shape[1:]) != tuple(index.images.shape[1:]):
+    sample = source_sample(index.images, fn)  # the index's images: a tensor, or a Dataset read in batches
+    if tuple(fx.shape[1:]) != tuple(sample.shape):
         raise ValueError(f"{fn}: forget images have shape {list(fx.shape[1:])} but the index holds "
-                         f"{list(index.images.shape[1:])}")
-    keys = content_keys(index.images)
+                         f"{list(sample.shape)}")
+    keys = content_keys(index.images) if isinstance(index.images, torch.Tensor) else row_keys(index.images, None, fn)
     order = torch.argsort(keys)
-    want = content_keys(fx.to(index.images.dtype))
+    want = content_keys(fx.to(sample.dtype))
     pos = torch.searchsorted(keys[order], want).clamp(max=keys.numel() - 1)
     rows = order[pos]
     found = keys[rows] == want
-    found &= (index.images[rows.to(index.images.device)].flatten(1).cpu()
-              == fx.to(index.images.dtype).flatten(1).cpu()).all(1)
+    found &= (_index_rows(index, rows).flatten(1).cpu() == fx.to(sample.dtype).flatten(1).cpu()).all(1)
     if not bool(found.all()):
         raise ValueError(f"{fn}: {int((~found).sum())} of the {found.numel()} forget rows are not in the index's "
                          "training set (pass forget as training indices, or an index built on retain + forget)")
@@ -126,7 +169,10 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
     Args:
         model: the model being unlearned (the criterion runs it on forget and unseen batches).
         retain: the retain set: a ``DataLoader``, a ``Dataset`` or an ``(images [N, C, H, W],
-            labels [N])`` pair (read once, in memory). Unused when ``index`` is given (may be ``None``).
+            labels [N])`` pair (read once, in memory); a map-style ``Dataset`` that holds no image
+            tensor (e.g. :class:`fastblend.MemmapImages`) is streamed instead: the index is built on
+            it batch by batch and the reduced retain loader reads its residual rows from it. Unused
+            when ``index`` is given (may be ``None``; an index built on a Dataset works the same).
         forget: the forget set, in the same forms; with ``index``, also training indices into it
             (else its rows are found in the index by content).
         unseen: labelled in-distribution data the model never trained on, in the same forms.
@@ -158,21 +204,31 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
     t0 = time.perf_counter()
     build_seconds = 0.0
     if index is None:
-        rx, ry = _tensors(retain, "retain")
         fx, fy = _tensors(forget, "forget")
-        if tuple(rx.shape[1:]) != tuple(fx.shape[1:]):
-            raise ValueError(f"{fn}: retain images are {list(rx.shape[1:])} but forget images {list(fx.shape[1:])}")
-        images, labels = torch.cat([rx, fx.to(rx.device, rx.dtype)]), torch.cat([ry, fy.to(ry.device)])
+        if _streamed(retain):  # e.g. a MemmapImages: the index streams it, the reduced set serves rows from it
+            shape = tuple(source_sample(retain, fn).shape)
+            if shape != tuple(fx.shape[1:]):
+                raise ValueError(f"{fn}: retain images are {list(shape)} but forget images {list(fx.shape[1:])}")
+            data, labels = _Joined(retain, source_labels(retain, fn), fx, fy), None
+            n_retain = len(retain)
+        else:
+            rx, ry = _tensors(retain, "retain")
+            if tuple(rx.shape[1:]) != tuple(fx.shape[1:]):
+                raise ValueError(f"{fn}: retain images are {list(rx.shape[1:])} but forget images "
+                                 f"{list(fx.shape[1:])}")
+            data, labels = torch.cat([rx, fx.to(rx.device, rx.dtype)]), torch.cat([ry, fy.to(ry.device)])
+            n_retain = rx.shape[0]
+        all_labels = labels if labels is not None else data.labels
         if ipc is None:
-            present = int(torch.unique(labels).numel())
-            ipc = max(1, round(labels.numel() / present / 5))
-        index = BlendIndex.build(images, labels, ipc=ipc, seed=seed, iterations=iterations, backend=backend,
+            present = int(torch.unique(all_labels).numel())
+            ipc = max(1, round(all_labels.numel() / present / 5))
+        index = BlendIndex.build(data, labels, ipc=ipc, seed=seed, iterations=iterations, backend=backend,
                                  device=dev, progress=progress)
         build_seconds = index.timings["total"]
-        forget_rows = torch.arange(rx.shape[0], images.shape[0])
+        forget_rows = torch.arange(n_retain, all_labels.numel())
     else:
         forget_rows = _rows_in_index(index, forget)
-        fx, fy = index.images[forget_rows.to(index.images.device)], index.labels[forget_rows]
+        fx, fy = _index_rows(index, forget_rows), index.labels[forget_rows]
     t1 = time.perf_counter()
     reduced = index.reduce(forget_rows)
     ux, uy = _tensors(unseen, "unseen")

@@ -186,7 +186,7 @@ def _check_group_inputs(features, labels, ipc, backend, niter, tol, num_classes)
         raise TypeError(f"{name}: features must be floating point, got {features.dtype}")
     if features.shape[0] == 0 or features.shape[1] == 0:
         raise ValueError(f"{name}: features must be non-empty [N, D], got shape {tuple(features.shape)}")
-    if not bool(torch.isfinite(features).all()):
+    if not all(bool(torch.isfinite(part).all()) for part in features.split(8192)):  # no [N, D] mask at once
         raise ValueError(f"{name}: features must be finite (found NaN or inf)")
     if not isinstance(labels, torch.Tensor):
         try:

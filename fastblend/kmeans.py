@@ -341,7 +341,7 @@ def cluster_objective(features: torch.Tensor, labels: torch.Tensor, assignment: 
     dev = features.device
     gid = assignment.to(dev)
     means = torch.zeros(num_clusters, features.shape[1], dtype=torch.float64, device=dev)
-    step = 8192
+    step = 1024  # rows per float64 pass: a few [step, D] temporaries, not N-sized ones
     for s in range(0, features.shape[0], step):
         means.index_add_(0, gid[s:s + step], features[s:s + step].to(torch.float64))
     means /= torch.bincount(gid, minlength=num_clusters).clamp_min(1).unsqueeze(1)

@@ -1,14 +1,17 @@
 """:class:`MemmapImages`: a labelled image set read from a memory-mapped file (data larger than memory).
 
 The images stay on disk (``.npy`` through ``np.load(mmap_mode="r")``, or a raw file with a given
-shape and dtype); the operating system pages in the rows a batch reads. Labels (``[N]`` int64) are
-held in memory. A map-style ``torch.utils.data.Dataset``: every fastblend stage that takes a
+shape and dtype); the operating system pages in the rows a batch reads, and once a batch is copied
+out its pages are unmapped from the process again (``madvise(MADV_DONTNEED)``; they stay in the
+page cache), so a pass over the whole file keeps about one batch of it resident, not all of it.
+Labels (``[N]`` int64) are held in memory. A map-style ``torch.utils.data.Dataset``: every fastblend stage that takes a
 ``Dataset`` streams it batch by batch (:func:`fastblend.extract_features`, :func:`fastblend.unlearn`'s
 retain set, the metrics). :meth:`MemmapImages.write` creates such a file from tensors or arrays.
 """
 
 from __future__ import annotations
 
+import mmap
 import numbers
 import os
 from collections.abc import Sequence
@@ -25,6 +28,7 @@ __all__ = ["MemmapImages", "labels_path"]
 
 _DTYPES = (np.uint8, np.float16, np.float32, np.float64)
 _NPY_MAGIC = b"\x93NUMPY"  # how every .npy file begins
+_FAULT_AROUND = 1 << 17  # bytes released beyond the rows read (twice Linux's default fault-around window)
 
 
 def labels_path(path: str | os.PathLike) -> Path:
@@ -164,6 +168,32 @@ class MemmapImages(Dataset):
         state["_array"] = None  # a worker re-opens the file instead of receiving a copy of it
         return state
 
+    def _release(self, lo: int, hi: int) -> None:
+        """Unmap the pages of rows ``lo..hi`` (inclusive) from this process once they have been copied out
+        (the kernel keeps them in its page cache; a later read maps them back in). Without this, every
+        row read stays in the resident set until the whole file is resident. No-op where ``madvise``
+        is unavailable."""
+        arr = self._array
+        mm = getattr(arr, "_mmap", None)
+        advice = getattr(mmap, "MADV_DONTNEED", None)
+        if mm is None or advice is None or not hasattr(mm, "madvise"):
+            return
+        try:
+            base = np.frombuffer(mm, dtype=np.uint8).ctypes.data  # where the mapping starts
+        except (TypeError, ValueError, BufferError):
+            return
+        row = arr.strides[0]
+        # widened by the kernel's fault-around window (64 KiB by default): a fault maps the cached
+        # neighbouring pages too, on both sides of the rows read
+        start = max(0, arr.ctypes.data - base + lo * row - _FAULT_AROUND)
+        end = min(arr.ctypes.data - base + (hi + 1) * row + _FAULT_AROUND, len(mm))
+        start -= start % mmap.PAGESIZE
+        if end > start:
+            try:
+                mm.madvise(advice, start, end - start)
+            except (OSError, ValueError):
+                pass
+
     @property
     def shape(self) -> tuple[int, int, int, int]:
         """``(N, C, H, W)``."""
@@ -198,7 +228,9 @@ class MemmapImages(Dataset):
         i = int(index) + n if index < 0 else int(index)
         if not 0 <= i < n:
             raise IndexError(f"MemmapImages: index {index} out of range for {n} images")
-        return self._convert(self.array[i]), int(self.labels[i])
+        x = self._convert(self.array[i])
+        self._release(i, i)
+        return x, int(self.labels[i])
 
     def take(self, indices: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """A batch: ``(images [B, C, H, W] float32, labels [B] int64)`` of the rows ``indices`` (in that
@@ -222,6 +254,8 @@ class MemmapImages(Dataset):
         else:
             raw = self.array[rows.numpy()]
         x = self._convert(raw)
+        del raw
+        self._release(lo, hi)
         if order.numel() > 1 and not bool((order[1:] > order[:-1]).all()):
             x = x[torch.argsort(order)]  # back to the requested order
         return x, self.labels[idx]

@@ -322,3 +322,64 @@ def test_a_dataset_row_of_another_shape_is_named():
     with pytest.raises(ValueError, match=r"every dataset row must hold an image of one shape; row 5 "
                                          r"has \[3, 8, 16\], expected \[3, 16, 16\]"):
         condense(Odd(x, y), [0], ipc=2, iterations=1, progress=False)
+
+# ---------------------------------------------------------------------------------------------
+# a Dataset-backed reduced set as unlearn's retain set; what condense keeps alive
+
+
+def test_unlearn_on_a_dataset_backed_reduced_set_streams_it_and_equals_the_tensor_source(runs):
+    from dataclasses import fields
+
+    from torch import nn
+
+    from fastblend.dataview import as_data
+
+    x, y, ds, _, _, streamed = runs
+    assert not streamed.in_memory
+    view = as_data(streamed, "retain", "unlearn")
+    assert view.reduced and not view.in_memory and torch.equal(view.indices, streamed.source_index)
+    state = {f.name: getattr(streamed, f.name) for f in fields(streamed) if f.name != "source"}
+    tensor_source = ReducedRetainSet(images=None, source=x, **state)  # the same rows, served from a tensor
+    assert tensor_source.in_memory
+    forget = (x[FORGET], y[FORGET])
+    unseen = _data(30, seed=5)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 3))
+    cfg = dict(epochs=2, lr=0.05)
+    got = fastblend.unlearn("a_finetune", model, streamed, forget, unseen, config=cfg, seed=3)
+    ref = fastblend.unlearn("a_finetune", model, tensor_source, forget, unseen, config=cfg, seed=3)
+    assert got.info["reduced_retain"] and got.losses == ref.losses and got.steps == ref.steps
+    for pa, pb in zip(ref.model.parameters(), got.model.parameters()):
+        assert torch.equal(pa, pb)
+    # the residual rows' training indices are kept: a forget row in retain is caught
+    with pytest.raises(ValueError, match="unlearn: retain and forget must be disjoint"):
+        fastblend.unlearn("a_finetune", model, streamed, (x, y, torch.arange(N)), unseen, config=cfg)
+
+
+def test_condense_holds_no_feature_matrix_during_the_blend(monkeypatch):
+    """The grouping's [N, D] features are freed once the clustering exists (none is alive in the
+    Blend); with share_network they are kept once, in content order, not copied back to row order."""
+    import gc
+    import importlib
+
+    core = importlib.import_module("fastblend.condense.core")
+
+    x, y = _data()
+    ds = RowsDataset(x, y)
+    alive = []
+    real = core.blend_chunked
+
+    def spy(*args, **kwargs):
+        gc.collect()
+        alive.append(sum(1 for o in gc.get_objects() if issubclass(type(o), torch.Tensor) and o.dim() == 2
+                         and o.shape[0] == N and o.shape[1] > 3))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(core, "blend_chunked", spy)
+    kw = dict(ipc=IPC, iterations=1, seed=0, progress=False)
+    condense(ds, FORGET, member_chunk=10, **kw)
+    condense(x, y, FORGET, **kw)
+    shared = condense(x, y, FORGET, share_network=True, **kw)
+    assert alive == [0, 0, 1]
+    monkeypatch.setattr(core, "blend_chunked", real)
+    assert shared.settings["shared_network"] is True

@@ -103,3 +103,31 @@ def test_accelerate_takes_loaders_and_datasets(memorised):
     b = fastblend.accelerate(model, fx, fy, ux, uy, batch_size=4, seed=2)
     assert torch.equal(a.forget_x, b.forget_x) and torch.equal(a.unseen_y, b.unseen_y)
     torch.testing.assert_close(a.loss(torch.rand(4)).mmd, b.loss(torch.rand(4)).mmd)
+
+
+def test_a_memmap_retain_set_or_index_is_streamed(memorised, tmp_path):
+    _, (rx, ry), (fx, fy), unseen, _ = memorised
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, C))
+    kw = dict(ipc=8, iterations=1, batch_size=16, seed=0)
+    # built here on a MemmapImages retain set: the index streams it, the loader reads residual rows from it
+    retain = fastblend.MemmapImages.write(tmp_path / "retain.npy", rx, ry)
+    streamed = fastblend.prepare_unlearning(model, retain, (fx, fy), unseen, **kw)
+    ref = fastblend.prepare_unlearning(model, (rx, ry), (fx, fy), unseen, **kw)
+    assert not streamed.reduced.in_memory and streamed.index.images is not retain
+    assert torch.equal(streamed.reduced.source_index, ref.reduced.source_index)
+    assert torch.equal(streamed.reduced.labels, ref.reduced.labels)
+    torch.testing.assert_close(torch.cat([b[0] for b in DataLoader(streamed.reduced, batch_size=64)]),
+                               ref.reduced.images, rtol=1e-5, atol=1e-6)
+    x, y = next(iter(streamed.retain_loader))
+    assert x.shape == (16, 1, 8, 8) and y.dtype == torch.int64
+    # an index built on a MemmapImages training set: forget found by index or by content
+    train = fastblend.MemmapImages.write(tmp_path / "train.npy", torch.cat([fx, rx]), torch.cat([fy, ry]))
+    index = fastblend.BlendIndex.build(train, ipc=8, iterations=1)
+    by_index = fastblend.prepare_unlearning(model, None, torch.arange(32), unseen, index=index, batch_size=16)
+    by_content = fastblend.prepare_unlearning(model, None, TensorDataset(fx, fy), unseen, index=index,
+                                              batch_size=16)
+    assert not by_index.reduced.in_memory and by_index.reduced.source is train
+    assert torch.equal(by_content.reduced.source_index, by_index.reduced.source_index)
+    assert torch.equal(by_index.criterion.accelerator.forget_x, fx)
+    with pytest.raises(ValueError, match="^prepare_unlearning: 32 of the 32 forget rows are not in the index"):
+        fastblend.prepare_unlearning(model, None, (fx + 1, fy), unseen, index=index)

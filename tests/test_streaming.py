@@ -109,6 +109,34 @@ def test_memmap_float_and_raw_files(tmp_path):
         fastblend.MemmapImages(tmp_path / "nolabels.npy")
 
 
+def _mapped_kib(path) -> int | None:
+    """Resident KiB of this process's mappings of ``path`` (``/proc/self/smaps``), None off Linux."""
+    try:
+        text = open("/proc/self/smaps").read()
+    except OSError:
+        return None
+    total, inside = 0, False
+    for line in text.splitlines():
+        if line[:1].isalnum() and "-" in line.split(" ", 1)[0] and ":" not in line.split(" ", 1)[0]:
+            inside = line.rstrip().endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+def test_memmap_reads_do_not_stay_resident(tmp_path):
+    """A pass over the file leaves about nothing of it in the process's resident set (the pages
+    are unmapped again once a batch is copied out), whatever the batch pattern."""
+    x = torch.randn(512, 3, 16, 16, generator=torch.Generator().manual_seed(0))  # 1.5 MiB
+    ds = fastblend.MemmapImages.write(tmp_path / "big.npy", x, torch.arange(512) % 3)
+    if _mapped_kib(ds.path) is None:
+        pytest.skip("needs /proc/self/smaps")
+    for s in range(0, 512, 64):
+        assert torch.equal(ds.take(range(s, s + 64))[0], x[s:s + 64])
+    assert torch.equal(ds.take([500, 3, 77])[0], x[[500, 3, 77]]) and torch.equal(ds[9][0], x[9])
+    assert _mapped_kib(ds.path) <= 64, _mapped_kib(ds.path)  # 1536 KiB without the release
+
+
 def test_memmap_pipeline_features_group_metrics(tmp_path):
     """The whole Dataset path on a file: features, grouping, an unlearning run and the metrics."""
     g = torch.Generator().manual_seed(2)

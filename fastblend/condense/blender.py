@@ -50,7 +50,7 @@ class Blender:
         if matcher is not None and not isinstance(matcher, nn.Module):
             raise TypeError(f"Blender: matcher must be a torch.nn.Module or None, got {type(matcher).__name__}")
         self.clustering, t_feat, t_group, _ = resolve_clustering("Blender", images, labels, ipc, clustering, seed,
-                                                                 dev, progress)
+                                                                 dev, progress, keep=None)
         self.images, self.labels, self.mode, self.device = images, labels, mode, dev
         self.grouping_timings = {"features": t_feat, "grouping": t_group}
         self._kw = dict(iterations=iterations, lr=lr, normalize=normalize, matcher=matcher, seed=seed,

@@ -192,8 +192,10 @@ def content_keys(images: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
     int_dtype = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.int8}[flat.element_size()]
     gen = torch.Generator().manual_seed(_HASH_SEED)
     mult = (torch.randint(-(2**62), 2**62, (flat.shape[1],), generator=gen, dtype=torch.int64) | 1).to(flat.device)
-    keys = [(part.contiguous().view(int_dtype).to(torch.int64) * mult).sum(1) for part in flat.split(chunk)]
-    return torch.cat(keys).cpu()
+    keys = torch.empty(flat.shape[0], dtype=torch.int64, device=flat.device)
+    for s in range(0, flat.shape[0], chunk):
+        keys[s:s + chunk] = (flat[s:s + chunk].contiguous().view(int_dtype).to(torch.int64) * mult).sum(1)
+    return keys.cpu()
 
 
 def content_order(images: torch.Tensor) -> torch.Tensor:
@@ -206,19 +208,28 @@ def content_order(images: torch.Tensor) -> torch.Tensor:
 
 
 def group_in_content_order(images: torch.Tensor, labels: torch.Tensor, ipc: int, seed: int,
-                           features: torch.Tensor | None, feature_fn) -> tuple[Clustering, torch.Tensor, float, float]:
+                           features: torch.Tensor | None, feature_fn, keep: str | None = "caller",
+                           ) -> tuple[Clustering, object, float, float]:
     """Features (``feature_fn(images in content order)`` unless given) and :func:`fastblend.group` on
     the rows in :func:`content_order`, mapped back to the caller's row order: the same data in any
-    row order gives the same clusters. Returns ``(clustering, features [N, D], seconds of features,
-    seconds of grouping)``."""
+    row order gives the same clusters. Returns ``(clustering, features, seconds of features,
+    seconds of grouping)``; ``keep`` says which features come back: ``"caller"``: ``[N, D]`` in the
+    caller's row order (the given ``features`` themselves when they were given), ``"content"``:
+    ``(features in content order [N, D], row -> content position [N] int64)`` (no reordered copy),
+    ``None``: ``None`` (the features are freed as soon as the clustering exists)."""
     from ..grouping import group
+
+    if keep not in ("caller", "content", None):
+        raise ValueError(f"group_in_content_order: keep must be 'caller', 'content' or None, got {keep!r}")
+    from .source import ReorderedRows, row_keys
 
     if isinstance(images, torch.Tensor):
         order = content_order(images)
-        ordered = lambda: images[order.to(images.device)]  # noqa: E731
+        if images.device.type == "cpu":  # read in content order batch by batch: no reordered copy of the images
+            ordered = lambda: ReorderedRows(images, order)  # noqa: E731
+        else:
+            ordered = lambda: images[order.to(images.device)]  # noqa: E731
     else:  # a Dataset source: keys and features streamed in content order
-        from .source import ReorderedRows, row_keys
-
         order = torch.argsort(row_keys(images), stable=True)
         ordered = lambda: ReorderedRows(images, order)  # noqa: E731
     t0 = time.perf_counter()
@@ -234,17 +245,24 @@ def group_in_content_order(images: torch.Tensor, labels: torch.Tensor, ipc: int,
     assignment = torch.empty_like(clustering.assignment)
     assignment[order] = clustering.assignment
     clustering.assignment, clustering.perm = assignment, order[clustering.perm]
+    if keep is None:
+        return clustering, None, t1 - t0, t2 - t1
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(order.numel())
+    if keep == "content":
+        return clustering, (feats_sorted, inverse), t1 - t0, t2 - t1
+    if features is not None:  # a permutation and its inverse: the caller's own rows, bit for bit
+        return clustering, features, t1 - t0, t2 - t1
     return clustering, feats_sorted[inverse.to(feats_sorted.device)], t1 - t0, t2 - t1
 
 
 def resolve_clustering(caller: str, images: torch.Tensor, labels: torch.Tensor, ipc: object,
                        clustering: Clustering | None, seed: int, device: torch.device,
-                       progress: bool | None, extractor: nn.Module | None = None,
-                        ) -> tuple[Clustering, float, float, torch.Tensor | None]:
+                       progress: bool | None, extractor: nn.Module | None = None, keep: str | None = "caller",
+                       ) -> tuple[Clustering, float, float, object]:
     """The caller's clustering, or extract features + group in :func:`content_order` (invariant to
-    the row order; seconds of both returned, and the features when they were extracted here)."""
+    the row order; seconds of both returned, and the features when they were extracted here, as
+    :func:`group_in_content_order` ``keep`` says: only what the caller uses is kept)."""
     if clustering is not None:
         return check_clustering(caller, clustering, labels, ipc), 0.0, 0.0, None
     if ipc is None:
@@ -254,7 +272,7 @@ def resolve_clustering(caller: str, images: torch.Tensor, labels: torch.Tensor, 
     synchronize(device)
     clustering, feats, t_feat, t_group = group_in_content_order(
         images, labels, ipc, seed, None,
-        lambda x: extract_streamed(x, extractor=extractor, device=device, seed=seed, progress=progress))
+        lambda x: extract_streamed(x, extractor=extractor, device=device, seed=seed, progress=progress), keep=keep)
     return check_clustering(caller, clustering, labels, ipc), t_feat, t_group, feats
 
 

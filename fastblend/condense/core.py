@@ -78,10 +78,12 @@ def condense_core(caller: str, images: object, labels: torch.Tensor, forget: tor
                   chunk_size: int | None, progress: bool | None, backend: str,
                   timings: dict, features: torch.Tensor | None = None,
                   net: nn.Module | None = None, amp: bool = False, member_chunk: int | None = None,
-                  distributed: bool = True) -> tuple[ReducedRetainSet, Split, BlendResult]:
+                  distributed: bool = True, feature_rows: torch.Tensor | None = None,
+                  ) -> tuple[ReducedRetainSet, Split, BlendResult]:
     """One condensation of checked inputs for the ``[N]`` bool ``forget`` mask: split, matcher, Blend,
     rows. ``images`` is the source (a tensor or a Dataset, read ``member_chunk`` members at a time);
-    ``net`` is the shared grouping network (``condense(share_network=True)``); ``timings`` holds
+    ``net`` is the shared grouping network (``condense(share_network=True)``), ``features`` its
+    embeddings, row ``feature_rows[i]`` (default ``i``) for training image ``i``; ``timings`` holds
     the grouping's seconds; ``distributed``: shard the clusters over the ranks of a process group.
     Returns the reduced set, the split and the raw Blend result."""
     lr_value = blend_lr(clustering.ipc) if lr == "reference" else float(lr)
@@ -108,7 +110,8 @@ def condense_core(caller: str, images: object, labels: torch.Tensor, forget: tor
     member_features = None
     if features is not None:
         def member_features(pos: torch.Tensor) -> torch.Tensor:
-            return features[members[pos].to(features.device)]
+            rows = members[pos] if feature_rows is None else feature_rows[members[pos]]
+            return features[rows.to(features.device)]
     sharded = distributed and is_distributed()
     result = blend_sharded(fetch, sp.free_indptr, net, member_chunk=member_chunk, device=device,
                            sample_shape=tuple(sample.shape), dtype=dtype, member_features=member_features,
@@ -240,16 +243,21 @@ def condense(images: object, labels: torch.Tensor | None = None, forget: object 
                                      or features.shape[0] != labels.shape[0]):
             raise ValueError(f"condense: features must be a [N, D] tensor with N = {labels.shape[0]}, got "
                              f"{getattr(features, 'shape', type(features).__name__)}")
+    reuse = share_network and features is None  # the grouping's features serve as Blend targets
     clustering, t_feat, t_group, feats = resolve_clustering("condense", images, labels, ipc, clustering, seed,
-                                                            dev, progress, extractor=net)
-    if share_network and features is None:
-        # features extracted for the grouping; with a given clustering and no features the Blend embeds
-        # only the free clusters' members with the shared network (fewer images than all N)
-        features = feats
+                                                            dev, progress, extractor=net,
+                                                            keep="content" if reuse else None)
+    feature_rows = None
+    if reuse and feats is not None:
+        # features extracted for the grouping, kept in content order (no reordered copy); with a given
+        # clustering and no features the Blend embeds only the free clusters' members with the shared
+        # network (fewer images than all N)
+        features, feature_rows = feats
+    del feats
     reduced, _, _ = condense_core("condense", images, labels, mask, clustering, iterations=iterations, lr=lr,
                                   normalize=normalize, matcher=matcher, seed=seed, round_index=0, device=dev,
                                   chunk_size=chunk_size, progress=progress, backend=backend,
                                   timings={"features": t_feat, "grouping": t_group},
                                   features=features, net=net, amp=bool(amp), member_chunk=member_chunk,
-                                  distributed=distributed)
+                                  distributed=distributed, feature_rows=feature_rows)
     return reduced

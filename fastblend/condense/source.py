@@ -113,8 +113,10 @@ def row_keys(source: object, idx: torch.Tensor | None = None, caller: str = "row
     """:func:`content_keys` of rows ``idx`` (default all), read ``512`` rows at a time: ``[m]`` int64."""
     if idx is None:
         idx = torch.arange(source_length(source))
-    parts = [content_keys(read_rows(source, idx[s:s + _READ], caller)) for s in range(0, idx.numel(), _READ)]
-    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64)
+    out = torch.empty(idx.numel(), dtype=torch.int64)  # filled in place: no O(N) list of parts on the heap
+    for s in range(0, idx.numel(), _READ):
+        out[s:s + _READ] = content_keys(read_rows(source, idx[s:s + _READ], caller))
+    return out
 
 
 class ReorderedRows(Dataset):

@@ -154,7 +154,7 @@ def as_image_tensors(caller: str, data: object, labels: object) -> tuple[object,
     indices must name stable rows). Tensors pass through unchecked (``_check_data`` follows)."""
     if isinstance(data, torch.Tensor):
         return data, labels
-    from torch.utils.data import DataLoader, RandomSampler
+    from torch.utils.data import DataLoader, Dataset, RandomSampler
 
     from ..dataview import as_data
 
@@ -173,6 +173,8 @@ def as_image_tensors(caller: str, data: object, labels: object) -> tuple[object,
         try:
             view = as_data(data, "data", caller).materialise(caller)
         except TypeError as exc:
+            if isinstance(data, (Dataset, tuple, list)):
+                raise  # a data form we take, with bad contents: its own message (e.g. uint8 images)
             raise TypeError(f"{caller}: data must be an images tensor with labels, an (images, labels) pair, a "
                             f"Dataset or a DataLoader, got {type(data).__name__}") from exc
     return view.images, view.labels

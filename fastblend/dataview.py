@@ -244,7 +244,7 @@ def _unpack_batch(batch: Any, name: str, fn: str) -> tuple[torch.Tensor, torch.T
 
 def _tensor_view(name: str, images: Any, labels: Any, indices: Any, reduced: bool, fn: str) -> DataView:
     if not torch.is_tensor(images) or not torch.is_tensor(labels):
-        raise TypeError(f"{fn}: {name} images and labels must be tensors; got {type(images).__name__} and "
+        raise TypeError(f"{fn}: {name}: images and labels must be tensors; got {type(images).__name__} and "
                         f"{type(labels).__name__}")
     if not images.is_floating_point():
         raise TypeError(f"{fn}: {name} images must be a floating-point tensor, got {images.dtype}")

@@ -123,7 +123,10 @@ def extract_features(images: torch.Tensor | Dataset | DataLoader, extractor: nn.
             are pinned when ``device`` is CUDA.
         distributed: split the batches over the ranks of the default process group and all-gather
             the features (every rank must call with the same data and extractor). ``None``: when
-            :func:`fastblend.distributed.is_distributed`; a ``DataLoader`` is never split.
+            :func:`fastblend.distributed.is_distributed`; a ``DataLoader`` is never split. Under a
+            process group every rank must make the same call (collective: it communicates whatever
+            ``N`` and ``batch_size``, a rank left without a batch included); pass
+            ``distributed=False`` to run one on a single rank.
 
     Returns:
         ``[N, D]`` float32 features on ``device``, identical for the three input forms of the same
@@ -145,8 +148,10 @@ def extract_features(images: torch.Tensor | Dataset | DataLoader, extractor: nn.
     if kind == "tensor":
         images = _check_images(images, name)
     shard = (dist.is_distributed() if distributed is None else distributed) and kind != "loader"
-    shard = shard and dist.is_distributed() and -(-n // batch_size) >= dist.world_size()
+    shard = shard and dist.is_distributed()
     lo, hi = _rows(n, batch_size, shard)
+    # fewer batches than ranks: some rank embeds nothing and learns the width D from the others
+    some_rank_idle = shard and -(-n // batch_size) < dist.world_size()
 
     def batches() -> Iterator[torch.Tensor]:
         if kind == "tensor":
@@ -189,6 +194,10 @@ def extract_features(images: torch.Tensor | Dataset | DataLoader, extractor: nn.
             out[filled:filled + emb.shape[0]].copy_(emb)
             filled += emb.shape[0]
             bar.update(batch.shape[0])
+    if some_rank_idle:
+        widths = dist.all_gather_objects(None if out is None else int(out.shape[1]))
+        if out is None:
+            out = torch.empty(0, next(w for w in widths if w is not None), dtype=torch.float32, device=dev)
     if out is None:
         raise ValueError(f"{name}: images must hold at least one image, got a DataLoader that yields none")
     if filled < out.shape[0]:

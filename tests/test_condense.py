@@ -378,6 +378,15 @@ def test_bad_inputs():
         condense(images.long(), labels, [0], clustering=clustering, matcher=m)
     with pytest.raises(TypeError, match="condense: forget indices must be integers"):
         condense(images, labels, [0.5], clustering=clustering, matcher=m)
+    # a data form condense takes, with bad contents: the underlying reason, not "data must be ... a Dataset"
+    uint8 = torch.utils.data.TensorDataset(torch.randint(0, 255, (20, 1, 8, 8), dtype=torch.uint8),
+                                           torch.arange(20) % 2)
+    with pytest.raises(TypeError, match="^condense: data images must be a floating-point tensor, got torch.uint8"):
+        condense(uint8, [0], ipc=2)
+    with pytest.raises(TypeError, match="^condense: data must be an images tensor with labels"):
+        condense(object(), [0], ipc=2)
+    with pytest.raises(TypeError, match=r"^condense: data: images and labels must be tensors; got Tensor and list"):
+        condense((images, [0] * len(labels)), [0], ipc=2)
     for kw, match in [(dict(iterations=-1), "iterations"), (dict(lr="fast"), "lr must be"), (dict(lr=-1.0), "lr"),
                       (dict(normalize="none"), "normalize"), (dict(chunk_size=0), "chunk_size")]:
         with pytest.raises(ValueError, match=f"condense: {match}"):

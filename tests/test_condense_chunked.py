@@ -296,6 +296,11 @@ def test_numpy_integers_are_accepted_and_saved_as_python_ints(tmp_path):
     index.save(tmp_path / "i.index")
     BlendIndex.load(tmp_path / "i.index")
     reduced = condense(x, y, [0], clustering=index.clustering, iterations=1, member_chunk=np.int64(7))
+    grouped = condense(x, y, [0], ipc=np.int64(2), iterations=np.int32(1), chunk_size=np.int64(4), progress=False)
+    assert grouped.settings["iterations"] == 1 and type(grouped.settings["chunk_size"]) is int
+    assert torch.equal(grouped.source_index, condense(x, y, [0], ipc=2, iterations=1, progress=False).source_index)
+    with pytest.raises(ValueError, match="^condense: ipc must be a positive int, got True"):
+        condense(x, y, [0], ipc=True)
     reduced.save(tmp_path / "r.pt", with_residual=True)  # a numpy member_chunk in settings loads back safely
     assert ReducedRetainSet.load(tmp_path / "r.pt").settings["member_chunk"] == 7
 
@@ -319,9 +324,11 @@ def test_a_dataset_row_of_another_shape_is_named():
         def __getitems__(self, rows):
             return [(self.x[i, :, :8] if i == 5 else self.x[i], int(self.y[i])) for i in rows]
 
-    with pytest.raises(ValueError, match=r"every dataset row must hold an image of one shape; row 5 "
-                                         r"has \[3, 8, 16\], expected \[3, 16, 16\]"):
-        condense(Odd(x, y), [0], ipc=2, iterations=1, progress=False)
+    for fn, call in (("condense", lambda: condense(Odd(x, y), [0], ipc=2, iterations=1, progress=False)),
+                     ("BlendIndex.build", lambda: BlendIndex.build(Odd(x, y), ipc=2, iterations=1))):
+        with pytest.raises(ValueError, match=rf"^{fn}: every dataset row must hold an image of one shape; row 5 "
+                                             r"has \[3, 8, 16\], expected \[3, 16, 16\]"):
+            call()
 
 # ---------------------------------------------------------------------------------------------
 # a Dataset-backed reduced set as unlearn's retain set; what condense keeps alive

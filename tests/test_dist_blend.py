@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fastblend import distributed as fd
 from fastblend.condense import BlendIndex, condense
 from tests._dist import run_ranks
 
@@ -27,9 +28,23 @@ def _condense(member_chunk=None, distributed=True):
             "index_final": idx.final_terms}
 
 
+def _on_rank(member_chunk):
+    """The collective condense and build on every rank, then rank 0 alone with ``distributed=False``
+    (rank 1 goes straight to the barrier: any collective on rank 0 would wait for it forever)."""
+    out = _condense(member_chunk)
+    out["alone"] = _condense(distributed=False) if fd.rank() == 0 else None
+    fd.barrier()
+    return out
+
+
 def test_sharded_blend_on_two_ranks_equals_single_process():
     single = _condense()
-    ranks = run_ranks(_condense, 2, 12)  # member_chunk=12: chunks within each rank's shard too
+    ranks = run_ranks(_on_rank, 2, 12)  # member_chunk=12: chunks within each rank's shard too
+    alone = ranks[0]["alone"]  # features, grouping and Blend on one rank only: the single-process result
+    assert alone["ranks"] == 1
+    assert torch.equal(alone["source_index"], single["source_index"])
+    for key in ("blends", "weights", "index_blends", "index_weights", "index_final"):
+        torch.testing.assert_close(alone[key], single[key], rtol=1e-5, atol=1e-6, equal_nan=True)
     assert [r["ranks"] for r in ranks] == [2, 2]
     for got in ranks:
         assert torch.equal(got["source_index"], single["source_index"])

@@ -61,9 +61,13 @@ def _features() -> dict:
         seen.append(batch.shape[0])
         return batch.flatten(1)
 
-    return {"tensor": fastblend.extract_features(x, batch_size=8, seed=2),
-            "dataset": fastblend.extract_features(ds, batch_size=8, seed=2),
-            "flat": fastblend.extract_features(x, extractor=flat, batch_size=8), "embedded": sum(seen)}
+    out = {"tensor": fastblend.extract_features(x, batch_size=8, seed=2),
+           "dataset": fastblend.extract_features(ds, batch_size=8, seed=2),
+           "flat": fastblend.extract_features(x, extractor=flat, batch_size=8), "embedded": sum(seen)}
+    seen.clear()  # one batch for two ranks: rank 0 embeds nothing, yet still takes part in the gather
+    out["one_batch"] = fastblend.extract_features(x[:5], extractor=flat, batch_size=8)
+    out["one_batch_embedded"] = sum(seen)
+    return out
 
 
 def test_sharded_group_and_features_equal_single_process():
@@ -94,6 +98,9 @@ def test_sharded_group_and_features_equal_single_process():
         assert torch.equal(r["tensor"], ref["tensor"]) and torch.equal(r["dataset"], ref["tensor"])
         assert torch.equal(r["flat"], ref["flat"])
     assert [r["embedded"] for r in ranks] == [16, 21]  # batches [0, 2) and [2, 5) of 8 rows
+    for r in ranks:  # fewer batches than ranks: still collective, still the single-process features
+        assert torch.equal(r["one_batch"], ref["one_batch"])
+    assert [r["one_batch_embedded"] for r in ranks] == [0, 5]  # the batch grid puts batch 0 on rank 1
 
 
 def test_chunk_seeds_keep_the_first_chunk_and_single_chunk_results():

@@ -7,6 +7,7 @@ also builds the clustering (features + grouping) when the caller passed only ``i
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from collections.abc import Sequence
 
@@ -17,7 +18,7 @@ from .._device import synchronize
 from ..grouping import Clustering
 
 __all__ = ["NORMALIZE_MODES", "as_image_tensors", "check_clustering", "content_keys", "content_order",
-           "extract_streamed", "forget_mask", "group_in_content_order", "open_source", "prepare_inputs",
+           "extract_streamed", "forget_mask", "group_in_content_order", "open_source", "plain_int", "prepare_inputs",
            "resolve_clustering"]
 
 NORMALIZE_MODES = ("sum", "softmax")
@@ -99,9 +100,22 @@ def forget_mask(caller: str, forget: object, n: int) -> torch.Tensor:
     return mask
 
 
+def _as_int(value: object, minimum: int) -> int | None:
+    """``int(value)`` for an integer (Python or numpy, not a bool) ``>= minimum``; ``None`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        return None
+    return int(value)
+
+
+def plain_int(value: object) -> object:
+    """``int(value)`` for an integer of any kind (numpy's too, not a bool); ``value`` itself otherwise
+    (the checks then name it)."""
+    return int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
+
+
 def _check_settings(caller: str, iterations: object, lr: object, normalize: object,
                     chunk_size: object) -> None:
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
+    if _as_int(iterations, 0) is None:
         raise ValueError(f"{caller}: iterations must be an int >= 0, got {iterations!r}")
     if isinstance(lr, str):
         if lr != "reference":
@@ -110,8 +124,7 @@ def _check_settings(caller: str, iterations: object, lr: object, normalize: obje
         raise ValueError(f"{caller}: lr must be 'reference' or a positive number, got {lr!r}")
     if normalize not in NORMALIZE_MODES:
         raise ValueError(f"{caller}: normalize must be one of {NORMALIZE_MODES}, got {normalize!r}")
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
-                                   or chunk_size < 1):
+    if chunk_size is not None and _as_int(chunk_size, 1) is None:
         raise ValueError(f"{caller}: chunk_size must be None or an int >= 1, got {chunk_size!r}")
 
 
@@ -141,7 +154,7 @@ def as_image_tensors(caller: str, data: object, labels: object) -> tuple[object,
     indices must name stable rows). Tensors pass through unchecked (``_check_data`` follows)."""
     if isinstance(data, torch.Tensor):
         return data, labels
-    from torch.utils.data import DataLoader, RandomSampler
+    from torch.utils.data import DataLoader, Dataset, RandomSampler
 
     from ..dataview import as_data
 
@@ -160,6 +173,8 @@ def as_image_tensors(caller: str, data: object, labels: object) -> tuple[object,
         try:
             view = as_data(data, "data", caller).materialise(caller)
         except TypeError as exc:
+            if isinstance(data, (Dataset, tuple, list)):
+                raise  # a data form we take, with bad contents: its own message (e.g. uint8 images)
             raise TypeError(f"{caller}: data must be an images tensor with labels, an (images, labels) pair, a "
                             f"Dataset or a DataLoader, got {type(data).__name__}") from exc
     return view.images, view.labels
@@ -208,7 +223,8 @@ def content_order(images: torch.Tensor) -> torch.Tensor:
 
 
 def group_in_content_order(images: torch.Tensor, labels: torch.Tensor, ipc: int, seed: int,
-                           features: torch.Tensor | None, feature_fn, keep: str | None = "caller",
+                           features: torch.Tensor | None, feature_fn, keep: str | None = "caller", *,
+                           caller: str = "group_in_content_order", distributed: bool | None = None,
                            ) -> tuple[Clustering, object, float, float]:
     """Features (``feature_fn(images in content order)`` unless given) and :func:`fastblend.group` on
     the rows in :func:`content_order`, mapped back to the caller's row order: the same data in any
@@ -216,7 +232,9 @@ def group_in_content_order(images: torch.Tensor, labels: torch.Tensor, ipc: int,
     seconds of grouping)``; ``keep`` says which features come back: ``"caller"``: ``[N, D]`` in the
     caller's row order (the given ``features`` themselves when they were given), ``"content"``:
     ``(features in content order [N, D], row -> content position [N] int64)`` (no reordered copy),
-    ``None``: ``None`` (the features are freed as soon as the clustering exists)."""
+    ``None``: ``None`` (the features are freed as soon as the clustering exists). ``caller`` names
+    the function in errors about the rows; ``distributed`` goes to :func:`fastblend.group` (``False``:
+    no collective; ``feature_fn`` gets the same choice from its caller)."""
     from ..grouping import group
 
     if keep not in ("caller", "content", None):
@@ -230,7 +248,7 @@ def group_in_content_order(images: torch.Tensor, labels: torch.Tensor, ipc: int,
         else:
             ordered = lambda: images[order.to(images.device)]  # noqa: E731
     else:  # a Dataset source: keys and features streamed in content order
-        order = torch.argsort(row_keys(images), stable=True)
+        order = torch.argsort(row_keys(images, caller=caller), stable=True)
         ordered = lambda: ReorderedRows(images, order)  # noqa: E731
     t0 = time.perf_counter()
     if features is None:
@@ -239,7 +257,7 @@ def group_in_content_order(images: torch.Tensor, labels: torch.Tensor, ipc: int,
         feats_sorted = features[order.to(features.device)]
     synchronize(feats_sorted.device)
     t1 = time.perf_counter()
-    sorted_clustering = group(feats_sorted, labels.cpu()[order], ipc, seed=seed)
+    sorted_clustering = group(feats_sorted, labels.cpu()[order], ipc, seed=seed, distributed=distributed)
     t2 = time.perf_counter()
     clustering = sorted_clustering
     assignment = torch.empty_like(clustering.assignment)
@@ -259,32 +277,36 @@ def group_in_content_order(images: torch.Tensor, labels: torch.Tensor, ipc: int,
 def resolve_clustering(caller: str, images: torch.Tensor, labels: torch.Tensor, ipc: object,
                        clustering: Clustering | None, seed: int, device: torch.device,
                        progress: bool | None, extractor: nn.Module | None = None, keep: str | None = "caller",
-                       ) -> tuple[Clustering, float, float, object]:
+                       distributed: bool | None = None) -> tuple[Clustering, float, float, object]:
     """The caller's clustering, or extract features + group in :func:`content_order` (invariant to
     the row order; seconds of both returned, and the features when they were extracted here, as
-    :func:`group_in_content_order` ``keep`` says: only what the caller uses is kept)."""
+    :func:`group_in_content_order` ``keep`` says: only what the caller uses is kept). ``distributed``
+    goes to :func:`fastblend.extract_features` and :func:`fastblend.group` (``False``: no collective)."""
     if clustering is not None:
         return check_clustering(caller, clustering, labels, ipc), 0.0, 0.0, None
     if ipc is None:
         raise ValueError(f"{caller}: pass ipc (clusters per class) or a precomputed clustering")
-    if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
-        raise ValueError(f"{caller}: ipc must be a positive int, got {ipc!r}")
+    ipc_arg = ipc
+    ipc = _as_int(ipc, 1)
+    if ipc is None:
+        raise ValueError(f"{caller}: ipc must be a positive int, got {ipc_arg!r}")
     synchronize(device)
     clustering, feats, t_feat, t_group = group_in_content_order(
         images, labels, ipc, seed, None,
-        lambda x: extract_streamed(x, extractor=extractor, device=device, seed=seed, progress=progress), keep=keep)
+        lambda x: extract_streamed(x, extractor=extractor, device=device, seed=seed, progress=progress,
+                                   distributed=distributed), keep=keep, caller=caller, distributed=distributed)
     return check_clustering(caller, clustering, labels, ipc), t_feat, t_group, feats
 
 
 def extract_streamed(data: object, extractor: nn.Module | None, device: torch.device, seed: int,
-                     progress: bool | None, batch_size: int = 512) -> torch.Tensor:
+                     progress: bool | None, batch_size: int = 512, distributed: bool | None = None) -> torch.Tensor:
     """``extract_features`` of a tensor or a Dataset of ``(image, label)`` rows: ``[N, D]`` float32
     (a Dataset is read ``batch_size`` rows at a time; the same batches, so the same features, as the
-    tensor path)."""
+    tensor path; ``distributed`` as in :func:`fastblend.extract_features`)."""
     from ..features import extract_features
 
     return extract_features(data, extractor=extractor, batch_size=batch_size, device=device, seed=seed,
-                            progress=progress)
+                            progress=progress, distributed=distributed)
 
 
 def prepare_inputs(caller: str, images, labels, forget, iterations, lr, normalize, chunk_size, device,

@@ -17,7 +17,7 @@ from ..distributed import is_distributed, world_size
 from ..grouping import Clustering
 from ..ops._dispatch import backend_for
 from .blend import BlendResult, check_matcher, matcher_dtype
-from .checks import open_source, prepare_inputs, resolve_clustering
+from .checks import open_source, plain_int, prepare_inputs, resolve_clustering
 from .chunked import blend_chunked, blend_sharded
 from .reduced import ReducedRetainSet
 from .source import read_rows, source_sample
@@ -220,8 +220,11 @@ def condense(images: object, labels: torch.Tensor | None = None, forget: object 
             memory is bounded by the chunk. ``None``: every free member at once.
         distributed: under ``torch.distributed`` (a process group with more than one rank), share
             the free clusters out over the ranks by member count, blend each rank's share and
-            all-gather the results, so every rank returns the single-process reduced set (every rank
-            must call with the same arguments). ``False``: each rank blends everything itself.
+            all-gather the results, so every rank returns the single-process reduced set; the
+            feature extraction and the grouping done here are shared out the same way. Under a
+            process group every rank must make the same call (collective); pass ``distributed=False``
+            to run one on a single rank (no communication: it extracts, groups and blends everything
+            itself).
 
     Returns:
         :class:`ReducedRetainSet`: blended rows first, then the residual rows (served from
@@ -229,6 +232,7 @@ def condense(images: object, labels: torch.Tensor | None = None, forget: object 
     """
     if not isinstance(images, torch.Tensor) and forget is None:
         forget, labels = labels, None  # condense(train_set, forget, ...)
+    ipc, iterations, chunk_size, member_chunk = map(plain_int, (ipc, iterations, chunk_size, member_chunk))
     images, labels = open_source("condense", images, labels)
     if forget is None:
         raise ValueError("condense: forget is required (training indices or a [N] bool mask)")
@@ -246,7 +250,8 @@ def condense(images: object, labels: torch.Tensor | None = None, forget: object 
     reuse = share_network and features is None  # the grouping's features serve as Blend targets
     clustering, t_feat, t_group, feats = resolve_clustering("condense", images, labels, ipc, clustering, seed,
                                                             dev, progress, extractor=net,
-                                                            keep="content" if reuse else None)
+                                                            keep="content" if reuse else None,
+                                                            distributed=None if distributed else False)
     feature_rows = None
     if reuse and feats is not None:
         # features extracted for the grouping, kept in content order (no reordered copy); with a given

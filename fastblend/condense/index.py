@@ -18,7 +18,6 @@ equals the one ``condense`` computes after the request with the same matcher and
 from __future__ import annotations
 
 import math
-import numbers
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -38,6 +37,7 @@ from .checks import (
     forget_mask,
     group_in_content_order,
     open_source,
+    plain_int,
     prepare_inputs,
     resolve_clustering,
 )
@@ -128,12 +128,12 @@ class BlendIndex:
         fn = "BlendIndex.build"
         t_start = time.perf_counter()
         member_chunk = check_member_chunk(fn, member_chunk)
-        ipc, iterations, chunk_size = (int(v) if isinstance(v, numbers.Integral) and not isinstance(v, bool) else v
-                                       for v in (ipc, iterations, chunk_size))  # numpy integers too
+        ipc, iterations, chunk_size = map(plain_int, (ipc, iterations, chunk_size))  # numpy integers too
         images, labels = open_source(fn, data, labels)
         images, labels, _, dev = prepare_inputs(fn, images, labels, [], iterations, lr, normalize, chunk_size,
                                                 device, member_chunk)
         n = labels.shape[0]
+        shard_all = None if distributed else False  # features and grouping: False means no collective
         if clustering is not None:
             clustering = check_clustering(fn, clustering, labels, ipc)
             feats, t_feat, t_group = None, 0.0, 0.0
@@ -143,11 +143,12 @@ class BlendIndex:
                                  f"{getattr(features, 'shape', type(features).__name__)}")
             if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
                 raise ValueError(f"{fn}: ipc must be a positive int, got {ipc!r}")
-            clustering, feats, t_feat, t_group = group_in_content_order(images, labels, ipc, seed, features, None)
+            clustering, feats, t_feat, t_group = group_in_content_order(images, labels, ipc, seed, features, None,
+                                                                        caller=fn, distributed=shard_all)
             clustering = check_clustering(fn, clustering, labels, ipc)
         else:
             clustering, t_feat, t_group, feats = resolve_clustering(fn, images, labels, ipc, None, seed, dev,
-                                                                    progress)
+                                                                    progress, distributed=shard_all)
         lr_value = blend_lr(clustering.ipc) if lr == "reference" else float(lr)
         everything_free = split_clusters(clustering, torch.zeros(n, dtype=torch.bool))
         sample = source_sample(images, fn)

@@ -390,3 +390,11 @@ def test_condense_holds_no_feature_matrix_during_the_blend(monkeypatch):
     assert alive == [0, 0, 1]
     monkeypatch.setattr(core, "blend_chunked", real)
     assert shared.settings["shared_network"] is True
+
+
+def test_distributed_must_be_a_bool():
+    x, y = torch.randn(12, 1, 8, 8), torch.arange(12) % 2
+    with pytest.raises(TypeError, match="condense: distributed must be a bool, got int"):
+        condense(x, y, [0], ipc=2, distributed=1)
+    with pytest.raises(TypeError, match="BlendIndex.build: distributed must be a bool, got str"):
+        BlendIndex.build(x, y, ipc=2, distributed="yes")

@@ -232,6 +232,8 @@ def condense(images: object, labels: torch.Tensor | None = None, forget: object 
     """
     if not isinstance(images, torch.Tensor) and forget is None:
         forget, labels = labels, None  # condense(train_set, forget, ...)
+    if not isinstance(distributed, bool):
+        raise TypeError(f"condense: distributed must be a bool, got {type(distributed).__name__}")
     ipc, iterations, chunk_size, member_chunk = map(plain_int, (ipc, iterations, chunk_size, member_chunk))
     images, labels = open_source("condense", images, labels)
     if forget is None:

@@ -127,6 +127,8 @@ class BlendIndex:
         """
         fn = "BlendIndex.build"
         t_start = time.perf_counter()
+        if not isinstance(distributed, bool):
+            raise TypeError(f"{fn}: distributed must be a bool, got {type(distributed).__name__}")
         member_chunk = check_member_chunk(fn, member_chunk)
         ipc, iterations, chunk_size = map(plain_int, (ipc, iterations, chunk_size))  # numpy integers too
         images, labels = open_source(fn, data, labels)

@@ -66,6 +66,27 @@ def write_npy(folder: Path, n: int, seed: int = 0) -> tuple[Path, Path]:
     return images, labels
 
 
+def _head(data, n: int):
+    """The first ``n`` rows of a :class:`fastblend.MemmapImages`, as a Dataset that keeps its batched reads."""
+    from torch.utils.data import Dataset
+
+    class Head(Dataset):
+        labels = data.labels[:n]
+
+        def __len__(self) -> int:
+            return n
+
+        def __getitem__(self, i: int):
+            if not 0 <= i < n:
+                raise IndexError(i)
+            return data[i]
+
+        def __getitems__(self, rows):
+            return data.__getitems__(rows)
+
+    return Head()
+
+
 def forget_count(n: int) -> int:
     """Images forgotten: 100 (at most 5% of a tiny set)."""
     return max(1, min(100, n // 20))
@@ -117,8 +138,9 @@ def _run_case(case: str, images_path: str, labels_path: str, n: int, ipc: int, m
             fh.readinto(x.numpy().reshape(-1).view(np.uint8))
         reduced = fastblend.condense(x, torch.from_numpy(labels), forget, **kw)
     else:
-        header = np.load(images_path, mmap_mode="r").offset  # the first n rows, read raw
-        data = fastblend.MemmapImages(images_path, labels, shape=(n,) + SHAPE, dtype=np.float32, offset=header)
+        data = fastblend.MemmapImages(images_path, np.load(labels_path))
+        if n < len(data):
+            data = _head(data, n)  # the first n rows
         reduced = fastblend.condense(data, forget, member_chunk=member_chunk, **kw)
     seconds = time.perf_counter() - t0
     stop_sampler()

@@ -14,7 +14,7 @@ data arguments (disjoint retain/forget, labels within the model's output width) 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -76,25 +76,37 @@ class _BatchReader(Dataset):
         return fetch_batch(self.dataset, indices)
 
 
-class _Slices(Sampler):
-    """Consecutive slices of ``order`` (``[N]`` int64) as index lists."""
+PartFn = Callable[[int], slice]
 
-    def __init__(self, order: torch.Tensor, batch_size: int):
-        self.order, self.batch_size = order, batch_size
+
+def _part_of(idx: torch.Tensor, part: PartFn | None) -> torch.Tensor:
+    """``idx[part(len(idx))]``: the rows of one global batch that this rank reads (all without ``part``)."""
+    return idx if part is None else idx[part(idx.numel())]
+
+
+class _Slices(Sampler):
+    """Consecutive slices of ``order`` (``[N]`` int64) as index lists; with ``part``, each slice's part
+    (an empty part is read as the slice's first row, which the consumer drops: a batch must hold a row)."""
+
+    def __init__(self, order: torch.Tensor, batch_size: int, part: PartFn | None = None):
+        self.order, self.batch_size, self.part = order, batch_size, part
 
     def __len__(self) -> int:
         return math.ceil(self.order.numel() / self.batch_size)
 
     def __iter__(self) -> Iterator[list[int]]:
         for s in range(0, self.order.numel(), self.batch_size):
-            yield self.order[s:s + self.batch_size].tolist()
+            idx = self.order[s:s + self.batch_size]
+            rows = _part_of(idx, self.part)
+            yield (rows if rows.numel() else idx[:1]).tolist()
 
 
 def stream_batches(dataset: Dataset, order: torch.Tensor, batch_size: int, num_workers: int = 0,
-                   pin_memory: bool = False) -> DataLoader:
+                   pin_memory: bool = False, part: PartFn | None = None) -> DataLoader:
     """A ``DataLoader`` that yields the collated batches ``dataset[order[s:s + batch_size]]`` in
-    sequence; ``num_workers`` processes read ahead, ``pin_memory`` pins each batch (for CUDA)."""
-    return DataLoader(_BatchReader(dataset), sampler=_Slices(order.cpu(), batch_size), batch_size=None,
+    sequence (with ``part``, only each batch's part: see :class:`_Slices`); ``num_workers`` processes
+    read ahead, ``pin_memory`` pins each batch (for CUDA)."""
+    return DataLoader(_BatchReader(dataset), sampler=_Slices(order.cpu(), batch_size, part), batch_size=None,
                       num_workers=num_workers, pin_memory=pin_memory)
 
 
@@ -170,8 +182,14 @@ class DataView:
                 return x[:1]
         raise ValueError(f"{fn}: {self.name} is empty (its DataLoader yields no samples)")
 
-    def _stream(self, order: torch.Tensor, batch_size: int, pin_memory: bool) -> DataLoader:
-        return stream_batches(self.dataset, order, batch_size, self.num_workers, pin_memory)
+    def _stream(self, order: torch.Tensor, batch_size: int, pin_memory: bool, part: PartFn | None = None) -> DataLoader:
+        return stream_batches(self.dataset, order, batch_size, self.num_workers, pin_memory, part)
+
+    @property
+    def indexable(self) -> bool:
+        """Whether its batches are drawn by index (in memory or a streamed dataset), so that a rank can
+        read only its part of each one; a ``DataLoader`` view yields whole batches."""
+        return self.images is not None or self.dataset is not None
 
     def take(self, idx: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows ``idx`` as ``(images, labels)`` on ``device`` (a streamed dataset reads just those items)."""
@@ -185,17 +203,25 @@ class DataView:
                 self.labels[idx].to(device, non_blocking=True))
 
     def batches(self, batch_size: int, generator: torch.Generator, device: torch.device, fn: str,
-                shuffle: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                shuffle: bool = True, part: PartFn | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches of ``(images, labels)`` on ``device``: a seeded permutation per call (in memory or
-        a streamed dataset: the same batches), or the loader's own order."""
+        a streamed dataset: the same batches), or the loader's own order. ``part(n)`` (only where
+        :attr:`indexable`) selects the rows of each ``n``-row batch to read and yield, e.g. a rank's
+        ``row_shard`` under torch.distributed: the other rows are never read."""
+        if part is not None and not self.indexable:
+            raise ValueError(f"{fn}: {self.name} is a DataLoader; its batches cannot be read in parts")
         if self.images is None:
             source = self.loader
+            n = len(self)
             if self.dataset is not None:
-                n = len(self)
                 order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-                source = self._stream(order, batch_size, device.type == "cuda")
-            for batch in source:
+                source = self._stream(order, batch_size, device.type == "cuda", part)
+            for i, batch in enumerate(source):
                 x, y = _unpack_batch(batch, self.name, fn)
+                if part is not None:
+                    rows = part(min(batch_size, n - i * batch_size))
+                    if rows.stop <= rows.start:  # an empty part: _Slices read one row to keep the batch
+                        x, y = x[:0], y[:0]
                 if self.num_classes is not None:
                     _check_batch_labels(y, self.num_classes, self.name, fn)
                 yield x.to(device, self.image_dtype, non_blocking=True), y.to(device, non_blocking=True)
@@ -204,7 +230,7 @@ class DataView:
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         order = order.to(self.images.device)
         for start in range(0, n, batch_size):
-            yield self.take(order[start:start + batch_size], device)
+            yield self.take(_part_of(order[start:start + batch_size], part), device)
 
 
 class CyclicBatches:

@@ -38,7 +38,8 @@ def _params(model: nn.Module) -> list[torch.Tensor]:
 def _on_each_rank() -> dict:
     """Everything the tests below compare, in one 2-process run (spawning ranks is the slow part)."""
     return {"mmd": _gathered_mmd(), "accelerator": _accelerated_steps(True), "refused": _local_batch_size(),
-            "batchnorm": _unlearned_batchnorm(), **{m: _unlearned(m, wrap=(m == "finetune")) for m in METHODS}}
+            "batchnorm": _unlearned_batchnorm(), "streamed": _unlearned_streamed(),
+            **{m: _unlearned(m, wrap=(m == "finetune")) for m in METHODS}}
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +149,43 @@ def test_unlearn_under_ddp_equals_single_process(ranks):
             assert len(out[method]) == len(single)
             for got, want in zip(out[method], single):
                 torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=f"{method} rank {r}")
+
+
+class _CountingRetain(torch.utils.data.Dataset):
+    """The retain tensors as a map-style Dataset that counts the rows read (a streamed retain set)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        self.x, self.y, self.read = x, y, 0
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def __getitem__(self, i: int):
+        self.read += 1
+        return self.x[i], int(self.y[i])
+
+
+def _unlearned_streamed() -> tuple[list[torch.Tensor], int]:
+    d = _data()
+    retain = _CountingRetain(d["retain_x"], d["retain_y"])
+    cfg = {"epochs": 1, "batch_size": B, "optimizer": "sgd", "lr": 0.2, "momentum": 0.0, "weight_decay": 0.0,
+           "schedule": "constant", "warmup_epochs": 0, "forget_batch_factor": 3, "unseen_batch_factor": 3}
+    res = fastblend.unlearn("a_finetune", _model(), retain, (d["forget_x"], d["forget_y"]),
+                            unseen=(d["unseen_x"], d["unseen_y"]), config=cfg, seed=4)
+    return _params(res.model) + [torch.tensor(res.losses), torch.tensor(res.steps)], retain.read
+
+
+def test_a_streamed_retain_set_is_read_in_parts_under_ddp(ranks):
+    single = _unlearned("a_finetune", wrap=False)  # the same rows as tensors, one process
+    reads = []
+    for r, out in enumerate(ranks):
+        params, read = out["streamed"]
+        reads.append(read)
+        for got, want in zip(params, single):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=f"rank {r}")
+    # batches of 5, 5, 5, 5 and 3 rows: rank 0 reads 2+2+2+2+1 of them, rank 1 the other 3+3+3+3+2 (each
+    # rank also reads one row up front, the shape probe); reading whole batches would be 23 + 1 on each
+    assert reads == [9 + 1, 14 + 1]
 
 
 def _unlearned_batchnorm() -> list[torch.Tensor]:

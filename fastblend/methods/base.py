@@ -235,9 +235,15 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
         total, n = method.before_epoch(model, epoch, data, ctx, step)
         total = total.detach()
         step_losses: list[torch.Tensor] = []  # on the device: read once per epoch, no per-step sync
-        for x_r, y_r in data.retain.batches(cfg.batch_size, ctx.generator, ctx.device, ctx.fn):
+        # under DDP each rank reads only its part of every global retain batch (where rows are drawn by index)
+        own_part = par is not None and data.retain.indexable
+        batches = data.retain.batches(cfg.batch_size, ctx.generator, ctx.device, ctx.fn,
+                                      part=row_shard if own_part else None)
+        for i, (x_r, y_r) in enumerate(batches):
             x_f = y_f = fi = None
-            if par is not None:
+            if own_part:
+                w_r = par.weight(x_r.shape[0], min(cfg.batch_size, len(data.retain) - i * cfg.batch_size))
+            elif par is not None:
                 x_r, y_r, w_r = par.part(x_r, y_r)
             if accelerated:
                 fi = forget_sampler.sample()

@@ -46,7 +46,11 @@ def stage_times(rows: list[dict], path: str | Path) -> Path:
         left = [a + b for a, b in zip(left, widths)]
     for i, (end, r) in enumerate(zip(left, rows)):
         index = float(r.get("t_index", 0.0))
-        text = f" {float(r.get('t_total', end)):.1f}s per request" + (f" (+{index:.1f}s index)" if index else "")
+        text = f" {float(r.get('t_total', end)):.1f}s per request"
+        if r.get("index_cached"):
+            text += f" (index loaded; built once in {float(r.get('index_build_seconds', 0.0)):.0f}s)"
+        elif index:
+            text += f" (+{index:.1f}s index, once)"
         ax.text(end, i, text, va="center", fontsize=8)
     ax.set_xlabel("wall-clock seconds (device synchronised)")
     ax.set_title("Time per stage")

@@ -37,6 +37,7 @@ import time
 import torch
 
 import fastblend
+from fastblend import pipeline
 from fastblend._device import synchronize
 from fastblend.models import ConvNet3
 from fastblend.pipeline import DEMO, default_ipc
@@ -102,7 +103,8 @@ def _requests(rec: Recorder, case: str, params: dict, model: torch.nn.Module, tr
     """The per-request rows of one forget request (see the module docstring)."""
     original = _quality(model, split, device)
     retain, forget, unseen = split.retain_tensors(), split.forget_tensors(), split.unseen_tensors()
-    timing, reduced = measure(lambda: index.reduce(split.forget), repeats=3 if args.quick else 20, device=device)
+    timing, (reduced, _) = measure(lambda: pipeline.request_reduced(index, split.forget),
+                                   repeats=3 if args.quick else 20, device=device)
     rec.add("request", case, "reduce", "index", timing, params,
             {"reduced_size": len(reduced), "retain_size": int(split.retain.numel()),
              "compression": reduced.compression})
@@ -112,7 +114,7 @@ def _requests(rec: Recorder, case: str, params: dict, model: torch.nn.Module, tr
                                  config=config)
 
     runs = {
-        "index": lambda: a_amu(index.reduce(split.forget)),
+        "index": lambda: a_amu(pipeline.request_reduced(index, split.forget)[0]),
         "condense": lambda: a_amu(fastblend.condense(train.images, train.labels, split.forget,
                                                      clustering=index.clustering, seed=0, device=device,
                                                      progress=False)),
@@ -124,7 +126,7 @@ def _requests(rec: Recorder, case: str, params: dict, model: torch.nn.Module, tr
                                                       "warmup_epochs": 0}),
     }
     if "uniform" in case:
-        runs["index sgd"] = lambda: a_amu(index.reduce(split.forget),
+        runs["index sgd"] = lambda: a_amu(pipeline.request_reduced(index, split.forget)[0],
                                           {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "batch_size": 256})
     runs = {name: run for name, run in runs.items() if args.variants is None or name in args.variants}
     times: dict[str, list[float]] = {name: [] for name in runs}

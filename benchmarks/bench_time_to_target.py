@@ -175,8 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     ipc = cfg.ipc or pipeline.default_ipc(cfg, train)
     index, t_index = build_index(train, ipc, seed)
-    reduced = index.reduce(split.forget)  # per request: milliseconds
-    pre = reduced.timings["request"]
+    reduced, pre = pipeline.request_reduced(index, split.forget)  # per request: milliseconds
     doc["index"] = {"seconds": t_index, "timings": index.timings, "request_seconds": pre,
                     "reduced_size": len(reduced), "retain_size": int(split.retain.numel())}
     for name in args.variants:
@@ -190,10 +189,10 @@ def main(argv: list[str] | None = None) -> dict:
             row["unlearning_over_paper"] = row["t_unlearning"] / paper["t_unlearning"]
     for name in args.blend_variants:
         idx, t_idx = build_index(train, ipc, seed, **BLEND_VARIANTS[name])
-        red = idx.reduce(split.forget)
+        red, request = pipeline.request_reduced(idx, split.forget)
         res, tr = tracked("a_finetune", model, red, forget, unseen, {}, split, seed, args.evaluations,
-                          offset=red.timings["request"])
-        record(f"blend_{name}", res, tr, red.timings["request"], BLEND_VARIANTS[name])
+                          offset=request)
+        record(f"blend_{name}", res, tr, request, BLEND_VARIANTS[name])
         doc["variants"][f"blend_{name}"].update(t_index=t_idx, index_over_paper=t_idx / t_index,
                                                 blend_loss_final=red.final_loss)
         print(f"  index {t_idx:.1f}s ({t_idx / t_index:.2f}x the paper's {t_index:.1f}s)", flush=True)

@@ -320,7 +320,8 @@ class Accelerator:
     Images of another floating dtype than the model's parameters (float16, bfloat16, float64) are
     cast to the model's dtype once, here; integer labels are required (float labels are refused).
 
-    Under ``torch.distributed`` (P > 1 ranks): pass the ``DistributedDataParallel`` wrapper and the
+    Under ``torch.distributed`` (P > 1 ranks) data parallel means a ``DistributedDataParallel`` model
+    (a plain model is trained by each rank alone, e.g. one seed per rank): pass the wrapper and the
     global ``batch_size``; each rank passes the per-sample losses of its part of the global retain
     batch. Every rank draws the same global forget/unseen indices and forwards its
     :func:`~fastblend.distributed.row_shard` of them; retain losses and forget logits are gathered
@@ -381,7 +382,7 @@ class Accelerator:
                              "are sized for it")
         device = module_device(self.model) or self.forget_x.device
         fi = self.forget_sampler.sample()
-        if is_distributed():
+        if is_distributed() and isinstance(self.model, DistributedDataParallel):
             return self._sharded_loss(retain_per_sample_loss, fi, device)
         fx, fy = self.forget_x[fi].to(device), self.forget_y[fi].to(device)
         ui = self.unseen_sampler.sample(self.forget_y[fi], validate=False)

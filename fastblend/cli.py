@@ -177,6 +177,10 @@ def _config_from_args(args: argparse.Namespace, base: ExperimentConfig) -> Exper
     if getattr(args, "config", None):
         overrides.update(_load_config_file(args.config))
     from_file = set(overrides)  # what an error names as "<setting> (in --config FILE)", unless a flag set it
+    preset = getattr(args, "blend_preset", None)
+    if preset is not None:  # over the file's values, under the explicit flags
+        overrides.update(BLEND_PRESETS[preset])
+        from_file -= set(BLEND_PRESETS[preset])
     simple = ["dataset", "data_root", "per_class", "limit", "model", "width", "method", "accelerated_method",
               "forget", "forget_fraction", "forget_class", "ipc", "blend_iterations", "blend_width",
               "grouping_backend", "seeds", "rounds", "round_mode", "device", "cache_dir"]
@@ -184,9 +188,6 @@ def _config_from_args(args: argparse.Namespace, base: ExperimentConfig) -> Exper
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
-    preset = getattr(args, "blend_preset", None)
-    if preset is not None:
-        overrides = {**BLEND_PRESETS[preset], **overrides}
     cfg = pipeline.with_overrides(base, **overrides)
     if getattr(args, "preset", None):
         from .methods import presets
@@ -207,6 +208,9 @@ def _config_from_args(args: argparse.Namespace, base: ExperimentConfig) -> Exper
     if budget is not None:
         cfg.base_budget = None if budget == "none" else budget
     cfg.run_retrain = cfg.run_retrain and not getattr(args, "no_retrain", False)
+    if getattr(args, "no_retrain", False) and budget is None and cfg.base_budget == "retrain" \
+            and "base_budget" not in from_file:
+        cfg.base_budget = None  # the demo's default budget is Retrain's time: without Retrain, no budget
     cfg.run_base = cfg.run_base and not getattr(args, "no_base", False)
     cfg.plots = cfg.plots and not getattr(args, "no_plots", False)
     cfg.blend_amp = cfg.blend_amp or bool(getattr(args, "blend_amp", False))
@@ -235,12 +239,14 @@ def _torchrun_group(cfg: ExperimentConfig):
         yield
         return
     backend = "gloo"
-    if cfg.device in (None, "auto", "cuda") and torch.cuda.is_available():
+    wants_cuda = cfg.device in (None, "auto") or str(cfg.device).startswith("cuda")
+    if wants_cuda and torch.cuda.is_available():
         device = torch.device("cuda", int(env["LOCAL_RANK"]))
-        torch.cuda.set_device(device)
+        if str(cfg.device).startswith("cuda:") and torch.device(cfg.device) != device:
+            raise UsageError(f"--device {cfg.device}: under torchrun each rank uses its own GPU, cuda:LOCAL_RANK "
+                             f"(cuda:{device.index} on this rank); pass --device cuda")
+        torch.cuda.set_device(device)  # NCCL and the object collectives use the current device
         cfg.device, backend = str(device), "nccl"
-    elif cfg.device is not None and str(cfg.device).startswith("cuda") and torch.cuda.is_available():
-        backend = "nccl"
     dist.init_process_group(backend)
     try:
         yield

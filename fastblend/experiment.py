@@ -160,6 +160,9 @@ class ExperimentConfig:
             raise ConfigError("forget_class", f"forget_class must be in [0, {classes}) with forget='classwise', "
                               f"got {self.forget_class} with forget={self.forget!r}")
         if self.base_budget is not None:
+            if isinstance(self.base_budget, bool):
+                raise ConfigError("base_budget", f"base_budget must be None, 'retrain' or a positive number of "
+                                  f"seconds, got {self.base_budget!r}")
             if isinstance(self.base_budget, str) and self.base_budget != "retrain":
                 raise ConfigError("base_budget", f"base_budget must be None, 'retrain' or a positive number of "
                                   f"seconds, got {self.base_budget!r}")

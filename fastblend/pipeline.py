@@ -175,6 +175,17 @@ def evaluate(model: nn.Module, split, device: torch.device) -> tuple[dict, dict]
     return metrics, losses
 
 
+def request_reduced(index: BlendIndex, forget: torch.Tensor) -> tuple[ReducedRetainSet, float]:
+    """A forget request against the index, timed whole: ``index.reduce`` (the split and the blends'
+    selection) and, for an in-memory source, gathering the residual rows into the set's image tensor
+    (which ``reduce`` leaves to the first read). Returns ``(reduced set, seconds)``."""
+    t0 = time.perf_counter()
+    reduced = index.reduce(forget)
+    if reduced.in_memory:
+        reduced.tensors()  # the residual rows' copy belongs to the request, not to the unlearning
+    return reduced, time.perf_counter() - t0
+
+
 def blend_matcher(cfg: ExperimentConfig, images: torch.Tensor, seed: int, device: torch.device | None):
     """Blend's matcher for ``cfg``: ``None`` (the library's default, the paper's width-128 random ConvNet-3
     seeded with ``matcher_seed(seed)``) or the same network at ``cfg.blend_width`` channels."""
@@ -308,8 +319,8 @@ def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, log: Callable[[str
     log(f"[seed {seed}] Blend index: " + ("loaded from cache" if index_cached else f"built in {index_seconds:.1f}s")
         + f" ({index.num_blends} blends, built once per training set)")
     clustering = index.clustering
-    reduced = index.reduce(split.forget)  # per request: split + gather
-    stages = {"split": reduced.timings["request"], "index": index_seconds}
+    reduced, request = request_reduced(index, split.forget)
+    stages = {"split": request, "index": index_seconds}
     res = unlearn(cfg.accelerated, model, reduced, forget, unseen=unseen, config=cfg.accelerated_config or None,
                   device=device, seed=seed, progress=progress,
                   **_tracked(cfg, trackers, "accelerated", cfg.accelerated, cfg.accelerated_config, len(reduced),

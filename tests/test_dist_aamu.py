@@ -39,6 +39,7 @@ def _on_each_rank() -> dict:
     """Everything the tests below compare, in one 2-process run (spawning ranks is the slow part)."""
     return {"mmd": _gathered_mmd(), "accelerator": _accelerated_steps(True), "refused": _local_batch_size(),
             "batchnorm": _unlearned_batchnorm(), "streamed": _unlearned_streamed(),
+            "plain": _accelerated_steps(False),
             **{m: _unlearned(m, wrap=(m == "finetune")) for m in METHODS}}
 
 
@@ -104,6 +105,13 @@ def test_accelerator_under_ddp_equals_single_process(ranks):
     start = _params(_model())
     assert any(not torch.equal(a, b) for a, b in zip(single, start))  # training moved the weights
     for params in (r["accelerator"] for r in ranks):
+        for got, want in zip(params, single):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_plain_model_under_a_process_group_trains_alone_on_each_rank(ranks):
+    single = _accelerated_steps(False)  # one process; on each rank the same whole batches, no DDP wrapper
+    for params in (r["plain"] for r in ranks):
         for got, want in zip(params, single):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 

@@ -189,3 +189,32 @@ def test_blend_preset_and_width_reach_the_index(tmp_path):
         _tiny(tmp_path, run_retrain=False, run_base=False, plots=False, track=False))["per_seed"][0]["rows"]}
     assert rows["accelerated"]["index_cached"] is False and wide["accelerated"]["index_cached"] is False  # own keys
     assert rows["accelerated"]["blend_loss_final"] != wide["accelerated"]["blend_loss_final"]
+
+
+def test_demo_without_retrain_drops_its_default_budget_and_a_preset_beats_a_config_file(tmp_path):
+    cfg = cli._config_from_args(cli.build_parser().parse_args(["demo", "--no-retrain"]), pipeline.DEMO)
+    assert cfg.base_budget is None and not cfg.run_retrain
+    cfg.out = str(tmp_path / "out")
+    cfg.check()  # no "needs run_retrain" error: the user never asked for a budget
+    explicit = ["demo", "--no-retrain", "--base-budget", "retrain"]
+    with pytest.raises(pipeline.ConfigError, match="needs run_retrain"):
+        cli._config_from_args(cli.build_parser().parse_args(explicit), pipeline.DEMO).check()
+    conf = tmp_path / "c.json"
+    conf.write_text(json.dumps({"blend_iterations": 12, "blend_width": 128}))
+    args = cli.build_parser().parse_args(["run", "--config", str(conf), "--blend-preset", "fast"])
+    cfg = cli._config_from_args(args, ExperimentConfig())
+    assert (cfg.blend_width, cfg.blend_iterations) == (64, 3)  # the preset over the file, as a whole
+    args = cli.build_parser().parse_args(["run", "--config", str(conf), "--blend-preset", "fast",
+                                          "--blend-iterations", "6"])
+    assert cli._config_from_args(args, ExperimentConfig()).blend_iterations == 6  # a flag over the preset
+
+
+def test_a_request_is_timed_with_its_residual_rows_gathered(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(60, 1, 8, 8, generator=g), torch.arange(60) % 3
+    index = fastblend.BlendIndex.build(x, y, ipc=4, iterations=1)
+    reduced, seconds = pipeline.request_reduced(index, torch.tensor([0, 5, 7]))
+    assert seconds > 0 and reduced.num_residual > 0
+    assert reduced._images is not None  # gathered inside the timed request, not later inside unlearn
+    images, labels = reduced.tensors()
+    assert images.shape[0] == len(reduced) == labels.shape[0]

@@ -225,3 +225,17 @@ def test_tracker_takes_datasets_reading_only_its_subset_and_checks_its_arguments
             Tracker((x, y), (x, y), offset=bad)
     with pytest.raises(ValueError, match="Tracker: max_samples must be None or an int >= 5"):
         Tracker((x, y), (x, y), max_samples=7.5)
+
+
+def test_a_stop_is_honoured_at_once_before_training_and_inside_a_methods_own_pass():
+    x, y = _data()
+    model = _model()
+    before = [p.detach().clone() for p in model.parameters()]
+    res = unlearn("finetune", model, (x[:80], y[:80]), (x[80:100], y[80:100]),
+                  config={"epochs": 2, "batch_size": 16, "warmup_epochs": 0}, callback=lambda *a: True, eval_every=1)
+    assert res.steps == 0 and res.info["stopped_at_step"] == 0 and res.losses == []
+    assert all(torch.equal(a, b) for a, b in zip(before, res.model.parameters()))  # not one step taken
+    # SCRUB's forget pass steps through the same loop: a stop asked at its first step is obeyed there
+    res = unlearn("scrub", _model(), (x[:80], y[:80]), (x[80:100], y[80:100]),
+                  config={"epochs": 2, "batch_size": 16}, callback=lambda m, step, s: step >= 1, eval_every=1)
+    assert res.info["stopped_at_step"] == 1 and res.steps == 1

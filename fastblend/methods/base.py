@@ -221,9 +221,9 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
         taken += 1
         if clock is not None and eval_every and taken % eval_every == 0:
             clock.report(model, taken)
+            if clock.stop:  # wherever the step was taken: a retain step or a method's own pass (SCRUB's)
+                raise _StopTraining
 
-    if clock is not None:
-        clock.report(model, 0)
     losses: list[float] = []
     steps = 0
     labels_checked = False
@@ -231,81 +231,84 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
     show = progress_enabled(ctx.progress)
     if show:
         epochs = progress_bar(epochs, desc=method.name, leave=False, progress=True)
-    for epoch in epochs:
-        total, n = method.before_epoch(model, epoch, data, ctx, step)
-        total = total.detach()
-        step_losses: list[torch.Tensor] = []  # on the device: read once per epoch, no per-step sync
-        # under DDP each rank reads only its part of every global retain batch (where rows are drawn by index)
-        own_part = par is not None and data.retain.indexable
-        batches = data.retain.batches(cfg.batch_size, ctx.generator, ctx.device, ctx.fn,
-                                      part=row_shard if own_part else None)
-        for i, (x_r, y_r) in enumerate(batches):
-            x_f = y_f = fi = None
-            if own_part:
-                w_r = par.weight(x_r.shape[0], min(cfg.batch_size, len(data.retain) - i * cfg.batch_size))
-            elif par is not None:
-                x_r, y_r, w_r = par.part(x_r, y_r)
-            if accelerated:
-                fi = forget_sampler.sample()
-                x_f, y_f = data.forget.take(fi if par is None else fi[row_shard(fi.numel())], ctx.device)
-            elif forget_stream is not None:
-                x_f, y_f = forget_stream.next()
-                if par is not None:
-                    x_f, y_f, w_f = par.part(x_f, y_f)
-            logits_r, logits_f = ctx.forward(net, x_r, x_f)
-            terms = method.retain_terms(model, x_r, logits_r, y_r, epoch, ctx)
-            if accelerated:
-                y_fg = y_f  # the global forget batch's labels
-                if par is not None:
-                    w_f = par.weight(x_f.shape[0], fi.numel())
-                    y_fg = data.forget.labels[fi.to(data.forget.labels.device)].to(ctx.device)
-                if unseen_cache is None or unseen_cache[2] == cfg.unseen_refresh:
-                    ui = unseen_sampler.sample(y_fg, validate=False)
-                    if par is None:
-                        x_u, y_u = data.unseen.take(ui, ctx.device)
-                        unseen_cache = (ctx.infer(model, x_u), y_u, 0)
-                    else:
-                        x_u, _ = data.unseen.take(ui[row_shard(ui.numel())], ctx.device)
-                        y_u = data.unseen.labels[ui.to(data.unseen.labels.device)].to(ctx.device)
-                        unseen_cache = (all_gather_rows(ctx.infer(model, x_u)), y_u, 0)
-                logits_u, y_u, age = unseen_cache
-                unseen_cache = (logits_u, y_u, age + 1)
-                per_sample, logits_fg = terms.per_sample, logits_f
-                if par is not None:
-                    per_sample, logits_fg = all_gather_rows_with_grad(per_sample), all_gather_rows_with_grad(logits_f)
-                out = aamu_loss(per_sample, logits_fg, y_fg, logits_u, y_u, retain_weight=terms.weight,
-                                validate=not labels_checked)
-                labels_checked = True  # checked on the host once; later steps never wait for it
-                loss = out.total
-            elif par is None:
-                loss = terms.weight * terms.per_sample.mean()
-            else:
-                loss = terms.weight * w_r * terms.per_sample.mean() if w_r else terms.per_sample.sum()
-            if terms.extra is not None and (par is None or w_r):
-                loss = loss + (terms.extra if par is None else w_r * terms.extra)
-            if logits_f is not None and (par is None or w_f):
-                extra = method.forget_loss(x_f, logits_f, y_f, epoch, ctx)
-                if extra is not None:
-                    loss = loss + (extra if par is None else w_f * extra)
-            reg = method.regulariser(model, epoch, ctx)
-            if reg is not None:
-                loss = loss + reg
-            step(loss)
-            total = total + loss.detach()
-            step_losses.append(loss.detach())
-            n += 1
-            if clock is not None and clock.stop:
-                break
-        steps += n
-        if par is not None:  # the mean over ranks of their losses is the single-process loss
-            total = all_gather_rows(total.reshape(1)).mean()
-        losses.append(float(total) / max(n, 1))
-        _check_finite_loss(losses[-1], step_losses, epoch, ctx.fn)
-        if show:
-            epochs.set_postfix(loss=f"{losses[-1]:.4f}")
-        if clock is not None and clock.stop:
-            ctx.info["stopped_at_step"] = taken
-            break
+    try:
+        if clock is not None:
+            clock.report(model, 0)
+            if clock.stop:
+                raise _StopTraining
+        for epoch in epochs:
+            total, n = method.before_epoch(model, epoch, data, ctx, step)
+            total = total.detach()
+            step_losses: list[torch.Tensor] = []  # on the device: read once per epoch, no per-step sync
+            # under DDP each rank reads only its part of every global retain batch (where rows are drawn by index)
+            own_part = par is not None and data.retain.indexable
+            batches = data.retain.batches(cfg.batch_size, ctx.generator, ctx.device, ctx.fn,
+                                          part=row_shard if own_part else None)
+            for i, (x_r, y_r) in enumerate(batches):
+                x_f = y_f = fi = None
+                if own_part:
+                    w_r = par.weight(x_r.shape[0], min(cfg.batch_size, len(data.retain) - i * cfg.batch_size))
+                elif par is not None:
+                    x_r, y_r, w_r = par.part(x_r, y_r)
+                if accelerated:
+                    fi = forget_sampler.sample()
+                    x_f, y_f = data.forget.take(fi if par is None else fi[row_shard(fi.numel())], ctx.device)
+                elif forget_stream is not None:
+                    x_f, y_f = forget_stream.next()
+                    if par is not None:
+                        x_f, y_f, w_f = par.part(x_f, y_f)
+                logits_r, logits_f = ctx.forward(net, x_r, x_f)
+                terms = method.retain_terms(model, x_r, logits_r, y_r, epoch, ctx)
+                if accelerated:
+                    y_fg = y_f  # the global forget batch's labels
+                    if par is not None:
+                        w_f = par.weight(x_f.shape[0], fi.numel())
+                        y_fg = data.forget.labels[fi.to(data.forget.labels.device)].to(ctx.device)
+                    if unseen_cache is None or unseen_cache[2] == cfg.unseen_refresh:
+                        ui = unseen_sampler.sample(y_fg, validate=False)
+                        if par is None:
+                            x_u, y_u = data.unseen.take(ui, ctx.device)
+                            unseen_cache = (ctx.infer(model, x_u), y_u, 0)
+                        else:
+                            x_u, _ = data.unseen.take(ui[row_shard(ui.numel())], ctx.device)
+                            y_u = data.unseen.labels[ui.to(data.unseen.labels.device)].to(ctx.device)
+                            unseen_cache = (all_gather_rows(ctx.infer(model, x_u)), y_u, 0)
+                    logits_u, y_u, age = unseen_cache
+                    unseen_cache = (logits_u, y_u, age + 1)
+                    per_sample, logits_fg = terms.per_sample, logits_f
+                    if par is not None:
+                        per_sample = all_gather_rows_with_grad(per_sample)
+                        logits_fg = all_gather_rows_with_grad(logits_f)
+                    out = aamu_loss(per_sample, logits_fg, y_fg, logits_u, y_u, retain_weight=terms.weight,
+                                    validate=not labels_checked)
+                    labels_checked = True  # checked on the host once; later steps never wait for it
+                    loss = out.total
+                elif par is None:
+                    loss = terms.weight * terms.per_sample.mean()
+                else:
+                    loss = terms.weight * w_r * terms.per_sample.mean() if w_r else terms.per_sample.sum()
+                if terms.extra is not None and (par is None or w_r):
+                    loss = loss + (terms.extra if par is None else w_r * terms.extra)
+                if logits_f is not None and (par is None or w_f):
+                    extra = method.forget_loss(x_f, logits_f, y_f, epoch, ctx)
+                    if extra is not None:
+                        loss = loss + (extra if par is None else w_f * extra)
+                reg = method.regulariser(model, epoch, ctx)
+                if reg is not None:
+                    loss = loss + reg
+                step(loss)
+                total = total + loss.detach()
+                step_losses.append(loss.detach())
+                n += 1
+            steps += n
+            if par is not None:  # the mean over ranks of their losses is the single-process loss
+                total = all_gather_rows(total.reshape(1)).mean()
+            losses.append(float(total) / max(n, 1))
+            _check_finite_loss(losses[-1], step_losses, epoch, ctx.fn)
+            if show:
+                epochs.set_postfix(loss=f"{losses[-1]:.4f}")
+    except _StopTraining:  # the callback asked to stop; an unfinished epoch's loss is not in losses
+        ctx.info["stopped_at_step"] = steps = taken
     if par is not None:
         par.sync_buffers()
     if clock is not None:
@@ -352,6 +355,10 @@ class _DataParallel:
         moved with its own part) on every rank, so every rank returns the same model."""
         for buffer in self.net.module.buffers():
             torch.distributed.broadcast(buffer, 0)
+
+
+class _StopTraining(Exception):
+    """Raised by :func:`train`'s ``step`` once the callback has asked to stop; caught by ``train``."""
 
 
 def _check_finite_loss(mean: float, step_losses: list[torch.Tensor], epoch: int, fn: str) -> None:

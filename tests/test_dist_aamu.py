@@ -39,7 +39,7 @@ def _on_each_rank() -> dict:
     """Everything the tests below compare, in one 2-process run (spawning ranks is the slow part)."""
     return {"mmd": _gathered_mmd(), "accelerator": _accelerated_steps(True), "refused": _local_batch_size(),
             "batchnorm": _unlearned_batchnorm(), "streamed": _unlearned_streamed(),
-            "plain": _accelerated_steps(False),
+            "plain": _accelerated_steps(False), "unused": _unused_parameter(),
             **{m: _unlearned(m, wrap=(m == "finetune")) for m in METHODS}}
 
 
@@ -194,6 +194,32 @@ def test_a_streamed_retain_set_is_read_in_parts_under_ddp(ranks):
     # batches of 5, 5, 5, 5 and 3 rows: rank 0 reads 2+2+2+2+1 of them, rank 1 the other 3+3+3+3+2 (each
     # rank also reads one row up front, the shape probe); reading whole batches would be 23 + 1 on each
     assert reads == [9 + 1, 14 + 1]
+
+
+class _WithUnused(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = _model()
+        self.spare = nn.Linear(2, 2)  # never used in forward: DDP needs find_unused_parameters=True
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def _unused_parameter() -> str:
+    d = _data()
+    model = DistributedDataParallel(_WithUnused(), find_unused_parameters=True)
+    try:
+        fastblend.unlearn("finetune", model, (d["retain_x"], d["retain_y"]), (d["forget_x"], d["forget_y"]),
+                          config={"epochs": 1, "batch_size": B, "warmup_epochs": 0}, seed=4)
+    except RuntimeError as exc:
+        return str(exc)[:200]
+    return "ok"
+
+
+def test_unlearn_keeps_the_users_ddp_options(ranks):
+    # the user's wrapper says some parameters are unused; unlearn's own wrapper must say so too
+    assert [r["unused"] for r in ranks] == ["ok", "ok"]
 
 
 def _unlearned_batchnorm() -> list[torch.Tensor]:

@@ -173,7 +173,7 @@ def train_model(model: nn.Module, data: Any, config: Any = None, device: torch.d
     cfg = resolve_config(config, TrainModelConfig, fn)
     if not isinstance(model, nn.Module):
         raise TypeError(f"{fn}: model must be a torch.nn.Module, got {type(model).__name__}")
-    model = _unwrap(model)
+    model, ddp_options = _unwrap(model, fn)
     dev = torch.device(device) if device is not None else model_device(model)
     view = as_data(data, "data", fn)
     work = (model if cfg.inplace else copy.deepcopy(model)).to(dev)
@@ -185,6 +185,7 @@ def train_model(model: nn.Module, data: Any, config: Any = None, device: torch.d
         view = view.to(dev)
     ctx = RunContext(cfg, dev, seed, progress, fn)
     ctx.num_classes = num_classes
+    ctx.ddp_options = ddp_options
     trainer = Finetune(cfg)
     trainer.name = "train"  # the progress bar's label
     outcome = train(trainer, work, RunData(view, view, None), cfg, ctx, accelerated=False)
@@ -275,7 +276,7 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
     cfg = resolve_config(config, spec.config_class, fn)
     if not isinstance(model, nn.Module):
         raise TypeError(f"{fn}: model must be a torch.nn.Module, got {type(model).__name__}")
-    model = _unwrap(model)
+    model, ddp_options = _unwrap(model, fn)
     dev = torch.device(device) if device is not None else model_device(model)
 
     r = as_data(retain, "retain", fn)
@@ -312,6 +313,7 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
 
     ctx = RunContext(cfg, dev, seed, progress, fn)
     ctx.num_classes = num_classes
+    ctx.ddp_options = ddp_options
     data = RunData(r, f, u)
     if spec.impl is None:
         outcome, seconds = timed(lambda: _ssd_tracked(work, data, cfg, ctx, callback), dev)
@@ -325,11 +327,22 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
     return UnlearnResult(outcome.model.eval(), seconds, outcome.losses, cfg, spec.name, outcome.steps, info)
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The module inside a ``DistributedDataParallel`` wrapper (``train`` wraps it again)."""
+def _unwrap(model: nn.Module, fn: str) -> tuple[nn.Module, dict]:
+    """``(the module inside a DistributedDataParallel wrapper, the wrapper's options that train's own
+    wrapper keeps)``; a plain model gives ``(model, {})``. A wrapper on a process sub-group is refused
+    (batches are split over the default group's ranks)."""
     from torch.nn.parallel import DistributedDataParallel
 
-    return model.module if isinstance(model, DistributedDataParallel) else model
+    if not isinstance(model, DistributedDataParallel):
+        return model, {}
+    group = getattr(model, "process_group", None)
+    if group is not None and torch.distributed.get_world_size(group) != torch.distributed.get_world_size():
+        raise ValueError(f"{fn}: the model's DistributedDataParallel runs on a process sub-group; {fn} splits "
+                         "batches over the default group's ranks: wrap it on the default group or pass the plain model")
+    options = {name: getattr(model, name) for name in ("find_unused_parameters", "broadcast_buffers",
+                                                       "gradient_as_bucket_view", "static_graph")
+               if isinstance(getattr(model, name, None), bool)}
+    return model.module, options
 
 
 def _ssd_tracked(model: nn.Module, data: RunData, cfg: Any, ctx: RunContext,

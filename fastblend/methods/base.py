@@ -181,7 +181,7 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
     clock = StepClock(callback, ctx.device) if callback is not None else None
     model = ctx.place(method.prepare(model, data, ctx))
     model.train()
-    par = _DataParallel(model, ctx.device) if is_distributed() else None
+    par = _DataParallel(model, ctx.device, ctx.ddp_options) if is_distributed() else None
     net = par.net if par is not None else model  # the forwards that need gradients go through DDP
     ctx.fuse = cfg.fuse_forward
     ctx.micro = cfg.micro_batch
@@ -334,13 +334,13 @@ class _DataParallel:
     (regularisers) and passes every rank runs whole (SCRUB's forget pass) are identical on every
     rank, so averaging leaves them as they are."""
 
-    def __init__(self, model: nn.Module, device: torch.device) -> None:
+    def __init__(self, model: nn.Module, device: torch.device, options: dict | None = None) -> None:
         from torch.nn.parallel import DistributedDataParallel
 
         ids = None
         if device.type == "cuda":
             ids = [device.index if device.index is not None else torch.cuda.current_device()]
-        self.net = DistributedDataParallel(model, device_ids=ids)
+        self.net = DistributedDataParallel(model, device_ids=ids, **(options or {}))
         self.world = world_size()
 
     def weight(self, n_local: int, n: int) -> float:

@@ -31,6 +31,7 @@ class RunContext:
         self.generator = torch.Generator().manual_seed(seed)
         self.num_classes = 0
         self.info: dict[str, Any] = {}
+        self.ddp_options: dict[str, bool] = {}  # a user's DistributedDataParallel options, kept under DDP
         self.fuse = False
         self.micro = 0
         dtype = None

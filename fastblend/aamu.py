@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -98,8 +99,46 @@ class AAMULoss(nn.Module):
         main_part = main if retain_weight == 1.0 else retain_weight * main
         return AAMULossOutput(main_part + self.lam * mmd.to(main.dtype), main.detach(), mmd.detach())
 
+    def from_losses(self, retain_loss: torch.Tensor, forget_ce: torch.Tensor, unseen_ce: torch.Tensor,
+                    retain_weight: float = 1.0) -> AAMULossOutput:
+        """:meth:`forward` from the forget and unseen sets' per-sample cross-entropies ``[M_f]`` / ``[M_u]``
+        instead of their logits: the transform and the MMD need nothing else (docs/method.md §2.2), so
+        data-parallel training gathers ``M`` losses per set rather than ``M x C`` logits. Pure torch in
+        float64 (the same formulas as the ``torch`` backend of :func:`quantile_mmd`); ``unseen_ce`` is
+        detached."""
+        for name, ce in (("forget_ce", forget_ce), ("unseen_ce", unseen_ce)):
+            if not isinstance(ce, torch.Tensor) or ce.dim() != 1 or not ce.is_floating_point() or ce.numel() == 0:
+                raise ValueError(f"AAMULoss.from_losses: {name} must be a non-empty 1-D floating tensor of per-sample "
+                                 f"losses, got {getattr(ce, 'shape', type(ce).__name__)}")
+        main = steepen(retain_loss, self.steepen)
+        mmd = _quantile_mmd_of_losses(forget_ce, unseen_ce.detach(), self.k, self.kappa, self.sigma)
+        main_part = main if retain_weight == 1.0 else retain_weight * main
+        return AAMULossOutput(main_part + self.lam * mmd.to(main.dtype), main.detach(), mmd.detach())
+
     def extra_repr(self) -> str:
         return f"lam={self.lam}, k={self.k}, kappa={self.kappa}, sigma={self.sigma}, steepen={self.steepen!r}"
+
+
+def _transform_losses(ce: torch.Tensor, k: float, kappa: float) -> torch.Tensor:
+    """``g`` of docs/method.md §2.2 from per-sample cross-entropies ``[M]`` (float64, differentiable)."""
+    u = torch.log1p(ce.double() + 1e-8)
+    d = u[:, None] - u[None, :]
+    r = torch.exp(-k * d.clamp_min(0))
+    q = torch.where(d > 0, r / (1 + r), torch.full_like(r, 0.5)).mean(1)  # q = 1 - c
+    return (-torch.special.ndtri(q)).clamp(-kappa, kappa)
+
+
+def _quantile_mmd_of_losses(forget_ce: torch.Tensor, unseen_ce: torch.Tensor, k: float, kappa: float,
+                            sigma: float) -> torch.Tensor:
+    """Biased MMD² (docs/method.md §2.3) between the transformed forget and unseen losses; NaN when any
+    loss is not finite (the rule of :func:`quantile_mmd`)."""
+    g = torch.cat([_transform_losses(unseen_ce, k, kappa), _transform_losses(forget_ce, k, kappa)])
+    mu, mf = unseen_ce.numel(), forget_ce.numel()
+    w = torch.cat([g.new_full((mu,), 1.0 / mu), g.new_full((mf,), -1.0 / mf)])
+    d = g[:, None] - g[None, :]
+    mmd = (w[:, None] * w[None, :] * torch.expm1(-d * d / (2 * sigma**2))).sum()
+    finite = torch.isfinite(forget_ce).all() & torch.isfinite(unseen_ce).all()
+    return torch.where(finite, mmd, torch.full_like(mmd, math.nan))
 
 
 def _check_loss_params(fn: str, lam: float, k: float, kappa: float, sigma: float, backend: str) -> None:
@@ -406,13 +445,26 @@ class Accelerator:
         fy, uy = self.forget_y[fi].to(device), self.unseen_y[ui].to(device)
         fx = self.forget_x[fi[row_shard(fi.numel())]].to(device)
         ux = self.unseen_x[ui[row_shard(ui.numel())].to(self.unseen_x.device)].to(device)
+        parts = row_shard(fi.numel()), row_shard(ui.numel())
         with frozen_batchnorm_stats(self.model):
-            forget_logits = all_gather_rows_with_grad(self.model(fx))
+            forget_logits = self.model(fx)
             with torch.no_grad():
                 plain = self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
-                unseen_logits = all_gather_rows(plain(ux))
-        validate, self._labels_checked = not self._labels_checked, True
-        return self.criterion(retain, forget_logits, fy, unseen_logits, uy, validate=validate)
+                unseen_logits = plain(ux)
+        if not self._labels_checked:  # what quantile_mmd's validation does on one process, once
+            _check_label_range("Accelerator.loss", fy, uy, forget_logits.shape[1])
+            self._labels_checked = True
+        # the transform needs only each sample's loss: gather M losses per set, not M x C logits
+        forget_ce = all_gather_rows_with_grad(F.cross_entropy(forget_logits.double(), fy[parts[0]], reduction="none"))
+        unseen_ce = all_gather_rows(F.cross_entropy(unseen_logits.double(), uy[parts[1]], reduction="none"))
+        return self.criterion.from_losses(retain, forget_ce, unseen_ce)
+
+
+def _check_label_range(fn: str, forget_labels: torch.Tensor, unseen_labels: torch.Tensor, classes: int) -> None:
+    for name, labels in (("forget", forget_labels), ("unseen", unseen_labels)):
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= classes):
+            raise ValueError(f"{fn}: {name} labels must be in [0, {classes}) for the model's {classes} logits, got "
+                             f"[{int(labels.min())}, {int(labels.max())}]")
 
 
 def accelerate(model: nn.Module, forget_x: object, forget_y: object = None, unseen_x: torch.Tensor | None = None,

@@ -121,3 +121,29 @@ def test_accelerator_checks_the_retain_batch_against_batch_size():
     assert wide.forget_sampler.batch_size == 32 and wide.unseen_sampler.batch_size == 48
     with pytest.raises(ValueError, match="^Accelerator: forget_batch_factor must be an int >= 1"):
         fastblend.accelerate(model, fx, fy, ux, uy, forget_batch_factor=0)
+
+
+def test_aamu_loss_from_losses_equals_the_logits_path():
+    """The data-parallel path gathers per-sample losses; its loss and gradient equal the op's on logits."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(3)
+    zf = torch.randn(24, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    zu = torch.randn(30, 5, generator=g, dtype=torch.float64)
+    yf, yu = torch.arange(24) % 5, torch.arange(30) % 5
+    retain = torch.rand(8, generator=g, dtype=torch.float64)
+    loss = fastblend.AAMULoss(backend="torch")
+    ref = loss(retain, zf, yf, zu, yu, retain_weight=0.99)
+    (ref_grad,) = torch.autograd.grad(ref.total, zf)
+    out = loss.from_losses(retain, F.cross_entropy(zf, yf, reduction="none"),
+                           F.cross_entropy(zu, yu, reduction="none"), retain_weight=0.99)
+    (grad,) = torch.autograd.grad(out.total, zf)
+    torch.testing.assert_close(out.total, ref.total, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(out.mmd, ref.mmd, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-8, atol=1e-10)
+    bad = F.cross_entropy(zf, yf, reduction="none").detach().clone()
+    bad[3] = float("inf")
+    assert torch.isnan(loss.from_losses(retain, bad, F.cross_entropy(zu, yu, reduction="none")).mmd)
+    for bad_ce in (torch.zeros(0, dtype=torch.float64), torch.zeros(3, 2), torch.arange(3)):
+        with pytest.raises(ValueError, match="AAMULoss.from_losses: forget_ce must be a non-empty 1-D floating"):
+            loss.from_losses(retain, bad_ce, F.cross_entropy(zu, yu, reduction="none"))

@@ -269,18 +269,20 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
                         if par is None:
                             x_u, y_u = data.unseen.take(ui, ctx.device)
                             unseen_cache = (ctx.infer(model, x_u), y_u, 0)
-                        else:
-                            x_u, _ = data.unseen.take(ui[row_shard(ui.numel())], ctx.device)
-                            y_u = data.unseen.labels[ui.to(data.unseen.labels.device)].to(ctx.device)
-                            unseen_cache = (all_gather_rows(ctx.infer(model, x_u)), y_u, 0)
+                        else:  # the unseen part's losses (the transform needs no more), gathered
+                            x_u, y_u = data.unseen.take(ui[row_shard(ui.numel())], ctx.device)
+                            ce_u = F.cross_entropy(ctx.infer(model, x_u).double(), y_u, reduction="none")
+                            unseen_cache = (all_gather_rows(ce_u), None, 0)
                     logits_u, y_u, age = unseen_cache
                     unseen_cache = (logits_u, y_u, age + 1)
-                    per_sample, logits_fg = terms.per_sample, logits_f
-                    if par is not None:
-                        per_sample = all_gather_rows_with_grad(per_sample)
-                        logits_fg = all_gather_rows_with_grad(logits_f)
-                    out = aamu_loss(per_sample, logits_fg, y_fg, logits_u, y_u, retain_weight=terms.weight,
-                                    validate=not labels_checked)
+                    if par is None:
+                        out = aamu_loss(terms.per_sample, logits_f, y_fg, logits_u, y_u, retain_weight=terms.weight,
+                                        validate=not labels_checked)
+                    else:  # M losses per set cross the ranks, not M x C logits (labels were checked up front)
+                        ce_f = F.cross_entropy(logits_f.double(), y_f, reduction="none")
+                        out = aamu_loss.from_losses(all_gather_rows_with_grad(terms.per_sample),
+                                                    all_gather_rows_with_grad(ce_f), logits_u,
+                                                    retain_weight=terms.weight)
                     labels_checked = True  # checked on the host once; later steps never wait for it
                     loss = out.total
                 elif par is None:

@@ -309,14 +309,18 @@ def cmd_condense(args: argparse.Namespace) -> int:
         warnings.warn("matplotlib is not installed, so no PNG grid (`pip install matplotlib`)", RuntimeWarning,
                       stacklevel=1)
         cfg.plots = False
-    device = torch.device(cfg.device) if cfg.device else None
-    train, test = load_dataset(cfg.dataset, cfg.data_root, per_class=cfg.per_class, limit=cfg.limit)
-    split = make_split(train, test, forget=cfg.forget, forget_fraction=cfg.forget_fraction,
-                       forget_class=cfg.forget_class, seed=cfg.seeds[0])
-    ipc = cfg.ipc if cfg.ipc is not None else pipeline.default_ipc(cfg, train)
-    pipeline.check_against_data(cfg, split, ipc)
-    clustering, reduced, _ = pipeline.reduce_retain(cfg, train, split.forget, ipc, cfg.seeds[0], device,
-                                                    progress=not cfg.quiet)
+    with _torchrun_group(cfg):  # under torchrun every rank takes its share of features, grouping and Blend
+        device = torch.device(cfg.device) if cfg.device else None
+        train, test = load_dataset(cfg.dataset, cfg.data_root, per_class=cfg.per_class, limit=cfg.limit)
+        split = make_split(train, test, forget=cfg.forget, forget_fraction=cfg.forget_fraction,
+                           forget_class=cfg.forget_class, seed=cfg.seeds[0])
+        ipc = cfg.ipc if cfg.ipc is not None else pipeline.default_ipc(cfg, train)
+        pipeline.check_against_data(cfg, split, ipc)
+        main = is_main_process()
+        clustering, reduced, _ = pipeline.reduce_retain(cfg, train, split.forget, ipc, cfg.seeds[0], device,
+                                                        progress=not cfg.quiet and main)
+    if not main:  # every rank holds the same result; rank 0 writes it
+        return 0
     reduced.save(out)
     clustering.save(out.with_suffix(".clustering.pt"))
     grid = save_blend_grid(reduced, train.denormalize(), clustering, out.with_suffix(".png")) if cfg.plots else None

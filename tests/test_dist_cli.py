@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from fastblend import pipeline
 from fastblend.experiment import ExperimentConfig
@@ -51,3 +52,23 @@ def test_torchrun_two_ranks_run(tmp_path):
         assert set(per_rank) == {"original", "base", "accelerated"}
         assert per_rank["accelerated"]["t_unlearning"] > 0 and per_rank["base"]["t_unlearning"] > 0
     assert len(list((cache / "models").iterdir())) == 1
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_condense_equals_one_process(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    args = ["condense", "--dataset", "digits", "--limit", "200", "--ipc", "4", "--blend-iterations", "2",
+            "--no-plots", "--quiet"]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "fastblend", *args, "--out", str(tmp_path / "two.pt")],
+                         env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count('"reduced"') == 1  # rank 0 alone reports and writes
+    one = subprocess.run([sys.executable, "-m", "fastblend", *args, "--out", str(tmp_path / "one.pt")],
+                         env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+    from fastblend.condense import ReducedRetainSet
+
+    a, b = ReducedRetainSet.load(tmp_path / "two.pt"), ReducedRetainSet.load(tmp_path / "one.pt")
+    assert torch.equal(a.labels, b.labels) and torch.equal(a.is_blended, b.is_blended)
+    torch.testing.assert_close(a.images, b.images, rtol=1e-5, atol=1e-6)

@@ -136,7 +136,7 @@ def _quantile_mmd_of_losses(forget_ce: torch.Tensor, unseen_ce: torch.Tensor, k:
     mu, mf = unseen_ce.numel(), forget_ce.numel()
     w = torch.cat([g.new_full((mu,), 1.0 / mu), g.new_full((mf,), -1.0 / mf)])
     d = g[:, None] - g[None, :]
-    mmd = (w[:, None] * w[None, :] * torch.expm1(-d * d / (2 * sigma**2))).sum()
+    mmd = (w[:, None] * w[None, :] * torch.expm1(-d * d / (2 * sigma**2))).sum().clamp_min(0.0)  # as the op
     finite = torch.isfinite(forget_ce).all() & torch.isfinite(unseen_ce).all()
     return torch.where(finite, mmd, torch.full_like(mmd, math.nan))
 

@@ -15,7 +15,7 @@ import sys
 from . import summarize
 from .runner import parser
 
-BENCHMARKS = ("segment_blend", "quantile_mmd", "grouping", "condense", "request", "memory")
+BENCHMARKS = ("segment_blend", "quantile_mmd", "grouping", "condense", "request", "memory", "distributed")
 
 
 def main(argv: list[str] | None = None) -> int:

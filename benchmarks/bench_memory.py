@@ -13,7 +13,7 @@ fastblend, no data):
   pages are unmapped again once copied out), ``condense(dataset, forget, member_chunk=...)``: content
   hashes, features and each Blend chunk's members are read a batch at a time and the reduced set
   serves its residual rows from the map;
-* ``memmap_chunked`` at half size (the first 25,000 rows, the same file read raw with an offset):
+* ``memmap_chunked`` at half size (the first 25,000 rows of the same file, through a Dataset view):
   what grows with N is the features (``[N, 2048]`` float32, 8 KB per image) and the clustering,
   not the images;
 * ``in_memory``: the whole array loaded into a tensor, ``condense(images, labels, forget, ...)``

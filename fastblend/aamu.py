@@ -193,6 +193,9 @@ def _check_batch_size(fn: str, batch_size: int) -> int:
     return batch_size
 
 
+_MAX_FORGET = 2**31 - 1  # forget sets are indexed and ranked whole on each draw
+
+
 class ForgetSampler:
     """Forget batches drawn uniformly without replacement from ``D_f`` (all of it when smaller).
 
@@ -224,6 +227,9 @@ class ForgetSampler:
         elif isinstance(forget, int) and not isinstance(forget, bool):
             if forget < 0:
                 raise ValueError(f"{fn}: forget count must be >= 0, got {forget}")
+            if forget > _MAX_FORGET:
+                raise ValueError(f"{fn}: forget count must be at most {_MAX_FORGET} (every draw ranks all forget "
+                                 f"samples on the device), got {forget}")
             indices = torch.arange(forget)
         else:
             raise TypeError(f"{fn}: forget must be an int count or an index tensor, got {type(forget).__name__}")

@@ -207,6 +207,8 @@ ROWS = [
      "ForgetSampler: forget indices must be >= 0"),
     ("ForgetSampler", "duplicates", lambda: F.ForgetSampler(_ip(2, 2), 2), ValueError,
      "ForgetSampler: forget indices must be distinct"),
+    ("ForgetSampler", "count 2**40", lambda: F.ForgetSampler(2**40, 2), ValueError,
+     "ForgetSampler: forget count must be at most 2147483647"),
     ("ForgetSampler", "float indices", lambda: F.ForgetSampler(torch.tensor([0.5]), 2), TypeError,
      "ForgetSampler: forget must be a count or a 1-D integer index tensor"),
     ("ForgetSampler", "empty", lambda: F.ForgetSampler(0, 2), ValueError, "ForgetSampler: the forget set is empty"),

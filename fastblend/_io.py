@@ -19,7 +19,20 @@ from typing import Any, BinaryIO, Callable
 
 import torch
 
-__all__ = ["LOAD_ERRORS", "atomic_save", "atomic_write_text", "load_torch", "make_temp", "plain_file_mode"]
+__all__ = ["FULL_HASH_BYTES", "LOAD_ERRORS", "SAMPLE_ROWS", "atomic_save", "atomic_write_text", "hashed_rows",
+           "load_torch", "make_temp", "plain_file_mode"]
+
+# What a content fingerprint of training images hashes (the model/index cache keys, a saved set's source check):
+FULL_HASH_BYTES = 256 * 2**20  # images up to this many bytes are hashed whole
+SAMPLE_ROWS = 8192  # else this many evenly spaced rows, the first and the last among them
+
+
+def hashed_rows(n: int, row_bytes: int) -> torch.Tensor | None:
+    """The rows a fingerprint hashes of ``n`` images of ``row_bytes`` each: ``None`` (every row) up to
+    :data:`FULL_HASH_BYTES`, else ``[<= SAMPLE_ROWS]`` int64 evenly spaced rows, first and last included."""
+    if n * row_bytes <= FULL_HASH_BYTES or n <= SAMPLE_ROWS:
+        return None
+    return torch.linspace(0, n - 1, SAMPLE_ROWS).round().to(torch.int64).unique()
 
 # what torch.load raises on a truncated or foreign file (a junk file: KeyError from the legacy unpickler)
 LOAD_ERRORS = (EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, KeyError, TypeError,

@@ -21,12 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._io import atomic_save
+from ._io import atomic_save, hashed_rows
 
 KEY_VERSION = 3
-# tensors up to this many bytes are hashed whole; bigger ones through a fixed sample of rows
-FULL_HASH_BYTES = 256 * 2**20
-SAMPLE_ROWS = 8192
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -63,9 +60,10 @@ def data_fingerprint(images: torch.Tensor, labels: torch.Tensor) -> str:
     h = hashlib.sha256()
     _update(h, labels)
     n = images.shape[0] if images.dim() else 0
-    if images.numel() * images.element_size() > FULL_HASH_BYTES and n > SAMPLE_ROWS:
+    rows = hashed_rows(n, images[0].numel() * images.element_size()) if n else None
+    if rows is not None:
         h.update(f"sample{tuple(images.shape)}|".encode())
-        images = images[torch.linspace(0, n - 1, SAMPLE_ROWS).round().long().unique()]
+        images = images[rows.to(images.device)]
     _update(h, images)
     return h.hexdigest()
 

@@ -258,8 +258,8 @@ def test_fingerprint_streams_a_sample_of_a_large_source_and_reads_old_fingerprin
     whole = src.fingerprint(ds)
     assert whole["rows"] == "all" and whole["label_rows"] == "all" and whole == src.fingerprint(RowsDataset(x, y))
     assert src.fingerprint(x)["images"] == whole["images"] and src.fingerprint(x)["labels"] is None
-    monkeypatch.setattr(src, "FULL_HASH_BYTES", 1024)
-    monkeypatch.setattr(src, "SAMPLE_ROWS", 5)
+    monkeypatch.setattr("fastblend._io.FULL_HASH_BYTES", 1024)
+    monkeypatch.setattr("fastblend._io.SAMPLE_ROWS", 5)
     monkeypatch.setattr(src, "_READ", 2)
     ds.largest = 0
     sampled = src.fingerprint(ds)
@@ -269,12 +269,9 @@ def test_fingerprint_streams_a_sample_of_a_large_source_and_reads_old_fingerprin
         x2[row] += 1
         with pytest.raises(ValueError, match="content hash"):
             src.check_fingerprint(RowsDataset(x2, y), sampled, "t")
-    # a fingerprint saved before kind 2 (16 rows, no labels) is still checked the way it was made
-    rows, h = src._legacy_hash(ds)
-    old = {"length": 40, "shape": [3, 16, 16], "dtype": "float32", "rows": rows, "hash": h}
-    src.check_fingerprint(ds, old, "t")
-    with pytest.raises(ValueError, match="content hash"):
-        src.check_fingerprint(RowsDataset(x.flip(0), y), old, "t")
+    # a fingerprint without a kind (none was ever released) is refused, as is an unknown kind
+    with pytest.raises(ValueError, match="missing or unreadable; rebuild"):
+        src.check_fingerprint(ds, {"length": 40, "shape": [3, 16, 16], "dtype": "float32", "hash": 1}, "t")
     with pytest.raises(ValueError, match="kind 3.*rebuild"):
         src.check_fingerprint(ds, dict(whole, kind=3), "t")
 

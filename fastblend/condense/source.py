@@ -17,16 +17,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .._io import hashed_rows
 from .checks import content_keys
 
-__all__ = ["FINGERPRINT_KIND", "FULL_HASH_BYTES", "SAMPLE_ROWS", "ReorderedRows", "check_fingerprint", "fingerprint",
-           "is_dataset_source",
+__all__ = ["FINGERPRINT_KIND", "ReorderedRows", "check_fingerprint", "fingerprint", "is_dataset_source",
            "read_rows", "row_keys", "source_labels", "source_length", "source_sample"]
 
-FINGERPRINT_KIND = 2  # 1 (no "kind" key): 16 rows, no labels; 2: every image byte up to a cap, the labels
-FULL_HASH_BYTES = 256 * 2**20  # images up to this many bytes are hashed whole, as in fastblend.cache
-SAMPLE_ROWS = 8192  # else this many evenly spaced rows, the first and the last among them
-LEGACY_FINGERPRINT_ROWS = 16
+FINGERPRINT_KIND = 2  # every image byte up to a cap (fastblend._io.hashed_rows), and the labels
 _READ = 512  # rows per read when a whole source is streamed
 
 
@@ -84,18 +81,29 @@ def source_sample(source: object, caller: str = "source_sample") -> torch.Tensor
     return _image_of(source[0], caller, 0)
 
 
-def source_labels(source: Dataset, caller: str) -> torch.Tensor:
-    """``[N]`` labels of a Dataset: its ``.labels``/``.targets`` when that has one per row, else one pass."""
+def _attribute_labels(source: object, integers_only: bool = False) -> torch.Tensor | None:
+    """A Dataset's ``.labels``/``.targets`` (CPU) when it holds one value per row (an integer one with
+    ``integers_only``), read without the images; ``None`` otherwise."""
     n = len(source)
     for attr in ("labels", "targets"):
         value = getattr(source, attr, None)
-        if value is not None and not callable(value):
-            try:
-                lab = torch.as_tensor(value)
-            except (TypeError, ValueError, RuntimeError):
-                continue
-            if lab.dim() == 1 and lab.shape[0] == n:
-                return lab.cpu()
+        if value is None or callable(value):
+            continue
+        try:
+            lab = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError):
+            continue
+        if lab.dim() == 1 and lab.shape[0] == n and not (integers_only and lab.is_floating_point()):
+            return lab.cpu()
+    return None
+
+
+def source_labels(source: Dataset, caller: str) -> torch.Tensor:
+    """``[N]`` labels of a Dataset: its ``.labels``/``.targets`` when that has one per row, else one pass."""
+    n = len(source)
+    lab = _attribute_labels(source)
+    if lab is not None:
+        return lab
     out = []
     getitems = getattr(source, "__getitems__", None)
     for s in range(0, n, _READ):
@@ -135,44 +143,10 @@ class ReorderedRows(Dataset):
         return [(x, 0) for x in read_rows(self.source, self.order[rows])]
 
 
-def _legacy_fingerprint_rows(n: int) -> torch.Tensor:
-    return torch.unique(torch.linspace(0, n - 1, min(n, LEGACY_FINGERPRINT_ROWS)).round().to(torch.int64))
-
-
-def _legacy_hash(source: object) -> tuple[list[int], int]:
-    """The content hash of files saved before fingerprint kind 2 (16 evenly spaced rows, no labels)."""
-    rows = _legacy_fingerprint_rows(source_length(source))
-    return rows.tolist(), int((row_keys(source, rows) * (2 * rows + 1)).sum())  # position-aware
-
-
 def _update(h: Any, t: torch.Tensor) -> None:
     t = t.detach().cpu().contiguous()
     if t.numel():
         h.update(memoryview(t.view(torch.uint8).reshape(-1).numpy()))
-
-
-def _hashed_rows(n: int, row_bytes: int) -> torch.Tensor | None:
-    """``None`` (every row) up to :data:`FULL_HASH_BYTES` of images, else :data:`SAMPLE_ROWS` evenly
-    spaced rows (the first and the last among them)."""
-    if n * row_bytes <= FULL_HASH_BYTES or n <= SAMPLE_ROWS:
-        return None
-    return torch.linspace(0, n - 1, SAMPLE_ROWS).round().to(torch.int64).unique()
-
-
-def _label_attribute(source: object) -> torch.Tensor | None:
-    """A Dataset's ``.labels``/``.targets`` when it holds one integer per row (read without the images)."""
-    n = len(source)
-    for attr in ("labels", "targets"):
-        value = getattr(source, attr, None)
-        if value is None or callable(value):
-            continue
-        try:
-            lab = torch.as_tensor(value)
-        except (TypeError, ValueError, RuntimeError):
-            continue
-        if lab.dim() == 1 and lab.shape[0] == n and not lab.is_floating_point():
-            return lab.cpu().to(torch.int64)
-    return None
 
 
 def fingerprint(source: object) -> dict:
@@ -180,19 +154,20 @@ def fingerprint(source: object) -> dict:
     ``{"kind", "length", "shape" (one row), "dtype", "rows", "images", "labels", "label_rows"}``.
 
     ``images`` is the SHA-256 of the image bytes (as the source returns them: a tensor's rows, a
-    Dataset's images) of every row when they hold at most :data:`FULL_HASH_BYTES`, else of
-    :data:`SAMPLE_ROWS` evenly spaced rows, always the first and the last (``rows``: ``"all"`` or
-    ``"sample"``), read :data:`_READ` rows at a time (a Dataset is streamed, never held whole); the
+    Dataset's images) of the rows :func:`fastblend._io.hashed_rows` picks: every row up to 256 MiB, else
+    8,192 evenly spaced rows, always the first and the last (``rows``: ``"all"`` or ``"sample"``),
+    read :data:`_READ` rows at a time (a Dataset is streamed, never held whole); the
     same for a tensor and a Dataset holding the same images. ``labels`` (a Dataset only; ``None`` for
     a tensor) is the SHA-256 of the int64 labels: all of them from a ``.labels``/``.targets``
     attribute or when every row is read, else the hashed rows' (``label_rows``).
     """
     n = source_length(source)
     sample = source_sample(source)
-    rows = _hashed_rows(n, sample.numel() * sample.element_size())
+    rows = hashed_rows(n, sample.numel() * sample.element_size())
     idx = torch.arange(n) if rows is None else rows
     h_img = hashlib.sha256(f"{tuple(sample.shape)}|{sample.dtype}|{n}|".encode())
-    labels = None if isinstance(source, torch.Tensor) else _label_attribute(source)
+    labels = None if isinstance(source, torch.Tensor) else _attribute_labels(source, integers_only=True)
+    labels = None if labels is None else labels.to(torch.int64)
     from_rows: list[int] | None = None if isinstance(source, torch.Tensor) or labels is not None else []
     getitems = getattr(source, "__getitems__", None)
     for s in range(0, idx.numel(), _READ):
@@ -230,15 +205,14 @@ def _mismatch(where: str, what: str, got: object, want: object, expected: dict) 
 def check_fingerprint(source: object, expected: dict, where: str) -> None:
     """``ValueError`` (prefixed by ``where``) unless ``source`` matches the ``expected`` fingerprint:
     length, row shape and dtype first, then the content hashes (of the images; of the labels when
-    both sides have them over the same rows). A fingerprint saved before kind 2 (16 rows hashed, no
-    labels) is checked the way it was made."""
+    both sides have them over the same rows)."""
     if not (isinstance(source, torch.Tensor) or is_dataset_source(source)):
         raise TypeError(f"{where}: source must be the training images tensor or Dataset, got {type(source).__name__}")
     kind = expected.get("kind")
-    if kind is None and "hash" not in expected:
+    if kind is None:
         raise ValueError(f"{where}: the saved source fingerprint is missing or unreadable; rebuild the file from "
                          "its training images")
-    if kind is not None and kind != FINGERPRINT_KIND:
+    if kind != FINGERPRINT_KIND:
         raise ValueError(f"{where}: the saved source fingerprint is of kind {kind!r}, this fastblend checks kind "
                          f"{FINGERPRINT_KIND}; rebuild the file with this version")
     n = source_length(source)
@@ -247,11 +221,6 @@ def check_fingerprint(source: object, expected: dict, where: str) -> None:
     for key, what in (("length", "rows"), ("shape", "row shape"), ("dtype", "dtype")):
         if cheap[key] != expected.get(key):
             raise _mismatch(where, what, cheap[key], expected.get(key), expected)
-    if kind is None:  # the old kind: 16 evenly spaced rows
-        _, got = _legacy_hash(source)
-        if got != expected.get("hash"):
-            raise _mismatch(where, "content hash", got, expected.get("hash"), expected)
-        return
     got = fingerprint(source)
     if got["images"] != expected.get("images"):
         raise _mismatch(where, "content hash", got["images"][:16], str(expected.get("images"))[:16], expected)

@@ -51,15 +51,19 @@ def _reduced_view(obj: Any, name: str, fn: str) -> DataView:
 # ------------------------------------------------------------------------------------------------
 # streaming a map-style Dataset
 # ------------------------------------------------------------------------------------------------
+def dataset_items(dataset: Dataset, rows: Sequence[int]) -> list:
+    """Items ``rows`` of a map-style ``dataset``: one batched ``__getitems__`` call where it has one,
+    else one by one."""
+    getitems = getattr(dataset, "__getitems__", None)
+    return getitems(list(rows)) if callable(getitems) else [dataset[i] for i in rows]
+
+
 def fetch_batch(dataset: Dataset, indices: Sequence[int]) -> Any:
     """Items ``indices`` of a map-style ``dataset``, collated (``default_collate``): one
     :meth:`MemmapImages.take` read, the dataset's ``__getitems__`` where it has one, else item by item."""
     if isinstance(dataset, MemmapImages):
         return dataset.take(indices)
-    getitems = getattr(dataset, "__getitems__", None)
-    if callable(getitems):
-        return default_collate(getitems(list(indices)))
-    return default_collate([dataset[i] for i in indices])
+    return default_collate(dataset_items(dataset, indices))
 
 
 class _BatchReader(Dataset):

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .._io import hashed_rows
+from ..dataview import dataset_items
 from .checks import content_keys
 
 __all__ = ["FINGERPRINT_KIND", "ReorderedRows", "check_fingerprint", "fingerprint", "is_dataset_source",
@@ -55,8 +56,7 @@ def read_rows(source: object, idx: torch.Tensor, caller: str = "read_rows") -> t
     if not rows:
         first = source_sample(source, caller)
         return first.new_zeros((0,) + tuple(first.shape))
-    getitems = getattr(source, "__getitems__", None)
-    items = getitems(rows) if callable(getitems) else [source[i] for i in rows]
+    items = dataset_items(source, rows)
     return _stack(source, [_image_of(it, caller, i) for it, i in zip(items, rows)], rows, caller)
 
 
@@ -105,10 +105,9 @@ def source_labels(source: Dataset, caller: str) -> torch.Tensor:
     if lab is not None:
         return lab
     out = []
-    getitems = getattr(source, "__getitems__", None)
     for s in range(0, n, _READ):
         rows = list(range(s, min(s + _READ, n)))
-        items = getitems(rows) if callable(getitems) else [source[i] for i in rows]
+        items = dataset_items(source, rows)
         for it, i in zip(items, rows):
             if not isinstance(it, (tuple, list)) or len(it) < 2:
                 raise TypeError(f"{caller}: dataset rows must be (image, label) pairs, got {type(it).__name__} "
@@ -169,14 +168,13 @@ def fingerprint(source: object) -> dict:
     labels = None if isinstance(source, torch.Tensor) else _attribute_labels(source, integers_only=True)
     labels = None if labels is None else labels.to(torch.int64)
     from_rows: list[int] | None = None if isinstance(source, torch.Tensor) or labels is not None else []
-    getitems = getattr(source, "__getitems__", None)
     for s in range(0, idx.numel(), _READ):
         part = idx[s:s + _READ]
         if isinstance(source, torch.Tensor):
             _update(h_img, source[part.to(source.device)])
             continue
         rows_list = part.tolist()
-        items = getitems(rows_list) if callable(getitems) else [source[i] for i in rows_list]
+        items = dataset_items(source, rows_list)
         images = []
         for it, i in zip(items, rows_list):
             images.append(_image_of(it, "fingerprint", i))

@@ -34,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ._batchnorm import frozen_batchnorm_stats
 from ._device import module_device
-from .dataview import model_dtype
+from .dataview import check_batch_labels, model_dtype
 from .distributed import all_gather_rows, all_gather_rows_with_grad, is_distributed, row_shard
 from .ops._dispatch import BACKENDS
 from .ops.quantile_mmd import _check_params, quantile_mmd
@@ -458,19 +458,13 @@ class Accelerator:
                 plain = self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
                 unseen_logits = plain(ux)
         if not self._labels_checked:  # what quantile_mmd's validation does on one process, once
-            _check_label_range("Accelerator.loss", fy, uy, forget_logits.shape[1])
+            for name, labels in (("forget", fy), ("unseen", uy)):  # (>= 0 was checked at construction)
+                check_batch_labels(labels, forget_logits.shape[1], name, "Accelerator.loss")
             self._labels_checked = True
         # the transform needs only each sample's loss: gather M losses per set, not M x C logits
         forget_ce = all_gather_rows_with_grad(F.cross_entropy(forget_logits.double(), fy[parts[0]], reduction="none"))
         unseen_ce = all_gather_rows(F.cross_entropy(unseen_logits.double(), uy[parts[1]], reduction="none"))
         return self.criterion.from_losses(retain, forget_ce, unseen_ce)
-
-
-def _check_label_range(fn: str, forget_labels: torch.Tensor, unseen_labels: torch.Tensor, classes: int) -> None:
-    for name, labels in (("forget", forget_labels), ("unseen", unseen_labels)):
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= classes):
-            raise ValueError(f"{fn}: {name} labels must be in [0, {classes}) for the model's {classes} logits, got "
-                             f"[{int(labels.min())}, {int(labels.max())}]")
 
 
 def accelerate(model: nn.Module, forget_x: object, forget_y: object = None, unseen_x: torch.Tensor | None = None,

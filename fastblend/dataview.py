@@ -200,7 +200,7 @@ class DataView:
         if self.images is None:
             x, y = _unpack_batch(fetch_batch(self.dataset, idx.tolist()), self.name, "take")
             if self.num_classes is not None:
-                _check_batch_labels(y, self.num_classes, self.name, "take")
+                check_batch_labels(y, self.num_classes, self.name, "take")
             return x.to(device, self.image_dtype, non_blocking=True), y.to(device, non_blocking=True)
         idx = idx.to(self.images.device)
         return (self.images[idx].to(device, self.image_dtype, non_blocking=True),
@@ -227,7 +227,7 @@ class DataView:
                     if rows.stop <= rows.start:  # an empty part: _Slices read one row to keep the batch
                         x, y = x[:0], y[:0]
                 if self.num_classes is not None:
-                    _check_batch_labels(y, self.num_classes, self.name, fn)
+                    check_batch_labels(y, self.num_classes, self.name, fn)
                 yield x.to(device, self.image_dtype, non_blocking=True), y.to(device, non_blocking=True)
             return
         n = len(self)
@@ -354,7 +354,7 @@ def check_disjoint(retain: DataView, forget: DataView, fn: str) -> None:
                          f"both (e.g. {both[:5].tolist()})")
 
 
-def _check_batch_labels(labels: torch.Tensor, num_classes: int, name: str, fn: str) -> None:
+def check_batch_labels(labels: torch.Tensor, num_classes: int, name: str, fn: str) -> None:
     if labels.numel() and labels.device.type != "meta" and int(labels.max()) >= num_classes:
         raise ValueError(f"{fn}: {name} labels must be in [0, {num_classes}) (the model's output width), "
                          f"got {int(labels.max())}")

@@ -250,6 +250,7 @@ def _torchrun_group(cfg: ExperimentConfig):
     dist.init_process_group(backend)
     try:
         yield
+        dist.barrier()  # every rank done before the group goes: a peer leaving mid-collective aborts the others
     finally:
         dist.destroy_process_group()
 

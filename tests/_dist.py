@@ -29,7 +29,16 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str, fn, args, kwarg
         torch.save({"ok": True, "result": result}, Path(out_dir) / f"rank{rank}.pt")
     except BaseException:
         torch.save({"ok": False, "error": traceback.format_exc()}, Path(out_dir) / f"rank{rank}.pt")
+        dist.destroy_process_group()
         raise
+    # every rank done before any tears the group down: a rank leaving while its peer still has a
+    # collective in flight aborts the peer's process (gloo); garbage first, so no DDP reducer is left.
+    # A peer that failed has written its own traceback; this rank's result stands.
+    import gc
+
+    gc.collect()
+    try:
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

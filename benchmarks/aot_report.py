@@ -32,7 +32,7 @@ DEFAULT_ARCHS = (80, 90)
 
 
 def compile_all(archs: tuple[int, ...]) -> dict:
-    from fastblend.machine import machine_info
+    from fastblend.experiments.machine import machine_info
     from fastblend.ops import _aot
 
     rows, errors, uncovered = [], [], []

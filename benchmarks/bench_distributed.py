@@ -34,8 +34,9 @@ def _child(limit: int | None) -> None:
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         dist.init_process_group("gloo")
-    from fastblend import BlendIndex, distributed, extract_features, group, pipeline
-    from fastblend.data import load_dataset, make_split
+    from fastblend import BlendIndex, distributed, extract_features, group
+    from fastblend.datasets import load_dataset, make_split
+    from fastblend.experiments import pipeline
     from fastblend.methods import unlearn
     from fastblend.metrics import accuracy
 

@@ -32,7 +32,7 @@ from .runner import Recorder, measure, parser
 
 
 def load_animal_mnist(limit_per_class: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The real animal-mnist images (fastblend.data): the first ``limit_per_class`` training images
+    """The real animal-mnist images (fastblend.datasets): the first ``limit_per_class`` training images
     of each class, or all 10,000 (train and test splits together)."""
     train, test = load_dataset("animal-mnist", per_class=limit_per_class)
     if limit_per_class is not None:

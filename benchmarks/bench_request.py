@@ -37,10 +37,10 @@ import time
 import torch
 
 import fastblend
-from fastblend import pipeline
 from fastblend._device import synchronize
+from fastblend.experiments import pipeline
+from fastblend.experiments.pipeline import DEMO, default_ipc
 from fastblend.models import ConvNet3
-from fastblend.pipeline import DEMO, default_ipc
 
 from .runner import Recorder, Timing, measure, parser
 

@@ -30,10 +30,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from fastblend import BlendIndex, extract_features, group, pipeline
+from fastblend import BlendIndex, extract_features, group
 from fastblend.aamu import AAMULoss
-from fastblend.data import load_dataset, make_split
-from fastblend.machine import machine_info
+from fastblend.datasets import load_dataset, make_split
+from fastblend.experiments import pipeline
+from fastblend.experiments.machine import machine_info
 from fastblend.methods import unlearn
 from fastblend.tracking import Band, Tracker, eval_every_for, planned_steps, time_to_target
 

@@ -17,7 +17,7 @@ ROW schema::
       "repeats":   5,                 # timed runs (after `warmup` untimed ones)
       "warmup":    1,
       "metrics":   {...},             # anything else measured: peak_bytes, loss, objective ...
-      "machine":   {...}              # fastblend.machine.machine_info(), the same for every row of a file
+      "machine":   {...}              # fastblend.experiments.machine.machine_info(), the same for every row of a file
     }
 
 Within one (benchmark, case, variant) the rows compare like for like: the summary reports each
@@ -41,7 +41,7 @@ from typing import Any, Callable
 import torch
 
 from fastblend._device import synchronize
-from fastblend.machine import machine_info
+from fastblend.experiments.machine import machine_info
 
 DEFAULT_OUT = Path("fastblend-out/bench")
 

@@ -16,17 +16,19 @@ The public API, in the groups the README follows:
 - **Kernels**: :func:`segment_blend`, :func:`quantile_transform`, :func:`quantile_mmd`, and which
   backend runs them: :func:`available_backends`, :func:`explain`.
 
-Everything else lives in its module: timing (``fastblend.metrics.StageTimer``), plots
-(``fastblend.plots``), the literal research-code Blend (``fastblend.condense_reference``), the
-end-to-end runs (``fastblend.pipeline``) and the kernels' plain-PyTorch oracle (``fastblend.ops.reference``).
+Everything else lives in its module: timing (``fastblend.metrics.StageTimer``), the literal
+research-code Blend (``fastblend.condense_reference``) and the kernels' plain-PyTorch oracle
+(``fastblend.ops.reference``). The experiment wing, ``fastblend.experiments`` (the end-to-end runs,
+their settings, results, cache and plots, and the command line), is built on this library; nothing
+here imports it.
 """
 
+from ._version import package_version as _package_version
 from .aamu import AAMULoss, AAMULossOutput, Accelerator, ForgetSampler, UnseenSampler, accelerate, steepen
 from .condense import Blender, BlendIndex, ReducedRetainSet, condense
-from .data import load_dataset, make_split
+from .datasets import load_dataset, make_split
 from .dropin import prepare_unlearning
 from .grouping import Clustering, extract_features, group
-from .machine import package_version as _package_version
 from .memmap import MemmapImages
 from .methods import UnlearnResult, available_methods, presets, train_model, unlearn
 from .metrics import accuracy, mia_score, svc_mia

@@ -33,7 +33,7 @@ from .aamu import AAMULossOutput, Accelerator
 from .condense import BlendIndex, ReducedRetainSet
 from .condense.checks import content_keys
 from .condense.source import is_dataset_source, read_rows, row_keys, source_labels, source_sample
-from .dataview import as_data
+from .data_adapter import as_data
 
 __all__ = ["AAMUCriterion", "PreparedUnlearning", "prepare_unlearning"]
 

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from . import distributed as dist
 from ._device import module_device
-from .dataview import stream_batches
+from .data_adapter import stream_batches
 
 __all__ = ["extract_features"]
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from ._device import synchronize
 from ._io import atomic_write_text
-from .dataview import as_data, model_device, model_dtype
+from .data_adapter import as_data, model_device, model_dtype
 
 
 def _eval_device(model: nn.Module, device: torch.device | str | None, fn: str) -> torch.device:

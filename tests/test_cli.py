@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastblend import cli, pipeline
+from fastblend.experiments import cli, pipeline
 from fastblend.methods import accelerated, config_class
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -188,8 +188,8 @@ def test_every_method_in_help_runs_or_is_refused_up_front(tmp_path, capsys):
 # --------------------------------------------------------------------------------------------
 _CHILD_PREFIX = """
 import os, sys, time
-import fastblend.pipeline as pipeline
-from fastblend import cli
+import fastblend.experiments.pipeline as pipeline
+from fastblend.experiments import cli
 """
 
 
@@ -367,7 +367,7 @@ def test_a_bad_setting_from_a_config_file_is_named_with_the_file(tmp_path, capsy
 
 
 def test_a_small_time_budget_is_printed_with_its_digits():
-    from fastblend.results import format_table
+    from fastblend.experiments.results import format_table
 
     row = {"variant": "base", "method": "finetune", "retain_acc": 1.0, "forget_acc": 1.0, "test_acc": 1.0,
            "mia": 50.0, "stopped_at_budget": 1.0, "budget_seconds": 0.001}

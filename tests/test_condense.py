@@ -434,7 +434,9 @@ def test_condense_groups_when_no_clustering_given(tmp_path):
     again = condense(images, labels, forget, clustering=clustering, iterations=3, seed=1, progress=False)
     assert rows(r) == rows(again)
     _check_split(again, images, labels, clustering, set(forget.tolist()))
-    png = fastblend.plots.save_blend_grid(again, images, clustering, tmp_path / "grid.png", n=3)
+    from fastblend.experiments.plots import save_blend_grid
+
+    png = save_blend_grid(again, images, clustering, tmp_path / "grid.png", n=3)
     assert png.stat().st_size > 0 and png.read_bytes()[:4] == b"\x89PNG"
 
 

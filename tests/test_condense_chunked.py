@@ -336,7 +336,7 @@ def test_unlearn_on_a_dataset_backed_reduced_set_streams_it_and_equals_the_tenso
 
     from torch import nn
 
-    from fastblend.dataview import as_data
+    from fastblend.data_adapter import as_data
 
     x, y, ds, _, _, streamed = runs
     assert not streamed.in_memory

@@ -1,4 +1,4 @@
-"""Tests for fastblend.data: the built-in datasets, the local-folder loaders (on tiny fake files
+"""Tests for fastblend.datasets: the built-in datasets, the local-folder loaders (on tiny fake files
 written here in torchvision's formats) and the docs/method.md §6 split."""
 
 import pickle
@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from fastblend import data as fd
-from fastblend import readers
-from fastblend.data import ImageData, load_dataset, make_split
+from fastblend import dataset_readers as readers
+from fastblend.datasets import ImageData, load_dataset, make_split
 
 # ---------------------------------------------------------------------------------------------
 # built-in datasets

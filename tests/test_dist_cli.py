@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastblend import pipeline
-from fastblend.experiment import ExperimentConfig
+from fastblend.experiments import pipeline
+from fastblend.experiments.settings import ExperimentConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--dataset", "digits", "--limit", "100", "--width", "4", "--ipc", "2", "--blend-iterations", "1",

@@ -18,14 +18,13 @@ PACKAGE = Path(__file__).resolve().parent.parent / "fastblend"
 
 # Layer of each top-level module or subpackage of fastblend (lower numbers are lower layers).
 LAYERS = {
-    "_batchnorm": 0, "_device": 0, "_io": 0, "_progress": 0, "machine": 0, "ops": 0, "plots": 0,
-    "models": 1, "imagedata": 1, "dataview": 1, "readers": 1, "memmap": 1,
-    "data": 2, "kmeans": 2, "features": 2,
+    "_batchnorm": 0, "_device": 0, "_io": 0, "_progress": 0, "_version": 0, "ops": 0,
+    "models": 1, "labelled_images": 1, "data_adapter": 1, "dataset_readers": 1, "memmap": 1,
+    "datasets": 2, "kmeans": 2, "features": 2,
     "grouping": 3, "distributed": 0,
-    "condense": 4, "condense_reference": 5, "aamu": 4, "experiment": 6, "results": 7,
-    "methods": 5, "metrics": 5, "tracking": 5, "dropin": 6, "cache": 6,
-    "pipeline": 7,
-    "cli": 8, "__main__": 9, "__init__": 9,
+    "condense": 4, "condense_reference": 5, "aamu": 4,
+    "methods": 5, "metrics": 5, "tracking": 5, "dropin": 6,
+    "experiments": 8, "__main__": 9, "__init__": 9,
 }
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import fastblend
-from fastblend import cli, pipeline
-from fastblend.pipeline import ExperimentConfig
+from fastblend.experiments import cli, pipeline
+from fastblend.experiments.pipeline import ExperimentConfig
 
 TINY = dict(limit=400, width=8, ipc=8, blend_iterations=2,
             train_config={"epochs": 1, "lr": 0.05, "batch_size": 64},
@@ -171,7 +171,7 @@ def test_original_model_is_deterministic_given_seed(tmp_path):
 
 
 def test_blend_preset_and_width_reach_the_index(tmp_path):
-    from fastblend.experiment import BLEND_PRESETS
+    from fastblend.experiments.settings import BLEND_PRESETS
 
     args = cli.build_parser().parse_args(["run", "--blend-preset", "fast"])
     cfg = cli._config_from_args(args, ExperimentConfig())

@@ -74,7 +74,7 @@ matplotlib.use("svg")  # stands in for a notebook's inline backend
 import matplotlib.pyplot as plt
 import torch
 import fastblend
-from fastblend import plots
+from fastblend.experiments import plots
 
 before = matplotlib.get_backend()
 g = torch.Generator().manual_seed(0)

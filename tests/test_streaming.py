@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 import fastblend
-from fastblend.dataview import as_data
+from fastblend.data_adapter import as_data
 from fastblend.metrics import accuracy, mia_score, predict_logits, svc_mia
 
 

@@ -122,7 +122,7 @@ def test_unlearn_rejects_bad_callback_arguments():
 
 
 def test_pipeline_reports_time_to_target_and_plots_quality_against_time(tmp_path):
-    from fastblend import pipeline
+    from fastblend.experiments import pipeline
 
     cfg = pipeline.with_overrides(
         pipeline.ExperimentConfig(), out=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"), limit=400, width=8,

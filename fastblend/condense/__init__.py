@@ -23,10 +23,9 @@ Modules, one concern each:
 
 ``__all__`` below is the public API. The names each submodule lists in its own ``__all__`` are
 fastblend-internal (shared between these modules and ``fastblend.condense_reference``), not a
-stable API. :func:`save_blend_grid` lives in :mod:`fastblend.plots` and is re-exported here.
+stable API.
 """
 
-from ..plots import save_blend_grid
 from .blend import CPU_CHUNK as CPU_CHUNK
 from .blend import MOMENTUM as MOMENTUM
 from .blend import BlendResult, blend_clusters, check_matcher
@@ -48,5 +47,4 @@ __all__ = [
     "check_matcher",
     "condense",
     "matcher_seed",
-    "save_blend_grid",
 ]

@@ -156,7 +156,7 @@ def as_image_tensors(caller: str, data: object, labels: object) -> tuple[object,
         return data, labels
     from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-    from ..dataview import as_data
+    from ..data_adapter import as_data
 
     if labels is not None:
         raise TypeError(f"{caller}: labels must be None when the data is a {type(data).__name__} "

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .._io import hashed_rows
-from ..dataview import dataset_items
+from ..data_adapter import dataset_items
 from .checks import content_keys
 
 __all__ = ["FINGERPRINT_KIND", "ReorderedRows", "check_fingerprint", "fingerprint", "is_dataset_source",

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..dataview import as_data, cast_to_model, check_disjoint, check_label_range, model_device, model_dtype
+from ..data_adapter import as_data, cast_to_model, check_disjoint, check_label_range, model_device, model_dtype
 from ..tracking import StepClock
 from .accelerated import (
     ABadTeacherConfig,

@@ -23,7 +23,7 @@ from torch import nn
 from .._device import synchronize
 from .._progress import bar as progress_bar
 from .._progress import progress_enabled
-from ..dataview import CyclicBatches, DataView, model_device
+from ..data_adapter import CyclicBatches, DataView, model_device
 from ..distributed import all_gather_rows, all_gather_rows_with_grad, is_distributed, row_shard, world_size
 from ..ops._dispatch import backend_for
 from ..tracking import StepClock

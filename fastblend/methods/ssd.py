@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..dataview import DataView
+from ..data_adapter import DataView
 from .base import RunData, TrainOutcome
 from .config import RuntimeConfig
 from .context import RunContext

@@ -15,7 +15,7 @@ Datasets (``DATASETS``; :func:`dataset_info` describes each):
   admits only builtin containers and numpy arrays (a pickle naming any other global is refused).
 
 The readers return raw ``uint8 [N, C, H, W]`` images and ``int64 [N]`` labels;
-:func:`fastblend.data.load_dataset` splits, slices and normalises them.
+:func:`fastblend.datasets.load_dataset` splits, slices and normalises them.
 """
 
 from __future__ import annotations

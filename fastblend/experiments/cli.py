@@ -14,7 +14,7 @@ command line or the configuration (nothing was run); 130 interrupted (Ctrl-C); 1
 Many processes: ``torchrun --nproc_per_node=P -m fastblend run ...`` (or ``python -m
 torch.distributed.run``). ``run`` and ``demo`` find torchrun's ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``,
 initialise the default process group (NCCL with device ``cuda:LOCAL_RANK`` when the device is CUDA,
-gloo on CPU) and run the experiment data parallel (:mod:`fastblend.pipeline`); only rank 0 prints,
+gloo on CPU) and run the experiment data parallel (:mod:`fastblend.experiments.pipeline`); only rank 0 prints,
 logs and writes files.
 """
 
@@ -33,12 +33,12 @@ import warnings
 from dataclasses import fields
 from pathlib import Path
 
+from ..distributed import is_main_process
+from ..methods import METHODS, accelerated
 from . import pipeline
-from .distributed import is_main_process
-from .experiment import BLEND_PRESETS
 from .machine import package_version
-from .methods import METHODS, accelerated
 from .pipeline import DEMO, ConfigError, ExperimentConfig
+from .settings import BLEND_PRESETS
 
 # the flag that sets each ExperimentConfig setting, where it is not simply --<setting with dashes>
 _FLAGS = {"base_config": "--epochs", "train_config": "--train-epochs", "retrain_config": "--retrain-epochs",
@@ -190,7 +190,7 @@ def _config_from_args(args: argparse.Namespace, base: ExperimentConfig) -> Exper
             overrides[name] = value
     cfg = pipeline.with_overrides(base, **overrides)
     if getattr(args, "preset", None):
-        from .methods import presets
+        from ..methods import presets
 
         try:
             cfg.base_config = {**presets(args.preset, cfg.method), **cfg.base_config}
@@ -293,7 +293,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_condense(args: argparse.Namespace) -> int:
     import torch
 
-    from .data import load_dataset, make_split
+    from ..datasets import load_dataset, make_split
     from .plots import save_blend_grid
 
     cfg = _config_from_args(args, ExperimentConfig())

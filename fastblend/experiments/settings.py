@@ -11,14 +11,14 @@ from typing import Any
 
 import torch
 
-from .condense.core import blend_lr
-from .data import dataset_info
-from .methods import TrainModelConfig, accelerated, config_class
-from .methods.config import resolve_config
-from .models import MODELS
-from .ops._dispatch import BACKENDS, available_backends
-from .readers import canonical_name
-from .tracking import Band
+from ..condense.core import blend_lr
+from ..dataset_readers import canonical_name
+from ..datasets import dataset_info
+from ..methods import TrainModelConfig, accelerated, config_class
+from ..methods.config import resolve_config
+from ..models import MODELS
+from ..ops._dispatch import BACKENDS, available_backends
+from ..tracking import Band
 
 VARIANTS = ("original", "retrain", "base", "accelerated")
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._io import atomic_save, hashed_rows
+from .._io import atomic_save, hashed_rows
 
 KEY_VERSION = 3
 
@@ -109,7 +109,7 @@ def load_index(path: Path) -> Any:
     cannot be read (then a ``RuntimeWarning`` names the file and the caller rebuilds it)."""
     if not path.exists():
         return None
-    from .condense import BlendIndex
+    from ..condense import BlendIndex
 
     try:
         return BlendIndex.load(path)

@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from ._io import atomic_write_text
-from .experiment import VARIANTS, ConfigError, ExperimentConfig
+from .._io import atomic_write_text
+from .settings import VARIANTS, ConfigError, ExperimentConfig
 
 # --------------------------------------------------------------------------------------------
 # many repetitions, aggregation and files

@@ -6,7 +6,7 @@ Two steps, both deterministic::
     split = make_split(train, test, forget="uniform", seed=0)
     retain_x, retain_y = split.retain_tensors()
 
-The datasets, and how their files are read, are in :mod:`fastblend.readers` (its names, e.g.
+The datasets, and how their files are read, are in :mod:`fastblend.dataset_readers` (its names, e.g.
 ``DATASETS`` and :func:`dataset_info`, are importable from here too).
 
 Pixels are scaled to [0, 1] and then normalised per channel, ``(x - mean) / std``. With
@@ -27,11 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .imagedata import ImageData, _check_indices
-from .memmap import MemmapImages
-
-# The dataset catalogue lives in readers; fastblend.data stays the public home of its names.
-from .readers import (
+# The dataset catalogue lives in readers; fastblend.datasets stays the public home of its names.
+from .dataset_readers import (
     _CIFAR_NAMES,  # noqa: F401  (the tests read it here)
     _INFO,
     ANIMAL_MNIST_INSTALL,
@@ -48,6 +45,8 @@ from .readers import (
     dataset_info,
     default_data_root,
 )
+from .labelled_images import ImageData, _check_indices
+from .memmap import MemmapImages
 
 __all__ = ["ANIMAL_MNIST_INSTALL", "DATASETS", "DEFAULT_DATASET", "NORMALIZATIONS", "DatasetInfo", "ImageData",
            "MemmapImages", "UnlearningSplit", "canonical_name", "dataset_info", "default_data_root", "load_dataset",

@@ -1,6 +1,6 @@
 """:class:`ImageData`: a labelled, normalised image set held in memory (a torch ``Dataset``).
 
-What :func:`fastblend.data.load_dataset` returns and :func:`fastblend.data.make_split` splits; it
+What :func:`fastblend.datasets.load_dataset` returns and :func:`fastblend.datasets.make_split` splits; it
 knows its normalisation constants (:meth:`ImageData.denormalize` undoes them for plots).
 """
 

@@ -12,8 +12,8 @@ One repetition (seed):
 6. evaluation of every model on the real retain set, the forget set, the held-out evaluation split
    and the MIA of docs/method.md §4.
 
-Results (JSON + CSV), the settings and plots go to the output folder (:mod:`fastblend.results`;
-``summarise`` aggregates seeds into mean ± std); the settings are :mod:`fastblend.experiment`'s.
+Results (JSON + CSV), the settings and plots go to the output folder (:mod:`fastblend.experiments.results`;
+``summarise`` aggregates seeds into mean ± std); the settings are :mod:`fastblend.experiments.settings`'s.
 
 Under ``torch.distributed`` (``torchrun --nproc_per_node=P -m fastblend run ...``; the command line
 initialises the default group) every rank runs the same seeds on the same data: training and
@@ -35,12 +35,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..condense import Blender, BlendIndex, ReducedRetainSet, condense
+from ..condense.core import blend_lr
+from ..datasets import dataset_info, load_dataset, make_split
+from ..distributed import all_gather_objects, is_distributed, is_main_process, world_size
+from ..grouping import Clustering, extract_features, group
+from ..methods import train_model as _train_model
+from ..methods import unlearn
+from ..metrics import StageTimer, accuracy, mia_score_from_logits, predict_logits
+from ..models import ConvNet3, build_model
+from ..tracking import Band, Tracker, eval_every_for, planned_steps, time_to_target
 from . import cache
-from .condense import Blender, BlendIndex, ReducedRetainSet, condense
-from .condense.core import blend_lr
-from .data import dataset_info, load_dataset, make_split
-from .distributed import all_gather_objects, is_distributed, is_main_process, world_size
-from .experiment import (
+from .machine import machine_info
+from .results import format_table, plots_available, prepare_output, summarise, write_results
+from .settings import (
     DEMO,
     DEMO_RECIPE,
     NOT_PER_REQUEST,
@@ -51,17 +59,9 @@ from .experiment import (
     resolve_device,
     with_overrides,
 )
-from .grouping import Clustering, extract_features, group
-from .machine import machine_info
-from .methods import train_model as _train_model
-from .methods import unlearn
-from .metrics import StageTimer, accuracy, mia_score_from_logits, predict_logits
-from .models import ConvNet3, build_model
-from .results import format_table, plots_available, prepare_output, summarise, write_results
-from .tracking import Band, Tracker, eval_every_for, planned_steps, time_to_target
 
-# the settings (fastblend.experiment) and the result files (fastblend.results) are re-exported here,
-# where the command line and users have always found them
+# the settings (.settings) and the result files (.results) are re-exported here, where the command
+# line and users have always found them
 __all__ = ["DEMO", "DEMO_RECIPE", "NOT_PER_REQUEST", "STAGES", "VARIANTS", "ConfigError", "ExperimentConfig",
            "check_against_data", "default_ipc", "evaluate", "format_table", "original_model", "plots_available",
            "prepare_output", "reduce_retain", "run_experiment", "run_rounds", "run_seed", "summarise",
@@ -91,7 +91,7 @@ def original_model(cfg: ExperimentConfig, train_images: torch.Tensor, train_labe
                    num_classes: int, seed: int, device: torch.device, progress: bool) -> tuple[nn.Module, float, bool]:
     """The trained model to unlearn from, trained on the whole training set or loaded from the cache.
 
-    Returns ``(model, training seconds, loaded_from_cache)``. The cache (:mod:`fastblend.cache`) is keyed
+    Returns ``(model, training seconds, loaded_from_cache)``. The cache (:mod:`fastblend.experiments.cache`) is keyed
     by the model and training settings, the seed and a fingerprint of the training data.
     """
     settings = {"dataset": cfg.dataset, "per_class": cfg.per_class, "limit": cfg.limit, "model": cfg.model,
@@ -191,8 +191,8 @@ def blend_matcher(cfg: ExperimentConfig, images: torch.Tensor, seed: int, device
     seeded with ``matcher_seed(seed)``) or the same network at ``cfg.blend_width`` channels."""
     if cfg.blend_width == 128:
         return None
-    from .condense import matcher_seed
-    from .models import random_convnet
+    from ..condense import matcher_seed
+    from ..models import random_convnet
 
     dev = device if device is not None else images.device
     return random_convnet(images.shape[1], images.shape[-1], matcher_seed(seed), device=dev, width=cfg.blend_width)

@@ -1,22 +1,16 @@
-"""What a result names the machine by: versions, CPU, threads and the GPU (imports only torch and the
-standard library, so every layer and the benchmarks may use it)."""
+"""What a result names the machine by: versions, CPU, threads and the GPU (the runs and the benchmarks
+record it)."""
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import platform
 
 import torch
 
+from .._version import package_version
 
-def package_version(distribution: str = "fastblend") -> str | None:
-    """Installed version of ``distribution`` from its package metadata; for fastblend itself an
-    uninstalled source tree gives ``"0+unknown"``, any other missing distribution ``None``."""
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return "0+unknown" if distribution == "fastblend" else None
+__all__ = ["machine_info", "package_version"]
 
 
 def machine_info() -> dict:

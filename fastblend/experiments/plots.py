@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from .condense import ReducedRetainSet
-    from .grouping import Clustering
+    from ..condense import ReducedRetainSet
+    from ..grouping import Clustering
 
 
 def _figure(**kwargs):

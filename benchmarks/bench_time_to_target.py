@@ -35,8 +35,8 @@ from fastblend.aamu import AAMULoss
 from fastblend.datasets import load_dataset, make_split
 from fastblend.experiments import pipeline
 from fastblend.experiments.machine import machine_info
-from fastblend.methods import unlearn
-from fastblend.tracking import Band, Tracker, eval_every_for, planned_steps, time_to_target
+from fastblend.methods import planned_steps, unlearn
+from fastblend.tracking import Band, Tracker, eval_every_for, time_to_target
 
 #: A-AMU step settings against the paper's (docs/method.md §2.4: forget and unseen batches of 4B, a
 #: new unseen batch every step, separate forwards)

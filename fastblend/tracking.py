@@ -240,16 +240,4 @@ def eval_every_for(steps: int, evaluations: int) -> int:
     return max(1, math.ceil(max(steps, 1) / evaluations))
 
 
-def planned_steps(method: str, config: object, retain_size: int) -> int:
-    """Optimiser steps ``unlearn(method, ..., config=config)`` takes on ``retain_size`` retain rows
-    (epochs x batches; extra passes such as SCRUB's forget pass are not counted): what
-    :func:`eval_every_for` spreads evaluations over."""
-    from .methods import config_class
-    from .methods.config import resolve_config
-
-    cfg = resolve_config(config, config_class(method), "planned_steps")
-    batch = getattr(cfg, "batch_size", retain_size) or 1
-    return getattr(cfg, "epochs", 1) * math.ceil(retain_size / batch)
-
-
-__all__ = ["Band", "CurvePoint", "StepClock", "Tracker", "eval_every_for", "planned_steps", "time_to_target"]
+__all__ = ["Band", "CurvePoint", "StepClock", "Tracker", "eval_every_for", "time_to_target"]

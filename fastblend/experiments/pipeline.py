@@ -40,11 +40,11 @@ from ..condense.core import blend_lr
 from ..datasets import dataset_info, load_dataset, make_split
 from ..distributed import all_gather_objects, is_distributed, is_main_process, world_size
 from ..grouping import Clustering, extract_features, group
+from ..methods import planned_steps, unlearn
 from ..methods import train_model as _train_model
-from ..methods import unlearn
 from ..metrics import StageTimer, accuracy, mia_score_from_logits, predict_logits
 from ..models import ConvNet3, build_model
-from ..tracking import Band, Tracker, eval_every_for, planned_steps, time_to_target
+from ..tracking import Band, Tracker, eval_every_for, time_to_target
 from . import cache
 from .machine import machine_info
 from .results import format_table, plots_available, prepare_output, summarise, write_results

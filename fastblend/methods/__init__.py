@@ -10,6 +10,7 @@ a dataclass whose defaults are the paper's hyperparameters (docs/method.md) (:fu
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable
@@ -117,6 +118,15 @@ def accelerated(method: str) -> str:
 def config_class(method: str) -> type:
     """The config dataclass of ``method``; its defaults are the paper's hyperparameters (docs/method.md)."""
     return _spec(method, "config_class").config_class
+
+
+def planned_steps(method: str, config: object, retain_size: int) -> int:
+    """Optimiser steps ``unlearn(method, ..., config=config)`` takes on ``retain_size`` retain rows
+    (epochs x batches; extra passes such as SCRUB's forget pass are not counted): what
+    :func:`fastblend.tracking.eval_every_for` spreads evaluations over."""
+    cfg = resolve_config(config, config_class(method), "planned_steps")
+    batch = getattr(cfg, "batch_size", retain_size) or 1
+    return getattr(cfg, "epochs", 1) * math.ceil(retain_size / batch)
 
 
 PRESET_DATASETS = ("cifar10", "svhn", "cinic10")
@@ -383,6 +393,7 @@ __all__ = [
     "accelerated",
     "available_methods",
     "config_class",
+    "planned_steps",
     "presets",
     "train_model",
     "unlearn",

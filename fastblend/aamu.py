@@ -34,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ._batchnorm import frozen_batchnorm_stats
 from ._device import module_device
-from .data_adapter import check_batch_labels, model_dtype
+from .data_adapter import as_tensors, check_batch_labels, model_dtype
 from .distributed import all_gather_rows, all_gather_rows_with_grad, is_distributed, row_shard
 from .ops._dispatch import BACKENDS
 from .ops.quantile_mmd import _check_params, quantile_mmd
@@ -477,9 +477,7 @@ def accelerate(model: nn.Module, forget_x: object, forget_y: object = None, unse
     ``accelerate(model, forget, unseen)`` with each set a ``DataLoader``, a ``Dataset`` or an
     ``(images, labels)`` pair (read into memory once)."""
     if unseen_x is None and unseen_y is None and forget_y is not None and not isinstance(forget_x, torch.Tensor):
-        from .data_adapter import as_data
-
-        forget = as_data(forget_x, "forget", "accelerate").materialise("accelerate")
-        unseen = as_data(forget_y, "unseen", "accelerate").materialise("accelerate")
-        forget_x, forget_y, unseen_x, unseen_y = forget.images, forget.labels, unseen.images, unseen.labels
+        forget, unseen = forget_x, forget_y  # accelerate(model, forget, unseen)
+        forget_x, forget_y = as_tensors(forget, "forget", "accelerate")
+        unseen_x, unseen_y = as_tensors(unseen, "unseen", "accelerate")
     return Accelerator(model, forget_x, forget_y, unseen_x, unseen_y, **kwargs)

@@ -1,14 +1,21 @@
-"""The data adapter of ``unlearn`` and the metrics: any data argument -> one :class:`DataView`.
+"""The one data adapter: every data argument of the library -> what its engines read.
 
-:func:`as_data` accepts tensor pairs/triples, a ``ReducedRetainSet``, ``Subset``/``TensorDataset``/
-any map-style ``Dataset`` or a ``DataLoader``; a :class:`DataView` serves its seeded batches on a
-device (:class:`CyclicBatches` endlessly). A map-style ``Dataset`` that is not already tensors (e.g. a
-:class:`fastblend.memmap.MemmapImages`) is streamed, never read whole: each pass draws the same seeded
-permutation as in-memory data and reads its batches through a ``DataLoader`` (:func:`stream_batches`,
-:func:`fetch_batch`), so the batches equal those of the same data held as tensors. Also the checks on
-data arguments (disjoint retain/forget, labels within the model's output width) and
-:func:`model_device`. Imports nothing else from fastblend but ``_device`` and ``memmap``, so both
-``fastblend.methods`` and ``fastblend.metrics`` build on it.
+Tensors, ``(images, labels)`` pairs, a ``ReducedRetainSet``, ``Subset``/``TensorDataset``/any map-style
+``Dataset`` (a :class:`fastblend.memmap.MemmapImages` too) and ``DataLoader``\\ s come in here and leave
+as one :class:`DataView` (:func:`as_data`), as in-memory tensors (:func:`as_tensors`), or, where forget
+indices name rows, as the rows in the dataset's own order (:func:`indexed_rows`). One predicate per
+question: :func:`is_streamed_dataset` (read in batches, never whole?), :func:`reads_in_dataset_order`
+(does a loader yield its dataset's rows in the dataset's order?).
+
+A :class:`DataView` serves its seeded batches on a device (:class:`CyclicBatches` endlessly). A
+map-style ``Dataset`` that is not already tensors is streamed, never read whole: each pass draws the
+same seeded permutation as in-memory data and reads its batches through a ``DataLoader``
+(:func:`stream_batches`, :func:`fetch_batch`), so the batches equal those of the same data held as
+tensors. A ``DataLoader`` is streamed as is (its own order, shuffling and transforms), except one over
+an ``IterableDataset``, which has no length to stream by and is read once, into memory. Also the
+checks on data arguments (disjoint retain/forget, labels within the model's output width) and
+:func:`model_device`. Imports nothing else from fastblend but ``_device`` and ``memmap``, so every
+engine builds on it.
 """
 
 from __future__ import annotations
@@ -19,7 +26,17 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset, TensorDataset, default_collate
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    IterableDataset,
+    Sampler,
+    SequentialSampler,
+    Subset,
+    TensorDataset,
+    default_collate,
+)
 
 from ._device import module_device
 from .memmap import MemmapImages
@@ -254,20 +271,25 @@ class CyclicBatches:
         return self.view.take(idx, self.device)
 
 
+def _check_pair(x: torch.Tensor, y: torch.Tensor, name: str, fn: str, where: str = "") -> None:
+    """The checks every ``(images, labels)`` pair meets, in memory or one loader batch (``where``):
+    floating images, 1-D integer labels >= 0, one per image."""
+    if not x.is_floating_point():
+        raise TypeError(f"{fn}: {name} images must be a floating-point tensor, got {x.dtype}{where}")
+    if y.dim() != 1 or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise TypeError(f"{fn}: {name} labels must be a 1-D integer tensor, got {y.dtype} of shape "
+                        f"{tuple(y.shape)}{where} (float labels would be truncated)")
+    if x.dim() < 1 or x.shape[0] != y.shape[0]:
+        raise ValueError(f"{fn}: {name}{where} has {x.shape[0] if x.dim() else 0} images but {y.shape[0]} labels")
+    if y.numel() and y.device.type != "meta" and int(y.min()) < 0:
+        raise ValueError(f"{fn}: {name} labels must be >= 0, got {int(y.min())}")
+
+
 def _unpack_batch(batch: Any, name: str, fn: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(images, labels)`` of one loader batch, held to the checks of in-memory data (floating images,
-    1-D integer labels >= 0, one per image)."""
+    """``(images, labels)`` of one loader batch, held to the checks of in-memory data."""
     if isinstance(batch, (tuple, list)) and len(batch) >= 2 and torch.is_tensor(batch[0]) and torch.is_tensor(batch[1]):
         x, y = batch[0], batch[1]
-        if not x.is_floating_point():
-            raise TypeError(f"{fn}: {name} images must be a floating-point tensor, got {x.dtype} in a batch")
-        if y.dim() != 1 or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-            raise TypeError(f"{fn}: {name} labels must be a 1-D integer tensor, got {y.dtype} of shape "
-                            f"{tuple(y.shape)} in a batch (float labels would be truncated)")
-        if x.dim() < 1 or x.shape[0] != y.shape[0]:
-            raise ValueError(f"{fn}: {name} batch has {x.shape[0] if x.dim() else 0} images but {y.shape[0]} labels")
-        if y.numel() and y.device.type != "meta" and int(y.min()) < 0:
-            raise ValueError(f"{fn}: {name} labels must be >= 0, got {int(y.min())}")
+        _check_pair(x, y, name, fn, " in a batch")
         return x, y.long()
     raise TypeError(f"{fn}: {name} batches must be (images, labels, ...) tuples of tensors; got {type(batch).__name__}")
 
@@ -276,21 +298,12 @@ def _tensor_view(name: str, images: Any, labels: Any, indices: Any, reduced: boo
     if not torch.is_tensor(images) or not torch.is_tensor(labels):
         raise TypeError(f"{fn}: {name}: images and labels must be tensors; got {type(images).__name__} and "
                         f"{type(labels).__name__}")
-    if not images.is_floating_point():
-        raise TypeError(f"{fn}: {name} images must be a floating-point tensor, got {images.dtype}")
-    if labels.dim() != 1 or labels.is_floating_point() or labels.dtype == torch.bool:
-        raise TypeError(f"{fn}: {name} labels must be a 1-D integer tensor, got {labels.dtype} of shape "
-                        f"{tuple(labels.shape)}")
-    if images.dim() < 1 or images.shape[0] != labels.shape[0]:
-        n_images = images.shape[0] if images.dim() else 0
-        raise ValueError(f"{fn}: {name} has {n_images} images but {labels.shape[0]} labels")
+    _check_pair(images, labels, name, fn)
     if images.device != labels.device:
         raise ValueError(f"{fn}: {name} images are on {images.device} but labels on {labels.device}; "
                          "expected one device")
     if labels.shape[0] == 0:
         raise ValueError(f"{fn}: {name} is empty")
-    if labels.device.type != "meta" and int(labels.min()) < 0:
-        raise ValueError(f"{fn}: {name} labels must be >= 0, got {int(labels.min())}")
     if indices is not None:
         indices = torch.as_tensor(indices).reshape(-1).long().cpu()
         if indices.shape[0] != labels.shape[0]:
@@ -298,12 +311,81 @@ def _tensor_view(name: str, images: Any, labels: Any, indices: Any, reduced: boo
     return DataView(name, images, labels.long(), None, indices, reduced)
 
 
+def is_streamed_dataset(obj: Any) -> bool:
+    """Whether ``obj`` is a map-style ``Dataset`` (with a length) that holds no in-memory image tensor,
+    e.g. a :class:`fastblend.MemmapImages`: read in batches, never whole. A ``TensorDataset`` and a
+    dataset with an ``images`` tensor are in memory already; an ``IterableDataset`` has no rows to index."""
+    return (isinstance(obj, Dataset) and not isinstance(obj, (TensorDataset, IterableDataset))
+            and callable(getattr(obj, "__len__", None)) and not torch.is_tensor(getattr(obj, "images", None)))
+
+
+def reads_in_dataset_order(loader: DataLoader) -> bool:
+    """Whether ``loader`` yields its dataset's items in the dataset's own order, each at most once: a
+    map-style dataset read by torch's ``SequentialSampler`` (directly with ``batch_size=None``, or inside
+    torch's ``BatchSampler``), or an ``IterableDataset`` read by one process. Any other sampler (random,
+    subset, weighted, distributed, a custom one) and a custom batch sampler answer ``False``: their order
+    is theirs, not the dataset's."""
+    if isinstance(loader.dataset, IterableDataset):
+        return loader.num_workers == 0  # several workers interleave (or repeat) the dataset's order
+    sampler = loader.sampler
+    if loader.batch_sampler is not None:
+        if type(loader.batch_sampler) is not BatchSampler:
+            return False
+        sampler = loader.batch_sampler.sampler
+    return type(sampler) is SequentialSampler
+
+
+def _order_error(loader: DataLoader, caller: str, why: str) -> ValueError:
+    used = loader.batch_sampler if loader.batch_sampler is not None else loader.sampler
+    inner = getattr(used, "sampler", None)
+    named = type(used).__name__ + (f"({type(inner).__name__})" if inner is not None else "")
+    return ValueError(f"{caller}: the DataLoader reads its dataset through {named}, not in the dataset's own "
+                      f"order, so {why}; pass a DataLoader with the default sampler (shuffle=False), its "
+                      "dataset, or tensors")
+
+
+def as_tensors(obj: Any, name: str, fn: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images [N, ...] floating, labels [N] int64)`` of any data argument :func:`as_data` takes, read
+    into memory once (a ``DataLoader`` in its own order, with its own shuffling and transforms)."""
+    view = as_data(obj, name, fn).materialise(fn)
+    return view.images, view.labels
+
+
+def indexed_rows(data: Any, caller: str, name: str = "data") -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images, labels)`` in memory, row ``i`` being the dataset's row ``i``: what forget indices name.
+
+    A ``DataLoader`` must read every row of a map-style dataset in the dataset's own order
+    (:func:`reads_in_dataset_order`); a pre-batched one (``batch_size=None``, each item a batch) gives
+    its items' rows one after another. Refused with a ``ValueError``: any other order (a shuffling or
+    subset sampler, a custom batch sampler), a loader that skips rows (``drop_last``, a shorter
+    sampler), and a loader over an ``IterableDataset`` (its rows have no index for forget to name).
+    Any other data argument goes through :func:`as_tensors`."""
+    loader = isinstance(data, DataLoader)
+    if isinstance(data.dataset if loader else data, IterableDataset):
+        raise ValueError(f"{caller}: {name} is {'a DataLoader over ' if loader else ''}an "
+                         "IterableDataset, whose rows have no index for forget indices to name; pass a map-style "
+                         "Dataset (or a DataLoader over one), or tensors")
+    if not loader:
+        return as_tensors(data, name, caller)
+    if not reads_in_dataset_order(data):
+        raise _order_error(data, caller, "forget indices would name other rows than the dataset's")
+    n = len(data.dataset)
+    if data.batch_size is None and len(data.sampler) != n:
+        raise ValueError(f"{caller}: the DataLoader reads {len(data.sampler)} of its dataset's {n} items; every "
+                         "training row is needed")
+    view = DataView(name, loader=data).materialise(caller)
+    if data.batch_size is not None and len(view) != n:
+        raise ValueError(f"{caller}: the DataLoader yielded {len(view)} of its dataset's {n} rows (drop_last?); "
+                         "every training row is needed")
+    return view.images, view.labels
+
+
 def as_data(obj: Any, name: str, fn: str) -> DataView:
     """Normalise a data argument: a pair ``(images, labels)`` or triple ``(images, labels,
     training_indices)`` of tensors, a ``ReducedRetainSet`` (anything with ``images``, ``labels``
     and ``is_blended``), a ``Subset``, a ``TensorDataset``, a dataset with ``images``/``labels``
     tensors, any other map-style ``Dataset`` (streamed: see :class:`DataView`; a ``Subset`` of one
-    too) or a ``DataLoader``."""
+    too) or a ``DataLoader`` (streamed as is; one over an ``IterableDataset`` is read once, into memory)."""
     if isinstance(obj, DataView):
         return obj
     if obj is None:
@@ -314,6 +396,8 @@ def as_data(obj: Any, name: str, fn: str) -> DataView:
                              f"sequence of length {len(obj)}")
         return _tensor_view(name, obj[0], obj[1], obj[2] if len(obj) == 3 else None, False, fn)
     if isinstance(obj, DataLoader):
+        if isinstance(obj.dataset, IterableDataset):  # no length to stream by: read once, in its own order
+            return DataView(name, loader=obj).materialise(fn)
         return DataView(name, loader=obj)
     if _is_reduced_set(obj):
         return _reduced_view(obj, name, fn)
@@ -334,10 +418,12 @@ def as_data(obj: Any, name: str, fn: str) -> DataView:
         return _tensor_view(name, obj.tensors[0], obj.tensors[1], None, False, fn)
     if torch.is_tensor(getattr(obj, "images", None)) and torch.is_tensor(getattr(obj, "labels", None)):
         return _tensor_view(name, obj.images, obj.labels, getattr(obj, "indices", None), False, fn)
-    if isinstance(obj, Dataset):
+    if is_streamed_dataset(obj):
         if len(obj) == 0:
             raise ValueError(f"{fn}: {name} is empty")
         return DataView(name, dataset=obj)
+    if isinstance(obj, IterableDataset):
+        raise TypeError(f"{fn}: {name} is an IterableDataset; pass a DataLoader over it (read once, into memory)")
     raise TypeError(f"{fn}: {name} must be a pair (images, labels) of tensors, a torch Dataset, a DataLoader or a "
                     f"ReducedRetainSet; got {type(obj).__name__}")
 
@@ -363,12 +449,8 @@ def check_batch_labels(labels: torch.Tensor, num_classes: int, name: str, fn: st
 def check_label_range(view: DataView, num_classes: int, fn: str) -> None:
     """Raise if a label is ``>= num_classes``; a loader's batches are checked as they stream."""
     view.num_classes = num_classes
-    if view.labels is None or view.labels.device.type == "meta":
-        return
-    top = int(view.labels.max())
-    if top >= num_classes:
-        raise ValueError(f"{fn}: {view.name} labels must be in [0, {num_classes}) (the model's output width), "
-                         f"got {top}")
+    if view.labels is not None:
+        check_batch_labels(view.labels, num_classes, view.name, fn)
 
 
 def model_dtype(model: nn.Module) -> torch.dtype | None:

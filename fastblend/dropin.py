@@ -26,14 +26,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
 from ._device import module_device
 from .aamu import AAMULossOutput, Accelerator
 from .condense import BlendIndex, ReducedRetainSet
 from .condense.checks import content_keys
-from .condense.source import is_dataset_source, read_rows, row_keys, source_labels, source_sample
-from .data_adapter import as_data
+from .condense.source import read_rows, row_keys, source_labels, source_sample
+from .data_adapter import as_tensors, is_streamed_dataset
 
 __all__ = ["AAMUCriterion", "PreparedUnlearning", "prepare_unlearning"]
 
@@ -86,18 +86,6 @@ class PreparedUnlearning:
         return torch.optim.Adam(model.parameters(), lr=RECOMMENDED["lr"])
 
 
-def _tensors(obj: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    view = as_data(obj, name, "prepare_unlearning").materialise("prepare_unlearning")
-    return view.images, view.labels
-
-
-def _streamed(obj: Any) -> bool:
-    """A map-style Dataset holding no image tensor (e.g. a :class:`fastblend.MemmapImages`): read in
-    batches, never whole (what :func:`fastblend.condense` streams)."""
-    return (is_dataset_source(obj) and not isinstance(obj, TensorDataset)
-            and not torch.is_tensor(getattr(obj, "images", None)))
-
-
 class _Joined(Dataset):
     """A streamed retain Dataset followed by the (in-memory) forget rows: ``(image, label)`` rows with
     ``.labels [N]`` int64, read in batches (``__getitems__``), so an index builds on it without
@@ -140,7 +128,7 @@ def _rows_in_index(index: BlendIndex, forget: Any) -> torch.Tensor:
         return forget.long().cpu()
     if isinstance(forget, (list, range)) and all(isinstance(i, int) for i in forget):
         return torch.as_tensor(list(forget), dtype=torch.int64)
-    fx, _ = _tensors(forget, "forget")
+    fx, _ = as_tensors(forget, "forget", fn)
     sample = source_sample(index.images, fn)  # the index's images: a tensor, or a Dataset read in batches
     if tuple(fx.shape[1:]) != tuple(sample.shape):
         raise ValueError(f"{fn}: forget images have shape {list(fx.shape[1:])} but the index holds "
@@ -204,15 +192,15 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
     t0 = time.perf_counter()
     build_seconds = 0.0
     if index is None:
-        fx, fy = _tensors(forget, "forget")
-        if _streamed(retain):  # e.g. a MemmapImages: the index streams it, the reduced set serves rows from it
+        fx, fy = as_tensors(forget, "forget", fn)
+        if is_streamed_dataset(retain):  # e.g. MemmapImages: the index streams it, the reduced set serves rows from it
             shape = tuple(source_sample(retain, fn).shape)
             if shape != tuple(fx.shape[1:]):
                 raise ValueError(f"{fn}: retain images are {list(shape)} but forget images {list(fx.shape[1:])}")
             data, labels = _Joined(retain, source_labels(retain, fn), fx, fy), None
             n_retain = len(retain)
         else:
-            rx, ry = _tensors(retain, "retain")
+            rx, ry = as_tensors(retain, "retain", fn)
             if tuple(rx.shape[1:]) != tuple(fx.shape[1:]):
                 raise ValueError(f"{fn}: retain images are {list(rx.shape[1:])} but forget images "
                                  f"{list(fx.shape[1:])}")
@@ -231,7 +219,7 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
         fx, fy = _index_rows(index, forget_rows), index.labels[forget_rows]
     t1 = time.perf_counter()
     reduced = index.reduce(forget_rows)
-    ux, uy = _tensors(unseen, "unseen")
+    ux, uy = as_tensors(unseen, "unseen", fn)
     accelerator = Accelerator(model, fx.to(dev), fy.to(dev), ux.to(dev), uy.to(dev), batch_size=batch_size, lam=lam,
                               k=k, kappa=kappa, sigma=sigma, steepen=steepen, seed=seed,
                               forget_batch_factor=forget_batch_factor, unseen_batch_factor=unseen_batch_factor)

@@ -2,7 +2,7 @@
 
 :func:`extract_features` takes images as one tensor, as a map-style ``Dataset`` of ``(image, label)``
 (streamed through a ``DataLoader``: one batch of images in memory at a time, plus the ``[N, D]``
-features) or as a ``DataLoader`` that does not shuffle. Under ``torch.distributed`` (a default process
+features) or as a ``DataLoader`` that reads its dataset in order. Under ``torch.distributed`` (a default process
 group of more than one rank) the batches are split over the ranks in contiguous runs and the features
 all-gathered, so every rank returns the single-process ``[N, D]``. Re-exported by
 :mod:`fastblend.grouping`.
@@ -15,11 +15,11 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset
 
 from . import distributed as dist
 from ._device import module_device
-from .data_adapter import stream_batches
+from .data_adapter import reads_in_dataset_order, stream_batches
 
 __all__ = ["extract_features"]
 
@@ -52,9 +52,10 @@ def _source(images: Any, batch_size: int, name: str) -> tuple[str, int]:
         n = int(images.shape[0])
         kind = "tensor"
     elif isinstance(images, DataLoader):
-        if isinstance(images.sampler, RandomSampler):
-            raise ValueError(f"{name}: the DataLoader shuffles (shuffle=True); features are returned in the "
-                             "data's order, so pass a DataLoader with shuffle=False, or the Dataset itself")
+        if not reads_in_dataset_order(images):
+            raise ValueError(f"{name}: the DataLoader does not read its dataset in the dataset's own order (it "
+                             "shuffles, or has a sampler of its own); features are returned in the data's order, so "
+                             "pass a DataLoader with the default sampler (shuffle=False), or the Dataset itself")
         try:
             n = len(images.sampler)  # an upper bound (drop_last, a custom batch sampler): trimmed at the end
         except TypeError:
@@ -106,9 +107,11 @@ def extract_features(images: torch.Tensor | Dataset | DataLoader, extractor: nn.
         images: ``[N, C, H, W]`` floating-point images (``[N, H, W]`` is read as one channel), on
             any device; or a map-style ``Dataset`` whose items are images or ``(image, label, ...)``
             (e.g. :class:`fastblend.MemmapImages`; read ``batch_size`` items at a time through a
-            ``DataLoader``, in index order); or a ``DataLoader`` with ``shuffle=False`` (its batches,
-            in its order). Each batch is moved to ``device`` and cast to the extractor's floating dtype
-            (float16/bfloat16/float64 images run on the float32 default network).
+            ``DataLoader``, in index order); or a ``DataLoader`` that reads its dataset in the dataset's
+            own order (the default sampler, ``shuffle=False``; see
+            :func:`fastblend.data_adapter.reads_in_dataset_order`). Each batch is moved to ``device`` and
+            cast to the extractor's floating dtype (float16/bfloat16/float64 images run on the float32
+            default network).
         extractor: a module with an ``embed(x)`` method (used; e.g. fastblend's models) or any
             callable mapping ``[B, C, H, W]`` to ``[B, ...]`` features (flattened). ``None``: the
             seeded random ConvNet-3 ``f_g`` of docs/method.md §1.1, ``fastblend.models.random_convnet(C, H,

@@ -150,46 +150,35 @@ def check_clustering(caller: str, clustering: object, labels: torch.Tensor, ipc:
 
 def as_image_tensors(caller: str, data: object, labels: object) -> tuple[object, object]:
     """``(images, labels)`` from a tensor and its labels, an ``(images, labels)`` pair, a ``Dataset``
-    or a ``DataLoader`` (read once, in its own order; a shuffling loader is refused, since forget
-    indices must name stable rows). Tensors pass through unchecked (``_check_data`` follows)."""
+    or a ``DataLoader`` (read once; :func:`fastblend.data_adapter.indexed_rows` refuses one whose order
+    is not its dataset's, since forget indices must name stable rows). Tensors pass through unchecked
+    (``_check_data`` follows)."""
     if isinstance(data, torch.Tensor):
         return data, labels
-    from torch.utils.data import DataLoader, Dataset, RandomSampler
+    from torch.utils.data import DataLoader, Dataset
 
-    from ..data_adapter import as_data
+    from ..data_adapter import indexed_rows
 
     if labels is not None:
         raise TypeError(f"{caller}: labels must be None when the data is a {type(data).__name__} "
                         "(the labels come from the data)")
-    if isinstance(data, DataLoader):
-        if isinstance(data.sampler, RandomSampler):
-            raise ValueError(f"{caller}: the DataLoader shuffles (shuffle=True), so its rows have no stable "
-                             "index for forget; pass a loader with shuffle=False, its dataset, or tensors")
-        view = as_data(data, "data", caller).materialise(caller)
-        if len(view) != len(data.dataset):
-            raise ValueError(f"{caller}: the DataLoader yielded {len(view)} of its dataset's {len(data.dataset)} "
-                             "rows (drop_last?); every training row is needed")
-    else:
-        try:
-            view = as_data(data, "data", caller).materialise(caller)
-        except TypeError as exc:
-            if isinstance(data, (Dataset, tuple, list)):
-                raise  # a data form we take, with bad contents: its own message (e.g. uint8 images)
-            raise TypeError(f"{caller}: data must be an images tensor with labels, an (images, labels) pair, a "
-                            f"Dataset or a DataLoader, got {type(data).__name__}") from exc
-    return view.images, view.labels
+    try:
+        return indexed_rows(data, caller)
+    except TypeError as exc:
+        if isinstance(data, (Dataset, DataLoader, tuple, list)):
+            raise  # a data form we take, with bad contents: its own message (e.g. uint8 images)
+        raise TypeError(f"{caller}: data must be an images tensor with labels, an (images, labels) pair, a "
+                        f"Dataset or a DataLoader, got {type(data).__name__}") from exc
 
 
 def open_source(caller: str, data: object, labels: object) -> tuple[object, object]:
     """``(source, labels)``: a map-style Dataset that holds no in-memory image tensor is kept as the
     source (streamed; labels from ``.labels``/``.targets`` or one pass over it); anything else goes
     through :func:`as_image_tensors`."""
-    from torch.utils.data import TensorDataset
+    from ..data_adapter import is_streamed_dataset
+    from .source import source_labels
 
-    from .source import is_dataset_source, source_labels
-
-    if (is_dataset_source(data) and not isinstance(data, TensorDataset)
-            and not torch.is_tensor(getattr(data, "images", None))):
+    if is_streamed_dataset(data):
         if labels is not None:
             raise TypeError(f"{caller}: labels must be None when the data is a {type(data).__name__} "
                             "(the labels come from the data)")

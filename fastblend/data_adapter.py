@@ -335,7 +335,8 @@ def reads_in_dataset_order(loader: DataLoader) -> bool:
     return type(sampler) is SequentialSampler
 
 
-def _order_error(loader: DataLoader, caller: str, why: str) -> ValueError:
+def order_error(loader: DataLoader, caller: str, why: str) -> ValueError:
+    """The ``ValueError`` for a loader that :func:`reads_in_dataset_order` refuses: names its sampler and ``why``."""
     used = loader.batch_sampler if loader.batch_sampler is not None else loader.sampler
     inner = getattr(used, "sampler", None)
     named = type(used).__name__ + (f"({type(inner).__name__})" if inner is not None else "")
@@ -368,7 +369,7 @@ def indexed_rows(data: Any, caller: str, name: str = "data") -> tuple[torch.Tens
     if not loader:
         return as_tensors(data, name, caller)
     if not reads_in_dataset_order(data):
-        raise _order_error(data, caller, "forget indices would name other rows than the dataset's")
+        raise order_error(data, caller, "forget indices would name other rows than the dataset's")
     n = len(data.dataset)
     if data.batch_size is None and len(data.sampler) != n:
         raise ValueError(f"{caller}: the DataLoader reads {len(data.sampler)} of its dataset's {n} items; every "

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import distributed as dist
 from ._device import module_device
-from .data_adapter import reads_in_dataset_order, stream_batches
+from .data_adapter import order_error, reads_in_dataset_order, stream_batches
 
 __all__ = ["extract_features"]
 
@@ -53,9 +53,7 @@ def _source(images: Any, batch_size: int, name: str) -> tuple[str, int]:
         kind = "tensor"
     elif isinstance(images, DataLoader):
         if not reads_in_dataset_order(images):
-            raise ValueError(f"{name}: the DataLoader does not read its dataset in the dataset's own order (it "
-                             "shuffles, or has a sampler of its own); features are returned in the data's order, so "
-                             "pass a DataLoader with the default sampler (shuffle=False), or the Dataset itself")
+            raise order_error(images, name, "the features would not come back in the data's order")
         try:
             n = len(images.sampler)  # an upper bound (drop_last, a custom batch sampler): trimmed at the end
         except TypeError:

@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ._device import synchronize
+from .data_adapter import dataset_items
 from .distributed import broadcast_object
 from .metrics import mia_score_from_logits, predict_logits
 
@@ -126,11 +127,10 @@ def _subset(data: object, limit: int | None, generator: torch.Generator, arg: st
     if x is not None:
         return (x, y) if keep is None else (x[keep], y[keep])
     rows = list(range(n)) if keep is None else keep.tolist()
-    getitems = getattr(data, "__getitems__", None)
     images, labels = [], []
     for s in range(0, len(rows), _READ):
         part = rows[s:s + _READ]
-        for i, item in zip(part, getitems(part) if callable(getitems) else [data[i] for i in part]):
+        for i, item in zip(part, dataset_items(data, part)):
             if not isinstance(item, (tuple, list)) or len(item) < 2 or not isinstance(item[0], torch.Tensor):
                 raise TypeError(f"Tracker: {arg} rows must be (image tensor, label) pairs, got "
                                 f"{type(item).__name__} at row {i}")

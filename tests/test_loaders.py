@@ -91,7 +91,8 @@ def test_loader_not_in_dataset_order_is_refused(kind, entry):
 def test_extract_features_refuses_a_loader_not_in_dataset_order():
     x, y = _data()
     loader = _shuffling_loaders(x, y)["subset_random_sampler"]
-    with pytest.raises(ValueError, match="not read its dataset in the dataset's own order"):
+    with pytest.raises(ValueError, match=r"^extract_features: the DataLoader reads its dataset through "
+                                         r"BatchSampler\(SubsetRandomSampler\)"):
         fastblend.extract_features(loader, progress=False)
 
 

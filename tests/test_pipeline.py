@@ -2,7 +2,6 @@
 
 import csv
 import json
-import re
 import subprocess
 import sys
 
@@ -151,11 +150,6 @@ def test_cli_condense_writes_reduced_set_and_grid(tmp_path, capsys):
     assert summary["rows"] == len(reduced) and clustering.ipc == 6
     assert summary["timings"]["features"] > 0 and summary["timings"]["blend"] > 0
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
-
-
-def test_cli_bench_points_to_the_benchmark_suite(tmp_path, capsys):
-    assert cli.main(["bench", "--quick", "--out", str(tmp_path)]) == 2
-    assert re.search(r"installed package.*`python -m benchmarks --out \S+ --quick`", capsys.readouterr().err)
 
 
 def test_original_model_is_deterministic_given_seed(tmp_path):

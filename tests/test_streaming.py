@@ -55,7 +55,8 @@ def test_extract_features_dataset_and_loader_equal_tensors():
 
 def test_extract_features_refuses_a_shuffled_loader_and_bad_items():
     x, y = _images(8)
-    with pytest.raises(ValueError, match="^extract_features: the DataLoader shuffles"):
+    with pytest.raises(ValueError, match="^extract_features: the DataLoader reads its dataset through .*not in the "
+                                         "dataset's own order"):
         fastblend.extract_features(DataLoader(Rows(x, y), shuffle=True))
     with pytest.raises(TypeError, match="^extract_features: images must be a floating-point tensor .* in a batch"):
         fastblend.extract_features(Rows(x.long(), y))

@@ -4,7 +4,6 @@
     fastblend run --dataset cifar10 --data-root ~/data --model resnet18 --method scrub --seeds 0 1 2
     fastblend run --config experiment.toml --rounds 4 --round-mode cached
     fastblend condense --ipc 160 --out reduced.pt
-    fastblend bench                      # points to the benchmark suite: python -m benchmarks (a checkout)
 
 Every setting is checked before any data is loaded or any model trained. Exit codes: 0 success;
 1 an error during the run (results of the seeds already finished are on disk); 2 a mistake in the
@@ -334,15 +333,6 @@ def cmd_condense(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    command = ["python", "-m", "benchmarks"] + (["--out", args.out] if args.out else []) + (
-        ["--quick"] if args.quick else []) + (["--only", *args.only] if args.only else []) + (
-        ["--device", args.device] if args.device else [])
-    print("fastblend bench: error: the benchmark suite is not part of the installed package; from a checkout "
-          f"of the repository run `{' '.join(command)}`", file=sys.stderr)
-    return 2
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(prog="fastblend", allow_abbrev=False, description="Fast approximate machine "
                             "unlearning: Blend condensation + A-AMU (arXiv 2507.09786)")
@@ -363,12 +353,6 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     _experiment_args(p)
     p.set_defaults(fn=cmd_condense)
-    p = sub.add_parser("bench", allow_abbrev=False,
-                       help="how to run the benchmark suite (`python -m benchmarks` in a checkout)")
-    p.add_argument("--quick", "--small", action="store_true")
-    p.add_argument("--only", nargs="+")
-    _common(p)
-    p.set_defaults(fn=cmd_bench)
     return parser
 
 

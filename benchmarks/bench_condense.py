@@ -31,8 +31,8 @@ from __future__ import annotations
 import torch
 
 import fastblend
-from fastblend.condense import blend_clusters, blend_lr, default_chunk_size, matcher_seed
-from fastblend.condense_reference import blend_clusters_reference
+from fastblend.condensation import blend_clusters, blend_lr, default_chunk_size, matcher_seed
+from fastblend.condensation.reference import blend_clusters_reference
 from fastblend.models import random_convnet
 
 from .runner import PeakMemory, Recorder, Timing, measure, parser

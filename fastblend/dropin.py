@@ -30,9 +30,10 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from ._device import module_device
 from .aamu import AAMULossOutput, Accelerator
-from .condense import BlendIndex, ReducedRetainSet
-from .condense.checks import content_keys, forget_mask
-from .condense.source import is_dataset_source, read_rows, row_keys, source_labels, source_sample
+from .condensation import BlendIndex, ReducedRetainSet
+from .condensation.checks import forget_mask
+from .condensation.recipe import default_ipc
+from .condensation.source import content_keys, is_dataset_source, read_rows, row_keys, source_labels, source_sample
 from .dataview import as_data
 
 __all__ = ["AAMUCriterion", "PreparedUnlearning", "prepare_unlearning"]
@@ -93,7 +94,7 @@ def _tensors(obj: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _streamed(obj: Any) -> bool:
     """A map-style Dataset holding no image tensor (e.g. a :class:`fastblend.MemmapImages`): read in
-    batches, never whole (what :func:`fastblend.condense` streams)."""
+    batches, never whole (what :meth:`fastblend.BlendIndex.build` streams)."""
     return (is_dataset_source(obj) and not isinstance(obj, TensorDataset)
             and not torch.is_tensor(getattr(obj, "images", None)))
 
@@ -273,8 +274,7 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
             n_retain = rx.shape[0]
         all_labels = labels if labels is not None else data.labels
         if ipc is None:
-            present = int(torch.unique(all_labels).numel())
-            ipc = max(1, round(all_labels.numel() / present / 5))
+            ipc = default_ipc(all_labels.numel(), int(torch.unique(all_labels).numel()))
         index = BlendIndex.build(data, labels, ipc=ipc, seed=seed, iterations=iterations, backend=backend,
                                  device=dev, progress=progress)
         build_seconds = index.timings["total"]

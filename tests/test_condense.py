@@ -13,9 +13,9 @@ from torch import nn
 
 import fastblend
 from fastblend import Blender, Clustering, ReducedRetainSet, condense
-from fastblend.condense import blend_clusters, blend_lr, check_matcher, matcher_seed
-from fastblend.condense.checks import group_in_content_order
-from fastblend.condense_reference import blend_clusters_reference, condense_reference
+from fastblend.condensation import blend_clusters, blend_lr, check_matcher, matcher_seed
+from fastblend.condensation.content_grouping import group_in_content_order
+from fastblend.condensation.reference import blend_clusters_reference, condense_reference
 from fastblend.models import ConvNet3
 
 from ._support import CPU_BACKENDS, FP32_MULTISTEP, Tol, assert_close, backend_params, needs_cuda, tolerance

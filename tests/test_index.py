@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import fastblend
 from fastblend import BlendIndex, condense
-from fastblend.condense import blend_lr
+from fastblend.condensation import blend_lr
 
 IPC = 4
 

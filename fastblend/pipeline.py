@@ -143,6 +143,17 @@ def blend_index(cfg: ExperimentConfig, train, ipc: int, seed: int, device: torch
         loaded = all(all_gather_objects(loaded))
     if loaded:
         return index, timer.stages["load"], True
+    index = build_index(cfg, train, ipc, seed, device, progress)
+    if is_main_process():
+        cache.save_index(index, path)
+    return index, index.timings["total"], False
+
+
+def build_index(cfg: ExperimentConfig, train, ipc: int, seed: int, device: torch.device | None,
+                progress: bool) -> BlendIndex:
+    """Features, grouping (``cfg.grouping_backend``) and :meth:`BlendIndex.build` of ``train``, each stage
+    timed into ``index.timings`` (``features``, ``grouping``, ``blend``, ``total``): the one way ``run``
+    (through the cache, :func:`blend_index`) and ``condense`` condense."""
     timer = StageTimer(device)
     clustering = _grouped(cfg, train, ipc, seed, device, progress, timer)
     with timer("blend"):
@@ -151,9 +162,7 @@ def blend_index(cfg: ExperimentConfig, train, ipc: int, seed: int, device: torch
                                  seed=seed, device=device, progress=progress, amp=cfg.blend_amp)
     index.timings.update(features=timer.stages["features"], grouping=timer.stages["grouping"],
                          blend=index.timings.get("blend", timer.stages["blend"]), total=timer.total)
-    if is_main_process():
-        cache.save_index(index, path)
-    return index, timer.total, False
+    return index
 
 
 def evaluate(model: nn.Module, split, device: torch.device) -> tuple[dict, dict]:
@@ -213,14 +222,12 @@ def _grouped(cfg: ExperimentConfig, train, ipc: int, seed: int, device: torch.de
 
 def reduce_retain(cfg: ExperimentConfig, train, forget: torch.Tensor, ipc: int, seed: int,
                   device: torch.device | None, progress: bool) -> tuple[Clustering, ReducedRetainSet, dict]:
-    """The training set's :class:`BlendIndex` (:func:`blend_index`: built, or loaded from the cache, as
-    ``run`` does) and the forget request against it: the clustering, the reduced retain set and the
-    seconds of each stage (``features``, ``grouping``, ``blend`` of the index build, 0 when loaded;
-    ``split``: the request)."""
-    device = device if device is not None else train.images.device
-    index, _, loaded = blend_index(cfg, train, ipc, seed, device, progress)
+    """The training set's :class:`BlendIndex` (:func:`build_index`, as ``run`` builds it; not cached) and
+    the forget request against it: the clustering, the reduced retain set and the seconds of each stage
+    (``features``, ``grouping``, ``blend`` of the index build; ``split``: the request)."""
+    index = build_index(cfg, train, ipc, seed, device, progress)
     reduced = index.reduce(forget)
-    stages = {k: 0.0 if loaded else float(index.timings.get(k, 0.0)) for k in ("features", "grouping", "blend")}
+    stages = {k: float(index.timings.get(k, 0.0)) for k in ("features", "grouping", "blend")}
     stages["split"] = reduced.timings["request"]
     reduced.timings.update(stages)
     return index.clustering, reduced, stages

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .._device import synchronize
+from .._progress import bar as progress_bar
 from ..grouping import Clustering
 from .blend import MOMENTUM, BlendResult, check_matcher, embed_fn, matcher_dtype
 from .checks import check_clustering, prepare_inputs
@@ -45,7 +46,7 @@ def _blend_one(members: torch.Tensor, w: torch.Tensor, normalize: str) -> torch.
 def blend_clusters_reference(x: torch.Tensor, indptr: torch.Tensor, matcher: nn.Module, *, lr: float,
                              iterations: int = 12, normalize: str = "sum", progress: bool = False) -> BlendResult:
     """Same contract as :func:`fastblend.condensation.blend_clusters`, as a Python loop over clusters."""
-    from .._progress import bar as progress_bar
+
 
     bounds = indptr.tolist()
     clusters = [x[s:e] for s, e in zip(bounds[:-1], bounds[1:])]

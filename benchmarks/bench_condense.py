@@ -9,19 +9,19 @@ the loop on 20 clusters) it
 writes ROWs (the runner's schema) to ``<out>/condense.jsonl``, with case ``<data set> N=.. ipc=..``:
 
 * ``features`` / ``grouping``: done once, reported apart from the Blend;
-* ``blend``, backend ``batched``: ``fastblend.condense`` through ``Blender`` round 1, with split,
-  targets, iterations and final seconds, initial and final matching loss and peak memory (CUDA:
-  allocator peak; CPU: resident set sampled every 10 ms) in ``metrics``;
+* ``blend``, backend ``batched``: ``fastblend.BlendIndex.build`` (every non-empty cluster blended
+  once), with the first request's split, targets, iterations and final seconds, initial and final
+  matching loss and peak memory (CUDA: allocator peak; CPU: resident set sampled every 10 ms) in ``metrics``;
 * ``blend`` and ``iteration``, backend ``loop``: the literal per-cluster loop
-  (``fastblend.condense_reference``'s ``blend_clusters_reference``) timed on the first
-  ``--loop-clusters`` free clusters; when that is fewer than all K its full-size time is
+  (``fastblend.condensation.reference``'s ``blend_clusters_reference``) timed on the first
+  ``--loop-clusters`` blended clusters; when that is fewer than all K its full-size time is
   **extrapolated** linearly in the number of clusters (``params.extrapolated_from_clusters``);
 * ``blend subset``: the loop and the batched Blend on that same subset (same matcher, same lr), so
   their final losses compare like for like;
 * ``iteration``, backend ``floor``: one matcher forward plus input-gradient backward over the K
   blended images (same chunking), 3 runs; the batched row's ``metrics.iteration_over_floor``;
-* ``cached round``: a cached multi-round round (``Blender(mode="cached")``, a further 1% forget
-  request) against the full re-blend of round 1.
+* ``cached round``: a second multi-round round (the cumulative request, a further 1% forgotten, to
+  the same index) against the full Blend of the index.
 
 One run of each except the floor; timings are wall clock with the device synchronised.
 """
@@ -31,8 +31,8 @@ from __future__ import annotations
 import torch
 
 import fastblend
-from fastblend.condense import blend_clusters, blend_lr, default_chunk_size, matcher_seed
-from fastblend.condense_reference import blend_clusters_reference
+from fastblend.condensation import blend_clusters, blend_lr, default_chunk_size, matcher_seed
+from fastblend.condensation.reference import blend_clusters_reference
 from fastblend.models import random_convnet
 
 from .runner import PeakMemory, Recorder, Timing, measure, parser
@@ -104,15 +104,15 @@ def run_case(rec: Recorder, name: str, images: torch.Tensor, labels: torch.Tenso
     n_forget = n // 10
     forget, extra = order[:n_forget], order[n_forget : n_forget + max(1, n // 100)]
 
-    blender = fastblend.Blender(images, labels, clustering=clustering, mode="cached", iterations=iterations,
-                                seed=seed, device=device, chunk_size=chunk_size, progress=False)
     with PeakMemory(device, interval=0.01) as mem:
-        reduced = blender.forget(forget)
-    t = reduced.timings
-    k = reduced.num_blended
+        index = fastblend.BlendIndex.build(images, labels, clustering=clustering, iterations=iterations, seed=seed,
+                                           device=device, chunk_size=chunk_size, progress=False)
+    reduced = index.reduce(forget)
+    t = {**index.timings, "split": reduced.timings["split"]}
+    k = index.num_blends
     per_iter = t["blend_iterations"] / max(iterations, 1)
     matcher = random_convnet(images.shape[1], images.shape[2], seed=matcher_seed(seed), device=device)
-    blends = reduced.images[reduced.is_blended].to(device)
+    blends = index.blends[clustering.sizes.to(index.blends.device) > 0].to(device)
     floor, _ = measure(lambda: floor_step(matcher, blends, chunk_size), repeats=3, warmup=0, device=device)
     rec.add("condense", case, "blend", "batched", Timing.of([t["blend"]]), params, {
         "free_clusters": k, "residual_rows": reduced.num_residual, "blend_members": int(reduced.blend_members.numel()),
@@ -126,7 +126,7 @@ def run_case(rec: Recorder, name: str, images: torch.Tensor, labels: torch.Tenso
     # literal loop vs batched on the same subset of clusters (same matcher, lr, K)
     s = min(loop_clusters, k)
     lr = blend_lr(ipc)
-    x, indptr = subset_layout(reduced, images, s, device, torch.float32)
+    x, indptr = subset_layout(index.reduce([]), images, s, device, torch.float32)  # every blended cluster
     loop = blend_clusters_reference(x, indptr.cpu(), matcher, lr=lr, iterations=iterations)
     sub = blend_clusters(x, indptr, matcher, lr=lr, iterations=iterations, chunk_size=chunk_size)
     loop_total = loop.seconds_targets + loop.seconds_iterations + loop.seconds_final
@@ -143,7 +143,8 @@ def run_case(rec: Recorder, name: str, images: torch.Tensor, labels: torch.Tenso
     rec.add("condense", case, "iteration", "loop", Timing.of([loop.seconds_iterations / max(iterations, 1) * scale]),
             full)
 
-    cached, round2 = measure(lambda: blender.forget(extra), repeats=1, warmup=0, device=device)
+    cumulative = torch.cat([forget, extra])
+    cached, round2 = measure(lambda: index.reduce(cumulative), repeats=1, warmup=0, device=device)
     full_reblend = t["split"] + t["blend"]
     rec.add("condense", case, "cached round", "cached", cached, {**params, "extra_forget": int(extra.numel())},
             {"free_clusters": round2.num_blended, "full_reblend_s": full_reblend,

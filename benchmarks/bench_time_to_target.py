@@ -62,7 +62,7 @@ def blend_matcher(images: torch.Tensor, seed: int, width: int = 128, shared: boo
     """The Blend matcher of a variant: ``None`` for the default (``random_convnet`` seeded with
     ``matcher_seed(seed)``); ``shared``: the grouping network itself (``random_convnet(C, H, seed)``, the
     network ``condense(share_network=True)`` reuses); else a random ConvNet-3 of ``width`` channels."""
-    from fastblend.condense import matcher_seed
+    from fastblend.condensation import matcher_seed
     from fastblend.models import random_convnet
 
     c, h = images.shape[1], images.shape[2]

@@ -46,7 +46,7 @@ from fastblend.experiments.machine import machine_info
 DEFAULT_OUT = Path("fastblend-out/bench")
 
 # backend names the summary divides by: eager/loop references from fastblend.ops.reference and
-# fastblend.condense_reference, and the plain-Python or plain-PyTorch ways of doing the same job
+# fastblend.condensation.reference, and the plain-Python or plain-PyTorch ways of doing the same job
 BASELINES = ("eager", "loop", "straightforward", "python_scan", "own_forward")
 
 

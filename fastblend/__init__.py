@@ -2,9 +2,9 @@
 
 The public API, in the groups the README follows:
 
-- **Condense the retain set (Blend)**: :func:`extract_features`, :func:`group` -> :class:`Clustering`,
-  :func:`condense` -> :class:`ReducedRetainSet`, :class:`Blender` (multi-round), :class:`BlendIndex`
-  (group and blend once, ``.reduce(forget)`` per request).
+- **Condense the retain set (Blend)**: :class:`BlendIndex` (group and blend once, ``.reduce(forget)``
+  per request -> :class:`ReducedRetainSet`; multi-round: the cumulative forget set), :func:`condense`
+  (build and reduce in one call), :func:`extract_features`, :func:`group` -> :class:`Clustering`.
 - **Accelerate unlearning (A-AMU)**: :func:`prepare_unlearning` (drop-in for a loader-based loop),
   :func:`accelerate` / :class:`Accelerator`, :class:`AAMULoss`, :func:`steepen`, :class:`ForgetSampler`,
   :class:`UnseenSampler`.
@@ -16,16 +16,16 @@ The public API, in the groups the README follows:
 - **Kernels**: :func:`segment_blend`, :func:`quantile_transform`, :func:`quantile_mmd`, and which
   backend runs them: :func:`available_backends`, :func:`explain`.
 
-Everything else lives in its module: timing (``fastblend.metrics.StageTimer``), the literal
-research-code Blend (``fastblend.condense_reference``) and the kernels' plain-PyTorch oracle
-(``fastblend.ops.reference``). The experiment wing, ``fastblend.experiments`` (the end-to-end runs,
-their settings, results, cache and plots, and the command line), is built on this library; nothing
-here imports it.
+Everything else lives in its module: timing (``fastblend.metrics.StageTimer``), plots
+(``fastblend.experiments.plots``), the Blend's internals (``fastblend.condensation``), the end-to-end runs
+(``fastblend.experiments``: runs, settings, results, cache, plots and the command line, built on this library; nothing here imports it), and the two oracles of the tests and benchmarks, imported by no module of the
+package: the literal research-code Blend (``fastblend.condensation.reference``) and the kernels'
+plain-PyTorch versions (``fastblend.ops.reference``).
 """
 
 from ._version import package_version as _package_version
 from .aamu import AAMULoss, AAMULossOutput, Accelerator, ForgetSampler, UnseenSampler, accelerate, steepen
-from .condense import Blender, BlendIndex, ReducedRetainSet, condense
+from .condensation import BlendIndex, ReducedRetainSet, condense
 from .datasets import load_dataset, make_split
 from .dropin import prepare_unlearning
 from .grouping import Clustering, extract_features, group
@@ -41,7 +41,6 @@ __version__ = _package_version()  # from the installed metadata: pyproject.toml 
 __all__ = [
     # Blend
     "BlendIndex",
-    "Blender",
     "Clustering",
     "ReducedRetainSet",
     "condense",

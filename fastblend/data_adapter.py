@@ -43,7 +43,7 @@ from .memmap import MemmapImages
 
 
 def _is_reduced_set(obj: Any) -> bool:
-    """A ``ReducedRetainSet`` (duck-typed: this layer does not import ``fastblend.condense``): ``labels``
+    """A ``ReducedRetainSet`` (duck-typed: this layer does not import ``fastblend.condensation``): ``labels``
     and ``is_blended``, and ``images`` or, for a set served from a Dataset (whose ``images`` raises),
     ``in_memory``."""
     return (hasattr(obj, "labels") and hasattr(obj, "is_blended")

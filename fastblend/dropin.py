@@ -30,9 +30,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from ._device import module_device
 from .aamu import AAMULossOutput, Accelerator
-from .condense import BlendIndex, ReducedRetainSet
-from .condense.checks import content_keys
-from .condense.source import read_rows, row_keys, source_labels, source_sample
+from .condensation import BlendIndex, ReducedRetainSet
+from .condensation.checks import forget_mask
+from .condensation.recipe import default_ipc
+from .condensation.source import content_keys, read_rows, row_keys, source_labels, source_sample
 from .data_adapter import as_tensors, is_streamed_dataset
 
 __all__ = ["AAMUCriterion", "PreparedUnlearning", "prepare_unlearning"]
@@ -121,29 +122,75 @@ def _index_rows(index: BlendIndex, rows: torch.Tensor) -> torch.Tensor:
     return read_rows(index.images, rows, "prepare_unlearning")
 
 
-def _rows_in_index(index: BlendIndex, forget: Any) -> torch.Tensor:
-    """Training indices of ``forget``'s rows in ``index`` (given as indices, or as data found by content)."""
+def _content_matches(source: Any, fx: torch.Tensor, fn: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every pair ``(forget position, source row)`` whose images are bit-equal: ``([P] int64, [P] int64)``.
+
+    ``source`` is an ``[N, C, H, W]`` tensor or a map-style Dataset (read in batches); ``fx`` the
+    ``[F, C, H, W]`` forget images, compared in the source's dtype. Rows are paired by
+    :func:`content_keys` and confirmed byte for byte, so a forget image held by several rows (duplicates
+    in the training set) pairs with each of them."""
+    sample = source_sample(source, fn)
+    fx = fx.to(sample.dtype)
+    keys = content_keys(source) if isinstance(source, torch.Tensor) else row_keys(source, None, fn)
+    want = content_keys(fx)
+    order = torch.argsort(keys, stable=True)
+    ordered = keys[order]
+    lo = torch.searchsorted(ordered, want, side="left")
+    counts = torch.searchsorted(ordered, want, side="right") - lo
+    total = int(counts.sum())
+    fpos = torch.arange(want.numel()).repeat_interleave(counts, output_size=total)
+    start = torch.cumsum(counts, 0) - counts
+    offset = torch.arange(total) - start.repeat_interleave(counts, output_size=total)
+    rows = order[lo.repeat_interleave(counts, output_size=total) + offset]
+    if total == 0:
+        return fpos, rows
+    equal = (read_rows(source, rows, fn).flatten(1).cpu() == fx[fpos.to(fx.device)].flatten(1).cpu()).all(1)
+    return fpos[equal], rows[equal]
+
+
+def _rows_in_index(index: BlendIndex, forget: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mask [N] bool, rows [F] int64)``: the training rows of ``index`` to forget, and one row per
+    forget row the caller passed (its A-AMU forget set).
+
+    ``forget`` given as training indices or a ``[N]`` bool mask names the rows itself (checked as the
+    caller passed them). Given as data, its rows are found by content: **every** training row holding
+    a forget image is forgotten (an image duplicated in the training set is forgotten in all its copies,
+    whatever their labels), and each forget row's A-AMU row is the first of them."""
     fn = "prepare_unlearning"
+    n = len(index)
     if isinstance(forget, torch.Tensor) and forget.dim() == 1 and not forget.is_floating_point():
-        return forget.long().cpu()
-    if isinstance(forget, (list, range)) and all(isinstance(i, int) for i in forget):
-        return torch.as_tensor(list(forget), dtype=torch.int64)
+        mask = forget_mask(fn, forget, n)
+        rows = mask.nonzero().flatten() if forget.dtype == torch.bool else forget.long().cpu()
+        return mask, rows
+    if isinstance(forget, (list, range)) and all(isinstance(i, int) and not isinstance(i, bool) for i in forget):
+        return forget_mask(fn, forget, n), torch.as_tensor(list(forget), dtype=torch.int64)
     fx, _ = as_tensors(forget, "forget", fn)
     sample = source_sample(index.images, fn)  # the index's images: a tensor, or a Dataset read in batches
     if tuple(fx.shape[1:]) != tuple(sample.shape):
         raise ValueError(f"{fn}: forget images have shape {list(fx.shape[1:])} but the index holds "
                          f"{list(sample.shape)}")
-    keys = content_keys(index.images) if isinstance(index.images, torch.Tensor) else row_keys(index.images, None, fn)
-    order = torch.argsort(keys)
-    want = content_keys(fx.to(sample.dtype))
-    pos = torch.searchsorted(keys[order], want).clamp(max=keys.numel() - 1)
-    rows = order[pos]
-    found = keys[rows] == want
-    found &= (_index_rows(index, rows).flatten(1).cpu() == fx.to(sample.dtype).flatten(1).cpu()).all(1)
+    fpos, matched = _content_matches(index.images, fx, fn)
+    found = torch.zeros(fx.shape[0], dtype=torch.bool)
+    found[fpos] = True
     if not bool(found.all()):
         raise ValueError(f"{fn}: {int((~found).sum())} of the {found.numel()} forget rows are not in the index's "
                          "training set (pass forget as training indices, or an index built on retain + forget)")
-    return rows
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[matched] = True
+    first = torch.full((fx.shape[0],), n, dtype=torch.int64)
+    first.scatter_reduce_(0, fpos, matched, "amin")  # the lowest training row holding each forget image
+    return mask, first
+
+
+def _refuse_forget_in_retain(retain: Any, fx: torch.Tensor, fn: str) -> None:
+    """``ValueError`` when any forget image is also a row of ``retain`` (a tensor or a streamed Dataset):
+    the reduced retain set would serve it back."""
+    fpos, rows = _content_matches(retain, fx, fn)
+    if fpos.numel():
+        count = int(torch.unique(fpos).numel())
+        raise ValueError(f"{fn}: {count} of the {fx.shape[0]} forget rows are also in retain (bit-equal images; "
+                         f"e.g. forget row {int(fpos[0])} is retain row {int(rows[0])}); the reduced retain set "
+                         "would serve them back: pass a retain set without the forget rows")
 
 
 def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, *, ipc: int | None = None,
@@ -162,7 +209,10 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
             it batch by batch and the reduced retain loader reads its residual rows from it. Unused
             when ``index`` is given (may be ``None``; an index built on a Dataset works the same).
         forget: the forget set, in the same forms; with ``index``, also training indices into it
-            (else its rows are found in the index by content).
+            or a ``[N]`` bool mask, else its rows are found in the index by content: every training
+            row holding a forget image is forgotten (all copies of an image duplicated in the
+            training set, whatever their labels). Without ``index``, forget images that are also rows
+            of ``retain`` (or ``forget is retain``) are refused: the retain loader would serve them.
         unseen: labelled in-distribution data the model never trained on, in the same forms.
         ipc: clusters per class of the Blend grouping when the index is built here; default about a
             fifth of the mean class size (about five images per cluster).
@@ -192,11 +242,14 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
     t0 = time.perf_counter()
     build_seconds = 0.0
     if index is None:
+        if forget is retain:
+            raise ValueError(f"{fn}: forget is retain (the same object); pass the retain set without the forget rows")
         fx, fy = as_tensors(forget, "forget", fn)
-        if is_streamed_dataset(retain):  # e.g. MemmapImages: the index streams it, the reduced set serves rows from it
+        if is_streamed_dataset(retain):  # e.g. a MemmapImages: the index streams it, the reduced set serves rows from it
             shape = tuple(source_sample(retain, fn).shape)
             if shape != tuple(fx.shape[1:]):
                 raise ValueError(f"{fn}: retain images are {list(shape)} but forget images {list(fx.shape[1:])}")
+            _refuse_forget_in_retain(retain, fx, fn)
             data, labels = _Joined(retain, source_labels(retain, fn), fx, fy), None
             n_retain = len(retain)
         else:
@@ -204,19 +257,22 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
             if tuple(rx.shape[1:]) != tuple(fx.shape[1:]):
                 raise ValueError(f"{fn}: retain images are {list(rx.shape[1:])} but forget images "
                                  f"{list(fx.shape[1:])}")
+            _refuse_forget_in_retain(rx, fx, fn)
             data, labels = torch.cat([rx, fx.to(rx.device, rx.dtype)]), torch.cat([ry, fy.to(ry.device)])
             n_retain = rx.shape[0]
         all_labels = labels if labels is not None else data.labels
         if ipc is None:
-            present = int(torch.unique(all_labels).numel())
-            ipc = max(1, round(all_labels.numel() / present / 5))
+            ipc = default_ipc(all_labels.numel(), int(torch.unique(all_labels).numel()))
         index = BlendIndex.build(data, labels, ipc=ipc, seed=seed, iterations=iterations, backend=backend,
                                  device=dev, progress=progress)
         build_seconds = index.timings["total"]
         forget_rows = torch.arange(n_retain, all_labels.numel())
     else:
-        forget_rows = _rows_in_index(index, forget)
-        fx, fy = _index_rows(index, forget_rows), index.labels[forget_rows]
+        forget_rows, rows = _rows_in_index(index, forget)
+        if bool(forget_rows.all()):
+            raise ValueError(f"{fn}: forget (with every training row holding one of its images) covers all "
+                             f"{len(index)} training images of the index; nothing would be retained")
+        fx, fy = _index_rows(index, rows), index.labels[rows]
     t1 = time.perf_counter()
     reduced = index.reduce(forget_rows)
     ux, uy = as_tensors(unseen, "unseen", fn)

@@ -173,6 +173,15 @@ class Clustering:
 # ------------------------------------------------------------------------------------------------
 # Input validation
 # ------------------------------------------------------------------------------------------------
+def check_ipc(caller: str, ipc: object) -> int:
+    """``ipc`` (clusters per class) as a Python int: an integer >= 1 (numpy's too, not a bool), else a
+    ``ValueError`` naming ``caller``. The one check of ``ipc`` that grouping, the Blend learning rate
+    and the condensing engine share."""
+    if isinstance(ipc, bool) or not isinstance(ipc, numbers.Integral) or ipc < 1:
+        raise ValueError(f"{caller}: ipc must be a positive int, got {ipc!r}")
+    return int(ipc)
+
+
 def _check_group_inputs(features, labels, ipc, backend, niter, tol, num_classes):
     name = "group"
     if not isinstance(features, torch.Tensor):
@@ -201,8 +210,7 @@ def _check_group_inputs(features, labels, ipc, backend, niter, tol, num_classes)
     labels = labels.to("cpu", torch.int64)
     if int(labels.min()) < 0:
         raise ValueError(f"{name}: labels must be >= 0, got {int(labels.min())}")
-    if isinstance(ipc, bool) or not isinstance(ipc, numbers.Integral) or ipc < 1:
-        raise ValueError(f"{name}: ipc must be an int >= 1, got {ipc!r}")
+    ipc = check_ipc(name, ipc)
     if backend not in _GROUP_BACKENDS:
         raise ValueError(f"{name}: backend must be one of {_GROUP_BACKENDS}, got {backend!r}")
     if isinstance(niter, bool) or not isinstance(niter, numbers.Integral) or niter < 1:
@@ -269,7 +277,7 @@ def group(features: torch.Tensor, labels: torch.Tensor, ipc: int, backend: str =
         A :class:`Clustering` with CPU tensors; ``backend`` says which k-means ran.
 
     k-means++ seeding draws rows by position, so the clusters depend on the order of the rows;
-    :func:`fastblend.condense` and :class:`fastblend.BlendIndex` group in an order fixed by the
+    :class:`fastblend.BlendIndex` (and :func:`fastblend.condense`, which builds one) group in an order fixed by the
     images' content, which removes that dependence. Warns when ``ipc`` exceeds a class's size.
     """
     features, labels, num_classes = _check_group_inputs(features, labels, ipc, backend, niter, tol, num_classes)

@@ -1,5 +1,5 @@
-"""Blend condensation: batched optimisation vs the literal per-cluster loop, split invariants,
-multi-round cache, matcher refusal, errors, persistence."""
+"""Blend condensation: the engine (BlendIndex, and condense over it) vs the literal per-cluster loop of the
+research code, split invariants, multi-round (cumulative) requests, matcher refusal, errors, persistence."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from hypothesis import strategies as st
 from torch import nn
 
 import fastblend
-from fastblend import Blender, Clustering, ReducedRetainSet, condense
-from fastblend.condense import blend_clusters, blend_lr, check_matcher, matcher_seed
-from fastblend.condense.checks import group_in_content_order
-from fastblend.condense_reference import blend_clusters_reference, condense_reference
+import fastblend.plots
+from fastblend import BlendIndex, Clustering, ReducedRetainSet, condense
+from fastblend.condensation import blend_clusters, blend_lr, check_matcher, matcher_seed
+from fastblend.condensation.content_grouping import group_in_content_order
+from fastblend.condensation.reference import blend_clusters_reference, condense_reference
 from fastblend.models import ConvNet3
 
 from ._support import CPU_BACKENDS, FP32_MULTISTEP, Tol, assert_close, backend_params, needs_cuda, tolerance
@@ -27,6 +28,10 @@ F64 = tolerance(torch.float64)
 LOSS_TERMS = Tol(rtol=1e-9, atol=1e-15)
 REORDERED = Tol(rtol=1e-12, atol=1e-13)
 CUDA_VS_CPU = Tol(rtol=1e-9, atol=1e-10)
+# The research code given lr·K_free/K_all takes fastblend's steps in another rounding (the lr scaled, not
+# the loss), and with nothing forgotten it also blends the layout's 20-member cluster, whose weights a
+# few large steps (lr 300) move far: float64 agreement is ~1e-9 relative there, not the last bits.
+LR_SCALED = Tol(rtol=1e-7, atol=1e-8)
 
 
 # --------------------------------------------------------------------------------------------
@@ -67,6 +72,16 @@ def small_matcher(dtype=torch.float64, channels: int = 1, size: int = 8, seed: i
     net = ConvNet3(channels, 10, size, width=8)
     torch.random.set_rng_state(gen_state)
     return net.to(dtype).eval().requires_grad_(False)
+
+
+def research(images, labels, forget, clustering, fast: ReducedRetainSet, **kw) -> ReducedRetainSet:
+    """The research code's post-request Blend of ``forget`` stepping each free cluster as fastblend's
+    ``fast`` did: fastblend's Blend steps by ``lr / K_all`` (all non-empty clusters, docs/method.md §1.4),
+    the research code by ``lr / K_free``, so it gets ``lr · K_free / K_all``."""
+    k_all, k_free = int((clustering.sizes > 0).sum()), int(fast.is_blended.sum())
+    lr = kw.pop("lr", "reference")
+    lr = (blend_lr(clustering.ipc) if lr == "reference" else lr) * k_free / k_all
+    return condense_reference(images, labels, forget, clustering, lr=lr, **kw)
 
 
 def rows(r: ReducedRetainSet) -> list[tuple]:
@@ -120,14 +135,21 @@ def test_condense_matches_literal_loop(layout, normalize):
     m = small_matcher()
     kw = dict(iterations=6, lr=300.0, normalize=normalize, matcher=m)
     fast = condense(images, labels, forget, clustering=clustering, progress=False, **kw)
-    ref = condense_reference(images, labels, forget, clustering, **kw)
+    ref = research(images, labels, forget, clustering, fast, **kw)
     assert rows(fast) == rows(ref)
     assert torch.equal(fast.blend_members, ref.blend_members)
     assert torch.equal(fast.blend_indptr, ref.blend_indptr)
-    assert_close(fast.blend_weights, ref.blend_weights)
-    assert_close(fast.images, ref.images)
-    assert fast.loss_history == pytest.approx(ref.loss_history, rel=F64.rtol)
-    assert fast.final_loss == pytest.approx(ref.final_loss, rel=F64.rtol)
+    assert_close(fast.blend_weights, ref.blend_weights, tol=LR_SCALED)
+    assert_close(fast.images, ref.images, tol=LR_SCALED)
+    assert fast.final_loss == pytest.approx(ref.final_loss, rel=LR_SCALED.rtol)
+    # with nothing forgotten the research code blends every non-empty cluster, as the index does: the
+    # same lr, the same blends, the same loss history (the index's, which every request reports)
+    index = BlendIndex.build(images, labels, clustering=clustering, progress=False, **kw)
+    whole = condense_reference(images, labels, [], clustering, **kw)
+    blended = whole.source_cluster[whole.is_blended]
+    assert_close(index.blends[blended], whole.images[whole.is_blended], tol=LR_SCALED)
+    assert fast.loss_history == index.loss_history
+    assert index.loss_history == pytest.approx(whole.loss_history, rel=LR_SCALED.rtol)
     sizes = fast.blend_indptr.diff()
     if layout == "size1":  # a one-image cluster is its own blend: nothing to optimise
         assert fast.final_loss == 0.0 and torch.equal(fast.blend_weights, torch.ones_like(fast.blend_weights))
@@ -172,7 +194,7 @@ def test_float32_default_matcher_agrees_with_loop(backend):
     forget = torch.tensor([0, 1, 2])
     kw = dict(iterations=5, lr=20.0, seed=4)
     fast = condense(images, labels, forget, clustering=clustering, progress=False, backend=backend, **kw)
-    ref = condense_reference(images, labels, forget, clustering, **kw)
+    ref = research(images, labels, forget, clustering, fast, **kw)
     assert fast.settings["matcher_seed"] == matcher_seed(4)
     assert_close(fast.images, ref.images, tol=FP32_MULTISTEP)
     assert fast.final_loss == pytest.approx(ref.final_loss, rel=1e-3)
@@ -265,58 +287,32 @@ def test_no_forget_blends_everything():
 # --------------------------------------------------------------------------------------------
 # Multi-round
 # --------------------------------------------------------------------------------------------
-def test_blender_cached_matches_fresh_split():
+def test_cumulative_requests_keep_the_blends_of_clusters_that_stay_free():
+    """Multi-round unlearning is a cumulative request to the index (what Blender(mode="cached") did)."""
     images, labels, clustering = mixed_layout(2)
-    m = small_matcher()
-    kw = dict(clustering=clustering, iterations=3, lr=100.0, matcher=m, progress=False)
-    blender = Blender(images, labels, mode="cached", **kw)
+    kw = dict(clustering=clustering, iterations=3, lr=100.0, matcher=small_matcher(), progress=False)
+    index = BlendIndex.build(images, labels, **kw)
     first, second = [1, 2, 40], [3, 41, 60, 61]
-    r1 = blender.forget(first)
-    fresh1 = condense(images, labels, first, **kw)
-    assert rows(r1) == rows(fresh1) and torch.equal(r1.images, fresh1.images)  # round 1 = condense
-    r2 = blender.forget(torch.tensor(second))
-    fresh2 = condense(images, labels, first + second, **kw)
-    assert rows(r2) == rows(fresh2)
+    r1 = index.reduce(first)
+    once = condense(images, labels, first, **kw)
+    assert rows(r1) == rows(once) and torch.equal(r1.images, once.images)  # condense is build + reduce
+    r2 = index.reduce(torch.tensor(first + second))
     _check_split(r2, images, labels, clustering, set(first + second))
-    # blends of clusters that stayed free are kept from round 1
+    # blends of clusters that stayed free are the same rows as in round 1
     row1 = {c: i for i, c in enumerate(r1.source_cluster.tolist()) if c >= 0}
     for i, c in enumerate(r2.source_cluster.tolist()):
         if c >= 0:
             assert torch.equal(r2.images[i], r1.images[row1[c]])
     assert r2.num_blended < r1.num_blended
-    assert torch.equal(r2.blend_members, fresh2.blend_members)
-    assert torch.equal(blender.forgotten.nonzero().flatten(), torch.tensor(sorted(first + second)))
-    assert r2.settings["mode"] == "cached" and r2.settings["round"] == 1
     assert math.isfinite(r2.final_loss)
-
-
-def test_blender_reference_mode_fresh_matcher_each_round():
-    images, labels, clustering = mixed_layout(3)
-    images = images.float()
-    blender = Blender(images, labels, clustering=clustering, mode="reference", iterations=2, lr=10.0,
-                      seed=5, progress=False)
-    r1 = blender.forget([0])
-    r2 = blender.forget([1])
-    assert r1.settings["matcher_seed"] != r2.settings["matcher_seed"]
-    fresh = condense(images, labels, [0], clustering=clustering, iterations=2, lr=10.0, seed=5, progress=False)
-    assert torch.equal(r1.images, fresh.images)
-    fresh2 = condense(images, labels, [0, 1], clustering=clustering, iterations=2, lr=10.0, seed=5, progress=False)
-    assert rows(r2) == rows(fresh2)
-
-
-def test_blender_error_leaves_state_unchanged():
-    images, labels, clustering = mixed_layout(4)
-    blender = Blender(images, labels, clustering=clustering, iterations=1, lr=1.0, matcher=small_matcher(),
-                      progress=False)
-    blender.forget([0, 1])
-    before = blender.forgotten.clone()
-    with pytest.raises(ValueError, match="Blender.forget: forget indices must be in"):
-        blender.forget([5, 999])
-    with pytest.raises(ValueError, match="cover all"):
-        blender.forget(torch.arange(2, labels.numel()))
-    assert torch.equal(blender.forgotten, before) and blender.rounds == 1
-    r = blender.forget([0, 7])  # re-forgetting an index already forgotten is a no-op for it
-    assert blender.forgotten.sum() == 3 and r.settings["round"] == 1
+    # a round's request may repeat what earlier rounds forgot: a mask of the union is the same request
+    union = torch.zeros(labels.numel(), dtype=torch.bool)
+    union[first + second] = True
+    assert rows(index.reduce(union)) == rows(r2)
+    with pytest.raises(ValueError, match="BlendIndex.reduce: forget indices must be in"):
+        index.reduce([5, 999])
+    with pytest.raises(ValueError, match="covers all"):
+        index.reduce(torch.ones(labels.numel(), dtype=torch.bool))
 
 
 # --------------------------------------------------------------------------------------------
@@ -391,8 +387,6 @@ def test_bad_inputs():
                       (dict(normalize="none"), "normalize"), (dict(chunk_size=0), "chunk_size")]:
         with pytest.raises(ValueError, match=f"condense: {match}"):
             condense(images, labels, [0], clustering=clustering, matcher=m, **kw)
-    with pytest.raises(ValueError, match="Blender: mode"):
-        Blender(images, labels, clustering=clustering, mode="lazy")
     with pytest.raises(ValueError, match="condense: matcher parameters are on"):
         condense(images, labels, [0], clustering=clustering, matcher=m, device="meta")
 

@@ -8,8 +8,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 import fastblend
-from fastblend.condense import BlendIndex, ReducedRetainSet, blend_clusters, condense
-from fastblend.condense.chunked import blend_chunked, plan_chunks
+from fastblend.condensation import BlendIndex, ReducedRetainSet, blend_clusters, condense
+from fastblend.condensation.blend import blend_chunked, plan_chunks
 
 N, IPC, IT = 96, 4, 3
 
@@ -251,7 +251,7 @@ def test_load_refuses_a_source_with_one_pixel_or_one_label_changed(tmp_path, cha
 
 
 def test_fingerprint_streams_a_sample_of_a_large_source_and_reads_old_fingerprints(monkeypatch):
-    from fastblend.condense import source as src
+    from fastblend.condensation import source as src
 
     x, y = _data(40)
     ds = RowsDataset(x, y)
@@ -279,7 +279,7 @@ def test_fingerprint_streams_a_sample_of_a_large_source_and_reads_old_fingerprin
 def test_numpy_integers_are_accepted_and_saved_as_python_ints(tmp_path):
     import numpy as np
 
-    from fastblend.condense.chunked import check_member_chunk
+    from fastblend.condensation.blend import check_member_chunk
 
     assert check_member_chunk("t", np.int64(5)) == 5 and type(check_member_chunk("t", np.int64(5))) is int
     for bad in (True, 2.5, "8", 0):
@@ -366,7 +366,7 @@ def test_condense_holds_no_feature_matrix_during_the_blend(monkeypatch):
     import gc
     import importlib
 
-    core = importlib.import_module("fastblend.condense.core")
+    core = importlib.import_module("fastblend.condensation.index")
 
     x, y = _data()
     ds = RowsDataset(x, y)

@@ -183,8 +183,6 @@ ROWS = [
      "condense: images must be a floating tensor"),
     ("condense", "member_chunk 0", lambda: F.condense(_x(), _y(), [0], ipc=1, member_chunk=0), ValueError,
      "condense: member_chunk must be None or an int >= 1"),
-    ("Blender", "float labels", lambda: F.Blender(_x(), _y().float(), ipc=1, progress=False), TypeError,
-     "Blender: labels must be a 1-d integer tensor"),
     ("ReducedRetainSet", "load wrong labels", lambda: _save_load_reduced(labels=torch.arange(2)), ValueError,
      r"ReducedRetainSet.load: .*: labels must be a torch.int64 tensor of shape \[3\]"),
     ("ReducedRetainSet", "load images as string", lambda: _save_load_reduced(images="pixels"), ValueError,

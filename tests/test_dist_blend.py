@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fastblend import distributed as fd
-from fastblend.condense import BlendIndex, condense
+from fastblend.condensation import BlendIndex, condense
 from tests._dist import run_ranks
 
 FORGET = [0, 7, 30, 31, 55]

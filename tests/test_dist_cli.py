@@ -67,7 +67,7 @@ def test_torchrun_two_ranks_condense_equals_one_process(tmp_path):
     one = subprocess.run([sys.executable, "-m", "fastblend", *args, "--out", str(tmp_path / "one.pt")],
                          env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert one.returncode == 0, one.stderr[-3000:]
-    from fastblend.condense import ReducedRetainSet
+    from fastblend.condensation import ReducedRetainSet
 
     a, b = ReducedRetainSet.load(tmp_path / "two.pt"), ReducedRetainSet.load(tmp_path / "one.pt")
     assert torch.equal(a.labels, b.labels) and torch.equal(a.is_blended, b.is_blended)

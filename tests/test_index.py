@@ -1,5 +1,6 @@
-"""BlendIndex (docs/method.md §1.4): blends equal a post-request condense, classwise requests, save/load;
-row-order invariance of the reduced set; condense on datasets and loaders; ipc and repr."""
+"""BlendIndex (docs/method.md §1.4): condense is build + reduce; blends equal the research code's
+post-request Blend at lr·K_free/K_all; classwise requests, save/load; row-order invariance of the
+reduced set; condense on datasets and loaders; ipc and repr."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import fastblend
 from fastblend import BlendIndex, condense
-from fastblend.condense import blend_lr
+from fastblend.condensation import blend_lr
+from fastblend.condensation.reference import condense_reference
 
 IPC = 4
 
@@ -35,17 +37,20 @@ def _same_rows(a, b, atol=1e-6):
     torch.testing.assert_close(a.images, b.images, rtol=0, atol=atol)
 
 
-def test_blends_equal_a_post_request_condense(data, index):
+def test_blends_equal_a_post_request_research_blend(data, index):
     images, labels = data
     forget = torch.tensor([0, 7, 31, 50, 88])
     reduced = index.reduce(forget)
     k_all = index.num_blends
     k_free = int(reduced.is_blended.sum())
     assert 0 < k_free < k_all and reduced.num_residual > 0
-    # condense after the request, same clustering and matcher; its loss averages over K_free
-    # clusters, the index's over K_all: the same step per cluster needs lr * K_free / K_all
-    after = condense(images, labels, forget, clustering=index.clustering, seed=3, progress=False,
-                     lr=blend_lr(IPC) * k_free / k_all)
+    # condense is the same engine in one call: the same rows, bit for bit
+    once = condense(images, labels, forget, ipc=IPC, seed=3, progress=False)
+    assert torch.equal(once.images, reduced.images) and torch.equal(once.blend_weights, reduced.blend_weights)
+    assert once.timings["blend"] > 0 and "index" not in once.timings
+    # the research code blends after the request, same clustering and matcher; its loss averages over
+    # K_free clusters, the index's over K_all: the same step per cluster needs lr * K_free / K_all
+    after = condense_reference(images, labels, forget, index.clustering, seed=3, lr=blend_lr(IPC) * k_free / k_all)
     _same_rows(reduced, after, atol=1e-5)
     torch.testing.assert_close(reduced.blend_weights, after.blend_weights, rtol=0, atol=1e-5)
     assert torch.equal(reduced.blend_members, after.blend_members)

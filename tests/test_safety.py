@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import fastblend
-from fastblend.condense.blend import blend_clusters
+from fastblend.condensation.blend import blend_clusters
 from tests._support import HAS_CPP, backend_params, device_for
 
 
@@ -311,7 +311,7 @@ def test_images_of_other_floating_dtypes_are_cast_to_the_network(dtype):
 # 9. Persistence: loads are validated and name the file; writes are atomic
 # --------------------------------------------------------------------------------------------
 def _reduced():
-    from fastblend.condense import ReducedRetainSet
+    from fastblend.condensation import ReducedRetainSet
 
     r = 5
     none = torch.zeros(0, dtype=torch.long)
@@ -327,7 +327,7 @@ def _reduced():
     ("compression", "high", "compression must be a number"),
 ])
 def test_reduced_set_load_validates_fields(tmp_path, field, value, match):
-    from fastblend.condense import ReducedRetainSet
+    from fastblend.condensation import ReducedRetainSet
 
     path = tmp_path / "r.pt"
     _reduced().save(path)
@@ -339,7 +339,7 @@ def test_reduced_set_load_validates_fields(tmp_path, field, value, match):
 
 
 def test_truncated_files_raise_naming_the_path(tmp_path):
-    from fastblend.condense import ReducedRetainSet
+    from fastblend.condensation import ReducedRetainSet
 
     path = tmp_path / "r.pt"
     _reduced().save(path)
@@ -512,7 +512,7 @@ def test_a_save_into_a_missing_folder_names_the_folder(tmp_path):
 
 
 def test_loading_a_junk_file_raises_value_error_naming_it(tmp_path):
-    from fastblend.condense import ReducedRetainSet
+    from fastblend.condensation import ReducedRetainSet
 
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"junk" * 100)  # torch.load's legacy unpickler raises a bare KeyError on it

@@ -109,7 +109,7 @@ def load_index(path: Path) -> Any:
     cannot be read (then a ``RuntimeWarning`` names the file and the caller rebuilds it)."""
     if not path.exists():
         return None
-    from ..condense import BlendIndex
+    from ..condensation import BlendIndex
 
     try:
         return BlendIndex.load(path)

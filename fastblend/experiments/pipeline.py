@@ -35,8 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..condense import Blender, BlendIndex, ReducedRetainSet, condense
-from ..condense.core import blend_lr
+from ..condensation import BlendIndex, ReducedRetainSet, matcher_seed
+from ..condensation.recipe import blend_lr
+from ..condensation.recipe import default_ipc as blend_default_ipc
 from ..datasets import dataset_info, load_dataset, make_split
 from ..distributed import all_gather_objects, is_distributed, is_main_process, world_size
 from ..grouping import Clustering, extract_features, group
@@ -142,6 +143,17 @@ def blend_index(cfg: ExperimentConfig, train, ipc: int, seed: int, device: torch
         loaded = all(all_gather_objects(loaded))
     if loaded:
         return index, timer.stages["load"], True
+    index = build_index(cfg, train, ipc, seed, device, progress)
+    if is_main_process():
+        cache.save_index(index, path)
+    return index, index.timings["total"], False
+
+
+def build_index(cfg: ExperimentConfig, train, ipc: int, seed: int, device: torch.device | None,
+                progress: bool) -> BlendIndex:
+    """Features, grouping (``cfg.grouping_backend``) and :meth:`BlendIndex.build` of ``train``, each stage
+    timed into ``index.timings`` (``features``, ``grouping``, ``blend``, ``total``): the one way ``run``
+    (through the cache, :func:`blend_index`) and ``condense`` condense."""
     timer = StageTimer(device)
     clustering = _grouped(cfg, train, ipc, seed, device, progress, timer)
     with timer("blend"):
@@ -150,9 +162,7 @@ def blend_index(cfg: ExperimentConfig, train, ipc: int, seed: int, device: torch
                                  seed=seed, device=device, progress=progress, amp=cfg.blend_amp)
     index.timings.update(features=timer.stages["features"], grouping=timer.stages["grouping"],
                          blend=index.timings.get("blend", timer.stages["blend"]), total=timer.total)
-    if is_main_process():
-        cache.save_index(index, path)
-    return index, timer.total, False
+    return index
 
 
 def evaluate(model: nn.Module, split, device: torch.device) -> tuple[dict, dict]:
@@ -186,16 +196,18 @@ def request_reduced(index: BlendIndex, forget: torch.Tensor) -> tuple[ReducedRet
     return reduced, time.perf_counter() - t0
 
 
-def blend_matcher(cfg: ExperimentConfig, images: torch.Tensor, seed: int, device: torch.device | None):
+def blend_matcher(cfg: ExperimentConfig, images: torch.Tensor, seed: int, device: torch.device | None,
+                  round_index: int = 0):
     """Blend's matcher for ``cfg``: ``None`` (the library's default, the paper's width-128 random ConvNet-3
-    seeded with ``matcher_seed(seed)``) or the same network at ``cfg.blend_width`` channels."""
-    if cfg.blend_width == 128:
+    seeded with ``matcher_seed(seed)``) or the same network at ``cfg.blend_width`` channels, seeded with
+    ``matcher_seed(seed, round_index)`` (a multi-round reference run's fresh matcher)."""
+    if cfg.blend_width == 128 and round_index == 0:
         return None
-    from ..condense import matcher_seed
     from ..models import random_convnet
 
     dev = device if device is not None else images.device
-    return random_convnet(images.shape[1], images.shape[-1], matcher_seed(seed), device=dev, width=cfg.blend_width)
+    return random_convnet(images.shape[1], images.shape[-1], matcher_seed(seed, round_index), device=dev,
+                          width=cfg.blend_width)
 
 
 def _grouped(cfg: ExperimentConfig, train, ipc: int, seed: int, device: torch.device | None, progress: bool,
@@ -210,17 +222,15 @@ def _grouped(cfg: ExperimentConfig, train, ipc: int, seed: int, device: torch.de
 
 def reduce_retain(cfg: ExperimentConfig, train, forget: torch.Tensor, ipc: int, seed: int,
                   device: torch.device | None, progress: bool) -> tuple[Clustering, ReducedRetainSet, dict]:
-    """Features -> grouping -> split -> Blend for ``train`` and the forget indices: the clustering,
-    the reduced retain set and the seconds of each stage (device synchronised)."""
-    timer = StageTimer(device)
-    clustering = _grouped(cfg, train, ipc, seed, device, progress, timer)
-    reduced = condense(train.images, train.labels, forget, clustering=clustering, iterations=cfg.blend_iterations,
-                       matcher=blend_matcher(cfg, train.images, seed, device),
-                       seed=seed, device=device, progress=progress, amp=cfg.blend_amp)
-    for stage in ("split", "blend"):
-        timer.add(stage, reduced.timings.get(stage, 0.0))
-    reduced.timings.update(features=timer.stages["features"], grouping=timer.stages["grouping"])
-    return clustering, reduced, dict(timer.stages)
+    """The training set's :class:`BlendIndex` (:func:`build_index`, as ``run`` builds it; not cached) and
+    the forget request against it: the clustering, the reduced retain set and the seconds of each stage
+    (``features``, ``grouping``, ``blend`` of the index build; ``split``: the request)."""
+    index = build_index(cfg, train, ipc, seed, device, progress)
+    reduced = index.reduce(forget)
+    stages = {k: float(index.timings.get(k, 0.0)) for k in ("features", "grouping", "blend")}
+    stages["split"] = reduced.timings["request"]
+    reduced.timings.update(stages)
+    return index.clustering, reduced, stages
 
 
 def _tracked(cfg: ExperimentConfig, trackers: dict, variant: str, method: str, config: dict, retain_size: int,
@@ -350,7 +360,7 @@ def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, log: Callable[[str
                 row[f"gap_{key}"] = row[key] - rows["retrain"][key]
 
     target = _time_to_target(cfg, rows, trackers)
-    round_rows = run_rounds(cfg, seed, train, split, clustering, model, unseen, device, log) \
+    round_rows = run_rounds(cfg, seed, train, split, index, model, unseen, device, log) \
         if cfg.rounds > 1 else []
     result = {"seed": seed, "rows": list(rows.values()), "rounds": round_rows, "split": split.summary(),
               "time_to_target": target}
@@ -383,14 +393,12 @@ def _rank_device(device: torch.device) -> torch.device:
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
 
 
-def run_rounds(cfg: ExperimentConfig, seed: int, train, split, clustering, model: nn.Module, unseen,
+def run_rounds(cfg: ExperimentConfig, seed: int, train, split, index: BlendIndex, model: nn.Module, unseen,
                device: torch.device, log: Callable[[str], None]) -> list[dict]:
     """Multi-round unlearning (docs/method.md §1.4): the forget set arrives in ``cfg.rounds`` cumulative parts;
-    each round condenses (cached or reference mode) and unlearns from the previous round's model."""
-    blender = Blender(train.images, train.labels, clustering=clustering, mode=cfg.round_mode,
-                      iterations=cfg.blend_iterations, seed=seed, device=device, progress=not cfg.quiet,
-                      matcher=blend_matcher(cfg, train.images, seed, device),
-                      amp=cfg.blend_amp)
+    each round is a request for the cumulative forget set and unlearns from the previous round's model.
+    ``cached``: every round asks ``index``; ``reference``: each round after the first blends afresh (a new
+    index over ``index``'s clustering with the matcher seeded ``matcher_seed(seed, round)``)."""
     rows = []
     previous = torch.zeros(0, dtype=torch.int64)
     current = model
@@ -398,7 +406,12 @@ def run_rounds(cfg: ExperimentConfig, seed: int, train, split, clustering, model
         new = cumulative[~torch.isin(cumulative, previous)]
         timer = StageTimer(device)
         with timer("condense"):
-            reduced = blender.forget(new)
+            if cfg.round_mode == "reference" and r > 0:
+                index = BlendIndex.build(train.images, train.labels, clustering=index.clustering,
+                                         iterations=cfg.blend_iterations, seed=seed, device=device,
+                                         progress=not cfg.quiet, amp=cfg.blend_amp,
+                                         matcher=blend_matcher(cfg, train.images, seed, device, round_index=r))
+            reduced = index.reduce(cumulative)
         fmask = torch.zeros(len(train), dtype=torch.bool)
         fmask[cumulative] = True
         round_forget = (train.images[cumulative], train.labels[cumulative])
@@ -436,8 +449,7 @@ def default_ipc(cfg: ExperimentConfig, train) -> int:
     paper = getattr(info, "paper_ipc", None)
     if paper and cfg.per_class is None and cfg.limit is None:
         return int(paper)
-    per_class = max(1, len(train) // max(train.num_classes, 1))
-    return max(1, round(per_class / 5))
+    return blend_default_ipc(len(train), train.num_classes)
 
 
 

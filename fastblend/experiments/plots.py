@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from ..condense import ReducedRetainSet
+    from ..condensation import ReducedRetainSet
     from ..grouping import Clustering
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ..condense.core import blend_lr
+from ..condensation.recipe import blend_lr
 from ..dataset_readers import canonical_name
 from ..datasets import dataset_info
 from ..methods import TrainModelConfig, accelerated, config_class

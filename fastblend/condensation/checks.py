@@ -1,25 +1,25 @@
-"""Input checks shared by :func:`condense`, :class:`Blender` and ``fastblend.condense_reference``.
+"""Input checks shared by :meth:`BlendIndex.build`, :func:`condense` and the research-code oracle
+(``fastblend.condensation.reference``).
 
-Every check raises ``ValueError``/``TypeError`` naming its ``caller``; :func:`resolve_clustering`
-also builds the clustering (features + grouping) when the caller passed only ``ipc``.
+Every check raises ``ValueError``/``TypeError`` naming its ``caller``, and only checks (and adapts the
+data forms): the features and the grouping are :mod:`.content_grouping`'s.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-import time
 from collections.abc import Sequence
 
 import torch
-from torch import nn
+from torch.utils.data import DataLoader, Dataset, RandomSampler, TensorDataset
 
-from .._device import synchronize
-from ..grouping import Clustering
+from ..data_adapter import as_data, indexed_rows, is_streamed_dataset
+from ..grouping import Clustering, check_ipc
+from .source import is_dataset_source, source_labels, source_sample
 
-__all__ = ["NORMALIZE_MODES", "as_image_tensors", "check_clustering", "content_keys", "content_order",
-           "extract_streamed", "forget_mask", "group_in_content_order", "open_source", "plain_int", "prepare_inputs",
-           "resolve_clustering"]
+__all__ = ["NORMALIZE_MODES", "as_image_tensors", "check_clustering", "check_ipc", "check_member_chunk", "forget_mask",
+           "open_source", "plain_int", "prepare_inputs"]
 
 NORMALIZE_MODES = ("sum", "softmax")
 
@@ -39,8 +39,6 @@ def _check_data(caller: str, images: object, labels: object) -> tuple[torch.Tens
 
 def _check_source(caller: str, source: object, labels: object) -> tuple[object, torch.Tensor]:
     """A streamed Dataset: a floating ``[C, H, W]`` first image and one label per row."""
-    from .source import source_sample
-
     if len(source) == 0:
         raise ValueError(f"{caller}: images must hold at least one image (the Dataset is empty)")
     sample = source_sample(source, caller)
@@ -128,6 +126,16 @@ def _check_settings(caller: str, iterations: object, lr: object, normalize: obje
         raise ValueError(f"{caller}: chunk_size must be None or an int >= 1, got {chunk_size!r}")
 
 
+def check_member_chunk(caller: str, member_chunk: object) -> int | None:
+    """``member_chunk`` must be ``None`` or an integer >= 1 (numpy integers too, not a bool); returned
+    as a Python int."""
+    if member_chunk is not None and (isinstance(member_chunk, bool) or not isinstance(member_chunk, numbers.Integral)
+                                     or member_chunk < 1):
+        raise ValueError(f"{caller}: member_chunk must be None or an int >= 1 (member images held at once), "
+                         f"got {member_chunk!r}")
+    return None if member_chunk is None else int(member_chunk)
+
+
 def check_clustering(caller: str, clustering: object, labels: torch.Tensor, ipc: object) -> Clustering:
     if not isinstance(clustering, Clustering):
         raise TypeError(f"{caller}: clustering must be a fastblend Clustering, got {type(clustering).__name__}")
@@ -155,10 +163,6 @@ def as_image_tensors(caller: str, data: object, labels: object) -> tuple[object,
     (``_check_data`` follows)."""
     if isinstance(data, torch.Tensor):
         return data, labels
-    from torch.utils.data import DataLoader, Dataset
-
-    from ..data_adapter import indexed_rows
-
     if labels is not None:
         raise TypeError(f"{caller}: labels must be None when the data is a {type(data).__name__} "
                         "(the labels come from the data)")
@@ -175,9 +179,6 @@ def open_source(caller: str, data: object, labels: object) -> tuple[object, obje
     """``(source, labels)``: a map-style Dataset that holds no in-memory image tensor is kept as the
     source (streamed; labels from ``.labels``/``.targets`` or one pass over it); anything else goes
     through :func:`as_image_tensors`."""
-    from ..data_adapter import is_streamed_dataset
-    from .source import source_labels
-
     if is_streamed_dataset(data):
         if labels is not None:
             raise TypeError(f"{caller}: labels must be None when the data is a {type(data).__name__} "
@@ -186,132 +187,16 @@ def open_source(caller: str, data: object, labels: object) -> tuple[object, obje
     return as_image_tensors(caller, data, labels)
 
 
-_HASH_SEED = 0x5EED_B1E4D
-
-
-def content_keys(images: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
-    """``[N]`` int64 CPU hash of each row's bytes: a fixed random linear form over the bit patterns in
-    wrapping int64 arithmetic, exact, so it depends neither on the row order nor on the batch."""
-    flat = images.reshape(images.shape[0], -1)
-    int_dtype = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.int8}[flat.element_size()]
-    gen = torch.Generator().manual_seed(_HASH_SEED)
-    mult = (torch.randint(-(2**62), 2**62, (flat.shape[1],), generator=gen, dtype=torch.int64) | 1).to(flat.device)
-    keys = torch.empty(flat.shape[0], dtype=torch.int64, device=flat.device)
-    for s in range(0, flat.shape[0], chunk):
-        keys[s:s + chunk] = (flat[s:s + chunk].contiguous().view(int_dtype).to(torch.int64) * mult).sum(1)
-    return keys.cpu()
-
-
-def content_order(images: torch.Tensor) -> torch.Tensor:
-    """``[N]`` int64 permutation sorting the rows of ``images`` by :func:`content_keys`.
-
-    Feeding features and k-means in this order makes the grouping (k-means++ seeding picks
-    positions) depend on the data only, not on the order of its rows; equal rows are interchangeable.
-    """
-    return torch.argsort(content_keys(images), stable=True)
-
-
-def group_in_content_order(images: torch.Tensor, labels: torch.Tensor, ipc: int, seed: int,
-                           features: torch.Tensor | None, feature_fn, keep: str | None = "caller", *,
-                           caller: str = "group_in_content_order", distributed: bool | None = None,
-                           ) -> tuple[Clustering, object, float, float]:
-    """Features (``feature_fn(images in content order)`` unless given) and :func:`fastblend.group` on
-    the rows in :func:`content_order`, mapped back to the caller's row order: the same data in any
-    row order gives the same clusters. Returns ``(clustering, features, seconds of features,
-    seconds of grouping)``; ``keep`` says which features come back: ``"caller"``: ``[N, D]`` in the
-    caller's row order (the given ``features`` themselves when they were given), ``"content"``:
-    ``(features in content order [N, D], row -> content position [N] int64)`` (no reordered copy),
-    ``None``: ``None`` (the features are freed as soon as the clustering exists). ``caller`` names
-    the function in errors about the rows; ``distributed`` goes to :func:`fastblend.group` (``False``:
-    no collective; ``feature_fn`` gets the same choice from its caller)."""
-    from ..grouping import group
-
-    if keep not in ("caller", "content", None):
-        raise ValueError(f"group_in_content_order: keep must be 'caller', 'content' or None, got {keep!r}")
-    from .source import ReorderedRows, row_keys
-
-    if isinstance(images, torch.Tensor):
-        order = content_order(images)
-        if images.device.type == "cpu":  # read in content order batch by batch: no reordered copy of the images
-            ordered = lambda: ReorderedRows(images, order)  # noqa: E731
-        else:
-            ordered = lambda: images[order.to(images.device)]  # noqa: E731
-    else:  # a Dataset source: keys and features streamed in content order
-        order = torch.argsort(row_keys(images, caller=caller), stable=True)
-        ordered = lambda: ReorderedRows(images, order)  # noqa: E731
-    t0 = time.perf_counter()
-    if features is None:
-        feats_sorted = feature_fn(ordered())
-    else:
-        feats_sorted = features[order.to(features.device)]
-    synchronize(feats_sorted.device)
-    t1 = time.perf_counter()
-    sorted_clustering = group(feats_sorted, labels.cpu()[order], ipc, seed=seed, distributed=distributed)
-    t2 = time.perf_counter()
-    clustering = sorted_clustering
-    assignment = torch.empty_like(clustering.assignment)
-    assignment[order] = clustering.assignment
-    clustering.assignment, clustering.perm = assignment, order[clustering.perm]
-    if keep is None:
-        return clustering, None, t1 - t0, t2 - t1
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(order.numel())
-    if keep == "content":
-        return clustering, (feats_sorted, inverse), t1 - t0, t2 - t1
-    if features is not None:  # a permutation and its inverse: the caller's own rows, bit for bit
-        return clustering, features, t1 - t0, t2 - t1
-    return clustering, feats_sorted[inverse.to(feats_sorted.device)], t1 - t0, t2 - t1
-
-
-def resolve_clustering(caller: str, images: torch.Tensor, labels: torch.Tensor, ipc: object,
-                       clustering: Clustering | None, seed: int, device: torch.device,
-                       progress: bool | None, extractor: nn.Module | None = None, keep: str | None = "caller",
-                       distributed: bool | None = None) -> tuple[Clustering, float, float, object]:
-    """The caller's clustering, or extract features + group in :func:`content_order` (invariant to
-    the row order; seconds of both returned, and the features when they were extracted here, as
-    :func:`group_in_content_order` ``keep`` says: only what the caller uses is kept). ``distributed``
-    goes to :func:`fastblend.extract_features` and :func:`fastblend.group` (``False``: no collective)."""
-    if clustering is not None:
-        return check_clustering(caller, clustering, labels, ipc), 0.0, 0.0, None
-    if ipc is None:
-        raise ValueError(f"{caller}: pass ipc (clusters per class) or a precomputed clustering")
-    ipc_arg = ipc
-    ipc = _as_int(ipc, 1)
-    if ipc is None:
-        raise ValueError(f"{caller}: ipc must be a positive int, got {ipc_arg!r}")
-    synchronize(device)
-    clustering, feats, t_feat, t_group = group_in_content_order(
-        images, labels, ipc, seed, None,
-        lambda x: extract_streamed(x, extractor=extractor, device=device, seed=seed, progress=progress,
-                                   distributed=distributed), keep=keep, caller=caller, distributed=distributed)
-    return check_clustering(caller, clustering, labels, ipc), t_feat, t_group, feats
-
-
-def extract_streamed(data: object, extractor: nn.Module | None, device: torch.device, seed: int,
-                     progress: bool | None, batch_size: int = 512, distributed: bool | None = None) -> torch.Tensor:
-    """``extract_features`` of a tensor or a Dataset of ``(image, label)`` rows: ``[N, D]`` float32
-    (a Dataset is read ``batch_size`` rows at a time; the same batches, so the same features, as the
-    tensor path; ``distributed`` as in :func:`fastblend.extract_features`)."""
-    from ..features import extract_features
-
-    return extract_features(data, extractor=extractor, batch_size=batch_size, device=device, seed=seed,
-                            progress=progress, distributed=distributed)
-
-
 def prepare_inputs(caller: str, images, labels, forget, iterations, lr, normalize, chunk_size, device,
                    member_chunk: object = None):
     """Check the data (a tensor, or a Dataset source with its labels), the Blend settings and
     ``forget``; return ``(images, labels [N] int64, forget mask [N] bool on the CPU, device)``
     (``device`` defaults to the images' device, the CPU for a Dataset)."""
-    from .source import is_dataset_source
-
     if is_dataset_source(images):
         images, labels = _check_source(caller, images, labels)
     else:
         images, labels = _check_data(caller, images, labels)
     _check_settings(caller, iterations, lr, normalize, chunk_size)
-    from .chunked import check_member_chunk
-
     check_member_chunk(caller, member_chunk)
     n = labels.shape[0]
     mask = forget_mask(caller, forget, n)

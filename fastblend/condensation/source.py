@@ -5,7 +5,8 @@ A Dataset is read through its batched ``__getitems__`` when it has one, else row
 come from a ``.labels``/``.targets`` attribute of length ``N`` or one pass over the rows. Also the
 source's fingerprint (length, row shape, dtype, SHA-256 of the labels and of every image byte up to
 256 MiB, else of 8,192 evenly spaced rows) that an index or a reduced set saved without its
-residual images keeps to check the source it is reopened with.
+residual images keeps to check the source it is reopened with, and the content keys that fix the
+grouping's row order and find rows by content.
 """
 
 from __future__ import annotations
@@ -19,13 +20,37 @@ from torch.utils.data import Dataset
 
 from .._io import hashed_rows
 from ..data_adapter import dataset_items
-from .checks import content_keys
 
-__all__ = ["FINGERPRINT_KIND", "ReorderedRows", "check_fingerprint", "fingerprint", "is_dataset_source",
-           "read_rows", "row_keys", "source_labels", "source_length", "source_sample"]
+__all__ = ["FINGERPRINT_KIND", "ReorderedRows", "check_fingerprint", "content_keys", "content_order", "fingerprint",
+           "is_dataset_source", "read_rows", "row_keys", "source_labels", "source_length", "source_sample"]
 
 FINGERPRINT_KIND = 2  # every image byte up to a cap (fastblend._io.hashed_rows), and the labels
 _READ = 512  # rows per read when a whole source is streamed
+
+
+_HASH_SEED = 0x5EED_B1E4D
+
+
+def content_keys(images: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """``[N]`` int64 CPU hash of each row's bytes: a fixed random linear form over the bit patterns in
+    wrapping int64 arithmetic, exact, so it depends neither on the row order nor on the batch."""
+    flat = images.reshape(images.shape[0], -1)
+    int_dtype = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.int8}[flat.element_size()]
+    gen = torch.Generator().manual_seed(_HASH_SEED)
+    mult = (torch.randint(-(2**62), 2**62, (flat.shape[1],), generator=gen, dtype=torch.int64) | 1).to(flat.device)
+    keys = torch.empty(flat.shape[0], dtype=torch.int64, device=flat.device)
+    for s in range(0, flat.shape[0], chunk):
+        keys[s:s + chunk] = (flat[s:s + chunk].contiguous().view(int_dtype).to(torch.int64) * mult).sum(1)
+    return keys.cpu()
+
+
+def content_order(images: torch.Tensor) -> torch.Tensor:
+    """``[N]`` int64 permutation sorting the rows of ``images`` by :func:`content_keys`.
+
+    Feeding features and k-means in this order makes the grouping (k-means++ seeding picks
+    positions) depend on the data only, not on the order of its rows; equal rows are interchangeable.
+    """
+    return torch.argsort(content_keys(images), stable=True)
 
 
 def is_dataset_source(data: object) -> bool:

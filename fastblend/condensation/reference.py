@@ -1,10 +1,15 @@
 """The literal per-cluster Blend of docs/method.md §1.2–1.3: the test oracle and the benchmark baseline.
 
+Not public API and imported by no module of the package (only tests and benchmarks import it, as
+they do ``fastblend.ops.reference``).
+
 One cluster, one blended image, one matcher forward and one backward at a time, the way the
 published reference code condenses; the loss of each cluster is divided by K so that the summed
 gradients are those of ``L = (1/K) Σ_i (1/D) ‖f_m(x̃_i) − μ_i‖²``, and a single SGD (momentum 0.5)
-steps all clusters' weights once per iteration. Never called by the fast path
-(:mod:`fastblend.condense`).
+steps all clusters' weights once per iteration. :func:`condense_reference` is the research code's
+post-request Blend: it blends a request's ``K_free`` free clusters, so each steps by ``lr/K_free``;
+fastblend's :class:`fastblend.BlendIndex` steps each by ``lr/K_all`` (all non-empty clusters). They
+agree when nothing is forgotten, and for a request with ``lr · K_free / K_all`` passed here.
 """
 
 from __future__ import annotations
@@ -14,12 +19,13 @@ import time
 import torch
 from torch import nn
 
-from ._device import synchronize
-from .condense.blend import MOMENTUM, BlendResult, check_matcher, embed_fn, matcher_dtype
-from .condense.checks import check_clustering, prepare_inputs
-from .condense.core import blend_lr, make_matcher
-from .condense.reduced import ReducedRetainSet
-from .grouping import Clustering
+from .._device import synchronize
+from .._progress import bar as progress_bar
+from ..grouping import Clustering
+from .blend import MOMENTUM, BlendResult, check_matcher, embed_fn, matcher_dtype
+from .checks import check_clustering, prepare_inputs
+from .recipe import blend_lr, make_matcher
+from .reduced import ReducedRetainSet
 
 __all__ = ["blend_clusters_reference", "condense_reference"]
 
@@ -39,8 +45,8 @@ def _blend_one(members: torch.Tensor, w: torch.Tensor, normalize: str) -> torch.
 
 def blend_clusters_reference(x: torch.Tensor, indptr: torch.Tensor, matcher: nn.Module, *, lr: float,
                              iterations: int = 12, normalize: str = "sum", progress: bool = False) -> BlendResult:
-    """Same contract as :func:`fastblend.condense.blend_clusters`, as a Python loop over clusters."""
-    from ._progress import bar as progress_bar
+    """Same contract as :func:`fastblend.condensation.blend_clusters`, as a Python loop over clusters."""
+
 
     bounds = indptr.tolist()
     clusters = [x[s:e] for s, e in zip(bounds[:-1], bounds[1:])]
@@ -94,7 +100,7 @@ def condense_reference(images: torch.Tensor, labels: torch.Tensor, forget: objec
                        iterations: int = 12, lr: float | str = "reference", normalize: str = "sum",
                        matcher: nn.Module | None = None, seed: int = 0, device: torch.device | str | None = None,
                        progress: bool = False) -> ReducedRetainSet:
-    """:func:`fastblend.condense` with a precomputed clustering, written as loops over clusters.
+    """The research code's post-request Blend with a precomputed clustering, written as loops over clusters.
 
     Returns the same rows in the same order (blended rows by cluster id, then residual rows).
     """

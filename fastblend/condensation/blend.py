@@ -9,8 +9,9 @@ The matcher has no batch statistics (:func:`check_matcher` enforces it), so ``L`
 independent per-cluster terms and all K clusters are optimised together: one
 :func:`fastblend.segment_blend` over the CSR layout of the free clusters plus one batched
 forward/backward of ``f_m`` per iteration (optionally in chunks, which is exact because the terms
-are independent). ``fastblend.condense_reference`` holds the literal per-cluster loop that this
-reproduces.
+are independent). :func:`blend_chunked` runs it one chunk of clusters at a time (``member_chunk``),
+each term keeping the global ``1/K``. ``fastblend.condensation.reference`` holds the literal
+per-cluster loop that this reproduces (the test oracle).
 """
 
 from __future__ import annotations
@@ -25,11 +26,15 @@ import torch
 from torch import nn
 
 from .._device import synchronize
+from .._progress import bar as progress_bar
 from ..ops import segment_blend
 from ..ops._common import normalize_segment_weights
+from .checks import check_member_chunk
 
-__all__ = ["CPU_CHUNK", "MOMENTUM", "BlendResult", "blend_clusters", "check_matcher", "default_chunk_size", "embed_fn",
-           "matcher_dtype"]
+__all__ = ["CPU_CHUNK", "MOMENTUM", "BlendResult", "blend_chunked", "blend_clusters", "check_matcher",
+           "default_chunk_size", "embed_fn", "matcher_dtype", "plan_chunks"]
+
+Fetch = Callable[[torch.Tensor], torch.Tensor]  # [m] int64 CSR positions -> [m, C, H, W] member images
 
 MOMENTUM = 0.5
 _TARGET_BATCH = 512  # inference batch for the targets when no chunk_size is given (GPU)
@@ -240,8 +245,6 @@ def blend_clusters(x: torch.Tensor, indptr: torch.Tensor, matcher: nn.Module, *,
     Each iteration is one ``segment_blend`` over all clusters and one batched matcher
     forward/backward over the K blends; there is no Python loop over clusters.
     """
-    from .._progress import bar as progress_bar
-
     _check_blend_inputs(x, indptr, matcher, lr, iterations)
     device = x.device
     m, k = x.shape[0], indptr.numel() - 1
@@ -250,8 +253,6 @@ def blend_clusters(x: torch.Tensor, indptr: torch.Tensor, matcher: nn.Module, *,
         raise ValueError(f"blend_clusters: loss_clusters must be an int >= K = {k} (the clusters of x), got "
                          f"{loss_clusters!r}")
     if member_chunk is not None:
-        from .chunked import blend_chunked, check_member_chunk
-
         check_member_chunk("blend_clusters", member_chunk)
         if member_chunk < m:
             if member_features is not None and (member_features.dim() != 2 or member_features.shape[0] != m):
@@ -310,3 +311,62 @@ def blend_clusters(x: torch.Tensor, indptr: torch.Tensor, matcher: nn.Module, *,
     return BlendResult(weights=w.detach(), normalized_weights=w_hat, blended=blended, initial_terms=initial_terms,
                        final_terms=final_terms, loss_history=history, seconds_targets=t1 - t0,
                        seconds_iterations=t2 - t1, seconds_final=t3 - t2)
+
+
+def plan_chunks(sizes: torch.Tensor, member_chunk: int | None) -> list[tuple[int, int]]:
+    """Contiguous cluster ranges ``[(k0, k1), ...]`` covering ``0..K``, each holding at most
+    ``member_chunk`` members (a larger cluster alone); ``None``: one range."""
+    k = int(sizes.numel())
+    if k == 0:
+        return []
+    if member_chunk is None:
+        return [(0, k)]
+    out, start, held = [], 0, 0
+    for i, s in enumerate(sizes.tolist()):
+        if i > start and held + s > member_chunk:
+            out.append((start, i))
+            start, held = i, 0
+        held += s
+    out.append((start, k))
+    return out
+
+
+def blend_chunked(fetch: Fetch, indptr: torch.Tensor, matcher: nn.Module, *, member_chunk: int | None,
+                  loss_clusters: int, device: torch.device, lr: float, iterations: int = 12,
+                  normalize: str = "sum", chunk_size: int | None = None, backend: str = "auto",
+                  progress: bool | None = None, member_features: Fetch | None = None,
+                  amp: bool = False) -> BlendResult:
+    """:func:`blend_clusters` over the CSR layout ``indptr`` (``[K+1]`` int64, CPU), one chunk of
+    clusters at a time.
+
+    ``fetch(positions)`` returns the members at CSR ``positions`` (``[m]`` int64, CPU) as
+    ``[m, C, H, W]`` images on ``device`` in the matcher's dtype; ``member_features(positions)``
+    (optional) their ``[m, D]`` matcher features. Each term is scaled by ``1/loss_clusters`` (the
+    global K). Returns the clusters' results concatenated in CSR order, the history summed over chunks.
+    """
+    indptr = indptr.cpu()
+    sizes = indptr[1:] - indptr[:-1]
+    parts: list[BlendResult] = []
+    for k0, k1 in plan_chunks(sizes, member_chunk):
+        lo, hi = int(indptr[k0]), int(indptr[k1])
+        pos = torch.arange(lo, hi, dtype=torch.int64)
+        x = fetch(pos)
+        feats = member_features(pos) if member_features is not None else None
+        parts.append(blend_clusters(x, (indptr[k0:k1 + 1] - lo).to(x.device), matcher, lr=lr, iterations=iterations,
+                                    normalize=normalize, chunk_size=chunk_size, backend=backend, progress=progress,
+                                    member_features=feats, amp=amp, loss_clusters=loss_clusters))
+        del x, feats
+    if len(parts) == 1:
+        return parts[0]
+    if not parts:
+        empty = torch.zeros(0, device=device)
+        return BlendResult(empty, empty, empty, empty, empty, [])
+    history = [sum(vals) for vals in zip(*(p.loss_history for p in parts))]
+    return BlendResult(weights=torch.cat([p.weights for p in parts]),
+                       normalized_weights=torch.cat([p.normalized_weights for p in parts]),
+                       blended=torch.cat([p.blended for p in parts]),
+                       initial_terms=torch.cat([p.initial_terms for p in parts]),
+                       final_terms=torch.cat([p.final_terms for p in parts]), loss_history=history,
+                       seconds_targets=sum(p.seconds_targets for p in parts),
+                       seconds_iterations=sum(p.seconds_iterations for p in parts),
+                       seconds_final=sum(p.seconds_final for p in parts))

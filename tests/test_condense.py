@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import fastblend
-import fastblend.plots
+import fastblend.experiments.plots
 from fastblend import BlendIndex, Clustering, ReducedRetainSet, condense
 from fastblend.condensation import blend_clusters, blend_lr, check_matcher, matcher_seed
 from fastblend.condensation.content_grouping import group_in_content_order

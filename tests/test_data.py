@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastblend import data as fd
+from fastblend import datasets as fd
 from fastblend import dataset_readers as readers
 from fastblend.datasets import ImageData, load_dataset, make_split
 

@@ -5,9 +5,10 @@ The public API, in the groups the README follows:
 - **Condense the retain set (Blend)**: :func:`extract_features`, :func:`group` -> :class:`Clustering`,
   :func:`condense` -> :class:`ReducedRetainSet`, :class:`Blender` (multi-round), :class:`BlendIndex`
   (group and blend once, ``.reduce(forget)`` per request).
-- **Accelerate unlearning (A-AMU)**: :func:`prepare_unlearning` (drop-in for a loader-based loop),
-  :func:`accelerate` / :class:`Accelerator`, :class:`AAMULoss`, :func:`steepen`, :class:`ForgetSampler`,
-  :class:`UnseenSampler`.
+- **Accelerate unlearning (A-AMU)**, ranked from most packaged to most manual: :func:`unlearn` with an
+  ``a_*`` method, :func:`prepare_unlearning` (drop-in for a loader-based loop), :class:`AAMUStep` (the one
+  step, for a hand-written loop), and its parts :class:`AAMULoss`, :func:`steepen`, :class:`ForgetSampler`,
+  :class:`UnseenSampler`; the recipe's defaults are ``fastblend.recipe.RECIPE``.
 - **Unlearning methods**: :func:`unlearn` -> :class:`UnlearnResult`, :func:`train_model`,
   :func:`available_methods`, :func:`presets`.
 - **Evaluation**: :func:`accuracy`, :func:`mia_score`, :func:`svc_mia`.
@@ -21,7 +22,7 @@ Everything else lives in its module: timing (``fastblend.metrics.StageTimer``), 
 end-to-end runs (``fastblend.pipeline``) and the kernels' plain-PyTorch oracle (``fastblend.ops.reference``).
 """
 
-from .aamu import AAMULoss, AAMULossOutput, Accelerator, ForgetSampler, UnseenSampler, accelerate, steepen
+from .aamu import AAMULoss, AAMULossOutput, AAMUStep, ForgetSampler, UnseenSampler, steepen
 from .condense import Blender, BlendIndex, ReducedRetainSet, condense
 from .data import load_dataset, make_split
 from .dropin import prepare_unlearning
@@ -48,10 +49,9 @@ __all__ = [
     # A-AMU
     "AAMULoss",
     "AAMULossOutput",
-    "Accelerator",
+    "AAMUStep",
     "ForgetSampler",
     "UnseenSampler",
-    "accelerate",
     "prepare_unlearning",
     "steepen",
     # methods

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..dataview import as_data, cast_to_model, check_disjoint, check_label_range, model_device, model_dtype
+from ..recipe import RECIPE
 from ..tracking import StepClock
 from .accelerated import (
     ABadTeacherConfig,
@@ -124,7 +125,7 @@ PRESET_ARCHS = ("resnet18", "resnet50")
 # docs/method.md §2.4: A-AMU's Adam lr is 1e-4 on CINIC-10; every other docs/method.md setting is given for CIFAR-10 /
 # ResNet-18 and applies unchanged to the other pairs. A-SCRUB keeps SCRUB's SGD, so it is not listed.
 _PRESET_OVERRIDES: dict[tuple[str, str], dict[str, Any]] = {
-    (m, "cinic10"): {"lr": 1e-4} for m in ("a_finetune", "a_neggrad_plus", "a_bad_teacher", "a_prune")
+    (m, "cinic10"): {"lr": RECIPE.cinic10_lr} for m in ("a_finetune", "a_neggrad_plus", "a_bad_teacher", "a_prune")
 }
 
 

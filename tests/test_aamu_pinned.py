@@ -102,7 +102,7 @@ def _dropin_run() -> dict:
 
 
 def _custom_step(model: nn.Module, d: dict, **kw):
-    """The custom-loop step on tensors (the public spelling of the time)."""
+    """The custom-loop step on tensors (recorded as ``fastblend.accelerate(model, fx, fy, ux, uy, **kw)``)."""
     return fastblend.AAMUStep(model, d["forget"], d["unseen"], **kw)
 
 

@@ -20,7 +20,7 @@ from torch import nn
 from ..dataview import as_data, cast_to_model, check_disjoint, check_label_range, model_device, model_dtype
 from ..recipe import RECIPE
 from ..tracking import StepClock
-from .accelerated import (
+from .aamu_configs import (
     ABadTeacherConfig,
     AFinetuneConfig,
     ANegGradPlusConfig,
@@ -105,7 +105,7 @@ def accelerated(method: str) -> str:
     """Name of the accelerated (A-AMU) version of a base method: ``finetune`` -> ``a_finetune``,
     ``l1_sparse`` -> ``a_sparse``, ``scrub`` -> ``a_scrub``, ``neggrad_plus`` -> ``a_neggrad_plus``,
     ``bad_teacher`` -> ``a_bad_teacher``, ``prune`` -> ``a_prune``. ``retrain``, ``distill`` and
-    ``ssd`` have none (see :mod:`fastblend.methods.accelerated`)."""
+    ``ssd`` have none (see :mod:`fastblend.methods.aamu_configs`)."""
     spec = _spec(method, "accelerated")
     if spec.accelerated:
         return spec.name

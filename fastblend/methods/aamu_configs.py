@@ -3,7 +3,8 @@
 prune-then-fine-tune.
 
 Every accelerated method runs its base method's hooks in the shared loop
-(:func:`fastblend.methods.base.train`) with three changes: the retain-side per-sample loss is
+(:func:`fastblend.methods.base.train`) through the one A-AMU step (:class:`fastblend.AAMUStep`) with three
+changes: the retain-side per-sample loss is
 steepened (:func:`fastblend.aamu.steepen`, the square of its batch mean by default); each step adds
 ``λ·MMD²`` between the loss distributions of a forget batch of ``4B`` (without replacement) and an
 unseen batch of ``4B`` restricted to the forget batch's classes (:class:`fastblend.aamu.AAMULoss`),

@@ -207,7 +207,7 @@ def _synthetic(n: int, sizes: Sizes, seed: int) -> tuple[torch.Tensor, torch.Ten
     return torch.randn(n, 3, s, s, generator=gen), torch.arange(n) % 10
 
 
-def aamu_epoch(model: torch.nn.Module, retain: tuple, acc: fastblend.Accelerator, batch: int, device: torch.device,
+def aamu_epoch(model: torch.nn.Module, retain: tuple, acc: fastblend.AAMUStep, batch: int, device: torch.device,
                sync_check: bool) -> tuple[int, float, str | None]:
     """One A-AMU epoch over ``retain``; the first step (which checks labels on the host) runs before the
     clock and, on CUDA with ``sync_check``, the rest under ``set_sync_debug_mode("error")``.
@@ -250,7 +250,7 @@ def run_aamu(rec: Recorder, sizes: Sizes, device: torch.device, out: Path, smoke
     fx, fy = (t.to(device) for t in _synthetic(r // 2, sizes, 1))
     ux, uy = (t.to(device) for t in _synthetic(r, sizes, 2))
     model = sizes.make_model().to(device)
-    acc = fastblend.accelerate(model, fx, fy, ux, uy, batch_size=sizes.batch)
+    acc = fastblend.AAMUStep(model, (fx, fy), (ux, uy), batch_size=sizes.batch)
     steps, seconds, error = aamu_epoch(model, (rx, ry), acc, sizes.batch, device, sync_check=True)
     rec.add("aamu", f"{sizes.model} R={r} B={sizes.batch}", "step", "fastblend", Timing.of([seconds / max(steps, 1)]),
             {"reduced": r, "batch": sizes.batch, "steps": steps},
@@ -287,7 +287,7 @@ def run_end_to_end(rec: Recorder, sizes: Sizes, device: torch.device, out: Path,
     fx, fy = images[forget].to(device), labels[forget].to(device)
 
     def unlearn():
-        acc = fastblend.accelerate(model, fx, fy, ux, uy, batch_size=sizes.batch)
+        acc = fastblend.AAMUStep(model, (fx, fy), (ux, uy), batch_size=sizes.batch)
         return aamu_epoch(model, (rx, ry), acc, sizes.batch, device, sync_check=False)
 
     stage("aamu", unlearn)

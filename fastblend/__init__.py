@@ -5,9 +5,10 @@ The public API, in the groups the README follows:
 - **Condense the retain set (Blend)**: :class:`BlendIndex` (group and blend once, ``.reduce(forget)``
   per request -> :class:`ReducedRetainSet`; multi-round: the cumulative forget set), :func:`condense`
   (build and reduce in one call), :func:`extract_features`, :func:`group` -> :class:`Clustering`.
-- **Accelerate unlearning (A-AMU)**: :func:`prepare_unlearning` (drop-in for a loader-based loop),
-  :func:`accelerate` / :class:`Accelerator`, :class:`AAMULoss`, :func:`steepen`, :class:`ForgetSampler`,
-  :class:`UnseenSampler`.
+- **Accelerate unlearning (A-AMU)**, ranked from most packaged to most manual: :func:`unlearn` with an
+  ``a_*`` method, :func:`prepare_unlearning` (drop-in for a loader-based loop), :class:`AAMUStep` (the one
+  step, for a hand-written loop), and its parts :class:`AAMULoss`, :func:`steepen`, :class:`ForgetSampler`,
+  :class:`UnseenSampler`; the recipe's defaults are ``fastblend.recipe.RECIPE``.
 - **Unlearning methods**: :func:`unlearn` -> :class:`UnlearnResult`, :func:`train_model`,
   :func:`available_methods`, :func:`presets`.
 - **Evaluation**: :func:`accuracy`, :func:`mia_score`, :func:`svc_mia`.
@@ -24,7 +25,7 @@ plain-PyTorch versions (``fastblend.ops.reference``).
 """
 
 from ._version import package_version as _package_version
-from .aamu import AAMULoss, AAMULossOutput, Accelerator, ForgetSampler, UnseenSampler, accelerate, steepen
+from .aamu import AAMULoss, AAMULossOutput, AAMUStep, ForgetSampler, UnseenSampler, steepen
 from .condensation import BlendIndex, ReducedRetainSet, condense
 from .datasets import load_dataset, make_split
 from .dropin import prepare_unlearning
@@ -49,10 +50,9 @@ __all__ = [
     # A-AMU
     "AAMULoss",
     "AAMULossOutput",
-    "Accelerator",
+    "AAMUStep",
     "ForgetSampler",
     "UnseenSampler",
-    "accelerate",
     "prepare_unlearning",
     "steepen",
     # methods

@@ -1,48 +1,50 @@
-"""A-AMU: the accelerated unlearning objective (docs/method.md §2) and the samplers that feed it.
+"""A-AMU: the accelerated unlearning objective (docs/method.md §2) and the one step that applies it.
 
 ``L = steepen(retain loss) + λ · MMD²(g(unseen batch), g(forget batch))``. Any AMU method keeps its
-own retain-side per-sample loss; :func:`accelerate` wraps the rest. A complete training loop on the
-reduced retain set (``fastblend.condense``)::
+own retain-side per-sample loss; :class:`AAMUStep` adds the rest: it draws the forget and unseen
+batches (:class:`ForgetSampler`, :class:`UnseenSampler`), forwards them without touching the model's
+running statistics (:class:`Forwards`), gathers under data parallel and evaluates :class:`AAMULoss`.
 
-    acc = fastblend.accelerate(model, forget_x, forget_y, unseen_x, unseen_y, batch_size=64)
-    opt = torch.optim.Adam(model.parameters(), lr=2.4e-4)
-    for x, y in DataLoader(reduced_retain, batch_size=64, shuffle=True):
-        x, y = x.to(device), y.to(device)
-        per_sample = F.cross_entropy(model(x), y, reduction="none")  # the method's retain loss
-        out = acc.loss(per_sample)          # draws 4B forget / 4B unseen samples itself
-        opt.zero_grad()
-        out.total.backward()
-        opt.step()
+The ways in, from the most packaged to the most manual (each a thin layer over :class:`AAMUStep`):
 
-``out.main`` and ``out.mmd`` are the two parts, detached (log them with ``float``); ``out.total``
-carries the graph. The forget and unseen forwards leave BatchNorm running statistics untouched.
+1. ``fastblend.unlearn("a_finetune", model, reduced_retain, forget, unseen)``: the paper's methods,
+   whole (``a_sparse``, ``a_scrub``, ... likewise);
+2. ``fastblend.prepare_unlearning(model, retain, forget, unseen)``: a reduced-retain loader and a
+   criterion for an existing loader-based loop (:mod:`fastblend.dropin`);
+3. ``fastblend.AAMUStep(model, forget, unseen)``: ``step.loss(per_sample_retain_loss)`` in a
+   hand-written loop (also under ``DistributedDataParallel``);
+4. the parts: :class:`AAMULoss` (given the forget and unseen logits), :func:`steepen`,
+   :func:`fastblend.quantile_mmd` and the samplers, for a step of your own.
 
-Data parallel (``torchrun``): wrap the model in ``DistributedDataParallel`` yourself, pass the wrapper
-and the *global* ``batch_size`` B, and feed each rank's part of the global retain batch (:class:`Accelerator`).
+The recipe's defaults (λ, k, κ, σ, batch size, batch factors, optimiser) are
+:data:`fastblend.recipe.RECIPE`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import warnings
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ._batchnorm import frozen_batchnorm_stats
+from ._batchnorm import frozen_running_stats, guard_recomputation, stateful_buffers
 from ._device import module_device
-from .data_adapter import as_tensors, check_batch_labels, model_dtype
+from .data_adapter import as_data, cast_to_model, check_batch_labels
 from .distributed import all_gather_rows, all_gather_rows_with_grad, is_distributed, row_shard
 from .ops._dispatch import BACKENDS
 from .ops.quantile_mmd import _check_params, quantile_mmd
+from .recipe import RECIPE
 
 STEEPEN_MODES = ("batch_mean_sq", "per_sample_sq")
 
 
-def steepen(per_sample_loss: torch.Tensor, mode: str = "batch_mean_sq") -> torch.Tensor:
+def steepen(per_sample_loss: torch.Tensor, mode: str = RECIPE.steepen) -> torch.Tensor:
     """Steepened primary loss (docs/method.md §2.1): ``mean(ℓ)²`` (``"batch_mean_sq"``, reference) or
     ``mean(ℓ²)`` (``"per_sample_sq"``). ``[B]`` floating -> 0-d tensor of the same dtype."""
     if not isinstance(per_sample_loss, torch.Tensor) or not per_sample_loss.is_floating_point():
@@ -75,8 +77,9 @@ class AAMULoss(nn.Module):
     ``validate=False`` skips it in eager mode too (a hot loop whose labels are known to be valid).
     """
 
-    def __init__(self, lam: float = 34.0, k: float = 2.0, kappa: float = 60.0, sigma: float = 1.0,
-                 steepen: str = "batch_mean_sq", backend: str = "auto", validate: bool = True) -> None:
+    def __init__(self, lam: float = RECIPE.lam, k: float = RECIPE.k, kappa: float = RECIPE.kappa,
+                 sigma: float = RECIPE.sigma, steepen: str = RECIPE.steepen, backend: str = "auto",
+                 validate: bool = True) -> None:
         super().__init__()
         if steepen not in STEEPEN_MODES:
             raise ValueError(f"AAMULoss: steepen must be one of {STEEPEN_MODES}, got {steepen!r}")
@@ -336,148 +339,294 @@ class UnseenSampler:
             raise ValueError(f"{fn}: the unseen pool holds none of the forget classes {classes}")
 
 
-class Accelerator:
-    """Turns any AMU method's retain-side per-sample loss into its accelerated version (docs/method.md §2.4).
+class Forwards:
+    """How a training step runs the model: which forwards update running statistics, fused or
+    micro-batched forwards, and the precision and memory format of every forward.
 
-    Holds the forget and unseen sets, draws a forget batch of ``forget_batch_factor·batch_size``
-    (4B) and an unseen batch of ``unseen_batch_factor·batch_size`` (4B) from the forget batch's
-    classes each step, and returns ``steepen(retain loss) + lam · MMD²`` from :meth:`loss`. The
-    unseen forward runs under ``torch.no_grad()``; the forget forward carries gradient into
-    ``model``. Neither updates BatchNorm running statistics: in training mode both normalise with
-    their own batch statistics, as the research code's forwards do, so forget and unseen logits
-    are computed alike, but only the caller's retain forward moves the running statistics.
+    ``forwards(model, first, *more)`` returns the logits of each batch (``None`` passes through): the
+    first batch (a step's retain batch) is an ordinary training forward; the others (forget batches)
+    run under :func:`~fastblend._batchnorm.frozen_running_stats` and leave every buffer of the
+    model's training-mode modules untouched, also when a recomputation replays them in the backward.
+    :meth:`frozen` is one such forward alone and :meth:`infer` one without gradient (unseen batches,
+    teachers).
+
+    Args:
+        fuse: run all batches of a call in one forward (only for models whose outputs do not depend on
+            the rest of their batch and that hold no state: see :meth:`for_model`).
+        micro_batch: run forwards that need gradients in micro-batches of this many samples, each
+            recomputed in the backward (activation checkpointing); ``0``: off.
+        autocast: a callable returning the context manager of every forward (``torch.autocast``).
+        prep: applied to each batch before the model (e.g. channels-last).
+        inference_mode: forwards without gradient run under ``torch.inference_mode`` (their logits
+            are cloned into ordinary tensors) instead of ``torch.no_grad``.
+        float_logits: cast logits to float32 (the methods' precision rule under autocast).
+    """
+
+    def __init__(self, fuse: bool = False, micro_batch: int = 0, autocast=None, prep=None,
+                 inference_mode: bool = False, float_logits: bool = False) -> None:
+        self.fuse, self.micro = bool(fuse), int(micro_batch)
+        self._autocast = autocast if autocast is not None else contextlib.nullcontext
+        self._prep = prep
+        self.inference_mode, self.float_logits = inference_mode, float_logits
+
+    def for_model(self, model: nn.Module, fn: str, stacklevel: int = 3) -> Forwards:
+        """Turn ``fuse`` and ``micro_batch`` off, with a warning naming ``fn``, where they would change
+        what ``model`` computes: a training-mode BatchNorm makes each output depend on its batch, and a
+        training-mode module with buffers (running statistics) would take the forget samples of a
+        fused forward into them or update them once per micro-batch."""
+        stateful = has_batch_statistics(model) or bool(stateful_buffers(model))
+        if stateful:
+            for name, on in (("fuse_forward", self.fuse), ("micro_batch", self.micro)):
+                if on:
+                    warnings.warn(f"{fn}: {name} ignored: the model has BatchNorm or running statistics in "
+                                  f"training mode, so a {'fused' if name == 'fuse_forward' else 'split'} forward "
+                                  "would change its outputs or its statistics", stacklevel=stacklevel)
+            self.fuse, self.micro = False, 0
+        return self
+
+    def _logits(self, out: torch.Tensor) -> torch.Tensor:
+        return out.float() if self.float_logits else out
+
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        return self._prep(x) if self._prep is not None else x
+
+    def _grad_forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        x = self._input(x)
+        if not self.micro or x.shape[0] <= self.micro:
+            return model(x)
+        from torch.utils.checkpoint import checkpoint
+
+        return torch.cat([checkpoint(model, x[s : s + self.micro], use_reentrant=False)
+                          for s in range(0, x.shape[0], self.micro)])
+
+    def __call__(self, model: nn.Module, *xs: torch.Tensor | None) -> list[torch.Tensor | None]:
+        present = [x for x in xs if x is not None]
+        with self._autocast():
+            if self.fuse and len(present) > 1:
+                out = self._logits(self._grad_forward(model, torch.cat(present)))
+                parts = iter(out.split([x.shape[0] for x in present]))
+            else:
+                outs = [self._logits(self._grad_forward(model, present[0]))] if present else []
+                if len(present) > 1:
+                    with frozen_running_stats(model):
+                        more = [self._logits(self._grad_forward(model, x)) for x in present[1:]]
+                    guard_recomputation(model, more[0])
+                    outs += more
+                parts = iter(outs)
+        return [next(parts) if x is not None else None for x in xs]
+
+    def frozen(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Logits of ``x`` with gradient, leaving the model's buffers untouched (a forget batch alone)."""
+        with self._autocast(), frozen_running_stats(model):
+            out = self._logits(self._grad_forward(model, x))
+        guard_recomputation(model, out)
+        return out
+
+    def infer(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Logits without gradient, an ordinary tensor; the model's buffers untouched."""
+        no_grad = torch.inference_mode() if self.inference_mode else torch.no_grad()
+        with frozen_running_stats(model), no_grad, self._autocast():
+            out = self._logits(model(self._input(x)))
+        return out.clone() if self.inference_mode else out
+
+
+def has_batch_statistics(model: nn.Module) -> bool:
+    """Whether a training-mode BatchNorm makes some output depend on the rest of its batch."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules())
+
+
+class ForgetBatch(NamedTuple):
+    """A step's forget batch: ``x`` / ``y`` the part this process forwards (all of it on one
+    process), ``logits`` their logits once forwarded, ``labels`` the whole batch's labels and ``size``
+    its sample count (under data parallel each rank forwards its :func:`~fastblend.distributed.row_shard`)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    logits: torch.Tensor | None
+    labels: torch.Tensor
+    size: int
+
+
+class AAMUStep:
+    """The A-AMU step (docs/method.md §2.4), the one implementation that every way in runs: the
+    packaged accelerated methods (``unlearn("a_*")``), the drop-in's criterion
+    (:func:`fastblend.prepare_unlearning`), a hand-written loop and data-parallel training.
+
+    Each step draws a forget batch of ``forget_batch_factor·batch_size`` samples (without
+    replacement) and an unseen batch of ``unseen_batch_factor·batch_size`` from the forget batch's
+    classes, forwards them (the forget batch with gradient, the unseen batch without) and returns
+    ``retain_weight·steepen(retain loss) + lam·MMD²`` from :meth:`loss`. Neither forward changes the
+    model's buffers (BatchNorm's or any training-mode module's running statistics, also under
+    activation checkpointing): in training mode they normalise with their own batch statistics, as
+    the research code's forwards do, and only the caller's retain forward moves the statistics.
+
+    A hand-written loop (on the reduced retain set of :func:`fastblend.condense`)::
+
+        step = fastblend.AAMUStep(model, (forget_x, forget_y), (unseen_x, unseen_y), batch_size=64)
+        opt = torch.optim.Adam(model.parameters(), lr=2.4e-4)
+        for x, y in DataLoader(reduced_retain, batch_size=64, shuffle=True):
+            per_sample = F.cross_entropy(model(x), y, reduction="none")  # the method's retain loss
+            out = step.loss(per_sample)
+            opt.zero_grad(); out.total.backward(); opt.step()
+
+    ``out.main`` and ``out.mmd`` are the two parts, detached (log them with ``float``); ``out.total``
+    carries the graph. To forward the retain and forget batches together (``fuse_forward``) call
+    ``logits, forget = step.forward(model, x)`` first; :meth:`loss` then uses that forget batch.
 
     The labels are checked once (the forget labels here, the class count of the logits in the first
     :meth:`loss`); after that a step reads nothing on the host: on CUDA it never waits for the
-    device, and ``torch.compile(model-and-loss, fullgraph=True)`` traces it whole (unseen batches
-    follow :meth:`UnseenSampler.sample`'s rule, ``validate=False``).
+    device, and ``torch.compile(model-and-loss, fullgraph=True)`` traces it whole.
 
     Args:
-        model: the model being unlearned (called on image batches, returns ``[n, C]`` logits).
-        forget_x, forget_y: ``[F, ...]`` images and ``[F]`` int64 labels of ``D_f``.
-        unseen_x, unseen_y: ``[U, ...]`` images and ``[U]`` int64 labels of ``D_u``.
+        model: the model being unlearned (image batches -> ``[n, C]`` logits), or its
+            ``DistributedDataParallel`` wrapper (see below).
+        forget, unseen: ``D_f`` and ``D_u``: each an ``(images [N, ...], labels [N] int64)`` pair, a
+            ``Dataset`` or a ``DataLoader`` (read into memory once). Images are served in the model's
+            floating dtype.
         batch_size: the retain batch size B; :meth:`loss` refuses a retain loss of more than B samples.
-        lam, k, kappa, sigma, steepen, backend: see :class:`AAMULoss` (checked here).
-        seed: seeds both samplers.
-        forget_batch_factor, unseen_batch_factor: forget / unseen batches hold this many times
-            ``batch_size`` samples (4 in the reference, as in the method configs).
+        lam, k, kappa, sigma, steepen, backend: see :class:`AAMULoss`.
+        seed: seeds both samplers (their own device-side streams; never the global RNG).
+        forget_batch_factor, unseen_batch_factor: forget / unseen batches hold this many times B.
+        unseen_refresh: draw and forward a new unseen batch every this many steps and reuse its logits
+            in between (1: every step, the paper's; > 1 departs from docs/method.md §2.4: the unseen
+            losses are up to ``unseen_refresh - 1`` steps stale and follow the refresh step's classes).
+        fuse_forward, micro_batch: see :class:`Forwards` (used by :meth:`forward`; turned off with a
+            warning for models whose BatchNorm or running statistics they would affect).
+        num_classes: the class count (default: the largest unseen label + 1).
+        forwards: how forwards run (precision, memory format); default plain forwards with
+            ``fuse_forward`` / ``micro_batch``. :func:`fastblend.unlearn` passes its run's.
 
-    Images of another floating dtype than the model's parameters (float16, bfloat16, float64) are
-    cast to the model's dtype once, here; integer labels are required (float labels are refused).
+    The recipe's defaults are :data:`fastblend.recipe.RECIPE`.
 
-    Under ``torch.distributed`` (P > 1 ranks) data parallel means a ``DistributedDataParallel`` model
-    (a plain model is trained by each rank alone, e.g. one seed per rank): pass the wrapper and the
-    global ``batch_size``; each rank passes the per-sample losses of its part of the global retain
-    batch. Every rank draws the same global forget/unseen indices and forwards its
-    :func:`~fastblend.distributed.row_shard` of them; retain losses and forget logits are gathered
-    with autograd, so every rank computes the whole batch's loss and each rank's rows get ``P``
-    times their gradient, which DDP's averaging divides back: single-process steps up to float
-    reassociation. Training-mode BatchNorm normalises each rank's part alone (or use ``SyncBatchNorm``).
+    Data parallel (``torch.distributed`` with P > 1 ranks and a ``DistributedDataParallel`` model;
+    a plain model is trained by each rank alone): pass the wrapper and the *global* ``batch_size``,
+    and on each rank the per-sample losses of its part of the global retain batch. Every rank draws
+    the same global forget/unseen indices and forwards its :func:`~fastblend.distributed.row_shard`
+    of them; retain and forget losses are gathered with autograd, so every rank computes the whole
+    batch's loss and each rank's rows get ``P`` times their gradient, which DDP's averaging divides
+    back: single-process steps up to float reassociation. Training-mode BatchNorm normalises each
+    rank's part alone (or use ``SyncBatchNorm``).
     """
 
-    def __init__(self, model: nn.Module, forget_x: torch.Tensor, forget_y: torch.Tensor, unseen_x: torch.Tensor,
-                 unseen_y: torch.Tensor, batch_size: int = 64, lam: float = 34.0, k: float = 2.0,
-                 kappa: float = 60.0, sigma: float = 1.0, steepen: str = "batch_mean_sq", backend: str = "auto",
-                 seed: int = 0, forget_batch_factor: int = 4, unseen_batch_factor: int = 4) -> None:
-        fn = "Accelerator"
+    def __init__(self, model: nn.Module, forget: Any, unseen: Any, *, batch_size: int = RECIPE.batch_size,
+                 lam: float = RECIPE.lam, k: float = RECIPE.k, kappa: float = RECIPE.kappa,
+                 sigma: float = RECIPE.sigma, steepen: str = RECIPE.steepen, backend: str = "auto", seed: int = 0,
+                 forget_batch_factor: int = RECIPE.forget_batch_factor,
+                 unseen_batch_factor: int = RECIPE.unseen_batch_factor,
+                 unseen_refresh: int = RECIPE.unseen_refresh, fuse_forward: bool = False, micro_batch: int = 0,
+                 num_classes: int | None = None, forwards: Forwards | None = None, fn: str = "AAMUStep") -> None:
+        self.fn = fn
+        self.loss_name = f"{fn}.loss" if fn == "AAMUStep" else fn  # how loss() names itself in errors
         self.batch_size = _check_batch_size(fn, batch_size)
         if not isinstance(model, nn.Module):
             raise TypeError(f"{fn}: model must be a torch.nn.Module, got {type(model).__name__}")
         _check_loss_params(fn, lam, k, kappa, sigma, backend)
-        for name, factor in (("forget_batch_factor", forget_batch_factor),
-                             ("unseen_batch_factor", unseen_batch_factor)):
-            if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
-                raise ValueError(f"{fn}: {name} must be an int >= 1, got {factor!r}")
-        for name, x, y in (("forget", forget_x, forget_y), ("unseen", unseen_x, unseen_y)):
-            if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-                raise TypeError(f"{fn}: {name}_x and {name}_y must be tensors")
-            if not x.is_floating_point():
-                raise TypeError(f"{fn}: {name}_x must be floating-point images, got {x.dtype}")
-            if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-                raise TypeError(f"{fn}: {name}_y must be integer class labels, got {y.dtype} (float labels "
-                                "would be truncated)")
-            if y.dim() != 1 or x.dim() < 1 or x.shape[0] != y.shape[0]:
-                raise ValueError(f"{fn}: {name}_x and {name}_y must have the same length, got "
-                                 f"{x.shape[0] if x.dim() else 0} and {list(y.shape)}")
-            if y.numel() and int(y.min()) < 0:
-                raise ValueError(f"{fn}: {name}_y must be >= 0, got {int(y.min())}")
-        dtype = model_dtype(model)
-        if dtype is not None:  # images run in the network's dtype (documented in the class docstring)
-            forget_x, unseen_x = forget_x.to(dtype), unseen_x.to(dtype)
+        for name, value in (("forget_batch_factor", forget_batch_factor), ("unseen_batch_factor", unseen_batch_factor),
+                            ("unseen_refresh", unseen_refresh)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{fn}: {name} must be an int >= 1, got {value!r}")
+        if not isinstance(fuse_forward, bool):
+            raise TypeError(f"{fn}: fuse_forward must be a bool, got {type(fuse_forward).__name__}")
+        if isinstance(micro_batch, bool) or not isinstance(micro_batch, int) or micro_batch < 0:
+            raise ValueError(f"{fn}: micro_batch must be an int >= 0 (0 = off), got {micro_batch!r}")
         self.model = model
-        self.forget_x, self.forget_y = forget_x, forget_y.long()
-        self.unseen_x, self.unseen_y = unseen_x, unseen_y.long()
+        self.parallel = is_distributed() and isinstance(model, DistributedDataParallel)
+        self._plain = model.module if isinstance(model, DistributedDataParallel) else model
+        self.forget = as_data(forget, "forget", fn).materialise(fn)
+        self.unseen = as_data(unseen, "unseen", fn).materialise(fn)
+        for view in (self.forget, self.unseen):
+            cast_to_model(view, self._plain)  # batches are served in the network's dtype
         self.criterion = AAMULoss(lam, k, kappa, sigma, steepen, backend)
-        self.forget_sampler = ForgetSampler(forget_x.shape[0], forget_batch_factor * batch_size, seed=seed,
-                                            device=forget_y.device)
-        self.unseen_sampler = UnseenSampler(self.unseen_y, unseen_batch_factor * batch_size, seed=seed + 1)
-        self.unseen_sampler.check_labels(self.forget_y, fn, "forget_y")  # once: loss() samples with validate=False
+        self.forget_sampler = ForgetSampler(len(self.forget), forget_batch_factor * batch_size, seed=seed,
+                                            device=self.forget.images.device)
+        self.unseen_sampler = UnseenSampler(self.unseen.labels, unseen_batch_factor * batch_size,
+                                            num_classes=num_classes, seed=seed + 1)
+        self.unseen_sampler.check_labels(self.forget.labels, fn, "forget labels")  # once: steps sample sync-free
+        self.unseen_refresh = unseen_refresh
+        if forwards is None:
+            forwards = Forwards(fuse_forward, micro_batch).for_model(self._plain, fn, stacklevel=3)
+        self.forwards = forwards
+        self._forget: ForgetBatch | None = None  # drawn and forwarded by forward(), used by the next loss()
+        self._unseen: tuple | None = None  # (logits, or gathered losses under data parallel; labels; age)
+        self._unseen_labels: torch.Tensor | None = None  # the latest unseen batch's labels (the one-off check)
         self._labels_checked = False  # quantile_mmd's label check needs the logits: the first loss() runs it
 
-    def loss(self, retain_per_sample_loss: torch.Tensor) -> AAMULossOutput:
+    def _device(self) -> torch.device:
+        return module_device(self._plain) or self.forget.images.device
+
+    def draw_forget(self, device: torch.device | None = None) -> ForgetBatch:
+        """The next forget batch (this process's part of it under data parallel), not yet forwarded."""
+        device = device if device is not None else self._device()
+        fi = self.forget_sampler.sample()
+        if not self.parallel:
+            x, y = self.forget.take(fi, device)
+            return ForgetBatch(x, y, None, y, fi.numel())
+        x, y = self.forget.take(fi[row_shard(fi.numel())], device)
+        labels = self.forget.labels[fi.to(self.forget.labels.device)].to(device)
+        return ForgetBatch(x, y, None, labels, fi.numel())
+
+    def forward(self, net: nn.Module, retain_x: torch.Tensor,
+                device: torch.device | None = None) -> tuple[torch.Tensor, ForgetBatch]:
+        """Draw this step's forget batch and forward it with the retain batch ``retain_x`` through
+        ``net`` (the model, or the wrapper that trains it): ``(retain logits, forget batch with its
+        logits)``, fused into one forward when ``fuse_forward`` allows. The next :meth:`loss` uses
+        this forget batch."""
+        forget = self.draw_forget(device)
+        logits_r, logits_f = self.forwards(net, retain_x, forget.x)
+        self._forget = forget._replace(logits=logits_f)
+        return logits_r, self._forget
+
+    def _unseen_part(self, labels: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The unseen batch's logits and labels (its gathered per-sample losses and ``None`` under data
+        parallel), drawn for the forget batch's ``labels`` and forwarded every ``unseen_refresh`` steps."""
+        if self._unseen is None or self._unseen[2] == self.unseen_refresh:
+            ui = self.unseen_sampler.sample(labels, validate=False)
+            if not self.parallel:
+                x_u, y_u = self.unseen.take(ui, device)
+                self._unseen = (self.forwards.infer(self._plain, x_u), y_u, 0)
+            else:  # the unseen part's losses (the transform needs no more), gathered
+                self._unseen_labels = self.unseen.labels[ui.to(self.unseen.labels.device)]
+                x_u, y_u = self.unseen.take(ui[row_shard(ui.numel())], device)
+                ce_u = F.cross_entropy(self.forwards.infer(self._plain, x_u).double(), y_u, reduction="none")
+                self._unseen = (all_gather_rows(ce_u), None, 0)
+        logits_u, y_u, age = self._unseen
+        self._unseen = (logits_u, y_u, age + 1)
+        return logits_u, y_u
+
+    def loss(self, retain_per_sample_loss: torch.Tensor, retain_weight: float = 1.0) -> AAMULossOutput:
         """``AAMULossOutput(total, main, mmd)`` for one step; backpropagate ``total``.
 
-        ``retain_per_sample_loss``: ``[b]`` floating, ``1 <= b <= batch_size`` (the method's
-        per-sample retain loss, e.g. ``F.cross_entropy(..., reduction="none")``)."""
-        if isinstance(retain_per_sample_loss, torch.Tensor) and retain_per_sample_loss.dim() == 1 \
-                and retain_per_sample_loss.numel() > self.batch_size:
-            raise ValueError(f"Accelerator.loss: retain_per_sample_loss has {retain_per_sample_loss.numel()} "
-                             f"samples but the accelerator was built with batch_size={self.batch_size}; pass "
-                             "the retain batch size to accelerate(batch_size=...) so the forget/unseen batches "
-                             "are sized for it")
-        device = module_device(self.model) or self.forget_x.device
-        fi = self.forget_sampler.sample()
-        if is_distributed() and isinstance(self.model, DistributedDataParallel):
-            return self._sharded_loss(retain_per_sample_loss, fi, device)
-        fx, fy = self.forget_x[fi].to(device), self.forget_y[fi].to(device)
-        ui = self.unseen_sampler.sample(self.forget_y[fi], validate=False)
-        ux, uy = self.unseen_x[ui.to(self.unseen_x.device)].to(device), self.unseen_y[ui].to(device)
-        with frozen_batchnorm_stats(self.model):
-            forget_logits = self.model(fx)
-            with torch.no_grad():
-                unseen_logits = self.model(ux)
-        validate, self._labels_checked = not self._labels_checked, True
-        return self.criterion(retain_per_sample_loss, forget_logits, fy, unseen_logits, uy, validate=validate)
-
-    def _sharded_loss(self, retain: torch.Tensor, fi: torch.Tensor, device: torch.device) -> AAMULossOutput:
-        """:meth:`loss` of one data-parallel step: this rank forwards its part of the global forget and
-        unseen batches; the loss is computed, identically on every rank, on the gathered batches."""
+        ``retain_per_sample_loss``: ``[b]`` floating, ``1 <= b <= batch_size`` (the method's per-sample
+        retain loss, e.g. ``F.cross_entropy(..., reduction="none")``; under data parallel this rank's
+        part). ``retain_weight`` scales the steepened retain loss (a method's own weight, e.g. SCRUB's
+        0.99). Uses the forget batch of a preceding :meth:`forward`, else draws and forwards one."""
+        fn = self.loss_name
+        retain = retain_per_sample_loss
+        if not self.parallel and isinstance(retain, torch.Tensor) and retain.dim() == 1 \
+                and retain.numel() > self.batch_size:
+            raise ValueError(f"{fn}: retain_per_sample_loss has {retain.numel()} samples but the step was built "
+                             f"with batch_size={self.batch_size}; pass the retain batch size as batch_size so the "
+                             "forget/unseen batches are sized for it")
+        forget, self._forget = self._forget, None
+        if forget is None:
+            forget = self.draw_forget()
+            forget = forget._replace(logits=self.forwards.frozen(self.model, forget.x))
+        device = forget.logits.device
+        if not self.parallel:
+            logits_u, y_u = self._unseen_part(forget.labels, device)
+            validate, self._labels_checked = not self._labels_checked, True
+            return self.criterion(retain, forget.logits, forget.labels, logits_u, y_u, retain_weight=retain_weight,
+                                  validate=validate)
         retain = all_gather_rows_with_grad(retain)
         if retain.numel() > self.batch_size:
-            raise ValueError(f"Accelerator.loss: the ranks' retain_per_sample_loss hold {retain.numel()} samples "
-                             f"together but the accelerator was built with batch_size={self.batch_size}; under "
-                             "torch.distributed pass the global retain batch size")
-        ui = self.unseen_sampler.sample(self.forget_y[fi], validate=False)
-        fy, uy = self.forget_y[fi].to(device), self.unseen_y[ui].to(device)
-        fx = self.forget_x[fi[row_shard(fi.numel())]].to(device)
-        ux = self.unseen_x[ui[row_shard(ui.numel())].to(self.unseen_x.device)].to(device)
-        parts = row_shard(fi.numel()), row_shard(ui.numel())
-        with frozen_batchnorm_stats(self.model):
-            forget_logits = self.model(fx)
-            with torch.no_grad():
-                plain = self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
-                unseen_logits = plain(ux)
+            raise ValueError(f"{fn}: the ranks' retain_per_sample_loss hold {retain.numel()} samples together but "
+                             f"the step was built with batch_size={self.batch_size}; under torch.distributed pass "
+                             "the global retain batch size")
+        unseen_ce, _ = self._unseen_part(forget.labels, device)
         if not self._labels_checked:  # what quantile_mmd's validation does on one process, once
-            for name, labels in (("forget", fy), ("unseen", uy)):  # (>= 0 was checked at construction)
-                check_batch_labels(labels, forget_logits.shape[1], name, "Accelerator.loss")
+            for name, labels in (("forget", forget.labels), ("unseen", self._unseen_labels)):
+                check_batch_labels(labels, forget.logits.shape[1], name, fn)
             self._labels_checked = True
-        # the transform needs only each sample's loss: gather M losses per set, not M x C logits
-        forget_ce = all_gather_rows_with_grad(F.cross_entropy(forget_logits.double(), fy[parts[0]], reduction="none"))
-        unseen_ce = all_gather_rows(F.cross_entropy(unseen_logits.double(), uy[parts[1]], reduction="none"))
-        return self.criterion.from_losses(retain, forget_ce, unseen_ce)
-
-
-def accelerate(model: nn.Module, forget_x: object, forget_y: object = None, unseen_x: torch.Tensor | None = None,
-               unseen_y: torch.Tensor | None = None, **kwargs) -> Accelerator:
-    """The documented way to accelerate any AMU method: see the module docstring and :class:`Accelerator`
-    (``kwargs``: ``batch_size``, ``lam``, ``k``, ``kappa``, ``sigma``, ``steepen``, ``backend``, ``seed``,
-    ``forget_batch_factor``, ``unseen_batch_factor``).
-
-    Either ``accelerate(model, forget_x, forget_y, unseen_x, unseen_y)`` with tensors, or
-    ``accelerate(model, forget, unseen)`` with each set a ``DataLoader``, a ``Dataset`` or an
-    ``(images, labels)`` pair (read into memory once)."""
-    if unseen_x is None and unseen_y is None and forget_y is not None and not isinstance(forget_x, torch.Tensor):
-        forget, unseen = forget_x, forget_y  # accelerate(model, forget, unseen)
-        forget_x, forget_y = as_tensors(forget, "forget", "accelerate")
-        unseen_x, unseen_y = as_tensors(unseen, "unseen", "accelerate")
-    return Accelerator(model, forget_x, forget_y, unseen_x, unseen_y, **kwargs)
+        # the transform needs only each sample's loss: M losses per set cross the ranks, not M x C logits
+        forget_ce = all_gather_rows_with_grad(F.cross_entropy(forget.logits.double(), forget.y, reduction="none"))
+        return self.criterion.from_losses(retain, forget_ce, unseen_ce, retain_weight=retain_weight)

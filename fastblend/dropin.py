@@ -7,14 +7,16 @@ touching the loop::
 
     prep = fastblend.prepare_unlearning(model, loaders["retain"], loaders["forget"], loaders["unseen"])
     loaders["retain"], criterion = prep.retain_loader, prep.criterion
-    optimizer = torch.optim.Adam(model.parameters(), lr=2.4e-4)   # A-AMU's optimiser, 1 epoch
+    optimizer = prep.optimizer(model)                              # A-AMU's optimiser: Adam lr 2.4e-4, 1 epoch
     for x, y in loaders["retain"]:                                 # the codebase's own loop
         loss = criterion(model(x), y)
         optimizer.zero_grad(); loss.backward(); optimizer.step()
 
 The criterion computes the per-sample cross-entropy of the retain batch, steepens it and adds
 ``λ·MMD²`` between a forget batch and an unseen batch it draws itself (4B each); its forget and
-unseen forwards leave BatchNorm running statistics untouched.
+unseen forwards leave BatchNorm running statistics (and every other buffer of a training-mode
+module) untouched, also when the model checkpoints activations. It is a thin layer over
+:class:`fastblend.AAMUStep`, the one A-AMU step.
 """
 
 from __future__ import annotations
@@ -29,35 +31,38 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ._device import module_device
-from .aamu import AAMULossOutput, Accelerator
+from .aamu import AAMULossOutput, AAMUStep
 from .condensation import BlendIndex, ReducedRetainSet
 from .condensation.checks import forget_mask
 from .condensation.recipe import default_ipc
 from .condensation.source import content_keys, read_rows, row_keys, source_labels, source_sample
 from .data_adapter import as_tensors, is_streamed_dataset
+from .recipe import RECIPE
 
 __all__ = ["AAMUCriterion", "PreparedUnlearning", "prepare_unlearning"]
 
 #: A-AMU's optimiser (docs/method.md §2.4), the setting the criterion's λ and steepening are tuned for.
-RECOMMENDED = {"optimizer": "Adam", "lr": 2.4e-4, "batch_size": 64, "epochs": 1}
+RECOMMENDED = {"optimizer": "Adam", "lr": RECIPE.lr, "batch_size": RECIPE.batch_size, "epochs": RECIPE.epochs}
 
 
 class AAMUCriterion(nn.Module):
     """``criterion(logits [B, C], targets [B] int64) -> 0-d loss``, ``nn.CrossEntropyLoss``'s call
     signature, returning the A-AMU loss ``steepen(CE) + λ·MMD²`` (docs/method.md §2.4).
 
-    Each call draws its own forget and unseen batches through ``accelerator`` (BatchNorm-safe).
-    ``last`` holds the latest :class:`fastblend.AAMULossOutput` (``main``/``mmd`` detached, for logging).
+    Each call is one :meth:`fastblend.AAMUStep.loss` of ``step``: it draws and forwards its own forget
+    and unseen batches (leaving running statistics untouched). ``last`` holds the latest
+    :class:`fastblend.AAMULossOutput` (``main``/``mmd`` detached, for logging).
     """
 
-    def __init__(self, accelerator: Accelerator) -> None:
+    def __init__(self, step: AAMUStep) -> None:
         super().__init__()
-        self.accelerator = accelerator
+        self.step = step
+        step.loss_name = "AAMUCriterion"  # errors of a call name the criterion the caller holds
         self.last: AAMULossOutput | None = None
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         per_sample = F.cross_entropy(logits, targets, reduction="none")
-        self.last = self.accelerator.loss(per_sample)
+        self.last = self.step.loss(per_sample)
         return self.last.total
 
 
@@ -83,8 +88,8 @@ class PreparedUnlearning:
     recommended: dict = field(default_factory=lambda: dict(RECOMMENDED))
 
     def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        """``torch.optim.Adam(model.parameters(), lr=2.4e-4)``: A-AMU's optimiser."""
-        return torch.optim.Adam(model.parameters(), lr=RECOMMENDED["lr"])
+        """``torch.optim.Adam(model.parameters(), lr=2.4e-4)``: A-AMU's optimiser (:data:`fastblend.recipe.RECIPE`)."""
+        return torch.optim.Adam(model.parameters(), lr=RECIPE.lr, weight_decay=RECIPE.weight_decay)
 
 
 class _Joined(Dataset):
@@ -194,9 +199,11 @@ def _refuse_forget_in_retain(retain: Any, fx: torch.Tensor, fn: str) -> None:
 
 
 def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, *, ipc: int | None = None,
-                       batch_size: int = 64, index: BlendIndex | None = None, seed: int = 0, lam: float = 34.0,
-                       k: float = 2.0, kappa: float = 60.0, sigma: float = 1.0, steepen: str = "batch_mean_sq",
-                       forget_batch_factor: int = 4, unseen_batch_factor: int = 4, iterations: int = 12,
+                       batch_size: int = RECIPE.batch_size, index: BlendIndex | None = None, seed: int = 0,
+                       lam: float = RECIPE.lam, k: float = RECIPE.k, kappa: float = RECIPE.kappa,
+                       sigma: float = RECIPE.sigma, steepen: str = RECIPE.steepen,
+                       forget_batch_factor: int = RECIPE.forget_batch_factor,
+                       unseen_batch_factor: int = RECIPE.unseen_batch_factor, iterations: int = 12,
                        backend: str = "auto", device: torch.device | str | None = None,
                        progress: bool = False) -> PreparedUnlearning:
     """Blend + A-AMU for an existing loader-based fine-tune loop (see the module docstring).
@@ -222,7 +229,7 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
             the request; without one it is built here on ``retain`` followed by ``forget``.
         seed: seeds the grouping, the matcher, the loader's shuffling and the samplers.
         lam, k, kappa, sigma, steepen, forget_batch_factor, unseen_batch_factor: A-AMU settings
-            (:class:`fastblend.Accelerator`).
+            (:class:`fastblend.AAMUStep`; defaults :data:`fastblend.recipe.RECIPE`).
         iterations, backend: Blend settings when the index is built here.
         device: where the index is built (default: the model's device).
         progress: tqdm bars while building the index.
@@ -276,11 +283,11 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
     t1 = time.perf_counter()
     reduced = index.reduce(forget_rows)
     ux, uy = as_tensors(unseen, "unseen", fn)
-    accelerator = Accelerator(model, fx.to(dev), fy.to(dev), ux.to(dev), uy.to(dev), batch_size=batch_size, lam=lam,
-                              k=k, kappa=kappa, sigma=sigma, steepen=steepen, seed=seed,
-                              forget_batch_factor=forget_batch_factor, unseen_batch_factor=unseen_batch_factor)
+    step = AAMUStep(model, (fx.to(dev), fy.to(dev)), (ux.to(dev), uy.to(dev)), batch_size=batch_size, lam=lam, k=k,
+                    kappa=kappa, sigma=sigma, steepen=steepen, seed=seed, forget_batch_factor=forget_batch_factor,
+                    unseen_batch_factor=unseen_batch_factor, fn=fn)
     loader = DataLoader(reduced, batch_size=batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(seed))
     timings = {"index": build_seconds, "request": time.perf_counter() - t1,
                "total": time.perf_counter() - t0}
-    return PreparedUnlearning(loader, AAMUCriterion(accelerator), reduced, index, timings)
+    return PreparedUnlearning(loader, AAMUCriterion(step), reduced, index, timings)

@@ -1,4 +1,4 @@
-"""A-AMU loss, steepening, samplers and the accelerate wrapper."""
+"""A-AMU loss, steepening, samplers and the one step (AAMUStep)."""
 
 import pytest
 import torch
@@ -71,14 +71,14 @@ def test_unseen_sampler_allowed_classes_only():
         fastblend.UnseenSampler(tiny, 4, num_classes=2)
 
 
-def test_accelerate_trains_in_a_plain_loop():
+def test_aamu_step_trains_in_a_plain_loop():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 4))
     gen = torch.Generator().manual_seed(2)
     fx, fy = torch.randn(40, 3, 4, generator=gen), torch.randint(0, 4, (40,), generator=gen)
     ux, uy = torch.randn(60, 3, 4, generator=gen), torch.randint(0, 4, (60,), generator=gen)
     rx, ry = torch.randn(32, 3, 4, generator=gen), torch.randint(0, 4, (32,), generator=gen)
-    acc = fastblend.accelerate(model, fx, fy, ux, uy, batch_size=8, seed=1)
+    acc = fastblend.AAMUStep(model, (fx, fy), (ux, uy), batch_size=8, seed=1)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     before = [p.detach().clone() for p in model.parameters()]
     for x, y in zip(rx.split(8), ry.split(8)):
@@ -88,8 +88,8 @@ def test_accelerate_trains_in_a_plain_loop():
         opt.step()
     assert torch.isfinite(out.total) and out.mmd >= 0
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
-    with pytest.raises(ValueError, match="^Accelerator: forget_x and forget_y must have the same length"):
-        fastblend.accelerate(model, fx, fy[:-1], ux, uy)
+    with pytest.raises(ValueError, match="^AAMUStep: forget has 40 images but 39 labels"):
+        fastblend.AAMUStep(model, (fx, fy[:-1]), (ux, uy))
 
 
 def test_loss_output_parts_are_detached_for_logging():
@@ -108,19 +108,22 @@ def test_loss_output_parts_are_detached_for_logging():
     torch.testing.assert_close(weighted.total, 0.5 * out.main + 34.0 * out.mmd)
 
 
-def test_accelerator_checks_the_retain_batch_against_batch_size():
+def test_aamu_step_checks_the_retain_batch_against_batch_size():
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 4))
     gen = torch.Generator().manual_seed(2)
     fx, fy = torch.randn(400, 3, 4, generator=gen), torch.randint(0, 4, (400,), generator=gen)
     ux, uy = torch.randn(400, 3, 4, generator=gen), torch.randint(0, 4, (400,), generator=gen)
-    acc = fastblend.accelerate(model, fx, fy, ux, uy, batch_size=16)
-    with pytest.raises(ValueError, match=r"^Accelerator.loss: retain_per_sample_loss has 64 samples .*batch_size=16"):
+    acc = fastblend.AAMUStep(model, (fx, fy), (ux, uy), batch_size=16)
+    with pytest.raises(ValueError, match=r"^AAMUStep.loss: retain_per_sample_loss has 64 samples .*batch_size=16"):
         acc.loss(torch.rand(64))
     acc.loss(torch.rand(10))  # a short last batch is fine
-    wide = fastblend.accelerate(model, fx, fy, ux, uy, batch_size=16, forget_batch_factor=2, unseen_batch_factor=3)
+    wide = fastblend.AAMUStep(model, (fx, fy), (ux, uy), batch_size=16, forget_batch_factor=2, unseen_batch_factor=3)
     assert wide.forget_sampler.batch_size == 32 and wide.unseen_sampler.batch_size == 48
-    with pytest.raises(ValueError, match="^Accelerator: forget_batch_factor must be an int >= 1"):
-        fastblend.accelerate(model, fx, fy, ux, uy, forget_batch_factor=0)
+    for name in ("forget_batch_factor", "unseen_batch_factor", "unseen_refresh"):
+        with pytest.raises(ValueError, match=f"^AAMUStep: {name} must be an int >= 1"):
+            fastblend.AAMUStep(model, (fx, fy), (ux, uy), **{name: 0})
+    with pytest.raises(ValueError, match="^AAMUStep: micro_batch must be an int >= 0"):
+        fastblend.AAMUStep(model, (fx, fy), (ux, uy), micro_batch=-1)
 
 
 def test_aamu_loss_from_losses_equals_the_logits_path():

@@ -1,5 +1,5 @@
 """BatchNorm safety of A-AMU (docs/method.md §2.4): the forget and unseen forwards leave a model's
-running statistics untouched, in ``accelerate``, the packaged accelerated methods and the drop-in."""
+running statistics untouched, in ``AAMUStep``, the packaged accelerated methods and the drop-in."""
 
 import copy
 
@@ -39,7 +39,7 @@ def resnet():
     return torchvision.models.resnet18(num_classes=10).train()
 
 
-def test_accelerator_step_keeps_only_retain_statistics(resnet):
+def test_aamu_step_keeps_only_retain_statistics(resnet):
     model = copy.deepcopy(resnet)
     rx, ry = _data(4, 0)
     fx, fy = _data(16, 1, shift=3.0)  # forget/unseen batches with very different statistics
@@ -47,7 +47,7 @@ def test_accelerator_step_keeps_only_retain_statistics(resnet):
     expected = copy.deepcopy(resnet)
     with torch.no_grad():
         expected(rx)  # the retain forward alone, in training mode
-    acc = fastblend.accelerate(model, fx, fy, ux, uy, batch_size=4, seed=0)
+    acc = fastblend.AAMUStep(model, (fx, fy), (ux, uy), batch_size=4, seed=0)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     out = acc.loss(F.cross_entropy(model(rx), ry, reduction="none"))
     opt.zero_grad()
@@ -60,14 +60,14 @@ def test_accelerator_step_keeps_only_retain_statistics(resnet):
     assert model.conv1.weight.grad is not None and torch.isfinite(out.total)
 
 
-def test_frozen_batchnorm_stats_normalises_with_batch_statistics(resnet):
-    from fastblend._batchnorm import frozen_batchnorm_stats
+def test_frozen_running_stats_normalises_with_batch_statistics(resnet):
+    from fastblend._batchnorm import frozen_running_stats
 
     model = copy.deepcopy(resnet)
     x, _ = _data(6, 3, shift=2.0)
     before = _stats(model)
     with torch.no_grad():
-        with frozen_batchnorm_stats(model):
+        with frozen_running_stats(model):
             frozen = model(x)
         _assert_same_stats_dict(_stats(model), before)
         plain = copy.deepcopy(resnet)(x)  # train mode: batch statistics (and a stats update)

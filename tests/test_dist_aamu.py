@@ -78,7 +78,7 @@ def test_mmd_of_gathered_rows_equals_single_process(ranks):
     assert results[0][2] == (0, 5) and results[1][2] == (5, 11)
 
 
-# ---- (b) Accelerator steps with a user-wrapped DDP model ---------------------------------------------
+# ---- (b) AAMUStep steps with a user-wrapped DDP model ---------------------------------------------
 STEPS = 3
 
 
@@ -86,8 +86,8 @@ def _accelerated_steps(distributed: bool) -> list[torch.Tensor]:
     d = _data()
     model = _model()
     net = DistributedDataParallel(model) if distributed else model
-    acc = fastblend.accelerate(net, d["forget_x"], d["forget_y"], d["unseen_x"], d["unseen_y"], batch_size=B,
-                               seed=7, forget_batch_factor=3, unseen_batch_factor=3)  # 15 rows: 7 + 8
+    acc = fastblend.AAMUStep(net, (d["forget_x"], d["forget_y"]), (d["unseen_x"], d["unseen_y"]), batch_size=B,
+                             seed=7, forget_batch_factor=3, unseen_batch_factor=3)  # 15 rows: 7 + 8
     opt = torch.optim.SGD(model.parameters(), lr=0.5)  # plain SGD: a wrong gradient scale shows at once
     for step in range(STEPS):
         idx = torch.arange(step * B, (step + 1) * B)
@@ -100,7 +100,7 @@ def _accelerated_steps(distributed: bool) -> list[torch.Tensor]:
     return _params(model)
 
 
-def test_accelerator_under_ddp_equals_single_process(ranks):
+def test_aamu_step_under_ddp_equals_single_process(ranks):
     single = _accelerated_steps(False)
     start = _params(_model())
     assert any(not torch.equal(a, b) for a, b in zip(single, start))  # training moved the weights
@@ -116,14 +116,14 @@ def test_a_plain_model_under_a_process_group_trains_alone_on_each_rank(ranks):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
-def test_accelerator_refuses_a_local_batch_size_under_ddp(ranks):
+def test_aamu_step_refuses_a_local_batch_size_under_ddp(ranks):
     assert "global retain batch size" in ranks[0]["refused"]
 
 
 def _local_batch_size() -> str:
     d = _data()
     net = DistributedDataParallel(_model())
-    acc = fastblend.accelerate(net, d["forget_x"], d["forget_y"], d["unseen_x"], d["unseen_y"], batch_size=3)
+    acc = fastblend.AAMUStep(net, (d["forget_x"], d["forget_y"]), (d["unseen_x"], d["unseen_y"]), batch_size=3)
     try:
         acc.loss(F.cross_entropy(net(d["retain_x"][:3]), d["retain_y"][:3], reduction="none"))
     except ValueError as exc:

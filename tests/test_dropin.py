@@ -1,5 +1,5 @@
 """prepare_unlearning: an existing loader-based fine-tune loop runs unmodified with the drop-in and
-forgets; the index and content lookup of forget rows; accelerate on loaders and datasets."""
+forgets; the index and content lookup of forget rows; AAMUStep on loaders and datasets."""
 
 from __future__ import annotations
 
@@ -91,17 +91,17 @@ def test_index_passed_in_and_forget_found_by_content(memorised):
     assert not bool(torch.isin(by_content.reduced.source_index, torch.arange(32)).any())
     with pytest.raises(ValueError, match="^prepare_unlearning: 32 of the 32 forget rows are not in the index"):
         fastblend.prepare_unlearning(model, None, (fx + 1, fy), unseen, index=index)
-    with pytest.raises(ValueError, match=r"^Accelerator.loss: retain_per_sample_loss has 32 samples"):
+    with pytest.raises(ValueError, match=r"^AAMUCriterion: retain_per_sample_loss has 32 samples"):
         by_index.criterion(torch.randn(32, C), torch.zeros(32, dtype=torch.long))
 
 
-def test_accelerate_takes_loaders_and_datasets(memorised):
+def test_aamu_step_takes_loaders_and_datasets(memorised):
     _, _, (fx, fy), (ux, uy), _ = memorised
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, C))
-    a = fastblend.accelerate(model, DataLoader(TensorDataset(fx, fy), batch_size=7), TensorDataset(ux, uy),
-                             batch_size=4, seed=2)
-    b = fastblend.accelerate(model, fx, fy, ux, uy, batch_size=4, seed=2)
-    assert torch.equal(a.forget_x, b.forget_x) and torch.equal(a.unseen_y, b.unseen_y)
+    a = fastblend.AAMUStep(model, DataLoader(TensorDataset(fx, fy), batch_size=7), TensorDataset(ux, uy),
+                           batch_size=4, seed=2)
+    b = fastblend.AAMUStep(model, (fx, fy), (ux, uy), batch_size=4, seed=2)
+    assert torch.equal(a.forget.images, b.forget.images) and torch.equal(a.unseen.labels, b.unseen.labels)
     torch.testing.assert_close(a.loss(torch.rand(4)).mmd, b.loss(torch.rand(4)).mmd)
 
 
@@ -128,6 +128,6 @@ def test_a_memmap_retain_set_or_index_is_streamed(memorised, tmp_path):
                                               batch_size=16)
     assert not by_index.reduced.in_memory and by_index.reduced.source is train
     assert torch.equal(by_content.reduced.source_index, by_index.reduced.source_index)
-    assert torch.equal(by_index.criterion.accelerator.forget_x, fx)
+    assert torch.equal(by_index.criterion.step.forget.images, fx)
     with pytest.raises(ValueError, match="^prepare_unlearning: 32 of the 32 forget rows are not in the index"):
         fastblend.prepare_unlearning(model, None, (fx + 1, fy), unseen, index=index)

@@ -148,15 +148,15 @@ def _model() -> nn.Module:
 
 
 def test_iterable_dataset_loader_is_read_once_where_no_row_is_named():
-    """unlearn, accelerate, prepare_unlearning and the metrics take a DataLoader over an IterableDataset
+    """unlearn, AAMUStep, prepare_unlearning and the metrics take a DataLoader over an IterableDataset
     (read once, in the order it yields): the same numbers as the same rows given as tensors."""
     x, y = _data()
     stream = DataLoader(_Stream(x, y), batch_size=8)
     model = _model()
     assert fastblend.accuracy(model, stream) == fastblend.accuracy(model, (x, y))
-    acc_a = fastblend.accelerate(model, stream, stream, batch_size=4)
-    acc_b = fastblend.accelerate(model, (x, y), (x, y), batch_size=4)
-    assert torch.equal(acc_a.forget_x, acc_b.forget_x) and torch.equal(acc_a.unseen_y, acc_b.unseen_y)
+    acc_a = fastblend.AAMUStep(model, stream, stream, batch_size=4)
+    acc_b = fastblend.AAMUStep(model, (x, y), (x, y), batch_size=4)
+    assert torch.equal(acc_a.forget.images, acc_b.forget.images) and torch.equal(acc_a.unseen.labels, acc_b.unseen.labels)
     runs = []
     for retain in (DataLoader(_Stream(x[4:], y[4:]), batch_size=8), (x[4:], y[4:])):
         m = _model()

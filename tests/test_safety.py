@@ -266,10 +266,10 @@ def test_forget_sampler_rejects_negative_and_duplicate_indices(indices, match):
         fastblend.ForgetSampler(indices, batch_size=2)
 
 
-def test_accelerator_rejects_float_labels():
+def test_aamu_step_rejects_float_labels():
     x, y = _task()
-    with pytest.raises(TypeError, match="Accelerator: forget_y must be integer class labels, got torch.float32"):
-        fastblend.accelerate(nn.Linear(6, 4), x, y.float() + 0.7, x, y)
+    with pytest.raises(TypeError, match="AAMUStep: forget labels must be a 1-D integer tensor, got torch.float32"):
+        fastblend.AAMUStep(nn.Linear(6, 4), (x, y.float() + 0.7), (x, y))
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -283,8 +283,8 @@ def test_aamu_settings_are_checked_at_construction(kwargs, match):
     x, y = _task()
     with pytest.raises(ValueError, match=f"AAMULoss: {match}"):
         fastblend.AAMULoss(**kwargs)
-    with pytest.raises(ValueError, match=f"Accelerator: {match}"):
-        fastblend.accelerate(nn.Linear(6, 4), x, y, x, y, **kwargs)
+    with pytest.raises(ValueError, match=f"AAMUStep: {match}"):
+        fastblend.AAMUStep(nn.Linear(6, 4), (x, y), (x, y), **kwargs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -303,8 +303,8 @@ def test_images_of_other_floating_dtypes_are_cast_to_the_network(dtype):
     assert 0.0 <= fastblend.accuracy(net, x, y) <= 100.0
     res = fastblend.unlearn("finetune", net, (x[4:], y[4:]), (x[:4], y[:4]), config=dict(epochs=1, batch_size=8))
     assert res.steps == 2
-    acc = fastblend.accelerate(net, x[:4], y[:4], x[4:], y[4:], batch_size=2)
-    assert acc.forget_x.dtype == torch.float32
+    acc = fastblend.AAMUStep(net, (x[:4], y[:4]), (x[4:], y[4:]), batch_size=2)
+    assert acc.forget.take(torch.arange(2), torch.device("cpu"))[0].dtype == torch.float32
 
 
 # --------------------------------------------------------------------------------------------

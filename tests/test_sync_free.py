@@ -31,7 +31,7 @@ FULLGRAPH_STEP = textwrap.dedent("""
 
     def accelerator():
         torch.manual_seed(0)
-        return fastblend.accelerate(ConvNet3(3, 4, 8, width=8), fx, fy, ux, uy, batch_size=2, seed=3)
+        return fastblend.AAMUStep(ConvNet3(3, 4, 8, width=8), (fx, fy), (ux, uy), batch_size=2, seed=3)
 
     def step(acc):
         return acc.loss(F.cross_entropy(acc.model(rx), ry, reduction="none")).total
@@ -117,8 +117,8 @@ def test_forget_sampler_draws_uniformly_and_is_seeded():
         fastblend.ForgetSampler(10, 3, seed=9).sample(), draws[0])
 
 
-def test_accelerator_checks_forget_labels_once_up_front():
+def test_aamu_step_checks_forget_labels_once_up_front():
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
     x = torch.randn(6, 4)
-    with pytest.raises(ValueError, match=r"^Accelerator: forget_y must be in \[0, 3\), got 5"):
-        fastblend.accelerate(model, x, torch.tensor([0, 1, 5, 0, 1, 2]), x, torch.tensor([0, 1, 2, 0, 1, 2]))
+    with pytest.raises(ValueError, match=r"^AAMUStep: forget labels must be in \[0, 3\), got 5"):
+        fastblend.AAMUStep(model, (x, torch.tensor([0, 1, 5, 0, 1, 2])), (x, torch.tensor([0, 1, 2, 0, 1, 2])))

@@ -150,11 +150,11 @@ def test_pipeline_reports_time_to_target_and_plots_quality_against_time(tmp_path
 
 @pytest.mark.parametrize("refresh, forwards", [(1, 10), (3, 4), (20, 1)])
 def test_unseen_refresh_forwards_a_new_unseen_batch_every_k_steps(monkeypatch, refresh, forwards):
-    from fastblend.methods.context import RunContext
+    from fastblend.aamu import Forwards
 
     calls = []
-    original = RunContext.infer
-    monkeypatch.setattr(RunContext, "infer",
+    original = Forwards.infer
+    monkeypatch.setattr(Forwards, "infer",
                         lambda self, model, x: calls.append(x.shape[0]) or original(self, model, x))
     x, y = _data(200)
     res = unlearn("a_finetune", _model(), (x[:80], y[:80]), (x[80:100], y[80:100]), unseen=(x[100:], y[100:]),

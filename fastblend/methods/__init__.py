@@ -19,8 +19,9 @@ import torch
 from torch import nn
 
 from ..data_adapter import as_data, cast_to_model, check_disjoint, check_label_range, model_device, model_dtype
+from ..recipe import RECIPE
 from ..tracking import StepClock
-from .accelerated import (
+from .aamu_configs import (
     ABadTeacherConfig,
     AFinetuneConfig,
     ANegGradPlusConfig,
@@ -105,7 +106,7 @@ def accelerated(method: str) -> str:
     """Name of the accelerated (A-AMU) version of a base method: ``finetune`` -> ``a_finetune``,
     ``l1_sparse`` -> ``a_sparse``, ``scrub`` -> ``a_scrub``, ``neggrad_plus`` -> ``a_neggrad_plus``,
     ``bad_teacher`` -> ``a_bad_teacher``, ``prune`` -> ``a_prune``. ``retrain``, ``distill`` and
-    ``ssd`` have none (see :mod:`fastblend.methods.accelerated`)."""
+    ``ssd`` have none (see :mod:`fastblend.methods.aamu_configs`)."""
     spec = _spec(method, "accelerated")
     if spec.accelerated:
         return spec.name
@@ -134,7 +135,7 @@ PRESET_ARCHS = ("resnet18", "resnet50")
 # docs/method.md §2.4: A-AMU's Adam lr is 1e-4 on CINIC-10; every other docs/method.md setting is given for CIFAR-10 /
 # ResNet-18 and applies unchanged to the other pairs. A-SCRUB keeps SCRUB's SGD, so it is not listed.
 _PRESET_OVERRIDES: dict[tuple[str, str], dict[str, Any]] = {
-    (m, "cinic10"): {"lr": 1e-4} for m in ("a_finetune", "a_neggrad_plus", "a_bad_teacher", "a_prune")
+    (m, "cinic10"): {"lr": RECIPE.cinic10_lr} for m in ("a_finetune", "a_neggrad_plus", "a_bad_teacher", "a_prune")
 }
 
 

@@ -2,9 +2,9 @@
 
 Every training-based method is a :class:`Method` — a handful of hooks (the retain-side loss, an
 optional forget-side term, a regulariser, an optional extra pass per epoch) run by one loop,
-:func:`train`. The same loop runs the accelerated variant of a method (docs/method.md §2.4): the retain-side
-per-sample loss is steepened and ``λ·MMD²`` between the forget batch's and an unseen batch's
-loss distributions is added (the A-AMU loss of :mod:`fastblend.aamu`).
+:func:`train`. The same loop runs the accelerated variant of a method (docs/method.md §2.4) through the one
+A-AMU step, :class:`fastblend.AAMUStep`: it draws and forwards the forget and unseen batches, steepens the
+retain-side per-sample loss and adds ``λ·MMD²`` between their loss distributions.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import math
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -24,7 +23,7 @@ from .._device import synchronize
 from .._progress import bar as progress_bar
 from .._progress import progress_enabled
 from ..data_adapter import CyclicBatches, DataView, model_device
-from ..distributed import all_gather_rows, all_gather_rows_with_grad, is_distributed, row_shard, world_size
+from ..distributed import all_gather_rows, is_distributed, row_shard, world_size
 from ..ops._dispatch import backend_for
 from ..tracking import StepClock
 from .config import TrainConfig
@@ -32,11 +31,6 @@ from .context import RunContext, make_optimizer, make_scheduler
 
 # ---------------------------------------------------------------------------------------------
 # models
-
-
-def has_batch_statistics(model: nn.Module) -> bool:
-    """Whether a training-mode BatchNorm makes some output depend on the rest of its batch."""
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules())
 
 
 def reinitialise(model: nn.Module, seed: int, fn: str) -> nn.Module:
@@ -183,28 +177,19 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
     model.train()
     par = _DataParallel(model, ctx.device, ctx.ddp_options) if is_distributed() else None
     net = par.net if par is not None else model  # the forwards that need gradients go through DDP
-    ctx.fuse = cfg.fuse_forward
-    ctx.micro = cfg.micro_batch
-    if has_batch_statistics(model):
-        for name in ("fuse_forward", "micro_batch"):
-            if getattr(cfg, name):
-                warnings.warn(f"{ctx.fn}: {name} ignored: the model has BatchNorm in training mode, so a "
-                              f"{'fused' if name == 'fuse_forward' else 'split'} forward would change its outputs",
-                              stacklevel=3)
-        ctx.fuse = False
-        ctx.micro = 0
+    ctx.forwards.fuse, ctx.forwards.micro = cfg.fuse_forward, cfg.micro_batch
+    ctx.forwards.for_model(model, ctx.fn, stacklevel=4)
 
-    forget_stream = unseen_sampler = forget_sampler = aamu_loss = unseen_cache = None
-    if accelerated:
-        from ..aamu import AAMULoss, ForgetSampler, UnseenSampler
+    forget_stream = aamu = None
+    if accelerated:  # the one A-AMU step (fastblend.aamu.AAMUStep), with this run's forwards
+        from ..aamu import AAMUStep
 
-        aamu_loss = AAMULoss(lam=cfg.lam, k=cfg.k, kappa=cfg.kappa, sigma=cfg.sigma, steepen=cfg.steepen)
-        ctx.info["backends"] = {"quantile_mmd": backend_for("quantile_mmd", ctx.device, aamu_loss.backend)}
-        forget_sampler = ForgetSampler(len(data.forget), cfg.forget_batch_factor * cfg.batch_size,
-                                       seed=ctx.seed, device=data.forget.images.device)
-        unseen_sampler = UnseenSampler(data.unseen.labels, cfg.unseen_batch_factor * cfg.batch_size,
-                                       num_classes=ctx.num_classes, seed=ctx.seed + 1)
-        unseen_sampler.check_labels(data.forget.labels, ctx.fn, "forget labels")  # once: steps sample sync-free
+        aamu = AAMUStep(net, data.forget, data.unseen, batch_size=cfg.batch_size, lam=cfg.lam, k=cfg.k,
+                        kappa=cfg.kappa, sigma=cfg.sigma, steepen=cfg.steepen, seed=ctx.seed,
+                        forget_batch_factor=cfg.forget_batch_factor, unseen_batch_factor=cfg.unseen_batch_factor,
+                        unseen_refresh=cfg.unseen_refresh, num_classes=ctx.num_classes, forwards=ctx.forwards,
+                        fn=ctx.fn)
+        ctx.info["backends"] = {"quantile_mmd": backend_for("quantile_mmd", ctx.device, aamu.criterion.backend)}
     elif method.uses_forget_batches:
         forget_stream = CyclicBatches(data.forget, method.forget_batch_size(cfg, data), ctx.generator, ctx.device)
 
@@ -215,25 +200,34 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
 
     taken = 0
 
+    def report(step_count: int) -> None:
+        """The callback, after which every module is back in the mode it trained in (a callback that
+        evaluates and leaves the model in eval mode must not make training use running statistics)."""
+        modes = [(m, m.training) for m in model.modules()]
+        try:
+            clock.report(model, step_count)
+        finally:
+            for m, training in modes:
+                m.training = training
+
     def step(loss: torch.Tensor) -> None:
         nonlocal taken
         ctx.backward_step(loss, optimizer, scheduler)
         taken += 1
         if clock is not None and eval_every and taken % eval_every == 0:
-            clock.report(model, taken)
+            report(taken)
             if clock.stop:  # wherever the step was taken: a retain step or a method's own pass (SCRUB's)
                 raise _StopTraining
 
     losses: list[float] = []
     steps = 0
-    labels_checked = False
     epochs = range(cfg.epochs)
     show = progress_enabled(ctx.progress)
     if show:
         epochs = progress_bar(epochs, desc=method.name, leave=False, progress=True)
     try:
         if clock is not None:
-            clock.report(model, 0)
+            report(0)
             if clock.stop:
                 raise _StopTraining
         for epoch in epochs:
@@ -245,46 +239,25 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
             batches = data.retain.batches(cfg.batch_size, ctx.generator, ctx.device, ctx.fn,
                                           part=row_shard if own_part else None)
             for i, (x_r, y_r) in enumerate(batches):
-                x_f = y_f = fi = None
+                x_f = y_f = w_f = None
                 if own_part:
                     w_r = par.weight(x_r.shape[0], min(cfg.batch_size, len(data.retain) - i * cfg.batch_size))
                 elif par is not None:
                     x_r, y_r, w_r = par.part(x_r, y_r)
-                if accelerated:
-                    fi = forget_sampler.sample()
-                    x_f, y_f = data.forget.take(fi if par is None else fi[row_shard(fi.numel())], ctx.device)
-                elif forget_stream is not None:
-                    x_f, y_f = forget_stream.next()
+                if aamu is not None:  # the step draws the forget batch and forwards it with the retain batch
+                    logits_r, forget = aamu.forward(net, x_r, ctx.device)
+                    x_f, y_f, logits_f = forget.x, forget.y, forget.logits
                     if par is not None:
-                        x_f, y_f, w_f = par.part(x_f, y_f)
-                logits_r, logits_f = ctx.forward(net, x_r, x_f)
+                        w_f = par.weight(x_f.shape[0], forget.size)
+                else:
+                    if forget_stream is not None:
+                        x_f, y_f = forget_stream.next()
+                        if par is not None:
+                            x_f, y_f, w_f = par.part(x_f, y_f)
+                    logits_r, logits_f = ctx.forward(net, x_r, x_f)
                 terms = method.retain_terms(model, x_r, logits_r, y_r, epoch, ctx)
-                if accelerated:
-                    y_fg = y_f  # the global forget batch's labels
-                    if par is not None:
-                        w_f = par.weight(x_f.shape[0], fi.numel())
-                        y_fg = data.forget.labels[fi.to(data.forget.labels.device)].to(ctx.device)
-                    if unseen_cache is None or unseen_cache[2] == cfg.unseen_refresh:
-                        ui = unseen_sampler.sample(y_fg, validate=False)
-                        if par is None:
-                            x_u, y_u = data.unseen.take(ui, ctx.device)
-                            unseen_cache = (ctx.infer(model, x_u), y_u, 0)
-                        else:  # the unseen part's losses (the transform needs no more), gathered
-                            x_u, y_u = data.unseen.take(ui[row_shard(ui.numel())], ctx.device)
-                            ce_u = F.cross_entropy(ctx.infer(model, x_u).double(), y_u, reduction="none")
-                            unseen_cache = (all_gather_rows(ce_u), None, 0)
-                    logits_u, y_u, age = unseen_cache
-                    unseen_cache = (logits_u, y_u, age + 1)
-                    if par is None:
-                        out = aamu_loss(terms.per_sample, logits_f, y_fg, logits_u, y_u, retain_weight=terms.weight,
-                                        validate=not labels_checked)
-                    else:  # M losses per set cross the ranks, not M x C logits (labels were checked up front)
-                        ce_f = F.cross_entropy(logits_f.double(), y_f, reduction="none")
-                        out = aamu_loss.from_losses(all_gather_rows_with_grad(terms.per_sample),
-                                                    all_gather_rows_with_grad(ce_f), logits_u,
-                                                    retain_weight=terms.weight)
-                    labels_checked = True  # checked on the host once; later steps never wait for it
-                    loss = out.total
+                if aamu is not None:  # gathered across ranks under DDP (labels checked once, on the host)
+                    loss = aamu.loss(terms.per_sample, retain_weight=terms.weight).total
                 elif par is None:
                     loss = terms.weight * terms.per_sample.mean()
                 else:
@@ -314,7 +287,7 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
     if par is not None:
         par.sync_buffers()
     if clock is not None:
-        clock.report(model, taken)
+        report(taken)
         ctx.info["eval_seconds"] = clock.paused
     bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
     if bad:

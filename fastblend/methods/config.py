@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
+from ..recipe import RECIPE
+
 
 @dataclass
 class RuntimeConfig:
@@ -102,7 +104,8 @@ class TrainConfig(RuntimeConfig):
 
 @dataclass
 class AAMUFields:
-    """The A-AMU settings of docs/method.md §2.2-2.4, mixed into the config of every accelerated method.
+    """The A-AMU settings of docs/method.md §2.2-2.4, mixed into the config of every accelerated method
+    (defaults: :data:`fastblend.recipe.RECIPE`; they are :class:`fastblend.AAMUStep`'s options).
 
     Attributes:
         lam: weight ``λ`` of the MMD² regulariser.
@@ -118,14 +121,14 @@ class AAMUFields:
             and their classes follow the forget batch of the refresh step only.
     """
 
-    lam: float = 34.0
-    k: float = 2.0
-    kappa: float = 60.0
-    sigma: float = 1.0
-    steepen: str = "batch_mean_sq"
-    forget_batch_factor: int = 4
-    unseen_batch_factor: int = 4
-    unseen_refresh: int = 1
+    lam: float = RECIPE.lam
+    k: float = RECIPE.k
+    kappa: float = RECIPE.kappa
+    sigma: float = RECIPE.sigma
+    steepen: str = RECIPE.steepen
+    forget_batch_factor: int = RECIPE.forget_batch_factor
+    unseen_batch_factor: int = RECIPE.unseen_batch_factor
+    unseen_refresh: int = RECIPE.unseen_refresh
 
     def check(self, fn: str) -> None:
         """Check the base method's settings (the next class in the MRO), then these."""

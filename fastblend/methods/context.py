@@ -1,7 +1,7 @@
 """The run context of one ``unlearn`` call: device, RNG, precision, forwards and optimiser steps.
 
-:class:`RunContext` holds the device and seeded generator, runs forwards under autocast (fused or
-micro-batched with activation checkpointing when allowed, no-grad ones under inference mode) and
+:class:`RunContext` holds the device and seeded generator, runs forwards under autocast (through
+:class:`fastblend.aamu.Forwards`: fused or micro-batched when allowed, no-grad ones under inference mode) and
 takes optimiser steps (with a gradient scaler for float16); :func:`make_optimizer` and
 :func:`make_scheduler` build the optimiser and learning-rate schedule a config asks for.
 """
@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._batchnorm import frozen_batchnorm_stats
+from ..aamu import Forwards
 from .config import TrainConfig
 
 
@@ -32,8 +32,6 @@ class RunContext:
         self.num_classes = 0
         self.info: dict[str, Any] = {}
         self.ddp_options: dict[str, bool] = {}  # a user's DistributedDataParallel options, kept under DDP
-        self.fuse = False
-        self.micro = 0
         dtype = None
         if cfg.amp:
             if cfg.amp_dtype == "auto":
@@ -43,6 +41,9 @@ class RunContext:
                 dtype = getattr(torch, cfg.amp_dtype)
         self.amp_dtype = dtype
         self.scaler = torch.amp.GradScaler("cuda") if (dtype == torch.float16 and device.type == "cuda") else None
+        # how forwards run (fused / micro-batched when train() allows it for the model)
+        self.forwards = Forwards(autocast=self.autocast, prep=self.prep, inference_mode=cfg.inference_mode,
+                                 float_logits=True)
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -65,35 +66,18 @@ class RunContext:
     def forward(self, model: nn.Module, *xs: torch.Tensor | None) -> list[torch.Tensor | None]:
         """Float32 logits of each batch (``None`` passes through); one fused forward when allowed.
 
-        Only the first batch (the retain batch) updates BatchNorm running statistics; the later ones
-        (forget batches) normalise with their own batch statistics and leave them untouched."""
-        present = [x for x in xs if x is not None]
-        with self.autocast():
-            if self.fuse and len(present) > 1:
-                out = self._grad_forward(model, torch.cat(present)).float()
-                parts = iter(out.split([x.shape[0] for x in present]))
-            else:
-                outs = [self._grad_forward(model, present[0]).float()] if present else []
-                with frozen_batchnorm_stats(model):
-                    outs += [self._grad_forward(model, x).float() for x in present[1:]]
-                parts = iter(outs)
-        return [next(parts) if x is not None else None for x in xs]
+        Only the first batch (the retain batch) updates running statistics; the later ones (forget
+        batches) leave every buffer of the model untouched (:class:`fastblend.aamu.Forwards`)."""
+        return self.forwards(model, *xs)
 
-    def _grad_forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        x = self.prep(x)
-        if not self.micro or x.shape[0] <= self.micro:
-            return model(x)
-        from torch.utils.checkpoint import checkpoint
-
-        return torch.cat([checkpoint(model, x[s : s + self.micro], use_reentrant=False)
-                          for s in range(0, x.shape[0], self.micro)])
+    def frozen_forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Float32 logits of a forget batch alone, with gradient, leaving the model's buffers untouched."""
+        return self.forwards.frozen(model, x)
 
     def infer(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Float32 logits without gradient; an ordinary tensor (usable as a constant in autograd).
-        Leaves BatchNorm running statistics untouched (unseen batches, teachers)."""
-        with self.no_grad(), self.autocast(), frozen_batchnorm_stats(model):
-            out = model(self.prep(x)).float()
-        return out.clone() if self.cfg.inference_mode else out
+        Leaves running statistics untouched (unseen batches, teachers)."""
+        return self.forwards.infer(model, x)
 
     def backward_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
                       scheduler: torch.optim.lr_scheduler.LRScheduler | None) -> None:

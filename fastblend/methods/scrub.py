@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._batchnorm import frozen_batchnorm_stats
 from .base import Method, RetainTerms, RunData, frozen_copy, kd_loss
 from .config import TrainConfig
 from .context import RunContext
@@ -62,8 +61,7 @@ class Scrub(Method):
         if not self._max_epoch(epoch):
             return total, n
         for x, _ in data.forget.batches(self._forget_batch(), ctx.generator, ctx.device, ctx.fn):
-            with frozen_batchnorm_stats(model):  # no forget-set statistics into the model's BatchNorm
-                (logits,) = ctx.forward(model, x)
+            logits = ctx.frozen_forward(model, x)  # no forget-set statistics into the model's running statistics
             loss = -self.cfg.forget_weight * kd_loss(logits, ctx.infer(self.teacher, x), self.cfg.T)
             step(loss)
             total = total + loss.detach()

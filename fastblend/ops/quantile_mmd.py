@@ -43,6 +43,7 @@ import math
 
 import torch
 
+from ..recipe import RECIPE
 from . import _dispatch
 from ._aot import Specialization, pointer, spec
 from ._common import DTYPE_CODE, SUPPORTED_DTYPES, acc_dtype, bounded_labels, tl, triton
@@ -601,7 +602,7 @@ _dispatch.register(OP_NAME, unsupported)
 _dispatch.register(TRANSFORM_OP_NAME, unsupported)
 
 
-def quantile_transform(logits: torch.Tensor, labels: torch.Tensor, k: float = 2.0, kappa: float = 60.0,
+def quantile_transform(logits: torch.Tensor, labels: torch.Tensor, k: float = RECIPE.k, kappa: float = RECIPE.kappa,
                        backend: str = "auto", *, validate: bool = True) -> torch.Tensor:
     """Per-sample loss quantiles ``g`` of one set (docs/method.md §2.2).
 
@@ -629,8 +630,8 @@ def quantile_transform(logits: torch.Tensor, labels: torch.Tensor, k: float = 2.
 
 
 def quantile_mmd(forget_logits: torch.Tensor, forget_labels: torch.Tensor, unseen_logits: torch.Tensor,
-                 unseen_labels: torch.Tensor, k: float = 2.0, kappa: float = 60.0, sigma: float = 1.0,
-                 backend: str = "auto", *, validate: bool = True) -> torch.Tensor:
+                 unseen_labels: torch.Tensor, k: float = RECIPE.k, kappa: float = RECIPE.kappa,
+                 sigma: float = RECIPE.sigma, backend: str = "auto", *, validate: bool = True) -> torch.Tensor:
     """Biased MMD² between the loss quantiles of the unseen and the forget set (docs/method.md §2.3).
 
     Args:

@@ -10,6 +10,8 @@ import math
 
 import torch
 
+from ..recipe import RECIPE
+
 
 def segment_ids(indptr: torch.Tensor, n: int | None = None) -> torch.Tensor:
     """Segment id of each row of a CSR layout: ``[N]`` int64."""
@@ -67,7 +69,8 @@ def segment_blend_loop(x: torch.Tensor, weights: torch.Tensor, indptr: torch.Ten
     return torch.stack(rows)
 
 
-def quantile_transform(logits: torch.Tensor, labels: torch.Tensor, k: float = 2.0, kappa: float = 60.0) -> torch.Tensor:
+def quantile_transform(logits: torch.Tensor, labels: torch.Tensor, k: float = RECIPE.k,
+                       kappa: float = RECIPE.kappa) -> torch.Tensor:
     """docs/method.md §2.2 literally: ``g = clamp(Φ⁻¹((1/M) Σ_j σ(k·relu(u_i − u_j))), −κ, κ)`` with
     ``u = log(1 + CE + 1e-8)``. ``[M, C]`` logits, ``[M]`` labels -> ``[M]`` in the logits' dtype.
 
@@ -80,14 +83,14 @@ def quantile_transform(logits: torch.Tensor, labels: torch.Tensor, k: float = 2.
     return torch.clamp(2**0.5 * torch.erfinv(2 * c - 1), -kappa, kappa)
 
 
-def gaussian_kernel_mean(a: torch.Tensor, b: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
+def gaussian_kernel_mean(a: torch.Tensor, b: torch.Tensor, sigma: float = RECIPE.sigma) -> torch.Tensor:
     """``mean_{i,j} exp(−(a_i − b_j)² / (2σ²))``."""
     return torch.exp(-((a[:, None] - b[None, :]) ** 2) / (2 * sigma**2)).mean()
 
 
 def quantile_mmd(forget_logits: torch.Tensor, forget_labels: torch.Tensor, unseen_logits: torch.Tensor,
-                 unseen_labels: torch.Tensor, k: float = 2.0, kappa: float = 60.0, sigma: float = 1.0,
-                 detach_unseen: bool = True) -> torch.Tensor:
+                 unseen_labels: torch.Tensor, k: float = RECIPE.k, kappa: float = RECIPE.kappa,
+                 sigma: float = RECIPE.sigma, detach_unseen: bool = True) -> torch.Tensor:
     """docs/method.md §2.3 literally: biased MMD² between ``g`` of the unseen set (detached unless
     ``detach_unseen=False``) and ``g`` of the forget set, Gaussian kernel of width ``sigma``."""
     if detach_unseen:

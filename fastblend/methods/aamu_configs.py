@@ -3,7 +3,8 @@
 prune-then-fine-tune.
 
 Every accelerated method runs its base method's hooks in the shared loop
-(:func:`fastblend.methods.base.train`) with three changes: the retain-side per-sample loss is
+(:func:`fastblend.methods.base.train`) through the one A-AMU step (:class:`fastblend.AAMUStep`) with three
+changes: the retain-side per-sample loss is
 steepened (:func:`fastblend.aamu.steepen`, the square of its batch mean by default); each step adds
 ``λ·MMD²`` between the loss distributions of a forget batch of ``4B`` (without replacement) and an
 unseen batch of ``4B`` restricted to the forget batch's classes (:class:`fastblend.aamu.AAMULoss`),
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..recipe import RECIPE
 from .bad_teacher import BadTeacherConfig
 from .config import AAMUFields
 from .finetune import FinetuneConfig
@@ -34,10 +36,10 @@ class AAMUOptimiser:
     """A-AMU's optimiser (docs/method.md §2.4), shared by the accelerated configs that follow it: Adam lr
     2.4e-4 (default betas), no weight decay, 1 epoch over the (reduced) retain set."""
 
-    epochs: int = 1
-    optimizer: str = "adam"
-    lr: float = 2.4e-4
-    weight_decay: float = 0.0
+    epochs: int = RECIPE.epochs
+    optimizer: str = RECIPE.optimizer
+    lr: float = RECIPE.lr
+    weight_decay: float = RECIPE.weight_decay
 
 
 @dataclass
@@ -53,10 +55,10 @@ class AFinetuneConfig(AAMUFields, AAMUOptimiser, FinetuneConfig):
 class ASparseConfig(AAMUFields, L1SparseConfig):
     """A-Sparse, docs/method.md §2.4: A-AMU plus ``α‖θ‖₁`` (``α = 1e-4``), Adam lr 1e-4, 1 epoch."""
 
-    epochs: int = 1
-    optimizer: str = "adam"
-    lr: float = 1e-4
-    weight_decay: float = 0.0
+    epochs: int = RECIPE.epochs
+    optimizer: str = RECIPE.optimizer
+    lr: float = 1e-4  # A-Sparse's own (the paper's); the rest is A-AMU's optimiser
+    weight_decay: float = RECIPE.weight_decay
 
 
 @dataclass

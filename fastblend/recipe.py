@@ -1,0 +1,49 @@
+"""The A-AMU recipe's defaults (docs/method.md §2.2-§2.4), in one place.
+
+Every default of the A-AMU loss, its samplers, the step, the drop-in, the accelerated methods' configs
+and the loss kernels reads :data:`RECIPE`; nothing else spells these numbers. Imports nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["RECIPE", "AAMURecipe"]
+
+
+@dataclass(frozen=True)
+class AAMURecipe:
+    """The paper's A-AMU settings (CIFAR-10 / ResNet-18).
+
+    Attributes:
+        lam: weight ``λ`` of the MMD² regulariser.
+        k, kappa: sharpness and clamp of the loss-distribution transform ``g`` (§2.2).
+        sigma: Gaussian kernel width of the MMD (§2.3).
+        steepen: how the retain loss is steepened (``"batch_mean_sq"``: the square of its batch mean).
+        batch_size: the retain batch size ``B``.
+        forget_batch_factor, unseen_batch_factor: forget and unseen batches hold this many times ``B``
+            samples (4B).
+        unseen_refresh: a new unseen batch every this many steps (1: every step, the paper's).
+        optimizer, lr, weight_decay, epochs: the optimiser: Adam (default betas), lr 2.4e-4, no weight
+            decay, one epoch over the (reduced) retain set.
+        cinic10_lr: Adam's learning rate on CINIC-10 (the one dataset-specific setting, §2.4).
+    """
+
+    lam: float = 34.0
+    k: float = 2.0
+    kappa: float = 60.0
+    sigma: float = 1.0
+    steepen: str = "batch_mean_sq"
+    batch_size: int = 64
+    forget_batch_factor: int = 4
+    unseen_batch_factor: int = 4
+    unseen_refresh: int = 1
+    optimizer: str = "adam"
+    lr: float = 2.4e-4
+    weight_decay: float = 0.0
+    epochs: int = 1
+    cinic10_lr: float = 1e-4
+
+
+#: The defaults everything reads.
+RECIPE = AAMURecipe()

@@ -42,7 +42,7 @@ def test_forget_by_content_forgets_every_duplicate_of_a_forget_image():
     for i in (7, 8, 9):
         assert not _holds(prep.reduced, x[i])
     # the A-AMU forget set is what the caller passed: one row per forget image
-    assert torch.equal(prep.criterion.accelerator.forget_x, x[[7, 8, 9]])
+    assert torch.equal(prep.criterion.step.forget.images, x[[7, 8, 9]])
     # the same image twice in the forget set is one image to forget
     twice = fastblend.prepare_unlearning(_model(), None, (x[[7, 7, 8, 9]], y[[7, 7, 8, 9]]), unseen, index=index,
                                          batch_size=8)
@@ -61,7 +61,7 @@ def test_forget_indices_repeated_by_the_caller_are_named_as_passed():
     by_index = fastblend.prepare_unlearning(_model(), None, torch.tensor([3, 5]), _data(30, 1), index=index,
                                             batch_size=8)
     assert torch.equal(by_mask.reduced.source_index, by_index.reduced.source_index)
-    assert torch.equal(by_mask.criterion.accelerator.forget_x, x[[3, 5]])
+    assert torch.equal(by_mask.criterion.step.forget.images, x[[3, 5]])
 
 
 def test_forget_rows_inside_retain_are_refused():

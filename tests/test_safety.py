@@ -520,3 +520,109 @@ def test_loading_a_junk_file_raises_value_error_naming_it(tmp_path):
         ReducedRetainSet.load(junk)
     with pytest.raises(ValueError, match=f"BlendIndex.load: cannot read {junk}"):
         fastblend.BlendIndex.load(junk)
+
+
+# ============================================================================================
+# Issue 24: hostile files, shrinking memory maps, refusals at the edges
+# ============================================================================================
+# --------------------------------------------------------------------------------------------
+# 24.4 a file altered after it was written is refused (a user's file) or rebuilt (a cache entry)
+# --------------------------------------------------------------------------------------------
+def _flip_inside(path, tensor: torch.Tensor, count: int = 4) -> None:
+    """Flip ``count`` bytes of ``path`` inside the stored bytes of ``tensor`` (found by content), the way a
+    failing disk or a bad copy would: the file stays a readable torch.save zip."""
+    raw = bytearray(path.read_bytes())
+    payload = tensor.detach().cpu().contiguous().numpy().tobytes()
+    at = bytes(raw).find(payload)
+    assert at >= 0, "the tensor's bytes are not stored verbatim"
+    for k in range(count):
+        raw[at + 3 + 7 * k] ^= 0x5A
+    path.write_bytes(bytes(raw))
+
+
+def _small_index():
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(24) % 3
+    return fastblend.BlendIndex.build(torch.randn(24, 1, 8, 8, generator=g), y, ipc=2, iterations=1, seed=0)
+
+
+def test_a_saved_index_with_flipped_bytes_is_refused_naming_the_file(tmp_path):
+    index = _small_index()
+    path = tmp_path / "train.index"
+    index.save(path)
+    _flip_inside(path, index.blends)
+    with pytest.raises(ValueError, match=rf"^BlendIndex.load: {path}.*checksum"):
+        fastblend.BlendIndex.load(path)
+
+
+def test_a_saved_reduced_set_with_flipped_bytes_is_refused_naming_the_file(tmp_path):
+    from fastblend.condense import ReducedRetainSet
+
+    reduced = _small_index().reduce([0, 1])
+    for with_residual in (True, False):
+        path = tmp_path / f"r{with_residual}.pt"
+        reduced.save(path, with_residual=with_residual)
+        _flip_inside(path, reduced.images if with_residual else reduced.blends)
+        with pytest.raises(ValueError, match=rf"^ReducedRetainSet.load: {path}.*checksum"):
+            ReducedRetainSet.load(path, source=reduced.source)
+
+
+def test_a_cache_entry_with_altered_weights_is_warned_rebuilt_and_replaced(tmp_path):
+    from fastblend import cache
+
+    net = nn.Sequential(nn.Linear(8, 4))
+    path = tmp_path / "models" / "m.pt"
+    assert cache.save_model(net, path)
+    other = nn.Sequential(nn.Linear(8, 4))
+    assert cache.load_model(other, path)
+    assert torch.equal(other[0].weight, net[0].weight)
+    _flip_inside(path, net[0].weight)
+    with pytest.warns(RuntimeWarning, match=rf"model cache entry {path} is unreadable.*checksum"):
+        assert not cache.load_model(other, path)
+    assert cache.save_model(net, path)  # what the caller does after retraining: the entry is replaced
+    assert cache.load_model(other, path)
+
+    index = _small_index()
+    ipath = tmp_path / "indexes" / "i.pt"
+    assert cache.save_index(index, ipath)
+    _flip_inside(ipath, index.blends)
+    with pytest.warns(RuntimeWarning, match=rf"index cache entry {ipath} is unreadable.*checksum"):
+        assert cache.load_index(ipath) is None
+
+
+def test_files_written_before_checksums_load_with_a_warning_and_old_cache_entries_are_rebuilt(tmp_path):
+    """The decision (docs/method.md 'Saved files'): a user's file without a checksum (fastblend before 0.x)
+    still loads, with a RuntimeWarning that it was not verified; a cache entry without one is rebuilt."""
+    from fastblend import cache
+    from fastblend._io import CHECKSUM_KEY
+    from fastblend.condense import ReducedRetainSet
+
+    index = _small_index()
+    path = tmp_path / "old.index"
+    index.save(path)
+    blob = torch.load(path, weights_only=True)
+    blob.pop(CHECKSUM_KEY)
+    blob["version"] = 1
+    torch.save(blob, path)
+    with pytest.warns(RuntimeWarning, match=f"{path}.*no checksum"):
+        old = fastblend.BlendIndex.load(path)
+    assert torch.equal(old.blends, index.blends)
+    blob["version"] = 2  # a current file that lost its checksum is corrupt, not old
+    torch.save(blob, path)
+    with pytest.raises(ValueError, match="checksum"):
+        fastblend.BlendIndex.load(path)
+
+    rpath = tmp_path / "old.pt"
+    index.reduce([0]).save(rpath)
+    state = torch.load(rpath, weights_only=True)
+    state.pop(CHECKSUM_KEY)
+    torch.save(state, rpath)
+    with pytest.warns(RuntimeWarning, match=f"{rpath}.*no checksum"):
+        ReducedRetainSet.load(rpath)
+
+    net = nn.Linear(3, 2)
+    mpath = tmp_path / "models" / "m.pt"
+    mpath.parent.mkdir()
+    torch.save(net.state_dict(), mpath)  # how the model cache wrote an entry before checksums
+    with pytest.warns(RuntimeWarning, match=f"model cache entry {mpath} is unreadable"):
+        assert not cache.load_model(nn.Linear(3, 2), mpath)

@@ -626,3 +626,36 @@ def test_files_written_before_checksums_load_with_a_warning_and_old_cache_entrie
     torch.save(net.state_dict(), mpath)  # how the model cache wrote an entry before checksums
     with pytest.warns(RuntimeWarning, match=f"model cache entry {mpath} is unreadable"):
         assert not cache.load_model(nn.Linear(3, 2), mpath)
+
+
+# --------------------------------------------------------------------------------------------
+# 24.5 a memory-mapped file that shrinks after it was opened: an error, not SIGBUS
+# --------------------------------------------------------------------------------------------
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_SHRINK = """
+import os, sys, torch
+import fastblend
+from fastblend import MemmapImages
+path = sys.argv[1]
+images = torch.randint(0, 255, (64, 1, 8, 8), dtype=torch.uint8)
+ds = MemmapImages.write(path, images, torch.arange(64) % 4)
+ds.take([0, 1])  # the file is mapped
+with open(path, "r+b") as fh:  # shrunk in place (another process rewriting it, a full disk, ...)
+    fh.truncate(2048)
+for read in (lambda: ds.take(list(range(60, 64))), lambda: ds[63],
+             lambda: fastblend.BlendIndex.build(ds, ipc=2, iterations=1)):
+    try:
+        read()
+        print("READ")
+    except ValueError as exc:
+        print("ERROR", exc)
+"""
+
+
+def test_a_memmap_that_shrinks_after_opening_raises_not_sigbus(tmp_path):
+    res = subprocess.run([sys.executable, "-c", _SHRINK, str(tmp_path / "x.npy")], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "PYTHONPATH": _ROOT})
+    assert res.returncode == 0, (res.returncode, res.stderr[-2000:])  # -7 / 135: killed by SIGBUS
+    lines = res.stdout.splitlines()
+    assert len(lines) == 3 and all(line.startswith("ERROR") for line in lines), res.stdout
+    assert all("x.npy" in line and "shrank" in line for line in lines), res.stdout

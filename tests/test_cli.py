@@ -273,6 +273,61 @@ def test_sigkill_during_cache_write_then_rerun_recovers(tmp_path, capsys):
     assert json.loads((tmp_path / "out" / "results.json").read_text())["per_seed"][0]["rows"][0]["cached"] is False
 
 
+def _rows(out) -> dict:
+    doc = json.loads((out / "results.json").read_text())
+    return {row["variant"]: row for row in doc["per_seed"][0]["rows"]}
+
+
+def test_sigkill_during_index_cache_write_keeps_the_model_entry_then_rerun_recovers(tmp_path, capsys):
+    from fastblend import cache as model_cache
+    from fastblend.condense import BlendIndex
+
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    argv = ["run", *TINY, "--no-base", "--out", str(out), "--cache-dir", str(cache)]
+    # the model entry is written normally; the index entry's write is cut short by SIGKILL
+    proc = _child("""
+        import torch
+        real_save = torch.save
+        def save(obj, f, *args, **kwargs):
+            if not (isinstance(obj, dict) and obj.get("format") == "fastblend.BlendIndex"):
+                return real_save(obj, f, *args, **kwargs)
+            f.write(b"PK\\x03\\x04 partial zip")
+            f.flush()
+            print("SAVING", flush=True)
+            time.sleep(120)
+        torch.save = save
+    """, argv)
+    try:
+        _wait_for(proc, "SAVING")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    (model_entry,) = (cache / "models").glob("*.pt")
+    before = model_entry.read_bytes()
+    assert not list((cache / "indexes").glob("*.pt")), "a partial index entry under the final name"
+    assert cli.main(argv) == 0
+    assert model_entry.read_bytes() == before  # the earlier entry is intact and was reused
+    rows = _rows(out)
+    assert rows["original"]["cached"] is True and rows["accelerated"]["index_cached"] is False
+    (index_entry,) = (cache / "indexes").glob("*.pt")
+    assert model_cache.load_index(index_entry) is not None
+    assert cli.main(argv) == 0
+    assert _rows(out)["accelerated"]["index_cached"] is True
+
+    # an altered index entry: warned, rebuilt and replaced (checksum), the model entry untouched
+    blob = BlendIndex.load(index_entry)
+    raw = bytearray(index_entry.read_bytes())
+    at = bytes(raw).find(blob.blends.numpy().tobytes())
+    raw[at + 5] ^= 0x40
+    index_entry.write_bytes(bytes(raw))
+    capsys.readouterr()
+    assert cli.main(argv) == 0
+    err = capsys.readouterr().err
+    assert str(index_entry) in err and "rebuild" in err and "Traceback" not in err
+    assert _rows(out)["accelerated"]["index_cached"] is False
+    assert BlendIndex.load(index_entry) is not None and model_entry.read_bytes() == before
+
+
 def test_sigterm_during_second_seed_keeps_the_first(tmp_path):
     out = tmp_path / "out"
     argv = ["run", *TINY, "--no-base", "--seeds", "0", "1", "--out", str(out), "--cache-dir",

@@ -33,6 +33,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ._batchnorm import frozen_batchnorm_stats
+from ._checks import check_has_data, plain_number
 from ._device import module_device
 from .dataview import check_batch_labels, model_dtype
 from .distributed import all_gather_rows, all_gather_rows_with_grad, is_distributed, row_shard
@@ -380,6 +381,9 @@ class Accelerator:
                  kappa: float = 60.0, sigma: float = 1.0, steepen: str = "batch_mean_sq", backend: str = "auto",
                  seed: int = 0, forget_batch_factor: int = 4, unseen_batch_factor: int = 4) -> None:
         fn = "Accelerator"
+        batch_size, lam, k, kappa, sigma, seed, forget_batch_factor, unseen_batch_factor = map(
+            plain_number, (batch_size, lam, k, kappa, sigma, seed, forget_batch_factor, unseen_batch_factor))
+        check_has_data(fn, "forget and unseen images and labels", forget_x, forget_y, unseen_x, unseen_y)
         self.batch_size = _check_batch_size(fn, batch_size)
         if not isinstance(model, nn.Module):
             raise TypeError(f"{fn}: model must be a torch.nn.Module, got {type(model).__name__}")

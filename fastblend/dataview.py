@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset, TensorDataset, default_collate
 
+from ._checks import check_has_data
 from ._device import module_device
 from .memmap import MemmapImages
 
@@ -276,6 +277,7 @@ def _tensor_view(name: str, images: Any, labels: Any, indices: Any, reduced: boo
     if not torch.is_tensor(images) or not torch.is_tensor(labels):
         raise TypeError(f"{fn}: {name}: images and labels must be tensors; got {type(images).__name__} and "
                         f"{type(labels).__name__}")
+    check_has_data(fn, f"{name} images and labels", images, labels)
     if not images.is_floating_point():
         raise TypeError(f"{fn}: {name} images must be a floating-point tensor, got {images.dtype}")
     if labels.dim() != 1 or labels.is_floating_point() or labels.dtype == torch.bool:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from ._checks import as_device, plain_number
 from ._device import module_device
 from .aamu import AAMULossOutput, Accelerator
 from .condense import BlendIndex, ReducedRetainSet
@@ -161,7 +162,7 @@ def _rows_in_index(index: BlendIndex, forget: Any) -> torch.Tensor:
 def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, *, ipc: int | None = None,
                        batch_size: int = 64, index: BlendIndex | None = None, seed: int = 0, lam: float = 34.0,
                        k: float = 2.0, kappa: float = 60.0, sigma: float = 1.0, steepen: str = "batch_mean_sq",
-                       forget_batch_factor: int = 4, unseen_batch_factor: int = 4, iterations: int = 12,
+                       forget_batch_factor: int = 4, unseen_batch_factor: int = 4, iterations: int | None = None,
                        backend: str = "auto", device: torch.device | str | None = None,
                        progress: bool = False) -> PreparedUnlearning:
     """Blend + A-AMU for an existing loader-based fine-tune loop (see the module docstring).
@@ -185,7 +186,8 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
         seed: seeds the grouping, the matcher, the loader's shuffling and the samplers.
         lam, k, kappa, sigma, steepen, forget_batch_factor, unseen_batch_factor: A-AMU settings
             (:class:`fastblend.Accelerator`).
-        iterations, backend: Blend settings when the index is built here.
+        iterations, backend: Blend settings when the index is built here (default 12 iterations). With
+            ``index``, an ``ipc`` or ``iterations`` other than the index's raises ``ValueError``.
         device: where the index is built (default: the model's device).
         progress: tqdm bars while building the index.
 
@@ -194,13 +196,21 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
         optimiser: Adam lr 2.4e-4, one epoch (``prep.optimizer(model)``).
     """
     fn = "prepare_unlearning"
+    ipc, batch_size, seed, iterations = map(plain_number, (ipc, batch_size, seed, iterations))  # numpy's too
     if not isinstance(model, nn.Module):
         raise TypeError(f"{fn}: model must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"{fn}: batch_size must be an int >= 1, got {batch_size!r}")
     if index is not None and not isinstance(index, BlendIndex):
         raise TypeError(f"{fn}: index must be a fastblend.BlendIndex or None, got {type(index).__name__}")
-    dev = torch.device(device) if device is not None else (module_device(model) or torch.device("cpu"))
+    if index is not None:  # the index was built with its own settings: a different one here would be ignored
+        built = {"ipc": index.clustering.ipc, "iterations": index.settings.get("iterations")}
+        for name, value in (("ipc", ipc), ("iterations", iterations)):
+            if value is not None and value != built[name]:
+                raise ValueError(f"{fn}: {name}={value!r} conflicts with the index passed, built with "
+                                 f"{name}={built[name]!r}; leave {name} out (the index decides it) or build the "
+                                 "index with it")
+    dev = as_device(device, fn) or module_device(model) or torch.device("cpu")
     t0 = time.perf_counter()
     build_seconds = 0.0
     if index is None:
@@ -222,6 +232,7 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
         if ipc is None:
             present = int(torch.unique(all_labels).numel())
             ipc = max(1, round(all_labels.numel() / present / 5))
+        iterations = 12 if iterations is None else iterations
         index = BlendIndex.build(data, labels, ipc=ipc, seed=seed, iterations=iterations, backend=backend,
                                  device=dev, progress=progress)
         build_seconds = index.timings["total"]

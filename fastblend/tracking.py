@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ._checks import plain_number
 from ._device import synchronize
 from .distributed import broadcast_object
 from .metrics import mia_score_from_logits, predict_logits
@@ -50,8 +51,9 @@ class Band:
 
     def __post_init__(self) -> None:
         for name in METRICS:
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not value >= 0:
+            value = plain_number(getattr(self, name))  # numpy numbers too
+            object.__setattr__(self, name, value)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise ValueError(f"Band: {name} must be a number >= 0, got {value!r}")
 
     def contains(self, point: dict | CurvePoint, reference: dict | CurvePoint) -> bool:
@@ -165,6 +167,7 @@ class Tracker:
     def __init__(self, forget: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
                  max_samples: int | None = 2000, seed: int = 0, offset: float = 0.0,
                  budget: float | None = None):
+        max_samples, seed, offset, budget = map(plain_number, (max_samples, seed, offset, budget))  # numpy's too
         if max_samples is not None and (isinstance(max_samples, bool) or not isinstance(max_samples, numbers.Integral)
                                         or max_samples < 5):
             raise ValueError(f"Tracker: max_samples must be None or an int >= 5 (the MIA's folds), got {max_samples!r}")

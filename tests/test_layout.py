@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "fastblend"
 
 # Layer of each top-level module or subpackage of fastblend (lower numbers are lower layers).
 LAYERS = {
-    "_batchnorm": 0, "_device": 0, "_io": 0, "_progress": 0, "machine": 0, "ops": 0, "plots": 0,
+    "_batchnorm": 0, "_checks": 0, "_device": 0, "_io": 0, "_progress": 0, "machine": 0, "ops": 0, "plots": 0,
     "models": 1, "imagedata": 1, "dataview": 1, "readers": 1, "memmap": 1,
     "data": 2, "kmeans": 2, "features": 2,
     "grouping": 3, "distributed": 0,

@@ -659,3 +659,132 @@ def test_a_memmap_that_shrinks_after_opening_raises_not_sigbus(tmp_path):
     lines = res.stdout.splitlines()
     assert len(lines) == 3 and all(line.startswith("ERROR") for line in lines), res.stdout
     assert all("x.npy" in line and "shrank" in line for line in lines), res.stdout
+
+
+# --------------------------------------------------------------------------------------------
+# 24.9 refusals at the edges: numpy numbers accepted, bad devices and meta tensors named, NaN refused
+# --------------------------------------------------------------------------------------------
+def _tiny(n: int = 40, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 4
+    return torch.randn(n, 1, 8, 8, generator=g) + y.view(-1, 1, 1, 1).float(), y
+
+
+def _net(seed: int = 0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 4))
+
+
+def test_numpy_numbers_are_accepted_wherever_python_numbers_are():
+    import numpy as np
+
+    from fastblend.tracking import Band, Tracker
+
+    assert Band(np.float32(2), np.int64(3), np.float64(4)) == Band(2.0, 3, 4.0)
+    assert isinstance(Band(np.float32(2)).forget_acc, float)
+    x, y = _tiny()
+    tr = Tracker((x[:8], y[:8]), (x[8:16], y[8:16]), max_samples=np.int64(8), seed=np.int64(1),
+                 offset=np.float32(0.5), budget=np.float32(10))
+    assert tr is not None
+
+    def run(cast):
+        calls = []
+        res = fastblend.unlearn("finetune", _net(), (x[8:], y[8:]), (x[:8], y[:8]), eval_every=cast(2),
+                                callback=lambda m, step, s: calls.append(step), seed=cast(3),
+                                config={"epochs": cast(1), "lr": cast(0.01), "batch_size": cast(8)})
+        return res, calls
+
+    want, want_calls = run(lambda v: v)
+    got, got_calls = run(lambda v: np.float32(v) if isinstance(v, float) else np.int64(v))
+    assert got_calls == want_calls and len(want_calls) > 2
+    for a, b in zip(got.model.parameters(), want.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+    a = fastblend.condense(x, y, forget=[0, 1], ipc=np.int64(2), iterations=np.int64(2), lr=np.float32(0.5), seed=0)
+    b = fastblend.condense(x, y, forget=[0, 1], ipc=2, iterations=2, lr=float(np.float32(0.5)), seed=0)
+    assert torch.equal(a.images, b.images)
+    acc = fastblend.accelerate(_net(), x[:8], y[:8], x[8:], y[8:], batch_size=np.int64(4), lam=np.float32(34),
+                               seed=np.int64(0), forget_batch_factor=np.int64(2))
+    assert acc.batch_size == 4 and isinstance(acc.batch_size, int)
+    prep = fastblend.prepare_unlearning(_net(), (x[8:], y[8:]), (x[:8], y[:8]), (x[:8], y[:8]),
+                                        batch_size=np.int64(8), ipc=np.int64(2), iterations=np.int64(1),
+                                        seed=np.int64(0))
+    assert prep.retain_loader.batch_size == 8
+
+
+@pytest.mark.parametrize("device", ["gpu0", "meta", "cuda:x"])
+def test_a_bad_device_is_one_clear_message(device):
+    x, y = _tiny()
+    calls = {
+        "condense": lambda: fastblend.condense(x, y, forget=[0], ipc=2, iterations=1, device=device),
+        "BlendIndex.build": lambda: fastblend.BlendIndex.build(x, y, ipc=2, iterations=1, device=device),
+        "unlearn": lambda: fastblend.unlearn("finetune", _net(), (x[8:], y[8:]), (x[:8], y[:8]), device=device,
+                                             config={"epochs": 1}),
+        "prepare_unlearning": lambda: fastblend.prepare_unlearning(_net(), (x[8:], y[8:]), (x[:8], y[:8]),
+                                                                   (x[:8], y[:8]), ipc=2, iterations=1,
+                                                                   device=device),
+    }
+    for fn, call in calls.items():
+        with pytest.raises(ValueError, match=rf"^{fn}: device {device!r}"):
+            call()
+
+
+def test_meta_tensors_are_one_clear_message():
+    x, y = _tiny()
+    xm, ym = x.to("meta"), y.to("meta")
+    calls = {
+        "condense": lambda: fastblend.condense(xm, y, forget=[0], ipc=2, iterations=1),
+        "BlendIndex.build": lambda: fastblend.BlendIndex.build(xm, ym, ipc=2, iterations=1),
+        "unlearn": lambda: fastblend.unlearn("finetune", _net(), (xm, ym), (x[:8], y[:8]), config={"epochs": 1}),
+        "Accelerator": lambda: fastblend.accelerate(_net(), xm[:8], ym[:8], x[8:], y[8:]),
+        "prepare_unlearning": lambda: fastblend.prepare_unlearning(_net(), (xm, ym), (x[:8], y[:8]),
+                                                                   (x[:8], y[:8]), ipc=2, iterations=1),
+    }
+    for fn, call in calls.items():
+        with pytest.raises(ValueError, match=rf"^{fn}: .*meta"):
+            call()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_pixels_are_refused_with_a_precomputed_clustering(bad):
+    x, y = _tiny()
+    x[5, 0, 3, 3] = bad
+    clustering = fastblend.group(torch.randn(40, 3), y, ipc=2)
+    with pytest.raises(ValueError, match=r"^condense: images must be finite.*row 5"):
+        fastblend.condense(x, y, forget=[0], clustering=clustering, iterations=1)
+    with pytest.raises(ValueError, match=r"^BlendIndex.build: images must be finite.*row 5"):
+        fastblend.BlendIndex.build(x, y, clustering=clustering, iterations=1)
+
+
+def test_prepare_unlearning_refuses_settings_an_index_overrides():
+    x, y = _tiny()
+    index = fastblend.BlendIndex.build(x, y, ipc=2, iterations=1)
+    args = (_net(), (x[8:], y[8:]), (x[:8], y[:8]), (x[:8], y[:8]))
+    fastblend.prepare_unlearning(*args, index=index)  # nothing to conflict
+    fastblend.prepare_unlearning(*args, index=index, ipc=2, iterations=1)  # the index's own settings
+    with pytest.raises(ValueError, match=r"^prepare_unlearning: ipc=3 .*index.*ipc=2"):
+        fastblend.prepare_unlearning(*args, index=index, ipc=3)
+    with pytest.raises(ValueError, match=r"^prepare_unlearning: iterations=12 .*index.*iterations=1"):
+        fastblend.prepare_unlearning(*args, index=index, iterations=12)
+
+
+def test_memmap_take_of_no_rows_is_an_empty_batch(tmp_path):
+    import numpy as np
+
+    ds = fastblend.MemmapImages.write(tmp_path / "m.npy", torch.zeros(4, 1, 2, 2, dtype=torch.uint8), [0, 1, 2, 3])
+    for empty in ([], (), np.array([]), torch.tensor([], dtype=torch.long)):
+        images, labels = ds.take(empty)
+        assert images.shape == (0, 1, 2, 2) and labels.shape == (0,) and labels.dtype == torch.int64
+
+
+def test_index_load_uses_the_same_images_as_source_and_refuses_others(tmp_path):
+    index = _small_index()
+    path = tmp_path / "i.index"
+    index.save(path)
+    same = index.images.clone()
+    loaded = fastblend.BlendIndex.load(path, source=same)
+    assert loaded.images is same
+    with pytest.raises(ValueError, match=rf"^BlendIndex.load: {path}: source does not match"):
+        fastblend.BlendIndex.load(path, source=same + 1)
+    with pytest.raises(ValueError, match=r"^BlendIndex.load: .*holds its own training images"):
+        fastblend.BlendIndex.load(path, source=torch.utils.data.TensorDataset(same, index.labels))

@@ -3,6 +3,7 @@ multi-round cache, matcher refusal, errors, persistence."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -394,6 +395,8 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="Blender: mode"):
         Blender(images, labels, clustering=clustering, mode="lazy")
     with pytest.raises(ValueError, match="condense: matcher parameters are on"):
+        condense(images, labels, [0], clustering=clustering, matcher=copy.deepcopy(m).to("meta"))
+    with pytest.raises(ValueError, match="condense: device 'meta' holds no data"):  # issue 24.9
         condense(images, labels, [0], clustering=clustering, matcher=m, device="meta")
 
 

@@ -61,5 +61,5 @@ def check_has_data(fn: str, name: str, *tensors: Any) -> None:
     ``name``. Other values pass (their own checks name them)."""
     for t in tensors:
         if isinstance(t, torch.Tensor) and t.device.type == "meta":
-            raise ValueError(f"{fn}: {name} is a meta tensor (a shape without data); pass real tensors, e.g. "
-                             "on 'cpu' or 'cuda'")
+            raise ValueError(f"{fn}: {name} must hold data, got a meta tensor (a shape without data); pass "
+                             "tensors on e.g. 'cpu' or 'cuda'")

@@ -277,7 +277,6 @@ def _tensor_view(name: str, images: Any, labels: Any, indices: Any, reduced: boo
     if not torch.is_tensor(images) or not torch.is_tensor(labels):
         raise TypeError(f"{fn}: {name}: images and labels must be tensors; got {type(images).__name__} and "
                         f"{type(labels).__name__}")
-    check_has_data(fn, f"{name} images and labels", images, labels)
     if not images.is_floating_point():
         raise TypeError(f"{fn}: {name} images must be a floating-point tensor, got {images.dtype}")
     if labels.dim() != 1 or labels.is_floating_point() or labels.dtype == torch.bool:
@@ -289,6 +288,7 @@ def _tensor_view(name: str, images: Any, labels: Any, indices: Any, reduced: boo
     if images.device != labels.device:
         raise ValueError(f"{fn}: {name} images are on {images.device} but labels on {labels.device}; "
                          "expected one device")
+    check_has_data(fn, f"{name} images and labels", images, labels)
     if labels.shape[0] == 0:
         raise ValueError(f"{fn}: {name} is empty")
     if labels.device.type != "meta" and int(labels.min()) < 0:

@@ -506,3 +506,28 @@ def test_a_config_files_out_and_quiet_are_honoured(tmp_path, capsys):
     code = cli.main(["run", *argv, "--no-base", "--config", str(config), "--out", str(tmp_path / "flag"),
                      "--cache-dir", str(tmp_path / "cache")])
     assert code == 0 and (tmp_path / "flag" / "results.json").exists()
+
+
+def test_two_runs_with_the_same_seed_give_the_same_results(tmp_path, capsys):
+    """Same seed, nothing shared (each run its own cache: the model, the index, everything recomputed):
+    every number but the timings is equal."""
+    docs = []
+    for run in ("a", "b"):
+        assert _run(tmp_path, "--seeds", "3", cache=tmp_path / f"cache-{run}", out=tmp_path / run) == 0, \
+            capsys.readouterr().err
+        docs.append(json.loads((tmp_path / run / "results.json").read_text()))
+    a, b = ({row["variant"]: row for row in doc["per_seed"][0]["rows"]} for doc in docs)
+    assert set(a) == set(b) == {"original", "base", "accelerated"}
+    assert a["original"]["cached"] is False and b["original"]["cached"] is False
+    assert a["accelerated"]["index_cached"] is False and b["accelerated"]["index_cached"] is False
+    timing = re.compile(r"^(t_|index_build|index_blend|speedup)|seconds|cached")
+    compared = 0
+    for variant in a:
+        assert set(a[variant]) == set(b[variant])
+        for key, value in a[variant].items():
+            if timing.search(key):
+                continue
+            assert b[variant][key] == value or (value != value and b[variant][key] != b[variant][key]), \
+                (variant, key, value, b[variant][key])
+            compared += 1
+    assert compared >= 20

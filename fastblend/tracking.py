@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ._checks import plain_number
+from ._checks import check_has_data, plain_number
 from ._device import synchronize
 from .distributed import broadcast_object
 from .metrics import mia_score_from_logits, predict_logits
@@ -118,6 +118,12 @@ def _subset(data: object, limit: int | None, generator: torch.Generator, arg: st
     :data:`_READ` at a time (the same rows, so the same subset, as the pair of tensors)."""
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
         x, y = data
+        check_has_data("Tracker", f"{arg} images and labels", x, y)
+        if y.dim() != 1 or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise TypeError(f"Tracker: {arg} labels must be a 1-D integer tensor, got {y.dtype} of shape "
+                            f"{list(y.shape)}")
+        if x.dim() < 1 or x.shape[0] != y.shape[0]:
+            raise ValueError(f"Tracker: {arg} has {x.shape[0] if x.dim() else 0} images but {y.shape[0]} labels")
         n = y.numel()
     elif isinstance(data, Dataset) and hasattr(data, "__len__"):
         x, n = None, len(data)
@@ -176,6 +182,8 @@ class Tracker:
         if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
                                    or not math.isfinite(budget) or budget <= 0):
             raise ValueError(f"Tracker: budget must be None or a positive number of seconds, got {budget!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"Tracker: seed must be an int, got {type(seed).__name__}")
         gen = torch.Generator().manual_seed(seed)
         limit = None if max_samples is None else int(max_samples)
         fx, fy = _subset(forget, limit, gen, "forget")
@@ -205,6 +213,8 @@ class Tracker:
 
     def __call__(self, model: nn.Module, step: int, seconds: float) -> bool:
         """Record one point; ``True`` (stop training) once the budget is spent."""
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"Tracker: model must be a torch.nn.Module, got {type(model).__name__}")
         start = time.perf_counter()
         metrics = self.evaluate(model)
         self.points.append(CurvePoint(step, self.offset + seconds, **metrics,

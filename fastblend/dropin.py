@@ -239,10 +239,15 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
         forget_rows = torch.arange(n_retain, all_labels.numel())
     else:
         forget_rows = _rows_in_index(index, forget)
+        if forget_rows.numel() and (int(forget_rows.min()) < 0 or int(forget_rows.max()) >= len(index)):
+            bad = int(forget_rows.min()) if int(forget_rows.min()) < 0 else int(forget_rows.max())
+            raise ValueError(f"{fn}: forget indices must be in [0, {len(index)}) (the index's rows), got {bad}")
         fx, fy = _index_rows(index, forget_rows), index.labels[forget_rows]
     t1 = time.perf_counter()
     reduced = index.reduce(forget_rows)
     ux, uy = _tensors(unseen, "unseen")
+    if tuple(ux.shape[1:]) != tuple(fx.shape[1:]):
+        raise ValueError(f"{fn}: unseen images are {list(ux.shape[1:])} but forget images {list(fx.shape[1:])}")
     accelerator = Accelerator(model, fx.to(dev), fy.to(dev), ux.to(dev), uy.to(dev), batch_size=batch_size, lam=lam,
                               k=k, kappa=kappa, sigma=sigma, steepen=steepen, seed=seed,
                               forget_batch_factor=forget_batch_factor, unseen_batch_factor=unseen_batch_factor)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ._checks import plain_number
 from ._io import make_temp
 
 __all__ = ["MemmapImages", "labels_path"]
@@ -124,6 +125,7 @@ class MemmapImages(Dataset):
             raise ValueError(f"MemmapImages: {self.path} holds no images")
         if divide_by is None:
             divide_by = 255.0 if arr.dtype == np.uint8 else 1.0
+        divide_by = plain_number(divide_by)  # numpy numbers too
         if isinstance(divide_by, bool) or not isinstance(divide_by, (int, float)) or not divide_by > 0:
             raise ValueError(f"MemmapImages: divide_by must be a number > 0, got {divide_by!r}")
         self.divide_by = float(divide_by)

@@ -711,6 +711,23 @@ def test_numpy_numbers_are_accepted_wherever_python_numbers_are():
                                         seed=np.int64(0))
     assert prep.retain_loader.batch_size == 8
 
+    i64, f32 = np.int64, np.float32
+    z, zy = torch.randn(24, 3, generator=torch.Generator().manual_seed(4)), torch.arange(24) % 3
+    assert torch.equal(fastblend.group(z, zy, ipc=i64(2), seed=i64(1), niter=i64(5), tol=f32(0)).assignment,
+                       fastblend.group(z, zy, ipc=2, seed=1, niter=5, tol=0.0).assignment)
+    assert torch.equal(fastblend.BlendIndex.build(x, y, ipc=2, iterations=1, seed=i64(1)).blends,
+                       fastblend.BlendIndex.build(x, y, ipc=2, iterations=1, seed=1).blends)
+    assert torch.equal(fastblend.condense(x, y, [0], ipc=2, iterations=1, seed=i64(1)).images,
+                       fastblend.condense(x, y, [0], ipc=2, iterations=1, seed=1).images)
+    assert torch.equal(fastblend.extract_features(x, batch_size=i64(8), seed=i64(0)), fastblend.extract_features(x))
+    assert fastblend.random_convnet(i64(1), i64(8), i64(0), num_classes=i64(4), width=i64(8)) is not None
+    fastblend.train_model(_net(), (x, y), config={"epochs": i64(1)}, seed=i64(0))
+    logits = torch.randn(8, 4, generator=torch.Generator().manual_seed(5))
+    assert float(fastblend.quantile_mmd(logits, y[:8], logits.flip(0), y[:8], k=f32(2), kappa=f32(60), sigma=f32(1))) \
+        == float(fastblend.quantile_mmd(logits, y[:8], logits.flip(0), y[:8], k=2.0, kappa=60.0, sigma=1.0))
+    assert fastblend.mia_score(_net(), (x[:20], y[:20]), (x[20:], y[20:]), seed=i64(0)) == \
+        fastblend.mia_score(_net(), (x[:20], y[:20]), (x[20:], y[20:]), seed=0)
+
 
 @pytest.mark.parametrize("device", ["gpu0", "meta", "cuda:x"])
 def test_a_bad_device_is_one_clear_message(device):

@@ -234,7 +234,8 @@ def condense(images: object, labels: torch.Tensor | None = None, forget: object 
         forget, labels = labels, None  # condense(train_set, forget, ...)
     if not isinstance(distributed, bool):
         raise TypeError(f"condense: distributed must be a bool, got {type(distributed).__name__}")
-    ipc, iterations, chunk_size, member_chunk, lr = map(plain_int, (ipc, iterations, chunk_size, member_chunk, lr))
+    ipc, iterations, chunk_size, member_chunk, lr, seed = map(plain_int, (ipc, iterations, chunk_size, member_chunk,
+                                                                         lr, seed))
     images, labels = open_source("condense", images, labels)
     if forget is None:
         raise ValueError("condense: forget is required (training indices or a [N] bool mask)")

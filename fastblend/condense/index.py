@@ -131,7 +131,7 @@ class BlendIndex:
         if not isinstance(distributed, bool):
             raise TypeError(f"{fn}: distributed must be a bool, got {type(distributed).__name__}")
         member_chunk = check_member_chunk(fn, member_chunk)
-        ipc, iterations, chunk_size, lr = map(plain_int, (ipc, iterations, chunk_size, lr))  # numpy numbers too
+        ipc, iterations, chunk_size, lr, seed = map(plain_int, (ipc, iterations, chunk_size, lr, seed))  # numpy's too
         images, labels = open_source(fn, data, labels)
         images, labels, _, dev = prepare_inputs(fn, images, labels, [], iterations, lr, normalize, chunk_size,
                                                 device, member_chunk)

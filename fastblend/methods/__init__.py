@@ -171,6 +171,7 @@ def train_model(model: nn.Module, data: Any, config: Any = None, device: torch.d
     it (a trained deep copy unless ``config.inplace``), in eval mode. ``config``: ``None``, a dict of
     overrides or a :class:`TrainModelConfig`. Data parallel under ``torch.distributed`` as :func:`unlearn`."""
     fn = "train_model"
+    seed = plain_number(seed)  # numpy integers too
     cfg = resolve_config(config, TrainModelConfig, fn)
     if not isinstance(model, nn.Module):
         raise TypeError(f"{fn}: model must be a torch.nn.Module, got {type(model).__name__}")

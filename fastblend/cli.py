@@ -263,7 +263,9 @@ def _out(cfg: ExperimentConfig, args: argparse.Namespace, default: str) -> str:
     if args.out is not None:
         return args.out
     if "out" in getattr(args, "config_settings", ()):
-        args.out = str(cfg.out)  # what the messages about --out name
+        if not isinstance(cfg.out, (str, os.PathLike)) or not str(cfg.out):
+            raise ConfigError("out", f"out must name a folder, got {type(cfg.out).__name__} {cfg.out!r}")
+        args.out = os.fspath(cfg.out)  # what the messages about --out name
         return args.out
     return default
 

@@ -502,6 +502,10 @@ def test_a_config_files_out_and_quiet_are_honoured(tmp_path, capsys):
     assert code == 0, err
     assert (out / "results.json").exists()
     assert "[seed 0]" not in err  # quiet: no log lines
+    config.write_text(json.dumps({"out": 5}))
+    assert cli.main(["run", *TINY, "--config", str(config), "--cache-dir", str(tmp_path / "cache")]) == 2
+    assert "out (in --config" in _one_line(capsys.readouterr().err)
+    config.write_text(json.dumps({"out": str(out), "quiet": True}))
     # a flag still wins over the file
     code = cli.main(["run", *argv, "--no-base", "--config", str(config), "--out", str(tmp_path / "flag"),
                      "--cache-dir", str(tmp_path / "cache")])

@@ -10,6 +10,8 @@ A leaf: imports torch and the standard library only.
 
 from __future__ import annotations
 
+import hashlib
+import math
 import os
 import pickle
 import tempfile
@@ -19,8 +21,9 @@ from typing import Any, BinaryIO, Callable
 
 import torch
 
-__all__ = ["FULL_HASH_BYTES", "LOAD_ERRORS", "SAMPLE_ROWS", "atomic_save", "atomic_write_text", "hashed_rows",
-           "load_torch", "make_temp", "plain_file_mode"]
+__all__ = ["CHECKSUM_KEY", "FULL_HASH_BYTES", "LOAD_ERRORS", "SAMPLE_ROWS", "atomic_save", "atomic_write_text",
+           "checksum_status", "hashed_rows", "load_torch", "make_temp", "payload_checksum", "plain_file_mode",
+           "with_checksum"]
 
 # What a content fingerprint of training images hashes (the model/index cache keys, a saved set's source check):
 FULL_HASH_BYTES = 256 * 2**20  # images up to this many bytes are hashed whole
@@ -33,6 +36,64 @@ def hashed_rows(n: int, row_bytes: int) -> torch.Tensor | None:
     if n * row_bytes <= FULL_HASH_BYTES or n <= SAMPLE_ROWS:
         return None
     return torch.linspace(0, n - 1, SAMPLE_ROWS).round().to(torch.int64).unique()
+
+# --------------------------------------------------------------------------------------------
+# content checksums of what is saved (a saved BlendIndex, a ReducedRetainSet, a cache entry)
+# --------------------------------------------------------------------------------------------
+#: the key a checksummed file keeps its checksum under, beside the payload's own keys
+CHECKSUM_KEY = "sha256"
+
+
+def _digest(h: Any, value: Any) -> None:
+    """Feed ``value`` (tensors, numbers, strings, ``None``, dicts, lists and tuples of them) to ``h`` in a
+    canonical order: a dict by its keys sorted as strings, a tensor as its shape, dtype and bytes."""
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous()
+        h.update(f"T{tuple(t.shape)}|{t.dtype}|".encode())
+        if t.numel():
+            h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    elif isinstance(value, dict):
+        h.update(f"D{len(value)}|".encode())
+        for key in sorted(value, key=lambda k: f"{type(k).__name__}:{k}"):
+            _digest(h, key)
+            _digest(h, value[key])
+    elif isinstance(value, (list, tuple)):
+        h.update(f"{type(value).__name__[0]}{len(value)}|".encode())
+        for item in value:
+            _digest(h, item)
+    elif isinstance(value, float) and math.isnan(value):
+        h.update(b"f:nan|")
+    else:
+        h.update(f"{type(value).__name__}:{value!r}|".encode())
+
+
+def payload_checksum(payload: Any) -> str:
+    """SHA-256 (hex) of a payload of tensors, numbers, strings and ``None`` nested in dicts, lists and
+    tuples: every tensor's shape, dtype and bytes and every other value, in a canonical order (a dict's
+    keys sorted), so a flipped byte anywhere in the tensors or a changed setting changes it. Tensors may
+    live on any device (hashed from a CPU copy)."""
+    h = hashlib.sha256()
+    _digest(h, payload)
+    return h.hexdigest()
+
+
+def with_checksum(blob: dict) -> dict:
+    """``blob`` plus ``{CHECKSUM_KEY: payload_checksum(blob)}``: what a checksummed file saves."""
+    if CHECKSUM_KEY in blob:
+        raise ValueError(f"with_checksum: the payload already has a {CHECKSUM_KEY!r} key")
+    return {**blob, CHECKSUM_KEY: payload_checksum(blob)}
+
+
+def checksum_status(blob: dict) -> bool | None:
+    """Whether a loaded ``blob`` matches the checksum saved in it (:func:`with_checksum`): ``True`` it
+    does, ``False`` it does not (the file was altered after it was written), ``None`` it holds none (a
+    file written before checksums, or not by fastblend)."""
+    if not isinstance(blob, dict) or CHECKSUM_KEY not in blob:
+        return None
+    saved = blob[CHECKSUM_KEY]
+    rest = {k: v for k, v in blob.items() if k != CHECKSUM_KEY}
+    return isinstance(saved, str) and saved == payload_checksum(rest)
+
 
 # what torch.load raises on a truncated or foreign file (a junk file: KeyError from the legacy unpickler)
 LOAD_ERRORS = (EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, KeyError, TypeError,

@@ -34,6 +34,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ._batchnorm import frozen_running_stats, guard_recomputation, stateful_buffers
+from ._checks import plain_number
 from ._device import module_device
 from .data_adapter import as_data, cast_to_model, check_batch_labels
 from .distributed import all_gather_rows, all_gather_rows_with_grad, is_distributed, row_shard
@@ -517,6 +518,9 @@ class AAMUStep:
                  num_classes: int | None = None, forwards: Forwards | None = None, fn: str = "AAMUStep") -> None:
         self.fn = fn
         self.loss_name = f"{fn}.loss" if fn == "AAMUStep" else fn  # how loss() names itself in errors
+        batch_size, lam, k, kappa, sigma, seed, forget_batch_factor, unseen_batch_factor, unseen_refresh, micro_batch = map(
+            plain_number, (batch_size, lam, k, kappa, sigma, seed, forget_batch_factor, unseen_batch_factor,
+                           unseen_refresh, micro_batch))
         self.batch_size = _check_batch_size(fn, batch_size)
         if not isinstance(model, nn.Module):
             raise TypeError(f"{fn}: model must be a torch.nn.Module, got {type(model).__name__}")

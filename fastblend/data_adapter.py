@@ -38,6 +38,7 @@ from torch.utils.data import (
     default_collate,
 )
 
+from ._checks import check_has_data
 from ._device import module_device
 from .memmap import MemmapImages
 
@@ -302,6 +303,7 @@ def _tensor_view(name: str, images: Any, labels: Any, indices: Any, reduced: boo
     if images.device != labels.device:
         raise ValueError(f"{fn}: {name} images are on {images.device} but labels on {labels.device}; "
                          "expected one device")
+    check_has_data(fn, f"{name} images and labels", images, labels)
     if labels.shape[0] == 0:
         raise ValueError(f"{fn}: {name} is empty")
     if indices is not None:

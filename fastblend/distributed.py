@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from ._checks import plain_number
+
 __all__ = ["all_gather_objects", "all_gather_rows", "all_gather_rows_with_grad", "balanced_shards", "barrier",
            "broadcast_object", "is_distributed", "is_main_process", "rank", "row_shard", "world_size"]
 
@@ -62,10 +64,20 @@ def balanced_shards(weights: Sequence[int] | torch.Tensor, parts: int) -> list[l
     same split. Each returned list is sorted ascending; a part may be empty when there are fewer
     items than parts.
     """
+    parts = plain_number(parts)
     if isinstance(weights, torch.Tensor):
+        if weights.is_floating_point() or weights.is_complex() or weights.dim() != 1:
+            raise TypeError(f"balanced_shards: weights must be a 1-D integer tensor or a sequence of ints, got "
+                            f"{weights.dtype} of shape {list(weights.shape)}")
         weights = weights.tolist()
     if isinstance(parts, bool) or not isinstance(parts, int) or parts < 1:
         raise ValueError(f"balanced_shards: parts must be an int >= 1, got {parts!r}")
+    if isinstance(weights, (str, bytes)) or not isinstance(weights, Sequence):
+        raise TypeError(f"balanced_shards: weights must be a sequence of ints, got {type(weights).__name__}")
+    weights = [plain_number(x) for x in weights]
+    bad = [x for x in weights if isinstance(x, bool) or not isinstance(x, int)]
+    if bad:
+        raise TypeError(f"balanced_shards: weights must be ints, got {bad[0]!r}")
     w = [int(x) for x in weights]
     if any(x < 0 for x in w):
         raise ValueError("balanced_shards: weights must be non-negative")
@@ -84,8 +96,18 @@ def row_shard(n: int) -> slice:
     Concatenating every rank's part in rank order gives the rows back in their order, so a gather
     (:func:`all_gather_rows`) of per-part results is the global batch's. Parts differ by at most one
     row; a part is empty when ``n < P``. Without a process group: ``slice(0, n)``."""
+    n = plain_number(n)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"row_shard: n must be an int >= 0 (rows of the global batch), got {n!r}")
     p, r = world_size(), rank()
     return slice(r * n // p, (r + 1) * n // p)
+
+
+def _check_rows(fn: str, x: object) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{fn}: x must be a torch.Tensor [N, ...], got {type(x).__name__}")
+    if x.dim() == 0:
+        raise ValueError(f"{fn}: x must have a row dimension [N, ...], got a 0-d tensor")
 
 
 def _gather_sizes(n: int, device: torch.device) -> list[int]:
@@ -113,6 +135,7 @@ def all_gather_rows(x: torch.Tensor) -> torch.Tensor:
     """``cat([x_0, ..., x_{P-1}])`` over ranks along dim 0; every rank's ``x`` must agree on the
     trailing shape and dtype (the row counts may differ; a rank may hold none). Without a process
     group: ``x``. The tensors travel on ``x``'s device (CPU for gloo, the rank's GPU for NCCL)."""
+    _check_rows("all_gather_rows", x)
     if not is_distributed():
         return x
     return _gather(x)[0]
@@ -141,6 +164,7 @@ def all_gather_rows_with_grad(x: torch.Tensor) -> torch.Tensor:
     gathered rows, each rank's rows receive ``P`` times the single-process gradient, which DDP's
     gradient averaging divides back by ``P``. Without a process group: ``x`` itself.
     """
+    _check_rows("all_gather_rows_with_grad", x)
     if not is_distributed():
         return x
     return _GatherRows.apply(x)
@@ -157,6 +181,9 @@ def all_gather_objects(obj: Any) -> list[Any]:
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:
     """Rank ``src``'s picklable ``obj`` on every rank (``obj`` without a process group)."""
+    src = plain_number(src)
+    if isinstance(src, bool) or not isinstance(src, int) or not 0 <= src < world_size():
+        raise ValueError(f"broadcast_object: src must be a rank in [0, {world_size()}), got {src!r}")
     if not is_distributed():
         return obj
     box = [obj]

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ._checks import as_device, plain_number
 from ._device import module_device
 from .aamu import AAMULossOutput, AAMUStep
 from .condensation import BlendIndex, ReducedRetainSet
@@ -203,7 +204,7 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
                        lam: float = RECIPE.lam, k: float = RECIPE.k, kappa: float = RECIPE.kappa,
                        sigma: float = RECIPE.sigma, steepen: str = RECIPE.steepen,
                        forget_batch_factor: int = RECIPE.forget_batch_factor,
-                       unseen_batch_factor: int = RECIPE.unseen_batch_factor, iterations: int = 12,
+                       unseen_batch_factor: int = RECIPE.unseen_batch_factor, iterations: int | None = None,
                        backend: str = "auto", device: torch.device | str | None = None,
                        progress: bool = False) -> PreparedUnlearning:
     """Blend + A-AMU for an existing loader-based fine-tune loop (see the module docstring).
@@ -230,7 +231,8 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
         seed: seeds the grouping, the matcher, the loader's shuffling and the samplers.
         lam, k, kappa, sigma, steepen, forget_batch_factor, unseen_batch_factor: A-AMU settings
             (:class:`fastblend.AAMUStep`; defaults :data:`fastblend.recipe.RECIPE`).
-        iterations, backend: Blend settings when the index is built here.
+        iterations, backend: Blend settings when the index is built here (default 12 iterations). With
+            ``index``, an ``ipc`` or ``iterations`` other than the index's raises ``ValueError``.
         device: where the index is built (default: the model's device).
         progress: tqdm bars while building the index.
 
@@ -239,13 +241,21 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
         optimiser: Adam lr 2.4e-4, one epoch (``prep.optimizer(model)``).
     """
     fn = "prepare_unlearning"
+    ipc, batch_size, seed, iterations = map(plain_number, (ipc, batch_size, seed, iterations))  # numpy's too
     if not isinstance(model, nn.Module):
         raise TypeError(f"{fn}: model must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"{fn}: batch_size must be an int >= 1, got {batch_size!r}")
     if index is not None and not isinstance(index, BlendIndex):
         raise TypeError(f"{fn}: index must be a fastblend.BlendIndex or None, got {type(index).__name__}")
-    dev = torch.device(device) if device is not None else (module_device(model) or torch.device("cpu"))
+    if index is not None:  # the index was built with its own settings: a different one here would be ignored
+        built = {"ipc": index.clustering.ipc, "iterations": index.settings.get("iterations")}
+        for name, value in (("ipc", ipc), ("iterations", iterations)):
+            if value is not None and value != built[name]:
+                raise ValueError(f"{fn}: {name}={value!r} conflicts with the index passed, built with "
+                                 f"{name}={built[name]!r}; leave {name} out (the index decides it) or build the "
+                                 "index with it")
+    dev = as_device(device, fn) or module_device(model) or torch.device("cpu")
     t0 = time.perf_counter()
     build_seconds = 0.0
     if index is None:
@@ -270,6 +280,7 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
         all_labels = labels if labels is not None else data.labels
         if ipc is None:
             ipc = default_ipc(all_labels.numel(), int(torch.unique(all_labels).numel()))
+        iterations = 12 if iterations is None else iterations
         index = BlendIndex.build(data, labels, ipc=ipc, seed=seed, iterations=iterations, backend=backend,
                                  device=dev, progress=progress)
         build_seconds = index.timings["total"]
@@ -283,6 +294,8 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
     t1 = time.perf_counter()
     reduced = index.reduce(forget_rows)
     ux, uy = as_tensors(unseen, "unseen", fn)
+    if tuple(ux.shape[1:]) != tuple(fx.shape[1:]):
+        raise ValueError(f"{fn}: unseen images are {list(ux.shape[1:])} but forget images {list(fx.shape[1:])}")
     step = AAMUStep(model, (fx.to(dev), fy.to(dev)), (ux.to(dev), uy.to(dev)), batch_size=batch_size, lam=lam, k=k,
                     kappa=kappa, sigma=sigma, steepen=steepen, seed=seed, forget_batch_factor=forget_batch_factor,
                     unseen_batch_factor=unseen_batch_factor, fn=fn)

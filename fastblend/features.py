@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from . import distributed as dist
+from ._checks import plain_number
 from ._device import module_device
 from .data_adapter import order_error, reads_in_dataset_order, stream_batches
 
@@ -133,6 +134,7 @@ def extract_features(images: torch.Tensor | Dataset | DataLoader, extractor: nn.
         ``[N, D]`` float32 features on ``device``, identical for the three input forms of the same
         images (the same batches run) and with or without ``distributed``.
     """
+    batch_size, seed, num_workers = map(plain_number, (batch_size, seed, num_workers))  # numpy integers too
     name = "extract_features"
     kind, n = _source(images, batch_size, name)
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:

@@ -59,6 +59,7 @@ from pathlib import Path
 import torch
 
 from . import distributed as dist
+from ._checks import plain_number
 from ._device import synchronize
 from ._io import atomic_save, load_torch
 from .features import extract_features  # noqa: F401  (its public home is here too)
@@ -280,6 +281,7 @@ def group(features: torch.Tensor, labels: torch.Tensor, ipc: int, backend: str =
     :class:`fastblend.BlendIndex` (and :func:`fastblend.condense`, which builds one) group in an order fixed by the
     images' content, which removes that dependence. Warns when ``ipc`` exceeds a class's size.
     """
+    ipc, seed, niter, tol, num_classes = map(plain_number, (ipc, seed, niter, tol, num_classes))  # numpy's too
     features, labels, num_classes = _check_group_inputs(features, labels, ipc, backend, niter, tol, num_classes)
     ipc, niter = int(ipc), int(niter)  # numpy integers too
     if not isinstance(balanced, bool):

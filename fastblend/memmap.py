@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ._checks import plain_number
 from ._io import make_temp
 
 __all__ = ["MemmapImages", "labels_path"]
@@ -124,6 +125,7 @@ class MemmapImages(Dataset):
             raise ValueError(f"MemmapImages: {self.path} holds no images")
         if divide_by is None:
             divide_by = 255.0 if arr.dtype == np.uint8 else 1.0
+        divide_by = plain_number(divide_by)  # numpy numbers too
         if isinstance(divide_by, bool) or not isinstance(divide_by, (int, float)) or not divide_by > 0:
             raise ValueError(f"MemmapImages: divide_by must be a number > 0, got {divide_by!r}")
         self.divide_by = float(divide_by)
@@ -194,6 +196,25 @@ class MemmapImages(Dataset):
             except (OSError, ValueError):
                 pass
 
+    def _check_size(self, hi: int) -> None:
+        """Raise ``ValueError`` if the mapped file no longer holds row ``hi``: reading a page of a mapping
+        beyond the end of its (shrunk) file kills the process with ``SIGBUS``. The size is that of the
+        file that is mapped (the same inode, even if ``path`` was since replaced), read with one
+        ``fstat`` per batch; a file shrunk between this check and the read still faults (the window is
+        one batch read)."""
+        arr = self._array
+        mm = getattr(arr, "_mmap", None)
+        if mm is None:
+            return
+        try:
+            size = mm.size()  # fstat of the mapped file
+        except (OSError, ValueError):
+            return
+        need = int(getattr(arr, "offset", 0)) + (hi + 1) * int(arr.strides[0])
+        if size < need:
+            raise ValueError(f"MemmapImages: {self.path} shrank to {size} bytes after it was opened; row {hi} needs "
+                             f"{need} (was the file rewritten in place? open it again once it is complete)")
+
     @property
     def shape(self) -> tuple[int, int, int, int]:
         """``(N, C, H, W)``."""
@@ -228,7 +249,9 @@ class MemmapImages(Dataset):
         i = int(index) + n if index < 0 else int(index)
         if not 0 <= i < n:
             raise IndexError(f"MemmapImages: index {index} out of range for {n} images")
-        x = self._convert(self.array[i])
+        array = self.array
+        self._check_size(i)
+        x = self._convert(array[i])
         self._release(i, i)
         return x, int(self.labels[i])
 
@@ -237,6 +260,8 @@ class MemmapImages(Dataset):
         order; repeats allowed; a negative index counts from the end, as in ``dataset[i]``). The file is
         read in ascending row order, a contiguous run as one slice."""
         idx = torch.as_tensor(indices).reshape(-1)
+        if idx.numel() == 0:  # [] and np.array([]) are float: no rows, whatever their dtype
+            idx = idx.to(torch.int64)
         if idx.is_floating_point() or idx.dtype == torch.bool:
             raise TypeError(f"MemmapImages.take: indices must be integers, got {idx.dtype}")
         idx = idx.to(torch.int64).cpu()
@@ -249,6 +274,8 @@ class MemmapImages(Dataset):
             return torch.empty((0,) + self.shape[1:], dtype=torch.float32), torch.empty(0, dtype=torch.int64)
         rows, order = torch.sort(idx)
         lo, hi = int(rows[0]), int(rows[-1])
+        self.array  # noqa: B018 (opens the mapping)
+        self._check_size(hi)
         if hi - lo + 1 == rows.numel() and bool((rows[1:] - rows[:-1] == 1).all()):
             raw = self.array[lo:hi + 1]
         else:

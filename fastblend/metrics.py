@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._checks import plain_number
 from ._device import synchronize
 from ._io import atomic_write_text
 from .data_adapter import as_data, model_device, model_dtype
@@ -166,6 +167,7 @@ def mia_score_from_logits(forget_logits: torch.Tensor, forget_labels: torch.Tens
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
     fn = "mia_score"
+    seed = plain_number(seed)  # numpy integers too
     _check_scored(forget_logits, forget_labels.to(forget_logits.device), "forget", fn)
     _check_scored(test_logits, test_labels.to(test_logits.device), "test", fn)
     phi_f = true_class_log_odds(forget_logits, forget_labels.to(forget_logits.device), clamp)
@@ -224,6 +226,7 @@ def svc_mia(model: nn.Module, retain: Any, forget: Any, test: Any, batch_size: i
     from sklearn.svm import SVC
 
     fn = "svc_mia"
+    seed, max_shadow = plain_number(seed), plain_number(max_shadow)  # numpy integers too
     unknown = sorted(set(features) - set(SVC_FEATURES))
     if unknown:
         raise ValueError(f"{fn}: unknown features {unknown}; expected some of {list(SVC_FEATURES)}")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ._checks import plain_number
+
 
 def _instance_norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(channels, channels, affine=True)
@@ -133,6 +135,8 @@ def random_convnet(in_channels: int, image_size: int, seed: int, num_classes: in
     """A seeded, randomly initialised, never trained ConvNet-3 in eval mode with frozen weights
     (the grouping extractor ``f_g`` and the Blend matcher ``f_m`` of docs/method.md §1; ``width``
     128 is the paper's, a narrower one is a cheaper Blend matcher, e.g. the fast preset's 64)."""
+    in_channels, image_size, seed, num_classes, width = map(plain_number, (in_channels, image_size, seed, num_classes,
+                                                                           width))  # numpy integers too
     for name, value in (("in_channels", in_channels), ("image_size", image_size), ("num_classes", num_classes),
                         ("width", width)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ._checks import check_has_data, plain_number
 from ._device import synchronize
 from .data_adapter import dataset_items
 from .distributed import broadcast_object
@@ -51,8 +52,9 @@ class Band:
 
     def __post_init__(self) -> None:
         for name in METRICS:
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not value >= 0:
+            value = plain_number(getattr(self, name))  # numpy numbers too
+            object.__setattr__(self, name, value)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise ValueError(f"Band: {name} must be a number >= 0, got {value!r}")
 
     def contains(self, point: dict | CurvePoint, reference: dict | CurvePoint) -> bool:
@@ -117,6 +119,12 @@ def _subset(data: object, limit: int | None, generator: torch.Generator, arg: st
     :data:`_READ` at a time (the same rows, so the same subset, as the pair of tensors)."""
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
         x, y = data
+        check_has_data("Tracker", f"{arg} images and labels", x, y)
+        if y.dim() != 1 or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise TypeError(f"Tracker: {arg} labels must be a 1-D integer tensor, got {y.dtype} of shape "
+                            f"{list(y.shape)}")
+        if x.dim() < 1 or x.shape[0] != y.shape[0]:
+            raise ValueError(f"Tracker: {arg} has {x.shape[0] if x.dim() else 0} images but {y.shape[0]} labels")
         n = y.numel()
     elif isinstance(data, Dataset) and hasattr(data, "__len__"):
         x, n = None, len(data)
@@ -165,6 +173,7 @@ class Tracker:
     def __init__(self, forget: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
                  max_samples: int | None = 2000, seed: int = 0, offset: float = 0.0,
                  budget: float | None = None):
+        max_samples, seed, offset, budget = map(plain_number, (max_samples, seed, offset, budget))  # numpy's too
         if max_samples is not None and (isinstance(max_samples, bool) or not isinstance(max_samples, numbers.Integral)
                                         or max_samples < 5):
             raise ValueError(f"Tracker: max_samples must be None or an int >= 5 (the MIA's folds), got {max_samples!r}")
@@ -173,6 +182,8 @@ class Tracker:
         if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
                                    or not math.isfinite(budget) or budget <= 0):
             raise ValueError(f"Tracker: budget must be None or a positive number of seconds, got {budget!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"Tracker: seed must be an int, got {type(seed).__name__}")
         gen = torch.Generator().manual_seed(seed)
         limit = None if max_samples is None else int(max_samples)
         fx, fy = _subset(forget, limit, gen, "forget")
@@ -202,6 +213,8 @@ class Tracker:
 
     def __call__(self, model: nn.Module, step: int, seconds: float) -> bool:
         """Record one point; ``True`` (stop training) once the budget is spent."""
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"Tracker: model must be a torch.nn.Module, got {type(model).__name__}")
         start = time.perf_counter()
         metrics = self.evaluate(model)
         self.points.append(CurvePoint(step, self.offset + seconds, **metrics,

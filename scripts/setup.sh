@@ -11,6 +11,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 TORCH_SPEC="${FASTBLEND_TORCH_SPEC:-torch==2.14.1}"
+# torchvision (the dev extra's, for the BatchNorm tests) is installed in the same pip command as torch,
+# so an --index-url in FASTBLEND_TORCH_SPEC (the CPU-only wheels) applies to it too and the dev extra
+# then finds it installed (a CPU build "0.29.1+cpu" satisfies "torchvision==0.29.1") instead of pulling
+# the default (CUDA) torch from PyPI; set it to match another torch in FASTBLEND_TORCH_SPEC.
+TORCHVISION_SPEC="${FASTBLEND_TORCHVISION_SPEC:-torchvision==0.29.1}"
 REQUIRE_CPP="${FASTBLEND_REQUIRE_CPP:-1}"
 
 have_openmp_compiler() {
@@ -41,7 +46,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip "setuptools>=77" wheel pybind11
 # shellcheck disable=SC2086
-.venv/bin/python -m pip install -q $TORCH_SPEC
+.venv/bin/python -m pip install -q $TORCH_SPEC $TORCHVISION_SPEC
 FASTBLEND_REQUIRE_CPP="$REQUIRE_CPP" \
   .venv/bin/python -m pip install -q --no-build-isolation -e ".[dev]"
 # animal-mnist ships the default data in its wheel; its metadata pulls tensorflow, never needed.

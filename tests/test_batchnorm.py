@@ -1,5 +1,8 @@
 """BatchNorm safety of A-AMU (docs/method.md §2.4): the forget and unseen forwards leave a model's
-running statistics untouched, in ``AAMUStep``, the packaged accelerated methods and the drop-in."""
+running statistics untouched, in ``AAMUStep``, the packaged accelerated methods and the drop-in.
+
+The ResNet-18 tests need torchvision (the dev extra installs it); the probe tests (every packaged
+training method, SCRUB's forget pass) use a small model and run without it."""
 
 import copy
 
@@ -9,8 +12,6 @@ import torch.nn.functional as F
 from torch import nn
 
 import fastblend
-
-torchvision = pytest.importorskip("torchvision")
 
 
 def _stats(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -35,6 +36,7 @@ def _data(n: int, seed: int, shift: float = 0.0) -> tuple[torch.Tensor, torch.Te
 
 @pytest.fixture(scope="module")
 def resnet():
+    torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(0)
     return torchvision.models.resnet18(num_classes=10).train()
 
@@ -107,3 +109,62 @@ def test_dropin_criterion_keeps_only_retain_statistics(resnet):
     loss.backward()
     opt.step()
     _assert_same_stats(model, expected)
+
+
+# --------------------------------------------------------------------------------------------
+# every packaged training method, and SCRUB's forget pass: only retain batches reach the statistics
+# --------------------------------------------------------------------------------------------
+def _probe_model() -> nn.Module:
+    """A BatchNorm on the raw input (its statistics depend on the images alone, not on the weights the
+    method changes) in front of a small conv net with BatchNorm inside."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10)).train()
+
+
+_TRAINING_METHODS = ["finetune", "neggrad_plus", "scrub", "l1_sparse", "bad_teacher", "prune",
+                     "a_finetune", "a_sparse", "a_scrub", "a_neggrad_plus", "a_bad_teacher", "a_prune"]
+
+
+@pytest.mark.parametrize("method", _TRAINING_METHODS)
+def test_every_training_method_keeps_only_retain_statistics(method):
+    assert set(_TRAINING_METHODS) <= set(fastblend.available_methods())
+    rx, ry = _data(8, 10)
+    fx, fy = _data(8, 11, shift=3.0)  # forget and unseen images far from the retain images
+    ux, uy = _data(16, 12, shift=-3.0)
+    model = _probe_model()
+    expected = copy.deepcopy(model[0])
+    with torch.no_grad():
+        expected(rx)  # one retain batch (the whole retain set), in training mode
+    unseen = (ux, uy) if method.startswith("a_") else None
+    res = fastblend.unlearn(method, model, (rx, ry), (fx, fy), unseen=unseen, config={"batch_size": 8, "epochs": 1})
+    got = res.model[0]
+    assert int(got.num_batches_tracked) == 1, "a forget or unseen forward updated the statistics"
+    torch.testing.assert_close(got.running_mean, expected.running_mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got.running_var, expected.running_var, rtol=1e-5, atol=1e-6)
+
+
+def test_scrub_forget_pass_alone_leaves_the_statistics_untouched():
+    """SCRUB's max-steps (the forget pass, docs/method.md §2.4) run without any retain forward in
+    between: the statistics after them are the model's own."""
+    from fastblend.methods.scrub import Scrub
+
+    rx, ry = _data(8, 13)
+    fx, fy = _data(8, 14, shift=3.0)
+    model = _probe_model()
+    before = _stats(model)
+    seen = []
+    real = Scrub.before_epoch
+
+    def before_epoch(self, m, *args, **kwargs):  # the forget pass, before the epoch's retain steps
+        out = real(self, m, *args, **kwargs)
+        seen.append((out[1], _stats(m)))
+        return out
+
+    Scrub.before_epoch = before_epoch
+    try:
+        fastblend.unlearn("scrub", model, (rx, ry), (fx, fy), config={"batch_size": 8, "epochs": 1})
+    finally:
+        Scrub.before_epoch = real
+    assert seen and seen[0][0] > 0, "SCRUB ran no forget step"
+    _assert_same_stats_dict(seen[0][1], before)

@@ -5,11 +5,14 @@ Tiny runs on the built-in 8x8 `digits` data."""
 import ast
 import json
 import os
+import queue
 import re
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -199,11 +202,39 @@ def _child(code: str, argv: list[str]) -> subprocess.Popen:
                             text=True, env=_env())
 
 
-def _wait_for(proc: subprocess.Popen, marker: str) -> None:
-    for line in proc.stdout:
+def _wait_for(proc: subprocess.Popen, marker: str, timeout: float = 240.0) -> None:
+    """Read the child's stdout until a line holds ``marker``; a child that ends first, or that is still
+    silent after ``timeout`` seconds (stuck), fails the test instead of hanging the suite."""
+    lines: queue.Queue = queue.Queue()
+
+    def pump() -> None:
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)  # end of output
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            line = lines.get(timeout=max(deadline - time.monotonic(), 0.0))
+        except queue.Empty:
+            proc.kill()
+            raise AssertionError(f"child printed no {marker!r} within {timeout:.0f}s") from None
+        if line is None:
+            raise AssertionError(f"child ended before {marker!r}: {proc.stderr.read()}")
         if marker in line:
             return
-    raise AssertionError(f"child ended before {marker!r}: {proc.stderr.read()}")
+
+
+def test_wait_for_gives_up_on_a_silent_child():
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        with pytest.raises(AssertionError, match="within 1s"):
+            _wait_for(proc, "NEVER", timeout=1.0)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
 
 
 def test_sigkill_during_cache_write_then_rerun_recovers(tmp_path, capsys):
@@ -240,6 +271,61 @@ def test_sigkill_during_cache_write_then_rerun_recovers(tmp_path, capsys):
     assert str(entry) in err and "retrain" in err and "Traceback" not in err
     torch.load(entry, weights_only=True)
     assert json.loads((tmp_path / "out" / "results.json").read_text())["per_seed"][0]["rows"][0]["cached"] is False
+
+
+def _rows(out) -> dict:
+    doc = json.loads((out / "results.json").read_text())
+    return {row["variant"]: row for row in doc["per_seed"][0]["rows"]}
+
+
+def test_sigkill_during_index_cache_write_keeps_the_model_entry_then_rerun_recovers(tmp_path, capsys):
+    from fastblend import cache as model_cache
+    from fastblend.condense import BlendIndex
+
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    argv = ["run", *TINY, "--no-base", "--out", str(out), "--cache-dir", str(cache)]
+    # the model entry is written normally; the index entry's write is cut short by SIGKILL
+    proc = _child("""
+        import torch
+        real_save = torch.save
+        def save(obj, f, *args, **kwargs):
+            if not (isinstance(obj, dict) and obj.get("format") == "fastblend.BlendIndex"):
+                return real_save(obj, f, *args, **kwargs)
+            f.write(b"PK\\x03\\x04 partial zip")
+            f.flush()
+            print("SAVING", flush=True)
+            time.sleep(120)
+        torch.save = save
+    """, argv)
+    try:
+        _wait_for(proc, "SAVING")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    (model_entry,) = (cache / "models").glob("*.pt")
+    before = model_entry.read_bytes()
+    assert not list((cache / "indexes").glob("*.pt")), "a partial index entry under the final name"
+    assert cli.main(argv) == 0
+    assert model_entry.read_bytes() == before  # the earlier entry is intact and was reused
+    rows = _rows(out)
+    assert rows["original"]["cached"] is True and rows["accelerated"]["index_cached"] is False
+    (index_entry,) = (cache / "indexes").glob("*.pt")
+    assert model_cache.load_index(index_entry) is not None
+    assert cli.main(argv) == 0
+    assert _rows(out)["accelerated"]["index_cached"] is True
+
+    # an altered index entry: warned, rebuilt and replaced (checksum), the model entry untouched
+    blob = BlendIndex.load(index_entry)
+    raw = bytearray(index_entry.read_bytes())
+    at = bytes(raw).find(blob.blends.numpy().tobytes())
+    raw[at + 5] ^= 0x40
+    index_entry.write_bytes(bytes(raw))
+    capsys.readouterr()
+    assert cli.main(argv) == 0
+    err = capsys.readouterr().err
+    assert str(index_entry) in err and "rebuild" in err and "Traceback" not in err
+    assert _rows(out)["accelerated"]["index_cached"] is False
+    assert BlendIndex.load(index_entry) is not None and model_entry.read_bytes() == before
 
 
 def test_sigterm_during_second_seed_keeps_the_first(tmp_path):
@@ -373,3 +459,80 @@ def test_a_small_time_budget_is_printed_with_its_digits():
     row = {"variant": "base", "method": "finetune", "retain_acc": 1.0, "forget_acc": 1.0, "test_acc": 1.0,
            "mia": 50.0, "stopped_at_budget": 1.0, "budget_seconds": 0.001}
     assert "stopped at its time budget of 0.001s" in format_table([row])
+
+
+# --------------------------------------------------------------------------------------------
+# issue 24.9: every mistake in a config file exits 2 before any work; its out and quiet are honoured
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("text, named", [
+    ("seeds: [0\n", "--config"),  # broken YAML
+    ("seeds: !!python/tuple [0]\n", "--config"),  # a python tag (safe_load refuses it)
+    ("base_config: 5\n", "base_config"),
+    ('track_evaluations: "5"\n', "track_evaluations"),
+    ("track_samples: -5\n", "track_samples"),
+    ("track_samples: 2\n", "track_samples"),
+    ("track: 1\n", "track"),
+    ("band: 3\n", "band"),
+])
+def test_config_file_mistakes_exit_2_before_any_work(tmp_path, capsys, text, named):
+    pytest.importorskip("yaml")
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    code = _run(tmp_path, "--config", str(config))
+    line = _one_line(capsys.readouterr().err)
+    assert code == 2, line
+    assert named in line and line.startswith("fastblend run: error:"), line
+    assert not (tmp_path / "cache").exists()  # nothing was trained
+
+
+def test_every_setting_has_a_type_check():
+    from dataclasses import fields
+
+    from fastblend.experiment import _TYPES, ExperimentConfig
+
+    assert {f.name for f in fields(ExperimentConfig)} <= set(_TYPES)
+
+
+def test_a_config_files_out_and_quiet_are_honoured(tmp_path, capsys):
+    config = tmp_path / "c.json"
+    out = tmp_path / "from_file"
+    config.write_text(json.dumps({"out": str(out), "quiet": True}))
+    argv = [a for a in TINY if a != "--quiet"]
+    code = cli.main(["run", *argv, "--no-base", "--config", str(config), "--cache-dir", str(tmp_path / "cache")])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert (out / "results.json").exists()
+    assert "[seed 0]" not in err  # quiet: no log lines
+    config.write_text(json.dumps({"out": 5}))
+    assert cli.main(["run", *TINY, "--config", str(config), "--cache-dir", str(tmp_path / "cache")]) == 2
+    assert "out (in --config" in _one_line(capsys.readouterr().err)
+    config.write_text(json.dumps({"out": str(out), "quiet": True}))
+    # a flag still wins over the file
+    code = cli.main(["run", *argv, "--no-base", "--config", str(config), "--out", str(tmp_path / "flag"),
+                     "--cache-dir", str(tmp_path / "cache")])
+    assert code == 0 and (tmp_path / "flag" / "results.json").exists()
+
+
+def test_two_runs_with_the_same_seed_give_the_same_results(tmp_path, capsys):
+    """Same seed, nothing shared (each run its own cache: the model, the index, everything recomputed):
+    every number but the timings is equal."""
+    docs = []
+    for run in ("a", "b"):
+        assert _run(tmp_path, "--seeds", "3", cache=tmp_path / f"cache-{run}", out=tmp_path / run) == 0, \
+            capsys.readouterr().err
+        docs.append(json.loads((tmp_path / run / "results.json").read_text()))
+    a, b = ({row["variant"]: row for row in doc["per_seed"][0]["rows"]} for doc in docs)
+    assert set(a) == set(b) == {"original", "base", "accelerated"}
+    assert a["original"]["cached"] is False and b["original"]["cached"] is False
+    assert a["accelerated"]["index_cached"] is False and b["accelerated"]["index_cached"] is False
+    timing = re.compile(r"^(t_|index_build|index_blend|speedup)|seconds|cached")
+    compared = 0
+    for variant in a:
+        assert set(a[variant]) == set(b[variant])
+        for key, value in a[variant].items():
+            if timing.search(key):
+                continue
+            assert b[variant][key] == value or (value != value and b[variant][key] != b[variant][key]), \
+                (variant, key, value, b[variant][key])
+            compared += 1
+    assert compared >= 20

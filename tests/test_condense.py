@@ -3,6 +3,7 @@ research code, split invariants, multi-round (cumulative) requests, matcher refu
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -388,6 +389,8 @@ def test_bad_inputs():
         with pytest.raises(ValueError, match=f"condense: {match}"):
             condense(images, labels, [0], clustering=clustering, matcher=m, **kw)
     with pytest.raises(ValueError, match="condense: matcher parameters are on"):
+        condense(images, labels, [0], clustering=clustering, matcher=copy.deepcopy(m).to("meta"))
+    with pytest.raises(ValueError, match="condense: device 'meta' holds no data"):  # issue 24.9
         condense(images, labels, [0], clustering=clustering, matcher=m, device="meta")
 
 

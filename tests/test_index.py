@@ -55,7 +55,6 @@ def test_blends_equal_a_post_request_research_blend(data, index):
     torch.testing.assert_close(reduced.blend_weights, after.blend_weights, rtol=0, atol=1e-5)
     assert torch.equal(reduced.blend_members, after.blend_members)
     assert reduced.timings["blend"] == 0.0 and reduced.timings["index"] > 0
-    assert reduced.timings["request"] < reduced.timings["index"]
 
 
 def test_classwise_request_leaves_no_residual_and_no_blend_of_the_class(data, index):

@@ -461,7 +461,10 @@ def _mmd(model, forget, unseen) -> float:
 ACCEL_DEMO = {
     "a_finetune": dict(epochs=3, lr=1e-3),
     "a_sparse": dict(epochs=3, lr=1e-3),
-    "a_scrub": dict(epochs=3, lr=0.05),
+    # Adam as the others: SCRUB's SGD at lr 0.03-0.05 is chaotic on this task (MMD² ratio 0.02-0.98 over
+    # seeds 0-7) and at 0.02 barely moves (0.91); with Adam 1e-3 the ratio is 0.017-0.029 and retain
+    # accuracy 88.7-91.0% over seeds 0-7 (measured), far inside the bounds below for any seed
+    "a_scrub": dict(epochs=3, lr=1e-3, optimizer="adam"),
     "a_neggrad_plus": dict(epochs=3, lr=1e-3),
     "a_bad_teacher": dict(epochs=3, lr=1e-3),
     "a_prune": dict(epochs=3, lr=1e-3, sparsity=0.5),
@@ -472,10 +475,7 @@ ACCEL_DEMO = {
 def test_accelerated_method_matches_forget_to_unseen(overfit_task, method):
     t = overfit_task
     mmd0 = _mmd(t["model"], t["forget"], t["unseen"])
-    # a_scrub (SGD at lr 0.05) is seed-sensitive: its MMD² ratio spans 0.02-0.75 over seeds 0-5 with
-    # either sampler random stream; seed 1 is a typical run of the device-side stream
-    res = unlearn(method, t["model"], t["retain"], t["forget"], t["unseen"], config=ACCEL_DEMO[method],
-                  seed=1 if method == "a_scrub" else 0)
+    res = unlearn(method, t["model"], t["retain"], t["forget"], t["unseen"], config=ACCEL_DEMO[method], seed=0)
     # the forget set's loss distribution moves to the unseen one: MMD² falls 5x, forget accuracy
     # (100%) falls by >= 10 points towards the unseen accuracy, retain accuracy stays >= 85%
     assert _mmd(res.model, t["forget"], t["unseen"]) <= 0.2 * mmd0

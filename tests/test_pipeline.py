@@ -81,7 +81,6 @@ def test_base_budget_stops_the_base_method_at_retrains_time(tmp_path):
     base = rows["base"]
     assert base["budget_seconds"] == pytest.approx(rows["retrain"]["t_unlearning"])
     assert base["stopped_at_budget"] == 1.0  # 30 epochs take far longer than Retrain's one
-    assert base["t_unlearning"] < 30 * rows["retrain"]["t_unlearning"] / 2
     assert "stopped at its time budget" in pipeline.format_table(
         pipeline.summarise([{"rows": list(rows.values())}]))
 

@@ -520,3 +520,288 @@ def test_loading_a_junk_file_raises_value_error_naming_it(tmp_path):
         ReducedRetainSet.load(junk)
     with pytest.raises(ValueError, match=f"BlendIndex.load: cannot read {junk}"):
         fastblend.BlendIndex.load(junk)
+
+
+# ============================================================================================
+# Issue 24: hostile files, shrinking memory maps, refusals at the edges
+# ============================================================================================
+# --------------------------------------------------------------------------------------------
+# 24.4 a file altered after it was written is refused (a user's file) or rebuilt (a cache entry)
+# --------------------------------------------------------------------------------------------
+def _flip_inside(path, tensor: torch.Tensor, count: int = 4) -> None:
+    """Flip ``count`` bytes of ``path`` inside the stored bytes of ``tensor`` (found by content), the way a
+    failing disk or a bad copy would: the file stays a readable torch.save zip."""
+    raw = bytearray(path.read_bytes())
+    payload = tensor.detach().cpu().contiguous().numpy().tobytes()
+    at = bytes(raw).find(payload)
+    assert at >= 0, "the tensor's bytes are not stored verbatim"
+    for k in range(count):
+        raw[at + 3 + 7 * k] ^= 0x5A
+    path.write_bytes(bytes(raw))
+
+
+def _small_index():
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(24) % 3
+    return fastblend.BlendIndex.build(torch.randn(24, 1, 8, 8, generator=g), y, ipc=2, iterations=1, seed=0)
+
+
+def test_a_saved_index_with_flipped_bytes_is_refused_naming_the_file(tmp_path):
+    index = _small_index()
+    path = tmp_path / "train.index"
+    index.save(path)
+    _flip_inside(path, index.blends)
+    with pytest.raises(ValueError, match=rf"^BlendIndex.load: {path}.*checksum"):
+        fastblend.BlendIndex.load(path)
+
+
+def test_a_saved_reduced_set_with_flipped_bytes_is_refused_naming_the_file(tmp_path):
+    from fastblend.condense import ReducedRetainSet
+
+    reduced = _small_index().reduce([0, 1])
+    for with_residual in (True, False):
+        path = tmp_path / f"r{with_residual}.pt"
+        reduced.save(path, with_residual=with_residual)
+        _flip_inside(path, reduced.images if with_residual else reduced.blends)
+        with pytest.raises(ValueError, match=rf"^ReducedRetainSet.load: {path}.*checksum"):
+            ReducedRetainSet.load(path, source=reduced.source)
+
+
+def test_a_cache_entry_with_altered_weights_is_warned_rebuilt_and_replaced(tmp_path):
+    from fastblend import cache
+
+    net = nn.Sequential(nn.Linear(8, 4))
+    path = tmp_path / "models" / "m.pt"
+    assert cache.save_model(net, path)
+    other = nn.Sequential(nn.Linear(8, 4))
+    assert cache.load_model(other, path)
+    assert torch.equal(other[0].weight, net[0].weight)
+    _flip_inside(path, net[0].weight)
+    with pytest.warns(RuntimeWarning, match=rf"model cache entry {path} is unreadable.*checksum"):
+        assert not cache.load_model(other, path)
+    assert cache.save_model(net, path)  # what the caller does after retraining: the entry is replaced
+    assert cache.load_model(other, path)
+
+    index = _small_index()
+    ipath = tmp_path / "indexes" / "i.pt"
+    assert cache.save_index(index, ipath)
+    _flip_inside(ipath, index.blends)
+    with pytest.warns(RuntimeWarning, match=rf"index cache entry {ipath} is unreadable.*checksum"):
+        assert cache.load_index(ipath) is None
+
+
+def test_files_written_before_checksums_load_with_a_warning_and_old_cache_entries_are_rebuilt(tmp_path):
+    """The decision (README "Saved files"): a user's file without a checksum (an earlier fastblend)
+    still loads, with a RuntimeWarning that it was not verified; a cache entry without one is rebuilt."""
+    from fastblend import cache
+    from fastblend._io import CHECKSUM_KEY
+    from fastblend.condense import ReducedRetainSet
+
+    index = _small_index()
+    path = tmp_path / "old.index"
+    index.save(path)
+    blob = torch.load(path, weights_only=True)
+    blob.pop(CHECKSUM_KEY)
+    blob["version"] = 1
+    torch.save(blob, path)
+    with pytest.warns(RuntimeWarning, match=f"{path}.*no checksum"):
+        old = fastblend.BlendIndex.load(path)
+    assert torch.equal(old.blends, index.blends)
+    blob["version"] = 2  # a current file that lost its checksum is corrupt, not old
+    torch.save(blob, path)
+    with pytest.raises(ValueError, match="checksum"):
+        fastblend.BlendIndex.load(path)
+
+    rpath = tmp_path / "old.pt"
+    index.reduce([0]).save(rpath)
+    state = torch.load(rpath, weights_only=True)
+    state.pop(CHECKSUM_KEY)
+    torch.save(state, rpath)
+    with pytest.warns(RuntimeWarning, match=f"{rpath}.*no checksum"):
+        ReducedRetainSet.load(rpath)
+
+    net = nn.Linear(3, 2)
+    mpath = tmp_path / "models" / "m.pt"
+    mpath.parent.mkdir()
+    torch.save(net.state_dict(), mpath)  # how the model cache wrote an entry before checksums
+    with pytest.warns(RuntimeWarning, match=f"model cache entry {mpath} is unreadable"):
+        assert not cache.load_model(nn.Linear(3, 2), mpath)
+
+
+# --------------------------------------------------------------------------------------------
+# 24.5 a memory-mapped file that shrinks after it was opened: an error, not SIGBUS
+# --------------------------------------------------------------------------------------------
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_SHRINK = """
+import os, sys, torch
+import fastblend
+from fastblend import MemmapImages
+path = sys.argv[1]
+images = torch.randint(0, 255, (64, 1, 8, 8), dtype=torch.uint8)
+ds = MemmapImages.write(path, images, torch.arange(64) % 4)
+ds.take([0, 1])  # the file is mapped
+with open(path, "r+b") as fh:  # shrunk in place (another process rewriting it, a full disk, ...)
+    fh.truncate(2048)
+for read in (lambda: ds.take(list(range(60, 64))), lambda: ds[63],
+             lambda: fastblend.BlendIndex.build(ds, ipc=2, iterations=1)):
+    try:
+        read()
+        print("READ")
+    except ValueError as exc:
+        print("ERROR", exc)
+"""
+
+
+def test_a_memmap_that_shrinks_after_opening_raises_not_sigbus(tmp_path):
+    res = subprocess.run([sys.executable, "-c", _SHRINK, str(tmp_path / "x.npy")], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "PYTHONPATH": _ROOT})
+    assert res.returncode == 0, (res.returncode, res.stderr[-2000:])  # -7 / 135: killed by SIGBUS
+    lines = res.stdout.splitlines()
+    assert len(lines) == 3 and all(line.startswith("ERROR") for line in lines), res.stdout
+    assert all("x.npy" in line and "shrank" in line for line in lines), res.stdout
+
+
+# --------------------------------------------------------------------------------------------
+# 24.9 refusals at the edges: numpy numbers accepted, bad devices and meta tensors named, NaN refused
+# --------------------------------------------------------------------------------------------
+def _tiny(n: int = 40, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 4
+    return torch.randn(n, 1, 8, 8, generator=g) + y.view(-1, 1, 1, 1).float(), y
+
+
+def _net(seed: int = 0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 4))
+
+
+def test_numpy_numbers_are_accepted_wherever_python_numbers_are():
+    import numpy as np
+
+    from fastblend.tracking import Band, Tracker
+
+    assert Band(np.float32(2), np.int64(3), np.float64(4)) == Band(2.0, 3, 4.0)
+    assert isinstance(Band(np.float32(2)).forget_acc, float)
+    x, y = _tiny()
+    tr = Tracker((x[:8], y[:8]), (x[8:16], y[8:16]), max_samples=np.int64(8), seed=np.int64(1),
+                 offset=np.float32(0.5), budget=np.float32(10))
+    assert tr is not None
+
+    def run(cast):
+        calls = []
+        res = fastblend.unlearn("finetune", _net(), (x[8:], y[8:]), (x[:8], y[:8]), eval_every=cast(2),
+                                callback=lambda m, step, s: calls.append(step), seed=cast(3),
+                                config={"epochs": cast(1), "lr": cast(0.01), "batch_size": cast(8)})
+        return res, calls
+
+    want, want_calls = run(lambda v: v)
+    got, got_calls = run(lambda v: np.float32(v) if isinstance(v, float) else np.int64(v))
+    assert got_calls == want_calls and len(want_calls) > 2
+    for a, b in zip(got.model.parameters(), want.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+    a = fastblend.condense(x, y, forget=[0, 1], ipc=np.int64(2), iterations=np.int64(2), lr=np.float32(0.5), seed=0)
+    b = fastblend.condense(x, y, forget=[0, 1], ipc=2, iterations=2, lr=float(np.float32(0.5)), seed=0)
+    assert torch.equal(a.images, b.images)
+    acc = fastblend.accelerate(_net(), x[:8], y[:8], x[8:], y[8:], batch_size=np.int64(4), lam=np.float32(34),
+                               seed=np.int64(0), forget_batch_factor=np.int64(2))
+    assert acc.batch_size == 4 and isinstance(acc.batch_size, int)
+    prep = fastblend.prepare_unlearning(_net(), (x[8:], y[8:]), (x[:8], y[:8]), (x[:8], y[:8]),
+                                        batch_size=np.int64(8), ipc=np.int64(2), iterations=np.int64(1),
+                                        seed=np.int64(0))
+    assert prep.retain_loader.batch_size == 8
+
+    i64, f32 = np.int64, np.float32
+    z, zy = torch.randn(24, 3, generator=torch.Generator().manual_seed(4)), torch.arange(24) % 3
+    assert torch.equal(fastblend.group(z, zy, ipc=i64(2), seed=i64(1), niter=i64(5), tol=f32(0)).assignment,
+                       fastblend.group(z, zy, ipc=2, seed=1, niter=5, tol=0.0).assignment)
+    assert torch.equal(fastblend.BlendIndex.build(x, y, ipc=2, iterations=1, seed=i64(1)).blends,
+                       fastblend.BlendIndex.build(x, y, ipc=2, iterations=1, seed=1).blends)
+    assert torch.equal(fastblend.condense(x, y, [0], ipc=2, iterations=1, seed=i64(1)).images,
+                       fastblend.condense(x, y, [0], ipc=2, iterations=1, seed=1).images)
+    assert torch.equal(fastblend.extract_features(x, batch_size=i64(8), seed=i64(0)), fastblend.extract_features(x))
+    assert fastblend.random_convnet(i64(1), i64(8), i64(0), num_classes=i64(4), width=i64(8)) is not None
+    fastblend.train_model(_net(), (x, y), config={"epochs": i64(1)}, seed=i64(0))
+    logits = torch.randn(8, 4, generator=torch.Generator().manual_seed(5))
+    assert float(fastblend.quantile_mmd(logits, y[:8], logits.flip(0), y[:8], k=f32(2), kappa=f32(60), sigma=f32(1))) \
+        == float(fastblend.quantile_mmd(logits, y[:8], logits.flip(0), y[:8], k=2.0, kappa=60.0, sigma=1.0))
+    assert fastblend.mia_score(_net(), (x[:20], y[:20]), (x[20:], y[20:]), seed=i64(0)) == \
+        fastblend.mia_score(_net(), (x[:20], y[:20]), (x[20:], y[20:]), seed=0)
+
+
+@pytest.mark.parametrize("device", ["gpu0", "meta", "cuda:x"])
+def test_a_bad_device_is_one_clear_message(device):
+    x, y = _tiny()
+    calls = {
+        "condense": lambda: fastblend.condense(x, y, forget=[0], ipc=2, iterations=1, device=device),
+        "BlendIndex.build": lambda: fastblend.BlendIndex.build(x, y, ipc=2, iterations=1, device=device),
+        "unlearn": lambda: fastblend.unlearn("finetune", _net(), (x[8:], y[8:]), (x[:8], y[:8]), device=device,
+                                             config={"epochs": 1}),
+        "prepare_unlearning": lambda: fastblend.prepare_unlearning(_net(), (x[8:], y[8:]), (x[:8], y[:8]),
+                                                                   (x[:8], y[:8]), ipc=2, iterations=1,
+                                                                   device=device),
+    }
+    for fn, call in calls.items():
+        with pytest.raises(ValueError, match=rf"^{fn}: device {device!r}"):
+            call()
+
+
+def test_meta_tensors_are_one_clear_message():
+    x, y = _tiny()
+    xm, ym = x.to("meta"), y.to("meta")
+    calls = {
+        "condense": lambda: fastblend.condense(xm, y, forget=[0], ipc=2, iterations=1),
+        "BlendIndex.build": lambda: fastblend.BlendIndex.build(xm, ym, ipc=2, iterations=1),
+        "unlearn": lambda: fastblend.unlearn("finetune", _net(), (xm, ym), (x[:8], y[:8]), config={"epochs": 1}),
+        "Accelerator": lambda: fastblend.accelerate(_net(), xm[:8], ym[:8], x[8:], y[8:]),
+        "prepare_unlearning": lambda: fastblend.prepare_unlearning(_net(), (xm, ym), (x[:8], y[:8]),
+                                                                   (x[:8], y[:8]), ipc=2, iterations=1),
+    }
+    for fn, call in calls.items():
+        with pytest.raises(ValueError, match=rf"^{fn}: .*meta"):
+            call()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_pixels_are_refused_with_a_precomputed_clustering(bad):
+    x, y = _tiny()
+    x[5, 0, 3, 3] = bad
+    clustering = fastblend.group(torch.randn(40, 3), y, ipc=2)
+    with pytest.raises(ValueError, match=r"^condense: images must be finite.*row 5"):
+        fastblend.condense(x, y, forget=[0], clustering=clustering, iterations=1)
+    with pytest.raises(ValueError, match=r"^BlendIndex.build: images must be finite.*row 5"):
+        fastblend.BlendIndex.build(x, y, clustering=clustering, iterations=1)
+
+
+def test_prepare_unlearning_refuses_settings_an_index_overrides():
+    x, y = _tiny()
+    index = fastblend.BlendIndex.build(x, y, ipc=2, iterations=1)
+    args = (_net(), (x[8:], y[8:]), (x[:8], y[:8]), (x[:8], y[:8]))
+    fastblend.prepare_unlearning(*args, index=index)  # nothing to conflict
+    fastblend.prepare_unlearning(*args, index=index, ipc=2, iterations=1)  # the index's own settings
+    with pytest.raises(ValueError, match=r"^prepare_unlearning: ipc=3 .*index.*ipc=2"):
+        fastblend.prepare_unlearning(*args, index=index, ipc=3)
+    with pytest.raises(ValueError, match=r"^prepare_unlearning: iterations=12 .*index.*iterations=1"):
+        fastblend.prepare_unlearning(*args, index=index, iterations=12)
+
+
+def test_memmap_take_of_no_rows_is_an_empty_batch(tmp_path):
+    import numpy as np
+
+    ds = fastblend.MemmapImages.write(tmp_path / "m.npy", torch.zeros(4, 1, 2, 2, dtype=torch.uint8), [0, 1, 2, 3])
+    for empty in ([], (), np.array([]), torch.tensor([], dtype=torch.long)):
+        images, labels = ds.take(empty)
+        assert images.shape == (0, 1, 2, 2) and labels.shape == (0,) and labels.dtype == torch.int64
+
+
+def test_index_load_uses_the_same_images_as_source_and_refuses_others(tmp_path):
+    index = _small_index()
+    path = tmp_path / "i.index"
+    index.save(path)
+    same = index.images.clone()
+    loaded = fastblend.BlendIndex.load(path, source=same)
+    assert loaded.images is same
+    with pytest.raises(ValueError, match=rf"^BlendIndex.load: {path}: source does not match"):
+        fastblend.BlendIndex.load(path, source=same + 1)
+    with pytest.raises(ValueError, match=r"^BlendIndex.load: .*holds its own training images"):
+        fastblend.BlendIndex.load(path, source=torch.utils.data.TensorDataset(same, index.labels))

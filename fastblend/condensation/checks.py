@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, TensorDataset
 
+from .._checks import as_device, check_has_data, plain_number
 from ..data_adapter import as_data, indexed_rows, is_streamed_dataset
 from ..grouping import Clustering, check_ipc
 from .source import is_dataset_source, source_labels, source_sample
@@ -31,10 +32,25 @@ def _check_data(caller: str, images: object, labels: object) -> tuple[torch.Tens
         raise TypeError(f"{caller}: images must be a floating tensor (normalised pixels), got {images.dtype}")
     if images.dim() != 4:
         raise ValueError(f"{caller}: images must have shape [N, C, H, W], got {list(images.shape)}")
+    check_has_data(caller, "images", images)
+    check_has_data(caller, "labels", labels)
+    _check_finite(caller, images)
     if labels is None:
         raise TypeError(f"{caller}: labels are required with an images tensor (or pass an (images, labels) "
                         "pair, a Dataset or a DataLoader)")
     return images, _check_labels(caller, labels, images.shape[0])
+
+
+def _check_finite(caller: str, images: torch.Tensor) -> None:
+    """Refuse NaN or inf pixels (they make every blend of their cluster non-finite): one float32 sum per
+    row finds candidate rows (a non-finite pixel makes its row's sum non-finite), checked exactly."""
+    if images.numel() == 0:
+        return
+    sums = images.reshape(images.shape[0], -1).sum(1, dtype=torch.float32)
+    rows = torch.nonzero(~torch.isfinite(sums)).flatten()
+    for row in rows.tolist():  # a sum that overflowed is not a bad pixel: check the row itself
+        if not bool(torch.isfinite(images[row]).all()):
+            raise ValueError(f"{caller}: images must be finite; row {row} holds NaN or inf")
 
 
 def _check_source(caller: str, source: object, labels: object) -> tuple[object, torch.Tensor]:
@@ -106,8 +122,9 @@ def _as_int(value: object, minimum: int) -> int | None:
 
 
 def plain_int(value: object) -> object:
-    """``int(value)`` for an integer of any kind (numpy's too, not a bool); ``value`` itself otherwise
-    (the checks then name it)."""
+    """``int(value)`` for an integer of any kind (numpy's too, not a bool), ``float(value)`` for a numpy
+    float (:func:`fastblend._checks.plain_number`); ``value`` itself otherwise (the checks then name it)."""
+    value = plain_number(value)
     return int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
 
 
@@ -203,5 +220,5 @@ def prepare_inputs(caller: str, images, labels, forget, iterations, lr, normaliz
     if bool(mask.all()):
         raise ValueError(f"{caller}: forget covers all {n} images; nothing would be retained")
     home = images.device if isinstance(images, torch.Tensor) else torch.device("cpu")
-    dev = torch.device(device) if device is not None else home
+    dev = as_device(device, caller) or home
     return images, labels, mask, dev

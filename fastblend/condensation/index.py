@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .._device import synchronize
-from .._io import LOAD_ERRORS, atomic_save
+from .._io import CHECKSUM_KEY, LOAD_ERRORS, atomic_save, checksum_status, with_checksum
 from ..distributed import is_distributed, world_size
 from ..grouping import Clustering
 from ..ops._dispatch import backend_for
@@ -49,7 +50,7 @@ class _NeedsSource(ValueError):
 
 
 _FORMAT = "fastblend.BlendIndex"
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # 2: carries a content checksum (fastblend._io.with_checksum); 1 (before) still loads
 
 
 @dataclass(eq=False, repr=False)
@@ -205,9 +206,9 @@ class BlendIndex:
     # ------------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
         """Write the index to ``path`` atomically: a temporary file in the same folder, renamed into
-        place. A tensor of training images is written with it; a Dataset is not (its fingerprint is:
-        length, row shape, dtype, hashes of the labels and of the images) and :meth:`load` needs
-        ``source=``."""
+        place, with a SHA-256 checksum of its content that :meth:`load` verifies. A tensor of training
+        images is written with it; a Dataset is not (its fingerprint is: length, row shape, dtype,
+        hashes of the labels and of the images) and :meth:`load` needs ``source=``."""
         path = Path(path)
         state = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "clustering"}
         if not isinstance(self.images, torch.Tensor):
@@ -217,12 +218,22 @@ class BlendIndex:
         clustering = {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else plain(v))
                       for k, v in vars(self.clustering).items()}
         blob = {"format": _FORMAT, "version": _FORMAT_VERSION, "fields": state, "clustering": clustering}
-        atomic_save(blob, path, fn="BlendIndex.save")
+        atomic_save(with_checksum(blob), path, fn="BlendIndex.save")
 
     @classmethod
     def load(cls, path: str | Path, source: object = None) -> BlendIndex:
-        """Read a file written by :meth:`save` (safe loading) and check that its fields agree. An index
-        saved from a Dataset needs ``source``: that Dataset (checked against the saved fingerprint)."""
+        """Read a file written by :meth:`save` (safe loading), check that its fields agree and verify its
+        content checksum: a file altered after it was written (flipped bytes) raises ``ValueError``
+        naming it. A file written before checksums (format version 1) loads with a ``RuntimeWarning``
+        that it was not verified (save it again to add one). An index saved from a Dataset needs
+        ``source``: that Dataset (checked against the saved fingerprint); for an index that holds its
+        images tensor, ``source`` may only be that same tensor (then the index uses it, on its device;
+        other images raise ``ValueError``)."""
+        return cls._load(path, source, old_files="warn")
+
+    @classmethod
+    def _load(cls, path: str | Path, source: object = None, *, old_files: str = "warn") -> BlendIndex:
+        """:meth:`load`; ``old_files="refuse"`` (the cache's) refuses a file without a checksum too."""
         fn = "BlendIndex.load"
         try:
             blob = torch.load(Path(path), map_location="cpu", weights_only=True)
@@ -230,9 +241,10 @@ class BlendIndex:
             raise ValueError(f"{fn}: cannot read {path}: {exc}") from exc
         if not isinstance(blob, dict) or blob.get("format") != _FORMAT:
             raise ValueError(f"{fn}: {path} is not a saved fastblend BlendIndex")
-        if blob.get("version") != _FORMAT_VERSION:
+        if blob.get("version") not in (1, _FORMAT_VERSION):
             raise ValueError(f"{fn}: {path} has format version {blob.get('version')}, this fastblend reads "
-                             f"version {_FORMAT_VERSION}")
+                             f"versions 1 and {_FORMAT_VERSION}")
+        verified = checksum_status(blob)  # acted on once the fields are known to be well formed
         state, cstate = blob.get("fields"), blob.get("clustering")
         names = [f.name for f in fields(cls) if f.name != "clustering"]
         if not isinstance(state, dict) or not isinstance(cstate, dict):
@@ -253,6 +265,16 @@ class BlendIndex:
                                        f"{type(source).__name__}")
                 check_fingerprint(source, fp if isinstance(fp, dict) else {}, f"{fn}: {path}")
                 images = state["images"] = source
+            elif source is not None:  # the file holds the images: source= must be those very images
+                if not isinstance(source, torch.Tensor) or not isinstance(images, torch.Tensor):
+                    raise _NeedsSource(f"{fn}: {path} holds its own training images (a tensor); source= is for an "
+                                       f"index built from a Dataset: leave it out, got {type(source).__name__}")
+                if (source.shape != images.shape or source.dtype != images.dtype or source.device.type == "meta"
+                        or not torch.equal(source.detach().cpu(), images)):
+                    raise _NeedsSource(f"{fn}: {path}: source does not match the training images saved in the file "
+                                       f"({list(images.shape)} {images.dtype}); leave source= out to use those")
+                images = state["images"] = source  # the same images, where the caller keeps them (e.g. a GPU)
+                state["blends"] = state["blends"].to(source.device)
             check_clustering(fn, clustering, labels, None)
             n, k = source_length(images), clustering.num_clusters
             for name, shape in (("blends", (k,) + tuple(source_sample(images).shape)), ("blend_weights", (n,)),
@@ -265,6 +287,12 @@ class BlendIndex:
             if f"{fn}: {path}: source does not match" in str(exc):
                 raise
             raise ValueError(f"{fn}: {path} holds an inconsistent index: {exc}") from exc
+        if verified is False or (verified is None and (blob.get("version") != 1 or old_files == "refuse")):
+            raise ValueError(f"{fn}: {path} is corrupt: its content checksum ({CHECKSUM_KEY}) does not match "
+                             "(the file changed after it was written); rebuild the index and save it again")
+        if verified is None:
+            warnings.warn(f"{fn}: {path} has no checksum (written by an earlier fastblend); loaded unverified: "
+                          "save it again to add one", RuntimeWarning, stacklevel=2)
         return cls(clustering=clustering, **{k: state[k] for k in names})
 
 
@@ -282,7 +310,7 @@ def _build(fn: str, data: object, labels: object, forget: object, *, ipc: object
     if not isinstance(share_network, bool):
         raise TypeError(f"{fn}: share_network must be a bool, got {type(share_network).__name__}")
     member_chunk = check_member_chunk(fn, member_chunk)
-    ipc, iterations, chunk_size = map(plain_int, (ipc, iterations, chunk_size))  # numpy integers too
+    ipc, iterations, chunk_size, lr, seed = map(plain_int, (ipc, iterations, chunk_size, lr, seed))  # numpy numbers too
     images, labels = open_source(fn, data, labels)
     images, labels, mask, dev = prepare_inputs(fn, images, labels, [] if forget is None else forget, iterations, lr,
                                                normalize, chunk_size, device, member_chunk)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from dataclasses import InitVar, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .._io import atomic_save, load_torch
+from .._io import CHECKSUM_KEY, atomic_save, checksum_status, load_torch, with_checksum
 from .source import check_fingerprint, fingerprint, read_rows, source_length, source_sample
 
 __all__ = ["ReducedRetainSet"]
@@ -190,7 +191,8 @@ class ReducedRetainSet(Dataset):
         ``with_residual=True`` writes every row's image (self-contained; what an in-memory set writes
         by default); ``False`` writes the blends, the residual rows' training indices and the
         source's fingerprint (length, row shape, dtype, hashes of the labels and images) but no residual
-        image (the default when the source is a Dataset): :meth:`load` then needs ``source=``.
+        image (the default when the source is a Dataset): :meth:`load` then needs ``source=``. The file
+        carries a SHA-256 checksum of its content, verified by :meth:`load`.
         """
         if with_residual is None:
             with_residual = self.in_memory
@@ -206,23 +208,32 @@ class ReducedRetainSet(Dataset):
                                      "rows (this set holds only images)")
                 state["source_fingerprint"] = fingerprint(self.source)
         state = {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else plain(v)) for k, v in state.items()}
-        atomic_save(state, path, fn="ReducedRetainSet.save")
+        atomic_save(with_checksum(state), path, fn="ReducedRetainSet.save")
 
     @classmethod
     def load(cls, path: str | Path, source: object = None) -> ReducedRetainSet:
-        """Read a file written by :meth:`save` (safe loading); every field is checked and every error
-        names the file. A file saved without its residual images needs ``source``: the training images
-        (``[N, C, H, W]`` tensor or the Dataset) the set was made from, checked against the saved
-        fingerprint; a self-contained file ignores ``source``."""
+        """Read a file written by :meth:`save` (safe loading); every field is checked, the content
+        checksum verified (a file altered after it was written raises ``ValueError``; one written before
+        checksums loads with a ``RuntimeWarning`` that it was not verified) and every error names the file.
+        A file saved without its residual images needs ``source``: the training images (``[N, C, H, W]``
+        tensor or the Dataset) the set was made from, checked against the saved fingerprint; a
+        self-contained file ignores ``source``."""
         fn = "ReducedRetainSet.load"
         state = load_torch(path, fn)
         if (not isinstance(state, dict) or not {"labels", "is_blended"} <= set(state)
                 or not ({"images"} & set(state) or {"blends"} & set(state))):
             raise ValueError(f"{fn}: {path} does not hold a saved ReducedRetainSet")
+        verified = checksum_status(state)
         fp = state.get("source_fingerprint")
         names = {f.name for f in fields(cls)} | {"images"}
         state = {k: v for k, v in state.items() if k in names}
         _check_state(state, f"{fn}: {path}")
+        if verified is False:
+            raise ValueError(f"{fn}: {path} is corrupt: its content checksum ({CHECKSUM_KEY}) does not match (the "
+                             "file changed after it was written); make the reduced set again")
+        if verified is None:
+            warnings.warn(f"{fn}: {path} has no checksum (written by an earlier fastblend); loaded unverified: "
+                          "save it again to add one", RuntimeWarning, stacklevel=2)
         if "images" in state:
             state.pop("blends", None)
             return cls(**state)

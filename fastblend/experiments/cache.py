@@ -6,7 +6,9 @@ is built once per training set) in ``indexes/``. An entry's key hashes the train
 settings together with a fingerprint of the training data itself (:func:`data_fingerprint`), so two
 data sets of the same size never share a model. Entries are written atomically; an entry that cannot
 be read is reported (a ``RuntimeWarning`` naming the file) and treated as a miss, and the caller's
-retrained model replaces it.
+retrained model replaces it. Every entry carries a SHA-256 checksum of its content
+(:func:`fastblend._io.with_checksum`), verified on load: an entry altered after it was written (flipped
+bytes, changed weights), or one written before checksums, is such an unreadable entry.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._io import atomic_save, hashed_rows
+from .._io import atomic_save, checksum_status, hashed_rows, with_checksum
 
 KEY_VERSION = 3
+_MODEL_FORMAT = "fastblend.model-cache"
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -77,12 +80,17 @@ def model_path(root: Path, settings: dict, fingerprint: str, stem: str, kind: st
 
 def load_model(model: nn.Module, path: Path) -> bool:
     """Load the cached weights at ``path`` into ``model``: ``True`` on success, ``False`` if there is no
-    entry, or if it cannot be read or does not fit ``model`` (then a ``RuntimeWarning`` names the file)."""
+    entry, or if it cannot be read, fails its checksum or does not fit ``model`` (then a ``RuntimeWarning``
+    names the file)."""
     if not path.exists():
         return False
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(blob, dict) or blob.get("format") != _MODEL_FORMAT:
+            raise ValueError("not a checksummed model cache entry (written by an earlier fastblend?)")
+        if not checksum_status(blob):
+            raise ValueError("its content checksum does not match: the file changed after it was written")
+        model.load_state_dict(blob["state"])
     except Exception as exc:  # a truncated zip, a foreign file, a state dict of another model
         why = " ".join(str(exc).split())[:200] or type(exc).__name__
         warnings.warn(f"model cache entry {path} is unreadable ({why}); retraining and replacing it",
@@ -96,7 +104,8 @@ def save_model(model: nn.Module, path: Path) -> bool:
     not an error: a ``RuntimeWarning`` says so and ``False`` is returned."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        atomic_save(with_checksum({"format": _MODEL_FORMAT, "state": state}), path)
     except OSError as exc:
         warnings.warn(f"could not write the model cache entry {path} ({exc}); the run goes on without it",
                       RuntimeWarning, stacklevel=2)
@@ -106,13 +115,14 @@ def save_model(model: nn.Module, path: Path) -> bool:
 
 def load_index(path: Path) -> Any:
     """The :class:`fastblend.BlendIndex` cached at ``path``, or ``None`` if there is no entry or it
-    cannot be read (then a ``RuntimeWarning`` names the file and the caller rebuilds it)."""
+    cannot be read or fails its checksum (then a ``RuntimeWarning`` names the file and the caller
+    rebuilds it)."""
     if not path.exists():
         return None
     from ..condensation import BlendIndex
 
     try:
-        return BlendIndex.load(path)
+        return BlendIndex._load(path, old_files="refuse")  # an entry without a checksum is rebuilt too
     except (ValueError, OSError) as exc:
         why = " ".join(str(exc).split())[:200] or type(exc).__name__
         warnings.warn(f"index cache entry {path} is unreadable ({why}); rebuilding and replacing it",

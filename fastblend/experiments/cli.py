@@ -81,7 +81,10 @@ def _load_config_file(path: Path) -> dict:
                 import yaml
             except ImportError:
                 raise UsageError(f"--config {path}: YAML configs need pyyaml: `pip install pyyaml`") from None
-            data = yaml.safe_load(text) or {}
+            try:
+                data = yaml.safe_load(text) or {}
+            except yaml.YAMLError as exc:  # a syntax error, or a tag safe loading refuses (!!python/...)
+                raise UsageError(f"--config {path}: not valid YAML ({' '.join(str(exc).split())})") from None
         else:
             data = json.loads(text)
     except (OSError, ValueError) as exc:  # TOML and JSON decoding errors are ValueErrors
@@ -213,7 +216,7 @@ def _config_from_args(args: argparse.Namespace, base: ExperimentConfig) -> Exper
     cfg.run_base = cfg.run_base and not getattr(args, "no_base", False)
     cfg.plots = cfg.plots and not getattr(args, "no_plots", False)
     cfg.blend_amp = cfg.blend_amp or bool(getattr(args, "blend_amp", False))
-    cfg.quiet = bool(args.quiet)
+    cfg.quiet = bool(args.quiet) or cfg.quiet  # --quiet, or quiet: true in the --config file
     by_flag = {name for name in simple if getattr(args, name, None) is not None}
     by_flag |= {setting for setting, flag in (("base_config", "epochs"), ("train_config", "train_epochs"),
                                               ("retrain_config", "retrain_epochs"), ("base_budget", "base_budget"))
@@ -254,8 +257,20 @@ def _torchrun_group(cfg: ExperimentConfig):
         dist.destroy_process_group()
 
 
+def _out(cfg: ExperimentConfig, args: argparse.Namespace, default: str) -> str:
+    """Where the results go: ``--out``, else the ``--config`` file's ``out``, else ``default``."""
+    if args.out is not None:
+        return args.out
+    if "out" in getattr(args, "config_settings", ()):
+        if not isinstance(cfg.out, (str, os.PathLike)) or not str(cfg.out):
+            raise ConfigError("out", f"out must name a folder, got {type(cfg.out).__name__} {cfg.out!r}")
+        args.out = os.fspath(cfg.out)  # what the messages about --out name
+        return args.out
+    return default
+
+
 def _run(cfg: ExperimentConfig, command: str, args: argparse.Namespace) -> int:
-    cfg.out = args.out if args.out is not None else os.path.join("fastblend-out", command)
+    cfg.out = _out(cfg, args, os.path.join("fastblend-out", command))
     cfg.check()
     with _torchrun_group(cfg):
         return _run_experiment(cfg, args)
@@ -297,7 +312,7 @@ def cmd_condense(args: argparse.Namespace) -> int:
 
     cfg = _config_from_args(args, ExperimentConfig())
     log = _log(cfg.quiet)
-    out = Path(args.out if args.out is not None else "fastblend-out/condense/reduced.pt")
+    out = Path(_out(cfg, args, "fastblend-out/condense/reduced.pt"))
     if out.is_dir() or str(args.out or "").endswith(("/", os.sep)):
         out = out / "reduced.pt"
     elif out.suffix != ".pt":

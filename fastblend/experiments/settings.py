@@ -43,7 +43,8 @@ _TYPES: dict[str, tuple] = {
     "round_mode": (str,), "run_retrain": (bool,), "run_base": (bool,), "train_config": (dict,),
     "retrain_config": (dict,), "base_config": (dict,), "accelerated_config": (dict,), "device": (str, None),
     "out": _PATH, "cache_dir": (*_PATH, None), "plots": (bool,), "quiet": (bool,),
-    "base_budget": (str, float, int, None),
+    "base_budget": (str, float, int, None), "track": (bool,), "track_evaluations": (int,),
+    "track_samples": (int, None), "band": (dict,),
 }
 
 
@@ -176,6 +177,9 @@ class ExperimentConfig:
                 raise ConfigError("base_budget", "base_budget='retrain' needs run_retrain=True")
         if self.track_evaluations < 1:
             raise ConfigError("track_evaluations", f"track_evaluations must be >= 1, got {self.track_evaluations}")
+        if self.track_samples is not None and self.track_samples < 5:  # what Tracker's max_samples takes
+            raise ConfigError("track_samples", f"track_samples must be None or an int >= 5 (the MIA's folds), got "
+                              f"{self.track_samples}")
         try:
             Band(**self.band)
         except (TypeError, ValueError) as exc:

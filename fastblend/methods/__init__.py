@@ -18,6 +18,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from .._checks import as_device, plain_number
 from ..data_adapter import as_data, cast_to_model, check_disjoint, check_label_range, model_device, model_dtype
 from ..recipe import RECIPE
 from ..tracking import StepClock
@@ -181,11 +182,12 @@ def train_model(model: nn.Module, data: Any, config: Any = None, device: torch.d
     it (a trained deep copy unless ``config.inplace``), in eval mode. ``config``: ``None``, a dict of
     overrides or a :class:`TrainModelConfig`. Data parallel under ``torch.distributed`` as :func:`unlearn`."""
     fn = "train_model"
+    seed = plain_number(seed)  # numpy integers too
     cfg = resolve_config(config, TrainModelConfig, fn)
     if not isinstance(model, nn.Module):
         raise TypeError(f"{fn}: model must be a torch.nn.Module, got {type(model).__name__}")
     model, ddp_options = _unwrap(model, fn)
-    dev = torch.device(device) if device is not None else model_device(model)
+    dev = as_device(device, fn) or model_device(model)
     view = as_data(data, "data", fn)
     work = (model if cfg.inplace else copy.deepcopy(model)).to(dev)
     probe = view.probe(fn)
@@ -282,13 +284,14 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
     spec = _spec(method, fn)
     if callback is not None and not callable(callback):
         raise TypeError(f"{fn}: callback must be callable(model, step, seconds) or None, got {type(callback).__name__}")
-    if not isinstance(eval_every, int) or eval_every < 0:
+    eval_every, seed = plain_number(eval_every), plain_number(seed)  # numpy integers too
+    if isinstance(eval_every, bool) or not isinstance(eval_every, int) or eval_every < 0:
         raise ValueError(f"{fn}: eval_every must be an int >= 0 (0: before and after only), got {eval_every!r}")
     cfg = resolve_config(config, spec.config_class, fn)
     if not isinstance(model, nn.Module):
         raise TypeError(f"{fn}: model must be a torch.nn.Module, got {type(model).__name__}")
     model, ddp_options = _unwrap(model, fn)
-    dev = torch.device(device) if device is not None else model_device(model)
+    dev = as_device(device, fn) or model_device(model)
 
     r = as_data(retain, "retain", fn)
     f = as_data(forget, "forget", fn)

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
+from .._checks import plain_numbers
 from ..recipe import RECIPE
 
 
@@ -152,7 +153,7 @@ def resolve_config(config: Any, cls: type, fn: str):
         if unknown:
             raise ValueError(f"{fn}: unknown config keys {unknown} for {cls.__name__}; "
                              f"expected some of {sorted(names)}")
-        cfg = cls(**config)
+        cfg = cls(**plain_numbers(config))  # numpy numbers as Python's
     elif type(config) is cls:
         cfg = config
     else:

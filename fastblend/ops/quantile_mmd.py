@@ -576,6 +576,12 @@ def _check_finite(fn: str, logits: torch.Tensor, logits_name: str) -> None:
 MIN_SIGMA = 1e-4
 
 
+def _plain(value):
+    """A numpy scalar (``np.float32(2)``) as the Python number its ``item()`` gives; else ``value``
+    (ops/ imports nothing from the rest of the package, so not ``fastblend._checks``)."""
+    return value.item() if type(value).__module__ == "numpy" and hasattr(value, "item") else value
+
+
 def _check_params(fn: str, k: float, kappa: float, sigma: float | None = None) -> None:
     named = [("k", k), ("kappa", kappa)] + ([("sigma", sigma)] if sigma is not None else [])
     for name, value in named:
@@ -623,6 +629,7 @@ def quantile_transform(logits: torch.Tensor, labels: torch.Tensor, k: float = RE
         Differentiable in ``logits``; the probit is taken in float64 (see the module docstring).
     """
     _check_set("quantile_transform", logits, labels, "logits", "labels", validate)
+    k, kappa = _plain(k), _plain(kappa)  # numpy numbers too
     _check_params("quantile_transform", k, kappa)
     _dispatch.check_backend(TRANSFORM_OP_NAME, backend)
     g, _ = _quantile_transform_op(logits, labels, float(k), float(kappa), backend)
@@ -658,6 +665,7 @@ def quantile_mmd(forget_logits: torch.Tensor, forget_labels: torch.Tensor, unsee
     fn = "quantile_mmd"
     _check_set(fn, forget_logits, forget_labels, "forget_logits", "forget_labels", validate)
     _check_set(fn, unseen_logits, unseen_labels, "unseen_logits", "unseen_labels", validate)
+    k, kappa, sigma = _plain(k), _plain(kappa), _plain(sigma)  # numpy numbers too
     _check_params(fn, k, kappa, sigma)
     if forget_logits.device != unseen_logits.device:
         raise ValueError(f"{fn}: forget_logits and unseen_logits must be on one device; got {forget_logits.device} "

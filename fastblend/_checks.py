@@ -1,0 +1,65 @@
+"""Argument checks shared by every public entry point: numbers of any numeric kind, devices, tensors
+that hold data. A leaf: imports torch, numpy and the standard library only.
+
+- :func:`plain_number`: a numpy integer or float (``np.int64(2)``, ``np.float32(0.1)``) becomes the
+  Python ``int``/``float`` the checks and torch expect, so every setting that takes a Python number
+  takes numpy's too (a bool, numpy's included, stays what it is and is refused where a number is due).
+- :func:`as_device`: a device argument checked once, with one message for a string torch does not
+  know (``"gpu0"``) and for the meta device (which holds no data to compute on).
+- :func:`check_has_data`: a tensor on the meta device refused by name before torch fails inside.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["as_device", "check_has_data", "plain_number", "plain_numbers"]
+
+
+def plain_number(value: Any) -> Any:
+    """``int(value)`` for a numpy integer, ``float(value)`` for a numpy float; ``value`` itself otherwise
+    (a Python number, a bool of either kind, anything else: the caller's checks then name it)."""
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    return value
+
+
+def plain_numbers(values: dict) -> dict:
+    """``values`` with :func:`plain_number` applied to each value (a config dict's overrides)."""
+    return {k: plain_number(v) for k, v in values.items()}
+
+
+def as_device(device: Any, fn: str, arg: str = "device") -> torch.device | None:
+    """``device`` (``None``, a ``torch.device``, a string such as ``"cuda:1"`` or a CUDA ordinal) as a
+    ``torch.device`` (``None`` stays ``None``). A string torch does not parse (``"gpu0"``), another type,
+    or the meta device raises ``ValueError``/``TypeError`` starting with ``fn`` and naming ``arg``."""
+    if device is None:
+        return None
+    if isinstance(device, bool):
+        raise TypeError(f"{fn}: {arg} must be a torch.device, a string such as 'cpu' or 'cuda:0', or None; "
+                        f"got {device!r}")
+    device = plain_number(device)
+    if not isinstance(device, (str, int, torch.device)):
+        raise TypeError(f"{fn}: {arg} must be a torch.device, a string such as 'cpu' or 'cuda:0', or None; "
+                        f"got {type(device).__name__}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"{fn}: {arg} {device!r} is not a device; expected e.g. 'cpu', 'cuda' or 'cuda:0'") from None
+    if dev.type == "meta":
+        raise ValueError(f"{fn}: {arg} 'meta' holds no data to compute on; expected e.g. 'cpu' or 'cuda'")
+    return dev
+
+
+def check_has_data(fn: str, name: str, *tensors: Any) -> None:
+    """Refuse a tensor on the meta device (shapes without data): ``ValueError`` naming ``fn`` and
+    ``name``. Other values pass (their own checks name them)."""
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and t.device.type == "meta":
+            raise ValueError(f"{fn}: {name} must hold data, got a meta tensor (a shape without data); pass "
+                             "tensors on e.g. 'cpu' or 'cuda'")

@@ -279,8 +279,8 @@ def _rows(out) -> dict:
 
 
 def test_sigkill_during_index_cache_write_keeps_the_model_entry_then_rerun_recovers(tmp_path, capsys):
-    from fastblend import cache as model_cache
-    from fastblend.condense import BlendIndex
+    from fastblend.experiments import cache as model_cache
+    from fastblend.condensation import BlendIndex
 
     cache, out = tmp_path / "cache", tmp_path / "out"
     argv = ["run", *TINY, "--no-base", "--out", str(out), "--cache-dir", str(cache)]
@@ -488,7 +488,7 @@ def test_config_file_mistakes_exit_2_before_any_work(tmp_path, capsys, text, nam
 def test_every_setting_has_a_type_check():
     from dataclasses import fields
 
-    from fastblend.experiment import _TYPES, ExperimentConfig
+    from fastblend.experiments.settings import _TYPES, ExperimentConfig
 
     assert {f.name for f in fields(ExperimentConfig)} <= set(_TYPES)
 

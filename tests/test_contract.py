@@ -371,7 +371,7 @@ def _tensor_set(n=12):
 
 def _pu(retain=None, forget=None, unseen=None, **kw):
     retain = (_x(12), _y(12)) if retain is None else retain
-    forget = (_x(2), _y(2)) if forget is None else forget
+    forget = (_x(2) + 100.0, _y(2)) if forget is None else forget  # not bit-equal to any retain row
     unseen = (_x(12), _y(12)) if unseen is None else unseen
     return F.prepare_unlearning(_net(), retain, forget, unseen, **{"ipc": 2, "iterations": 1, **kw})
 
@@ -400,7 +400,7 @@ ROWS += [
     ("BlendIndex", "labels too short", lambda: F.BlendIndex.build(_x(12), _y(10), ipc=2), ValueError,
      "BlendIndex.build: images and labels must have the same length"),
     ("BlendIndex", "shuffling loader", lambda: F.BlendIndex.build(DL(_tensor_set(), batch_size=4, shuffle=True), ipc=2),
-     ValueError, "BlendIndex.build: the DataLoader shuffles"),
+     ValueError, "BlendIndex.build: the DataLoader reads its dataset through"),
     ("BlendIndex", "clustering of other data",
      lambda: F.BlendIndex.build(_x(12), _y(12), clustering=fastblend.group(torch.randn(10, 3), _y(10), ipc=2)),
      ValueError, "BlendIndex.build: clustering covers 10 samples but there are 12 images"),

@@ -556,7 +556,7 @@ def test_a_saved_index_with_flipped_bytes_is_refused_naming_the_file(tmp_path):
 
 
 def test_a_saved_reduced_set_with_flipped_bytes_is_refused_naming_the_file(tmp_path):
-    from fastblend.condense import ReducedRetainSet
+    from fastblend.condensation import ReducedRetainSet
 
     reduced = _small_index().reduce([0, 1])
     for with_residual in (True, False):
@@ -568,7 +568,7 @@ def test_a_saved_reduced_set_with_flipped_bytes_is_refused_naming_the_file(tmp_p
 
 
 def test_a_cache_entry_with_altered_weights_is_warned_rebuilt_and_replaced(tmp_path):
-    from fastblend import cache
+    from fastblend.experiments import cache
 
     net = nn.Sequential(nn.Linear(8, 4))
     path = tmp_path / "models" / "m.pt"
@@ -593,9 +593,9 @@ def test_a_cache_entry_with_altered_weights_is_warned_rebuilt_and_replaced(tmp_p
 def test_files_written_before_checksums_load_with_a_warning_and_old_cache_entries_are_rebuilt(tmp_path):
     """The decision (README "Saved files"): a user's file without a checksum (an earlier fastblend)
     still loads, with a RuntimeWarning that it was not verified; a cache entry without one is rebuilt."""
-    from fastblend import cache
+    from fastblend.experiments import cache
     from fastblend._io import CHECKSUM_KEY
-    from fastblend.condense import ReducedRetainSet
+    from fastblend.condensation import ReducedRetainSet
 
     index = _small_index()
     path = tmp_path / "old.index"
@@ -703,8 +703,8 @@ def test_numpy_numbers_are_accepted_wherever_python_numbers_are():
     a = fastblend.condense(x, y, forget=[0, 1], ipc=np.int64(2), iterations=np.int64(2), lr=np.float32(0.5), seed=0)
     b = fastblend.condense(x, y, forget=[0, 1], ipc=2, iterations=2, lr=float(np.float32(0.5)), seed=0)
     assert torch.equal(a.images, b.images)
-    acc = fastblend.accelerate(_net(), x[:8], y[:8], x[8:], y[8:], batch_size=np.int64(4), lam=np.float32(34),
-                               seed=np.int64(0), forget_batch_factor=np.int64(2))
+    acc = fastblend.AAMUStep(_net(), (x[:8], y[:8]), (x[8:], y[8:]), batch_size=np.int64(4), lam=np.float32(34),
+                             seed=np.int64(0), forget_batch_factor=np.int64(2))
     assert acc.batch_size == 4 and isinstance(acc.batch_size, int)
     prep = fastblend.prepare_unlearning(_net(), (x[8:], y[8:]), (x[:8], y[:8]), (x[:8], y[:8]),
                                         batch_size=np.int64(8), ipc=np.int64(2), iterations=np.int64(1),
@@ -753,7 +753,7 @@ def test_meta_tensors_are_one_clear_message():
         "condense": lambda: fastblend.condense(xm, y, forget=[0], ipc=2, iterations=1),
         "BlendIndex.build": lambda: fastblend.BlendIndex.build(xm, ym, ipc=2, iterations=1),
         "unlearn": lambda: fastblend.unlearn("finetune", _net(), (xm, ym), (x[:8], y[:8]), config={"epochs": 1}),
-        "Accelerator": lambda: fastblend.accelerate(_net(), xm[:8], ym[:8], x[8:], y[8:]),
+        "AAMUStep": lambda: fastblend.AAMUStep(_net(), (xm[:8], ym[:8]), (x[8:], y[8:])),
         "prepare_unlearning": lambda: fastblend.prepare_unlearning(_net(), (xm, ym), (x[:8], y[:8]),
                                                                    (x[:8], y[:8]), ipc=2, iterations=1),
     }

@@ -23,7 +23,7 @@ LAYERS = {
     "data": 2, "kmeans": 2, "features": 2,
     "grouping": 3, "distributed": 0,
     "condense": 4, "condense_reference": 5, "aamu": 4, "experiment": 6, "results": 7,
-    "methods": 5, "metrics": 5, "tracking": 5, "dropin": 6, "cache": 6,
+    "methods": 5, "metrics": 5, "evaluation": 5, "tracking": 5, "dropin": 6, "cache": 6,
     "pipeline": 7,
     "cli": 8, "__main__": 9, "__init__": 9,
 }

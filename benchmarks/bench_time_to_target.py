@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--forget", default="uniform", choices=["uniform", "classwise", "hard"])
     p.add_argument("--forget-fraction", type=float, default=0.1)
-    p.add_argument("--hard-pool", type=int, default=8)
+    p.add_argument("--hard-pool", type=int, default=4)
     p.add_argument("--retrain-seeds", type=int, default=3, help="models in Retrain's seed ensemble (the band)")
     p.add_argument("--band", default="seeds", choices=["seeds", "fixed"])
     p.add_argument("--variants", nargs="+", default=list(STEP_VARIANTS))

@@ -129,7 +129,7 @@ class ExperimentConfig:
     #: an MIA group smaller than this warns and is marked (``mia_small``)
     mia_min_group: int = 200
     #: ``forget="hard"``: the candidate pool is this many times the forget set (docs/method.md §6)
-    hard_pool: int = 8
+    hard_pool: int = 4
     #: KLOM's estimator (``"gaussian"`` or ``"histogram"``) and the size of its seeded retain sample
     klom_estimator: str = "gaussian"
     klom_retain: int = 1000

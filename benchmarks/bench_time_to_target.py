@@ -1,7 +1,13 @@
 """Time to Retrain's band for A-AMU step settings and Blend settings, on the demo's data and model.
 
-    python -m benchmarks.bench_time_to_target [--forget uniform|classwise] [--only profile ...]
-        [--variants paper f2 ...] [--blend-variants ...] [--out FILE]
+    python -m benchmarks.bench_time_to_target [--forget uniform|classwise|hard] [--only profile ...]
+        [--variants paper f2 ...] [--blend-variants ...] [--retrain-seeds S] [--band seeds|fixed] [--out FILE]
+
+On the yardstick of docs/method.md §4.1-§4.4: Retrain's band comes from a seed ensemble of ``S``
+models (the run's own, timed Retrain and ``S − 1`` cached members); the untouched original is a
+row (``original``: the do-nothing control, with its distance to the band and the easy/hard label);
+every variant's finals carry the MIA's interval and KLOM percentiles against the ensemble (the
+``retrain`` row's KLOM is the noise floor).
 
 One process, one machine, one run: the demo's converged original model (``pipeline.DEMO``, from
 the cache or trained), Retrain with the same recipe (its curve and final values define the band),
@@ -36,7 +42,7 @@ from fastblend.datasets import load_dataset, make_split
 from fastblend.experiments import pipeline
 from fastblend.experiments.machine import machine_info
 from fastblend.methods import planned_steps, unlearn
-from fastblend.tracking import Band, Tracker, eval_every_for, time_to_target
+from fastblend.tracking import Tracker, eval_every_for, time_to_target
 
 #: A-AMU step settings against the paper's (docs/method.md §2.4: forget and unseen batches of 4B, a
 #: new unseen batch every step, separate forwards)
@@ -123,8 +129,9 @@ def profile_step(model: torch.nn.Module, retain, forget, unseen, batch: int = 64
     return out
 
 
-def tracked(method, model, retain, forget, unseen, config, split, seed, evaluations, offset=0.0):
-    tracker = Tracker(split.forget_tensors(), split.eval_tensors(), seed=seed, offset=offset)
+def tracked(method, model, retain, forget, unseen, config, split, seed, evaluations, offset=0.0, heldout=None,
+            mia="auc"):
+    tracker = Tracker(split.forget_tensors(), split.eval_tensors(), seed=seed, offset=offset, heldout=heldout, mia=mia)
     every = eval_every_for(planned_steps(method, config or None, len(retain[1]) if isinstance(retain, tuple)
                                          else len(retain)), evaluations)
     res = unlearn(method, model, retain, forget, unseen=unseen, config=config or None, seed=seed, callback=tracker,
@@ -134,7 +141,11 @@ def tracked(method, model, retain, forget, unseen, config, split, seed, evaluati
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--forget", default="uniform", choices=["uniform", "classwise"])
+    p.add_argument("--forget", default="uniform", choices=["uniform", "classwise", "hard"])
+    p.add_argument("--forget-fraction", type=float, default=0.1)
+    p.add_argument("--hard-pool", type=int, default=4)
+    p.add_argument("--retrain-seeds", type=int, default=3, help="models in Retrain's seed ensemble (the band)")
+    p.add_argument("--band", default="seeds", choices=["seeds", "fixed"])
     p.add_argument("--variants", nargs="+", default=list(STEP_VARIANTS))
     p.add_argument("--blend-variants", nargs="*", default=list(BLEND_VARIANTS))
     p.add_argument("--no-profile", action="store_true")
@@ -143,36 +154,65 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", help="JSON file (default benchmarks/results-2026-11-26-cpu/time_to_target_<forget>.json)")
     args = p.parse_args(argv)
 
-    cfg = pipeline.with_overrides(pipeline.DEMO, forget=args.forget, limit=args.limit, quiet=True)
+    cfg = pipeline.with_overrides(pipeline.DEMO, forget=args.forget, limit=args.limit, quiet=True,
+                                  forget_fraction=args.forget_fraction, hard_pool=args.hard_pool,
+                                  retrain_seeds=args.retrain_seeds, band_kind=args.band)
+    cfg.check()
     seed, device = 0, torch.device("cpu")
     train, test = load_dataset(cfg.dataset, limit=cfg.limit)
-    split = make_split(train, test, forget=cfg.forget, forget_fraction=cfg.forget_fraction, seed=seed)
+    hard = None
+    if cfg.forget == "hard":
+        split, hard = pipeline.hard_split(cfg, train, test, seed, device, False, print)
+    else:
+        split = make_split(train, test, forget=cfg.forget, forget_fraction=cfg.forget_fraction, seed=seed)
     retain, forget, unseen = split.retain_tensors(), split.forget_tensors(), split.unseen_tensors()
     model, train_s, cached = pipeline.original_model(cfg, train.images, train.labels, train.num_classes, seed,
                                                      device, progress=False)
+    heldout = pipeline.heldout_tensors(split)
+    klom_rows = pipeline.klom_retain_rows(split, cfg.klom_retain, seed)
+
+    def evaluate(m):
+        metrics, _, marg = pipeline.evaluate_model(m, split, device, cfg, heldout, klom_rows, seed)
+        return {"variant": "", "method": "", **metrics}, marg
+
+    finals, margs = {}, {}
+    finals["original"], margs["original"] = evaluate(model)
     doc: dict = {"variants": {}, "command": "python -m benchmarks.bench_time_to_target " + " ".join(argv or []),
                  "forget": args.forget, "limit": args.limit, "recipe": pipeline.DEMO_RECIPE, "machine": machine_info(),
-                 "original": {"cached": cached, "train_seconds": train_s}, "band": Band().as_dict()}
+                 "original": {"cached": cached, "train_seconds": train_s}, "split": split.summary(), "hard": hard,
+                 "seeds": {"split_and_original": seed, "retrain": [pipeline.ensemble_seed(seed, j)
+                                                                   for j in range(cfg.retrain_seeds)]},
+                 "timing_note": "one process; Retrain's time (the speed-ups' divisor) is measured in this run; the "
+                                "machine's 2 cores were shared with other jobs, so absolute seconds are noisy"}
     if not args.no_profile:
         doc["profile"] = profile_step(model, retain, forget, unseen)
 
     ref_res, ref_tr = tracked("retrain", model, retain, forget, None, cfg.retrain_config, split, seed,
-                              args.evaluations)
-    reference = ref_tr.points[-1]
-    t_retrain = time_to_target(ref_tr.points, reference)
-    doc["retrain"] = {"t_total": ref_res.seconds, "t_target": t_retrain, "curve": ref_tr.curve()}
+                              args.evaluations, heldout=heldout, mia=cfg.mia_statistic)
+    finals["retrain"], margs["retrain"] = evaluate(ref_res.model)
+    ensemble, ensemble_margins = [finals["retrain"]], [margs["retrain"]]
+    members, records = pipeline.retrain_ensemble(cfg, split, seed, device, False, print)
+    for member in members:
+        metrics, marg = evaluate(member)
+        ensemble.append(metrics)
+        ensemble_margins.append(marg)
+    _, band = pipeline.yardstick(cfg, {k: dict(v) for k, v in finals.items()}, ensemble, {}, [], split)
+    t_retrain = time_to_target(ref_tr.points, None, band)
+    doc["retrain"] = {"t_total": ref_res.seconds, "t_target": t_retrain, "curve": ref_tr.curve(),
+                      "ensemble_members": records}
 
     def record(name, res, tracker, blend_seconds, settings):
-        t = time_to_target(tracker.points, reference)
-        last = tracker.points[-1]
+        t = time_to_target(tracker.points, None, band)
+        finals[name], margs[name] = evaluate(res.model)
+        last = finals[name]
         row = {"settings": settings, "t_blend_stages": blend_seconds, "t_unlearning": res.seconds,
                "t_total": blend_seconds + res.seconds, "t_target": t,
-               "speedup_target_vs_retrain": t_retrain / t if t else None,
-               "unlearning_over_paper": None, "forget_acc": last.forget_acc, "test_acc": last.test_acc,
-               "mia": last.mia, "curve": tracker.curve()}
+               "speedup_target_vs_retrain": t_retrain / t if t and t_retrain else None,
+               "speedup_target_vs_retrain_lower": ref_res.seconds / t if t and not t_retrain else None,
+               "unlearning_over_paper": None, "curve": tracker.curve()}
         doc.setdefault("variants", {})[name] = row
         print(f"{name:<18} t_target {t if t is None else round(t, 1)!s:>6}  unlearn {res.seconds:6.1f}s  "
-              f"forget {last.forget_acc:5.1f} test {last.test_acc:5.1f} MIA {last.mia:5.1f}", flush=True)
+              f"forget {last['forget_acc']:5.1f} test {last['test_acc']:5.1f} MIA {last['mia']:5.1f}", flush=True)
 
     ipc = cfg.ipc or pipeline.default_ipc(cfg, train)
     index, t_index = build_index(train, ipc, seed)
@@ -181,7 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "reduced_size": len(reduced), "retain_size": int(split.retain.numel())}
     for name in args.variants:
         res, tr = tracked("a_finetune", model, reduced, forget, unseen, STEP_VARIANTS[name], split, seed,
-                          args.evaluations, offset=pre)
+                          args.evaluations, offset=pre, heldout=heldout, mia=cfg.mia_statistic)
         record(name, res, tr, pre, STEP_VARIANTS[name])
         doc["variants"][name]["t_index"] = t_index
     paper = doc["variants"].get("paper")
@@ -192,14 +232,22 @@ def main(argv: list[str] | None = None) -> dict:
         idx, t_idx = build_index(train, ipc, seed, **BLEND_VARIANTS[name])
         red, request = pipeline.request_reduced(idx, split.forget)
         res, tr = tracked("a_finetune", model, red, forget, unseen, {}, split, seed, args.evaluations,
-                          offset=request)
+                          offset=request, heldout=heldout, mia=cfg.mia_statistic)
         record(f"blend_{name}", res, tr, request, BLEND_VARIANTS[name])
         doc["variants"][f"blend_{name}"].update(t_index=t_idx, index_over_paper=t_idx / t_index,
                                                 blend_loss_final=red.final_loss)
         print(f"  index {t_idx:.1f}s ({t_idx / t_index:.2f}x the paper's {t_index:.1f}s)", flush=True)
-    print(f"retrain: t_target {t_retrain:.1f}s of {ref_res.seconds:.1f}s; band around forget "
-          f"{reference.forget_acc:.1f} test {reference.test_acc:.1f} MIA {reference.mia:.1f}")
-    out = Path(args.out or f"benchmarks/results-2026-11-26-cpu/time_to_target_{args.forget}.json")
+    for name, row in finals.items():
+        row.update(variant=name, method={"original": "trained", "retrain": "retrain"}.get(name, "a_finetune"))
+    yard, band = pipeline.yardstick(cfg, finals, ensemble, margs, ensemble_margins, split)
+    doc["yardstick"] = yard
+    doc["finals"] = finals  # per variant: metrics with the MIA's interval, band distance, KLOM, the easy/hard label
+    for name, row in doc["variants"].items():
+        row.update(finals[name])
+    t = "n/r" if t_retrain is None else f"{t_retrain:.1f}s"
+    print(f"retrain: t_target {t} of {ref_res.seconds:.1f}s; setting {yard['setting']}; band "
+          + "  ".join(f"{m} [{b['low']:.1f}, {b['high']:.1f}]" for m, b in yard["band"].items() if m != "kind"))
+    out = Path(args.out or f"benchmarks/results-2026-12-05-cpu/time_to_target_{args.forget}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2, default=str))
     return doc

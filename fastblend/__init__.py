@@ -19,8 +19,9 @@ The public API, in the groups the README follows:
 
 Everything else lives in its module: timing (``fastblend.metrics.StageTimer``), plots
 (``fastblend.experiments.plots``), the Blend's internals (``fastblend.condensation``), the end-to-end runs
-(``fastblend.experiments``: runs, settings, results, cache, plots and the command line, built on this library; nothing here imports it), and the two oracles of the tests and benchmarks, imported by no module of the
-package: the literal research-code Blend (``fastblend.condensation.reference``) and the kernels'
+(``fastblend.experiments``: runs, settings, results, cache, plots and the command line, built on this
+library; nothing here imports it), and the two oracles of the tests and benchmarks, imported by no module
+of the package: the literal research-code Blend (``fastblend.condensation.reference``) and the kernels'
 plain-PyTorch versions (``fastblend.ops.reference``).
 """
 

@@ -518,9 +518,9 @@ class AAMUStep:
                  num_classes: int | None = None, forwards: Forwards | None = None, fn: str = "AAMUStep") -> None:
         self.fn = fn
         self.loss_name = f"{fn}.loss" if fn == "AAMUStep" else fn  # how loss() names itself in errors
-        batch_size, lam, k, kappa, sigma, seed, forget_batch_factor, unseen_batch_factor, unseen_refresh, micro_batch = map(
-            plain_number, (batch_size, lam, k, kappa, sigma, seed, forget_batch_factor, unseen_batch_factor,
-                           unseen_refresh, micro_batch))
+        (batch_size, lam, k, kappa, sigma, seed, forget_batch_factor, unseen_batch_factor, unseen_refresh,
+         micro_batch) = map(plain_number, (batch_size, lam, k, kappa, sigma, seed, forget_batch_factor,
+                                           unseen_batch_factor, unseen_refresh, micro_batch))
         self.batch_size = _check_batch_size(fn, batch_size)
         if not isinstance(model, nn.Module):
             raise TypeError(f"{fn}: model must be a torch.nn.Module, got {type(model).__name__}")

@@ -262,7 +262,7 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
         if forget is retain:
             raise ValueError(f"{fn}: forget is retain (the same object); pass the retain set without the forget rows")
         fx, fy = as_tensors(forget, "forget", fn)
-        if is_streamed_dataset(retain):  # e.g. a MemmapImages: the index streams it, the reduced set serves rows from it
+        if is_streamed_dataset(retain):  # e.g. MemmapImages: the index streams it, the reduced set serves rows from it
             shape = tuple(source_sample(retain, fn).shape)
             if shape != tuple(fx.shape[1:]):
                 raise ValueError(f"{fn}: retain images are {list(shape)} but forget images {list(fx.shape[1:])}")

@@ -9,13 +9,17 @@ clock around each evaluation (the device synchronised on both ends), so evaluati
 excluded from the method's time and reported apart (``Tracker.eval_seconds``,
 ``UnlearnResult.info["eval_seconds"]``).
 
-:class:`Band` is Retrain's band: forget accuracy, test accuracy and MIA each within a tolerance of
-Retrain's final values. :func:`time_to_target` is the wall time at the first evaluation where a
-curve is inside the band and still inside at the next evaluation (the last evaluation counts as
-staying: the run ends with that model), or ``None`` ("not reached").
+:class:`Band` is the fixed band (an option, off in the harness): forget accuracy, test accuracy and
+MIA each within a tolerance of one Retrain run's final values. :class:`fastblend.evaluation.SeedBand`
+(from :func:`fastblend.evaluation.seed_band`, or :func:`band_from_ensemble` here) is the default: the
+range of a Retrain seed ensemble widened by the evaluation split's sampling error (docs/method.md
+§4.1); it is absolute, so ``time_to_target(points, None, seed_band)`` needs no reference.
+:func:`time_to_target` is the wall time at the first evaluation where a curve is inside the band
+and still inside at the next evaluation (the last evaluation counts as staying: the run ends with
+that model), or ``None`` ("not reached").
 
-Retrain's own time to target uses the same rule against its own final values (which define the
-band), so every variant is judged by one rule; it is at most Retrain's total time, which makes
+Retrain's own time to target uses the same rule and band (a fixed band: around its own final
+values), so every variant is judged by one rule; it is at most Retrain's total time, which makes
 speed-ups against it conservative.
 """
 
@@ -24,6 +28,7 @@ from __future__ import annotations
 import math
 import numbers
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -35,6 +40,7 @@ from ._checks import check_has_data, plain_number
 from ._device import synchronize
 from .data_adapter import dataset_items
 from .distributed import broadcast_object
+from .evaluation import SeedBand, SmallGroupWarning, mia_with_interval, seed_band
 from .metrics import mia_score_from_logits, predict_logits
 
 METRICS = ("forget_acc", "test_acc", "mia")
@@ -165,6 +171,11 @@ class Tracker:
         budget: stop the training at the first evaluation whose time (offset included) has reached
             ``budget`` seconds (``None``: never); ``stopped`` then says so. The pipeline uses it to stop
             a method that has not reached Retrain's band by the time Retrain finished.
+        heldout: the MIA's held-out group, ``(images, labels)`` or a ``Dataset`` (``None``: ``test``);
+            only its samples of the forget set's classes are used (the pipeline passes the unseen pool
+            plus the evaluation split, docs/method.md §4.3).
+        mia: the MIA statistic, ``"paper"`` (docs/method.md §4, the default) or ``"auc"`` (§4.3's direct
+            AUC, what the pipeline's tables use).
 
     Use: ``unlearn(method, ..., callback=tracker, eval_every=N)``; afterwards ``tracker.points``
     holds the curve and ``tracker.eval_seconds`` the evaluation time excluded from it.
@@ -172,7 +183,9 @@ class Tracker:
 
     def __init__(self, forget: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
                  max_samples: int | None = 2000, seed: int = 0, offset: float = 0.0,
-                 budget: float | None = None):
+                 budget: float | None = None, heldout: object = None, mia: str = "paper"):
+        if mia not in ("paper", "auc"):
+            raise ValueError(f"Tracker: mia must be 'paper' or 'auc', got {mia!r}")
         max_samples, seed, offset, budget = map(plain_number, (max_samples, seed, offset, budget))  # numpy's too
         if max_samples is not None and (isinstance(max_samples, bool) or not isinstance(max_samples, numbers.Integral)
                                         or max_samples < 5):
@@ -192,7 +205,15 @@ class Tracker:
             raise ValueError(f"Tracker: forget must hold at least 5 samples, got {fy.numel()}")
         self.forget = (fx, fy)
         self.test = (tx, ty)
-        self.mia_keep = torch.isin(ty, torch.unique(fy))
+        if heldout is None:
+            self.heldout = None
+            self.mia_keep = torch.isin(ty, torch.unique(fy))
+        else:
+            hx, hy = _subset(heldout, limit, gen, "heldout")
+            keep = torch.isin(hy, torch.unique(fy))
+            self.heldout = (hx[keep], hy[keep])
+            self.mia_keep = torch.ones(int(keep.sum()), dtype=torch.bool)
+        self.mia = mia
         self.seed = seed
         self.offset = float(offset)
         self.budget = None if budget is None else float(budget)
@@ -205,8 +226,21 @@ class Tracker:
         lf = predict_logits(model, self.forget[0], device=dev).float().cpu()
         lt = predict_logits(model, self.test[0], device=dev).float().cpu()
         fy, ty = self.forget[1].cpu(), self.test[1].cpu()
-        keep = self.mia_keep.cpu()
-        mia = mia_score_from_logits(lf, fy, lt[keep], ty[keep], seed=self.seed) if int(keep.sum()) >= 5 else math.nan
+        if self.heldout is None:
+            keep = self.mia_keep.cpu()
+            lh, hy = lt[keep], ty[keep]
+        else:
+            lh = predict_logits(model, self.heldout[0], device=dev).float().cpu() if self.heldout[1].numel() \
+                else lt[:0]
+            hy = self.heldout[1].cpu()
+        if hy.numel() < 5:
+            mia = math.nan
+        elif self.mia == "paper":
+            mia = mia_score_from_logits(lf, fy, lh, hy, seed=self.seed)
+        else:
+            with warnings.catch_warnings():  # the curve's points are not reported one by one; finals carry the mark
+                warnings.simplefilter("ignore", SmallGroupWarning)
+                mia = mia_with_interval(lf, fy, lh, hy, statistic="auc", seed=self.seed, boot=10).score
         return {"forget_acc": float((lf.argmax(1) == fy).double().mean() * 100),
                 "test_acc": float((lt.argmax(1) == ty).double().mean() * 100) if ty.numel() else math.nan,
                 "mia": mia}
@@ -232,17 +266,34 @@ class Tracker:
         return [asdict(p) for p in self.points]
 
 
-def time_to_target(points: list[CurvePoint] | list[dict], reference: dict | CurvePoint,
-                   band: Band | None = None) -> float | None:
-    """Seconds at the first point inside ``band`` around ``reference`` whose next point is inside too
-    (the last point needs no successor); ``None`` when no point qualifies ("not reached")."""
+def time_to_target(points: list[CurvePoint] | list[dict], reference: dict | CurvePoint | None,
+                   band: Band | SeedBand | None = None) -> float | None:
+    """Seconds at the first point inside ``band`` whose next point is inside too (the last point needs
+    no successor); ``None`` when no point qualifies ("not reached"). ``band``: a :class:`Band` around
+    ``reference`` (Retrain's final values), or a :class:`fastblend.evaluation.SeedBand`, which is
+    absolute (``reference`` is then ignored and may be ``None``)."""
     band = band or Band()
+    if reference is None and not isinstance(band, SeedBand):
+        raise ValueError("time_to_target: reference (Retrain's final values) is needed with a fixed Band; "
+                         "pass a SeedBand to judge against a seed ensemble")
     inside = [band.contains(p, reference) for p in points]
     for i, ok in enumerate(inside):
         if ok and (i + 1 == len(inside) or inside[i + 1]):
             p = points[i]
             return float(p["seconds"] if isinstance(p, dict) else p.seconds)
     return None
+
+
+def band_from_ensemble(finals: list[dict], n: dict[str, int], mia_se: float, z: float = 1.96,
+                       floor: float | dict[str, float] = 0.5) -> SeedBand:
+    """Retrain's :class:`fastblend.evaluation.SeedBand` from the final metrics of a seed ensemble
+    (``finals``: one dict per Retrain model with ``forget_acc``, ``test_acc`` and ``mia``, percent),
+    ``n`` the evaluation samples per metric and ``mia_se`` the MIA's standard error (points, e.g. the mean
+    :attr:`fastblend.evaluation.MIAResult.se` over the ensemble). See :func:`fastblend.evaluation.seed_band`."""
+    if not finals:
+        raise ValueError("band_from_ensemble: finals must hold at least one Retrain model's metrics")
+    values = {m: [float(f[m]) for f in finals] for m in METRICS}
+    return seed_band(values, n, {"mia": mia_se}, z=z, floor=floor)
 
 
 def eval_every_for(steps: int, evaluations: int) -> int:
@@ -253,4 +304,5 @@ def eval_every_for(steps: int, evaluations: int) -> int:
     return max(1, math.ceil(max(steps, 1) / evaluations))
 
 
-__all__ = ["Band", "CurvePoint", "StepClock", "Tracker", "eval_every_for", "time_to_target"]
+__all__ = ["Band", "CurvePoint", "SeedBand", "StepClock", "Tracker", "band_from_ensemble", "eval_every_for",
+           "time_to_target"]

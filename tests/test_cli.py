@@ -279,8 +279,8 @@ def _rows(out) -> dict:
 
 
 def test_sigkill_during_index_cache_write_keeps_the_model_entry_then_rerun_recovers(tmp_path, capsys):
-    from fastblend.experiments import cache as model_cache
     from fastblend.condensation import BlendIndex
+    from fastblend.experiments import cache as model_cache
 
     cache, out = tmp_path / "cache", tmp_path / "out"
     argv = ["run", *TINY, "--no-base", "--out", str(out), "--cache-dir", str(cache)]

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from fastblend import datasets as fd
 from fastblend import dataset_readers as readers
+from fastblend import datasets as fd
 from fastblend.datasets import ImageData, load_dataset, make_split
 
 # ---------------------------------------------------------------------------------------------

@@ -211,3 +211,60 @@ def test_a_request_is_timed_with_its_residual_rows_gathered(tmp_path):
     assert reduced._images is not None  # gathered inside the timed request, not later inside unlearn
     images, labels = reduced.tensors()
     assert images.shape[0] == len(reduced) == labels.shape[0]
+
+
+def test_yardstick_seed_band_do_nothing_row_klom_and_cached_ensemble(tmp_path):
+    cfg = _tiny(tmp_path, retrain_seeds=3, plots=False, mia_min_group=20)
+    result = pipeline.run_experiment(cfg)
+    record = result["per_seed"][0]
+    yard = record["yardstick"]
+    rows = {r["variant"]: r for r in record["rows"]}
+    orig = rows["original"]
+    metrics = ("forget_acc", "test_acc", "mia")
+    # the band's parts are recorded, so a reader can recompute it
+    for m in metrics:
+        b = yard["band"][m]
+        assert len(b["values"]) == 3 and b["values"][0] == rows["retrain"][m]
+        assert b["margin"] == pytest.approx(max(b["floor"], b["z"] * b["se"]))
+        assert (b["low"], b["high"]) == pytest.approx((min(b["values"]) - b["margin"], max(b["values"]) + b["margin"]))
+    assert [e["forget_acc"] for e in yard["ensemble"]] == yard["band"]["forget_acc"]["values"]
+    # the do-nothing row: present, its distance per metric, labelled easy/hard by the rule
+    easy = all(abs(orig[f"dist_{m}"]) <= yard["band"][m]["half_width"] for m in metrics)
+    assert yard["setting"] == ("easy" if easy else "hard") == orig["setting"] == rows["accelerated"]["setting"]
+    assert orig["do_nothing_reaches_target"] == bool(orig["in_band"])
+    assert (orig["t_target"] == 0.0) == bool(orig["in_band"])
+    for row in rows.values():  # every MIA with its interval and groups
+        assert row["mia_low"] <= row["mia"] <= row["mia_high"] and row["mia_n_forget"] == row["mia_n_heldout"] > 0
+    # KLOM for every variant, the Retrain row holding the noise floor
+    assert yard["klom"]["sizes"]["retrain"] == 3
+    assert rows["retrain"]["klom_forget_p50"] == yard["klom"]["values"]["floor"]["forget"]["p50"]
+    assert all(f"klom_{g}_p99" in rows["accelerated"] for g in ("forget", "retain", "eval"))
+    table = pipeline.format_table(result["summary"])
+    assert "do-nothing" in table and f"setting: {yard['setting'].upper()}" in table
+    # the ensemble's extra members are cached; the run's own Retrain is trained (and timed) every run
+    again = pipeline.run_experiment(_tiny(tmp_path, retrain_seeds=3, plots=False, run_base=False, mia_min_group=20))
+    members = again["per_seed"][0]["yardstick"]["ensemble_members"]
+    assert [m["cached"] for m in members] == [False, True, True]
+    assert again["per_seed"][0]["yardstick"]["band"] == yard["band"]
+
+
+def test_hard_forget_kind_takes_the_highest_loss_images_of_its_pool(tmp_path):
+    cfg = _tiny(tmp_path, forget="hard", forget_fraction=0.05, hard_pool=4, retrain_seeds=2, plots=False,
+                run_base=False, mia_min_group=10)
+    record = pipeline.run_experiment(cfg)["per_seed"][0]
+    hard = record["yardstick"]["hard"]
+    assert record["split"]["forget_mode"] == "hard" and record["split"]["forget"] == hard["forget"] == 20
+    assert hard["pool"] == 80 and hard["forget_loss_mean"] >= hard["pool_loss_mean"]
+    again = pipeline.run_experiment(cfg)["per_seed"][0]  # seeded and the proxy cached: the same forget set
+    assert again["yardstick"]["hard"]["proxy_cached"] is True
+    assert again["yardstick"]["hard"]["forget_loss_mean"] == hard["forget_loss_mean"]
+
+
+def test_a_do_nothing_row_inside_the_band_is_said_so():
+    band = {f"band_{m}_{e}": v for m in ("forget_acc", "test_acc", "mia") for e, v in (("low", 0.0), ("high", 100.0))}
+    row = {"forget_acc": 90.0, "test_acc": 90.0, "mia": 50.0, "mia_low": 45.0, "mia_high": 55.0, "in_band": 1.0,
+           "setting": "easy", **band, **{f"dist_{m}": 0.0 for m in ("forget_acc", "test_acc", "mia")}}
+    table = pipeline.format_table([{**row, "variant": "original", "method": "trained", "retain_acc": 99.0,
+                                    "target_reached": 1.0, "t_target": 0.0},
+                                   {**row, "variant": "retrain", "method": "retrain", "retain_acc": 99.0}])
+    assert "setting: EASY" in table and "doing nothing reaches the target" in table and "do-nothing" in table

@@ -593,9 +593,9 @@ def test_a_cache_entry_with_altered_weights_is_warned_rebuilt_and_replaced(tmp_p
 def test_files_written_before_checksums_load_with_a_warning_and_old_cache_entries_are_rebuilt(tmp_path):
     """The decision (README "Saved files"): a user's file without a checksum (an earlier fastblend)
     still loads, with a RuntimeWarning that it was not verified; a cache entry without one is rebuilt."""
-    from fastblend.experiments import cache
     from fastblend._io import CHECKSUM_KEY
     from fastblend.condensation import ReducedRetainSet
+    from fastblend.experiments import cache
 
     index = _small_index()
     path = tmp_path / "old.index"

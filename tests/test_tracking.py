@@ -129,7 +129,8 @@ def test_pipeline_reports_time_to_target_and_plots_quality_against_time(tmp_path
         ipc=8, blend_iterations=2, train_config={"epochs": 1, "lr": 0.05, "batch_size": 64},
         retrain_config={"epochs": 2, "lr": 0.05, "batch_size": 64, "warmup_epochs": 0},
         run_base=False, accelerated_config={"epochs": 1}, quiet=True,
-        track_evaluations=4, band={"forget_acc": 100.0, "test_acc": 100.0, "mia": 100.0})
+        track_evaluations=4, band={"forget_acc": 100.0, "test_acc": 100.0, "mia": 100.0}, band_kind="fixed",
+        retrain_seeds=1)
     result = pipeline.run_experiment(cfg)
     seed = result["per_seed"][0]
     rows = {r["variant"]: r for r in seed["rows"]}

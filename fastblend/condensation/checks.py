@@ -12,10 +12,10 @@ import numbers
 from collections.abc import Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
 from .._checks import as_device, check_has_data, plain_number
-from ..data_adapter import as_data, indexed_rows, is_streamed_dataset
+from ..data_adapter import indexed_rows, is_streamed_dataset
 from ..grouping import Clustering, check_ipc
 from .source import is_dataset_source, source_labels, source_sample
 

@@ -133,7 +133,11 @@ def _experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", help=_method_help())
     p.add_argument("--accelerated-method", help="the accelerated method, one of: " + ", ".join(
         name for name, spec in METHODS.items() if spec.accelerated) + " (default: the --method's a_<name>)")
-    p.add_argument("--forget", choices=["uniform", "classwise"], help="forget-set mode")
+    p.add_argument("--forget", choices=["uniform", "classwise", "hard"],
+                   help="forget-set kind (docs/method.md §6; hard: the highest-loss images of a uniform pool)")
+    p.add_argument("--retrain-seeds", type=int, help="models in Retrain's seed ensemble (the band, KLOM; default 3)")
+    p.add_argument("--band", dest="band_kind", choices=["seeds", "fixed"],
+                   help="Retrain's band: from the seed ensemble (default) or the run's Retrain ± fixed points")
     p.add_argument("--forget-fraction", type=float)
     p.add_argument("--forget-class", type=int)
     p.add_argument("--ipc", type=int, help="clusters per class")
@@ -185,7 +189,8 @@ def _config_from_args(args: argparse.Namespace, base: ExperimentConfig) -> Exper
         from_file -= set(BLEND_PRESETS[preset])
     simple = ["dataset", "data_root", "per_class", "limit", "model", "width", "method", "accelerated_method",
               "forget", "forget_fraction", "forget_class", "ipc", "blend_iterations", "blend_width",
-              "grouping_backend", "seeds", "rounds", "round_mode", "device", "cache_dir"]
+              "grouping_backend", "seeds", "rounds", "round_mode", "device", "cache_dir", "retrain_seeds",
+              "band_kind"]
     for name in simple:
         value = getattr(args, name, None)
         if value is not None:

@@ -24,6 +24,8 @@ record holds every rank's stage times (``rank_stage_times``, gathered with ``all
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import math
 import os
 import time
@@ -40,12 +42,22 @@ from ..condensation.recipe import blend_lr
 from ..condensation.recipe import default_ipc as blend_default_ipc
 from ..datasets import dataset_info, load_dataset, make_split
 from ..distributed import all_gather_objects, is_distributed, is_main_process, world_size
+from ..evaluation import (
+    KLOM_GROUPS,
+    SeedBand,
+    SmallGroupWarning,
+    fixed_band,
+    hardest,
+    klom_summary,
+    margins,
+    mia_with_interval,
+)
 from ..grouping import Clustering, extract_features, group
 from ..methods import planned_steps, unlearn
 from ..methods import train_model as _train_model
 from ..metrics import StageTimer, accuracy, mia_score_from_logits, predict_logits
 from ..models import ConvNet3, build_model
-from ..tracking import Band, Tracker, eval_every_for, time_to_target
+from ..tracking import Tracker, band_from_ensemble, eval_every_for, time_to_target
 from . import cache
 from .machine import machine_info
 from .results import format_table, plots_available, prepare_output, summarise, write_results
@@ -64,9 +76,10 @@ from .settings import (
 # the settings (.settings) and the result files (.results) are re-exported here, where the command
 # line and users have always found them
 __all__ = ["DEMO", "DEMO_RECIPE", "NOT_PER_REQUEST", "STAGES", "VARIANTS", "ConfigError", "ExperimentConfig",
-           "check_against_data", "default_ipc", "evaluate", "format_table", "original_model", "plots_available",
-           "prepare_output", "reduce_retain", "run_experiment", "run_rounds", "run_seed", "summarise",
-           "with_overrides", "write_results"]
+           "check_against_data", "default_ipc", "evaluate", "evaluate_model", "format_table", "hard_split",
+           "original_model", "plots_available", "prepare_output", "reduce_retain", "retrain_ensemble",
+           "run_experiment", "run_rounds", "run_seed", "summarise", "with_overrides", "write_results",
+           "yardstick"]
 
 
 
@@ -185,6 +198,191 @@ def evaluate(model: nn.Module, split, device: torch.device) -> tuple[dict, dict]
     return metrics, losses
 
 
+def heldout_tensors(split) -> tuple[torch.Tensor, torch.Tensor]:
+    """The MIA's held-out group (docs/method.md §4.3): the unseen pool plus the evaluation split, their
+    images of the forget set's classes (``(images, labels)``), so classwise forgetting's group is not
+    the ~60 evaluation images of one class."""
+    idx = torch.cat([split.unseen, split.evaluation]).sort().values
+    x, y = split.test.images[idx], split.test.labels[idx]
+    keep = torch.isin(y, torch.unique(split.train.labels[split.forget]))
+    return x[keep], y[keep]
+
+
+def klom_retain_rows(split, size: int, seed: int) -> torch.Tensor:
+    """Positions in the retain set (``[min(size, |D_r|)]`` int64, sorted) of KLOM's retain sample,
+    drawn with a generator of its own seeded from ``seed``."""
+    n = int(split.retain.numel())
+    g = torch.Generator().manual_seed(1_000_003 * (seed + 1))
+    return torch.randperm(n, generator=g)[:min(size, n)].sort().values
+
+
+def evaluate_model(model: nn.Module, split, device: torch.device, cfg: ExperimentConfig,
+                   heldout: tuple[torch.Tensor, torch.Tensor], retain_rows: torch.Tensor, seed: int,
+                   ) -> tuple[dict, dict, dict]:
+    """The yardstick's evaluation of one model (docs/method.md §4): accuracies, the MIA of
+    ``cfg.mia_statistic`` on the forget set against ``heldout`` with its bootstrap interval and group
+    sizes (``mia``, ``mia_low``, ``mia_high``, ``mia_se``, ``mia_n_forget``, ``mia_n_heldout``,
+    ``mia_small``), the paper's statistic on the evaluation split beside it (``mia_paper``); the
+    per-sample losses on the forget and unseen sets; and the margins ``[N]`` of each KLOM group
+    (forget, the retain sample ``retain_rows``, evaluation)."""
+    sets = {"retain": split.retain_tensors(), "forget": split.forget_tensors(), "eval": split.eval_tensors(),
+            "unseen": split.unseen_tensors(), "heldout": heldout}
+    logits = {name: predict_logits(model, x, device=device).float().cpu() for name, (x, _) in sets.items()}
+    labels = {name: y for name, (_, y) in sets.items()}
+
+    def acc(name: str) -> float:
+        return float((logits[name].argmax(1) == labels[name]).double().mean() * 100) if labels[name].numel() else \
+            math.nan
+
+    with warnings.catch_warnings():  # marked in the row (mia_small); the run logs it once and the table flags it
+        warnings.simplefilter("ignore", SmallGroupWarning)
+        mia = mia_with_interval(logits["forget"], labels["forget"], logits["heldout"], labels["heldout"],
+                                statistic=cfg.mia_statistic, seed=seed, min_group=cfg.mia_min_group)
+    keep = torch.isin(labels["eval"], torch.unique(labels["forget"]))
+    metrics = {"retain_acc": acc("retain"), "forget_acc": acc("forget"), "test_acc": acc("eval"), **mia.as_dict(),
+               "mia_paper": mia_score_from_logits(logits["forget"], labels["forget"], logits["eval"][keep],
+                                                  labels["eval"][keep])}
+    losses = {name: F.cross_entropy(logits[name], labels[name], reduction="none") for name in ("forget", "unseen")}
+    marg = {"forget": margins(logits["forget"], labels["forget"]),
+            "retain": margins(logits["retain"][retain_rows], labels["retain"][retain_rows]),
+            "eval": margins(logits["eval"], labels["eval"])}
+    return metrics, losses, marg
+
+
+def ensemble_seed(seed: int, member: int) -> int:
+    """The training seed of member ``member`` of repetition ``seed``'s Retrain ensemble (member 0 is the
+    run's own Retrain, trained with ``seed``)."""
+    return seed + 1000 * member
+
+
+def _retrain_cached(cfg: ExperimentConfig, split, train_seed: int, device: torch.device, progress: bool,
+                    ) -> tuple[nn.Module, float, bool]:
+    """Retrain on ``split``'s retain set with ``train_seed``, or its cached copy: ``(model, seconds,
+    loaded)``. The cache key holds the data settings and fingerprint, the forget set, the recipe and
+    the seed."""
+    train = split.train
+    forget_key = hashlib.sha256(split.forget.to(torch.int64).numpy().tobytes()).hexdigest()[:16]
+    settings = {"dataset": cfg.dataset, "per_class": cfg.per_class, "limit": cfg.limit, "model": cfg.model,
+                "width": cfg.width, "kind": "retrain", "recipe": cfg.retrain_config, "seed": train_seed,
+                "classes": train.num_classes, "forget": forget_key}
+    path = cache.model_path(cache.cache_root(cfg.cache_dir), settings,
+                            cache.data_fingerprint(train.images, train.labels), f"{cfg.dataset}-{cfg.model}-retrain")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(train_seed)
+        model = _build(cfg, train.images.shape[1], train.num_classes, train.images.shape[-1])
+    loaded = cache.load_model(model, path)
+    if is_distributed():  # every rank trains, or none does
+        loaded = all(all_gather_objects(loaded))
+    if loaded:
+        return model.to(device), 0.0, True
+    res = unlearn("retrain", model.to(device), split.retain_tensors(), split.forget_tensors(),
+                  config=cfg.retrain_config or None, device=device, seed=train_seed, progress=progress)
+    if is_main_process():
+        cache.save_model(res.model, path)
+    return res.model, res.seconds, False
+
+
+def retrain_ensemble(cfg: ExperimentConfig, split, seed: int, device: torch.device, progress: bool,
+                     log: Callable[[str], None]) -> tuple[list[nn.Module], list[dict]]:
+    """Members 1 .. ``cfg.retrain_seeds − 1`` of the Retrain ensemble (member 0 is the run's own, timed
+    Retrain), each trained with :func:`ensemble_seed` or loaded from the model cache. Returns the models
+    and a record per member (``seed``, ``seconds``, ``cached``)."""
+    models, records = [], []
+    for j in range(1, cfg.retrain_seeds):
+        s = ensemble_seed(seed, j)
+        m, secs, cached = _retrain_cached(cfg, split, s, device, progress)
+        log(f"[seed {seed}] Retrain ensemble member {j} (seed {s}): "
+            + ("loaded from cache" if cached else f"trained in {secs:.1f}s"))
+        models.append(m)
+        records.append({"member": j, "seed": s, "seconds": secs, "cached": cached})
+    return models, records
+
+
+def hard_split(cfg: ExperimentConfig, train, test, seed: int, device: torch.device, progress: bool,
+               log: Callable[[str], None]):
+    """The ``hard`` forget kind (docs/method.md §6): a uniform candidate pool of ``cfg.hard_pool`` times
+    the forget set's size (drawn as ``make_split(forget="uniform")`` with that fraction and ``seed``), a
+    proxy model trained on everything else (Retrain's recipe, seed ``seed + 500``, cached), and the
+    forget set = the ``round(forget_fraction · N)`` pool images with the highest loss under the proxy
+    (:func:`fastblend.evaluation.hardest`). Returns ``(split, info)``; ``split.forget_mode`` is
+    ``"hard"``."""
+    pool_split = make_split(train, test, forget="uniform", forget_fraction=cfg.forget_fraction * cfg.hard_pool,
+                            seed=seed)
+    proxy, secs, cached = _retrain_cached(cfg, pool_split, seed + 500, device, progress)
+    pool = pool_split.forget
+    x, y = pool_split.forget_tensors()
+    losses = F.cross_entropy(predict_logits(proxy, x, device=device).float().cpu(), y, reduction="none")
+    n = len(train)
+    k = min(max(math.floor(cfg.forget_fraction * n + 0.5), 1), pool.numel())
+    forget = hardest(pool, losses, k)
+    split = dataclasses.replace(make_split(train, test, forget=forget, seed=seed), forget_mode="hard")
+    chosen = torch.isin(pool, forget)
+    info = {"pool": int(pool.numel()), "forget": k, "proxy_seed": seed + 500, "proxy_seconds": secs,
+            "proxy_cached": cached, "pool_loss_mean": float(losses.mean()),
+            "forget_loss_mean": float(losses[chosen].mean()),
+            "proxy_forget_acc": float((predict_logits(proxy, train.images[forget], device=device).argmax(1).cpu()
+                                       == train.labels[forget]).double().mean() * 100)}
+    log(f"[seed {seed}] hard forget set: the {k} highest-loss of a {pool.numel()}-image uniform pool under a proxy "
+        + ("loaded from cache" if cached else f"trained in {secs:.1f}s") + " that never saw the pool")
+    return split, info
+
+
+def yardstick(cfg: ExperimentConfig, rows: dict[str, dict], ensemble: list[dict], marg: dict[str, dict],
+              ensemble_margins: list[dict], split) -> tuple[dict, SeedBand]:
+    """The band, the do-nothing control and KLOM for one repetition (docs/method.md §4.1-§4.4).
+
+    ``rows``: the variants' result rows (updated in place: per metric the band's edges
+    ``band_<m>_low/high`` and the distance ``dist_<m>``, ``in_band``, the ``setting`` label, KLOM
+    percentiles ``klom_<group>_<stat>``; the Retrain row's KLOM is the noise floor); ``ensemble``: each
+    Retrain member's metrics (member 0 the run's Retrain); ``marg``: variant -> group -> margins;
+    ``ensemble_margins``: the members' margins. Returns ``(record, band)``: the record holds the band
+    (``as_dict``), the label and KLOM."""
+    if cfg.band_kind == "fixed" or len(ensemble) < 1:
+        band = fixed_band(rows["retrain"], cfg.band)
+    else:
+        mia_se = sum(e["mia_se"] for e in ensemble) / len(ensemble)
+        band = band_from_ensemble(ensemble, {"forget_acc": int(split.forget.numel()),
+                                             "test_acc": int(split.evaluation.numel()),
+                                             "mia": int(ensemble[0]["mia_n_forget"])},
+                                  mia_se, z=cfg.band_z, floor=cfg.band_floor)
+    setting = "easy" if band.is_easy(rows["original"]) else "hard"
+    for row in rows.values():
+        dist = band.distance(row)
+        for m, d in dist.items():
+            mb = getattr(band, m)
+            row.update({f"band_{m}_low": mb.low, f"band_{m}_high": mb.high, f"dist_{m}": d})
+        row["in_band"] = float(band.contains(row))
+        row["setting"] = setting
+    orig = rows["original"]
+    orig["do_nothing_reaches_target"] = bool(orig["in_band"])
+    out: dict = {"band": band.as_dict(), "setting": setting, "retrain_seeds": len(ensemble),
+                 "ensemble": [{k: e[k] for k in ("forget_acc", "test_acc", "mia", "mia_low", "mia_high")}
+                              for e in ensemble]}
+    if len(ensemble_margins) >= 2:
+        groups, start = {}, 0
+        for g in KLOM_GROUPS:
+            size = int(ensemble_margins[0][g].numel())
+            groups[g] = slice(start, start + size)
+            start += size
+
+        def flat(per_group: dict) -> torch.Tensor:
+            return torch.cat([per_group[g] for g in KLOM_GROUPS])
+
+        retrain = torch.stack([flat(m) for m in ensemble_margins])
+        compared = {v: flat(marg[v])[None] for v in marg if v != "retrain"}
+        summary = klom_summary(compared, retrain, groups, estimator=cfg.klom_estimator)
+        for v in compared:
+            rows[v].update(summary.flat(v))
+        if "retrain" in rows:
+            rows["retrain"].update(summary.flat("floor"))
+        out["klom"] = {"values": summary.values, "sizes": summary.sizes, "estimator": summary.estimator,
+                       "rotations": summary.rotations, "groups": summary.groups,
+                       "note": "the retrain row's klom_* columns are the noise floor (Retrain against Retrain)"}
+    else:
+        out["klom"] = None
+    return out, band
+
+
 def request_reduced(index: BlendIndex, forget: torch.Tensor) -> tuple[ReducedRetainSet, float]:
     """A forget request against the index, timed whole: ``index.reduce`` (the split and the blends'
     selection) and, for an in-memory source, gathering the residual rows into the set's image tensor
@@ -234,27 +432,31 @@ def reduce_retain(cfg: ExperimentConfig, train, forget: torch.Tensor, ipc: int, 
 
 
 def _tracked(cfg: ExperimentConfig, trackers: dict, variant: str, method: str, config: dict, retain_size: int,
-             split, seed: int, budget: float | None = None) -> dict:
+             split, seed: int, budget: float | None = None, heldout: tuple | None = None) -> dict:
     """``unlearn`` keyword arguments that record ``variant``'s quality curve (time to target), or none;
-    ``budget`` stops the training at the first evaluation past that many seconds."""
+    ``budget`` stops the training at the first evaluation past that many seconds; the MIA of the curve
+    is ``cfg.mia_statistic`` against ``heldout`` (as the final evaluation's)."""
     if not cfg.track:
         return {}
     trackers[variant] = Tracker(split.forget_tensors(), split.eval_tensors(), max_samples=cfg.track_samples,
-                                seed=seed, budget=budget)
+                                seed=seed, budget=budget, heldout=heldout, mia=cfg.mia_statistic)
     steps = planned_steps(method, config or None, retain_size)
     return {"callback": trackers[variant], "eval_every": eval_every_for(steps, cfg.track_evaluations)}
 
 
-def _time_to_target(cfg: ExperimentConfig, rows: dict[str, dict], trackers: dict) -> dict:
-    """Times to Retrain's band (``t_target``, ``None`` = not reached) and the speed-ups between them."""
-    if "retrain" not in trackers or not trackers["retrain"].points:
+def _time_to_target(cfg: ExperimentConfig, rows: dict[str, dict], trackers: dict, band: SeedBand | None) -> dict:
+    """Times to Retrain's band (``t_target``, ``None`` = not reached) and the speed-ups between them.
+    The do-nothing row (the original) reaches it at 0 s exactly when it is inside the band; the
+    speed-ups divide by the Retrain time of this same run (``retrain_time_in_run``)."""
+    if band is None or "retrain" not in trackers or not trackers["retrain"].points:
         return {}
-    band = Band(**cfg.band)
-    reference = trackers["retrain"].points[-1]
     for variant, tracker in trackers.items():
         row = rows[variant]
-        t = time_to_target(tracker.points, reference, band)
+        t = time_to_target(tracker.points, None, band)
         row.update(t_target=t, target_reached=float(t is not None), t_eval_tracking=tracker.eval_seconds)
+    if "original" in rows:
+        inside = band.contains(rows["original"])
+        rows["original"].update(t_target=0.0 if inside else None, target_reached=float(inside))
     for variant in ("base", "accelerated"):
         t = rows.get(variant, {}).get("t_target")
         for ref in ("retrain", "base"):
@@ -263,7 +465,11 @@ def _time_to_target(cfg: ExperimentConfig, rows: dict[str, dict], trackers: dict
                 rows[variant][f"speedup_target_vs_{ref}"] = t_ref / max(t, 1e-12) if t and t_ref else None
                 if t and t_ref is None:  # ref never reached the band: its whole run is a lower bound
                     rows[variant][f"speedup_target_vs_{ref}_lower"] = rows[ref]["t_total"] / max(t, 1e-12)
-    return {"band": band.as_dict(), "reference": {k: getattr(reference, k) for k in ("forget_acc", "test_acc", "mia")},
+        if variant in rows:
+            rows[variant]["retrain_time_in_run"] = True
+    mid = {m: (getattr(band, m).low + getattr(band, m).high) / 2 for m in ("forget_acc", "test_acc", "mia")}
+    half = {m: getattr(band, m).half_width for m in ("forget_acc", "test_acc", "mia")}
+    return {"band": half, "reference": mid, "band_kind": band.kind,
             "curves": {v: tr.curve() for v, tr in trackers.items()}}
 
 
@@ -277,8 +483,14 @@ def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, log: Callable[[str
     device = _rank_device(resolve_device(cfg.device))
     progress = not cfg.quiet and is_main_process()
     train, test = load_dataset(cfg.dataset, cfg.data_root, per_class=cfg.per_class, limit=cfg.limit)
-    split = make_split(train, test, forget=cfg.forget, forget_fraction=cfg.forget_fraction,
-                       forget_class=cfg.forget_class, seed=seed)
+    hard_info = None
+    if cfg.forget == "hard":
+        split, hard_info = hard_split(cfg, train, test, seed, device, progress, log)
+    else:
+        split = make_split(train, test, forget=cfg.forget, forget_fraction=cfg.forget_fraction,
+                           forget_class=cfg.forget_class, seed=seed)
+    heldout = heldout_tensors(split)
+    retain_rows = klom_retain_rows(split, cfg.klom_retain, seed)
     retain, forget, unseen = split.retain_tensors(), split.forget_tensors(), split.unseen_tensors()
     ipc = cfg.ipc if cfg.ipc is not None else default_ipc(cfg, train)
     check_against_data(cfg, split, ipc)
@@ -290,28 +502,43 @@ def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, log: Callable[[str
     log(f"[seed {seed}] original model: {'loaded from cache' if cached else f'trained in {train_seconds:.1f}s'}")
     rows: dict[str, dict] = {}
     losses: dict[str, dict] = {}
+    marg: dict[str, dict] = {}
     trackers: dict[str, Tracker] = {}
 
     def record(variant: str, method: str, m: nn.Module, stages: dict[str, float]) -> None:
         timer = StageTimer(device)
         with timer("evaluation"):
-            metrics, losses[variant] = evaluate(m, split, device)
+            metrics, losses[variant], marg[variant] = evaluate_model(m, split, device, cfg, heldout, retain_rows,
+                                                                     seed)
         stages = {**stages, **timer.stages}
         total = sum(v for k, v in stages.items() if k not in NOT_PER_REQUEST)
         rows[variant] = {"variant": variant, "method": method, "seed": seed, **metrics,
                          **{f"t_{k}": stages.get(k, 0.0) for k in STAGES}, "t_total": total}
         log(f"[seed {seed}] {variant:<12} {method:<14} {total:8.1f}s  retain {metrics['retain_acc']:5.1f}  "
-            f"forget {metrics['forget_acc']:5.1f}  test {metrics['test_acc']:5.1f}  MIA {metrics['mia']:5.1f}")
+            f"forget {metrics['forget_acc']:5.1f}  test {metrics['test_acc']:5.1f}  MIA {metrics['mia']:5.1f} "
+            f"[{metrics['mia_low']:.1f}, {metrics['mia_high']:.1f}]")
 
     record("original", "trained", model, {"unlearning": 0.0})
     rows["original"]["t_train"] = train_seconds
     rows["original"]["cached"] = cached
 
+    ensemble: list[dict] = []
+    ensemble_margins: list[dict] = []
+    ensemble_records: list[dict] = []
     if cfg.run_retrain:
         res = unlearn("retrain", model, retain, forget, config=cfg.retrain_config or None, device=device, seed=seed,
                       progress=progress, **_tracked(cfg, trackers, "retrain", "retrain", cfg.retrain_config,
-                                                    len(retain[1]), split, seed))
+                                                    len(retain[1]), split, seed, heldout=heldout))
         record("retrain", "retrain", res.model, {"unlearning": res.seconds})
+        ensemble.append(rows["retrain"])
+        ensemble_margins.append(marg["retrain"])
+        ensemble_records.append({"member": 0, "seed": seed, "seconds": res.seconds, "cached": False})
+        members, records = retrain_ensemble(cfg, split, seed, device, progress, log)
+        for member, rec in zip(members, records):
+            metrics, _, member_margins = evaluate_model(member, split, device, cfg, heldout, retain_rows, seed)
+            ensemble.append(metrics)
+            ensemble_margins.append(member_margins)
+            ensemble_records.append({**rec, **{k: metrics[k] for k in ("forget_acc", "test_acc", "mia")}})
 
     if cfg.run_base:
         budget = cfg.base_budget
@@ -320,7 +547,7 @@ def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, log: Callable[[str
         res = unlearn(cfg.method, model, retain, forget, unseen=unseen, config=cfg.base_config or None,
                       device=device, seed=seed, progress=progress,
                       **_tracked(cfg, trackers, "base", cfg.method, cfg.base_config, len(retain[1]), split, seed,
-                                 budget))
+                                 budget, heldout))
         record("base", cfg.method, res.model, {"unlearning": res.seconds})
         if budget is not None:
             rows["base"].update(budget_seconds=float(budget), stopped_at_budget=float("stopped_at_step" in res.info))
@@ -334,7 +561,7 @@ def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, log: Callable[[str
     res = unlearn(cfg.accelerated, model, reduced, forget, unseen=unseen, config=cfg.accelerated_config or None,
                   device=device, seed=seed, progress=progress,
                   **_tracked(cfg, trackers, "accelerated", cfg.accelerated, cfg.accelerated_config, len(reduced),
-                             split, seed))
+                             split, seed, heldout=heldout))
     if "accelerated" in trackers:  # per request its curve starts after the split (the index is built beforehand)
         for point in trackers["accelerated"].points:
             point.seconds += sum(v for k, v in stages.items() if k not in NOT_PER_REQUEST)
@@ -359,11 +586,27 @@ def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, log: Callable[[str
             for key in ("retain_acc", "forget_acc", "test_acc", "mia"):
                 row[f"gap_{key}"] = row[key] - rows["retrain"][key]
 
-    target = _time_to_target(cfg, rows, trackers)
+    yard, band = yardstick(cfg, rows, ensemble, marg, ensemble_margins, split) if "retrain" in rows else (None, None)
+    if yard is not None:
+        yard["ensemble_members"] = ensemble_records
+        yard["mia"] = {"statistic": cfg.mia_statistic, "min_group": cfg.mia_min_group,
+                       "heldout": "unseen pool + evaluation split, forget classes",
+                       "heldout_size": int(heldout[1].numel()),
+                       "interval": "bootstrap percentile 95%, 400 stratified resamples",
+                       "paper_column": "mia_paper: docs/method.md §4 statistic on the evaluation split"}
+        if hard_info is not None:
+            yard["hard"] = hard_info
+        if any(r.get("mia_small") for r in rows.values()):
+            log(f"[seed {seed}] warning: the MIA's groups hold {rows['original']['mia_n_forget']} samples per side, "
+                f"below mia_min_group={cfg.mia_min_group}: its scores are mostly noise (marked mia_small)")
+        log(f"[seed {seed}] setting: {yard['setting']} (the untouched original is "
+            + ", ".join(f"{m} {rows['original'][f'dist_{m}']:+.1f}" for m in ("forget_acc", "test_acc", "mia"))
+            + " from Retrain's band)")
+    target = _time_to_target(cfg, rows, trackers, band)
     round_rows = run_rounds(cfg, seed, train, split, index, model, unseen, device, log) \
         if cfg.rounds > 1 else []
     result = {"seed": seed, "rows": list(rows.values()), "rounds": round_rows, "split": split.summary(),
-              "time_to_target": target}
+              "time_to_target": target, "yardstick": yard}
     if is_distributed():  # every rank's own stage times, in rank order
         mine = {row["variant"]: {k: v for k, v in row.items() if k.startswith("t_")} for row in rows.values()}
         result["world_size"] = world_size()

@@ -26,7 +26,11 @@ NUMERIC = ("retain_acc", "forget_acc", "test_acc", "mia", "t_total", "t_features
            "t_blend", "t_unlearning", "t_evaluation", "speedup_vs_base", "speedup_vs_retrain", "gap_retain_acc",
            "gap_forget_acc", "gap_test_acc", "gap_mia", "t_index", "t_target", "target_reached", "t_eval_tracking",
            "speedup_target_vs_retrain", "speedup_target_vs_base", "speedup_target_vs_base_lower", "budget_seconds",
-           "stopped_at_budget")
+           "stopped_at_budget", "mia_low", "mia_high", "mia_se", "mia_n_forget", "mia_n_heldout", "mia_small",
+           "mia_paper", "in_band",
+           *(f"{k}_{m}{e}" for m in ("forget_acc", "test_acc", "mia") for k, e in
+             (("band", "_low"), ("band", "_high"), ("dist", ""))),
+           *(f"klom_{g}_{q}" for g in ("forget", "retain", "eval") for q in ("p50", "p95", "p99", "mean")))
 
 
 def summarise(per_seed: list[dict]) -> list[dict]:
@@ -37,6 +41,9 @@ def summarise(per_seed: list[dict]) -> list[dict]:
         if not rows:
             continue
         agg: dict[str, Any] = {"variant": variant, "method": rows[0]["method"], "seeds": len(rows)}
+        settings = {r["setting"] for r in rows if "setting" in r}
+        if settings:
+            agg["setting"] = settings.pop() if len(settings) == 1 else "mixed"
         for key in NUMERIC:
             vals = [r[key] for r in rows if key in r and r[key] is not None and not math.isnan(r[key])]
             if vals:
@@ -65,11 +72,59 @@ def format_table(summary: list[dict]) -> str:
             f"{r.get('t_evaluation', 0):6.2f} {r.get('t_total', 0):8.2f} {r.get('t_index', 0):7.2f} "
             f"{speed_cols} {r['retain_acc']:7.1f} {r['forget_acc']:7.1f} "
             f"{r['test_acc']:6.1f} {r['mia']:6.1f}  {gaps}")
+    if any("in_band" in r for r in summary):
+        lines += ["", format_yardstick(summary)]
     for r in summary:
         if r.get("stopped_at_budget"):
             lines.append(f"({r['variant']}: stopped at its time budget of {r['budget_seconds']:.3g}s "
                          "(base_budget); its numbers are at the stop, and where it had not reached the band the "
                          "speed-ups against it are lower bounds)")
+    return "\n".join(lines)
+
+
+def format_yardstick(summary: list[dict]) -> str:
+    """The yardstick's table (docs/method.md §4.1-§4.4): Retrain's seed band, each variant's finals with
+    the MIA's interval, its distance to the band per metric (0 = inside; the original's row is the
+    do-nothing control), time to the band, and KLOM percentiles over the forget / evaluation samples
+    (the Retrain row: the noise floor). The setting is labelled **easy** when doing nothing is inside
+    the band or within one half-width of it on every metric; its speed-ups are then marked."""
+    by = {r["variant"]: r for r in summary}
+    ref = by.get("retrain") or next(iter(by.values()))
+    setting = ref.get("setting", "?")
+    band = "  ".join(f"{m} [{ref[f'band_{m}_low']:.1f}, {ref[f'band_{m}_high']:.1f}]"
+                     for m in ("forget_acc", "test_acc", "mia") if f"band_{m}_low" in ref)
+    head = (f"{'variant':<12} {'forget':>6} {'test':>6} {'MIA [95% CI]':>18} {'n/side':>6} "
+            f"{'dist to band f/t/MIA':>22} {'target':>8} {'@t retr.':>9} "
+            f"{'KLOM forget p50/p95/p99':>24} {'KLOM eval p50/p99':>18}")
+    lines = [f"setting: {setting.upper()}" + (" (doing nothing is within one band half-width of Retrain's band on "
+                                              "every metric: speed-ups here are not evidence)" if setting == "easy"
+                                              else "") + f"; Retrain's band: {band}", head, "-" * len(head)]
+    for r in summary:
+        if "in_band" not in r:
+            continue
+        mia = f"{r['mia']:.1f} [{r.get('mia_low', math.nan):.1f},{r.get('mia_high', math.nan):.1f}]"
+        n = f"{r.get('mia_n_forget', 0):.0f}" + ("!" if r.get("mia_small") else "")
+        dist = "/".join(f"{r.get(f'dist_{m}', math.nan):+.1f}" for m in ("forget_acc", "test_acc", "mia"))
+        t = "-" if "target_reached" not in r else (f"{r['t_target']:.1f}s" if r.get("t_target") is not None
+                                                    else "n/r")
+        v = r.get("speedup_target_vs_retrain")
+        low = r.get("speedup_target_vs_retrain_lower")
+        sp = f"{v:.1f}x" if v else (f">{low:.1f}x" if low else "-")
+        if setting == "easy" and sp != "-":
+            sp += "(e)"
+        klf = "/".join(f"{r[f'klom_forget_{q}']:.2f}" for q in ("p50", "p95", "p99")) if "klom_forget_p50" in r \
+            else "-"
+        kle = "/".join(f"{r[f'klom_eval_{q}']:.2f}" for q in ("p50", "p99")) if "klom_eval_p50" in r else "-"
+        name = r["variant"] + (" (floor)" if r["variant"] == "retrain" and "klom_forget_p50" in r else "")
+        name = "do-nothing" if r["variant"] == "original" else name
+        lines.append(f"{name:<12} {r['forget_acc']:6.1f} {r['test_acc']:6.1f} {mia:>18} {n:>6} {dist:>22} {t:>8} "
+                     f"{sp:>9} {klf:>24} {kle:>18}")
+    orig = by.get("original", {})
+    if orig.get("in_band"):
+        lines.append("(the do-nothing row is INSIDE Retrain's band: doing nothing reaches the target, so no time to "
+                     "target here measures forgetting)")
+    if any(r.get("mia_small") for r in summary):
+        lines.append("(n/side marked !: an MIA group below the minimum size; that score is mostly noise)")
     return "\n".join(lines)
 
 

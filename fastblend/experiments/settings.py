@@ -45,6 +45,9 @@ _TYPES: dict[str, tuple] = {
     "out": _PATH, "cache_dir": (*_PATH, None), "plots": (bool,), "quiet": (bool,),
     "base_budget": (str, float, int, None), "track": (bool,), "track_evaluations": (int,),
     "track_samples": (int, None), "band": (dict,),
+    "retrain_seeds": (int,), "band_kind": (str,), "band_z": (float, int),
+    "band_floor": (float, int), "mia_statistic": (str,), "mia_min_group": (int,), "hard_pool": (int,),
+    "klom_estimator": (str,), "klom_retain": (int,),
 }
 
 
@@ -114,6 +117,24 @@ class ExperimentConfig:
     #: Retrain's own time (a method that is not in Retrain's band by then loses to retraining);
     #: ``None``: run its whole schedule. Needs ``track`` (the stop is decided at an evaluation).
     base_budget: str | float | None = None
+    #: Retrain's seed ensemble (docs/method.md §4.1): ``retrain_seeds`` models on the same split, the
+    #: first the run's own (timed) Retrain, the others cached; they define the band and KLOM's reference
+    retrain_seeds: int = 3
+    #: ``"seeds"``: the band from the ensemble, ``[min − m, max + m]``, ``m = max(band_floor, band_z · se)``;
+    #: ``"fixed"``: the run's Retrain final ± ``band`` (the old band, an option)
+    band_kind: str = "seeds"
+    band_z: float = 1.96
+    band_floor: float = 0.5
+    #: the MIA the tables use (docs/method.md §4.3): ``"auc"`` (direct AUC of the log-odds) or ``"paper"``
+    #: (§4's cross-validated logistic regression); both are in the results files
+    mia_statistic: str = "auc"
+    #: an MIA group smaller than this warns and is marked (``mia_small``)
+    mia_min_group: int = 200
+    #: ``forget="hard"``: the candidate pool is this many times the forget set (docs/method.md §6)
+    hard_pool: int = 4
+    #: KLOM's estimator (``"gaussian"`` or ``"histogram"``) and the size of its seeded retain sample
+    klom_estimator: str = "gaussian"
+    klom_retain: int = 1000
 
     def check(self) -> None:
         """Validate every setting without loading data or training: types, names (data set, model,
@@ -143,8 +164,9 @@ class ExperimentConfig:
                                   "(docs/method.md §1.3) serves: at most 5277") from None
         if not str(self.out):
             raise ConfigError("out", "out must name a folder, got ''")
-        choices = {"round_mode": ("cached", "reference"), "forget": ("uniform", "classwise"),
-                   "grouping_backend": ("auto", "faiss", "torch")}
+        choices = {"round_mode": ("cached", "reference"), "forget": ("uniform", "classwise", "hard"),
+                   "grouping_backend": ("auto", "faiss", "torch"), "band_kind": ("seeds", "fixed"),
+                   "mia_statistic": ("auc", "paper"), "klom_estimator": ("gaussian", "histogram")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(name, f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -175,6 +197,16 @@ class ExperimentConfig:
                                   "quality curve is evaluated)")
             if self.base_budget == "retrain" and not self.run_retrain:
                 raise ConfigError("base_budget", "base_budget='retrain' needs run_retrain=True")
+        for name in ("retrain_seeds", "mia_min_group", "hard_pool", "klom_retain"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("band_z", "band_floor"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ConfigError(name, f"{name} must be a finite number >= 0, got {getattr(self, name)!r}")
+        if self.forget == "hard" and not self.forget_fraction * self.hard_pool < 1:
+            raise ConfigError("hard_pool", f"forget='hard' draws its forget set from a pool of hard_pool x "
+                              f"forget_fraction of the training set, which must be < 1; got {self.hard_pool} x "
+                              f"{self.forget_fraction}")
         if self.track_evaluations < 1:
             raise ConfigError("track_evaluations", f"track_evaluations must be >= 1, got {self.track_evaluations}")
         if self.track_samples is not None and self.track_samples < 5:  # what Tracker's max_samples takes

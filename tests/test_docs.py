@@ -5,6 +5,7 @@ cross-reference, a docstring naming an object that does not exist or a parameter
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
 import os
 import re
@@ -48,6 +49,60 @@ def test_readme_python_blocks_run_in_order(tmp_path, monkeypatch):
     for number, block in enumerate(readme_python_blocks(), 1):
         code = compile(block, f"README.md python block {number}", "exec")
         exec(code, namespace)  # noqa: S102 - the README's own examples
+
+
+# ------------------------------------------------------------------------------------------------
+# Names and paths the prose mentions
+# ------------------------------------------------------------------------------------------------
+
+PROSE = ["README.md", "CONTRIBUTING.md", "docs/*.md", "benchmarks/results-*/README.md"]
+DOTTED_NAME = re.compile(r"(?<![\w/.-])fastblend(?:\.[A-Za-z_]\w*)+")
+REPO_PATH = re.compile(r"(?<![\w/.-])((?:fastblend|tests|benchmarks|scripts|csrc|docs)/[\w./-]*\w)(?![\w{*<])")
+
+
+def _resolves(dotted: str) -> bool:
+    parts = dotted.split(".")
+    for split in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:split]))
+        except ImportError:
+            continue
+        for part in parts[split:]:
+            if not hasattr(obj, part):
+                return False
+            obj = getattr(obj, part)
+        return True
+    return False
+
+
+def stale_mentions(root: Path) -> list[str]:
+    """``file: name`` for every ``fastblend.x.y`` that does not resolve and every repository path
+    (``tests/test_x.py``, ``fastblend/methods/...``) that does not exist, in the prose files."""
+    stale = []
+    for pattern in PROSE:
+        for path in sorted(root.glob(pattern)):
+            text = path.read_text(encoding="utf-8")
+            rel = path.relative_to(root)
+            stale += [f"{rel}: {name}" for name in sorted(set(DOTTED_NAME.findall(text))) if not _resolves(name)]
+            stale += [f"{rel}: {p}" for p in sorted(set(REPO_PATH.findall(text))) if not (root / p).exists()]
+    return stale
+
+
+def test_names_and_paths_the_docs_mention_exist():
+    """After a rename or a move, the README, CONTRIBUTING.md, docs/ and the results notes must follow."""
+    assert stale_mentions(ROOT) == []
+
+
+def test_stale_mentions_are_found(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_here.py").write_text("", encoding="utf-8")
+    (tmp_path / "README.md").write_text(
+        "Use `fastblend.BlendIndex.build` and fastblend.segment_blend, not `fastblend.Gone` or\n"
+        "fastblend.BlendIndex.vanished; see tests/test_here.py and tests/test_gone.py, fastblend-out/x.\n",
+        encoding="utf-8")
+    assert stale_mentions(tmp_path) == ["README.md: fastblend.BlendIndex.vanished", "README.md: fastblend.Gone",
+                                        "README.md: tests/test_gone.py"]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -221,11 +221,13 @@ STAND_IN = '''
 __all__ = ["Thing", "good"]
 
 
-def good(x: int) -> int:
+def good(x: int, y: int = 0, z: int = 0) -> int:
     """Returns ``x``; see :class:`Thing` and [`Thing.run`][fastblend.Thing.run].
 
     Args:
         x: a number.
+        y,
+            z: two more, documented together.
     """
     return x
 
@@ -241,7 +243,9 @@ BREAKS = {
     "role naming nothing": (":class:`Thing`", ":class:`Gone`", "`Gone`, which does not exist"),
     "markdown cross-reference to nothing": ("[fastblend.Thing.run]", "[fastblend.Thing.gone]",
                                             "Could not find cross-reference target"),
-    "parameter the signature lacks": ("x: a number.", "y: a number.", "does not appear in the function signature"),
+    "parameter the signature lacks": ("x: a number.", "w: a number.", "does not appear in the function signature"),
+    "grouped parameter the signature lacks": ("z: two more", "q: two more",
+                                              "does not appear in the function signature"),
 }
 
 

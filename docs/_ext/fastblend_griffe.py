@@ -23,6 +23,7 @@ import griffe
 _ROLE = re.compile(r":(?:py:)?(?:func|class|meth|attr|mod|data|exc|obj):`(~?)([^`]+)`")
 _ARGS_SECTION = re.compile(r"^(\s*)(Args|Arguments|Parameters|Params|Keyword Args|Keyword Arguments"
                            r"|Other Parameters):\s*$")
+_WRAPPED_NAMES = re.compile(r"^\s+\*{0,2}\w+(?:\s*,\s*\*{0,2}\w+)*\s*,\s*$")  # "a, b," and the rest below
 _GROUPED_ENTRY = re.compile(r"^(\s+)(\*{0,2}\w+(?:\s*,\s*\*{0,2}\w+)+)(\s*\([^)]*\))?:(.*)$")
 # Top-level names that a role may name without fastblend knowing them: rendered as code, never warned.
 _EXTERNAL = ("torch", "numpy", "np", "faiss", "triton", "sklearn", "tqdm", "matplotlib", "scipy", "PIL", "typing")
@@ -40,7 +41,8 @@ def _indent(line: str) -> int:
 
 
 def _split_grouped_params(text: str) -> str:
-    """``a, b: text`` entries of an ``Args:`` section -> ``a: text`` and ``b: text``."""
+    """``a, b: text`` entries of an ``Args:`` section (the names may wrap onto a second line) ->
+    ``a: text`` and ``b: text``."""
     lines = text.split("\n")
     out: list[str] = []
     section_indent = None
@@ -52,6 +54,9 @@ def _split_grouped_params(text: str) -> str:
             section_indent = len(header.group(1))
         elif section_indent is not None and line.strip() and _indent(line) <= section_indent:
             section_indent = None
+        if section_indent is not None and not header and _WRAPPED_NAMES.match(line) and i + 1 < len(lines):
+            line = lines[i] = line.rstrip() + " " + lines[i + 1].strip()
+            del lines[i + 1]
         entry = _GROUPED_ENTRY.match(line) if section_indent is not None and not header else None
         if entry is None:
             out.append(line)

@@ -9,6 +9,7 @@ import importlib
 import inspect
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -49,6 +50,36 @@ def test_readme_python_blocks_run_in_order(tmp_path, monkeypatch):
     for number, block in enumerate(readme_python_blocks(), 1):
         code = compile(block, f"README.md python block {number}", "exec")
         exec(code, namespace)  # noqa: S102 - the README's own examples
+
+
+def readme_command_lines() -> list[list[str]]:
+    """The arguments of every ``fastblend ...`` (or ``-m fastblend ...``) command in the README's bash blocks."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    commands = []
+    for block in re.findall(r"^```bash\n(.*?)^```", text, re.S | re.M):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line.split("#", 1)[0])
+            for i, word in enumerate(words):
+                if word.endswith("bin/fastblend") or (word == "fastblend" and (i == 0 or words[i - 1] == "-m")):
+                    args = words[i + 1:]
+                    commands.append(args[:args.index("&&")] if "&&" in args else args)
+                    break
+    return commands
+
+
+def test_readme_command_lines_parse():
+    """Every command line of the README parses with the installed command's own parser (the console
+    script pyproject.toml names), so a renamed or removed flag or subcommand cannot stay in the README."""
+    tomllib = pytest.importorskip("tomllib")
+    target = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["scripts"]["fastblend"]
+    parser = importlib.import_module(target.split(":")[0]).build_parser()
+    commands = readme_command_lines()
+    assert ["demo"] in commands, "the README lost its `fastblend demo`"
+    for args in commands:
+        try:
+            parser.parse_args(args)
+        except SystemExit as exc:
+            pytest.fail(f"README command `fastblend {shlex.join(args)}` does not parse (exit {exc.code})")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -108,10 +108,12 @@ class Clustering:
 
     @property
     def num_clusters(self) -> int:
+        """``K``: the number of clusters over all classes (``len(indptr) - 1``)."""
         return int(self.indptr.numel() - 1)
 
     @property
     def num_samples(self) -> int:
+        """``N``: the number of clustered samples."""
         return int(self.assignment.numel())
 
     @property

@@ -157,10 +157,12 @@ class ReducedRetainSet(Dataset):
 
     @property
     def num_blended(self) -> int:
+        """Rows that are blends (one per free cluster)."""
         return int(self.is_blended.sum())
 
     @property
     def num_residual(self) -> int:
+        """Rows that are raw retain images (the members of touched clusters)."""
         return len(self) - self.num_blended
 
     @property

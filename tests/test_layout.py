@@ -35,15 +35,15 @@ LAYERS = {
     "labelled_images": 0,
     "dataset_readers": 1, "distributed": 1, "models": 1, "kmeans": 1, "memmap": 1, "ops": 1,
     "data_adapter": 2, "datasets": 2,
-    "features": 3, "metrics": 3, "evaluation": 4,
-    "aamu": 3, "grouping": 4, "tracking": 4,
-    "condensation": 5, "methods": 5,
-    "dropin": 6,
+    "aamu": 3, "features": 3, "metrics": 3,
+    "evaluation": 4, "grouping": 4,
+    "condensation": 5, "tracking": 5,
+    "dropin": 6, "methods": 6,
     "__init__": 7,
     # the wing
-    f"{WING}.__init__": 0, f"{WING}.machine": 1, f"{WING}.settings": 6, f"{WING}.cache": 6, f"{WING}.plots": 6,
-    f"{WING}.results": 7, f"{WING}.pipeline": 8, f"{WING}.cli": 9,
-    "__main__": 10,
+    f"{WING}.__init__": 0, f"{WING}.machine": 1, f"{WING}.cache": 6, f"{WING}.plots": 6, f"{WING}.settings": 7,
+    f"{WING}.results": 8, f"{WING}.pipeline": 9, f"{WING}.cli": 10,
+    "__main__": 11,
 }
 
 # Circles inside fastblend/condense/ are the condense branch's to remove (issue 21, "one condensing engine").

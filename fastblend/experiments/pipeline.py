@@ -76,7 +76,7 @@ from .settings import (
 # the settings (.settings) and the result files (.results) are re-exported here, where the command
 # line and users have always found them
 __all__ = ["DEMO", "DEMO_RECIPE", "NOT_PER_REQUEST", "STAGES", "VARIANTS", "ConfigError", "ExperimentConfig",
-           "check_against_data", "default_ipc", "evaluate", "evaluate_model", "format_table", "hard_split",
+           "check_against_data", "default_ipc", "evaluate_model", "format_table", "hard_split",
            "original_model", "plots_available", "prepare_output", "reduce_retain", "retrain_ensemble",
            "run_experiment", "run_rounds", "run_seed", "summarise", "with_overrides", "write_results",
            "yardstick"]
@@ -176,26 +176,6 @@ def build_index(cfg: ExperimentConfig, train, ipc: int, seed: int, device: torch
     index.timings.update(features=timer.stages["features"], grouping=timer.stages["grouping"],
                          blend=index.timings.get("blend", timer.stages["blend"]), total=timer.total)
     return index
-
-
-def evaluate(model: nn.Module, split, device: torch.device) -> tuple[dict, dict]:
-    """Retain / forget / evaluation accuracy (percent), the docs/method.md §4 MIA score, and the per-sample
-    losses on the forget and unseen sets (for the histograms). One forward pass per set."""
-    sets = {"retain": split.retain_tensors(), "forget": split.forget_tensors(), "eval": split.eval_tensors(),
-            "unseen": split.unseen_tensors()}
-    logits = {name: predict_logits(model, x, device=device).float().cpu() for name, (x, _) in sets.items()}
-    labels = {name: y for name, (_, y) in sets.items()}
-
-    def acc(name: str) -> float:
-        return float((logits[name].argmax(1) == labels[name]).double().mean() * 100) if labels[name].numel() else \
-            math.nan
-
-    keep = torch.isin(labels["eval"], torch.unique(labels["forget"]))
-    metrics = {"retain_acc": acc("retain"), "forget_acc": acc("forget"), "test_acc": acc("eval"),
-               "mia": mia_score_from_logits(logits["forget"], labels["forget"], logits["eval"][keep],
-                                            labels["eval"][keep])}
-    losses = {name: F.cross_entropy(logits[name], labels[name], reduction="none") for name in ("forget", "unseen")}
-    return metrics, losses
 
 
 def heldout_tensors(split) -> tuple[torch.Tensor, torch.Tensor]:

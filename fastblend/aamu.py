@@ -454,8 +454,10 @@ class AAMUStep:
     (:func:`fastblend.prepare_unlearning`), a hand-written loop and data-parallel training.
 
     Each step draws a forget batch of ``forget_batch_factor·batch_size`` samples (without
-    replacement) and an unseen batch of ``unseen_batch_factor·batch_size`` from the forget batch's
-    classes, forwards them (the forget batch with gradient, the unseen batch without) and returns
+    replacement; all of ``D_f`` when smaller) and an unseen batch of ``unseen_batch_factor·batch_size``
+    from the forget batch's classes, each at most ``max_draw`` samples (the recipe's 4·64: a larger
+    retain batch draws no more; ``forget_draw`` and ``unseen_draw`` hold the sizes), forwards them
+    (the forget batch with gradient, the unseen batch without) and returns
     ``retain_weight·steepen(retain loss) + lam·MMD²`` from :meth:`loss`. Neither forward changes the
     model's buffers (BatchNorm's or any training-mode module's running statistics, also under
     activation checkpointing): in training mode they normalise with their own batch statistics, as
@@ -488,6 +490,9 @@ class AAMUStep:
         lam, k, kappa, sigma, steepen, backend: see :class:`AAMULoss`.
         seed: seeds both samplers (their own device-side streams; never the global RNG).
         forget_batch_factor, unseen_batch_factor: forget / unseen batches hold this many times B.
+        max_draw: the most forget and unseen samples a step draws (each), ``None`` for no cap; default
+            :data:`fastblend.recipe.RECIPE`'s 256 = 4·64, so the recipe's draws are the paper's and a
+            retain batch of 256 draws 256 of each, not 1,024 (docs/method.md §7.3).
         unseen_refresh: draw and forward a new unseen batch every this many steps and reuse its logits
             in between (1: every step, the paper's; > 1 departs from docs/method.md §2.4: the unseen
             losses are up to ``unseen_refresh - 1`` steps stale and follow the refresh step's classes).
@@ -513,14 +518,14 @@ class AAMUStep:
                  lam: float = RECIPE.lam, k: float = RECIPE.k, kappa: float = RECIPE.kappa,
                  sigma: float = RECIPE.sigma, steepen: str = RECIPE.steepen, backend: str = "auto", seed: int = 0,
                  forget_batch_factor: int = RECIPE.forget_batch_factor,
-                 unseen_batch_factor: int = RECIPE.unseen_batch_factor,
+                 unseen_batch_factor: int = RECIPE.unseen_batch_factor, max_draw: int | None = RECIPE.max_draw,
                  unseen_refresh: int = RECIPE.unseen_refresh, fuse_forward: bool = False, micro_batch: int = 0,
                  num_classes: int | None = None, forwards: Forwards | None = None, fn: str = "AAMUStep") -> None:
         self.fn = fn
         self.loss_name = f"{fn}.loss" if fn == "AAMUStep" else fn  # how loss() names itself in errors
         (batch_size, lam, k, kappa, sigma, seed, forget_batch_factor, unseen_batch_factor, unseen_refresh,
-         micro_batch) = map(plain_number, (batch_size, lam, k, kappa, sigma, seed, forget_batch_factor,
-                                           unseen_batch_factor, unseen_refresh, micro_batch))
+         micro_batch, max_draw) = map(plain_number, (batch_size, lam, k, kappa, sigma, seed, forget_batch_factor,
+                                                     unseen_batch_factor, unseen_refresh, micro_batch, max_draw))
         self.batch_size = _check_batch_size(fn, batch_size)
         if not isinstance(model, nn.Module):
             raise TypeError(f"{fn}: model must be a torch.nn.Module, got {type(model).__name__}")
@@ -529,6 +534,8 @@ class AAMUStep:
                             ("unseen_refresh", unseen_refresh)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{fn}: {name} must be an int >= 1, got {value!r}")
+        if max_draw is not None and (isinstance(max_draw, bool) or not isinstance(max_draw, int) or max_draw < 1):
+            raise ValueError(f"{fn}: max_draw must be an int >= 1 or None (no cap), got {max_draw!r}")
         if not isinstance(fuse_forward, bool):
             raise TypeError(f"{fn}: fuse_forward must be a bool, got {type(fuse_forward).__name__}")
         if isinstance(micro_batch, bool) or not isinstance(micro_batch, int) or micro_batch < 0:
@@ -541,10 +548,14 @@ class AAMUStep:
         for view in (self.forget, self.unseen):
             cast_to_model(view, self._plain)  # batches are served in the network's dtype
         self.criterion = AAMULoss(lam, k, kappa, sigma, steepen, backend)
-        self.forget_sampler = ForgetSampler(len(self.forget), forget_batch_factor * batch_size, seed=seed,
+        cap = max_draw if max_draw is not None else math.inf
+        #: samples per forget draw (factor·B capped at ``max_draw`` and at the forget set) and per unseen draw
+        self.forget_draw = int(min(forget_batch_factor * batch_size, cap, len(self.forget)))
+        self.unseen_draw = int(min(unseen_batch_factor * batch_size, cap))
+        self.forget_sampler = ForgetSampler(len(self.forget), self.forget_draw, seed=seed,
                                             device=self.forget.images.device)
-        self.unseen_sampler = UnseenSampler(self.unseen.labels, unseen_batch_factor * batch_size,
-                                            num_classes=num_classes, seed=seed + 1)
+        self.unseen_sampler = UnseenSampler(self.unseen.labels, self.unseen_draw, num_classes=num_classes,
+                                            seed=seed + 1)
         self.unseen_sampler.check_labels(self.forget.labels, fn, "forget labels")  # once: steps sample sync-free
         self.unseen_refresh = unseen_refresh
         if forwards is None:

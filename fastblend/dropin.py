@@ -3,20 +3,30 @@
 Unlearning codebases usually hold the retain, forget and unseen data apart (a dict of
 ``DataLoader``\\ s), fine-tune with a criterion called as ``criterion(model(x), y)`` and an optimiser
 loop. :func:`prepare_unlearning` turns such a set-up into Blend + A-AMU (docs/method.md §1-§2) without
-touching the loop::
+touching the loop. Give the reduced loader a key of its own (or a copy of the dict): the codebase's
+evaluation keeps reading ``loaders["retain"]``, the whole retain set::
 
     prep = fastblend.prepare_unlearning(model, loaders["retain"], loaders["forget"], loaders["unseen"])
-    loaders["retain"], criterion = prep.retain_loader, prep.criterion
-    optimizer = prep.optimizer(model)                              # A-AMU's optimiser: Adam lr 2.4e-4, 1 epoch
-    for x, y in loaders["retain"]:                                 # the codebase's own loop
-        loss = criterion(model(x), y)
-        optimizer.zero_grad(); loss.backward(); optimizer.step()
+    loaders = {**loaders, "unlearn": prep.retain_loader}           # loaders["retain"] stays the retain set
+    criterion, optimizer = prep.criterion, prep.optimizer(model)   # A-AMU's optimiser: Adam lr 2.4e-4
+    for epoch in range(prep.epochs):                               # the recipe's budget: one epoch
+        for x, y in loaders["unlearn"]:                            # the codebase's own loop
+            loss = criterion(model(x), y)
+            optimizer.zero_grad(); loss.backward(); optimizer.step()
 
 The criterion computes the per-sample cross-entropy of the retain batch, steepens it and adds
-``λ·MMD²`` between a forget batch and an unseen batch it draws itself (4B each); its forget and
-unseen forwards leave BatchNorm running statistics (and every other buffer of a training-mode
-module) untouched, also when the model checkpoints activations. It is a thin layer over
-:class:`fastblend.AAMUStep`, the one A-AMU step.
+``λ·MMD²`` between a forget batch and an unseen batch it draws itself (4B each, at most 256 each:
+a retain batch of 256 draws 256, not 1,024, and never more forget rows than the forget set holds);
+its forget and unseen forwards leave BatchNorm running statistics (and every other buffer of a
+training-mode module) untouched, also when the model checkpoints activations. It is a thin layer
+over :class:`fastblend.AAMUStep`, the one A-AMU step.
+
+A loop that keeps its own optimiser (say SGD lr 0.01, momentum 0.9, batch 256) runs, but the recipe's
+λ = 34 and steepened loss are tuned for Adam lr 2.4e-4: on a converged model the steepened retain
+loss ``mean(ℓ)²`` passes on ``2·mean(ℓ)`` (about a tenth) of the cross-entropy's gradient, so the
+MMD term dominates the step, whose size plain SGD follows (Adam normalises it). Expect larger, noisier
+moves of forget and test accuracy than with ``prep.optimizer``; keep to ``prep.epochs`` epochs
+(``prep.steps`` steps) and evaluate (benchmarks/results-2026-12-05-cpu/codebase_loop measures both).
 """
 
 from __future__ import annotations
@@ -79,6 +89,12 @@ class PreparedUnlearning:
             answer later requests without rebuilding.
         timings: seconds: ``index`` (building it, 0 when passed in) and ``request`` (reduce + set-up).
         recommended: the optimiser the method is tuned for (Adam lr 2.4e-4, batch 64, one epoch).
+        epochs: the recipe's budget in epochs over ``retain_loader`` (:data:`fastblend.recipe.RECIPE`:
+            one); the recipe's learning rate is constant (no schedule).
+
+    A loop that keeps its own optimiser and batch size should still stop after ``epochs`` epochs
+    (:attr:`steps` optimiser steps): more epochs do not bring the forget set closer to unseen data,
+    they wear the retain anchor (see the module docstring).
     """
 
     retain_loader: DataLoader
@@ -87,6 +103,12 @@ class PreparedUnlearning:
     index: BlendIndex
     timings: dict = field(default_factory=dict)
     recommended: dict = field(default_factory=lambda: dict(RECOMMENDED))
+    epochs: int = RECIPE.epochs
+
+    @property
+    def steps(self) -> int:
+        """The recipe's budget in optimiser steps: ``epochs`` passes over ``retain_loader``."""
+        return self.epochs * len(self.retain_loader)
 
     def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         """``torch.optim.Adam(model.parameters(), lr=2.4e-4)``: A-AMU's optimiser (:data:`fastblend.recipe.RECIPE`)."""
@@ -204,7 +226,8 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
                        lam: float = RECIPE.lam, k: float = RECIPE.k, kappa: float = RECIPE.kappa,
                        sigma: float = RECIPE.sigma, steepen: str = RECIPE.steepen,
                        forget_batch_factor: int = RECIPE.forget_batch_factor,
-                       unseen_batch_factor: int = RECIPE.unseen_batch_factor, iterations: int | None = None,
+                       unseen_batch_factor: int = RECIPE.unseen_batch_factor,
+                       max_draw: int | None = RECIPE.max_draw, iterations: int | None = None,
                        backend: str = "auto", device: torch.device | str | None = None,
                        progress: bool = False) -> PreparedUnlearning:
     """Blend + A-AMU for an existing loader-based fine-tune loop (see the module docstring).
@@ -224,13 +247,15 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
         unseen: labelled in-distribution data the model never trained on, in the same forms.
         ipc: clusters per class of the Blend grouping when the index is built here; default about a
             fifth of the mean class size (about five images per cluster).
-        batch_size: the retain batch size of ``retain_loader``; the criterion draws ``4·batch_size``
-            forget and unseen samples per call and refuses larger retain batches.
+        batch_size: the retain batch size of ``retain_loader`` (the codebase's, e.g. 256); the
+            criterion draws ``4·batch_size`` forget and unseen samples per call, at most ``max_draw``
+            each (and forget rows at most the forget set's size), and refuses larger retain batches.
         index: a :class:`fastblend.BlendIndex` of the training set (retain ∪ forget) built before
             the request; without one it is built here on ``retain`` followed by ``forget``.
         seed: seeds the grouping, the matcher, the loader's shuffling and the samplers.
-        lam, k, kappa, sigma, steepen, forget_batch_factor, unseen_batch_factor: A-AMU settings
-            (:class:`fastblend.AAMUStep`; defaults :data:`fastblend.recipe.RECIPE`).
+        lam, k, kappa, sigma, steepen, forget_batch_factor, unseen_batch_factor, max_draw: A-AMU
+            settings (:class:`fastblend.AAMUStep`; defaults :data:`fastblend.recipe.RECIPE`, ``max_draw``
+            256 = 4·64: a batch of 256 draws 256 forget and 256 unseen rows; ``None``: 4B each).
         iterations, backend: Blend settings when the index is built here (default 12 iterations). With
             ``index``, an ``ipc`` or ``iterations`` other than the index's raises ``ValueError``.
         device: where the index is built (default: the model's device).
@@ -238,7 +263,8 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
 
     Returns:
         :class:`PreparedUnlearning` with ``retain_loader`` and ``criterion``. Train with A-AMU's
-        optimiser: Adam lr 2.4e-4, one epoch (``prep.optimizer(model)``).
+        optimiser, Adam lr 2.4e-4 (``prep.optimizer(model)``), for ``prep.epochs`` epochs (one;
+        ``prep.steps`` steps). A loop that keeps its own optimiser: see the module docstring.
     """
     fn = "prepare_unlearning"
     ipc, batch_size, seed, iterations = map(plain_number, (ipc, batch_size, seed, iterations))  # numpy's too
@@ -298,7 +324,7 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
         raise ValueError(f"{fn}: unseen images are {list(ux.shape[1:])} but forget images {list(fx.shape[1:])}")
     step = AAMUStep(model, (fx.to(dev), fy.to(dev)), (ux.to(dev), uy.to(dev)), batch_size=batch_size, lam=lam, k=k,
                     kappa=kappa, sigma=sigma, steepen=steepen, seed=seed, forget_batch_factor=forget_batch_factor,
-                    unseen_batch_factor=unseen_batch_factor, fn=fn)
+                    unseen_batch_factor=unseen_batch_factor, max_draw=max_draw, fn=fn)
     loader = DataLoader(reduced, batch_size=batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(seed))
     timings = {"index": build_seconds, "request": time.perf_counter() - t1,

@@ -23,6 +23,9 @@ class AAMURecipe:
         batch_size: the retain batch size ``B``.
         forget_batch_factor, unseen_batch_factor: forget and unseen batches hold this many times ``B``
             samples (4B).
+        max_draw: at most this many forget and unseen samples per step, whatever ``B``: the recipe's
+            ``4·64`` (so the recipe's own draws are unchanged). A retain batch larger than 64 (a
+            codebase's batch of 256) no longer draws ``4B`` of each (docs/method.md §7.3).
         unseen_refresh: a new unseen batch every this many steps (1: every step, the paper's).
         optimizer, lr, weight_decay, epochs: the optimiser: Adam (default betas), lr 2.4e-4, no weight
             decay, one epoch over the (reduced) retain set.
@@ -37,6 +40,7 @@ class AAMURecipe:
     batch_size: int = 64
     forget_batch_factor: int = 4
     unseen_batch_factor: int = 4
+    max_draw: int = 256
     unseen_refresh: int = 1
     optimizer: str = "adam"
     lr: float = 2.4e-4

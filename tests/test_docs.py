@@ -50,6 +50,9 @@ def test_readme_python_blocks_run_in_order(tmp_path, monkeypatch):
     for number, block in enumerate(readme_python_blocks(), 1):
         code = compile(block, f"README.md python block {number}", "exec")
         exec(code, namespace)  # noqa: S102 - the README's own examples
+    # the drop-in example keeps the codebase's loaders["retain"] (what its own evaluation reads) the retain set
+    retain = namespace["loaders"]["retain"]
+    assert len(retain.dataset) == len(namespace["split"].retain), "the README's drop-in swapped loaders['retain']"
 
 
 def readme_command_lines() -> list[list[str]]:

@@ -131,3 +131,47 @@ def test_a_memmap_retain_set_or_index_is_streamed(memorised, tmp_path):
     assert torch.equal(by_index.criterion.step.forget.images, fx)
     with pytest.raises(ValueError, match="^prepare_unlearning: 32 of the 32 forget rows are not in the index"):
         fastblend.prepare_unlearning(model, None, (fx + 1, fy), unseen, index=index)
+
+
+def _counting(model: nn.Module) -> list[int]:
+    """Rows of every forward of ``model`` (a forward pre-hook appends each batch's size)."""
+    rows: list[int] = []
+    model.register_forward_pre_hook(lambda _m, args: rows.append(int(args[0].shape[0])))
+    return rows
+
+
+def test_large_batches_draw_at_most_the_cap_and_the_forget_set():
+    gen = torch.Generator().manual_seed(0)
+    fx, ux = torch.randn(300, 1, 8, 8, generator=gen), torch.randn(600, 1, 8, 8, generator=gen)
+    fy, uy = torch.arange(300) % C, torch.arange(600) % C
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, C))
+    rows = _counting(model)
+    # a codebase's batch of 256: 256 forget and 256 unseen rows, not 4B = 1,024 of each
+    prep = fastblend.prepare_unlearning(model, (ux[:200] + 5, uy[:200]), (fx, fy), (ux, uy), batch_size=256,
+                                        ipc=2, iterations=1)
+    prep.criterion(torch.randn(256, C), torch.zeros(256, dtype=torch.long))
+    assert rows == [256, 256], rows
+    # a forget set smaller than the cap: all of it, never more; the unseen draw still the recipe's 256
+    rows.clear()
+    fastblend.AAMUStep(model, (fx[:100], fy[:100]), (ux, uy), batch_size=256).loss(torch.rand(256))
+    assert rows == [100, 256], rows
+    # the recipe's batch of 64 draws its 4B, as before; max_draw=None restores 4B at any batch
+    for kw, want in (({"batch_size": 64}, [256, 256]), ({"batch_size": 32, "max_draw": 64}, [64, 64]),
+                     ({"batch_size": 256, "max_draw": None}, [300, 1024])):
+        rows.clear()
+        step = fastblend.AAMUStep(model, (fx, fy), (ux, uy), **kw)
+        step.loss(torch.rand(kw["batch_size"]))
+        assert rows == want and [step.forget_draw, step.unseen_draw] == want, (kw, rows)
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="^AAMUStep: max_draw must be an int >= 1 or None"):
+            fastblend.AAMUStep(model, (fx, fy), (ux, uy), max_draw=bad)
+    with pytest.raises(ValueError, match="^unlearn: config.max_draw must be an int >= 1 or None"):
+        fastblend.unlearn("a_finetune", model, (ux[:64], uy[:64]), (fx, fy), unseen=(ux, uy), config={"max_draw": 0})
+
+
+def test_prepared_unlearning_hands_over_the_recipe_budget(memorised):
+    _, retain, forget, unseen, _ = memorised
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, C))
+    prep = fastblend.prepare_unlearning(model, retain, forget, unseen, batch_size=16, iterations=1, seed=0)
+    assert prep.epochs == fastblend.recipe.RECIPE.epochs == 1
+    assert prep.steps == len(prep.retain_loader) == -(-len(prep.reduced) // 16)

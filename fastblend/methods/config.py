@@ -116,6 +116,8 @@ class AAMUFields:
             mean, the reference; see :func:`fastblend.aamu.steepen`).
         forget_batch_factor, unseen_batch_factor: forget and unseen batches hold this many times
             ``batch_size`` samples (4B in the reference).
+        max_draw: the most forget and unseen samples a step draws (each; ``None``: no cap), default
+            256 = 4·64: the reference's draws at ``batch_size`` 64, no more at a larger batch.
         unseen_refresh: draw and forward a new unseen batch every this many steps and reuse its
             logits in between (``1``, the default, is the paper's every-step batch). A departure
             from docs/method.md §2.4 when > 1: the unseen losses are up to ``k - 1`` steps stale
@@ -129,6 +131,7 @@ class AAMUFields:
     steepen: str = RECIPE.steepen
     forget_batch_factor: int = RECIPE.forget_batch_factor
     unseen_batch_factor: int = RECIPE.unseen_batch_factor
+    max_draw: int | None = RECIPE.max_draw
     unseen_refresh: int = RECIPE.unseen_refresh
 
     def check(self, fn: str) -> None:
@@ -139,6 +142,9 @@ class AAMUFields:
         if self.forget_batch_factor < 1 or self.unseen_batch_factor < 1:
             raise ValueError(f"{fn}: config.forget_batch_factor and unseen_batch_factor must be >= 1, got "
                              f"{self.forget_batch_factor} and {self.unseen_batch_factor}")
+        if self.max_draw is not None and (isinstance(self.max_draw, bool) or not isinstance(self.max_draw, int)
+                                          or self.max_draw < 1):
+            raise ValueError(f"{fn}: config.max_draw must be an int >= 1 or None (no cap), got {self.max_draw!r}")
         if self.unseen_refresh < 1:
             raise ValueError(f"{fn}: config.unseen_refresh must be >= 1 (1 = every step), got {self.unseen_refresh}")
 

@@ -1,0 +1,275 @@
+"""The drop-in inside a loader-based codebase's own loop (issue 23 §3): cost per step, time to band, finals.
+
+    OMP_NUM_THREADS=1 FASTBLEND_CACHE=... python -m benchmarks.bench_codebase_loop [--limit 2000]
+        [--epochs 10] [--variants plain dropin_sgd256 ...] [--out FILE]
+
+The data, split and converged model are the demo's (``python -m fastblend demo --limit 2000 --forget
+hard``: :data:`fastblend.experiments.pipeline.DEMO`, the hard forget kind, the model cache), so the
+cached original model, Retrain ensemble members and Blend index are reused. The "codebase" below is
+what such code usually looks like: a dict of ``DataLoader``\\ s, its own fine-tune loop (criterion,
+optimiser, epochs) and its own evaluation that reads ``loaders["retain"]``, ``loaders["forget"]``
+and ``loaders["test"]``. fastblend enters it the way the README says: ``prepare_unlearning`` on the
+codebase's loaders (with the index built once beforehand), the reduced loader under a key of its own
+(``loaders["unlearn"]``) and the criterion in place of ``nn.CrossEntropyLoss()``.
+
+Variants (all in one process, so the ratios hold on a shared machine):
+
+- ``retrain``: Retrain (the demo's recipe), timed and tracked; with the cached ensemble members it
+  makes the seed band (docs/method.md §4.1);
+- ``plain``: the codebase's fine-tune: cross-entropy on the whole retain set, its SGD (lr 0.01,
+  momentum 0.9, weight decay 5e-4), batch 256, ``--epochs`` epochs;
+- ``dropin_sgd256``: the drop-in in that loop, the codebase's SGD and batch 256, ``--epochs`` epochs
+  (draws capped at 256 rows, the default);
+- ``dropin_sgd256_uncapped``: the same with ``max_draw=None`` (the draws before the cap: 4B each);
+- ``dropin_sgd256_budget``: the codebase's SGD and batch 256, run for the drop-in's step budget
+  (``prep.epochs_for(256)`` epochs) instead of the codebase's epoch count;
+- ``dropin_adam64``: the drop-in with the recipe's optimiser and batch (``prep.optimizer``, Adam lr
+  2.4e-4, batch 64), ``prep.epochs`` epochs (the recipe: one) and then on to ``--epochs`` to show
+  where the curve goes.
+
+Per variant: seconds per optimiser step divided by a plain cross-entropy step of the same batch
+size and optimiser on the same loader (measured just before, in the same process); time to Retrain's
+band (first evaluation inside it whose next one is inside too; evaluations excluded from the clock);
+the final metrics (the pipeline's evaluation, docs/method.md §4) and whether they are inside the
+band; and what the codebase's own evaluation reported (its ``loaders["retain"]`` must still be the
+whole retain set). Nothing here asserts on a timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import fastblend
+from fastblend.datasets import load_dataset
+from fastblend.experiments import pipeline
+from fastblend.experiments.machine import machine_info
+from fastblend.methods import unlearn
+from fastblend.tracking import StepClock, Tracker, eval_every_for, time_to_target
+
+OUT = Path(__file__).parent / "results-2026-12-05-cpu" / "codebase_loop" / "codebase_loop.json"
+VARIANTS = ("retrain", "plain", "dropin_sgd256", "dropin_sgd256_uncapped", "dropin_sgd256_budget", "dropin_adam64")
+
+
+# ---------------------------------------------------------------------------------------------------
+# the codebase (what a loader-based unlearning repository does; not to be edited for fastblend)
+# ---------------------------------------------------------------------------------------------------
+def codebase_optimizer(model: nn.Module) -> torch.optim.Optimizer:
+    """The codebase's own optimiser for fine-tuning."""
+    return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+
+
+def codebase_finetune(loaders: dict, model: nn.Module, criterion, optimizer, epochs: int, key: str = "retain",
+                      on_step=None, scheduler=None) -> int:
+    """The codebase's epoch loop over ``loaders[key]``; ``on_step(model, step)`` returning True stops it."""
+    step = 0
+    for _ in range(epochs):
+        model.train()
+        for x, y in loaders[key]:
+            loss = criterion(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            step += 1
+            if on_step is not None and on_step(model, step):
+                return step
+    return step
+
+
+def codebase_evaluate(loaders: dict, model: nn.Module) -> dict:
+    """The codebase's own evaluation: accuracy on ``loaders["retain"]``, ``["forget"]``, ``["test"]``
+    and how many rows each held."""
+    model.eval()
+    out = {}
+    with torch.no_grad():
+        for name in ("retain", "forget", "test"):
+            right = total = 0
+            for x, y in loaders[name]:
+                right += int((model(x).argmax(1) == y).sum())
+                total += int(y.numel())
+            out[f"{name}_acc"], out[f"{name}_rows"] = 100.0 * right / total, total
+    model.train()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# measurement
+# ---------------------------------------------------------------------------------------------------
+def plain_step_seconds(model: nn.Module, loader: DataLoader, make_opt, steps: int) -> float:
+    """Seconds per plain cross-entropy step (forward, backward, optimiser) of a copy of ``model`` on ``loader``
+    (the first step, a warm-up, not counted)."""
+    m = copy.deepcopy(model).train()
+    opt = make_opt(m)
+    it, done, t0 = iter(loader), -1, 0.0
+    while done < steps:
+        try:
+            x, y = next(it)
+        except StopIteration:
+            it = iter(loader)
+            continue
+        loss = F.cross_entropy(m(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        done += 1
+        if done == 0:
+            t0 = time.perf_counter()
+    return (time.perf_counter() - t0) / steps
+
+
+def tracked_run(loaders: dict, model: nn.Module, criterion, optimizer, epochs: int, key: str, tracker: Tracker,
+                every: int, scheduler=None) -> dict:
+    """The codebase loop with ``tracker`` called every ``every`` steps (and after the last), its evaluations
+    cut out of the clock: ``{"steps", "seconds"}`` (training seconds)."""
+    clock = StepClock(tracker, torch.device("cpu"))
+    clock.report(model, 0)
+
+    def on_step(m: nn.Module, step: int) -> bool:
+        if step % every == 0:
+            clock.report(m, step)
+        return False
+
+    steps = codebase_finetune(loaders, model, criterion, optimizer, epochs, key, on_step, scheduler)
+    seconds = time.perf_counter() - clock.start - clock.paused
+    clock.report(model, steps)
+    return {"steps": steps, "seconds": seconds}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--limit", type=int, default=2000)
+    ap.add_argument("--epochs", type=int, default=10, help="the codebase's fine-tune epochs")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    ap.add_argument("--evaluations", type=int, default=12, help="tracked evaluations per variant (about)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args(argv)
+    seed = args.seed
+    t_start = time.perf_counter()
+    cfg = pipeline.with_overrides(pipeline.DEMO, limit=args.limit, forget="hard", quiet=True, device="cpu")
+    device = torch.device("cpu")
+    log = print
+    train, test = load_dataset(cfg.dataset, cfg.data_root, per_class=cfg.per_class, limit=cfg.limit)
+    split, hard_info = pipeline.hard_split(cfg, train, test, seed, device, False, log)
+    heldout = pipeline.heldout_tensors(split)
+    retain_rows = pipeline.klom_retain_rows(split, cfg.klom_retain, seed)
+    retain, forget, unseen = split.retain_tensors(), split.forget_tensors(), split.unseen_tensors()
+    ipc = cfg.ipc if cfg.ipc is not None else pipeline.default_ipc(cfg, train)
+    original, _, cached = pipeline.original_model(cfg, train.images, train.labels, train.num_classes, seed, device,
+                                                  False)
+    log(f"{len(train)} train: {retain[1].numel()} retain, {forget[1].numel()} forget (hard), {unseen[1].numel()} "
+        f"unseen, {split.evaluation.numel()} evaluation; original model {'cached' if cached else 'trained'}")
+
+    rows: dict[str, dict] = {}
+    marg: dict[str, dict] = {}
+    curves: dict[str, list] = {}
+
+    def record(name: str, m: nn.Module, extra: dict) -> None:
+        metrics, _, marg[name] = pipeline.evaluate_model(m, split, device, cfg, heldout, retain_rows, seed)
+        rows[name] = {"variant": name, **metrics, **extra}
+        log(f"{name:<24} forget {metrics['forget_acc']:5.1f} test {metrics['test_acc']:5.1f} "
+            f"MIA {metrics['mia']:5.1f} retain {metrics['retain_acc']:5.1f}  "
+            + " ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in extra.items()
+                       if k in ("seconds", "steps", "step_cost")))
+
+    def tracker() -> Tracker:
+        return Tracker(forget, split.eval_tensors(), max_samples=cfg.track_samples, seed=seed, heldout=heldout,
+                       mia=cfg.mia_statistic)
+
+    record("original", original, {"seconds": 0.0, "steps": 0})
+    # Retrain, timed and tracked (the run's own ensemble member 0), and the cached members
+    tr = tracker()
+    steps = pipeline.planned_steps("retrain", cfg.retrain_config, retain[1].numel())
+    res = unlearn("retrain", original, retain, forget, config=cfg.retrain_config, device=device, seed=seed,
+                  callback=tr, eval_every=eval_every_for(steps, args.evaluations))
+    curves["retrain"] = tr.points
+    record("retrain", res.model, {"seconds": res.seconds, "steps": steps})
+    ensemble, ensemble_margins = [rows["retrain"]], [marg["retrain"]]
+    for model_j, _ in zip(*pipeline.retrain_ensemble(cfg, split, seed, device, False, log)):
+        metrics, _, mm = pipeline.evaluate_model(model_j, split, device, cfg, heldout, retain_rows, seed)
+        ensemble.append(metrics)
+        ensemble_margins.append(mm)
+
+    # the codebase's loaders; the index is built once per training set (the cache: the demo's)
+    batch = 256
+    loaders = {"retain": DataLoader(TensorDataset(*retain), batch_size=batch, shuffle=True,
+                                    generator=torch.Generator().manual_seed(seed)),
+               "forget": DataLoader(TensorDataset(*forget), batch_size=batch),
+               "unseen": DataLoader(TensorDataset(*unseen), batch_size=batch),
+               "test": DataLoader(TensorDataset(*split.eval_tensors()), batch_size=batch)}
+    index, index_seconds, index_cached = pipeline.blend_index(cfg, train, ipc, seed, device, False)
+    for name in args.variants:
+        if name == "retrain":
+            continue
+        model = copy.deepcopy(original)
+        tr = tracker()
+        extra: dict = {}
+        if name == "plain":
+            every = max(1, args.epochs * len(loaders["retain"]) // args.evaluations)
+            plain = plain_step_seconds(original, loaders["retain"], codebase_optimizer, 8)
+            run = tracked_run(loaders, model, nn.CrossEntropyLoss(), codebase_optimizer(model), args.epochs,
+                              "retain", tr, every)
+            extra.update(epochs=args.epochs, batch_size=batch, optimizer="codebase SGD lr 0.01 m 0.9 wd 5e-4")
+        else:
+            bs = 64 if name == "dropin_adam64" else batch
+            kw = {"max_draw": None} if name.endswith("uncapped") else {}
+            t0 = time.perf_counter()
+            prep = fastblend.prepare_unlearning(model, loaders["retain"], loaders["forget"], loaders["unseen"],
+                                                index=index, batch_size=bs, seed=seed, **kw)
+            request = time.perf_counter() - t0
+            mine = dict(loaders, unlearn=prep.retain_loader)  # the codebase's loaders stay what they were
+            make_opt = prep.optimizer if name == "dropin_adam64" else codebase_optimizer
+            epochs = args.epochs if not name.endswith("budget") else prep.epochs_for(bs)
+            plain = plain_step_seconds(original, prep.retain_loader, make_opt, 8)
+            every = max(1, epochs * len(prep.retain_loader) // args.evaluations)
+            run = tracked_run(mine, model, prep.criterion, make_opt(model), epochs, "unlearn", tr, every)
+            run["seconds"] += request
+            step = prep.criterion.step
+            extra.update(epochs=epochs, batch_size=bs, request_seconds=request, reduced_size=len(prep.reduced),
+                         forget_draw=step.forget_draw, unseen_draw=step.unseen_draw,
+                         optimizer="prep.optimizer (Adam 2.4e-4)" if name == "dropin_adam64" else "codebase SGD",
+                         recipe_epochs=prep.epochs, recipe_steps=prep.steps)
+            loaders_after = mine
+        if name == "plain":
+            loaders_after = loaders
+        per_step = (run["seconds"] - extra.get("request_seconds", 0.0)) / max(run["steps"], 1)
+        extra.update(steps=run["steps"], seconds=run["seconds"], step_seconds=per_step, plain_step_seconds=plain,
+                     step_cost=per_step / plain, codebase_eval=codebase_evaluate(loaders_after, model))
+        curves[name] = tr.points
+        record(name, model, extra)
+
+    yard, band = pipeline.yardstick(cfg, rows, ensemble, marg, ensemble_margins, split)
+    for name, points in curves.items():
+        t = time_to_target(points, None, band)
+        rows[name]["t_band"] = t
+        rows[name]["speedup_vs_retrain"] = (rows["retrain"]["t_band"] / t) if t and rows["retrain"].get("t_band") \
+            else None
+        rows[name]["final_in_band"] = bool(rows[name]["in_band"])
+        rows[name]["curve"] = [p.__dict__ for p in points]
+    out = {"command": "python -m benchmarks.bench_codebase_loop " + " ".join(argv or []),
+           "scale": {"limit": args.limit, "forget": "hard", "epochs": args.epochs, "retain": int(retain[1].numel()),
+                     "forget_rows": int(forget[1].numel()), "unseen": int(unseen[1].numel())},
+           "index": {"seconds": index_seconds, "cached": index_cached},
+           "yardstick": yard, "rows": rows, "machine": machine_info(), "wall_seconds": time.perf_counter() - t_start}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=1, default=float))
+    log("band: " + ", ".join(f"{m} [{getattr(band, m).low:.1f}, {getattr(band, m).high:.1f}]"
+                              for m in ("forget_acc", "test_acc", "mia")))
+    for name, row in rows.items():
+        log(f"{name:<24} t_band {row.get('t_band')}  in band at the end: {row['in_band']:.0f}  "
+            f"step cost {row.get('step_cost', float('nan')):.2f}x  seconds {row.get('seconds', 0):.1f}")
+    log(f"results: {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -21,11 +21,11 @@ Variants (all in one process, so the ratios hold on a shared machine):
 - ``dropin_sgd256``: the drop-in in that loop, the codebase's SGD and batch 256, ``--epochs`` epochs
   (draws capped at 256 rows, the default);
 - ``dropin_sgd256_uncapped``: the same with ``max_draw=None`` (the draws before the cap: 4B each);
-- ``dropin_sgd256_budget``: the codebase's SGD and batch 256, run for the drop-in's step budget
-  (``prep.epochs_for(256)`` epochs) instead of the codebase's epoch count;
 - ``dropin_adam64``: the drop-in with the recipe's optimiser and batch (``prep.optimizer``, Adam lr
-  2.4e-4, batch 64), ``prep.epochs`` epochs (the recipe: one) and then on to ``--epochs`` to show
-  where the curve goes.
+  2.4e-4, batch 64).
+
+Every drop-in variant runs the codebase's ``--epochs`` epochs; its model at the recipe's budget
+(``prep.steps``: one epoch over the reduced set) is evaluated too (row ``<variant>@budget``).
 
 Per variant: seconds per optimiser step divided by a plain cross-entropy step of the same batch
 size and optimiser on the same loader (measured just before, in the same process); time to Retrain's
@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -49,14 +50,14 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import fastblend
-from fastblend.datasets import load_dataset
+from fastblend.datasets import load_dataset, make_split
 from fastblend.experiments import pipeline
 from fastblend.experiments.machine import machine_info
-from fastblend.methods import unlearn
+from fastblend.methods import planned_steps, unlearn
 from fastblend.tracking import StepClock, Tracker, eval_every_for, time_to_target
 
 OUT = Path(__file__).parent / "results-2026-12-05-cpu" / "codebase_loop" / "codebase_loop.json"
-VARIANTS = ("retrain", "plain", "dropin_sgd256", "dropin_sgd256_uncapped", "dropin_sgd256_budget", "dropin_adam64")
+VARIANTS = ("retrain", "plain", "dropin_sgd256", "dropin_sgd256_uncapped", "dropin_adam64")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -128,21 +129,31 @@ def plain_step_seconds(model: nn.Module, loader: DataLoader, make_opt, steps: in
 
 
 def tracked_run(loaders: dict, model: nn.Module, criterion, optimizer, epochs: int, key: str, tracker: Tracker,
-                every: int, scheduler=None) -> dict:
+                every: int, snapshot_at: int | None = None) -> dict:
     """The codebase loop with ``tracker`` called every ``every`` steps (and after the last), its evaluations
-    cut out of the clock: ``{"steps", "seconds"}`` (training seconds)."""
-    clock = StepClock(tracker, torch.device("cpu"))
+    cut out of the clock: ``{"steps", "seconds", "snapshot"}`` (training seconds; a copy of the model after
+    step ``snapshot_at`` and the seconds up to it, taken outside the clock)."""
+    out: dict = {}
+
+    def callback(m: nn.Module, step: int, seconds: float) -> bool:
+        if step == snapshot_at:
+            out["snapshot"] = (copy.deepcopy(m), seconds)
+        return tracker(m, step, seconds) if step % every == 0 or step == snapshot_at else False
+
+    clock = StepClock(callback, torch.device("cpu"))
     clock.report(model, 0)
 
     def on_step(m: nn.Module, step: int) -> bool:
-        if step % every == 0:
+        if step % every == 0 or step == snapshot_at:
             clock.report(m, step)
         return False
 
-    steps = codebase_finetune(loaders, model, criterion, optimizer, epochs, key, on_step, scheduler)
+    steps = codebase_finetune(loaders, model, criterion, optimizer, epochs, key, on_step)
     seconds = time.perf_counter() - clock.start - clock.paused
-    clock.report(model, steps)
-    return {"steps": steps, "seconds": seconds}
+    if clock.last_step != steps:
+        tracker(model, steps, seconds)
+    out.update(steps=steps, seconds=seconds)
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -151,16 +162,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=int, default=10, help="the codebase's fine-tune epochs")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     ap.add_argument("--evaluations", type=int, default=12, help="tracked evaluations per variant (about)")
+    ap.add_argument("--forget", default="hard", choices=("hard", "uniform", "classwise"), help="the forget kind")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
     seed = args.seed
     t_start = time.perf_counter()
-    cfg = pipeline.with_overrides(pipeline.DEMO, limit=args.limit, forget="hard", quiet=True, device="cpu")
+    cfg = pipeline.with_overrides(pipeline.DEMO, limit=args.limit, forget=args.forget, quiet=True, device="cpu")
     device = torch.device("cpu")
     log = print
     train, test = load_dataset(cfg.dataset, cfg.data_root, per_class=cfg.per_class, limit=cfg.limit)
-    split, hard_info = pipeline.hard_split(cfg, train, test, seed, device, False, log)
+    if args.forget == "hard":
+        split, _ = pipeline.hard_split(cfg, train, test, seed, device, False, log)
+    else:
+        split = make_split(train, test, forget=args.forget, forget_fraction=cfg.forget_fraction,
+                           forget_class=cfg.forget_class, seed=seed)
     heldout = pipeline.heldout_tensors(split)
     retain_rows = pipeline.klom_retain_rows(split, cfg.klom_retain, seed)
     retain, forget, unseen = split.retain_tensors(), split.forget_tensors(), split.unseen_tensors()
@@ -189,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     record("original", original, {"seconds": 0.0, "steps": 0})
     # Retrain, timed and tracked (the run's own ensemble member 0), and the cached members
     tr = tracker()
-    steps = pipeline.planned_steps("retrain", cfg.retrain_config, retain[1].numel())
+    steps = planned_steps("retrain", cfg.retrain_config, retain[1].numel())
     res = unlearn("retrain", original, retain, forget, config=cfg.retrain_config, device=device, seed=seed,
                   callback=tr, eval_every=eval_every_for(steps, args.evaluations))
     curves["retrain"] = tr.points
@@ -220,45 +236,58 @@ def main(argv: list[str] | None = None) -> None:
             run = tracked_run(loaders, model, nn.CrossEntropyLoss(), codebase_optimizer(model), args.epochs,
                               "retain", tr, every)
             extra.update(epochs=args.epochs, batch_size=batch, optimizer="codebase SGD lr 0.01 m 0.9 wd 5e-4")
+            mine = loaders
         else:
-            bs = 64 if name == "dropin_adam64" else batch
+            adam = name == "dropin_adam64"
+            bs = 64 if adam else batch
             kw = {"max_draw": None} if name.endswith("uncapped") else {}
             t0 = time.perf_counter()
             prep = fastblend.prepare_unlearning(model, loaders["retain"], loaders["forget"], loaders["unseen"],
                                                 index=index, batch_size=bs, seed=seed, **kw)
             request = time.perf_counter() - t0
-            mine = dict(loaders, unlearn=prep.retain_loader)  # the codebase's loaders stay what they were
-            make_opt = prep.optimizer if name == "dropin_adam64" else codebase_optimizer
-            epochs = args.epochs if not name.endswith("budget") else prep.epochs_for(bs)
-            plain = plain_step_seconds(original, prep.retain_loader, make_opt, 8)
-            every = max(1, epochs * len(prep.retain_loader) // args.evaluations)
-            run = tracked_run(mine, model, prep.criterion, make_opt(model), epochs, "unlearn", tr, every)
+            mine = {**loaders, "unlearn": prep.retain_loader}  # the codebase's loaders stay what they were
+            make_opt = prep.optimizer if adam else codebase_optimizer
+            # a plain step of the same batch size and optimiser (Adam/64: on the reduced loader of 64)
+            plain = plain_step_seconds(original, prep.retain_loader if adam else loaders["retain"], make_opt, 8)
+            every = max(1, args.epochs * len(prep.retain_loader) // args.evaluations)
+            run = tracked_run(mine, model, prep.criterion, make_opt(model), args.epochs, "unlearn", tr, every,
+                              snapshot_at=prep.steps)
             run["seconds"] += request
             step = prep.criterion.step
-            extra.update(epochs=epochs, batch_size=bs, request_seconds=request, reduced_size=len(prep.reduced),
+            extra.update(epochs=args.epochs, batch_size=bs, request_seconds=request, reduced_size=len(prep.reduced),
                          forget_draw=step.forget_draw, unseen_draw=step.unseen_draw,
-                         optimizer="prep.optimizer (Adam 2.4e-4)" if name == "dropin_adam64" else "codebase SGD",
+                         optimizer="prep.optimizer (Adam lr 2.4e-4)" if adam else "codebase SGD lr 0.01 m 0.9 wd 5e-4",
                          recipe_epochs=prep.epochs, recipe_steps=prep.steps)
-            loaders_after = mine
-        if name == "plain":
-            loaders_after = loaders
         per_step = (run["seconds"] - extra.get("request_seconds", 0.0)) / max(run["steps"], 1)
         extra.update(steps=run["steps"], seconds=run["seconds"], step_seconds=per_step, plain_step_seconds=plain,
-                     step_cost=per_step / plain, codebase_eval=codebase_evaluate(loaders_after, model))
+                     step_cost=per_step / plain)
+        extra["codebase_eval"] = codebase_evaluate(mine, model)
         curves[name] = tr.points
+        if "snapshot" in run:
+            snap, secs = run["snapshot"]
+            record(f"{name}@budget", snap, {**{k: v for k, v in extra.items() if k not in ("steps", "seconds")},
+                                            "steps": prep.steps, "seconds": secs + extra["request_seconds"],
+                                            "epochs": prep.epochs, "codebase_eval": codebase_evaluate(mine, snap)})
         record(name, model, extra)
 
     yard, band = pipeline.yardstick(cfg, rows, ensemble, marg, ensemble_margins, split)
     for name, points in curves.items():
         t = time_to_target(points, None, band)
+        if name not in ("retrain", "plain"):  # the drop-in's curve starts after the request's set-up
+            t = None if t is None else t + rows[name]["request_seconds"]
         rows[name]["t_band"] = t
-        rows[name]["speedup_vs_retrain"] = (rows["retrain"]["t_band"] / t) if t and rows["retrain"].get("t_band") \
-            else None
-        rows[name]["final_in_band"] = bool(rows[name]["in_band"])
         rows[name]["curve"] = [p.__dict__ for p in points]
-    out = {"command": "python -m benchmarks.bench_codebase_loop " + " ".join(argv or []),
-           "scale": {"limit": args.limit, "forget": "hard", "epochs": args.epochs, "retain": int(retain[1].numel()),
-                     "forget_rows": int(forget[1].numel()), "unseen": int(unseen[1].numel())},
+    t_retrain = rows["retrain"]["t_band"]
+    for row in rows.values():
+        t = row.get("t_band")
+        row["speedup_vs_retrain_band"] = t_retrain / t if t and t_retrain else None
+        row["speedup_vs_retrain_total"] = rows["retrain"]["seconds"] / t if t else None
+        row["final_in_band"] = bool(row["in_band"])
+    out = {"command": "OMP_NUM_THREADS=1 python -m benchmarks.bench_codebase_loop "
+                      + " ".join(argv if argv is not None else sys.argv[1:]),
+           "scale": {"limit": args.limit, "forget": args.forget, "epochs": args.epochs,
+                     "retain": int(retain[1].numel()), "forget_rows": int(forget[1].numel()),
+                     "unseen": int(unseen[1].numel())},
            "index": {"seconds": index_seconds, "cached": index_cached},
            "yardstick": yard, "rows": rows, "machine": machine_info(), "wall_seconds": time.perf_counter() - t_start}
     args.out.parent.mkdir(parents=True, exist_ok=True)

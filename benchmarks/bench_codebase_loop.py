@@ -156,6 +156,53 @@ def tracked_run(loaders: dict, model: nn.Module, criterion, optimizer, epochs: i
     return out
 
 
+def gradient_scales(model: nn.Module, prep, batches: int = 3) -> list[dict]:
+    """Why plain SGD moves further with the drop-in: per retain batch of ``prep.retain_loader``, at
+    ``model``, the gradient norms of the plain cross-entropy, of the steepened retain loss and of the
+    whole A-AMU loss (the MMD term's share is the rest)."""
+    m = copy.deepcopy(model).train()
+    params = [p for p in m.parameters() if p.requires_grad]
+    step = fastblend.AAMUStep(m, (prep.criterion.step.forget.images, prep.criterion.step.forget.labels),
+                              (prep.criterion.step.unseen.images, prep.criterion.step.unseen.labels),
+                              batch_size=prep.criterion.step.batch_size, seed=0)
+
+    def norm(loss: torch.Tensor) -> float:
+        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        return float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads if g is not None)))
+
+    out = []
+    for i, (x, y) in enumerate(prep.retain_loader):
+        if i == batches:
+            break
+        per_sample = F.cross_entropy(m(x), y, reduction="none")
+        total = step.loss(per_sample)
+        out.append({"batch": int(y.numel()), "mean_ce": float(per_sample.mean()), "grad_ce": norm(per_sample.mean()),
+                    "grad_steepened": norm(fastblend.aamu.steepen(per_sample)), "grad_total": norm(total.total),
+                    "mmd": float(total.mmd)})
+    return out
+
+
+def table(result: dict) -> str:
+    """The results file's rows as a Markdown table (what the results README shows)."""
+    band = result["yardstick"]["band"]
+    lines = ["| variant | optimiser, batch | steps | draws f/u | step cost vs plain | seconds | time to band "
+             "| forget | test | MIA | retain | inside the band | codebase's retain rows / acc |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in result["rows"].items():
+        draws = f"{r['forget_draw']}/{r['unseen_draw']}" if "forget_draw" in r else "-"
+        cost = f"{r['step_cost']:.2f}x" if "step_cost" in r else "-"
+        t = r.get("t_band")
+        where = "-" if name == "original" else f"{r.get('optimizer', 'Retrain recipe')}, {r.get('batch_size', 128)}"
+        ev = r.get("codebase_eval")
+        lines.append(f"| {name} | {where} | {r.get('steps', 0)} | {draws} | {cost} | {r.get('seconds', 0.0):.1f} | "
+                     + ("n/r" if t is None else f"{t:.1f} s") + f" | {r['forget_acc']:.1f} | {r['test_acc']:.1f} | "
+                     f"{r['mia']:.1f} | {r['retain_acc']:.1f} | {'yes' if r['in_band'] else 'no'} | "
+                     + (f"{ev['retain_rows']} / {ev['retain_acc']:.1f}" if ev else "-") + " |")
+    edges = ", ".join(f"{m} [{band[m]['low']:.1f}, {band[m]['high']:.1f}]" if isinstance(band.get(m), dict)
+                      else f"{m} {band.get(m)}" for m in ("forget_acc", "test_acc", "mia"))
+    return "\n".join(lines) + f"\n\nRetrain's band ({result['yardstick']['setting']} cell): {edges}\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--limit", type=int, default=2000)
@@ -165,7 +212,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--forget", default="hard", choices=("hard", "uniform", "classwise"), help="the forget kind")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--table", type=Path, default=None, help="print a results file's table and exit")
+    ap.add_argument("--gradients", action="store_true", help="only the gradient scales at the original model "
+                    "(batch 64 and 256), to gradients.json beside --out")
     args = ap.parse_args(argv)
+    if args.table is not None:
+        print(table(json.loads(args.table.read_text())))
+        return
     seed = args.seed
     t_start = time.perf_counter()
     cfg = pipeline.with_overrides(pipeline.DEMO, limit=args.limit, forget=args.forget, quiet=True, device="cpu")
@@ -186,6 +239,20 @@ def main(argv: list[str] | None = None) -> None:
     log(f"{len(train)} train: {retain[1].numel()} retain, {forget[1].numel()} forget (hard), {unseen[1].numel()} "
         f"unseen, {split.evaluation.numel()} evaluation; original model {'cached' if cached else 'trained'}")
 
+    if args.gradients:
+        index, _, _ = pipeline.blend_index(cfg, train, ipc, seed, device, False)
+        scales = {}
+        for bs in (64, 256):
+            prep = fastblend.prepare_unlearning(copy.deepcopy(original), None, split.forget, unseen, index=index,
+                                                batch_size=bs, seed=seed)
+            scales[str(bs)] = gradient_scales(original, prep)
+            for r in scales[str(bs)]:
+                log(f"batch {bs}: |grad CE| {r['grad_ce']:.3f}  |grad steepened CE| {r['grad_steepened']:.3f} "
+                    f"(mean CE {r['mean_ce']:.3f})  |grad A-AMU| {r['grad_total']:.3f}")
+        path = args.out.parent / "gradients.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"forget": args.forget, "limit": args.limit, "scales": scales}, indent=1))
+        return
     rows: dict[str, dict] = {}
     marg: dict[str, dict] = {}
     curves: dict[str, list] = {}

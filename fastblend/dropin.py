@@ -93,8 +93,8 @@ class PreparedUnlearning:
             one); the recipe's learning rate is constant (no schedule).
 
     A loop that keeps its own optimiser and batch size should still stop after ``epochs`` epochs
-    (:attr:`steps` optimiser steps): more epochs do not bring the forget set closer to unseen data,
-    they wear the retain anchor (see the module docstring).
+    (:attr:`steps` optimiser steps): λ and the steepening are tuned for that budget, not for the
+    codebase's epoch count (see the module docstring).
     """
 
     retain_loader: DataLoader

@@ -9,10 +9,17 @@ evaluation keeps reading ``loaders["retain"]``, the whole retain set::
     prep = fastblend.prepare_unlearning(model, loaders["retain"], loaders["forget"], loaders["unseen"])
     loaders = {**loaders, "unlearn": prep.retain_loader}           # loaders["retain"] stays the retain set
     criterion, optimizer = prep.criterion, prep.optimizer(model)   # A-AMU's optimiser: Adam lr 2.4e-4
+    step = 0
     for epoch in range(prep.epochs):                               # the recipe's budget: one epoch
         for x, y in loaders["unlearn"]:                            # the codebase's own loop
             loss = criterion(model(x), y)
             optimizer.zero_grad(); loss.backward(); optimizer.step()
+            step += 1
+            if step % 5 == 0 and prep.auto_stop(model, step):      # optional: no Retrain needed
+                break
+
+``prep.auto_stop`` (:class:`fastblend.AutoStop`, docs/method.md §4.5) compares the forget set with the
+unseen data under the model and is started on the untouched model when the request is prepared.
 
 The criterion computes the per-sample cross-entropy of the retain batch, steepens it and adds
 ``λ·MMD²`` between a forget batch and an unseen batch it draws itself (4B each, at most 256 each:
@@ -43,6 +50,7 @@ from torch.utils.data import DataLoader, Dataset
 from ._checks import as_device, plain_number
 from ._device import module_device
 from .aamu import AAMULossOutput, AAMUStep
+from .autostop import AutoStop
 from .condensation import BlendIndex, ReducedRetainSet
 from .condensation.checks import forget_mask
 from .condensation.recipe import default_ipc
@@ -91,6 +99,10 @@ class PreparedUnlearning:
         recommended: the optimiser the method is tuned for (Adam lr 2.4e-4, batch 64, one epoch).
         epochs: the recipe's budget in epochs over ``retain_loader`` (:data:`fastblend.recipe.RECIPE`:
             one); the recipe's learning rate is constant (no schedule).
+        auto_stop: a :class:`fastblend.AutoStop` on the forget set against the unseen data (no Retrain
+            input, docs/method.md §4.5), holding the untouched model's held-out accuracy: in the loop,
+            ``if prep.auto_stop(model, step, seconds): break`` every few steps. Raises ``ValueError``
+            when there is none (``stop=None``, or data it cannot judge: the message says why).
 
     A loop that keeps its own optimiser and batch size should still stop after ``epochs`` epochs
     (:attr:`steps` optimiser steps): λ and the steepening are tuned for that budget, not for the
@@ -104,6 +116,15 @@ class PreparedUnlearning:
     timings: dict = field(default_factory=dict)
     recommended: dict = field(default_factory=lambda: dict(RECOMMENDED))
     epochs: int = RECIPE.epochs
+    _auto_stop: AutoStop | None = field(default=None, repr=False)
+    _no_stop: str = field(default="prepare_unlearning was called with stop=None", repr=False)
+
+    @property
+    def auto_stop(self) -> AutoStop:
+        """The :class:`fastblend.AutoStop` of this request (see the class docstring)."""
+        if self._auto_stop is None:
+            raise ValueError(f"PreparedUnlearning.auto_stop: no auto stop: {self._no_stop}")
+        return self._auto_stop
 
     @property
     def steps(self) -> int:
@@ -229,7 +250,7 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
                        unseen_batch_factor: int = RECIPE.unseen_batch_factor,
                        max_draw: int | None = RECIPE.max_draw, iterations: int | None = None,
                        backend: str = "auto", device: torch.device | str | None = None,
-                       progress: bool = False) -> PreparedUnlearning:
+                       progress: bool = False, stop: str | AutoStop | None = "auto") -> PreparedUnlearning:
     """Blend + A-AMU for an existing loader-based fine-tune loop (see the module docstring).
 
     Args:
@@ -260,6 +281,11 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
             ``index``, an ``ipc`` or ``iterations`` other than the index's raises ``ValueError``.
         device: where the index is built (default: the model's device).
         progress: tqdm bars while building the index.
+        stop: ``"auto"`` (default): ``prep.auto_stop`` is ``AutoStop(forget, unseen, the reduced set's
+            labels, seed=seed)``, started on ``model`` as passed (the untouched model's held-out accuracy;
+            seconds in ``timings["auto_stop"]``); a :class:`fastblend.AutoStop` of your own (started here
+            unless it was); ``None``: no auto stop. With ``"auto"``, data the stop cannot judge (fewer than
+            5 forget rows, unseen data lacking a forget class) leaves ``prep.auto_stop`` raising why.
 
     Returns:
         :class:`PreparedUnlearning` with ``retain_loader`` and ``criterion``. Train with A-AMU's
@@ -272,6 +298,8 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
         raise TypeError(f"{fn}: model must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"{fn}: batch_size must be an int >= 1, got {batch_size!r}")
+    if stop is not None and not isinstance(stop, AutoStop) and not (isinstance(stop, str) and stop == "auto"):
+        raise ValueError(f"{fn}: stop must be 'auto', a fastblend.AutoStop or None, got {stop!r}")
     if index is not None and not isinstance(index, BlendIndex):
         raise TypeError(f"{fn}: index must be a fastblend.BlendIndex or None, got {type(index).__name__}")
     if index is not None:  # the index was built with its own settings: a different one here would be ignored
@@ -327,6 +355,21 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
                     unseen_batch_factor=unseen_batch_factor, max_draw=max_draw, fn=fn)
     loader = DataLoader(reduced, batch_size=batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(seed))
-    timings = {"index": build_seconds, "request": time.perf_counter() - t1,
-               "total": time.perf_counter() - t0}
-    return PreparedUnlearning(loader, AAMUCriterion(step), reduced, index, timings)
+    timings = {"index": build_seconds, "request": time.perf_counter() - t1}
+    t2 = time.perf_counter()
+    auto_stop, why = None, "prepare_unlearning was called with stop=None"
+    if stop is not None:
+        if isinstance(stop, AutoStop):
+            auto_stop = stop
+        else:
+            try:
+                auto_stop = AutoStop((step.forget.images, step.forget.labels), (step.unseen.images, step.unseen.labels),
+                                     reduced.labels, seed=seed)
+            except ValueError as exc:  # the request itself is fine; only the stop cannot judge this data
+                why = str(exc)
+        if auto_stop is not None and auto_stop.baseline is None:
+            auto_stop.start(step._plain)  # the untouched model's held-out accuracy, which the rule keeps
+    timings["auto_stop"] = time.perf_counter() - t2
+    timings["total"] = time.perf_counter() - t0
+    return PreparedUnlearning(loader, AAMUCriterion(step), reduced, index, timings, _auto_stop=auto_stop,
+                              _no_stop=why)

@@ -148,7 +148,7 @@ def test_large_batches_draw_at_most_the_cap_and_the_forget_set():
     rows = _counting(model)
     # a codebase's batch of 256: 256 forget and 256 unseen rows, not 4B = 1,024 of each
     prep = fastblend.prepare_unlearning(model, (ux[:200] + 5, uy[:200]), (fx, fy), (ux, uy), batch_size=256,
-                                        ipc=2, iterations=1)
+                                        ipc=2, iterations=1, stop=None)
     prep.criterion(torch.randn(256, C), torch.zeros(256, dtype=torch.long))
     assert rows == [256, 256], rows
     # a forget set smaller than the cap: all of it, never more; the unseen draw still the recipe's 256
@@ -175,3 +175,43 @@ def test_prepared_unlearning_hands_over_the_recipe_budget(memorised):
     prep = fastblend.prepare_unlearning(model, retain, forget, unseen, batch_size=16, iterations=1, seed=0)
     assert prep.epochs == fastblend.recipe.RECIPE.epochs == 1
     assert prep.steps == len(prep.retain_loader) == -(-len(prep.reduced) // 16)
+
+
+def test_auto_stop_ends_the_codebase_loop_once_forget_looks_unseen(memorised):
+    import copy
+
+    trained, retain, forget, unseen, _ = memorised
+    model = copy.deepcopy(trained)
+    prep = fastblend.prepare_unlearning(model, retain, forget, unseen, batch_size=16, iterations=2, seed=0)
+    stop = prep.auto_stop
+    assert stop.baseline is not None and stop.kind == "sample"  # started on the untouched model, at prepare
+    assert not stop(model, 0, 0.0)  # the memorised forget set: not done before a step
+    assert not stop.history[-1].conditions["forget_acc_like_heldout"]
+    loaders = {"retain": DataLoader(TensorDataset(*retain), batch_size=16), "unlearn": prep.retain_loader}
+    optimizer, step = torch.optim.Adam(model.parameters(), lr=1e-3), 0
+    for _ in range(4):  # the codebase's epochs; the stop ends the loop sooner
+        for x, y in loaders["unlearn"]:
+            loss = prep.criterion(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            step += 1
+            if step % 2 == 0 and stop(model, step, float(step)):
+                break
+        if stop.stopped:
+            break
+    assert stop.stopped and stop.stop_step == step < 4 * len(prep.retain_loader), stop.reason
+    last = stop.history[-1]
+    assert last.done and last.forget_acc <= 100 - 10 and all(last.conditions.values())
+    assert stop.summary()["step"] == step
+    # no stop asked for, or data it cannot judge (fewer than 5 forget rows): prep.auto_stop says why
+    none = fastblend.prepare_unlearning(model, retain, forget, unseen, batch_size=16, iterations=1, stop=None)
+    with pytest.raises(ValueError, match="^PreparedUnlearning.auto_stop: no auto stop: prepare_unlearning was "
+                                         "called with stop=None"):
+        none.auto_stop  # noqa: B018 - the property raises
+    tiny = fastblend.prepare_unlearning(model, retain, (forget[0][:3], forget[1][:3]), unseen, batch_size=16,
+                                        iterations=1)
+    with pytest.raises(ValueError, match="no auto stop: AutoStop: forget must hold at least 5 samples"):
+        tiny.auto_stop  # noqa: B018
+    with pytest.raises(ValueError, match="^prepare_unlearning: stop must be 'auto', a fastblend.AutoStop or None"):
+        fastblend.prepare_unlearning(model, retain, forget, unseen, stop="yes")

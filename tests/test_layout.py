@@ -38,8 +38,8 @@ LAYERS = {
     "aamu": 3, "features": 3, "metrics": 3,
     "evaluation": 4, "grouping": 4,
     "condensation": 5, "tracking": 5,
-    "autostop": 6, "dropin": 6,
-    "methods": 7,
+    "autostop": 6,
+    "dropin": 7, "methods": 7,
     "__init__": 8,
     # the wing
     f"{WING}.__init__": 0, f"{WING}.machine": 1, f"{WING}.cache": 6, f"{WING}.plots": 6, f"{WING}.settings": 8,

@@ -182,6 +182,48 @@ def gradient_scales(model: nn.Module, prep, batches: int = 3) -> list[dict]:
     return out
 
 
+def interleaved_costs(original: nn.Module, retain, forget, unseen, index, batch: int, rounds: int,
+                      make_opt) -> dict:
+    """Seconds per step of a plain cross-entropy step and of the drop-in's step with capped and uncapped
+    draws, at retain batch ``batch``, timed in turns (plain, capped, uncapped, plain, ...) for ``rounds``
+    rounds so that a shared machine's load drifts over all three alike: medians and their ratios."""
+    import statistics
+
+    runs = {}
+    for name, kw in (("plain", None), ("capped", {}), ("uncapped", {"max_draw": None})):
+        m = copy.deepcopy(original).train()
+        if kw is None:
+            crit, loader = nn.CrossEntropyLoss(), DataLoader(TensorDataset(*retain), batch_size=batch, shuffle=True,
+                                                             generator=torch.Generator().manual_seed(0))
+            draws = None
+        else:
+            prep = fastblend.prepare_unlearning(m, None, forget, unseen, index=index, batch_size=batch, seed=0,
+                                                stop=None, **kw)
+            crit, draws = prep.criterion, [prep.criterion.step.forget_draw, prep.criterion.step.unseen_draw]
+            loader = DataLoader(TensorDataset(*retain), batch_size=batch, shuffle=True,
+                                generator=torch.Generator().manual_seed(0))  # full batches of the same size
+        runs[name] = {"model": m, "crit": crit, "opt": make_opt(m), "it": iter(loader), "loader": loader,
+                      "times": [], "draws": draws}
+    for r in range(rounds + 1):
+        for run in runs.values():
+            try:
+                x, y = next(run["it"])
+            except StopIteration:
+                run["it"] = iter(run["loader"])
+                x, y = next(run["it"])
+            t0 = time.perf_counter()
+            loss = run["crit"](run["model"](x), y)
+            run["opt"].zero_grad()
+            loss.backward()
+            run["opt"].step()
+            if r:  # the first round warms up
+                run["times"].append(time.perf_counter() - t0)
+    med = {name: statistics.median(run["times"]) for name, run in runs.items()}
+    return {"batch": batch, "rounds": rounds, "seconds": med,
+            "capped_vs_plain": med["capped"] / med["plain"], "uncapped_vs_plain": med["uncapped"] / med["plain"],
+            "draws_capped": runs["capped"]["draws"], "draws_uncapped": runs["uncapped"]["draws"]}
+
+
 def table(result: dict) -> str:
     """The results file's rows as a Markdown table (what the results README shows)."""
     band = result["yardstick"]["band"]
@@ -213,6 +255,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--table", type=Path, default=None, help="print a results file's table and exit")
+    ap.add_argument("--cost", type=int, default=0, metavar="FORGET_ROWS",
+                    help="only the per-step cost, interleaved, with a uniform forget set of this many rows "
+                         "(e.g. 800, the issue's), to cost.json beside --out")
     ap.add_argument("--gradients", action="store_true", help="only the gradient scales at the original model "
                     "(batch 64 and 256), to gradients.json beside --out")
     args = ap.parse_args(argv)
@@ -239,6 +284,23 @@ def main(argv: list[str] | None = None) -> None:
     log(f"{len(train)} train: {retain[1].numel()} retain, {forget[1].numel()} forget (hard), {unseen[1].numel()} "
         f"unseen, {split.evaluation.numel()} evaluation; original model {'cached' if cached else 'trained'}")
 
+    if args.cost:
+        index, _, _ = pipeline.blend_index(cfg, train, ipc, seed, device, False)
+        usplit = make_split(train, test, forget="uniform", forget_fraction=args.cost / len(train), seed=seed)
+        costs = [interleaved_costs(original, usplit.retain_tensors(), usplit.forget, usplit.unseen_tensors(), index,
+                                   256, 12, codebase_optimizer),
+                 interleaved_costs(original, usplit.retain_tensors(), usplit.forget, usplit.unseen_tensors(), index,
+                                   64, 12, lambda m: torch.optim.Adam(m.parameters(), lr=2.4e-4))]
+        for c in costs:
+            log(f"batch {c['batch']}: capped {c['draws_capped']} {c['capped_vs_plain']:.2f}x a plain step, "
+                f"uncapped {c['draws_uncapped']} {c['uncapped_vs_plain']:.2f}x")
+        path = args.out.parent / "cost.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"forget_rows": int(usplit.forget.numel()), "limit": args.limit,
+                                    "command": "OMP_NUM_THREADS=1 python -m benchmarks.bench_codebase_loop "
+                                               + " ".join(argv if argv is not None else sys.argv[1:]),
+                                    "costs": costs, "machine": machine_info()}, indent=1))
+        return
     if args.gradients:
         index, _, _ = pipeline.blend_index(cfg, train, ipc, seed, device, False)
         scales = {}

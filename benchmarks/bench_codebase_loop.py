@@ -22,7 +22,10 @@ Variants (all in one process, so the ratios hold on a shared machine):
   (draws capped at 256 rows, the default);
 - ``dropin_sgd256_uncapped``: the same with ``max_draw=None`` (the draws before the cap: 4B each);
 - ``dropin_adam64``: the drop-in with the recipe's optimiser and batch (``prep.optimizer``, Adam lr
-  2.4e-4, batch 64).
+  2.4e-4, batch 64);
+- ``dropin_sgd256_autostop``, ``dropin_adam64_autostop``: the same loops ended by
+  ``if prep.auto_stop(model, step, seconds): break`` at every tracked evaluation (at most ``--epochs``
+  epochs; the stop's own evaluations counted in the seconds).
 
 Every drop-in variant runs the codebase's ``--epochs`` epochs; its model at the recipe's budget
 (``prep.steps``: one epoch over the reduced set) is evaluated too (row ``<variant>@budget``).
@@ -57,7 +60,8 @@ from fastblend.methods import planned_steps, unlearn
 from fastblend.tracking import StepClock, Tracker, eval_every_for, time_to_target
 
 OUT = Path(__file__).parent / "results-2026-12-05-cpu" / "codebase_loop" / "codebase_loop.json"
-VARIANTS = ("retrain", "plain", "dropin_sgd256", "dropin_sgd256_uncapped", "dropin_adam64")
+VARIANTS = ("retrain", "plain", "dropin_sgd256", "dropin_sgd256_uncapped", "dropin_adam64", "dropin_sgd256_autostop",
+            "dropin_adam64_autostop")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -129,7 +133,7 @@ def plain_step_seconds(model: nn.Module, loader: DataLoader, make_opt, steps: in
 
 
 def tracked_run(loaders: dict, model: nn.Module, criterion, optimizer, epochs: int, key: str, tracker: Tracker,
-                every: int, snapshot_at: int | None = None) -> dict:
+                every: int, snapshot_at: int | None = None, stop=None) -> dict:
     """The codebase loop with ``tracker`` called every ``every`` steps (and after the last), its evaluations
     cut out of the clock: ``{"steps", "seconds", "snapshot"}`` (training seconds; a copy of the model after
     step ``snapshot_at`` and the seconds up to it, taken outside the clock)."""
@@ -138,7 +142,11 @@ def tracked_run(loaders: dict, model: nn.Module, criterion, optimizer, epochs: i
     def callback(m: nn.Module, step: int, seconds: float) -> bool:
         if step == snapshot_at:
             out["snapshot"] = (copy.deepcopy(m), seconds)
-        return tracker(m, step, seconds) if step % every == 0 or step == snapshot_at else False
+        if step % every == 0 or step == snapshot_at:
+            tracker(m, step, seconds)
+        if stop is not None and step > 0 and step % every == 0:  # the codebase's `if prep.auto_stop(...): break`
+            out["stop_now"] = stop(m, step, seconds)
+        return False
 
     clock = StepClock(callback, torch.device("cpu"))
     clock.report(model, 0)
@@ -146,13 +154,15 @@ def tracked_run(loaders: dict, model: nn.Module, criterion, optimizer, epochs: i
     def on_step(m: nn.Module, step: int) -> bool:
         if step % every == 0 or step == snapshot_at:
             clock.report(m, step)
-        return False
+        return bool(out.get("stop_now"))
 
     steps = codebase_finetune(loaders, model, criterion, optimizer, epochs, key, on_step)
     seconds = time.perf_counter() - clock.start - clock.paused
     if clock.last_step != steps:
         tracker(model, steps, seconds)
-    out.update(steps=steps, seconds=seconds)
+    out["stop_eval_seconds"] = stop.eval_seconds if stop is not None else 0.0
+    # the stop's own evaluations are the user's cost (as unlearn counts them)
+    out.update(steps=steps, seconds=seconds + out["stop_eval_seconds"])
     return out
 
 
@@ -249,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--limit", type=int, default=2000)
     ap.add_argument("--epochs", type=int, default=10, help="the codebase's fine-tune epochs")
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS[:5]), choices=VARIANTS)
     ap.add_argument("--evaluations", type=int, default=12, help="tracked evaluations per variant (about)")
     ap.add_argument("--forget", default="hard", choices=("hard", "uniform", "classwise"), help="the forget kind")
     ap.add_argument("--seed", type=int, default=0)
@@ -367,12 +377,14 @@ def main(argv: list[str] | None = None) -> None:
             extra.update(epochs=args.epochs, batch_size=batch, optimizer="codebase SGD lr 0.01 m 0.9 wd 5e-4")
             mine = loaders
         else:
-            adam = name == "dropin_adam64"
+            adam = name.startswith("dropin_adam64")
+            auto = name.endswith("_autostop")
             bs = 64 if adam else batch
             kw = {"max_draw": None} if name.endswith("uncapped") else {}
             t0 = time.perf_counter()
             prep = fastblend.prepare_unlearning(model, loaders["retain"], loaders["forget"], loaders["unseen"],
-                                                index=index, batch_size=bs, seed=seed, **kw)
+                                                index=index, batch_size=bs, seed=seed,
+                                                stop="auto" if auto else None, **kw)
             request = time.perf_counter() - t0
             mine = {**loaders, "unlearn": prep.retain_loader}  # the codebase's loaders stay what they were
             make_opt = prep.optimizer if adam else codebase_optimizer
@@ -380,14 +392,16 @@ def main(argv: list[str] | None = None) -> None:
             plain = plain_step_seconds(original, prep.retain_loader if adam else loaders["retain"], make_opt, 8)
             every = max(1, args.epochs * len(prep.retain_loader) // args.evaluations)
             run = tracked_run(mine, model, prep.criterion, make_opt(model), args.epochs, "unlearn", tr, every,
-                              snapshot_at=prep.steps)
+                              snapshot_at=None if auto else prep.steps, stop=prep.auto_stop if auto else None)
             run["seconds"] += request
             step = prep.criterion.step
             extra.update(epochs=args.epochs, batch_size=bs, request_seconds=request, reduced_size=len(prep.reduced),
                          forget_draw=step.forget_draw, unseen_draw=step.unseen_draw,
                          optimizer="prep.optimizer (Adam lr 2.4e-4)" if adam else "codebase SGD lr 0.01 m 0.9 wd 5e-4",
-                         recipe_epochs=prep.epochs, recipe_steps=prep.steps)
-        per_step = (run["seconds"] - extra.get("request_seconds", 0.0)) / max(run["steps"], 1)
+                         recipe_epochs=prep.epochs, recipe_steps=prep.steps,
+                         **({"auto_stop": prep.auto_stop.summary()} if auto else {}))
+        per_step = (run["seconds"] - extra.get("request_seconds", 0.0) - run.get("stop_eval_seconds", 0.0)) \
+            / max(run["steps"], 1)
         extra.update(steps=run["steps"], seconds=run["seconds"], step_seconds=per_step, plain_step_seconds=plain,
                      step_cost=per_step / plain)
         extra["codebase_eval"] = codebase_evaluate(mine, model)

@@ -57,7 +57,7 @@ def sets():
 def test_it_stops_when_forget_matches_heldout_and_not_before(sets):
     retain, forget, heldout = sets
     model = _Memoriser(*forget)
-    stop = AutoStop(forget, heldout, retain[1], seed=0)
+    stop = AutoStop(forget, heldout, retain[1], seed=0, slack=5.0)  # this forget sample: 3.8 points above
     assert stop.kind == "sample"
     stop.start(model)
     decisions = []
@@ -75,6 +75,10 @@ def test_it_stops_when_forget_matches_heldout_and_not_before(sets):
     assert stop.stop_step == first + 1 and stop.stopped
     # once stopped it stays stopped; its summary is JSON-ready and names the step
     assert stop(model, 99, 99.0) and stop.summary()["step"] == first + 1
+    # slack 0 asks the point estimates to meet: this forget sample, 3.8 points above, is not done
+    strict = AutoStop(forget, heldout, retain[1], seed=0)
+    strict.start(model)
+    assert not strict(model, 1, 0.0) and strict.history[-1].conditions["forget_acc_like_heldout"] is False
 
 
 def test_a_model_that_lost_heldout_accuracy_is_not_done(sets):
@@ -109,7 +113,7 @@ def test_the_untouched_model_is_not_returned_by_default(sets):
     retain, forget, heldout = sets
     model = _Memoriser(*forget)
     model.alpha = 1.0
-    stop = AutoStop(forget, heldout, retain[1])
+    stop = AutoStop(forget, heldout, retain[1], slack=5.0)
     assert not stop(model, 0, 0.0) and "min_steps" in stop.reason
     assert stop(model, 1, 0.0)
 

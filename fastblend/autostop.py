@@ -70,7 +70,7 @@ class AutoStopCheck:
 
 
 def _pair(data: Any, limit: int | None, gen: torch.Generator, arg: str) -> tuple[torch.Tensor, torch.Tensor]:
-    x, y = _subset(data, limit, gen, arg)
+    x, y = _subset(data, limit, gen, arg, "AutoStop")
     return x, y.cpu().long()
 
 

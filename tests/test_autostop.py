@@ -199,5 +199,9 @@ def test_autostop_rejects_bad_arguments(sets):
         AutoStop(forget, heldout, kind="sample", z=float("nan"))
     with pytest.raises(TypeError, match="AutoStop: retain_labels must be a 1-D integer tensor"):
         AutoStop(forget, heldout, retain[1].float())
+    with pytest.raises(TypeError, match="AutoStop: heldout must be an \\(images, labels\\) pair"):
+        AutoStop(forget, torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*heldout)), kind="sample")
+    with pytest.raises(ValueError, match="AutoStop: forget"):
+        AutoStop((forget[0][:0], forget[1][:0]), heldout, kind="sample")
     with pytest.raises(TypeError, match="AutoStop: model must be a torch.nn.Module"):
         AutoStop(forget, heldout, kind="sample")("model", 1, 0.0)

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._checks import plain_number
+from .distributed import broadcast_object
 from .evaluation import SmallGroupWarning, binomial_se, mia_with_interval
 from .metrics import predict_logits
 from .tracking import _subset
@@ -265,7 +266,9 @@ class AutoStop:
 
     def __call__(self, model: nn.Module, step: int | None = None, seconds: float | None = None) -> bool:
         """Evaluate ``model`` at optimiser step ``step`` (default: one more than the previous call) and
-        ``seconds`` of training; ``True`` once the rule has held at ``patience`` consecutive evaluations."""
+        ``seconds`` of training; ``True`` once the rule has held at ``patience`` consecutive evaluations.
+        Under ``torch.distributed`` call it on every rank at the same steps: rank 0's answer is returned
+        on all of them."""
         t0 = time.perf_counter()
         if step is None:
             step = self.history[-1].step + 1 if self.history else 0
@@ -273,9 +276,12 @@ class AutoStop:
             seconds = 0.0
         check = self.check(model, step, seconds)
         self._run = self._run + 1 if check.done else 0
+        # under torch.distributed every rank calls at the same steps; rank 0's answer holds everywhere,
+        # so no rank trains on alone (a DDP hang) even if float differences split the ranks' statistics
+        done = bool(broadcast_object(self._run >= self.patience))
         spent = time.perf_counter() - t0
         self.eval_seconds += spent
-        if self._run >= self.patience and not self.stopped:
+        if done and not self.stopped:
             self.stopped = True
             self.stop_step = int(step)
             self.stop_seconds = float(seconds) + self.eval_seconds

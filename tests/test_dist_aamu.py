@@ -39,7 +39,8 @@ def _on_each_rank() -> dict:
     """Everything the tests below compare, in one 2-process run (spawning ranks is the slow part)."""
     return {"mmd": _gathered_mmd(), "accelerator": _accelerated_steps(True), "refused": _local_batch_size(),
             "batchnorm": _unlearned_batchnorm(), "streamed": _unlearned_streamed(),
-            "plain": _accelerated_steps(False), "unused": _unused_parameter(), "autostop": _auto_stopped(),
+            "plain": _accelerated_steps(False), "unused": _unused_parameter(),
+            "autostop": _auto_stopped(), "direct_stop": _direct_stop(),
             **{m: _unlearned(m, wrap=(m == "finetune")) for m in METHODS}}
 
 
@@ -264,3 +265,20 @@ def test_the_auto_stop_ends_every_rank_at_the_same_step(ranks):
     assert steps == [3, 3]  # rank 0's answer holds on every rank: no rank trains on alone (a hang under DDP)
     for got, want in zip(ranks[1]["autostop"]["params"], ranks[0]["autostop"]["params"]):
         torch.testing.assert_close(got, want)
+
+
+def _direct_stop() -> tuple[list[bool], bool]:
+    """A hand-written loop calls AutoStop on every rank; the ranks' rules disagree on purpose (rank 0's slack
+    lets anything pass, rank 1's none): every rank gets rank 0's answer."""
+    d = _data()
+    stop = fastblend.AutoStop((d["forget_x"], d["forget_y"]), (d["unseen_x"], d["unseen_y"]), kind="sample",
+                              slack=100.0 if fd.rank() == 0 else 0.0, z=0.0)
+    model = _model()
+    stop.start(model)
+    answers = [stop(model, step) for step in (0, 1, 2)]
+    return answers, stop.history[-1].done  # the rank's own rule
+
+
+def test_a_direct_auto_stop_answers_rank_0s_decision_on_every_rank(ranks):
+    assert [out["direct_stop"][0] for out in ranks] == [[False, True, True], [False, True, True]]
+    assert [out["direct_stop"][1] for out in ranks] == [True, False]  # rank 1's own rule said not done

@@ -41,6 +41,7 @@ def test_run_experiment_writes_results_and_plots(tmp_path):
     assert acc["reduced_size"] < acc["retain_size"]
     # the accelerated variant ends by the auto stop by default (no Retrain input); its row says how it ended
     assert acc["auto_stop"] == 1.0 and acc["auto_stop_kind"] == "sample" and acc["auto_stop_reason"]
+    assert variants["base"]["auto_stop"] == 1.0 and "auto_stop" not in variants["retrain"]
     if acc["auto_stopped"]:
         assert 0 < acc["auto_stop_seconds"] <= acc["t_unlearning"] + 1e-9
     json_acc = next(r for r in doc["per_seed"][0]["rows"] if r["variant"] == "accelerated")

@@ -132,9 +132,9 @@ class AutoStop:
     """
 
     def __init__(self, forget: Any, heldout: Any, retain_labels: Any = None, *, kind: str = "auto",
-                 max_samples: int | None = 2000, z: float = 1.96, slack: float = 0.0, class_floor: float = 0.0,
+                 max_samples: int | None = 1000, z: float = 1.96, slack: float = 0.0, class_floor: float = 0.0,
                  patience: int = 1,
-                 min_steps: int = 1, evaluations: int = 20, seed: int = 0):
+                 min_steps: int = 1, evaluations: int = 8, seed: int = 0):
         fn = "AutoStop"
         max_samples, z, slack, class_floor, patience, min_steps, evaluations, seed = map(
             plain_number, (max_samples, z, slack, class_floor, patience, min_steps, evaluations, seed))

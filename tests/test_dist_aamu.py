@@ -254,7 +254,7 @@ def _auto_stopped() -> dict:
     d = _data()
     cfg = {"epochs": 3, "batch_size": B, "optimizer": "sgd", "lr": 0.2, "momentum": 0.0, "weight_decay": 0.0,
            "schedule": "constant", "warmup_epochs": 0, "forget_batch_factor": 3, "unseen_batch_factor": 3}
-    stop = _RankStop((d["forget_x"], d["forget_y"]), (d["unseen_x"], d["unseen_y"]), kind="sample")
+    stop = _RankStop((d["forget_x"], d["forget_y"]), (d["unseen_x"], d["unseen_y"]), kind="sample", evaluations=15)
     res = fastblend.unlearn("a_finetune", _model(), (d["retain_x"], d["retain_y"]), (d["forget_x"], d["forget_y"]),
                             unseen=(d["unseen_x"], d["unseen_y"]), config=cfg, seed=4, stop=stop, eval_every=1)
     return {"steps": res.steps, "params": _params(res.model)}

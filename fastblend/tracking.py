@@ -118,24 +118,24 @@ class StepClock:
         self.paused += time.perf_counter() - now
 
 
-def _subset(data: object, limit: int | None, generator: torch.Generator, arg: str,
+def _subset(data: object, limit: int | None, generator: torch.Generator, arg: str, fn: str = "Tracker",
             ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(images, labels)`` of at most ``limit`` rows of ``data`` (a pair of tensors or a map-style
     Dataset of ``(image, label)``), drawn with ``generator``; a Dataset is read only at those rows,
     :data:`_READ` at a time (the same rows, so the same subset, as the pair of tensors)."""
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
         x, y = data
-        check_has_data("Tracker", f"{arg} images and labels", x, y)
+        check_has_data(fn, f"{arg} images and labels", x, y)
         if y.dim() != 1 or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-            raise TypeError(f"Tracker: {arg} labels must be a 1-D integer tensor, got {y.dtype} of shape "
+            raise TypeError(f"{fn}: {arg} labels must be a 1-D integer tensor, got {y.dtype} of shape "
                             f"{list(y.shape)}")
         if x.dim() < 1 or x.shape[0] != y.shape[0]:
-            raise ValueError(f"Tracker: {arg} has {x.shape[0] if x.dim() else 0} images but {y.shape[0]} labels")
+            raise ValueError(f"{fn}: {arg} has {x.shape[0] if x.dim() else 0} images but {y.shape[0]} labels")
         n = y.numel()
     elif isinstance(data, Dataset) and hasattr(data, "__len__"):
         x, n = None, len(data)
     else:
-        raise TypeError(f"Tracker: {arg} must be an (images, labels) pair of tensors or a map-style Dataset of "
+        raise TypeError(f"{fn}: {arg} must be an (images, labels) pair of tensors or a map-style Dataset of "
                         f"(image, label) rows, got {type(data).__name__}")
     keep = None if limit is None or n <= limit else torch.randperm(n, generator=generator)[:limit].sort().values
     if x is not None:
@@ -146,7 +146,7 @@ def _subset(data: object, limit: int | None, generator: torch.Generator, arg: st
         part = rows[s:s + _READ]
         for i, item in zip(part, dataset_items(data, part)):
             if not isinstance(item, (tuple, list)) or len(item) < 2 or not isinstance(item[0], torch.Tensor):
-                raise TypeError(f"Tracker: {arg} rows must be (image tensor, label) pairs, got "
+                raise TypeError(f"{fn}: {arg} rows must be (image tensor, label) pairs, got "
                                 f"{type(item).__name__} at row {i}")
             images.append(item[0])
             labels.append(int(item[1]))

@@ -57,7 +57,7 @@ def sets():
 def test_it_stops_when_forget_matches_heldout_and_not_before(sets):
     retain, forget, heldout = sets
     model = _Memoriser(*forget)
-    stop = AutoStop(forget, heldout, retain[1], seed=0)
+    stop = AutoStop(forget, heldout, retain[1], seed=0, slack=5.0)  # this forget sample: 3.8 points above
     assert stop.kind == "sample"
     stop.start(model)
     decisions = []
@@ -75,6 +75,10 @@ def test_it_stops_when_forget_matches_heldout_and_not_before(sets):
     assert stop.stop_step == first + 1 and stop.stopped
     # once stopped it stays stopped; its summary is JSON-ready and names the step
     assert stop(model, 99, 99.0) and stop.summary()["step"] == first + 1
+    # slack 0 asks the point estimates to meet: this forget sample, 3.8 points above, is not done
+    strict = AutoStop(forget, heldout, retain[1], seed=0)
+    strict.start(model)
+    assert not strict(model, 1, 0.0) and strict.history[-1].conditions["forget_acc_like_heldout"] is False
 
 
 def test_a_model_that_lost_heldout_accuracy_is_not_done(sets):
@@ -109,7 +113,7 @@ def test_the_untouched_model_is_not_returned_by_default(sets):
     retain, forget, heldout = sets
     model = _Memoriser(*forget)
     model.alpha = 1.0
-    stop = AutoStop(forget, heldout, retain[1])
+    stop = AutoStop(forget, heldout, retain[1], slack=5.0)
     assert not stop(model, 0, 0.0) and "min_steps" in stop.reason
     assert stop(model, 1, 0.0)
 
@@ -158,7 +162,10 @@ def test_unlearn_stop_auto_on_an_accelerated_method_and_with_a_callback():
     res = unlearn("a_finetune", model, retain, forget, unseen, config={"epochs": 5, "batch_size": 16}, seed=0,
                   stop="auto", callback=lambda m, s, t: seen.append(s), eval_every=2)
     assert seen[0] == 0 and all(b - a <= 2 for a, b in zip(seen, seen[1:]))
-    assert res.info["auto_stop"]["evaluations"] == len(seen)
+    # the callback every 2 steps; the stop about `evaluations` (8) times over the planned steps, not at every call
+    planned = fastblend.methods.planned_steps("a_finetune", {"epochs": 5, "batch_size": 16}, len(retain[1]))
+    assert len(seen) > res.info["auto_stop"]["evaluations"] and res.info["auto_stop"]["evaluations"] <= 8 + 1
+    assert planned == 75 and (res.info["auto_stop"]["stopped"] or len(seen) == 39)
     if res.info["auto_stop"]["stopped"]:
         assert seen[-1] == res.steps == res.info["auto_stop"]["step"]
 
@@ -195,5 +202,9 @@ def test_autostop_rejects_bad_arguments(sets):
         AutoStop(forget, heldout, kind="sample", z=float("nan"))
     with pytest.raises(TypeError, match="AutoStop: retain_labels must be a 1-D integer tensor"):
         AutoStop(forget, heldout, retain[1].float())
+    with pytest.raises(TypeError, match="AutoStop: heldout must be an \\(images, labels\\) pair"):
+        AutoStop(forget, torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*heldout)), kind="sample")
+    with pytest.raises(ValueError, match="AutoStop: forget"):
+        AutoStop((forget[0][:0], forget[1][:0]), heldout, kind="sample")
     with pytest.raises(TypeError, match="AutoStop: model must be a torch.nn.Module"):
         AutoStop(forget, heldout, kind="sample")("model", 1, 0.0)

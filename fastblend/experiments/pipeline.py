@@ -53,7 +53,7 @@ from ..evaluation import (
     mia_with_interval,
 )
 from ..grouping import Clustering, extract_features, group
-from ..methods import planned_steps, unlearn
+from ..methods import SSDConfig, config_class, planned_steps, unlearn
 from ..methods import train_model as _train_model
 from ..metrics import StageTimer, accuracy, mia_score_from_logits, predict_logits
 from ..models import ConvNet3, build_model
@@ -525,10 +525,11 @@ def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, log: Callable[[str
         if budget == "retrain":
             budget = rows["retrain"]["t_unlearning"]
         res = unlearn(cfg.method, model, retain, forget, unseen=unseen, config=cfg.base_config or None,
-                      device=device, seed=seed, progress=progress,
+                      device=device, seed=seed, progress=progress, stop=_stop(cfg, cfg.method),
                       **_tracked(cfg, trackers, "base", cfg.method, cfg.base_config, len(retain[1]), split, seed,
                                  budget, heldout))
         record("base", cfg.method, res.model, {"unlearning": res.seconds})
+        rows["base"].update(_stop_columns(res.info.get("auto_stop")))
         if budget is not None:
             rows["base"].update(budget_seconds=float(budget), stopped_at_budget=float("stopped_at_step" in res.info))
 
@@ -539,7 +540,7 @@ def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, log: Callable[[str
     reduced, request = request_reduced(index, split.forget)
     stages = {"split": request, "index": index_seconds}
     res = unlearn(cfg.accelerated, model, reduced, forget, unseen=unseen, config=cfg.accelerated_config or None,
-                  device=device, seed=seed, progress=progress, stop="auto" if cfg.stop == "auto" else None,
+                  device=device, seed=seed, progress=progress, stop=_stop(cfg, cfg.accelerated),
                   **_tracked(cfg, trackers, "accelerated", cfg.accelerated, cfg.accelerated_config, len(reduced),
                              split, seed, heldout=heldout))
     if "accelerated" in trackers:  # per request its curve starts after the split (the index is built beforehand)
@@ -607,6 +608,11 @@ def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, log: Callable[[str
             plots.quality_vs_time(target["curves"], target["reference"], target["band"],
                                   seed_dir / "quality_vs_time.png")
     return result
+
+
+def _stop(cfg: ExperimentConfig, method: str) -> str | None:
+    """``unlearn``'s ``stop`` for a variant: ``"auto"`` under ``cfg.stop == "auto"`` unless the method is one-shot."""
+    return "auto" if cfg.stop == "auto" and config_class(method) is not SSDConfig else None
 
 
 def _stop_columns(summary: dict | None) -> dict:

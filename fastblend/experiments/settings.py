@@ -135,9 +135,10 @@ class ExperimentConfig:
     #: KLOM's estimator (``"gaussian"`` or ``"histogram"``) and the size of its seeded retain sample
     klom_estimator: str = "gaussian"
     klom_retain: int = 1000
-    #: how the accelerated variant ends (docs/method.md §4.5): ``"auto"`` (:class:`fastblend.AutoStop`: as soon
-    #: as the forget set behaves like held-out data, no Retrain input; the run's budget is its recipe) or
-    #: ``"none"`` (the whole recipe). The oracle time to Retrain's band is reported beside it either way.
+    #: how the base and accelerated variants end (docs/method.md §4.5): ``"auto"`` (:class:`fastblend.AutoStop`:
+    #: as soon as the forget set behaves like held-out data, no Retrain input; the budget stays the recipe's,
+    #: and the base method's ``base_budget``) or ``"none"`` (the whole recipe). Retrain always runs whole. The
+    #: oracle time to Retrain's band is reported beside it either way.
     stop: str = "auto"
 
     def check(self) -> None:

@@ -265,7 +265,8 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
             Returning ``True`` stops the training after that step (a budget, e.g. ``Tracker(budget=)``);
             ``info["stopped_at_step"]`` then names the step.
         eval_every: steps between ``callback`` calls (``0``: only before and after; with ``stop``: about
-            ``stop.evaluations`` evaluations over the planned steps).
+            ``stop.evaluations`` evaluations over the planned steps). The stop itself evaluates about
+            ``stop.evaluations`` times over the planned steps whatever ``eval_every`` is.
         stop: ``None`` (run the method's whole budget), ``"auto"`` or a :class:`fastblend.AutoStop`: end the
             run as soon as the forget set behaves like the held-out ``unseen`` data of its classes and held-out
             accuracy has not fallen (docs/method.md §4.5; no Retrain input). ``"auto"`` builds
@@ -350,9 +351,10 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
         stopper = stop if isinstance(stop, AutoStop) else AutoStop(
             (f.images, f.labels), (u.images, u.labels), _retain_labels(r, fn), seed=seed)
         stopper.start(work)  # the untouched model's held-out accuracy, which the rule keeps
+        every = eval_every_for(planned_steps(spec.name, cfg, len(r)), stopper.evaluations)
         if not eval_every:
-            eval_every = eval_every_for(planned_steps(spec.name, cfg, len(r)), stopper.evaluations)
-        callback = _with_stop(callback, stopper)
+            eval_every = every
+        callback = _with_stop(callback, stopper, every)
     before = stopper.eval_seconds if stopper is not None else 0.0
     if spec.impl is None:
         outcome, seconds = timed(lambda: _ssd_tracked(work, data, cfg, ctx, callback), dev)
@@ -386,10 +388,16 @@ def _retain_labels(r: Any, fn: str) -> torch.Tensor:
                          "stop=fastblend.AutoStop(forget, unseen, kind='sample' or 'class')") from None
 
 
-def _with_stop(callback: Callable | None, stopper: AutoStop) -> Callable[[nn.Module, int, float], bool]:
-    """``callback`` and ``stopper`` called at the same steps; stop when either asks to."""
+def _with_stop(callback: Callable | None, stopper: AutoStop, every: int) -> Callable[[nn.Module, int, float], bool]:
+    """``callback`` at every report; ``stopper`` at the first report at least ``every`` steps after its last
+    evaluation (a caller's denser ``eval_every`` does not multiply the stop's cost); stop when either asks to."""
+    last = [-every]
+
     def both(model: nn.Module, step: int, seconds: float) -> bool:
         asked = callback(model, step, seconds) is True if callback is not None else False
+        if step - last[0] < every:
+            return asked
+        last[0] = step
         return stopper(model, step, seconds) or asked
 
     return both

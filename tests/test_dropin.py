@@ -187,9 +187,14 @@ def test_auto_stop_ends_the_codebase_loop_once_forget_looks_unseen(memorised):
     assert stop.baseline is not None and stop.kind == "sample"  # started on the untouched model, at prepare
     assert not stop(model, 0, 0.0)  # the memorised forget set: not done before a step
     assert not stop.history[-1].conditions["forget_acc_like_heldout"]
+    # an AutoStop of one's own (5 points of slack for this toy), started at prepare on the untouched model
+    mine = fastblend.AutoStop(forget, unseen, retain[1], slack=5.0)
+    prep = fastblend.prepare_unlearning(model, retain, forget, unseen, batch_size=16, iterations=2, seed=0, stop=mine)
+    stop = prep.auto_stop
+    assert stop is mine and stop.baseline is not None and not stop.history
     loaders = {"retain": DataLoader(TensorDataset(*retain), batch_size=16), "unlearn": prep.retain_loader}
     optimizer, step = torch.optim.Adam(model.parameters(), lr=1e-3), 0
-    for _ in range(4):  # the codebase's epochs; the stop ends the loop sooner
+    for _ in range(10):  # the codebase's epochs; the stop ends the loop sooner
         for x, y in loaders["unlearn"]:
             loss = prep.criterion(model(x), y)
             optimizer.zero_grad()
@@ -200,7 +205,7 @@ def test_auto_stop_ends_the_codebase_loop_once_forget_looks_unseen(memorised):
                 break
         if stop.stopped:
             break
-    assert stop.stopped and stop.stop_step == step < 4 * len(prep.retain_loader), stop.reason
+    assert stop.stopped and stop.stop_step == step < 10 * len(prep.retain_loader), stop.reason
     last = stop.history[-1]
     assert last.done and last.forget_acc <= 100 - 10 and all(last.conditions.values())
     assert stop.summary()["step"] == step

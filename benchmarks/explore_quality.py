@@ -160,6 +160,15 @@ def _grid() -> None:
         knobs.append((f"{kind}/a_finetune/lam0_epochs5", kind, "a_finetune", {"lam": 0.0, "epochs": 5}))
         knobs.append((f"{kind}/a_finetune/lr1e-3_epochs3", kind, "a_finetune", {"lr": 1e-3, "epochs": 3}))
     plan("knobs", knobs)
+    # the transform ranks each set against itself, so it cannot see a gap in level between the forget and
+    # unseen losses (the MIA's): rank both against their union
+    pooled = []
+    for kind in ("classwise", "hard", "uniform"):
+        for m in ("a_finetune", "a_scrub", "a_sparse", "a_neggrad_plus"):
+            pooled.append((f"{kind}/{m}/pooled", kind, m, {"transform": "pooled"}))
+        pooled.append((f"{kind}/a_finetune/pooled_epochs3", kind, "a_finetune", {"transform": "pooled", "epochs": 3}))
+        pooled.append((f"{kind}/a_finetune/pooled_lr1e-3", kind, "a_finetune", {"transform": "pooled", "lr": 1e-3}))
+    plan("pooled", pooled)
 
 
 _grid()

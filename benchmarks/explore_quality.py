@@ -37,6 +37,7 @@ from fastblend.experiments import pipeline
 from fastblend.experiments.machine import machine_info
 from fastblend.experiments.settings import DEMO, resolve_device, with_overrides
 from fastblend.methods import planned_steps, unlearn
+from fastblend.metrics import predict_logits
 from fastblend.tracking import Tracker, band_from_ensemble, eval_every_for, time_to_target
 
 torch.set_num_threads(1)
@@ -98,11 +99,20 @@ class Setting:
             retain, request, size = split.retain_tensors(), 0.0, int(split.retain.numel())
         tracker = Tracker(split.forget_tensors(), split.eval_tensors(), max_samples=None, seed=self.seed,
                           heldout=self.heldout, mia=self.cfg.mia_statistic)
-        steps = planned_steps(method, config or None, size)
-        every = eval_every_for(steps, int(config.get("_evaluations", 0)) or self.cfg.track_evaluations) \
-            if "_evaluations" in config else eval_every_for(steps, self.cfg.track_evaluations)
         conf = {k: v for k, v in config.items() if not k.startswith("_")}
-        res = unlearn(method, self.model, retain, split.forget_tensors(), unseen=split.unseen_tensors(),
+        steps = planned_steps(method, conf or None, size)
+        every = eval_every_for(steps, int(config.get("_evaluations", self.cfg.track_evaluations)))
+        unseen = split.unseen_tensors()
+        if "_unseen_hardest" in config:  # diagnostic: the regulariser's target = the unseen images the
+            # original (which never trained on them) finds hardest, this fraction of each class
+            ux, uy = unseen
+            loss = torch.nn.functional.cross_entropy(predict_logits(self.model, ux, device=self.device).float().cpu(),
+                                                     uy, reduction="none")
+            keep = torch.cat([idx[loss[idx].argsort(descending=True)[:max(1, round(config["_unseen_hardest"]
+                                                                                       * idx.numel()))]]
+                              for idx in (torch.nonzero(uy == c).flatten() for c in uy.unique())])
+            unseen = (ux[keep], uy[keep])
+        res = unlearn(method, self.model, retain, split.forget_tensors(), unseen=unseen,
                       config=conf or None, device=self.device, seed=seed, callback=tracker, eval_every=every)
         final = self.evaluate(res.model)
         points = [{"step": p.step, "seconds": p.seconds + request, "forget_acc": p.forget_acc,
@@ -169,6 +179,30 @@ def _grid() -> None:
         pooled.append((f"{kind}/a_finetune/pooled_epochs3", kind, "a_finetune", {"transform": "pooled", "epochs": 3}))
         pooled.append((f"{kind}/a_finetune/pooled_lr1e-3", kind, "a_finetune", {"transform": "pooled", "lr": 1e-3}))
     plan("pooled", pooled)
+    # the learning rate and step count of a whole-class request, and what the same does to uniform
+    fix = [("classwise/a_finetune/lr2e-3", "classwise", "a_finetune", {"lr": 2e-3}),
+           ("classwise/a_finetune/lr1e-3_epochs2", "classwise", "a_finetune", {"lr": 1e-3, "epochs": 2}),
+           ("classwise/a_finetune/lr2e-3_epochs2", "classwise", "a_finetune", {"lr": 2e-3, "epochs": 2}),
+           ("classwise/a_scrub/lr0.02", "classwise", "a_scrub", {"lr": 0.02}),
+           ("classwise/a_scrub/epochs5", "classwise", "a_scrub", {"epochs": 5}),
+           ("uniform/a_finetune/lr1e-3_epochs3", "uniform", "a_finetune", {"lr": 1e-3, "epochs": 3}),
+           ("uniform/a_finetune/lr2e-3_epochs2", "uniform", "a_finetune", {"lr": 2e-3, "epochs": 2}),
+           # hard: a forget-side term that raises the forget losses (NegGrad+'s β, SCRUB's max step)
+           ("hard/a_neggrad_plus/beta0.5", "hard", "a_neggrad_plus", {"beta": 0.5}),
+           ("hard/a_neggrad_plus/beta0.5_lam0", "hard", "a_neggrad_plus", {"beta": 0.5, "lam": 0.0}),
+           ("hard/a_scrub/forget_weight1", "hard", "a_scrub", {"forget_weight": 1.0}),
+           ]
+    plan("fix", fix)
+    # a_scrub on a whole class: its max step (−0.2·KL to the teacher over the forget set, unbounded) runs in
+    # every epoch and collapses the model once the student has left the teacher
+    plan("scrub", [("classwise/a_scrub/max_epochs1", "classwise", "a_scrub", {"max_epochs": 1}),
+                   ("classwise/a_scrub/max_epochs1_lr0.02", "classwise", "a_scrub", {"max_epochs": 1, "lr": 0.02}),
+                   ("classwise/a_scrub/forget_weight0.05", "classwise", "a_scrub", {"forget_weight": 0.05})])
+    # diagnostic for hard: is the regulariser's target (typical unseen images) what holds forgetting back?
+    plan("target", [("hard/a_finetune/unseen_hardest0.25", "hard", "a_finetune", {"_unseen_hardest": 0.25}),
+                    ("hard/a_finetune/unseen_hardest0.25_lr1e-3", "hard", "a_finetune",
+                     {"_unseen_hardest": 0.25, "lr": 1e-3}),
+                    ("uniform/a_finetune/unseen_hardest0.25", "uniform", "a_finetune", {"_unseen_hardest": 0.25})])
 
 
 _grid()
@@ -178,13 +212,48 @@ def _fmt(v) -> str:
     return "-" if v is None else (f"{v:.1f}" if isinstance(v, float) else str(v))
 
 
+def table(paths: list[Path]) -> str:
+    """A markdown table of every experiment in the result files ``paths`` (the README's)."""
+    lines = ["| file | experiment | change | forget | test | MIA | final in band | first in s | stays in s "
+             "| total s | steps |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for path in paths:
+        data = json.loads(path.read_text())
+        for name, e in data["experiments"].items():
+            f = e["final"]
+            change = ", ".join(f"{k}={v}" for k, v in e["config"].items()) or "default"
+            lines.append(f"| {path.stem} | {name} | {change} | {f['forget_acc']:.1f} | {f['test_acc']:.1f} | "
+                         f"{f['mia']:.1f} | {'**yes**' if e['in_band'] else 'no'} | {_fmt(e['first_in'])} | "
+                         f"{_fmt(e['stays_in'])} | {e['seconds']:.1f} | {e['steps']} |")
+    return "\n".join(lines)
+
+
+def bands(paths: list[Path]) -> str:
+    """The band and the do-nothing row of each forget kind, from the first file that has it."""
+    seen, lines = set(), ["| kind | forget band | test band | MIA band | original forget / test / MIA |",
+                          "|---|---|---|---|---|"]
+    for path in paths:
+        for kind, s in json.loads(path.read_text())["settings"].items():
+            if kind in seen:
+                continue
+            seen.add(kind)
+            b, o = s["band"], s["original"]
+            lines.append(f"| {kind} | " + " | ".join(f"[{b[m]['low']:.1f}, {b[m]['high']:.1f}]" for m in
+                                                    ("forget_acc", "test_acc", "mia"))
+                         + f" | {o['forget_acc']:.1f} / {o['test_acc']:.1f} / {o['mia']:.1f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--plan", action="append", default=[])
-    p.add_argument("--only", help="run only experiments whose name contains this")
+    p.add_argument("--only", help="run only these experiments (comma-separated names; a trailing * matches a prefix)")
     p.add_argument("--out", type=Path, required=False)
     p.add_argument("--list", action="store_true")
+    p.add_argument("--table", nargs="+", type=Path, help="print the markdown tables of these result files")
     args = p.parse_args(argv)
+    if args.table:
+        print(bands(args.table) + "\n\n" + table(args.table))
+        return
     if args.list:
         for name, rows in PLANS.items():
             print(name, len(rows))
@@ -198,7 +267,9 @@ def main(argv: list[str] | None = None) -> None:
     settings: dict[str, Setting] = {}
     for name in args.plan:
         for exp, kind, method, config in PLANS[name]:
-            if exp in done["experiments"] or (args.only and args.only not in exp):
+            if exp in done["experiments"] or (args.only and not any(o == exp or (o.endswith("*") and
+                                                                                exp.startswith(o[:-1]))
+                                                                    for o in args.only.split(","))):
                 continue
             if kind not in settings:
                 settings[kind] = Setting(kind)

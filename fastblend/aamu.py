@@ -43,6 +43,10 @@ from .ops.quantile_mmd import _check_params, quantile_mmd
 from .recipe import RECIPE
 
 STEEPEN_MODES = ("batch_mean_sq", "per_sample_sq")
+#: how the loss-quantile transform ``g`` ranks the losses (docs/method.md §2.2, §7.3): ``"per_set"`` (the
+#: paper's: each set against itself, blind to a shift of all its losses) or ``"pooled"`` (both sets against
+#: their union, so a forget set whose losses sit below the unseen set's is pulled up to them)
+TRANSFORM_MODES = ("per_set", "pooled")
 
 
 def steepen(per_sample_loss: torch.Tensor, mode: str = RECIPE.steepen) -> torch.Tensor:
@@ -73,6 +77,9 @@ class AAMULossOutput(NamedTuple):
 class AAMULoss(nn.Module):
     """``L = steepen(retain_loss) + λ · MMD²(G_u, G_f)`` (docs/method.md §2.4). The unseen logits are detached.
 
+    ``transform="pooled"`` (an option, docs/method.md §7.3) ranks both sets' losses against their
+    union instead of each set against itself; it runs in float64 torch (no fused kernel).
+
     ``validate=True`` checks the label ranges on the host in eager mode; under ``torch.compile`` or
     ``torch.export`` that check is skipped, so a compiled step has no graph break either way.
     ``validate=False`` skips it in eager mode too (a hot loop whose labels are known to be valid).
@@ -80,10 +87,12 @@ class AAMULoss(nn.Module):
 
     def __init__(self, lam: float = RECIPE.lam, k: float = RECIPE.k, kappa: float = RECIPE.kappa,
                  sigma: float = RECIPE.sigma, steepen: str = RECIPE.steepen, backend: str = "auto",
-                 validate: bool = True) -> None:
+                 validate: bool = True, transform: str = RECIPE.transform) -> None:
         super().__init__()
         if steepen not in STEEPEN_MODES:
             raise ValueError(f"AAMULoss: steepen must be one of {STEEPEN_MODES}, got {steepen!r}")
+        _check_transform("AAMULoss", transform)
+        self.transform = transform
         _check_loss_params("AAMULoss", lam, k, kappa, sigma, backend)
         self.lam, self.k, self.kappa, self.sigma = float(lam), float(k), float(kappa), float(sigma)
         if not isinstance(validate, bool):
@@ -98,8 +107,17 @@ class AAMULoss(nn.Module):
         SCRUB's 0.99). ``validate=False`` skips :func:`quantile_mmd`'s host-side label check (a hot
         loop after one check). ``main`` and ``mmd`` are detached (for logging); ``total`` carries the graph."""
         main = steepen(retain_loss, self.steepen)
-        mmd = quantile_mmd(forget_logits, forget_labels, unseen_logits.detach(), unseen_labels, self.k,
-                           self.kappa, self.sigma, backend=self.backend, validate=self.validate and validate)
+        if self.transform == "pooled":
+            if self.validate and validate:
+                for name, logits, labels in (("forget", forget_logits, forget_labels),
+                                             ("unseen", unseen_logits, unseen_labels)):
+                    check_batch_labels(labels, logits.shape[1], name, "AAMULoss")
+            forget_ce = F.cross_entropy(forget_logits.double(), forget_labels, reduction="none")
+            unseen_ce = F.cross_entropy(unseen_logits.detach().double(), unseen_labels, reduction="none")
+            mmd = _quantile_mmd_of_losses(forget_ce, unseen_ce, self.k, self.kappa, self.sigma, pooled=True)
+        else:
+            mmd = quantile_mmd(forget_logits, forget_labels, unseen_logits.detach(), unseen_labels, self.k,
+                               self.kappa, self.sigma, backend=self.backend, validate=self.validate and validate)
         main_part = main if retain_weight == 1.0 else retain_weight * main
         return AAMULossOutput(main_part + self.lam * mmd.to(main.dtype), main.detach(), mmd.detach())
 
@@ -115,12 +133,19 @@ class AAMULoss(nn.Module):
                 raise ValueError(f"AAMULoss.from_losses: {name} must be a non-empty 1-D floating tensor of per-sample "
                                  f"losses, got {getattr(ce, 'shape', type(ce).__name__)}")
         main = steepen(retain_loss, self.steepen)
-        mmd = _quantile_mmd_of_losses(forget_ce, unseen_ce.detach(), self.k, self.kappa, self.sigma)
+        mmd = _quantile_mmd_of_losses(forget_ce, unseen_ce.detach(), self.k, self.kappa, self.sigma,
+                                      pooled=self.transform == "pooled")
         main_part = main if retain_weight == 1.0 else retain_weight * main
         return AAMULossOutput(main_part + self.lam * mmd.to(main.dtype), main.detach(), mmd.detach())
 
     def extra_repr(self) -> str:
-        return f"lam={self.lam}, k={self.k}, kappa={self.kappa}, sigma={self.sigma}, steepen={self.steepen!r}"
+        extra = "" if self.transform == "per_set" else f", transform={self.transform!r}"
+        return f"lam={self.lam}, k={self.k}, kappa={self.kappa}, sigma={self.sigma}, steepen={self.steepen!r}{extra}"
+
+
+def _check_transform(fn: str, transform: str) -> None:
+    if not isinstance(transform, str) or transform not in TRANSFORM_MODES:
+        raise ValueError(f"{fn}: transform must be one of {TRANSFORM_MODES}, got {transform!r}")
 
 
 def _transform_losses(ce: torch.Tensor, k: float, kappa: float) -> torch.Tensor:
@@ -133,10 +158,14 @@ def _transform_losses(ce: torch.Tensor, k: float, kappa: float) -> torch.Tensor:
 
 
 def _quantile_mmd_of_losses(forget_ce: torch.Tensor, unseen_ce: torch.Tensor, k: float, kappa: float,
-                            sigma: float) -> torch.Tensor:
+                            sigma: float, pooled: bool = False) -> torch.Tensor:
     """Biased MMD² (docs/method.md §2.3) between the transformed forget and unseen losses; NaN when any
-    loss is not finite (the rule of :func:`quantile_mmd`)."""
-    g = torch.cat([_transform_losses(unseen_ce, k, kappa), _transform_losses(forget_ce, k, kappa)])
+    loss is not finite (the rule of :func:`quantile_mmd`). ``pooled``: transform the union of both sets
+    at once (each loss ranked against both sets, §7.3) instead of each set on its own."""
+    if pooled:
+        g = _transform_losses(torch.cat([unseen_ce, forget_ce]), k, kappa)
+    else:
+        g = torch.cat([_transform_losses(unseen_ce, k, kappa), _transform_losses(forget_ce, k, kappa)])
     mu, mf = unseen_ce.numel(), forget_ce.numel()
     w = torch.cat([g.new_full((mu,), 1.0 / mu), g.new_full((mf,), -1.0 / mf)])
     d = g[:, None] - g[None, :]
@@ -520,7 +549,8 @@ class AAMUStep:
                  forget_batch_factor: int = RECIPE.forget_batch_factor,
                  unseen_batch_factor: int = RECIPE.unseen_batch_factor, max_draw: int | None = RECIPE.max_draw,
                  unseen_refresh: int = RECIPE.unseen_refresh, fuse_forward: bool = False, micro_batch: int = 0,
-                 num_classes: int | None = None, forwards: Forwards | None = None, fn: str = "AAMUStep") -> None:
+                 num_classes: int | None = None, forwards: Forwards | None = None, fn: str = "AAMUStep",
+                 transform: str = RECIPE.transform) -> None:
         self.fn = fn
         self.loss_name = f"{fn}.loss" if fn == "AAMUStep" else fn  # how loss() names itself in errors
         (batch_size, lam, k, kappa, sigma, seed, forget_batch_factor, unseen_batch_factor, unseen_refresh,
@@ -547,7 +577,8 @@ class AAMUStep:
         self.unseen = as_data(unseen, "unseen", fn).materialise(fn)
         for view in (self.forget, self.unseen):
             cast_to_model(view, self._plain)  # batches are served in the network's dtype
-        self.criterion = AAMULoss(lam, k, kappa, sigma, steepen, backend)
+        _check_transform(fn, transform)
+        self.criterion = AAMULoss(lam, k, kappa, sigma, steepen, backend, transform=transform)
         cap = max_draw if max_draw is not None else math.inf
         #: samples per forget draw (factor·B capped at ``max_draw`` and at the forget set) and per unseen draw
         self.forget_draw = int(min(forget_batch_factor * batch_size, cap, len(self.forget)))

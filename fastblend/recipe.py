@@ -20,6 +20,8 @@ class AAMURecipe:
         k, kappa: sharpness and clamp of the loss-distribution transform ``g`` (§2.2).
         sigma: Gaussian kernel width of the MMD (§2.3).
         steepen: how the retain loss is steepened (``"batch_mean_sq"``: the square of its batch mean).
+        transform: how ``g`` ranks the losses (``"per_set"``: each set against itself, the paper's;
+            ``"pooled"``: against the union of both sets, an option of docs/method.md §7.3).
         batch_size: the retain batch size ``B``.
         forget_batch_factor, unseen_batch_factor: forget and unseen batches hold this many times ``B``
             samples (4B).
@@ -37,6 +39,7 @@ class AAMURecipe:
     kappa: float = 60.0
     sigma: float = 1.0
     steepen: str = "batch_mean_sq"
+    transform: str = "per_set"
     batch_size: int = 64
     forget_batch_factor: int = 4
     unseen_batch_factor: int = 4

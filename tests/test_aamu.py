@@ -150,3 +150,57 @@ def test_aamu_loss_from_losses_equals_the_logits_path():
     for bad_ce in (torch.zeros(0, dtype=torch.float64), torch.zeros(3, 2), torch.arange(3)):
         with pytest.raises(ValueError, match="AAMULoss.from_losses: forget_ce must be a non-empty 1-D floating"):
             loss.from_losses(retain, bad_ce, F.cross_entropy(zu, yu, reduction="none"))
+
+
+def test_pooled_transform_sees_a_gap_in_level_that_the_paper_transform_cannot():
+    """The paper's transform ranks each set against itself, so a forget set whose losses all sit below
+    the unseen set's (every u shifted by a constant) gives the same MMD as an unshifted one; the pooled
+    transform (docs/method.md §7.3) ranks both sets against their union: its MMD grows with the gap
+    and its gradient raises the forget losses."""
+    g = torch.Generator().manual_seed(5)
+    unseen = torch.rand(64, generator=g, dtype=torch.float64) * 3 + 1.0
+    u = torch.log1p(torch.rand(48, generator=g, dtype=torch.float64) * 3 + 1.0)
+    forget_level = torch.expm1(u)
+    forget_low = torch.expm1(u - 0.6).requires_grad_()  # the same shape of log-losses, 0.6 lower
+    retain = torch.rand(8, generator=g, dtype=torch.float64)
+    paper, pooled = fastblend.AAMULoss(), fastblend.AAMULoss(transform="pooled")
+    torch.testing.assert_close(paper.from_losses(retain, forget_low, unseen).mmd,
+                               paper.from_losses(retain, forget_level, unseen).mmd, rtol=1e-6, atol=1e-9)
+    low = pooled.from_losses(retain, forget_low, unseen)
+    assert float(low.mmd) > 10 * float(pooled.from_losses(retain, forget_level, unseen).mmd)
+    (grad,) = torch.autograd.grad(low.total, forget_low)
+    assert float(grad.sum()) < 0  # a descent step raises the forget losses towards the unseen level
+    # the logits path equals the losses path
+    zf = torch.randn(24, 5, generator=g, dtype=torch.float64)
+    zu = torch.randn(30, 5, generator=g, dtype=torch.float64)
+    yf, yu = torch.arange(24) % 5, torch.arange(30) % 5
+    ce = torch.nn.functional.cross_entropy
+    torch.testing.assert_close(pooled(retain, zf, yf, zu, yu).mmd,
+                               pooled.from_losses(retain, ce(zf, yf, reduction="none"),
+                                                  ce(zu, yu, reduction="none")).mmd)
+    with pytest.raises(ValueError, match="^AAMULoss: forget labels must be in"):
+        pooled(retain, zf, yf + 5, zu, yu)
+    for bad in ("joint", 1):
+        with pytest.raises(ValueError, match="^AAMULoss: transform must be one of"):
+            fastblend.AAMULoss(transform=bad)
+    with pytest.raises(ValueError, match="^AAMUStep: transform must be one of"):
+        fastblend.AAMUStep(nn.Linear(3, 2), (torch.randn(4, 3), torch.zeros(4, dtype=torch.int64)),
+                           (torch.randn(4, 3), torch.zeros(4, dtype=torch.int64)), transform="joint")
+
+
+def test_pooled_transform_through_unlearn():
+    """``config={"transform": "pooled"}`` reaches the step of a packaged accelerated method (it trains
+    differently from the paper's transform) and a bad value is refused by the config check."""
+    gen = torch.Generator().manual_seed(2)
+    rx, ry = torch.randn(64, 12, generator=gen), torch.randint(0, 4, (64,), generator=gen)
+    fx, fy = torch.randn(24, 12, generator=gen), torch.randint(0, 4, (24,), generator=gen)
+    ux, uy = torch.randn(40, 12, generator=gen), torch.randint(0, 4, (40,), generator=gen)
+    torch.manual_seed(0)
+    model = nn.Linear(12, 4)
+    runs = {t: fastblend.unlearn("a_finetune", model, (rx, ry), (fx, fy), unseen=(ux, uy), seed=0,
+                                 config={"transform": t, "batch_size": 16, "lr": 1e-2})
+            for t in ("per_set", "pooled")}
+    assert runs["pooled"].info["backends"]["quantile_mmd"] == "torch (pooled)"
+    assert not torch.equal(runs["pooled"].model.weight, runs["per_set"].model.weight)
+    with pytest.raises(ValueError, match="config.transform must be 'per_set' or 'pooled'"):
+        fastblend.unlearn("a_finetune", model, (rx, ry), (fx, fy), unseen=(ux, uy), config={"transform": "x"})

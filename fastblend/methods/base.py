@@ -188,8 +188,9 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
                         kappa=cfg.kappa, sigma=cfg.sigma, steepen=cfg.steepen, seed=ctx.seed,
                         forget_batch_factor=cfg.forget_batch_factor, unseen_batch_factor=cfg.unseen_batch_factor,
                         max_draw=cfg.max_draw, unseen_refresh=cfg.unseen_refresh, num_classes=ctx.num_classes,
-                        forwards=ctx.forwards, fn=ctx.fn)
-        ctx.info["backends"] = {"quantile_mmd": backend_for("quantile_mmd", ctx.device, aamu.criterion.backend)}
+                        forwards=ctx.forwards, fn=ctx.fn, transform=cfg.transform)
+        ctx.info["backends"] = {"quantile_mmd": "torch (pooled)" if cfg.transform == "pooled" else
+                                backend_for("quantile_mmd", ctx.device, aamu.criterion.backend)}
     elif method.uses_forget_batches:
         forget_stream = CyclicBatches(data.forget, method.forget_batch_size(cfg, data), ctx.generator, ctx.device)
 

@@ -114,6 +114,10 @@ class AAMUFields:
         sigma: Gaussian kernel width of the MMD.
         steepen: how the retain-side loss is steepened (``"batch_mean_sq"``: square of the batch
             mean, the reference; see :func:`fastblend.aamu.steepen`).
+        transform: how the loss-quantile transform ranks the losses: ``"per_set"`` (the paper's: each
+            set against itself, blind to a shift of all of a set's losses) or ``"pooled"`` (both sets
+            against their union, so the regulariser also closes a gap in level between the forget and
+            unseen losses; docs/method.md §7.3).
         forget_batch_factor, unseen_batch_factor: forget and unseen batches hold this many times
             ``batch_size`` samples (4B in the reference).
         max_draw: the most forget and unseen samples a step draws (each; ``None``: no cap), default
@@ -129,6 +133,7 @@ class AAMUFields:
     kappa: float = RECIPE.kappa
     sigma: float = RECIPE.sigma
     steepen: str = RECIPE.steepen
+    transform: str = RECIPE.transform
     forget_batch_factor: int = RECIPE.forget_batch_factor
     unseen_batch_factor: int = RECIPE.unseen_batch_factor
     max_draw: int | None = RECIPE.max_draw
@@ -145,6 +150,8 @@ class AAMUFields:
         if self.max_draw is not None and (isinstance(self.max_draw, bool) or not isinstance(self.max_draw, int)
                                           or self.max_draw < 1):
             raise ValueError(f"{fn}: config.max_draw must be an int >= 1 or None (no cap), got {self.max_draw!r}")
+        if self.transform not in ("per_set", "pooled"):
+            raise ValueError(f"{fn}: config.transform must be 'per_set' or 'pooled', got {self.transform!r}")
         if self.unseen_refresh < 1:
             raise ValueError(f"{fn}: config.unseen_refresh must be >= 1 (1 = every step), got {self.unseen_refresh}")
 

@@ -1,0 +1,296 @@
+"""Why the accelerated methods miss Retrain's seed band on ``classwise`` and ``hard`` (issue 23 §2):
+small, controlled experiments on the reduced demo.
+
+Every experiment builds the data, the split (the hard kind through :func:`pipeline.hard_split`), the
+original model, the Retrain seed ensemble, its band and the Blend index exactly as
+``python -m fastblend demo --limit 2000 --forget <kind> --config <kind>.json`` does (models and the
+index from ``$FASTBLEND_CACHE``), then runs one accelerated method on the reduced retain set with
+a config override and records:
+
+- the final model's metrics (the yardstick's :func:`pipeline.evaluate_model`) and whether the band
+  holds them (the band judges the FINAL model);
+- its quality curve (``track_evaluations`` points, the pipeline's tracker) with ``first_in`` (the
+  pipeline's time to band: first point in whose successor is in too) and ``stays_in`` (the time from
+  which every later point, the final one included, is in the band; ``None`` unless the final is in);
+- the seconds of the unlearning (evaluations excluded) and of the request (the split).
+
+Usage (resumable: an experiment whose name is in the output file is skipped)::
+
+    FASTBLEND_CACHE=/work/wt/cache OMP_NUM_THREADS=1 python -m benchmarks.explore_quality \\
+        --plan <plan name> --out benchmarks/results-2026-12-05-cpu/quality/<file>.json
+
+``--list`` prints the plans.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from fastblend.datasets import load_dataset, make_split
+from fastblend.experiments import pipeline
+from fastblend.experiments.machine import machine_info
+from fastblend.experiments.settings import DEMO, resolve_device, with_overrides
+from fastblend.methods import planned_steps, unlearn
+from fastblend.metrics import predict_logits
+from fastblend.tracking import Tracker, band_from_ensemble, eval_every_for, time_to_target
+
+torch.set_num_threads(1)
+
+KINDS = {"hard": {"hard_pool": 4, "track_evaluations": 10}, "classwise": {"track_evaluations": 10},
+         "uniform": {"track_evaluations": 10}}
+
+
+def demo_config(kind: str):
+    """The demo's settings as ``fastblend demo --limit 2000 --forget <kind> --config <kind>.json --no-base``."""
+    return with_overrides(DEMO, limit=2000, forget=kind, run_base=False, plots=False, quiet=True, **KINDS[kind])
+
+
+class Setting:
+    """Everything of one forget kind that the experiments share (built once per process)."""
+
+    def __init__(self, kind: str, seed: int = 0) -> None:
+        cfg = self.cfg = demo_config(kind)
+        self.device = resolve_device(cfg.device)
+        train, test = load_dataset(cfg.dataset, cfg.data_root, per_class=cfg.per_class, limit=cfg.limit)
+        self.train = train
+        if kind == "hard":
+            split, _ = pipeline.hard_split(cfg, train, test, seed, self.device, False, lambda m: None)
+        else:
+            split = make_split(train, test, forget=kind, forget_fraction=cfg.forget_fraction,
+                               forget_class=cfg.forget_class, seed=seed)
+        self.split, self.seed = split, seed
+        self.heldout = pipeline.heldout_tensors(split)
+        self.retain_rows = pipeline.klom_retain_rows(split, cfg.klom_retain, seed)
+        self.model, _, _ = pipeline.original_model(cfg, train.images, train.labels, train.num_classes, seed,
+                                                   self.device, False)
+        ensemble = []
+        for j in range(cfg.retrain_seeds):  # member 0 is the run's own Retrain (seed ``seed``), cached here too
+            m, _, _ = pipeline._retrain_cached(cfg, split, pipeline.ensemble_seed(seed, j), self.device, False)
+            ensemble.append(self.evaluate(m))
+        self.ensemble = ensemble
+        self.band = band_from_ensemble(ensemble, {"forget_acc": int(split.forget.numel()),
+                                                  "test_acc": int(split.evaluation.numel()),
+                                                  "mia": int(ensemble[0]["mia_n_forget"])},
+                                       sum(e["mia_se"] for e in ensemble) / len(ensemble), z=cfg.band_z,
+                                       floor=cfg.band_floor)
+        self.original = self.evaluate(self.model)
+        ipc = pipeline.default_ipc(cfg, train)
+        self.index, _, _ = pipeline.blend_index(cfg, train, ipc, seed, self.device, False)
+
+    def evaluate(self, model) -> dict:
+        metrics, _, _ = pipeline.evaluate_model(model, self.split, self.device, self.cfg, self.heldout,
+                                                self.retain_rows, self.seed)
+        return metrics
+
+    def run(self, method: str, config: dict, seed: int | None = None, reduced: bool = True) -> dict:
+        """One accelerated run on the reduced retain set (``reduced=False``: the real retain set)."""
+        seed = self.seed if seed is None else seed
+        split = self.split
+        if reduced:
+            retain, request = pipeline.request_reduced(self.index, split.forget)
+            size = len(retain)
+        else:
+            retain, request, size = split.retain_tensors(), 0.0, int(split.retain.numel())
+        tracker = Tracker(split.forget_tensors(), split.eval_tensors(), max_samples=None, seed=self.seed,
+                          heldout=self.heldout, mia=self.cfg.mia_statistic)
+        conf = {k: v for k, v in config.items() if not k.startswith("_")}
+        steps = planned_steps(method, conf or None, size)
+        every = eval_every_for(steps, int(config.get("_evaluations", self.cfg.track_evaluations)))
+        unseen = split.unseen_tensors()
+        if "_unseen_hardest" in config:  # diagnostic: the regulariser's target = the unseen images the
+            # original (which never trained on them) finds hardest, this fraction of each class
+            ux, uy = unseen
+            loss = torch.nn.functional.cross_entropy(predict_logits(self.model, ux, device=self.device).float().cpu(),
+                                                     uy, reduction="none")
+            keep = torch.cat([idx[loss[idx].argsort(descending=True)[:max(1, round(config["_unseen_hardest"]
+                                                                                       * idx.numel()))]]
+                              for idx in (torch.nonzero(uy == c).flatten() for c in uy.unique())])
+            unseen = (ux[keep], uy[keep])
+        res = unlearn(method, self.model, retain, split.forget_tensors(), unseen=unseen,
+                      config=conf or None, device=self.device, seed=seed, callback=tracker, eval_every=every)
+        final = self.evaluate(res.model)
+        points = [{"step": p.step, "seconds": p.seconds + request, "forget_acc": p.forget_acc,
+                   "test_acc": p.test_acc, "mia": p.mia, "in_band": bool(self.band.contains(p))}
+                  for p in tracker.points]
+        inside = self.band.contains(final)
+        stays = None
+        if inside:
+            stays = points[-1]["seconds"]
+            for p in reversed(points):
+                if not p["in_band"]:
+                    break
+                stays = p["seconds"]
+        first = time_to_target(tracker.points, None, self.band)
+        return {"final": {k: final[k] for k in ("retain_acc", "forget_acc", "test_acc", "mia", "mia_low",
+                                                 "mia_high")},
+                "dist": self.band.distance(final), "in_band": bool(inside),
+                "first_in": None if first is None else first + request, "stays_in": stays,
+                "seconds": res.seconds + request, "request_seconds": request, "steps": steps,
+                "retain_size": size, "curve": points, "info": {k: v for k, v in res.info.items()
+                                                               if isinstance(v, (int, float, str))}}
+
+    def summary(self) -> dict:
+        return {"band": self.band.as_dict(), "original": {k: self.original[k] for k in
+                                                          ("forget_acc", "test_acc", "mia")},
+                "ensemble": [{k: e[k] for k in ("forget_acc", "test_acc", "mia")} for e in self.ensemble],
+                "split": {"retain": int(self.split.retain.numel()), "forget": int(self.split.forget.numel()),
+                          "unseen": int(self.split.unseen.numel())}}
+
+
+# (name, kind, method, config overrides); ``_evaluations`` sets the curve's points (default 10)
+PLANS: dict[str, list[tuple[str, str, str, dict]]] = {}
+
+
+def plan(name: str, rows: list[tuple[str, str, str, dict]]) -> None:
+    PLANS[name] = rows
+
+
+def _grid() -> None:
+    base = []
+    for kind in ("classwise", "hard", "uniform"):
+        for m in ("a_finetune", "a_scrub", "a_sparse", "a_neggrad_plus"):
+            base.append((f"{kind}/{m}/default", kind, m, {}))
+    plan("baseline", base)
+    # a_finetune on the failing kinds: the single epoch, the learning rate, λ, the steepened loss
+    knobs = []
+    for kind in ("classwise", "hard"):
+        for ep in (2, 3, 5):
+            knobs.append((f"{kind}/a_finetune/epochs{ep}", kind, "a_finetune", {"epochs": ep}))
+        for lr in (1e-3, 3e-3):
+            knobs.append((f"{kind}/a_finetune/lr{lr:g}", kind, "a_finetune", {"lr": lr}))
+        for lam in (0.0, 10.0, 100.0):
+            knobs.append((f"{kind}/a_finetune/lam{lam:g}", kind, "a_finetune", {"lam": lam}))
+        knobs.append((f"{kind}/a_finetune/per_sample_sq", kind, "a_finetune", {"steepen": "per_sample_sq"}))
+        knobs.append((f"{kind}/a_finetune/lam0_epochs5", kind, "a_finetune", {"lam": 0.0, "epochs": 5}))
+        knobs.append((f"{kind}/a_finetune/lr1e-3_epochs3", kind, "a_finetune", {"lr": 1e-3, "epochs": 3}))
+    plan("knobs", knobs)
+    # the transform ranks each set against itself, so it cannot see a gap in level between the forget and
+    # unseen losses (the MIA's): rank both against their union
+    pooled = []
+    for kind in ("classwise", "hard", "uniform"):
+        for m in ("a_finetune", "a_scrub", "a_sparse", "a_neggrad_plus"):
+            pooled.append((f"{kind}/{m}/pooled", kind, m, {"transform": "pooled"}))
+        pooled.append((f"{kind}/a_finetune/pooled_epochs3", kind, "a_finetune", {"transform": "pooled", "epochs": 3}))
+        pooled.append((f"{kind}/a_finetune/pooled_lr1e-3", kind, "a_finetune", {"transform": "pooled", "lr": 1e-3}))
+    plan("pooled", pooled)
+    # the learning rate and step count of a whole-class request, and what the same does to uniform
+    fix = [("classwise/a_finetune/lr2e-3", "classwise", "a_finetune", {"lr": 2e-3}),
+           ("classwise/a_finetune/lr1e-3_epochs2", "classwise", "a_finetune", {"lr": 1e-3, "epochs": 2}),
+           ("classwise/a_finetune/lr2e-3_epochs2", "classwise", "a_finetune", {"lr": 2e-3, "epochs": 2}),
+           ("classwise/a_scrub/lr0.02", "classwise", "a_scrub", {"lr": 0.02}),
+           ("classwise/a_scrub/epochs5", "classwise", "a_scrub", {"epochs": 5}),
+           ("uniform/a_finetune/lr1e-3_epochs3", "uniform", "a_finetune", {"lr": 1e-3, "epochs": 3}),
+           ("uniform/a_finetune/lr2e-3_epochs2", "uniform", "a_finetune", {"lr": 2e-3, "epochs": 2}),
+           # hard: a forget-side term that raises the forget losses (NegGrad+'s β, SCRUB's max step)
+           ("hard/a_neggrad_plus/beta0.5", "hard", "a_neggrad_plus", {"beta": 0.5}),
+           ("hard/a_neggrad_plus/beta0.5_lam0", "hard", "a_neggrad_plus", {"beta": 0.5, "lam": 0.0}),
+           ("hard/a_scrub/forget_weight1", "hard", "a_scrub", {"forget_weight": 1.0}),
+           ]
+    plan("fix", fix)
+    # a_scrub on a whole class: its max step (−0.2·KL to the teacher over the forget set, unbounded) runs in
+    # every epoch and collapses the model once the student has left the teacher
+    plan("scrub", [("classwise/a_scrub/max_epochs1", "classwise", "a_scrub", {"max_epochs": 1}),
+                   ("classwise/a_scrub/max_epochs1_lr0.02", "classwise", "a_scrub", {"max_epochs": 1, "lr": 0.02}),
+                   ("classwise/a_scrub/forget_weight0.05", "classwise", "a_scrub", {"forget_weight": 0.05})])
+    # diagnostic for hard: is the regulariser's target (typical unseen images) what holds forgetting back?
+    plan("target", [("hard/a_finetune/unseen_hardest0.25", "hard", "a_finetune", {"_unseen_hardest": 0.25}),
+                    ("hard/a_finetune/unseen_hardest0.25_lr1e-3", "hard", "a_finetune",
+                     {"_unseen_hardest": 0.25, "lr": 1e-3}),
+                    ("uniform/a_finetune/unseen_hardest0.25", "uniform", "a_finetune", {"_unseen_hardest": 0.25})])
+
+
+_grid()
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else (f"{v:.1f}" if isinstance(v, float) else str(v))
+
+
+def table(paths: list[Path]) -> str:
+    """A markdown table of every experiment in the result files ``paths`` (the README's)."""
+    lines = ["| file | experiment | change | forget | test | MIA | final in band | first in s | stays in s "
+             "| total s | steps |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for path in paths:
+        data = json.loads(path.read_text())
+        for name, e in data["experiments"].items():
+            f = e["final"]
+            change = ", ".join(f"{k}={v}" for k, v in e["config"].items()) or "default"
+            lines.append(f"| {path.stem} | {name} | {change} | {f['forget_acc']:.1f} | {f['test_acc']:.1f} | "
+                         f"{f['mia']:.1f} | {'**yes**' if e['in_band'] else 'no'} | {_fmt(e['first_in'])} | "
+                         f"{_fmt(e['stays_in'])} | {e['seconds']:.1f} | {e['steps']} |")
+    return "\n".join(lines)
+
+
+def bands(paths: list[Path]) -> str:
+    """The band and the do-nothing row of each forget kind, from the first file that has it."""
+    seen, lines = set(), ["| kind | forget band | test band | MIA band | original forget / test / MIA |",
+                          "|---|---|---|---|---|"]
+    for path in paths:
+        for kind, s in json.loads(path.read_text())["settings"].items():
+            if kind in seen:
+                continue
+            seen.add(kind)
+            b, o = s["band"], s["original"]
+            lines.append(f"| {kind} | " + " | ".join(f"[{b[m]['low']:.1f}, {b[m]['high']:.1f}]" for m in
+                                                    ("forget_acc", "test_acc", "mia"))
+                         + f" | {o['forget_acc']:.1f} / {o['test_acc']:.1f} / {o['mia']:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--plan", action="append", default=[])
+    p.add_argument("--only", help="run only these experiments (comma-separated names; a trailing * matches a prefix)")
+    p.add_argument("--out", type=Path, required=False)
+    p.add_argument("--list", action="store_true")
+    p.add_argument("--table", nargs="+", type=Path, help="print the markdown tables of these result files")
+    args = p.parse_args(argv)
+    if args.table:
+        print(bands(args.table) + "\n\n" + table(args.table))
+        return
+    if args.list:
+        for name, rows in PLANS.items():
+            print(name, len(rows))
+            for r in rows:
+                print("   ", r[0], r[3])
+        return
+    out = args.out
+    done = json.loads(out.read_text()) if out and out.exists() else {"experiments": {}, "settings": {}}
+    done.setdefault("machine", machine_info())
+    done["machine_note"] = "2 cores shared with 3 other workers: absolute seconds are noisy; compare within a file"
+    settings: dict[str, Setting] = {}
+    for name in args.plan:
+        for exp, kind, method, config in PLANS[name]:
+            if exp in done["experiments"] or (args.only and not any(o == exp or (o.endswith("*") and
+                                                                                exp.startswith(o[:-1]))
+                                                                    for o in args.only.split(","))):
+                continue
+            if kind not in settings:
+                settings[kind] = Setting(kind)
+                done["settings"][kind] = settings[kind].summary()
+            t0 = time.perf_counter()
+            rec = settings[kind].run(method, dict(config))
+            rec.update(kind=kind, method=method, config=config, wall=time.perf_counter() - t0)
+            done["experiments"][exp] = rec
+            f = rec["final"]
+            print(f"{exp:<48} forget {f['forget_acc']:5.1f} test {f['test_acc']:5.1f} MIA {f['mia']:5.1f} "
+                  f"in_band {rec['in_band']!s:<5} first {_fmt(rec['first_in'])} stays {_fmt(rec['stays_in'])} "
+                  f"t {rec['seconds']:.1f}s", flush=True)
+            if out:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                tmp = out.with_suffix(".tmp")
+                tmp.write_text(json.dumps(done, indent=1, default=lambda o: None if isinstance(o, float)
+                                          and not math.isfinite(o) else str(o)))
+                tmp.replace(out)
+    for kind, s in settings.items():
+        print(kind, json.dumps(s.summary()["band"], default=str)[:400])
+
+
+if __name__ == "__main__":
+    main()

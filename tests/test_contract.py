@@ -390,6 +390,26 @@ D = fastblend.distributed
 T = fastblend.tracking
 DL = torch.utils.data.DataLoader
 ROWS += [
+    # ---------------- the auto stop
+    ("AutoStop", "unknown kind", lambda: F.AutoStop(_xy4(), _xy4(9), kind="whole"), ValueError,
+     "AutoStop: kind must be one of"),
+    ("AutoStop", "auto kind without retain labels", lambda: F.AutoStop(_xy4(), _xy4(9)), ValueError,
+     "AutoStop: kind='auto' needs retain_labels"),
+    ("AutoStop", "held-out lacks a forget class", lambda: F.AutoStop(_xy4(), (_xy4(9)[0][:2], _xy4(9)[1][:2]),
+                                                                     kind="sample"),
+     ValueError, r"AutoStop: heldout has no images of the forget classes \[2\]"),
+    ("AutoStop", "float retain labels", lambda: F.AutoStop(_xy4(), _xy4(9), _xy4()[1].float()), TypeError,
+     "AutoStop: retain_labels must be a 1-D integer tensor"),
+    ("AutoStop", "negative slack", lambda: F.AutoStop(_xy4(), _xy4(9), kind="sample", slack=-1), ValueError,
+     "AutoStop: slack must be a finite number >= 0"),
+    ("AutoStop", "bool patience", lambda: F.AutoStop(_xy4(), _xy4(9), kind="sample", patience=True), ValueError,
+     "AutoStop: patience must be an int >= 1"),
+    ("AutoStop", "held-out a list", lambda: F.AutoStop(_xy4(), [1, 2, 3], kind="sample"), TypeError,
+     r"AutoStop: heldout must be an \(images, labels\) pair"),
+    ("AutoStop", "model not a module", lambda: F.AutoStop(_xy4(), _xy4(9), kind="sample").start("net"), TypeError,
+     "AutoStop.start: model must be a torch.nn.Module"),
+]
+ROWS += [
     # ---------------- BlendIndex: build
     ("BlendIndex", "3-D images", lambda: F.BlendIndex.build(_x(12)[:, 0], _y(12), ipc=2), ValueError,
      r"BlendIndex.build: images must have shape \[N, C, H, W\]"),

@@ -17,6 +17,8 @@ evaluation keeps reading ``loaders["retain"]``, the whole retain set::
             step += 1
             if step % 5 == 0 and prep.auto_stop(model, step):      # optional: no Retrain needed
                 break
+        if prep.auto_stop.stopped:                                 # and leave the epoch loop
+            break
 
 ``prep.auto_stop`` (:class:`fastblend.AutoStop`, docs/method.md §4.5) compares the forget set with the
 unseen data under the model and is started on the untouched model when the request is prepared.

@@ -14,7 +14,7 @@ What "done" means depends on the request (docs/method.md §4.5):
   set's class mix) plus ``slack``; (b) the membership attack does not see the forget set as members: the
   MIA (:func:`fastblend.evaluation.mia_with_interval`, direct AUC, forget against held-out) is at most
   ``50 + slack`` (its interval is recorded); (c) held-out accuracy has not fallen below its value before
-  unlearning by more than ``z`` standard errors.
+  unlearning by more than ``max(max_drop, z·se)`` points.
 - **a whole class** (``kind="class"``: every training image of a class is forgotten, so the retain set
   holds none). A model that never saw the class never predicts it: done when the forgotten classes'
   accuracy, on the forget set and on held-out images of those classes, is at most ``class_floor`` percent,
@@ -114,7 +114,10 @@ class AutoStop:
             ``"sample"`` or ``"class"`` (every forget class forgotten whole).
         max_samples: evaluate on at most this many forget and held-out samples (a subset drawn once with
             ``seed``).
-        z: how many binomial standard errors (floored at 0.5 points) held-out accuracy may fall (1.96).
+        z, max_drop: held-out accuracy may fall by ``max(max_drop, z · se)`` points (se: its binomial standard
+            error, floored at 0.5): a model trained without the forget set generalises a little worse than
+            one trained with it (on the reduced demo Retrain's models score 1-2 points below the original),
+            so the untouched model's accuracy is not the level to keep exactly.
         slack: points by which forget accuracy may exceed held-out accuracy, and the MIA 50 (0: the point
             estimates must meet, which is where a model that never saw the forget set is in expectation).
         class_floor: whole-class rule: the forgotten classes' accuracy (percent) at or below which the class
@@ -132,18 +135,20 @@ class AutoStop:
     """
 
     def __init__(self, forget: Any, heldout: Any, retain_labels: Any = None, *, kind: str = "auto",
-                 max_samples: int | None = 1000, z: float = 1.96, slack: float = 0.0, class_floor: float = 0.0,
+                 max_samples: int | None = 1000, z: float = 1.96, slack: float = 0.0, max_drop: float = 2.0,
+                 class_floor: float = 0.0,
                  patience: int = 1,
                  min_steps: int = 1, evaluations: int = 8, seed: int = 0):
         fn = "AutoStop"
-        max_samples, z, slack, class_floor, patience, min_steps, evaluations, seed = map(
-            plain_number, (max_samples, z, slack, class_floor, patience, min_steps, evaluations, seed))
+        max_samples, z, slack, max_drop, class_floor, patience, min_steps, evaluations, seed = map(
+            plain_number, (max_samples, z, slack, max_drop, class_floor, patience, min_steps, evaluations, seed))
         if kind not in KINDS:
             raise ValueError(f"{fn}: kind must be one of {KINDS}, got {kind!r}")
         if max_samples is not None and (isinstance(max_samples, bool) or not isinstance(max_samples, numbers.Integral)
                                         or max_samples < 10):
             raise ValueError(f"{fn}: max_samples must be None or an int >= 10, got {max_samples!r}")
-        for name, value, low in (("z", z, 0.0), ("slack", slack, 0.0), ("class_floor", class_floor, 0.0)):
+        for name, value, low in (("z", z, 0.0), ("slack", slack, 0.0), ("max_drop", max_drop, 0.0),
+                                 ("class_floor", class_floor, 0.0)):
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
                     or value < low:
                 raise ValueError(f"{fn}: {name} must be a finite number >= {low}, got {value!r}")
@@ -176,7 +181,8 @@ class AutoStop:
             whole = []
         self.whole_classes = whole
         self.kind = "class" if len(whole) == len(classes) else "sample" if not whole else "mixed"
-        self.z, self.slack, self.class_floor = float(z), float(slack), float(class_floor)
+        self.z, self.slack = float(z), float(slack)
+        self.max_drop, self.class_floor = float(max_drop), float(class_floor)
         self.patience, self.min_steps, self.evaluations, self.seed = int(patience), int(min_steps), int(evaluations), \
             int(seed)
         self.baseline: float | None = None
@@ -223,7 +229,7 @@ class AutoStop:
         # (c) held-out accuracy kept, on the classes the model must still predict
         acc_h, n_h = self._held_out_accuracy(ch)
         if n_h:
-            margin = self.z * max(binomial_se(self.baseline, n_h), 0.5)
+            margin = max(self.max_drop, self.z * max(binomial_se(self.baseline, n_h), 0.5))
             conditions["heldout_kept"] = acc_h >= self.baseline - margin
         # scattered samples: forget like held-out of the same classes
         part = ~torch.isin(fy, whole)

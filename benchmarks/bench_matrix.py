@@ -35,13 +35,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -165,7 +167,7 @@ def write_unit(path: Path, record: dict) -> None:
 
 
 def _stamp(cfg, t0: float) -> dict:
-    return {"machine": {**machine_info(), "host": socket.gethostname()},
+    return {"machine": {**machine_info(), "host": socket.gethostname()}, "load_average": list(os.getloadavg()),
             "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "wall_seconds": time.perf_counter() - t0,
             "config": {k: getattr(cfg, k) for k in ("dataset", "limit", "per_class", "model", "width", "forget",
@@ -403,8 +405,9 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
 
+    auto = auto_stop_available() and not args.no_auto
     log(f"matrix: out {args.out}, limit {args.limit}, seeds {args.seeds}, kinds {args.kinds}, methods {args.methods}, "
-        f"budget {args.budget_factor} x Retrain, auto stop {'yes' if auto_stop_available() and not args.no_auto else 'no'}")
+        f"budget {args.budget_factor} x Retrain, auto stop {'yes' if auto else 'no'}")
     done = run_matrix(args.out, args.kinds, args.seeds, args.methods, args.limit, args.budget_factor, args.resnet,
                       not args.no_convnet, args.resnet_width, args.resnet_seeds, overrides,
                       False if args.no_auto else None, log)

@@ -219,7 +219,9 @@ def targets(cells: list[dict], auto_available: bool) -> list[str]:
                  f"({frac:.0%}) — " + ("**met**" if hard and frac >= 0.75 else "**missed**"))
     for c in hard:
         lines.append(f"  - `{c['family']}` {c['method']}: reached {c.get('reached', 0)}/{c['n']}, "
-                     f"{_fmt_x(c.get('vs_retrain'))} (seeds that reached)")
+                     f"{_fmt_x(c.get('vs_retrain'))} (seeds that reached); final model's distance to the band "
+                     "forget / test / MIA " + " / ".join(f"{c['dist'][m]:+.1f}" for m in METRICS)
+                     + f" points (mean), in band {c['in_band']}/{c['n']}")
     # 2: classwise a_finetune and a_scrub enter the band
     cw = {c["method"]: c for c in cells if c["family"] == "classwise"}
     parts, ok = [], bool(cw)

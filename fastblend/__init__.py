@@ -10,7 +10,8 @@ The public API, in the groups the README follows:
   step, for a hand-written loop), and its parts :class:`AAMULoss`, :func:`steepen`, :class:`ForgetSampler`,
   :class:`UnseenSampler`; the recipe's defaults are ``fastblend.recipe.RECIPE``.
 - **Unlearning methods**: :func:`unlearn` -> :class:`UnlearnResult`, :func:`train_model`,
-  :func:`available_methods`, :func:`presets`.
+  :func:`available_methods`, :func:`presets`; :class:`AutoStop` ends a run when the forget set behaves like
+  held-out data (``unlearn(..., stop="auto")``), without Retrain.
 - **Evaluation**: :func:`accuracy`, :func:`mia_score`, :func:`svc_mia`.
 - **Data and models**: :func:`load_dataset`, :func:`make_split`, :class:`MemmapImages` (images larger than
   memory, streamed), :func:`random_convnet`.
@@ -27,6 +28,7 @@ plain-PyTorch versions (``fastblend.ops.reference``).
 
 from ._version import package_version as _package_version
 from .aamu import AAMULoss, AAMULossOutput, AAMUStep, ForgetSampler, UnseenSampler, steepen
+from .autostop import AutoStop
 from .condensation import BlendIndex, ReducedRetainSet, condense
 from .datasets import load_dataset, make_split
 from .dropin import prepare_unlearning
@@ -57,6 +59,7 @@ __all__ = [
     "prepare_unlearning",
     "steepen",
     # methods
+    "AutoStop",
     "UnlearnResult",
     "available_methods",
     "presets",

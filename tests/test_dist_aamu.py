@@ -39,7 +39,7 @@ def _on_each_rank() -> dict:
     """Everything the tests below compare, in one 2-process run (spawning ranks is the slow part)."""
     return {"mmd": _gathered_mmd(), "accelerator": _accelerated_steps(True), "refused": _local_batch_size(),
             "batchnorm": _unlearned_batchnorm(), "streamed": _unlearned_streamed(),
-            "plain": _accelerated_steps(False), "unused": _unused_parameter(),
+            "plain": _accelerated_steps(False), "unused": _unused_parameter(), "autostop": _auto_stopped(),
             **{m: _unlearned(m, wrap=(m == "finetune")) for m in METHODS}}
 
 
@@ -237,3 +237,30 @@ def test_batchnorm_model_under_ddp_is_the_same_on_every_rank(ranks):
     # each rank's part moves the running statistics its own way; rank 0's are kept on every rank
     for got, want in zip(ranks[1]["batchnorm"], ranks[0]["batchnorm"]):
         assert torch.equal(got, want)
+
+
+# ---- the auto stop: every rank stops at the same step ------------------------------------------------
+class _RankStop(fastblend.AutoStop):
+    """An AutoStop whose answer differs by rank: rank 0 stops after 3 steps, rank 1 never would."""
+
+    def __call__(self, model, step=None, seconds=None):
+        super().__call__(model, step, seconds)
+        self.stopped = fd.rank() == 0 and step >= 3
+        return self.stopped
+
+
+def _auto_stopped() -> dict:
+    d = _data()
+    cfg = {"epochs": 3, "batch_size": B, "optimizer": "sgd", "lr": 0.2, "momentum": 0.0, "weight_decay": 0.0,
+           "schedule": "constant", "warmup_epochs": 0, "forget_batch_factor": 3, "unseen_batch_factor": 3}
+    stop = _RankStop((d["forget_x"], d["forget_y"]), (d["unseen_x"], d["unseen_y"]), kind="sample")
+    res = fastblend.unlearn("a_finetune", _model(), (d["retain_x"], d["retain_y"]), (d["forget_x"], d["forget_y"]),
+                            unseen=(d["unseen_x"], d["unseen_y"]), config=cfg, seed=4, stop=stop, eval_every=1)
+    return {"steps": res.steps, "params": _params(res.model)}
+
+
+def test_the_auto_stop_ends_every_rank_at_the_same_step(ranks):
+    steps = [out["autostop"]["steps"] for out in ranks]
+    assert steps == [3, 3]  # rank 0's answer holds on every rank: no rank trains on alone (a hang under DDP)
+    for got, want in zip(ranks[1]["autostop"]["params"], ranks[0]["autostop"]["params"]):
+        torch.testing.assert_close(got, want)

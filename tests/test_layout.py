@@ -38,12 +38,13 @@ LAYERS = {
     "aamu": 3, "features": 3, "metrics": 3,
     "evaluation": 4, "grouping": 4,
     "condensation": 5, "tracking": 5,
-    "dropin": 6, "methods": 6,
-    "__init__": 7,
+    "autostop": 6, "dropin": 6,
+    "methods": 7,
+    "__init__": 8,
     # the wing
-    f"{WING}.__init__": 0, f"{WING}.machine": 1, f"{WING}.cache": 6, f"{WING}.plots": 6, f"{WING}.settings": 7,
-    f"{WING}.results": 8, f"{WING}.pipeline": 9, f"{WING}.cli": 10,
-    "__main__": 11,
+    f"{WING}.__init__": 0, f"{WING}.machine": 1, f"{WING}.cache": 6, f"{WING}.plots": 6, f"{WING}.settings": 8,
+    f"{WING}.results": 9, f"{WING}.pipeline": 10, f"{WING}.cli": 11,
+    "__main__": 12,
 }
 
 # Circles inside fastblend/condense/ are the condense branch's to remove (issue 21, "one condensing engine").

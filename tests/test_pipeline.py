@@ -39,6 +39,10 @@ def test_run_experiment_writes_results_and_plots(tmp_path):
     assert acc["t_total"] == pytest.approx(sum(acc[f"t_{s}"] for s in pipeline.STAGES
                                                if s not in pipeline.NOT_PER_REQUEST))
     assert acc["reduced_size"] < acc["retain_size"]
+    # the accelerated variant ends by the auto stop by default (no Retrain input); its row says how it ended
+    assert acc["auto_stop"] == 1.0 and acc["auto_stop_kind"] == "sample" and acc["auto_stop_reason"]
+    if acc["auto_stopped"]:
+        assert 0 < acc["auto_stop_seconds"] <= acc["t_unlearning"] + 1e-9
     json_acc = next(r for r in doc["per_seed"][0]["rows"] if r["variant"] == "accelerated")
     for op in ("segment_blend", "quantile_mmd"):  # results.json says which backend ran each op
         assert json_acc[f"backend_{op}"] == fastblend.explain(op, torch.empty(0)).chosen
@@ -54,10 +58,11 @@ def test_run_experiment_writes_results_and_plots(tmp_path):
     assert "accelerated" in table and "a_finetune" in table
     assert acc["index_cached"] is False
     # the original model and the Blend index are cached: a second run loads both
-    again = pipeline.run_experiment(_tiny(tmp_path, run_retrain=False, run_base=False, plots=False))
+    again = pipeline.run_experiment(_tiny(tmp_path, run_retrain=False, run_base=False, plots=False, stop="none"))
     again_rows = {r["variant"]: r for r in again["per_seed"][0]["rows"]}
     assert again_rows["original"]["cached"] is True
     acc2 = again_rows["accelerated"]
+    assert acc2["auto_stop"] == 0.0 and "auto_stop_step" not in acc2  # stop="none": the whole recipe
     assert acc2["index_cached"] is True and acc2["index_build_seconds"] == pytest.approx(acc["index_build_seconds"])
     assert acc2["reduced_size"] == acc["reduced_size"] and acc2["blend_loss_final"] == acc["blend_loss_final"]
 
@@ -113,11 +118,12 @@ def test_cli_run_from_config_file(tmp_path, capsys):
                       'run_retrain = false\nplots = false\n[train_config]\nepochs = 1\n[base_config]\nepochs = 1\n'
                       'warmup_epochs = 0\n')
     code = cli.main(["run", "--config", str(config), "--out", str(tmp_path / "o"), "--cache-dir",
-                     str(tmp_path / "c"), "--quiet", "--method", "finetune"])
+                     str(tmp_path / "c"), "--quiet", "--method", "finetune", "--stop", "none"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "accelerated" in printed and "a_finetune" in printed
-    assert json.loads((tmp_path / "o" / "results.json").read_text())["config"]["limit"] == 300
+    doc = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert doc["config"]["limit"] == 300 and doc["config"]["stop"] == "none"
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

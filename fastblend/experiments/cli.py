@@ -138,6 +138,9 @@ def _experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retrain-seeds", type=int, help="models in Retrain's seed ensemble (the band, KLOM; default 3)")
     p.add_argument("--band", dest="band_kind", choices=["seeds", "fixed"],
                    help="Retrain's band: from the seed ensemble (default) or the run's Retrain ± fixed points")
+    p.add_argument("--stop", choices=["auto", "none"],
+                   help="how the accelerated variant ends: auto (default; when the forget set behaves like held-out "
+                        "data, no Retrain input) or none (its whole recipe)")
     p.add_argument("--forget-fraction", type=float)
     p.add_argument("--forget-class", type=int)
     p.add_argument("--ipc", type=int, help="clusters per class")
@@ -190,7 +193,7 @@ def _config_from_args(args: argparse.Namespace, base: ExperimentConfig) -> Exper
     simple = ["dataset", "data_root", "per_class", "limit", "model", "width", "method", "accelerated_method",
               "forget", "forget_fraction", "forget_class", "ipc", "blend_iterations", "blend_width",
               "grouping_backend", "seeds", "rounds", "round_mode", "device", "cache_dir", "retrain_seeds",
-              "band_kind"]
+              "band_kind", "stop"]
     for name in simple:
         value = getattr(args, name, None)
         if value is not None:

@@ -539,7 +539,7 @@ def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, log: Callable[[str
     reduced, request = request_reduced(index, split.forget)
     stages = {"split": request, "index": index_seconds}
     res = unlearn(cfg.accelerated, model, reduced, forget, unseen=unseen, config=cfg.accelerated_config or None,
-                  device=device, seed=seed, progress=progress,
+                  device=device, seed=seed, progress=progress, stop="auto" if cfg.stop == "auto" else None,
                   **_tracked(cfg, trackers, "accelerated", cfg.accelerated, cfg.accelerated_config, len(reduced),
                              split, seed, heldout=heldout))
     if "accelerated" in trackers:  # per request its curve starts after the split (the index is built beforehand)
@@ -550,7 +550,7 @@ def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, log: Callable[[str
     rows["accelerated"].update({"reduced_size": len(reduced), "retain_size": int(split.retain.numel()),
                                 "compression": reduced.compression, "blend_loss_initial": reduced.initial_loss,
                                 "blend_loss_final": reduced.final_loss, "ipc": ipc,
-                                "grouping_backend": clustering.backend,
+                                "grouping_backend": clustering.backend, **_stop_columns(res.info.get("auto_stop")),
                                 "index_blend": index.timings["blend"], "index_cached": index_cached,
                                 "index_build_seconds": index.timings.get("total", index_seconds),
                                 **{f"backend_{op}": name for op, name in {**reduced.settings.get("backends", {}),
@@ -607,6 +607,15 @@ def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, log: Callable[[str
             plots.quality_vs_time(target["curves"], target["reference"], target["band"],
                                   seed_dir / "quality_vs_time.png")
     return result
+
+
+def _stop_columns(summary: dict | None) -> dict:
+    """The accelerated row's auto-stop columns (``stop="none"``: ``auto_stop`` 0 and nothing else)."""
+    if summary is None:
+        return {"auto_stop": 0.0}
+    return {"auto_stop": 1.0, "auto_stopped": float(summary["stopped"]), "auto_stop_step": summary["step"],
+            "auto_stop_seconds": summary["seconds"], "auto_stop_kind": summary["kind"],
+            "auto_stop_reason": summary["reason"], "auto_stop_eval_seconds": summary["eval_seconds"]}
 
 
 def _rank_device(device: torch.device) -> torch.device:

@@ -125,6 +125,14 @@ def format_yardstick(summary: list[dict]) -> str:
                      "target here measures forgetting)")
     if any(r.get("mia_small") for r in summary):
         lines.append("(n/side marked !: an MIA group below the minimum size; that score is mostly noise)")
+    for r in summary:
+        if r.get("auto_stop"):
+            where = "inside" if r.get("in_band") else "outside"
+            lines.append(f"({r['variant']}: auto stop (no Retrain input) "
+                         + (f"at step {r['auto_stop_step']}, {r['auto_stop_seconds']:.1f}s of unlearning"
+                            if r.get("auto_stopped") else "did not fire; the run used its whole budget")
+                         + f"; its row is the model the run returned, {where} Retrain's band; 'target' is the "
+                         "oracle time to the band on its curve)")
     return "\n".join(lines)
 
 

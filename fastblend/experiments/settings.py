@@ -47,7 +47,7 @@ _TYPES: dict[str, tuple] = {
     "track_samples": (int, None), "band": (dict,),
     "retrain_seeds": (int,), "band_kind": (str,), "band_z": (float, int),
     "band_floor": (float, int), "mia_statistic": (str,), "mia_min_group": (int,), "hard_pool": (int,),
-    "klom_estimator": (str,), "klom_retain": (int,),
+    "klom_estimator": (str,), "klom_retain": (int,), "stop": (str,),
 }
 
 
@@ -135,6 +135,10 @@ class ExperimentConfig:
     #: KLOM's estimator (``"gaussian"`` or ``"histogram"``) and the size of its seeded retain sample
     klom_estimator: str = "gaussian"
     klom_retain: int = 1000
+    #: how the accelerated variant ends (docs/method.md §4.5): ``"auto"`` (:class:`fastblend.AutoStop`: as soon
+    #: as the forget set behaves like held-out data, no Retrain input; the run's budget is its recipe) or
+    #: ``"none"`` (the whole recipe). The oracle time to Retrain's band is reported beside it either way.
+    stop: str = "auto"
 
     def check(self) -> None:
         """Validate every setting without loading data or training: types, names (data set, model,
@@ -166,7 +170,8 @@ class ExperimentConfig:
             raise ConfigError("out", "out must name a folder, got ''")
         choices = {"round_mode": ("cached", "reference"), "forget": ("uniform", "classwise", "hard"),
                    "grouping_backend": ("auto", "faiss", "torch"), "band_kind": ("seeds", "fixed"),
-                   "mia_statistic": ("auc", "paper"), "klom_estimator": ("gaussian", "histogram")}
+                   "mia_statistic": ("auc", "paper"), "klom_estimator": ("gaussian", "histogram"),
+                   "stop": ("auto", "none")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(name, f"{name} must be one of {allowed}, got {getattr(self, name)!r}")

@@ -19,9 +19,10 @@ import torch
 from torch import nn
 
 from .._checks import as_device, plain_number
+from ..autostop import AutoStop
 from ..data_adapter import as_data, cast_to_model, check_disjoint, check_label_range, model_device, model_dtype
 from ..recipe import RECIPE
-from ..tracking import StepClock
+from ..tracking import StepClock, eval_every_for
 from .aamu_configs import (
     ABadTeacherConfig,
     AFinetuneConfig,
@@ -233,7 +234,8 @@ class UnlearnResult:
 
 def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any = None, config: Any = None,
             device: torch.device | str | None = None, seed: int = 0, progress: bool | None = None,
-            callback: Callable[[nn.Module, int, float], None] | None = None, eval_every: int = 0) -> UnlearnResult:
+            callback: Callable[[nn.Module, int, float], None] | None = None, eval_every: int = 0,
+            stop: str | AutoStop | None = None) -> UnlearnResult:
     """Unlearn ``forget`` from ``model`` with ``method``.
 
     Args:
@@ -262,7 +264,14 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
             excluded from ``seconds`` (here and in the result) and reported as ``info["eval_seconds"]``.
             Returning ``True`` stops the training after that step (a budget, e.g. ``Tracker(budget=)``);
             ``info["stopped_at_step"]`` then names the step.
-        eval_every: steps between ``callback`` calls (``0``: only before and after).
+        eval_every: steps between ``callback`` calls (``0``: only before and after; with ``stop``: about
+            ``stop.evaluations`` evaluations over the planned steps).
+        stop: ``None`` (run the method's whole budget), ``"auto"`` or a :class:`fastblend.AutoStop`: end the
+            run as soon as the forget set behaves like the held-out ``unseen`` data of its classes and held-out
+            accuracy has not fallen (docs/method.md §4.5; no Retrain input). ``"auto"`` builds
+            ``AutoStop(forget, unseen, retain labels, seed=seed)`` and needs ``unseen``. The run's budget
+            (``config.epochs``) stays the upper bound. ``info["auto_stop"]`` holds :meth:`AutoStop.summary`;
+            ``seconds`` includes the stop's own evaluations (a user pays for them).
 
     Data parallel: when a default process group of P > 1 ranks is initialised (``torchrun
     --nproc_per_node=P``), call ``unlearn`` on every rank with the same arguments (the same data,
@@ -299,6 +308,13 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
     if spec.accelerated and u is None:
         raise ValueError(f"{fn}: method {spec.name!r} requires unseen data (images and labels the model never "
                          "trained on), got None")
+    if stop is not None and spec.impl is None:
+        raise ValueError(f"{fn}: stop applies to training-based methods; {spec.name!r} is one-shot, got stop={stop!r}")
+    if stop is not None and not isinstance(stop, AutoStop) and stop != "auto":
+        raise ValueError(f"{fn}: stop must be None, 'auto' or a fastblend.AutoStop, got {stop!r}")
+    if stop == "auto" and u is None:
+        raise ValueError(f"{fn}: stop='auto' compares the forget set with held-out data: pass unseen (images and "
+                         "labels of the forget classes the model never trained on)")
     if r.reduced and not spec.accelerated:
         warnings.warn(f"{fn}: method {spec.name!r} is not accelerated but retain is a reduced retain set (Blend): "
                       f"it runs its full recipe ({getattr(cfg, 'epochs', 'one-shot')} epochs) on blended images "
@@ -329,16 +345,54 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
     ctx.num_classes = num_classes
     ctx.ddp_options = ddp_options
     data = RunData(r, f, u)
+    stopper = None
+    if stop is not None:
+        stopper = stop if isinstance(stop, AutoStop) else AutoStop(
+            (f.images, f.labels), (u.images, u.labels), _retain_labels(r, fn), seed=seed)
+        stopper.start(work)  # the untouched model's held-out accuracy, which the rule keeps
+        if not eval_every:
+            eval_every = eval_every_for(planned_steps(spec.name, cfg, len(r)), stopper.evaluations)
+        callback = _with_stop(callback, stopper)
+    before = stopper.eval_seconds if stopper is not None else 0.0
     if spec.impl is None:
         outcome, seconds = timed(lambda: _ssd_tracked(work, data, cfg, ctx, callback), dev)
     else:
         outcome, seconds = timed(lambda: train(spec.impl(cfg), work, data, cfg, ctx, spec.accelerated, callback,
                                                eval_every), dev)
     seconds -= ctx.info.get("eval_seconds", 0.0)
+    if stopper is not None:  # the stop's evaluations are the method's cost, not the caller's
+        ctx.info["eval_seconds"] = ctx.info.get("eval_seconds", 0.0) - (stopper.eval_seconds - before)
+        seconds += stopper.eval_seconds
+        ctx.info["auto_stop"] = stopper.summary()
     # "backends": the backend of each fastblend op the method ran (A-AMU: quantile_mmd); {} for none
     info = {"num_classes": num_classes, "retain_size": len(r), "reduced_retain": r.reduced, "backends": {},
             **ctx.info}
     return UnlearnResult(outcome.model.eval(), seconds, outcome.losses, cfg, spec.name, outcome.steps, info)
+
+
+def _retain_labels(r: Any, fn: str) -> torch.Tensor:
+    """The retain set's labels for :class:`AutoStop`'s whole-class test: in memory, or read from a Dataset /
+    a DataLoader's dataset (its ``labels``/``targets`` attribute, else one pass)."""
+    from ..condensation.source import source_labels
+
+    if r.labels is not None:
+        return r.labels.detach().cpu()
+    source = r.dataset if r.dataset is not None else getattr(r.loader, "dataset", None)
+    try:
+        return source_labels(source, fn)
+    except Exception as exc:  # noqa: BLE001 - any unreadable source gets the same advice
+        raise ValueError(f"{fn}: stop='auto' needs the retain set's labels to tell a whole-class request from "
+                         f"scattered samples, and they could not be read ({exc}); pass "
+                         "stop=fastblend.AutoStop(forget, unseen, kind='sample' or 'class')") from None
+
+
+def _with_stop(callback: Callable | None, stopper: AutoStop) -> Callable[[nn.Module, int, float], bool]:
+    """``callback`` and ``stopper`` called at the same steps; stop when either asks to."""
+    def both(model: nn.Module, step: int, seconds: float) -> bool:
+        asked = callback(model, step, seconds) is True if callback is not None else False
+        return stopper(model, step, seconds) or asked
+
+    return both
 
 
 def _unwrap(model: nn.Module, fn: str) -> tuple[nn.Module, dict]:

@@ -1,0 +1,295 @@
+"""A stop that needs no Retrain: decide when an unlearning run is done from the data a user has.
+
+:class:`AutoStop` is a step callback (``unlearn(..., stop="auto")`` builds one; the drop-in and the command
+line expose it too). At every evaluation it compares the forget set with held-out data of the same classes
+(the unseen pool: images the model never trained on) under the model being trained, and checks that the
+model has not lost accuracy on held-out data. Retrain's numbers are never an input: Retrain's seed band is
+only the judge of where the stop lands (docs/method.md §4.5).
+
+What "done" means depends on the request (docs/method.md §4.5):
+
+- **scattered samples** (``kind="sample"``: some images of classes the retain set still holds). A model
+  that never trained on them treats them like other unseen images of their classes. The run is done when
+  (a) forget accuracy is no higher than held-out accuracy of the same classes (class-weighted to the
+  forget set's class mix), beyond their joint sampling error; (b) the membership attack cannot tell the
+  forget set from the held-out set in the members' direction: the lower end of the MIA's interval
+  (:func:`fastblend.evaluation.mia_with_interval`, direct AUC) is at most 50; (c) held-out accuracy has not
+  fallen below its value before unlearning, beyond its sampling error.
+- **a whole class** (``kind="class"``: every training image of a class is forgotten, so the retain set
+  holds none). A model that never saw the class never predicts it: done when the forgotten classes'
+  accuracy, on the forget set and on held-out images of those classes, is at most ``class_floor`` percent,
+  and (c) holds on the held-out images of the other classes.
+
+A request of both kinds (some classes whole, others in part) applies each rule to its part. The rule must
+hold at ``patience`` consecutive evaluations. :attr:`AutoStop.history` keeps every evaluation's statistics
+(accuracies, the MIA with its interval, the Kolmogorov-Smirnov distance between the forget and held-out
+loss distributions, the quantity A-AMU's regulariser matches) so a user can see why it stopped or not.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._checks import plain_number
+from .evaluation import SmallGroupWarning, binomial_se, mia_with_interval
+from .metrics import predict_logits
+from .tracking import _subset
+
+__all__ = ["AutoStop", "AutoStopCheck"]
+
+KINDS = ("auto", "sample", "class")
+
+
+@dataclass
+class AutoStopCheck:
+    """One evaluation of :class:`AutoStop`: the statistics and whether each part of the rule held."""
+
+    step: int
+    seconds: float
+    forget_acc: float
+    heldout_acc: float
+    heldout_same_class_acc: float
+    mia: float
+    mia_low: float
+    mia_high: float
+    loss_ks: float
+    conditions: dict[str, bool]
+    done: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def _pair(data: Any, limit: int | None, gen: torch.Generator, arg: str) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = _subset(data, limit, gen, arg)
+    return x, y.cpu().long()
+
+
+def _labels_of(retain_labels: Any) -> torch.Tensor | None:
+    if retain_labels is None:
+        return None
+    if isinstance(retain_labels, torch.Tensor):
+        y = retain_labels
+    elif isinstance(retain_labels, (tuple, list)) and len(retain_labels) >= 2 and isinstance(retain_labels[1],
+                                                                                                torch.Tensor):
+        y = retain_labels[1]
+    else:
+        raise TypeError("AutoStop: retain_labels must be a 1-D integer tensor of the retain set's labels or an "
+                        f"(images, labels) pair, got {type(retain_labels).__name__}")
+    if y.dim() != 1 or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise TypeError(f"AutoStop: retain_labels must be a 1-D integer tensor, got {y.dtype} of shape {list(y.shape)}")
+    return y.detach().cpu().long()
+
+
+def _ks(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Two-sample Kolmogorov-Smirnov distance between the samples ``a`` and ``b`` (1-D)."""
+    if a.numel() == 0 or b.numel() == 0:
+        return math.nan
+    grid = torch.cat([a, b]).sort().values
+    ca = torch.searchsorted(a.sort().values.contiguous(), grid, right=True).double() / a.numel()
+    cb = torch.searchsorted(b.sort().values.contiguous(), grid, right=True).double() / b.numel()
+    return float((ca - cb).abs().max())
+
+
+class AutoStop:
+    """Step callback ``(model, step, seconds) -> bool`` that says when unlearning is done, without Retrain.
+
+    Args:
+        forget: the forget set, ``(images, labels)`` tensors or a map-style ``Dataset`` of ``(image, label)``.
+        heldout: in-distribution images the model never trained on, with labels (the unseen pool), in the
+            same forms; it needs images of the forget set's classes.
+        retain_labels: the retain set's labels (a 1-D tensor or an ``(images, labels)`` pair), used only to
+            tell a whole-class request from scattered samples when ``kind="auto"``.
+        kind: ``"auto"`` (from ``retain_labels``: a forget class with no retain image is forgotten whole),
+            ``"sample"`` or ``"class"`` (every forget class forgotten whole).
+        max_samples: evaluate on at most this many forget and held-out samples (a subset drawn once with
+            ``seed``).
+        z: the normal quantile of the sampling-error margins (1.96: 95%).
+        class_floor: whole-class rule: the forgotten classes' accuracy (percent) at or below which the class
+            counts as no longer predicted.
+        patience: the rule must hold at this many consecutive evaluations.
+        min_steps: never stop before this many optimiser steps (1: the untouched model is never returned).
+        evaluations: how many evaluations ``unlearn(..., stop=...)`` spreads over the planned steps when it
+            is given no ``eval_every``.
+        seed: seeds the subsets and the MIA's bootstrap.
+
+    The first call (``unlearn`` makes it with the untouched model, before any step), or :meth:`start`,
+    records the held-out accuracy the rule must keep. After a run: :attr:`stopped`, :attr:`stop_step`,
+    :attr:`stop_seconds` (the method's time at the stop, this callback's own evaluations included, since a
+    user pays for them), :attr:`reason`, :attr:`history` and :meth:`summary`.
+    """
+
+    def __init__(self, forget: Any, heldout: Any, retain_labels: Any = None, *, kind: str = "auto",
+                 max_samples: int | None = 2000, z: float = 1.96, class_floor: float = 1.0, patience: int = 1,
+                 min_steps: int = 1, evaluations: int = 20, seed: int = 0):
+        fn = "AutoStop"
+        max_samples, z, class_floor, patience, min_steps, evaluations, seed = map(
+            plain_number, (max_samples, z, class_floor, patience, min_steps, evaluations, seed))
+        if kind not in KINDS:
+            raise ValueError(f"{fn}: kind must be one of {KINDS}, got {kind!r}")
+        if max_samples is not None and (isinstance(max_samples, bool) or not isinstance(max_samples, numbers.Integral)
+                                        or max_samples < 10):
+            raise ValueError(f"{fn}: max_samples must be None or an int >= 10, got {max_samples!r}")
+        for name, value, low in (("z", z, 0.0), ("class_floor", class_floor, 0.0)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+                    or value < low:
+                raise ValueError(f"{fn}: {name} must be a finite number >= {low}, got {value!r}")
+        for name, value, low in (("patience", patience, 1), ("min_steps", min_steps, 0),
+                                 ("evaluations", evaluations, 1), ("seed", seed, None)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (low is not None and value < low):
+                raise ValueError(f"{fn}: {name} must be an int" + (f" >= {low}" if low is not None else "")
+                                 + f", got {value!r}")
+        gen = torch.Generator().manual_seed(int(seed))
+        limit = None if max_samples is None else int(max_samples)
+        self.forget = _pair(forget, limit, gen, "forget")
+        self.heldout = _pair(heldout, limit, gen, "heldout")
+        fy, hy = self.forget[1], self.heldout[1]
+        if fy.numel() < 5:
+            raise ValueError(f"{fn}: forget must hold at least 5 samples, got {fy.numel()}")
+        classes = torch.unique(fy)
+        missing = [int(c) for c in classes if not bool((hy == c).any())]
+        if missing:
+            raise ValueError(f"{fn}: heldout has no images of the forget classes {missing}; the stop compares the "
+                             "forget set with unseen images of its own classes")
+        retained = _labels_of(retain_labels)
+        if kind == "auto":
+            if retained is None:
+                raise ValueError(f"{fn}: kind='auto' needs retain_labels to tell a whole-class request from "
+                                 "scattered samples; pass retain_labels or kind='sample'/'class'")
+            whole = [int(c) for c in classes if not bool((retained == c).any())]
+        elif kind == "class":
+            whole = [int(c) for c in classes]
+        else:
+            whole = []
+        self.whole_classes = whole
+        self.kind = "class" if len(whole) == len(classes) else "sample" if not whole else "mixed"
+        self.z, self.class_floor = float(z), float(class_floor)
+        self.patience, self.min_steps, self.evaluations, self.seed = int(patience), int(min_steps), int(evaluations), \
+            int(seed)
+        self.baseline: float | None = None
+        self.history: list[AutoStopCheck] = []
+        self.stopped = False
+        self.stop_step: int | None = None
+        self.stop_seconds: float | None = None
+        self.reason = "not evaluated yet"
+        self.eval_seconds = 0.0
+        self._run = 0
+
+    # ------------------------------------------------------------------------------------------------
+    def _held_out_accuracy(self, correct_h: torch.Tensor) -> tuple[float, int]:
+        """Held-out accuracy on the classes the model still has to predict (all, less whole forgotten ones)."""
+        hy = self.heldout[1]
+        keep = ~torch.isin(hy, torch.tensor(self.whole_classes, dtype=torch.long))
+        n = int(keep.sum())
+        return (float(correct_h[keep].double().mean() * 100) if n else math.nan), n
+
+    def start(self, model: nn.Module) -> float:
+        """Record the held-out accuracy of ``model`` (the untouched model) that the rule must keep; returns it."""
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"AutoStop.start: model must be a torch.nn.Module, got {type(model).__name__}")
+        t0 = time.perf_counter()
+        dev = next(model.parameters()).device
+        lh = predict_logits(model, self.heldout[0], device=dev).float().cpu()
+        self.baseline, _ = self._held_out_accuracy(lh.argmax(1) == self.heldout[1])
+        self.eval_seconds += time.perf_counter() - t0
+        return self.baseline
+
+    def check(self, model: nn.Module, step: int = 0, seconds: float = 0.0) -> AutoStopCheck:
+        """Evaluate ``model`` against the rule (recorded in :attr:`history`); does not decide the stop."""
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"AutoStop: model must be a torch.nn.Module, got {type(model).__name__}")
+        dev = next(model.parameters()).device
+        (fx, fy), (hx, hy) = self.forget, self.heldout
+        lf = predict_logits(model, fx, device=dev).float().cpu()
+        lh = predict_logits(model, hx, device=dev).float().cpu()
+        cf, ch = lf.argmax(1) == fy, lh.argmax(1) == hy
+        if self.baseline is None:
+            self.baseline, _ = self._held_out_accuracy(ch)
+        whole = torch.tensor(self.whole_classes, dtype=torch.long)
+        conditions: dict[str, bool] = {}
+        # (c) held-out accuracy kept, on the classes the model must still predict
+        acc_h, n_h = self._held_out_accuracy(ch)
+        if n_h:
+            margin = self.z * max(binomial_se(self.baseline, n_h), 0.5)
+            conditions["heldout_kept"] = acc_h >= self.baseline - margin
+        # scattered samples: forget like held-out of the same classes
+        part = ~torch.isin(fy, whole)
+        same = math.nan
+        mia = (math.nan, math.nan, math.nan)
+        ks = math.nan
+        if bool(part.any()):
+            f_cls, f_counts = torch.unique(fy[part], return_counts=True)
+            per_class, weights, n_ref = [], [], 0
+            for c, k in zip(f_cls.tolist(), f_counts.tolist()):
+                rows = hy == c
+                per_class.append(float(ch[rows].double().mean()))
+                weights.append(k)
+                n_ref += int(rows.sum())
+            same = 100 * sum(p * w for p, w in zip(per_class, weights)) / sum(weights)
+            acc_f = float(cf[part].double().mean() * 100)
+            n_f = int(part.sum())
+            margin = self.z * math.hypot(max(binomial_se(acc_f, n_f), 0.5), max(binomial_se(same, n_ref), 0.5))
+            conditions["forget_acc_like_heldout"] = acc_f <= same + margin
+            ref = torch.isin(hy, f_cls)
+            if min(n_f, int(ref.sum())) >= 5:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", SmallGroupWarning)
+                    r = mia_with_interval(lf[part], fy[part], lh[ref], hy[ref], statistic="auc", seed=self.seed,
+                                          boot=100)
+                mia = (r.score, r.low, r.high)
+                conditions["mia_not_member"] = r.low <= 50.0
+                ce_f = F.cross_entropy(lf[part], fy[part], reduction="none")
+                ce_h = F.cross_entropy(lh[ref], hy[ref], reduction="none")
+                ks = _ks(ce_f, ce_h)
+        # whole classes: no longer predicted, on the forget set and on held-out images of those classes
+        if self.whole_classes:
+            fw, hw = torch.isin(fy, whole), torch.isin(hy, whole)
+            conditions["class_forgotten"] = (float(cf[fw].double().mean() * 100) <= self.class_floor
+                                             and float(ch[hw].double().mean() * 100) <= self.class_floor)
+        done = all(conditions.values()) and step >= self.min_steps
+        check = AutoStopCheck(step=int(step), seconds=float(seconds), forget_acc=float(cf.double().mean() * 100),
+                              heldout_acc=acc_h, heldout_same_class_acc=same, mia=mia[0], mia_low=mia[1],
+                              mia_high=mia[2], loss_ks=ks, conditions=conditions, done=done)
+        self.history.append(check)
+        return check
+
+    def __call__(self, model: nn.Module, step: int | None = None, seconds: float | None = None) -> bool:
+        """Evaluate ``model`` at optimiser step ``step`` (default: one more than the previous call) and
+        ``seconds`` of training; ``True`` once the rule has held at ``patience`` consecutive evaluations."""
+        t0 = time.perf_counter()
+        if step is None:
+            step = self.history[-1].step + 1 if self.history else 0
+        if seconds is None:
+            seconds = 0.0
+        check = self.check(model, step, seconds)
+        self._run = self._run + 1 if check.done else 0
+        spent = time.perf_counter() - t0
+        self.eval_seconds += spent
+        if self._run >= self.patience and not self.stopped:
+            self.stopped = True
+            self.stop_step = int(step)
+            self.stop_seconds = float(seconds) + self.eval_seconds
+            self.reason = (f"every condition held at {self.patience} consecutive evaluation(s): "
+                           + ", ".join(k for k in check.conditions))
+        elif not self.stopped:
+            failing = [k for k, ok in check.conditions.items() if not ok]
+            self.reason = ("not stopped: " + (", ".join(failing) + " did not hold" if failing else
+                                              f"fewer than min_steps={self.min_steps} steps"))
+        return self.stopped
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready: ``stopped``, ``step``, ``seconds`` (at the stop, own evaluations included), ``reason``,
+        ``kind``, ``whole_classes``, ``baseline_heldout_acc``, ``eval_seconds`` and the last evaluation."""
+        return {"stopped": self.stopped, "step": self.stop_step, "seconds": self.stop_seconds, "reason": self.reason,
+                "kind": self.kind, "whole_classes": list(self.whole_classes), "baseline_heldout_acc": self.baseline,
+                "evaluations": len(self.history), "eval_seconds": self.eval_seconds,
+                "last": self.history[-1].as_dict() if self.history else None}

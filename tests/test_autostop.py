@@ -1,0 +1,199 @@
+"""AutoStop: a stop decided from forget vs held-out statistics, with no Retrain input (docs/method.md §4.5)."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+from torch import nn
+
+import fastblend
+from fastblend import AutoStop, unlearn
+
+C = 3
+
+
+def _blobs(n: int, seed: int, noise: float = 1.6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Three overlapping Gaussian classes in 2-D: a linear classifier gets about 80-90% of unseen points."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % C
+    centres = torch.tensor([[0.0, 0.0], [2.5, 0.0], [0.0, 2.5]])
+    return centres[y] + noise * torch.randn(n, 2, generator=g), y
+
+
+class _Memoriser(nn.Module):
+    """``(1 - alpha)`` · a look-up that answers the forget set's labels with certainty, plus a linear
+    classifier that generalises: alpha = 0 is a model that memorised the forget set, alpha = 1 one that
+    never saw it (it treats the forget set like any unseen sample)."""
+
+    def __init__(self, fx: torch.Tensor, fy: torch.Tensor):
+        super().__init__()
+        self.fx, self.fy = fx, fy
+        self.linear = nn.Linear(2, C)
+        with torch.no_grad():
+            centres = torch.tensor([[0.0, 0.0], [2.5, 0.0], [0.0, 2.5]])  # the nearest-centre classifier
+            self.linear.weight.copy_(centres)
+            self.linear.bias.copy_(-0.5 * centres.pow(2).sum(1))
+        self.alpha = 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.linear(x) * 2
+        hit = (x[:, None, :] == self.fx[None]).all(-1)
+        known = hit.any(1)
+        memo = torch.full_like(logits, -20.0)
+        memo[known, self.fy[hit[known].float().argmax(1)]] = 20.0
+        return torch.where(known[:, None], (1 - self.alpha) * memo + self.alpha * logits, logits)
+
+
+@pytest.fixture(scope="module")
+def sets():
+    fx, fy = _blobs(300, 1)
+    hx, hy = _blobs(600, 2)
+    rx, ry = _blobs(900, 3)
+    return (rx, ry), (fx, fy), (hx, hy)
+
+
+def test_it_stops_when_forget_matches_heldout_and_not_before(sets):
+    retain, forget, heldout = sets
+    model = _Memoriser(*forget)
+    stop = AutoStop(forget, heldout, retain[1], seed=0)
+    assert stop.kind == "sample"
+    stop.start(model)
+    decisions = []
+    for step, alpha in enumerate([0.0, 0.2, 0.5, 0.8, 1.0, 1.0], start=1):
+        model.alpha = alpha
+        decisions.append(stop(model, step, float(step)))
+    first = decisions.index(True)
+    assert not any(decisions[:first])
+    memorised = stop.history[0]
+    assert memorised.forget_acc == 100.0 and memorised.mia_low > 50  # the attack sees members
+    assert not memorised.conditions["forget_acc_like_heldout"] and not memorised.conditions["mia_not_member"]
+    at_stop = stop.history[first]
+    assert all(at_stop.conditions.values())
+    assert abs(at_stop.forget_acc - at_stop.heldout_same_class_acc) < 8
+    assert stop.stop_step == first + 1 and stop.stopped
+    # once stopped it stays stopped; its summary is JSON-ready and names the step
+    assert stop(model, 99, 99.0) and stop.summary()["step"] == first + 1
+
+
+def test_a_model_that_lost_heldout_accuracy_is_not_done(sets):
+    retain, forget, heldout = sets
+    model = _Memoriser(*forget)
+    stop = AutoStop(forget, heldout, retain[1])
+    stop.start(model)
+    model.alpha = 1.0
+    with torch.no_grad():
+        model.linear.weight.mul_(-1)  # a broken model: forget looks like held-out, both now wrong
+    assert not stop(model, 5, 1.0)
+    assert stop.history[-1].conditions["heldout_kept"] is False and "heldout_kept" in stop.reason
+
+
+def test_a_whole_class_request_needs_the_class_no_longer_predicted(sets):
+    (rx, ry), _, (hx, hy) = sets
+    keep = ry != 2
+    fx, fy = rx[~keep][:100], ry[~keep][:100]
+    stop = AutoStop((fx, fy), (hx, hy), ry[keep])
+    assert stop.kind == "class" and stop.whole_classes == [2]
+    model = _Memoriser(fx, fy)
+    model.alpha = 1.0  # generalises: still predicts class 2 on its unseen images
+    stop.start(model)
+    assert not stop(model, 1, 0.0) and stop.history[-1].conditions["class_forgotten"] is False
+    with torch.no_grad():
+        model.linear.bias[2] = -100.0  # never predicts class 2
+    assert stop(model, 2, 0.0)
+    assert stop.history[-1].conditions == {"heldout_kept": True, "class_forgotten": True}
+
+
+def test_the_untouched_model_is_not_returned_by_default(sets):
+    retain, forget, heldout = sets
+    model = _Memoriser(*forget)
+    model.alpha = 1.0
+    stop = AutoStop(forget, heldout, retain[1])
+    assert not stop(model, 0, 0.0) and "min_steps" in stop.reason
+    assert stop(model, 1, 0.0)
+
+
+def test_it_needs_no_retrain_input():
+    params = set(inspect.signature(AutoStop).parameters)
+    assert params.isdisjoint({"retrain", "reference", "band", "target"})
+    assert {"forget", "heldout"} <= params
+
+
+def _train_data(seed=0):
+    (rx, ry), (fx, fy), (ux, uy) = _blobs(240, seed), _blobs(60, seed + 1), _blobs(240, seed + 2)
+    return (rx, ry), (fx, fy), (ux, uy)
+
+
+def _net(seed=0):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, C))
+
+
+def test_unlearn_stop_auto_ends_the_run_at_the_stop_and_reports_it():
+    retain, forget, unseen = _train_data()
+    model = fastblend.train_model(_net(), (torch.cat([retain[0], forget[0]]), torch.cat([retain[1], forget[1]])),
+                                  config={"epochs": 30, "lr": 0.05, "batch_size": 32, "warmup_epochs": 0})
+    cfg = {"epochs": 20, "batch_size": 16, "lr": 0.01}
+    full = unlearn("finetune", model, retain, forget, unseen, config=cfg, seed=0)
+    auto = unlearn("finetune", model, retain, forget, unseen, config=cfg, seed=0, stop="auto")
+    info = auto.info["auto_stop"]
+    assert info["stopped"] and info["step"] == auto.steps < full.steps
+    assert auto.info["stopped_at_step"] == info["step"]
+    assert info["kind"] == "sample" and info["last"]["done"]
+    # the returned model is the one the stop judged: its rule holds on it
+    again = AutoStop(forget, unseen, retain[1], seed=0)
+    again.baseline = info["baseline_heldout_acc"]
+    assert all(again.check(auto.model, info["step"]).conditions.values())
+    # the stop's evaluations are part of the method's time
+    assert auto.seconds >= info["eval_seconds"] > 0
+
+
+def test_unlearn_stop_auto_on_an_accelerated_method_and_with_a_callback():
+    retain, forget, unseen = _train_data(3)
+    model = fastblend.train_model(_net(1), (torch.cat([retain[0], forget[0]]), torch.cat([retain[1], forget[1]])),
+                                  config={"epochs": 20, "lr": 0.05, "batch_size": 32, "warmup_epochs": 0})
+    seen = []
+    res = unlearn("a_finetune", model, retain, forget, unseen, config={"epochs": 5, "batch_size": 16}, seed=0,
+                  stop="auto", callback=lambda m, s, t: seen.append(s), eval_every=2)
+    assert seen[0] == 0 and all(b - a <= 2 for a, b in zip(seen, seen[1:]))
+    assert res.info["auto_stop"]["evaluations"] == len(seen)
+    if res.info["auto_stop"]["stopped"]:
+        assert seen[-1] == res.steps == res.info["auto_stop"]["step"]
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("soon", "stop must be None, 'auto' or a fastblend.AutoStop"),
+    (3, "stop must be None, 'auto' or a fastblend.AutoStop"),
+])
+def test_unlearn_rejects_a_bad_stop(bad, message):
+    retain, forget, unseen = _train_data()
+    with pytest.raises(ValueError, match=message):
+        unlearn("finetune", _net(), retain, forget, unseen, stop=bad)
+
+
+def test_unlearn_stop_auto_needs_unseen_and_a_training_method():
+    retain, forget, unseen = _train_data()
+    with pytest.raises(ValueError, match="stop='auto' compares the forget set with held-out data"):
+        unlearn("finetune", _net(), retain, forget, stop="auto")
+    with pytest.raises(ValueError, match="one-shot"):
+        unlearn("ssd", _net(), retain, forget, unseen, stop="auto")
+
+
+def test_autostop_rejects_bad_arguments(sets):
+    retain, forget, heldout = sets
+    with pytest.raises(ValueError, match="AutoStop: kind must be one of"):
+        AutoStop(forget, heldout, kind="whole")
+    with pytest.raises(ValueError, match="kind='auto' needs retain_labels"):
+        AutoStop(forget, heldout)
+    with pytest.raises(ValueError, match="heldout has no images of the forget classes \\[2\\]"):
+        AutoStop(forget, (heldout[0][heldout[1] != 2], heldout[1][heldout[1] != 2]), kind="sample")
+    with pytest.raises(ValueError, match="AutoStop: patience must be an int >= 1"):
+        AutoStop(forget, heldout, kind="sample", patience=0)
+    with pytest.raises(ValueError, match="AutoStop: z must be a finite number"):
+        AutoStop(forget, heldout, kind="sample", z=float("nan"))
+    with pytest.raises(TypeError, match="AutoStop: retain_labels must be a 1-D integer tensor"):
+        AutoStop(forget, heldout, retain[1].float())
+    with pytest.raises(TypeError, match="AutoStop: model must be a torch.nn.Module"):
+        AutoStop(forget, heldout, kind="sample")("model", 1, 0.0)

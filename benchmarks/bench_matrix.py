@@ -18,9 +18,10 @@ exists, so an interruption loses at most the unit that was running. Units per (f
   (the first evaluation inside whose next one is inside too, as :func:`fastblend.tracking.time_to_target`)
   and ``t_stay`` (from which every later evaluation and the final model are inside); base methods run
   under a budget of ``--budget-factor`` x this seed's Retrain time (recorded);
-- ``<method>.auto`` (once ``fastblend.AutoStop`` exists, i.e. the auto stop is merged): the same
-  method with ``unlearn(..., stop="auto")``: where it stopped, whether that model is in the band, its
-  KLOM.
+- ``<method>.auto``: the same method with ``unlearn(..., stop="auto")`` (:class:`fastblend.AutoStop`,
+  its own evaluation cadence; a base method keeps its budget beside it): when the run ended
+  (``stop_seconds``, the stop's evaluations included, as a user pays them), what ended it (``stopped_by``:
+  the auto stop, the budget or the end of the recipe), whether that model is in the band, its KLOM.
 
 Everything is the demo's (``python -m fastblend demo``): :data:`fastblend.experiments.settings.DEMO`
 (the converged ConvNet-3 width 64, its recipe for the original and Retrain), the pipeline's data
@@ -280,10 +281,12 @@ def run_method(ctx: Context, method: str, budget_factor: float, index_cache: dic
         retain = split.retain_tensors()
         retain_size = len(retain[1])
     retrain_seconds = float(ctx.retrain["retrain_seconds"])
-    budget = budget_factor * retrain_seconds if (not accelerated and not auto) else None
+    budget = budget_factor * retrain_seconds if not accelerated else None
     trackers: dict = {}
-    if auto:
+    if auto:  # the stop's own cadence (AutoStop.evaluations); a base method keeps its budget beside it
         kw: dict = {"stop": "auto"}
+        if budget is not None:
+            kw["callback"] = lambda _model, _step, seconds: seconds >= budget
     else:
         kw = pipeline._tracked(cfg, trackers, "v", method, {}, retain_size, split, seed, budget, ctx.heldout)
     res = unlearn(method, ctx.model, retain, forget, unseen=unseen, device=device, seed=seed, progress=False, **kw)
@@ -297,8 +300,10 @@ def run_method(ctx: Context, method: str, budget_factor: float, index_cache: dic
     if auto:
         info = res.info.get("auto_stop", {}) or {}
         record["auto_stop"] = info
-        stop_seconds = info.get("seconds")
-        record["stop_seconds"] = request + float(stop_seconds) if stop_seconds is not None else total
+        record["stop_seconds"] = total  # the run ends at the stop: the request, the steps and the stop's evaluations
+        record["stopped_by"] = ("auto" if info.get("stopped") else
+                                "budget" if "stopped_at_step" in res.info else "end of the recipe")
+        record.update(budget_seconds=budget, budget_factor=budget_factor if budget is not None else None)
     else:
         points = trackers["v"].curve()
         for p in points:  # per request, the curve starts after the index request (the index is built beforehand)

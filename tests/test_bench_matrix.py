@@ -38,6 +38,13 @@ def test_the_matrix_resumes_and_its_readme_reads_the_unit_files(tmp_path, monkey
     assert calls == ["neggrad_plus"] and (folder / "a_finetune.json").stat().st_mtime_ns == stamp
     assert bench_matrix.run_matrix(out, **kw) == 0 and calls == ["neggrad_plus"]
 
+    # the auto stop's unit: the same method with unlearn(stop="auto"), judged on the band
+    assert bench_matrix.run_matrix(out, **{**kw, "methods": ["a_finetune"], "auto": True}) == 1
+    auto = json.loads((folder / "a_finetune.auto.json").read_text())
+    assert auto["auto_stop"]["kind"] and auto["stopped_by"] in ("auto", "end of the recipe")
+    assert auto["stop_seconds"] >= auto["request_seconds"] and "klom_forget_p99" in auto["final"]
+    (folder / "a_finetune.auto.json").unlink()
+
     # the README comes from the files: the cell's numbers, the targets, the auto-stop columns once a unit exists
     text = matrix_readme.render(out)
     assert "### `uniform`" in text and "| a_finetune | 1 |" in text and "## Targets" in text

@@ -168,8 +168,8 @@ def family_table(name: str, seeds: dict[int, dict[str, dict]]) -> tuple[list[str
                      f"their seed's Retrain time ({_mean_sd(budgets)} s)")
     lines += ["", "| method | seeds | time to band s (reached) | stays in from s | run s | vs Retrain's training | "
               "vs Retrain's time to band | vs base | final forget / test / MIA [CI] | final in band | "
-              "distance f / t / MIA | KLOM forget p50/p95/p99 | auto stop s (ended by) | auto in band | auto vs Retrain | "
-              "auto KLOM p50/p95/p99 |",
+              "distance f / t / MIA | KLOM forget p50/p95/p99 | auto stop s (ended by) | auto in band | "
+              "auto vs Retrain | auto KLOM p50/p95/p99 |",
               "|" + "---|" * 16]
     for c in cells:
         if not c["n"]:
@@ -185,7 +185,8 @@ def family_table(name: str, seeds: dict[int, dict[str, dict]]) -> tuple[list[str
             f"{_k(f['forget_acc'])} / {_k(f['test_acc'])} / {_k(f['mia'])} [{_k(f['mia_low'])}, {_k(f['mia_high'])}] | "
             f"{c['in_band']}/{c['n']} | " + " / ".join(f"{c['dist'][m]:+.1f}" for m in METRICS) + " | "
             + " / ".join(_k(c["klom"][p], 2) for p in ("p50", "p95", "p99")) + " | "
-            + (f"{_mean_sd(c['auto_stop'])} ({c['auto_by']}) | {c['auto_in_band']}/{auto} | {_fmt_x(c['auto_vs_retrain'])} | "
+            + (f"{_mean_sd(c['auto_stop'])} ({c['auto_by']}) | {c['auto_in_band']}/{auto} | "
+               f"{_fmt_x(c['auto_vs_retrain'])} | "
                + " / ".join(_k(c["auto_klom"][p], 2) for p in ("p50", "p95", "p99")) if auto else
                "pending | pending | pending | pending") + " |")
     lines.append("")

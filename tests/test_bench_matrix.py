@@ -52,5 +52,5 @@ def test_the_matrix_resumes_and_its_readme_reads_the_unit_files(tmp_path, monkey
     auto = {**acc, "unit": "a_finetune.auto", "stop_seconds": 0.123, "auto_stop": {"stopped": True}}
     (folder / "a_finetune.auto.json").write_text(json.dumps(auto))
     text = matrix_readme.render(out)
-    assert "| 0.1 | " + ("1/1" if acc["in_band"] else "0/1") in text
+    assert "| 0.1 (auto 1) | " + ("1/1" if acc["in_band"] else "0/1") in text
     assert "4. **Auto stop inside the band" in text and "pending —" not in text

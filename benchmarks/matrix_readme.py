@@ -322,9 +322,9 @@ def render(folder: str | Path) -> str:
              "and the final model are inside; *run s* = the whole run's time and its curve's evaluations (a base "
              "method's curve is spread over its whole planned schedule, so under a budget it has few points and its "
              "time to band is coarse: an over-estimate, which favours its twin); speed-ups are per-seed ratios "
-             "averaged (`>`: the base never reached the band in its budget, its whole run is a lower bound); *final* = the model the user gets (mean over "
-             "seeds); an accelerated run's time is the index request plus the unlearning (the index is built once per "
-             "training set and not counted, as in the demo)", ""]
+             "averaged (`>`: the base never reached the band in its budget, its whole run is a lower bound); "
+             "*final* = the model the user gets (mean over seeds); an accelerated run's time is the index request "
+             "plus the unlearning (the index is built once per training set and not counted, as in the demo)", ""]
     all_cells: list[dict] = []
     for fam in order:
         table, cells = family_table(fam, data[fam])

@@ -1,0 +1,56 @@
+"""The matrix runner (benchmarks/bench_matrix.py) resumes, and its README generator reads the unit files
+(tiny real data, seconds)."""
+
+import json
+
+from benchmarks import bench_matrix, matrix_readme
+
+TINY = {"limit": 240, "width": 4, "ipc": 4, "blend_iterations": 1, "retrain_seeds": 2, "mia_min_group": 5,
+        "track_evaluations": 3, "track_samples": 100, "klom_retain": 50,
+        "train_config": {"epochs": 1, "lr": 0.05, "batch_size": 64},
+        "retrain_config": {"epochs": 1, "lr": 0.05, "batch_size": 64, "warmup_epochs": 0}}
+
+
+def test_the_matrix_resumes_and_its_readme_reads_the_unit_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTBLEND_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "matrix"
+    logs = []
+    kw = dict(kinds=["uniform"], seeds=[0], methods=["a_finetune", "neggrad_plus"], limit=240, budget_factor=1.0,
+              overrides=TINY, auto=False, log=logs.append)
+    assert bench_matrix.run_matrix(out, **kw) == 2
+    folder = out / "uniform" / "seed0"
+    assert sorted(p.name for p in folder.iterdir()) == ["a_finetune.json", "neggrad_plus.json", "retrain.json",
+                                                        "retrain_margins.pt"]
+    acc = json.loads((folder / "a_finetune.json").read_text())
+    assert acc["accelerated"] and acc["reduced_size"] < acc["retain_size"] and acc["curve"]
+    assert acc["retrain_seconds"] == json.loads((folder / "retrain.json").read_text())["retrain_seconds"]
+    base = json.loads((folder / "neggrad_plus.json").read_text())
+    assert base["budget_seconds"] == acc["retrain_seconds"] and "klom_forget_p99" in base["final"]
+    stamp = (folder / "a_finetune.json").stat().st_mtime_ns
+
+    # a rerun computes nothing that is finished: a removed unit alone is run again
+    (folder / "neggrad_plus.json").unlink()
+    calls = []
+    real = bench_matrix.run_method
+    monkeypatch.setattr(bench_matrix, "run_method", lambda ctx, method, *a, **k: calls.append(method)
+                        or real(ctx, method, *a, **k))
+    assert bench_matrix.run_matrix(out, **kw) == 1
+    assert calls == ["neggrad_plus"] and (folder / "a_finetune.json").stat().st_mtime_ns == stamp
+    assert bench_matrix.run_matrix(out, **kw) == 0 and calls == ["neggrad_plus"]
+
+    # the auto stop's unit: the same method with unlearn(stop="auto"), judged on the band
+    assert bench_matrix.run_matrix(out, **{**kw, "methods": ["a_finetune"], "auto": True}) == 1
+    auto = json.loads((folder / "a_finetune.auto.json").read_text())
+    assert auto["auto_stop"]["kind"] and auto["stopped_by"] in ("auto", "end of the recipe")
+    assert auto["stop_seconds"] >= auto["request_seconds"] and "klom_forget_p99" in auto["final"]
+    (folder / "a_finetune.auto.json").unlink()
+
+    # the README comes from the files: the cell's numbers, the targets, the auto-stop columns once a unit exists
+    text = matrix_readme.render(out)
+    assert "### `uniform`" in text and "| a_finetune | 1 |" in text and "## Targets" in text
+    assert "pending" in text
+    auto = {**acc, "unit": "a_finetune.auto", "stop_seconds": 0.123, "auto_stop": {"stopped": True}}
+    (folder / "a_finetune.auto.json").write_text(json.dumps(auto))
+    text = matrix_readme.render(out)
+    assert "| 0.1 (auto 1) | " + ("1/1" if acc["in_band"] else "0/1") in text
+    assert "4. **Auto stop inside the band" in text and "pending —" not in text

@@ -272,7 +272,8 @@ def _direct_stop() -> tuple[list[bool], bool]:
     lets anything pass, rank 1's none): every rank gets rank 0's answer."""
     d = _data()
     stop = fastblend.AutoStop((d["forget_x"], d["forget_y"]), (d["unseen_x"], d["unseen_y"]), kind="sample",
-                              slack=100.0 if fd.rank() == 0 else 0.0, z=0.0)
+                              slack=100.0 if fd.rank() == 0 else 0.0, match_z=1.0 if fd.rank() == 0 else 0.0,
+                              z=0.0, max_drop=0.0)
     model = _model()
     stop.start(model)
     answers = [stop(model, step) for step in (0, 1, 2)]

@@ -54,3 +54,24 @@ def test_the_matrix_resumes_and_its_readme_reads_the_unit_files(tmp_path, monkey
     text = matrix_readme.render(out)
     assert "| 0.1 (auto 1) | " + ("1/1" if acc["in_band"] else "0/1") in text
     assert "4. **Auto stop inside the band" in text and "pending —" not in text
+
+
+def test_the_readme_matrix_table_is_generated_from_the_committed_files():
+    from pathlib import Path
+
+    from benchmarks import matrix_readme
+
+    root = Path(__file__).resolve().parents[1]
+    folder = "benchmarks/results-2026-12-05-cpu/matrix"
+    text = (root / "README.md").read_text()
+    block = text.split(matrix_readme.BEGIN, 1)[1].split(matrix_readme.END, 1)[0]
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        want = matrix_readme.readme_block(folder)
+    finally:
+        os.chdir(cwd)
+    assert matrix_readme.BEGIN + block + matrix_readme.END == want, \
+        "README's matrix table is stale: run python -m benchmarks.matrix_readme " + folder + " --readme README.md"

@@ -133,7 +133,7 @@ def tracked(method, model, retain, forget, unseen, config, split, seed, evaluati
             mia="auc"):
     tracker = Tracker(split.forget_tensors(), split.eval_tensors(), seed=seed, offset=offset, heldout=heldout, mia=mia)
     every = eval_every_for(planned_steps(method, config or None, len(retain[1]) if isinstance(retain, tuple)
-                                         else len(retain)), evaluations)
+                                         else len(retain), whole_class=split.whole_class), evaluations)
     res = unlearn(method, model, retain, forget, unseen=unseen, config=config or None, seed=seed, callback=tracker,
                   eval_every=every)
     return res, tracker

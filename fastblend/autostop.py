@@ -16,9 +16,11 @@ What "done" means depends on the request (docs/method.md §4.5):
   against held-out) is at most 50 plus one of its standard errors (its interval is recorded); (c) held-out
   accuracy has not fallen below its value before unlearning by more than ``max(max_drop, z·se)`` points.
 - **a whole class** (``kind="class"``: every training image of a class is forgotten, so the retain set
-  holds none). A model that never saw the class never predicts it: done when the forgotten classes'
-  accuracy, on the forget set and on held-out images of those classes, is at most ``class_floor`` percent,
-  and (c) holds on the held-out images of the other classes.
+  holds none). A model that never saw the class never predicts it, and cannot tell its training images from
+  other images of it: done when the forgotten classes' accuracy, on the forget set and on held-out images of
+  those classes, is at most ``class_floor`` percent, the MIA of the forget set against those held-out images is
+  at most 50 plus one of its standard errors (as (b)), and (c) holds on the held-out images of the other
+  classes.
 
 A request of both kinds (some classes whole, others in part) applies each rule to its part. The rule must
 hold at ``patience`` consecutive evaluations. :attr:`AutoStop.history` keeps every evaluation's statistics
@@ -208,6 +210,17 @@ class AutoStop:
         n = int(keep.sum())
         return (float(correct_h[keep].double().mean() * 100) if n else math.nan), n
 
+    def _mia(self, lf: torch.Tensor, fy: torch.Tensor, lh: torch.Tensor, hy: torch.Tensor, rows_f: torch.Tensor,
+             rows_h: torch.Tensor) -> Any:
+        """The direct-AUC MIA of the forget rows ``rows_f`` against the held-out rows ``rows_h`` (``None`` when a
+        side has fewer than 5 samples: no interval to speak of)."""
+        if min(int(rows_f.sum()), int(rows_h.sum())) < 5:
+            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SmallGroupWarning)
+            return mia_with_interval(lf[rows_f], fy[rows_f], lh[rows_h], hy[rows_h], statistic="auc", seed=self.seed,
+                                     boot=100)
+
     def start(self, model: nn.Module) -> float:
         """Record the held-out accuracy of ``model`` (the untouched model) that the rule must keep; returns it."""
         if not isinstance(model, nn.Module):
@@ -256,21 +269,25 @@ class AutoStop:
             se_diff = math.hypot(max(binomial_se(acc_f, n_f), 0.5), max(binomial_se(same, n_same), 0.5))
             conditions["forget_acc_like_heldout"] = acc_f <= same + self.slack + self.match_z * se_diff
             ref = torch.isin(hy, f_cls)
-            if min(n_f, int(ref.sum())) >= 5:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", SmallGroupWarning)
-                    r = mia_with_interval(lf[part], fy[part], lh[ref], hy[ref], statistic="auc", seed=self.seed,
-                                          boot=100)
+            r = self._mia(lf, fy, lh, hy, part, ref)
+            if r is not None:
                 mia = (r.score, r.low, r.high)
                 conditions["mia_not_member"] = r.score <= 50.0 + self.slack + self.match_z * r.se
                 ce_f = F.cross_entropy(lf[part], fy[part], reduction="none")
                 ce_h = F.cross_entropy(lh[ref], hy[ref], reduction="none")
                 ks = _ks(ce_f, ce_h)
-        # whole classes: no longer predicted, on the forget set and on held-out images of those classes
+        # whole classes: no longer predicted, on the forget set and on held-out images of those classes, and the
+        # attack cannot tell the forget images from held-out images of their class (a model that never saw the
+        # class ranks both alike)
         if self.whole_classes:
             fw, hw = torch.isin(fy, whole), torch.isin(hy, whole)
             conditions["class_forgotten"] = (float(cf[fw].double().mean() * 100) <= self.class_floor
                                              and float(ch[hw].double().mean() * 100) <= self.class_floor)
+            r = self._mia(lf, fy, lh, hy, fw, hw)
+            if r is not None:
+                if not bool(part.any()):
+                    mia = (r.score, r.low, r.high)
+                conditions["class_not_member"] = r.score <= 50.0 + self.slack + self.match_z * r.se
         done = all(conditions.values()) and step >= self.min_steps
         check = AutoStopCheck(step=int(step), seconds=float(seconds), forget_acc=float(cf.double().mean() * 100),
                               heldout_acc=acc_h, heldout_same_class_acc=same, mia=mia[0], mia_low=mia[1],

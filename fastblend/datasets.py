@@ -85,6 +85,12 @@ class UnlearningSplit:
         return self.train.num_classes
 
     @property
+    def whole_class(self) -> bool:
+        """True when no forget class has a retain image (a whole-class request; ``config.request`` "auto")."""
+        labels = self.train.labels
+        return not bool(torch.isin(labels[self.forget].unique(), labels[self.retain].unique()).any())
+
+    @property
     def forget_mask(self) -> torch.Tensor:
         """``[N]`` bool over the train set, True for ``D_f``."""
         mask = torch.zeros(len(self.train), dtype=torch.bool)

@@ -105,8 +105,16 @@ def test_a_whole_class_request_needs_the_class_no_longer_predicted(sets):
     assert not stop(model, 1, 0.0) and stop.history[-1].conditions["class_forgotten"] is False
     with torch.no_grad():
         model.linear.bias[2] = -100.0  # never predicts class 2
-    assert stop(model, 2, 0.0)
-    assert stop.history[-1].conditions == {"heldout_kept": True, "class_forgotten": True}
+    model.alpha = 0.5  # ... but still knows its forget images: their class-2 loss is far below held-out's
+    assert not stop(model, 2, 0.0)
+    check = stop.history[-1]
+    assert check.conditions == {"heldout_kept": True, "class_forgotten": True, "class_not_member": False}
+    assert check.mia_low > 50
+    model.alpha = 1.0  # forget images now treated like any other image of the class
+    assert stop(model, 3, 0.0)
+    check = stop.history[-1]
+    assert check.conditions == {"heldout_kept": True, "class_forgotten": True, "class_not_member": True}
+    assert check.mia_low <= 50 <= check.mia_high
 
 
 def test_the_untouched_model_is_not_returned_by_default(sets):

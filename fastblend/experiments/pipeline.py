@@ -420,7 +420,7 @@ def _tracked(cfg: ExperimentConfig, trackers: dict, variant: str, method: str, c
         return {}
     trackers[variant] = Tracker(split.forget_tensors(), split.eval_tensors(), max_samples=cfg.track_samples,
                                 seed=seed, budget=budget, heldout=heldout, mia=cfg.mia_statistic)
-    steps = planned_steps(method, config or None, retain_size)
+    steps = planned_steps(method, config or None, retain_size, whole_class=split.whole_class)
     return {"callback": trackers[variant], "eval_every": eval_every_for(steps, cfg.track_evaluations)}
 
 

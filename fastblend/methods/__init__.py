@@ -30,6 +30,8 @@ from .aamu_configs import (
     APruneConfig,
     AScrubConfig,
     ASparseConfig,
+    class_request_config,
+    given_fields,
 )
 from .bad_teacher import BadTeacher, BadTeacherConfig
 from .base import (
@@ -123,11 +125,15 @@ def config_class(method: str) -> type:
     return _spec(method, "config_class").config_class
 
 
-def planned_steps(method: str, config: object, retain_size: int) -> int:
+def planned_steps(method: str, config: object, retain_size: int, whole_class: bool = False) -> int:
     """Optimiser steps ``unlearn(method, ..., config=config)`` takes on ``retain_size`` retain rows
     (epochs x batches; extra passes such as SCRUB's forget pass are not counted): what
-    :func:`fastblend.tracking.eval_every_for` spreads evaluations over."""
-    cfg = resolve_config(config, config_class(method), "planned_steps")
+    :func:`fastblend.tracking.eval_every_for` spreads evaluations over. ``whole_class``: the request forgets
+    whole classes, so an accelerated method with ``config.request`` "auto" runs its whole-class recipe."""
+    spec = _spec(method, "planned_steps")
+    cfg = resolve_config(config, spec.config_class, "planned_steps")
+    if spec.accelerated and (cfg.request == "class" or (whole_class and cfg.request == "auto")):
+        cfg, _ = class_request_config(spec.name, cfg, given_fields(config, cfg))
     batch = getattr(cfg, "batch_size", retain_size) or 1
     return getattr(cfg, "epochs", 1) * math.ceil(retain_size / batch)
 
@@ -342,9 +348,16 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
             f = f.to(dev)
         u = u.to(dev) if u is not None else None
 
+    request, recipe = None, {}
+    if spec.accelerated:
+        request = _request_kind(cfg.request, r, f, fn)
+        if request == "class":
+            cfg, recipe = class_request_config(spec.name, cfg, given_fields(config, cfg))
     ctx = RunContext(cfg, dev, seed, progress, fn)
     ctx.num_classes = num_classes
     ctx.ddp_options = ddp_options
+    if request is not None:
+        ctx.info["request"], ctx.info["class_recipe"] = request, recipe
     data = RunData(r, f, u)
     stopper = None
     if stop is not None:
@@ -386,6 +399,23 @@ def _retain_labels(r: Any, fn: str) -> torch.Tensor:
         raise ValueError(f"{fn}: stop='auto' needs the retain set's labels to tell a whole-class request from "
                          f"scattered samples, and they could not be read ({exc}); pass "
                          "stop=fastblend.AutoStop(forget, unseen, kind='sample' or 'class')") from None
+
+
+def _request_kind(setting: str, r: Any, f: Any, fn: str) -> str:
+    """``"class"`` when the accelerated recipe should be the whole-class one (``setting`` "class", or "auto"
+    and no forget class has a retain row), else ``"sample"``. Retain labels that cannot be read leave "auto"
+    on the paper's recipe, with a warning that says how to choose."""
+    if setting != "auto":
+        return setting
+    try:
+        retained = _retain_labels(r, fn)
+    except ValueError:
+        warnings.warn(f"{fn}: config.request='auto' could not read the retain set's labels to tell a whole-class "
+                      "request from scattered samples; running the paper's recipe. Pass config={'request': "
+                      "'class'} or {'request': 'sample'} to choose", stacklevel=3)
+        return "sample"
+    forget_classes = torch.unique(f.labels.detach().cpu())
+    return "sample" if bool(torch.isin(forget_classes, retained.unique()).any()) else "class"
 
 
 def _with_stop(callback: Callable | None, stopper: AutoStop, every: int) -> Callable[[nn.Module, int, float], bool]:

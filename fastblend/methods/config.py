@@ -126,6 +126,12 @@ class AAMUFields:
             logits in between (``1``, the default, is the paper's every-step batch). A departure
             from docs/method.md §2.4 when > 1: the unseen losses are up to ``k - 1`` steps stale
             and their classes follow the forget batch of the refresh step only.
+        request: which recipe :func:`fastblend.unlearn` runs (docs/method.md §7.6): ``"auto"`` (default)
+            runs the whole-class recipe (:data:`fastblend.methods.aamu_configs.CLASS_REQUEST`) when every
+            forget class is absent from the retain set and the paper's otherwise; ``"class"`` always the
+            whole-class recipe; ``"sample"`` always the paper's. The whole-class recipe only sets what the
+            caller did not: keys missing from a dict ``config``, or fields left at their defaults in a
+            config instance.
     """
 
     lam: float = RECIPE.lam
@@ -138,6 +144,7 @@ class AAMUFields:
     unseen_batch_factor: int = RECIPE.unseen_batch_factor
     max_draw: int | None = RECIPE.max_draw
     unseen_refresh: int = RECIPE.unseen_refresh
+    request: str = "auto"
 
     def check(self, fn: str) -> None:
         """Check the base method's settings (the next class in the MRO), then these."""
@@ -152,6 +159,8 @@ class AAMUFields:
             raise ValueError(f"{fn}: config.max_draw must be an int >= 1 or None (no cap), got {self.max_draw!r}")
         if self.transform not in ("per_set", "pooled"):
             raise ValueError(f"{fn}: config.transform must be 'per_set' or 'pooled', got {self.transform!r}")
+        if self.request not in ("auto", "class", "sample"):
+            raise ValueError(f"{fn}: config.request must be 'auto', 'class' or 'sample', got {self.request!r}")
         if self.unseen_refresh < 1:
             raise ValueError(f"{fn}: config.unseen_refresh must be >= 1 (1 = every step), got {self.unseen_refresh}")
 

@@ -1,0 +1,81 @@
+"""The whole-class recipe of the accelerated methods (config.request, docs/method.md §7.6)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from fastblend import unlearn
+from fastblend.methods import config_class
+from fastblend.methods.aamu_configs import CLASS_REQUEST
+
+C = 3
+
+
+def _data(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(240) % C
+    x = torch.tensor([[0.0, 0.0], [2.5, 0.0], [0.0, 2.5]])[y] + torch.randn(240, 2, generator=g)
+    return x, y
+
+
+def _net():
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, C))
+
+
+@pytest.fixture(scope="module")
+def request_sets():
+    x, y = _data(0)
+    ux, uy = _data(1)
+    whole = y == 2
+    part = torch.zeros_like(whole)
+    part[torch.nonzero(whole).flatten()[:20]] = True  # 20 of class 2's 80 images: scattered samples
+    return {"class": ((x[~whole], y[~whole]), (x[whole], y[whole])),
+            "sample": ((x[~part], y[~part]), (x[part], y[part])), "unseen": (ux, uy)}
+
+
+def _run(method, sets, kind, config=None):
+    retain, forget = sets[kind]
+    return unlearn(method, _net(), retain, forget, sets["unseen"], config=config, seed=0)
+
+
+@pytest.mark.parametrize("method", sorted(CLASS_REQUEST))
+def test_a_whole_class_request_runs_the_whole_class_recipe(request_sets, method):
+    res = _run(method, request_sets, "class", {"batch_size": 16})
+    assert res.info["request"] == "class" and res.info["class_recipe"] == CLASS_REQUEST[method]
+    for key, value in CLASS_REQUEST[method].items():
+        assert getattr(res.config, key) == value
+    assert res.config.transform == "pooled"
+
+
+def test_scattered_samples_keep_the_paper_recipe(request_sets):
+    res = _run("a_finetune", request_sets, "sample", {"batch_size": 16})
+    paper = config_class("a_finetune")()
+    assert res.info["request"] == "sample" and res.info["class_recipe"] == {}
+    assert (res.config.transform, res.config.lr, res.config.epochs) == (paper.transform, paper.lr, paper.epochs)
+
+
+def test_the_recipe_sets_only_what_the_caller_did_not(request_sets):
+    one = _run("a_finetune", request_sets, "class", {"batch_size": 16, "epochs": 1})
+    three = _run("a_finetune", request_sets, "class", {"batch_size": 16})
+    assert one.config.epochs == 1 and one.config.lr == 5e-4 and "epochs" not in one.info["class_recipe"]
+    assert three.steps == 3 * one.steps
+    # a config instance: fields that differ from the defaults are the caller's
+    cls = config_class("a_finetune")
+    res = _run("a_finetune", request_sets, "class", cls(batch_size=16, lr=1e-3))
+    assert res.config.lr == 1e-3 and res.config.transform == "pooled" and res.config.epochs == 3
+    # request='sample' keeps the paper's recipe on a whole class; request='class' forces it on samples
+    kept = _run("a_finetune", request_sets, "class", {"batch_size": 16, "request": "sample"})
+    assert kept.info["request"] == "sample" and kept.config.transform == "per_set" and kept.config.epochs == 1
+    forced = _run("a_finetune", request_sets, "sample", {"batch_size": 16, "request": "class"})
+    assert forced.info["request"] == "class" and forced.config.transform == "pooled"
+
+
+def test_base_methods_and_bad_settings(request_sets):
+    base = _run("finetune", request_sets, "class", {"batch_size": 16, "epochs": 1})
+    assert "request" not in base.info
+    with pytest.raises(ValueError, match="config.request must be 'auto', 'class' or 'sample'"):
+        _run("a_finetune", request_sets, "class", {"request": "whole"})

@@ -403,10 +403,15 @@ def _retain_labels(r: Any, fn: str) -> torch.Tensor:
 
 def _request_kind(setting: str, r: Any, f: Any, fn: str) -> str:
     """``"class"`` when the accelerated recipe should be the whole-class one (``setting`` "class", or "auto"
-    and no forget class has a retain row), else ``"sample"``. Retain labels that cannot be read leave "auto"
-    on the paper's recipe, with a warning that says how to choose."""
+    and no forget class has a retain row), else ``"sample"``. A streamed retain set whose dataset has no
+    ``labels``/``targets`` attribute is not read just to decide (the paper's recipe; ``request="class"`` forces
+    the other); labels that cannot be read leave "auto" on the paper's recipe, with a warning."""
     if setting != "auto":
         return setting
+    if r.labels is None:  # streamed: read labels only from an attribute, never by a pass over the images
+        source = r.dataset if r.dataset is not None else getattr(r.loader, "dataset", None)
+        if not any(isinstance(getattr(source, a, None), (torch.Tensor, list, tuple)) for a in ("labels", "targets")):
+            return "sample"
     try:
         retained = _retain_labels(r, fn)
     except ValueError:

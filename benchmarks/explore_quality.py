@@ -209,51 +209,34 @@ def _grid() -> None:
                     ("uniform/a_finetune/unseen_hardest0.25", "uniform", "a_finetune", {"_unseen_hardest": 0.25})])
     # a whole-class request, three unlearning seeds each: lr and steps, the pooled transform (the level gap
     # the MIA measures), A-SCRUB's max step bounded to the first epoch; "_stop": the auto stop ends the run
-    rows = []
-    for name, method, conf in (("a_finetune/lr1e-3_epochs3", "a_finetune", {"lr": 1e-3, "epochs": 3}),
-                               ("a_finetune/lr1e-3_epochs3_auto", "a_finetune", {"lr": 1e-3, "epochs": 3,
-                                                                                 "_stop": "auto"}),
-                               ("a_finetune/pooled_lr1e-3_epochs3", "a_finetune", {"lr": 1e-3, "epochs": 3,
-                                                                                   "transform": "pooled"}),
-                               ("a_scrub/max_epochs1_lr0.02", "a_scrub", {"max_epochs": 1, "lr": 0.02}),
-                               ("a_scrub/max_epochs1_pooled_lr0.02", "a_scrub", {"max_epochs": 1, "lr": 0.02,
-                                                                                  "transform": "pooled"})):
-        for s in (0, 1, 2):
-            rows.append((f"classwise/{name}/seed{s}", "classwise", method, {**conf, "_seed": s}))
-    plan("classreq", rows)
-    rows = []
-    for name, method, conf in (("a_finetune/pooled_lr1e-3_epochs2", "a_finetune",
-                                {"lr": 1e-3, "epochs": 2, "transform": "pooled"}),
-                               ("a_finetune/pooled_lr1e-3_epochs3_auto", "a_finetune",
-                                {"lr": 1e-3, "epochs": 3, "transform": "pooled", "_stop": "auto"}),
-                               ("a_finetune/pooled_lr5e-4_epochs3", "a_finetune",
-                                {"lr": 5e-4, "epochs": 3, "transform": "pooled"}),
-                               ("a_finetune/pooled_lr5e-4_epochs4", "a_finetune",
-                                {"lr": 5e-4, "epochs": 4, "transform": "pooled"})):
-        for s in (0, 1, 2):
-            rows.append((f"classwise/{name}/seed{s}", "classwise", method, {**conf, "_seed": s}))
-    plan("classreq2", rows)
-    rows = []
-    for name, conf in (("max_epochs1_pooled", {"max_epochs": 1, "transform": "pooled"}),
-                       ("max_epochs1_pooled_lam10", {"max_epochs": 1, "transform": "pooled", "lam": 10.0}),
-                       ("max_epochs1_pooled_lam3", {"max_epochs": 1, "transform": "pooled", "lam": 3.0}),
-                       ("max_epochs1_pooled_auto", {"max_epochs": 1, "transform": "pooled", "_stop": "auto"})):
-        for s in (0, 1, 2):
-            rows.append((f"classwise/a_scrub/{name}/seed{s}", "classwise", "a_scrub", {**conf, "_seed": s}))
-    plan("classreq3", rows)
-    # the winners on a_finetune and a_scrub, the same recipe on a_sparse and a_neggrad_plus, and the auto stop
     pooled = {"lr": 5e-4, "epochs": 3, "transform": "pooled"}
-    a = [("a_finetune/pooled_lr5e-4_epochs3_auto", "a_finetune", {**pooled, "_stop": "auto"}),
-         ("a_sparse/pooled_lr5e-4_epochs3", "a_sparse", pooled),
-         ("a_neggrad_plus/pooled_lr5e-4_epochs3", "a_neggrad_plus", pooled)]
-    b = [("a_scrub/max_epochs1_pooled_lam5", "a_scrub", {"max_epochs": 1, "transform": "pooled", "lam": 5.0}),
-         ("a_scrub/max_epochs1_pooled_lam3_auto", "a_scrub", {"max_epochs": 1, "transform": "pooled", "lam": 3.0,
-                                                              "_stop": "auto"}),
-         ("a_sparse/pooled_lr5e-4_epochs3_auto", "a_sparse", {**pooled, "_stop": "auto"})]
-    for plan_name, group in (("classreq4", a), ("classreq5", b)):
+    scrub1 = {"max_epochs": 1, "transform": "pooled"}
+    groups = {
+        "classreq": [("a_finetune/lr1e-3_epochs3", "a_finetune", {"lr": 1e-3, "epochs": 3}),
+                     ("a_finetune/lr1e-3_epochs3_auto", "a_finetune", {"lr": 1e-3, "epochs": 3, "_stop": "auto"}),
+                     ("a_finetune/pooled_lr1e-3_epochs3", "a_finetune", {"lr": 1e-3, "epochs": 3,
+                                                                         "transform": "pooled"}),
+                     ("a_scrub/max_epochs1_lr0.02", "a_scrub", {"max_epochs": 1, "lr": 0.02}),
+                     ("a_scrub/max_epochs1_pooled_lr0.02", "a_scrub", {**scrub1, "lr": 0.02})],
+        "classreq2": [("a_finetune/pooled_lr1e-3_epochs2", "a_finetune", {**pooled, "lr": 1e-3, "epochs": 2}),
+                      ("a_finetune/pooled_lr1e-3_epochs3_auto", "a_finetune", {**pooled, "lr": 1e-3, "_stop": "auto"}),
+                      ("a_finetune/pooled_lr5e-4_epochs3", "a_finetune", pooled),
+                      ("a_finetune/pooled_lr5e-4_epochs4", "a_finetune", {**pooled, "epochs": 4})],
+        "classreq3": [("a_scrub/max_epochs1_pooled", "a_scrub", scrub1),
+                      ("a_scrub/max_epochs1_pooled_lam10", "a_scrub", {**scrub1, "lam": 10.0}),
+                      ("a_scrub/max_epochs1_pooled_lam3", "a_scrub", {**scrub1, "lam": 3.0}),
+                      ("a_scrub/max_epochs1_pooled_auto", "a_scrub", {**scrub1, "_stop": "auto"})],
+        # the winners on a_finetune and a_scrub, the same recipe on a_sparse and a_neggrad_plus, the auto stop
+        "classreq4": [("a_finetune/pooled_lr5e-4_epochs3_auto", "a_finetune", {**pooled, "_stop": "auto"}),
+                      ("a_sparse/pooled_lr5e-4_epochs3", "a_sparse", pooled),
+                      ("a_neggrad_plus/pooled_lr5e-4_epochs3", "a_neggrad_plus", pooled)],
+        "classreq5": [("a_scrub/max_epochs1_pooled_lam5", "a_scrub", {**scrub1, "lam": 5.0}),
+                      ("a_scrub/max_epochs1_pooled_lam3_auto", "a_scrub", {**scrub1, "lam": 3.0, "_stop": "auto"}),
+                      ("a_sparse/pooled_lr5e-4_epochs3_auto", "a_sparse", {**pooled, "_stop": "auto"})],
+    }
+    for plan_name, group in groups.items():
         plan(plan_name, [(f"classwise/{name}/seed{s}", "classwise", method, {**conf, "_seed": s})
                          for name, method, conf in group for s in (0, 1, 2)])
-
 
 _grid()
 

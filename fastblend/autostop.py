@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._checks import plain_number
+from .datasets import whole_classes
 from .distributed import broadcast_object
 from .evaluation import SmallGroupWarning, binomial_se, mia_with_interval
 from .metrics import predict_logits
@@ -182,7 +183,7 @@ class AutoStop:
             if retained is None:
                 raise ValueError(f"{fn}: kind='auto' needs retain_labels to tell a whole-class request from "
                                  "scattered samples; pass retain_labels or kind='sample'/'class'")
-            whole = [int(c) for c in classes if not bool((retained == c).any())]
+            whole = whole_classes(classes, retained)
         elif kind == "class":
             whole = [int(c) for c in classes]
         else:

@@ -55,6 +55,12 @@ __all__ = ["ANIMAL_MNIST_INSTALL", "DATASETS", "DEFAULT_DATASET", "NORMALIZATION
 NORMALIZATIONS = ("auto", "train", "none")
 
 
+def whole_classes(forget_labels: torch.Tensor, retain_labels: torch.Tensor) -> list[int]:
+    """The forget classes no retain label holds (forgotten whole), sorted."""
+    classes = forget_labels.detach().cpu().long().unique()
+    return [int(c) for c in classes[~torch.isin(classes, retain_labels.detach().cpu().long())]]
+
+
 @dataclass(eq=False)  # fields are tensors: compare them explicitly
 class UnlearningSplit:
     """The docs/method.md §6 split of one dataset for one unlearning request.
@@ -88,7 +94,8 @@ class UnlearningSplit:
     def whole_class(self) -> bool:
         """True when no forget class has a retain image (a whole-class request; ``config.request`` "auto")."""
         labels = self.train.labels
-        return not bool(torch.isin(labels[self.forget].unique(), labels[self.retain].unique()).any())
+        forget_classes = labels[self.forget].unique()
+        return len(whole_classes(forget_classes, labels[self.retain])) == forget_classes.numel()
 
     @property
     def forget_mask(self) -> torch.Tensor:

@@ -79,3 +79,12 @@ def test_base_methods_and_bad_settings(request_sets):
     assert "request" not in base.info
     with pytest.raises(ValueError, match="config.request must be 'auto', 'class' or 'sample'"):
         _run("a_finetune", request_sets, "class", {"request": "whole"})
+
+
+def test_a_split_knows_whether_it_forgets_whole_classes():
+    from fastblend.datasets import load_dataset, make_split, whole_classes
+
+    train, test = load_dataset("digits")
+    assert make_split(train, test, forget="classwise", forget_class=3, seed=0).whole_class
+    assert not make_split(train, test, forget="uniform", forget_fraction=0.1, seed=0).whole_class
+    assert whole_classes(torch.tensor([2, 0, 2]), torch.tensor([0, 1])) == [2]

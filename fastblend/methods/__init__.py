@@ -21,6 +21,7 @@ from torch import nn
 from .._checks import as_device, plain_number
 from ..autostop import AutoStop
 from ..data_adapter import as_data, cast_to_model, check_disjoint, check_label_range, model_device, model_dtype
+from ..datasets import whole_classes
 from ..recipe import RECIPE
 from ..tracking import StepClock, eval_every_for
 from .aamu_configs import (
@@ -30,8 +31,7 @@ from .aamu_configs import (
     APruneConfig,
     AScrubConfig,
     ASparseConfig,
-    class_request_config,
-    given_fields,
+    request_config,
 )
 from .bad_teacher import BadTeacher, BadTeacherConfig
 from .base import (
@@ -132,8 +132,8 @@ def planned_steps(method: str, config: object, retain_size: int, whole_class: bo
     whole classes, so an accelerated method with ``config.request`` "auto" runs its whole-class recipe."""
     spec = _spec(method, "planned_steps")
     cfg = resolve_config(config, spec.config_class, "planned_steps")
-    if spec.accelerated and (cfg.request == "class" or (whole_class and cfg.request == "auto")):
-        cfg, _ = class_request_config(spec.name, cfg, given_fields(config, cfg))
+    if spec.accelerated:
+        _, cfg, _ = request_config(spec.name, cfg, config, whole_class)
     batch = getattr(cfg, "batch_size", retain_size) or 1
     return getattr(cfg, "epochs", 1) * math.ceil(retain_size / batch)
 
@@ -350,9 +350,8 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
 
     request, recipe = None, {}
     if spec.accelerated:
-        request = _request_kind(cfg.request, r, f, fn)
-        if request == "class":
-            cfg, recipe = class_request_config(spec.name, cfg, given_fields(config, cfg))
+        request, cfg, recipe = request_config(spec.name, cfg, config,
+                                              cfg.request == "auto" and _whole_class_request(r, f, fn))
     ctx = RunContext(cfg, dev, seed, progress, fn)
     ctx.num_classes = num_classes
     ctx.ddp_options = ddp_options
@@ -401,26 +400,24 @@ def _retain_labels(r: Any, fn: str) -> torch.Tensor:
                          "stop=fastblend.AutoStop(forget, unseen, kind='sample' or 'class')") from None
 
 
-def _request_kind(setting: str, r: Any, f: Any, fn: str) -> str:
-    """``"class"`` when the accelerated recipe should be the whole-class one (``setting`` "class", or "auto"
-    and no forget class has a retain row), else ``"sample"``. A streamed retain set whose dataset has no
-    ``labels``/``targets`` attribute is not read just to decide (the paper's recipe; ``request="class"`` forces
-    the other); labels that cannot be read leave "auto" on the paper's recipe, with a warning."""
-    if setting != "auto":
-        return setting
+def _whole_class_request(r: Any, f: Any, fn: str) -> bool:
+    """True when no forget class has a retain row (``config.request`` "auto" then runs the whole-class recipe).
+    A streamed retain set whose dataset has no ``labels``/``targets`` attribute is not read just to decide
+    (False: the paper's recipe; ``request="class"`` forces the other); labels that cannot be read give False,
+    with a warning."""
     if r.labels is None:  # streamed: read labels only from an attribute, never by a pass over the images
         source = r.dataset if r.dataset is not None else getattr(r.loader, "dataset", None)
         if not any(isinstance(getattr(source, a, None), (torch.Tensor, list, tuple)) for a in ("labels", "targets")):
-            return "sample"
+            return False
     try:
         retained = _retain_labels(r, fn)
     except ValueError:
         warnings.warn(f"{fn}: config.request='auto' could not read the retain set's labels to tell a whole-class "
                       "request from scattered samples; running the paper's recipe. Pass config={'request': "
                       "'class'} or {'request': 'sample'} to choose", stacklevel=3)
-        return "sample"
-    forget_classes = torch.unique(f.labels.detach().cpu())
-    return "sample" if bool(torch.isin(forget_classes, retained.unique()).any()) else "class"
+        return False
+    forget_classes = f.labels.unique()
+    return len(whole_classes(forget_classes, retained)) == forget_classes.numel()
 
 
 def _with_stop(callback: Callable | None, stopper: AutoStop, every: int) -> Callable[[nn.Module, int, float], bool]:

@@ -19,7 +19,7 @@ forget set, so there is nothing for the forget-vs-unseen term to match) and ``ss
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from ..recipe import RECIPE
@@ -95,7 +95,6 @@ class APruneConfig(AAMUFields, AAMUOptimiser, PruneConfig):
     ``steepen(CE_retain) + λ·MMD²`` and A-AMU's optimiser (Adam lr 2.4e-4, no weight decay, 1 epoch)."""
 
 
-
 # The whole-class recipe (docs/method.md §7.6), measured on the classwise cell of the matrix
 # (benchmarks/results-2026-12-05-cpu/quality/README.md, "A whole-class request"). A whole class leaves no
 # image of it in the retain set: the model must stop predicting the class *and* stop ranking its own training
@@ -114,13 +113,17 @@ CLASS_REQUEST: dict[str, dict[str, Any]] = {
 }
 
 
-def class_request_config(name: str, cfg: Any, given: set[str]) -> tuple[Any, dict[str, Any]]:
-    """``(cfg with the whole-class recipe of method name for the fields not in given, the fields it set)``;
-    ``cfg`` unchanged for a method without one (``a_bad_teacher``, ``a_prune``: not measured)."""
-    from dataclasses import replace
-
+def request_config(name: str, cfg: Any, config: Any, whole_class: bool) -> tuple[str, Any, dict[str, Any]]:
+    """``(the request that runs, cfg for it, the fields the whole-class recipe set)``: ``cfg.request``, its
+    ``"auto"`` read as ``"class"`` when ``whole_class``; a ``"class"`` request gets method ``name``'s recipe for
+    the fields the caller (``config``, what it passed) did not set; ``cfg`` unchanged for a method without one
+    (``a_bad_teacher``, ``a_prune``: not measured)."""
+    request = cfg.request if cfg.request != "auto" else "class" if whole_class else "sample"
+    if request != "class":
+        return request, cfg, {}
+    given = given_fields(config, cfg)
     recipe = {k: v for k, v in CLASS_REQUEST.get(name, {}).items() if k not in given}
-    return (replace(cfg, **recipe) if recipe else cfg), recipe
+    return request, (replace(cfg, **recipe) if recipe else cfg), recipe
 
 
 def given_fields(config: Any, cfg: Any) -> set[str]:

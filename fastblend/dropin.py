@@ -20,6 +20,10 @@ evaluation keeps reading ``loaders["retain"]``, the whole retain set::
         if prep.auto_stop.stopped:                                 # and leave the epoch loop
             break
 
+A request that forgets whole classes (no retain image of a forget class left) gets the whole-class recipe
+of docs/method.md §7.6 (``request="auto"``): the criterion's pooled transform, and ``prep.lr`` 5e-4 and
+``prep.epochs`` 3 for the loop above; ``prep.request`` says which recipe runs.
+
 ``prep.auto_stop`` (:class:`fastblend.AutoStop`, docs/method.md §4.5) compares the forget set with the
 unseen data under the model and is started on the untouched model when the request is prepared.
 
@@ -58,6 +62,8 @@ from .condensation.checks import forget_mask
 from .condensation.recipe import default_ipc
 from .condensation.source import content_keys, read_rows, row_keys, source_labels, source_sample
 from .data_adapter import as_tensors, is_streamed_dataset
+from .datasets import whole_classes
+from .methods.aamu_configs import CLASS_REQUEST
 from .recipe import RECIPE
 
 __all__ = ["AAMUCriterion", "PreparedUnlearning", "prepare_unlearning"]
@@ -98,9 +104,14 @@ class PreparedUnlearning:
         index: the :class:`fastblend.BlendIndex` used (built here unless one was passed): keep it to
             answer later requests without rebuilding.
         timings: seconds: ``index`` (building it, 0 when passed in) and ``request`` (reduce + set-up).
-        recommended: the optimiser the method is tuned for (Adam lr 2.4e-4, batch 64, one epoch).
+        recommended: the optimiser the method is tuned for (Adam lr 2.4e-4, batch 64, one epoch; on a
+            whole-class request lr 5e-4, three epochs).
         epochs: the recipe's budget in epochs over ``retain_loader`` (:data:`fastblend.recipe.RECIPE`:
-            one); the recipe's learning rate is constant (no schedule).
+            one; three on a whole-class request); the recipe's learning rate is constant (no schedule).
+        request: the request that runs: ``"sample"`` (the paper's recipe) or ``"class"`` (the whole-class
+            recipe of docs/method.md §7.6: pooled transform, Adam lr 5e-4, three epochs).
+        class_recipe: the settings the whole-class recipe chose (empty on a ``"sample"`` request).
+        lr: the learning rate of :meth:`optimizer` (2.4e-4; 5e-4 on a whole-class request).
         auto_stop: a :class:`fastblend.AutoStop` on the forget set against the unseen data (no Retrain
             input, docs/method.md §4.5), holding the untouched model's held-out accuracy: in the loop,
             ``if prep.auto_stop(model, step, seconds): break`` every few steps. Raises ``ValueError``
@@ -118,6 +129,9 @@ class PreparedUnlearning:
     timings: dict = field(default_factory=dict)
     recommended: dict = field(default_factory=lambda: dict(RECOMMENDED))
     epochs: int = RECIPE.epochs
+    request: str = "sample"
+    class_recipe: dict = field(default_factory=dict)
+    lr: float = RECIPE.lr
     _auto_stop: AutoStop | None = field(default=None, repr=False)
     _no_stop: str = field(default="prepare_unlearning was called with stop=None", repr=False)
 
@@ -134,8 +148,12 @@ class PreparedUnlearning:
         return self.epochs * len(self.retain_loader)
 
     def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        """``torch.optim.Adam(model.parameters(), lr=2.4e-4)``: A-AMU's optimiser (:data:`fastblend.recipe.RECIPE`)."""
-        return torch.optim.Adam(model.parameters(), lr=RECIPE.lr, weight_decay=RECIPE.weight_decay)
+        """``torch.optim.Adam(model.parameters(), lr=prep.lr)``: A-AMU's optimiser (:data:`fastblend.recipe.RECIPE`;
+        lr 2.4e-4, or 5e-4 on a whole-class request)."""
+        if not isinstance(model, nn.Module):
+            raise TypeError("PreparedUnlearning.optimizer: model must be a torch.nn.Module, got "
+                            f"{type(model).__name__}")
+        return torch.optim.Adam(model.parameters(), lr=self.lr, weight_decay=RECIPE.weight_decay)
 
 
 class _Joined(Dataset):
@@ -252,7 +270,8 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
                        unseen_batch_factor: int = RECIPE.unseen_batch_factor,
                        max_draw: int | None = RECIPE.max_draw, iterations: int | None = None,
                        backend: str = "auto", device: torch.device | str | None = None,
-                       progress: bool = False, stop: str | AutoStop | None = "auto") -> PreparedUnlearning:
+                       progress: bool = False, stop: str | AutoStop | None = "auto", request: str = "auto",
+                       transform: str | None = None) -> PreparedUnlearning:
     """Blend + A-AMU for an existing loader-based fine-tune loop (see the module docstring).
 
     Args:
@@ -288,11 +307,17 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
             seconds in ``timings["auto_stop"]``); a :class:`fastblend.AutoStop` of your own (started here
             unless it was); ``None``: no auto stop. With ``"auto"``, data the stop cannot judge (fewer than
             5 forget rows, unseen data lacking a forget class) leaves ``prep.auto_stop`` raising why.
+        request: ``"auto"`` (default): a request that leaves no retain image of a forget class (a whole
+            class) runs the whole-class recipe (docs/method.md §7.6: the pooled transform, Adam lr 5e-4,
+            three epochs; ``prep.request == "class"``), any other the paper's; ``"class"`` or ``"sample"``
+            force one. ``prep.lr``, ``prep.epochs`` and ``prep.optimizer`` follow it.
+        transform: the loss-quantile transform (``"per_set"``, the paper's, or ``"pooled"``); default: the
+            request's (``"pooled"`` on a whole-class request).
 
     Returns:
         :class:`PreparedUnlearning` with ``retain_loader`` and ``criterion``. Train with A-AMU's
-        optimiser, Adam lr 2.4e-4 (``prep.optimizer(model)``), for ``prep.epochs`` epochs (one;
-        ``prep.steps`` steps). A loop that keeps its own optimiser: see the module docstring.
+        optimiser (``prep.optimizer(model)``: Adam lr 2.4e-4, 5e-4 on a whole class) for ``prep.epochs``
+        epochs (``prep.steps`` steps). A loop that keeps its own optimiser: see the module docstring.
     """
     fn = "prepare_unlearning"
     ipc, batch_size, seed, iterations = map(plain_number, (ipc, batch_size, seed, iterations))  # numpy's too
@@ -302,6 +327,10 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
         raise ValueError(f"{fn}: batch_size must be an int >= 1, got {batch_size!r}")
     if stop is not None and not isinstance(stop, AutoStop) and not (isinstance(stop, str) and stop == "auto"):
         raise ValueError(f"{fn}: stop must be 'auto', a fastblend.AutoStop or None, got {stop!r}")
+    if not isinstance(request, str) or request not in ("auto", "class", "sample"):
+        raise ValueError(f"{fn}: request must be 'auto', 'class' or 'sample', got {request!r}")
+    if transform is not None and (not isinstance(transform, str) or transform not in ("per_set", "pooled")):
+        raise ValueError(f"{fn}: transform must be 'per_set', 'pooled' or None (the request's), got {transform!r}")
     if index is not None and not isinstance(index, BlendIndex):
         raise TypeError(f"{fn}: index must be a fastblend.BlendIndex or None, got {type(index).__name__}")
     if index is not None:  # the index was built with its own settings: a different one here would be ignored
@@ -349,12 +378,19 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
         fx, fy = _index_rows(index, rows), index.labels[rows]
     t1 = time.perf_counter()
     reduced = index.reduce(forget_rows)
+    if request == "auto":  # a whole class: none of its images is left in the reduced retain set
+        request = "class" if whole_classes(fy, reduced.labels) else "sample"
+    recipe = {}
+    if request == "class":  # the fine-tune recipe (the criterion is a fine-tune's), less what the caller set
+        recipe = {key: value for key, value in CLASS_REQUEST["a_finetune"].items()
+                  if not (key == "transform" and transform is not None)}
+    transform = transform or recipe.get("transform", RECIPE.transform)
     ux, uy = as_tensors(unseen, "unseen", fn)
     if tuple(ux.shape[1:]) != tuple(fx.shape[1:]):
         raise ValueError(f"{fn}: unseen images are {list(ux.shape[1:])} but forget images {list(fx.shape[1:])}")
     step = AAMUStep(model, (fx.to(dev), fy.to(dev)), (ux.to(dev), uy.to(dev)), batch_size=batch_size, lam=lam, k=k,
                     kappa=kappa, sigma=sigma, steepen=steepen, seed=seed, forget_batch_factor=forget_batch_factor,
-                    unseen_batch_factor=unseen_batch_factor, max_draw=max_draw, fn=fn)
+                    unseen_batch_factor=unseen_batch_factor, max_draw=max_draw, fn=fn, transform=transform)
     loader = DataLoader(reduced, batch_size=batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(seed))
     timings = {"index": build_seconds, "request": time.perf_counter() - t1}
@@ -373,5 +409,7 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
             auto_stop.start(step._plain)  # the untouched model's held-out accuracy, which the rule keeps
     timings["auto_stop"] = time.perf_counter() - t2
     timings["total"] = time.perf_counter() - t0
-    return PreparedUnlearning(loader, AAMUCriterion(step), reduced, index, timings, _auto_stop=auto_stop,
-                              _no_stop=why)
+    lr, epochs = recipe.get("lr", RECIPE.lr), recipe.get("epochs", RECIPE.epochs)
+    recommended = {**RECOMMENDED, "lr": lr, "epochs": epochs}
+    return PreparedUnlearning(loader, AAMUCriterion(step), reduced, index, timings, recommended, epochs, request,
+                              recipe, lr, _auto_stop=auto_stop, _no_stop=why)

@@ -88,3 +88,50 @@ def test_a_split_knows_whether_it_forgets_whole_classes():
     assert make_split(train, test, forget="classwise", forget_class=3, seed=0).whole_class
     assert not make_split(train, test, forget="uniform", forget_fraction=0.1, seed=0).whole_class
     assert whole_classes(torch.tensor([2, 0, 2]), torch.tensor([0, 1])) == [2]
+
+
+@pytest.fixture(scope="module")
+def image_sets():
+    """Three well-separated classes of 1x8x8 images, for the drop-in (it builds a Blend index)."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(150) % C
+    x = (torch.arange(C, dtype=torch.float32)[y] * 2.0).view(-1, 1, 1, 1) + torch.randn(150, 1, 8, 8, generator=g)
+    uy = torch.arange(60) % C
+    ux = (torch.arange(C, dtype=torch.float32)[uy] * 2.0).view(-1, 1, 1, 1) + torch.randn(60, 1, 8, 8, generator=g)
+    whole = y == 2
+    part = torch.zeros_like(whole)
+    part[torch.nonzero(whole).flatten()[:10]] = True
+    return {"class": ((x[~whole], y[~whole]), (x[whole], y[whole])),
+            "sample": ((x[~part], y[~part]), (x[part], y[part])), "unseen": (ux, uy)}
+
+
+def _prepare(sets, kind, **kw):
+    from fastblend import prepare_unlearning
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, C))
+    retain, forget = sets[kind]
+    return model, prepare_unlearning(model, retain, forget, sets["unseen"], batch_size=8, ipc=4, iterations=1,
+                                     stop=None, **kw)
+
+
+def test_the_drop_in_hands_a_whole_class_request_its_recipe(image_sets):
+    recipe = CLASS_REQUEST["a_finetune"]
+    model, prep = _prepare(image_sets, "class")
+    assert prep.request == "class" and prep.class_recipe == recipe
+    assert (prep.epochs, prep.lr, prep.criterion.step.criterion.transform) == (recipe["epochs"], recipe["lr"], "pooled")
+    assert prep.recommended["lr"] == recipe["lr"] and prep.recommended["epochs"] == recipe["epochs"]
+    assert prep.steps == recipe["epochs"] * len(prep.retain_loader)
+    assert prep.optimizer(model).param_groups[0]["lr"] == recipe["lr"]
+    paper = config_class("a_finetune")()
+    for kind, kw in (("sample", {}), ("class", {"request": "sample"})):  # scattered samples; the paper's, forced
+        model, prep = _prepare(image_sets, kind, **kw)
+        assert prep.request == "sample" and prep.class_recipe == {}
+        assert (prep.epochs, prep.lr, prep.criterion.step.criterion.transform) == (paper.epochs, paper.lr,
+                                                                                    paper.transform)
+        assert prep.optimizer(model).param_groups[0]["lr"] == paper.lr
+    _, prep = _prepare(image_sets, "sample", request="class")  # forced; a transform the caller chose is kept
+    assert prep.request == "class" and prep.epochs == recipe["epochs"]
+    _, prep = _prepare(image_sets, "class", transform="per_set")
+    assert prep.criterion.step.criterion.transform == "per_set" and "transform" not in prep.class_recipe
+    for bad in ({"request": "whole"}, {"request": 1}, {"transform": "rank"}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            _prepare(image_sets, "class", **bad)

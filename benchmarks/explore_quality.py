@@ -34,7 +34,7 @@ import torch
 
 from fastblend.datasets import load_dataset, make_split
 from fastblend.experiments import pipeline
-from fastblend.experiments.machine import machine_info
+from fastblend.experiments.machine import load_average, machine_info
 from fastblend.experiments.settings import DEMO, resolve_device, with_overrides
 from fastblend.methods import planned_steps, unlearn
 from fastblend.metrics import predict_logits
@@ -233,6 +233,11 @@ def _grid() -> None:
         "classreq5": [("a_scrub/max_epochs1_pooled_lam5", "a_scrub", {**scrub1, "lam": 5.0}),
                       ("a_scrub/max_epochs1_pooled_lam3_auto", "a_scrub", {**scrub1, "lam": 3.0, "_stop": "auto"}),
                       ("a_sparse/pooled_lr5e-4_epochs3_auto", "a_sparse", {**pooled, "_stop": "auto"})],
+        # the two accelerated methods without a whole-class recipe: the paper's against a_finetune's recipe
+        "classreq6": [("a_bad_teacher/paper", "a_bad_teacher", {}),
+                      ("a_bad_teacher/pooled_lr5e-4_epochs3", "a_bad_teacher", pooled),
+                      ("a_prune/paper", "a_prune", {}),
+                      ("a_prune/pooled_lr5e-4_epochs3", "a_prune", pooled)],
     }
     for plan_name, group in groups.items():
         plan(plan_name, [(f"classwise/{name}/seed{s}", "classwise", method, {**conf, "_seed": s})
@@ -296,7 +301,9 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out
     done = json.loads(out.read_text()) if out and out.exists() else {"experiments": {}, "settings": {}}
     done.setdefault("machine", machine_info())
-    done["machine_note"] = "2 cores shared with 3 other workers: absolute seconds are noisy; compare within a file"
+    done.setdefault("machine_note", "each experiment's load_average is the machine's 1/5/15-minute load when it "
+                    "ended (files before it was recorded: 2 cores shared with 3 other workers); compare seconds "
+                    "within a file")
     settings: dict[str, Setting] = {}
     for name in args.plan:
         for exp, kind, method, config in PLANS[name]:
@@ -309,7 +316,8 @@ def main(argv: list[str] | None = None) -> None:
                 done["settings"][kind] = settings[kind].summary()
             t0 = time.perf_counter()
             rec = settings[kind].run(method, dict(config))
-            rec.update(kind=kind, method=method, config=config, wall=time.perf_counter() - t0)
+            rec.update(kind=kind, method=method, config=config, wall=time.perf_counter() - t0,
+                       load_average=load_average())
             done["experiments"][exp] = rec
             f = rec["final"]
             print(f"{exp:<48} forget {f['forget_acc']:5.1f} test {f['test_acc']:5.1f} MIA {f['mia']:5.1f} "

@@ -33,6 +33,28 @@ def _wall(path: Path) -> str | None:
     return m.group(1) if m else None
 
 
+def _load_text(machine: dict) -> str:
+    """The machine's load as the run recorded it; runs from before it was recorded were made while the 2
+    cores were shared with other jobs."""
+    start, end = machine.get("load_average_start"), machine.get("load_average_end")
+    if start is None and end is None:
+        return ("load not recorded (these runs shared the 2 cores with other jobs), so absolute seconds are noisy; "
+                "ratios are within one run")
+    return (f"1-minute load average {_f(start[0] if start else None)} at the start, "
+            f"{_f(end[0] if end else None)} at the end (ratios are within one run)")
+
+
+def _ended_by(r: dict) -> str:
+    """How a base/accelerated run ended: the auto stop (no Retrain input) or its whole recipe."""
+    if r.get("stopped_at_budget"):
+        return f"budget ({_f(r.get('budget_seconds'))} s, Retrain's time)"
+    if not r.get("auto_stop"):
+        return "whole recipe (stop none)" if r["variant"] in ("base", "accelerated") else "–"
+    if r.get("auto_stopped"):
+        return f"auto stop, step {r['auto_stop_step']}"
+    return "end of the recipe (auto stop did not fire)"
+
+
 def section(folder: Path) -> str:
     doc = json.loads((folder / "results.json").read_text())
     cfg, machine = doc["config"], doc["machine"]
@@ -43,8 +65,7 @@ def section(folder: Path) -> str:
                f"model {cfg['model']} width {cfg['width']}, recipe {cfg['retrain_config']}, method {cfg['method']}, "
                f"base run: {cfg['run_base']}, MIA statistic `{cfg['mia_statistic']}`, KLOM `{cfg['klom_estimator']}`")
     out.append(f"- machine: {machine.get('cpu')}, {machine.get('threads')} threads, torch {machine.get('torch')}; "
-               "the 2 cores were shared with other jobs during the run, so absolute seconds are noisy (ratios are "
-               "within one run)")
+               + _load_text(machine))
     out.append(f"- wall time of the whole run: {wall or 'not recorded'}; results complete: {doc.get('complete')}")
     for rec in doc["per_seed"]:
         yard = rec.get("yardstick")
@@ -73,9 +94,9 @@ def section(folder: Path) -> str:
             out.append(f"| {m} | {', '.join(f'{v:.1f}' for v in b['values'])} | {b['n']} | {b['se']:.2f} | "
                        f"{b['z']} | {b['floor']} | {b['margin']:.2f} | [{b['low']:.1f}, {b['high']:.1f}] |")
         out += ["", "| variant | method | forget | test | MIA [95% CI] | n/side | MIA (paper's) | distance to band "
-                "f / t / MIA | in band | total s | to band s | vs Retrain (same run) | KLOM forget p50 / p95 / p99 | "
-                "KLOM retain p99 | KLOM eval p99 |",
-                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                "f / t / MIA | in band | total s | ended by | to band s (oracle) | vs Retrain (same run) | "
+                "KLOM forget p50 / p95 / p99 | KLOM retain p99 | KLOM eval p99 |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for v in ("original", "retrain", "base", "accelerated"):
             r = rows.get(v)
             if r is None:
@@ -95,7 +116,7 @@ def section(folder: Path) -> str:
             klf = " / ".join(_f(r.get(f"klom_forget_{q}"), ".2f") for q in ("p50", "p95", "p99"))
             out.append(f"| {name} | {r['method']} | {r['forget_acc']:.1f} | {r['test_acc']:.1f} | {mia} | {n} | "
                        f"{r['mia_paper']:.1f} | {dist} | {'yes' if r.get('in_band') else 'no'} | {r['t_total']:.1f} | "
-                       f"{t_s} | {sp_s} | {klf} | {_f(r.get('klom_retain_p99'), '.2f')} | "
+                       f"{_ended_by(r)} | {t_s} | {sp_s} | {klf} | {_f(r.get('klom_retain_p99'), '.2f')} | "
                        f"{_f(r.get('klom_eval_p99'), '.2f')} |")
         orig, ret = rows["original"], rows.get("retrain")
         if ret:

@@ -10,7 +10,7 @@ import torch
 
 from .._version import package_version
 
-__all__ = ["machine_info", "package_version"]
+__all__ = ["load_average", "machine_info", "package_version"]
 
 
 def machine_info() -> dict:
@@ -21,3 +21,12 @@ def machine_info() -> dict:
             "platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
             "cores": os.cpu_count(), "threads": torch.get_num_threads(), "gpu": gpu, "device": gpu or "cpu",
             **{name: package_version(name) for name in ("triton", "faiss-cpu", "faiss-gpu-cu12")}}
+
+
+def load_average() -> list[float] | None:
+    """The 1-, 5- and 15-minute load averages (``None`` where the platform has none): a timing taken while
+    other jobs ran is slower, so runs record the load beside their seconds."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None

@@ -59,7 +59,7 @@ from ..metrics import StageTimer, accuracy, mia_score_from_logits, predict_logit
 from ..models import ConvNet3, build_model
 from ..tracking import Tracker, band_from_ensemble, eval_every_for, time_to_target
 from . import cache
-from .machine import machine_info
+from .machine import load_average, machine_info
 from .results import format_table, plots_available, prepare_output, summarise, write_results
 from .settings import (
     DEMO,
@@ -722,12 +722,13 @@ def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] | None = No
                       "is written", RuntimeWarning, stacklevel=2)
         cfg = with_overrides(cfg, plots=False)
     t0 = time.perf_counter()
-    machine = machine_info()
+    machine = {**machine_info(), "load_average_start": load_average()}
     per_seed: list[dict] = []
     result: dict = {}
 
     def finished(record: dict) -> None:
         per_seed.append(record)
+        machine["load_average_end"] = load_average()
         if main:
             result.update(write_results(cfg, out_dir, per_seed, machine, time.perf_counter() - t0))
 

@@ -57,6 +57,7 @@ def test_run_experiment_writes_results_and_plots(tmp_path):
         assert (out / "seed0" / png).read_bytes()[:4] == b"\x89PNG"
     table = pipeline.format_table(result["summary"])
     assert "accelerated" in table and "a_finetune" in table
+    assert "(accelerated: auto stop (no Retrain input)" in table  # how the returned model's run ended
     assert acc["index_cached"] is False
     # the original model and the Blend index are cached: a second run loads both
     again = pipeline.run_experiment(_tiny(tmp_path, run_retrain=False, run_base=False, plots=False, stop="none"))

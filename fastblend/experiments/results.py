@@ -27,7 +27,7 @@ NUMERIC = ("retain_acc", "forget_acc", "test_acc", "mia", "t_total", "t_features
            "gap_forget_acc", "gap_test_acc", "gap_mia", "t_index", "t_target", "target_reached", "t_eval_tracking",
            "speedup_target_vs_retrain", "speedup_target_vs_base", "speedup_target_vs_base_lower", "budget_seconds",
            "stopped_at_budget", "mia_low", "mia_high", "mia_se", "mia_n_forget", "mia_n_heldout", "mia_small",
-           "mia_paper", "in_band",
+           "mia_paper", "in_band", "auto_stop", "auto_stopped", "auto_stop_step", "auto_stop_seconds",
            *(f"{k}_{m}{e}" for m in ("forget_acc", "test_acc", "mia") for k, e in
              (("band", "_low"), ("band", "_high"), ("dist", ""))),
            *(f"klom_{g}_{q}" for g in ("forget", "retain", "eval") for q in ("p50", "p95", "p99", "mean")))
@@ -127,12 +127,16 @@ def format_yardstick(summary: list[dict]) -> str:
         lines.append("(n/side marked !: an MIA group below the minimum size; that score is mostly noise)")
     for r in summary:
         if r.get("auto_stop"):
-            where = "inside" if r.get("in_band") else "outside"
-            lines.append(f"({r['variant']}: auto stop (no Retrain input) "
-                         + (f"at step {r['auto_stop_step']}, {r['auto_stop_seconds']:.1f}s of unlearning"
-                            if r.get("auto_stopped") else "did not fire; the run used its whole budget")
-                         + f"; its row is the model the run returned, {where} Retrain's band; 'target' is the "
-                         "oracle time to the band on its curve)")
+            n, fired, inside = r.get("seeds", 1), r.get("auto_stopped", 0.0), r.get("in_band", 0.0)
+            if n == 1:
+                how = (f"fired at step {r['auto_stop_step']:.0f}, {r['auto_stop_seconds']:.1f}s of unlearning"
+                       if fired else "did not fire; the run ended at its budget or the end of its recipe")
+                where = "inside" if inside else "OUTSIDE"
+            else:
+                how = f"fired in {round(fired * n)} of {n} seeds"
+                where = f"inside in {round(inside * n)} of {n} seeds"
+            lines.append(f"({r['variant']}: auto stop (no Retrain input) {how}; its row is the model the run "
+                         f"returned, {where} Retrain's band; 'target' is the oracle time to the band on its curve)")
     return "\n".join(lines)
 
 

@@ -39,8 +39,8 @@ LAYERS = {
     "evaluation": 4, "grouping": 4,
     "condensation": 5, "tracking": 5,
     "autostop": 6,
-    "dropin": 7, "methods": 7,
-    "__init__": 8,
+    "methods": 7, "dropin": 8,
+    "__init__": 9,
     # the wing
     f"{WING}.__init__": 0, f"{WING}.machine": 1, f"{WING}.cache": 6, f"{WING}.plots": 6, f"{WING}.settings": 8,
     f"{WING}.results": 9, f"{WING}.pipeline": 10, f"{WING}.cli": 11,

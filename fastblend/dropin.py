@@ -20,7 +20,7 @@ evaluation keeps reading ``loaders["retain"]``, the whole retain set::
         if prep.auto_stop.stopped:                                 # and leave the epoch loop
             break
 
-A request that forgets whole classes (no retain image of a forget class left) gets the whole-class recipe
+A request that forgets whole classes (no retain image of any forget class left) gets the whole-class recipe
 of docs/method.md §7.6 (``request="auto"``): the criterion's pooled transform, and ``prep.lr`` 5e-4 and
 ``prep.epochs`` 3 for the loop above; ``prep.request`` says which recipe runs.
 
@@ -63,7 +63,7 @@ from .condensation.recipe import default_ipc
 from .condensation.source import content_keys, read_rows, row_keys, source_labels, source_sample
 from .data_adapter import as_tensors, is_streamed_dataset
 from .datasets import whole_classes
-from .methods.aamu_configs import CLASS_REQUEST
+from .methods.aamu_configs import AFinetuneConfig, request_config
 from .recipe import RECIPE
 
 __all__ = ["AAMUCriterion", "PreparedUnlearning", "prepare_unlearning"]
@@ -307,7 +307,7 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
             seconds in ``timings["auto_stop"]``); a :class:`fastblend.AutoStop` of your own (started here
             unless it was); ``None``: no auto stop. With ``"auto"``, data the stop cannot judge (fewer than
             5 forget rows, unseen data lacking a forget class) leaves ``prep.auto_stop`` raising why.
-        request: ``"auto"`` (default): a request that leaves no retain image of a forget class (a whole
+        request: ``"auto"`` (default): a request that leaves no retain image of any forget class (whole
             class) runs the whole-class recipe (docs/method.md §7.6: the pooled transform, Adam lr 5e-4,
             three epochs; ``prep.request == "class"``), any other the paper's; ``"class"`` or ``"sample"``
             force one. ``prep.lr``, ``prep.epochs`` and ``prep.optimizer`` follow it.
@@ -378,19 +378,18 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
         fx, fy = _index_rows(index, rows), index.labels[rows]
     t1 = time.perf_counter()
     reduced = index.reduce(forget_rows)
-    if request == "auto":  # a whole class: none of its images is left in the reduced retain set
-        request = "class" if whole_classes(fy, reduced.labels) else "sample"
-    recipe = {}
-    if request == "class":  # the fine-tune recipe (the criterion is a fine-tune's), less what the caller set
-        recipe = {key: value for key, value in CLASS_REQUEST["a_finetune"].items()
-                  if not (key == "transform" and transform is not None)}
-    transform = transform or recipe.get("transform", RECIPE.transform)
+    # the fine-tune's whole-class recipe (the criterion is a fine-tune's) through the one rule unlearn uses:
+    # "auto" is a whole-class request when no forget class has a retain row; a transform passed here is kept
+    given = {} if transform is None else {"transform": transform}
+    forget_classes = fy.unique()
+    whole = len(whole_classes(forget_classes, reduced.labels)) == forget_classes.numel()
+    request, cfg, recipe = request_config("a_finetune", AFinetuneConfig(request=request, **given), given, whole)
     ux, uy = as_tensors(unseen, "unseen", fn)
     if tuple(ux.shape[1:]) != tuple(fx.shape[1:]):
         raise ValueError(f"{fn}: unseen images are {list(ux.shape[1:])} but forget images {list(fx.shape[1:])}")
     step = AAMUStep(model, (fx.to(dev), fy.to(dev)), (ux.to(dev), uy.to(dev)), batch_size=batch_size, lam=lam, k=k,
                     kappa=kappa, sigma=sigma, steepen=steepen, seed=seed, forget_batch_factor=forget_batch_factor,
-                    unseen_batch_factor=unseen_batch_factor, max_draw=max_draw, fn=fn, transform=transform)
+                    unseen_batch_factor=unseen_batch_factor, max_draw=max_draw, fn=fn, transform=cfg.transform)
     loader = DataLoader(reduced, batch_size=batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(seed))
     timings = {"index": build_seconds, "request": time.perf_counter() - t1}
@@ -409,7 +408,6 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
             auto_stop.start(step._plain)  # the untouched model's held-out accuracy, which the rule keeps
     timings["auto_stop"] = time.perf_counter() - t2
     timings["total"] = time.perf_counter() - t0
-    lr, epochs = recipe.get("lr", RECIPE.lr), recipe.get("epochs", RECIPE.epochs)
-    recommended = {**RECOMMENDED, "lr": lr, "epochs": epochs}
-    return PreparedUnlearning(loader, AAMUCriterion(step), reduced, index, timings, recommended, epochs, request,
-                              recipe, lr, _auto_stop=auto_stop, _no_stop=why)
+    recommended = {**RECOMMENDED, "lr": cfg.lr, "epochs": cfg.epochs}
+    return PreparedUnlearning(loader, AAMUCriterion(step), reduced, index, timings, recommended, cfg.epochs, request,
+                              recipe, cfg.lr, _auto_stop=auto_stop, _no_stop=why)

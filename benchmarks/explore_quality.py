@@ -242,6 +242,11 @@ def _grid() -> None:
     for plan_name, group in groups.items():
         plan(plan_name, [(f"classwise/{name}/seed{s}", "classwise", method, {**conf, "_seed": s})
                          for name, method, conf in group for s in (0, 1, 2)])
+    # A-SCRUB on scattered samples: the matrix's uniform cell ends 7-10 test points below the band (0/2 seeds);
+    # its forget max step runs in every epoch, as on a whole class, where bounding it to the first epoch stopped
+    # the collapse
+    plan("scrubsample", [(f"{kind}/a_scrub/max_epochs1/seed{s}", kind, "a_scrub", {"max_epochs": 1, "_seed": s})
+                         for kind in ("uniform", "hard") for s in (0, 1, 2)])
 
 _grid()
 

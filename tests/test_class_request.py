@@ -34,7 +34,15 @@ def request_sets():
     part = torch.zeros_like(whole)
     part[torch.nonzero(whole).flatten()[:20]] = True  # 20 of class 2's 80 images: scattered samples
     return {"class": ((x[~whole], y[~whole]), (x[whole], y[whole])),
-            "sample": ((x[~part], y[~part]), (x[part], y[part])), "unseen": (ux, uy)}
+            "sample": ((x[~part], y[~part]), (x[part], y[part])), "mixed": _mixed(x, y, whole, 20),
+            "unseen": (ux, uy)}
+
+
+def _mixed(x, y, whole, k):
+    """Every image of class 2 and the first ``k`` of class 1: one class whole, another in part."""
+    out = whole.clone()
+    out[torch.nonzero(y == 1).flatten()[:k]] = True
+    return (x[~out], y[~out]), (x[out], y[out])
 
 
 def _run(method, sets, kind, config=None):
@@ -56,6 +64,14 @@ def test_scattered_samples_keep_the_paper_recipe(request_sets):
     paper = config_class("a_finetune")()
     assert res.info["request"] == "sample" and res.info["class_recipe"] == {}
     assert (res.config.transform, res.config.lr, res.config.epochs) == (paper.transform, paper.lr, paper.epochs)
+
+
+def test_a_request_with_a_class_in_part_keeps_the_paper_recipe(request_sets):
+    # "auto" reads a request as a whole class only when *every* forget class is gone from the retain set
+    # (docs/method.md §7.6); here class 1 keeps 60 of its 80 images
+    res = _run("a_finetune", request_sets, "mixed", {"batch_size": 16})
+    assert res.info["request"] == "sample" and res.info["class_recipe"] == {}
+    assert res.config.transform == "per_set"
 
 
 def test_the_recipe_sets_only_what_the_caller_did_not(request_sets):
@@ -102,7 +118,8 @@ def image_sets():
     part = torch.zeros_like(whole)
     part[torch.nonzero(whole).flatten()[:10]] = True
     return {"class": ((x[~whole], y[~whole]), (x[whole], y[whole])),
-            "sample": ((x[~part], y[~part]), (x[part], y[part])), "unseen": (ux, uy)}
+            "sample": ((x[~part], y[~part]), (x[part], y[part])), "mixed": _mixed(x, y, whole, 10),
+            "unseen": (ux, uy)}
 
 
 def _prepare(sets, kind, **kw):
@@ -128,6 +145,8 @@ def test_the_drop_in_hands_a_whole_class_request_its_recipe(image_sets):
         assert (prep.epochs, prep.lr, prep.criterion.step.criterion.transform) == (paper.epochs, paper.lr,
                                                                                     paper.transform)
         assert prep.optimizer(model).param_groups[0]["lr"] == paper.lr
+    _, prep = _prepare(image_sets, "mixed")  # class 2 whole, class 1 in part: the drop-in reads it as unlearn does
+    assert prep.request == "sample" and prep.class_recipe == {} and prep.epochs == paper.epochs
     _, prep = _prepare(image_sets, "sample", request="class")  # forced; a transform the caller chose is kept
     assert prep.request == "class" and prep.epochs == recipe["epochs"]
     _, prep = _prepare(image_sets, "class", transform="per_set")

@@ -114,6 +114,16 @@ class Setting:
                                                                                        * idx.numel()))]]
                               for idx in (torch.nonzero(uy == c).flatten() for c in uy.unique())])
             unseen = (ux[keep], uy[keep])
+        if "_unseen_matched" in config:  # the regulariser's target = the unseen images as hard as the forget
+            # images (fastblend.difficulty): ranked against the real retain set, or the reduced set's real rows
+            from fastblend.difficulty import matched_unseen
+            if config["_unseen_matched"] == "residual":
+                real = torch.as_tensor(retain.source_index).reshape(-1) >= 0
+                ref = (retain.images[real], retain.labels[real])
+            else:
+                ref = split.retain_tensors()
+            keep = matched_unseen(self.model, ref, split.forget_tensors(), unseen, device=self.device)
+            unseen = (unseen[0][keep], unseen[1][keep])
         seed = int(config.get("_seed", seed))
         res = unlearn(method, self.model, retain, split.forget_tensors(), unseen=unseen,
                       config=conf or None, device=self.device, seed=seed, callback=tracker, eval_every=every,
@@ -242,6 +252,31 @@ def _grid() -> None:
     for plan_name, group in groups.items():
         plan(plan_name, [(f"classwise/{name}/seed{s}", "classwise", method, {**conf, "_seed": s})
                          for name, method, conf in group for s in (0, 1, 2)])
+    # the difficulty-matched target (fastblend.difficulty): hard, and what it does to uniform
+    plan("matched", [("hard/a_finetune/matched", "hard", "a_finetune", {"_unseen_matched": "retain"}),
+                     ("hard/a_finetune/matched_pooled", "hard", "a_finetune",
+                      {"_unseen_matched": "retain", "transform": "pooled"}),
+                     ("uniform/a_finetune/matched", "uniform", "a_finetune", {"_unseen_matched": "retain"}),
+                     ("hard/a_finetune/matched_residual", "hard", "a_finetune", {"_unseen_matched": "residual"})])
+    # its test-accuracy cost on hard: a smaller regulariser weight or step
+    res = {"_unseen_matched": "residual"}
+    plan("matched2", [("hard/a_finetune/matched_residual_lam5", "hard", "a_finetune", {**res, "lam": 5.0}),
+                      ("hard/a_finetune/matched_residual_lr1.2e-4", "hard", "a_finetune", {**res, "lr": 1.2e-4}),
+                      ("hard/a_finetune/matched_residual_lam1", "hard", "a_finetune", {**res, "lam": 1.0}),
+                      ("hard/a_sparse/matched_residual", "hard", "a_sparse", res),
+                      ("hard/a_neggrad_plus/matched_residual", "hard", "a_neggrad_plus", res),
+                      ("uniform/a_finetune/matched_residual", "uniform", "a_finetune", res)])
+    # the library's option (config.target="matched": ranked against the reduced set's blend members and residual
+    # rows, the training images the model keeps), more steps (the test accuracy recovers after the dip), a middle
+    # λ, and the auto stop, which then compares the forget set with the matched images
+    tm = {"target": "matched"}
+    plan("matched3", [("hard/a_finetune/target_matched", "hard", "a_finetune", tm),
+                      ("uniform/a_finetune/target_matched", "uniform", "a_finetune", tm),
+                      ("hard/a_finetune/target_matched_epochs3", "hard", "a_finetune", {**tm, "epochs": 3}),
+                      ("hard/a_finetune/target_matched_lam15", "hard", "a_finetune", {**tm, "lam": 15.0}),
+                      ("hard/a_finetune/target_matched_epochs3_auto", "hard", "a_finetune",
+                       {**tm, "epochs": 3, "_stop": "auto"}),
+                      ("uniform/a_finetune/target_matched_auto", "uniform", "a_finetune", {**tm, "_stop": "auto"})])
     # A-SCRUB on scattered samples: the matrix's uniform cell ends 7-10 test points below the band (0/2 seeds);
     # its forget max step runs in every epoch, as on a whole class, where bounding it to the first epoch stopped
     # the collapse

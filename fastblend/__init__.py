@@ -31,6 +31,7 @@ from .aamu import AAMULoss, AAMULossOutput, AAMUStep, ForgetSampler, UnseenSampl
 from .autostop import AutoStop
 from .condensation import BlendIndex, ReducedRetainSet, condense
 from .datasets import load_dataset, make_split
+from .difficulty import matched_unseen
 from .dropin import prepare_unlearning
 from .grouping import Clustering, extract_features, group
 from .memmap import MemmapImages
@@ -61,6 +62,7 @@ __all__ = [
     # methods
     "AutoStop",
     "UnlearnResult",
+    "matched_unseen",
     "available_methods",
     "presets",
     "train_model",

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._checks import plain_number
+from .data_adapter import model_device
 from .datasets import whole_classes
 from .distributed import broadcast_object
 from .evaluation import SmallGroupWarning, binomial_se, mia_with_interval
@@ -133,6 +134,11 @@ class AutoStop:
         evaluations: how many evaluations ``unlearn(..., stop=...)`` spreads over the planned steps when it
             is given no ``eval_every``.
         seed: seeds the subsets and the MIA's bootstrap.
+        reference: held-out images to compare the forget set with, in place of ``heldout``, for the
+            scattered-samples rule's (a) and (b) (``None``: ``heldout``). The difficulty-matched target
+            (:func:`fastblend.difficulty.matched_unseen`: held-out images as hard as the forget images, so an
+            atypical forget set is done when it looks like atypical held-out images, not like typical ones).
+            ``heldout`` still gives (c) and the whole-class rule.
 
     The first call (``unlearn`` makes it with the untouched model, before any step), or :meth:`start`,
     records the held-out accuracy the rule must keep. After a run: :attr:`stopped`, :attr:`stop_step`,
@@ -145,7 +151,7 @@ class AutoStop:
                  max_drop: float = 3.0,
                  class_floor: float = 0.0,
                  patience: int = 1,
-                 min_steps: int = 1, evaluations: int = 8, seed: int = 0):
+                 min_steps: int = 1, evaluations: int = 8, seed: int = 0, reference: Any = None):
         fn = "AutoStop"
         max_samples, z, match_z, slack, max_drop, class_floor, patience, min_steps, evaluations, seed = map(
             plain_number, (max_samples, z, match_z, slack, max_drop, class_floor, patience, min_steps, evaluations,
@@ -170,6 +176,7 @@ class AutoStop:
         limit = None if max_samples is None else int(max_samples)
         self.forget = _pair(forget, limit, gen, "forget")
         self.heldout = _pair(heldout, limit, gen, "heldout")
+        self.reference = None if reference is None else _pair(reference, limit, gen, "reference")
         fy, hy = self.forget[1], self.heldout[1]
         if fy.numel() < 5:
             raise ValueError(f"{fn}: forget must hold at least 5 samples, got {fy.numel()}")
@@ -178,6 +185,9 @@ class AutoStop:
         if missing:
             raise ValueError(f"{fn}: heldout has no images of the forget classes {missing}; the stop compares the "
                              "forget set with unseen images of its own classes")
+        if self.reference is not None and not bool(torch.isin(classes, self.reference[1]).any()):
+            raise ValueError(f"{fn}: reference has no images of the forget classes "
+                             f"{[int(c) for c in classes]}")
         retained = _labels_of(retain_labels)
         if kind == "auto":
             if retained is None:
@@ -227,7 +237,7 @@ class AutoStop:
         if not isinstance(model, nn.Module):
             raise TypeError(f"AutoStop.start: model must be a torch.nn.Module, got {type(model).__name__}")
         t0 = time.perf_counter()
-        dev = next(model.parameters()).device
+        dev = model_device(model)
         lh = predict_logits(model, self.heldout[0], device=dev).float().cpu()
         self.baseline, _ = self._held_out_accuracy(lh.argmax(1) == self.heldout[1])
         self.eval_seconds += time.perf_counter() - t0
@@ -237,11 +247,17 @@ class AutoStop:
         """Evaluate ``model`` against the rule (recorded in :attr:`history`); does not decide the stop."""
         if not isinstance(model, nn.Module):
             raise TypeError(f"AutoStop: model must be a torch.nn.Module, got {type(model).__name__}")
-        dev = next(model.parameters()).device
+        dev = model_device(model)
         (fx, fy), (hx, hy) = self.forget, self.heldout
         lf = predict_logits(model, fx, device=dev).float().cpu()
         lh = predict_logits(model, hx, device=dev).float().cpu()
         cf, ch = lf.argmax(1) == fy, lh.argmax(1) == hy
+        if self.reference is not None:  # (a) and (b) compare with held-out images as hard as the forget images
+            ry = self.reference[1]
+            lr = predict_logits(model, self.reference[0], device=dev).float().cpu()
+            cr = lr.argmax(1) == ry
+        else:
+            ry, lr, cr = hy, lh, ch
         if self.baseline is None:
             self.baseline, _ = self._held_out_accuracy(ch)
         whole = torch.tensor(self.whole_classes, dtype=torch.long)
@@ -259,23 +275,24 @@ class AutoStop:
         if bool(part.any()):
             f_cls, f_counts = torch.unique(fy[part], return_counts=True)
             per_class, weights = [], []
-            n_same = int(torch.isin(hy, f_cls).sum())
+            n_same = int(torch.isin(ry, f_cls).sum())
             for c, k in zip(f_cls.tolist(), f_counts.tolist()):
-                rows = hy == c
-                per_class.append(float(ch[rows].double().mean()))
-                weights.append(k)
+                rows = ry == c
+                if bool(rows.any()):  # a reference without this class: the others decide
+                    per_class.append(float(cr[rows].double().mean()))
+                    weights.append(k)
             same = 100 * sum(p * w for p, w in zip(per_class, weights)) / sum(weights)
             acc_f = float(cf[part].double().mean() * 100)
             n_f = int(part.sum())
             se_diff = math.hypot(max(binomial_se(acc_f, n_f), 0.5), max(binomial_se(same, n_same), 0.5))
             conditions["forget_acc_like_heldout"] = acc_f <= same + self.slack + self.match_z * se_diff
-            ref = torch.isin(hy, f_cls)
-            r = self._mia(lf, fy, lh, hy, part, ref)
+            ref = torch.isin(ry, f_cls)
+            r = self._mia(lf, fy, lr, ry, part, ref)
             if r is not None:
                 mia = (r.score, r.low, r.high)
                 conditions["mia_not_member"] = r.score <= 50.0 + self.slack + self.match_z * r.se
                 ce_f = F.cross_entropy(lf[part], fy[part], reduction="none")
-                ce_h = F.cross_entropy(lh[ref], hy[ref], reduction="none")
+                ce_h = F.cross_entropy(lr[ref], ry[ref], reduction="none")
                 ks = _ks(ce_f, ce_h)
         # whole classes: no longer predicted, on the forget set and on held-out images of those classes, and the
         # attack cannot tell the forget images from held-out images of their class (a model that never saw the
@@ -330,5 +347,6 @@ class AutoStop:
         ``kind``, ``whole_classes``, ``baseline_heldout_acc``, ``eval_seconds`` and the last evaluation."""
         return {"stopped": self.stopped, "step": self.stop_step, "seconds": self.stop_seconds, "reason": self.reason,
                 "kind": self.kind, "whole_classes": list(self.whole_classes), "baseline_heldout_acc": self.baseline,
+                "reference": "heldout" if self.reference is None else "given",
                 "evaluations": len(self.history), "eval_seconds": self.eval_seconds,
                 "last": self.history[-1].as_dict() if self.history else None}

@@ -61,8 +61,10 @@ from .condensation import BlendIndex, ReducedRetainSet
 from .condensation.checks import forget_mask
 from .condensation.recipe import default_ipc
 from .condensation.source import content_keys, read_rows, row_keys, source_labels, source_sample
-from .data_adapter import as_tensors, is_streamed_dataset
+from .data_adapter import as_data, as_tensors, is_streamed_dataset, model_dtype
 from .datasets import whole_classes
+from .difficulty import matched_unseen
+from .methods import retained_reference
 from .methods.aamu_configs import AFinetuneConfig, request_config
 from .recipe import RECIPE
 
@@ -271,7 +273,7 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
                        max_draw: int | None = RECIPE.max_draw, iterations: int | None = None,
                        backend: str = "auto", device: torch.device | str | None = None,
                        progress: bool = False, stop: str | AutoStop | None = "auto", request: str = "auto",
-                       transform: str | None = None) -> PreparedUnlearning:
+                       transform: str | None = None, target: str = "unseen") -> PreparedUnlearning:
     """Blend + A-AMU for an existing loader-based fine-tune loop (see the module docstring).
 
     Args:
@@ -313,6 +315,9 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
             force one. ``prep.lr``, ``prep.epochs`` and ``prep.optimizer`` follow it.
         transform: the loss-quantile transform (``"per_set"``, the paper's, or ``"pooled"``); default: the
             request's (``"pooled"`` on a whole-class request).
+        target: the regulariser's target (docs/method.md §7.7): ``"unseen"`` (default, the paper's) or
+            ``"matched"``: the unseen images as hard as the forget images, ranked by ``model`` as passed
+            here (the model before unlearning); ``prep.auto_stop`` then compares the forget set with them.
 
     Returns:
         :class:`PreparedUnlearning` with ``retain_loader`` and ``criterion``. Train with A-AMU's
@@ -331,6 +336,8 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
         raise ValueError(f"{fn}: request must be 'auto', 'class' or 'sample', got {request!r}")
     if transform is not None and (not isinstance(transform, str) or transform not in ("per_set", "pooled")):
         raise ValueError(f"{fn}: transform must be 'per_set', 'pooled' or None (the request's), got {transform!r}")
+    if not isinstance(target, str) or target not in ("unseen", "matched"):
+        raise ValueError(f"{fn}: target must be 'unseen' or 'matched', got {target!r}")
     if index is not None and not isinstance(index, BlendIndex):
         raise TypeError(f"{fn}: index must be a fastblend.BlendIndex or None, got {type(index).__name__}")
     if index is not None:  # the index was built with its own settings: a different one here would be ignored
@@ -387,7 +394,12 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
     ux, uy = as_tensors(unseen, "unseen", fn)
     if tuple(ux.shape[1:]) != tuple(fx.shape[1:]):
         raise ValueError(f"{fn}: unseen images are {list(ux.shape[1:])} but forget images {list(fx.shape[1:])}")
-    step = AAMUStep(model, (fx.to(dev), fy.to(dev)), (ux.to(dev), uy.to(dev)), batch_size=batch_size, lam=lam, k=k,
+    tx, ty = ux, uy
+    if target == "matched":  # held-out images as hard as the forget images, ranked by the untouched model
+        ref = retained_reference(reduced, as_data(reduced, "retain", fn), seed, dev, model_dtype(model), fn)
+        idx = matched_unseen(model, ref, (fx, fy), (ux, uy), max_reference=None, device=dev).to(ux.device)
+        tx, ty = ux[idx], uy[idx]
+    step = AAMUStep(model, (fx.to(dev), fy.to(dev)), (tx.to(dev), ty.to(dev)), batch_size=batch_size, lam=lam, k=k,
                     kappa=kappa, sigma=sigma, steepen=steepen, seed=seed, forget_batch_factor=forget_batch_factor,
                     unseen_batch_factor=unseen_batch_factor, max_draw=max_draw, fn=fn, transform=cfg.transform)
     loader = DataLoader(reduced, batch_size=batch_size, shuffle=True,
@@ -400,8 +412,8 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
             auto_stop = stop
         else:
             try:
-                auto_stop = AutoStop((step.forget.images, step.forget.labels), (step.unseen.images, step.unseen.labels),
-                                     reduced.labels, seed=seed)
+                auto_stop = AutoStop((step.forget.images, step.forget.labels), (ux, uy), reduced.labels, seed=seed,
+                                     reference=None if target == "unseen" else (tx, ty))
             except ValueError as exc:  # the request itself is fine; only the stop cannot judge this data
                 why = str(exc)
         if auto_stop is not None and auto_stop.baseline is None:

@@ -38,7 +38,7 @@ from torch.utils.data import Dataset
 
 from ._checks import check_has_data, plain_number
 from ._device import synchronize
-from .data_adapter import dataset_items
+from .data_adapter import dataset_items, model_device
 from .distributed import broadcast_object
 from .evaluation import SeedBand, SmallGroupWarning, mia_with_interval, seed_band
 from .metrics import mia_score_from_logits, predict_logits
@@ -222,7 +222,7 @@ class Tracker:
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         """Forget accuracy, test accuracy (percent) and MIA of ``model`` on the fixed subsets."""
-        dev = next(model.parameters()).device
+        dev = model_device(model)
         lf = predict_logits(model, self.forget[0], device=dev).float().cpu()
         lt = predict_logits(model, self.test[0], device=dev).float().cpu()
         fy, ty = self.forget[1].cpu(), self.test[1].cpu()

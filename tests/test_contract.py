@@ -408,6 +408,23 @@ ROWS += [
      r"AutoStop: heldout must be an \(images, labels\) pair"),
     ("AutoStop", "model not a module", lambda: F.AutoStop(_xy4(), _xy4(9), kind="sample").start("net"), TypeError,
      "AutoStop.start: model must be a torch.nn.Module"),
+    ("AutoStop", "reference lacks the forget classes", lambda: F.AutoStop(_xy4(), _xy4(9), kind="sample",
+                                                                          reference=(_xy4()[0], _xy4()[1] * 0 + 5)),
+     ValueError, "AutoStop: reference has no images of the forget classes"),
+    # ---------------- the difficulty-matched target
+    ("matched_unseen", "model not a module", lambda: F.matched_unseen("net", _xy4(), _xy4(), _xy4(9)), TypeError,
+     "matched_unseen: model must be a torch.nn.Module"),
+    ("matched_unseen", "no unseen image of a forget class",
+     lambda: F.matched_unseen(torch.nn.Linear(4, 6), _xy4(), _xy4(), (_xy4()[0], _xy4()[1] * 0 + 5)), ValueError,
+     "matched_unseen: unseen holds no image of any forget class"),
+    ("matched_unseen", "labels beyond the model's width",
+     lambda: F.matched_unseen(torch.nn.Linear(4, 2), _xy4(), _xy4(), _xy4(9)), ValueError,
+     r"matched_unseen: reference labels must be in \[0, 2\)"),
+    ("matched_unseen", "bool max_reference",
+     lambda: F.matched_unseen(torch.nn.Linear(4, 3), _xy4(), _xy4(), _xy4(9), max_reference=True), ValueError,
+     "matched_unseen: max_reference must be an int >= 1 or None"),
+    ("matched_unseen", "a list for forget", lambda: F.matched_unseen(torch.nn.Linear(4, 3), _xy4(), [1, 2], _xy4(9)),
+     TypeError, "matched_unseen: forget: images and labels must be tensors"),
 ]
 ROWS += [
     # ---------------- BlendIndex: build

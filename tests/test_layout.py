@@ -36,7 +36,7 @@ LAYERS = {
     "dataset_readers": 1, "distributed": 1, "models": 1, "kmeans": 1, "memmap": 1, "ops": 1,
     "data_adapter": 2, "datasets": 2,
     "aamu": 3, "features": 3, "metrics": 3,
-    "evaluation": 4, "grouping": 4,
+    "difficulty": 4, "evaluation": 4, "grouping": 4,
     "condensation": 5, "tracking": 5,
     "autostop": 6,
     "methods": 7, "dropin": 8,

@@ -20,7 +20,15 @@ from torch import nn
 
 from .._checks import as_device, plain_number
 from ..autostop import AutoStop
-from ..data_adapter import as_data, cast_to_model, check_disjoint, check_label_range, model_device, model_dtype
+from ..data_adapter import (
+    DataView,
+    as_data,
+    cast_to_model,
+    check_disjoint,
+    check_label_range,
+    model_device,
+    model_dtype,
+)
 from ..datasets import whole_classes
 from ..recipe import RECIPE
 from ..tracking import StepClock, eval_every_for
@@ -357,11 +365,17 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
     ctx.ddp_options = ddp_options
     if request is not None:
         ctx.info["request"], ctx.info["class_recipe"] = request, recipe
-    data = RunData(r, f, u)
+    matched = None
+    if spec.accelerated and cfg.target == "matched":  # held-out images as hard as the forget images (§7.7)
+        matched, distinct, reference_rows = _matched_target(work, retain, r, f, u, seed, dev, fn)
+        ctx.info["target"] = {"kind": "matched", "rows": len(matched), "distinct": distinct,
+                              "reference_rows": reference_rows}
+    data = RunData(r, f, matched if matched is not None else u)
     stopper = None
     if stop is not None:
         stopper = stop if isinstance(stop, AutoStop) else AutoStop(
-            (f.images, f.labels), (u.images, u.labels), _retain_labels(r, fn), seed=seed)
+            (f.images, f.labels), (u.images, u.labels), _retain_labels(r, fn), seed=seed,
+            reference=None if matched is None else (matched.images, matched.labels))
         stopper.start(work)  # the untouched model's held-out accuracy, which the rule keeps
         every = eval_every_for(planned_steps(spec.name, cfg, len(r)), stopper.evaluations)
         if not eval_every:
@@ -382,6 +396,53 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
     info = {"num_classes": num_classes, "retain_size": len(r), "reduced_retain": r.reduced, "backends": {},
             **ctx.info}
     return UnlearnResult(outcome.model.eval(), seconds, outcome.losses, cfg, spec.name, outcome.steps, info)
+
+
+def _matched_target(model: nn.Module, retain: Any, r: DataView, f: DataView, u: DataView, seed: int,
+                    dev: torch.device, fn: str) -> tuple[DataView, int, int]:
+    """The unseen rows matched to the forget rows by difficulty (:func:`fastblend.difficulty.matched_unseen`),
+    ranked against :func:`retained_reference`. Returns ``(the matched rows as a view, how many distinct unseen
+    rows, how many reference rows)``."""
+    from ..difficulty import matched_unseen
+
+    rx, ry = retained_reference(retain, r, seed, dev, model_dtype(model), fn)
+    idx = matched_unseen(model, (rx, ry), (f.images, f.labels), (u.images, u.labels), max_reference=None,
+                         device=dev).to(u.images.device)
+    view = DataView("unseen", u.images[idx], u.labels[idx])
+    view.num_classes, view.image_dtype = u.num_classes, u.image_dtype
+    return view, int(idx.unique().numel()), int(rx.shape[0])
+
+
+def retained_reference(retain: Any, r: DataView, seed: int, dev: torch.device, dtype: torch.dtype | None, fn: str,
+                       limit: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """At most ``limit`` (a seeded sample) of the training images a model keeps, with labels, on ``dev``: the
+    retain set's rows, or for a Blend-reduced set (``retain``; ``r`` its view) the members of its blends and
+    its residual rows, read from its source. A reduced set's rows themselves would bias a ranking against
+    them: its residual rows are the forget images' neighbours, its blended rows no training images."""
+    from ..condensation.source import read_rows
+
+    gen = torch.Generator().manual_seed(int(seed))
+    members = getattr(retain, "blend_members", None) if r.reduced else None
+    if members is not None and getattr(retain, "source", None) is not None:
+        blended = retain.is_blended.cpu()
+        counts = torch.diff(retain.blend_indptr.cpu())
+        train_idx = torch.cat([members.cpu(), retain.source_index.cpu()[~blended]])
+        labels = torch.cat([retain.labels.cpu()[blended].repeat_interleave(counts), retain.labels.cpu()[~blended]])
+        pick = torch.randperm(train_idx.numel(), generator=gen)[:limit]
+        return read_rows(retain.source, train_idx[pick], fn).to(dev, dtype), labels[pick].to(dev)
+    rows = torch.arange(len(r))
+    if rows.numel() > limit:
+        rows = rows[torch.randperm(rows.numel(), generator=gen)[:limit]]
+    if r.indexable:
+        return r.take(rows, dev)
+    xs, ys, n = [], [], 0  # a DataLoader: its first batches, up to ``limit`` rows
+    for x, y in r.batches(512, None, dev, fn, shuffle=False):
+        xs.append(x)
+        ys.append(y)
+        n += x.shape[0]
+        if n >= limit:
+            break
+    return torch.cat(xs)[:limit], torch.cat(ys)[:limit]
 
 
 def _retain_labels(r: Any, fn: str) -> torch.Tensor:

@@ -132,6 +132,12 @@ class AAMUFields:
             whole-class recipe; ``"sample"`` always the paper's. The whole-class recipe only sets what the
             caller did not: keys missing from a dict ``config``, or fields left at their defaults in a
             config instance.
+        target: the regulariser's target (docs/method.md §7.7): ``"unseen"`` (default, the paper's: the
+            unseen pool) or ``"matched"``: the unseen images as hard as the forget images, ranked by the
+            model before unlearning (:func:`fastblend.difficulty.matched_unseen`, against the retain set's
+            real images); with ``stop="auto"`` the stop compares the forget set with them too. For a forget
+            set of atypical images, which a model that never saw them gets wrong far more often than
+            typical unseen images.
     """
 
     lam: float = RECIPE.lam
@@ -145,6 +151,7 @@ class AAMUFields:
     max_draw: int | None = RECIPE.max_draw
     unseen_refresh: int = RECIPE.unseen_refresh
     request: str = "auto"
+    target: str = "unseen"
 
     def check(self, fn: str) -> None:
         """Check the base method's settings (the next class in the MRO), then these."""
@@ -161,6 +168,8 @@ class AAMUFields:
             raise ValueError(f"{fn}: config.transform must be 'per_set' or 'pooled', got {self.transform!r}")
         if self.request not in ("auto", "class", "sample"):
             raise ValueError(f"{fn}: config.request must be 'auto', 'class' or 'sample', got {self.request!r}")
+        if self.target not in ("unseen", "matched"):
+            raise ValueError(f"{fn}: config.target must be 'unseen' or 'matched', got {self.target!r}")
         if self.unseen_refresh < 1:
             raise ValueError(f"{fn}: config.unseen_refresh must be >= 1 (1 = every step), got {self.unseen_refresh}")
 

@@ -1,0 +1,192 @@
+"""The difficulty-matched unseen target (fastblend.difficulty, docs/method.md §7.7)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from fastblend.difficulty import match_by_rank, matched_unseen
+
+
+def _t(*v):
+    return torch.tensor(v, dtype=torch.float64)
+
+
+def test_a_forget_image_is_matched_with_the_unseen_image_at_its_rank():
+    ref = _t(0.1, 0.2, 0.3, 0.4)  # members of class 0, ranked by loss
+    pool = _t(5.0, 1.0, 3.0, 2.0, 4.0)  # non-members of class 0 (sorted: 1, 2, 3, 4, 5)
+    zeros = lambda n: torch.zeros(n, dtype=torch.long)  # noqa: E731
+    # the easiest member-like image -> the easiest unseen image; beyond the hardest member -> the hardest
+    idx = match_by_rank(ref, zeros(4), _t(0.05, 0.5, 0.25), zeros(3), pool, zeros(5))
+    assert pool[idx].tolist() == [1.0, 5.0, 3.0]
+
+
+def test_uniform_forget_images_get_a_resample_of_the_pool_and_atypical_ones_its_hard_tail():
+    g = torch.Generator().manual_seed(0)
+    members = torch.rand(2000, generator=g, dtype=torch.float64)
+    pool = torch.rand(1000, generator=g, dtype=torch.float64) * 10
+    y = lambda n: torch.arange(n) % 2  # noqa: E731
+    typical = torch.rand(400, generator=g, dtype=torch.float64)
+    atypical = 0.9 + 0.1 * torch.rand(400, generator=g, dtype=torch.float64)  # the top 10% of members
+    i_typ = match_by_rank(members, y(2000), typical, y(400), pool, y(1000))
+    i_aty = match_by_rank(members, y(2000), atypical, y(400), pool, y(1000))
+    assert abs(float(pool[i_typ].mean()) - float(pool.mean())) < 0.5
+    assert float(pool[i_aty].min()) >= float(pool.quantile(0.85))
+    # classes are kept: each forget row is matched within its own class
+    assert torch.equal(y(1000)[i_aty], y(400))
+
+
+def test_a_whole_class_and_a_class_without_unseen_images():
+    ref, ref_y = _t(0.1, 0.2), torch.tensor([0, 0])
+    f, f_y = _t(0.3, 0.1, 0.2, 0.9), torch.tensor([1, 1, 1, 2])  # class 1 whole; class 2 has no pool rows
+    pool, pool_y = _t(1.0, 2.0, 3.0, 4.0), torch.tensor([1, 1, 1, 0])
+    idx = match_by_rank(ref, ref_y, f, f_y, pool, pool_y)
+    assert pool[idx].tolist() == [3.0, 1.0, 2.0]  # spread over class 1's pool, hardest to hardest; class 2 left out
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"forget_loss": _t(float("nan"))}, "forget_loss must be finite"),
+    ({"pool_labels": torch.tensor([0, 0])}, "pool_loss and pool_labels must have the same length"),
+    ({"reference_loss": [0.1]}, "reference_loss must be a 1-D tensor"),
+])
+def test_bad_inputs_are_named(bad, match):
+    args = {"reference_loss": _t(0.1), "reference_labels": torch.tensor([0]), "forget_loss": _t(0.2),
+            "forget_labels": torch.tensor([0]), "pool_loss": _t(1.0), "pool_labels": torch.tensor([0])}
+    args.update(bad)
+    with pytest.raises((TypeError, ValueError), match=match):
+        match_by_rank(**args)
+
+
+def test_matched_unseen_ranks_under_the_model():
+    # a model whose loss on an image is its first feature: hard images are the ones with a large feature
+    class Loss(nn.Module):
+        def forward(self, x):
+            return torch.stack([-x[:, 0], x[:, 0]], 1)  # class 0's logit falls as x grows
+
+    g = torch.Generator().manual_seed(1)
+    members = torch.rand(300, 1, generator=g)
+    unseen = torch.rand(300, 1, generator=g)
+    hard = 0.95 + 0.05 * torch.rand(40, 1, generator=g)
+    zeros = lambda n: torch.zeros(n, dtype=torch.long)  # noqa: E731
+    idx = matched_unseen(Loss(), (members, zeros(300)), (hard, zeros(40)), (unseen, zeros(300)))
+    assert idx.numel() == 40 and float(unseen[idx].min()) > float(unseen.quantile(0.85))
+    with pytest.raises(ValueError, match="unseen holds no image of any forget class"):
+        matched_unseen(Loss(), (members, zeros(300)), (hard, zeros(40)), (unseen, torch.ones(300, dtype=torch.long)))
+    with pytest.raises(ValueError, match="max_reference"):
+        matched_unseen(Loss(), (members, zeros(300)), (hard, zeros(40)), (unseen, zeros(300)), max_reference=0)
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        matched_unseen("net", (members, zeros(300)), (hard, zeros(40)), (unseen, zeros(300)))
+
+
+def _blobs(n: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 3
+    x = torch.tensor([[0.0, 0.0], [2.5, 0.0], [0.0, 2.5]])[y] + torch.randn(n, 2, generator=g)
+    return x, y
+
+
+def _net():
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 3))
+
+
+def test_unlearn_with_the_matched_target():
+    from fastblend import unlearn
+
+    x, y = _blobs(240, 0)
+    unseen = _blobs(120, 1)
+    far = (x - torch.tensor([[0.0, 0.0], [2.5, 0.0], [0.0, 2.5]])[y]).norm(dim=1)
+    forget = far >= far.quantile(0.9)  # the most atypical tenth: far from their class centres
+    args = (_net(), (x[~forget], y[~forget]), (x[forget], y[forget]), unseen)
+    res = unlearn("a_finetune", *args, config={"batch_size": 16, "target": "matched"}, seed=0, stop="auto")
+    t = res.info["target"]
+    assert t == {"kind": "matched", "rows": int(forget.sum()), "distinct": t["distinct"],
+                 "reference_rows": int((~forget).sum())}
+    assert 1 <= t["distinct"] <= t["rows"]
+    assert res.info["auto_stop"]["reference"] == "given"
+    plain = unlearn("a_finetune", *args, config={"batch_size": 16}, seed=0, stop="auto")
+    assert "target" not in plain.info and plain.info["auto_stop"]["reference"] == "heldout"
+    with pytest.raises(ValueError, match="config.target must be 'unseen' or 'matched'"):
+        unlearn("a_finetune", *args, config={"target": "hardest"})
+
+
+def test_the_auto_stop_compares_the_forget_set_with_the_reference():
+    from fastblend import AutoStop
+
+    class Sign(nn.Module):  # predicts class 1 where the feature is positive
+        def forward(self, x):
+            return torch.cat([-x, x], 1)
+
+    def images(n, positive):
+        x = torch.full((n, 1), -1.0)
+        x[:positive] = 1.0
+        return x, torch.ones(n, dtype=torch.long)
+
+    forget, heldout, hard = images(100, 90), images(200, 184), images(100, 50)
+    typical = AutoStop(forget, heldout, kind="sample").check(Sign())
+    matched = AutoStop(forget, heldout, kind="sample", reference=hard).check(Sign())
+    # against typical held-out images (92% right) a forget set at 90% looks unseen; against held-out images
+    # as hard as it (50% right) it is still remembered
+    assert typical.conditions["forget_acc_like_heldout"] and not matched.conditions["forget_acc_like_heldout"]
+    assert matched.heldout_same_class_acc == 50.0 and typical.heldout_same_class_acc == 92.0
+    assert matched.conditions["heldout_kept"]  # (c) still reads heldout
+    with pytest.raises(ValueError, match="reference has no images of the forget classes"):
+        AutoStop(forget, heldout, kind="sample", reference=(hard[0], torch.zeros(100, dtype=torch.long)))
+
+
+def test_a_parameterless_model_is_evaluated_on_the_cpu():
+    # AutoStop and Tracker found the device from the first parameter: StopIteration from deep inside
+    from fastblend.tracking import Tracker
+
+    x = torch.randn(40, 3)
+    y = torch.arange(40) % 3
+    tracker = Tracker((x, y), (x, y), max_samples=None, seed=0, heldout=(x, y))
+    out = tracker.evaluate(nn.Identity())
+    assert set(out) >= {"forget_acc", "test_acc", "mia"}
+
+
+def test_a_reduced_retain_set_is_ranked_against_the_images_it_keeps():
+    # a Blend-reduced set's rows are blends and the forget images' neighbours; the reference is every training
+    # image it keeps (its blends' members and its residual rows), read from its source
+    from fastblend import condense, unlearn
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(150) % 3
+    x = (y.float() * 2.0).view(-1, 1, 1, 1) + torch.randn(150, 1, 8, 8, generator=g)
+    forget = torch.arange(0, 150, 10)
+    reduced = condense(x, y, forget, ipc=4, iterations=1)
+    keep = torch.ones(150, dtype=torch.bool)
+    keep[forget] = False
+    uy = torch.arange(60) % 3
+    ux = (uy.float() * 2.0).view(-1, 1, 1, 1) + torch.randn(60, 1, 8, 8, generator=g)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+    res = unlearn("a_finetune", model, reduced, (x[forget], y[forget]), (ux, uy),
+                  config={"batch_size": 8, "target": "matched"}, seed=0)
+    assert len(reduced) < int(keep.sum())
+    assert res.info["target"]["reference_rows"] == int(keep.sum()) and res.info["target"]["rows"] == forget.numel()
+
+
+def test_the_drop_in_takes_the_matched_target():
+    from fastblend import prepare_unlearning
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(150) % 3
+    x = (y.float() * 2.0).view(-1, 1, 1, 1) + torch.randn(150, 1, 8, 8, generator=g)
+    uy = torch.arange(60) % 3
+    ux = (uy.float() * 2.0).view(-1, 1, 1, 1) + torch.randn(60, 1, 8, 8, generator=g)
+    forget = torch.zeros(150, dtype=torch.bool)
+    forget[::10] = True
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+    kw = {"batch_size": 8, "ipc": 4, "iterations": 1}
+    prep = prepare_unlearning(model, (x[~forget], y[~forget]), (x[forget], y[forget]), (ux, uy), target="matched",
+                              **kw)
+    assert prep.criterion.step.unseen.labels.numel() == int(forget.sum())  # one matched image per forget image
+    assert prep.auto_stop.summary()["reference"] == "given"
+    plain = prepare_unlearning(model, (x[~forget], y[~forget]), (x[forget], y[forget]), (ux, uy), **kw)
+    assert plain.criterion.step.unseen.labels.numel() == 60 and plain.auto_stop.summary()["reference"] == "heldout"
+    with pytest.raises(ValueError, match="target must be 'unseen' or 'matched'"):
+        prepare_unlearning(model, (x[~forget], y[~forget]), (x[forget], y[forget]), (ux, uy), target="hard", **kw)

@@ -277,6 +277,13 @@ def _grid() -> None:
                       ("hard/a_finetune/target_matched_epochs3_auto", "hard", "a_finetune",
                        {**tm, "epochs": 3, "_stop": "auto"}),
                       ("uniform/a_finetune/target_matched_auto", "uniform", "a_finetune", {**tm, "_stop": "auto"})])
+    # the target fixed at the untouched model's losses (it does not chase the model being trained)
+    tf = {"target": "matched_fixed"}
+    plan("matched4", [("hard/a_finetune/target_fixed", "hard", "a_finetune", tf),
+                      ("hard/a_finetune/target_fixed_pooled", "hard", "a_finetune", {**tf, "transform": "pooled"}),
+                      ("uniform/a_finetune/target_fixed", "uniform", "a_finetune", tf),
+                      ("uniform/a_finetune/target_fixed_pooled", "uniform", "a_finetune",
+                       {**tf, "transform": "pooled"})])
     # A-SCRUB on scattered samples: the matrix's uniform cell ends 7-10 test points below the band (0/2 seeds);
     # its forget max step runs in every epoch, as on a whole class, where bounding it to the first epoch stopped
     # the collapse

@@ -525,6 +525,9 @@ class AAMUStep:
         unseen_refresh: draw and forward a new unseen batch every this many steps and reuse its logits
             in between (1: every step, the paper's; > 1 departs from docs/method.md §2.4: the unseen
             losses are up to ``unseen_refresh - 1`` steps stale and follow the refresh step's classes).
+        unseen_logits: ``[N_u, C]`` fixed logits of the unseen rows (e.g. the untouched model's): the unseen
+            batches are then not forwarded and the regulariser's target stays where these put it, instead of
+            moving with the model being trained (docs/method.md §7.7, ``target="matched_fixed"``).
         fuse_forward, micro_batch: see :class:`Forwards` (used by :meth:`forward`; turned off with a
             warning for models whose BatchNorm or running statistics they would affect).
         num_classes: the class count (default: the largest unseen label + 1).
@@ -550,7 +553,7 @@ class AAMUStep:
                  unseen_batch_factor: int = RECIPE.unseen_batch_factor, max_draw: int | None = RECIPE.max_draw,
                  unseen_refresh: int = RECIPE.unseen_refresh, fuse_forward: bool = False, micro_batch: int = 0,
                  num_classes: int | None = None, forwards: Forwards | None = None, fn: str = "AAMUStep",
-                 transform: str = RECIPE.transform) -> None:
+                 transform: str = RECIPE.transform, unseen_logits: torch.Tensor | None = None) -> None:
         self.fn = fn
         self.loss_name = f"{fn}.loss" if fn == "AAMUStep" else fn  # how loss() names itself in errors
         (batch_size, lam, k, kappa, sigma, seed, forget_batch_factor, unseen_batch_factor, unseen_refresh,
@@ -589,6 +592,16 @@ class AAMUStep:
                                             seed=seed + 1)
         self.unseen_sampler.check_labels(self.forget.labels, fn, "forget labels")  # once: steps sample sync-free
         self.unseen_refresh = unseen_refresh
+        self.unseen_logits = None  # fixed logits of the unseen rows: the target does not move with the model
+        if unseen_logits is not None:
+            if not isinstance(unseen_logits, torch.Tensor) or unseen_logits.dim() != 2 \
+                    or unseen_logits.shape[0] != len(self.unseen) or not unseen_logits.is_floating_point():
+                raise ValueError(f"{fn}: unseen_logits must be a floating [N_u, C] tensor with one row per unseen "
+                                 f"image ({len(self.unseen)}), got "
+                                 f"{getattr(unseen_logits, 'shape', type(unseen_logits).__name__)}")
+            if not bool(torch.isfinite(unseen_logits).all()):
+                raise ValueError(f"{fn}: unseen_logits must be finite")
+            self.unseen_logits = unseen_logits.detach()
         if forwards is None:
             forwards = Forwards(fuse_forward, micro_batch).for_model(self._plain, fn, stacklevel=3)
         self.forwards = forwards
@@ -627,7 +640,15 @@ class AAMUStep:
         parallel), drawn for the forget batch's ``labels`` and forwarded every ``unseen_refresh`` steps."""
         if self._unseen is None or self._unseen[2] == self.unseen_refresh:
             ui = self.unseen_sampler.sample(labels, validate=False)
-            if not self.parallel:
+            if self.unseen_logits is not None:  # a fixed target: no forward; every rank holds the whole batch
+                fixed = self.unseen_logits[ui.to(self.unseen_logits.device)].to(device)
+                y_u = self.unseen.labels[ui.to(self.unseen.labels.device)].to(device)
+                if not self.parallel:
+                    self._unseen = (fixed, y_u, 0)
+                else:
+                    self._unseen_labels = y_u
+                    self._unseen = (F.cross_entropy(fixed.double(), y_u, reduction="none"), None, 0)
+            elif not self.parallel:
                 x_u, y_u = self.unseen.take(ui, device)
                 self._unseen = (self.forwards.infer(self._plain, x_u), y_u, 0)
             else:  # the unseen part's losses (the transform needs no more), gathered

@@ -108,7 +108,7 @@ def test_unlearn_with_the_matched_target():
     assert res.info["auto_stop"]["reference"] == "given"
     plain = unlearn("a_finetune", *args, config={"batch_size": 16}, seed=0, stop="auto")
     assert "target" not in plain.info and plain.info["auto_stop"]["reference"] == "heldout"
-    with pytest.raises(ValueError, match="config.target must be 'unseen' or 'matched'"):
+    with pytest.raises(ValueError, match="config.target must be one of"):
         unlearn("a_finetune", *args, config={"target": "hardest"})
 
 
@@ -190,3 +190,52 @@ def test_the_drop_in_takes_the_matched_target():
     assert plain.criterion.step.unseen.labels.numel() == 60 and plain.auto_stop.summary()["reference"] == "heldout"
     with pytest.raises(ValueError, match="target must be 'unseen' or 'matched'"):
         prepare_unlearning(model, (x[~forget], y[~forget]), (x[forget], y[forget]), (ux, uy), target="hard", **kw)
+
+
+def test_a_fixed_target_is_not_forwarded_and_does_not_move():
+    from fastblend import AAMUStep
+
+    class Counting(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 3)
+            self.rows = 0
+
+        def forward(self, x):
+            self.rows += x.shape[0]
+            return self.lin(x)
+
+    x, y = _blobs(60, 0)
+    ux, uy = _blobs(30, 1)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = Counting()
+    fixed = torch.randn(30, 3, generator=torch.Generator().manual_seed(2))
+    step = AAMUStep(net, (x, y), (ux, uy), batch_size=4, unseen_logits=fixed)
+    free = AAMUStep(net, (x, y), (ux, uy), batch_size=4)
+    retain = torch.ones(4, requires_grad=True)
+    net.rows = 0
+    out = step.loss(retain)
+    assert net.rows == step.forget_draw  # the forget batch only
+    net.rows = 0
+    free.loss(retain)
+    assert net.rows == free.forget_draw + free.unseen_draw
+    with torch.no_grad():
+        net.lin.weight.mul_(3.0)  # the model moves; the fixed target must not
+    logits_u, _ = step._unseen_part(y[:4], torch.device("cpu"))
+    assert all(any(torch.equal(row, f) for f in fixed) for row in logits_u)
+    assert torch.isfinite(out.total)
+    for bad in (torch.randn(29, 3), torch.randn(30), torch.full((30, 3), float("nan"))):
+        with pytest.raises(ValueError, match="unseen_logits must be"):
+            AAMUStep(net, (x, y), (ux, uy), batch_size=4, unseen_logits=bad)
+
+
+def test_unlearn_with_the_fixed_matched_target():
+    from fastblend import unlearn
+
+    x, y = _blobs(240, 0)
+    unseen = _blobs(120, 1)
+    forget = torch.arange(240) % 10 == 0
+    res = unlearn("a_finetune", _net(), (x[~forget], y[~forget]), (x[forget], y[forget]), unseen,
+                  config={"batch_size": 16, "target": "matched_fixed"}, seed=0)
+    assert res.info["target"]["kind"] == "matched_fixed" and res.info["target"]["rows"] == int(forget.sum())

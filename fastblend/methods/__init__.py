@@ -30,6 +30,7 @@ from ..data_adapter import (
     model_dtype,
 )
 from ..datasets import whole_classes
+from ..metrics import predict_logits
 from ..recipe import RECIPE
 from ..tracking import StepClock, eval_every_for
 from .aamu_configs import (
@@ -365,12 +366,14 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
     ctx.ddp_options = ddp_options
     if request is not None:
         ctx.info["request"], ctx.info["class_recipe"] = request, recipe
-    matched = None
-    if spec.accelerated and cfg.target == "matched":  # held-out images as hard as the forget images (§7.7)
+    matched = fixed = None
+    if spec.accelerated and cfg.target != "unseen":  # held-out images as hard as the forget images (§7.7)
         matched, distinct, reference_rows = _matched_target(work, retain, r, f, u, seed, dev, fn)
-        ctx.info["target"] = {"kind": "matched", "rows": len(matched), "distinct": distinct,
+        ctx.info["target"] = {"kind": cfg.target, "rows": len(matched), "distinct": distinct,
                               "reference_rows": reference_rows}
-    data = RunData(r, f, matched if matched is not None else u)
+        if cfg.target == "matched_fixed":  # their losses under the untouched model: a target that does not move
+            fixed = predict_logits(work, matched.images, device=dev).float()
+    data = RunData(r, f, matched if matched is not None else u, fixed)
     stopper = None
     if stop is not None:
         stopper = stop if isinstance(stop, AutoStop) else AutoStop(

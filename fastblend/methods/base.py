@@ -108,6 +108,7 @@ class RunData:
     retain: DataView
     forget: DataView
     unseen: DataView | None
+    unseen_logits: torch.Tensor | None = None  # fixed target logits of the unseen rows (AAMUStep's)
 
 
 class Method:
@@ -188,7 +189,7 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
                         kappa=cfg.kappa, sigma=cfg.sigma, steepen=cfg.steepen, seed=ctx.seed,
                         forget_batch_factor=cfg.forget_batch_factor, unseen_batch_factor=cfg.unseen_batch_factor,
                         max_draw=cfg.max_draw, unseen_refresh=cfg.unseen_refresh, num_classes=ctx.num_classes,
-                        forwards=ctx.forwards, fn=ctx.fn, transform=cfg.transform)
+                        forwards=ctx.forwards, fn=ctx.fn, transform=cfg.transform, unseen_logits=data.unseen_logits)
         ctx.info["backends"] = {"quantile_mmd": "torch (pooled)" if cfg.transform == "pooled" else
                                 backend_for("quantile_mmd", ctx.device, aamu.criterion.backend)}
     elif method.uses_forget_batches:

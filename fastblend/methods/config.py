@@ -103,6 +103,10 @@ class TrainConfig(RuntimeConfig):
             raise ValueError(f"{fn}: config.warmup_epochs must be >= 0, got {self.warmup_epochs}")
 
 
+#: the regulariser's targets (``AAMUFields.target``, docs/method.md §7.7)
+TARGETS = ("unseen", "matched", "matched_fixed")
+
+
 @dataclass
 class AAMUFields:
     """The A-AMU settings of docs/method.md §2.2-2.4, mixed into the config of every accelerated method
@@ -137,7 +141,9 @@ class AAMUFields:
             model before unlearning (:func:`fastblend.difficulty.matched_unseen`, against the retain set's
             real images); with ``stop="auto"`` the stop compares the forget set with them too. For a forget
             set of atypical images, which a model that never saw them gets wrong far more often than
-            typical unseen images.
+            typical unseen images. ``"matched_fixed"``: the same images with their losses under the
+            untouched model (it never trained on them), fixed for the run: the target does not move with
+            the model being trained.
     """
 
     lam: float = RECIPE.lam
@@ -168,8 +174,8 @@ class AAMUFields:
             raise ValueError(f"{fn}: config.transform must be 'per_set' or 'pooled', got {self.transform!r}")
         if self.request not in ("auto", "class", "sample"):
             raise ValueError(f"{fn}: config.request must be 'auto', 'class' or 'sample', got {self.request!r}")
-        if self.target not in ("unseen", "matched"):
-            raise ValueError(f"{fn}: config.target must be 'unseen' or 'matched', got {self.target!r}")
+        if self.target not in TARGETS:
+            raise ValueError(f"{fn}: config.target must be one of {TARGETS}, got {self.target!r}")
         if self.unseen_refresh < 1:
             raise ValueError(f"{fn}: config.unseen_refresh must be >= 1 (1 = every step), got {self.unseen_refresh}")
 

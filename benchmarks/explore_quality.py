@@ -284,6 +284,12 @@ def _grid() -> None:
                       ("uniform/a_finetune/target_fixed", "uniform", "a_finetune", tf),
                       ("uniform/a_finetune/target_fixed_pooled", "uniform", "a_finetune",
                        {**tf, "transform": "pooled"})])
+    # the fixed target over three unlearning seeds, on the other methods, and with the auto stop
+    plan("matched5", [(f"hard/a_finetune/target_fixed/seed{s}", "hard", "a_finetune", {**tf, "_seed": s})
+                      for s in (1, 2)]
+         + [(f"hard/{m}/target_fixed", "hard", m, tf) for m in ("a_sparse", "a_neggrad_plus", "a_scrub")]
+         + [("hard/a_finetune/target_fixed_auto", "hard", "a_finetune", {**tf, "_stop": "auto"}),
+            ("uniform/a_finetune/target_fixed_auto", "uniform", "a_finetune", {**tf, "_stop": "auto"})])
     # A-SCRUB on scattered samples: the matrix's uniform cell ends 7-10 test points below the band (0/2 seeds);
     # its forget max step runs in every epoch, as on a whole class, where bounding it to the first epoch stopped
     # the collapse

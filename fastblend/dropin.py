@@ -66,6 +66,8 @@ from .datasets import whole_classes
 from .difficulty import matched_unseen
 from .methods import retained_reference
 from .methods.aamu_configs import AFinetuneConfig, request_config
+from .methods.config import TARGETS
+from .metrics import predict_logits
 from .recipe import RECIPE
 
 __all__ = ["AAMUCriterion", "PreparedUnlearning", "prepare_unlearning"]
@@ -317,7 +319,9 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
             request's (``"pooled"`` on a whole-class request).
         target: the regulariser's target (docs/method.md §7.7): ``"unseen"`` (default, the paper's) or
             ``"matched"``: the unseen images as hard as the forget images, ranked by ``model`` as passed
-            here (the model before unlearning); ``prep.auto_stop`` then compares the forget set with them.
+            here (the model before unlearning); ``prep.auto_stop`` then compares the forget set with them;
+            ``"matched_fixed"``: the same images with their losses under ``model`` as passed here, fixed
+            for the run (not on a request that forgets whole classes).
 
     Returns:
         :class:`PreparedUnlearning` with ``retain_loader`` and ``criterion``. Train with A-AMU's
@@ -336,8 +340,8 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
         raise ValueError(f"{fn}: request must be 'auto', 'class' or 'sample', got {request!r}")
     if transform is not None and (not isinstance(transform, str) or transform not in ("per_set", "pooled")):
         raise ValueError(f"{fn}: transform must be 'per_set', 'pooled' or None (the request's), got {transform!r}")
-    if not isinstance(target, str) or target not in ("unseen", "matched"):
-        raise ValueError(f"{fn}: target must be 'unseen' or 'matched', got {target!r}")
+    if not isinstance(target, str) or target not in TARGETS:
+        raise ValueError(f"{fn}: target must be one of {TARGETS}, got {target!r}")
     if index is not None and not isinstance(index, BlendIndex):
         raise TypeError(f"{fn}: index must be a fastblend.BlendIndex or None, got {type(index).__name__}")
     if index is not None:  # the index was built with its own settings: a different one here would be ignored
@@ -394,14 +398,22 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
     ux, uy = as_tensors(unseen, "unseen", fn)
     if tuple(ux.shape[1:]) != tuple(fx.shape[1:]):
         raise ValueError(f"{fn}: unseen images are {list(ux.shape[1:])} but forget images {list(fx.shape[1:])}")
-    tx, ty = ux, uy
-    if target == "matched":  # held-out images as hard as the forget images, ranked by the untouched model
+    tx, ty, fixed = ux, uy, None
+    if target == "matched_fixed" and whole_classes(forget_classes, reduced.labels):
+        raise ValueError(f"{fn}: target='matched_fixed' fixes the target at the untouched model's losses, and the "
+                         f"forget classes {whole_classes(forget_classes, reduced.labels)} have no retain image "
+                         "(forgotten whole): use target='unseen' or 'matched' for a request that forgets whole "
+                         "classes")
+    if target != "unseen":  # held-out images as hard as the forget images, ranked by the untouched model
         ref = retained_reference(reduced, as_data(reduced, "retain", fn), seed, dev, model_dtype(model), fn)
         idx = matched_unseen(model, ref, (fx, fy), (ux, uy), max_reference=None, device=dev).to(ux.device)
         tx, ty = ux[idx], uy[idx]
+        if target == "matched_fixed":  # their losses under the untouched model, fixed for the run
+            fixed = predict_logits(model, tx, device=dev).float()
     step = AAMUStep(model, (fx.to(dev), fy.to(dev)), (tx.to(dev), ty.to(dev)), batch_size=batch_size, lam=lam, k=k,
                     kappa=kappa, sigma=sigma, steepen=steepen, seed=seed, forget_batch_factor=forget_batch_factor,
-                    unseen_batch_factor=unseen_batch_factor, max_draw=max_draw, fn=fn, transform=cfg.transform)
+                    unseen_batch_factor=unseen_batch_factor, max_draw=max_draw, fn=fn, transform=cfg.transform,
+                    unseen_logits=fixed)
     loader = DataLoader(reduced, batch_size=batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(seed))
     timings = {"index": build_seconds, "request": time.perf_counter() - t1}

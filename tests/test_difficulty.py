@@ -188,8 +188,15 @@ def test_the_drop_in_takes_the_matched_target():
     assert prep.auto_stop.summary()["reference"] == "given"
     plain = prepare_unlearning(model, (x[~forget], y[~forget]), (x[forget], y[forget]), (ux, uy), **kw)
     assert plain.criterion.step.unseen.labels.numel() == 60 and plain.auto_stop.summary()["reference"] == "heldout"
-    with pytest.raises(ValueError, match="target must be 'unseen' or 'matched'"):
+    fixed = prepare_unlearning(model, (x[~forget], y[~forget]), (x[forget], y[forget]), (ux, uy),
+                               target="matched_fixed", **kw)
+    assert fixed.criterion.step.unseen_logits.shape == (int(forget.sum()), 3)
+    with pytest.raises(ValueError, match="target must be one of"):
         prepare_unlearning(model, (x[~forget], y[~forget]), (x[forget], y[forget]), (ux, uy), target="hard", **kw)
+    whole = y == 2
+    with pytest.raises(ValueError, match=r"target='matched_fixed' .* forget classes \[2\] have no retain image"):
+        prepare_unlearning(model, (x[~whole], y[~whole]), (x[whole], y[whole]), (ux, uy), target="matched_fixed",
+                           **kw)
 
 
 def test_a_fixed_target_is_not_forwarded_and_does_not_move():
@@ -239,3 +246,16 @@ def test_unlearn_with_the_fixed_matched_target():
     res = unlearn("a_finetune", _net(), (x[~forget], y[~forget]), (x[forget], y[forget]), unseen,
                   config={"batch_size": 16, "target": "matched_fixed"}, seed=0)
     assert res.info["target"]["kind"] == "matched_fixed" and res.info["target"]["rows"] == int(forget.sum())
+
+
+def test_a_fixed_target_refuses_a_class_forgotten_whole():
+    from fastblend import unlearn
+
+    x, y = _blobs(240, 0)
+    whole = y == 2
+    with pytest.raises(ValueError, match=r"target='matched_fixed' .* forget classes \[2\] have no retain image"):
+        unlearn("a_finetune", _net(), (x[~whole], y[~whole]), (x[whole], y[whole]), _blobs(120, 1),
+                config={"batch_size": 16, "target": "matched_fixed"}, seed=0)
+    res = unlearn("a_finetune", _net(), (x[~whole], y[~whole]), (x[whole], y[whole]), _blobs(120, 1),
+                  config={"batch_size": 16, "target": "matched"}, seed=0)
+    assert res.info["target"]["kind"] == "matched" and res.info["request"] == "class"

@@ -372,6 +372,12 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
         ctx.info["target"] = {"kind": cfg.target, "rows": len(matched), "distinct": distinct,
                               "reference_rows": reference_rows}
         if cfg.target == "matched_fixed":  # their losses under the untouched model: a target that does not move
+            whole = whole_classes(f.labels.unique(), _retain_labels(r, fn))
+            if whole:
+                raise ValueError(f"{fn}: config.target='matched_fixed' fixes the target at the untouched model's "
+                                 f"losses, and the forget classes {whole} have no retain image (forgotten whole): "
+                                 "for them those are the losses of a model that still predicts the class. Use "
+                                 "target='unseen' or 'matched' for a request that forgets whole classes")
             fixed = predict_logits(work, matched.images, device=dev).float()
     data = RunData(r, f, matched if matched is not None else u, fixed)
     stopper = None

@@ -175,7 +175,8 @@ def _stamp(cfg, t0: float) -> dict:
             "config": {k: getattr(cfg, k) for k in ("dataset", "limit", "per_class", "model", "width", "forget",
                                                     "forget_fraction", "hard_pool", "train_config", "retrain_config",
                                                     "retrain_seeds", "track_evaluations", "track_samples",
-                                                    "mia_statistic", "klom_estimator", "band_z", "band_floor")}}
+                                                    "mia_statistic", "klom_estimator", "band_z", "band_floor",
+                                                    "accelerated_config")}}
 
 
 def prepare(cfg, kind: str, seed: int, folder: Path, device: torch.device, log: Callable[[str], None]) -> Context:
@@ -282,19 +283,23 @@ def run_method(ctx: Context, method: str, budget_factor: float, index_cache: dic
         retain_size = len(retain[1])
     retrain_seconds = float(ctx.retrain["retrain_seconds"])
     budget = budget_factor * retrain_seconds if not accelerated else None
+    config = dict(cfg.accelerated_config) if accelerated and cfg.accelerated_config else None  # --config's
     trackers: dict = {}
     if auto:  # the stop's own cadence (AutoStop.evaluations); a base method keeps its budget beside it
         kw: dict = {"stop": "auto"}
         if budget is not None:
             kw["callback"] = lambda _model, _step, seconds: seconds >= budget
     else:
-        kw = pipeline._tracked(cfg, trackers, "v", method, {}, retain_size, split, seed, budget, ctx.heldout)
-    res = unlearn(method, ctx.model, retain, forget, unseen=unseen, device=device, seed=seed, progress=False, **kw)
+        kw = pipeline._tracked(cfg, trackers, "v", method, config or {}, retain_size, split, seed, budget,
+                               ctx.heldout)
+    res = unlearn(method, ctx.model, retain, forget, unseen=unseen, config=config, device=device, seed=seed,
+                  progress=False, **kw)
     metrics, _, marg = pipeline.evaluate_model(res.model, split, device, cfg, ctx.heldout, ctx.retain_rows, seed)
     total = request + res.seconds
     row, band = _judge(ctx, {"variant": method, "method": method, **metrics, "t_total": total}, marg)
     record = {"unit": method + (".auto" if auto else ""), "method": method, "kind": ctx.kind, "seed": seed,
-              "accelerated": accelerated, "final": row, "in_band": bool(row["in_band"]), "seconds": total,
+              "accelerated": accelerated, "method_config": config, "final": row, "in_band": bool(row["in_band"]),
+              "seconds": total,
               "unlearning_seconds": res.seconds, "steps": res.steps, "retrain_seconds": retrain_seconds,
               "retrain_t_target": ctx.retrain["retrain_t_target"], "setting": ctx.retrain["setting"], **extra}
     if auto:

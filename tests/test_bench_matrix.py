@@ -55,6 +55,13 @@ def test_the_matrix_resumes_and_its_readme_reads_the_unit_files(tmp_path, monkey
     assert "| 0.1 (auto 1) | " + ("1/1" if acc["in_band"] else "0/1") in text
     assert "4. **Auto stop inside the band" in text and "pending —" not in text
 
+    # --config's accelerated_config reaches the accelerated methods (it was read, then never passed to unlearn)
+    (folder / "a_finetune.json").unlink()
+    overrides = {**TINY, "accelerated_config": {"target": "matched_fixed"}}
+    assert bench_matrix.run_matrix(out, **{**kw, "methods": ["a_finetune"], "overrides": overrides}) == 1
+    unit = json.loads((folder / "a_finetune.json").read_text())
+    assert unit["method_config"] == {"target": "matched_fixed"} == unit["config"]["accelerated_config"]
+
 
 def test_the_readme_matrix_table_is_generated_from_the_committed_files():
     from pathlib import Path

@@ -259,3 +259,17 @@ def test_a_fixed_target_refuses_a_class_forgotten_whole():
     res = unlearn("a_finetune", _net(), (x[~whole], y[~whole]), (x[whole], y[whole]), _blobs(120, 1),
                   config={"batch_size": 16, "target": "matched"}, seed=0)
     assert res.info["target"]["kind"] == "matched" and res.info["request"] == "class"
+
+
+def test_the_matched_target_reads_a_retain_loader_and_dataset():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from fastblend import unlearn
+
+    x, y = _blobs(240, 0)
+    forget = torch.arange(240) % 10 == 0
+    retain = TensorDataset(x[~forget], y[~forget])
+    for data in (retain, DataLoader(retain, batch_size=16)):
+        res = unlearn("a_finetune", _net(), data, (x[forget], y[forget]), _blobs(120, 1),
+                      config={"batch_size": 16, "target": "matched"}, seed=0)
+        assert res.info["target"]["reference_rows"] == int((~forget).sum())

@@ -134,7 +134,7 @@ class AutoStop:
         evaluations: how many evaluations ``unlearn(..., stop=...)`` spreads over the planned steps when it
             is given no ``eval_every``.
         seed: seeds the subsets and the MIA's bootstrap.
-        reference: held-out images to compare the forget set with, in place of ``heldout``, for the
+        matched_heldout: held-out images to compare the forget set with, in place of ``heldout``, for the
             scattered-samples rule's (a) and (b) (``None``: ``heldout``). The difficulty-matched target
             (:func:`fastblend.difficulty.matched_unseen`: held-out images as hard as the forget images, so an
             atypical forget set is done when it looks like atypical held-out images, not like typical ones).
@@ -151,7 +151,7 @@ class AutoStop:
                  max_drop: float = 3.0,
                  class_floor: float = 0.0,
                  patience: int = 1,
-                 min_steps: int = 1, evaluations: int = 8, seed: int = 0, reference: Any = None):
+                 min_steps: int = 1, evaluations: int = 8, seed: int = 0, matched_heldout: Any = None):
         fn = "AutoStop"
         max_samples, z, match_z, slack, max_drop, class_floor, patience, min_steps, evaluations, seed = map(
             plain_number, (max_samples, z, match_z, slack, max_drop, class_floor, patience, min_steps, evaluations,
@@ -176,7 +176,7 @@ class AutoStop:
         limit = None if max_samples is None else int(max_samples)
         self.forget = _pair(forget, limit, gen, "forget")
         self.heldout = _pair(heldout, limit, gen, "heldout")
-        self.reference = None if reference is None else _pair(reference, limit, gen, "reference")
+        self.matched = None if matched_heldout is None else _pair(matched_heldout, limit, gen, "matched_heldout")
         fy, hy = self.forget[1], self.heldout[1]
         if fy.numel() < 5:
             raise ValueError(f"{fn}: forget must hold at least 5 samples, got {fy.numel()}")
@@ -185,8 +185,8 @@ class AutoStop:
         if missing:
             raise ValueError(f"{fn}: heldout has no images of the forget classes {missing}; the stop compares the "
                              "forget set with unseen images of its own classes")
-        if self.reference is not None and not bool(torch.isin(classes, self.reference[1]).any()):
-            raise ValueError(f"{fn}: reference has no images of the forget classes "
+        if self.matched is not None and not bool(torch.isin(classes, self.matched[1]).any()):
+            raise ValueError(f"{fn}: matched_heldout has no images of the forget classes "
                              f"{[int(c) for c in classes]}")
         retained = _labels_of(retain_labels)
         if kind == "auto":
@@ -252,9 +252,9 @@ class AutoStop:
         lf = predict_logits(model, fx, device=dev).float().cpu()
         lh = predict_logits(model, hx, device=dev).float().cpu()
         cf, ch = lf.argmax(1) == fy, lh.argmax(1) == hy
-        if self.reference is not None:  # (a) and (b) compare with held-out images as hard as the forget images
-            ry = self.reference[1]
-            lr = predict_logits(model, self.reference[0], device=dev).float().cpu()
+        if self.matched is not None:  # (a) and (b) compare with held-out images as hard as the forget images
+            ry = self.matched[1]
+            lr = predict_logits(model, self.matched[0], device=dev).float().cpu()
             cr = lr.argmax(1) == ry
         else:
             ry, lr, cr = hy, lh, ch
@@ -278,7 +278,7 @@ class AutoStop:
             n_same = int(torch.isin(ry, f_cls).sum())
             for c, k in zip(f_cls.tolist(), f_counts.tolist()):
                 rows = ry == c
-                if bool(rows.any()):  # a reference without this class: the others decide
+                if bool(rows.any()):  # matched images lacking this class: the others decide
                     per_class.append(float(cr[rows].double().mean()))
                     weights.append(k)
             same = 100 * sum(p * w for p, w in zip(per_class, weights)) / sum(weights)
@@ -347,6 +347,6 @@ class AutoStop:
         ``kind``, ``whole_classes``, ``baseline_heldout_acc``, ``eval_seconds`` and the last evaluation."""
         return {"stopped": self.stopped, "step": self.stop_step, "seconds": self.stop_seconds, "reason": self.reason,
                 "kind": self.kind, "whole_classes": list(self.whole_classes), "baseline_heldout_acc": self.baseline,
-                "reference": "heldout" if self.reference is None else "given",
+                "compared_with": "heldout" if self.matched is None else "matched_heldout",
                 "evaluations": len(self.history), "eval_seconds": self.eval_seconds,
                 "last": self.history[-1].as_dict() if self.history else None}

@@ -425,7 +425,7 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
         else:
             try:
                 auto_stop = AutoStop((step.forget.images, step.forget.labels), (ux, uy), reduced.labels, seed=seed,
-                                     reference=None if target == "unseen" else (tx, ty))
+                                     matched_heldout=None if target == "unseen" else (tx, ty))
             except ValueError as exc:  # the request itself is fine; only the stop cannot judge this data
                 why = str(exc)
         if auto_stop is not None and auto_stop.baseline is None:

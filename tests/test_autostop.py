@@ -128,7 +128,7 @@ def test_the_untouched_model_is_not_returned_by_default(sets):
 
 def test_it_needs_no_retrain_input():
     params = set(inspect.signature(AutoStop).parameters)
-    assert params.isdisjoint({"retrain", "reference", "band", "target"})
+    assert params.isdisjoint({"retrain", "reference", "band", "target"})  # matched_heldout: held-out images
     assert {"forget", "heldout"} <= params
 
 

@@ -408,9 +408,9 @@ ROWS += [
      r"AutoStop: heldout must be an \(images, labels\) pair"),
     ("AutoStop", "model not a module", lambda: F.AutoStop(_xy4(), _xy4(9), kind="sample").start("net"), TypeError,
      "AutoStop.start: model must be a torch.nn.Module"),
-    ("AutoStop", "reference lacks the forget classes", lambda: F.AutoStop(_xy4(), _xy4(9), kind="sample",
-                                                                          reference=(_xy4()[0], _xy4()[1] * 0 + 5)),
-     ValueError, "AutoStop: reference has no images of the forget classes"),
+    ("AutoStop", "matched_heldout lacks the forget classes",
+     lambda: F.AutoStop(_xy4(), _xy4(9), kind="sample", matched_heldout=(_xy4()[0], _xy4()[1] * 0 + 5)),
+     ValueError, "AutoStop: matched_heldout has no images of the forget classes"),
     # ---------------- the difficulty-matched target
     ("matched_unseen", "model not a module", lambda: F.matched_unseen("net", _xy4(), _xy4(), _xy4(9)), TypeError,
      "matched_unseen: model must be a torch.nn.Module"),

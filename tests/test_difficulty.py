@@ -105,9 +105,9 @@ def test_unlearn_with_the_matched_target():
     assert t == {"kind": "matched", "rows": int(forget.sum()), "distinct": t["distinct"],
                  "reference_rows": int((~forget).sum())}
     assert 1 <= t["distinct"] <= t["rows"]
-    assert res.info["auto_stop"]["reference"] == "given"
+    assert res.info["auto_stop"]["compared_with"] == "matched_heldout"
     plain = unlearn("a_finetune", *args, config={"batch_size": 16}, seed=0, stop="auto")
-    assert "target" not in plain.info and plain.info["auto_stop"]["reference"] == "heldout"
+    assert "target" not in plain.info and plain.info["auto_stop"]["compared_with"] == "heldout"
     with pytest.raises(ValueError, match="config.target must be one of"):
         unlearn("a_finetune", *args, config={"target": "hardest"})
 
@@ -126,14 +126,14 @@ def test_the_auto_stop_compares_the_forget_set_with_the_reference():
 
     forget, heldout, hard = images(100, 90), images(200, 184), images(100, 50)
     typical = AutoStop(forget, heldout, kind="sample").check(Sign())
-    matched = AutoStop(forget, heldout, kind="sample", reference=hard).check(Sign())
+    matched = AutoStop(forget, heldout, kind="sample", matched_heldout=hard).check(Sign())
     # against typical held-out images (92% right) a forget set at 90% looks unseen; against held-out images
     # as hard as it (50% right) it is still remembered
     assert typical.conditions["forget_acc_like_heldout"] and not matched.conditions["forget_acc_like_heldout"]
     assert matched.heldout_same_class_acc == 50.0 and typical.heldout_same_class_acc == 92.0
     assert matched.conditions["heldout_kept"]  # (c) still reads heldout
-    with pytest.raises(ValueError, match="reference has no images of the forget classes"):
-        AutoStop(forget, heldout, kind="sample", reference=(hard[0], torch.zeros(100, dtype=torch.long)))
+    with pytest.raises(ValueError, match="matched_heldout has no images of the forget classes"):
+        AutoStop(forget, heldout, kind="sample", matched_heldout=(hard[0], torch.zeros(100, dtype=torch.long)))
 
 
 def test_a_parameterless_model_is_evaluated_on_the_cpu():
@@ -185,9 +185,9 @@ def test_the_drop_in_takes_the_matched_target():
     prep = prepare_unlearning(model, (x[~forget], y[~forget]), (x[forget], y[forget]), (ux, uy), target="matched",
                               **kw)
     assert prep.criterion.step.unseen.labels.numel() == int(forget.sum())  # one matched image per forget image
-    assert prep.auto_stop.summary()["reference"] == "given"
+    assert prep.auto_stop.summary()["compared_with"] == "matched_heldout"
     plain = prepare_unlearning(model, (x[~forget], y[~forget]), (x[forget], y[forget]), (ux, uy), **kw)
-    assert plain.criterion.step.unseen.labels.numel() == 60 and plain.auto_stop.summary()["reference"] == "heldout"
+    assert plain.criterion.step.unseen.labels.numel() == 60 and plain.auto_stop.summary()["compared_with"] == "heldout"
     fixed = prepare_unlearning(model, (x[~forget], y[~forget]), (x[forget], y[forget]), (ux, uy),
                                target="matched_fixed", **kw)
     assert fixed.criterion.step.unseen_logits.shape == (int(forget.sum()), 3)

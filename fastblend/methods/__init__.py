@@ -384,7 +384,7 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
     if stop is not None:
         stopper = stop if isinstance(stop, AutoStop) else AutoStop(
             (f.images, f.labels), (u.images, u.labels), _retain_labels(r, fn), seed=seed,
-            reference=None if matched is None else (matched.images, matched.labels))
+            matched_heldout=None if matched is None else (matched.images, matched.labels))
         stopper.start(work)  # the untouched model's held-out accuracy, which the rule keeps
         every = eval_every_for(planned_steps(spec.name, cfg, len(r)), stopper.evaluations)
         if not eval_every:

@@ -185,9 +185,17 @@ class AutoStop:
         if missing:
             raise ValueError(f"{fn}: heldout has no images of the forget classes {missing}; the stop compares the "
                              "forget set with unseen images of its own classes")
-        if self.matched is not None and not bool(torch.isin(classes, self.matched[1]).any()):
-            raise ValueError(f"{fn}: matched_heldout has no images of the forget classes "
-                             f"{[int(c) for c in classes]}")
+        if self.matched is not None:
+            if not bool(torch.isin(classes, self.matched[1]).any()):
+                raise ValueError(f"{fn}: matched_heldout has no images of the forget classes "
+                                 f"{[int(c) for c in classes]}")
+            # a forget class the matched images lack (e.g. dropped by the subset) is compared with its held-out
+            # images, so every forget row has a reference of its own class
+            lacking = torch.isin(hy, classes[~torch.isin(classes, self.matched[1])])
+            if bool(lacking.any()):
+                self.matched = (torch.cat([self.matched[0], self.heldout[0][lacking.to(self.heldout[0].device)]
+                                           .to(self.matched[0].device, self.matched[0].dtype)]),
+                                torch.cat([self.matched[1], hy[lacking]]))
         retained = _labels_of(retain_labels)
         if kind == "auto":
             if retained is None:

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._checks import plain_number
 from .data_adapter import as_data
 from .metrics import predict_logits
 
@@ -104,6 +105,7 @@ def matched_unseen(model: nn.Module, reference: Any, forget: Any, unseen: Any, *
     one per forget image whose class has unseen images.
     """
     fn = "matched_unseen"
+    max_reference, seed = plain_number(max_reference), plain_number(seed)  # numpy integers too
     if not isinstance(model, nn.Module):
         raise TypeError(f"{fn}: model must be a torch.nn.Module, got {type(model).__name__}")
     if max_reference is not None and (isinstance(max_reference, bool) or not isinstance(max_reference, int)

@@ -61,7 +61,7 @@ from .condensation import BlendIndex, ReducedRetainSet
 from .condensation.checks import forget_mask
 from .condensation.recipe import default_ipc
 from .condensation.source import content_keys, read_rows, row_keys, source_labels, source_sample
-from .data_adapter import as_data, as_tensors, is_streamed_dataset, model_dtype
+from .data_adapter import as_tensors, is_streamed_dataset, model_dtype
 from .datasets import whole_classes
 from .difficulty import matched_unseen
 from .methods import retained_reference
@@ -405,7 +405,7 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
                          "(forgotten whole): use target='unseen' or 'matched' for a request that forgets whole "
                          "classes")
     if target != "unseen":  # held-out images as hard as the forget images, ranked by the untouched model
-        ref = retained_reference(reduced, as_data(reduced, "retain", fn), seed, dev, model_dtype(model), fn)
+        ref = retained_reference(reduced, None, seed, dev, model_dtype(model), fn, classes=forget_classes)
         idx = matched_unseen(model, ref, (fx, fy), (ux, uy), max_reference=None, device=dev).to(ux.device)
         tx, ty = ux[idx], uy[idx]
         if target == "matched_fixed":  # their losses under the untouched model, fixed for the run

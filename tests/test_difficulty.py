@@ -185,6 +185,7 @@ def test_the_drop_in_takes_the_matched_target():
     prep = prepare_unlearning(model, (x[~forget], y[~forget]), (x[forget], y[forget]), (ux, uy), target="matched",
                               **kw)
     assert prep.criterion.step.unseen.labels.numel() == int(forget.sum())  # one matched image per forget image
+    assert prep.reduced._images is None  # ranked against the source's rows: the reduced set is not materialised
     assert prep.auto_stop.summary()["compared_with"] == "matched_heldout"
     plain = prepare_unlearning(model, (x[~forget], y[~forget]), (x[forget], y[forget]), (ux, uy), **kw)
     assert plain.criterion.step.unseen.labels.numel() == 60 and plain.auto_stop.summary()["compared_with"] == "heldout"
@@ -273,3 +274,28 @@ def test_the_matched_target_reads_a_retain_loader_and_dataset():
         res = unlearn("a_finetune", _net(), data, (x[forget], y[forget]), _blobs(120, 1),
                       config={"batch_size": 16, "target": "matched"}, seed=0)
         assert res.info["target"]["reference_rows"] == int((~forget).sum())
+
+
+def test_the_auto_stop_falls_back_to_heldout_for_a_class_the_matched_images_lack():
+    # a mixed request whose matched images lost the partly forgotten class (e.g. to AutoStop's subset): a
+    # ZeroDivisionError before; that class is now compared with its held-out images
+    from fastblend import AutoStop
+
+    g = torch.Generator().manual_seed(0)
+    fx, fy = torch.randn(30, 2, generator=g), torch.tensor([0] * 20 + [1] * 10)
+    hx, hy = torch.randn(60, 2, generator=g), torch.arange(60) % 2
+    # class 0 forgotten whole (the retain set holds only class 1), class 1 in part; matched images of class 0 only
+    stop = AutoStop((fx, fy), (hx, hy), torch.ones(5, dtype=torch.long), matched_heldout=(hx[hy == 0], hy[hy == 0]))
+    check = stop.check(nn.Linear(2, 2))
+    assert "forget_acc_like_heldout" in check.conditions
+    assert check.heldout_same_class_acc == check.heldout_same_class_acc  # a number, not NaN
+
+
+def test_the_ranking_reads_only_the_forget_classes():
+    from fastblend import unlearn
+
+    x, y = _blobs(240, 0)
+    forget = (y == 1) & (torch.arange(240) % 4 == 1)  # part of class 1 only
+    res = unlearn("a_finetune", _net(), (x[~forget], y[~forget]), (x[forget], y[forget]), _blobs(120, 1),
+                  config={"batch_size": 16, "target": "matched"}, seed=0)
+    assert res.info["target"]["reference_rows"] == int(((y == 1) & ~forget).sum())

@@ -368,16 +368,17 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
         ctx.info["request"], ctx.info["class_recipe"] = request, recipe
     matched = fixed = None
     if spec.accelerated and cfg.target != "unseen":  # held-out images as hard as the forget images (§7.7)
-        matched, distinct, reference_rows = _matched_target(work, retain, r, f, u, seed, dev, fn)
-        ctx.info["target"] = {"kind": cfg.target, "rows": len(matched), "distinct": distinct,
-                              "reference_rows": reference_rows}
-        if cfg.target == "matched_fixed":  # their losses under the untouched model: a target that does not move
+        if cfg.target == "matched_fixed":
             whole = whole_classes(f.labels.unique(), _retain_labels(r, fn))
             if whole:
                 raise ValueError(f"{fn}: config.target='matched_fixed' fixes the target at the untouched model's "
                                  f"losses, and the forget classes {whole} have no retain image (forgotten whole): "
                                  "for them those are the losses of a model that still predicts the class. Use "
                                  "target='unseen' or 'matched' for a request that forgets whole classes")
+        matched, distinct, reference_rows = _matched_target(work, retain, r, f, u, seed, dev, fn)
+        ctx.info["target"] = {"kind": cfg.target, "rows": len(matched), "distinct": distinct,
+                              "reference_rows": reference_rows}
+        if cfg.target == "matched_fixed":  # their losses under the untouched model: a target that does not move
             fixed = predict_logits(work, matched.images, device=dev).float()
     data = RunData(r, f, matched if matched is not None else u, fixed)
     stopper = None
@@ -414,7 +415,7 @@ def _matched_target(model: nn.Module, retain: Any, r: DataView, f: DataView, u: 
     rows, how many reference rows)``."""
     from ..difficulty import matched_unseen
 
-    rx, ry = retained_reference(retain, r, seed, dev, model_dtype(model), fn)
+    rx, ry = retained_reference(retain, r, seed, dev, model_dtype(model), fn, classes=f.labels.unique())
     idx = matched_unseen(model, (rx, ry), (f.images, f.labels), (u.images, u.labels), max_reference=None,
                          device=dev).to(u.images.device)
     view = DataView("unseen", u.images[idx], u.labels[idx])
@@ -422,30 +423,50 @@ def _matched_target(model: nn.Module, retain: Any, r: DataView, f: DataView, u: 
     return view, int(idx.unique().numel()), int(rx.shape[0])
 
 
-def retained_reference(retain: Any, r: DataView, seed: int, dev: torch.device, dtype: torch.dtype | None, fn: str,
+def retained_reference(retain: Any, r: DataView | None, seed: int, dev: torch.device, dtype: torch.dtype | None,
+                       fn: str, classes: torch.Tensor | None = None,
                        limit: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-    """At most ``limit`` (a seeded sample) of the training images a model keeps, with labels, on ``dev``: the
-    retain set's rows, or for a Blend-reduced set (``retain``; ``r`` its view) the members of its blends and
-    its residual rows, read from its source. A reduced set's rows themselves would bias a ranking against
-    them: its residual rows are the forget images' neighbours, its blended rows no training images."""
+    """A seeded sample of the training images a model keeps, with labels, on ``dev``: of the classes
+    ``classes`` only (``None``: all), at most ``limit`` rows shared evenly among them (at least 64 per class).
+    The rows are the retain set's (``r``, its view; built here when ``None``), or for a Blend-reduced set the
+    members of its blends and its residual rows, read from its source. A reduced set's rows themselves would
+    bias a ranking against them: its residual rows are the forget images' neighbours, its blended rows no
+    training images."""
     from ..condensation.source import read_rows
 
     gen = torch.Generator().manual_seed(int(seed))
-    members = getattr(retain, "blend_members", None) if r.reduced else None
+
+    def pick(labels: torch.Tensor) -> torch.Tensor:
+        labels = labels.cpu()
+        keep = torch.isin(labels, classes.cpu()) if classes is not None else torch.ones_like(labels, dtype=torch.bool)
+        rows = torch.nonzero(keep).flatten()
+        if rows.numel() == 0:  # every forget class forgotten whole: nothing of theirs to rank against
+            rows = torch.arange(labels.numel())
+        wanted = labels[rows].unique()
+        quota = max(64, limit // max(1, wanted.numel()))
+        out = []
+        for c in wanted.tolist():
+            rc = rows[labels[rows] == c]
+            out.append(rc[torch.randperm(rc.numel(), generator=gen)[:quota]])
+        return torch.cat(out) if out else rows
+
+    members = getattr(retain, "blend_members", None)
     if members is not None and getattr(retain, "source", None) is not None:
         blended = retain.is_blended.cpu()
         counts = torch.diff(retain.blend_indptr.cpu())
         train_idx = torch.cat([members.cpu(), retain.source_index.cpu()[~blended]])
         labels = torch.cat([retain.labels.cpu()[blended].repeat_interleave(counts), retain.labels.cpu()[~blended]])
-        pick = torch.randperm(train_idx.numel(), generator=gen)[:limit]
-        return read_rows(retain.source, train_idx[pick], fn).to(dev, dtype), labels[pick].to(dev)
-    rows = torch.arange(len(r))
-    if rows.numel() > limit:
-        rows = rows[torch.randperm(rows.numel(), generator=gen)[:limit]]
+        rows = pick(labels)
+        return read_rows(retain.source, train_idx[rows], fn).to(dev, dtype), labels[rows].to(dev)
+    r = r if r is not None else as_data(retain, "retain", fn)
     if r.indexable:
-        return r.take(rows, dev)
-    xs, ys, n = [], [], 0  # a DataLoader: its first batches, up to ``limit`` rows
+        labels = r.labels if r.labels is not None else _retain_labels(r, fn)
+        return r.take(pick(labels), dev)
+    xs, ys, n = [], [], 0  # a DataLoader: its first batches, up to ``limit`` rows of those classes
     for x, y in r.batches(512, None, dev, fn, shuffle=False):
+        if classes is not None:
+            keep = torch.isin(y, classes.to(y.device))
+            x, y = x[keep], y[keep]
         xs.append(x)
         ys.append(y)
         n += x.shape[0]

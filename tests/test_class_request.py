@@ -154,3 +154,13 @@ def test_the_drop_in_hands_a_whole_class_request_its_recipe(image_sets):
     for bad in ({"request": "whole"}, {"request": 1}, {"transform": "rank"}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             _prepare(image_sets, "class", **bad)
+
+
+def test_bad_teacher_gets_the_whole_class_recipe_and_prune_keeps_the_paper(request_sets):
+    # quality/classreq6.json: a_bad_teacher's paper recipe left forget accuracy 1.0-1.5 on a whole class (out)
+    res = _run("a_bad_teacher", request_sets, "class", {"batch_size": 16})
+    assert (res.config.transform, res.config.lr, res.config.epochs) == ("pooled", 5e-4, 3)
+    paper = config_class("a_prune")()
+    res = _run("a_prune", request_sets, "class", {"batch_size": 16})
+    assert res.info["class_recipe"] == {} and (res.config.transform, res.config.epochs) == (paper.transform,
+                                                                                             paper.epochs)

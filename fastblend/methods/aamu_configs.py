@@ -109,6 +109,7 @@ CLASS_REQUEST: dict[str, dict[str, Any]] = {
     "a_finetune": dict(_POOLED),
     "a_neggrad_plus": dict(_POOLED),
     "a_sparse": dict(_POOLED),
+    "a_bad_teacher": dict(_POOLED),  # quality/classreq6.json: 3/3 in the band, the paper's recipe 0/3
     "a_scrub": {"transform": "pooled", "max_epochs": 1, "lam": 5.0},
 }
 
@@ -117,7 +118,7 @@ def request_config(name: str, cfg: Any, config: Any, whole_class: bool) -> tuple
     """``(the request that runs, cfg for it, the fields the whole-class recipe set)``: ``cfg.request``, its
     ``"auto"`` read as ``"class"`` when ``whole_class``; a ``"class"`` request gets method ``name``'s recipe for
     the fields the caller (``config``, what it passed) did not set; ``cfg`` unchanged for a method without one
-    (``a_bad_teacher``, ``a_prune``: not measured)."""
+    (``a_prune``: none measured reached the band)."""
     request = cfg.request if cfg.request != "auto" else "class" if whole_class else "sample"
     if request != "class":
         return request, cfg, {}

@@ -61,13 +61,11 @@ from .condensation import BlendIndex, ReducedRetainSet
 from .condensation.checks import forget_mask
 from .condensation.recipe import default_ipc
 from .condensation.source import content_keys, read_rows, row_keys, source_labels, source_sample
-from .data_adapter import as_tensors, is_streamed_dataset, model_dtype
+from .data_adapter import as_tensors, is_streamed_dataset
 from .datasets import whole_classes
-from .difficulty import matched_unseen
-from .methods import retained_reference
+from .methods import matched_rows
 from .methods.aamu_configs import AFinetuneConfig, request_config
 from .methods.config import TARGETS
-from .metrics import predict_logits
 from .recipe import RECIPE
 
 __all__ = ["AAMUCriterion", "PreparedUnlearning", "prepare_unlearning"]
@@ -399,17 +397,11 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
     if tuple(ux.shape[1:]) != tuple(fx.shape[1:]):
         raise ValueError(f"{fn}: unseen images are {list(ux.shape[1:])} but forget images {list(fx.shape[1:])}")
     tx, ty, fixed = ux, uy, None
-    if target == "matched_fixed" and whole_classes(forget_classes, reduced.labels):
-        raise ValueError(f"{fn}: target='matched_fixed' fixes the target at the untouched model's losses, and the "
-                         f"forget classes {whole_classes(forget_classes, reduced.labels)} have no retain image "
-                         "(forgotten whole): use target='unseen' or 'matched' for a request that forgets whole "
-                         "classes")
     if target != "unseen":  # held-out images as hard as the forget images, ranked by the untouched model
-        ref = retained_reference(reduced, None, seed, dev, model_dtype(model), fn, classes=forget_classes)
-        idx = matched_unseen(model, ref, (fx, fy), (ux, uy), max_reference=None, device=dev).to(ux.device)
+        idx, fixed, _ = matched_rows(model, reduced, None, (fx, fy), (ux, uy), target, lambda: reduced.labels, seed,
+                                     dev, fn)
+        idx = idx.to(ux.device)
         tx, ty = ux[idx], uy[idx]
-        if target == "matched_fixed":  # their losses under the untouched model, fixed for the run
-            fixed = predict_logits(model, tx, device=dev).float()
     step = AAMUStep(model, (fx.to(dev), fy.to(dev)), (tx.to(dev), ty.to(dev)), batch_size=batch_size, lam=lam, k=k,
                     kappa=kappa, sigma=sigma, steepen=steepen, seed=seed, forget_batch_factor=forget_batch_factor,
                     unseen_batch_factor=unseen_batch_factor, max_draw=max_draw, fn=fn, transform=cfg.transform,

@@ -368,18 +368,14 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
         ctx.info["request"], ctx.info["class_recipe"] = request, recipe
     matched = fixed = None
     if spec.accelerated and cfg.target != "unseen":  # held-out images as hard as the forget images (§7.7)
-        if cfg.target == "matched_fixed":
-            whole = whole_classes(f.labels.unique(), _retain_labels(r, fn))
-            if whole:
-                raise ValueError(f"{fn}: config.target='matched_fixed' fixes the target at the untouched model's "
-                                 f"losses, and the forget classes {whole} have no retain image (forgotten whole): "
-                                 "for them those are the losses of a model that still predicts the class. Use "
-                                 "target='unseen' or 'matched' for a request that forgets whole classes")
-        matched, distinct, reference_rows = _matched_target(work, retain, r, f, u, seed, dev, fn)
-        ctx.info["target"] = {"kind": cfg.target, "rows": len(matched), "distinct": distinct,
+        idx, fixed, reference_rows = matched_rows(work, retain, r, (f.images, f.labels), (u.images, u.labels),
+                                                  cfg.target, lambda: _retain_labels(r, fn), seed, dev, fn,
+                                                  "config.target")
+        idx = idx.to(u.images.device)
+        matched = DataView("unseen", u.images[idx], u.labels[idx])
+        matched.num_classes, matched.image_dtype = u.num_classes, u.image_dtype
+        ctx.info["target"] = {"kind": cfg.target, "rows": len(matched), "distinct": int(idx.unique().numel()),
                               "reference_rows": reference_rows}
-        if cfg.target == "matched_fixed":  # their losses under the untouched model: a target that does not move
-            fixed = predict_logits(work, matched.images, device=dev).float()
     data = RunData(r, f, matched if matched is not None else u, fixed)
     stopper = None
     if stop is not None:
@@ -408,19 +404,30 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
     return UnlearnResult(outcome.model.eval(), seconds, outcome.losses, cfg, spec.name, outcome.steps, info)
 
 
-def _matched_target(model: nn.Module, retain: Any, r: DataView, f: DataView, u: DataView, seed: int,
-                    dev: torch.device, fn: str) -> tuple[DataView, int, int]:
-    """The unseen rows matched to the forget rows by difficulty (:func:`fastblend.difficulty.matched_unseen`),
-    ranked against :func:`retained_reference`. Returns ``(the matched rows as a view, how many distinct unseen
-    rows, how many reference rows)``."""
+def matched_rows(model: nn.Module, retain: Any, r: DataView | None, forget: tuple[torch.Tensor, torch.Tensor],
+                 unseen: tuple[torch.Tensor, torch.Tensor], target: str, retain_labels: Callable[[], torch.Tensor],
+                 seed: int, dev: torch.device, fn: str,
+                 arg: str = "target") -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """``config.target`` / the drop-in's ``target`` (docs/method.md §7.7), for ``unlearn`` and the drop-in:
+    ``(indices into unseen of the images as hard as the forget images, their logits under the untouched model
+    for "matched_fixed" else None, how many reference rows ranked them)``, ranked against
+    :func:`retained_reference`. ``"matched_fixed"`` is refused when a forget class has no retain image
+    (``retain_labels()``, read only then; ``arg`` names the setting in the message)."""
     from ..difficulty import matched_unseen
 
-    rx, ry = retained_reference(retain, r, seed, dev, model_dtype(model), fn, classes=f.labels.unique())
-    idx = matched_unseen(model, (rx, ry), (f.images, f.labels), (u.images, u.labels), max_reference=None,
-                         device=dev).to(u.images.device)
-    view = DataView("unseen", u.images[idx], u.labels[idx])
-    view.num_classes, view.image_dtype = u.num_classes, u.image_dtype
-    return view, int(idx.unique().numel()), int(rx.shape[0])
+    if target == "matched_fixed":
+        whole = whole_classes(forget[1].unique(), retain_labels())
+        if whole:
+            raise ValueError(f"{fn}: {arg}='matched_fixed' fixes the target at the untouched model's losses, and "
+                             f"the forget classes {whole} have no retain image (forgotten whole): for them those are "
+                             "the losses of a model that still predicts the class. Use target='unseen' or 'matched' "
+                             "for a request that forgets whole classes")
+    rx, ry = retained_reference(retain, r, seed, dev, model_dtype(model), fn, classes=forget[1].unique())
+    idx = matched_unseen(model, (rx, ry), forget, unseen, max_reference=None, device=dev)
+    fixed = None
+    if target == "matched_fixed":  # their losses under the untouched model: a target that does not move
+        fixed = predict_logits(model, unseen[0][idx.to(unseen[0].device)], device=dev).float()
+    return idx, fixed, int(rx.shape[0])
 
 
 def retained_reference(retain: Any, r: DataView | None, seed: int, dev: torch.device, dtype: torch.dtype | None,

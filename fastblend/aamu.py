@@ -594,11 +594,18 @@ class AAMUStep:
         self.unseen_refresh = unseen_refresh
         self.unseen_logits = None  # fixed logits of the unseen rows: the target does not move with the model
         if unseen_logits is not None:
-            if not isinstance(unseen_logits, torch.Tensor) or unseen_logits.dim() != 2 \
-                    or unseen_logits.shape[0] != len(self.unseen) or not unseen_logits.is_floating_point():
+            if not isinstance(unseen_logits, torch.Tensor):
+                raise TypeError(f"{fn}: unseen_logits must be a floating [N_u, C] tensor (or None), got "
+                                f"{type(unseen_logits).__name__}")
+            if unseen_logits.dim() != 2 or unseen_logits.shape[0] != len(self.unseen) \
+                    or not unseen_logits.is_floating_point():
                 raise ValueError(f"{fn}: unseen_logits must be a floating [N_u, C] tensor with one row per unseen "
-                                 f"image ({len(self.unseen)}), got "
-                                 f"{getattr(unseen_logits, 'shape', type(unseen_logits).__name__)}")
+                                 f"image ({len(self.unseen)}), got {unseen_logits.dtype} of shape "
+                                 f"{list(unseen_logits.shape)}")
+            top = int(self.unseen.labels.max()) if len(self.unseen) else -1
+            if unseen_logits.shape[1] <= top:  # checked here: the data-parallel path never reaches the loss's check
+                raise ValueError(f"{fn}: unseen_logits has {unseen_logits.shape[1]} columns but the unseen labels "
+                                 f"go up to {top}; it needs one column per class (the model's output width)")
             if not bool(torch.isfinite(unseen_logits).all()):
                 raise ValueError(f"{fn}: unseen_logits must be finite")
             self.unseen_logits = unseen_logits.detach()

@@ -24,9 +24,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader
 
 from ._checks import plain_number
-from .data_adapter import as_data
+from .data_adapter import as_data, order_error, reads_in_dataset_order
 from .metrics import predict_logits
 
 __all__ = ["match_by_rank", "matched_unseen"]
@@ -101,8 +102,9 @@ def matched_unseen(model: nn.Module, reference: Any, forget: Any, unseen: Any, *
 
     ``reference``: training images the model kept (the retain set, real images: a Blend-reduced set's blended
     rows are not training images); at most ``max_reference`` rows of it are scored (a seeded sample;
-    ``None``: all). ``forget``, ``unseen``: data forms of :func:`fastblend.unlearn`. Returns int64 indices,
-    one per forget image whose class has unseen images.
+    ``None``: all). ``forget``, ``unseen``: data forms of :func:`fastblend.unlearn` (a ``DataLoader`` as
+    ``unseen`` must read its dataset in order, ``shuffle=False``: the indices name its rows). Returns int64
+    indices, one per forget image whose class has unseen images.
     """
     fn = "matched_unseen"
     max_reference, seed = plain_number(max_reference), plain_number(seed)  # numpy integers too
@@ -111,6 +113,8 @@ def matched_unseen(model: nn.Module, reference: Any, forget: Any, unseen: Any, *
     if max_reference is not None and (isinstance(max_reference, bool) or not isinstance(max_reference, int)
                                       or max_reference < 1):
         raise ValueError(f"{fn}: max_reference must be an int >= 1 or None, got {max_reference!r}")
+    if isinstance(unseen, DataLoader) and not reads_in_dataset_order(unseen):
+        raise order_error(unseen, fn, "indices into unseen would name rows of one shuffled pass")
     ref = as_data(reference, "reference", fn).materialise(fn)
     rx, ry = ref.images, ref.labels
     if max_reference is not None and rx.shape[0] > max_reference:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -164,10 +166,17 @@ def test_a_reduced_retain_set_is_ranked_against_the_images_it_keeps():
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
-    res = unlearn("a_finetune", model, reduced, (x[forget], y[forget]), (ux, uy),
-                  config={"batch_size": 8, "target": "matched"}, seed=0)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        res = unlearn("a_finetune", model, reduced, (x[forget], y[forget]), (ux, uy),
+                      config={"batch_size": 8, "target": "matched"}, seed=0)
+    assert not [w for w in seen if "has no source" in str(w.message)]
     assert len(reduced) < int(keep.sum())
     assert res.info["target"]["reference_rows"] == int(keep.sum()) and res.info["target"]["rows"] == forget.numel()
+    # without its source (materialised) the set can only be ranked against its own rows: said, not silent
+    with pytest.warns(UserWarning, match="reduced retain set has no source"):
+        unlearn("a_finetune", model, reduced.materialise(), (x[forget], y[forget]), (ux, uy),
+                config={"batch_size": 8, "target": "matched"}, seed=0)
 
 
 def test_the_drop_in_takes_the_matched_target():
@@ -236,6 +245,11 @@ def test_a_fixed_target_is_not_forwarded_and_does_not_move():
     for bad in (torch.randn(29, 3), torch.randn(30), torch.full((30, 3), float("nan"))):
         with pytest.raises(ValueError, match="unseen_logits must be"):
             AAMUStep(net, (x, y), (ux, uy), batch_size=4, unseen_logits=bad)
+    with pytest.raises(TypeError, match="unseen_logits must be a floating"):
+        AAMUStep(net, (x, y), (ux, uy), batch_size=4, unseen_logits=fixed.tolist())
+    # too narrow for the labels: checked at construction (the data-parallel path never reaches the loss's check)
+    with pytest.raises(ValueError, match="unseen_logits has 2 columns but the unseen labels go up to 2"):
+        AAMUStep(net, (x, y), (ux, uy), batch_size=4, unseen_logits=fixed[:, :2])
 
 
 def test_unlearn_with_the_fixed_matched_target():
@@ -299,3 +313,36 @@ def test_the_ranking_reads_only_the_forget_classes():
     res = unlearn("a_finetune", _net(), (x[~forget], y[~forget]), (x[forget], y[forget]), _blobs(120, 1),
                   config={"batch_size": 16, "target": "matched"}, seed=0)
     assert res.info["target"]["reference_rows"] == int(((y == 1) & ~forget).sum())
+
+
+def test_a_retain_loader_is_sampled_from_its_dataset_without_touching_its_shuffle():
+    # a DataLoader's first batches are not a sample (here: sorted by class, the first 192 rows hold no class 2),
+    # and iterating a shuffling loader draws from the global RNG
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from fastblend.methods import retained_reference
+
+    x, y = _blobs(300, 0)
+    order = y.argsort(stable=True)
+    data = TensorDataset(x[order], y[order])
+    for shuffle in (False, True):
+        loader = DataLoader(data, batch_size=16, shuffle=shuffle)
+        state = torch.get_rng_state()
+        rx, ry = retained_reference(loader, None, 0, torch.device("cpu"), torch.float32, "test",
+                                    classes=torch.tensor([0, 1, 2]), limit=192)
+        assert torch.equal(torch.get_rng_state(), state)
+        assert torch.bincount(ry, minlength=3).tolist() == [64, 64, 64]
+        assert rx.shape == (192, 2)
+
+
+def test_matched_unseen_refuses_a_shuffling_unseen_loader():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x, y = _blobs(90, 0)
+    ux, uy = _blobs(60, 1)
+    net = _net()
+    direct = matched_unseen(net, (x, y), (x[:9], y[:9]), (ux, uy))
+    ordered = matched_unseen(net, (x, y), (x[:9], y[:9]), DataLoader(TensorDataset(ux, uy), batch_size=8))
+    assert torch.equal(direct, ordered)
+    with pytest.raises(ValueError, match="matched_unseen: the DataLoader reads its dataset through .*shuffle=False"):
+        matched_unseen(net, (x, y), (x[:9], y[:9]), DataLoader(TensorDataset(ux, uy), batch_size=8, shuffle=True))

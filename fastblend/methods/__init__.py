@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+from torch.utils.data import IterableDataset
 
 from .._checks import as_device, plain_number
 from ..autostop import AutoStop
@@ -439,7 +440,7 @@ def retained_reference(retain: Any, r: DataView | None, seed: int, dev: torch.de
     members of its blends and its residual rows, read from its source. A reduced set's rows themselves would
     bias a ranking against them: its residual rows are the forget images' neighbours, its blended rows no
     training images."""
-    from ..condensation.source import read_rows
+    from ..condensation.source import read_rows, source_labels
 
     gen = torch.Generator().manual_seed(int(seed))
 
@@ -465,11 +466,24 @@ def retained_reference(retain: Any, r: DataView | None, seed: int, dev: torch.de
         labels = torch.cat([retain.labels.cpu()[blended].repeat_interleave(counts), retain.labels.cpu()[~blended]])
         rows = pick(labels)
         return read_rows(retain.source, train_idx[rows], fn).to(dev, dtype), labels[rows].to(dev)
+    if members is not None:  # a reduced set without its source (materialised, or loaded self-contained)
+        warnings.warn(f"{fn}: the reduced retain set has no source, so the matched target ranks the forget images "
+                      "against its own rows (blended ones included) instead of the training images it condensed; "
+                      "the target may come out harder or easier than it should. Keep the set with its source (as "
+                      "BlendIndex.reduce and condense return it, or ReducedRetainSet.load(path, source=...) of a "
+                      "file saved with with_residual=False)", UserWarning, stacklevel=3)
     r = r if r is not None else as_data(retain, "retain", fn)
     if r.indexable:
         labels = r.labels if r.labels is not None else _retain_labels(r, fn)
         return r.take(pick(labels), dev)
-    xs, ys, n = [], [], 0  # a DataLoader: its first batches, up to ``limit`` rows of those classes
+    data = getattr(r.loader, "dataset", None)
+    if data is not None and not isinstance(data, IterableDataset) and hasattr(data, "__len__"):
+        # a DataLoader over a map-style dataset: sample the dataset's rows (the loader's own iteration would read
+        # only its first batches, and draw its shuffle from the global RNG)
+        labels = source_labels(data, fn)
+        rows = pick(labels)
+        return read_rows(data, rows, fn).to(dev, dtype), labels[rows].to(dev)
+    xs, ys, n = [], [], 0  # a DataLoader over an iterable dataset: its first batches, up to ``limit`` rows
     for x, y in r.batches(512, None, dev, fn, shuffle=False):
         if classes is not None:
             keep = torch.isin(y, classes.to(y.device))

@@ -74,11 +74,45 @@ class AAMULossOutput(NamedTuple):
     mmd: torch.Tensor
 
 
+def check_odds_weight(fn: str, value: Any, name: str = "odds_weight") -> float:
+    """``value`` as a float, or a ``ValueError`` naming ``fn`` and ``name``: the log-odds term's weight is a finite
+    number >= 0."""
+    value = plain_number(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{fn}: {name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def odds_of_loss(ce: torch.Tensor) -> torch.Tensor:
+    """The true-class log-odds ``φ = log p − log(1 − p)`` from the cross-entropy ``ℓ = −log p``:
+    ``φ = −ℓ − log(1 − e^{−ℓ})``, with ``ℓ`` floored at ``1e-12`` (``φ ≤ 27.6``, and a finite gradient)."""
+    ce = ce.clamp_min(1e-12)
+    return -ce - torch.log(-torch.expm1(-ce))
+
+
+def odds_gap(forget_ce: torch.Tensor, unseen_ce: torch.Tensor) -> torch.Tensor:
+    """``W₂²`` between the forget and unseen sets' true-class log-odds (:func:`odds_of_loss` of their
+    per-sample cross-entropies ``[M_f]``, ``[M_u]``): the mean squared gap between the forget set's sorted
+    values and the unseen set's quantiles at the same levels (``(i + 1/2) / M_f``, linear interpolation when
+    the sizes differ). ``unseen_ce`` is detached."""
+    f = odds_of_loss(forget_ce).sort().values
+    t = odds_of_loss(unseen_ce.detach().to(f.dtype)).sort().values
+    if t.numel() != f.numel():
+        t = torch.quantile(t, (torch.arange(f.numel(), dtype=t.dtype, device=t.device) + 0.5) / f.numel())
+    return ((f - t) ** 2).mean()
+
+
 class AAMULoss(nn.Module):
     """``L = steepen(retain_loss) + λ · MMD²(G_u, G_f)`` (docs/method.md §2.4). The unseen logits are detached.
 
     ``transform="pooled"`` (an option, docs/method.md §7.3) ranks both sets' losses against their
     union instead of each set against itself; it runs in float64 torch (no fused kernel).
+
+    ``odds_weight`` ``μ > 0`` (an option, docs/method.md §7.8) adds ``μ · W₂²(φ_f, φ_u)``: the squared 1-D
+    Wasserstein distance between the forget and unseen batches' true-class log-odds ``φ = log p_y − log(1 − p_y)``
+    (each set sorted, quantile against quantile), the statistic the membership attack ranks (§4.3). The
+    transform's ``log(1 + ℓ)`` compresses every confident sample to about 0, so the MMD cannot see a forget set
+    that stays more confident than its target; this term can.
 
     ``validate=True`` checks the label ranges on the host in eager mode; under ``torch.compile`` or
     ``torch.export`` that check is skipped, so a compiled step has no graph break either way.
@@ -87,8 +121,9 @@ class AAMULoss(nn.Module):
 
     def __init__(self, lam: float = RECIPE.lam, k: float = RECIPE.k, kappa: float = RECIPE.kappa,
                  sigma: float = RECIPE.sigma, steepen: str = RECIPE.steepen, backend: str = "auto",
-                 validate: bool = True, transform: str = RECIPE.transform) -> None:
+                 validate: bool = True, transform: str = RECIPE.transform, odds_weight: float = 0.0) -> None:
         super().__init__()
+        self.odds_weight = check_odds_weight("AAMULoss", odds_weight)
         if steepen not in STEEPEN_MODES:
             raise ValueError(f"AAMULoss: steepen must be one of {STEEPEN_MODES}, got {steepen!r}")
         _check_transform("AAMULoss", transform)
@@ -118,8 +153,14 @@ class AAMULoss(nn.Module):
         else:
             mmd = quantile_mmd(forget_logits, forget_labels, unseen_logits.detach(), unseen_labels, self.k,
                                self.kappa, self.sigma, backend=self.backend, validate=self.validate and validate)
+            if self.odds_weight:
+                forget_ce = F.cross_entropy(forget_logits.double(), forget_labels, reduction="none")
+                unseen_ce = F.cross_entropy(unseen_logits.detach().double(), unseen_labels, reduction="none")
         main_part = main if retain_weight == 1.0 else retain_weight * main
-        return AAMULossOutput(main_part + self.lam * mmd.to(main.dtype), main.detach(), mmd.detach())
+        total = main_part + self.lam * mmd.to(main.dtype)
+        if self.odds_weight:
+            total = total + self.odds_weight * odds_gap(forget_ce, unseen_ce).to(main.dtype)
+        return AAMULossOutput(total, main.detach(), mmd.detach())
 
     def from_losses(self, retain_loss: torch.Tensor, forget_ce: torch.Tensor, unseen_ce: torch.Tensor,
                     retain_weight: float = 1.0) -> AAMULossOutput:
@@ -136,7 +177,10 @@ class AAMULoss(nn.Module):
         mmd = _quantile_mmd_of_losses(forget_ce, unseen_ce.detach(), self.k, self.kappa, self.sigma,
                                       pooled=self.transform == "pooled")
         main_part = main if retain_weight == 1.0 else retain_weight * main
-        return AAMULossOutput(main_part + self.lam * mmd.to(main.dtype), main.detach(), mmd.detach())
+        total = main_part + self.lam * mmd.to(main.dtype)
+        if self.odds_weight:
+            total = total + self.odds_weight * odds_gap(forget_ce, unseen_ce).to(main.dtype)
+        return AAMULossOutput(total, main.detach(), mmd.detach())
 
     def extra_repr(self) -> str:
         extra = "" if self.transform == "per_set" else f", transform={self.transform!r}"
@@ -528,6 +572,7 @@ class AAMUStep:
         unseen_logits: ``[N_u, C]`` fixed logits of the unseen rows (e.g. the untouched model's): the unseen
             batches are then not forwarded and the regulariser's target stays where these put it, instead of
             moving with the model being trained (docs/method.md §7.7, ``target="matched_fixed"``).
+        odds_weight: weight of the log-odds term of :class:`AAMULoss` (0: off, the paper's; docs/method.md §7.8).
         fuse_forward, micro_batch: see :class:`Forwards` (used by :meth:`forward`; turned off with a
             warning for models whose BatchNorm or running statistics they would affect).
         num_classes: the class count (default: the largest unseen label + 1).
@@ -553,7 +598,8 @@ class AAMUStep:
                  unseen_batch_factor: int = RECIPE.unseen_batch_factor, max_draw: int | None = RECIPE.max_draw,
                  unseen_refresh: int = RECIPE.unseen_refresh, fuse_forward: bool = False, micro_batch: int = 0,
                  num_classes: int | None = None, forwards: Forwards | None = None, fn: str = "AAMUStep",
-                 transform: str = RECIPE.transform, unseen_logits: torch.Tensor | None = None) -> None:
+                 transform: str = RECIPE.transform, unseen_logits: torch.Tensor | None = None,
+                 odds_weight: float = 0.0) -> None:
         self.fn = fn
         self.loss_name = f"{fn}.loss" if fn == "AAMUStep" else fn  # how loss() names itself in errors
         (batch_size, lam, k, kappa, sigma, seed, forget_batch_factor, unseen_batch_factor, unseen_refresh,
@@ -581,7 +627,8 @@ class AAMUStep:
         for view in (self.forget, self.unseen):
             cast_to_model(view, self._plain)  # batches are served in the network's dtype
         _check_transform(fn, transform)
-        self.criterion = AAMULoss(lam, k, kappa, sigma, steepen, backend, transform=transform)
+        self.criterion = AAMULoss(lam, k, kappa, sigma, steepen, backend, transform=transform,
+                                  odds_weight=check_odds_weight(fn, odds_weight))
         cap = max_draw if max_draw is not None else math.inf
         #: samples per forget draw (factor·B capped at ``max_draw`` and at the forget set) and per unseen draw
         self.forget_draw = int(min(forget_batch_factor * batch_size, cap, len(self.forget)))

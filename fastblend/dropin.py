@@ -55,7 +55,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ._checks import as_device, plain_number
 from ._device import module_device
-from .aamu import AAMULossOutput, AAMUStep
+from .aamu import AAMULossOutput, AAMUStep, check_odds_weight
 from .autostop import AutoStop
 from .condensation import BlendIndex, ReducedRetainSet
 from .condensation.checks import forget_mask
@@ -273,7 +273,8 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
                        max_draw: int | None = RECIPE.max_draw, iterations: int | None = None,
                        backend: str = "auto", device: torch.device | str | None = None,
                        progress: bool = False, stop: str | AutoStop | None = "auto", request: str = "auto",
-                       transform: str | None = None, target: str = "unseen") -> PreparedUnlearning:
+                       transform: str | None = None, target: str = "unseen",
+                       odds_weight: float = 0.0) -> PreparedUnlearning:
     """Blend + A-AMU for an existing loader-based fine-tune loop (see the module docstring).
 
     Args:
@@ -320,6 +321,8 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
             here (the model before unlearning); ``prep.auto_stop`` then compares the forget set with them;
             ``"matched_fixed"``: the same images with their losses under ``model`` as passed here, fixed
             for the run (not on a request that forgets whole classes).
+        odds_weight: weight of A-AMU's log-odds term (docs/method.md §7.8; 0, the default: off), meant for
+            ``target="matched_fixed"``.
 
     Returns:
         :class:`PreparedUnlearning` with ``retain_loader`` and ``criterion``. Train with A-AMU's
@@ -340,6 +343,7 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
         raise ValueError(f"{fn}: transform must be 'per_set', 'pooled' or None (the request's), got {transform!r}")
     if not isinstance(target, str) or target not in TARGETS:
         raise ValueError(f"{fn}: target must be one of {TARGETS}, got {target!r}")
+    odds_weight = check_odds_weight(fn, odds_weight)  # before the index is built
     if index is not None and not isinstance(index, BlendIndex):
         raise TypeError(f"{fn}: index must be a fastblend.BlendIndex or None, got {type(index).__name__}")
     if index is not None:  # the index was built with its own settings: a different one here would be ignored
@@ -405,7 +409,7 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
     step = AAMUStep(model, (fx.to(dev), fy.to(dev)), (tx.to(dev), ty.to(dev)), batch_size=batch_size, lam=lam, k=k,
                     kappa=kappa, sigma=sigma, steepen=steepen, seed=seed, forget_batch_factor=forget_batch_factor,
                     unseen_batch_factor=unseen_batch_factor, max_draw=max_draw, fn=fn, transform=cfg.transform,
-                    unseen_logits=fixed)
+                    unseen_logits=fixed, odds_weight=odds_weight)
     loader = DataLoader(reduced, batch_size=batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(seed))
     timings = {"index": build_seconds, "request": time.perf_counter() - t1}

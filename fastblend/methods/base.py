@@ -189,7 +189,8 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
                         kappa=cfg.kappa, sigma=cfg.sigma, steepen=cfg.steepen, seed=ctx.seed,
                         forget_batch_factor=cfg.forget_batch_factor, unseen_batch_factor=cfg.unseen_batch_factor,
                         max_draw=cfg.max_draw, unseen_refresh=cfg.unseen_refresh, num_classes=ctx.num_classes,
-                        forwards=ctx.forwards, fn=ctx.fn, transform=cfg.transform, unseen_logits=data.unseen_logits)
+                        forwards=ctx.forwards, fn=ctx.fn, transform=cfg.transform, unseen_logits=data.unseen_logits,
+                        odds_weight=cfg.odds_weight)
         ctx.info["backends"] = {"quantile_mmd": "torch (pooled)" if cfg.transform == "pooled" else
                                 backend_for("quantile_mmd", ctx.device, aamu.criterion.backend)}
     elif method.uses_forget_batches:

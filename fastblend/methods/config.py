@@ -144,6 +144,8 @@ class AAMUFields:
             typical unseen images. ``"matched_fixed"``: the same images with their losses under the
             untouched model (it never trained on them), fixed for the run: the target does not move with
             the model being trained.
+        odds_weight: weight ``μ`` of a term matching the forget batch's true-class log-odds to the target's
+            (quantile to quantile, ``W₂²``; docs/method.md §7.8); 0 (default): off, the paper's loss.
     """
 
     lam: float = RECIPE.lam
@@ -158,12 +160,16 @@ class AAMUFields:
     unseen_refresh: int = RECIPE.unseen_refresh
     request: str = "auto"
     target: str = "unseen"
+    odds_weight: float = 0.0
 
     def check(self, fn: str) -> None:
         """Check the base method's settings (the next class in the MRO), then these."""
         super().check(fn)
         if not (isinstance(self.lam, (int, float)) and math.isfinite(self.lam) and self.lam >= 0):
             raise ValueError(f"{fn}: config.lam must be a finite number >= 0, got {self.lam}")
+        from ..aamu import check_odds_weight
+
+        check_odds_weight(fn, self.odds_weight, "config.odds_weight")
         if self.forget_batch_factor < 1 or self.unseen_batch_factor < 1:
             raise ValueError(f"{fn}: config.forget_batch_factor and unseen_batch_factor must be >= 1, got "
                              f"{self.forget_batch_factor} and {self.unseen_batch_factor}")

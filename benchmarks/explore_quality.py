@@ -44,11 +44,17 @@ torch.set_num_threads(1)
 
 KINDS = {"hard": {"hard_pool": 4, "track_evaluations": 10}, "classwise": {"track_evaluations": 10},
          "uniform": {"track_evaluations": 10}}
+#: a kind named ``<kind>_full`` is the same forget kind on the full demo (8,000 training images, ``fastblend demo``
+#: without ``--limit``) instead of the reduced one
+FULL = "_full"
 
 
 def demo_config(kind: str):
-    """The demo's settings as ``fastblend demo --limit 2000 --forget <kind> --config <kind>.json --no-base``."""
-    return with_overrides(DEMO, limit=2000, forget=kind, run_base=False, plots=False, quiet=True, **KINDS[kind])
+    """The demo's settings as ``fastblend demo --limit 2000 --forget <kind> --config <kind>.json --no-base``
+    (``<kind>_full``: without ``--limit``)."""
+    base = kind.removesuffix(FULL)
+    return with_overrides(DEMO, limit=None if kind.endswith(FULL) else 2000, forget=base, run_base=False,
+                          plots=False, quiet=True, **KINDS[base])
 
 
 class Setting:
@@ -59,10 +65,10 @@ class Setting:
         self.device = resolve_device(cfg.device)
         train, test = load_dataset(cfg.dataset, cfg.data_root, per_class=cfg.per_class, limit=cfg.limit)
         self.train = train
-        if kind == "hard":
+        if cfg.forget == "hard":
             split, _ = pipeline.hard_split(cfg, train, test, seed, self.device, False, lambda m: None)
         else:
-            split = make_split(train, test, forget=kind, forget_fraction=cfg.forget_fraction,
+            split = make_split(train, test, forget=cfg.forget, forget_fraction=cfg.forget_fraction,
                                forget_class=cfg.forget_class, seed=seed)
         self.split, self.seed = split, seed
         self.heldout = pipeline.heldout_tensors(split)
@@ -295,6 +301,13 @@ def _grid() -> None:
     # the collapse
     plan("scrubsample", [(f"{kind}/a_scrub/max_epochs1/seed{s}", kind, "a_scrub", {"max_epochs": 1, "_seed": s})
                          for kind in ("uniform", "hard") for s in (0, 1, 2)])
+    # the full demo (the README's main job: 8,000 images, 10% uniform): its accelerated model ends 1.3 test points
+    # below the band; the curve dips (98.3 -> 90.0 in 9 of 27 steps), recovers into the band, and falls again at
+    # the end of the epoch
+    full = [("default", {}), ("auto", {"_stop": "auto"}), ("cosine", {"schedule": "cosine"}),
+            ("lr1.2e-4", {"lr": 1.2e-4}), ("target_fixed", {"target": "matched_fixed"}),
+            ("target_fixed_auto", {"target": "matched_fixed", "_stop": "auto"})]
+    plan("full", [(f"uniform_full/a_finetune/{name}", "uniform_full", "a_finetune", conf) for name, conf in full])
 
 _grid()
 

@@ -1,0 +1,86 @@
+"""Why the MIA stays out on the ``hard`` kind (docs/method.md §7.8): the true-class log-odds of the forget and
+held-out images under the untouched model, Retrain and unlearned models, on the reduced demo.
+
+The MIA (§4.3) ranks the true-class log-odds ``φ`` of the forget images against those of held-out images of
+the same classes, under one model. This prints, for one split seed of the ``hard`` kind (the reduced demo
+of ``benchmarks/explore_quality.py``, models and index from ``$FASTBLEND_CACHE``):
+
+- the band, and ``φ``'s deciles/quartiles (10/25/50/75/90%) with the accuracy on the forget and held-out
+  images under the untouched model, Retrain (the run's own, seed ``seed``), and the difficulty-matched
+  images (§7.7) under the untouched model (the fixed target; they are unseen images, so part of the held-out
+  group they are scored against), with the MIA of each pair;
+- the same for a_finetune's final model under each setting of ``VARIANTS``.
+
+Usage::
+
+    FASTBLEND_CACHE=/work/wt/cache OMP_NUM_THREADS=1 python -m benchmarks.diagnose_odds --seeds 0 1 2 \\
+        > benchmarks/results-2026-12-05-cpu/quality/odds_diagnosis.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from fastblend.difficulty import matched_unseen
+from fastblend.evaluation import mia_with_interval
+from fastblend.experiments import pipeline
+from fastblend.methods import unlearn
+from fastblend.metrics import predict_logits, true_class_log_odds
+
+from .explore_quality import Setting
+
+FIXED = {"target": "matched_fixed"}
+#: (name, a_finetune config): the fixed target alone, with the log-odds term, and with a second epoch
+VARIANTS = [("default", {}), ("fixed", FIXED), ("fixed_odds0.3", {**FIXED, "odds_weight": 0.3}),
+            ("fixed_odds1", {**FIXED, "odds_weight": 1.0}),
+            ("fixed_odds0.3_epochs2", {**FIXED, "odds_weight": 0.3, "epochs": 2}),
+            ("matched_odds1", {"target": "matched", "odds_weight": 1.0})]
+LEVELS = torch.tensor([0.1, 0.25, 0.5, 0.75, 0.9], dtype=torch.float64)
+
+
+def describe(name: str, model, forget, heldout) -> str:
+    """One line: the MIA of ``forget`` against ``heldout`` under ``model``, and each side's φ quantiles and
+    accuracy."""
+    lf, lh = predict_logits(model, forget[0]).float(), predict_logits(model, heldout[0]).float()
+    pf = true_class_log_odds(lf, forget[1]).double()
+    ph = true_class_log_odds(lh, heldout[1]).double()
+    mia = mia_with_interval(lf, forget[1], lh, heldout[1], min_group=1).score
+    acc_f = float((lf.argmax(1) == forget[1]).double().mean()) * 100
+    acc_h = float((lh.argmax(1) == heldout[1]).double().mean()) * 100
+
+    def q(p: torch.Tensor) -> str:
+        return " ".join(f"{v:6.2f}" for v in p.quantile(LEVELS).tolist())
+
+    return (f"  {name:<24} MIA {mia:5.1f} | forget phi {q(pf)} acc {acc_f:5.1f} | "
+            f"held-out phi {q(ph)} acc {acc_h:5.1f}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    print("phi quantiles at 10/25/50/75/90%; MIA = 100 P(phi_forget > phi_heldout) under the same model")
+    for seed in args.seeds:
+        s = Setting("hard", seed)
+        split = s.split
+        forget, heldout, unseen = split.forget_tensors(), s.heldout, split.unseen_tensors()
+        band = s.summary()["band"]
+        print(f"\nhard, split seed {seed}: band " + ", ".join(
+            f"{m} [{band[m]['low']:.1f}, {band[m]['high']:.1f}]" for m in ("forget_acc", "test_acc", "mia")))
+        retrain, _, _ = pipeline._retrain_cached(s.cfg, split, pipeline.ensemble_seed(seed, 0), s.device, False)
+        print(describe("untouched original", s.model, forget, heldout))
+        print(describe("Retrain", retrain, forget, heldout))
+        idx = matched_unseen(s.model, split.retain_tensors(), forget, unseen)
+        print(describe("matched | original", s.model, (unseen[0][idx], unseen[1][idx]), heldout))
+        retain, _ = pipeline.request_reduced(s.index, split.forget)
+        for name, conf in VARIANTS:
+            res = unlearn("a_finetune", s.model, retain, forget, unseen=unseen,
+                          config={"request": "sample", **conf}, device=s.device, seed=seed)
+            print(describe(name, res.model, forget, heldout), flush=True)
+
+
+if __name__ == "__main__":
+    main()

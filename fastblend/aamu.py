@@ -38,6 +38,7 @@ from ._checks import plain_number
 from ._device import module_device
 from .data_adapter import as_data, cast_to_model, check_batch_labels
 from .distributed import all_gather_rows, all_gather_rows_with_grad, is_distributed, row_shard
+from .metrics import true_class_log_odds
 from .ops._dispatch import BACKENDS
 from .ops.quantile_mmd import _check_params, quantile_mmd
 from .recipe import RECIPE
@@ -84,21 +85,29 @@ def check_odds_weight(fn: str, value: Any, name: str = "odds_weight") -> float:
 
 
 def odds_of_loss(ce: torch.Tensor) -> torch.Tensor:
-    """The true-class log-odds ``φ = log p − log(1 − p)`` from the cross-entropy ``ℓ = −log p``:
-    ``φ = −ℓ − log(1 − e^{−ℓ})``, with ``ℓ`` floored at ``1e-12`` (``φ ≤ 27.6``, and a finite gradient)."""
-    ce = ce.clamp_min(1e-12)
-    return -ce - torch.log(-torch.expm1(-ce))
+    """The true-class log-odds ``φ = log p − log(1 − p)`` (float64, clamped to ``[−100, 100]`` as the MIA's
+    :func:`fastblend.metrics.true_class_log_odds`) from the cross-entropy ``ℓ = −log p``:
+    ``φ = −ℓ − log(1 − e^{−ℓ})``. A loss that is exactly 0 in float64 (a logit margin above about 37) is
+    floored at the smallest normal float64, so it gets ``φ ≈ 100`` and no gradient: where logits are at hand,
+    :func:`fastblend.metrics.true_class_log_odds` of float64 logits is exact with a bounded gradient."""
+    ce = ce.double().clamp_min(torch.finfo(torch.float64).tiny)
+    return (-ce - torch.log(-torch.expm1(-ce))).clamp(-100.0, 100.0)
 
 
-def odds_gap(forget_ce: torch.Tensor, unseen_ce: torch.Tensor) -> torch.Tensor:
-    """``W₂²`` between the forget and unseen sets' true-class log-odds (:func:`odds_of_loss` of their
-    per-sample cross-entropies ``[M_f]``, ``[M_u]``): the mean squared gap between the forget set's sorted
-    values and the unseen set's quantiles at the same levels (``(i + 1/2) / M_f``, linear interpolation when
-    the sizes differ). ``unseen_ce`` is detached."""
-    f = odds_of_loss(forget_ce).sort().values
-    t = odds_of_loss(unseen_ce.detach().to(f.dtype)).sort().values
-    if t.numel() != f.numel():
-        t = torch.quantile(t, (torch.arange(f.numel(), dtype=t.dtype, device=t.device) + 0.5) / f.numel())
+def odds_gap(forget_odds: torch.Tensor, target_odds: torch.Tensor) -> torch.Tensor:
+    """``W₂²`` between two sets of true-class log-odds (``[M_f]``, ``[M_t]``), float64: the mean squared gap
+    between the forget set's ``i``-th smallest value and the target set's value at the same level
+    ``(i + ½)/M_f`` (position ``(i + ½)·M_t/M_f − ½`` in the sorted target, linearly interpolated and clamped
+    to its ends: one to one when the sizes are equal). ``target_odds`` is detached."""
+    f = forget_odds.double().sort().values
+    t = target_odds.detach().double().sort().values
+    n, m = f.numel(), t.numel()
+    if m != n:
+        pos = ((torch.arange(n, dtype=torch.float64, device=t.device) + 0.5) * (m / n) - 0.5).clamp(0, m - 1)
+        lo = pos.floor().long()
+        hi = (lo + 1).clamp(max=m - 1)
+        w = pos - lo.double()
+        t = t[lo] * (1.0 - w) + t[hi] * w
     return ((f - t) ** 2).mean()
 
 
@@ -110,7 +119,8 @@ class AAMULoss(nn.Module):
 
     ``odds_weight`` ``μ > 0`` (an option, docs/method.md §7.8) adds ``μ · W₂²(φ_f, φ_u)``: the squared 1-D
     Wasserstein distance between the forget and unseen batches' true-class log-odds ``φ = log p_y − log(1 − p_y)``
-    (each set sorted, quantile against quantile), the statistic the membership attack ranks (§4.3). The
+    (:func:`odds_gap`; from the logits in float64, from the losses in :meth:`from_losses`), the statistic the
+    membership attack ranks (§4.3). The
     transform's ``log(1 + ℓ)`` compresses every confident sample to about 0, so the MMD cannot see a forget set
     that stays more confident than its target; this term can.
 
@@ -153,13 +163,12 @@ class AAMULoss(nn.Module):
         else:
             mmd = quantile_mmd(forget_logits, forget_labels, unseen_logits.detach(), unseen_labels, self.k,
                                self.kappa, self.sigma, backend=self.backend, validate=self.validate and validate)
-            if self.odds_weight:
-                forget_ce = F.cross_entropy(forget_logits.double(), forget_labels, reduction="none")
-                unseen_ce = F.cross_entropy(unseen_logits.detach().double(), unseen_labels, reduction="none")
         main_part = main if retain_weight == 1.0 else retain_weight * main
         total = main_part + self.lam * mmd.to(main.dtype)
-        if self.odds_weight:
-            total = total + self.odds_weight * odds_gap(forget_ce, unseen_ce).to(main.dtype)
+        if self.odds_weight:  # from the logits: exact where p_y rounds to 1
+            gap = odds_gap(true_class_log_odds(forget_logits.double(), forget_labels),
+                           true_class_log_odds(unseen_logits.detach().double(), unseen_labels))
+            total = total + self.odds_weight * gap.to(main.dtype)
         return AAMULossOutput(total, main.detach(), mmd.detach())
 
     def from_losses(self, retain_loss: torch.Tensor, forget_ce: torch.Tensor, unseen_ce: torch.Tensor,
@@ -179,11 +188,12 @@ class AAMULoss(nn.Module):
         main_part = main if retain_weight == 1.0 else retain_weight * main
         total = main_part + self.lam * mmd.to(main.dtype)
         if self.odds_weight:
-            total = total + self.odds_weight * odds_gap(forget_ce, unseen_ce).to(main.dtype)
+            total = total + self.odds_weight * odds_gap(odds_of_loss(forget_ce), odds_of_loss(unseen_ce)).to(main.dtype)
         return AAMULossOutput(total, main.detach(), mmd.detach())
 
     def extra_repr(self) -> str:
         extra = "" if self.transform == "per_set" else f", transform={self.transform!r}"
+        extra += f", odds_weight={self.odds_weight}" if self.odds_weight else ""
         return f"lam={self.lam}, k={self.k}, kappa={self.kappa}, sigma={self.sigma}, steepen={self.steepen!r}{extra}"
 
 
@@ -629,6 +639,11 @@ class AAMUStep:
         _check_transform(fn, transform)
         self.criterion = AAMULoss(lam, k, kappa, sigma, steepen, backend, transform=transform,
                                   odds_weight=check_odds_weight(fn, odds_weight))
+        if self.criterion.odds_weight and unseen_logits is None:
+            warnings.warn(f"{fn}: odds_weight > 0 against a target that moves with the model being trained (no "
+                          "unseen_logits): the forget set chases it down, which collapsed the model in "
+                          "docs/method.md §7.8's measurements; use a fixed target (config.target='matched_fixed', "
+                          "or unseen_logits=)", UserWarning, stacklevel=3)
         cap = max_draw if max_draw is not None else math.inf
         #: samples per forget draw (factor·B capped at ``max_draw`` and at the forget set) and per unseen draw
         self.forget_draw = int(min(forget_batch_factor * batch_size, cap, len(self.forget)))

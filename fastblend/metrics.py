@@ -112,7 +112,7 @@ def accuracy(model: nn.Module, images: Any, labels: torch.Tensor | None = None, 
 
 
 def true_class_log_odds(logits: torch.Tensor, labels: torch.Tensor, clamp: float = 100.0) -> torch.Tensor:
-    """``φ = log p_y − log(1 − p_y)`` per sample, float32 ``[N]``, from logits ``[N, C]``.
+    """``φ = log p_y − log(1 − p_y)`` per sample, float32 ``[N]`` (float64 for float64 logits), from logits ``[N, C]``.
 
     Computed without forming probabilities: ``log p_y = z_y − LSE(z)`` and ``log(1 − p_y) =
     LSE_{c≠y}(z) − LSE(z)``, so ``φ = z_y − LSE_{c≠y}(z)``, exact where ``p_y`` rounds to 1.
@@ -122,7 +122,7 @@ def true_class_log_odds(logits: torch.Tensor, labels: torch.Tensor, clamp: float
     if logits.dim() != 2 or labels.shape != logits.shape[:1]:
         raise ValueError(f"true_class_log_odds: expected logits [N, C] and labels [N], got {tuple(logits.shape)} "
                          f"and {tuple(labels.shape)}")
-    z = logits.float()
+    z = logits if logits.dtype == torch.float64 else logits.float()
     y = labels.to(z.device).long()[:, None]
     z_y = z.gather(1, y).squeeze(1)
     others = z.scatter(1, y, float("-inf"))

@@ -333,6 +333,32 @@ def test_a_retain_loader_is_sampled_from_its_dataset_without_touching_its_shuffl
         assert torch.equal(torch.get_rng_state(), state)
         assert torch.bincount(ry, minlength=3).tolist() == [64, 64, 64]
         assert rx.shape == (192, 2)
+    # a loader with a sampler of its own reads only its rows (here: no class 2 at all), the global RNG untouched
+    from torch.utils.data import SubsetRandomSampler
+
+    subset = DataLoader(data, batch_size=16, sampler=SubsetRandomSampler(torch.arange(150).tolist()))
+    state = torch.get_rng_state()
+    rx, ry = retained_reference(subset, None, 0, torch.device("cpu"), torch.float32, "test",
+                                classes=torch.tensor([0, 1, 2]), limit=192)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert set(ry.tolist()) <= {0, 1} and rx.shape[0] == 150
+
+
+def test_a_loader_over_a_reduced_set_is_ranked_as_the_set():
+    from torch.utils.data import DataLoader
+
+    from fastblend import condense
+    from fastblend.methods import retained_reference
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(150) % 3
+    x = (y.float() * 2.0).view(-1, 1, 1, 1) + torch.randn(150, 1, 8, 8, generator=g)
+    forget = torch.arange(0, 150, 10)
+    reduced = condense(x, y, forget, ipc=4, iterations=1)
+    direct = retained_reference(reduced, None, 0, torch.device("cpu"), torch.float32, "test")
+    loader = retained_reference(DataLoader(reduced, batch_size=8), None, 0, torch.device("cpu"), torch.float32, "test")
+    assert direct[0].shape[0] == 150 - forget.numel() > len(reduced)  # every kept training image, not the set's rows
+    assert torch.equal(direct[0], loader[0]) and torch.equal(direct[1], loader[1])
 
 
 def test_matched_unseen_refuses_a_shuffling_unseen_loader():

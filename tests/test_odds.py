@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,7 +21,7 @@ def _logits(n: int, seed: int, scale: float = 3.0):
 def test_the_odds_of_a_loss_are_the_true_class_log_odds():
     z, y = _logits(50, 0)
     ce = F.cross_entropy(z, y, reduction="none")
-    assert torch.allclose(odds_of_loss(ce).float(), true_class_log_odds(z, y), atol=1e-4)
+    assert torch.allclose(odds_of_loss(ce), true_class_log_odds(z, y), atol=1e-8)
     # a sample the model is sure of (loss 0 in float64) stays finite, with a finite gradient
     ce0 = torch.zeros(3, dtype=torch.float64, requires_grad=True)
     out = odds_of_loss(ce0)
@@ -29,29 +31,30 @@ def test_the_odds_of_a_loss_are_the_true_class_log_odds():
 
 def test_the_gap_is_zero_between_equal_distributions_and_grows_with_a_shift():
     z, y = _logits(64, 1)
-    ce = F.cross_entropy(z, y, reduction="none")
+    phi = true_class_log_odds(z, y)
     perm = torch.randperm(64, generator=torch.Generator().manual_seed(0))
-    assert float(odds_gap(ce, ce[perm])) == pytest.approx(0.0, abs=1e-12)  # order within a set does not matter
-    sure = F.cross_entropy(z * 3.0, y, reduction="none")  # the same samples, more confident
-    assert float(odds_gap(sure, ce)) > 1.0
-    # sizes may differ: quantiles of the larger set at the smaller one's levels
-    z2, y2 = _logits(200, 2)
-    assert torch.isfinite(odds_gap(ce, F.cross_entropy(z2, y2, reduction="none")))
+    assert float(odds_gap(phi, phi[perm])) == pytest.approx(0.0, abs=1e-12)  # order within a set does not matter
+    sure = true_class_log_odds(z * 3.0, y)  # the same samples, more confident
+    assert float(odds_gap(sure, phi)) > 1.0
+    # sizes may differ: the target's values at the forget set's levels; a target holding each value twice is
+    # the same distribution, so the same gap
+    assert float(odds_gap(sure, phi.repeat_interleave(2))) == pytest.approx(float(odds_gap(sure, phi)), rel=1e-12)
+    assert float(odds_gap(phi[:10], torch.tensor([5.0]))) == pytest.approx(float(((phi[:10] - 5.0) ** 2).mean()))
 
 
 def test_the_gap_pulls_a_too_confident_forget_set_down_to_its_target():
     # gradient descent on the forget logits with the gap alone moves their log-odds onto the target's
     zt, yt = _logits(40, 3, scale=1.0)
-    target = F.cross_entropy(zt, yt, reduction="none")
+    target = true_class_log_odds(zt, yt)
     zf, yf = _logits(40, 4, scale=6.0)
     zf.requires_grad_(True)
     opt = torch.optim.SGD([zf], lr=0.5)
-    start = float(odds_gap(F.cross_entropy(zf.detach(), yf, reduction="none"), target))
+    start = float(odds_gap(true_class_log_odds(zf.detach(), yf), target))
     for _ in range(200):
         opt.zero_grad()
-        odds_gap(F.cross_entropy(zf, yf, reduction="none"), target).backward()
+        odds_gap(true_class_log_odds(zf, yf), target).backward()
         opt.step()
-    end = float(odds_gap(F.cross_entropy(zf.detach(), yf, reduction="none"), target))
+    end = float(odds_gap(true_class_log_odds(zf.detach(), yf), target))
     assert end < 0.05 * start
     assert not target.requires_grad and zt.grad is None  # the target is never trained
 
@@ -62,7 +65,7 @@ def test_the_loss_adds_the_weighted_gap_on_both_paths():
     zu, yu = _logits(32, 7, scale=1.0)
     retain = F.cross_entropy(zr, yr, reduction="none")
     fce, uce = F.cross_entropy(zf, yf, reduction="none"), F.cross_entropy(zu, yu, reduction="none")
-    gap = odds_gap(fce, uce)
+    gap = odds_gap(true_class_log_odds(zf, yf), true_class_log_odds(zu, yu))
     for transform in ("per_set", "pooled"):
         plain = AAMULoss(backend="torch", transform=transform)
         with_odds = AAMULoss(backend="torch", transform=transform, odds_weight=0.5)
@@ -71,7 +74,19 @@ def test_the_loss_adds_the_weighted_gap_on_both_paths():
         assert float(out.total) == pytest.approx(float(base.total + 0.5 * gap), rel=1e-9)
         assert torch.equal(out.mmd, base.mmd) and torch.equal(out.main, base.main)
         # the data-parallel path (per-sample losses) adds the same term
-        assert float(with_odds.from_losses(retain, fce, uce).total) == pytest.approx(float(out.total), rel=1e-9)
+        assert float(with_odds.from_losses(retain, fce, uce).total) == pytest.approx(float(out.total), rel=1e-6)
+    assert "odds_weight=0.5" in repr(with_odds)
+
+
+def test_a_sample_the_model_is_sure_of_is_still_pulled_down():
+    # a logit margin of 50: its float64 loss is exactly 0, yet from the logits it still gets a gradient
+    zf = torch.tensor([[50.0, 0.0, 0.0], [2.0, 0.0, 0.0]], dtype=torch.float64, requires_grad=True)
+    yf = torch.tensor([0, 0])
+    assert float(F.cross_entropy(zf.detach()[:1], yf[:1])) == 0.0
+    zu, yu = torch.zeros(2, 3, dtype=torch.float64), torch.tensor([0, 0])
+    out = AAMULoss(backend="torch", lam=0.0, odds_weight=1.0)(torch.zeros(1, dtype=torch.float64), zf, yf, zu, yu)
+    out.total.backward()
+    assert zf.grad[0, 0] > 0  # descent lowers the sure sample's true-class logit
 
 
 @pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), True, "1"])
@@ -97,8 +112,14 @@ def test_unlearn_takes_the_weight_and_checks_it():
     forget = torch.arange(120) % 10 == 0
     args = (net, (x[~forget], y[~forget]), (x[forget], y[forget]), (x[:60] + 0.1, y[:60]))
     plain = unlearn("a_finetune", *args, config={"batch_size": 16}, seed=0)
-    odds = unlearn("a_finetune", *args, config={"batch_size": 16, "odds_weight": 1.0}, seed=0)
+    with pytest.warns(UserWarning, match="odds_weight > 0 against a target that moves"):  # the paper's target moves
+        odds = unlearn("a_finetune", *args, config={"batch_size": 16, "odds_weight": 1.0}, seed=0)
     assert odds.config.odds_weight == 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a fixed target: no warning
+        fixed = unlearn("a_finetune", *args, config={"batch_size": 16, "odds_weight": 1.0, "target": "matched_fixed"},
+                        seed=0)
+    assert fixed.info["target"]["kind"] == "matched_fixed"
     assert any(not torch.equal(a, b) for a, b in zip(plain.model.state_dict().values(),
                                                       odds.model.state_dict().values()))
     with pytest.raises(ValueError, match="config.odds_weight must be a finite number >= 0"):

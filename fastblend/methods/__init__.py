@@ -471,29 +471,50 @@ def retained_reference(retain: Any, r: DataView | None, seed: int, dev: torch.de
                       "against its own rows (blended ones included) instead of the training images it condensed; "
                       "the target may come out harder or easier than it should. Keep the set with its source (as "
                       "BlendIndex.reduce and condense return it, or ReducedRetainSet.load(path, source=...) of a "
-                      "file saved with with_residual=False)", UserWarning, stacklevel=3)
+                      "file saved with with_residual=False)", UserWarning, stacklevel=4)
     r = r if r is not None else as_data(retain, "retain", fn)
     if r.indexable:
         labels = r.labels if r.labels is not None else _retain_labels(r, fn)
         return r.take(pick(labels), dev)
     data = getattr(r.loader, "dataset", None)
-    if data is not None and not isinstance(data, IterableDataset) and hasattr(data, "__len__"):
-        # a DataLoader over a map-style dataset: sample the dataset's rows (the loader's own iteration would read
-        # only its first batches, and draw its shuffle from the global RNG)
-        labels = source_labels(data, fn)
+    if getattr(data, "blend_members", None) is not None:  # a DataLoader over a reduced set: rank as the set
+        return retained_reference(data, None, seed, dev, dtype, fn, classes, limit)
+    if data is not None and _reads_whole_dataset(r.loader):
+        # sample the dataset's rows: the loader's own iteration would read only its first batches, and draw its
+        # shuffle from the global RNG
+        labels = source_labels(data, fn).long()
         rows = pick(labels)
         return read_rows(data, rows, fn).to(dev, dtype), labels[rows].to(dev)
-    xs, ys, n = [], [], 0  # a DataLoader over an iterable dataset: its first batches, up to ``limit`` rows
-    for x, y in r.batches(512, None, dev, fn, shuffle=False):
-        if classes is not None:
-            keep = torch.isin(y, classes.to(y.device))
-            x, y = x[keep], y[keep]
-        xs.append(x)
-        ys.append(y)
-        n += x.shape[0]
-        if n >= limit:
-            break
+    # any other loader (a sampler of its own, a custom collate, an iterable dataset): its first batches, up to
+    # ``limit`` rows of those classes, with the global RNG kept as it was
+    xs, ys, n = [], [], 0
+    with torch.random.fork_rng(devices=[]):
+        for x, y in r.batches(512, None, dev, fn, shuffle=False):
+            if classes is not None:
+                keep = torch.isin(y, classes.to(y.device))
+                x, y = x[keep], y[keep]
+            xs.append(x)
+            ys.append(y)
+            n += x.shape[0]
+            if n >= limit:
+                break
     return torch.cat(xs)[:limit], torch.cat(ys)[:limit]
+
+
+def _reads_whole_dataset(loader: Any) -> bool:
+    """Whether ``loader`` reads every row of its map-style dataset once, as the dataset's own ``(image, label)``
+    items collated by torch's default (its default sequential or random sampler, batches of a size): then
+    reading the dataset's rows directly gives what the loader would."""
+    from torch.utils.data import BatchSampler, RandomSampler, SequentialSampler, default_collate
+
+    data = loader.dataset
+    if isinstance(data, IterableDataset) or not hasattr(data, "__len__") or loader.batch_size is None \
+            or loader.collate_fn is not default_collate or type(loader.batch_sampler) is not BatchSampler:
+        return False
+    sampler = loader.batch_sampler.sampler
+    if type(sampler) is SequentialSampler:
+        return True
+    return type(sampler) is RandomSampler and not sampler.replacement and sampler.num_samples == len(data)
 
 
 def _retain_labels(r: Any, fn: str) -> torch.Tensor:

@@ -308,6 +308,14 @@ def _grid() -> None:
             ("lr1.2e-4", {"lr": 1.2e-4}), ("target_fixed", {"target": "matched_fixed"}),
             ("target_fixed_auto", {"target": "matched_fixed", "_stop": "auto"})]
     plan("full", [(f"uniform_full/a_finetune/{name}", "uniform_full", "a_finetune", conf) for name, conf in full])
+    # the full demo's hard kind (800 atypical forget images): the paper's recipe, the fixed matched target, and
+    # with the log-odds term and a second epoch (docs/method.md §7.8)
+    fixed = {"target": "matched_fixed"}
+    plan("full_hard", [(f"hard_full/a_finetune/{name}", "hard_full", "a_finetune", conf) for name, conf in
+                       [("default", {}), ("target_fixed", fixed),
+                        ("target_fixed_odds0.3_epochs2", {**fixed, "odds_weight": 0.3, "epochs": 2}),
+                        ("target_fixed_odds0.3_epochs2_auto", {**fixed, "odds_weight": 0.3, "epochs": 2,
+                                                               "_stop": "auto"})]])
 
 _grid()
 

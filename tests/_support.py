@@ -120,3 +120,10 @@ def assert_within_eager_error(actual: torch.Tensor, eager: torch.Tensor, referen
     err, eager_err = max_abs_error(actual, reference), max_abs_error(eager, reference)
     assert err <= factor * eager_err + floor, (
         f"{msg}: error {err:.3g} > {factor:g} x eager error {eager_err:.3g} + {floor:.3g}")
+
+
+def class_images(n: int, gen: torch.Generator, classes: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` labelled ``[1, 8, 8]`` images, labels ``arange(n) % classes``, each class's images a noisy level of
+    its own (``2·label``), drawn from ``gen``: tiny data that a Blend index and a linear model separate."""
+    y = torch.arange(n) % classes
+    return (y.float() * 2.0).view(-1, 1, 1, 1) + torch.randn(n, 1, 8, 8, generator=gen), y

@@ -10,6 +10,8 @@ from torch import nn
 
 from fastblend.difficulty import match_by_rank, matched_unseen
 
+from ._support import class_images
+
 
 def _t(*v):
     return torch.tensor(v, dtype=torch.float64)
@@ -155,14 +157,12 @@ def test_a_reduced_retain_set_is_ranked_against_the_images_it_keeps():
     from fastblend import condense, unlearn
 
     g = torch.Generator().manual_seed(0)
-    y = torch.arange(150) % 3
-    x = (y.float() * 2.0).view(-1, 1, 1, 1) + torch.randn(150, 1, 8, 8, generator=g)
+    x, y = class_images(150, g)
     forget = torch.arange(0, 150, 10)
     reduced = condense(x, y, forget, ipc=4, iterations=1)
     keep = torch.ones(150, dtype=torch.bool)
     keep[forget] = False
-    uy = torch.arange(60) % 3
-    ux = (uy.float() * 2.0).view(-1, 1, 1, 1) + torch.randn(60, 1, 8, 8, generator=g)
+    ux, uy = class_images(60, g)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
@@ -183,10 +183,8 @@ def test_the_drop_in_takes_the_matched_target():
     from fastblend import prepare_unlearning
 
     g = torch.Generator().manual_seed(0)
-    y = torch.arange(150) % 3
-    x = (y.float() * 2.0).view(-1, 1, 1, 1) + torch.randn(150, 1, 8, 8, generator=g)
-    uy = torch.arange(60) % 3
-    ux = (uy.float() * 2.0).view(-1, 1, 1, 1) + torch.randn(60, 1, 8, 8, generator=g)
+    x, y = class_images(150, g)
+    ux, uy = class_images(60, g)
     forget = torch.zeros(150, dtype=torch.bool)
     forget[::10] = True
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
@@ -351,8 +349,7 @@ def test_a_loader_over_a_reduced_set_is_ranked_as_the_set():
     from fastblend.methods import retained_reference
 
     g = torch.Generator().manual_seed(0)
-    y = torch.arange(150) % 3
-    x = (y.float() * 2.0).view(-1, 1, 1, 1) + torch.randn(150, 1, 8, 8, generator=g)
+    x, y = class_images(150, g)
     forget = torch.arange(0, 150, 10)
     reduced = condense(x, y, forget, ipc=4, iterations=1)
     direct = retained_reference(reduced, None, 0, torch.device("cpu"), torch.float32, "test")

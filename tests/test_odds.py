@@ -12,6 +12,8 @@ from torch import nn
 from fastblend.aamu import AAMULoss, odds_gap, odds_of_loss
 from fastblend.metrics import true_class_log_odds
 
+from ._support import class_images
+
 
 def _logits(n: int, seed: int, scale: float = 3.0):
     g = torch.Generator().manual_seed(seed)
@@ -130,10 +132,8 @@ def test_the_drop_in_takes_the_weight_and_refuses_a_bad_one_before_building_the_
     from fastblend import BlendIndex, prepare_unlearning
 
     g = torch.Generator().manual_seed(0)
-    y = torch.arange(150) % 3
-    x = (y.float() * 2.0).view(-1, 1, 1, 1) + torch.randn(150, 1, 8, 8, generator=g)
-    uy = torch.arange(60) % 3
-    ux = (uy.float() * 2.0).view(-1, 1, 1, 1) + torch.randn(60, 1, 8, 8, generator=g)
+    x, y = class_images(150, g)
+    ux, uy = class_images(60, g)
     forget = torch.zeros(150, dtype=torch.bool)
     forget[::10] = True
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))

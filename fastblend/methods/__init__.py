@@ -474,8 +474,7 @@ def retained_reference(retain: Any, r: DataView | None, seed: int, dev: torch.de
                       "file saved with with_residual=False)", UserWarning, stacklevel=4)
     r = r if r is not None else as_data(retain, "retain", fn)
     if r.indexable:
-        labels = r.labels if r.labels is not None else _retain_labels(r, fn)
-        return r.take(pick(labels), dev)
+        return r.take(pick(_retain_labels(r, fn)), dev)  # in-memory labels as they are, else read once
     data = getattr(r.loader, "dataset", None)
     if getattr(data, "blend_members", None) is not None:  # a DataLoader over a reduced set: rank as the set
         return retained_reference(data, None, seed, dev, dtype, fn, classes, limit)

@@ -21,8 +21,8 @@ evaluation keeps reading ``loaders["retain"]``, the whole retain set::
             break
 
 A request that forgets whole classes (no retain image of any forget class left) gets the whole-class recipe
-of docs/method.md §7.6 (``request="auto"``): the criterion's pooled transform, and ``prep.lr`` 5e-4 and
-``prep.epochs`` 3 for the loop above; ``prep.request`` says which recipe runs.
+of docs/method.md §7.6 (``request="auto"``): the criterion's pooled transform and λ 5, and ``prep.lr`` 5e-4
+and ``prep.epochs`` 3 for the loop above; ``prep.request`` says which recipe runs.
 
 ``prep.auto_stop`` (:class:`fastblend.AutoStop`, docs/method.md §4.5) compares the forget set with the
 unseen data under the model and is started on the untouched model when the request is prepared.
@@ -55,7 +55,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ._checks import as_device, plain_number
 from ._device import module_device
-from .aamu import AAMULossOutput, AAMUStep, check_odds_weight
+from .aamu import AAMULossOutput, AAMUStep, _check_loss_params, check_odds_weight
 from .autostop import AutoStop
 from .condensation import BlendIndex, ReducedRetainSet
 from .condensation.checks import forget_mask
@@ -266,7 +266,7 @@ def _refuse_forget_in_retain(retain: Any, fx: torch.Tensor, fn: str) -> None:
 
 def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, *, ipc: int | None = None,
                        batch_size: int = RECIPE.batch_size, index: BlendIndex | None = None, seed: int = 0,
-                       lam: float = RECIPE.lam, k: float = RECIPE.k, kappa: float = RECIPE.kappa,
+                       lam: float | None = None, k: float = RECIPE.k, kappa: float = RECIPE.kappa,
                        sigma: float = RECIPE.sigma, steepen: str = RECIPE.steepen,
                        forget_batch_factor: int = RECIPE.forget_batch_factor,
                        unseen_batch_factor: int = RECIPE.unseen_batch_factor,
@@ -300,7 +300,8 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
         seed: seeds the grouping, the matcher, the loader's shuffling and the samplers.
         lam, k, kappa, sigma, steepen, forget_batch_factor, unseen_batch_factor, max_draw: A-AMU
             settings (:class:`fastblend.AAMUStep`; defaults :data:`fastblend.recipe.RECIPE`, ``max_draw``
-            256 = 4·64: a batch of 256 draws 256 forget and 256 unseen rows; ``None``: 4B each).
+            256 = 4·64: a batch of 256 draws 256 forget and 256 unseen rows; ``None``: 4B each). ``lam``
+            ``None`` (default): the request's, the paper's 34 or the whole-class recipe's 5.
         iterations, backend: Blend settings when the index is built here (default 12 iterations). With
             ``index``, an ``ipc`` or ``iterations`` other than the index's raises ``ValueError``.
         device: where the index is built (default: the model's device).
@@ -311,8 +312,9 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
             unless it was); ``None``: no auto stop. With ``"auto"``, data the stop cannot judge (fewer than
             5 forget rows, unseen data lacking a forget class) leaves ``prep.auto_stop`` raising why.
         request: ``"auto"`` (default): a request that leaves no retain image of any forget class (whole
-            class) runs the whole-class recipe (docs/method.md §7.6: the pooled transform, Adam lr 5e-4,
-            three epochs; ``prep.request == "class"``), any other the paper's; ``"class"`` or ``"sample"``
+            class) runs the whole-class recipe (docs/method.md §7.6: the pooled transform, λ 5 unless
+            ``lam`` is given, Adam lr 5e-4, three epochs; ``prep.request ==
+            "class"``), any other the paper's; ``"class"`` or ``"sample"``
             force one. ``prep.lr``, ``prep.epochs`` and ``prep.optimizer`` follow it.
         transform: the loss-quantile transform (``"per_set"``, the paper's, or ``"pooled"``); default: the
             request's (``"pooled"`` on a whole-class request).
@@ -344,6 +346,7 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
     if not isinstance(target, str) or target not in TARGETS:
         raise ValueError(f"{fn}: target must be one of {TARGETS}, got {target!r}")
     odds_weight = check_odds_weight(fn, odds_weight)  # before the index is built
+    _check_loss_params(fn, RECIPE.lam if lam is None else lam, k, kappa, sigma, "auto")  # and the loss's settings
     if index is not None and not isinstance(index, BlendIndex):
         raise TypeError(f"{fn}: index must be a fastblend.BlendIndex or None, got {type(index).__name__}")
     if index is not None:  # the index was built with its own settings: a different one here would be ignored
@@ -394,9 +397,12 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
     # the fine-tune's whole-class recipe (the criterion is a fine-tune's) through the one rule unlearn uses:
     # "auto" is a whole-class request when no forget class has a retain row; a transform passed here is kept
     given = {} if transform is None else {"transform": transform}
+    if lam is not None:  # a λ of the caller's own is kept, the paper's value included; None: the request's
+        given["lam"] = lam
     forget_classes = fy.unique()
     whole = len(whole_classes(forget_classes, reduced.labels)) == forget_classes.numel()
     request, cfg, recipe = request_config("a_finetune", AFinetuneConfig(request=request, **given), given, whole)
+    lam = cfg.lam
     ux, uy = as_tensors(unseen, "unseen", fn)
     if tuple(ux.shape[1:]) != tuple(fx.shape[1:]):
         raise ValueError(f"{fn}: unseen images are {list(ux.shape[1:])} but forget images {list(fx.shape[1:])}")

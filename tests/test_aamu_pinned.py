@@ -70,7 +70,8 @@ UNLEARN_RUNS = {
     "a_finetune_bn": ("a_finetune", _bn_net, {"epochs": 2, "batch_size": 8}),
     "a_finetune_fused": ("a_finetune", _gn_net, {"epochs": 2, "batch_size": 8, "fuse_forward": True,
                                                  "micro_batch": 4, "unseen_refresh": 2}),
-    "a_scrub_bn": ("a_scrub", _bn_net, {"epochs": 2, "batch_size": 8}),
+    # the forget pass in both epochs (A-SCRUB's default before max_epochs became 1): it pins the numerics
+    "a_scrub_bn": ("a_scrub", _bn_net, {"epochs": 2, "batch_size": 8, "max_epochs": None}),
     "a_neggrad_plus_gn": ("a_neggrad_plus", _gn_net, {"epochs": 2, "batch_size": 8, "forget_batch_factor": 2}),
 }
 

@@ -151,8 +151,36 @@ def test_the_drop_in_hands_a_whole_class_request_its_recipe(image_sets):
     assert prep.request == "class" and prep.epochs == recipe["epochs"]
     _, prep = _prepare(image_sets, "class", transform="per_set")
     assert prep.criterion.step.criterion.transform == "per_set" and "transform" not in prep.class_recipe
+
+
+def test_the_drop_in_takes_the_whole_class_lambda_unless_the_caller_set_one(image_sets):
+    # the whole-class recipe's λ (5; the paper's 34 cost the other classes test accuracy once the class was
+    # forgotten) reaches the criterion the loop calls; a λ of the caller's own is kept, on either request
+    recipe = CLASS_REQUEST["a_finetune"]
+    _, prep = _prepare(image_sets, "class")
+    assert prep.criterion.step.criterion.lam == recipe["lam"] == 5.0
+    for own in (12.0, config_class("a_finetune")().lam):  # the paper's value, passed explicitly, is the caller's
+        _, prep = _prepare(image_sets, "class", lam=own)
+        assert prep.criterion.step.criterion.lam == own and "lam" not in prep.class_recipe
+    _, prep = _prepare(image_sets, "sample")
+    assert prep.criterion.step.criterion.lam == config_class("a_finetune")().lam
     for bad in ({"request": "whole"}, {"request": 1}, {"transform": "rank"}):
         with pytest.raises(ValueError, match=next(iter(bad))):
+            _prepare(image_sets, "class", **bad)
+
+
+def test_the_drop_in_refuses_bad_loss_settings_before_building_the_index(image_sets, monkeypatch):
+    # λ (now None by default: the request's) and the transform's settings are checked before the Blend index,
+    # which on a real training set takes minutes, is built
+    from fastblend import BlendIndex
+
+    def no_build(*a, **k):
+        raise AssertionError("the index was built before the argument was checked")
+
+    monkeypatch.setattr(BlendIndex, "build", no_build)
+    for bad, err in (({"lam": -1.0}, ValueError), ({"lam": float("nan")}, ValueError), ({"lam": "5"}, TypeError),
+                     ({"k": -1.0}, ValueError), ({"kappa": 0.0}, ValueError), ({"sigma": -1.0}, ValueError)):
+        with pytest.raises(err, match=f"prepare_unlearning: {next(iter(bad))}"):
             _prepare(image_sets, "class", **bad)
 
 

@@ -127,3 +127,36 @@ def class_images(n: int, gen: torch.Generator, classes: int = 3) -> tuple[torch.
     its own (``2·label``), drawn from ``gen``: tiny data that a Blend index and a linear model separate."""
     y = torch.arange(n) % classes
     return (y.float() * 2.0).view(-1, 1, 1, 1) + torch.randn(n, 1, 8, 8, generator=gen), y
+
+
+# --------------------------------------------------------------------------------------------
+# Pinned numbers: are this machine's CPU kernels the ones the fixtures were recorded with?
+# --------------------------------------------------------------------------------------------
+def kernel_canary() -> list[str]:
+    """A conv, a matmul and a log-sum-exp of fixed data, as ``float.hex`` strings, on one thread: where
+    these bits differ from the recorded ones, the CPU's kernels round differently and pinned float results
+    can only be compared with a tolerance."""
+    import torch.nn.functional as F
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        gen = torch.Generator().manual_seed(7)
+        x, w = torch.randn(8, 3, 8, 8, generator=gen), torch.randn(6, 3, 3, 3, generator=gen)
+        y = F.conv2d(x, w, padding=1).flatten(1)
+        z = y @ torch.randn(y.shape[1], 5, generator=gen)
+        return [float(v).hex() for v in torch.stack([y.sum(), z.sum(), torch.logsumexp(z, 1).sum()]).double()]
+    finally:
+        torch.set_num_threads(threads)
+
+
+def recorded_kernels() -> bool:
+    """True where :func:`kernel_canary` matches the canary recorded with the pinned fixtures
+    (``tests/data/aamu_pinned.json``; ``tests/fixtures/index_requests.pt`` was recorded on the same kind of
+    machine)."""
+    import json
+    from pathlib import Path
+
+    recorded = json.loads((Path(__file__).resolve().parent / "data" / "aamu_pinned.json").read_text())["canary"]
+    return kernel_canary() == recorded
+

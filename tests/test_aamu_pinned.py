@@ -7,10 +7,12 @@ micro-batched forwards and a stale unseen batch; ``a_scrub``; ``a_neggrad_plus``
 of the drop-in criterion and of a hand-written loop over the step, all recorded from the code before
 the refactor. Float results depend on the CPU's kernels and thread count, so the file also pins a
 canary computation: where the canary's bits differ (another machine), the runs are compared with a
-tight tolerance instead of bit for bit.
+tolerance instead of bit for bit: 1e-4 relative for losses, 2e-3 for the final probe logits. The probe's
+forward runs other kernels on another CPU (measured on a Xeon whose canary differs: ``a_finetune_bn``'s
+losses bit-identical, its BatchNorm probe logits 4.3e-4 off; every other run within 2e-7).
 
 Regenerate (only when a change of the numbers is intended and documented in docs/method.md):
-``PYTHONPATH=$PWD OMP_NUM_THREADS=1 python tests/test_aamu_pinned.py``.
+``OMP_NUM_THREADS=1 python -m tests.test_aamu_pinned``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from torch import nn
 
 import fastblend
 from fastblend.models import ConvNet3
+
+from ._support import kernel_canary
 
 FIXTURE = Path(__file__).resolve().parent / "data" / "aamu_pinned.json"
 C = 4
@@ -55,15 +59,6 @@ def _bn_net(seed: int) -> nn.Module:
 def _gn_net(seed: int) -> nn.Module:
     torch.manual_seed(seed)
     return ConvNet3(3, C, 8, width=8)
-
-
-def _canary() -> list[str]:
-    """A conv, a matmul and a log-sum-exp of fixed data: where these bits differ, the runs' will too."""
-    gen = torch.Generator().manual_seed(7)
-    x, w = torch.randn(8, 3, 8, 8, generator=gen), torch.randn(6, 3, 3, 3, generator=gen)
-    y = F.conv2d(x, w, padding=1).flatten(1)
-    z = y @ torch.randn(y.shape[1], 5, generator=gen)
-    return _hex(torch.stack([y.sum(), z.sum(), torch.logsumexp(z, 1).sum()]))
 
 
 UNLEARN_RUNS = {
@@ -128,7 +123,7 @@ def _record() -> dict:
         runs = {name: _unlearn_run(name) for name in UNLEARN_RUNS}
         runs["dropin"] = _dropin_run()
         runs["custom"] = _custom_run()
-        return {"canary": _canary(), "runs": runs}
+        return {"canary": kernel_canary(), "runs": runs}
 
 
 class _one_thread:
@@ -157,13 +152,14 @@ def _compare(got, want, exact: bool, where: str) -> None:
     elif exact:
         assert got == want, f"{where}: {float.fromhex(got)!r} != pinned {float.fromhex(want)!r}"
     else:
-        assert abs(float.fromhex(got) - float.fromhex(want)) <= 1e-4 * (1 + abs(float.fromhex(want))), where
+        tol = 2e-3 if where.split("[")[0].endswith(".logits") else 1e-4  # see the module docstring
+        assert abs(float.fromhex(got) - float.fromhex(want)) <= tol * (1 + abs(float.fromhex(want))), where
 
 
 @pytest.mark.parametrize("name", [*UNLEARN_RUNS, "dropin", "custom"])
 def test_aamu_runs_match_the_pinned_losses(pinned, name):
     with _one_thread():
-        exact = _canary() == pinned["canary"]
+        exact = kernel_canary() == pinned["canary"]
         got = _unlearn_run(name) if name in UNLEARN_RUNS else {"dropin": _dropin_run, "custom": _custom_run}[name]()
     _compare(got, pinned["runs"][name], exact, name)
 

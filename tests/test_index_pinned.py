@@ -1,7 +1,12 @@
 """A request's reduced set is pinned bit for bit: ``BlendIndex.build(...).reduce(forget)`` outputs on tiny
 data were recorded (``tests/fixtures/index_requests.pt``) before the condensing engine was made one
 (issue 21), and must not change for the same seed. Re-record only for a documented change of
-semantics: ``python -m tests.test_index_pinned``."""
+semantics: ``python -m tests.test_index_pinned``.
+
+Bit for bit on a machine whose CPU kernels round as the recording machine's did (``_support.recorded_kernels``).
+Elsewhere the integer fields (labels, rows, clusters, members) are still compared exactly and the float ones
+(images, weights, losses) to 1e-5 relative: another Xeon's kernels moved them by float32 rounding (4.8e-7 on
+images of magnitude 3.3), where a change of what the matcher computes moves them by orders more."""
 
 from __future__ import annotations
 
@@ -11,6 +16,8 @@ import torch
 from torch.utils.data import Dataset
 
 from fastblend import BlendIndex
+
+from ._support import recorded_kernels
 
 FIXTURE = Path(__file__).parent / "fixtures" / "index_requests.pt"
 FIELDS = ("images", "labels", "is_blended", "source_index", "source_cluster", "blend_members", "blend_weights",
@@ -73,9 +80,15 @@ def test_requests_are_bit_identical_to_the_recorded_ones():
     finally:
         torch.set_num_threads(threads)
     assert sorted(got) == sorted(expected)
+    exact = recorded_kernels()
     for case, fields in expected.items():
         for name, want in fields.items():
-            assert torch.equal(got[case][name], want), f"{case}: {name} changed"
+            have = got[case][name]
+            if exact or not want.is_floating_point():
+                assert torch.equal(have, want), f"{case}: {name} changed"
+            else:
+                assert have.shape == want.shape and have.dtype == want.dtype, f"{case}: {name} changed shape or dtype"
+                assert torch.allclose(have, want, rtol=1e-5, atol=1e-6), f"{case}: {name} changed beyond rounding"
 
 
 if __name__ == "__main__":

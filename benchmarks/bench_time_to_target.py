@@ -40,7 +40,7 @@ from fastblend import BlendIndex, extract_features, group
 from fastblend.aamu import AAMULoss
 from fastblend.datasets import load_dataset, make_split
 from fastblend.experiments import pipeline
-from fastblend.experiments.machine import machine_info
+from fastblend.experiments.machine import load_average, machine_info
 from fastblend.methods import planned_steps, unlearn
 from fastblend.tracking import Tracker, eval_every_for, time_to_target
 
@@ -182,8 +182,9 @@ def main(argv: list[str] | None = None) -> dict:
                  "original": {"cached": cached, "train_seconds": train_s}, "split": split.summary(), "hard": hard,
                  "seeds": {"split_and_original": seed, "retrain": [pipeline.ensemble_seed(seed, j)
                                                                    for j in range(cfg.retrain_seeds)]},
-                 "timing_note": "one process; Retrain's time (the speed-ups' divisor) is measured in this run; the "
-                                "machine's 2 cores were shared with other jobs, so absolute seconds are noisy"}
+                 "timing_note": "one process; Retrain's time (the speed-ups' divisor) is measured in this run; "
+                                "load_average says how busy the machine was (1-, 5-, 15-minute, at start and end)",
+                 "load_average": {"start": load_average()}}
     if not args.no_profile:
         doc["profile"] = profile_step(model, retain, forget, unseen)
 
@@ -249,6 +250,7 @@ def main(argv: list[str] | None = None) -> dict:
           + "  ".join(f"{m} [{b['low']:.1f}, {b['high']:.1f}]" for m, b in yard["band"].items() if m != "kind"))
     out = Path(args.out or f"benchmarks/results-2026-12-05-cpu/time_to_target_{args.forget}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
+    doc["load_average"]["end"] = load_average()
     out.write_text(json.dumps(doc, indent=2, default=str))
     return doc
 

@@ -317,7 +317,7 @@ def _grid() -> None:
                         ("target_fixed_odds0.3_epochs2_auto", {**fixed, "odds_weight": 0.3, "epochs": 2,
                                                                "_stop": "auto"})]])
 
-    # the whole-class recipe's test accuracy (the matrix's classwise seed 2 ended 1.1 points below the band with
+    # the whole-class recipe's test accuracy (the matrix's classwise seed 2 ended 0.9 points below the band with
     # λ 34): the curve dips to ~74 once the class is forgotten and recovers only in part. Is it the reduced set
     # (λ 0; the real retain set), the regulariser's weight, or the schedule? "request": "class" is the library's
     # recipe, λ 5 since this plan; "lam": 34 the recipe before it

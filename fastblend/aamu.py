@@ -239,6 +239,22 @@ def _check_loss_params(fn: str, lam: float, k: float, kappa: float, sigma: float
         raise ValueError(f"{fn}: backend must be one of 'auto', {', '.join(map(repr, BACKENDS))}; got {backend!r}")
 
 
+def check_step_settings(fn: str, lam: Any, k: Any, kappa: Any, sigma: Any, backend: str, forget_batch_factor: Any,
+                        unseen_batch_factor: Any, max_draw: Any, steepen: Any = None) -> None:
+    """Check the A-AMU step's settings (``steepen`` too unless ``None``) under ``fn``'s name, so a caller that
+    builds something expensive first (the drop-in's Blend index) refuses a bad one before it."""
+    lam, k, kappa, sigma, forget_batch_factor, unseen_batch_factor, max_draw = map(
+        plain_number, (lam, k, kappa, sigma, forget_batch_factor, unseen_batch_factor, max_draw))
+    _check_loss_params(fn, lam, k, kappa, sigma, backend)
+    if steepen is not None and (not isinstance(steepen, str) or steepen not in STEEPEN_MODES):
+        raise ValueError(f"{fn}: steepen must be one of {STEEPEN_MODES}, got {steepen!r}")
+    for name, value in (("forget_batch_factor", forget_batch_factor), ("unseen_batch_factor", unseen_batch_factor)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{fn}: {name} must be an int >= 1, got {value!r}")
+    if max_draw is not None and (isinstance(max_draw, bool) or not isinstance(max_draw, int) or max_draw < 1):
+        raise ValueError(f"{fn}: max_draw must be an int >= 1 or None (no cap), got {max_draw!r}")
+
+
 _MASK32 = 0xFFFFFFFF
 
 
@@ -618,13 +634,9 @@ class AAMUStep:
         self.batch_size = _check_batch_size(fn, batch_size)
         if not isinstance(model, nn.Module):
             raise TypeError(f"{fn}: model must be a torch.nn.Module, got {type(model).__name__}")
-        _check_loss_params(fn, lam, k, kappa, sigma, backend)
-        for name, value in (("forget_batch_factor", forget_batch_factor), ("unseen_batch_factor", unseen_batch_factor),
-                            ("unseen_refresh", unseen_refresh)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{fn}: {name} must be an int >= 1, got {value!r}")
-        if max_draw is not None and (isinstance(max_draw, bool) or not isinstance(max_draw, int) or max_draw < 1):
-            raise ValueError(f"{fn}: max_draw must be an int >= 1 or None (no cap), got {max_draw!r}")
+        check_step_settings(fn, lam, k, kappa, sigma, backend, forget_batch_factor, unseen_batch_factor, max_draw)
+        if isinstance(unseen_refresh, bool) or not isinstance(unseen_refresh, int) or unseen_refresh < 1:
+            raise ValueError(f"{fn}: unseen_refresh must be an int >= 1, got {unseen_refresh!r}")
         if not isinstance(fuse_forward, bool):
             raise TypeError(f"{fn}: fuse_forward must be a bool, got {type(fuse_forward).__name__}")
         if isinstance(micro_batch, bool) or not isinstance(micro_batch, int) or micro_batch < 0:

@@ -55,7 +55,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ._checks import as_device, plain_number
 from ._device import module_device
-from .aamu import AAMULossOutput, AAMUStep, _check_loss_params, check_odds_weight
+from .aamu import AAMULossOutput, AAMUStep, check_odds_weight, check_step_settings
 from .autostop import AutoStop
 from .condensation import BlendIndex, ReducedRetainSet
 from .condensation.checks import forget_mask
@@ -107,11 +107,11 @@ class PreparedUnlearning:
             answer later requests without rebuilding.
         timings: seconds: ``index`` (building it, 0 when passed in) and ``request`` (reduce + set-up).
         recommended: the optimiser the method is tuned for (Adam lr 2.4e-4, batch 64, one epoch; on a
-            whole-class request lr 5e-4, three epochs).
+            whole-class request lr 5e-4, three epochs, with λ 5 in the criterion).
         epochs: the recipe's budget in epochs over ``retain_loader`` (:data:`fastblend.recipe.RECIPE`:
             one; three on a whole-class request); the recipe's learning rate is constant (no schedule).
         request: the request that runs: ``"sample"`` (the paper's recipe) or ``"class"`` (the whole-class
-            recipe of docs/method.md §7.6: pooled transform, Adam lr 5e-4, three epochs).
+            recipe of docs/method.md §7.6: pooled transform, λ 5, Adam lr 5e-4, three epochs).
         class_recipe: the settings the whole-class recipe chose (empty on a ``"sample"`` request).
         lr: the learning rate of :meth:`optimizer` (2.4e-4; 5e-4 on a whole-class request).
         auto_stop: a :class:`fastblend.AutoStop` on the forget set against the unseen data (no Retrain
@@ -346,7 +346,8 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
     if not isinstance(target, str) or target not in TARGETS:
         raise ValueError(f"{fn}: target must be one of {TARGETS}, got {target!r}")
     odds_weight = check_odds_weight(fn, odds_weight)  # before the index is built
-    _check_loss_params(fn, RECIPE.lam if lam is None else lam, k, kappa, sigma, "auto")  # and the loss's settings
+    check_step_settings(fn, RECIPE.lam if lam is None else lam, k, kappa, sigma, "auto", forget_batch_factor,
+                        unseen_batch_factor, max_draw, steepen)  # and the step's settings
     if index is not None and not isinstance(index, BlendIndex):
         raise TypeError(f"{fn}: index must be a fastblend.BlendIndex or None, got {type(index).__name__}")
     if index is not None:  # the index was built with its own settings: a different one here would be ignored

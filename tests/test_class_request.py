@@ -83,6 +83,11 @@ def test_the_recipe_sets_only_what_the_caller_did_not(request_sets):
     cls = config_class("a_finetune")
     res = _run("a_finetune", request_sets, "class", cls(batch_size=16, lr=1e-3))
     assert res.config.lr == 1e-3 and res.config.transform == "pooled" and res.config.epochs == 3
+    # a dict's λ is the caller's even at the paper's value (the recipe's is 5), and A-SCRUB's epochs likewise
+    paper_lam = _run("a_finetune", request_sets, "class", {"batch_size": 16, "lam": cls().lam})
+    assert paper_lam.config.lam == cls().lam == 34.0 and "lam" not in paper_lam.info["class_recipe"]
+    scrub = _run("a_scrub", request_sets, "class", {"batch_size": 16, "epochs": 3, "lam": 2.0})
+    assert (scrub.config.epochs, scrub.config.lam, scrub.config.max_epochs) == (3, 2.0, 1)
     # request='sample' keeps the paper's recipe on a whole class; request='class' forces it on samples
     kept = _run("a_finetune", request_sets, "class", {"batch_size": 16, "request": "sample"})
     assert kept.info["request"] == "sample" and kept.config.transform == "per_set" and kept.config.epochs == 1
@@ -170,7 +175,7 @@ def test_the_drop_in_takes_the_whole_class_lambda_unless_the_caller_set_one(imag
 
 
 def test_the_drop_in_refuses_bad_loss_settings_before_building_the_index(image_sets, monkeypatch):
-    # λ (now None by default: the request's) and the transform's settings are checked before the Blend index,
+    # λ (now None by default: the request's) and the step's other settings are checked before the Blend index,
     # which on a real training set takes minutes, is built
     from fastblend import BlendIndex
 
@@ -179,7 +184,9 @@ def test_the_drop_in_refuses_bad_loss_settings_before_building_the_index(image_s
 
     monkeypatch.setattr(BlendIndex, "build", no_build)
     for bad, err in (({"lam": -1.0}, ValueError), ({"lam": float("nan")}, ValueError), ({"lam": "5"}, TypeError),
-                     ({"k": -1.0}, ValueError), ({"kappa": 0.0}, ValueError), ({"sigma": -1.0}, ValueError)):
+                     ({"k": -1.0}, ValueError), ({"kappa": 0.0}, ValueError), ({"sigma": -1.0}, ValueError),
+                     ({"steepen": "cube"}, ValueError), ({"forget_batch_factor": 0}, ValueError),
+                     ({"unseen_batch_factor": 1.5}, ValueError), ({"max_draw": 0}, ValueError)):
         with pytest.raises(err, match=f"prepare_unlearning: {next(iter(bad))}"):
             _prepare(image_sets, "class", **bad)
 

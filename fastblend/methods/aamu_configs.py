@@ -105,13 +105,13 @@ class APruneConfig(AAMUFields, AAMUOptimiser, PruneConfig):
 # level, so it forgets the class but leaves that gap (MIA 56-60 against Retrain's ~50); the pooled transform
 # closes it, and the larger step and two more epochs let it. λ is 5, not the paper's 34: once the class is
 # forgotten the pooled regulariser keeps pushing the class's losses up, and at λ 34 that cost the other classes
-# up to 5 test points (the matrix's classwise cell: 1-2 of 3 seeds below the band at λ 34, 3/3 inside at λ 5 for
-# a_finetune and a_sparse; docs/method.md §7.6). A-SCRUB's forget max-step, unbounded on a whole class, runs in
-# the first epoch only (later epochs collapsed the model to test accuracy 11-28), its λ was lowered first,
-# because its SGD step does not normalise the regulariser's gradient as Adam does, and it runs 5 epochs: its
-# forget pass barely moves a student that still equals its teacher, so the class goes in epoch 3, where the
-# test accuracy dips (to 72.5 on the matrix's classwise seed 2) and needs two more retain epochs to recover
-# (81.8; docs/method.md §7.6).
+# 1.5-1.8 test points against λ 5 on the same original (the matrix's classwise cell: 1-2 of 3 seeds below the
+# band at λ 34, 3/3 inside at λ 5 for a_finetune and a_sparse; docs/method.md §7.6). A-SCRUB's forget
+# max-step, unbounded on a whole class, runs in the first epoch only (later epochs collapsed the model to test
+# accuracy 11-28), its λ was lowered first, because its SGD step does not normalise the regulariser's gradient
+# as Adam does, and it runs 5 epochs: its forget pass barely moves a student that still equals its teacher, so
+# the class goes in epoch 3, where the test accuracy dips (to 72.5 on the matrix's classwise seed 2) and needs
+# two more retain epochs to recover (81.8; docs/method.md §7.6).
 _POOLED = {"transform": "pooled", "lr": 5e-4, "epochs": 3}
 CLASS_REQUEST: dict[str, dict[str, Any]] = {
     "a_finetune": {**_POOLED, "lam": 5.0},

@@ -336,6 +336,11 @@ def _grid() -> None:
                       [("default", {}), ("beta0.02", {"beta": 0.02}), ("beta0.01", {"beta": 0.01}),
                        ("beta0", {"beta": 0.0}), ("lam3", {"lam": 3.0}), ("epochs2", {"epochs": 2})]])
 
+    # a_bad_teacher keeps λ 34 in the whole-class recipe (quality/classreq6.json: 3/3 on split 0 only); the other
+    # Adam methods lost test accuracy at λ 34 on split 2. All three splits at λ 34 and at λ 5:
+    plan("classbt", [(f"classwise@{s}/a_bad_teacher/{name}", f"classwise@{s}", "a_bad_teacher", {**cls, **conf})
+                     for s in (0, 1, 2) for name, conf in [("lam34", {}), ("lam5", {"lam": 5.0})]])
+
     # a_sparse on uniform enters the band on every split (5.6 s) but ends 5-13 points low on splits 1 and 2:
     # its test accuracy falls through its one epoch where a_finetune's dips and recovers. The L1 term under
     # Adam, or a_finetune's dip seen at 1e-4 instead of 2.4e-4 (the epoch ends before the recovery)?

@@ -134,8 +134,7 @@ class AAMULoss(nn.Module):
                  validate: bool = True, transform: str = RECIPE.transform, odds_weight: float = 0.0) -> None:
         super().__init__()
         self.odds_weight = check_odds_weight("AAMULoss", odds_weight)
-        if steepen not in STEEPEN_MODES:
-            raise ValueError(f"AAMULoss: steepen must be one of {STEEPEN_MODES}, got {steepen!r}")
+        _check_steepen("AAMULoss", steepen)
         _check_transform("AAMULoss", transform)
         self.transform = transform
         _check_loss_params("AAMULoss", lam, k, kappa, sigma, backend)
@@ -239,6 +238,11 @@ def _check_loss_params(fn: str, lam: float, k: float, kappa: float, sigma: float
         raise ValueError(f"{fn}: backend must be one of 'auto', {', '.join(map(repr, BACKENDS))}; got {backend!r}")
 
 
+def _check_steepen(fn: str, steepen: Any) -> None:
+    if not isinstance(steepen, str) or steepen not in STEEPEN_MODES:
+        raise ValueError(f"{fn}: steepen must be one of {STEEPEN_MODES}, got {steepen!r}")
+
+
 def check_step_settings(fn: str, lam: Any, k: Any, kappa: Any, sigma: Any, backend: str, forget_batch_factor: Any,
                         unseen_batch_factor: Any, max_draw: Any, steepen: Any = None) -> None:
     """Check the A-AMU step's settings (``steepen`` too unless ``None``) under ``fn``'s name, so a caller that
@@ -246,8 +250,8 @@ def check_step_settings(fn: str, lam: Any, k: Any, kappa: Any, sigma: Any, backe
     lam, k, kappa, sigma, forget_batch_factor, unseen_batch_factor, max_draw = map(
         plain_number, (lam, k, kappa, sigma, forget_batch_factor, unseen_batch_factor, max_draw))
     _check_loss_params(fn, lam, k, kappa, sigma, backend)
-    if steepen is not None and (not isinstance(steepen, str) or steepen not in STEEPEN_MODES):
-        raise ValueError(f"{fn}: steepen must be one of {STEEPEN_MODES}, got {steepen!r}")
+    if steepen is not None:
+        _check_steepen(fn, steepen)
     for name, value in (("forget_batch_factor", forget_batch_factor), ("unseen_batch_factor", unseen_batch_factor)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{fn}: {name} must be an int >= 1, got {value!r}")

@@ -159,4 +159,3 @@ def recorded_kernels() -> bool:
 
     recorded = json.loads((Path(__file__).resolve().parent / "data" / "aamu_pinned.json").read_text())["canary"]
     return kernel_canary() == recorded
-

@@ -166,15 +166,24 @@ def tracked_run(loaders: dict, model: nn.Module, criterion, optimizer, epochs: i
     return out
 
 
+def step_like(step: fastblend.AAMUStep, model: nn.Module, seed: int = 0) -> fastblend.AAMUStep:
+    """An A-AMU step on ``model`` with every setting of ``step`` (its criterion: λ, k, κ, σ, steepening, transform,
+    log-odds weight; its fixed target's logits; its forget/unseen draw sizes), drawing with its own ``seed``."""
+    new = fastblend.AAMUStep(model, (step.forget.images, step.forget.labels), (step.unseen.images, step.unseen.labels),
+                             batch_size=step.batch_size, seed=seed, forget_batch_factor=step.forget_batch_factor,
+                             unseen_batch_factor=step.unseen_batch_factor, max_draw=step.max_draw,
+                             unseen_logits=step.unseen_logits, transform=step.criterion.transform)
+    new.criterion = step.criterion  # the same loss, settings and all
+    return new
+
+
 def gradient_scales(model: nn.Module, prep, batches: int = 3) -> list[dict]:
     """Why plain SGD moves further with the drop-in: per retain batch of ``prep.retain_loader``, at
     ``model``, the gradient norms of the plain cross-entropy, of the steepened retain loss and of the
     whole A-AMU loss (the MMD term's share is the rest)."""
     m = copy.deepcopy(model).train()
     params = [p for p in m.parameters() if p.requires_grad]
-    step = fastblend.AAMUStep(m, (prep.criterion.step.forget.images, prep.criterion.step.forget.labels),
-                              (prep.criterion.step.unseen.images, prep.criterion.step.unseen.labels),
-                              batch_size=prep.criterion.step.batch_size, seed=0)
+    step = step_like(prep.criterion.step, m)
 
     def norm(loss: torch.Tensor) -> float:
         grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)

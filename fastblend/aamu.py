@@ -660,6 +660,9 @@ class AAMUStep:
                           "unseen_logits): the forget set chases it down, which collapsed the model in "
                           "docs/method.md §7.8's measurements; use a fixed target (config.target='matched_fixed', "
                           "or unseen_logits=)", UserWarning, stacklevel=3)
+        #: the draw settings as given (``forget_draw`` and ``unseen_draw`` are what they come to)
+        self.forget_batch_factor, self.unseen_batch_factor, self.max_draw = (forget_batch_factor, unseen_batch_factor,
+                                                                             max_draw)
         cap = max_draw if max_draw is not None else math.inf
         #: samples per forget draw (factor·B capped at ``max_draw`` and at the forget set) and per unseen draw
         self.forget_draw = int(min(forget_batch_factor * batch_size, cap, len(self.forget)))
@@ -764,6 +767,11 @@ class AAMUStep:
             forget = self.draw_forget()
             forget = forget._replace(logits=self.forwards.frozen(self.model, forget.x))
         device = forget.logits.device
+        if not self._labels_checked and self.unseen_logits is not None \
+                and self.unseen_logits.shape[1] != forget.logits.shape[1]:  # the model's classes, known only now
+            raise ValueError(f"{fn}: unseen_logits has {self.unseen_logits.shape[1]} columns but the model gives "
+                             f"{forget.logits.shape[1]} logits per image; pass the fixed logits of this model's "
+                             "classes")
         if not self.parallel:
             logits_u, y_u = self._unseen_part(forget.labels, device)
             validate, self._labels_checked = not self._labels_checked, True

@@ -55,3 +55,26 @@ def test_bench_memory_cases_run_at_tiny_size(tmp_path):
                 "final_loss"} <= set(m)
     assert rows["in_memory"]["rows"] == rows["memmap_chunked"]["rows"]
     assert rows["in_memory"]["final_loss"] == pytest.approx(rows["memmap_chunked"]["final_loss"], rel=1e-4)
+
+
+def test_the_codebase_benchmarks_gradient_probe_keeps_every_setting_of_the_step():
+    # gradient_scales rebuilt the drop-in's step with the defaults: no fixed target, no log-odds term, λ 34
+    from torch import nn
+
+    import fastblend
+    from benchmarks.bench_codebase_loop import step_like
+
+    torch.manual_seed(0)
+    m = nn.Linear(4, 3)
+    fx, fy = torch.randn(40, 4), torch.arange(40) % 3
+    ux, uy = torch.randn(30, 4), torch.arange(30) % 3
+    fixed = torch.randn(30, 3)
+    step = fastblend.AAMUStep(m, (fx, fy), (ux, uy), batch_size=8, lam=5.0, k=20.0, steepen="per_sample_sq",
+                              transform="pooled", unseen_logits=fixed, odds_weight=0.3, forget_batch_factor=2,
+                              unseen_batch_factor=3, max_draw=20)
+    copy = step_like(step, nn.Linear(4, 3))
+    assert copy.criterion.extra_repr() == step.criterion.extra_repr() and copy.criterion.transform == "pooled"
+    assert torch.equal(copy.unseen_logits, step.unseen_logits)
+    sizes = (copy.forget_draw, copy.unseen_draw, copy.batch_size)
+    assert sizes == (step.forget_draw, step.unseen_draw, 8) == (16, 20, 8)
+    assert copy.model is not step.model

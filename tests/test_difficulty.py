@@ -248,6 +248,10 @@ def test_a_fixed_target_is_not_forwarded_and_does_not_move():
     # too narrow for the labels: checked at construction (the data-parallel path never reaches the loss's check)
     with pytest.raises(ValueError, match="unseen_logits has 2 columns but the unseen labels go up to 2"):
         AAMUStep(net, (x, y), (ux, uy), batch_size=4, unseen_logits=fixed[:, :2])
+    # wider than the model's logits: the fixed losses would be over other classes (was accepted silently)
+    wide = AAMUStep(net, (x, y), (ux, uy), batch_size=4, unseen_logits=torch.cat([fixed, fixed[:, :2]], 1))
+    with pytest.raises(ValueError, match="unseen_logits has 5 columns but the model gives 3 logits per image"):
+        wide.loss(torch.rand(4))
 
 
 def test_unlearn_with_the_fixed_matched_target():
@@ -369,3 +373,64 @@ def test_matched_unseen_refuses_a_shuffling_unseen_loader():
     assert torch.equal(direct, ordered)
     with pytest.raises(ValueError, match="matched_unseen: the DataLoader reads its dataset through .*shuffle=False"):
         matched_unseen(net, (x, y), (x[:9], y[:9]), DataLoader(TensorDataset(ux, uy), batch_size=8, shuffle=True))
+
+
+def test_a_saved_set_without_residual_rows_keeps_its_source_for_the_ranking(tmp_path):
+    # a whole class forgotten leaves no residual row; the file without residual images kept no fingerprint
+    # and load dropped the source it was given, so the matched target ranked against the blends themselves
+    from fastblend import ReducedRetainSet, condense, unlearn
+
+    g = torch.Generator().manual_seed(0)
+    x, y = class_images(150, g)
+    forget = torch.nonzero(y == 2).flatten()
+    reduced = condense(x, y, forget, ipc=4, iterations=1)
+    assert reduced.num_residual == 0 and reduced.source is not None
+    path = tmp_path / "reduced.pt"
+    reduced.save(path, with_residual=False)
+    back = ReducedRetainSet.load(path, source=x)
+    assert back.source is not None
+    assert torch.equal(back.blend_members, reduced.blend_members)
+    with pytest.raises(ValueError, match=r"^ReducedRetainSet.load: .*: source does not match"):
+        ReducedRetainSet.load(path, source=x + 1)
+    assert ReducedRetainSet.load(path).source is None  # no source needed to serve its rows
+    ux, uy = class_images(60, g)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        res = unlearn("a_finetune", model, back, (x[forget], y[forget]), (ux, uy),
+                      config={"batch_size": 8, "target": "matched"}, seed=0)
+    assert not [w for w in seen if "has no source" in str(w.message)]
+    assert res.info["target"]["reference_rows"] > len(back)  # the blends' members, not the set's own rows
+
+
+def test_unreadable_retain_labels_name_what_needed_them(monkeypatch):
+    # the error read "stop='auto' needs the retain set's labels" also when the matched target asked for them
+    from torch.utils.data import Dataset
+
+    import fastblend.condensation.source as source
+    from fastblend import unlearn
+
+    class Pairs(Dataset):  # a map-style Dataset with no labels attribute: its labels are read by a pass
+        def __init__(self, x, y):
+            self.x, self.y = x, y
+
+        def __len__(self):
+            return len(self.y)
+
+        def __getitem__(self, i):
+            return self.x[i], self.y[i]
+
+    def unreadable(data, caller):
+        raise RuntimeError("this dataset's labels cannot be read")
+
+    monkeypatch.setattr(source, "source_labels", unreadable)
+    x, y = _blobs(120, 0)
+    forget = torch.arange(120) % 10 == 0
+    args = (_net(), Pairs(x[~forget], y[~forget]), (x[forget], y[forget]), _blobs(60, 1))
+    with pytest.raises(ValueError, match=r"^unlearn: the matched target \(target='matched' or 'matched_fixed'\) "
+                                         r"needs the retain set's labels.*cannot be read.*target='unseen'"):
+        unlearn("a_finetune", *args, config={"batch_size": 16, "target": "matched_fixed", "request": "sample"})
+    with pytest.raises(ValueError, match=r"^unlearn: stop='auto' needs the retain set's labels"):
+        unlearn("a_finetune", *args, config={"batch_size": 16, "request": "sample"}, stop="auto")

@@ -204,10 +204,10 @@ class ReducedRetainSet(Dataset):
             state["images"] = self._rows(torch.arange(len(self))) if self._images is None else self._images
         else:
             state["blends"] = self._rows(torch.nonzero(self.is_blended).flatten())
-            if self.num_residual:
-                if self.source is None:
-                    raise ValueError("ReducedRetainSet.save: with_residual=False needs the source of the residual "
-                                     "rows (this set holds only images)")
+            if self.num_residual and self.source is None:
+                raise ValueError("ReducedRetainSet.save: with_residual=False needs the source of the residual "
+                                 "rows (this set holds only images)")
+            if self.source is not None:  # also without residual rows: the blends' members index it (§7.7)
                 state["source_fingerprint"] = fingerprint(self.source)
         state = {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else plain(v)) for k, v in state.items()}
         atomic_save(with_checksum(state), path, fn="ReducedRetainSet.save")
@@ -219,7 +219,9 @@ class ReducedRetainSet(Dataset):
         checksums loads with a ``RuntimeWarning`` that it was not verified) and every error names the file.
         A file saved without its residual images needs ``source``: the training images (``[N, C, H, W]``
         tensor or the Dataset) the set was made from, checked against the saved fingerprint; a
-        self-contained file ignores ``source``."""
+        self-contained file ignores ``source``. A file saved without residual images that has no residual
+        rows needs no ``source`` but keeps one that matches its fingerprint: the matched target
+        (docs/method.md §7.7) reads the blends' members from it."""
         fn = "ReducedRetainSet.load"
         state = load_torch(path, fn)
         if (not isinstance(state, dict) or not {"labels", "is_blended"} <= set(state)
@@ -240,6 +242,14 @@ class ReducedRetainSet(Dataset):
             state.pop("blends", None)
             return cls(**state)
         n_res = int((~state["is_blended"]).sum())
+        if not n_res and source is not None:  # kept for what reads the blends' members (the matched target)
+            if not isinstance(fp, dict):
+                warnings.warn(f"{fn}: {path} has no residual rows and no fingerprint of its source (written by an "
+                              "earlier fastblend), so source= cannot be checked and is not kept; save the set "
+                              "again from one that has its source", RuntimeWarning, stacklevel=2)
+                source = None
+            else:
+                check_fingerprint(source, fp, f"{fn}: {path}")
         if n_res:
             if source is None:
                 raise ValueError(f"{fn}: {path} holds no residual images ({n_res} residual rows index the training "
@@ -251,7 +261,7 @@ class ReducedRetainSet(Dataset):
             top = int(state["source_index"].max())
             if top >= source_length(source):
                 raise ValueError(f"{fn}: {path} indexes training row {top} but source has {source_length(source)}")
-        return cls(images=None, source=source if n_res else None, **state)
+        return cls(images=None, source=source, **state)
 
 
 def plain(value: Any) -> Any:

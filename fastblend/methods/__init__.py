@@ -370,7 +370,8 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
     matched = fixed = None
     if spec.accelerated and cfg.target != "unseen":  # held-out images as hard as the forget images (§7.7)
         idx, fixed, reference_rows = matched_rows(work, retain, r, (f.images, f.labels), (u.images, u.labels),
-                                                  cfg.target, lambda: _retain_labels(r, fn), seed, dev, fn,
+                                                  cfg.target, lambda: _retain_labels(r, fn, "target"), seed, dev,
+                                                  fn,
                                                   "config.target")
         idx = idx.to(u.images.device)
         matched = DataView("unseen", u.images[idx], u.labels[idx])
@@ -474,7 +475,7 @@ def retained_reference(retain: Any, r: DataView | None, seed: int, dev: torch.de
                       "file saved with with_residual=False)", UserWarning, stacklevel=4)
     r = r if r is not None else as_data(retain, "retain", fn)
     if r.indexable:
-        return r.take(pick(_retain_labels(r, fn)), dev)  # in-memory labels as they are, else read once
+        return r.take(pick(_retain_labels(r, fn, "target")), dev)  # in-memory labels as they are, else read once
     data = getattr(r.loader, "dataset", None)
     if getattr(data, "blend_members", None) is not None:  # a DataLoader over a reduced set: rank as the set
         return retained_reference(data, None, seed, dev, dtype, fn, classes, limit)
@@ -516,9 +517,23 @@ def _reads_whole_dataset(loader: Any) -> bool:
     return type(sampler) is RandomSampler and not sampler.replacement and sampler.num_samples == len(data)
 
 
-def _retain_labels(r: Any, fn: str) -> torch.Tensor:
-    """The retain set's labels for :class:`AutoStop`'s whole-class test: in memory, or read from a Dataset /
-    a DataLoader's dataset (its ``labels``/``targets`` attribute, else one pass)."""
+#: what each reader of the retain set's labels needs them for, and what to do instead (its error's text)
+_LABEL_USES = {
+    "stop": ("stop='auto' needs the retain set's labels to tell a whole-class request from scattered samples",
+             "pass stop=fastblend.AutoStop(forget, unseen, kind='sample' or 'class')"),
+    "target": ("the matched target (target='matched' or 'matched_fixed') needs the retain set's labels to rank the "
+               "forget images among the training images of their classes", "give its Dataset a labels or targets "
+               "attribute, or use target='unseen'"),
+    "request": ("config.request='auto' needs the retain set's labels to tell a whole-class request from scattered "
+                "samples", "pass config={'request': 'class'} or {'request': 'sample'}"),
+}
+
+
+def _retain_labels(r: Any, fn: str, use: str = "stop") -> torch.Tensor:
+    """The retain set's labels, for ``use`` (a key of :data:`_LABEL_USES`: the auto stop's whole-class test, the
+    matched target's ranking, the request's kind): in memory, or read from a Dataset / a DataLoader's dataset
+    (its ``labels``/``targets`` attribute, else one pass). Unreadable labels raise ``ValueError`` saying what
+    needed them."""
     from ..condensation.source import source_labels
 
     if r.labels is not None:
@@ -527,9 +542,8 @@ def _retain_labels(r: Any, fn: str) -> torch.Tensor:
     try:
         return source_labels(source, fn)
     except Exception as exc:  # noqa: BLE001 - any unreadable source gets the same advice
-        raise ValueError(f"{fn}: stop='auto' needs the retain set's labels to tell a whole-class request from "
-                         f"scattered samples, and they could not be read ({exc}); pass "
-                         "stop=fastblend.AutoStop(forget, unseen, kind='sample' or 'class')") from None
+        why, instead = _LABEL_USES[use]
+        raise ValueError(f"{fn}: {why}, and they could not be read ({exc}); {instead}") from None
 
 
 def _whole_class_request(r: Any, f: Any, fn: str) -> bool:
@@ -542,7 +556,7 @@ def _whole_class_request(r: Any, f: Any, fn: str) -> bool:
         if not any(isinstance(getattr(source, a, None), (torch.Tensor, list, tuple)) for a in ("labels", "targets")):
             return False
     try:
-        retained = _retain_labels(r, fn)
+        retained = _retain_labels(r, fn, "request")
     except ValueError:
         warnings.warn(f"{fn}: config.request='auto' could not read the retain set's labels to tell a whole-class "
                       "request from scattered samples; running the paper's recipe. Pass config={'request': "

@@ -21,7 +21,9 @@ exists, so an interruption loses at most the unit that was running. Units per (f
 - ``<method>.auto``: the same method with ``unlearn(..., stop="auto")`` (:class:`fastblend.AutoStop`,
   its own evaluation cadence; a base method keeps its budget beside it): when the run ended
   (``stop_seconds``, the stop's evaluations included, as a user pays them), what ended it (``stopped_by``:
-  the auto stop, the budget or the end of the recipe), whether that model is in the band, its KLOM.
+  the auto stop, the budget or the end of the recipe, with ", closest evaluation" when the stop then returned
+  the weights of its evaluation closest to the rule), whether that model is in the band, its KLOM; with the
+  closest evaluation's model, ``end_of_run`` judges the model where the run ended as well.
 
 Everything is the demo's (``python -m fastblend demo``): :data:`fastblend.experiments.settings.DEMO`
 (the converged ConvNet-3 width 64, its recipe for the original and Retrain), the pipeline's data
@@ -34,6 +36,7 @@ built once per training set). ``benchmarks/matrix_readme.py DIR`` turns the file
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -260,6 +263,17 @@ def t_stay(points: list[dict], band, final_in_band: bool) -> float | None:
     return start
 
 
+class _KeepsEnd(fastblend.AutoStop):
+    """The auto stop ``unlearn(stop="auto")`` builds, which also keeps a copy of the model where the run ended
+    before :meth:`finish` puts the closest evaluation's weights back: the unit records both models."""
+
+    end_model: nn.Module | None = None
+
+    def finish(self, model: nn.Module, step: int | None = None, seconds: float | None = None) -> bool:
+        self.end_model = copy.deepcopy(model)
+        return super().finish(model, step, seconds)
+
+
 def run_method(ctx: Context, method: str, budget_factor: float, index_cache: dict, auto: bool = False) -> dict:
     """One method (tracked, or with the auto stop) on ``ctx``: its unit record."""
     cfg, split, device, seed = ctx.cfg, ctx.split, ctx.device, ctx.seed
@@ -285,8 +299,12 @@ def run_method(ctx: Context, method: str, budget_factor: float, index_cache: dic
     budget = budget_factor * retrain_seconds if not accelerated else None
     config = dict(cfg.accelerated_config) if accelerated and cfg.accelerated_config else None  # --config's
     trackers: dict = {}
+    stopper = None
     if auto:  # the stop's own cadence (AutoStop.evaluations); a base method keeps its budget beside it
         kw: dict = {"stop": "auto"}
+        if (config or {}).get("target", "unseen") == "unseen":  # the stop unlearn builds, keeping the end model
+            labels = retain.labels if hasattr(retain, "labels") else retain[1]
+            stopper = kw["stop"] = _KeepsEnd(forget, unseen, labels, seed=seed)
         if budget is not None:
             kw["callback"] = lambda _model, _step, seconds: seconds >= budget
     else:
@@ -308,6 +326,13 @@ def run_method(ctx: Context, method: str, budget_factor: float, index_cache: dic
         record["stop_seconds"] = total  # the run ends at the stop: the request, the steps and the stop's evaluations
         record["stopped_by"] = ("auto" if info.get("stopped") else
                                 "budget" if "stopped_at_step" in res.info else "end of the recipe")
+        if info.get("restored_step") is not None:  # the run ended first: the closest evaluation's model (§4.5)
+            record["stopped_by"] += ", closest evaluation"
+            if stopper is not None and stopper.end_model is not None:  # and the model where it ended, judged too
+                m_end, _, marg_end = pipeline.evaluate_model(stopper.end_model, split, device, cfg, ctx.heldout,
+                                                             ctx.retain_rows, seed)
+                record["end_of_run"], _ = _judge(ctx, {"variant": method, "method": method, **m_end,
+                                                       "t_total": total}, marg_end)
         record.update(budget_seconds=budget, budget_factor=budget_factor if budget is not None else None)
     else:
         points = trackers["v"].curve()

@@ -111,6 +111,10 @@ def cell(seeds: dict[int, dict[str, dict]], method: str) -> dict[str, Any]:
         by = [a.get("stopped_by", "auto" if a.get("auto_stop", {}).get("stopped") else "?") for a in autos.values()]
         out["auto_by"] = ", ".join(f"{k} {by.count(k)}" for k in sorted(set(by)))
         out["auto_when_reached"] = [(s, bool(a["in_band"])) for s, a in autos.items() if s in reached]
+        # the model where each run ended (differs only where the stop returned its closest evaluation's weights)
+        out["auto_end_when_reached"] = [(s, bool(a.get("end_of_run", a)["in_band"])) for s, a in autos.items()
+                                        if s in reached]
+        out["auto_closest"] = sum("end_of_run" in a for a in autos.values())
     return out
 
 
@@ -259,6 +263,15 @@ def targets(cells: list[dict], auto_available: bool) -> list[str]:
                      f"{len(landed)}/{len(cell_ok)} cells ({frac:.0%}); "
                      f"{sum(ok for *_, ok in runs)}/{len(runs)} runs — "
                      + ("**met**" if cell_ok and frac >= 0.8 else "**missed**"))
+        closest = sum(c.get("auto_closest", 0) for c in cells)
+        if closest:  # the same runs judged on the model where each ended, as before keep_closest
+            end_runs = [ok for c in cells for _, ok in c.get("auto_end_when_reached", [])]
+            end_landed = [c for c in cell_ok if sum(ok for _, ok in c["auto_end_when_reached"]) * 2
+                          > len(c["auto_end_when_reached"])]
+            lines.append(f"  - {closest} auto-stop runs ended their budget before the rule held and returned the "
+                         "weights of their evaluation closest to the rule (docs/method.md §4.5); judged on the model "
+                         f"where each run ended instead: {len(end_landed)}/{len(cell_ok)} cells, "
+                         f"{sum(end_runs)}/{len(end_runs)} runs")
         for c in cell_ok:
             hits = sum(ok for _, ok in c["auto_when_reached"])
             lines.append(f"  - `{c['family']}` {c['method']}: auto in band {hits}"

@@ -23,7 +23,9 @@ What "done" means depends on the request (docs/method.md §4.5):
   classes.
 
 A request of both kinds (some classes whole, others in part) applies each rule to its part. The rule must
-hold at ``patience`` consecutive evaluations. :attr:`AutoStop.history` keeps every evaluation's statistics
+hold at ``patience`` consecutive evaluations. A run that ends without the rule holding (its recipe's steps
+spent) returns, with ``keep_closest`` (default), the model of the evaluation that came closest to the rule:
+:meth:`AutoStop.finish`, which ``unlearn`` calls. :attr:`AutoStop.history` keeps every evaluation's statistics
 (accuracies, the MIA with its interval, the Kolmogorov-Smirnov distance between the forget and held-out
 loss distributions, the quantity A-AMU's regulariser matches) so a user can see why it stopped or not.
 """
@@ -69,6 +71,9 @@ class AutoStopCheck:
     loss_ks: float
     conditions: dict[str, bool]
     done: bool
+    #: how far the model is from the rule: each failing condition's shortfall in its own standard errors,
+    #: summed (0 when every condition holds; ``inf`` before ``min_steps``)
+    shortfall: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -139,11 +144,16 @@ class AutoStop:
             (:func:`fastblend.difficulty.matched_unseen`: held-out images as hard as the forget images, so an
             atypical forget set is done when it looks like atypical held-out images, not like typical ones).
             ``heldout`` still gives (c) and the whole-class rule.
+        keep_closest: keep a copy of the weights at the evaluation closest to the rule (the smallest
+            :attr:`AutoStopCheck.shortfall`, the later one on a tie; never before ``min_steps``), so that a run
+            whose recipe ends without the rule holding, e.g. one that passed near it and moved away, returns
+            that model (:meth:`finish`). Costs one copy of the model's ``state_dict`` on its device.
 
     The first call (``unlearn`` makes it with the untouched model, before any step), or :meth:`start`,
     records the held-out accuracy the rule must keep. After a run: :attr:`stopped`, :attr:`stop_step`,
     :attr:`stop_seconds` (the method's time at the stop, this callback's own evaluations included, since a
-    user pays for them), :attr:`reason`, :attr:`history` and :meth:`summary`.
+    user pays for them), :attr:`reason`, :attr:`history` and :meth:`summary`. A hand-written loop that ran out
+    of steps without a stop calls :meth:`finish` to get the closest evaluation's model back.
     """
 
     def __init__(self, forget: Any, heldout: Any, retain_labels: Any = None, *, kind: str = "auto",
@@ -151,7 +161,8 @@ class AutoStop:
                  max_drop: float = 3.0,
                  class_floor: float = 0.0,
                  patience: int = 1,
-                 min_steps: int = 1, evaluations: int = 8, seed: int = 0, matched_heldout: Any = None):
+                 min_steps: int = 1, evaluations: int = 8, seed: int = 0, matched_heldout: Any = None,
+                 keep_closest: bool = True):
         fn = "AutoStop"
         max_samples, z, match_z, slack, max_drop, class_floor, patience, min_steps, evaluations, seed = map(
             plain_number, (max_samples, z, match_z, slack, max_drop, class_floor, patience, min_steps, evaluations,
@@ -172,6 +183,11 @@ class AutoStop:
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (low is not None and value < low):
                 raise ValueError(f"{fn}: {name} must be an int" + (f" >= {low}" if low is not None else "")
                                  + f", got {value!r}")
+        if not isinstance(keep_closest, bool):
+            raise TypeError(f"{fn}: keep_closest must be a bool, got {type(keep_closest).__name__}")
+        self.keep_closest = keep_closest
+        self._closest: tuple[AutoStopCheck, dict[str, torch.Tensor]] | None = None  # (its evaluation, weights)
+        self.restored_step: int | None = None  # the step whose weights finish() put back
         gen = torch.Generator().manual_seed(int(seed))
         limit = None if max_samples is None else int(max_samples)
         self.forget = _pair(forget, limit, gen, "forget")
@@ -270,11 +286,20 @@ class AutoStop:
             self.baseline, _ = self._held_out_accuracy(ch)
         whole = torch.tensor(self.whole_classes, dtype=torch.long)
         conditions: dict[str, bool] = {}
+        short: list[float] = []  # each failing condition's shortfall, in its standard errors
+
+        def under(value: float, limit: float, se: float) -> bool:
+            """``value <= limit``; its shortfall ``(value − limit) / se`` when not."""
+            if value > limit:
+                short.append((value - limit) / max(se, 1e-6))
+            return value <= limit
+
         # (c) held-out accuracy kept, on the classes the model must still predict
         acc_h, n_h = self._held_out_accuracy(ch)
         if n_h:
-            margin = max(self.max_drop, self.z * max(binomial_se(self.baseline, n_h), 0.5))
-            conditions["heldout_kept"] = acc_h >= self.baseline - margin
+            se_h = max(binomial_se(self.baseline, n_h), 0.5)
+            margin = max(self.max_drop, self.z * se_h)
+            conditions["heldout_kept"] = under(-acc_h, -(self.baseline - margin), se_h)
         # scattered samples: forget like held-out of the same classes
         part = ~torch.isin(fy, whole)
         same = math.nan
@@ -293,12 +318,12 @@ class AutoStop:
             acc_f = float(cf[part].double().mean() * 100)
             n_f = int(part.sum())
             se_diff = math.hypot(max(binomial_se(acc_f, n_f), 0.5), max(binomial_se(same, n_same), 0.5))
-            conditions["forget_acc_like_heldout"] = acc_f <= same + self.slack + self.match_z * se_diff
+            conditions["forget_acc_like_heldout"] = under(acc_f, same + self.slack + self.match_z * se_diff, se_diff)
             ref = torch.isin(ry, f_cls)
             r = self._mia(lf, fy, lr, ry, part, ref)
             if r is not None:
                 mia = (r.score, r.low, r.high)
-                conditions["mia_not_member"] = r.score <= 50.0 + self.slack + self.match_z * r.se
+                conditions["mia_not_member"] = under(r.score, 50.0 + self.slack + self.match_z * r.se, max(r.se, 0.5))
                 ce_f = F.cross_entropy(lf[part], fy[part], reduction="none")
                 ce_h = F.cross_entropy(lr[ref], ry[ref], reduction="none")
                 ks = _ks(ce_f, ce_h)
@@ -307,17 +332,22 @@ class AutoStop:
         # class ranks both alike)
         if self.whole_classes:
             fw, hw = torch.isin(fy, whole), torch.isin(hy, whole)
-            conditions["class_forgotten"] = (float(cf[fw].double().mean() * 100) <= self.class_floor
-                                             and float(ch[hw].double().mean() * 100) <= self.class_floor)
+            kept_f, kept_h = float(cf[fw].double().mean() * 100), float(ch[hw].double().mean() * 100)
+            conditions["class_forgotten"] = all([  # both evaluated: each adds its shortfall
+                under(kept_f, self.class_floor, max(binomial_se(kept_f, int(fw.sum())), 0.5)),
+                under(kept_h, self.class_floor, max(binomial_se(kept_h, int(hw.sum())), 0.5))])
             r = self._mia(lf, fy, lh, hy, fw, hw)
             if r is not None:
                 if not bool(part.any()):
                     mia = (r.score, r.low, r.high)
-                conditions["class_not_member"] = r.score <= 50.0 + self.slack + self.match_z * r.se
+                conditions["class_not_member"] = under(r.score, 50.0 + self.slack + self.match_z * r.se,
+                                                       max(r.se, 0.5))
         done = all(conditions.values()) and step >= self.min_steps
+        shortfall = sum(short) if step >= self.min_steps else math.inf
         check = AutoStopCheck(step=int(step), seconds=float(seconds), forget_acc=float(cf.double().mean() * 100),
                               heldout_acc=acc_h, heldout_same_class_acc=same, mia=mia[0], mia_low=mia[1],
-                              mia_high=mia[2], loss_ks=ks, conditions=conditions, done=done)
+                              mia_high=mia[2], loss_ks=ks, conditions=conditions, done=done,
+                              shortfall=0.0 if done else float(shortfall))
         self.history.append(check)
         return check
 
@@ -333,6 +363,10 @@ class AutoStop:
             seconds = 0.0
         check = self.check(model, step, seconds)
         self._run = self._run + 1 if check.done else 0
+        if self.keep_closest and not self.stopped:  # rank 0's evaluation decides which weights every rank keeps
+            best = self._closest[0].shortfall if self._closest is not None else math.inf
+            if bool(broadcast_object(math.isfinite(check.shortfall) and check.shortfall <= best)):
+                self._closest = (check, {k: v.detach().clone() for k, v in model.state_dict().items()})
         # under torch.distributed every rank calls at the same steps; rank 0's answer holds everywhere,
         # so no rank trains on alone (a DDP hang) even if float differences split the ranks' statistics
         done = bool(broadcast_object(self._run >= self.patience))
@@ -350,6 +384,33 @@ class AutoStop:
                                               f"fewer than min_steps={self.min_steps} steps"))
         return self.stopped
 
+    def finish(self, model: nn.Module, step: int | None = None, seconds: float | None = None) -> bool:
+        """Call once when the run has ended (its recipe's steps spent) with the final ``model``, its ``step`` and
+        ``seconds``. If the rule never held, the final model is evaluated (unless ``step`` was the last
+        evaluation) and, with ``keep_closest``, the weights of the evaluation closest to the rule are loaded
+        into ``model`` when that evaluation is not the final one. Returns ``True`` when it replaced the weights
+        (:attr:`restored_step` says which step's). Under ``torch.distributed`` call it on every rank."""
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"AutoStop.finish: model must be a torch.nn.Module, got {type(model).__name__}")
+        if self.stopped:
+            return False
+        if step is None:
+            step = self.history[-1].step + 1 if self.history else 0
+        if not self.history or self.history[-1].step != int(step):
+            if self(model, step, seconds):  # the final model meets the rule: it is the stop
+                return False
+        if not self.keep_closest or self._closest is None or self._closest[0].step == self.history[-1].step:
+            return False
+        t0 = time.perf_counter()
+        check, weights = self._closest
+        model.load_state_dict(weights)
+        self.restored_step = check.step
+        self.reason += (f"; the run ended without it, so the model is the one of step {check.step}, the evaluation "
+                        f"closest to the rule (shortfall {check.shortfall:.2f} standard errors against "
+                        f"{self.history[-1].shortfall:.2f} at the end)")
+        self.eval_seconds += time.perf_counter() - t0
+        return True
+
     def summary(self) -> dict[str, Any]:
         """JSON-ready: ``stopped``, ``step``, ``seconds`` (at the stop, own evaluations included), ``reason``,
         ``kind``, ``whole_classes``, ``baseline_heldout_acc``, ``eval_seconds`` and the last evaluation."""
@@ -357,4 +418,7 @@ class AutoStop:
                 "kind": self.kind, "whole_classes": list(self.whole_classes), "baseline_heldout_acc": self.baseline,
                 "compared_with": "heldout" if self.matched is None else "matched_heldout",
                 "evaluations": len(self.history), "eval_seconds": self.eval_seconds,
+                "restored_step": self.restored_step,
+                "closest": None if self._closest is None else {k: self._closest[0].as_dict()[k] for k in
+                                                               ("step", "seconds", "shortfall")},
                 "last": self.history[-1].as_dict() if self.history else None}

@@ -19,13 +19,16 @@ evaluation keeps reading ``loaders["retain"]``, the whole retain set::
                 break
         if prep.auto_stop.stopped:                                 # and leave the epoch loop
             break
+    prep.auto_stop.finish(model, step)    # steps spent before a stop: the closest evaluation's weights back
 
 A request that forgets whole classes (no retain image of any forget class left) gets the whole-class recipe
 of docs/method.md §7.6 (``request="auto"``): the criterion's pooled transform and λ 5, and ``prep.lr`` 5e-4
 and ``prep.epochs`` 3 for the loop above; ``prep.request`` says which recipe runs.
 
 ``prep.auto_stop`` (:class:`fastblend.AutoStop`, docs/method.md §4.5) compares the forget set with the
-unseen data under the model and is started on the untouched model when the request is prepared.
+unseen data under the model and is started on the untouched model when the request is prepared;
+``prep.auto_stop.finish(model, step)`` after the loop returns the weights of the evaluation closest to its rule
+when the loop's steps ran out before it held (nothing after a stop).
 
 The criterion computes the per-sample cross-entropy of the retain batch, steepens it and adds
 ``λ·MMD²`` between a forget batch and an unseen batch it draws itself (4B each, at most 256 each:

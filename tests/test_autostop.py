@@ -35,7 +35,15 @@ class _Memoriser(nn.Module):
             centres = torch.tensor([[0.0, 0.0], [2.5, 0.0], [0.0, 2.5]])  # the nearest-centre classifier
             self.linear.weight.copy_(centres)
             self.linear.bias.copy_(-0.5 * centres.pow(2).sum(1))
-        self.alpha = 0.0
+        self.register_buffer("mix", torch.tensor(0.0))  # alpha, in the state_dict (the closest model's weights)
+
+    @property
+    def alpha(self) -> float:
+        return float(self.mix)
+
+    @alpha.setter
+    def alpha(self, value: float) -> None:
+        self.mix.fill_(value)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.linear(x) * 2
@@ -43,7 +51,7 @@ class _Memoriser(nn.Module):
         known = hit.any(1)
         memo = torch.full_like(logits, -20.0)
         memo[known, self.fy[hit[known].float().argmax(1)]] = 20.0
-        return torch.where(known[:, None], (1 - self.alpha) * memo + self.alpha * logits, logits)
+        return torch.where(known[:, None], (1 - self.mix) * memo + self.mix * logits, logits)
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +132,60 @@ def test_the_untouched_model_is_not_returned_by_default(sets):
     stop = AutoStop(forget, heldout, retain[1], slack=5.0)
     assert not stop(model, 0, 0.0) and "min_steps" in stop.reason
     assert stop(model, 1, 0.0)
+
+
+def test_a_run_that_ends_without_the_rule_gets_the_closest_evaluations_model(sets):
+    retain, forget, heldout = sets
+    model = _Memoriser(*forget)
+    stop = AutoStop(forget, heldout, retain[1], seed=0)  # slack 0: this forget sample (3.8 above) never meets (a)
+    stop.start(model)
+    for step, alpha in enumerate([0.0, 0.5, 1.0, 0.3], start=1):
+        model.alpha = alpha
+        assert not stop(model, step, float(step))
+    short = [h.shortfall for h in stop.history]
+    assert short[2] == min(short) and 0 < short[2] < short[1] < short[3] < short[0]  # nearer as alpha rises
+    assert stop.summary()["closest"] == {"step": 3, "seconds": 3.0, "shortfall": short[2]}
+    model.alpha = 0.0  # where the run ended: memorised again
+    assert stop.finish(model, 5, 5.0)
+    assert model.alpha == 1.0 and stop.restored_step == 3 and "step 3" in stop.reason
+    assert len(stop.history) == 5  # the final model was evaluated before it was replaced
+    assert stop.summary()["restored_step"] == 3
+    # keep_closest=False: the final model stays
+    plain = AutoStop(forget, heldout, retain[1], seed=0, keep_closest=False)
+    for step, alpha in enumerate([0.0, 1.0, 0.0], start=1):
+        model.alpha = alpha
+        plain(model, step, float(step))
+    assert not plain.finish(model) and model.alpha == 0.0 and plain.restored_step is None
+    # the untouched model (before min_steps) is never the closest, and a stopped run keeps its stop
+    first = AutoStop(forget, heldout, retain[1], seed=0)
+    model.alpha = 1.0
+    first(model, 0, 0.0)
+    assert first.history[0].shortfall == float("inf") and first.summary()["closest"] is None
+    assert not first.finish(model, 0, 0.0)
+    done = AutoStop(forget, heldout, retain[1], seed=0, slack=5.0)
+    assert done(model, 1, 1.0) and not done.finish(model, 2, 2.0) and len(done.history) == 1
+    with pytest.raises(TypeError, match="keep_closest must be a bool"):
+        AutoStop(forget, heldout, retain[1], keep_closest="yes")
+
+
+def test_unlearn_returns_the_closest_evaluations_model_when_the_recipe_runs_out():
+    # NegGrad+ with a large ascent weight: the model nears the rule, then the ascent wrecks its held-out accuracy
+    retain, forget, unseen = _train_data()
+    model = fastblend.train_model(_net(), (torch.cat([retain[0], forget[0]]), torch.cat([retain[1], forget[1]])),
+                                  config={"epochs": 30, "lr": 0.05, "batch_size": 32, "warmup_epochs": 0})
+    cfg = {"epochs": 6, "batch_size": 16, "lr": 0.05, "beta": 2.0}
+    res = unlearn("neggrad_plus", model, retain, forget, unseen, config=cfg, seed=0, stop="auto")
+    info = res.info["auto_stop"]
+    assert not info["stopped"] and info["restored_step"] == info["closest"]["step"] < res.steps
+    # the model returned is the one evaluated at that step: the rule's statistics on it are that evaluation's
+    again = AutoStop(forget, unseen, retain[1], seed=0)
+    again.baseline = info["baseline_heldout_acc"]
+    check = again.check(res.model, info["restored_step"])
+    assert check.shortfall == pytest.approx(info["closest"]["shortfall"])
+    ended = unlearn("neggrad_plus", model, retain, forget, unseen, config=cfg, seed=0,
+                    stop=AutoStop(forget, unseen, retain[1], seed=0, keep_closest=False))
+    assert ended.info["auto_stop"]["restored_step"] is None
+    assert again.check(ended.model, res.steps).shortfall > check.shortfall
 
 
 def test_it_needs_no_retrain_input():

@@ -31,6 +31,7 @@ from ..data_adapter import (
     model_dtype,
 )
 from ..datasets import whole_classes
+from ..distributed import broadcast_object
 from ..metrics import predict_logits
 from ..recipe import RECIPE
 from ..tracking import StepClock, eval_every_for
@@ -396,8 +397,15 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
         outcome, seconds = timed(lambda: train(spec.impl(cfg), work, data, cfg, ctx, spec.accelerated, callback,
                                                eval_every), dev)
     seconds -= ctx.info.get("eval_seconds", 0.0)
+    finishing = 0.0
+    # the recipe ran out before the rule held: the closest evaluation's model (rank 0's view decides, so every rank
+    # evaluates, or not, together)
+    if stopper is not None and not broadcast_object(stopper.stopped):
+        start = stopper.eval_seconds
+        stopper.finish(outcome.model, outcome.steps, seconds)
+        finishing = stopper.eval_seconds - start
     if stopper is not None:  # the stop's evaluations are the method's cost, not the caller's
-        ctx.info["eval_seconds"] = ctx.info.get("eval_seconds", 0.0) - (stopper.eval_seconds - before)
+        ctx.info["eval_seconds"] = ctx.info.get("eval_seconds", 0.0) - (stopper.eval_seconds - before - finishing)
         seconds += stopper.eval_seconds
         ctx.info["auto_stop"] = stopper.summary()
     # "backends": the backend of each fastblend op the method ran (A-AMU: quantile_mmd); {} for none

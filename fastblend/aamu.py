@@ -36,7 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ._batchnorm import frozen_running_stats, guard_recomputation, stateful_buffers
 from ._checks import plain_number
 from ._device import module_device
-from .data_adapter import as_data, cast_to_model, check_batch_labels
+from .data_adapter import as_data, cast_to_model, check_batch_labels, model_dtype
 from .distributed import all_gather_rows, all_gather_rows_with_grad, is_distributed, row_shard
 from .metrics import true_class_log_odds
 from .ops._dispatch import BACKENDS
@@ -76,8 +76,8 @@ class AAMULossOutput(NamedTuple):
 
 
 def check_odds_weight(fn: str, value: Any, name: str = "odds_weight") -> float:
-    """``value`` as a float, or a ``ValueError`` naming ``fn`` and ``name``: the log-odds term's weight is a finite
-    number >= 0."""
+    """``value`` as a float, or a ``ValueError`` naming ``fn`` and ``name``: an optional term's weight (the log-odds
+    term's, the held-out anchor's) is a finite number >= 0."""
     value = plain_number(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         raise ValueError(f"{fn}: {name} must be a finite number >= 0, got {value!r}")
@@ -551,6 +551,25 @@ class ForgetBatch(NamedTuple):
     size: int
 
 
+def _check_anchor(fn: str, anchor: Any, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """``anchor`` checked: ``(images [N_a, ...] floating, cast to the model's dtype; logits [N_a, C] finite)``."""
+    if not (isinstance(anchor, (tuple, list)) and len(anchor) == 2
+            and all(isinstance(t, torch.Tensor) for t in anchor)):
+        raise TypeError(f"{fn}: anchor_weight > 0 needs anchor=(images, logits): held-out images and their logits "
+                        f"under the untouched model, two tensors; got {type(anchor).__name__}")
+    x, z = anchor
+    if x.dim() < 2 or not x.is_floating_point() or x.shape[0] < 1:
+        raise ValueError(f"{fn}: anchor images must be a floating [N_a, ...] tensor with N_a >= 1, got {x.dtype} of "
+                         f"shape {list(x.shape)}")
+    if z.dim() != 2 or z.shape[0] != x.shape[0] or not z.is_floating_point():
+        raise ValueError(f"{fn}: anchor logits must be a floating [N_a, C] tensor with one row per anchor image "
+                         f"({x.shape[0]}), got {z.dtype} of shape {list(z.shape)}")
+    if not bool(torch.isfinite(z).all()):
+        raise ValueError(f"{fn}: anchor logits must be finite")
+    dtype = model_dtype(model)
+    return (x.to(dtype) if dtype is not None and dtype.is_floating_point else x), z.detach()
+
+
 class AAMUStep:
     """The A-AMU step (docs/method.md §2.4), the one implementation that every way in runs: the
     packaged accelerated methods (``unlearn("a_*")``), the drop-in's criterion
@@ -603,6 +622,12 @@ class AAMUStep:
             batches are then not forwarded and the regulariser's target stays where these put it, instead of
             moving with the model being trained (docs/method.md §7.7, ``target="matched_fixed"``).
         odds_weight: weight of the log-odds term of :class:`AAMULoss` (0: off, the paper's; docs/method.md §7.8).
+        anchor, anchor_weight: the held-out anchor (docs/method.md §7.9; an option, off by default): ``anchor`` is
+            ``(images [N_a, ...], logits [N_a, C])``, held-out images the model never trained on and their fixed
+            logits under the untouched model; each :meth:`loss` forwards ``min(batch_size, N_a)`` of them (drawn
+            without replacement, seeded; the model's buffers untouched) and adds ``anchor_weight · KL(p₀ ‖ p)``
+            between the untouched model's and the current model's predictions on them: forgetting the forget
+            set should not change how the model treats images it never saw. Not under ``torch.distributed``.
         fuse_forward, micro_batch: see :class:`Forwards` (used by :meth:`forward`; turned off with a
             warning for models whose BatchNorm or running statistics they would affect).
         num_classes: the class count (default: the largest unseen label + 1).
@@ -629,7 +654,7 @@ class AAMUStep:
                  unseen_refresh: int = RECIPE.unseen_refresh, fuse_forward: bool = False, micro_batch: int = 0,
                  num_classes: int | None = None, forwards: Forwards | None = None, fn: str = "AAMUStep",
                  transform: str = RECIPE.transform, unseen_logits: torch.Tensor | None = None,
-                 odds_weight: float = 0.0) -> None:
+                 odds_weight: float = 0.0, anchor: Any = None, anchor_weight: float = 0.0) -> None:
         self.fn = fn
         self.loss_name = f"{fn}.loss" if fn == "AAMUStep" else fn  # how loss() names itself in errors
         (batch_size, lam, k, kappa, sigma, seed, forget_batch_factor, unseen_batch_factor, unseen_refresh,
@@ -673,6 +698,17 @@ class AAMUStep:
                                             seed=seed + 1)
         self.unseen_sampler.check_labels(self.forget.labels, fn, "forget labels")  # once: steps sample sync-free
         self.unseen_refresh = unseen_refresh
+        self.anchor_weight = check_odds_weight(fn, anchor_weight, "anchor_weight")
+        self.anchor_loss: torch.Tensor | None = None  # the latest step's KL term, detached (before its weight)
+        self._anchor = None
+        if self.anchor_weight:
+            self._anchor = _check_anchor(fn, anchor, self._plain)
+            if self.parallel:
+                raise ValueError(f"{fn}: anchor_weight > 0 is not supported under torch.distributed yet; train "
+                                 "with one process or leave anchor_weight at 0")
+            n_anchor = self._anchor[0].shape[0]
+            self.anchor_sampler = ForgetSampler(n_anchor, min(self.batch_size, n_anchor), seed=seed + 2,
+                                                device=self._anchor[0].device)
         self.unseen_logits = None  # fixed logits of the unseen rows: the target does not move with the model
         if unseen_logits is not None:
             if not isinstance(unseen_logits, torch.Tensor):
@@ -748,6 +784,17 @@ class AAMUStep:
         self._unseen = (logits_u, y_u, age + 1)
         return logits_u, y_u
 
+    def _anchor_term(self, device: torch.device) -> torch.Tensor:
+        """``KL(p₀ ‖ p)`` (batch mean) on a fresh draw of the anchor images: their fixed logits under the
+        untouched model against the current model's, forwarded with gradient and the buffers untouched."""
+        x, z0 = self._anchor
+        ai = self.anchor_sampler.sample()
+        z = self.forwards.frozen(self.model, x[ai.to(x.device)].to(device))
+        ref = F.log_softmax(z0[ai.to(z0.device)].to(device, torch.float32), 1)
+        kl = F.kl_div(F.log_softmax(z.float(), 1), ref, log_target=True, reduction="batchmean")
+        self.anchor_loss = kl.detach()
+        return kl
+
     def loss(self, retain_per_sample_loss: torch.Tensor, retain_weight: float = 1.0) -> AAMULossOutput:
         """``AAMULossOutput(total, main, mmd)`` for one step; backpropagate ``total``.
 
@@ -775,8 +822,11 @@ class AAMUStep:
         if not self.parallel:
             logits_u, y_u = self._unseen_part(forget.labels, device)
             validate, self._labels_checked = not self._labels_checked, True
-            return self.criterion(retain, forget.logits, forget.labels, logits_u, y_u, retain_weight=retain_weight,
-                                  validate=validate)
+            out = self.criterion(retain, forget.logits, forget.labels, logits_u, y_u, retain_weight=retain_weight,
+                                 validate=validate)
+            if self._anchor is None:
+                return out
+            return out._replace(total=out.total + self.anchor_weight * self._anchor_term(device).to(out.total.dtype))
         retain = all_gather_rows_with_grad(retain)
         if retain.numel() > self.batch_size:
             raise ValueError(f"{fn}: the ranks' retain_per_sample_loss hold {retain.numel()} samples together but "

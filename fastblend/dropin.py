@@ -66,7 +66,7 @@ from .condensation.recipe import default_ipc
 from .condensation.source import content_keys, read_rows, row_keys, source_labels, source_sample
 from .data_adapter import as_tensors, is_streamed_dataset
 from .datasets import whole_classes
-from .methods import matched_rows
+from .methods import anchor_rows, matched_rows
 from .methods.aamu_configs import AFinetuneConfig, request_config
 from .methods.config import TARGETS
 from .recipe import RECIPE
@@ -277,7 +277,7 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
                        backend: str = "auto", device: torch.device | str | None = None,
                        progress: bool = False, stop: str | AutoStop | None = "auto", request: str = "auto",
                        transform: str | None = None, target: str = "unseen",
-                       odds_weight: float = 0.0) -> PreparedUnlearning:
+                       odds_weight: float = 0.0, anchor_weight: float = 0.0) -> PreparedUnlearning:
     """Blend + A-AMU for an existing loader-based fine-tune loop (see the module docstring).
 
     Args:
@@ -328,6 +328,9 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
             for the run (not on a request that forgets whole classes).
         odds_weight: weight of A-AMU's log-odds term (docs/method.md §7.8; 0, the default: off), meant for
             ``target="matched_fixed"``.
+        anchor_weight: weight of the held-out anchor (docs/method.md §7.9; 0, the default: off): the criterion
+            also keeps the model's predictions on the unseen images (of the classes the retain set still holds)
+            near those of ``model`` as passed here; one more forward of a retain batch's size per step.
 
     Returns:
         :class:`PreparedUnlearning` with ``retain_loader`` and ``criterion``. Train with A-AMU's
@@ -349,6 +352,7 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
     if not isinstance(target, str) or target not in TARGETS:
         raise ValueError(f"{fn}: target must be one of {TARGETS}, got {target!r}")
     odds_weight = check_odds_weight(fn, odds_weight)  # before the index is built
+    anchor_weight = check_odds_weight(fn, anchor_weight, "anchor_weight")
     check_step_settings(fn, RECIPE.lam if lam is None else lam, k, kappa, sigma, "auto", forget_batch_factor,
                         unseen_batch_factor, max_draw, steepen)  # and the step's settings
     if index is not None and not isinstance(index, BlendIndex):
@@ -419,7 +423,8 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
     step = AAMUStep(model, (fx.to(dev), fy.to(dev)), (tx.to(dev), ty.to(dev)), batch_size=batch_size, lam=lam, k=k,
                     kappa=kappa, sigma=sigma, steepen=steepen, seed=seed, forget_batch_factor=forget_batch_factor,
                     unseen_batch_factor=unseen_batch_factor, max_draw=max_draw, fn=fn, transform=cfg.transform,
-                    unseen_logits=fixed, odds_weight=odds_weight)
+                    unseen_logits=fixed, odds_weight=odds_weight, anchor_weight=anchor_weight,
+                    anchor=anchor_rows(model, (ux, uy), fy, reduced.labels, dev, fn) if anchor_weight else None)
     loader = DataLoader(reduced, batch_size=batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(seed))
     timings = {"index": build_seconds, "request": time.perf_counter() - t1}

@@ -621,7 +621,8 @@ def _stop_columns(summary: dict | None) -> dict:
         return {"auto_stop": 0.0}
     return {"auto_stop": 1.0, "auto_stopped": float(summary["stopped"]), "auto_stop_step": summary["step"],
             "auto_stop_seconds": summary["seconds"], "auto_stop_kind": summary["kind"],
-            "auto_stop_reason": summary["reason"], "auto_stop_eval_seconds": summary["eval_seconds"]}
+            "auto_stop_reason": summary["reason"], "auto_stop_eval_seconds": summary["eval_seconds"],
+            "auto_stop_restored_step": summary.get("restored_step")}
 
 
 def _rank_device(device: torch.device) -> torch.device:

@@ -379,7 +379,12 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
         matched.num_classes, matched.image_dtype = u.num_classes, u.image_dtype
         ctx.info["target"] = {"kind": cfg.target, "rows": len(matched), "distinct": int(idx.unique().numel()),
                               "reference_rows": reference_rows}
-    data = RunData(r, f, matched if matched is not None else u, fixed)
+    anchor = None
+    if spec.accelerated and cfg.anchor_weight:  # held-out images of the classes kept, as the untouched model sees them
+        anchor = anchor_rows(work, (u.images, u.labels), f.labels, _retain_labels(r, fn, "anchor"), dev, fn,
+                             "config.anchor_weight")
+        ctx.info["anchor"] = {"rows": int(anchor[0].shape[0]), "weight": float(cfg.anchor_weight)}
+    data = RunData(r, f, matched if matched is not None else u, fixed, anchor)
     stopper = None
     if stop is not None:
         stopper = stop if isinstance(stop, AutoStop) else AutoStop(
@@ -438,6 +443,21 @@ def matched_rows(model: nn.Module, retain: Any, r: DataView | None, forget: tupl
     if target == "matched_fixed":  # their losses under the untouched model: a target that does not move
         fixed = predict_logits(model, unseen[0][idx.to(unseen[0].device)], device=dev).float()
     return idx, fixed, int(rx.shape[0])
+
+
+def anchor_rows(model: nn.Module, unseen: tuple[torch.Tensor, torch.Tensor], forget_labels: torch.Tensor,
+                retain_labels: torch.Tensor, dev: torch.device, fn: str,
+                arg: str = "anchor_weight") -> tuple[torch.Tensor, torch.Tensor]:
+    """The held-out anchor's rows (docs/method.md §7.9), for ``unlearn`` and the drop-in: the unseen images of every
+    class the retain set still holds (a class forgotten whole is left out: a model that never saw it predicts it
+    nowhere) in the model's dtype, and their logits under the untouched ``model``, fixed."""
+    whole = whole_classes(forget_labels.unique(), retain_labels)
+    keep = ~torch.isin(unseen[1].cpu(), torch.tensor(whole, dtype=torch.long))
+    if not bool(keep.any()):
+        raise ValueError(f"{fn}: {arg} > 0 needs unseen images of a class the retain set still holds, and every "
+                         f"unseen image is of a class forgotten whole ({whole})")
+    x = unseen[0][keep.to(unseen[0].device)].to(model_dtype(model) or torch.float32)
+    return x, predict_logits(model, x, device=dev).float()
 
 
 def retained_reference(retain: Any, r: DataView | None, seed: int, dev: torch.device, dtype: torch.dtype | None,
@@ -532,6 +552,8 @@ _LABEL_USES = {
     "target": ("the matched target (target='matched' or 'matched_fixed') needs the retain set's labels to rank the "
                "forget images among the training images of their classes", "give its Dataset a labels or targets "
                "attribute, or use target='unseen'"),
+    "anchor": ("config.anchor_weight needs the retain set's labels to leave out of the anchor the classes "
+               "forgotten whole", "give its Dataset a labels or targets attribute, or leave anchor_weight at 0"),
     "request": ("config.request='auto' needs the retain set's labels to tell a whole-class request from scattered "
                 "samples", "pass config={'request': 'class'} or {'request': 'sample'}"),
 }

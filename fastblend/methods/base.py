@@ -109,6 +109,7 @@ class RunData:
     forget: DataView
     unseen: DataView | None
     unseen_logits: torch.Tensor | None = None  # fixed target logits of the unseen rows (AAMUStep's)
+    anchor: tuple[torch.Tensor, torch.Tensor] | None = None  # held-out images and their untouched logits (§7.9)
 
 
 class Method:
@@ -190,7 +191,7 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
                         forget_batch_factor=cfg.forget_batch_factor, unseen_batch_factor=cfg.unseen_batch_factor,
                         max_draw=cfg.max_draw, unseen_refresh=cfg.unseen_refresh, num_classes=ctx.num_classes,
                         forwards=ctx.forwards, fn=ctx.fn, transform=cfg.transform, unseen_logits=data.unseen_logits,
-                        odds_weight=cfg.odds_weight)
+                        odds_weight=cfg.odds_weight, anchor=data.anchor, anchor_weight=cfg.anchor_weight)
         ctx.info["backends"] = {"quantile_mmd": "torch (pooled)" if cfg.transform == "pooled" else
                                 backend_for("quantile_mmd", ctx.device, aamu.criterion.backend)}
     elif method.uses_forget_batches:

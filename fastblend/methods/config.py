@@ -146,6 +146,9 @@ class AAMUFields:
             the model being trained.
         odds_weight: weight ``μ`` of a term matching the forget batch's true-class log-odds to the target's
             (quantile to quantile, ``W₂²``; docs/method.md §7.8); 0 (default): off, the paper's loss.
+        anchor_weight: weight ``ν`` of the held-out anchor (docs/method.md §7.9): ``ν · KL(p₀ ‖ p)`` on a batch of
+            unseen images per step (the pool's images of every class the retain set still holds), ``p₀`` the
+            untouched model's predictions on them, fixed; 0 (default): off, the paper's loss.
     """
 
     lam: float = RECIPE.lam
@@ -161,6 +164,7 @@ class AAMUFields:
     request: str = "auto"
     target: str = "unseen"
     odds_weight: float = 0.0
+    anchor_weight: float = 0.0
 
     def check(self, fn: str) -> None:
         """Check the base method's settings (the next class in the MRO), then these."""
@@ -170,6 +174,7 @@ class AAMUFields:
         from ..aamu import check_odds_weight
 
         check_odds_weight(fn, self.odds_weight, "config.odds_weight")
+        check_odds_weight(fn, self.anchor_weight, "config.anchor_weight")
         if self.forget_batch_factor < 1 or self.unseen_batch_factor < 1:
             raise ValueError(f"{fn}: config.forget_batch_factor and unseen_batch_factor must be >= 1, got "
                              f"{self.forget_batch_factor} and {self.unseen_batch_factor}")

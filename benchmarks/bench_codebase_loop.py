@@ -168,11 +168,14 @@ def tracked_run(loaders: dict, model: nn.Module, criterion, optimizer, epochs: i
 
 def step_like(step: fastblend.AAMUStep, model: nn.Module, seed: int = 0) -> fastblend.AAMUStep:
     """An A-AMU step on ``model`` with every setting of ``step`` (its criterion: λ, k, κ, σ, steepening, transform,
-    log-odds weight; its fixed target's logits; its forget/unseen draw sizes), drawing with its own ``seed``."""
+    log-odds weight; its fixed target's logits; its forget/unseen draw sizes and refresh; its held-out anchor),
+    drawing with its own ``seed``."""
     new = fastblend.AAMUStep(model, (step.forget.images, step.forget.labels), (step.unseen.images, step.unseen.labels),
                              batch_size=step.batch_size, seed=seed, forget_batch_factor=step.forget_batch_factor,
                              unseen_batch_factor=step.unseen_batch_factor, max_draw=step.max_draw,
-                             unseen_logits=step.unseen_logits, transform=step.criterion.transform)
+                             unseen_refresh=step.unseen_refresh, unseen_logits=step.unseen_logits,
+                             transform=step.criterion.transform, anchor_weight=step.anchor_weight,
+                             anchor=step._anchor)
     new.criterion = step.criterion  # the same loss, settings and all
     return new
 

@@ -263,15 +263,22 @@ def t_stay(points: list[dict], band, final_in_band: bool) -> float | None:
     return start
 
 
-class _KeepsEnd(fastblend.AutoStop):
-    """The auto stop ``unlearn(stop="auto")`` builds, which also keeps a copy of the model where the run ended
-    before :meth:`finish` puts the closest evaluation's weights back: the unit records both models."""
-
-    end_model: nn.Module | None = None
+@contextmanager
+def _keeping_end(store: dict) -> Iterator[None]:
+    """While open, :meth:`fastblend.AutoStop.finish` first keeps a copy of the model where the run ended in
+    ``store["model"]`` (before it puts the closest evaluation's weights back): the unit judges both models. The
+    stop is the one ``unlearn(stop="auto")`` builds, whatever the config's target."""
+    original = fastblend.AutoStop.finish
 
     def finish(self, model: nn.Module, step: int | None = None, seconds: float | None = None) -> bool:
-        self.end_model = copy.deepcopy(model)
-        return super().finish(model, step, seconds)
+        store["model"] = copy.deepcopy(model)
+        return original(self, model, step, seconds)
+
+    fastblend.AutoStop.finish = finish
+    try:
+        yield
+    finally:
+        fastblend.AutoStop.finish = original
 
 
 def run_method(ctx: Context, method: str, budget_factor: float, index_cache: dict, auto: bool = False) -> dict:
@@ -299,19 +306,17 @@ def run_method(ctx: Context, method: str, budget_factor: float, index_cache: dic
     budget = budget_factor * retrain_seconds if not accelerated else None
     config = dict(cfg.accelerated_config) if accelerated and cfg.accelerated_config else None  # --config's
     trackers: dict = {}
-    stopper = None
+    end: dict = {}  # the model where an auto-stopped run ended, when the stop returned an earlier one
     if auto:  # the stop's own cadence (AutoStop.evaluations); a base method keeps its budget beside it
         kw: dict = {"stop": "auto"}
-        if (config or {}).get("target", "unseen") == "unseen":  # the stop unlearn builds, keeping the end model
-            labels = retain.labels if hasattr(retain, "labels") else retain[1]
-            stopper = kw["stop"] = _KeepsEnd(forget, unseen, labels, seed=seed)
         if budget is not None:
             kw["callback"] = lambda _model, _step, seconds: seconds >= budget
     else:
         kw = pipeline._tracked(cfg, trackers, "v", method, config or {}, retain_size, split, seed, budget,
                                ctx.heldout)
-    res = unlearn(method, ctx.model, retain, forget, unseen=unseen, config=config, device=device, seed=seed,
-                  progress=False, **kw)
+    with _keeping_end(end):
+        res = unlearn(method, ctx.model, retain, forget, unseen=unseen, config=config, device=device, seed=seed,
+                      progress=False, **kw)
     metrics, _, marg = pipeline.evaluate_model(res.model, split, device, cfg, ctx.heldout, ctx.retain_rows, seed)
     total = request + res.seconds
     row, band = _judge(ctx, {"variant": method, "method": method, **metrics, "t_total": total}, marg)
@@ -328,8 +333,8 @@ def run_method(ctx: Context, method: str, budget_factor: float, index_cache: dic
                                 "budget" if "stopped_at_step" in res.info else "end of the recipe")
         if info.get("restored_step") is not None:  # the run ended first: the closest evaluation's model (§4.5)
             record["stopped_by"] += ", closest evaluation"
-            if stopper is not None and stopper.end_model is not None:  # and the model where it ended, judged too
-                m_end, _, marg_end = pipeline.evaluate_model(stopper.end_model, split, device, cfg, ctx.heldout,
+            if "model" in end:  # and the model where it ended, judged too
+                m_end, _, marg_end = pipeline.evaluate_model(end["model"], split, device, cfg, ctx.heldout,
                                                              ctx.retain_rows, seed)
                 record["end_of_run"], _ = _judge(ctx, {"variant": method, "method": method, **m_end,
                                                        "t_total": total}, marg_end)

@@ -551,16 +551,22 @@ class ForgetBatch(NamedTuple):
     size: int
 
 
-def _check_anchor(fn: str, anchor: Any, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """``anchor`` checked: ``(images [N_a, ...] floating, cast to the model's dtype; logits [N_a, C] finite)``."""
+def _check_anchor(fn: str, anchor: Any, model: nn.Module, shape: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    """``anchor`` checked: ``(images [N_a, *shape] floating, cast to the model's dtype; logits [N_a, C] finite)``,
+    ``shape`` the forget images' own."""
+    if anchor is None:
+        raise TypeError(f"{fn}: anchor_weight > 0 needs anchor=(images, logits): held-out images and their logits "
+                        "under the untouched model, two tensors")
     if not (isinstance(anchor, (tuple, list)) and len(anchor) == 2
             and all(isinstance(t, torch.Tensor) for t in anchor)):
-        raise TypeError(f"{fn}: anchor_weight > 0 needs anchor=(images, logits): held-out images and their logits "
-                        f"under the untouched model, two tensors; got {type(anchor).__name__}")
+        raise TypeError(f"{fn}: anchor must be (images, logits): held-out images and their logits under the untouched "
+                        f"model, two tensors; got {type(anchor).__name__}")
     x, z = anchor
     if x.dim() < 2 or not x.is_floating_point() or x.shape[0] < 1:
         raise ValueError(f"{fn}: anchor images must be a floating [N_a, ...] tensor with N_a >= 1, got {x.dtype} of "
                          f"shape {list(x.shape)}")
+    if tuple(x.shape[1:]) != shape:
+        raise ValueError(f"{fn}: anchor images are {list(x.shape[1:])} but the forget images {list(shape)}")
     if z.dim() != 2 or z.shape[0] != x.shape[0] or not z.is_floating_point():
         raise ValueError(f"{fn}: anchor logits must be a floating [N_a, C] tensor with one row per anchor image "
                          f"({x.shape[0]}), got {z.dtype} of shape {list(z.shape)}")
@@ -701,8 +707,10 @@ class AAMUStep:
         self.anchor_weight = check_odds_weight(fn, anchor_weight, "anchor_weight")
         self.anchor_loss: torch.Tensor | None = None  # the latest step's KL term, detached (before its weight)
         self._anchor = None
+        if anchor is not None or self.anchor_weight:  # checked whenever given; used when its weight is > 0
+            checked = _check_anchor(fn, anchor, self._plain, tuple(self.forget.images.shape[1:]))
+            self._anchor = checked if self.anchor_weight else None
         if self.anchor_weight:
-            self._anchor = _check_anchor(fn, anchor, self._plain)
             if self.parallel:
                 raise ValueError(f"{fn}: anchor_weight > 0 is not supported under torch.distributed yet; train "
                                  "with one process or leave anchor_weight at 0")
@@ -814,11 +822,13 @@ class AAMUStep:
             forget = self.draw_forget()
             forget = forget._replace(logits=self.forwards.frozen(self.model, forget.x))
         device = forget.logits.device
-        if not self._labels_checked and self.unseen_logits is not None \
-                and self.unseen_logits.shape[1] != forget.logits.shape[1]:  # the model's classes, known only now
-            raise ValueError(f"{fn}: unseen_logits has {self.unseen_logits.shape[1]} columns but the model gives "
-                             f"{forget.logits.shape[1]} logits per image; pass the fixed logits of this model's "
-                             "classes")
+        if not self._labels_checked:  # the model's classes, known only now
+            for name, fixed in (("unseen_logits", self.unseen_logits),
+                                ("anchor logits", None if self._anchor is None else self._anchor[1])):
+                if fixed is not None and fixed.shape[1] != forget.logits.shape[1]:
+                    raise ValueError(f"{fn}: {name} has {fixed.shape[1]} columns but the model gives "
+                                     f"{forget.logits.shape[1]} logits per image; pass the fixed logits of this "
+                                     "model's classes")
         if not self.parallel:
             logits_u, y_u = self._unseen_part(forget.labels, device)
             validate, self._labels_checked = not self._labels_checked, True

@@ -110,6 +110,19 @@ def _ks(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((ca - cb).abs().max())
 
 
+def _fold_pruning(weights: dict[str, torch.Tensor], current: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """``weights`` in the key layout of ``current``: a copy taken while ``torch.nn.utils.prune`` reparametrised a
+    weight (``name_orig`` and ``name_mask``) whose pruning was made permanent since (``name``) is folded into
+    ``name = name_orig · name_mask``."""
+    out = dict(weights)
+    for key in [k for k in weights if k.endswith("_orig")]:
+        base, mask = key[: -len("_orig")], key[: -len("_orig")] + "_mask"
+        if base in current and key not in current and mask in weights:
+            out[base] = weights[key] * weights[mask]
+            del out[key], out[mask]
+    return out
+
+
 class AutoStop:
     """Step callback ``(model, step, seconds) -> bool`` that says when unlearning is done, without Retrain.
 
@@ -257,9 +270,14 @@ class AutoStop:
                                      boot=100)
 
     def start(self, model: nn.Module) -> float:
-        """Record the held-out accuracy of ``model`` (the untouched model) that the rule must keep; returns it."""
+        """Record the held-out accuracy of ``model`` (the untouched model) that the rule must keep; returns it.
+        Starts a new run: the history, the stop and the closest evaluation's weights of an earlier run are
+        dropped (an AutoStop passed to a second ``unlearn`` judges that run alone)."""
         if not isinstance(model, nn.Module):
             raise TypeError(f"AutoStop.start: model must be a torch.nn.Module, got {type(model).__name__}")
+        self.history, self._run, self._closest, self.restored_step = [], 0, None, None
+        self.stopped, self.stop_step, self.stop_seconds, self.reason = False, None, None, "not evaluated yet"
+        self.eval_seconds = 0.0
         t0 = time.perf_counter()
         dev = model_device(model)
         lh = predict_logits(model, self.heldout[0], device=dev).float().cpu()
@@ -289,9 +307,10 @@ class AutoStop:
         short: list[float] = []  # each failing condition's shortfall, in its standard errors
 
         def under(value: float, limit: float, se: float) -> bool:
-            """``value <= limit``; its shortfall ``(value − limit) / se`` when not."""
-            if value > limit:
-                short.append((value - limit) / max(se, 1e-6))
+            """``value <= limit``; its shortfall ``(value − limit) / se`` when not (infinite for a NaN)."""
+            if not value <= limit:
+                gap = (value - limit) / max(se, 1e-6)
+                short.append(gap if math.isfinite(gap) else math.inf)
             return value <= limit
 
         # (c) held-out accuracy kept, on the classes the model must still predict
@@ -363,13 +382,13 @@ class AutoStop:
             seconds = 0.0
         check = self.check(model, step, seconds)
         self._run = self._run + 1 if check.done else 0
-        if self.keep_closest and not self.stopped:  # rank 0's evaluation decides which weights every rank keeps
-            best = self._closest[0].shortfall if self._closest is not None else math.inf
-            if bool(broadcast_object(math.isfinite(check.shortfall) and check.shortfall <= best)):
-                self._closest = (check, {k: v.detach().clone() for k, v in model.state_dict().items()})
         # under torch.distributed every rank calls at the same steps; rank 0's answer holds everywhere,
         # so no rank trains on alone (a DDP hang) even if float differences split the ranks' statistics
         done = bool(broadcast_object(self._run >= self.patience))
+        if self.keep_closest and not self.stopped and not done:  # rank 0's evaluation decides what every rank keeps
+            best = self._closest[0].shortfall if self._closest is not None else math.inf
+            if bool(broadcast_object(math.isfinite(check.shortfall) and check.shortfall <= best)):
+                self._closest = (check, {k: v.detach().clone() for k, v in model.state_dict().items()})
         spent = time.perf_counter() - t0
         self.eval_seconds += spent
         if done and not self.stopped:
@@ -385,25 +404,28 @@ class AutoStop:
         return self.stopped
 
     def finish(self, model: nn.Module, step: int | None = None, seconds: float | None = None) -> bool:
-        """Call once when the run has ended (its recipe's steps spent) with the final ``model``, its ``step`` and
-        ``seconds``. If the rule never held, the final model is evaluated (unless ``step`` was the last
-        evaluation) and, with ``keep_closest``, the weights of the evaluation closest to the rule are loaded
-        into ``model`` when that evaluation is not the final one. Returns ``True`` when it replaced the weights
-        (:attr:`restored_step` says which step's). Under ``torch.distributed`` call it on every rank."""
+        """Call once when the run has ended without this stop (its recipe's steps spent, or the caller's own
+        budget) with the final ``model``, its ``step`` and ``seconds``. With ``keep_closest``, if the rule never
+        held, the final model is evaluated (unless ``step`` was the last evaluation) and the weights of the
+        evaluation closest to the rule are loaded into ``model`` when that evaluation is not the final one
+        (nothing happens after a stop, with ``keep_closest=False``, or on a second call). Returns ``True`` when it
+        replaced the weights (:attr:`restored_step` says which step's). Under ``torch.distributed`` call it on
+        every rank."""
         if not isinstance(model, nn.Module):
             raise TypeError(f"AutoStop.finish: model must be a torch.nn.Module, got {type(model).__name__}")
-        if self.stopped:
+        if self.stopped or not self.keep_closest or self.restored_step is not None:
             return False
         if step is None:
             step = self.history[-1].step + 1 if self.history else 0
         if not self.history or self.history[-1].step != int(step):
             if self(model, step, seconds):  # the final model meets the rule: it is the stop
                 return False
-        if not self.keep_closest or self._closest is None or self._closest[0].step == self.history[-1].step:
+        if self._closest is None or self._closest[0].step == self.history[-1].step:
             return False
         t0 = time.perf_counter()
         check, weights = self._closest
-        model.load_state_dict(weights)
+        model.load_state_dict(_fold_pruning(weights, model.state_dict()))
+        self._closest = (check, {})  # the copy is the model's now
         self.restored_step = check.step
         self.reason += (f"; the run ended without it, so the model is the one of step {check.step}, the evaluation "
                         f"closest to the rule (shortfall {check.shortfall:.2f} standard errors against "
@@ -413,7 +435,9 @@ class AutoStop:
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready: ``stopped``, ``step``, ``seconds`` (at the stop, own evaluations included), ``reason``,
-        ``kind``, ``whole_classes``, ``baseline_heldout_acc``, ``eval_seconds`` and the last evaluation."""
+        ``kind``, ``whole_classes``, ``baseline_heldout_acc``, ``compared_with``, ``evaluations``, ``eval_seconds``,
+        ``restored_step`` (the step whose weights :meth:`finish` put back, else ``None``), ``closest`` (that
+        evaluation's step, seconds and shortfall, ``None`` before one counts) and the last evaluation."""
         return {"stopped": self.stopped, "step": self.stop_step, "seconds": self.stop_seconds, "reason": self.reason,
                 "kind": self.kind, "whole_classes": list(self.whole_classes), "baseline_heldout_acc": self.baseline,
                 "compared_with": "heldout" if self.matched is None else "matched_heldout",

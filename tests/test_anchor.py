@@ -45,7 +45,9 @@ def test_the_anchor_keeps_the_unseen_predictions_near_the_untouched_models():
     args = (model, (x[~forget], y[~forget]), (x[forget], y[forget]), unseen)
     plain = unlearn("a_finetune", *args, config=cfg, seed=0)
     anchored = unlearn("a_finetune", *args, config={**cfg, "anchor_weight": 10.0}, seed=0)
-    assert "anchor" not in plain.info and anchored.info["anchor"] == {"rows": 150, "weight": 10.0}
+    info = anchored.info["anchor"]
+    assert "anchor" not in plain.info and (info["rows"], info["weight"]) == (150, 10.0)
+    assert anchored.seconds >= info["seconds"] > 0  # its one forward over the pool is the method's time
     assert _kl_to(anchored.model, model, unseen[0]) < 0.5 * _kl_to(plain.model, model, unseen[0])
     assert _kl_to(anchored.model, model, held) < _kl_to(plain.model, model, held)  # not only on its own images
     # off by default: the paper's loss, bit for bit
@@ -87,6 +89,15 @@ def test_the_step_takes_the_anchor_and_refuses_bad_ones():
         AAMUStep(model, (fx, fy), (ux, uy), batch_size=8, anchor=(ux, z0 * float("nan")), anchor_weight=1.0)
     with pytest.raises(ValueError, match="anchor_weight must be a finite number >= 0"):
         AAMUStep(model, (fx, fy), (ux, uy), batch_size=8, anchor=(ux, z0), anchor_weight=-1.0)
+    # checked whenever given, also at weight 0; the images' shape against the forget images', the logits' width
+    # against the model's at the first loss
+    with pytest.raises(TypeError, match=r"AAMUStep: anchor must be \(images, logits\).*got str"):
+        AAMUStep(model, (fx, fy), (ux, uy), batch_size=8, anchor="garbage")
+    with pytest.raises(ValueError, match=r"anchor images are \[7\] but the forget images \[2\]"):
+        AAMUStep(model, (fx, fy), (ux, uy), batch_size=8, anchor=(torch.randn(60, 7), z0), anchor_weight=1.0)
+    wide = AAMUStep(model, (fx, fy), (ux, uy), batch_size=8, anchor=(ux, torch.cat([z0, z0], 1)), anchor_weight=1.0)
+    with pytest.raises(ValueError, match="anchor logits has 6 columns but the model gives 3 logits per image"):
+        wide.loss(torch.rand(8))
     with pytest.raises(ValueError, match="config.anchor_weight must be a finite number >= 0"):
         unlearn("a_finetune", model, (ux, uy), (fx, fy), (ux, uy), config={"anchor_weight": float("inf")})
 

@@ -278,3 +278,33 @@ def test_autostop_rejects_bad_arguments(sets):
         AutoStop((forget[0][:0], forget[1][:0]), heldout, kind="sample")
     with pytest.raises(TypeError, match="AutoStop: model must be a torch.nn.Module"):
         AutoStop(forget, heldout, kind="sample")("model", 1, 0.0)
+
+
+def test_a_pruned_run_and_a_reused_stop_get_their_own_closest_weights():
+    # prune reparametrises weights (weight_orig, weight_mask) while it trains and makes the pruning permanent at
+    # the end: the copy kept at an evaluation is folded back into the final layout
+    retain, forget, unseen = _train_data()
+    model = fastblend.train_model(_net(), (torch.cat([retain[0], forget[0]]), torch.cat([retain[1], forget[1]])),
+                                  config={"epochs": 30, "lr": 0.05, "batch_size": 32, "warmup_epochs": 0})
+    class NeverDone(AutoStop):  # the rule never holds and the earliest evaluation after step 0 is the closest
+        def check(self, model, step=0, seconds=0.0):
+            check = super().check(model, step, seconds)
+            check.done, check.shortfall = False, (float(step) if step >= 1 else float("inf"))
+            return check
+
+    stop = NeverDone(forget, unseen, retain[1], seed=0)
+    res = unlearn("prune", model, retain, forget, unseen, config={"epochs": 4, "lr": 1.0, "sparsity": 0.5}, seed=0,
+                  stop=stop)
+    info = res.info["auto_stop"]
+    assert not info["stopped"] and info["restored_step"] is not None
+    assert set(res.model.state_dict()) == set(model.state_dict())  # no weight_orig / weight_mask left
+    assert all(bool((p == 0).any()) for n, p in res.model.named_parameters() if n.endswith("weight"))  # pruned
+    # the same stop for a second run judges that run alone: its history, stop and kept weights start afresh
+    first = len(stop.history)
+    again = unlearn("finetune", model, retain, forget, unseen, config={"epochs": 2, "batch_size": 16, "lr": 0.01},
+                    seed=0, stop=stop)
+    assert len(stop.history) == again.info["auto_stop"]["evaluations"] < first + len(stop.history)
+    assert stop.history[0].step == 0 and (stop.restored_step is None or stop.restored_step <= again.steps)
+    assert not stop.finish(again.model) or stop.restored_step is not None  # a second finish does nothing
+    restored = stop.restored_step
+    assert not stop.finish(again.model) and stop.restored_step == restored

@@ -71,10 +71,12 @@ def test_the_codebase_benchmarks_gradient_probe_keeps_every_setting_of_the_step(
     fixed = torch.randn(30, 3)
     step = fastblend.AAMUStep(m, (fx, fy), (ux, uy), batch_size=8, lam=5.0, k=20.0, steepen="per_sample_sq",
                               transform="pooled", unseen_logits=fixed, odds_weight=0.3, forget_batch_factor=2,
-                              unseen_batch_factor=3, max_draw=20)
+                              unseen_batch_factor=3, max_draw=20, unseen_refresh=2, anchor=(ux, fixed),
+                              anchor_weight=2.0)
     copy = step_like(step, nn.Linear(4, 3))
     assert copy.criterion.extra_repr() == step.criterion.extra_repr() and copy.criterion.transform == "pooled"
     assert torch.equal(copy.unseen_logits, step.unseen_logits)
     sizes = (copy.forget_draw, copy.unseen_draw, copy.batch_size)
     assert sizes == (step.forget_draw, step.unseen_draw, 8) == (16, 20, 8)
-    assert copy.model is not step.model
+    assert copy.model is not step.model and copy.unseen_refresh == 2 and copy.anchor_weight == 2.0
+    assert torch.equal(copy._anchor[1], step._anchor[1])

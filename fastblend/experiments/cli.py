@@ -140,7 +140,8 @@ def _experiment_args(p: argparse.ArgumentParser) -> None:
                    help="Retrain's band: from the seed ensemble (default) or the run's Retrain ± fixed points")
     p.add_argument("--stop", choices=["auto", "none"],
                    help="how the base and accelerated variants end: auto (default; when the forget set behaves "
-                        "like held-out data, no Retrain input) or none (the whole recipe)")
+                        "like held-out data, no Retrain input; a run whose recipe ends first keeps the evaluation "
+                        "closest to that) or none (the whole recipe)")
     p.add_argument("--forget-fraction", type=float)
     p.add_argument("--forget-class", type=int)
     p.add_argument("--ipc", type=int, help="clusters per class")

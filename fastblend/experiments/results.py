@@ -129,8 +129,11 @@ def format_yardstick(summary: list[dict]) -> str:
         if r.get("auto_stop"):
             n, fired, inside = r.get("seeds", 1), r.get("auto_stopped", 0.0), r.get("in_band", 0.0)
             if n == 1:
+                restored = r.get("auto_stop_restored_step")
                 how = (f"fired at step {r['auto_stop_step']:.0f}, {r['auto_stop_seconds']:.1f}s of unlearning"
-                       if fired else "did not fire; the run ended at its budget or the end of its recipe")
+                       if fired else "did not fire; the run ended at its budget or the end of its recipe"
+                       + ("" if restored is None or (isinstance(restored, float) and math.isnan(restored)) else
+                          f" and returned the model of step {restored:.0f}, its evaluation closest to the rule"))
                 where = "inside" if inside else "OUTSIDE"
             else:
                 how = f"fired in {round(fired * n)} of {n} seeds"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 import warnings
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable
@@ -379,11 +380,14 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
         matched.num_classes, matched.image_dtype = u.num_classes, u.image_dtype
         ctx.info["target"] = {"kind": cfg.target, "rows": len(matched), "distinct": int(idx.unique().numel()),
                               "reference_rows": reference_rows}
-    anchor = None
+    anchor, anchor_seconds = None, 0.0
     if spec.accelerated and cfg.anchor_weight:  # held-out images of the classes kept, as the untouched model sees them
+        t_anchor = time.perf_counter()
         anchor = anchor_rows(work, (u.images, u.labels), f.labels, _retain_labels(r, fn, "anchor"), dev, fn,
                              "config.anchor_weight")
-        ctx.info["anchor"] = {"rows": int(anchor[0].shape[0]), "weight": float(cfg.anchor_weight)}
+        anchor_seconds = time.perf_counter() - t_anchor  # the method's cost: one forward over the pool
+        ctx.info["anchor"] = {"rows": int(anchor[0].shape[0]), "weight": float(cfg.anchor_weight),
+                              "seconds": anchor_seconds}
     data = RunData(r, f, matched if matched is not None else u, fixed, anchor)
     stopper = None
     if stop is not None:
@@ -402,6 +406,7 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
         outcome, seconds = timed(lambda: train(spec.impl(cfg), work, data, cfg, ctx, spec.accelerated, callback,
                                                eval_every), dev)
     seconds -= ctx.info.get("eval_seconds", 0.0)
+    seconds += anchor_seconds
     finishing = 0.0
     # the recipe ran out before the rule held: the closest evaluation's model (rank 0's view decides, so every rank
     # evaluates, or not, together)

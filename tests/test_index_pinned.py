@@ -3,7 +3,8 @@ data were recorded (``tests/fixtures/index_requests.pt``) before the condensing 
 (issue 21), and must not change for the same seed. Re-record only for a documented change of
 semantics: ``python -m tests.test_index_pinned``.
 
-Bit for bit on a machine whose CPU kernels round as the recording machine's did (``_support.recorded_kernels``).
+Bit for bit where asked (``FASTBLEND_PINNED_EXACT=1``) on a machine whose kernels round as the recording
+machine's did (``_support.recorded_kernels``).
 Elsewhere the integer fields (labels, rows, clusters, members) are still compared exactly and the float ones
 (images, weights, losses) to 1e-5 relative: another Xeon's kernels moved them by float32 rounding (4.8e-7 on
 images of magnitude 3.3), where a change of what the matcher computes moves them by orders more."""

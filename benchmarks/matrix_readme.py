@@ -166,6 +166,18 @@ def family_table(name: str, seeds: dict[int, dict[str, dict]]) -> tuple[list[str
         h = fs["hard_info"][0]
         lines.append(f"- hard kind: the {h['forget']} highest-loss images of a {h['pool']}-image uniform pool under a "
                      "proxy that never saw the pool")
+    offsets = {}  # per seed: the curve's MIA at its last point minus the final evaluation's, same model
+    for sd, units in sorted(seeds.items()):
+        diffs = [u["curve"][-1]["mia"] - u["final"]["mia"] for u in units.values()
+                 if u.get("curve") and not u.get("stopped_at_budget") and u.get("final", {}).get("mia") is not None]
+        if diffs:
+            offsets[sd] = _mean(diffs)
+    if offsets and any(abs(v) >= 0.05 for v in offsets.values()):
+        lines.append("- the curves' MIA is another estimate than the final evaluation's (each truncates the held-out "
+                     "group to the forget set's size with its own draw): at a curve's last point, the same model, it is "
+                     + ", ".join(f"{v:+.1f}" for v in offsets.values()) + " points off the final MIA (seeds "
+                     + ", ".join(str(sd) for sd in offsets) + "), so a time to band can count points the final "
+                     "evaluation would put outside on the MIA")
     budgets = [b for c in cells for b in c.get("budget", [])]
     if budgets:
         factors = {r.get("budget_factor") for s in seeds.values() for r in s.values() if r.get("budget_factor")}

@@ -55,6 +55,22 @@ def test_the_matrix_resumes_and_its_readme_reads_the_unit_files(tmp_path, monkey
     text = matrix_readme.render(out)
     assert "| 0.1 (auto 1) | " + ("1/1" if acc["in_band"] else "0/1") in text
     assert "4. **Auto stop inside the band" in text and "pending —" not in text
+    # the curve's MIA at its last point against the final evaluation's, the same model: said when they differ
+    curves = {}
+    for path in folder.glob("*.json"):
+        unit = json.loads(path.read_text())
+        if unit.get("curve") and isinstance(unit.get("final"), dict) and "mia" in unit["final"]:
+            curves[path] = unit
+    assert folder / "a_finetune.json" in curves
+
+    def offset_by(points: float) -> str:
+        for path, unit in curves.items():
+            unit["curve"][-1]["mia"] = unit["final"]["mia"] + points
+            path.write_text(json.dumps(unit))
+        return matrix_readme.render(out)
+
+    assert "curves' MIA is another estimate" not in offset_by(0.0)
+    assert "it is -2.5 points off the final MIA (seeds 0)" in offset_by(-2.5)
 
     # --config's accelerated_config reaches the accelerated methods (it was read, then never passed to unlearn)
     (folder / "a_finetune.json").unlink()

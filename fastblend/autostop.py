@@ -366,7 +366,7 @@ class AutoStop:
         check = AutoStopCheck(step=int(step), seconds=float(seconds), forget_acc=float(cf.double().mean() * 100),
                               heldout_acc=acc_h, heldout_same_class_acc=same, mia=mia[0], mia_low=mia[1],
                               mia_high=mia[2], loss_ks=ks, conditions=conditions, done=done,
-                              shortfall=0.0 if done else float(shortfall))
+                              shortfall=float(shortfall))  # 0 when done: no condition fell short
         self.history.append(check)
         return check
 

@@ -151,6 +151,25 @@ def test_a_parameterless_model_is_evaluated_on_the_cpu():
     assert set(out) >= {"forget_acc", "test_acc", "mia"}
 
 
+def _flat_model() -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+
+
+def _matched_on_its_source(model, reduced, forget, unseen):
+    """``a_finetune`` with the matched target on a reduced set, which must be ranked against the training images
+    of its source (no "has no source" warning); its result."""
+    from fastblend import unlearn
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        res = unlearn("a_finetune", model, reduced, forget, unseen, config={"batch_size": 8, "target": "matched"},
+                      seed=0)
+    assert not [w for w in seen if "has no source" in str(w.message)]
+    return res
+
+
 def test_a_reduced_retain_set_is_ranked_against_the_images_it_keeps():
     # a Blend-reduced set's rows are blends and the forget images' neighbours; the reference is every training
     # image it keeps (its blends' members and its residual rows), read from its source
@@ -163,14 +182,8 @@ def test_a_reduced_retain_set_is_ranked_against_the_images_it_keeps():
     keep = torch.ones(150, dtype=torch.bool)
     keep[forget] = False
     ux, uy = class_images(60, g)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
-    with warnings.catch_warnings(record=True) as seen:
-        warnings.simplefilter("always")
-        res = unlearn("a_finetune", model, reduced, (x[forget], y[forget]), (ux, uy),
-                      config={"batch_size": 8, "target": "matched"}, seed=0)
-    assert not [w for w in seen if "has no source" in str(w.message)]
+    model = _flat_model()
+    res = _matched_on_its_source(model, reduced, (x[forget], y[forget]), (ux, uy))
     assert len(reduced) < int(keep.sum())
     assert res.info["target"]["reference_rows"] == int(keep.sum()) and res.info["target"]["rows"] == forget.numel()
     # without its source (materialised) the set can only be ranked against its own rows: said, not silent
@@ -378,7 +391,7 @@ def test_matched_unseen_refuses_a_shuffling_unseen_loader():
 def test_a_saved_set_without_residual_rows_keeps_its_source_for_the_ranking(tmp_path):
     # a whole class forgotten leaves no residual row; the file without residual images kept no fingerprint
     # and load dropped the source it was given, so the matched target ranked against the blends themselves
-    from fastblend import ReducedRetainSet, condense, unlearn
+    from fastblend import ReducedRetainSet, condense
 
     g = torch.Generator().manual_seed(0)
     x, y = class_images(150, g)
@@ -393,15 +406,7 @@ def test_a_saved_set_without_residual_rows_keeps_its_source_for_the_ranking(tmp_
     with pytest.raises(ValueError, match=r"^ReducedRetainSet.load: .*: source does not match"):
         ReducedRetainSet.load(path, source=x + 1)
     assert ReducedRetainSet.load(path).source is None  # no source needed to serve its rows
-    ux, uy = class_images(60, g)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
-    with warnings.catch_warnings(record=True) as seen:
-        warnings.simplefilter("always")
-        res = unlearn("a_finetune", model, back, (x[forget], y[forget]), (ux, uy),
-                      config={"batch_size": 8, "target": "matched"}, seed=0)
-    assert not [w for w in seen if "has no source" in str(w.message)]
+    res = _matched_on_its_source(_flat_model(), back, (x[forget], y[forget]), class_images(60, g))
     assert res.info["target"]["reference_rows"] > len(back)  # the blends' members, not the set's own rows
 
 
@@ -434,3 +439,9 @@ def test_unreadable_retain_labels_name_what_needed_them(monkeypatch):
         unlearn("a_finetune", *args, config={"batch_size": 16, "target": "matched_fixed", "request": "sample"})
     with pytest.raises(ValueError, match=r"^unlearn: stop='auto' needs the retain set's labels"):
         unlearn("a_finetune", *args, config={"batch_size": 16, "request": "sample"}, stop="auto")
+    retain = Pairs(x[~forget], y[~forget])
+    retain.targets = y[~forget]  # an attribute to read them from, which the request's kind tries
+    with pytest.warns(UserWarning, match=r"^unlearn: config.request='auto' needs the retain set's labels.*cannot be "
+                                         r"read.*running the paper's recipe meanwhile"):
+        res = unlearn("a_finetune", args[0], retain, *args[2:], config={"batch_size": 16})
+    assert res.info["request"] == "sample"

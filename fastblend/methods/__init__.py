@@ -369,11 +369,19 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
     ctx.ddp_options = ddp_options
     if request is not None:
         ctx.info["request"], ctx.info["class_recipe"] = request, recipe
+    read: list[torch.Tensor] = []
+
+    def retain_labels(use: str) -> torch.Tensor:
+        """The retain set's labels, read once for every reader below (a Dataset without a labels attribute costs a
+        pass over it); ``use`` names the reader in the error when they cannot be read."""
+        if not read:
+            read.append(_retain_labels(r, fn, use))
+        return read[0]
+
     matched = fixed = None
     if spec.accelerated and cfg.target != "unseen":  # held-out images as hard as the forget images (§7.7)
         idx, fixed, reference_rows = matched_rows(work, retain, r, (f.images, f.labels), (u.images, u.labels),
-                                                  cfg.target, lambda: _retain_labels(r, fn, "target"), seed, dev,
-                                                  fn,
+                                                  cfg.target, lambda: retain_labels("target"), seed, dev, fn,
                                                   "config.target")
         idx = idx.to(u.images.device)
         matched = DataView("unseen", u.images[idx], u.labels[idx])
@@ -383,7 +391,7 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
     anchor, anchor_seconds = None, 0.0
     if spec.accelerated and cfg.anchor_weight:  # held-out images of the classes kept, as the untouched model sees them
         t_anchor = time.perf_counter()
-        anchor = anchor_rows(work, (u.images, u.labels), f.labels, _retain_labels(r, fn, "anchor"), dev, fn,
+        anchor = anchor_rows(work, (u.images, u.labels), f.labels, retain_labels("anchor"), dev, fn,
                              "config.anchor_weight")
         anchor_seconds = time.perf_counter() - t_anchor  # the method's cost: one forward over the pool
         ctx.info["anchor"] = {"rows": int(anchor[0].shape[0]), "weight": float(cfg.anchor_weight),
@@ -392,7 +400,7 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
     stopper = None
     if stop is not None:
         stopper = stop if isinstance(stop, AutoStop) else AutoStop(
-            (f.images, f.labels), (u.images, u.labels), _retain_labels(r, fn), seed=seed,
+            (f.images, f.labels), (u.images, u.labels), retain_labels("stop"), seed=seed,
             matched_heldout=None if matched is None else (matched.images, matched.labels))
         stopper.start(work)  # the untouched model's held-out accuracy, which the rule keeps
         every = eval_every_for(planned_steps(spec.name, cfg, len(r)), stopper.evaluations)
@@ -564,11 +572,11 @@ _LABEL_USES = {
 }
 
 
-def _retain_labels(r: Any, fn: str, use: str = "stop") -> torch.Tensor:
+def _retain_labels(r: Any, fn: str, use: str) -> torch.Tensor:
     """The retain set's labels, for ``use`` (a key of :data:`_LABEL_USES`: the auto stop's whole-class test, the
-    matched target's ranking, the request's kind): in memory, or read from a Dataset / a DataLoader's dataset
-    (its ``labels``/``targets`` attribute, else one pass). Unreadable labels raise ``ValueError`` saying what
-    needed them."""
+    matched target's ranking, the anchor's classes, the request's kind): in memory, or read from a Dataset / a
+    DataLoader's dataset (its ``labels``/``targets`` attribute, else one pass). Unreadable labels raise
+    ``ValueError`` saying what needed them."""
     from ..condensation.source import source_labels
 
     if r.labels is not None:
@@ -592,10 +600,8 @@ def _whole_class_request(r: Any, f: Any, fn: str) -> bool:
             return False
     try:
         retained = _retain_labels(r, fn, "request")
-    except ValueError:
-        warnings.warn(f"{fn}: config.request='auto' could not read the retain set's labels to tell a whole-class "
-                      "request from scattered samples; running the paper's recipe. Pass config={'request': "
-                      "'class'} or {'request': 'sample'} to choose", stacklevel=3)
+    except ValueError as exc:  # its text is _LABEL_USES["request"]'s: what needed the labels and what to pass
+        warnings.warn(f"{exc}; running the paper's recipe meanwhile", stacklevel=3)
         return False
     forget_classes = f.labels.unique()
     return len(whole_classes(forget_classes, retained)) == forget_classes.numel()

@@ -351,7 +351,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def tracker() -> Tracker:
         return Tracker(forget, split.eval_tensors(), max_samples=cfg.track_samples, seed=seed, heldout=heldout,
-                       mia=cfg.mia_statistic)
+                       mia=cfg.mia_statistic, mia_samples=None)
 
     record("original", original, {"seconds": 0.0, "steps": 0})
     # Retrain, timed and tracked (the run's own ensemble member 0), and the cached members

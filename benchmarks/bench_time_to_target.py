@@ -131,7 +131,8 @@ def profile_step(model: torch.nn.Module, retain, forget, unseen, batch: int = 64
 
 def tracked(method, model, retain, forget, unseen, config, split, seed, evaluations, offset=0.0, heldout=None,
             mia="auc"):
-    tracker = Tracker(split.forget_tensors(), split.eval_tensors(), seed=seed, offset=offset, heldout=heldout, mia=mia)
+    tracker = Tracker(split.forget_tensors(), split.eval_tensors(), seed=seed, offset=offset, heldout=heldout, mia=mia,
+                      mia_samples=None if heldout is not None else "max_samples")
     every = eval_every_for(planned_steps(method, config or None, len(retain[1]) if isinstance(retain, tuple)
                                          else len(retain), whole_class=split.whole_class), evaluations)
     res = unlearn(method, model, retain, forget, unseen=unseen, config=config or None, seed=seed, callback=tracker,

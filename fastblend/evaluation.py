@@ -195,7 +195,8 @@ class MIAResult:
 
     ``statistic``: ``"auc"`` (the direct AUC of the log-odds, forget vs held-out, no fit) or ``"paper"``
     (docs/method.md §4's cross-validated logistic regression). ``n_forget``/``n_heldout``: the group sizes
-    used (after equal-size truncation); ``small``: a group was below ``min_group``.
+    used (all of both for ``"auc"``; after equal-size truncation for ``"paper"``); ``small``: a group was
+    below ``min_group``.
     """
 
     score: float
@@ -237,18 +238,21 @@ def mia_with_interval(forget_logits: torch.Tensor, forget_labels: torch.Tensor, 
 
     Forget samples (``[F, C]`` logits, ``[F]`` labels, the model's training members before unlearning)
     against held-out samples (``[H, C]``, ``[H]``, never trained on), on the true-class log-odds ``φ``
-    (:func:`fastblend.metrics.true_class_log_odds`); the larger group is truncated to a seeded random
-    subset of the smaller one's size (as :func:`fastblend.metrics.mia_score`).
+    (:func:`fastblend.metrics.true_class_log_odds`).
 
-    ``statistic="auc"``: ``100 · P(φ_forget > φ_heldout)`` (ties count half), no fit: 50 in expectation
-    for a model that treats both groups alike, above 50 when it is more confident on the forget set.
+    ``statistic="auc"``: ``100 · P(φ_forget > φ_heldout)`` (ties count half) over **every** forget ×
+    held-out pair, no fit and no draw: 50 in expectation for a model that treats both groups alike, above
+    50 when it is more confident on the forget set. The same logits give the same score whatever
+    ``seed`` is (a curve's evaluation and the final one agree on the same model).
     ``statistic="paper"``: the paper's score (5-fold cross-validated logistic regression on ``φ``, AUC
-    of the out-of-fold probabilities); with no signal it scatters below 50 on small groups.
+    of the out-of-fold probabilities); the fit wants balanced classes, so the larger group is truncated
+    to a random subset (drawn with ``seed``) of the smaller one's size, as
+    :func:`fastblend.metrics.mia_score`; with no signal it scatters below 50 on small groups.
 
-    Interval: ``boot`` stratified bootstrap resamples of the (truncated) samples (for ``"paper"``: of
-    the out-of-fold probabilities, so the refit's own variability is not in it), percentile interval
-    at ``level``; ``se`` is the bootstrap standard deviation. A group smaller than ``min_group`` warns
-    with :class:`SmallGroupWarning` and sets ``small``.
+    Interval: ``boot`` stratified bootstrap resamples (each group resampled at its own size; for
+    ``"paper"``: of the out-of-fold probabilities, so the refit's own variability is not in it), drawn
+    with ``seed``, percentile interval at ``level``; ``se`` is the bootstrap standard deviation. A group
+    smaller than ``min_group`` warns with :class:`SmallGroupWarning` and sets ``small``.
     """
     fn = "mia_with_interval"
     if statistic not in ("auc", "paper"):
@@ -263,13 +267,16 @@ def mia_with_interval(forget_logits: torch.Tensor, forget_labels: torch.Tensor, 
     _check_scored(heldout_logits, heldout_labels.to(heldout_logits.device), "heldout", fn)
     phi_f = true_class_log_odds(forget_logits, forget_labels.to(forget_logits.device), clamp)
     phi_h = true_class_log_odds(heldout_logits, heldout_labels.to(heldout_logits.device), clamp)
-    a, b = _equal_size(phi_f.cpu().double().numpy(), phi_h.cpu().double().numpy(), seed)
-    n = len(a)
+    a, b = phi_f.cpu().double().numpy(), phi_h.cpu().double().numpy()
+    if statistic == "paper":
+        a, b = _equal_size(a, b, seed)
+    n = min(len(a), len(b))
     if n < n_splits:
-        raise ValueError(f"{fn}: forget and heldout need at least {n_splits} samples each, got {n}")
+        raise ValueError(f"{fn}: forget and heldout need at least {n_splits} samples each, got "
+                         f"{len(a)} and {len(b)}")
     small = n < min_group
     if small:
-        warnings.warn(f"{fn}: MIA groups of {n} samples (forget {phi_f.numel()}, held-out {phi_h.numel()}) are "
+        warnings.warn(f"{fn}: an MIA group of {n} samples (forget {phi_f.numel()}, held-out {phi_h.numel()}) is "
                       f"below min_group={min_group}; its score is mostly noise", SmallGroupWarning, stacklevel=2)
     if statistic == "auc":
         neg, pos = b, a  # a forget sample scoring above a held-out one is the attack's signal
@@ -284,10 +291,12 @@ def mia_with_interval(forget_logits: torch.Tensor, forget_labels: torch.Tensor, 
         neg, pos = prob[:n], prob[n:]  # label 1 = held-out, as mia_score
     score = _auc(neg, pos) * 100.0
     rng = np.random.default_rng(seed)
-    reps = np.array([_auc(neg[rng.integers(0, n, n)], pos[rng.integers(0, n, n)]) for _ in range(boot)]) * 100.0
+    nn_, np_ = len(neg), len(pos)
+    reps = np.array([_auc(neg[rng.integers(0, nn_, nn_)], pos[rng.integers(0, np_, np_)])
+                     for _ in range(boot)]) * 100.0
     tail = (1.0 - level) / 2.0 * 100.0
     low, high = np.percentile(reps, [tail, 100.0 - tail])
-    return MIAResult(score, float(low), float(high), float(reps.std(ddof=1)), n, n, statistic,
+    return MIAResult(score, float(low), float(high), float(reps.std(ddof=1)), len(a), len(b), statistic,
                      f"bootstrap percentile {level:.0%}, {boot} stratified resamples of the samples"
                      + (" (out-of-fold probabilities)" if statistic == "paper" else ""), min_group, small)
 

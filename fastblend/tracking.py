@@ -176,6 +176,10 @@ class Tracker:
             plus the evaluation split, docs/method.md §4.3).
         mia: the MIA statistic, ``"paper"`` (docs/method.md §4, the default) or ``"auc"`` (§4.3's direct
             AUC, what the pipeline's tables use).
+        mia_samples: at most this many rows of ``forget`` and of ``heldout`` (the MIA's two groups;
+            ``None``: every row); ``"max_samples"`` (the default): as ``max_samples``. The pipeline passes
+            ``None``, so the curve's forget accuracy and MIA are scored on exactly the rows of the final
+            evaluation and its point on a model equals the final evaluation's on that model.
 
     Use: ``unlearn(method, ..., callback=tracker, eval_every=N)``; afterwards ``tracker.points``
     holds the curve and ``tracker.eval_seconds`` the evaluation time excluded from it.
@@ -183,13 +187,17 @@ class Tracker:
 
     def __init__(self, forget: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
                  max_samples: int | None = 2000, seed: int = 0, offset: float = 0.0,
-                 budget: float | None = None, heldout: object = None, mia: str = "paper"):
+                 budget: float | None = None, heldout: object = None, mia: str = "paper",
+                 mia_samples: int | str | None = "max_samples"):
         if mia not in ("paper", "auc"):
             raise ValueError(f"Tracker: mia must be 'paper' or 'auc', got {mia!r}")
-        max_samples, seed, offset, budget = map(plain_number, (max_samples, seed, offset, budget))  # numpy's too
-        if max_samples is not None and (isinstance(max_samples, bool) or not isinstance(max_samples, numbers.Integral)
-                                        or max_samples < 5):
-            raise ValueError(f"Tracker: max_samples must be None or an int >= 5 (the MIA's folds), got {max_samples!r}")
+        if isinstance(mia_samples, str) and mia_samples == "max_samples":
+            mia_samples = max_samples
+        max_samples, seed, offset, budget, mia_samples = map(plain_number, (max_samples, seed, offset, budget,
+                                                                            mia_samples))  # numpy's too
+        for name, value in (("max_samples", max_samples), ("mia_samples", mia_samples)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 5):
+                raise ValueError(f"Tracker: {name} must be None or an int >= 5 (the MIA's folds), got {value!r}")
         if isinstance(offset, bool) or not isinstance(offset, (int, float)) or not math.isfinite(offset) or offset < 0:
             raise ValueError(f"Tracker: offset must be a finite number of seconds >= 0, got {offset!r}")
         if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
@@ -199,7 +207,8 @@ class Tracker:
             raise TypeError(f"Tracker: seed must be an int, got {type(seed).__name__}")
         gen = torch.Generator().manual_seed(seed)
         limit = None if max_samples is None else int(max_samples)
-        fx, fy = _subset(forget, limit, gen, "forget")
+        mia_limit = None if mia_samples is None else int(mia_samples)
+        fx, fy = _subset(forget, mia_limit, gen, "forget")
         tx, ty = _subset(test, limit, gen, "test")
         if fy.numel() < 5:
             raise ValueError(f"Tracker: forget must hold at least 5 samples, got {fy.numel()}")
@@ -209,7 +218,7 @@ class Tracker:
             self.heldout = None
             self.mia_keep = torch.isin(ty, torch.unique(fy))
         else:
-            hx, hy = _subset(heldout, limit, gen, "heldout")
+            hx, hy = _subset(heldout, mia_limit, gen, "heldout")
             keep = torch.isin(hy, torch.unique(fy))
             self.heldout = (hx[keep], hy[keep])
             self.mia_keep = torch.ones(int(keep.sum()), dtype=torch.bool)

@@ -20,6 +20,7 @@ from fastblend.evaluation import (
     mia_with_interval,
     seed_band,
 )
+from fastblend.metrics import true_class_log_odds
 from fastblend.tracking import band_from_ensemble, time_to_target
 
 VALUES = {"forget_acc": [96.5, 97.0, 96.8], "test_acc": [97.6, 97.9, 97.8], "mia": [49.0, 50.5, 51.0]}
@@ -112,7 +113,7 @@ def test_mia_of_a_random_model_is_fifty_within_its_interval():
     for statistic in ("auc", "paper"):
         res = mia_with_interval(logits[:400], y[:400], logits[400:], y[400:], statistic=statistic)
         assert res.low <= 50.0 <= res.high, (statistic, res)
-        assert res.n_forget == res.n_heldout == 400 and not res.small
+        assert (res.n_forget, res.n_heldout) == ((400, 500) if statistic == "auc" else (400, 400)) and not res.small
         assert res.high - res.low < 15
 
 
@@ -130,6 +131,25 @@ def test_mia_of_a_memorising_model_is_far_above_fifty():
     logits = _logits(model, x)
     res = mia_with_interval(logits[:300], y[:300], logits[300:], y[300:], min_group=100)
     assert res.low > 80 and res.score > 90
+
+
+def test_auc_mia_scores_every_pair_of_unequal_groups_whatever_the_seed():
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(700, 4, generator=g) * 3
+    y = torch.randint(0, 4, (700,), generator=g)
+    logits[:200, :] += torch.nn.functional.one_hot(y[:200], 4) * 0.7  # some signal on the forget group
+    phi = true_class_log_odds(logits, y).double()
+    pairs = (phi[:200, None] > phi[None, 200:]).double() + 0.5 * (phi[:200, None] == phi[None, 200:]).double()
+    expected = float(pairs.mean()) * 100
+    scores = []
+    for seed in (0, 1, 7):
+        res = mia_with_interval(logits[:200], y[:200], logits[200:], y[200:], seed=seed)
+        assert (res.n_forget, res.n_heldout) == (200, 500)
+        assert res.low <= res.score <= res.high
+        scores.append(res.score)
+    assert scores == pytest.approx([expected] * 3, abs=1e-9)
+    # the paper's statistic still fits on equal groups
+    assert mia_with_interval(logits[:200], y[:200], logits[200:], y[200:], statistic="paper").n_heldout == 200
 
 
 def test_small_groups_warn_and_are_marked():

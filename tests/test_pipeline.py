@@ -241,8 +241,16 @@ def test_yardstick_seed_band_do_nothing_row_klom_and_cached_ensemble(tmp_path):
     assert yard["setting"] == ("easy" if easy else "hard") == orig["setting"] == rows["accelerated"]["setting"]
     assert orig["do_nothing_reaches_target"] == bool(orig["in_band"])
     assert (orig["t_target"] == 0.0) == bool(orig["in_band"])
+    n_forget = rows["retrain"]["mia_n_forget"]
+    n_heldout = rows["retrain"]["mia_n_heldout"]
+    assert n_forget > 0 and n_heldout > n_forget  # every held-out image of the forget classes, none dropped
     for row in rows.values():  # every MIA with its interval and groups
-        assert row["mia_low"] <= row["mia"] <= row["mia_high"] and row["mia_n_forget"] == row["mia_n_heldout"] > 0
+        assert row["mia_low"] <= row["mia"] <= row["mia_high"]
+        assert (row["mia_n_forget"], row["mia_n_heldout"]) == (n_forget, n_heldout)
+    # a curve's last point is the final model: the same rows, the same statistic, so the same MIA
+    for variant, curve in record["time_to_target"]["curves"].items():
+        for m in ("forget_acc", "mia"):
+            assert curve[-1][m] == pytest.approx(rows[variant][m], abs=1e-9), (variant, m)
     # KLOM for every variant, the Retrain row holding the noise floor
     assert yard["klom"]["sizes"]["retrain"] == 3
     assert rows["retrain"]["klom_forget_p50"] == yard["klom"]["values"]["floor"]["forget"]["p50"]

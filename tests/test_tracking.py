@@ -113,6 +113,26 @@ def test_tracker_subset_is_seeded_and_bounded():
         Tracker((x, y), (x, y), max_samples=2)
 
 
+def test_tracker_scores_the_mia_on_every_forget_and_held_out_row_when_asked():
+    from fastblend.evaluation import mia_with_interval
+
+    x, y = _data(300)
+    forget, test, heldout = (x[:120], y[:120]), (x[120:200], y[120:200]), (x[200:], y[200:])
+    whole = Tracker(forget, test, max_samples=50, heldout=heldout, mia="auc", mia_samples=None, seed=3)
+    assert whole.forget[1].numel() == 120 and whole.heldout[1].numel() == 100 and whole.test[1].numel() == 50
+    model = _model()
+    point = whole.evaluate(model)
+    with torch.no_grad():
+        lf, lh = model(forget[0]), model(heldout[0])
+    assert point["mia"] == pytest.approx(mia_with_interval(lf, forget[1], lh, heldout[1], min_group=5).score, abs=1e-9)
+    assert point["forget_acc"] == pytest.approx(float((lf.argmax(1) == forget[1]).double().mean() * 100))
+    default = Tracker(forget, test, max_samples=50, heldout=heldout, seed=3)  # as max_samples, as before
+    assert default.forget[1].numel() == 50 and default.heldout[1].numel() == 50
+    for bad in (2, "all", 7.5):
+        with pytest.raises(ValueError, match="Tracker: mia_samples must be None or an int >= 5"):
+            Tracker(forget, test, heldout=heldout, mia_samples=bad)
+
+
 def test_unlearn_rejects_bad_callback_arguments():
     x, y = _data()
     with pytest.raises(TypeError, match="unlearn: callback must be callable"):

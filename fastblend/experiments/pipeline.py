@@ -419,7 +419,8 @@ def _tracked(cfg: ExperimentConfig, trackers: dict, variant: str, method: str, c
     if not cfg.track:
         return {}
     trackers[variant] = Tracker(split.forget_tensors(), split.eval_tensors(), max_samples=cfg.track_samples,
-                                seed=seed, budget=budget, heldout=heldout, mia=cfg.mia_statistic)
+                                seed=seed, budget=budget, heldout=heldout, mia=cfg.mia_statistic,
+                                mia_samples=None if heldout is not None else cfg.track_samples)
     steps = planned_steps(method, config or None, retain_size, whole_class=split.whole_class)
     return {"callback": trackers[variant], "eval_every": eval_every_for(steps, cfg.track_evaluations)}
 

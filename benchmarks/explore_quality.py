@@ -336,6 +336,11 @@ def _grid() -> None:
                       [("default", {}), ("beta0.02", {"beta": 0.02}), ("beta0.01", {"beta": 0.01}),
                        ("beta0", {"beta": 0.0}), ("lam3", {"lam": 3.0}), ("epochs2", {"epochs": 2})]])
 
+    # the bounded ascent (NegGradPlusConfig.ascent="chance"): stop raising a forget image's loss once it is at
+    # or below chance, so the ascent cannot keep pushing misclassified images at the other classes' expense
+    plan("classngp2", [(f"classwise@{s}/a_neggrad_plus/{name}", f"classwise@{s}", "a_neggrad_plus", {**cls, **conf})
+                       for s in (0, 1, 2) for name, conf in [("default", {}), ("chance", {"ascent": "chance"})]])
+
     # a_bad_teacher keeps λ 34 in the whole-class recipe (quality/classreq6.json: 3/3 on split 0 only); the other
     # Adam methods lost test accuracy at λ 34 on split 2. All three splits at λ 34 and at λ 5:
     plan("classbt", [(f"classwise@{s}/a_bad_teacher/{name}", f"classwise@{s}", "a_bad_teacher", {**cls, **conf})

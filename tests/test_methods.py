@@ -560,3 +560,21 @@ def test_accelerated_needs_unseen_classes_of_the_forget_batch(overfit_task):
     with pytest.raises(ValueError, match="unseen pool holds none of the forget classes"):
         unlearn("a_finetune", t["model"], t["retain"], (t["forget"][0][:1], t["forget"][1][:1]),
                 (xu[keep], yu[keep]), config=dict(epochs=1))
+
+
+def test_neggrad_chance_ascent_stops_at_chance_and_is_checked():
+    from fastblend.methods.neggrad import NegGradPlus, NegGradPlusConfig
+
+    logits = torch.tensor([[3.0, 0.0, 0.0, 0.0], [0.0, 3.0, 0.0, 0.0], [0.5, 0.0, 0.0, 0.0]], requires_grad=True)
+    y = torch.tensor([0, 0, 0])  # row 0 above chance, row 1 below it, row 2 just above (p = 0.35 > 1/4)
+    ce = F.cross_entropy(logits, y, reduction="none")
+    assert ce[0] < math.log(4) < ce[1] and ce[2] < math.log(4)
+    bounded = NegGradPlus(NegGradPlusConfig(beta=0.5, ascent="chance")).forget_loss(None, logits, y, 0, None)
+    assert float(bounded) == pytest.approx(-0.5 * float(ce[0] + ce[2]) / 3)
+    bounded.backward()
+    assert torch.count_nonzero(logits.grad[1]) == 0 and torch.count_nonzero(logits.grad[0]) > 0
+    plain = NegGradPlus(NegGradPlusConfig(beta=0.5)).forget_loss(None, logits, y, 0, None)
+    assert float(plain) == pytest.approx(-0.5 * float(ce.mean()))
+    with pytest.raises(ValueError, match="config.ascent must be one of"):
+        unlearn("neggrad_plus", _mlp(), (torch.randn(8, D), torch.zeros(8, dtype=torch.long)),
+                (torch.randn(4, D), torch.zeros(4, dtype=torch.long)), config={"ascent": "bounded"})

@@ -357,9 +357,9 @@ def run_method(ctx: Context, method: str, budget_factor: float, index_cache: dic
 def family_config(kind: str, limit: int | None, overrides: dict, resnet_width: int | None = None):
     """The demo's config for one forget kind (``resnet_width``: the BatchNorm ResNet-18 of that width).
 
-    Each quality curve has 10 evaluations (as the committed demo runs at ``--limit 2000``) on at most 600
-    samples per set: the whole evaluation split at that limit, and the MIA truncates both groups to the
-    forget set's size (200) anyway, so the curve's points cost a third of the 2,000-sample default."""
+    Each quality curve has 10 evaluations (as the committed demo runs at ``--limit 2000``); its test accuracy
+    is read on at most 600 evaluation images (the whole evaluation split at that limit), its forget accuracy
+    and MIA on every forget and held-out image, the final evaluation's rows (docs/method.md §4.3)."""
     cfg = with_overrides(DEMO, forget=kind, limit=limit, quiet=True, plots=False, track_evaluations=10,
                          track_samples=600, base_budget=None)
     cfg = with_overrides(cfg, **overrides)

@@ -93,9 +93,9 @@ def section(folder: Path) -> str:
             b = band[m]
             out.append(f"| {m} | {', '.join(f'{v:.1f}' for v in b['values'])} | {b['n']} | {b['se']:.2f} | "
                        f"{b['z']} | {b['floor']} | {b['margin']:.2f} | [{b['low']:.1f}, {b['high']:.1f}] |")
-        out += ["", "| variant | method | forget | test | MIA [95% CI] | n/side | MIA (paper's) | distance to band "
-                "f / t / MIA | in band | total s | ended by | to band s (oracle) | vs Retrain (same run) | "
-                "KLOM forget p50 / p95 / p99 | KLOM retain p99 | KLOM eval p99 |",
+        out += ["", "| variant | method | forget | test | MIA [95% CI] | MIA groups f / h | MIA (paper's) | "
+                "distance to band f / t / MIA | in band | total s | ended by | to band s (oracle) | "
+                "vs Retrain (same run) | KLOM forget p50 / p95 / p99 | KLOM retain p99 | KLOM eval p99 |",
                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for v in ("original", "retrain", "base", "accelerated"):
             r = rows.get(v)
@@ -103,7 +103,8 @@ def section(folder: Path) -> str:
                 continue
             name = {"original": "**do-nothing** (original)", "retrain": "retrain (KLOM: noise floor)"}.get(v, v)
             mia = f"{r['mia']:.1f} [{r['mia_low']:.1f}, {r['mia_high']:.1f}]"
-            n = f"{r['mia_n_forget']}" + (" (small)" if r.get("mia_small") else "")
+            n = f"{r['mia_n_forget']} / {r.get('mia_n_heldout', r['mia_n_forget'])}" \
+                + (" (small)" if r.get("mia_small") else "")
             dist = " / ".join(f"{r[f'dist_{m}']:+.1f}" for m in METRICS)
             t = r.get("t_target")
             reached = "target_reached" in r

@@ -273,7 +273,7 @@ def mia_with_interval(forget_logits: torch.Tensor, forget_labels: torch.Tensor, 
     n = min(len(a), len(b))
     if n < n_splits:
         raise ValueError(f"{fn}: forget and heldout need at least {n_splits} samples each, got "
-                         f"{len(a)} and {len(b)}")
+                         f"{phi_f.numel()} and {phi_h.numel()}")
     small = n < min_group
     if small:
         warnings.warn(f"{fn}: an MIA group of {n} samples (forget {phi_f.numel()}, held-out {phi_h.numel()}) is "

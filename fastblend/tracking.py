@@ -176,8 +176,10 @@ class Tracker:
             plus the evaluation split, docs/method.md §4.3).
         mia: the MIA statistic, ``"paper"`` (docs/method.md §4, the default) or ``"auc"`` (§4.3's direct
             AUC, what the pipeline's tables use).
-        mia_samples: at most this many rows of ``forget`` and of ``heldout`` (the MIA's two groups;
-            ``None``: every row); ``"max_samples"`` (the default): as ``max_samples``. The pipeline passes
+        mia_samples: at most this many rows of ``forget`` and of ``heldout`` (``None``: every row);
+            ``"max_samples"`` (the default): as ``max_samples``. Without ``heldout`` the MIA's held-out group
+            is the ``test`` subset, drawn with ``max_samples``. The subsets share one generator, so the test
+            subset of a seed depends on whether the forget set was subsampled first. The pipeline passes
             ``None``, so the curve's forget accuracy and MIA are scored on exactly the rows of the final
             evaluation and its point on a model equals the final evaluation's on that model.
 

@@ -579,8 +579,9 @@ def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, log: Callable[[str
         if hard_info is not None:
             yard["hard"] = hard_info
         if any(r.get("mia_small") for r in rows.values()):
-            log(f"[seed {seed}] warning: the MIA's groups hold {rows['original']['mia_n_forget']} samples per side, "
-                f"below mia_min_group={cfg.mia_min_group}: its scores are mostly noise (marked mia_small)")
+            log(f"[seed {seed}] warning: the MIA's groups hold {rows['original']['mia_n_forget']} forget and "
+                f"{rows['original']['mia_n_heldout']} held-out samples, one below mia_min_group={cfg.mia_min_group}: "
+                f"its scores are mostly noise (marked mia_small)")
         log(f"[seed {seed}] setting: {yard['setting']} (the untouched original is "
             + ", ".join(f"{m} {rows['original'][f'dist_{m}']:+.1f}" for m in ("forget_acc", "test_acc", "mia"))
             + " from Retrain's band)")

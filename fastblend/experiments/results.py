@@ -93,7 +93,7 @@ def format_yardstick(summary: list[dict]) -> str:
     setting = ref.get("setting", "?")
     band = "  ".join(f"{m} [{ref[f'band_{m}_low']:.1f}, {ref[f'band_{m}_high']:.1f}]"
                      for m in ("forget_acc", "test_acc", "mia") if f"band_{m}_low" in ref)
-    head = (f"{'variant':<12} {'forget':>6} {'test':>6} {'MIA [95% CI]':>18} {'n/side':>6} "
+    head = (f"{'variant':<12} {'forget':>6} {'test':>6} {'MIA [95% CI]':>18} {'n min':>6} "
             f"{'dist to band f/t/MIA':>22} {'target':>8} {'@t retr.':>9} "
             f"{'KLOM forget p50/p95/p99':>24} {'KLOM eval p50/p99':>18}")
     lines = [f"setting: {setting.upper()}" + (" (doing nothing is within one band half-width of Retrain's band on "
@@ -103,7 +103,8 @@ def format_yardstick(summary: list[dict]) -> str:
         if "in_band" not in r:
             continue
         mia = f"{r['mia']:.1f} [{r.get('mia_low', math.nan):.1f},{r.get('mia_high', math.nan):.1f}]"
-        n = f"{r.get('mia_n_forget', 0):.0f}" + ("!" if r.get("mia_small") else "")
+        n = f"{min(r.get('mia_n_forget', 0), r.get('mia_n_heldout', r.get('mia_n_forget', 0))):.0f}" \
+            + ("!" if r.get("mia_small") else "")
         dist = "/".join(f"{r.get(f'dist_{m}', math.nan):+.1f}" for m in ("forget_acc", "test_acc", "mia"))
         t = "-" if "target_reached" not in r else (f"{r['t_target']:.1f}s" if r.get("t_target") is not None
                                                     else "n/r")
@@ -124,7 +125,7 @@ def format_yardstick(summary: list[dict]) -> str:
         lines.append("(the do-nothing row is INSIDE Retrain's band: doing nothing reaches the target, so no time to "
                      "target here measures forgetting)")
     if any(r.get("mia_small") for r in summary):
-        lines.append("(n/side marked !: an MIA group below the minimum size; that score is mostly noise)")
+        lines.append("(n min, the smaller MIA group, marked !: below the minimum size; that score is mostly noise)")
     for r in summary:
         if r.get("auto_stop"):
             n, fired, inside = r.get("seeds", 1), r.get("auto_stopped", 0.0), r.get("in_band", 0.0)

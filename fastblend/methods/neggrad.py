@@ -25,7 +25,9 @@ class NegGradPlusConfig(TrainConfig):
     ``β`` or many epochs can diverge, and it keeps raising the loss of images already misclassified.
     ``"chance"``: a forget image's ascent stops once its true-class probability is at or below chance,
     ``CE ≥ log C`` (``C`` classes): ``−β · mean_i CE_i · [CE_i < log C]`` (the mean over the whole batch,
-    so ``β`` keeps its scale), docs/method.md §7.6.
+    so ``β`` keeps its scale), docs/method.md §7.6. ``C`` is the width of the model's logits. The
+    whole-class recipe of ``a_neggrad_plus`` sets ``"chance"`` unless the caller set ``ascent`` (a key of a
+    dict config; in a config instance a field left at its default counts as not set).
     """
 
     epochs: int = 5

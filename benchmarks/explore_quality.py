@@ -356,6 +356,15 @@ def _grid() -> None:
                        for name, conf in [("default", {}), ("alpha0", {"alpha": 0.0}), ("epochs2", {"epochs": 2}),
                                           ("lr2.4e-4", {"lr": 2.4e-4})]])
 
+    # the anchor recipe (docs/method.md §7.9) on the hard kind, on the MIA over every pair: it ended +1.5 / 0 /
+    # +0.4 from the band (seeds 1-2 forgetting 3-6 points too little). More epochs, a stronger log-odds term,
+    # a stronger anchor?
+    anc = {"target": "matched_fixed", "odds_weight": 0.3, "epochs": 2, "anchor_weight": 5.0}
+    plan("hardanchor", [(f"hard@{s}/a_finetune/{name}", f"hard@{s}", "a_finetune", {**anc, **conf})
+                        for s in (0, 1, 2) for name, conf in
+                        [("anchor", {}), ("anchor_ep3", {"epochs": 3}), ("anchor_odds1", {"odds_weight": 1.0}),
+                         ("anchor10_ep3", {"anchor_weight": 10.0, "epochs": 3})]])
+
 
 _grid()
 

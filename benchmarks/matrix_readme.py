@@ -174,8 +174,8 @@ def family_table(name: str, seeds: dict[int, dict[str, dict]]) -> tuple[list[str
             offsets[sd] = _mean(diffs)
     if offsets and any(abs(v) >= 0.05 for v in offsets.values()):
         lines.append("- the curves' MIA is another estimate than the final evaluation's (units made before "
-                     "2026-12-06 (late): each truncated the held-out group to the forget set's size with its own draw): "
-                     "at a curve's last point, the same model, it "
+                     "2026-12-06 (late): each truncated the held-out group to the forget set's size with its own "
+                     "draw): at a curve's last point, the same model, it "
                      "is " + ", ".join(f"{v:+.1f}" for v in offsets.values()) + " points off the final MIA (seeds "
                      + ", ".join(str(sd) for sd in offsets) + "), so a time to band can count points the final "
                      "evaluation would put outside on the MIA")

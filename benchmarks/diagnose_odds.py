@@ -15,6 +15,9 @@ Usage::
 
     FASTBLEND_CACHE=/work/wt/cache OMP_NUM_THREADS=1 python -m benchmarks.diagnose_odds --seeds 0 1 2 \\
         > benchmarks/results-2026-12-05-cpu/quality/odds_diagnosis.txt
+
+(``odds_diagnosis.txt`` was made before the MIA scored every forget × held-out pair; ``odds_diagnosis_allpairs.txt``
+after, with ``--seeds 0 1 2 --variants default fixed_odds0.3_epochs2 fixed_odds0.3_epochs2_anchor5``.)
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ FIXED = {"target": "matched_fixed"}
 VARIANTS = [("default", {}), ("fixed", FIXED), ("fixed_odds0.3", {**FIXED, "odds_weight": 0.3}),
             ("fixed_odds1", {**FIXED, "odds_weight": 1.0}),
             ("fixed_odds0.3_epochs2", {**FIXED, "odds_weight": 0.3, "epochs": 2}),
-            ("matched_odds1", {"target": "matched", "odds_weight": 1.0})]
+            ("matched_odds1", {"target": "matched", "odds_weight": 1.0}),
+            ("fixed_odds0.3_epochs2_anchor5", {**FIXED, "odds_weight": 0.3, "epochs": 2, "anchor_weight": 5.0})]
 LEVELS = torch.tensor([0.1, 0.25, 0.5, 0.75, 0.9], dtype=torch.float64)
 
 
@@ -60,6 +64,8 @@ def describe(name: str, model, forget, heldout) -> str:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--variants", nargs="+", default=None, choices=[name for name, _ in VARIANTS],
+                   help="run only these settings of a_finetune (default: all)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     print("phi quantiles at 10/25/50/75/90%; MIA = 100 P(phi_forget > phi_heldout) under the same model")
@@ -77,6 +83,8 @@ def main(argv: list[str] | None = None) -> None:
         print(describe("matched | original", s.model, (unseen[0][idx], unseen[1][idx]), heldout))
         retain, _ = pipeline.request_reduced(s.index, split.forget)
         for name, conf in VARIANTS:
+            if args.variants is not None and name not in args.variants:
+                continue
             res = unlearn("a_finetune", s.model, retain, forget, unseen=unseen,
                           config={"request": "sample", **conf}, device=s.device, seed=seed)
             print(describe(name, res.model, forget, heldout), flush=True)

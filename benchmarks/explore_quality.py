@@ -364,6 +364,13 @@ def _grid() -> None:
                         for s in (0, 1, 2) for name, conf in
                         [("anchor", {}), ("anchor_ep3", {"epochs": 3}), ("anchor_odds1", {"odds_weight": 1.0}),
                          ("anchor10_ep3", {"anchor_weight": 10.0, "epochs": 3})]])
+    # odds_diagnosis_allpairs.txt: under the anchor the held-out side is right and the forget side stops short of
+    # the target; raise the log-odds weight and the anchor together, so the forget images are pulled harder while
+    # the held-out ones are held harder
+    plan("hardanchor2", [(f"hard@{s}/a_finetune/{name}", f"hard@{s}", "a_finetune", {**anc, **conf})
+                         for s in (0, 1, 2) for name, conf in
+                         [("odds1_anchor10_ep3", {"odds_weight": 1.0, "anchor_weight": 10.0, "epochs": 3}),
+                          ("odds1_anchor20_ep3", {"odds_weight": 1.0, "anchor_weight": 20.0, "epochs": 3})]])
 
 
 _grid()

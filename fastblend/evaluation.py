@@ -291,8 +291,8 @@ def mia_with_interval(forget_logits: torch.Tensor, forget_labels: torch.Tensor, 
         neg, pos = prob[:n], prob[n:]  # label 1 = held-out, as mia_score
     score = _auc(neg, pos) * 100.0
     rng = np.random.default_rng(seed)
-    nn_, np_ = len(neg), len(pos)
-    reps = np.array([_auc(neg[rng.integers(0, nn_, nn_)], pos[rng.integers(0, np_, np_)])
+    n_neg, n_pos = len(neg), len(pos)
+    reps = np.array([_auc(neg[rng.integers(0, n_neg, n_neg)], pos[rng.integers(0, n_pos, n_pos)])
                      for _ in range(boot)]) * 100.0
     tail = (1.0 - level) / 2.0 * 100.0
     low, high = np.percentile(reps, [tail, 100.0 - tail])

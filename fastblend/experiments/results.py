@@ -103,8 +103,8 @@ def format_yardstick(summary: list[dict]) -> str:
         if "in_band" not in r:
             continue
         mia = f"{r['mia']:.1f} [{r.get('mia_low', math.nan):.1f},{r.get('mia_high', math.nan):.1f}]"
-        n = f"{min(r.get('mia_n_forget', 0), r.get('mia_n_heldout', r.get('mia_n_forget', 0))):.0f}" \
-            + ("!" if r.get("mia_small") else "")
+        n_forget = r.get("mia_n_forget", 0)
+        n = f"{min(n_forget, r.get('mia_n_heldout', n_forget)):.0f}" + ("!" if r.get("mia_small") else "")
         dist = "/".join(f"{r.get(f'dist_{m}', math.nan):+.1f}" for m in ("forget_acc", "test_acc", "mia"))
         t = "-" if "target_reached" not in r else (f"{r['t_target']:.1f}s" if r.get("t_target") is not None
                                                     else "n/r")

@@ -12,6 +12,9 @@ from .base import Method, RunData
 from .config import TrainConfig
 from .context import RunContext
 
+#: how far NegGrad+'s forget term ascends (:attr:`NegGradPlusConfig.ascent`)
+ASCENTS = ("unbounded", "chance")
+
 
 @dataclass
 class NegGradPlusConfig(TrainConfig):
@@ -41,10 +44,6 @@ class NegGradPlusConfig(TrainConfig):
             raise ValueError(f"{fn}: config.beta must be >= 0, got {self.beta}")
         if self.ascent not in ASCENTS:
             raise ValueError(f"{fn}: config.ascent must be one of {ASCENTS}, got {self.ascent!r}")
-
-
-#: how far NegGrad+'s forget term ascends (:attr:`NegGradPlusConfig.ascent`)
-ASCENTS = ("unbounded", "chance")
 
 
 class NegGradPlus(Method):

@@ -111,6 +111,21 @@ def odds_gap(forget_odds: torch.Tensor, target_odds: torch.Tensor) -> torch.Tens
     return ((f - t) ** 2).mean()
 
 
+#: how the log-odds term pairs the forget images with the target (docs/method.md §7.8, §7.10)
+ODDS_PAIRINGS = ("quantile", "image")
+
+
+def odds_excess(forget_odds: torch.Tensor, target_odds: torch.Tensor) -> torch.Tensor:
+    """The mean over the forget images of ``max(0, φ_i − φ*_i)²`` (float64): how far each image's true-class
+    log-odds ``φ_i`` stays above its own target ``φ*_i`` (same length, row to row; ``target_odds`` detached).
+    One-sided: an image already at or below its target adds nothing and gets no gradient (docs/method.md §7.10)."""
+    if forget_odds.shape != target_odds.shape:
+        raise ValueError(f"odds_excess: forget_odds and target_odds must have the same shape, got "
+                         f"{tuple(forget_odds.shape)} and {tuple(target_odds.shape)}")
+    gap = (forget_odds.double() - target_odds.detach().double().to(forget_odds.device)).clamp(min=0)
+    return (gap ** 2).mean()
+
+
 class AAMULoss(nn.Module):
     """``L = steepen(retain_loss) + λ · MMD²(G_u, G_f)`` (docs/method.md §2.4). The unseen logits are detached.
 
@@ -549,6 +564,38 @@ class ForgetBatch(NamedTuple):
     logits: torch.Tensor | None
     labels: torch.Tensor
     size: int
+    #: the whole batch's rows of the forget set (int64 ``[size]``, the same on every rank)
+    index: torch.Tensor | None = None
+
+
+def check_odds_pairing(fn: str, value: Any, name: str = "odds_pairing") -> str:
+    """``value`` if it is one of :data:`ODDS_PAIRINGS`, else a ``ValueError`` naming ``fn`` and ``name``."""
+    if not isinstance(value, str) or value not in ODDS_PAIRINGS:
+        raise ValueError(f"{fn}: {name} must be one of {ODDS_PAIRINGS}, got {value!r}")
+    return value
+
+
+def _check_odds_target(fn: str, target: Any, pairing: str, n_forget: int) -> torch.Tensor | None:
+    """``forget_odds_target`` checked against ``odds_pairing``: ``[n_forget]`` finite floating (float64) for
+    ``"image"``, absent otherwise."""
+    if pairing != "image":
+        if target is not None:
+            raise ValueError(f"{fn}: forget_odds_target is read only with odds_pairing='image', got odds_pairing="
+                             f"{pairing!r}; pass odds_pairing='image' or leave forget_odds_target out")
+        return None
+    if target is None:
+        raise ValueError(f"{fn}: odds_pairing='image' needs forget_odds_target, one target log-odds per forget image "
+                         f"([{n_forget}] floating; e.g. the untouched model's on each forget image's "
+                         "difficulty-matched held-out image, fastblend.matched_unseen)")
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"{fn}: forget_odds_target must be a floating torch.Tensor [{n_forget}], got "
+                        f"{type(target).__name__}")
+    if target.dim() != 1 or target.shape[0] != n_forget or not target.is_floating_point():
+        raise ValueError(f"{fn}: forget_odds_target must be a floating [N_f] tensor with one value per forget image "
+                         f"({n_forget}), got {target.dtype} of shape {list(target.shape)}")
+    if not bool(torch.isfinite(target).all()):
+        raise ValueError(f"{fn}: forget_odds_target must be finite")
+    return target.detach().double()
 
 
 def _check_anchor(fn: str, anchor: Any, model: nn.Module, shape: tuple) -> tuple[torch.Tensor, torch.Tensor]:
@@ -628,6 +675,12 @@ class AAMUStep:
             batches are then not forwarded and the regulariser's target stays where these put it, instead of
             moving with the model being trained (docs/method.md §7.7, ``target="matched_fixed"``).
         odds_weight: weight of the log-odds term of :class:`AAMULoss` (0: off, the paper's; docs/method.md §7.8).
+        odds_pairing, forget_odds_target: how the log-odds term pairs the forget images with the target.
+            ``"quantile"`` (default): the forget batch's sorted log-odds against the unseen batch's (``W₂²``,
+            §7.8). ``"image"`` (docs/method.md §7.10): each forget image against its own target log-odds,
+            ``forget_odds_target`` (``[N_f]``, one finite value per forget row, e.g. the untouched model's on
+            the held-out image matched to it by difficulty), one-sided: ``odds_weight · mean_i max(0, φ_i − φ*_i)²``
+            over the forget batch (:func:`odds_excess`); it then replaces the quantile match.
         anchor, anchor_weight: the held-out anchor (docs/method.md §7.9; an option, off by default): ``anchor`` is
             ``(images [N_a, ...], logits [N_a, C])``, held-out images the model never trained on and their fixed
             logits under the untouched model; each :meth:`loss` forwards ``min(batch_size, N_a)`` of them (drawn
@@ -660,7 +713,8 @@ class AAMUStep:
                  unseen_refresh: int = RECIPE.unseen_refresh, fuse_forward: bool = False, micro_batch: int = 0,
                  num_classes: int | None = None, forwards: Forwards | None = None, fn: str = "AAMUStep",
                  transform: str = RECIPE.transform, unseen_logits: torch.Tensor | None = None,
-                 odds_weight: float = 0.0, anchor: Any = None, anchor_weight: float = 0.0) -> None:
+                 odds_weight: float = 0.0, anchor: Any = None, anchor_weight: float = 0.0,
+                 odds_pairing: str = "quantile", forget_odds_target: torch.Tensor | None = None) -> None:
         self.fn = fn
         self.loss_name = f"{fn}.loss" if fn == "AAMUStep" else fn  # how loss() names itself in errors
         (batch_size, lam, k, kappa, sigma, seed, forget_batch_factor, unseen_batch_factor, unseen_refresh,
@@ -684,8 +738,13 @@ class AAMUStep:
         for view in (self.forget, self.unseen):
             cast_to_model(view, self._plain)  # batches are served in the network's dtype
         _check_transform(fn, transform)
+        odds_weight = check_odds_weight(fn, odds_weight)
+        self.odds_pairing = check_odds_pairing(fn, odds_pairing)
+        #: the per-image log-odds term's weight (``odds_pairing="image"``; 0 otherwise) and its targets
+        self.image_odds_weight = odds_weight if odds_pairing == "image" else 0.0
+        self.forget_odds_target = _check_odds_target(fn, forget_odds_target, odds_pairing, len(self.forget))
         self.criterion = AAMULoss(lam, k, kappa, sigma, steepen, backend, transform=transform,
-                                  odds_weight=check_odds_weight(fn, odds_weight))
+                                  odds_weight=0.0 if odds_pairing == "image" else odds_weight)
         if self.criterion.odds_weight and unseen_logits is None:
             warnings.warn(f"{fn}: odds_weight > 0 against a target that moves with the model being trained (no "
                           "unseen_logits): the forget set chases it down, which collapsed the model in "
@@ -751,10 +810,10 @@ class AAMUStep:
         fi = self.forget_sampler.sample()
         if not self.parallel:
             x, y = self.forget.take(fi, device)
-            return ForgetBatch(x, y, None, y, fi.numel())
+            return ForgetBatch(x, y, None, y, fi.numel(), fi)
         x, y = self.forget.take(fi[row_shard(fi.numel())], device)
         labels = self.forget.labels[fi.to(self.forget.labels.device)].to(device)
-        return ForgetBatch(x, y, None, labels, fi.numel())
+        return ForgetBatch(x, y, None, labels, fi.numel(), fi)
 
     def forward(self, net: nn.Module, retain_x: torch.Tensor,
                 device: torch.device | None = None) -> tuple[torch.Tensor, ForgetBatch]:
@@ -834,6 +893,8 @@ class AAMUStep:
             validate, self._labels_checked = not self._labels_checked, True
             out = self.criterion(retain, forget.logits, forget.labels, logits_u, y_u, retain_weight=retain_weight,
                                  validate=validate)
+            if self.image_odds_weight:  # from the logits: exact where p_y rounds to 1
+                out = self._with_image_odds(out, true_class_log_odds(forget.logits.double(), forget.labels), forget)
             if self._anchor is None:
                 return out
             return out._replace(total=out.total + self.anchor_weight * self._anchor_term(device).to(out.total.dtype))
@@ -849,4 +910,14 @@ class AAMUStep:
             self._labels_checked = True
         # the transform needs only each sample's loss: M losses per set cross the ranks, not M x C logits
         forget_ce = all_gather_rows_with_grad(F.cross_entropy(forget.logits.double(), forget.y, reduction="none"))
-        return self.criterion.from_losses(retain, forget_ce, unseen_ce, retain_weight=retain_weight)
+        out = self.criterion.from_losses(retain, forget_ce, unseen_ce, retain_weight=retain_weight)
+        if self.image_odds_weight:  # the gathered rows are the whole batch's, in the order of its index
+            out = self._with_image_odds(out, odds_of_loss(forget_ce), forget)
+        return out
+
+    def _with_image_odds(self, out: AAMULossOutput, forget_odds: torch.Tensor, forget: ForgetBatch) -> AAMULossOutput:
+        """``out`` plus the per-image log-odds term (``odds_pairing="image"``): ``odds_weight`` times the mean
+        squared excess of the forget batch's log-odds ``forget_odds`` (``[size]``) over their own targets."""
+        target = self.forget_odds_target[forget.index.to(self.forget_odds_target.device)]
+        excess = odds_excess(forget_odds, target.to(forget_odds.device))
+        return out._replace(total=out.total + self.image_odds_weight * excess.to(out.total.dtype))

@@ -58,7 +58,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ._checks import as_device, plain_number
 from ._device import module_device
-from .aamu import AAMULossOutput, AAMUStep, check_odds_weight, check_step_settings
+from .aamu import AAMULossOutput, AAMUStep, check_odds_pairing, check_odds_weight, check_step_settings
 from .autostop import AutoStop
 from .condensation import BlendIndex, ReducedRetainSet
 from .condensation.checks import forget_mask
@@ -66,7 +66,7 @@ from .condensation.recipe import default_ipc
 from .condensation.source import content_keys, read_rows, row_keys, source_labels, source_sample
 from .data_adapter import as_tensors, is_streamed_dataset
 from .datasets import whole_classes
-from .methods import anchor_rows, matched_rows
+from .methods import anchor_rows, image_odds_target, matched_rows
 from .methods.aamu_configs import AFinetuneConfig, request_config
 from .methods.config import TARGETS
 from .recipe import RECIPE
@@ -277,7 +277,8 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
                        backend: str = "auto", device: torch.device | str | None = None,
                        progress: bool = False, stop: str | AutoStop | None = "auto", request: str = "auto",
                        transform: str | None = None, target: str = "unseen",
-                       odds_weight: float = 0.0, anchor_weight: float = 0.0) -> PreparedUnlearning:
+                       odds_weight: float = 0.0, anchor_weight: float = 0.0,
+                       odds_pairing: str = "quantile") -> PreparedUnlearning:
     """Blend + A-AMU for an existing loader-based fine-tune loop (see the module docstring).
 
     Args:
@@ -328,6 +329,9 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
             for the run (not on a request that forgets whole classes).
         odds_weight: weight of A-AMU's log-odds term (docs/method.md §7.8; 0, the default: off), meant for
             ``target="matched_fixed"``.
+        odds_pairing: how that term pairs the forget images with the target: ``"quantile"`` (default, §7.8) or
+            ``"image"`` (docs/method.md §7.10: each forget image against its own matched image's log-odds under
+            ``model`` as passed here, one-sided); ``"image"`` needs ``target="matched_fixed"``.
         anchor_weight: weight of the held-out anchor (docs/method.md §7.9; 0, the default: off): the criterion
             also keeps the model's predictions on the unseen images (of the classes the retain set still holds)
             near those of ``model`` as passed here; one more forward of a retain batch's size per step.
@@ -352,6 +356,10 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
     if not isinstance(target, str) or target not in TARGETS:
         raise ValueError(f"{fn}: target must be one of {TARGETS}, got {target!r}")
     odds_weight = check_odds_weight(fn, odds_weight)  # before the index is built
+    check_odds_pairing(fn, odds_pairing)
+    if odds_pairing == "image" and target != "matched_fixed":
+        raise ValueError(f"{fn}: odds_pairing='image' compares each forget image with its matched held-out image under "
+                         f"the untouched model, which needs target='matched_fixed', got target={target!r}")
     anchor_weight = check_odds_weight(fn, anchor_weight, "anchor_weight")
     check_step_settings(fn, RECIPE.lam if lam is None else lam, k, kappa, sigma, "auto", forget_batch_factor,
                         unseen_batch_factor, max_draw, steepen)  # and the step's settings
@@ -414,16 +422,19 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
     ux, uy = as_tensors(unseen, "unseen", fn)
     if tuple(ux.shape[1:]) != tuple(fx.shape[1:]):
         raise ValueError(f"{fn}: unseen images are {list(ux.shape[1:])} but forget images {list(fx.shape[1:])}")
-    tx, ty, fixed = ux, uy, None
+    tx, ty, fixed, odds_target = ux, uy, None, None
     if target != "unseen":  # held-out images as hard as the forget images, ranked by the untouched model
         idx, fixed, _ = matched_rows(model, reduced, None, (fx, fy), (ux, uy), target, lambda: reduced.labels, seed,
                                      dev, fn)
         idx = idx.to(ux.device)
         tx, ty = ux[idx], uy[idx]
+        if odds_pairing == "image":
+            odds_target = image_odds_target(fixed, ty, fx.shape[0], fn)
     step = AAMUStep(model, (fx.to(dev), fy.to(dev)), (tx.to(dev), ty.to(dev)), batch_size=batch_size, lam=lam, k=k,
                     kappa=kappa, sigma=sigma, steepen=steepen, seed=seed, forget_batch_factor=forget_batch_factor,
                     unseen_batch_factor=unseen_batch_factor, max_draw=max_draw, fn=fn, transform=cfg.transform,
                     unseen_logits=fixed, odds_weight=odds_weight, anchor_weight=anchor_weight,
+                    odds_pairing=odds_pairing, forget_odds_target=odds_target,
                     anchor=anchor_rows(model, (ux, uy), fy, reduced.labels, dev, fn) if anchor_weight else None)
     loader = DataLoader(reduced, batch_size=batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(seed))

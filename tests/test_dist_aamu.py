@@ -40,6 +40,7 @@ def _on_each_rank() -> dict:
     return {"mmd": _gathered_mmd(), "accelerator": _accelerated_steps(True), "refused": _local_batch_size(),
             "batchnorm": _unlearned_batchnorm(), "streamed": _unlearned_streamed(),
             "plain": _accelerated_steps(False), "unused": _unused_parameter(),
+            "image_odds": _accelerated_steps(True, image_odds=True),
             "autostop": _auto_stopped(), "direct_stop": _direct_stop(),
             **{m: _unlearned(m, wrap=(m == "finetune")) for m in METHODS}}
 
@@ -83,12 +84,15 @@ def test_mmd_of_gathered_rows_equals_single_process(ranks):
 STEPS = 3
 
 
-def _accelerated_steps(distributed: bool) -> list[torch.Tensor]:
+def _accelerated_steps(distributed: bool, image_odds: bool = False) -> list[torch.Tensor]:
     d = _data()
     model = _model()
     net = DistributedDataParallel(model) if distributed else model
+    # the per-image log-odds term (docs/method.md §7.10): each forget row against its own target, read by row index
+    odds = {"odds_weight": 0.5, "odds_pairing": "image",
+            "forget_odds_target": torch.linspace(-2, 1, 17, dtype=torch.float64)} if image_odds else {}
     acc = fastblend.AAMUStep(net, (d["forget_x"], d["forget_y"]), (d["unseen_x"], d["unseen_y"]), batch_size=B,
-                             seed=7, forget_batch_factor=3, unseen_batch_factor=3)  # 15 rows: 7 + 8
+                             seed=7, forget_batch_factor=3, unseen_batch_factor=3, **odds)  # 15 rows: 7 + 8
     opt = torch.optim.SGD(model.parameters(), lr=0.5)  # plain SGD: a wrong gradient scale shows at once
     for step in range(STEPS):
         idx = torch.arange(step * B, (step + 1) * B)
@@ -106,6 +110,15 @@ def test_aamu_step_under_ddp_equals_single_process(ranks):
     start = _params(_model())
     assert any(not torch.equal(a, b) for a, b in zip(single, start))  # training moved the weights
     for params in (r["accelerator"] for r in ranks):
+        for got, want in zip(params, single):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_the_per_image_odds_term_under_ddp_equals_single_process(ranks):
+    single = _accelerated_steps(False, image_odds=True)
+    without = _accelerated_steps(False)
+    assert any(not torch.allclose(a, b) for a, b in zip(single, without))  # the term changed the steps
+    for params in (r["image_odds"] for r in ranks):
         for got, want in zip(params, single):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 

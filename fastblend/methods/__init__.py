@@ -33,7 +33,7 @@ from ..data_adapter import (
 )
 from ..datasets import whole_classes
 from ..distributed import broadcast_object
-from ..metrics import predict_logits
+from ..metrics import predict_logits, true_class_log_odds
 from ..recipe import RECIPE
 from ..tracking import StepClock, eval_every_for
 from .aamu_configs import (
@@ -378,7 +378,7 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
             read.append(_retain_labels(r, fn, use))
         return read[0]
 
-    matched = fixed = None
+    matched = fixed = odds_target = None
     if spec.accelerated and cfg.target != "unseen":  # held-out images as hard as the forget images (§7.7)
         idx, fixed, reference_rows = matched_rows(work, retain, r, (f.images, f.labels), (u.images, u.labels),
                                                   cfg.target, lambda: retain_labels("target"), seed, dev, fn,
@@ -388,6 +388,8 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
         matched.num_classes, matched.image_dtype = u.num_classes, u.image_dtype
         ctx.info["target"] = {"kind": cfg.target, "rows": len(matched), "distinct": int(idx.unique().numel()),
                               "reference_rows": reference_rows}
+        if cfg.odds_pairing == "image":
+            odds_target = image_odds_target(fixed, matched.labels, len(f), fn, "config.odds_pairing")
     anchor, anchor_seconds = None, 0.0
     if spec.accelerated and cfg.anchor_weight:  # held-out images of the classes kept, as the untouched model sees them
         t_anchor = time.perf_counter()
@@ -396,7 +398,7 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
         anchor_seconds = time.perf_counter() - t_anchor  # the method's cost: one forward over the pool
         ctx.info["anchor"] = {"rows": int(anchor[0].shape[0]), "weight": float(cfg.anchor_weight),
                               "seconds": anchor_seconds}
-    data = RunData(r, f, matched if matched is not None else u, fixed, anchor)
+    data = RunData(r, f, matched if matched is not None else u, fixed, anchor, odds_target)
     stopper = None
     if stop is not None:
         stopper = stop if isinstance(stop, AutoStop) else AutoStop(
@@ -456,6 +458,19 @@ def matched_rows(model: nn.Module, retain: Any, r: DataView | None, forget: tupl
     if target == "matched_fixed":  # their losses under the untouched model: a target that does not move
         fixed = predict_logits(model, unseen[0][idx.to(unseen[0].device)], device=dev).float()
     return idx, fixed, int(rx.shape[0])
+
+
+def image_odds_target(fixed: torch.Tensor, labels: torch.Tensor, n_forget: int, fn: str,
+                      arg: str = "odds_pairing") -> torch.Tensor:
+    """The per-image log-odds targets (docs/method.md §7.10), for ``unlearn`` and the drop-in: the true-class log-odds
+    of each forget row's matched image under the untouched model (``fixed``: their logits, one row per forget row
+    in its order; ``labels``: theirs, the forget rows' classes), float64. Refused when a forget image got no
+    match (its class has no held-out image): the rows would no longer line up."""
+    if fixed.shape[0] != n_forget:
+        raise ValueError(f"{fn}: {arg}='image' needs a held-out image of every forget image's class to match it with; "
+                         f"{n_forget - fixed.shape[0]} of the {n_forget} forget images have none. Pass unseen images "
+                         f"of every forget class, or use {arg}='quantile'")
+    return true_class_log_odds(fixed.double(), labels.to(fixed.device))
 
 
 def anchor_rows(model: nn.Module, unseen: tuple[torch.Tensor, torch.Tensor], forget_labels: torch.Tensor,

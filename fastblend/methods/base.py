@@ -110,6 +110,7 @@ class RunData:
     unseen: DataView | None
     unseen_logits: torch.Tensor | None = None  # fixed target logits of the unseen rows (AAMUStep's)
     anchor: tuple[torch.Tensor, torch.Tensor] | None = None  # held-out images and their untouched logits (§7.9)
+    forget_odds_target: torch.Tensor | None = None  # per forget row, its matched image's log-odds (§7.10)
 
 
 class Method:
@@ -191,7 +192,8 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
                         forget_batch_factor=cfg.forget_batch_factor, unseen_batch_factor=cfg.unseen_batch_factor,
                         max_draw=cfg.max_draw, unseen_refresh=cfg.unseen_refresh, num_classes=ctx.num_classes,
                         forwards=ctx.forwards, fn=ctx.fn, transform=cfg.transform, unseen_logits=data.unseen_logits,
-                        odds_weight=cfg.odds_weight, anchor=data.anchor, anchor_weight=cfg.anchor_weight)
+                        odds_weight=cfg.odds_weight, anchor=data.anchor, anchor_weight=cfg.anchor_weight,
+                        odds_pairing=cfg.odds_pairing, forget_odds_target=data.forget_odds_target)
         ctx.info["backends"] = {"quantile_mmd": "torch (pooled)" if cfg.transform == "pooled" else
                                 backend_for("quantile_mmd", ctx.device, aamu.criterion.backend)}
     elif method.uses_forget_batches:

@@ -146,6 +146,9 @@ class AAMUFields:
             the model being trained.
         odds_weight: weight ``μ`` of a term matching the forget batch's true-class log-odds to the target's
             (quantile to quantile, ``W₂²``; docs/method.md §7.8); 0 (default): off, the paper's loss.
+        odds_pairing: how that term pairs them: ``"quantile"`` (default, above) or ``"image"`` (docs/method.md
+            §7.10): each forget image's log-odds against those of its own difficulty-matched held-out image under
+            the untouched model, one-sided (``μ · mean max(0, φ_i − φ*_i)²``); needs ``target="matched_fixed"``.
         anchor_weight: weight ``ν`` of the held-out anchor (docs/method.md §7.9): ``ν · KL(p₀ ‖ p)`` on a batch of
             unseen images per step (the pool's images of every class the retain set still holds), ``p₀`` the
             untouched model's predictions on them, fixed; 0 (default): off, the paper's loss.
@@ -164,6 +167,7 @@ class AAMUFields:
     request: str = "auto"
     target: str = "unseen"
     odds_weight: float = 0.0
+    odds_pairing: str = "quantile"
     anchor_weight: float = 0.0
 
     def check(self, fn: str) -> None:
@@ -171,9 +175,10 @@ class AAMUFields:
         super().check(fn)
         if not (isinstance(self.lam, (int, float)) and math.isfinite(self.lam) and self.lam >= 0):
             raise ValueError(f"{fn}: config.lam must be a finite number >= 0, got {self.lam}")
-        from ..aamu import check_odds_weight
+        from ..aamu import check_odds_pairing, check_odds_weight
 
         check_odds_weight(fn, self.odds_weight, "config.odds_weight")
+        check_odds_pairing(fn, self.odds_pairing, "config.odds_pairing")
         check_odds_weight(fn, self.anchor_weight, "config.anchor_weight")
         if self.forget_batch_factor < 1 or self.unseen_batch_factor < 1:
             raise ValueError(f"{fn}: config.forget_batch_factor and unseen_batch_factor must be >= 1, got "
@@ -187,6 +192,10 @@ class AAMUFields:
             raise ValueError(f"{fn}: config.request must be 'auto', 'class' or 'sample', got {self.request!r}")
         if self.target not in TARGETS:
             raise ValueError(f"{fn}: config.target must be one of {TARGETS}, got {self.target!r}")
+        if self.odds_pairing == "image" and self.target != "matched_fixed":
+            raise ValueError(f"{fn}: config.odds_pairing='image' compares each forget image with its matched held-out "
+                             f"image under the untouched model, which needs config.target='matched_fixed', got "
+                             f"target={self.target!r}")
         if self.unseen_refresh < 1:
             raise ValueError(f"{fn}: config.unseen_refresh must be >= 1 (1 = every step), got {self.unseen_refresh}")
 

@@ -1,0 +1,161 @@
+"""The per-image log-odds term (``odds_pairing="image"``, docs/method.md §7.10): each forget image's true-class
+log-odds against its own target, one-sided."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import fastblend
+from fastblend import AAMUStep, unlearn
+from fastblend.aamu import odds_excess
+from fastblend.metrics import true_class_log_odds
+
+from ._support import class_images
+
+C = 3
+
+
+def _blobs(n: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % C
+    x = torch.tensor([[0.0, 0.0], [2.5, 0.0], [0.0, 2.5]])[y] + 1.2 * torch.randn(n, 2, generator=g)
+    return x, y
+
+
+def _model():
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, C))
+    x, y = _blobs(300, 0)
+    return fastblend.train_model(net, (x, y), config={"epochs": 20, "lr": 0.05, "batch_size": 32,
+                                                      "warmup_epochs": 0})
+
+
+def test_the_excess_is_one_sided_and_row_to_row():
+    phi = torch.tensor([3.0, -1.0, 0.5, 2.0], dtype=torch.float64, requires_grad=True)
+    target = torch.tensor([1.0, 0.0, 0.5, -2.0], dtype=torch.float64)
+    out = odds_excess(phi, target)
+    assert float(out.detach()) == pytest.approx((2.0 ** 2 + 0 + 0 + 4.0 ** 2) / 4)  # only images above their own target
+    out.backward()
+    assert phi.grad.tolist() == pytest.approx([2 * 2.0 / 4, 0.0, 0.0, 2 * 4.0 / 4])  # below / at: no gradient
+    # row to row, not sorted: the same values paired differently give a different excess (W₂ would not)
+    assert float(odds_excess(phi.detach(), target.flip(0))) != pytest.approx(float(out))
+    with pytest.raises(ValueError, match="odds_excess: forget_odds and target_odds must have the same shape"):
+        odds_excess(phi, target[:3])
+
+
+def _step_data(n_forget: int = 24):
+    g = torch.Generator().manual_seed(1)
+    fx, fy = torch.randn(n_forget, 2, generator=g), torch.arange(n_forget) % C
+    ux, uy = torch.randn(30, 2, generator=g), torch.arange(30) % C
+    return (fx, fy), (ux, uy)
+
+
+def test_the_step_adds_the_excess_over_each_forget_rows_own_target():
+    forget, unseen = _step_data()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = nn.Linear(2, C).double()
+    target = torch.linspace(-3, 3, 24, dtype=torch.float64)  # a distinct target per forget row
+    kw = dict(batch_size=4, seed=3, lam=0.0)  # λ 0: the total is the retain loss plus the term
+    step = AAMUStep(net, forget, unseen, odds_weight=2.0, odds_pairing="image", forget_odds_target=target, **kw)
+    plain = AAMUStep(net, forget, unseen, **kw)
+    assert step.criterion.odds_weight == 0.0 and step.image_odds_weight == 2.0  # it replaces the quantile match
+    retain = torch.rand(4, dtype=torch.float64)
+    batch = step.draw_forget()
+    assert batch.index is not None and batch.index.numel() == batch.size
+    step._forget = batch._replace(logits=net(batch.x))
+    out = step.loss(retain)
+    phi = true_class_log_odds(net(batch.x).double(), batch.labels)
+    expected = 2.0 * (phi - target[batch.index]).clamp(min=0).pow(2).mean()
+    base = plain.loss(retain)
+    assert float(out.total) == pytest.approx(float(base.total + expected), rel=1e-9)
+    assert float(expected) > 0  # the check means something: some rows sit above their target
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"odds_pairing": "image"}, "odds_pairing='image' needs forget_odds_target"),
+    ({"odds_pairing": "image", "forget_odds_target": torch.zeros(5)}, r"one value per forget image \(24\)"),
+    ({"odds_pairing": "image", "forget_odds_target": torch.full((24,), float("nan"))}, "must be finite"),
+    ({"odds_pairing": "image", "forget_odds_target": torch.zeros(24, dtype=torch.long)}, "floating"),
+    ({"forget_odds_target": torch.zeros(24)}, "read only with odds_pairing='image'"),
+    ({"odds_pairing": "rows"}, r"odds_pairing must be one of \('quantile', 'image'\)"),
+])
+def test_the_step_refuses_a_bad_pairing_or_target(kwargs, match):
+    forget, unseen = _step_data()
+    with pytest.raises(ValueError, match=f"AAMUStep: .*{match}"):
+        AAMUStep(nn.Linear(2, C), forget, unseen, batch_size=4, odds_weight=1.0, **kwargs)
+    with pytest.raises(TypeError, match="AAMUStep: forget_odds_target must be a floating torch.Tensor"):
+        AAMUStep(nn.Linear(2, C), forget, unseen, batch_size=4, odds_pairing="image", forget_odds_target=[0.0] * 24)
+
+
+def test_unlearn_pulls_each_forget_image_to_its_matched_images_odds():
+    model = _model()
+    x, y = _blobs(300, 0)
+    forget = torch.arange(300) % 10 == 0
+    unseen = _blobs(150, 1)
+    fx, fy = x[forget], y[forget]
+    args = (model, (x[~forget], y[~forget]), (fx, fy), unseen)
+    base = {"batch_size": 16, "epochs": 3, "target": "matched_fixed", "odds_weight": 1.0}
+    quantile = unlearn("a_finetune", *args, config=base, seed=0)
+    image = unlearn("a_finetune", *args, config={**base, "odds_pairing": "image"}, seed=0)
+    assert image.config.odds_pairing == "image"
+    # the targets: each forget image's matched image, under the untouched model
+    from fastblend.methods import matched_rows
+
+    idx, fixed, _ = matched_rows(model, (x[~forget], y[~forget]), None, (fx, fy), unseen, "matched_fixed",
+                                 lambda: y[~forget], 0, torch.device("cpu"), "t")
+    target = true_class_log_odds(fixed.double(), unseen[1][idx])
+
+    def excess(m):
+        with torch.no_grad():
+            return float(odds_excess(true_class_log_odds(m(fx).double(), fy), target))
+
+    assert excess(image.model) < excess(quantile.model) < excess(model)
+    assert any(not torch.equal(a, b) for a, b in zip(quantile.model.parameters(), image.model.parameters()))
+    with pytest.raises(ValueError, match="config.odds_pairing='image' .* needs config.target='matched_fixed'"):
+        unlearn("a_finetune", *args, config={"odds_pairing": "image", "odds_weight": 1.0}, seed=0)
+    with pytest.raises(ValueError, match="config.odds_pairing must be one of"):
+        unlearn("a_finetune", *args, config={"odds_pairing": "sorted"}, seed=0)
+
+
+def test_unlearn_refuses_image_pairing_when_a_forget_image_has_no_match():
+    model = _model()
+    x, y = _blobs(300, 0)
+    forget = torch.arange(300) % 10 == 0
+    ux, uy = _blobs(150, 1)
+    keep = uy != 2  # no held-out image of class 2: its forget images cannot be matched
+    with pytest.raises(ValueError, match=r"config.odds_pairing='image' needs a held-out image of every forget "
+                                         r"image's class.*10 of the 30 forget images have none"):
+        unlearn("a_finetune", model, (x[~forget], y[~forget]), (x[forget], y[forget]), (ux[keep], uy[keep]),
+                config={"target": "matched_fixed", "odds_weight": 1.0, "odds_pairing": "image"}, seed=0)
+
+
+def test_the_drop_in_takes_the_pairing_and_checks_it_before_building_the_index(monkeypatch):
+    from fastblend import BlendIndex, prepare_unlearning
+
+    g = torch.Generator().manual_seed(0)
+    x, y = class_images(150, g)
+    ux, uy = class_images(60, g)
+    forget = torch.zeros(150, dtype=torch.bool)
+    forget[::10] = True
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+    args = (model, (x[~forget], y[~forget]), (x[forget], y[forget]), (ux, uy))
+    prep = prepare_unlearning(*args, batch_size=8, ipc=4, iterations=1, target="matched_fixed", odds_weight=2.0,
+                              odds_pairing="image", stop=None)
+    step = prep.criterion.step
+    assert step.image_odds_weight == 2.0 and step.forget_odds_target.shape == (15,)
+    xb, yb = next(iter(prep.retain_loader))
+    assert torch.isfinite(prep.criterion(model(xb), yb))
+
+    def no_build(*a, **k):
+        raise AssertionError("the index was built before the argument was checked")
+
+    monkeypatch.setattr(BlendIndex, "build", no_build)
+    with pytest.raises(ValueError, match="prepare_unlearning: odds_pairing must be one of"):
+        prepare_unlearning(*args, batch_size=8, odds_pairing="pairs")
+    with pytest.raises(ValueError, match="prepare_unlearning: odds_pairing='image' .* needs target='matched_fixed'"):
+        prepare_unlearning(*args, batch_size=8, odds_weight=1.0, odds_pairing="image")
+

@@ -17,7 +17,9 @@ Usage::
         > benchmarks/results-2026-12-05-cpu/quality/odds_diagnosis.txt
 
 (``odds_diagnosis.txt`` was made before the MIA scored every forget × held-out pair; ``odds_diagnosis_allpairs.txt``
-after, with ``--seeds 0 1 2 --variants default fixed_odds0.3_epochs2 fixed_odds0.3_epochs2_anchor5``.)
+after, with ``--seeds 0 1 2 --variants default fixed_odds0.3_epochs2 fixed_odds0.3_epochs2_anchor5``;
+``odds_diagnosis_image.txt`` with ``--seeds 0 1 2 --variants fixed_odds0.3_epochs2_anchor5 image_odds1_anchor5_epochs3
+image_recipe --per-class``, docs/method.md §7.10.)
 """
 
 from __future__ import annotations
@@ -40,7 +42,11 @@ VARIANTS = [("default", {}), ("fixed", FIXED), ("fixed_odds0.3", {**FIXED, "odds
             ("fixed_odds1", {**FIXED, "odds_weight": 1.0}),
             ("fixed_odds0.3_epochs2", {**FIXED, "odds_weight": 0.3, "epochs": 2}),
             ("matched_odds1", {"target": "matched", "odds_weight": 1.0}),
-            ("fixed_odds0.3_epochs2_anchor5", {**FIXED, "odds_weight": 0.3, "epochs": 2, "anchor_weight": 5.0})]
+            ("fixed_odds0.3_epochs2_anchor5", {**FIXED, "odds_weight": 0.3, "epochs": 2, "anchor_weight": 5.0}),
+            ("image_odds1_anchor5_epochs3", {**FIXED, "odds_weight": 1.0, "odds_pairing": "image", "epochs": 3,
+                                             "anchor_weight": 5.0}),
+            ("image_recipe", {**FIXED, "odds_weight": 1.0, "odds_pairing": "image", "epochs": 3, "anchor_weight": 10.0,
+                              "lr": 5e-4})]
 LEVELS = torch.tensor([0.1, 0.25, 0.5, 0.75, 0.9], dtype=torch.float64)
 
 
@@ -61,11 +67,39 @@ def describe(name: str, model, forget, heldout) -> str:
             f"held-out phi {q(ph)} acc {acc_h:5.1f}")
 
 
+def _auc(a: torch.Tensor, b: torch.Tensor) -> float:
+    """100 · P(a > b) over every pair (ties count half): the MIA's direct AUC."""
+    gt = (a[:, None] > b[None, :]).double().mean()
+    return 100 * float(gt + 0.5 * (a[:, None] == b[None, :]).double().mean())
+
+
+def per_class(models: dict, forget, heldout) -> str:
+    """Per forget class: its forget images, the MIA within the class and the mean φ of its forget / held-out
+    images under each model; then each model's forget images against each model's held-out images (which
+    side moves the MIA)."""
+    phi = {n: (true_class_log_odds(predict_logits(m, forget[0]).float(), forget[1]).double(),
+               true_class_log_odds(predict_logits(m, heldout[0]).float(), heldout[1]).double())
+           for n, m in models.items()}
+    lines = ["  forget images of one model against held-out images of another (MIA):"]
+    for fn in phi:
+        cells = [f"| held-out under {hn}: {_auc(phi[fn][0], phi[hn][1]):5.1f}" for hn in phi]
+        lines.append(f"    forget under {fn:<20} " + " ".join(cells))
+    lines.append("  per forget class: n, then per model the MIA within the class and mean phi forget / held-out")
+    for c in forget[1].unique().tolist():
+        mf, mh = forget[1] == c, heldout[1] == c
+        lines.append(f"    class {c} n {int(mf.sum()):3d} " + " ".join(
+            f"| {n} {_auc(p[0][mf], p[1][mh]):5.1f} {float(p[0][mf].mean()):5.2f}/{float(p[1][mh].mean()):5.2f}"
+            for n, p in phi.items()))
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--variants", nargs="+", default=None, choices=[name for name, _ in VARIANTS],
                    help="run only these settings of a_finetune (default: all)")
+    p.add_argument("--per-class", action="store_true",
+                   help="also break the MIA down by forget class and by which model scores each side")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     print("phi quantiles at 10/25/50/75/90%; MIA = 100 P(phi_forget > phi_heldout) under the same model")
@@ -82,12 +116,16 @@ def main(argv: list[str] | None = None) -> None:
         idx = matched_unseen(s.model, split.retain_tensors(), forget, unseen)
         print(describe("matched | original", s.model, (unseen[0][idx], unseen[1][idx]), heldout))
         retain, _ = pipeline.request_reduced(s.index, split.forget)
+        models = {"original": s.model, "Retrain": retrain}
         for name, conf in VARIANTS:
             if args.variants is not None and name not in args.variants:
                 continue
             res = unlearn("a_finetune", s.model, retain, forget, unseen=unseen,
                           config={"request": "sample", **conf}, device=s.device, seed=seed)
             print(describe(name, res.model, forget, heldout), flush=True)
+            models[name] = res.model
+        if args.per_class:
+            print(per_class(models, forget, heldout), flush=True)
 
 
 if __name__ == "__main__":

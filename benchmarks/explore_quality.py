@@ -372,6 +372,16 @@ def _grid() -> None:
                          [("odds1_anchor10_ep3", {"odds_weight": 1.0, "anchor_weight": 10.0, "epochs": 3}),
                           ("odds1_anchor20_ep3", {"odds_weight": 1.0, "anchor_weight": 20.0, "epochs": 3})]])
 
+    # the per-image log-odds term (docs/method.md §7.10): each forget image's log-odds against its own matched image's
+    # under the untouched model, one-sided, replacing the quantile match; with the anchor at 10 and Adam lr 5e-4 for 3
+    # epochs. Probed first through a hook (one-sided vs two-sided, weights 1/3/10, 2-8 epochs, lr 2.4e-4/5e-4/1e-3):
+    # the one-sided pull at weight 1 was the only one to lower the MIA without costing test accuracy
+    img = {"target": "matched_fixed", "odds_weight": 1.0, "odds_pairing": "image", "anchor_weight": 10.0,
+           "lr": 5e-4, "epochs": 3}
+    plan("hardimage", [(f"hard@{s}/{m}/{name}", f"hard@{s}", m, {**img, **conf})
+                       for s in (0, 1, 2) for m in ("a_finetune",) for name, conf in
+                       [("image", {}), ("image_quantile", {"odds_pairing": "quantile"}),
+                        ("image_fb2", {"forget_batch_factor": 2})]])
 
 _grid()
 

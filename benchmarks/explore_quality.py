@@ -382,6 +382,18 @@ def _grid() -> None:
                        for s in (0, 1, 2) for m in ("a_finetune",) for name, conf in
                        [("image", {}), ("image_quantile", {"odds_pairing": "quantile"}),
                         ("image_fb2", {"forget_batch_factor": 2})]])
+    # the same recipe on the full demo's hard request (8,000 images; all-pairs MIA), beside the paper's and §7.9's
+    plan("hardimage_full", [(f"hard_full/a_finetune/{name}", "hard_full", "a_finetune", conf) for name, conf in
+                            [("image", img), ("default", {}),
+                             ("anchor", {"target": "matched_fixed", "odds_weight": 0.3, "epochs": 2,
+                                         "anchor_weight": 5.0})]])
+    # A-SCRUB on hard with the per-image term and the anchor at its own optimiser (SGD lr 0.01, 3 epochs): it
+    # collapsed under the fixed target alone (§7.7)
+    scrub_img = {k: v for k, v in img.items() if k not in ("lr", "epochs")}
+    plan("hardimage_scrub", [(f"hard@{s}/a_scrub/{name}", f"hard@{s}", "a_scrub", conf) for s in (0, 1, 2)
+                             for name, conf in [("image", scrub_img), ("image_lr0.005", {**scrub_img, "lr": 0.005}),
+                                               ("image_lr0.002", {**scrub_img, "lr": 0.002})]])
+
 
 _grid()
 

@@ -11,7 +11,9 @@ The public API, in the groups the README follows:
   :class:`UnseenSampler`; the recipe's defaults are ``fastblend.recipe.RECIPE``.
 - **Unlearning methods**: :func:`unlearn` -> :class:`UnlearnResult`, :func:`train_model`,
   :func:`available_methods`, :func:`presets`; :class:`AutoStop` ends a run when the forget set behaves like
-  held-out data (``unlearn(..., stop="auto")``), without Retrain.
+  held-out data (``unlearn(..., stop="auto")``), without Retrain; :func:`matched_recipe` gives the
+  difficulty-matched recipe for scattered-sample requests (``config=matched_recipe("a_finetune")``, docs/method.md
+  §7.10), the one measured inside Retrain's band on atypical forget images.
 - **Evaluation**: :func:`accuracy`, :func:`mia_score`, :func:`svc_mia`.
 - **Data and models**: :func:`load_dataset`, :func:`make_split`, :class:`MemmapImages` (images larger than
   memory, streamed), :func:`random_convnet`.
@@ -35,7 +37,7 @@ from .difficulty import matched_unseen
 from .dropin import prepare_unlearning
 from .grouping import Clustering, extract_features, group
 from .memmap import MemmapImages
-from .methods import UnlearnResult, available_methods, presets, train_model, unlearn
+from .methods import UnlearnResult, available_methods, matched_recipe, presets, train_model, unlearn
 from .metrics import accuracy, mia_score, svc_mia
 from .models import random_convnet
 from .ops import quantile_mmd, quantile_transform, segment_blend
@@ -63,6 +65,7 @@ __all__ = [
     "AutoStop",
     "UnlearnResult",
     "matched_unseen",
+    "matched_recipe",
     "available_methods",
     "presets",
     "train_model",

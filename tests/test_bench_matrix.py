@@ -3,6 +3,8 @@
 
 import json
 
+import pytest
+
 from benchmarks import bench_matrix, matrix_readme
 
 TINY = {"limit": 240, "width": 4, "ipc": 4, "blend_iterations": 1, "retrain_seeds": 2, "mia_min_group": 5,
@@ -80,22 +82,26 @@ def test_the_matrix_resumes_and_its_readme_reads_the_unit_files(tmp_path, monkey
     assert unit["method_config"] == {"target": "matched_fixed"} == unit["config"]["accelerated_config"]
 
 
-def test_the_readme_matrix_table_is_generated_from_the_committed_files():
+@pytest.mark.parametrize("folder, name", [("benchmarks/results-2026-12-05-cpu/matrix", None),
+                                          ("benchmarks/results-2026-12-05-cpu/matrix-image", "image")])
+def test_the_readme_matrix_table_is_generated_from_the_committed_files(folder, name):
     from pathlib import Path
 
     from benchmarks import matrix_readme
 
     root = Path(__file__).resolve().parents[1]
-    folder = "benchmarks/results-2026-12-05-cpu/matrix"
+    begin, end = matrix_readme.markers(name)
     text = (root / "README.md").read_text()
-    block = text.split(matrix_readme.BEGIN, 1)[1].split(matrix_readme.END, 1)[0]
+    assert begin in text and end in text, f"README has no generated table {name!r}"
+    block = text.split(begin, 1)[1].split(end, 1)[0]
     import os
 
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        want = matrix_readme.readme_block(folder)
+        want = matrix_readme.readme_block(folder, name)
     finally:
         os.chdir(cwd)
-    assert matrix_readme.BEGIN + block + matrix_readme.END == want, \
-        "README's matrix table is stale: run python -m benchmarks.matrix_readme " + folder + " --readme README.md"
+    flag = "" if name is None else f" --block {name}"
+    assert begin + block + end == want, \
+        f"README's matrix table is stale: run python -m benchmarks.matrix_readme {folder} --readme README.md{flag}"

@@ -159,3 +159,29 @@ def test_the_drop_in_takes_the_pairing_and_checks_it_before_building_the_index(m
     with pytest.raises(ValueError, match="prepare_unlearning: odds_pairing='image' .* needs target='matched_fixed'"):
         prepare_unlearning(*args, batch_size=8, odds_weight=1.0, odds_pairing="image")
 
+
+
+def test_the_matched_recipe_is_each_methods_config_and_runs():
+    from fastblend import matched_recipe
+    from fastblend.methods import config_class
+    from fastblend.methods.aamu_configs import MATCHED_METHODS
+
+    assert MATCHED_METHODS == ("a_finetune", "a_neggrad_plus", "a_sparse")
+    for name in MATCHED_METHODS:
+        cfg = config_class(name)(**matched_recipe(name))
+        cfg.check(name)  # every key is a field of that method's config, with a valid value
+        assert (cfg.target, cfg.odds_pairing, cfg.odds_weight, cfg.anchor_weight) == ("matched_fixed", "image", 1.0,
+                                                                                        10.0)
+    mine = matched_recipe("a_finetune")
+    mine["epochs"] = 99  # a caller's edit of its dict is its own
+    assert matched_recipe("a_finetune")["epochs"] == 3
+    for bad in ("a_scrub", "finetune", None):
+        with pytest.raises(ValueError, match="matched_recipe: method must be one of"):
+            matched_recipe(bad)
+    model = _model()
+    x, y = _blobs(300, 0)
+    forget = torch.arange(300) % 10 == 0
+    res = unlearn("a_finetune", model, (x[~forget], y[~forget]), (x[forget], y[forget]), _blobs(150, 1),
+                  config={**matched_recipe("a_finetune"), "batch_size": 16, "epochs": 1}, seed=0)
+    assert res.info["target"]["kind"] == "matched_fixed" and res.info["anchor"]["weight"] == 10.0
+    assert res.config.odds_pairing == "image"

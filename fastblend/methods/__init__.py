@@ -43,6 +43,7 @@ from .aamu_configs import (
     APruneConfig,
     AScrubConfig,
     ASparseConfig,
+    matched_recipe,
     request_config,
 )
 from .bad_teacher import BadTeacher, BadTeacherConfig
@@ -693,6 +694,7 @@ __all__ = [
     "accelerated",
     "available_methods",
     "config_class",
+    "matched_recipe",
     "planned_steps",
     "presets",
     "train_model",

@@ -185,3 +185,25 @@ def test_the_matched_recipe_is_each_methods_config_and_runs():
                   config={**matched_recipe("a_finetune"), "batch_size": 16, "epochs": 1}, seed=0)
     assert res.info["target"]["kind"] == "matched_fixed" and res.info["anchor"]["weight"] == 10.0
     assert res.config.odds_pairing == "image"
+
+
+def test_the_command_line_takes_the_matched_recipe(tmp_path):
+    from fastblend import matched_recipe
+    from fastblend.experiments import cli
+    from fastblend.experiments.settings import ExperimentConfig
+
+    def cfg_of(*argv):
+        return cli._config_from_args(cli.build_parser().parse_args(["run", *argv]), ExperimentConfig())
+
+    assert cfg_of("--recipe", "matched", "--forget", "hard").accelerated_config == matched_recipe("a_finetune")
+    assert cfg_of("--forget", "hard").accelerated_config == {}  # the paper's unless asked
+    assert cfg_of("--recipe", "matched", "--method", "neggrad_plus").accelerated_config == \
+        matched_recipe("a_neggrad_plus")
+    own = tmp_path / "own.json"
+    own.write_text('{"accelerated_config": {"epochs": 5}}')
+    mixed = cfg_of("--recipe", "matched", "--config", str(own)).accelerated_config
+    assert mixed == {**matched_recipe("a_finetune"), "epochs": 5}  # the file's settings win
+    with pytest.raises(cli.UsageError, match="--recipe matched: the accelerated method must be one of"):
+        cfg_of("--recipe", "matched", "--method", "scrub")
+    with pytest.raises(cli.UsageError, match="--recipe matched is for scattered samples"):
+        cfg_of("--recipe", "matched", "--forget", "classwise")

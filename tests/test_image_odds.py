@@ -166,7 +166,7 @@ def test_the_matched_recipe_is_each_methods_config_and_runs():
     from fastblend.methods import config_class
     from fastblend.methods.aamu_configs import MATCHED_METHODS
 
-    assert MATCHED_METHODS == ("a_finetune", "a_neggrad_plus", "a_sparse")
+    assert MATCHED_METHODS == ("a_finetune", "a_neggrad_plus", "a_sparse", "a_scrub")
     for name in MATCHED_METHODS:
         cfg = config_class(name)(**matched_recipe(name))
         cfg.check(name)  # every key is a field of that method's config, with a valid value
@@ -175,7 +175,8 @@ def test_the_matched_recipe_is_each_methods_config_and_runs():
     mine = matched_recipe("a_finetune")
     mine["epochs"] = 99  # a caller's edit of its dict is its own
     assert matched_recipe("a_finetune")["epochs"] == 3
-    for bad in ("a_scrub", "finetune", None):
+    assert (matched_recipe("a_scrub")["lr"], matched_recipe("a_finetune")["lr"]) == (0.002, 5e-4)
+    for bad in ("a_bad_teacher", "finetune", None):
         with pytest.raises(ValueError, match="matched_recipe: method must be one of"):
             matched_recipe(bad)
     model = _model()
@@ -204,6 +205,6 @@ def test_the_command_line_takes_the_matched_recipe(tmp_path):
     mixed = cfg_of("--recipe", "matched", "--config", str(own)).accelerated_config
     assert mixed == {**matched_recipe("a_finetune"), "epochs": 5}  # the file's settings win
     with pytest.raises(cli.UsageError, match="--recipe matched: the accelerated method must be one of"):
-        cfg_of("--recipe", "matched", "--method", "scrub")
+        cfg_of("--recipe", "matched", "--method", "bad_teacher")
     with pytest.raises(cli.UsageError, match="--recipe matched is for scattered samples"):
         cfg_of("--recipe", "matched", "--forget", "classwise")

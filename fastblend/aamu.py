@@ -32,11 +32,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 
 from ._batchnorm import frozen_running_stats, guard_recomputation, stateful_buffers
 from ._checks import plain_number
 from ._device import module_device
-from .data_adapter import as_data, cast_to_model, check_batch_labels, model_dtype
+from .data_adapter import as_data, cast_to_model, check_batch_labels, model_dtype, order_error, reads_in_dataset_order
 from .distributed import all_gather_rows, all_gather_rows_with_grad, is_distributed, row_shard
 from .metrics import true_class_log_odds
 from .ops._dispatch import BACKENDS
@@ -678,8 +679,9 @@ class AAMUStep:
         odds_pairing, forget_odds_target: how the log-odds term pairs the forget images with the target.
             ``"quantile"`` (default): the forget batch's sorted log-odds against the unseen batch's (``W₂²``,
             §7.8). ``"image"`` (docs/method.md §7.10): each forget image against its own target log-odds,
-            ``forget_odds_target`` (``[N_f]``, one finite value per forget row, e.g. the untouched model's on
-            the held-out image matched to it by difficulty), one-sided: ``odds_weight · mean_i max(0, φ_i − φ*_i)²``
+            ``forget_odds_target`` (``[N_f]``, one finite value per forget row in the forget set's own order, so
+            a forget ``DataLoader`` must read its dataset in order; e.g. the untouched model's on the held-out
+            image matched to it by difficulty), one-sided: ``odds_weight · mean_i max(0, φ_i − φ*_i)²``
             over the forget batch (:func:`odds_excess`); it then replaces the quantile match.
         anchor, anchor_weight: the held-out anchor (docs/method.md §7.9; an option, off by default): ``anchor`` is
             ``(images [N_a, ...], logits [N_a, C])``, held-out images the model never trained on and their fixed
@@ -732,6 +734,9 @@ class AAMUStep:
             raise ValueError(f"{fn}: micro_batch must be an int >= 0 (0 = off), got {micro_batch!r}")
         self.model = model
         self.parallel = is_distributed() and isinstance(model, DistributedDataParallel)
+        if odds_pairing == "image" and isinstance(forget, DataLoader) and not reads_in_dataset_order(forget):
+            raise order_error(forget, fn, "forget_odds_target's rows would be paired with the rows of one shuffled "
+                              "pass (odds_pairing='image')")
         self._plain = model.module if isinstance(model, DistributedDataParallel) else model
         self.forget = as_data(forget, "forget", fn).materialise(fn)
         self.unseen = as_data(unseen, "unseen", fn).materialise(fn)
@@ -743,6 +748,8 @@ class AAMUStep:
         #: the per-image log-odds term's weight (``odds_pairing="image"``; 0 otherwise) and its targets
         self.image_odds_weight = odds_weight if odds_pairing == "image" else 0.0
         self.forget_odds_target = _check_odds_target(fn, forget_odds_target, odds_pairing, len(self.forget))
+        if self.forget_odds_target is not None:  # where the batch's rows are drawn: a step reads it without a sync
+            self.forget_odds_target = self.forget_odds_target.to(self.forget.images.device)
         self.criterion = AAMULoss(lam, k, kappa, sigma, steepen, backend, transform=transform,
                                   odds_weight=0.0 if odds_pairing == "image" else odds_weight)
         if self.criterion.odds_weight and unseen_logits is None:

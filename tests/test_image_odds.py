@@ -91,6 +91,21 @@ def test_the_step_refuses_a_bad_pairing_or_target(kwargs, match):
         AAMUStep(nn.Linear(2, C), forget, unseen, batch_size=4, odds_pairing="image", forget_odds_target=[0.0] * 24)
 
 
+def test_the_step_refuses_a_shuffled_forget_loader_with_per_image_targets():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    forget, unseen = _step_data()
+    shuffled = DataLoader(TensorDataset(*forget), batch_size=5, shuffle=True)
+    target = torch.zeros(24, dtype=torch.float64)
+    with pytest.raises(ValueError, match="AAMUStep: the DataLoader reads its dataset through .*forget_odds_target"):
+        AAMUStep(nn.Linear(2, C), shuffled, unseen, batch_size=4, odds_pairing="image", forget_odds_target=target)
+    in_order = DataLoader(TensorDataset(*forget), batch_size=5)
+    step = AAMUStep(nn.Linear(2, C), in_order, unseen, batch_size=4, odds_pairing="image", forget_odds_target=target)
+    assert torch.equal(step.forget.images, forget[0])
+    # the quantile match needs no row order: a shuffled loader stays accepted there
+    AAMUStep(nn.Linear(2, C), shuffled, unseen, batch_size=4, odds_weight=1.0, unseen_logits=torch.zeros(30, C))
+
+
 def test_unlearn_pulls_each_forget_image_to_its_matched_images_odds():
     model = _model()
     x, y = _blobs(300, 0)
@@ -100,14 +115,28 @@ def test_unlearn_pulls_each_forget_image_to_its_matched_images_odds():
     args = (model, (x[~forget], y[~forget]), (fx, fy), unseen)
     base = {"batch_size": 16, "epochs": 3, "target": "matched_fixed", "odds_weight": 1.0}
     quantile = unlearn("a_finetune", *args, config=base, seed=0)
-    image = unlearn("a_finetune", *args, config={**base, "odds_pairing": "image"}, seed=0)
-    assert image.config.odds_pairing == "image"
+    seen = []
+    real_init = AAMUStep.__init__
+
+    def spy(self, *a, **k):
+        real_init(self, *a, **k)
+        seen.append((self.forget.images.clone(), self.forget_odds_target))
+
+    AAMUStep.__init__ = spy
+    try:
+        image = unlearn("a_finetune", *args, config={**base, "odds_pairing": "image"}, seed=0)
+    finally:
+        AAMUStep.__init__ = real_init
+    assert image.config.odds_pairing == "image" and image.info["target"]["odds_pairing"] == "image"
     # the targets: each forget image's matched image, under the untouched model
     from fastblend.methods import matched_rows
 
     idx, fixed, _ = matched_rows(model, (x[~forget], y[~forget]), None, (fx, fy), unseen, "matched_fixed",
                                  lambda: y[~forget], 0, torch.device("cpu"), "t")
     target = true_class_log_odds(fixed.double(), unseen[1][idx])
+    (step_rows, step_target), = seen
+    assert torch.equal(step_rows, fx)  # the step's forget rows are the forget set's, in its order ...
+    torch.testing.assert_close(step_target, target)  # ... and each carries its own matched image's log-odds
 
     def excess(m):
         with torch.no_grad():
@@ -147,6 +176,13 @@ def test_the_drop_in_takes_the_pairing_and_checks_it_before_building_the_index(m
                               odds_pairing="image", stop=None)
     step = prep.criterion.step
     assert step.image_odds_weight == 2.0 and step.forget_odds_target.shape == (15,)
+    from fastblend.methods import matched_rows
+
+    # the drop-in ranks against its reduced set's real rows, as matched_rows does given that set
+    idx, fixed, _ = matched_rows(model, prep.reduced, None, (x[forget], y[forget]), (ux, uy), "matched_fixed",
+                                 lambda: prep.reduced.labels, 0, torch.device("cpu"), "t")
+    torch.testing.assert_close(step.forget_odds_target, true_class_log_odds(fixed.double(), uy[idx]))
+    assert torch.equal(step.forget.images, x[forget])
     xb, yb = next(iter(prep.retain_loader))
     assert torch.isfinite(prep.criterion(model(xb), yb))
 
@@ -208,3 +244,12 @@ def test_the_command_line_takes_the_matched_recipe(tmp_path):
         cfg_of("--recipe", "matched", "--method", "bad_teacher")
     with pytest.raises(cli.UsageError, match="--recipe matched is for scattered samples"):
         cfg_of("--recipe", "matched", "--forget", "classwise")
+    with pytest.raises(cli.UsageError, match="--recipe matched: .*ssd"):  # no accelerated variant: a usage error
+        cfg_of("--recipe", "matched", "--method", "ssd")
+    # a config file asking for the fixed target on a whole class is refused before anything trains
+    fixed = tmp_path / "fixed.json"
+    fixed.write_text('{"forget": "classwise", "accelerated_config": {"target": "matched_fixed"}}')
+    from fastblend.experiments.settings import ConfigError
+
+    with pytest.raises(ConfigError, match="accelerated_config target='matched_fixed' .*forget='classwise'"):
+        cfg_of("--config", str(fixed)).check()

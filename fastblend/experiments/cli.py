@@ -127,7 +127,7 @@ def _experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", choices=["paper", "matched"], default=None,
                    help="the accelerated method's recipe: paper (default; a whole class gets docs/method.md §7.6's) or "
                    "matched (docs/method.md §7.10: the difficulty-matched recipe for scattered samples, --forget "
-                   "uniform or hard, with a_finetune, a_neggrad_plus or a_sparse; settings in --config win)")
+                   "uniform or hard, with a_finetune, a_neggrad_plus, a_sparse or a_scrub; settings in --config win)")
     p.add_argument("--dataset", help="animal-mnist (default), digits, cifar10, svhn, cinic10")
     p.add_argument("--data-root", help="folder holding the local data set (default $FASTBLEND_DATA or ./data)")
     p.add_argument("--per-class", type=int, help="use the first N training images of each class")
@@ -208,13 +208,17 @@ def _config_from_args(args: argparse.Namespace, base: ExperimentConfig) -> Exper
         from ..methods import matched_recipe
         from ..methods.aamu_configs import MATCHED_METHODS
 
-        if cfg.accelerated not in MATCHED_METHODS:
+        try:
+            acc = cfg.accelerated
+        except ValueError as exc:  # a method without an accelerated variant, or an unknown one
+            raise UsageError(f"--recipe matched: {exc}") from None
+        if acc not in MATCHED_METHODS:
             raise UsageError(f"--recipe matched: the accelerated method must be one of {', '.join(MATCHED_METHODS)}, "
-                             f"got {cfg.accelerated}")
+                             f"got {acc}")
         if cfg.forget == "classwise":
             raise UsageError("--recipe matched is for scattered samples (--forget uniform or hard): its fixed target "
                              "refuses a class forgotten whole, which gets the whole-class recipe by default")
-        cfg.accelerated_config = {**matched_recipe(cfg.accelerated), **cfg.accelerated_config}
+        cfg.accelerated_config = {**matched_recipe(acc), **cfg.accelerated_config}
     if getattr(args, "preset", None):
         from ..methods import presets
 

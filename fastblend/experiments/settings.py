@@ -257,9 +257,13 @@ class ExperimentConfig:
         for name, cls in (("train_config", TrainModelConfig), ("retrain_config", config_class("retrain")),
                           ("base_config", base_cls), ("accelerated_config", acc_cls)):
             try:
-                resolve_config(getattr(self, name) or None, cls, f"ExperimentConfig {name}")
+                resolved = resolve_config(getattr(self, name) or None, cls, f"ExperimentConfig {name}")
             except (TypeError, ValueError) as exc:
                 raise ConfigError(name, str(exc).removeprefix("ExperimentConfig ")) from None
+            if self.forget == "classwise" and getattr(resolved, "target", None) == "matched_fixed":  # before training
+                raise ConfigError(name, f"{name} target='matched_fixed' fixes the target at the untouched model's "
+                                  "losses, which a class forgotten whole (forget='classwise') refuses; use "
+                                  "target='unseen' or 'matched' there")
 
     def _max_forget(self, classes: int) -> int | None:
         """An upper bound on the forget set's size where the settings give one (else ``None``)."""

@@ -388,7 +388,7 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
         matched = DataView("unseen", u.images[idx], u.labels[idx])
         matched.num_classes, matched.image_dtype = u.num_classes, u.image_dtype
         ctx.info["target"] = {"kind": cfg.target, "rows": len(matched), "distinct": int(idx.unique().numel()),
-                              "reference_rows": reference_rows}
+                              "reference_rows": reference_rows, "odds_pairing": cfg.odds_pairing}
         if cfg.odds_pairing == "image":
             odds_target = image_odds_target(fixed, matched.labels, len(f), fn, "config.odds_pairing")
     anchor, anchor_seconds = None, 0.0

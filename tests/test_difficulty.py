@@ -107,7 +107,7 @@ def test_unlearn_with_the_matched_target():
     res = unlearn("a_finetune", *args, config={"batch_size": 16, "target": "matched"}, seed=0, stop="auto")
     t = res.info["target"]
     assert t == {"kind": "matched", "rows": int(forget.sum()), "distinct": t["distinct"],
-                 "reference_rows": int((~forget).sum())}
+                 "reference_rows": int((~forget).sum()), "odds_pairing": "quantile"}
     assert 1 <= t["distinct"] <= t["rows"]
     assert res.info["auto_stop"]["compared_with"] == "matched_heldout"
     plain = unlearn("a_finetune", *args, config={"batch_size": 16}, seed=0, stop="auto")

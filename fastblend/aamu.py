@@ -569,10 +569,16 @@ class ForgetBatch(NamedTuple):
     index: torch.Tensor | None = None
 
 
-def check_odds_pairing(fn: str, value: Any, name: str = "odds_pairing") -> str:
-    """``value`` if it is one of :data:`ODDS_PAIRINGS`, else a ``ValueError`` naming ``fn`` and ``name``."""
+def check_odds_pairing(fn: str, value: Any, name: str = "odds_pairing", target: str | None = None,
+                       target_name: str = "target") -> str:
+    """``value`` if it is one of :data:`ODDS_PAIRINGS`, else a ``ValueError`` naming ``fn`` and ``name``; given the
+    regulariser's ``target`` (named ``target_name``), also refuses ``"image"`` with any target but the fixed matched
+    one, whose images the per-image targets come from."""
     if not isinstance(value, str) or value not in ODDS_PAIRINGS:
         raise ValueError(f"{fn}: {name} must be one of {ODDS_PAIRINGS}, got {value!r}")
+    if value == "image" and target is not None and target != "matched_fixed":
+        raise ValueError(f"{fn}: {name}='image' compares each forget image with its matched held-out image under the "
+                         f"untouched model, which needs {target_name}='matched_fixed', got {target_name}={target!r}")
     return value
 
 
@@ -925,6 +931,5 @@ class AAMUStep:
     def _with_image_odds(self, out: AAMULossOutput, forget_odds: torch.Tensor, forget: ForgetBatch) -> AAMULossOutput:
         """``out`` plus the per-image log-odds term (``odds_pairing="image"``): ``odds_weight`` times the mean
         squared excess of the forget batch's log-odds ``forget_odds`` (``[size]``) over their own targets."""
-        target = self.forget_odds_target[forget.index.to(self.forget_odds_target.device)]
-        excess = odds_excess(forget_odds, target.to(forget_odds.device))
+        excess = odds_excess(forget_odds, self.forget_odds_target[forget.index.to(self.forget_odds_target.device)])
         return out._replace(total=out.total + self.image_odds_weight * excess.to(out.total.dtype))

@@ -358,10 +358,7 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
     if not isinstance(target, str) or target not in TARGETS:
         raise ValueError(f"{fn}: target must be one of {TARGETS}, got {target!r}")
     odds_weight = check_odds_weight(fn, odds_weight)  # before the index is built
-    check_odds_pairing(fn, odds_pairing)
-    if odds_pairing == "image" and target != "matched_fixed":
-        raise ValueError(f"{fn}: odds_pairing='image' compares each forget image with its matched held-out image under "
-                         f"the untouched model, which needs target='matched_fixed', got target={target!r}")
+    check_odds_pairing(fn, odds_pairing, target=target)
     anchor_weight = check_odds_weight(fn, anchor_weight, "anchor_weight")
     check_step_settings(fn, RECIPE.lam if lam is None else lam, k, kappa, sigma, "auto", forget_batch_factor,
                         unseen_batch_factor, max_draw, steepen)  # and the step's settings

@@ -192,10 +192,7 @@ class AAMUFields:
             raise ValueError(f"{fn}: config.request must be 'auto', 'class' or 'sample', got {self.request!r}")
         if self.target not in TARGETS:
             raise ValueError(f"{fn}: config.target must be one of {TARGETS}, got {self.target!r}")
-        if self.odds_pairing == "image" and self.target != "matched_fixed":
-            raise ValueError(f"{fn}: config.odds_pairing='image' compares each forget image with its matched held-out "
-                             f"image under the untouched model, which needs config.target='matched_fixed', got "
-                             f"target={self.target!r}")
+        check_odds_pairing(fn, self.odds_pairing, "config.odds_pairing", self.target, "config.target")
         if self.unseen_refresh < 1:
             raise ValueError(f"{fn}: config.unseen_refresh must be >= 1 (1 = every step), got {self.unseen_refresh}")
 

@@ -129,6 +129,40 @@ def class_images(n: int, gen: torch.Generator, classes: int = 3) -> tuple[torch.
     return (y.float() * 2.0).view(-1, 1, 1, 1) + torch.randn(n, 1, 8, 8, generator=gen), y
 
 
+def dropin_request(classes: int = 3) -> tuple:
+    """A tiny request for :func:`fastblend.prepare_unlearning`: ``(model, retain, forget, unseen)`` over
+    :func:`class_images` (150 training images, every tenth forgotten, 60 unseen; generator seed 0) and an untrained
+    linear model."""
+    g = torch.Generator().manual_seed(0)
+    x, y = class_images(150, g, classes)
+    ux, uy = class_images(60, g, classes)
+    forget = torch.zeros(150, dtype=torch.bool)
+    forget[::10] = True
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, classes))
+    return model, (x[~forget], y[~forget]), (x[forget], y[forget]), (ux, uy)
+
+
+BLOB_CENTRES = torch.tensor([[0.0, 0.0], [2.5, 0.0], [0.0, 2.5]])
+
+
+def blobs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` 2-D points of 3 overlapping Gaussian classes (labels ``arange(n) % 3``), drawn with ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 3
+    return BLOB_CENTRES[y] + 1.2 * torch.randn(n, 2, generator=g), y
+
+
+def blob_model() -> torch.nn.Module:
+    """A small MLP trained to convergence on ``blobs(300, 0)`` (deterministic: its own seed, the global RNG left
+    alone)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(2, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3))
+    x, y = blobs(300, 0)
+    return fastblend.train_model(net, (x, y), config={"epochs": 20, "lr": 0.05, "batch_size": 32,
+                                                      "warmup_epochs": 0})
+
+
 # --------------------------------------------------------------------------------------------
 # Pinned numbers: are this machine's CPU kernels the ones the fixtures were recorded with?
 # --------------------------------------------------------------------------------------------

@@ -10,23 +10,9 @@ from torch import nn
 import fastblend
 from fastblend import AAMUStep, unlearn
 
+from ._support import blob_model, blobs
+
 C = 3
-
-
-def _blobs(n: int, seed: int):
-    g = torch.Generator().manual_seed(seed)
-    y = torch.arange(n) % C
-    x = torch.tensor([[0.0, 0.0], [2.5, 0.0], [0.0, 2.5]])[y] + 1.2 * torch.randn(n, 2, generator=g)
-    return x, y
-
-
-def _model():
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        net = nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, C))
-    x, y = _blobs(300, 0)
-    return fastblend.train_model(net, (x, y), config={"epochs": 20, "lr": 0.05, "batch_size": 32,
-                                                      "warmup_epochs": 0})
 
 
 def _kl_to(model: nn.Module, reference: nn.Module, x: torch.Tensor) -> float:
@@ -36,11 +22,11 @@ def _kl_to(model: nn.Module, reference: nn.Module, x: torch.Tensor) -> float:
 
 
 def test_the_anchor_keeps_the_unseen_predictions_near_the_untouched_models():
-    model = _model()
-    x, y = _blobs(300, 0)
+    model = blob_model()
+    x, y = blobs(300, 0)
     forget = torch.arange(300) % 10 == 0
-    unseen = _blobs(150, 1)
-    held = _blobs(150, 2)[0]  # images neither run saw
+    unseen = blobs(150, 1)
+    held = blobs(150, 2)[0]  # images neither run saw
     cfg = {"batch_size": 16, "epochs": 3, "lr": 0.01, "lam": 100.0}  # a strong forgetting push
     args = (model, (x[~forget], y[~forget]), (x[forget], y[forget]), unseen)
     plain = unlearn("a_finetune", *args, config=cfg, seed=0)
@@ -57,19 +43,19 @@ def test_the_anchor_keeps_the_unseen_predictions_near_the_untouched_models():
 
 
 def test_a_class_forgotten_whole_is_left_out_of_the_anchor():
-    model = _model()
-    x, y = _blobs(300, 0)
+    model = blob_model()
+    x, y = blobs(300, 0)
     forget = y == 2
-    unseen = _blobs(150, 1)
+    unseen = blobs(150, 1)
     res = unlearn("a_finetune", model, (x[~forget], y[~forget]), (x[forget], y[forget]), unseen,
                   config={"batch_size": 16, "anchor_weight": 1.0}, seed=0)
     assert res.info["anchor"]["rows"] == int((unseen[1] != 2).sum())
 
 
 def test_the_step_takes_the_anchor_and_refuses_bad_ones():
-    model = _model()
-    fx, fy = _blobs(40, 3)
-    ux, uy = _blobs(60, 4)
+    model = blob_model()
+    fx, fy = blobs(40, 3)
+    ux, uy = blobs(60, 4)
     with torch.no_grad():
         z0 = model(ux)
     step = AAMUStep(model, (fx, fy), (ux, uy), batch_size=8, anchor=(ux, z0), anchor_weight=2.0)

@@ -7,30 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-import fastblend
 from fastblend import AAMUStep, unlearn
 from fastblend.aamu import odds_excess
 from fastblend.metrics import true_class_log_odds
 
-from ._support import class_images
+from ._support import blob_model, blobs, dropin_request
 
 C = 3
-
-
-def _blobs(n: int, seed: int):
-    g = torch.Generator().manual_seed(seed)
-    y = torch.arange(n) % C
-    x = torch.tensor([[0.0, 0.0], [2.5, 0.0], [0.0, 2.5]])[y] + 1.2 * torch.randn(n, 2, generator=g)
-    return x, y
-
-
-def _model():
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        net = nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, C))
-    x, y = _blobs(300, 0)
-    return fastblend.train_model(net, (x, y), config={"epochs": 20, "lr": 0.05, "batch_size": 32,
-                                                      "warmup_epochs": 0})
 
 
 def test_the_excess_is_one_sided_and_row_to_row():
@@ -107,10 +90,10 @@ def test_the_step_refuses_a_shuffled_forget_loader_with_per_image_targets():
 
 
 def test_unlearn_pulls_each_forget_image_to_its_matched_images_odds():
-    model = _model()
-    x, y = _blobs(300, 0)
+    model = blob_model()
+    x, y = blobs(300, 0)
     forget = torch.arange(300) % 10 == 0
-    unseen = _blobs(150, 1)
+    unseen = blobs(150, 1)
     fx, fy = x[forget], y[forget]
     args = (model, (x[~forget], y[~forget]), (fx, fy), unseen)
     base = {"batch_size": 16, "epochs": 3, "target": "matched_fixed", "odds_weight": 1.0}
@@ -151,10 +134,10 @@ def test_unlearn_pulls_each_forget_image_to_its_matched_images_odds():
 
 
 def test_unlearn_refuses_image_pairing_when_a_forget_image_has_no_match():
-    model = _model()
-    x, y = _blobs(300, 0)
+    model = blob_model()
+    x, y = blobs(300, 0)
     forget = torch.arange(300) % 10 == 0
-    ux, uy = _blobs(150, 1)
+    ux, uy = blobs(150, 1)
     keep = uy != 2  # no held-out image of class 2: its forget images cannot be matched
     with pytest.raises(ValueError, match=r"config.odds_pairing='image' needs a held-out image of every forget "
                                          r"image's class.*10 of the 30 forget images have none"):
@@ -165,13 +148,8 @@ def test_unlearn_refuses_image_pairing_when_a_forget_image_has_no_match():
 def test_the_drop_in_takes_the_pairing_and_checks_it_before_building_the_index(monkeypatch):
     from fastblend import BlendIndex, prepare_unlearning
 
-    g = torch.Generator().manual_seed(0)
-    x, y = class_images(150, g)
-    ux, uy = class_images(60, g)
-    forget = torch.zeros(150, dtype=torch.bool)
-    forget[::10] = True
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
-    args = (model, (x[~forget], y[~forget]), (x[forget], y[forget]), (ux, uy))
+    args = dropin_request()
+    model, _, (fx, fy), (ux, uy) = args
     prep = prepare_unlearning(*args, batch_size=8, ipc=4, iterations=1, target="matched_fixed", odds_weight=2.0,
                               odds_pairing="image", stop=None)
     step = prep.criterion.step
@@ -179,10 +157,10 @@ def test_the_drop_in_takes_the_pairing_and_checks_it_before_building_the_index(m
     from fastblend.methods import matched_rows
 
     # the drop-in ranks against its reduced set's real rows, as matched_rows does given that set
-    idx, fixed, _ = matched_rows(model, prep.reduced, None, (x[forget], y[forget]), (ux, uy), "matched_fixed",
+    idx, fixed, _ = matched_rows(model, prep.reduced, None, (fx, fy), (ux, uy), "matched_fixed",
                                  lambda: prep.reduced.labels, 0, torch.device("cpu"), "t")
     torch.testing.assert_close(step.forget_odds_target, true_class_log_odds(fixed.double(), uy[idx]))
-    assert torch.equal(step.forget.images, x[forget])
+    assert torch.equal(step.forget.images, fx)
     xb, yb = next(iter(prep.retain_loader))
     assert torch.isfinite(prep.criterion(model(xb), yb))
 
@@ -215,10 +193,10 @@ def test_the_matched_recipe_is_each_methods_config_and_runs():
     for bad in ("a_bad_teacher", "finetune", None):
         with pytest.raises(ValueError, match="matched_recipe: method must be one of"):
             matched_recipe(bad)
-    model = _model()
-    x, y = _blobs(300, 0)
+    model = blob_model()
+    x, y = blobs(300, 0)
     forget = torch.arange(300) % 10 == 0
-    res = unlearn("a_finetune", model, (x[~forget], y[~forget]), (x[forget], y[forget]), _blobs(150, 1),
+    res = unlearn("a_finetune", model, (x[~forget], y[~forget]), (x[forget], y[forget]), blobs(150, 1),
                   config={**matched_recipe("a_finetune"), "batch_size": 16, "epochs": 1}, seed=0)
     assert res.info["target"]["kind"] == "matched_fixed" and res.info["anchor"]["weight"] == 10.0
     assert res.config.odds_pairing == "image"

@@ -12,7 +12,7 @@ from torch import nn
 from fastblend.aamu import AAMULoss, odds_gap, odds_of_loss
 from fastblend.metrics import true_class_log_odds
 
-from ._support import class_images
+from ._support import dropin_request
 
 
 def _logits(n: int, seed: int, scale: float = 3.0):
@@ -131,13 +131,7 @@ def test_unlearn_takes_the_weight_and_checks_it():
 def test_the_drop_in_takes_the_weight_and_refuses_a_bad_one_before_building_the_index(monkeypatch):
     from fastblend import BlendIndex, prepare_unlearning
 
-    g = torch.Generator().manual_seed(0)
-    x, y = class_images(150, g)
-    ux, uy = class_images(60, g)
-    forget = torch.zeros(150, dtype=torch.bool)
-    forget[::10] = True
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
-    args = (model, (x[~forget], y[~forget]), (x[forget], y[forget]), (ux, uy))
+    args = dropin_request()
     prep = prepare_unlearning(*args, batch_size=8, ipc=4, iterations=1, target="matched_fixed", odds_weight=2.0)
     assert prep.criterion.step.criterion.odds_weight == 2.0
 

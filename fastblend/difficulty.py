@@ -86,9 +86,15 @@ def match_by_rank(reference_loss: torch.Tensor, reference_labels: torch.Tensor, 
     return out[out >= 0]
 
 
-def _losses(model: nn.Module, data: Any, name: str, fn: str, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def _losses(model: nn.Module, data: Any, name: str, fn: str, device: Any,
+            logits: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     view = as_data(data, name, fn).materialise(fn)
-    logits = predict_logits(model, view.images, device=device).float().cpu()
+    if logits is not None and (not isinstance(logits, torch.Tensor) or logits.dim() != 2
+                               or logits.shape[0] != view.labels.shape[0] or not logits.is_floating_point()):
+        raise ValueError(f"{fn}: {name}_logits must be a floating [{view.labels.shape[0]}, C] tensor (one row per "
+                         f"{name} image), got " + (f"{logits.dtype} of shape {list(logits.shape)}"
+                                                   if isinstance(logits, torch.Tensor) else type(logits).__name__))
+    logits = (predict_logits(model, view.images, device=device) if logits is None else logits.detach()).float().cpu()
     labels = view.labels.cpu().long()
     if logits.dim() != 2 or int(labels.max()) >= logits.shape[1] or int(labels.min()) < 0:
         raise ValueError(f"{fn}: {name} labels must be in [0, {logits.shape[1]}) (the model's output width)")
@@ -96,7 +102,7 @@ def _losses(model: nn.Module, data: Any, name: str, fn: str, device: Any) -> tup
 
 
 def matched_unseen(model: nn.Module, reference: Any, forget: Any, unseen: Any, *, max_reference: int | None = 4096,
-                   seed: int = 0, device: Any = None) -> torch.Tensor:
+                   seed: int = 0, device: Any = None, unseen_logits: torch.Tensor | None = None) -> torch.Tensor:
     """Indices into ``unseen`` of the held-out images as hard as the forget images (:func:`match_by_rank`
     under ``model``, the model *before* unlearning).
 
@@ -104,7 +110,8 @@ def matched_unseen(model: nn.Module, reference: Any, forget: Any, unseen: Any, *
     rows are not training images); at most ``max_reference`` rows of it are scored (a seeded sample;
     ``None``: all). ``forget``, ``unseen``: data forms of :func:`fastblend.unlearn` (a ``DataLoader`` as
     ``unseen`` must read its dataset in order, ``shuffle=False``: the indices name its rows). Returns int64
-    indices, one per forget image whose class has unseen images.
+    indices, one per forget image whose class has unseen images. ``unseen_logits``: ``model``'s logits of the
+    ``unseen`` images (``[N_u, C]``) when the caller has them already; skips that forward.
     """
     fn = "matched_unseen"
     max_reference, seed = plain_number(max_reference), plain_number(seed)  # numpy integers too
@@ -122,7 +129,7 @@ def matched_unseen(model: nn.Module, reference: Any, forget: Any, unseen: Any, *
         rx, ry = rx[keep.to(rx.device)], ry[keep.to(ry.device)]
     ref_l, ref_y = _losses(model, (rx, ry), "reference", fn, device)
     f_l, f_y = _losses(model, forget, "forget", fn, device)
-    u_l, u_y = _losses(model, unseen, "unseen", fn, device)
+    u_l, u_y = _losses(model, unseen, "unseen", fn, device, unseen_logits)
     idx = match_by_rank(ref_l, ref_y, f_l, f_y, u_l, u_y)
     if idx.numel() == 0:
         raise ValueError(f"{fn}: unseen holds no image of any forget class ({sorted(f_y.unique().tolist())}); "

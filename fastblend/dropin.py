@@ -69,6 +69,7 @@ from .datasets import whole_classes
 from .methods import anchor_rows, image_odds_target, matched_rows
 from .methods.aamu_configs import AFinetuneConfig, request_config
 from .methods.config import TARGETS
+from .metrics import predict_logits
 from .recipe import RECIPE
 
 __all__ = ["AAMUCriterion", "PreparedUnlearning", "prepare_unlearning"]
@@ -422,9 +423,11 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
     if tuple(ux.shape[1:]) != tuple(fx.shape[1:]):
         raise ValueError(f"{fn}: unseen images are {list(ux.shape[1:])} but forget images {list(fx.shape[1:])}")
     tx, ty, fixed, odds_target = ux, uy, None, None
+    # the untouched model's logits of the unseen images: one forward for the matched target and the anchor
+    u_logits = predict_logits(model, ux, device=dev).float() if target != "unseen" or anchor_weight else None
     if target != "unseen":  # held-out images as hard as the forget images, ranked by the untouched model
         idx, fixed, _ = matched_rows(model, reduced, None, (fx, fy), (ux, uy), target, lambda: reduced.labels, seed,
-                                     dev, fn)
+                                     dev, fn, unseen_logits=u_logits)
         idx = idx.to(ux.device)
         tx, ty = ux[idx], uy[idx]
         if odds_pairing == "image":
@@ -434,7 +437,8 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
                     unseen_batch_factor=unseen_batch_factor, max_draw=max_draw, fn=fn, transform=cfg.transform,
                     unseen_logits=fixed, odds_weight=odds_weight, anchor_weight=anchor_weight,
                     odds_pairing=odds_pairing, forget_odds_target=odds_target,
-                    anchor=anchor_rows(model, (ux, uy), fy, reduced.labels, dev, fn) if anchor_weight else None)
+                    anchor=anchor_rows(model, (ux, uy), fy, reduced.labels, dev, fn, unseen_logits=u_logits)
+                    if anchor_weight else None)
     loader = DataLoader(reduced, batch_size=batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(seed))
     timings = {"index": build_seconds, "request": time.perf_counter() - t1}

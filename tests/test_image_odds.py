@@ -231,3 +231,51 @@ def test_the_command_line_takes_the_matched_recipe(tmp_path):
 
     with pytest.raises(ConfigError, match="accelerated_config target='matched_fixed' .*forget='classwise'"):
         cfg_of("--config", str(fixed)).check()
+
+
+def test_the_matched_set_up_is_one_forward_over_unseen_and_counts_in_seconds(monkeypatch):
+    """The untouched model's logits of the unseen images serve the matched ranking, the fixed target and the anchor
+    (one forward, not three), and the set-up's time is in the result's seconds (it is the method's cost)."""
+    import time
+
+    import fastblend.difficulty as difficulty
+    from fastblend.methods import anchor_rows, matched_rows
+    from fastblend.metrics import predict_logits
+
+    model = blob_model()
+    x, y = blobs(300, 0)
+    forget = torch.arange(300) % 10 == 0
+    unseen = blobs(150, 1)
+    dev = torch.device("cpu")
+    shared = predict_logits(model, unseen[0])
+    args = (model, (x[~forget], y[~forget]), None, (x[forget], y[forget]), unseen, "matched_fixed",
+            lambda: y[~forget], 0, dev, "t")
+    idx, fixed, _ = matched_rows(*args)
+    idx2, fixed2, _ = matched_rows(*args, unseen_logits=shared)
+    assert torch.equal(idx, idx2) and torch.equal(fixed, fixed2)
+    ax, az = anchor_rows(model, unseen, y[forget], y[~forget], dev, "t")
+    ax2, az2 = anchor_rows(model, unseen, y[forget], y[~forget], dev, "t", unseen_logits=shared)
+    assert torch.equal(ax, ax2) and torch.equal(az, az2)
+    with pytest.raises(ValueError, match=r"matched_unseen: unseen_logits must be a floating \[150, C\] tensor"):
+        difficulty.matched_unseen(model, (x, y), (x[forget], y[forget]), unseen, unseen_logits=shared[:10])
+
+    # through unlearn: the unseen images are forwarded once in the set-up, and a slow ranking shows in the seconds
+    sizes: list[int] = []
+    real_predict, real_rank = difficulty.predict_logits, difficulty.match_by_rank
+    import fastblend.methods as methods
+
+    def counting(net, images, *a, **k):
+        sizes.append(int(images.shape[0]))
+        return real_predict(net, images, *a, **k)
+
+    def slow_rank(*a, **k):
+        time.sleep(1.0)
+        return real_rank(*a, **k)
+
+    monkeypatch.setattr(methods, "predict_logits", counting)
+    monkeypatch.setattr(difficulty, "predict_logits", counting)
+    monkeypatch.setattr(difficulty, "match_by_rank", slow_rank)
+    res = unlearn("a_finetune", model, (x[~forget], y[~forget]), (x[forget], y[forget]), unseen, seed=0,
+                  config={"target": "matched_fixed", "anchor_weight": 1.0, "epochs": 1, "batch_size": 64})
+    assert sizes.count(150) == 1  # the unseen images, once
+    assert res.info["setup_seconds"] >= 1.0 and res.seconds >= res.info["setup_seconds"]

@@ -380,10 +380,16 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
         return read[0]
 
     matched = fixed = odds_target = None
+    # the untouched model's logits of the unseen images, one forward shared by the matched target and the anchor;
+    # what that set-up costs is the method's (in the result's seconds)
+    t_setup = time.perf_counter()
+    unseen_logits = None
+    if spec.accelerated and (cfg.target != "unseen" or cfg.anchor_weight):
+        unseen_logits = predict_logits(work, u.images, device=dev).float()
     if spec.accelerated and cfg.target != "unseen":  # held-out images as hard as the forget images (§7.7)
         idx, fixed, reference_rows = matched_rows(work, retain, r, (f.images, f.labels), (u.images, u.labels),
                                                   cfg.target, lambda: retain_labels("target"), seed, dev, fn,
-                                                  "config.target")
+                                                  "config.target", unseen_logits=unseen_logits)
         idx = idx.to(u.images.device)
         matched = DataView("unseen", u.images[idx], u.labels[idx])
         matched.num_classes, matched.image_dtype = u.num_classes, u.image_dtype
@@ -391,14 +397,14 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
                               "reference_rows": reference_rows, "odds_pairing": cfg.odds_pairing}
         if cfg.odds_pairing == "image":
             odds_target = image_odds_target(fixed, matched.labels, len(f), fn, "config.odds_pairing")
-    anchor, anchor_seconds = None, 0.0
+    anchor = None
     if spec.accelerated and cfg.anchor_weight:  # held-out images of the classes kept, as the untouched model sees them
-        t_anchor = time.perf_counter()
         anchor = anchor_rows(work, (u.images, u.labels), f.labels, retain_labels("anchor"), dev, fn,
-                             "config.anchor_weight")
-        anchor_seconds = time.perf_counter() - t_anchor  # the method's cost: one forward over the pool
-        ctx.info["anchor"] = {"rows": int(anchor[0].shape[0]), "weight": float(cfg.anchor_weight),
-                              "seconds": anchor_seconds}
+                             "config.anchor_weight", unseen_logits=unseen_logits)
+        ctx.info["anchor"] = {"rows": int(anchor[0].shape[0]), "weight": float(cfg.anchor_weight)}
+    setup_seconds = time.perf_counter() - t_setup if unseen_logits is not None else 0.0
+    if setup_seconds:
+        ctx.info["setup_seconds"] = setup_seconds
     data = RunData(r, f, matched if matched is not None else u, fixed, anchor, odds_target)
     stopper = None
     if stop is not None:
@@ -417,7 +423,7 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
         outcome, seconds = timed(lambda: train(spec.impl(cfg), work, data, cfg, ctx, spec.accelerated, callback,
                                                eval_every), dev)
     seconds -= ctx.info.get("eval_seconds", 0.0)
-    seconds += anchor_seconds
+    seconds += setup_seconds
     finishing = 0.0
     # the recipe ran out before the rule held: the closest evaluation's model (rank 0's view decides, so every rank
     # evaluates, or not, together)
@@ -437,13 +443,14 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
 
 def matched_rows(model: nn.Module, retain: Any, r: DataView | None, forget: tuple[torch.Tensor, torch.Tensor],
                  unseen: tuple[torch.Tensor, torch.Tensor], target: str, retain_labels: Callable[[], torch.Tensor],
-                 seed: int, dev: torch.device, fn: str,
-                 arg: str = "target") -> tuple[torch.Tensor, torch.Tensor | None, int]:
+                 seed: int, dev: torch.device, fn: str, arg: str = "target",
+                 unseen_logits: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     """``config.target`` / the drop-in's ``target`` (docs/method.md §7.7), for ``unlearn`` and the drop-in:
     ``(indices into unseen of the images as hard as the forget images, their logits under the untouched model
     for "matched_fixed" else None, how many reference rows ranked them)``, ranked against
     :func:`retained_reference`. ``"matched_fixed"`` is refused when a forget class has no retain image
-    (``retain_labels()``, read only then; ``arg`` names the setting in the message)."""
+    (``retain_labels()``, read only then; ``arg`` names the setting in the message). ``unseen_logits``: the untouched
+    model's logits of the unseen images when already computed (one forward fewer)."""
     from ..difficulty import matched_unseen
 
     if target == "matched_fixed":
@@ -454,10 +461,11 @@ def matched_rows(model: nn.Module, retain: Any, r: DataView | None, forget: tupl
                              "the losses of a model that still predicts the class. Use target='unseen' or 'matched' "
                              "for a request that forgets whole classes")
     rx, ry = retained_reference(retain, r, seed, dev, model_dtype(model), fn, classes=forget[1].unique())
-    idx = matched_unseen(model, (rx, ry), forget, unseen, max_reference=None, device=dev)
+    idx = matched_unseen(model, (rx, ry), forget, unseen, max_reference=None, device=dev, unseen_logits=unseen_logits)
     fixed = None
     if target == "matched_fixed":  # their losses under the untouched model: a target that does not move
-        fixed = predict_logits(model, unseen[0][idx.to(unseen[0].device)], device=dev).float()
+        fixed = (unseen_logits[idx.to(unseen_logits.device)] if unseen_logits is not None else
+                 predict_logits(model, unseen[0][idx.to(unseen[0].device)], device=dev).float())
     return idx, fixed, int(rx.shape[0])
 
 
@@ -475,17 +483,20 @@ def image_odds_target(fixed: torch.Tensor, labels: torch.Tensor, n_forget: int, 
 
 
 def anchor_rows(model: nn.Module, unseen: tuple[torch.Tensor, torch.Tensor], forget_labels: torch.Tensor,
-                retain_labels: torch.Tensor, dev: torch.device, fn: str,
-                arg: str = "anchor_weight") -> tuple[torch.Tensor, torch.Tensor]:
+                retain_labels: torch.Tensor, dev: torch.device, fn: str, arg: str = "anchor_weight",
+                unseen_logits: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The held-out anchor's rows (docs/method.md §7.9), for ``unlearn`` and the drop-in: the unseen images of every
     class the retain set still holds (a class forgotten whole is left out: a model that never saw it predicts it
-    nowhere) in the model's dtype, and their logits under the untouched ``model``, fixed."""
+    nowhere) in the model's dtype, and their logits under the untouched ``model``, fixed (``unseen_logits``: those of
+    every unseen image, when already computed)."""
     whole = whole_classes(forget_labels.unique(), retain_labels)
     keep = ~torch.isin(unseen[1].cpu(), torch.tensor(whole, dtype=torch.long))
     if not bool(keep.any()):
         raise ValueError(f"{fn}: {arg} > 0 needs unseen images of a class the retain set still holds, and every "
                          f"unseen image is of a class forgotten whole ({whole})")
     x = unseen[0][keep.to(unseen[0].device)].to(model_dtype(model) or torch.float32)
+    if unseen_logits is not None:
+        return x, unseen_logits[keep.to(unseen_logits.device)]
     return x, predict_logits(model, x, device=dev).float()
 
 

@@ -397,6 +397,14 @@ def _grid() -> None:
                              for name, conf in [("image", scrub_img), ("image_lr0.005", {**scrub_img, "lr": 0.005}),
                                                ("image_lr0.002", {**scrub_img, "lr": 0.002})]])
 
+    # time to band on hard under the matched recipe (issue 23's 10x): every step forwards the whole 200-image forget
+    # set, so a step costs about 5x a plain one; fewer steps at a higher learning rate, or a smaller forget draw
+    plan("hardspeed", [(f"hard@{s}/a_finetune/{name}", f"hard@{s}", "a_finetune", {**img, **conf})
+                       for s in (0, 1, 2) for name, conf in
+                       [("image", {}), ("lr1e-3", {"lr": 1e-3}), ("lr2e-3", {"lr": 2e-3}),
+                        ("lr1e-3_ep2", {"lr": 1e-3, "epochs": 2}),
+                        ("lr1e-3_fb1", {"lr": 1e-3, "forget_batch_factor": 1})]])
+
 
 _grid()
 

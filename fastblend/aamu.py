@@ -694,7 +694,8 @@ class AAMUStep:
             logits under the untouched model; each :meth:`loss` forwards ``min(batch_size, N_a)`` of them (drawn
             without replacement, seeded; the model's buffers untouched) and adds ``anchor_weight · KL(p₀ ‖ p)``
             between the untouched model's and the current model's predictions on them: forgetting the forget
-            set should not change how the model treats images it never saw. Not under ``torch.distributed``.
+            set should not change how the model treats images it never saw. Under ``torch.distributed`` each
+            rank forwards its row shard of the same draw and the rows' KL are gathered, as the forget rows are.
         fuse_forward, micro_batch: see :class:`Forwards` (used by :meth:`forward`; turned off with a
             warning for models whose BatchNorm or running statistics they would affect).
         num_classes: the class count (default: the largest unseen label + 1).
@@ -783,9 +784,6 @@ class AAMUStep:
             checked = _check_anchor(fn, anchor, self._plain, tuple(self.forget.images.shape[1:]))
             self._anchor = checked if self.anchor_weight else None
         if self.anchor_weight:
-            if self.parallel:
-                raise ValueError(f"{fn}: anchor_weight > 0 is not supported under torch.distributed yet; train "
-                                 "with one process or leave anchor_weight at 0")
             n_anchor = self._anchor[0].shape[0]
             self.anchor_sampler = ForgetSampler(n_anchor, min(self.batch_size, n_anchor), seed=seed + 2,
                                                 device=self._anchor[0].device)
@@ -869,9 +867,16 @@ class AAMUStep:
         untouched model against the current model's, forwarded with gradient and the buffers untouched."""
         x, z0 = self._anchor
         ai = self.anchor_sampler.sample()
+        if self.parallel:  # every rank draws the same batch and forwards its part; the rows' KL are gathered
+            ai = ai[row_shard(ai.numel())]
         z = self.forwards.frozen(self.model, x[ai.to(x.device)].to(device))
         ref = F.log_softmax(z0[ai.to(z0.device)].to(device, torch.float32), 1)
-        kl = F.kl_div(F.log_softmax(z.float(), 1), ref, log_target=True, reduction="batchmean")
+        if not self.parallel:
+            kl = F.kl_div(F.log_softmax(z.float(), 1), ref, log_target=True, reduction="batchmean")
+        else:  # the batch mean of the gathered rows, the same on every rank (each rank's rows get P times their
+            # gradient through the gather, which DDP's average divides back), as the A-AMU loss's rows
+            rows = F.kl_div(F.log_softmax(z.float(), 1), ref, log_target=True, reduction="none").sum(1)
+            kl = all_gather_rows_with_grad(rows).mean()
         self.anchor_loss = kl.detach()
         return kl
 
@@ -926,7 +931,9 @@ class AAMUStep:
         out = self.criterion.from_losses(retain, forget_ce, unseen_ce, retain_weight=retain_weight)
         if self.image_odds_weight:  # the gathered rows are the whole batch's, in the order of its index
             out = self._with_image_odds(out, odds_of_loss(forget_ce), forget)
-        return out
+        if self._anchor is None:
+            return out
+        return out._replace(total=out.total + self.anchor_weight * self._anchor_term(device).to(out.total.dtype))
 
     def _with_image_odds(self, out: AAMULossOutput, forget_odds: torch.Tensor, forget: ForgetBatch) -> AAMULossOutput:
         """``out`` plus the per-image log-odds term (``odds_pairing="image"``): ``odds_weight`` times the mean

@@ -41,6 +41,7 @@ def _on_each_rank() -> dict:
             "batchnorm": _unlearned_batchnorm(), "streamed": _unlearned_streamed(),
             "plain": _accelerated_steps(False), "unused": _unused_parameter(),
             "image_odds": _accelerated_steps(True, image_odds=True),
+            "anchor": _accelerated_steps(True, anchor=True), "matched": _unlearned_matched(True),
             "autostop": _auto_stopped(), "direct_stop": _direct_stop(),
             **{m: _unlearned(m, wrap=(m == "finetune")) for m in METHODS}}
 
@@ -84,13 +85,19 @@ def test_mmd_of_gathered_rows_equals_single_process(ranks):
 STEPS = 3
 
 
-def _accelerated_steps(distributed: bool, image_odds: bool = False) -> list[torch.Tensor]:
+def _accelerated_steps(distributed: bool, image_odds: bool = False, anchor: bool = False) -> list[torch.Tensor]:
     d = _data()
     model = _model()
     net = DistributedDataParallel(model) if distributed else model
     # the per-image log-odds term (docs/method.md §7.10): each forget row against its own target, read by row index
     odds = {"odds_weight": 0.5, "odds_pairing": "image",
             "forget_odds_target": torch.linspace(-2, 1, 17, dtype=torch.float64)} if image_odds else {}
+    if anchor:  # the held-out anchor (§7.9): the unseen images and fixed logits of another model, so it pulls at once
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(9)
+            other = nn.Sequential(nn.Flatten(), nn.Linear(36, C))
+        with torch.no_grad():
+            odds.update(anchor=(d["unseen_x"], other(d["unseen_x"])), anchor_weight=2.0)
     acc = fastblend.AAMUStep(net, (d["forget_x"], d["forget_y"]), (d["unseen_x"], d["unseen_y"]), batch_size=B,
                              seed=7, forget_batch_factor=3, unseen_batch_factor=3, **odds)  # 15 rows: 7 + 8
     opt = torch.optim.SGD(model.parameters(), lr=0.5)  # plain SGD: a wrong gradient scale shows at once
@@ -121,6 +128,34 @@ def test_the_per_image_odds_term_under_ddp_equals_single_process(ranks):
     for params in (r["image_odds"] for r in ranks):
         for got, want in zip(params, single):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_the_anchor_under_ddp_equals_single_process(ranks):
+    single = _accelerated_steps(False, anchor=True)
+    without = _accelerated_steps(False)
+    assert any(not torch.allclose(a, b) for a, b in zip(single, without))  # the anchor changed the steps
+    for params in (r["anchor"] for r in ranks):
+        for got, want in zip(params, single):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def _unlearned_matched(wrap: bool) -> list[torch.Tensor]:
+    """unlearn with the difficulty-matched recipe (fixed matched target, per-image log-odds, anchor; §7.10)."""
+    d = _data()
+    model = _model()
+    cfg = {**fastblend.matched_recipe("a_finetune"), "epochs": 1, "batch_size": B, "forget_batch_factor": 3}
+    res = fastblend.unlearn("a_finetune", DistributedDataParallel(model) if wrap else model,
+                            (d["retain_x"], d["retain_y"]), (d["forget_x"], d["forget_y"]),
+                            unseen=(d["unseen_x"], d["unseen_y"]), config=cfg, seed=4)
+    assert res.info["anchor"]["rows"] == 30
+    return _params(res.model) + [torch.tensor(res.losses), torch.tensor(res.steps)]
+
+
+def test_the_matched_recipe_under_ddp_equals_single_process(ranks):
+    single = _unlearned_matched(False)
+    for r, out in enumerate(ranks):
+        for got, want in zip(out["matched"], single):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=f"rank {r}")
 
 
 def test_a_plain_model_under_a_process_group_trains_alone_on_each_rank(ranks):

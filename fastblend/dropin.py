@@ -333,8 +333,9 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
         odds_pairing: how that term pairs the forget images with the target: ``"quantile"`` (default, §7.8) or
             ``"image"`` (docs/method.md §7.10: each forget image against its own matched image's log-odds under
             ``model`` as passed here, one-sided); ``"image"`` needs ``target="matched_fixed"``. The recipe measured
-            with it (``fastblend.matched_recipe("a_finetune")``) also sets ``anchor_weight=10`` and trains with Adam
-            lr 5e-4 for 3 epochs, not ``prep.lr`` / ``prep.epochs``' paper values.
+            with it (``fastblend.matched_recipe("a_finetune")``) also sets ``anchor_weight=10`` and
+            ``forget_batch_factor=1`` and trains with Adam lr 1e-3 for 3 epochs, not ``prep.lr`` / ``prep.epochs``'
+            paper values.
         anchor_weight: weight of the held-out anchor (docs/method.md §7.9; 0, the default: off): the criterion
             also keeps the model's predictions on the unseen images (of the classes the retain set still holds)
             near those of ``model`` as passed here; one more forward of a retain batch's size per step.

@@ -189,7 +189,10 @@ def test_the_matched_recipe_is_each_methods_config_and_runs():
     mine = matched_recipe("a_finetune")
     mine["epochs"] = 99  # a caller's edit of its dict is its own
     assert matched_recipe("a_finetune")["epochs"] == 3
-    assert (matched_recipe("a_scrub")["lr"], matched_recipe("a_finetune")["lr"]) == (0.002, 5e-4)
+    assert (matched_recipe("a_scrub")["lr"], matched_recipe("a_finetune")["lr"]) == (0.002, 1e-3)
+    # one retain batch of forget rows a step (quality/hardspeed*.json); A-SCRUB keeps the paper's 4B
+    assert matched_recipe("a_finetune")["forget_batch_factor"] == 1 and "forget_batch_factor" not in \
+        matched_recipe("a_scrub")
     for bad in ("a_bad_teacher", "finetune", None):
         with pytest.raises(ValueError, match="matched_recipe: method must be one of"):
             matched_recipe(bad)

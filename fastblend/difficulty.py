@@ -86,19 +86,33 @@ def match_by_rank(reference_loss: torch.Tensor, reference_labels: torch.Tensor, 
     return out[out >= 0]
 
 
+def _check_given_logits(logits: Any, rows: int, width: int | None, name: str, fn: str) -> None:
+    """``{name}_logits`` given by the caller: a finite floating ``[rows, width]`` tensor (``width``: the model's output
+    width when known)."""
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"{fn}: {name}_logits must be a floating [{rows}, C] tensor (one row per {name} image), got "
+                        f"{type(logits).__name__}")
+    if logits.dim() != 2 or logits.shape[0] != rows or not logits.is_floating_point() \
+            or (width is not None and logits.shape[1] != width):
+        cols = "C" if width is None else f"{width} (the model's output width)"
+        raise ValueError(f"{fn}: {name}_logits must be a floating [{rows}, {cols}] tensor (one row per {name} image), "
+                         f"got {logits.dtype} of shape {list(logits.shape)}")
+    if not bool(torch.isfinite(logits).all()):
+        raise ValueError(f"{fn}: {name}_logits must be finite")
+
+
 def _losses(model: nn.Module, data: Any, name: str, fn: str, device: Any,
-            logits: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+            logits: torch.Tensor | None = None, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """``(per-image losses, labels, the logits' width)`` of one data argument under ``model`` (or of the caller's
+    ``logits`` for it, checked against ``width``)."""
     view = as_data(data, name, fn).materialise(fn)
-    if logits is not None and (not isinstance(logits, torch.Tensor) or logits.dim() != 2
-                               or logits.shape[0] != view.labels.shape[0] or not logits.is_floating_point()):
-        raise ValueError(f"{fn}: {name}_logits must be a floating [{view.labels.shape[0]}, C] tensor (one row per "
-                         f"{name} image), got " + (f"{logits.dtype} of shape {list(logits.shape)}"
-                                                   if isinstance(logits, torch.Tensor) else type(logits).__name__))
+    if logits is not None:
+        _check_given_logits(logits, view.labels.shape[0], width, name, fn)
     logits = (predict_logits(model, view.images, device=device) if logits is None else logits.detach()).float().cpu()
     labels = view.labels.cpu().long()
     if logits.dim() != 2 or int(labels.max()) >= logits.shape[1] or int(labels.min()) < 0:
         raise ValueError(f"{fn}: {name} labels must be in [0, {logits.shape[1]}) (the model's output width)")
-    return F.cross_entropy(logits, labels, reduction="none"), labels
+    return F.cross_entropy(logits, labels, reduction="none"), labels, int(logits.shape[1])
 
 
 def matched_unseen(model: nn.Module, reference: Any, forget: Any, unseen: Any, *, max_reference: int | None = 4096,
@@ -122,14 +136,18 @@ def matched_unseen(model: nn.Module, reference: Any, forget: Any, unseen: Any, *
         raise ValueError(f"{fn}: max_reference must be an int >= 1 or None, got {max_reference!r}")
     if isinstance(unseen, DataLoader) and not reads_in_dataset_order(unseen):
         raise order_error(unseen, fn, "indices into unseen would name rows of one shuffled pass")
+    if unseen_logits is not None:  # before any forward: what can be checked without the model's width
+        view = as_data(unseen, "unseen", fn).materialise(fn)
+        unseen = (view.images, view.labels)  # read once
+        _check_given_logits(unseen_logits, view.labels.shape[0], None, "unseen", fn)
     ref = as_data(reference, "reference", fn).materialise(fn)
     rx, ry = ref.images, ref.labels
     if max_reference is not None and rx.shape[0] > max_reference:
         keep = torch.randperm(rx.shape[0], generator=torch.Generator().manual_seed(int(seed)))[:max_reference]
         rx, ry = rx[keep.to(rx.device)], ry[keep.to(ry.device)]
-    ref_l, ref_y = _losses(model, (rx, ry), "reference", fn, device)
-    f_l, f_y = _losses(model, forget, "forget", fn, device)
-    u_l, u_y = _losses(model, unseen, "unseen", fn, device, unseen_logits)
+    ref_l, ref_y, _ = _losses(model, (rx, ry), "reference", fn, device)
+    f_l, f_y, width = _losses(model, forget, "forget", fn, device)
+    u_l, u_y, _ = _losses(model, unseen, "unseen", fn, device, unseen_logits, width)
     idx = match_by_rank(ref_l, ref_y, f_l, f_y, u_l, u_y)
     if idx.numel() == 0:
         raise ValueError(f"{fn}: unseen holds no image of any forget class ({sorted(f_y.unique().tolist())}); "

@@ -66,7 +66,7 @@ from .condensation.recipe import default_ipc
 from .condensation.source import content_keys, read_rows, row_keys, source_labels, source_sample
 from .data_adapter import as_tensors, is_streamed_dataset
 from .datasets import whole_classes
-from .methods import anchor_rows, image_odds_target, matched_rows
+from .methods import anchor_rows, image_odds_target, matched_rows, refuse_fixed_on_whole_classes
 from .methods.aamu_configs import AFinetuneConfig, request_config
 from .methods.config import TARGETS
 from .metrics import predict_logits
@@ -424,6 +424,8 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
     if tuple(ux.shape[1:]) != tuple(fx.shape[1:]):
         raise ValueError(f"{fn}: unseen images are {list(ux.shape[1:])} but forget images {list(fx.shape[1:])}")
     tx, ty, fixed, odds_target = ux, uy, None, None
+    if target == "matched_fixed":  # refused before the set-up's forwards
+        refuse_fixed_on_whole_classes(fy, reduced.labels, fn)
     # the untouched model's logits of the unseen images: one forward for the matched target and the anchor
     u_logits = predict_logits(model, ux, device=dev).float() if target != "unseen" or anchor_weight else None
     if target != "unseen":  # held-out images as hard as the forget images, ranked by the untouched model

@@ -238,10 +238,12 @@ def test_the_command_line_takes_the_matched_recipe(tmp_path):
 
 def test_the_matched_set_up_is_one_forward_over_unseen_and_counts_in_seconds(monkeypatch):
     """The untouched model's logits of the unseen images serve the matched ranking, the fixed target and the anchor
-    (one forward, not three), and the set-up's time is in the result's seconds (it is the method's cost)."""
+    (one forward, not three), and the set-up's time is the method's: in the result's seconds and on the clock the
+    callback and the auto stop read."""
     import time
 
     import fastblend.difficulty as difficulty
+    import fastblend.methods as methods
     from fastblend.methods import anchor_rows, matched_rows
     from fastblend.metrics import predict_logits
 
@@ -256,29 +258,61 @@ def test_the_matched_set_up_is_one_forward_over_unseen_and_counts_in_seconds(mon
     idx, fixed, _ = matched_rows(*args)
     idx2, fixed2, _ = matched_rows(*args, unseen_logits=shared)
     assert torch.equal(idx, idx2) and torch.equal(fixed, fixed2)
-    ax, az = anchor_rows(model, unseen, y[forget], y[~forget], dev, "t")
-    ax2, az2 = anchor_rows(model, unseen, y[forget], y[~forget], dev, "t", unseen_logits=shared)
-    assert torch.equal(ax, ax2) and torch.equal(az, az2)
-    with pytest.raises(ValueError, match=r"matched_unseen: unseen_logits must be a floating \[150, C\] tensor"):
-        difficulty.matched_unseen(model, (x, y), (x[forget], y[forget]), unseen, unseen_logits=shared[:10])
+    # the anchor's rows and logits line up with the shared logits, also where a class forgotten whole is left out
+    for forget_labels, retain_labels in ((y[forget], y[~forget]), (torch.zeros(5, dtype=torch.long), y[y != 0])):
+        ax, az = anchor_rows(model, unseen, forget_labels, retain_labels, dev, "t")
+        ax2, az2 = anchor_rows(model, unseen, forget_labels, retain_labels, dev, "t", unseen_logits=shared)
+        assert torch.equal(ax, ax2) and torch.equal(az, az2)
+    assert ax.shape[0] == int((unseen[1] != 0).sum()) < 150  # class 0 left out
+    fx, fy = x[forget], y[forget]
+    for bad, err, msg in ((shared[:10], ValueError, r"unseen_logits must be a floating \[150, C\] tensor"),
+                          (torch.cat([shared, shared], 1), ValueError,
+                           r"unseen_logits must be a floating \[150, 3 \(the model's output width\)\]"),
+                          (shared.clone().fill_(float("nan")), ValueError, "unseen_logits must be finite"),
+                          (shared.tolist(), TypeError, "unseen_logits must be a floating")):
+        with pytest.raises(err, match=f"matched_unseen: {msg}"):
+            difficulty.matched_unseen(model, (x, y), (fx, fy), unseen, unseen_logits=bad)
 
-    # through unlearn: the unseen images are forwarded once in the set-up, and a slow ranking shows in the seconds
+    # through unlearn: the set-up forwards the unseen images, the reference and the forget images once each, and a
+    # slow set-up shows in the seconds, in the callback's clock and in the auto stop's
     sizes: list[int] = []
     real_predict, real_rank = difficulty.predict_logits, difficulty.match_by_rank
-    import fastblend.methods as methods
+    delay = 1.0
 
     def counting(net, images, *a, **k):
         sizes.append(int(images.shape[0]))
         return real_predict(net, images, *a, **k)
 
     def slow_rank(*a, **k):
-        time.sleep(1.0)
+        time.sleep(delay)
         return real_rank(*a, **k)
 
     monkeypatch.setattr(methods, "predict_logits", counting)
     monkeypatch.setattr(difficulty, "predict_logits", counting)
     monkeypatch.setattr(difficulty, "match_by_rank", slow_rank)
-    res = unlearn("a_finetune", model, (x[~forget], y[~forget]), (x[forget], y[forget]), unseen, seed=0,
-                  config={"target": "matched_fixed", "anchor_weight": 1.0, "epochs": 1, "batch_size": 64})
-    assert sizes.count(150) == 1  # the unseen images, once
-    assert res.info["setup_seconds"] >= 1.0 and res.seconds >= res.info["setup_seconds"]
+    clock: list[float] = []
+    cfg = {"target": "matched_fixed", "anchor_weight": 1.0, "epochs": 1, "batch_size": 64}
+    res = unlearn("a_finetune", model, (x[~forget], y[~forget]), (fx, fy), unseen, seed=0, config=cfg,
+                  callback=lambda m, step, seconds: clock.append(seconds))
+    assert sorted(sizes) == sorted([150, res.info["target"]["reference_rows"], len(fy)])  # no second forward
+    setup = res.info["setup_seconds"]
+    assert setup >= delay and res.seconds >= setup
+    assert clock[0] >= delay  # the step-0 report: the set-up is already on the method's clock
+    stopped = unlearn("a_finetune", model, (x[~forget], y[~forget]), (fx, fy), unseen, seed=0, config=cfg,
+                      stop="auto")
+    assert stopped.info["auto_stop"]["last"]["seconds"] >= delay  # the stop's evaluations read the same clock
+    assert stopped.seconds >= stopped.info["setup_seconds"] >= delay
+
+
+def test_a_fixed_target_on_a_whole_class_is_refused_before_any_forward(monkeypatch):
+    import fastblend.methods as methods
+
+    model = blob_model()
+    x, y = blobs(300, 0)
+    forget = y == 0  # class 0 forgotten whole
+    calls: list[int] = []
+    monkeypatch.setattr(methods, "predict_logits", lambda *a, **k: calls.append(1))
+    with pytest.raises(ValueError, match=r"config.target='matched_fixed' .* forget classes \[0\]"):
+        unlearn("a_finetune", model, (x[~forget], y[~forget]), (x[forget], y[forget]), blobs(150, 1), seed=0,
+                config={"target": "matched_fixed", "anchor_weight": 1.0, "request": "sample"})
+    assert not calls

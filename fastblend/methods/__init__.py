@@ -279,7 +279,8 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
         progress: a tqdm bar over epochs; ``None``: off unless ``FASTBLEND_PROGRESS=1`` (``fastblend._progress``).
         callback: ``callback(model, step, seconds)`` before the first optimiser step, after every
             ``eval_every``-th and after the last (SSD: before and after), ``seconds`` being the
-            method's wall time so far; e.g. a :class:`fastblend.tracking.Tracker`. Its own time is
+            method's wall time so far (an accelerated method's set-up before its first step included,
+            ``info["setup_seconds"]``); e.g. a :class:`fastblend.tracking.Tracker`. Its own time is
             excluded from ``seconds`` (here and in the result) and reported as ``info["eval_seconds"]``.
             Returning ``True`` stops the training after that step (a budget, e.g. ``Tracker(budget=)``);
             ``info["stopped_at_step"]`` then names the step.
@@ -384,6 +385,8 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
     # what that set-up costs is the method's (in the result's seconds)
     t_setup = time.perf_counter()
     unseen_logits = None
+    if spec.accelerated and cfg.target == "matched_fixed":  # refused before the set-up's forwards
+        refuse_fixed_on_whole_classes(f.labels, retain_labels("target"), fn, "config.target")
     if spec.accelerated and (cfg.target != "unseen" or cfg.anchor_weight):
         unseen_logits = predict_logits(work, u.images, device=dev).float()
     if spec.accelerated and cfg.target != "unseen":  # held-out images as hard as the forget images (§7.7)
@@ -403,6 +406,7 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
                              "config.anchor_weight", unseen_logits=unseen_logits)
         ctx.info["anchor"] = {"rows": int(anchor[0].shape[0]), "weight": float(cfg.anchor_weight)}
     setup_seconds = time.perf_counter() - t_setup if unseen_logits is not None else 0.0
+    del unseen_logits  # [N_u, C]: not needed while training
     if setup_seconds:
         ctx.info["setup_seconds"] = setup_seconds
     data = RunData(r, f, matched if matched is not None else u, fixed, anchor, odds_target)
@@ -416,6 +420,8 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
         if not eval_every:
             eval_every = every
         callback = _with_stop(callback, stopper, every)
+    if setup_seconds and callback is not None:  # the caller's and the stop's clock count the set-up: the method's time
+        callback = _after_setup(callback, setup_seconds)
     before = stopper.eval_seconds if stopper is not None else 0.0
     if spec.impl is None:
         outcome, seconds = timed(lambda: _ssd_tracked(work, data, cfg, ctx, callback), dev)
@@ -454,12 +460,7 @@ def matched_rows(model: nn.Module, retain: Any, r: DataView | None, forget: tupl
     from ..difficulty import matched_unseen
 
     if target == "matched_fixed":
-        whole = whole_classes(forget[1].unique(), retain_labels())
-        if whole:
-            raise ValueError(f"{fn}: {arg}='matched_fixed' fixes the target at the untouched model's losses, and "
-                             f"the forget classes {whole} have no retain image (forgotten whole): for them those are "
-                             "the losses of a model that still predicts the class. Use target='unseen' or 'matched' "
-                             "for a request that forgets whole classes")
+        refuse_fixed_on_whole_classes(forget[1], retain_labels(), fn, arg)
     rx, ry = retained_reference(retain, r, seed, dev, model_dtype(model), fn, classes=forget[1].unique())
     idx = matched_unseen(model, (rx, ry), forget, unseen, max_reference=None, device=dev, unseen_logits=unseen_logits)
     fixed = None
@@ -467,6 +468,17 @@ def matched_rows(model: nn.Module, retain: Any, r: DataView | None, forget: tupl
         fixed = (unseen_logits[idx.to(unseen_logits.device)] if unseen_logits is not None else
                  predict_logits(model, unseen[0][idx.to(unseen[0].device)], device=dev).float())
     return idx, fixed, int(rx.shape[0])
+
+
+def refuse_fixed_on_whole_classes(forget_labels: torch.Tensor, retain_labels: torch.Tensor, fn: str,
+                                  arg: str = "target") -> None:
+    """``target="matched_fixed"`` refused when a forget class has no retain image (a class forgotten whole)."""
+    whole = whole_classes(forget_labels.unique(), retain_labels)
+    if whole:
+        raise ValueError(f"{fn}: {arg}='matched_fixed' fixes the target at the untouched model's losses, and "
+                         f"the forget classes {whole} have no retain image (forgotten whole): for them those are "
+                         "the losses of a model that still predicts the class. Use target='unseen' or 'matched' "
+                         "for a request that forgets whole classes")
 
 
 def image_odds_target(fixed: torch.Tensor, labels: torch.Tensor, n_forget: int, fn: str,
@@ -632,6 +644,16 @@ def _whole_class_request(r: Any, f: Any, fn: str) -> bool:
         return False
     forget_classes = f.labels.unique()
     return len(whole_classes(forget_classes, retained)) == forget_classes.numel()
+
+
+def _after_setup(callback: Callable, setup_seconds: float) -> Callable[[nn.Module, int, float], Any]:
+    """``callback`` with ``seconds`` counted from before the set-up (``setup_seconds`` earlier than the training's
+    clock), so a curve, a budget and the stop's time include what the set-up cost."""
+
+    def shifted(model: nn.Module, step: int, seconds: float) -> Any:
+        return callback(model, step, seconds + setup_seconds)
+
+    return shifted
 
 
 def _with_stop(callback: Callable | None, stopper: AutoStop, every: int) -> Callable[[nn.Module, int, float], bool]:

@@ -414,6 +414,11 @@ def _grid() -> None:
                          ("fb1_lr2e-3_ep2", {"lr": 2e-3, "epochs": 2}),
                          ("fb1_lr2e-3", {"lr": 2e-3})]])
 
+    # the faster matched recipe (1B forget draws, lr 1e-3; fastblend.matched_recipe since 2026-12-07) on the full demo's
+    # hard request, where the earlier one over-forgot by about 2 points
+    fast = {**img, "lr": 1e-3, "forget_batch_factor": 1}
+    plan("hardfast_full", [("hard_full/a_finetune/fast", "hard_full", "a_finetune", fast)])
+
     # A-SCRUB with 64 forget rows a step: its SGD at lr 0.002 (the matched recipe's) and twice that
     plan("hardspeed_scrub", [(f"hard@{s}/a_scrub/{name}", f"hard@{s}", "a_scrub", {**scrub_img, **conf})
                              for s in (0, 1, 2) for name, conf in

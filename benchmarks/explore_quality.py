@@ -418,6 +418,10 @@ def _grid() -> None:
     # hard request, where the earlier one over-forgot by about 2 points
     fast = {**img, "lr": 1e-3, "forget_batch_factor": 1}
     plan("hardfast_full", [("hard_full/a_finetune/fast", "hard_full", "a_finetune", fast)])
+    # at full size 64 forget rows a step visit each of the 800 forget images every 12.5 steps (the first version's 256:
+    # every 3): the draw sized to the forget set, at the faster recipe's lr, on both full-size scattered requests
+    plan("fullfast_draw", [(f"{kind}/a_finetune/fast_fb{fb}", kind, "a_finetune", {**fast, "forget_batch_factor": fb})
+                           for kind in ("uniform_full", "hard_full") for fb in (4, 2)])
 
     # A-SCRUB with 64 forget rows a step: its SGD at lr 0.002 (the matched recipe's) and twice that
     plan("hardspeed_scrub", [(f"hard@{s}/a_scrub/{name}", f"hard@{s}", "a_scrub", {**scrub_img, **conf})

@@ -41,6 +41,15 @@ MSG
   exit 1
 fi
 
+# PyTorch's CUDA build needs several GB in .venv/ (and pip's cache, which is skipped here): say so up front
+# instead of failing half-way through an install with "No space left on device".
+free_mb="$(df -Pm . 2>/dev/null | awk 'NR==2 {print $4}')"
+if [ -n "${free_mb:-}" ] && [ "$free_mb" -lt 8000 ] && [ ! -x .venv/bin/python ]; then
+  echo "setup.sh: only ${free_mb} MB free here; PyTorch with its CUDA libraries needs about 6 GB (the CPU-only" >&2
+  echo "  build about 1 GB: see FASTBLEND_TORCH_SPEC in the README). Trying anyway." >&2
+fi
+export PIP_NO_CACHE_DIR=1
+
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi

@@ -321,7 +321,8 @@ def run_method(ctx: Context, method: str, budget_factor: float, index_cache: dic
     total = request + res.seconds
     row, band = _judge(ctx, {"variant": method, "method": method, **metrics, "t_total": total}, marg)
     record = {"unit": method + (".auto" if auto else ""), "method": method, "kind": ctx.kind, "seed": seed,
-              "accelerated": accelerated, "method_config": config, "final": row, "in_band": bool(row["in_band"]),
+              "accelerated": accelerated, "method_config": config, "request": res.info.get("request"),
+              "recipe": res.info.get("recipe"), "final": row, "in_band": bool(row["in_band"]),
               "seconds": total,
               "unlearning_seconds": res.seconds, "steps": res.steps, "retrain_seconds": retrain_seconds,
               "retrain_t_target": ctx.retrain["retrain_t_target"], "setting": ctx.retrain["setting"], **extra}

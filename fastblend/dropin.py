@@ -8,9 +8,9 @@ evaluation keeps reading ``loaders["retain"]``, the whole retain set::
 
     prep = fastblend.prepare_unlearning(model, loaders["retain"], loaders["forget"], loaders["unseen"])
     loaders = {**loaders, "unlearn": prep.retain_loader}           # loaders["retain"] stays the retain set
-    criterion, optimizer = prep.criterion, prep.optimizer(model)   # A-AMU's optimiser: Adam lr 2.4e-4
+    criterion, optimizer = prep.criterion, prep.optimizer(model)   # the recipe's optimiser: Adam, lr prep.lr
     step = 0
-    for epoch in range(prep.epochs):                               # the recipe's budget: one epoch
+    for epoch in range(prep.epochs):                               # the recipe's budget in epochs
         for x, y in loaders["unlearn"]:                            # the codebase's own loop
             loss = criterion(model(x), y)
             optimizer.zero_grad(); loss.backward(); optimizer.step()
@@ -21,9 +21,12 @@ evaluation keeps reading ``loaders["retain"]``, the whole retain set::
             break
     prep.auto_stop.finish(model, step)    # steps spent before a stop: the closest evaluation's weights back
 
-A request that forgets whole classes (no retain image of any forget class left) gets the whole-class recipe
-of docs/method.md §7.6 (``request="auto"``): the criterion's pooled transform and λ 5, and ``prep.lr`` 5e-4
-and ``prep.epochs`` 3 for the loop above; ``prep.request`` says which recipe runs.
+The recipe is the one ``unlearn("a_finetune", ...)`` runs on the same request (``request="auto"``): on scattered
+samples the difficulty-matched recipe of docs/method.md §7.10 (the criterion's fixed matched target, per-image
+log-odds term, held-out anchor and forget draws of one batch; ``prep.lr`` 1e-3, ``prep.epochs`` 3), on a request
+that forgets whole classes (no retain image of any forget class left) the whole-class recipe of §7.6 (the pooled
+transform and λ 5; ``prep.lr`` 5e-4, ``prep.epochs`` 3), else, or with ``request="sample"``, the paper's (Adam lr
+2.4e-4, one epoch); ``prep.request`` says which runs and ``prep.request_reason`` why it fell back to the paper's.
 
 ``prep.auto_stop`` (:class:`fastblend.AutoStop`, docs/method.md §4.5) compares the forget set with the
 unseen data under the model and is started on the untouched model when the request is prepared;
@@ -31,7 +34,7 @@ unseen data under the model and is started on the untouched model when the reque
 when the loop's steps ran out before it held (nothing after a stop).
 
 The criterion computes the per-sample cross-entropy of the retain batch, steepens it and adds
-``λ·MMD²`` between a forget batch and an unseen batch it draws itself (4B each, at most 256 each:
+``λ·MMD²`` between a forget batch and an unseen batch it draws itself (on the paper's recipe 4B each, at most 256 each:
 a retain batch of 256 draws 256, not 1,024, and never more forget rows than the forget set holds);
 its forget and unseen forwards leave BatchNorm running statistics (and every other buffer of a
 training-mode module) untouched, also when the model checkpoints activations. It is a thin layer
@@ -68,7 +71,7 @@ from .data_adapter import as_tensors, is_streamed_dataset
 from .datasets import whole_classes
 from .methods import anchor_rows, image_odds_target, matched_rows, refuse_fixed_on_whole_classes
 from .methods.aamu_configs import AFinetuneConfig, request_config
-from .methods.config import TARGETS
+from .methods.config import REQUESTS, TARGETS
 from .metrics import predict_logits
 from .recipe import RECIPE
 
@@ -110,14 +113,17 @@ class PreparedUnlearning:
         index: the :class:`fastblend.BlendIndex` used (built here unless one was passed): keep it to
             answer later requests without rebuilding.
         timings: seconds: ``index`` (building it, 0 when passed in) and ``request`` (reduce + set-up).
-        recommended: the optimiser the method is tuned for (Adam lr 2.4e-4, batch 64, one epoch; on a
-            whole-class request lr 5e-4, three epochs, with λ 5 in the criterion).
-        epochs: the recipe's budget in epochs over ``retain_loader`` (:data:`fastblend.recipe.RECIPE`:
-            one; three on a whole-class request); the recipe's learning rate is constant (no schedule).
-        request: the request that runs: ``"sample"`` (the paper's recipe) or ``"class"`` (the whole-class
-            recipe of docs/method.md §7.6: pooled transform, λ 5, Adam lr 5e-4, three epochs).
-        class_recipe: the settings the whole-class recipe chose (empty on a ``"sample"`` request).
-        lr: the learning rate of :meth:`optimizer` (2.4e-4; 5e-4 on a whole-class request).
+        recommended: the optimiser the recipe is tuned for (Adam, batch 64, ``lr`` and ``epochs`` below).
+        epochs: the recipe's budget in epochs over ``retain_loader`` (three on the matched and whole-class recipes,
+            one on the paper's, :data:`fastblend.recipe.RECIPE`); the learning rate is constant (no schedule).
+        request: the request that runs: ``"matched"`` (the difficulty-matched recipe of docs/method.md §7.10),
+            ``"class"`` (the whole-class recipe of §7.6: pooled transform, λ 5, Adam lr 5e-4, three epochs) or
+            ``"sample"`` (the paper's recipe).
+        class_recipe: the settings the whole-class recipe chose (empty on any other request).
+        lr: the learning rate of :meth:`optimizer` (1e-3 matched, 5e-4 whole-class, 2.4e-4 the paper's).
+        recipe: the settings the request's recipe chose (those the caller did not pass).
+        request_reason: why ``request="auto"`` fell back to the paper's recipe on scattered samples (``None``
+            otherwise).
         auto_stop: a :class:`fastblend.AutoStop` on the forget set against the unseen data (no Retrain
             input, docs/method.md §4.5), holding the untouched model's held-out accuracy: in the loop,
             ``if prep.auto_stop(model, step, seconds): break`` every few steps. Raises ``ValueError``
@@ -138,6 +144,8 @@ class PreparedUnlearning:
     request: str = "sample"
     class_recipe: dict = field(default_factory=dict)
     lr: float = RECIPE.lr
+    recipe: dict = field(default_factory=dict)
+    request_reason: str | None = None
     _auto_stop: AutoStop | None = field(default=None, repr=False)
     _no_stop: str = field(default="prepare_unlearning was called with stop=None", repr=False)
 
@@ -154,8 +162,8 @@ class PreparedUnlearning:
         return self.epochs * len(self.retain_loader)
 
     def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        """``torch.optim.Adam(model.parameters(), lr=prep.lr)``: A-AMU's optimiser (:data:`fastblend.recipe.RECIPE`;
-        lr 2.4e-4, or 5e-4 on a whole-class request)."""
+        """``torch.optim.Adam(model.parameters(), lr=prep.lr)``: the recipe's optimiser (lr 1e-3 on the matched
+        recipe, 5e-4 on the whole-class one, 2.4e-4 on the paper's)."""
         if not isinstance(model, nn.Module):
             raise TypeError("PreparedUnlearning.optimizer: model must be a torch.nn.Module, got "
                             f"{type(model).__name__}")
@@ -272,14 +280,14 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
                        batch_size: int = RECIPE.batch_size, index: BlendIndex | None = None, seed: int = 0,
                        lam: float | None = None, k: float = RECIPE.k, kappa: float = RECIPE.kappa,
                        sigma: float = RECIPE.sigma, steepen: str = RECIPE.steepen,
-                       forget_batch_factor: int = RECIPE.forget_batch_factor,
+                       forget_batch_factor: int | None = None,
                        unseen_batch_factor: int = RECIPE.unseen_batch_factor,
                        max_draw: int | None = RECIPE.max_draw, iterations: int | None = None,
                        backend: str = "auto", device: torch.device | str | None = None,
                        progress: bool = False, stop: str | AutoStop | None = "auto", request: str = "auto",
-                       transform: str | None = None, target: str = "unseen",
-                       odds_weight: float = 0.0, anchor_weight: float = 0.0,
-                       odds_pairing: str = "quantile") -> PreparedUnlearning:
+                       transform: str | None = None, target: str | None = None,
+                       odds_weight: float | None = None, anchor_weight: float | None = None,
+                       odds_pairing: str | None = None) -> PreparedUnlearning:
     """Blend + A-AMU for an existing loader-based fine-tune loop (see the module docstring).
 
     Args:
@@ -306,7 +314,8 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
         lam, k, kappa, sigma, steepen, forget_batch_factor, unseen_batch_factor, max_draw: A-AMU
             settings (:class:`fastblend.AAMUStep`; defaults :data:`fastblend.recipe.RECIPE`, ``max_draw``
             256 = 4·64: a batch of 256 draws 256 forget and 256 unseen rows; ``None``: 4B each). ``lam``
-            ``None`` (default): the request's, the paper's 34 or the whole-class recipe's 5.
+            ``None`` (default): the request's, the paper's 34 or the whole-class recipe's 5;
+            ``forget_batch_factor`` ``None`` (default): the request's, 1 on the matched recipe, else 4.
         iterations, backend: Blend settings when the index is built here (default 12 iterations). With
             ``index``, an ``ipc`` or ``iterations`` other than the index's raises ``ValueError``.
         device: where the index is built (default: the model's device).
@@ -318,32 +327,36 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
             5 forget rows, unseen data lacking a forget class) leaves ``prep.auto_stop`` raising why.
         request: ``"auto"`` (default): a request that leaves no retain image of any forget class (whole
             class) runs the whole-class recipe (docs/method.md §7.6: the pooled transform, λ 5 unless
-            ``lam`` is given, Adam lr 5e-4, three epochs; ``prep.request ==
-            "class"``), any other the paper's; ``"class"`` or ``"sample"``
-            force one. ``prep.lr``, ``prep.epochs`` and ``prep.optimizer`` follow it.
+            ``lam`` is given, Adam lr 5e-4, three epochs; ``prep.request == "class"``); scattered samples the
+            difficulty-matched recipe (§7.10: ``target="matched_fixed"``, ``odds_weight=1``,
+            ``odds_pairing="image"``, ``anchor_weight=10``, ``forget_batch_factor=1``, Adam lr 1e-3, three epochs;
+            ``prep.request == "matched"``) when every forget class keeps retain images and has unseen images and
+            no other ``target`` is passed, else the paper's (``prep.request_reason`` says why); ``"class"``,
+            ``"matched"`` or ``"sample"`` (the paper's) force one. What the caller passes is kept; ``prep.lr``,
+            ``prep.epochs`` and ``prep.optimizer`` follow the request.
         transform: the loss-quantile transform (``"per_set"``, the paper's, or ``"pooled"``); default: the
             request's (``"pooled"`` on a whole-class request).
-        target: the regulariser's target (docs/method.md §7.7): ``"unseen"`` (default, the paper's) or
+        target: the regulariser's target (docs/method.md §7.7); ``None`` (default): the request's. ``"unseen"``
+            (the paper's) or
             ``"matched"``: the unseen images as hard as the forget images, ranked by ``model`` as passed
             here (the model before unlearning); ``prep.auto_stop`` then compares the forget set with them;
             ``"matched_fixed"``: the same images with their losses under ``model`` as passed here, fixed
             for the run (not on a request that forgets whole classes).
-        odds_weight: weight of A-AMU's log-odds term (docs/method.md §7.8; 0, the default: off), meant for
-            ``target="matched_fixed"``.
-        odds_pairing: how that term pairs the forget images with the target: ``"quantile"`` (default, §7.8) or
+        odds_weight: weight of A-AMU's log-odds term (docs/method.md §7.8; ``None``, the default: the request's,
+            1 on the matched recipe, else 0: off), meant for ``target="matched_fixed"``.
+        odds_pairing: how that term pairs the forget images with the target (``None``, the default: the request's,
+            ``"image"`` on the matched recipe): ``"quantile"`` (§7.8) or
             ``"image"`` (docs/method.md §7.10: each forget image against its own matched image's log-odds under
-            ``model`` as passed here, one-sided); ``"image"`` needs ``target="matched_fixed"``. The recipe measured
-            with it (``fastblend.matched_recipe("a_finetune")``) also sets ``anchor_weight=10`` and
-            ``forget_batch_factor=1`` and trains with Adam lr 1e-3 for 3 epochs, not ``prep.lr`` / ``prep.epochs``'
-            paper values.
-        anchor_weight: weight of the held-out anchor (docs/method.md §7.9; 0, the default: off): the criterion
+            ``model`` as passed here, one-sided); ``"image"`` needs ``target="matched_fixed"``.
+        anchor_weight: weight of the held-out anchor (docs/method.md §7.9; ``None``, the default: the request's, 10
+            on the matched recipe, else 0: off): the criterion
             also keeps the model's predictions on the unseen images (of the classes the retain set still holds)
             near those of ``model`` as passed here; one more forward of a retain batch's size per step.
 
     Returns:
-        :class:`PreparedUnlearning` with ``retain_loader`` and ``criterion``. Train with A-AMU's
-        optimiser (``prep.optimizer(model)``: Adam lr 2.4e-4, 5e-4 on a whole class) for ``prep.epochs``
-        epochs (``prep.steps`` steps). A loop that keeps its own optimiser: see the module docstring.
+        :class:`PreparedUnlearning` with ``retain_loader`` and ``criterion``. Train with the recipe's
+        optimiser (``prep.optimizer(model)``: Adam at ``prep.lr``) for ``prep.epochs`` epochs (``prep.steps``
+        steps). A loop that keeps its own optimiser: see the module docstring.
     """
     fn = "prepare_unlearning"
     ipc, batch_size, seed, iterations = map(plain_number, (ipc, batch_size, seed, iterations))  # numpy's too
@@ -353,16 +366,31 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
         raise ValueError(f"{fn}: batch_size must be an int >= 1, got {batch_size!r}")
     if stop is not None and not isinstance(stop, AutoStop) and not (isinstance(stop, str) and stop == "auto"):
         raise ValueError(f"{fn}: stop must be 'auto', a fastblend.AutoStop or None, got {stop!r}")
-    if not isinstance(request, str) or request not in ("auto", "class", "sample"):
-        raise ValueError(f"{fn}: request must be 'auto', 'class' or 'sample', got {request!r}")
+    if not isinstance(request, str) or request not in REQUESTS:
+        raise ValueError(f"{fn}: request must be one of {REQUESTS}, got {request!r}")
     if transform is not None and (not isinstance(transform, str) or transform not in ("per_set", "pooled")):
         raise ValueError(f"{fn}: transform must be 'per_set', 'pooled' or None (the request's), got {transform!r}")
-    if not isinstance(target, str) or target not in TARGETS:
-        raise ValueError(f"{fn}: target must be one of {TARGETS}, got {target!r}")
-    odds_weight = check_odds_weight(fn, odds_weight)  # before the index is built
-    check_odds_pairing(fn, odds_pairing, target=target)
-    anchor_weight = check_odds_weight(fn, anchor_weight, "anchor_weight")
-    check_step_settings(fn, RECIPE.lam if lam is None else lam, k, kappa, sigma, "auto", forget_batch_factor,
+    if target is not None and (not isinstance(target, str) or target not in TARGETS):
+        raise ValueError(f"{fn}: target must be one of {TARGETS} or None (the request's), got {target!r}")
+    # what the caller set; None: the request's recipe decides (below), each checked before the index is built
+    given: dict[str, Any] = {}
+    if odds_weight is not None:
+        given["odds_weight"] = check_odds_weight(fn, odds_weight)
+    if anchor_weight is not None:
+        given["anchor_weight"] = check_odds_weight(fn, anchor_weight, "anchor_weight")
+    if odds_pairing is not None:
+        check_odds_pairing(fn, odds_pairing, target=target or "matched_fixed")
+        given["odds_pairing"] = odds_pairing
+    if target is not None:
+        given["target"] = target
+    if forget_batch_factor is not None:
+        given["forget_batch_factor"] = forget_batch_factor
+    if transform is not None:
+        given["transform"] = transform
+    if lam is not None:  # a λ of the caller's own is kept, the paper's value included; None: the request's
+        given["lam"] = lam
+    check_step_settings(fn, RECIPE.lam if lam is None else lam, k, kappa, sigma, "auto",
+                        RECIPE.forget_batch_factor if forget_batch_factor is None else forget_batch_factor,
                         unseen_batch_factor, max_draw, steepen)  # and the step's settings
     if index is not None and not isinstance(index, BlendIndex):
         raise TypeError(f"{fn}: index must be a fastblend.BlendIndex or None, got {type(index).__name__}")
@@ -411,18 +439,26 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
         fx, fy = _index_rows(index, rows), index.labels[rows]
     t1 = time.perf_counter()
     reduced = index.reduce(forget_rows)
-    # the fine-tune's whole-class recipe (the criterion is a fine-tune's) through the one rule unlearn uses:
-    # "auto" is a whole-class request when no forget class has a retain row; a transform passed here is kept
-    given = {} if transform is None else {"transform": transform}
-    if lam is not None:  # a λ of the caller's own is kept, the paper's value included; None: the request's
-        given["lam"] = lam
-    forget_classes = fy.unique()
-    whole = len(whole_classes(forget_classes, reduced.labels)) == forget_classes.numel()
-    request, cfg, recipe = request_config("a_finetune", AFinetuneConfig(request=request, **given), given, whole)
-    lam = cfg.lam
     ux, uy = as_tensors(unseen, "unseen", fn)
     if tuple(ux.shape[1:]) != tuple(fx.shape[1:]):
         raise ValueError(f"{fn}: unseen images are {list(ux.shape[1:])} but forget images {list(fx.shape[1:])}")
+    # the fine-tune's recipes (the criterion is a fine-tune's) through the one rule unlearn uses: "auto" is a
+    # whole-class request when no forget class has a retain row, else the difficulty-matched one when every forget
+    # class keeps retain rows and has unseen images; what the caller passed here is kept
+    forget_classes = fy.unique()
+    whole_list = whole_classes(forget_classes, reduced.labels)
+    whole = len(whole_list) == forget_classes.numel()
+    missing = sorted(set(forget_classes.tolist()) - set(uy.unique().tolist()))
+    why_not = (f"forget classes {sorted(whole_list)} have no retain image left (a class forgotten whole)" if whole_list
+               else f"the unseen data hold no image of forget classes {missing}" if missing else None)
+    try:
+        request, cfg, recipe = request_config("a_finetune", AFinetuneConfig(request=request, **given), given, whole,
+                                              matched_ok=why_not is None)
+        cfg.check(fn)
+    except ValueError as exc:
+        raise ValueError(f"{fn}: {str(exc).removeprefix(fn + ': ')}") from None
+    lam, target, odds_weight, anchor_weight = cfg.lam, cfg.target, cfg.odds_weight, cfg.anchor_weight
+    odds_pairing, forget_batch_factor = cfg.odds_pairing, cfg.forget_batch_factor
     tx, ty, fixed, odds_target = ux, uy, None, None
     if target == "matched_fixed":  # refused before the set-up's forwards
         refuse_fixed_on_whole_classes(fy, reduced.labels, fn)
@@ -462,4 +498,7 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
     timings["total"] = time.perf_counter() - t0
     recommended = {**RECOMMENDED, "lr": cfg.lr, "epochs": cfg.epochs}
     return PreparedUnlearning(loader, AAMUCriterion(step), reduced, index, timings, recommended, cfg.epochs, request,
-                              recipe, cfg.lr, _auto_stop=auto_stop, _no_stop=why)
+                              recipe if request == "class" else {}, cfg.lr, recipe=recipe,
+                              request_reason=None if request != "sample" or why_not is None or "target" in given
+                              else f"the paper's recipe, not the difficulty-matched one: {why_not}",
+                              _auto_stop=auto_stop, _no_stop=why)

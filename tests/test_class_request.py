@@ -8,7 +8,7 @@ from torch import nn
 
 from fastblend import unlearn
 from fastblend.methods import config_class
-from fastblend.methods.aamu_configs import CLASS_REQUEST
+from fastblend.methods.aamu_configs import CLASS_REQUEST, MATCHED_RECIPE
 
 C = 3
 
@@ -59,8 +59,11 @@ def test_a_whole_class_request_runs_the_whole_class_recipe(request_sets, method)
     assert res.config.transform == "pooled"
 
 
-def test_scattered_samples_keep_the_paper_recipe(request_sets):
+def test_scattered_samples_run_the_matched_recipe_or_the_papers_on_request(request_sets):
     res = _run("a_finetune", request_sets, "sample", {"batch_size": 16})
+    assert res.info["request"] == "matched" and res.info["class_recipe"] == {}
+    assert res.info["recipe"] == MATCHED_RECIPE["a_finetune"] and res.config.target == "matched_fixed"
+    res = _run("a_finetune", request_sets, "sample", {"batch_size": 16, "request": "sample"})
     paper = config_class("a_finetune")()
     assert res.info["request"] == "sample" and res.info["class_recipe"] == {}
     assert (res.config.transform, res.config.lr, res.config.epochs) == (paper.transform, paper.lr, paper.epochs)
@@ -98,7 +101,7 @@ def test_the_recipe_sets_only_what_the_caller_did_not(request_sets):
 def test_base_methods_and_bad_settings(request_sets):
     base = _run("finetune", request_sets, "class", {"batch_size": 16, "epochs": 1})
     assert "request" not in base.info
-    with pytest.raises(ValueError, match="config.request must be 'auto', 'class' or 'sample'"):
+    with pytest.raises(ValueError, match="config.request must be one of"):
         _run("a_finetune", request_sets, "class", {"request": "whole"})
 
 
@@ -144,7 +147,9 @@ def test_the_drop_in_hands_a_whole_class_request_its_recipe(image_sets):
     assert prep.steps == recipe["epochs"] * len(prep.retain_loader)
     assert prep.optimizer(model).param_groups[0]["lr"] == recipe["lr"]
     paper = config_class("a_finetune")()
-    for kind, kw in (("sample", {}), ("class", {"request": "sample"})):  # scattered samples; the paper's, forced
+    _, prep = _prepare(image_sets, "sample")  # scattered samples: the matched recipe
+    assert (prep.request, prep.class_recipe, prep.recipe) == ("matched", {}, MATCHED_RECIPE["a_finetune"])
+    for kind, kw in (("sample", {"request": "sample"}), ("class", {"request": "sample"})):  # the paper's, forced
         model, prep = _prepare(image_sets, kind, **kw)
         assert prep.request == "sample" and prep.class_recipe == {}
         assert (prep.epochs, prep.lr, prep.criterion.step.criterion.transform) == (paper.epochs, paper.lr,

@@ -110,7 +110,7 @@ def test_unlearn_with_the_matched_target():
                  "reference_rows": int((~forget).sum()), "odds_pairing": "quantile"}
     assert 1 <= t["distinct"] <= t["rows"]
     assert res.info["auto_stop"]["compared_with"] == "matched_heldout"
-    plain = unlearn("a_finetune", *args, config={"batch_size": 16}, seed=0, stop="auto")
+    plain = unlearn("a_finetune", *args, config={"batch_size": 16, "request": "sample"}, seed=0, stop="auto")
     assert "target" not in plain.info and plain.info["auto_stop"]["compared_with"] == "heldout"
     with pytest.raises(ValueError, match="config.target must be one of"):
         unlearn("a_finetune", *args, config={"target": "hardest"})
@@ -207,7 +207,8 @@ def test_the_drop_in_takes_the_matched_target():
     assert prep.criterion.step.unseen.labels.numel() == int(forget.sum())  # one matched image per forget image
     assert prep.reduced._images is None  # ranked against the source's rows: the reduced set is not materialised
     assert prep.auto_stop.summary()["compared_with"] == "matched_heldout"
-    plain = prepare_unlearning(model, (x[~forget], y[~forget]), (x[forget], y[forget]), (ux, uy), **kw)
+    plain = prepare_unlearning(model, (x[~forget], y[~forget]), (x[forget], y[forget]), (ux, uy), request="sample",
+                               **kw)
     assert plain.criterion.step.unseen.labels.numel() == 60 and plain.auto_stop.summary()["compared_with"] == "heldout"
     fixed = prepare_unlearning(model, (x[~forget], y[~forget]), (x[forget], y[forget]), (ux, uy),
                                target="matched_fixed", **kw)

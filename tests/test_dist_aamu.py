@@ -184,13 +184,13 @@ def _local_batch_size() -> str:
 METHODS = ("a_finetune", "finetune", "a_neggrad_plus")
 
 
-def _unlearned(method: str, wrap: bool) -> list[torch.Tensor]:
+def _unlearned(method: str, wrap: bool, **more) -> list[torch.Tensor]:
     d = _data()
     model = _model()
     if wrap:
         model = DistributedDataParallel(model)
     cfg = {"epochs": 1, "batch_size": B, "optimizer": "sgd", "lr": 0.2, "momentum": 0.0, "weight_decay": 0.0,
-           "schedule": "constant", "warmup_epochs": 0}
+           "schedule": "constant", "warmup_epochs": 0, **more}
     if method.startswith("a_"):
         cfg.update(forget_batch_factor=3, unseen_batch_factor=3)
     res = fastblend.unlearn(method, model, (d["retain_x"], d["retain_y"]), (d["forget_x"], d["forget_y"]),
@@ -226,14 +226,15 @@ def _unlearned_streamed() -> tuple[list[torch.Tensor], int]:
     d = _data()
     retain = _CountingRetain(d["retain_x"], d["retain_y"])
     cfg = {"epochs": 1, "batch_size": B, "optimizer": "sgd", "lr": 0.2, "momentum": 0.0, "weight_decay": 0.0,
-           "schedule": "constant", "warmup_epochs": 0, "forget_batch_factor": 3, "unseen_batch_factor": 3}
+           "schedule": "constant", "warmup_epochs": 0, "forget_batch_factor": 3, "unseen_batch_factor": 3,
+           "request": "sample"}  # a Dataset without a labels attribute: "auto" would not read its labels either
     res = fastblend.unlearn("a_finetune", _model(), retain, (d["forget_x"], d["forget_y"]),
                             unseen=(d["unseen_x"], d["unseen_y"]), config=cfg, seed=4)
     return _params(res.model) + [torch.tensor(res.losses), torch.tensor(res.steps)], retain.read
 
 
 def test_a_streamed_retain_set_is_read_in_parts_under_ddp(ranks):
-    single = _unlearned("a_finetune", wrap=False)  # the same rows as tensors, one process
+    single = _unlearned("a_finetune", wrap=False, request="sample")  # the same rows as tensors, one process
     reads = []
     for r, out in enumerate(ranks):
         params, read = out["streamed"]

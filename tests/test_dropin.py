@@ -148,7 +148,7 @@ def test_large_batches_draw_at_most_the_cap_and_the_forget_set():
     rows = _counting(model)
     # a codebase's batch of 256: 256 forget and 256 unseen rows, not 4B = 1,024 of each
     prep = fastblend.prepare_unlearning(model, (ux[:200] + 5, uy[:200]), (fx, fy), (ux, uy), batch_size=256,
-                                        ipc=2, iterations=1, stop=None)
+                                        ipc=2, iterations=1, stop=None, request="sample")
     prep.criterion(torch.randn(256, C), torch.zeros(256, dtype=torch.long))
     assert rows == [256, 256], rows
     # a forget set smaller than the cap: all of it, never more; the unseen draw still the recipe's 256
@@ -172,9 +172,13 @@ def test_large_batches_draw_at_most_the_cap_and_the_forget_set():
 def test_prepared_unlearning_hands_over_the_recipe_budget(memorised):
     _, retain, forget, unseen, _ = memorised
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, C))
-    prep = fastblend.prepare_unlearning(model, retain, forget, unseen, batch_size=16, iterations=1, seed=0)
+    prep = fastblend.prepare_unlearning(model, retain, forget, unseen, batch_size=16, iterations=1, seed=0,
+                                        request="sample")
     assert prep.epochs == fastblend.recipe.RECIPE.epochs == 1
     assert prep.steps == len(prep.retain_loader) == -(-len(prep.reduced) // 16)
+    prep = fastblend.prepare_unlearning(model, retain, forget, unseen, batch_size=16, iterations=1, seed=0)
+    assert prep.request == "matched" and prep.epochs == 3  # the default on scattered samples (method.md §7.10)
+    assert prep.steps == 3 * len(prep.retain_loader)
 
 
 def test_auto_stop_ends_the_codebase_loop_once_forget_looks_unseen(memorised):

@@ -96,7 +96,7 @@ def test_unlearn_pulls_each_forget_image_to_its_matched_images_odds():
     unseen = blobs(150, 1)
     fx, fy = x[forget], y[forget]
     args = (model, (x[~forget], y[~forget]), (fx, fy), unseen)
-    base = {"batch_size": 16, "epochs": 3, "target": "matched_fixed", "odds_weight": 1.0}
+    base = {"batch_size": 16, "epochs": 3, "target": "matched_fixed", "odds_weight": 1.0, "request": "sample"}
     quantile = unlearn("a_finetune", *args, config=base, seed=0)
     seen = []
     real_init = AAMUStep.__init__
@@ -128,7 +128,7 @@ def test_unlearn_pulls_each_forget_image_to_its_matched_images_odds():
     assert excess(image.model) < excess(quantile.model) < excess(model)
     assert any(not torch.equal(a, b) for a, b in zip(quantile.model.parameters(), image.model.parameters()))
     with pytest.raises(ValueError, match="config.odds_pairing='image' .* needs config.target='matched_fixed'"):
-        unlearn("a_finetune", *args, config={"odds_pairing": "image", "odds_weight": 1.0}, seed=0)
+        unlearn("a_finetune", *args, config={"odds_pairing": "image", "odds_weight": 1.0, "target": "unseen"}, seed=0)
     with pytest.raises(ValueError, match="config.odds_pairing must be one of"):
         unlearn("a_finetune", *args, config={"odds_pairing": "sorted"}, seed=0)
 
@@ -171,7 +171,7 @@ def test_the_drop_in_takes_the_pairing_and_checks_it_before_building_the_index(m
     with pytest.raises(ValueError, match="prepare_unlearning: odds_pairing must be one of"):
         prepare_unlearning(*args, batch_size=8, odds_pairing="pairs")
     with pytest.raises(ValueError, match="prepare_unlearning: odds_pairing='image' .* needs target='matched_fixed'"):
-        prepare_unlearning(*args, batch_size=8, odds_weight=1.0, odds_pairing="image")
+        prepare_unlearning(*args, batch_size=8, odds_weight=1.0, odds_pairing="image", target="unseen")
 
 
 

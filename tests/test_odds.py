@@ -113,9 +113,10 @@ def test_unlearn_takes_the_weight_and_checks_it():
         net = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 3))
     forget = torch.arange(120) % 10 == 0
     args = (net, (x[~forget], y[~forget]), (x[forget], y[forget]), (x[:60] + 0.1, y[:60]))
-    plain = unlearn("a_finetune", *args, config={"batch_size": 16}, seed=0)
+    paper = {"batch_size": 16, "request": "sample"}  # the paper's recipe (the default one has the term on)
+    plain = unlearn("a_finetune", *args, config=paper, seed=0)
     with pytest.warns(UserWarning, match="odds_weight > 0 against a target that moves"):  # the paper's target moves
-        odds = unlearn("a_finetune", *args, config={"batch_size": 16, "odds_weight": 1.0}, seed=0)
+        odds = unlearn("a_finetune", *args, config={**paper, "odds_weight": 1.0}, seed=0)
     assert odds.config.odds_weight == 1.0
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a fixed target: no warning
@@ -132,7 +133,8 @@ def test_the_drop_in_takes_the_weight_and_refuses_a_bad_one_before_building_the_
     from fastblend import BlendIndex, prepare_unlearning
 
     args = dropin_request()
-    prep = prepare_unlearning(*args, batch_size=8, ipc=4, iterations=1, target="matched_fixed", odds_weight=2.0)
+    prep = prepare_unlearning(*args, batch_size=8, ipc=4, iterations=1, target="matched_fixed", odds_weight=2.0,
+                              request="sample")  # the quantile term (§7.8); the matched recipe pairs per image
     assert prep.criterion.step.criterion.odds_weight == 2.0
 
     def no_build(*a, **k):

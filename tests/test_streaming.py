@@ -187,16 +187,36 @@ def test_dataset_is_streamed_not_materialised():
         assert torch.equal(a, b) and torch.equal(ya, yb)
 
 
-@pytest.mark.parametrize("method, cfg", [("finetune", dict(epochs=2, lr=0.05)),
-                                         ("neggrad_plus", dict(epochs=2, lr=0.05)),
-                                         ("a_finetune", dict(epochs=2, lr=0.05)), ("ssd", None)])
-def test_unlearn_on_a_dataset_equals_tensors(method, cfg):
+class LabelledRows(Rows):
+    """:class:`Rows` with a ``labels`` attribute: its labels cost no pass over the images."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        super().__init__(x, y)
+        self.labels = y
+
+
+@pytest.mark.parametrize("method, cfg, rows", [("finetune", dict(epochs=2, lr=0.05), Rows),
+                                               ("neggrad_plus", dict(epochs=2, lr=0.05), Rows),
+                                               ("a_finetune", dict(epochs=2, lr=0.05, request="sample"), Rows),
+                                               ("a_finetune", dict(epochs=2, lr=0.05), LabelledRows),
+                                               ("ssd", None, Rows)])
+def test_unlearn_on_a_dataset_equals_tensors(method, cfg, rows):
     model, (xr, yr), (xf, yf), (xu, yu) = _task()
     ref = fastblend.unlearn(method, model, (xr, yr), (xf, yf), (xu, yu), config=cfg, seed=5)
-    got = fastblend.unlearn(method, model, Rows(xr, yr), Rows(xf, yf), Rows(xu, yu), config=cfg, seed=5)
+    got = fastblend.unlearn(method, model, rows(xr, yr), rows(xf, yf), rows(xu, yu), config=cfg, seed=5)
     assert got.losses == ref.losses and got.steps == ref.steps
+    assert got.info.get("request") == ref.info.get("request")
     for pa, pb in zip(ref.model.parameters(), got.model.parameters()):
         assert torch.equal(pa, pb)
+
+
+def test_a_streamed_retain_set_without_labels_gets_the_papers_recipe_and_says_why():
+    """``request="auto"`` never reads a streamed set whole just to choose its recipe."""
+    model, (xr, yr), (xf, yf), (xu, yu) = _task()
+    retain = Rows(xr, yr)
+    res = fastblend.unlearn("a_finetune", model, retain, (xf, yf), (xu, yu), config=dict(epochs=1), seed=5)
+    assert res.info["request"] == "sample" and "labels are not in memory" in res.info["request_reason"]
+    assert len(retain.reads) == len(yr) + 1  # one epoch of batches and the shape probe: no pass for the labels
 
 
 def test_streamed_retain_checks_labels_and_disjointness():

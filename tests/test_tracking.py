@@ -179,7 +179,7 @@ def test_unseen_refresh_forwards_a_new_unseen_batch_every_k_steps(monkeypatch, r
                         lambda self, model, x: calls.append(x.shape[0]) or original(self, model, x))
     x, y = _data(200)
     res = unlearn("a_finetune", _model(), (x[:80], y[:80]), (x[80:100], y[80:100]), unseen=(x[100:], y[100:]),
-                  config={"batch_size": 8, "unseen_refresh": refresh})
+                  config={"batch_size": 8, "unseen_refresh": refresh, "request": "sample"})  # forwards unseen
     assert res.steps == 10 and len(calls) == forwards
 
 

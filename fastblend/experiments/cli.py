@@ -124,10 +124,11 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="TOML/YAML/JSON file with ExperimentConfig settings")
     p.add_argument("--preset", help="method hyperparameters of a docs/method.md preset, e.g. cifar10-resnet18")
-    p.add_argument("--recipe", choices=["paper", "matched"], default=None,
-                   help="the accelerated method's recipe: paper (default; a whole class gets docs/method.md §7.6's) or "
-                   "matched (docs/method.md §7.10: the difficulty-matched recipe for scattered samples, --forget "
-                   "uniform or hard, with a_finetune, a_neggrad_plus, a_sparse or a_scrub; settings in --config win)")
+    p.add_argument("--recipe", choices=["auto", "paper", "matched"], default=None,
+                   help="the accelerated method's recipe: auto (default: a whole class gets docs/method.md §7.6's, "
+                   "scattered samples the difficulty-matched one of §7.10 with a_finetune, a_neggrad_plus, a_sparse or "
+                   "a_scrub, else the paper's), paper (the paper's on scattered samples; a whole class still gets "
+                   "§7.6's) or matched (§7.10's, --forget uniform or hard only); settings in --config win")
     p.add_argument("--dataset", help="animal-mnist (default), digits, cifar10, svhn, cinic10")
     p.add_argument("--data-root", help="folder holding the local data set (default $FASTBLEND_DATA or ./data)")
     p.add_argument("--per-class", type=int, help="use the first N training images of each class")
@@ -219,6 +220,9 @@ def _config_from_args(args: argparse.Namespace, base: ExperimentConfig) -> Exper
             raise UsageError("--recipe matched is for scattered samples (--forget uniform or hard): its fixed target "
                              "refuses a class forgotten whole, which gets the whole-class recipe by default")
         cfg.accelerated_config = {**matched_recipe(acc), **cfg.accelerated_config}
+    elif getattr(args, "recipe", None) == "paper":  # the paper's on scattered samples; a whole class keeps its own
+        cfg.accelerated_config = {"request": "sample" if cfg.forget != "classwise" else "auto",
+                                  **cfg.accelerated_config}
     if getattr(args, "preset", None):
         from ..methods import presets
 

@@ -553,6 +553,7 @@ def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, log: Callable[[str
                                 "compression": reduced.compression, "blend_loss_initial": reduced.initial_loss,
                                 "blend_loss_final": reduced.final_loss, "ipc": ipc,
                                 "grouping_backend": clustering.backend, **_stop_columns(res.info.get("auto_stop")),
+                                "request": res.info.get("request", ""),  # the recipe that ran (method.md §7.6, §7.10)
                                 "index_blend": index.timings["blend"], "index_cached": index_cached,
                                 "index_build_seconds": index.timings.get("total", index_seconds),
                                 **{f"backend_{op}": name for op, name in {**reduced.settings.get("backends", {}),

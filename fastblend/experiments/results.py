@@ -44,6 +44,9 @@ def summarise(per_seed: list[dict]) -> list[dict]:
         settings = {r["setting"] for r in rows if "setting" in r}
         if settings:
             agg["setting"] = settings.pop() if len(settings) == 1 else "mixed"
+        requests = {r["request"] for r in rows if r.get("request")}  # the recipe the accelerated method ran
+        if requests:
+            agg["request"] = requests.pop() if len(requests) == 1 else "mixed"
         for key in NUMERIC:
             vals = [r[key] for r in rows if key in r and r[key] is not None and not math.isnan(r[key])]
             if vals:

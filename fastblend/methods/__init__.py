@@ -37,12 +37,14 @@ from ..metrics import predict_logits, true_class_log_odds
 from ..recipe import RECIPE
 from ..tracking import StepClock, eval_every_for
 from .aamu_configs import (
+    MATCHED_RECIPE,
     ABadTeacherConfig,
     AFinetuneConfig,
     ANegGradPlusConfig,
     APruneConfig,
     AScrubConfig,
     ASparseConfig,
+    given_fields,
     matched_recipe,
     request_config,
 )
@@ -142,7 +144,8 @@ def planned_steps(method: str, config: object, retain_size: int, whole_class: bo
     """Optimiser steps ``unlearn(method, ..., config=config)`` takes on ``retain_size`` retain rows
     (epochs x batches; extra passes such as SCRUB's forget pass are not counted): what
     :func:`fastblend.tracking.eval_every_for` spreads evaluations over. ``whole_class``: the request forgets
-    whole classes, so an accelerated method with ``config.request`` "auto" runs its whole-class recipe."""
+    whole classes, so an accelerated method with ``config.request`` "auto" runs its whole-class recipe (else its
+    difficulty-matched recipe where it has one, as when the data allow it)."""
     spec = _spec(method, "planned_steps")
     cfg = resolve_config(config, spec.config_class, "planned_steps")
     if spec.accelerated:
@@ -362,15 +365,22 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
             f = f.to(dev)
         u = u.to(dev) if u is not None else None
 
-    request, recipe = None, {}
+    request, recipe, why_not = None, {}, None
     if spec.accelerated:
-        request, cfg, recipe = request_config(spec.name, cfg, config,
-                                              cfg.request == "auto" and _whole_class_request(r, f, fn))
+        whole, matched_ok, why_not = False, True, None  # an explicit request decides by itself
+        if cfg.request == "auto":
+            whole, matched_ok, why_not = (_auto_request(r, f, u, fn) if u is not None
+                                          else (False, False, "no unseen data"))
+        request, cfg, recipe = request_config(spec.name, cfg, config, whole, matched_ok)
     ctx = RunContext(cfg, dev, seed, progress, fn)
     ctx.num_classes = num_classes
     ctx.ddp_options = ddp_options
     if request is not None:
-        ctx.info["request"], ctx.info["class_recipe"] = request, recipe
+        ctx.info["request"], ctx.info["recipe"] = request, recipe
+        ctx.info["class_recipe"] = recipe if request == "class" else {}
+        if request == "sample" and why_not is not None and spec.name in MATCHED_RECIPE and "target" not in \
+                given_fields(config, cfg):
+            ctx.info["request_reason"] = f"the paper's recipe, not the difficulty-matched one: {why_not}"
     read: list[torch.Tensor] = []
 
     def retain_labels(use: str) -> torch.Tensor:
@@ -628,22 +638,38 @@ def _retain_labels(r: Any, fn: str, use: str) -> torch.Tensor:
         raise ValueError(f"{fn}: {why}, and they could not be read ({exc}); {instead}") from None
 
 
-def _whole_class_request(r: Any, f: Any, fn: str) -> bool:
-    """True when no forget class has a retain row (``config.request`` "auto" then runs the whole-class recipe).
-    A streamed retain set whose dataset has no ``labels``/``targets`` attribute is not read just to decide
-    (False: the paper's recipe; ``request="class"`` forces the other); labels that cannot be read give False,
-    with a warning."""
-    if r.labels is None:  # streamed: read labels only from an attribute, never by a pass over the images
+def _auto_request(r: Any, f: Any, u: Any, fn: str) -> tuple[bool, bool, str | None]:
+    """What ``config.request="auto"`` may run: ``(whole class, difficulty-matched recipe possible, why not)``. The
+    matched recipe needs every forget class still in the retain set (its fixed target refuses a class forgotten
+    whole, and a request mixing whole and partial classes gets the paper's), the retain set's labels (read from
+    memory or a labels attribute, never by a pass over a streamed set) and unseen images of every forget class."""
+    retained = _cheap_retain_labels(r, fn)
+    if retained is None:
+        return False, False, "the retain set's labels are not in memory nor a labels/targets attribute"
+    forget_classes = f.labels.unique()
+    whole = whole_classes(forget_classes, retained)
+    if len(whole) == forget_classes.numel():
+        return True, False, None
+    if whole:
+        return False, False, f"forget classes {sorted(whole)} have no retain image left (a class forgotten whole)"
+    missing = sorted(set(forget_classes.tolist()) - set(u.labels.unique().tolist()))
+    if missing:
+        return False, False, f"the unseen data hold no image of forget classes {missing}"
+    return False, True, None
+
+
+def _cheap_retain_labels(r: Any, fn: str) -> torch.Tensor | None:
+    """The retain set's labels when they cost no pass over its images (in memory or a labels/targets attribute);
+    ``None`` otherwise, or, with a warning, when reading them fails."""
+    if r.labels is None:
         source = r.dataset if r.dataset is not None else getattr(r.loader, "dataset", None)
         if not any(isinstance(getattr(source, a, None), (torch.Tensor, list, tuple)) for a in ("labels", "targets")):
-            return False
+            return None
     try:
-        retained = _retain_labels(r, fn, "request")
+        return _retain_labels(r, fn, "request")
     except ValueError as exc:  # its text is _LABEL_USES["request"]'s: what needed the labels and what to pass
-        warnings.warn(f"{exc}; running the paper's recipe meanwhile", stacklevel=3)
-        return False
-    forget_classes = f.labels.unique()
-    return len(whole_classes(forget_classes, retained)) == forget_classes.numel()
+        warnings.warn(f"{exc}; running the paper's recipe meanwhile", stacklevel=4)
+        return None
 
 
 def _after_setup(callback: Callable, setup_seconds: float) -> Callable[[nn.Module, int, float], Any]:

@@ -123,7 +123,8 @@ CLASS_REQUEST: dict[str, dict[str, Any]] = {
 }
 
 
-# The difficulty-matched recipe for scattered-sample requests (docs/method.md §7.7-§7.10; an option, not a default):
+# The difficulty-matched recipe for scattered-sample requests (docs/method.md §7.7-§7.10; the default of these four
+# methods on such a request since 2026-12-07, ``request="auto"``; ``request="sample"`` runs the paper's):
 # the regulariser's target fixed at the untouched model's losses on held-out images as hard as the forget images, each
 # forget image's log-odds pulled down to its own matched image's (one-sided), the untouched model's predictions on the
 # unseen pool kept (anchor 10), and Adam lr 1e-3 for 3 epochs with forget draws of one retain batch (64 rows a step,
@@ -154,17 +155,28 @@ def matched_recipe(method: str) -> dict[str, Any]:
     return dict(MATCHED_RECIPE[method])
 
 
-def request_config(name: str, cfg: Any, config: Any, whole_class: bool) -> tuple[str, Any, dict[str, Any]]:
-    """``(the request that runs, cfg for it, the fields the whole-class recipe set)``: ``cfg.request``, its
-    ``"auto"`` read as ``"class"`` when ``whole_class``; a ``"class"`` request gets method ``name``'s recipe for
-    the fields the caller (``config``, what it passed) did not set; ``cfg`` unchanged for a method without one
-    (``a_prune``: none measured reached the band)."""
-    request = cfg.request if cfg.request != "auto" else "class" if whole_class else "sample"
-    if request != "class":
-        return request, cfg, {}
+def request_config(name: str, cfg: Any, config: Any, whole_class: bool,
+                   matched_ok: bool = True) -> tuple[str, Any, dict[str, Any]]:
+    """``(the request that runs, cfg for it, the fields its recipe set)``: ``cfg.request``, its ``"auto"`` read as
+    ``"class"`` when ``whole_class``, else as ``"matched"`` for a method with a difficulty-matched recipe
+    (:data:`MATCHED_RECIPE`) when ``matched_ok`` (the data allow it) and the caller (``config``, what it passed) did
+    not choose a target other than ``"matched_fixed"``, else ``"sample"`` (the paper's recipe). A ``"class"`` or
+    ``"matched"`` request gets method ``name``'s recipe for the fields the caller did not set; ``cfg`` comes back with
+    ``request`` set to the request that runs, so resolving it again changes nothing."""
     given = given_fields(config, cfg)
-    recipe = {k: v for k, v in CLASS_REQUEST.get(name, {}).items() if k not in given}
-    return request, (replace(cfg, **recipe) if recipe else cfg), recipe
+    request = cfg.request
+    if request == "auto":
+        chose_target = "target" in given and cfg.target != "matched_fixed"
+        request = ("class" if whole_class else
+                   "matched" if matched_ok and name in MATCHED_RECIPE and not chose_target else "sample")
+    if request == "matched" and name not in MATCHED_RECIPE:
+        raise ValueError(f"config.request='matched': method {name!r} has no difficulty-matched recipe; it is measured "
+                         f"for {', '.join(MATCHED_METHODS)} (use request='sample', the paper's recipe)")
+    table = CLASS_REQUEST if request == "class" else MATCHED_RECIPE if request == "matched" else {}
+    recipe = {k: v for k, v in table.get(name, {}).items() if k not in given}
+    if cfg.request != request or recipe:
+        cfg = replace(cfg, **recipe, request=request)
+    return request, cfg, recipe
 
 
 def given_fields(config: Any, cfg: Any) -> set[str]:

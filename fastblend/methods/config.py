@@ -105,6 +105,8 @@ class TrainConfig(RuntimeConfig):
 
 #: the regulariser's targets (``AAMUFields.target``, docs/method.md §7.7)
 TARGETS = ("unseen", "matched", "matched_fixed")
+#: the recipes ``config.request`` names (docs/method.md §7.6, §7.10)
+REQUESTS = ("auto", "sample", "matched", "class")
 
 
 @dataclass
@@ -130,12 +132,15 @@ class AAMUFields:
             logits in between (``1``, the default, is the paper's every-step batch). A departure
             from docs/method.md §2.4 when > 1: the unseen losses are up to ``k - 1`` steps stale
             and their classes follow the forget batch of the refresh step only.
-        request: which recipe :func:`fastblend.unlearn` runs (docs/method.md §7.6): ``"auto"`` (default)
+        request: which recipe :func:`fastblend.unlearn` runs (docs/method.md §7.6, §7.10): ``"auto"`` (default)
             runs the whole-class recipe (:data:`fastblend.methods.aamu_configs.CLASS_REQUEST`) when every
-            forget class is absent from the retain set and the paper's otherwise; ``"class"`` always the
-            whole-class recipe; ``"sample"`` always the paper's. The whole-class recipe only sets what the
-            caller did not: keys missing from a dict ``config``, or fields left at their defaults in a
-            config instance.
+            forget class is absent from the retain set, and on scattered samples the difficulty-matched recipe
+            (:data:`fastblend.methods.aamu_configs.MATCHED_RECIPE`, for a_finetune, a_neggrad_plus, a_sparse and
+            a_scrub) when the data allow it (every forget class still in the retain set, its labels readable, the
+            unseen data holding every forget class) and the caller chose no other ``target``; else the paper's
+            (``info["request_reason"]`` says why). ``"class"``, ``"matched"`` or ``"sample"`` (the paper's recipe)
+            force one. A recipe only sets what the caller did not: keys missing from a dict ``config``, or fields
+            left at their defaults in a config instance. The result's ``config.request`` is the request that ran.
         target: the regulariser's target (docs/method.md §7.7): ``"unseen"`` (default, the paper's: the
             unseen pool) or ``"matched"``: the unseen images as hard as the forget images, ranked by the
             model before unlearning (:func:`fastblend.difficulty.matched_unseen`, against the retain set's
@@ -188,8 +193,8 @@ class AAMUFields:
             raise ValueError(f"{fn}: config.max_draw must be an int >= 1 or None (no cap), got {self.max_draw!r}")
         if self.transform not in ("per_set", "pooled"):
             raise ValueError(f"{fn}: config.transform must be 'per_set' or 'pooled', got {self.transform!r}")
-        if self.request not in ("auto", "class", "sample"):
-            raise ValueError(f"{fn}: config.request must be 'auto', 'class' or 'sample', got {self.request!r}")
+        if self.request not in REQUESTS:
+            raise ValueError(f"{fn}: config.request must be one of {REQUESTS}, got {self.request!r}")
         if self.target not in TARGETS:
             raise ValueError(f"{fn}: config.target must be one of {TARGETS}, got {self.target!r}")
         check_odds_pairing(fn, self.odds_pairing, "config.odds_pairing", self.target, "config.target")

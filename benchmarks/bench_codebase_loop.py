@@ -10,7 +10,9 @@ what such code usually looks like: a dict of ``DataLoader``\\ s, its own fine-tu
 optimiser, epochs) and its own evaluation that reads ``loaders["retain"]``, ``loaders["forget"]``
 and ``loaders["test"]``. fastblend enters it the way the README says: ``prepare_unlearning`` on the
 codebase's loaders (with the index built once beforehand), the reduced loader under a key of its own
-(``loaders["unlearn"]``) and the criterion in place of ``nn.CrossEntropyLoss()``.
+(``loaders["unlearn"]``) and the criterion in place of ``nn.CrossEntropyLoss()``. Every drop-in here runs the
+paper's recipe (``request="sample"``), as its committed results did; since 2026-12-07 the drop-in's default on
+scattered samples is the difficulty-matched recipe (docs/method.md §7.10: lr 1e-3, three epochs, its own terms).
 
 Variants (all in one process, so the ratios hold on a shared machine):
 
@@ -220,7 +222,7 @@ def interleaved_costs(original: nn.Module, retain, forget, unseen, index, batch:
             draws = None
         else:
             prep = fastblend.prepare_unlearning(m, None, forget, unseen, index=index, batch_size=batch, seed=0,
-                                                stop=None, **kw)
+                                                stop=None, request="sample", **kw)
             crit, draws = prep.criterion, [prep.criterion.step.forget_draw, prep.criterion.step.unseen_draw]
             loader = DataLoader(TensorDataset(*retain), batch_size=batch, shuffle=True,
                                 generator=torch.Generator().manual_seed(0))  # full batches of the same size
@@ -328,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
         scales = {}
         for bs in (64, 256):
             prep = fastblend.prepare_unlearning(copy.deepcopy(original), None, split.forget, unseen, index=index,
-                                                batch_size=bs, seed=seed)
+                                                batch_size=bs, seed=seed, request="sample")
             scales[str(bs)] = gradient_scales(original, prep)
             for r in scales[str(bs)]:
                 log(f"batch {bs}: |grad CE| {r['grad_ce']:.3f}  |grad steepened CE| {r['grad_steepened']:.3f} "
@@ -395,7 +397,7 @@ def main(argv: list[str] | None = None) -> None:
             kw = {"max_draw": None} if name.endswith("uncapped") else {}
             t0 = time.perf_counter()
             prep = fastblend.prepare_unlearning(model, loaders["retain"], loaders["forget"], loaders["unseen"],
-                                                index=index, batch_size=bs, seed=seed,
+                                                index=index, batch_size=bs, seed=seed, request="sample",
                                                 stop="auto" if auto else None, **kw)
             request = time.perf_counter() - t0
             mine = {**loaders, "unlearn": prep.retain_loader}  # the codebase's loaders stay what they were

@@ -133,6 +133,8 @@ def tracked(method, model, retain, forget, unseen, config, split, seed, evaluati
             mia="auc"):
     tracker = Tracker(split.forget_tensors(), split.eval_tensors(), seed=seed, offset=offset, heldout=heldout, mia=mia,
                       mia_samples=None if heldout is not None else "max_samples")
+    if method.startswith("a_") and not split.whole_class:  # its variants are the paper's recipe's, as they ran
+        config = {"request": "sample", **(config or {})}  # before the matched recipe became the default (2026-12-07)
     every = eval_every_for(planned_steps(method, config or None, len(retain[1]) if isinstance(retain, tuple)
                                          else len(retain), whole_class=split.whole_class), evaluations)
     res = unlearn(method, model, retain, forget, unseen=unseen, config=config or None, seed=seed, callback=tracker,

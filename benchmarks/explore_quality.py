@@ -423,6 +423,12 @@ def _grid() -> None:
     plan("fullfast_draw", [(f"{kind}/a_finetune/fast_fb{fb}", kind, "a_finetune", {**fast, "forget_batch_factor": fb})
                            for kind in ("uniform_full", "hard_full") for fb in (4, 2)])
 
+    # the default recipe at full size (8,000 images: ~45 steps an epoch against ~12 on 2,000) with its learning rate
+    # scaled down, by the auto stop as a user gets it: Adam moves about lr x steps, and lr 1e-3 over-forgot
+    # there (hardfast_full, demo_full_uniform_matched_fast) where the first version's 5e-4 did less so
+    plan("fulllr", [(f"{kind}/a_finetune/fast_lr{lr:g}", kind, "a_finetune", {**fast, "lr": lr, "_stop": "auto"})
+                    for kind in ("uniform_full", "hard_full") for lr in (5e-4, 2.5e-4, 1e-3)])
+
     # A-SCRUB with 64 forget rows a step: its SGD at lr 0.002 (the matched recipe's) and twice that
     plan("hardspeed_scrub", [(f"hard@{s}/a_scrub/{name}", f"hard@{s}", "a_scrub", {**scrub_img, **conf})
                              for s in (0, 1, 2) for name, conf in

@@ -8,7 +8,8 @@ The public API, in the groups the README follows:
 - **Accelerate unlearning (A-AMU)**, ranked from most packaged to most manual: :func:`unlearn` with an
   ``a_*`` method, :func:`prepare_unlearning` (drop-in for a loader-based loop), :class:`AAMUStep` (the one
   step, for a hand-written loop), and its parts :class:`AAMULoss`, :func:`steepen`, :class:`ForgetSampler`,
-  :class:`UnseenSampler`; the recipe's defaults are ``fastblend.recipe.RECIPE``.
+  :class:`UnseenSampler`; the paper's recipe is ``fastblend.recipe.RECIPE``, the recipes ``config.request`` picks in
+  its place (whole class, difficulty-matched) ``fastblend.methods.aamu_configs``.
 - **Unlearning methods**: :func:`unlearn` -> :class:`UnlearnResult`, :func:`train_model`,
   :func:`available_methods`, :func:`presets`; :class:`AutoStop` ends a run when the forget set behaves like
   held-out data (``unlearn(..., stop="auto")``), without Retrain; :func:`matched_recipe` gives the

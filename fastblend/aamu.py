@@ -8,7 +8,8 @@ running statistics (:class:`Forwards`), gathers under data parallel and evaluate
 The ways in, from the most packaged to the most manual (each a thin layer over :class:`AAMUStep`):
 
 1. ``fastblend.unlearn("a_finetune", model, reduced_retain, forget, unseen)``: the paper's methods,
-   whole (``a_sparse``, ``a_scrub``, ... likewise);
+   whole (``a_sparse``, ``a_scrub``, ... likewise), with the recipe ``config.request`` picks (docs/method.md §7.6,
+   §7.10);
 2. ``fastblend.prepare_unlearning(model, retain, forget, unseen)``: a reduced-retain loader and a
    criterion for an existing loader-based loop (:mod:`fastblend.dropin`);
 3. ``fastblend.AAMUStep(model, forget, unseen)``: ``step.loss(per_sample_retain_loss)`` in a

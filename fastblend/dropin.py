@@ -40,12 +40,13 @@ its forget and unseen forwards leave BatchNorm running statistics (and every oth
 training-mode module) untouched, also when the model checkpoints activations. It is a thin layer
 over :class:`fastblend.AAMUStep`, the one A-AMU step.
 
-A loop that keeps its own optimiser (say SGD lr 0.01, momentum 0.9, batch 256) runs, but the recipe's
-λ = 34 and steepened loss are tuned for Adam lr 2.4e-4: on a converged model the steepened retain
-loss ``mean(ℓ)²`` passes on ``2·mean(ℓ)`` (about a tenth) of the cross-entropy's gradient, so the
-MMD term dominates the step, whose size plain SGD follows (Adam normalises it). Expect larger, noisier
-moves of forget and test accuracy than with ``prep.optimizer``; keep to ``prep.epochs`` epochs
-(``prep.steps`` steps) and evaluate (benchmarks/results-2026-12-05-cpu/codebase_loop measures both).
+A loop that keeps its own optimiser (say SGD lr 0.01, momentum 0.9, batch 256) runs, but each recipe is tuned for
+its Adam (``prep.lr``); measured on the paper's (λ = 34 and the steepened loss, tuned for Adam lr 2.4e-4): on a
+converged model the steepened retain loss ``mean(ℓ)²`` passes on ``2·mean(ℓ)`` (about a tenth) of the
+cross-entropy's gradient, so the MMD term dominates the step, whose size plain SGD follows (Adam normalises
+it). Expect larger, noisier moves of forget and test accuracy than with ``prep.optimizer``; keep to
+``prep.epochs`` epochs (``prep.steps`` steps) and evaluate (benchmarks/results-2026-12-05-cpu/codebase_loop
+measures both).
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ from .condensation.source import content_keys, read_rows, row_keys, source_label
 from .data_adapter import as_tensors, is_streamed_dataset
 from .datasets import whole_classes
 from .methods import anchor_rows, image_odds_target, matched_rows, refuse_fixed_on_whole_classes
-from .methods.aamu_configs import AFinetuneConfig, request_config
+from .methods.aamu_configs import AFinetuneConfig, chose_other_target, request_config
 from .methods.config import REQUESTS, TARGETS
 from .metrics import predict_logits
 from .recipe import RECIPE
@@ -379,7 +380,10 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
     if anchor_weight is not None:
         given["anchor_weight"] = check_odds_weight(fn, anchor_weight, "anchor_weight")
     if odds_pairing is not None:
-        check_odds_pairing(fn, odds_pairing, target=target or "matched_fixed")
+        # before the index is built: against the target given, else the one the request sets (the matched recipe's
+        # on "auto" or "matched"; a request that falls back to the paper's for its data is checked after the build)
+        check_odds_pairing(fn, odds_pairing, target=target or ("matched_fixed" if request in ("auto", "matched")
+                                                                else "unseen"))
         given["odds_pairing"] = odds_pairing
     if target is not None:
         given["target"] = target
@@ -449,14 +453,15 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
     whole_list = whole_classes(forget_classes, reduced.labels)
     whole = len(whole_list) == forget_classes.numel()
     missing = sorted(set(forget_classes.tolist()) - set(uy.unique().tolist()))
-    why_not = (f"forget classes {sorted(whole_list)} have no retain image left (a class forgotten whole)" if whole_list
+    why_not = (None if request != "auto" else  # an explicit request decides by itself
+               f"forget classes {sorted(whole_list)} have no retain image left (a class forgotten whole)" if whole_list
                else f"the unseen data hold no image of forget classes {missing}" if missing else None)
     try:
         request, cfg, recipe = request_config("a_finetune", AFinetuneConfig(request=request, **given), given, whole,
                                               matched_ok=why_not is None)
         cfg.check(fn)
-    except ValueError as exc:
-        raise ValueError(f"{fn}: {str(exc).removeprefix(fn + ': ')}") from None
+    except ValueError as exc:  # the settings are this function's keyword arguments, not a config's fields
+        raise ValueError(f"{fn}: {str(exc).removeprefix(fn + ': ').replace('config.', '')}") from None
     lam, target, odds_weight, anchor_weight = cfg.lam, cfg.target, cfg.odds_weight, cfg.anchor_weight
     odds_pairing, forget_batch_factor = cfg.odds_pairing, cfg.forget_batch_factor
     tx, ty, fixed, odds_target = ux, uy, None, None
@@ -499,6 +504,7 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
     recommended = {**RECOMMENDED, "lr": cfg.lr, "epochs": cfg.epochs}
     return PreparedUnlearning(loader, AAMUCriterion(step), reduced, index, timings, recommended, cfg.epochs, request,
                               recipe if request == "class" else {}, cfg.lr, recipe=recipe,
-                              request_reason=None if request != "sample" or why_not is None or "target" in given
+                              request_reason=None if request != "sample" or why_not is None
+                              or chose_other_target(given, cfg)
                               else f"the paper's recipe, not the difficulty-matched one: {why_not}",
                               _auto_stop=auto_stop, _no_stop=why)

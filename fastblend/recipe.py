@@ -1,7 +1,9 @@
 """The A-AMU recipe's defaults (docs/method.md §2.2-§2.4), in one place.
 
 Every default of the A-AMU loss, its samplers, the step, the drop-in, the accelerated methods' configs
-and the loss kernels reads :data:`RECIPE`; nothing else spells these numbers. Imports nothing.
+and the loss kernels reads :data:`RECIPE`; nothing else spells these numbers. The recipes that replace some of them
+on a request (the whole-class and difficulty-matched ones, docs/method.md §7.6 and §7.10) are
+``fastblend.methods.aamu_configs.CLASS_REQUEST`` and ``MATCHED_RECIPE``. Imports nothing.
 """
 
 from __future__ import annotations

@@ -137,3 +137,101 @@ def test_the_command_line_names_the_recipe():
     assert acc("--recipe", "paper") == {"request": "sample"}
     assert acc("--recipe", "paper", "--forget", "classwise") == {"request": "auto"}  # a whole class keeps its own
     assert acc("--recipe", "matched") == matched_recipe("a_finetune")
+
+
+def test_a_config_instance_keeps_its_own_target():
+    from fastblend.methods import config_class
+
+    cls = config_class("a_finetune")
+    res = unlearn("a_finetune", blob_model(), *_request(), blobs(150, 1), config=cls(batch_size=16, epochs=1), seed=0)
+    assert res.info["request"] == "sample" and res.config.target == "unseen"  # an instance sets every field
+    fixed = unlearn("a_finetune", blob_model(), *_request(), blobs(150, 1),
+                    config=cls(batch_size=16, epochs=1, target="matched_fixed"), seed=0)
+    assert fixed.info["request"] == "matched" and fixed.config.anchor_weight == 10.0
+
+
+def test_a_forced_matched_request_is_checked_after_the_recipe_fills_it():
+    from fastblend import presets
+
+    res = _run(config={"request": "matched", "odds_pairing": "image"})  # the recipe's target makes it valid
+    assert res.info["request"] == "matched" and res.config.target == "matched_fixed"
+    assert _run(config={"odds_pairing": "image"}).info["request"] == "matched"
+    for bad in ({"request": "matched", "target": "matched"}, {"request": "matched", "target": "unseen"},
+                {**presets("cifar10-resnet18", "a_finetune"), "request": "matched"}):
+        with pytest.raises(ValueError, match="unlearn: config.request='matched' runs the fixed matched target"):
+            _run(config=bad)
+    with pytest.raises(ValueError, match="unlearn: config.odds_pairing='image'"):  # the paper's: no fixed target
+        _run(config={"request": "sample", "odds_pairing": "image"})
+
+
+def test_a_callers_fixed_target_still_hears_why_the_recipe_fell_back():
+    ux, uy = blobs(150, 1)
+    keep = uy != 2
+    res = _run(config={"target": "matched_fixed"}, unseen=(ux[keep], uy[keep]))
+    assert res.info["request"] == "sample" and "forget classes [2]" in res.info["request_reason"]
+
+
+def test_labels_read_without_a_pass_decide_the_recipe():
+    import numpy as np
+    from torch.utils.data import Dataset
+
+    class Streamed(Dataset):
+        def __init__(self, x, y, labels):
+            self.x, self.y, self.reads = x, y, 0
+            if labels is not None:
+                self.targets = labels
+
+        def __len__(self):
+            return len(self.y)
+
+        def __getitem__(self, i):
+            self.reads += 1
+            return self.x[i], int(self.y[i])
+
+    (rx, ry), forget = _request()
+    with_numpy = Streamed(rx, ry, np.asarray(ry))  # a numpy attribute (torchvision's SVHN.labels) is cheap
+    res = unlearn("a_finetune", blob_model(), with_numpy, forget, blobs(150, 1), config={"batch_size": 16,
+                                                                                        "epochs": 1}, seed=0)
+    assert res.info["request"] == "matched"
+    wrong = Streamed(rx, ry, np.zeros(len(ry) + 7, dtype=np.int64))  # a parent's labels: not one per row
+    res = unlearn("a_finetune", blob_model(), wrong, forget, blobs(150, 1), config={"batch_size": 16, "epochs": 1},
+                  seed=0)
+    assert res.info["request"] == "sample" and "labels/targets attribute" in res.info["request_reason"]
+    assert wrong.reads == len(ry) + 1  # one epoch and the shape probe: no pass to read the labels
+
+
+def test_planned_steps_can_be_told_the_data_rule_the_matched_recipe_out():
+    from fastblend.methods import planned_steps
+
+    assert planned_steps("a_finetune", None, 640, matched_ok=False) == 10
+
+
+def test_the_drop_in_checks_what_it_can_before_the_index_and_names_its_arguments(monkeypatch):
+    from fastblend import BlendIndex
+
+    model, retain, forget, unseen = dropin_request()
+    ux, uy = unseen
+    short = prepare_unlearning(model, retain, forget, (ux[uy != 1], uy[uy != 1]), batch_size=8, request="sample")
+    assert short.request == "sample" and short.request_reason is None  # asked for: nothing fell back
+
+    def no_build(*a, **k):
+        raise AssertionError("the index was built before the argument was checked")
+
+    monkeypatch.setattr(BlendIndex, "build", no_build)
+    with pytest.raises(ValueError, match="prepare_unlearning: odds_pairing='image' .*needs target='matched_fixed'"):
+        prepare_unlearning(model, retain, forget, unseen, batch_size=8, request="sample", odds_pairing="image")
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="prepare_unlearning: request='matched' runs the fixed matched target, and "
+                                         "target is 'unseen'"):
+        prepare_unlearning(model, retain, forget, unseen, batch_size=8, request="matched", target="unseen")
+
+
+def test_the_experiment_refuses_a_matched_request_it_cannot_run_before_training():
+    from fastblend.experiments.settings import ConfigError, ExperimentConfig
+
+    with pytest.raises(ConfigError, match="request='matched' is for scattered samples"):
+        ExperimentConfig(forget="classwise", accelerated_config={"request": "matched"}).check()
+    with pytest.raises(ConfigError, match="a_bad_teacher has no difficulty-matched recipe"):
+        ExperimentConfig(method="bad_teacher", accelerated_config={"request": "matched"}).check()
+    with pytest.raises(ConfigError, match="runs the fixed matched target, and target is 'unseen'"):
+        ExperimentConfig(accelerated_config={"request": "matched", "target": "unseen"}).check()

@@ -260,6 +260,19 @@ class ExperimentConfig:
                 resolved = resolve_config(getattr(self, name) or None, cls, f"ExperimentConfig {name}")
             except (TypeError, ValueError) as exc:
                 raise ConfigError(name, str(exc).removeprefix("ExperimentConfig ")) from None
+            if name == "accelerated_config" and getattr(resolved, "request", None) == "matched":  # before training
+                from ..methods.aamu_configs import MATCHED_METHODS, chose_other_target
+
+                acc = self.accelerated_method or accelerated(self.method)
+                if acc not in MATCHED_METHODS:
+                    raise ConfigError(name, f"{name} request='matched': {acc} has no difficulty-matched recipe (it is "
+                                      f"measured for {', '.join(MATCHED_METHODS)}); use request='sample' or 'auto'")
+                if self.forget == "classwise":
+                    raise ConfigError(name, f"{name} request='matched' is for scattered samples: its fixed target "
+                                      "refuses a class forgotten whole (forget='classwise'); use request='auto'")
+                if chose_other_target(getattr(self, name), resolved):
+                    raise ConfigError(name, f"{name} request='matched' runs the fixed matched target, and target is "
+                                      f"{resolved.target!r}; leave target out or use request='sample'")
             if self.forget == "classwise" and getattr(resolved, "target", None) == "matched_fixed":  # before training
                 raise ConfigError(name, f"{name} target='matched_fixed' fixes the target at the untouched model's "
                                   "losses, which a class forgotten whole (forget='classwise') refuses; use "

@@ -4,7 +4,10 @@ Base methods (docs/method.md §3): ``retrain``, ``finetune`` (CF), ``neggrad_plu
 ``bad_teacher``, ``ssd``, ``distill``, ``prune``. Accelerated methods (docs/method.md §2.4): ``a_finetune``
 (A-AMU, the paper's headline), ``a_sparse``, ``a_scrub``, ``a_neggrad_plus``, ``a_bad_teacher``,
 ``a_prune``; :func:`accelerated` maps a base method to its accelerated name. Each method's config is
-a dataclass whose defaults are the paper's hyperparameters (docs/method.md) (:func:`config_class`, :func:`presets`).
+a dataclass whose defaults are the paper's hyperparameters (docs/method.md) (:func:`config_class`, :func:`presets`);
+an accelerated method's ``config.request`` ("auto") runs a measured recipe in their place where the paper's does not
+reach Retrain's band: the whole-class recipe on a class forgotten whole (§7.6), the difficulty-matched one on
+scattered samples for a_finetune, a_neggrad_plus, a_sparse and a_scrub (§7.10).
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from .aamu_configs import (
     APruneConfig,
     AScrubConfig,
     ASparseConfig,
-    given_fields,
+    chose_other_target,
     matched_recipe,
     request_config,
 )
@@ -140,16 +143,19 @@ def config_class(method: str) -> type:
     return _spec(method, "config_class").config_class
 
 
-def planned_steps(method: str, config: object, retain_size: int, whole_class: bool = False) -> int:
+def planned_steps(method: str, config: object, retain_size: int, whole_class: bool = False,
+                  matched_ok: bool = True) -> int:
     """Optimiser steps ``unlearn(method, ..., config=config)`` takes on ``retain_size`` retain rows
     (epochs x batches; extra passes such as SCRUB's forget pass are not counted): what
     :func:`fastblend.tracking.eval_every_for` spreads evaluations over. ``whole_class``: the request forgets
     whole classes, so an accelerated method with ``config.request`` "auto" runs its whole-class recipe (else its
-    difficulty-matched recipe where it has one, as when the data allow it)."""
+    difficulty-matched recipe where it has one); ``matched_ok=False``: the data do not allow that recipe (a request
+    mixing whole and partial classes, unseen data lacking a forget class, retain labels without a labels attribute),
+    so "auto" runs the paper's there, as ``unlearn`` decides from the data (``info["request"]``)."""
     spec = _spec(method, "planned_steps")
     cfg = resolve_config(config, spec.config_class, "planned_steps")
     if spec.accelerated:
-        _, cfg, _ = request_config(spec.name, cfg, config, whole_class)
+        _, cfg, _ = request_config(spec.name, cfg, config, whole_class, matched_ok)
     batch = getattr(cfg, "batch_size", retain_size) or 1
     return getattr(cfg, "epochs", 1) * math.ceil(retain_size / batch)
 
@@ -275,7 +281,12 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
         forget: the forget set, in the same forms (read into memory: the samplers draw from it by index).
         unseen: in-distribution data the model never trained on, with labels; required by the
             accelerated methods, unused by the others (read into memory, as ``forget``).
-        config: ``None`` (the paper's defaults, docs/method.md), a dict of overrides, or the method's config dataclass.
+        config: ``None`` (the defaults: the paper's hyperparameters, docs/method.md, and for an accelerated method the
+            recipe ``config.request`` picks, §7.6 / §7.10), a dict of overrides, or the method's config dataclass
+            (an instance sets every field: its ``target`` counts as chosen, so "auto" runs the paper's recipe on
+            scattered samples unless it is ``"matched_fixed"``). ``info["request"]`` names the recipe that ran,
+            ``info["recipe"]`` the settings it chose, ``info["request_reason"]`` why "auto" fell back to the
+            paper's on scattered samples.
         device: where to run; default the model's device.
         seed: seeds batch order, samplers and fresh initialisations (own generators; the global RNG
             is untouched).
@@ -371,15 +382,19 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
         if cfg.request == "auto":
             whole, matched_ok, why_not = (_auto_request(r, f, u, fn) if u is not None
                                           else (False, False, "no unseen data"))
-        request, cfg, recipe = request_config(spec.name, cfg, config, whole, matched_ok)
+        try:
+            request, cfg, recipe = request_config(spec.name, cfg, config, whole, matched_ok)
+            cfg.check(fn)  # the settings the request filled in, with the caller's
+        except ValueError as exc:
+            raise ValueError(f"{fn}: {str(exc).removeprefix(fn + ': ')}") from None
     ctx = RunContext(cfg, dev, seed, progress, fn)
     ctx.num_classes = num_classes
     ctx.ddp_options = ddp_options
     if request is not None:
         ctx.info["request"], ctx.info["recipe"] = request, recipe
         ctx.info["class_recipe"] = recipe if request == "class" else {}
-        if request == "sample" and why_not is not None and spec.name in MATCHED_RECIPE and "target" not in \
-                given_fields(config, cfg):
+        if request == "sample" and why_not is not None and spec.name in MATCHED_RECIPE and \
+                not chose_other_target(config, cfg):
             ctx.info["request_reason"] = f"the paper's recipe, not the difficulty-matched one: {why_not}"
     read: list[torch.Tensor] = []
 
@@ -616,14 +631,12 @@ _LABEL_USES = {
                "attribute, or use target='unseen'"),
     "anchor": ("config.anchor_weight needs the retain set's labels to leave out of the anchor the classes "
                "forgotten whole", "give its Dataset a labels or targets attribute, or leave anchor_weight at 0"),
-    "request": ("config.request='auto' needs the retain set's labels to tell a whole-class request from scattered "
-                "samples", "pass config={'request': 'class'} or {'request': 'sample'}"),
 }
 
 
 def _retain_labels(r: Any, fn: str, use: str) -> torch.Tensor:
     """The retain set's labels, for ``use`` (a key of :data:`_LABEL_USES`: the auto stop's whole-class test, the
-    matched target's ranking, the anchor's classes, the request's kind): in memory, or read from a Dataset / a
+    matched target's ranking, the anchor's classes): in memory, or read from a Dataset / a
     DataLoader's dataset (its ``labels``/``targets`` attribute, else one pass). Unreadable labels raise
     ``ValueError`` saying what needed them."""
     from ..condensation.source import source_labels
@@ -645,7 +658,8 @@ def _auto_request(r: Any, f: Any, u: Any, fn: str) -> tuple[bool, bool, str | No
     memory or a labels attribute, never by a pass over a streamed set) and unseen images of every forget class."""
     retained = _cheap_retain_labels(r, fn)
     if retained is None:
-        return False, False, "the retain set's labels are not in memory nor a labels/targets attribute"
+        return False, False, ("the retain set's labels are neither in memory nor a labels/targets attribute with one "
+                              "value per row (pass config={'request': 'matched'} to read them with a pass)")
     forget_classes = f.labels.unique()
     whole = whole_classes(forget_classes, retained)
     if len(whole) == forget_classes.numel():
@@ -661,14 +675,14 @@ def _auto_request(r: Any, f: Any, u: Any, fn: str) -> tuple[bool, bool, str | No
 def _cheap_retain_labels(r: Any, fn: str) -> torch.Tensor | None:
     """The retain set's labels when they cost no pass over its images (in memory or a labels/targets attribute);
     ``None`` otherwise, or, with a warning, when reading them fails."""
-    if r.labels is None:
-        source = r.dataset if r.dataset is not None else getattr(r.loader, "dataset", None)
-        if not any(isinstance(getattr(source, a, None), (torch.Tensor, list, tuple)) for a in ("labels", "targets")):
-            return None
+    from ..condensation.source import _attribute_labels
+
+    if r.labels is not None:
+        return r.labels.detach().cpu()
+    source = r.dataset if r.dataset is not None else getattr(r.loader, "dataset", None)
     try:
-        return _retain_labels(r, fn, "request")
-    except ValueError as exc:  # its text is _LABEL_USES["request"]'s: what needed the labels and what to pass
-        warnings.warn(f"{exc}; running the paper's recipe meanwhile", stacklevel=4)
+        return _attribute_labels(source) if source is not None else None  # one per row, or None: never a pass
+    except Exception:  # noqa: BLE001 - a source without len() or with odd attributes: not cheap to read
         return None
 
 

@@ -165,18 +165,29 @@ def request_config(name: str, cfg: Any, config: Any, whole_class: bool,
     ``request`` set to the request that runs, so resolving it again changes nothing."""
     given = given_fields(config, cfg)
     request = cfg.request
+    other_target = chose_other_target(config, cfg)
     if request == "auto":
-        chose_target = "target" in given and cfg.target != "matched_fixed"
         request = ("class" if whole_class else
-                   "matched" if matched_ok and name in MATCHED_RECIPE and not chose_target else "sample")
+                   "matched" if matched_ok and name in MATCHED_RECIPE and not other_target else "sample")
     if request == "matched" and name not in MATCHED_RECIPE:
         raise ValueError(f"config.request='matched': method {name!r} has no difficulty-matched recipe; it is measured "
                          f"for {', '.join(MATCHED_METHODS)} (use request='sample', the paper's recipe)")
+    if request == "matched" and other_target:
+        raise ValueError(f"config.request='matched' runs the fixed matched target, and config.target is "
+                         f"{cfg.target!r}; leave target out (or 'matched_fixed'), or use request='sample'")
     table = CLASS_REQUEST if request == "class" else MATCHED_RECIPE if request == "matched" else {}
     recipe = {k: v for k, v in table.get(name, {}).items() if k not in given}
     if cfg.request != request or recipe:
         cfg = replace(cfg, **recipe, request=request)
     return request, cfg, recipe
+
+
+def chose_other_target(config: Any, cfg: Any) -> bool:
+    """The caller chose a regulariser target other than the matched recipe's (``"matched_fixed"``): a dict that
+    sets ``target``, or a config instance (which sets every field; its ``target`` counts as chosen). Such a caller
+    gets the paper's recipe from ``request="auto"``, and ``request="matched"`` is refused."""
+    chosen = config is not None and (not isinstance(config, dict) or "target" in config)
+    return chosen and getattr(cfg, "target", "unseen") != "matched_fixed"
 
 
 def given_fields(config: Any, cfg: Any) -> set[str]:

@@ -197,7 +197,8 @@ class AAMUFields:
             raise ValueError(f"{fn}: config.request must be one of {REQUESTS}, got {self.request!r}")
         if self.target not in TARGETS:
             raise ValueError(f"{fn}: config.target must be one of {TARGETS}, got {self.target!r}")
-        check_odds_pairing(fn, self.odds_pairing, "config.odds_pairing", self.target, "config.target")
+        if not (self.request in ("auto", "matched") and self.target == "unseen"):  # else the request may set target
+            check_odds_pairing(fn, self.odds_pairing, "config.odds_pairing", self.target, "config.target")
         if self.unseen_refresh < 1:
             raise ValueError(f"{fn}: config.unseen_refresh must be >= 1 (1 = every step), got {self.unseen_refresh}")
 

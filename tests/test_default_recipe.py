@@ -235,3 +235,14 @@ def test_the_experiment_refuses_a_matched_request_it_cannot_run_before_training(
         ExperimentConfig(method="bad_teacher", accelerated_config={"request": "matched"}).check()
     with pytest.raises(ConfigError, match="runs the fixed matched target, and target is 'unseen'"):
         ExperimentConfig(accelerated_config={"request": "matched", "target": "unseen"}).check()
+
+
+def test_a_setting_the_fixed_target_ignores_is_named():
+    with pytest.warns(UserWarning, match=r"unlearn: config.unseen_refresh=3 does nothing here"):
+        res = _run(config={"unseen_refresh": 3})
+    assert res.info["request"] == "matched"
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _run(config={"unseen_refresh": 3, "request": "sample"})  # the paper's recipe forwards unseen: no warning

@@ -387,6 +387,10 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
             cfg.check(fn)  # the settings the request filled in, with the caller's
         except ValueError as exc:
             raise ValueError(f"{fn}: {str(exc).removeprefix(fn + ': ')}") from None
+        if getattr(cfg, "unseen_refresh", 1) > 1 and cfg.target == "matched_fixed":
+            warnings.warn(f"{fn}: config.unseen_refresh={cfg.unseen_refresh} does nothing here: the fixed matched "
+                          f"target (the {request!r} request's) forwards no unseen batch to refresh", UserWarning,
+                          stacklevel=2)
     ctx = RunContext(cfg, dev, seed, progress, fn)
     ctx.num_classes = num_classes
     ctx.ddp_options = ddp_options

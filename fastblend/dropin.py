@@ -277,6 +277,15 @@ def _refuse_forget_in_retain(retain: Any, fx: torch.Tensor, fn: str) -> None:
                          "would serve them back: pass a retain set without the forget rows")
 
 
+def _reason(request: str, why_not: str | None, given: dict, cfg: Any) -> str | None:
+    """Why ``request="auto"`` ran the paper's recipe on scattered samples (``None`` when it did not)."""
+    if request != "sample" or (why_not is None and not chose_other_target(given, cfg)):
+        return None
+    if chose_other_target(given, cfg):
+        return f"the paper's recipe, not the difficulty-matched one: target={cfg.target!r} was passed"
+    return f"the paper's recipe, not the difficulty-matched one: {why_not}"
+
+
 def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, *, ipc: int | None = None,
                        batch_size: int = RECIPE.batch_size, index: BlendIndex | None = None, seed: int = 0,
                        lam: float | None = None, k: float = RECIPE.k, kappa: float = RECIPE.kappa,
@@ -453,7 +462,8 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
     whole_list = whole_classes(forget_classes, reduced.labels)
     whole = len(whole_list) == forget_classes.numel()
     missing = sorted(set(forget_classes.tolist()) - set(uy.unique().tolist()))
-    why_not = (None if request != "auto" else  # an explicit request decides by itself
+    auto = request == "auto"
+    why_not = (None if not auto else  # an explicit request decides by itself
                f"forget classes {sorted(whole_list)} have no retain image left (a class forgotten whole)" if whole_list
                else f"the unseen data hold no image of forget classes {missing}" if missing else None)
     try:
@@ -479,6 +489,9 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
     step = AAMUStep(model, (fx.to(dev), fy.to(dev)), (tx.to(dev), ty.to(dev)), batch_size=batch_size, lam=lam, k=k,
                     kappa=kappa, sigma=sigma, steepen=steepen, seed=seed, forget_batch_factor=forget_batch_factor,
                     unseen_batch_factor=unseen_batch_factor, max_draw=max_draw, fn=fn, transform=cfg.transform,
+                    # every label the request holds (not the unseen labels' max: a forget class they lack would
+                    # read as an out-of-range label instead of a missing class)
+                    num_classes=int(max(fy.max(), uy.max(), reduced.labels.max())) + 1,
                     unseen_logits=fixed, odds_weight=odds_weight, anchor_weight=anchor_weight,
                     odds_pairing=odds_pairing, forget_odds_target=odds_target,
                     anchor=anchor_rows(model, (ux, uy), fy, reduced.labels, dev, fn, unseen_logits=u_logits)
@@ -504,7 +517,5 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
     recommended = {**RECOMMENDED, "lr": cfg.lr, "epochs": cfg.epochs}
     return PreparedUnlearning(loader, AAMUCriterion(step), reduced, index, timings, recommended, cfg.epochs, request,
                               recipe if request == "class" else {}, cfg.lr, recipe=recipe,
-                              request_reason=None if request != "sample" or why_not is None
-                              or chose_other_target(given, cfg)
-                              else f"the paper's recipe, not the difficulty-matched one: {why_not}",
+                              request_reason=_reason(request, why_not, given, cfg) if auto else None,
                               _auto_stop=auto_stop, _no_stop=why)

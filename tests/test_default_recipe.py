@@ -54,7 +54,7 @@ def test_request_sample_runs_the_papers_recipe():
 def test_a_target_of_the_callers_own_keeps_the_papers_recipe():
     res = _run(config={"target": "unseen"})
     assert res.info["request"] == "sample" and res.config.anchor_weight == 0.0
-    assert "request_reason" not in res.info  # the caller chose; nothing to explain
+    assert res.info["request_reason"].endswith("the config sets target='unseen'")  # the caller's choice, named
     res = _run(config={"target": "matched"})
     assert res.info["request"] == "sample" and res.info["target"]["kind"] == "matched"
 
@@ -117,7 +117,7 @@ def test_the_drop_in_runs_the_same_recipes():
     assert (paper.request, paper.lr, paper.epochs, paper.recipe) == ("sample", 2.4e-4, 1, {})
     assert paper.criterion.step.anchor_weight == 0.0 and paper.criterion.step.forget_batch_factor == 4
     own = prepare_unlearning(model, retain, forget, unseen, batch_size=8, target="unseen")
-    assert own.request == "sample" and own.request_reason is None
+    assert own.request == "sample" and own.request_reason.endswith("target='unseen' was passed")
     ux, uy = unseen
     short = prepare_unlearning(model, retain, forget, (ux[uy != 1], uy[uy != 1]), batch_size=8)
     assert short.request == "sample" and "forget classes [1]" in short.request_reason
@@ -145,6 +145,10 @@ def test_a_config_instance_keeps_its_own_target():
     cls = config_class("a_finetune")
     res = unlearn("a_finetune", blob_model(), *_request(), blobs(150, 1), config=cls(batch_size=16, epochs=1), seed=0)
     assert res.info["request"] == "sample" and res.config.target == "unseen"  # an instance sets every field
+    assert "(a config instance sets every field)" in res.info["request_reason"]
+    forced = unlearn("a_finetune", blob_model(), *_request(), blobs(150, 1),
+                     config=cls(batch_size=16, epochs=1, request="matched"), seed=0)
+    assert forced.info["request"] == "matched" and forced.config.target == "matched_fixed"
     fixed = unlearn("a_finetune", blob_model(), *_request(), blobs(150, 1),
                     config=cls(batch_size=16, epochs=1, target="matched_fixed"), seed=0)
     assert fixed.info["request"] == "matched" and fixed.config.anchor_weight == 10.0
@@ -246,3 +250,26 @@ def test_a_setting_the_fixed_target_ignores_is_named():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _run(config={"unseen_refresh": 3, "request": "sample"})  # the paper's recipe forwards unseen: no warning
+
+
+def test_a_retain_loader_over_tensors_runs_the_same_recipe_as_the_tensors():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    (rx, ry), forget = _request()
+    loader = DataLoader(TensorDataset(rx, ry), batch_size=16)  # its labels are in memory: no pass to read them
+    res = unlearn("a_finetune", blob_model(), loader, forget, blobs(150, 1), config={"epochs": 1}, seed=0)
+    assert res.info["request"] == "matched"
+    x, y = blobs(300, 0)
+    whole = y == 2
+    res = unlearn("a_finetune", blob_model(), DataLoader(TensorDataset(x[~whole], y[~whole]), batch_size=16),
+                  (x[whole], y[whole]), blobs(150, 1), config={"epochs": 1}, seed=0)
+    assert res.info["request"] == "class"
+
+
+def test_the_drop_in_names_a_forget_class_the_unseen_data_lack():
+    model, retain, forget, unseen = dropin_request()
+    ux, uy = unseen
+    top = int(forget[1].max())
+    with pytest.raises(ValueError, match=rf"the unseen pool holds none of the forget classes \[{top}\]"):
+        prepare_unlearning(model, retain, (forget[0][forget[1] == top], forget[1][forget[1] == top]),
+                           (ux[uy != top], uy[uy != top]), batch_size=8)

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
-from torch.utils.data import IterableDataset
+from torch.utils.data import IterableDataset, TensorDataset
 
 from .._checks import as_device, plain_number
 from ..autostop import AutoStop
@@ -289,7 +289,9 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
             paper's on scattered samples.
         device: where to run; default the model's device.
         seed: seeds batch order, samplers and fresh initialisations (own generators; the global RNG
-            is untouched).
+            is untouched). A ``DataLoader`` passed as data keeps its own order and transforms: a shuffling one
+            (or random transforms) reads differently on each run unless the torch RNG is seeded first, so pass
+            ``shuffle=False`` loaders (or tensors, Datasets) for bit-identical reruns.
         progress: a tqdm bar over epochs; ``None``: off unless ``FASTBLEND_PROGRESS=1`` (``fastblend._progress``).
         callback: ``callback(model, step, seconds)`` before the first optimiser step, after every
             ``eval_every``-th and after the last (SSD: before and after), ``seconds`` being the
@@ -379,7 +381,8 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
     request, recipe, why_not = None, {}, None
     if spec.accelerated:
         whole, matched_ok, why_not = False, True, None  # an explicit request decides by itself
-        if cfg.request == "auto":
+        auto = cfg.request == "auto"
+        if auto:
             whole, matched_ok, why_not = (_auto_request(r, f, u, fn) if u is not None
                                           else (False, False, "no unseen data"))
         try:
@@ -397,9 +400,12 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
     if request is not None:
         ctx.info["request"], ctx.info["recipe"] = request, recipe
         ctx.info["class_recipe"] = recipe if request == "class" else {}
-        if request == "sample" and why_not is not None and spec.name in MATCHED_RECIPE and \
-                not chose_other_target(config, cfg):
-            ctx.info["request_reason"] = f"the paper's recipe, not the difficulty-matched one: {why_not}"
+        chose = chose_other_target(config, cfg)
+        if request == "sample" and auto and spec.name in MATCHED_RECIPE and (why_not is not None or chose):
+            ctx.info["request_reason"] = ("the paper's recipe, not the difficulty-matched one: " + (
+                f"the config sets target={cfg.target!r}" + (" (a config instance sets every field)"
+                                                             if not isinstance(config, dict) else "")
+                if chose else why_not))
     read: list[torch.Tensor] = []
 
     def retain_labels(use: str) -> torch.Tensor:
@@ -684,6 +690,9 @@ def _cheap_retain_labels(r: Any, fn: str) -> torch.Tensor | None:
     if r.labels is not None:
         return r.labels.detach().cpu()
     source = r.dataset if r.dataset is not None else getattr(r.loader, "dataset", None)
+    tensors = getattr(source, "tensors", None)  # a TensorDataset: its labels are already in memory
+    if isinstance(source, TensorDataset) and len(tensors) >= 2 and tensors[1].dim() == 1:
+        return tensors[1].detach().cpu()
     try:
         return _attribute_labels(source) if source is not None else None  # one per row, or None: never a pass
     except Exception:  # noqa: BLE001 - a source without len() or with odd attributes: not cheap to read

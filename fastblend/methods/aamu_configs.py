@@ -186,7 +186,12 @@ def chose_other_target(config: Any, cfg: Any) -> bool:
     """The caller chose a regulariser target other than the matched recipe's (``"matched_fixed"``): a dict that
     sets ``target``, or a config instance (which sets every field; its ``target`` counts as chosen). Such a caller
     gets the paper's recipe from ``request="auto"``, and ``request="matched"`` is refused."""
-    chosen = config is not None and (not isinstance(config, dict) or "target" in config)
+    if config is None:
+        return False
+    if isinstance(config, dict):
+        chosen = "target" in config
+    else:  # an instance asking for the matched recipe by name leaves a target at its default to the recipe
+        chosen = getattr(config, "request", "auto") != "matched" or config.target != type(config)().target
     return chosen and getattr(cfg, "target", "unseen") != "matched_fixed"
 
 

@@ -69,8 +69,14 @@ from .condensation.checks import forget_mask
 from .condensation.recipe import default_ipc
 from .condensation.source import content_keys, read_rows, row_keys, source_labels, source_sample
 from .data_adapter import as_tensors, is_streamed_dataset
-from .datasets import whole_classes
-from .methods import anchor_rows, image_odds_target, matched_rows, refuse_fixed_on_whole_classes
+from .methods import (
+    anchor_rows,
+    auto_request_of_labels,
+    image_odds_target,
+    matched_rows,
+    paper_reason,
+    refuse_fixed_on_whole_classes,
+)
 from .methods.aamu_configs import AFinetuneConfig, chose_other_target, request_config
 from .methods.config import REQUESTS, TARGETS
 from .metrics import predict_logits
@@ -277,15 +283,6 @@ def _refuse_forget_in_retain(retain: Any, fx: torch.Tensor, fn: str) -> None:
                          "would serve them back: pass a retain set without the forget rows")
 
 
-def _reason(request: str, why_not: str | None, given: dict, cfg: Any) -> str | None:
-    """Why ``request="auto"`` ran the paper's recipe on scattered samples (``None`` when it did not)."""
-    if request != "sample" or (why_not is None and not chose_other_target(given, cfg)):
-        return None
-    if chose_other_target(given, cfg):
-        return f"the paper's recipe, not the difficulty-matched one: target={cfg.target!r} was passed"
-    return f"the paper's recipe, not the difficulty-matched one: {why_not}"
-
-
 def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, *, ipc: int | None = None,
                        batch_size: int = RECIPE.batch_size, index: BlendIndex | None = None, seed: int = 0,
                        lam: float | None = None, k: float = RECIPE.k, kappa: float = RECIPE.kappa,
@@ -458,17 +455,12 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
     # the fine-tune's recipes (the criterion is a fine-tune's) through the one rule unlearn uses: "auto" is a
     # whole-class request when no forget class has a retain row, else the difficulty-matched one when every forget
     # class keeps retain rows and has unseen images; what the caller passed here is kept
-    forget_classes = fy.unique()
-    whole_list = whole_classes(forget_classes, reduced.labels)
-    whole = len(whole_list) == forget_classes.numel()
-    missing = sorted(set(forget_classes.tolist()) - set(uy.unique().tolist()))
     auto = request == "auto"
-    why_not = (None if not auto else  # an explicit request decides by itself
-               f"forget classes {sorted(whole_list)} have no retain image left (a class forgotten whole)" if whole_list
-               else f"the unseen data hold no image of forget classes {missing}" if missing else None)
+    whole, matched_ok, why_not = (auto_request_of_labels(fy, reduced.labels, uy) if auto
+                                  else (False, True, None))  # an explicit request decides by itself
     try:
         request, cfg, recipe = request_config("a_finetune", AFinetuneConfig(request=request, **given), given, whole,
-                                              matched_ok=why_not is None)
+                                              matched_ok=matched_ok)
         cfg.check(fn)
     except ValueError as exc:  # the settings are this function's keyword arguments, not a config's fields
         raise ValueError(f"{fn}: {str(exc).removeprefix(fn + ': ').replace('config.', '')}") from None
@@ -517,5 +509,7 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
     recommended = {**RECOMMENDED, "lr": cfg.lr, "epochs": cfg.epochs}
     return PreparedUnlearning(loader, AAMUCriterion(step), reduced, index, timings, recommended, cfg.epochs, request,
                               recipe if request == "class" else {}, cfg.lr, recipe=recipe,
-                              request_reason=_reason(request, why_not, given, cfg) if auto else None,
+                              request_reason=paper_reason(why_not, f"target={cfg.target!r} was passed"
+                                                          if chose_other_target(given, cfg) else None)
+                              if auto and request == "sample" else None,
                               _auto_stop=auto_stop, _no_stop=why)

@@ -400,12 +400,13 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
     if request is not None:
         ctx.info["request"], ctx.info["recipe"] = request, recipe
         ctx.info["class_recipe"] = recipe if request == "class" else {}
-        chose = chose_other_target(config, cfg)
-        if request == "sample" and auto and spec.name in MATCHED_RECIPE and (why_not is not None or chose):
-            ctx.info["request_reason"] = ("the paper's recipe, not the difficulty-matched one: " + (
-                f"the config sets target={cfg.target!r}" + (" (a config instance sets every field)"
-                                                             if not isinstance(config, dict) else "")
-                if chose else why_not))
+        if request == "sample" and auto and spec.name in MATCHED_RECIPE:
+            chosen = (f"the config sets target={cfg.target!r}" + ("" if isinstance(config, dict) else
+                                                                  " (a config instance sets every field)")
+                      if chose_other_target(config, cfg) else None)
+            reason = paper_reason(why_not, chosen)
+            if reason is not None:
+                ctx.info["request_reason"] = reason
     read: list[torch.Tensor] = []
 
     def retain_labels(use: str) -> torch.Tensor:
@@ -662,24 +663,40 @@ def _retain_labels(r: Any, fn: str, use: str) -> torch.Tensor:
 
 
 def _auto_request(r: Any, f: Any, u: Any, fn: str) -> tuple[bool, bool, str | None]:
-    """What ``config.request="auto"`` may run: ``(whole class, difficulty-matched recipe possible, why not)``. The
-    matched recipe needs every forget class still in the retain set (its fixed target refuses a class forgotten
-    whole, and a request mixing whole and partial classes gets the paper's), the retain set's labels (read from
-    memory or a labels attribute, never by a pass over a streamed set) and unseen images of every forget class."""
+    """What ``config.request="auto"`` may run: ``(whole class, difficulty-matched recipe possible, why not)``, from
+    the retain set's labels read from memory or a labels attribute, never by a pass over a streamed set
+    (:func:`auto_request_of_labels` decides)."""
     retained = _cheap_retain_labels(r, fn)
     if retained is None:
         return False, False, ("the retain set's labels are neither in memory nor a labels/targets attribute with one "
                               "value per row (pass config={'request': 'matched'} to read them with a pass)")
-    forget_classes = f.labels.unique()
-    whole = whole_classes(forget_classes, retained)
+    return auto_request_of_labels(f.labels, retained, u.labels)
+
+
+def auto_request_of_labels(forget_labels: torch.Tensor, retain_labels: torch.Tensor,
+                           unseen_labels: torch.Tensor) -> tuple[bool, bool, str | None]:
+    """``(whole class, difficulty-matched recipe possible, why not)`` for ``config.request="auto"`` (``unlearn`` and
+    the drop-in): a whole-class request when no forget class keeps a retain row; the matched recipe needs every
+    forget class still in the retain set (its fixed target refuses a class forgotten whole, and a request mixing
+    whole and partial classes gets the paper's) and unseen images of every forget class."""
+    forget_classes = forget_labels.unique()
+    whole = whole_classes(forget_classes, retain_labels)
     if len(whole) == forget_classes.numel():
         return True, False, None
     if whole:
         return False, False, f"forget classes {sorted(whole)} have no retain image left (a class forgotten whole)"
-    missing = sorted(set(forget_classes.tolist()) - set(u.labels.unique().tolist()))
+    missing = sorted(set(forget_classes.tolist()) - set(unseen_labels.unique().tolist()))
     if missing:
         return False, False, f"the unseen data hold no image of forget classes {missing}"
     return False, True, None
+
+
+def paper_reason(why_not: str | None, chosen_target: str | None) -> str | None:
+    """``request_reason`` of a ``config.request="auto"`` that ran the paper's recipe on scattered samples: the caller's
+    own target (``chosen_target``, how the caller set it) or what in the data ruled the matched recipe out
+    (``why_not``); ``None`` when neither."""
+    why = chosen_target or why_not
+    return None if why is None else f"the paper's recipe, not the difficulty-matched one: {why}"
 
 
 def _cheap_retain_labels(r: Any, fn: str) -> torch.Tensor | None:

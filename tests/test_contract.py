@@ -30,7 +30,8 @@ NO_INPUT = {
 }
 # public names outside fastblend.__all__ that the contract covers too, as "module.name" (None: the module's
 # whole __all__)
-SUBMODULES: dict[str, list[str] | None] = {"tracking": ["Band", "Tracker"], "distributed": None}
+SUBMODULES: dict[str, list[str] | None] = {"tracking": ["Band", "Tracker"], "distributed": None,
+                                           "methods": ["planned_steps"]}
 NO_INPUT.update({
     "distributed.is_distributed": "takes no arguments",
     "distributed.rank": "takes no arguments",
@@ -226,6 +227,18 @@ ROWS = [
      "matched_recipe: method must be one of"),
     ("matched_recipe", "not a string", lambda: F.matched_recipe(3), ValueError,
      "matched_recipe: method must be one of"),
+    ("unlearn", "request matched for a method without the recipe",
+     lambda: F.unlearn("a_prune", _lin(), _xy4(), _xy4(), _xy4(), config=dict(request="matched")), ValueError,
+     "unlearn: config.request='matched': method 'a_prune' has no difficulty-matched recipe"),
+    ("unlearn", "request matched with another target",
+     lambda: F.unlearn("a_finetune", _lin(), _xy4(), _xy4(), _xy4(), config=dict(request="matched", target="unseen")),
+     ValueError, "unlearn: config.request='matched' runs the fixed matched target"),
+    ("unlearn", "request unknown",
+     lambda: F.unlearn("a_finetune", _lin(), _xy4(), _xy4(), _xy4(), config=dict(request="paper")), ValueError,
+     r"unlearn: config.request must be one of \('auto', 'sample', 'matched', 'class'\)"),
+    ("methods.planned_steps", "matched_ok not a bool",
+     lambda: F.methods.planned_steps("a_finetune", None, 64, matched_ok="no"), TypeError,
+     "planned_steps: matched_ok must be a bool"),
     ("unlearn", "odds_pairing image on the paper's target",
      lambda: F.unlearn("a_finetune", _lin(), _xy4(), _xy4(), _xy4(),
                        config=dict(odds_pairing="image", request="sample")), ValueError,
@@ -500,6 +513,10 @@ ROWS += [
     ("ReducedRetainSet", "truncated file", lambda: F.ReducedRetainSet.load(_saved_reduced("truncate")), ValueError,
      "ReducedRetainSet.load: cannot read .*r.pt"),
     # ---------------- the drop-in
+    ("prepare_unlearning", "request unknown", lambda: _pu(request="paper"), ValueError,
+     r"prepare_unlearning: request must be one of \('auto', 'sample', 'matched', 'class'\)"),
+    ("prepare_unlearning", "request matched with another target", lambda: _pu(request="matched", target="unseen"),
+     ValueError, "prepare_unlearning: request='matched' runs the fixed matched target"),
     ("prepare_unlearning", "index not an index", lambda: _pu(retain=None, index="idx", ipc=None, iterations=None),
      TypeError, "prepare_unlearning: index must be a fastblend.BlendIndex or None"),
     ("prepare_unlearning", "empty forget", lambda: _pu(forget=(_x(0), _y(0))), ValueError,

@@ -153,6 +153,9 @@ def planned_steps(method: str, config: object, retain_size: int, whole_class: bo
     mixing whole and partial classes, unseen data lacking a forget class, retain labels without a labels attribute),
     so "auto" runs the paper's there, as ``unlearn`` decides from the data (``info["request"]``)."""
     spec = _spec(method, "planned_steps")
+    for name, value in (("whole_class", whole_class), ("matched_ok", matched_ok)):
+        if not isinstance(value, bool):
+            raise TypeError(f"planned_steps: {name} must be a bool, got {type(value).__name__}")
     cfg = resolve_config(config, spec.config_class, "planned_steps")
     if spec.accelerated:
         _, cfg, _ = request_config(spec.name, cfg, config, whole_class, matched_ok)

@@ -42,6 +42,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Dataset
 
 from ._checks import plain_number
 from .data_adapter import model_device
@@ -74,14 +75,20 @@ class AutoStopCheck:
     #: how far the model is from the rule: each failing condition's shortfall in its own standard errors,
     #: summed (0 when every condition holds; ``inf`` before ``min_steps``)
     shortfall: float = 0.0
+    #: ``True`` when (c) was not measured because a forget-side condition had already failed and the evaluation
+    #: could not be the closest so far (``staged``): ``heldout_acc`` is NaN, ``conditions`` lacks
+    #: ``"heldout_kept"`` and ``shortfall`` is a lower bound
+    partial: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
-def _pair(data: Any, limit: int | None, gen: torch.Generator, arg: str) -> tuple[torch.Tensor, torch.Tensor]:
-    x, y = _subset(data, limit, gen, arg, "AutoStop")
-    return x, y.cpu().long()
+def _pair(data: Any, limit: int | None, gen: torch.Generator, arg: str, rows: bool = False) -> Any:
+    """``(images, labels)`` of at most ``limit`` rows of ``data``; with ``rows``, also which rows of ``data``
+    they are (``None``: all, in order)."""
+    (x, y), keep = _subset(data, limit, gen, arg, "AutoStop", rows=True)
+    return ((x, y.cpu().long()), keep) if rows else (x, y.cpu().long())
 
 
 def _labels_of(retain_labels: Any) -> torch.Tensor | None:
@@ -108,6 +115,35 @@ def _ks(a: torch.Tensor, b: torch.Tensor) -> float:
     ca = torch.searchsorted(a.sort().values.contiguous(), grid, right=True).double() / a.numel()
     cb = torch.searchsorted(b.sort().values.contiguous(), grid, right=True).double() / b.numel()
     return float((ca - cb).abs().max())
+
+
+def _describe(x: Any) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"{x.dtype} of shape {list(x.shape)}"
+    return type(x).__name__
+
+
+def _distinct_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(keep, inverse)``: the first row of each group of identical rows of ``x`` and, for every row, its
+    group's position in ``keep`` (``x[keep][inverse]`` equals ``x``). Rows are grouped by two seeded random
+    projections and every group is checked for equality, so no two different rows ever share a group."""
+    n = x.shape[0]
+    flat = x.reshape(n, -1)
+    if n < 2 or flat.shape[1] == 0:
+        return torch.arange(n), torch.arange(n)
+    gen = torch.Generator().manual_seed(0)
+    proj = torch.randn(flat.shape[1], 2, generator=gen, dtype=torch.float64).to(flat.device)
+    keys = (flat.double() @ proj).cpu()
+    _, group = torch.unique(keys, dim=0, return_inverse=True)
+    first = torch.full((int(group.max()) + 1,), n, dtype=torch.long).scatter_reduce(0, group, torch.arange(n),
+                                                                                  reduce="amin")
+    same = flat == flat[first[group].to(flat.device)]
+    if not bool(same.reshape(n, -1).all()):  # a projection collision (or NaN pixels): forward every row
+        return torch.arange(n), torch.arange(n)
+    keep = first.sort().values
+    position = torch.empty(n, dtype=torch.long)
+    position[keep] = torch.arange(keep.numel())
+    return keep, position[first[group]]
 
 
 def _fold_pruning(weights: dict[str, torch.Tensor], current: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -157,6 +193,12 @@ class AutoStop:
             (:func:`fastblend.difficulty.matched_unseen`: held-out images as hard as the forget images, so an
             atypical forget set is done when it looks like atypical held-out images, not like typical ones).
             ``heldout`` still gives (c) and the whole-class rule.
+        staged: forward first what the forget-side conditions need (the forget images, the matched images, the
+            held-out images of the forget classes) and the rest of ``heldout`` (for (c) alone) only when those
+            conditions hold, or when the evaluation could be the closest so far: the same stops and the same
+            kept weights as a full evaluation at fewer forwards (on an atypical request the stop's evaluations
+            shrink to about a third); the evaluations that skip it are recorded with ``partial=True``.
+            :meth:`check` always evaluates everything.
         keep_closest: keep a copy of the weights at the evaluation closest to the rule (the smallest
             :attr:`AutoStopCheck.shortfall`, the later one on a tie; never before ``min_steps``), so that a run
             whose recipe ends without the rule holding, e.g. one that passed near it and moved away, returns
@@ -175,7 +217,7 @@ class AutoStop:
                  class_floor: float = 0.0,
                  patience: int = 1,
                  min_steps: int = 1, evaluations: int = 8, seed: int = 0, matched_heldout: Any = None,
-                 keep_closest: bool = True):
+                 keep_closest: bool = True, staged: bool = True):
         fn = "AutoStop"
         max_samples, z, match_z, slack, max_drop, class_floor, patience, min_steps, evaluations, seed = map(
             plain_number, (max_samples, z, match_z, slack, max_drop, class_floor, patience, min_steps, evaluations,
@@ -196,15 +238,18 @@ class AutoStop:
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (low is not None and value < low):
                 raise ValueError(f"{fn}: {name} must be an int" + (f" >= {low}" if low is not None else "")
                                  + f", got {value!r}")
-        if not isinstance(keep_closest, bool):
-            raise TypeError(f"{fn}: keep_closest must be a bool, got {type(keep_closest).__name__}")
-        self.keep_closest = keep_closest
+        for name, flag in (("keep_closest", keep_closest), ("staged", staged)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{fn}: {name} must be a bool, got {type(flag).__name__}")
+        self.keep_closest, self.staged = keep_closest, staged
         self._closest: tuple[AutoStopCheck, dict[str, torch.Tensor]] | None = None  # (its evaluation, weights)
         self.restored_step: int | None = None  # the step whose weights finish() put back
         gen = torch.Generator().manual_seed(int(seed))
         limit = None if max_samples is None else int(max_samples)
         self.forget = _pair(forget, limit, gen, "forget")
-        self.heldout = _pair(heldout, limit, gen, "heldout")
+        self.heldout, self._heldout_rows = _pair(heldout, limit, gen, "heldout", rows=True)
+        self._heldout_total = len(heldout) if self._heldout_rows is not None and isinstance(heldout, Dataset) else \
+            int(heldout[1].shape[0]) if self._heldout_rows is not None else int(self.heldout[1].numel())
         self.matched = None if matched_heldout is None else _pair(matched_heldout, limit, gen, "matched_heldout")
         fy, hy = self.forget[1], self.heldout[1]
         if fy.numel() < 5:
@@ -237,6 +282,13 @@ class AutoStop:
             whole = []
         self.whole_classes = whole
         self.kind = "class" if len(whole) == len(classes) else "sample" if not whole else "mixed"
+        # the held-out rows the forget-side conditions read, forwarded at every evaluation (the rest only for (c)):
+        # those of the whole classes, and of every forget class when no matched images stand in for them
+        self._first_rows = torch.isin(hy, torch.tensor(whole if self.matched is not None else classes.tolist(),
+                                                       dtype=torch.long))
+        if self.matched is not None:  # a matched image drawn for several forget images is forwarded once
+            keep, self._matched_inverse = _distinct_rows(self.matched[0])
+            self._matched_distinct = self.matched[0][keep.to(self.matched[0].device)]
         self.z, self.match_z, self.slack = float(z), float(match_z), float(slack)
         self.max_drop, self.class_floor = float(max_drop), float(class_floor)
         self.patience, self.min_steps, self.evaluations, self.seed = int(patience), int(min_steps), int(evaluations), \
@@ -269,56 +321,70 @@ class AutoStop:
             return mia_with_interval(lf[rows_f], fy[rows_f], lh[rows_h], hy[rows_h], statistic="auc", seed=self.seed,
                                      boot=100)
 
-    def start(self, model: nn.Module) -> float:
+    def start(self, model: nn.Module, heldout_logits: torch.Tensor | None = None) -> float:
         """Record the held-out accuracy of ``model`` (the untouched model) that the rule must keep; returns it.
         Starts a new run: the history, the stop and the closest evaluation's weights of an earlier run are
-        dropped (an AutoStop passed to a second ``unlearn`` judges that run alone)."""
+        dropped (an AutoStop passed to a second ``unlearn`` judges that run alone). ``heldout_logits``: the
+        untouched model's logits ``[N, C]`` of every row of the ``heldout`` given to the constructor, when already
+        computed (``unlearn`` shares its set-up's forward): no forward here."""
         if not isinstance(model, nn.Module):
             raise TypeError(f"AutoStop.start: model must be a torch.nn.Module, got {type(model).__name__}")
+        rows = self._heldout_rows
+        if heldout_logits is not None and not (
+                isinstance(heldout_logits, torch.Tensor) and heldout_logits.dim() == 2
+                and heldout_logits.is_floating_point() and heldout_logits.shape[0] == self._heldout_total):
+            raise ValueError("AutoStop.start: heldout_logits must be a floating [N, C] tensor with one row per "
+                             f"held-out image given to AutoStop, got {_describe(heldout_logits)}")
         self.history, self._run, self._closest, self.restored_step = [], 0, None, None
         self.stopped, self.stop_step, self.stop_seconds, self.reason = False, None, None, "not evaluated yet"
         self.eval_seconds = 0.0
         t0 = time.perf_counter()
         dev = model_device(model)
-        lh = predict_logits(model, self.heldout[0], device=dev).float().cpu()
+        if heldout_logits is not None:
+            lh = heldout_logits.detach().float().cpu()
+            lh = lh if rows is None else lh[rows]
+        else:
+            lh = predict_logits(model, self.heldout[0], device=dev).float().cpu()
         self.baseline, _ = self._held_out_accuracy(lh.argmax(1) == self.heldout[1])
         self.eval_seconds += time.perf_counter() - t0
         return self.baseline
 
-    def check(self, model: nn.Module, step: int = 0, seconds: float = 0.0) -> AutoStopCheck:
-        """Evaluate ``model`` against the rule (recorded in :attr:`history`); does not decide the stop."""
+    def check(self, model: nn.Module, step: int = 0, seconds: float = 0.0,
+              full_below: float = math.inf) -> AutoStopCheck:
+        """Evaluate ``model`` against the rule (recorded in :attr:`history`); does not decide the stop. With the
+        default ``full_below`` everything is measured. Otherwise (``__call__`` passes the closest evaluation's
+        shortfall) the held-out images that only (c) needs are forwarded when the forget-side conditions hold
+        (and ``step >= min_steps``), when no baseline is known yet, when not :attr:`staged`, or when the
+        forget-side shortfall, a lower bound of the whole one, is at most ``full_below``; else the check is
+        ``partial``."""
         if not isinstance(model, nn.Module):
             raise TypeError(f"AutoStop: model must be a torch.nn.Module, got {type(model).__name__}")
         dev = model_device(model)
         (fx, fy), (hx, hy) = self.forget, self.heldout
         lf = predict_logits(model, fx, device=dev).float().cpu()
-        lh = predict_logits(model, hx, device=dev).float().cpu()
-        cf, ch = lf.argmax(1) == fy, lh.argmax(1) == hy
+        n_h = hy.numel()
+        lh = torch.full((n_h, lf.shape[1]), math.nan)
+        first = self._first_rows
+        if bool(first.any()):
+            lh[first] = predict_logits(model, hx[first.to(hx.device)], device=dev).float().cpu()
         if self.matched is not None:  # (a) and (b) compare with held-out images as hard as the forget images
             ry = self.matched[1]
-            lr = predict_logits(model, self.matched[0], device=dev).float().cpu()
-            cr = lr.argmax(1) == ry
+            lr = predict_logits(model, self._matched_distinct, device=dev).float().cpu()[self._matched_inverse]
         else:
-            ry, lr, cr = hy, lh, ch
-        if self.baseline is None:
-            self.baseline, _ = self._held_out_accuracy(ch)
+            ry, lr = hy, lh
         whole = torch.tensor(self.whole_classes, dtype=torch.long)
         conditions: dict[str, bool] = {}
         short: list[float] = []  # each failing condition's shortfall, in its standard errors
 
-        def under(value: float, limit: float, se: float) -> bool:
+        def under(value: float, limit: float, se: float, into: list[float]) -> bool:
             """``value <= limit``; its shortfall ``(value − limit) / se`` when not (infinite for a NaN)."""
             if not value <= limit:
                 gap = (value - limit) / max(se, 1e-6)
-                short.append(gap if math.isfinite(gap) else math.inf)
+                into.append(gap if math.isfinite(gap) else math.inf)
             return value <= limit
 
-        # (c) held-out accuracy kept, on the classes the model must still predict
-        acc_h, n_h = self._held_out_accuracy(ch)
-        if n_h:
-            se_h = max(binomial_se(self.baseline, n_h), 0.5)
-            margin = max(self.max_drop, self.z * se_h)
-            conditions["heldout_kept"] = under(-acc_h, -(self.baseline - margin), se_h)
+        cf = lf.argmax(1) == fy
+        cr = lr.argmax(1) == ry  # rows not forwarded yet are never read (NaN argmax is never compared)
         # scattered samples: forget like held-out of the same classes
         part = ~torch.isin(fy, whole)
         same = math.nan
@@ -337,12 +403,14 @@ class AutoStop:
             acc_f = float(cf[part].double().mean() * 100)
             n_f = int(part.sum())
             se_diff = math.hypot(max(binomial_se(acc_f, n_f), 0.5), max(binomial_se(same, n_same), 0.5))
-            conditions["forget_acc_like_heldout"] = under(acc_f, same + self.slack + self.match_z * se_diff, se_diff)
+            conditions["forget_acc_like_heldout"] = under(acc_f, same + self.slack + self.match_z * se_diff, se_diff,
+                                                          short)
             ref = torch.isin(ry, f_cls)
             r = self._mia(lf, fy, lr, ry, part, ref)
             if r is not None:
                 mia = (r.score, r.low, r.high)
-                conditions["mia_not_member"] = under(r.score, 50.0 + self.slack + self.match_z * r.se, max(r.se, 0.5))
+                conditions["mia_not_member"] = under(r.score, 50.0 + self.slack + self.match_z * r.se, max(r.se, 0.5),
+                                                     short)
                 ce_f = F.cross_entropy(lf[part], fy[part], reduction="none")
                 ce_h = F.cross_entropy(lr[ref], ry[ref], reduction="none")
                 ks = _ks(ce_f, ce_h)
@@ -350,23 +418,43 @@ class AutoStop:
         # attack cannot tell the forget images from held-out images of their class (a model that never saw the
         # class ranks both alike)
         if self.whole_classes:
+            ch_first = lh.argmax(1) == hy
             fw, hw = torch.isin(fy, whole), torch.isin(hy, whole)
-            kept_f, kept_h = float(cf[fw].double().mean() * 100), float(ch[hw].double().mean() * 100)
+            kept_f, kept_h = float(cf[fw].double().mean() * 100), float(ch_first[hw].double().mean() * 100)
             conditions["class_forgotten"] = all([  # both evaluated: each adds its shortfall
-                under(kept_f, self.class_floor, max(binomial_se(kept_f, int(fw.sum())), 0.5)),
-                under(kept_h, self.class_floor, max(binomial_se(kept_h, int(hw.sum())), 0.5))])
+                under(kept_f, self.class_floor, max(binomial_se(kept_f, int(fw.sum())), 0.5), short),
+                under(kept_h, self.class_floor, max(binomial_se(kept_h, int(hw.sum())), 0.5), short)])
             r = self._mia(lf, fy, lh, hy, fw, hw)
             if r is not None:
                 if not bool(part.any()):
                     mia = (r.score, r.low, r.high)
                 conditions["class_not_member"] = under(r.score, 50.0 + self.slack + self.match_z * r.se,
-                                                       max(r.se, 0.5))
-        done = all(conditions.values()) and step >= self.min_steps
-        shortfall = sum(short) if step >= self.min_steps else math.inf
+                                                       max(r.se, 0.5), short)
+        eligible = step >= self.min_steps
+        partial_short = sum(short) if eligible else math.inf
+        complete = (not self.staged or self.baseline is None or (eligible and all(conditions.values()))
+                    or partial_short <= full_below)
+        acc_h = math.nan
+        head: list[float] = []
+        if complete:
+            rest = ~first
+            if bool(rest.any()):
+                lh[rest] = predict_logits(model, hx[rest.to(hx.device)], device=dev).float().cpu()
+            ch = lh.argmax(1) == hy
+            if self.baseline is None:
+                self.baseline, _ = self._held_out_accuracy(ch)
+            # (c) held-out accuracy kept, on the classes the model must still predict
+            acc_h, n_h_kept = self._held_out_accuracy(ch)
+            if n_h_kept:
+                se_h = max(binomial_se(self.baseline, n_h_kept), 0.5)
+                margin = max(self.max_drop, self.z * se_h)
+                conditions = {"heldout_kept": under(-acc_h, -(self.baseline - margin), se_h, head), **conditions}
+        done = complete and all(conditions.values()) and eligible
+        shortfall = sum(head + short) if eligible else math.inf
         check = AutoStopCheck(step=int(step), seconds=float(seconds), forget_acc=float(cf.double().mean() * 100),
                               heldout_acc=acc_h, heldout_same_class_acc=same, mia=mia[0], mia_low=mia[1],
                               mia_high=mia[2], loss_ks=ks, conditions=conditions, done=done,
-                              shortfall=float(shortfall))  # 0 when done: no condition fell short
+                              shortfall=float(shortfall), partial=not complete)  # 0 when done: none fell short
         self.history.append(check)
         return check
 
@@ -380,7 +468,10 @@ class AutoStop:
             step = self.history[-1].step + 1 if self.history else 0
         if seconds is None:
             seconds = 0.0
-        check = self.check(model, step, seconds)
+        # (c)'s held-out forwards are needed only where the check could stop the run or be the closest so far
+        best = (self._closest[0].shortfall if self._closest is not None else math.inf) if self.keep_closest \
+            else -math.inf
+        check = self.check(model, step, seconds, best)
         self._run = self._run + 1 if check.done else 0
         # under torch.distributed every rank calls at the same steps; rank 0's answer holds everywhere,
         # so no rank trains on alone (a DDP hang) even if float differences split the ranks' statistics

@@ -502,8 +502,9 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
                                      matched_heldout=None if target == "unseen" else (tx, ty))
             except ValueError as exc:  # the request itself is fine; only the stop cannot judge this data
                 why = str(exc)
-        if auto_stop is not None and auto_stop.baseline is None:
-            auto_stop.start(step._plain)  # the untouched model's held-out accuracy, which the rule keeps
+        if auto_stop is not None and auto_stop.baseline is None:  # the untouched model's held-out accuracy, which
+            # the rule keeps (from the set-up's forward of the unseen images when the stop is this function's)
+            auto_stop.start(step._plain, heldout_logits=u_logits if auto_stop is not stop else None)
     timings["auto_stop"] = time.perf_counter() - t2
     timings["total"] = time.perf_counter() - t0
     recommended = {**RECOMMENDED, "lr": cfg.lr, "epochs": cfg.epochs}

@@ -30,7 +30,7 @@ import numbers
 import time
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -119,10 +119,17 @@ class StepClock:
 
 
 def _subset(data: object, limit: int | None, generator: torch.Generator, arg: str, fn: str = "Tracker",
-            ) -> tuple[torch.Tensor, torch.Tensor]:
+            rows: bool = False) -> Any:
     """``(images, labels)`` of at most ``limit`` rows of ``data`` (a pair of tensors or a map-style
     Dataset of ``(image, label)``), drawn with ``generator``; a Dataset is read only at those rows,
-    :data:`_READ` at a time (the same rows, so the same subset, as the pair of tensors)."""
+    :data:`_READ` at a time (the same rows, so the same subset, as the pair of tensors). With ``rows``:
+    ``((images, labels), which rows of data they are: sorted indices, or None for all)``."""
+    out = _subset_rows(data, limit, generator, arg, fn)
+    return out if rows else out[0]
+
+
+def _subset_rows(data: object, limit: int | None, generator: torch.Generator, arg: str, fn: str,
+                 ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]:
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
         x, y = data
         check_has_data(fn, f"{arg} images and labels", x, y)
@@ -139,7 +146,7 @@ def _subset(data: object, limit: int | None, generator: torch.Generator, arg: st
                         f"(image, label) rows, got {type(data).__name__}")
     keep = None if limit is None or n <= limit else torch.randperm(n, generator=generator)[:limit].sort().values
     if x is not None:
-        return (x, y) if keep is None else (x[keep], y[keep])
+        return ((x, y) if keep is None else (x[keep], y[keep])), keep
     rows = list(range(n)) if keep is None else keep.tolist()
     images, labels = [], []
     for s in range(0, len(rows), _READ):
@@ -151,8 +158,8 @@ def _subset(data: object, limit: int | None, generator: torch.Generator, arg: st
             images.append(item[0])
             labels.append(int(item[1]))
     if not images:
-        return torch.zeros(0), torch.zeros(0, dtype=torch.int64)
-    return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
+        return (torch.zeros(0), torch.zeros(0, dtype=torch.int64)), keep
+    return (torch.stack(images), torch.tensor(labels, dtype=torch.int64)), keep
 
 
 class Tracker:

@@ -116,8 +116,12 @@ def test_a_whole_class_request_needs_the_class_no_longer_predicted(sets):
     model.alpha = 0.5  # ... but still knows its forget images: their class-2 loss is far below held-out's
     assert not stop(model, 2, 0.0)
     check = stop.history[-1]
-    assert check.conditions == {"heldout_kept": True, "class_forgotten": True, "class_not_member": False}
-    assert check.mia_low > 50
+    # the forget side already fails and the evaluation is no nearer the rule than step 1's: (c) is not measured
+    assert check.conditions == {"class_forgotten": True, "class_not_member": False} and check.partial
+    assert check.heldout_acc != check.heldout_acc and check.mia_low > 50
+    full = stop.check(model, 2, 0.0)  # check() measures everything
+    assert full.conditions == {"heldout_kept": True, "class_forgotten": True, "class_not_member": False}
+    assert not full.partial and full.shortfall == check.shortfall
     model.alpha = 1.0  # forget images now treated like any other image of the class
     assert stop(model, 3, 0.0)
     check = stop.history[-1]
@@ -287,8 +291,8 @@ def test_a_pruned_run_and_a_reused_stop_get_their_own_closest_weights():
     model = fastblend.train_model(_net(), (torch.cat([retain[0], forget[0]]), torch.cat([retain[1], forget[1]])),
                                   config={"epochs": 30, "lr": 0.05, "batch_size": 32, "warmup_epochs": 0})
     class NeverDone(AutoStop):  # the rule never holds and the earliest evaluation after step 0 is the closest
-        def check(self, model, step=0, seconds=0.0):
-            check = super().check(model, step, seconds)
+        def check(self, model, step=0, seconds=0.0, full_below=float("inf")):
+            check = super().check(model, step, seconds, full_below)
             check.done, check.shortfall = False, (float(step) if step >= 1 else float("inf"))
             return check
 
@@ -308,3 +312,87 @@ def test_a_pruned_run_and_a_reused_stop_get_their_own_closest_weights():
     assert not stop.finish(again.model) or stop.restored_step is not None  # a second finish does nothing
     restored = stop.restored_step
     assert not stop.finish(again.model) and stop.restored_step == restored
+
+
+class _Counting(_Memoriser):
+    """A _Memoriser that counts the rows it forwards."""
+
+    rows = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.rows += x.shape[0]
+        return super().forward(x)
+
+
+def _run_through(stop: AutoStop, model: _Counting, alphas: list[float]) -> list[bool]:
+    stop.start(model)
+    decisions = []
+    for step, alpha in enumerate(alphas, start=1):
+        model.alpha = alpha
+        decisions.append(stop(model, step, float(step)))
+        if decisions[-1]:
+            break
+    model.alpha = alphas[-1]
+    stop.finish(model, len(alphas) + 1, float(len(alphas) + 1))
+    return decisions
+
+
+@pytest.mark.parametrize("slack, alphas", [(5.0, [0.0, 0.1, 0.3, 0.6, 1.0, 1.0]),  # stops
+                                           (0.0, [0.0, 0.6, 1.0, 0.3, 0.1])])      # never holds: the closest back
+def test_staged_evaluations_decide_as_full_ones_at_fewer_forwards(sets, slack, alphas):
+    retain, forget, heldout = sets
+    hx, hy = heldout
+    matched = (hx[:300], hy[:300])  # stands in for the difficulty-matched images
+    runs = {}
+    for staged in (True, False):
+        model = _Counting(*forget)
+        stop = AutoStop(forget, heldout, retain[1], seed=0, slack=slack, matched_heldout=matched, staged=staged)
+        runs[staged] = (_run_through(stop, model, alphas), stop, model)
+    (d_s, s_s, m_s), (d_f, s_f, m_f) = runs[True], runs[False]
+    assert d_s == d_f and s_s.stopped == s_f.stopped and s_s.stop_step == s_f.stop_step
+    assert s_s.restored_step == s_f.restored_step and m_s.alpha == m_f.alpha
+    assert [h.done for h in s_s.history] == [h.done for h in s_f.history]
+    assert all(h.shortfall <= f.shortfall + 1e-9 for h, f in zip(s_s.history, s_f.history))
+    assert all(h.shortfall == f.shortfall for h, f in zip(s_s.history, s_f.history) if not h.partial)
+    partial = [h for h in s_s.history if h.partial]
+    # an evaluation nearer the rule than every earlier one is measured in full (it could be the closest); those
+    # after the nearest one (alpha 1.0 in the second run) skip (c)
+    assert bool(partial) == (slack == 0.0)
+    assert all(h.heldout_acc != h.heldout_acc and "heldout_kept" not in h.conditions for h in partial)
+    assert not any(h.partial for h in s_f.history)
+    # each partial evaluation skipped the 600 held-out rows
+    assert m_f.rows - m_s.rows == 600 * len(partial)
+
+
+def test_matched_images_drawn_twice_are_forwarded_once(sets):
+    retain, forget, (hx, hy) = sets
+    pick = torch.arange(100).repeat(3)  # every matched image three times
+    model = _Counting(*forget)
+    model.alpha = 1.0
+    stop = AutoStop(forget, (hx, hy), retain[1], seed=0, matched_heldout=(hx[pick], hy[pick]))
+    stop.start(model)
+    model.rows = 0
+    check = stop.check(model, 1, 0.0)
+    assert model.rows == 300 + 600 + 100  # forget, held-out, the distinct matched images
+    cr = (model(hx[:100]).argmax(1) == hy[:100]).double()
+    f_cls, f_counts = torch.unique(forget[1], return_counts=True)
+    expect = 100 * sum(float(cr[hy[:100] == c].mean()) * k for c, k in zip(f_cls.tolist(), f_counts.tolist())) \
+        / int(f_counts.sum())
+    assert abs(check.heldout_same_class_acc - expect) < 1e-9
+
+
+def test_start_takes_the_heldout_logits_already_computed(sets):
+    retain, forget, heldout = sets
+    model = _Counting(*forget)
+    logits = model(heldout[0]).detach()
+    for limit in (None, 100):  # all the held-out rows, or a subset drawn by the stop: read at its rows
+        model.rows = 0
+        stop = AutoStop(forget, heldout, retain[1], seed=0, max_samples=limit)
+        assert stop.start(model, heldout_logits=logits) == AutoStop(forget, heldout, retain[1], seed=0,
+                                                                    max_samples=limit).start(model) - 0.0
+        assert model.rows == stop.heldout[1].numel()  # only the second stop forwarded
+    for bad in (logits[:10], logits.long(), logits[:, 0], "logits"):
+        with pytest.raises(ValueError, match="heldout_logits must be a floating"):
+            AutoStop(forget, heldout, retain[1]).start(model, heldout_logits=bad)
+    with pytest.raises(TypeError, match="staged must be a bool"):
+        AutoStop(forget, heldout, retain[1], staged=1)

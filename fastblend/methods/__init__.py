@@ -445,20 +445,22 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
                              "config.anchor_weight", unseen_logits=unseen_logits)
         ctx.info["anchor"] = {"rows": int(anchor[0].shape[0]), "weight": float(cfg.anchor_weight)}
     setup_seconds = time.perf_counter() - t_setup if unseen_logits is not None else 0.0
-    del unseen_logits  # [N_u, C]: not needed while training
     if setup_seconds:
         ctx.info["setup_seconds"] = setup_seconds
     data = RunData(r, f, matched if matched is not None else u, fixed, anchor, odds_target)
     stopper = None
     if stop is not None:
-        stopper = stop if isinstance(stop, AutoStop) else AutoStop(
+        own = not isinstance(stop, AutoStop)
+        stopper = stop if not own else AutoStop(
             (f.images, f.labels), (u.images, u.labels), retain_labels("stop"), seed=seed,
             matched_heldout=None if matched is None else (matched.images, matched.labels))
-        stopper.start(work)  # the untouched model's held-out accuracy, which the rule keeps
+        # the untouched model's held-out accuracy, which the rule keeps (from the set-up's forward when it is ours)
+        stopper.start(work, heldout_logits=unseen_logits if own else None)
         every = eval_every_for(planned_steps(spec.name, cfg, len(r)), stopper.evaluations)
         if not eval_every:
             eval_every = every
         callback = _with_stop(callback, stopper, every)
+    del unseen_logits  # [N_u, C]: not needed while training
     if setup_seconds and callback is not None:  # the caller's and the stop's clock count the set-up: the method's time
         callback = _after_setup(callback, setup_seconds)
     before = stopper.eval_seconds if stopper is not None else 0.0

@@ -350,13 +350,14 @@ class AutoStop:
         return self.baseline
 
     def check(self, model: nn.Module, step: int = 0, seconds: float = 0.0,
-              full_below: float = math.inf) -> AutoStopCheck:
-        """Evaluate ``model`` against the rule (recorded in :attr:`history`); does not decide the stop. With the
-        default ``full_below`` everything is measured. Otherwise (``__call__`` passes the closest evaluation's
-        shortfall) the held-out images that only (c) needs are forwarded when the forget-side conditions hold
-        (and ``step >= min_steps``), when no baseline is known yet, when not :attr:`staged`, or when the
-        forget-side shortfall, a lower bound of the whole one, is at most ``full_below``; else the check is
-        ``partial``."""
+              full_below: float | None = None) -> AutoStopCheck:
+        """Evaluate ``model`` against the rule (recorded in :attr:`history`); does not decide the stop. With
+        ``full_below=None`` (default) everything is measured. Otherwise (``__call__`` passes the closest
+        evaluation's shortfall) the held-out images that only (c) needs are forwarded only at or after
+        ``min_steps`` (before, a check is never a stop nor the closest) and when the forget-side conditions hold,
+        or when the forget-side shortfall, a lower bound of the whole one, is at most ``full_below`` (the check
+        could be the closest so far); else the check is ``partial``. Not :attr:`staged`, or with no baseline known
+        yet, everything is measured."""
         if not isinstance(model, nn.Module):
             raise TypeError(f"AutoStop: model must be a torch.nn.Module, got {type(model).__name__}")
         dev = model_device(model)
@@ -432,8 +433,8 @@ class AutoStop:
                                                        max(r.se, 0.5), short)
         eligible = step >= self.min_steps
         partial_short = sum(short) if eligible else math.inf
-        complete = (not self.staged or self.baseline is None or (eligible and all(conditions.values()))
-                    or partial_short <= full_below)
+        complete = (full_below is None or not self.staged or self.baseline is None
+                    or (eligible and (all(conditions.values()) or partial_short <= full_below)))
         acc_h = math.nan
         head: list[float] = []
         if complete:

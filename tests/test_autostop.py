@@ -291,7 +291,7 @@ def test_a_pruned_run_and_a_reused_stop_get_their_own_closest_weights():
     model = fastblend.train_model(_net(), (torch.cat([retain[0], forget[0]]), torch.cat([retain[1], forget[1]])),
                                   config={"epochs": 30, "lr": 0.05, "batch_size": 32, "warmup_epochs": 0})
     class NeverDone(AutoStop):  # the rule never holds and the earliest evaluation after step 0 is the closest
-        def check(self, model, step=0, seconds=0.0, full_below=float("inf")):
+        def check(self, model, step=0, seconds=0.0, full_below=None):
             check = super().check(model, step, seconds, full_below)
             check.done, check.shortfall = False, (float(step) if step >= 1 else float("inf"))
             return check
@@ -326,7 +326,8 @@ class _Counting(_Memoriser):
 
 def _run_through(stop: AutoStop, model: _Counting, alphas: list[float]) -> list[bool]:
     stop.start(model)
-    decisions = []
+    model.alpha = 0.0
+    decisions = [stop(model, 0, 0.0)]  # the untouched model, as unlearn evaluates it before the first step
     for step, alpha in enumerate(alphas, start=1):
         model.alpha = alpha
         decisions.append(stop(model, step, float(step)))
@@ -357,7 +358,9 @@ def test_staged_evaluations_decide_as_full_ones_at_fewer_forwards(sets, slack, a
     partial = [h for h in s_s.history if h.partial]
     # an evaluation nearer the rule than every earlier one is measured in full (it could be the closest); those
     # after the nearest one (alpha 1.0 in the second run) skip (c)
-    assert bool(partial) == (slack == 0.0)
+    # before min_steps (step 0) a check is never a stop nor the closest: (c) is skipped there
+    assert s_s.history[0].partial and s_s.history[0].step == 0
+    assert any(h.partial for h in s_s.history[1:]) == (slack == 0.0)
     assert all(h.heldout_acc != h.heldout_acc and "heldout_kept" not in h.conditions for h in partial)
     assert not any(h.partial for h in s_f.history)
     # each partial evaluation skipped the 600 held-out rows

@@ -7,7 +7,11 @@ kind, several seeds, judged against Retrain's seed band.
 One command, resumable. The work is split into units, each written atomically to its own JSON file as
 soon as it finishes (``DIR/<family>/seed<s>/<unit>.json``; ``<family>`` is the forget kind, or
 ``resnet18bn-w<W>-<kind>`` for the BatchNorm ResNet-18 cell); a rerun skips every unit whose file
-exists, so an interruption loses at most the unit that was running. Units per (family, seed):
+exists, so an interruption loses at most the unit that was running. ``DIR/matrix.json`` records the settings
+that decide what a unit means (the data limit, the budget factor, ``--config``) and the code that ran the units
+(commit, and a hash of uncommitted changes): a resume under other settings is refused, and under other code
+unless ``--allow-code-change`` (a changed default recipe would otherwise mix into one table). Units per
+(family, seed):
 
 - ``retrain``: the untouched original (the do-nothing row, its distance to the band and the
   easy/hard label), the run's own timed and tracked Retrain, the cached members of Retrain's seed
@@ -37,10 +41,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import math
 import os
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -402,14 +408,68 @@ def run_family(out: Path, family: str, kind: str, cfg, seeds: list[int], methods
     return done
 
 
+def code_state() -> dict:
+    """Which code runs the units: the checkout's commit and, when its tracked files (outside results and prose)
+    differ from it, a hash of that difference (``None`` outside a git checkout)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        def git(*args: str) -> bytes:
+            return subprocess.run(["git", "-C", str(root), *args], capture_output=True, check=True,
+                                  timeout=30).stdout
+
+        commit = git("rev-parse", "HEAD").decode().strip()
+        diff = git("diff", "HEAD", "--", ".", ":(exclude)benchmarks/results-*", ":(exclude)tests", ":(exclude)*.md")
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "changes": None}
+    return {"commit": commit, "changes": hashlib.sha256(diff).hexdigest()[:16] if diff else None}
+
+
+MANIFEST = "matrix.json"
+
+
+def check_manifest(out: Path, settings: dict, allow_code_change: bool = False) -> dict:
+    """The folder's manifest (``matrix.json``: the settings that decide what a unit means, and the code that ran
+    its units), written on a first run. A resumed folder must have the same settings, and the same code unless
+    ``allow_code_change`` (then the new code is added to the manifest's ``code`` list): units run under another
+    default recipe, data limit or budget would otherwise sit side by side in one table."""
+    path = out / MANIFEST
+    code = code_state()
+    settings = json.loads(json.dumps(_json(settings), sort_keys=True))
+    if path.exists():
+        manifest = json.loads(path.read_text())
+        differ = sorted(k for k in set(settings) | set(manifest.get("settings", {}))
+                        if settings.get(k) != manifest.get("settings", {}).get(k))
+        if differ:
+            raise ValueError(f"bench_matrix: {out} holds units run with other settings ("
+                             + "; ".join(f"{k}: {manifest['settings'].get(k)!r} there, {settings.get(k)!r} now"
+                                         for k in differ) + "); use a new --out, or the folder's settings")
+        if code not in manifest["code"]:
+            if not allow_code_change:
+                raise ValueError(f"bench_matrix: {out} holds units run by other code ({manifest['code'][-1]}, now "
+                                 f"{code}): a changed default or recipe would mix in one table. Use a new --out, or "
+                                 "--allow-code-change to add units anyway (the manifest then lists both)")
+            manifest["code"].append(code)
+            atomic_write_text(path, json.dumps(manifest, indent=1, sort_keys=True), fn="bench_matrix")
+        return manifest
+    earlier = any(out.glob("*/seed*/*.json"))
+    manifest = {"settings": settings, "code": [code], "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "note": "the folder held units before this manifest was written" if earlier else None}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(manifest, indent=1, sort_keys=True), fn="bench_matrix")
+    return manifest
+
+
 def run_matrix(out: str | Path, kinds: list[str], seeds: list[int], methods: list[str], limit: int | None = 2000,
                budget_factor: float = 1.0, resnet: bool = False, convnet: bool = True, resnet_width: int = 8,
                resnet_seeds: list[int] | None = None, overrides: dict | None = None, auto: bool | None = None,
-               log: Callable[[str], None] = print) -> int:
-    """Run every missing unit (see the module's docstring); returns how many units were run."""
+               log: Callable[[str], None] = print, allow_code_change: bool = False) -> int:
+    """Run every missing unit (see the module's docstring); returns how many units were run. The folder's
+    manifest (:func:`check_manifest`) refuses a resume under other settings or other code."""
     out = Path(out)
     overrides = dict(overrides or {})
     auto = auto_stop_available() if auto is None else auto
+    check_manifest(out, {"limit": limit, "budget_factor": budget_factor, "overrides": overrides},
+                   allow_code_change)
     done = 0
     if convnet:
         for seed in seeds:  # seed outermost: a cut-short run has whole seeds of every kind
@@ -440,6 +500,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resnet-seeds", type=int, nargs="+", default=None, help="default: the first of --seeds")
     p.add_argument("--no-auto", action="store_true", help="skip the auto-stop units even where the auto stop exists")
     p.add_argument("--config", default=None, help="a JSON file of ExperimentConfig overrides")
+    p.add_argument("--allow-code-change", action="store_true",
+                   help="resume a folder whose units other code ran (recorded in its matrix.json)")
     args = p.parse_args(argv)
     unknown = sorted(set(args.methods) - set(BASE_METHODS) - set(ACCELERATED))
     if unknown:
@@ -455,9 +517,14 @@ def main(argv: list[str] | None = None) -> int:
     auto = auto_stop_available() and not args.no_auto
     log(f"matrix: out {args.out}, limit {args.limit}, seeds {args.seeds}, kinds {args.kinds}, methods {args.methods}, "
         f"budget {args.budget_factor} x Retrain, auto stop {'yes' if auto else 'no'}")
-    done = run_matrix(args.out, args.kinds, args.seeds, args.methods, args.limit, args.budget_factor, args.resnet,
-                      not args.no_convnet, args.resnet_width, args.resnet_seeds, overrides,
-                      False if args.no_auto else None, log)
+    try:
+        done = run_matrix(args.out, args.kinds, args.seeds, args.methods, args.limit, args.budget_factor, args.resnet,
+                          not args.no_convnet, args.resnet_width, args.resnet_seeds, overrides,
+                          False if args.no_auto else None, log, args.allow_code_change)
+    except ValueError as exc:
+        if not str(exc).startswith("bench_matrix:"):
+            raise
+        p.error(str(exc).removeprefix("bench_matrix: "))
     log(f"matrix: {done} units run in {time.perf_counter() - t0:.0f}s")
     return 0
 

@@ -74,11 +74,25 @@ def test_the_matrix_resumes_and_its_readme_reads_the_unit_files(tmp_path, monkey
     assert "curves' MIA is another estimate" not in offset_by(0.0)
     assert "it is -2.5 points off the final MIA (seeds 0)" in offset_by(-2.5)
 
-    # --config's accelerated_config reaches the accelerated methods (it was read, then never passed to unlearn)
+    # a resume under other settings is refused (its units would mix with these in one table) ...
     (folder / "a_finetune.json").unlink()
     overrides = {**TINY, "accelerated_config": {"target": "matched_fixed"}}
-    assert bench_matrix.run_matrix(out, **{**kw, "methods": ["a_finetune"], "overrides": overrides}) == 1
-    unit = json.loads((folder / "a_finetune.json").read_text())
+    with pytest.raises(ValueError, match="other settings.*overrides"):
+        bench_matrix.run_matrix(out, **{**kw, "methods": ["a_finetune"], "overrides": overrides})
+    with pytest.raises(ValueError, match="other settings.*budget_factor"):
+        bench_matrix.run_matrix(out, **{**kw, "budget_factor": 0.5})
+    # ... and under other code unless allowed, which the manifest then records
+    manifest = json.loads((out / "matrix.json").read_text())
+    assert manifest["settings"]["limit"] == 240 and len(manifest["code"]) == 1
+    monkeypatch.setattr(bench_matrix, "code_state", lambda: {"commit": "another", "changes": None})
+    with pytest.raises(ValueError, match="other code.*--allow-code-change"):
+        bench_matrix.run_matrix(out, **kw)
+    assert bench_matrix.run_matrix(out, **kw, allow_code_change=True) == 1
+    assert json.loads((out / "matrix.json").read_text())["code"][1] == {"commit": "another", "changes": None}
+    # --config's accelerated_config reaches the accelerated methods (it was read, then never passed to unlearn)
+    other = tmp_path / "matrix-target"
+    assert bench_matrix.run_matrix(other, **{**kw, "methods": ["a_finetune"], "overrides": overrides}) == 1
+    unit = json.loads((other / "uniform" / "seed0" / "a_finetune.json").read_text())
     assert unit["method_config"] == {"target": "matched_fixed"} == unit["config"]["accelerated_config"]
 
 

@@ -133,13 +133,14 @@ def _distinct_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.arange(n), torch.arange(n)
     gen = torch.Generator().manual_seed(0)
     proj = torch.randn(flat.shape[1], 2, generator=gen, dtype=torch.float64).to(flat.device)
-    keys = (flat.double() @ proj).cpu()
+    chunk = max(1, (1 << 22) // flat.shape[1])  # rows at a time: float64 copies of about 32 MB
+    keys = torch.cat([(flat[s:s + chunk].double() @ proj).cpu() for s in range(0, n, chunk)])
     _, group = torch.unique(keys, dim=0, return_inverse=True)
     first = torch.full((int(group.max()) + 1,), n, dtype=torch.long).scatter_reduce(0, group, torch.arange(n),
                                                                                   reduce="amin")
-    same = flat == flat[first[group].to(flat.device)]
-    if not bool(same.reshape(n, -1).all()):  # a projection collision (or NaN pixels): forward every row
-        return torch.arange(n), torch.arange(n)
+    rep = first[group].to(flat.device)
+    if not all(bool((flat[s:s + chunk] == flat[rep[s:s + chunk]]).all()) for s in range(0, n, chunk)):
+        return torch.arange(n), torch.arange(n)  # a projection collision (or NaN pixels): forward every row
     keep = first.sort().values
     position = torch.empty(n, dtype=torch.long)
     position[keep] = torch.arange(keep.numel())

@@ -399,3 +399,18 @@ def test_start_takes_the_heldout_logits_already_computed(sets):
             AutoStop(forget, heldout, retain[1]).start(model, heldout_logits=bad)
     with pytest.raises(TypeError, match="staged must be a bool"):
         AutoStop(forget, heldout, retain[1], staged=1)
+
+
+def test_rows_are_grouped_only_when_equal():
+    from fastblend.autostop import _distinct_rows
+
+    x = torch.randn(20, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    pick = torch.tensor([3, 1, 3, 7, 1, 1, 0])
+    keep, inverse = _distinct_rows(x[pick])
+    assert keep.tolist() == [0, 1, 3, 6] and torch.equal(x[pick][keep][inverse], x[pick])
+    nan = x[pick].clone()
+    nan[0, 0, 0, 0] = float("nan")  # NaN != NaN: nothing is grouped, every row forwarded
+    assert _distinct_rows(nan)[0].tolist() == list(range(7))
+    near = x[[2, 2]].clone()
+    near[1, 0, 0, 0] += 1e-6  # a row one pixel apart is its own
+    assert _distinct_rows(near)[0].tolist() == [0, 1]

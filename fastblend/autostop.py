@@ -528,13 +528,15 @@ class AutoStop:
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready: ``stopped``, ``step``, ``seconds`` (at the stop, own evaluations included), ``reason``,
-        ``kind``, ``whole_classes``, ``baseline_heldout_acc``, ``compared_with``, ``evaluations``, ``eval_seconds``,
+        ``kind``, ``whole_classes``, ``baseline_heldout_acc``, ``compared_with``, ``evaluations``,
+        ``partial_evaluations`` (those that skipped (c): :attr:`staged`), ``eval_seconds``,
         ``restored_step`` (the step whose weights :meth:`finish` put back, else ``None``), ``closest`` (that
         evaluation's step, seconds and shortfall, ``None`` before one counts) and the last evaluation."""
         return {"stopped": self.stopped, "step": self.stop_step, "seconds": self.stop_seconds, "reason": self.reason,
                 "kind": self.kind, "whole_classes": list(self.whole_classes), "baseline_heldout_acc": self.baseline,
                 "compared_with": "heldout" if self.matched is None else "matched_heldout",
-                "evaluations": len(self.history), "eval_seconds": self.eval_seconds,
+                "evaluations": len(self.history), "partial_evaluations": sum(h.partial for h in self.history),
+                "eval_seconds": self.eval_seconds,
                 "restored_step": self.restored_step,
                 "closest": None if self._closest is None else {k: self._closest[0].as_dict()[k] for k in
                                                                ("step", "seconds", "shortfall")},

@@ -363,6 +363,7 @@ def test_staged_evaluations_decide_as_full_ones_at_fewer_forwards(sets, slack, a
     assert any(h.partial for h in s_s.history[1:]) == (slack == 0.0)
     assert all(h.heldout_acc != h.heldout_acc and "heldout_kept" not in h.conditions for h in partial)
     assert not any(h.partial for h in s_f.history)
+    assert s_s.summary()["partial_evaluations"] == len(partial) and s_f.summary()["partial_evaluations"] == 0
     # each partial evaluation skipped the 600 held-out rows
     assert m_f.rows - m_s.rows == 600 * len(partial)
 

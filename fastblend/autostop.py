@@ -32,6 +32,7 @@ loss distributions, the quantity A-AMU's regulariser matches) so a user can see 
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 import time
@@ -75,9 +76,9 @@ class AutoStopCheck:
     #: how far the model is from the rule: each failing condition's shortfall in its own standard errors,
     #: summed (0 when every condition holds; ``inf`` before ``min_steps``)
     shortfall: float = 0.0
-    #: ``True`` when (c) was not measured because a forget-side condition had already failed and the evaluation
-    #: could not be the closest so far (``staged``): ``heldout_acc`` is NaN, ``conditions`` lacks
-    #: ``"heldout_kept"`` and ``shortfall`` is a lower bound
+    #: ``True`` when (c) was not measured (``staged``): before ``min_steps``, or when a forget-side condition had
+    #: already failed and the evaluation could not be the closest so far; ``heldout_acc`` is NaN, ``conditions``
+    #: lacks ``"heldout_kept"`` and ``shortfall`` is a lower bound
     partial: bool = False
 
     def as_dict(self) -> dict[str, Any]:
@@ -115,6 +116,15 @@ def _ks(a: torch.Tensor, b: torch.Tensor) -> float:
     ca = torch.searchsorted(a.sort().values.contiguous(), grid, right=True).double() / a.numel()
     cb = torch.searchsorted(b.sort().values.contiguous(), grid, right=True).double() / b.numel()
     return float((ca - cb).abs().max())
+
+
+def _takes_full_below(check: Any) -> bool:
+    """Whether a ``check`` method accepts ``full_below`` (a subclass may override it with the older signature)."""
+    try:
+        params = inspect.signature(check).parameters
+    except (TypeError, ValueError):
+        return False
+    return "full_below" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 def _describe(x: Any) -> str:
@@ -333,9 +343,14 @@ class AutoStop:
         rows = self._heldout_rows
         if heldout_logits is not None and not (
                 isinstance(heldout_logits, torch.Tensor) and heldout_logits.dim() == 2
-                and heldout_logits.is_floating_point() and heldout_logits.shape[0] == self._heldout_total):
-            raise ValueError("AutoStop.start: heldout_logits must be a floating [N, C] tensor with one row per "
-                             f"held-out image given to AutoStop, got {_describe(heldout_logits)}")
+                and heldout_logits.is_floating_point() and heldout_logits.shape[0] == self._heldout_total
+                and heldout_logits.shape[1] >= 1):
+            raise ValueError("AutoStop.start: heldout_logits must be a floating [N, C] tensor (C >= 1) with one row "
+                             f"per held-out image given to AutoStop ({self._heldout_total}), got "
+                             f"{_describe(heldout_logits)}")
+        if heldout_logits is not None and not bool(torch.isfinite(heldout_logits).all()):
+            raise ValueError("AutoStop.start: heldout_logits must be finite (NaN or inf logits would set the held-out "
+                             "accuracy the rule keeps from arbitrary predictions)")
         self.history, self._run, self._closest, self.restored_step = [], 0, None, None
         self.stopped, self.stop_step, self.stop_seconds, self.reason = False, None, None, "not evaluated yet"
         self.eval_seconds = 0.0
@@ -473,7 +488,8 @@ class AutoStop:
         # (c)'s held-out forwards are needed only where the check could stop the run or be the closest so far
         best = (self._closest[0].shortfall if self._closest is not None else math.inf) if self.keep_closest \
             else -math.inf
-        check = self.check(model, step, seconds, best)
+        check = self.check(model, step, seconds, full_below=best) if _takes_full_below(type(self).check) else \
+            self.check(model, step, seconds)  # a subclass's check of the older signature: everything measured
         self._run = self._run + 1 if check.done else 0
         # under torch.distributed every rank calls at the same steps; rank 0's answer holds everywhere,
         # so no rank trains on alone (a DDP hang) even if float differences split the ranks' statistics
@@ -493,7 +509,8 @@ class AutoStop:
         elif not self.stopped:
             failing = [k for k, ok in check.conditions.items() if not ok]
             self.reason = ("not stopped: " + (", ".join(failing) + " did not hold" if failing else
-                                              f"fewer than min_steps={self.min_steps} steps"))
+                                              f"fewer than min_steps={self.min_steps} steps")
+                           + (" (heldout_kept not measured: staged)" if check.partial and failing else ""))
         return self.stopped
 
     def finish(self, model: nn.Module, step: int | None = None, seconds: float | None = None) -> bool:
@@ -522,7 +539,8 @@ class AutoStop:
         self.restored_step = check.step
         self.reason += (f"; the run ended without it, so the model is the one of step {check.step}, the evaluation "
                         f"closest to the rule (shortfall {check.shortfall:.2f} standard errors against "
-                        f"{self.history[-1].shortfall:.2f} at the end)")
+                        f"{'at least ' if self.history[-1].partial else ''}{self.history[-1].shortfall:.2f} at the "
+                        "end)")
         self.eval_seconds += time.perf_counter() - t0
         return True
 

@@ -291,8 +291,8 @@ def test_a_pruned_run_and_a_reused_stop_get_their_own_closest_weights():
     model = fastblend.train_model(_net(), (torch.cat([retain[0], forget[0]]), torch.cat([retain[1], forget[1]])),
                                   config={"epochs": 30, "lr": 0.05, "batch_size": 32, "warmup_epochs": 0})
     class NeverDone(AutoStop):  # the rule never holds and the earliest evaluation after step 0 is the closest
-        def check(self, model, step=0, seconds=0.0, full_below=None):
-            check = super().check(model, step, seconds, full_below)
+        def check(self, model, step=0, seconds=0.0):  # the signature before staged evaluations: still called
+            check = super().check(model, step, seconds)
             check.done, check.shortfall = False, (float(step) if step >= 1 else float("inf"))
             return check
 
@@ -366,6 +366,11 @@ def test_staged_evaluations_decide_as_full_ones_at_fewer_forwards(sets, slack, a
     assert s_s.summary()["partial_evaluations"] == len(partial) and s_f.summary()["partial_evaluations"] == 0
     # each partial evaluation skipped the 600 held-out rows
     assert m_f.rows - m_s.rows == 600 * len(partial)
+    if slack == 0.0:  # the run ended on a partial evaluation: its reason says (c) went unmeasured, and that the
+        # end's shortfall is only a lower bound
+        assert s_s.history[-1].partial and s_s.restored_step is not None
+        assert "heldout_kept not measured" in s_s.reason and "against at least" in s_s.reason
+        assert "not measured" not in s_f.reason and "at least" not in s_f.reason
 
 
 def test_matched_images_drawn_twice_are_forwarded_once(sets):
@@ -395,9 +400,15 @@ def test_start_takes_the_heldout_logits_already_computed(sets):
         assert stop.start(model, heldout_logits=logits) == AutoStop(forget, heldout, retain[1], seed=0,
                                                                     max_samples=limit).start(model) - 0.0
         assert model.rows == stop.heldout[1].numel()  # only the second stop forwarded
-    for bad in (logits[:10], logits.long(), logits[:, 0], "logits"):
+    for bad in (logits[:10], logits.long(), logits[:, 0], logits[:, :0], "logits"):
         with pytest.raises(ValueError, match="heldout_logits must be a floating"):
             AutoStop(forget, heldout, retain[1]).start(model, heldout_logits=bad)
+    stop = AutoStop(forget, heldout, retain[1])
+    stop.start(model)
+    stop(model, 1, 0.0)
+    with pytest.raises(ValueError, match="heldout_logits must be finite"):
+        stop.start(model, heldout_logits=torch.full_like(logits, float("nan")))
+    assert len(stop.history) == 1  # refused before the new run's reset: the first run's record is intact
     with pytest.raises(TypeError, match="staged must be a bool"):
         AutoStop(forget, heldout, retain[1], staged=1)
 

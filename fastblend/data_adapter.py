@@ -31,6 +31,7 @@ from torch.utils.data import (
     DataLoader,
     Dataset,
     IterableDataset,
+    RandomSampler,
     Sampler,
     SequentialSampler,
     Subset,
@@ -178,11 +179,20 @@ class DataView:
         return moved
 
     def materialise(self, fn: str) -> DataView:
-        """The same data in memory (iterates a loader once; its own shuffling and transforms apply)."""
+        """The same data in memory (iterates a loader once, with its collate function and its dataset's
+        transforms). A loader that only shuffles its map-style dataset (torch's ``RandomSampler`` over every item,
+        without replacement) is read in the dataset's order: the rows are the same set, and a rerun with the same
+        seed sees them in the same order (the shuffled order would change with the global RNG)."""
         if self.images is not None:
             return self
         xs, ys = [], []
         source = self.loader if self.dataset is None else self._stream(torch.arange(len(self)), 512, False)
+        if self.dataset is None and _only_shuffles(self.loader):
+            loader = self.loader
+            source = DataLoader(loader.dataset, batch_size=loader.batch_size, shuffle=False,
+                                num_workers=loader.num_workers, collate_fn=loader.collate_fn,
+                                pin_memory=loader.pin_memory, worker_init_fn=loader.worker_init_fn,
+                                multiprocessing_context=loader.multiprocessing_context if loader.num_workers else None)
         for batch in source:
             x, y = _unpack_batch(batch, self.name, fn)
             xs.append(x)
@@ -319,6 +329,18 @@ def is_streamed_dataset(obj: Any) -> bool:
     dataset with an ``images`` tensor are in memory already; an ``IterableDataset`` has no rows to index."""
     return (isinstance(obj, Dataset) and not isinstance(obj, (TensorDataset, IterableDataset))
             and callable(getattr(obj, "__len__", None)) and not torch.is_tensor(getattr(obj, "images", None)))
+
+
+def _only_shuffles(loader: DataLoader) -> bool:
+    """Whether ``loader`` reads every item of its map-style dataset once in a random order: torch's
+    ``RandomSampler`` without replacement over the whole dataset, in torch's ``BatchSampler`` (``shuffle=True``,
+    ``drop_last=False``)."""
+    if isinstance(loader.dataset, IterableDataset) or loader.batch_sampler is None \
+            or type(loader.batch_sampler) is not BatchSampler or loader.drop_last:
+        return False  # drop_last drops a random few: the loader's own reading decides which
+    sampler = loader.batch_sampler.sampler
+    return (type(sampler) is RandomSampler and not sampler.replacement
+            and sampler.num_samples == len(loader.dataset))
 
 
 def reads_in_dataset_order(loader: DataLoader) -> bool:

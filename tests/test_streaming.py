@@ -210,6 +210,25 @@ def test_unlearn_on_a_dataset_equals_tensors(method, cfg, rows):
         assert torch.equal(pa, pb)
 
 
+@pytest.mark.parametrize("method", ["a_finetune", "neggrad_plus"])
+def test_shuffling_forget_and_unseen_loaders_do_not_change_a_rerun(method):
+    # the forget and unseen sets are read once into memory; a loader that only shuffles is read in its dataset's
+    # order, so the same seed gives the same model whatever the global RNG (it used to follow the shuffle)
+    model, (xr, yr), (xf, yf), (xu, yu) = _task()
+    ref = fastblend.unlearn(method, model, (xr, yr), (xf, yf), (xu, yu), config=dict(epochs=2, lr=0.05), seed=5)
+    for rng in (1, 2):
+        torch.manual_seed(rng)
+        got = fastblend.unlearn(method, model, (xr, yr), DataLoader(Rows(xf, yf), batch_size=4, shuffle=True),
+                                DataLoader(Rows(xu, yu), batch_size=4, shuffle=True), config=dict(epochs=2, lr=0.05),
+                                seed=5)
+        assert got.losses == ref.losses
+        for pa, pb in zip(ref.model.parameters(), got.model.parameters()):
+            assert torch.equal(pa, pb)
+    # a loader with a sampler of its own (here: dropping a random few) keeps its own reading
+    loader = DataLoader(Rows(xf, yf), batch_size=4, shuffle=True, drop_last=True)
+    assert as_data(loader, "forget", "t").materialise("t").labels.numel() == len(yf) // 4 * 4
+
+
 def test_a_streamed_retain_set_without_labels_gets_the_papers_recipe_and_says_why():
     """``request="auto"`` never reads a streamed set whole just to choose its recipe."""
     model, (xr, yr), (xf, yf), (xu, yu) = _task()

@@ -292,9 +292,11 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
             paper's on scattered samples.
         device: where to run; default the model's device.
         seed: seeds batch order, samplers and fresh initialisations (own generators; the global RNG
-            is untouched). A ``DataLoader`` passed as data keeps its own order and transforms: a shuffling one
-            (or random transforms) reads differently on each run unless the torch RNG is seeded first, so pass
-            ``shuffle=False`` loaders (or tensors, Datasets) for bit-identical reruns.
+            is untouched). A ``DataLoader`` passed as data keeps its transforms, and the retain loader its own
+            batch order (a shuffling one reads differently on each run unless the torch RNG is seeded first). The
+            forget and unseen sets are read once into memory, a loader that only shuffles (``shuffle=True``,
+            ``drop_last=False``) in its dataset's order, so they do not change a rerun; random transforms in a
+            dataset still do.
         progress: a tqdm bar over epochs; ``None``: off unless ``FASTBLEND_PROGRESS=1`` (``fastblend._progress``).
         callback: ``callback(model, step, seconds)`` before the first optimiser step, after every
             ``eval_every``-th and after the last (SSD: before and after), ``seconds`` being the

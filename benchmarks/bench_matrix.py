@@ -418,7 +418,10 @@ def code_state() -> dict:
                                   timeout=30).stdout
 
         commit = git("rev-parse", "HEAD").decode().strip()
-        diff = git("diff", "HEAD", "--", ".", ":(exclude)benchmarks/results-*", ":(exclude)tests", ":(exclude)*.md")
+        spec = ["--", ".", ":(exclude)benchmarks/results-*", ":(exclude)tests", ":(exclude)*.md"]
+        diff = git("diff", "HEAD", *spec)
+        for name in sorted(git("ls-files", "--others", "--exclude-standard", *spec).decode().splitlines()):
+            diff += name.encode() + b"\0" + (root / name).read_bytes()  # new files not yet committed count too
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "changes": None}
     return {"commit": commit, "changes": hashlib.sha256(diff).hexdigest()[:16] if diff else None}
@@ -433,10 +436,19 @@ def check_manifest(out: Path, settings: dict, allow_code_change: bool = False) -
     ``allow_code_change`` (then the new code is added to the manifest's ``code`` list): units run under another
     default recipe, data limit or budget would otherwise sit side by side in one table."""
     path = out / MANIFEST
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"bench_matrix: --out {out} is a file, not a folder")
     code = code_state()
     settings = json.loads(json.dumps(_json(settings), sort_keys=True))
     if path.exists():
-        manifest = json.loads(path.read_text())
+        try:
+            manifest = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"bench_matrix: {path} cannot be read ({exc}); restore it, or use a new --out") from None
+        if not (isinstance(manifest, dict) and isinstance(manifest.get("settings"), dict)
+                and isinstance(manifest.get("code"), list) and manifest["code"]):
+            raise ValueError(f"bench_matrix: {path} is not a matrix manifest (it needs 'settings' and a non-empty "
+                             "'code' list); restore it, or use a new --out")
         differ = sorted(k for k in set(settings) | set(manifest.get("settings", {}))
                         if settings.get(k) != manifest.get("settings", {}).get(k))
         if differ:
@@ -506,8 +518,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(args.methods) - set(BASE_METHODS) - set(ACCELERATED))
     if unknown:
         p.error(f"unknown methods {unknown}")
-    if args.budget_factor <= 0:
-        p.error("--budget-factor must be > 0")
+    if not (math.isfinite(args.budget_factor) and args.budget_factor > 0):
+        p.error("--budget-factor must be a finite number > 0")
     overrides = json.loads(Path(args.config).read_text()) if args.config else {}
     t0 = time.perf_counter()
 

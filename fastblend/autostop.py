@@ -40,6 +40,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -250,9 +251,9 @@ class AutoStop:
                 raise ValueError(f"{fn}: {name} must be an int" + (f" >= {low}" if low is not None else "")
                                  + f", got {value!r}")
         for name, flag in (("keep_closest", keep_closest), ("staged", staged)):
-            if not isinstance(flag, bool):
+            if not isinstance(flag, (bool, np.bool_)):
                 raise TypeError(f"{fn}: {name} must be a bool, got {type(flag).__name__}")
-        self.keep_closest, self.staged = keep_closest, staged
+        self.keep_closest, self.staged = bool(keep_closest), bool(staged)
         self._closest: tuple[AutoStopCheck, dict[str, torch.Tensor]] | None = None  # (its evaluation, weights)
         self.restored_step: int | None = None  # the step whose weights finish() put back
         gen = torch.Generator().manual_seed(int(seed))
@@ -268,8 +269,11 @@ class AutoStop:
         classes = torch.unique(fy)
         missing = [int(c) for c in classes if not bool((hy == c).any())]
         if missing:
-            raise ValueError(f"{fn}: heldout has no images of the forget classes {missing}; the stop compares the "
-                             "forget set with unseen images of its own classes")
+            drawn = "" if self._heldout_rows is None else (
+                f" among the {hy.numel()} drawn by max_samples={max_samples} (raise it, or pass held-out images of "
+                "every forget class)")
+            raise ValueError(f"{fn}: heldout has no images of the forget classes {missing}{drawn}; the stop compares "
+                             "the forget set with unseen images of its own classes")
         if self.matched is not None:
             if not bool(torch.isin(classes, self.matched[1]).any()):
                 raise ValueError(f"{fn}: matched_heldout has no images of the forget classes "
@@ -312,6 +316,12 @@ class AutoStop:
         self.reason = "not evaluated yet"
         self.eval_seconds = 0.0
         self._run = 0
+        self._baseline_width: int | None = None  # the width of start()'s heldout_logits, checked at the first check
+        kept = ~torch.isin(hy, torch.tensor(whole, dtype=torch.long))
+        if not bool(kept.any()):
+            warnings.warn(f"{fn}: heldout holds images of the classes forgotten whole ({whole}) only, so rule (c) "
+                          "(held-out accuracy kept on the other classes) cannot be checked; pass held-out images of "
+                          "the classes the model keeps", UserWarning, stacklevel=2)
 
     # ------------------------------------------------------------------------------------------------
     def _held_out_accuracy(self, correct_h: torch.Tensor) -> tuple[float, int]:
@@ -362,6 +372,7 @@ class AutoStop:
         else:
             lh = predict_logits(model, self.heldout[0], device=dev).float().cpu()
         self.baseline, _ = self._held_out_accuracy(lh.argmax(1) == self.heldout[1])
+        self._baseline_width = None if heldout_logits is None else int(heldout_logits.shape[1])
         self.eval_seconds += time.perf_counter() - t0
         return self.baseline
 
@@ -376,17 +387,38 @@ class AutoStop:
         yet, everything is measured."""
         if not isinstance(model, nn.Module):
             raise TypeError(f"AutoStop: model must be a torch.nn.Module, got {type(model).__name__}")
+        step, seconds, full_below = plain_number(step), plain_number(seconds), plain_number(full_below)
+        if isinstance(step, bool) or not isinstance(step, numbers.Integral):
+            raise TypeError(f"AutoStop: step must be an int, got {type(step).__name__}")
+        if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real):
+            raise TypeError(f"AutoStop: seconds must be a number, got {type(seconds).__name__}")
+        if full_below is not None and (isinstance(full_below, bool) or not isinstance(full_below, numbers.Real)
+                                       or math.isnan(full_below)):
+            raise ValueError(f"AutoStop: full_below must be None or a number (inf allowed), got {full_below!r}")
         dev = model_device(model)
         (fx, fy), (hx, hy) = self.forget, self.heldout
         lf = predict_logits(model, fx, device=dev).float().cpu()
+        if self._baseline_width is not None and lf.shape[1] != self._baseline_width:
+            raise ValueError(f"AutoStop: the model gives {lf.shape[1]} logits per image, and the heldout_logits "
+                             f"given to start() had {self._baseline_width}; pass the untouched model's logits of the "
+                             "held-out images")
+        if not bool(torch.isfinite(lf).all()):
+            raise FloatingPointError(f"AutoStop: the model's logits on the forget images are not finite at step "
+                                     f"{step}: the run diverged (lower the learning rate)")
         n_h = hy.numel()
         lh = torch.full((n_h, lf.shape[1]), math.nan)
         first = self._first_rows
         if bool(first.any()):
             lh[first] = predict_logits(model, hx[first.to(hx.device)], device=dev).float().cpu()
+            if not bool(torch.isfinite(lh[first]).all()):
+                raise FloatingPointError(f"AutoStop: the model's logits on the held-out images are not finite at "
+                                         f"step {step}: the run diverged (lower the learning rate)")
         if self.matched is not None:  # (a) and (b) compare with held-out images as hard as the forget images
             ry = self.matched[1]
             lr = predict_logits(model, self._matched_distinct, device=dev).float().cpu()[self._matched_inverse]
+            if not bool(torch.isfinite(lr).all()):
+                raise FloatingPointError(f"AutoStop: the model's logits on the matched held-out images are not "
+                                         f"finite at step {step}: the run diverged (lower the learning rate)")
         else:
             ry, lr = hy, lh
         whole = torch.tensor(self.whole_classes, dtype=torch.long)
@@ -488,7 +520,7 @@ class AutoStop:
         # (c)'s held-out forwards are needed only where the check could stop the run or be the closest so far
         best = (self._closest[0].shortfall if self._closest is not None else math.inf) if self.keep_closest \
             else -math.inf
-        check = self.check(model, step, seconds, full_below=best) if _takes_full_below(type(self).check) else \
+        check = self.check(model, step, seconds, full_below=best) if _takes_full_below(self.check) else \
             self.check(model, step, seconds)  # a subclass's check of the older signature: everything measured
         self._run = self._run + 1 if check.done else 0
         # under torch.distributed every rank calls at the same steps; rank 0's answer holds everywhere,

@@ -21,6 +21,7 @@ engine builds on it.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -341,6 +342,21 @@ def _only_shuffles(loader: DataLoader) -> bool:
     sampler = loader.batch_sampler.sampler
     return (type(sampler) is RandomSampler and not sampler.replacement
             and sampler.num_samples == len(loader.dataset))
+
+
+def warn_partial_read(loader: DataLoader | None, rows: int, name: str, fn: str) -> None:
+    """Warn when a ``loader`` over a sized map-style dataset yielded ``rows`` rows, not one per item (a
+    ``drop_last`` or a sampler of its own): for the forget set the rest are neither forgotten nor retained."""
+    if loader is None or isinstance(loader.dataset, IterableDataset):
+        return
+    try:
+        size = len(loader.dataset)
+    except TypeError:
+        return
+    if rows != size:
+        warnings.warn(f"{fn}: the {name} DataLoader yielded {rows} rows of its dataset's {size} (drop_last or its "
+                      f"sampler): only those are treated as the {name} set; pass the whole set (a DataLoader with "
+                      "shuffle=False, the dataset, or tensors) to include every row", UserWarning, stacklevel=3)
 
 
 def reads_in_dataset_order(loader: DataLoader) -> bool:

@@ -329,8 +329,9 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
         progress: tqdm bars while building the index.
         stop: ``"auto"`` (default): ``prep.auto_stop`` is ``AutoStop(forget, unseen, the reduced set's
             labels, seed=seed)``, started on ``model`` as passed (the untouched model's held-out accuracy;
-            seconds in ``timings["auto_stop"]``); a :class:`fastblend.AutoStop` of your own (started here
-            unless it was); ``None``: no auto stop. With ``"auto"``, data the stop cannot judge (fewer than
+            seconds in ``timings["auto_stop"]``); a :class:`fastblend.AutoStop` of your own (started here on
+            ``model``: a new run, an earlier run's history and stop dropped, as ``unlearn`` does); ``None``: no
+            auto stop. With ``"auto"``, data the stop cannot judge (fewer than
             5 forget rows, unseen data lacking a forget class) leaves ``prep.auto_stop`` raising why.
         request: ``"auto"`` (default): a request that leaves no retain image of any forget class (whole
             class) runs the whole-class recipe (docs/method.md §7.6: the pooled transform, λ 5 unless
@@ -502,8 +503,9 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
                                      matched_heldout=None if target == "unseen" else (tx, ty))
             except ValueError as exc:  # the request itself is fine; only the stop cannot judge this data
                 why = str(exc)
-        if auto_stop is not None and auto_stop.baseline is None:  # the untouched model's held-out accuracy, which
-            # the rule keeps (from the set-up's forward of the unseen images when the stop is this function's)
+        if auto_stop is not None:  # a new run (a stop of the caller's too, as unlearn does): the untouched model's
+            # held-out accuracy, which the rule keeps (from the set-up's forward of the unseen images when the stop
+            # is this function's)
             auto_stop.start(step._plain, heldout_logits=u_logits if auto_stop is not stop else None)
     timings["auto_stop"] = time.perf_counter() - t2
     timings["total"] = time.perf_counter() - t0

@@ -426,3 +426,49 @@ def test_rows_are_grouped_only_when_equal():
     near = x[[2, 2]].clone()
     near[1, 0, 0, 0] += 1e-6  # a row one pixel apart is its own
     assert _distinct_rows(near)[0].tolist() == [0, 1]
+
+
+def test_hostile_inputs_to_the_stop_get_clear_errors(sets):
+    import warnings
+
+    import numpy as np
+
+    retain, forget, heldout = sets
+    model = _Memoriser(*forget)
+    assert AutoStop(forget, heldout, retain[1], staged=np.bool_(False)).staged is False  # numpy bools as bools
+    stop = AutoStop(forget, heldout, retain[1])
+    logits = model(heldout[0]).detach()
+    stop.start(model, heldout_logits=torch.cat([logits, logits[:, :1]], 1))  # one column too many
+    with pytest.raises(ValueError, match="gives 3 logits per image, and the heldout_logits given to start"):
+        stop(model, 1, 0.0)
+    stop.start(model)
+    with pytest.raises(ValueError, match="full_below must be None or a number"):
+        stop.check(model, 1, 0.0, full_below="x")
+    with pytest.raises(ValueError, match="full_below must be None or a number"):
+        stop.check(model, 1, 0.0, full_below=float("nan"))
+    with pytest.raises(TypeError, match="step must be an int"):
+        stop.check(model, "3", 0.0)
+    with pytest.raises(TypeError, match="seconds must be a number"):
+        stop.check(model, 3, "0")
+    # a subsample that drops a forget class says so
+    with pytest.raises(ValueError, match="drawn by max_samples=10"):
+        AutoStop(forget, (heldout[0][:30], torch.zeros(30, dtype=torch.long).index_fill_(0, torch.arange(29), 0)
+                          .add_(torch.arange(30) == 29)), retain[1], max_samples=10, seed=3)
+    # a check replaced on the instance with the older signature still runs
+    plain = AutoStop(forget, heldout, retain[1], slack=5.0)
+    plain.check = lambda model, step=0, seconds=0.0: AutoStop.check(plain, model, step, seconds)
+    plain.start(model)
+    model.alpha = 1.0
+    assert plain(model, 1, 0.0) and not plain.history[-1].partial
+    # a diverged model: a FloatingPointError naming the step, not an error from inside the MIA
+    with torch.no_grad():
+        model.linear.weight.fill_(float("inf"))
+    with pytest.raises(FloatingPointError, match="not finite at step 2: the run diverged"):
+        stop(model, 2, 0.0)
+    # held-out images of the class forgotten whole only: rule (c) cannot be checked, and the stop says so
+    (rx, ry), _, (hx, hy) = sets
+    with pytest.warns(UserWarning, match="rule \\(c\\).*cannot be checked"):
+        AutoStop((rx[ry == 2][:50], ry[ry == 2][:50]), (hx[hy == 2], hy[hy == 2]), ry[ry != 2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        AutoStop((rx[ry == 2][:50], ry[ry == 2][:50]), (hx, hy), ry[ry != 2])  # quiet with the other classes

@@ -89,6 +89,15 @@ def test_the_matrix_resumes_and_its_readme_reads_the_unit_files(tmp_path, monkey
         bench_matrix.run_matrix(out, **kw)
     assert bench_matrix.run_matrix(out, **kw, allow_code_change=True) == 1
     assert json.loads((out / "matrix.json").read_text())["code"][1] == {"commit": "another", "changes": None}
+    # a damaged manifest or an --out that is a file: clear errors
+    (out / "matrix.json").write_text("{")
+    with pytest.raises(ValueError, match="matrix.json cannot be read"):
+        bench_matrix.run_matrix(out, **kw)
+    (out / "matrix.json").write_text("[]")
+    with pytest.raises(ValueError, match="is not a matrix manifest"):
+        bench_matrix.run_matrix(out, **kw)
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        bench_matrix.run_matrix(out / "matrix.json", **kw)
     # --config's accelerated_config reaches the accelerated methods (it was read, then never passed to unlearn)
     other = tmp_path / "matrix-target"
     assert bench_matrix.run_matrix(other, **{**kw, "methods": ["a_finetune"], "overrides": overrides}) == 1

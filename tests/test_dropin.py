@@ -224,3 +224,19 @@ def test_auto_stop_ends_the_codebase_loop_once_forget_looks_unseen(memorised):
         tiny.auto_stop  # noqa: B018
     with pytest.raises(ValueError, match="^prepare_unlearning: stop must be 'auto', a fastblend.AutoStop or None"):
         fastblend.prepare_unlearning(model, retain, forget, unseen, stop="yes")
+
+
+def test_a_stop_of_the_callers_starts_a_new_run_in_each_prepare(memorised):
+    # a stop reused for a second request judged the second run with the first one's history and stop (it said
+    # "stopped" before any step); prepare_unlearning now starts it, as unlearn does
+    import copy
+
+    trained, retain, forget, unseen, _ = memorised
+    prep = fastblend.prepare_unlearning(copy.deepcopy(trained), retain, forget, unseen, batch_size=16, iterations=2,
+                                        seed=0)
+    stop = prep.auto_stop
+    stop(trained, 1, 0.0)
+    stop._run, stop.stopped, stop.stop_step = 1, True, 1  # as after a first run that stopped
+    again = fastblend.prepare_unlearning(copy.deepcopy(trained), retain, forget, unseen, batch_size=16, iterations=2,
+                                         seed=0, stop=stop)
+    assert again.auto_stop is stop and not stop.stopped and stop.history == [] and stop.baseline is not None

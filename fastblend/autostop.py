@@ -383,7 +383,7 @@ class AutoStop:
         evaluation's shortfall) the held-out images that only (c) needs are forwarded only at or after
         ``min_steps`` (before, a check is never a stop nor the closest) and when the forget-side conditions hold,
         or when the forget-side shortfall, a lower bound of the whole one, is at most ``full_below`` (the check
-        could be the closest so far); else the check is ``partial``. Not :attr:`staged`, or with no baseline known
+        could be the closest so far); else the check is ``partial``. Not ``staged``, or with no baseline known
         yet, everything is measured."""
         if not isinstance(model, nn.Module):
             raise TypeError(f"AutoStop: model must be a torch.nn.Module, got {type(model).__name__}")
@@ -579,7 +579,7 @@ class AutoStop:
     def summary(self) -> dict[str, Any]:
         """JSON-ready: ``stopped``, ``step``, ``seconds`` (at the stop, own evaluations included), ``reason``,
         ``kind``, ``whole_classes``, ``baseline_heldout_acc``, ``compared_with``, ``evaluations``,
-        ``partial_evaluations`` (those that skipped (c): :attr:`staged`), ``eval_seconds``,
+        ``partial_evaluations`` (those that skipped (c): ``staged``), ``eval_seconds``,
         ``restored_step`` (the step whose weights :meth:`finish` put back, else ``None``), ``closest`` (that
         evaluation's step, seconds and shortfall, ``None`` before one counts) and the last evaluation."""
         return {"stopped": self.stopped, "step": self.stop_step, "seconds": self.stop_seconds, "reason": self.reason,

@@ -387,8 +387,14 @@ def order_error(loader: DataLoader, caller: str, why: str) -> ValueError:
 
 def as_tensors(obj: Any, name: str, fn: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``(images [N, ...] floating, labels [N] int64)`` of any data argument :func:`as_data` takes, read
-    into memory once (a ``DataLoader`` in its own order, with its own shuffling and transforms)."""
-    view = as_data(obj, name, fn).materialise(fn)
+    into memory once (a ``DataLoader`` with its own sampler and transforms; one that only shuffles is read in its
+    dataset's order, :meth:`DataView.materialise`). A forget loader that yields fewer rows than its dataset holds
+    warns (:func:`warn_partial_read`)."""
+    view = as_data(obj, name, fn)
+    loader = view.loader if view.images is None and view.dataset is None else None
+    view = view.materialise(fn)
+    if name == "forget":
+        warn_partial_read(loader, len(view), name, fn)
     return view.images, view.labels
 
 

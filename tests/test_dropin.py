@@ -240,3 +240,14 @@ def test_a_stop_of_the_callers_starts_a_new_run_in_each_prepare(memorised):
     again = fastblend.prepare_unlearning(copy.deepcopy(trained), retain, forget, unseen, batch_size=16, iterations=2,
                                          seed=0, stop=stop)
     assert again.auto_stop is stop and not stop.stopped and stop.history == [] and stop.baseline is not None
+
+
+def test_a_forget_loader_that_drops_rows_warns(memorised):
+    import copy
+
+    trained, retain, forget, unseen, _ = memorised
+    loader = DataLoader(TensorDataset(*forget), batch_size=7, shuffle=True, drop_last=True)
+    assert len(forget[1]) % 7  # some rows are dropped
+    with pytest.warns(UserWarning, match="forget DataLoader yielded .* rows of its dataset's"):
+        fastblend.prepare_unlearning(copy.deepcopy(trained), retain, loader, unseen, batch_size=16, iterations=2,
+                                     seed=0)

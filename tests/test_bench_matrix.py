@@ -106,7 +106,7 @@ def test_the_matrix_resumes_and_its_readme_reads_the_unit_files(tmp_path, monkey
 
 
 @pytest.mark.parametrize("folder, name", [("benchmarks/results-2026-12-05-cpu/matrix", None),
-                                          ("benchmarks/results-2026-12-05-cpu/matrix-image-fast", "image")])
+                                          ("benchmarks/results-2026-12-05-cpu/matrix-default", "image")])
 def test_the_readme_matrix_table_is_generated_from_the_committed_files(folder, name):
     from pathlib import Path
 

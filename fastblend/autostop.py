@@ -387,14 +387,16 @@ class AutoStop:
         yet, everything is measured."""
         if not isinstance(model, nn.Module):
             raise TypeError(f"AutoStop: model must be a torch.nn.Module, got {type(model).__name__}")
-        step, seconds, full_below = plain_number(step), plain_number(seconds), plain_number(full_below)
+        step, seconds, full_below = (plain_number(v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v)
+                                     for v in (step, seconds, full_below))
         if isinstance(step, bool) or not isinstance(step, numbers.Integral):
             raise TypeError(f"AutoStop: step must be an int, got {type(step).__name__}")
         if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real):
             raise TypeError(f"AutoStop: seconds must be a number, got {type(seconds).__name__}")
-        if full_below is not None and (isinstance(full_below, bool) or not isinstance(full_below, numbers.Real)
-                                       or math.isnan(full_below)):
-            raise ValueError(f"AutoStop: full_below must be None or a number (inf allowed), got {full_below!r}")
+        if full_below is not None and (isinstance(full_below, bool) or not isinstance(full_below, numbers.Real)):
+            raise TypeError(f"AutoStop: full_below must be None or a number, got {type(full_below).__name__}")
+        if full_below is not None and math.isnan(full_below):
+            raise ValueError("AutoStop: full_below must be None or a number (inf allowed), got nan")
         dev = model_device(model)
         (fx, fy), (hx, hy) = self.forget, self.heldout
         lf = predict_logits(model, fx, device=dev).float().cpu()

@@ -193,6 +193,7 @@ class DataView:
             source = DataLoader(loader.dataset, batch_size=loader.batch_size, shuffle=False,
                                 num_workers=loader.num_workers, collate_fn=loader.collate_fn,
                                 pin_memory=loader.pin_memory, worker_init_fn=loader.worker_init_fn,
+                                generator=loader.generator, timeout=loader.timeout,  # the workers' seeds: the loader's
                                 multiprocessing_context=loader.multiprocessing_context if loader.num_workers else None)
         for batch in source:
             x, y = _unpack_batch(batch, self.name, fn)
@@ -336,27 +337,31 @@ def _only_shuffles(loader: DataLoader) -> bool:
     """Whether ``loader`` reads every item of its map-style dataset once in a random order: torch's
     ``RandomSampler`` without replacement over the whole dataset, in torch's ``BatchSampler`` (``shuffle=True``,
     ``drop_last=False``)."""
-    if isinstance(loader.dataset, IterableDataset) or loader.batch_sampler is None \
-            or type(loader.batch_sampler) is not BatchSampler or loader.drop_last:
-        return False  # drop_last drops a random few: the loader's own reading decides which
+    if isinstance(loader.dataset, IterableDataset) or loader.batch_size is None or loader.batch_sampler is None \
+            or type(loader.batch_sampler) is not BatchSampler or loader.batch_sampler.drop_last:
+        return False  # drop_last drops a random few (the loader's own reading decides which); a batch sampler of the
+        # caller's (batch_size None) is the caller's
     sampler = loader.batch_sampler.sampler
     return (type(sampler) is RandomSampler and not sampler.replacement
             and sampler.num_samples == len(loader.dataset))
 
 
 def warn_partial_read(loader: DataLoader | None, rows: int, name: str, fn: str) -> None:
-    """Warn when a ``loader`` over a sized map-style dataset yielded ``rows`` rows, not one per item (a
-    ``drop_last`` or a sampler of its own): for the forget set the rest are neither forgotten nor retained."""
-    if loader is None or isinstance(loader.dataset, IterableDataset):
-        return
+    """Warn when a ``loader`` over a sized map-style dataset (batched by the loader) yielded ``rows`` rows, not one
+    per item (a ``drop_last`` or a sampler of its own): for the forget set a row left out is neither forgotten nor
+    retained."""
+    if loader is None or isinstance(loader.dataset, IterableDataset) or loader.batch_sampler is None:
+        return  # an iterable dataset has no size to compare with; a pre-batched one (batch_size=None) holds
+        # several rows an item
     try:
         size = len(loader.dataset)
     except TypeError:
         return
     if rows != size:
-        warnings.warn(f"{fn}: the {name} DataLoader yielded {rows} rows of its dataset's {size} (drop_last or its "
-                      f"sampler): only those are treated as the {name} set; pass the whole set (a DataLoader with "
-                      "shuffle=False, the dataset, or tensors) to include every row", UserWarning, stacklevel=3)
+        warnings.warn(f"{fn}: the {name} DataLoader yielded {rows} rows for its dataset's {size} items (drop_last or "
+                      f"its sampler): what it yielded is treated as the {name} set; pass the whole set once (a "
+                      "DataLoader with shuffle=False, the dataset, or tensors) to use every row", UserWarning,
+                      stacklevel=3)
 
 
 def reads_in_dataset_order(loader: DataLoader) -> bool:

@@ -442,8 +442,9 @@ def test_hostile_inputs_to_the_stop_get_clear_errors(sets):
     with pytest.raises(ValueError, match="gives 3 logits per image, and the heldout_logits given to start"):
         stop(model, 1, 0.0)
     stop.start(model)
-    with pytest.raises(ValueError, match="full_below must be None or a number"):
+    with pytest.raises(TypeError, match="full_below must be None or a number"):
         stop.check(model, 1, 0.0, full_below="x")
+    assert stop.check(model, torch.tensor(1), 0.0).step == 1  # a one-element tensor step, as before
     with pytest.raises(ValueError, match="full_below must be None or a number"):
         stop.check(model, 1, 0.0, full_below=float("nan"))
     with pytest.raises(TypeError, match="step must be an int"):

@@ -248,6 +248,6 @@ def test_a_forget_loader_that_drops_rows_warns(memorised):
     trained, retain, forget, unseen, _ = memorised
     loader = DataLoader(TensorDataset(*forget), batch_size=7, shuffle=True, drop_last=True)
     assert len(forget[1]) % 7  # some rows are dropped
-    with pytest.warns(UserWarning, match="forget DataLoader yielded .* rows of its dataset's"):
+    with pytest.warns(UserWarning, match="forget DataLoader yielded .* rows for its dataset's"):
         fastblend.prepare_unlearning(copy.deepcopy(trained), retain, loader, unseen, batch_size=16, iterations=2,
                                      seed=0)

@@ -228,7 +228,7 @@ def test_shuffling_forget_and_unseen_loaders_do_not_change_a_rerun(method):
     # that the rows it dropped are neither forgotten nor retained
     loader = DataLoader(Rows(xf, yf), batch_size=7, shuffle=True, drop_last=True)
     assert as_data(loader, "forget", "t").materialise("t").labels.numel() == len(yf) // 7 * 7 < len(yf)
-    with pytest.warns(UserWarning, match=f"forget DataLoader yielded {len(yf) // 7 * 7} rows of its dataset's"):
+    with pytest.warns(UserWarning, match=f"forget DataLoader yielded {len(yf) // 7 * 7} rows for its dataset's"):
         fastblend.unlearn(method, model, (xr, yr), loader, (xu, yu), config=dict(epochs=1, lr=0.05), seed=5)
 
 
@@ -284,3 +284,48 @@ def test_memmap_take_counts_negative_indices_from_the_end(tmp_path):
     assert torch.equal(batch[0], x[[5, 5]])
     ds_np = fastblend.MemmapImages.write(tmp_path / "b.npy", x, y, chunk_size=np.int64(2))
     assert torch.equal(ds_np.take(range(6))[0], x)
+
+
+def test_reading_a_loader_in_dataset_order_keeps_its_batch_sampler_and_worker_seeds():
+    from torch.utils.data import BatchSampler, RandomSampler, TensorDataset
+
+    from fastblend.data_adapter import _only_shuffles
+
+    ds = TensorDataset(torch.randn(10, 3), torch.arange(10) % 2)
+    own = DataLoader(ds, batch_sampler=BatchSampler(RandomSampler(ds), 4, drop_last=False))
+    assert not _only_shuffles(own)  # the caller's own batch sampler: read as it is
+    assert as_data(own, "forget", "t").materialise("t").labels.numel() == 10
+    dropping = DataLoader(ds, batch_sampler=BatchSampler(RandomSampler(ds), 4, drop_last=True))
+    assert not _only_shuffles(dropping)
+    assert as_data(dropping, "forget", "t").materialise("t").labels.numel() == 8
+
+    class PreBatched(torch.utils.data.Dataset):  # each item holds 5 rows: no partial-read warning for it
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return torch.randn(5, 3), torch.arange(5) % 2
+
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        x, _ = fastblend.data_adapter.as_tensors(DataLoader(PreBatched(), batch_size=None), "forget", "t")
+    assert x.shape[0] == 10
+
+
+def test_reading_in_dataset_order_keeps_the_loaders_worker_seeds():
+    class Noisy(torch.utils.data.Dataset):  # a random transform: in a worker, seeded from the loader's generator
+        def __len__(self):
+            return 6
+
+        def __getitem__(self, i):
+            return torch.rand(3), i % 2
+
+    reads = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        loader = DataLoader(Noisy(), batch_size=3, shuffle=True, num_workers=1,
+                            generator=torch.Generator().manual_seed(0))
+        reads.append(fastblend.data_adapter.as_tensors(loader, "unseen", "t")[0])
+    assert torch.equal(reads[0], reads[1])

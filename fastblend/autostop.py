@@ -491,6 +491,9 @@ class AutoStop:
             rest = ~first
             if bool(rest.any()):
                 lh[rest] = predict_logits(model, hx[rest.to(hx.device)], device=dev).float().cpu()
+                if not bool(torch.isfinite(lh[rest]).all()):
+                    raise FloatingPointError(f"AutoStop: the model's logits on the held-out images are not finite "
+                                             f"at step {step}: the run diverged (lower the learning rate)")
             ch = lh.argmax(1) == hy
             if self.baseline is None:
                 self.baseline, _ = self._held_out_accuracy(ch)

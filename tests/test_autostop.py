@@ -473,3 +473,23 @@ def test_hostile_inputs_to_the_stop_get_clear_errors(sets):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         AutoStop((rx[ry == 2][:50], ry[ry == 2][:50]), (hx, hy), ry[ry != 2])  # quiet with the other classes
+
+
+def test_non_finite_logits_on_the_heldout_images_only_rule_c_reads_are_caught(sets):
+    retain, forget, heldout = sets
+    hx, hy = heldout
+
+    class NanOnClass2(_Memoriser):  # finite on the forget and matched images, NaN on held-out images of class 2
+        def forward(self, x):
+            out = super().forward(x)
+            bad = (x[:, None, :] == hx[hy == 2][None]).all(-1).any(1)
+            return torch.where(bad[:, None], torch.full_like(out, float("nan")), out)
+
+    model = NanOnClass2(*forget)
+    fclass = forget[1] != 2
+    stop = AutoStop((forget[0][fclass], forget[1][fclass]), heldout, retain[1], slack=5.0,
+                    matched_heldout=(hx[hy != 2][:200], hy[hy != 2][:200]))
+    stop.start(_Memoriser(*forget))  # the untouched model: finite everywhere
+    model.alpha = 1.0  # forget like held-out: the forget side holds, so (c)'s held-out images are forwarded
+    with pytest.raises(FloatingPointError, match="held-out images are not finite at step 1"):
+        stop(model, 1, 0.0)

@@ -587,7 +587,7 @@ class AutoStop:
         ``partial_evaluations`` (those that skipped (c): ``staged``), ``eval_seconds``,
         ``restored_step`` (the step whose weights :meth:`finish` put back, else ``None``), ``closest`` (that
         evaluation's step, seconds and shortfall, ``None`` before one counts) and the last evaluation. Plain
-        Python values for :func:`json.dump`; a statistic that is undefined (the MIA of a group under 5 samples, the
+        Python values for ``json.dump``; a statistic that is undefined (the MIA of a group under 5 samples, the
         held-out accuracy of a partial evaluation, the shortfall before ``min_steps``) is NaN or inf, which
         Python's ``json`` writes and strict JSON (``allow_nan=False``) refuses."""
         return {"stopped": self.stopped, "step": self.stop_step, "seconds": self.stop_seconds, "reason": self.reason,

@@ -52,7 +52,7 @@ from .datasets import whole_classes
 from .distributed import broadcast_object
 from .evaluation import SmallGroupWarning, binomial_se, mia_with_interval
 from .metrics import predict_logits
-from .tracking import _subset
+from .tracking import _subset_rows
 
 __all__ = ["AutoStop", "AutoStopCheck"]
 
@@ -89,7 +89,7 @@ class AutoStopCheck:
 def _pair(data: Any, limit: int | None, gen: torch.Generator, arg: str, rows: bool = False) -> Any:
     """``(images, labels)`` of at most ``limit`` rows of ``data``; with ``rows``, also which rows of ``data``
     they are (``None``: all, in order)."""
-    (x, y), keep = _subset(data, limit, gen, arg, "AutoStop", rows=True)
+    (x, y), keep = _subset_rows(data, limit, gen, arg, "AutoStop")
     return ((x, y.cpu().long()), keep) if rows else (x, y.cpu().long())
 
 
@@ -260,8 +260,7 @@ class AutoStop:
         limit = None if max_samples is None else int(max_samples)
         self.forget = _pair(forget, limit, gen, "forget")
         self.heldout, self._heldout_rows = _pair(heldout, limit, gen, "heldout", rows=True)
-        self._heldout_total = len(heldout) if self._heldout_rows is not None and isinstance(heldout, Dataset) else \
-            int(heldout[1].shape[0]) if self._heldout_rows is not None else int(self.heldout[1].numel())
+        self._heldout_total = len(heldout) if isinstance(heldout, Dataset) else int(heldout[1].shape[0])
         self.matched = None if matched_heldout is None else _pair(matched_heldout, limit, gen, "matched_heldout")
         fy, hy = self.forget[1], self.heldout[1]
         if fy.numel() < 5:
@@ -342,6 +341,16 @@ class AutoStop:
             return mia_with_interval(lf[rows_f], fy[rows_f], lh[rows_h], hy[rows_h], statistic="auc", seed=self.seed,
                                      boot=100)
 
+    @staticmethod
+    def _logits(model: nn.Module, x: torch.Tensor, dev: torch.device, what: str, step: int) -> torch.Tensor:
+        """``model``'s float32 logits of ``x`` on the CPU; ``FloatingPointError`` naming ``what`` and ``step`` when
+        any is not finite (the run diverged)."""
+        out = predict_logits(model, x, device=dev).float().cpu()
+        if not bool(torch.isfinite(out).all()):
+            raise FloatingPointError(f"AutoStop: the model's logits on the {what} are not finite at step {step}: "
+                                     "the run diverged (lower the learning rate)")
+        return out
+
     def start(self, model: nn.Module, heldout_logits: torch.Tensor | None = None) -> float:
         """Record the held-out accuracy of ``model`` (the untouched model) that the rule must keep; returns it.
         Starts a new run: the history, the stop and the closest evaluation's weights of an earlier run are
@@ -407,20 +416,14 @@ class AutoStop:
         if not bool(torch.isfinite(lf).all()):
             raise FloatingPointError(f"AutoStop: the model's logits on the forget images are not finite at step "
                                      f"{step}: the run diverged (lower the learning rate)")
-        n_h = hy.numel()
-        lh = torch.full((n_h, lf.shape[1]), math.nan)
+        lh = torch.full((hy.numel(), lf.shape[1]), math.nan)
         first = self._first_rows
         if bool(first.any()):
-            lh[first] = predict_logits(model, hx[first.to(hx.device)], device=dev).float().cpu()
-            if not bool(torch.isfinite(lh[first]).all()):
-                raise FloatingPointError(f"AutoStop: the model's logits on the held-out images are not finite at "
-                                         f"step {step}: the run diverged (lower the learning rate)")
+            lh[first] = self._logits(model, hx[first.to(hx.device)], dev, "held-out images", step)
         if self.matched is not None:  # (a) and (b) compare with held-out images as hard as the forget images
             ry = self.matched[1]
-            lr = predict_logits(model, self._matched_distinct, device=dev).float().cpu()[self._matched_inverse]
-            if not bool(torch.isfinite(lr).all()):
-                raise FloatingPointError(f"AutoStop: the model's logits on the matched held-out images are not "
-                                         f"finite at step {step}: the run diverged (lower the learning rate)")
+            lr = self._logits(model, self._matched_distinct, dev, "matched held-out images", step)
+            lr = lr[self._matched_inverse]
         else:
             ry, lr = hy, lh
         whole = torch.tensor(self.whole_classes, dtype=torch.long)
@@ -490,10 +493,7 @@ class AutoStop:
         if complete:
             rest = ~first
             if bool(rest.any()):
-                lh[rest] = predict_logits(model, hx[rest.to(hx.device)], device=dev).float().cpu()
-                if not bool(torch.isfinite(lh[rest]).all()):
-                    raise FloatingPointError(f"AutoStop: the model's logits on the held-out images are not finite "
-                                             f"at step {step}: the run diverged (lower the learning rate)")
+                lh[rest] = self._logits(model, hx[rest.to(hx.device)], dev, "held-out images", step)
             ch = lh.argmax(1) == hy
             if self.baseline is None:
                 self.baseline, _ = self._held_out_accuracy(ch)

@@ -30,7 +30,7 @@ import numbers
 import time
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import nn
@@ -119,17 +119,16 @@ class StepClock:
 
 
 def _subset(data: object, limit: int | None, generator: torch.Generator, arg: str, fn: str = "Tracker",
-            rows: bool = False) -> Any:
+            ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(images, labels)`` of at most ``limit`` rows of ``data`` (a pair of tensors or a map-style
     Dataset of ``(image, label)``), drawn with ``generator``; a Dataset is read only at those rows,
-    :data:`_READ` at a time (the same rows, so the same subset, as the pair of tensors). With ``rows``:
-    ``((images, labels), which rows of data they are: sorted indices, or None for all)``."""
-    out = _subset_rows(data, limit, generator, arg, fn)
-    return out if rows else out[0]
+    :data:`_READ` at a time (the same rows, so the same subset, as the pair of tensors)."""
+    return _subset_rows(data, limit, generator, arg, fn)[0]
 
 
 def _subset_rows(data: object, limit: int | None, generator: torch.Generator, arg: str, fn: str,
                  ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]:
+    """:func:`_subset` and which rows of ``data`` it drew (sorted indices; ``None``: all, in order)."""
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
         x, y = data
         check_has_data(fn, f"{arg} images and labels", x, y)

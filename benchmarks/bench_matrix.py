@@ -449,12 +449,12 @@ def check_manifest(out: Path, settings: dict, allow_code_change: bool = False) -
                 and isinstance(manifest.get("code"), list) and manifest["code"]):
             raise ValueError(f"bench_matrix: {path} is not a matrix manifest (it needs 'settings' and a non-empty "
                              "'code' list); restore it, or use a new --out")
-        differ = sorted(k for k in set(settings) | set(manifest.get("settings", {}))
-                        if settings.get(k) != manifest.get("settings", {}).get(k))
+        there = manifest["settings"]
+        differ = sorted(k for k in set(settings) | set(there) if settings.get(k) != there.get(k))
         if differ:
             raise ValueError(f"bench_matrix: {out} holds units run with other settings ("
-                             + "; ".join(f"{k}: {manifest['settings'].get(k)!r} there, {settings.get(k)!r} now"
-                                         for k in differ) + "); use a new --out, or the folder's settings")
+                             + "; ".join(f"{k}: {there.get(k)!r} there, {settings.get(k)!r} now" for k in differ)
+                             + "); use a new --out, or the folder's settings")
         if code not in manifest["code"]:
             if not allow_code_change:
                 raise ValueError(f"bench_matrix: {out} holds units run by other code ({manifest['code'][-1]}, now "

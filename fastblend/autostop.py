@@ -220,7 +220,8 @@ class AutoStop:
     records the held-out accuracy the rule must keep. After a run: :attr:`stopped`, :attr:`stop_step`,
     :attr:`stop_seconds` (the method's time at the stop, this callback's own evaluations included, since a
     user pays for them), :attr:`reason`, :attr:`history` and :meth:`summary`. A hand-written loop that ran out
-    of steps without a stop calls :meth:`finish` to get the closest evaluation's model back.
+    of steps without a stop calls :meth:`finish` to get the closest evaluation's model back, and one that failed
+    (diverged, or interrupted) :meth:`recover`.
     """
 
     def __init__(self, forget: Any, heldout: Any, retain_labels: Any = None, *, kind: str = "auto",
@@ -579,6 +580,28 @@ class AutoStop:
                         f"{'at least ' if self.history[-1].partial else ''}{self.history[-1].shortfall:.2f} at the "
                         "end)")
         self.eval_seconds += time.perf_counter() - t0
+        return True
+
+    def recover(self, model: nn.Module, why: str = "the run failed") -> bool:
+        """After a run that ended in an error (its weights diverged, or it was interrupted): load the weights of
+        the evaluation closest to the rule into ``model``, without evaluating the broken final model. ``why``
+        goes into :attr:`reason`. Returns ``True`` when it loaded weights (:attr:`restored_step` says which
+        step's); ``False`` when there are none (no evaluation counted yet, ``keep_closest=False``, or already
+        restored). :func:`fastblend.unlearn` calls it for you and hands the model back on the exception
+        (``exc.result``)."""
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"AutoStop.recover: model must be a torch.nn.Module, got {type(model).__name__}")
+        if not isinstance(why, str):
+            raise TypeError(f"AutoStop.recover: why must be a str, got {type(why).__name__}")
+        if self.restored_step is not None or self._closest is None or not self._closest[1]:
+            return False
+        check, weights = self._closest
+        model.load_state_dict(_fold_pruning(weights, model.state_dict()))
+        self._closest = (check, {})  # the copy is the model's now
+        self.restored_step = check.step
+        self.reason = (f"{self.reason + '; ' if self.reason else ''}{why}, so the model is the one of step "
+                       f"{check.step}, the evaluation closest to the rule (shortfall {check.shortfall:.2f} standard "
+                       "errors)")
         return True
 
     def summary(self) -> dict[str, Any]:

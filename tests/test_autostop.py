@@ -192,6 +192,49 @@ def test_unlearn_returns_the_closest_evaluations_model_when_the_recipe_runs_out(
     assert again.check(ended.model, res.steps).shortfall > check.shortfall
 
 
+@pytest.mark.parametrize("failure", ["interrupt", "diverge"])
+def test_a_run_that_fails_under_the_stop_hands_back_the_closest_evaluations_model(failure):
+    # the run of the test above, broken after several counted evaluations: Ctrl-C, or weights that turn NaN
+    retain, forget, unseen = _train_data()
+    model = fastblend.train_model(_net(), (torch.cat([retain[0], forget[0]]), torch.cat([retain[1], forget[1]])),
+                                  config={"epochs": 30, "lr": 0.05, "batch_size": 32, "warmup_epochs": 0})
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = {"epochs": 6, "batch_size": 16, "lr": 0.05, "beta": 2.0}
+
+    def breaks(m, step, seconds):
+        if step >= 40:
+            if failure == "interrupt":
+                raise KeyboardInterrupt
+            with torch.no_grad():
+                next(m.parameters()).fill_(float("nan"))
+
+    stop = AutoStop(forget, unseen, retain[1], seed=0)
+    expected = KeyboardInterrupt if failure == "interrupt" else FloatingPointError
+    with pytest.raises(expected) as caught:
+        unlearn("neggrad_plus", model, retain, forget, unseen, config=cfg, seed=0, stop=stop, callback=breaks,
+                eval_every=1)
+    res = caught.value.result
+    info = res.info["auto_stop"]
+    assert res.steps == info["restored_step"] == info["closest"]["step"] == stop.restored_step
+    assert 0 < res.steps <= 40 and res.info["failed"].startswith(expected.__name__)
+    assert ("interrupted" if failure == "interrupt" else "diverged") in info["reason"]
+    assert any(".result" in note for note in caught.value.__notes__)
+    assert all(bool(torch.isfinite(p).all()) for p in res.model.parameters())
+    # it is the model that evaluation judged, and the caller's model is untouched
+    again = AutoStop(forget, unseen, retain[1], seed=0)
+    again.baseline = info["baseline_heldout_acc"]
+    assert again.check(res.model, res.steps).shortfall == pytest.approx(info["closest"]["shortfall"])
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # without a stop nothing whole was kept: the error alone
+    with pytest.raises(expected) as plain:
+        unlearn("neggrad_plus", model, retain, forget, unseen, config=cfg, seed=0, callback=breaks, eval_every=1)
+    assert not hasattr(plain.value, "result")
+    # recover() by hand: nothing twice, and its arguments checked
+    assert not stop.recover(res.model)
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        stop.recover("model")
+
+
 def test_it_needs_no_retrain_input():
     params = set(inspect.signature(AutoStop).parameters)
     assert params.isdisjoint({"retrain", "reference", "band", "target"})  # matched_heldout: held-out images

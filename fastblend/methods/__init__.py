@@ -469,11 +469,17 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
     if setup_seconds and callback is not None:  # the caller's and the stop's clock count the set-up: the method's time
         callback = _after_setup(callback, setup_seconds)
     before = stopper.eval_seconds if stopper is not None else 0.0
-    if spec.impl is None:
-        outcome, seconds = timed(lambda: _ssd_tracked(work, data, cfg, ctx, callback), dev)
-    else:
-        outcome, seconds = timed(lambda: train(spec.impl(cfg), work, data, cfg, ctx, spec.accelerated, callback,
-                                               eval_every), dev)
+    started = time.perf_counter()
+    try:
+        if spec.impl is None:
+            outcome, seconds = timed(lambda: _ssd_tracked(work, data, cfg, ctx, callback), dev)
+        else:
+            outcome, seconds = timed(lambda: train(spec.impl(cfg), work, data, cfg, ctx, spec.accelerated,
+                                                   callback, eval_every), dev)
+    except (FloatingPointError, KeyboardInterrupt) as exc:  # nothing the run computed is lost: the stop's kept model
+        _hand_back(exc, stopper, work, cfg, spec.name, ctx, setup_seconds + time.perf_counter() - started,
+                   num_classes, len(r), r.reduced)
+        raise
     seconds -= ctx.info.get("eval_seconds", 0.0)
     seconds += setup_seconds
     finishing = 0.0
@@ -491,6 +497,24 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
     info = {"num_classes": num_classes, "retain_size": len(r), "reduced_retain": r.reduced, "backends": {},
             **ctx.info}
     return UnlearnResult(outcome.model.eval(), seconds, outcome.losses, cfg, spec.name, outcome.steps, info)
+
+
+def _hand_back(exc: BaseException, stopper: AutoStop | None, work: nn.Module, cfg: Any, name: str, ctx: RunContext,
+               seconds: float, num_classes: int, retain_size: int, reduced: bool) -> None:
+    """A run that diverged (``FloatingPointError``) or was interrupted (``KeyboardInterrupt``) under an auto stop:
+    the weights of the stop's evaluation closest to its rule go into ``work`` and onto the exception as
+    ``exc.result`` (an :class:`UnlearnResult` whose ``info["failed"]`` says what happened), with a note saying so.
+    Without a stop, or before its first counted evaluation, there is nothing whole to hand back."""
+    why = ("the run was interrupted" if isinstance(exc, KeyboardInterrupt) else
+           "the run diverged (non-finite loss, weights or logits)")
+    if stopper is None or not stopper.recover(work, why):
+        return
+    step = int(stopper.restored_step)
+    info = {"num_classes": num_classes, "retain_size": retain_size, "reduced_retain": reduced, "backends": {},
+            **ctx.info, "auto_stop": stopper.summary(), "failed": f"{type(exc).__name__}: {exc}"}
+    exc.result = UnlearnResult(work.eval(), seconds, [], cfg, name, step, info)
+    exc.add_note(f"fastblend: {why}; the model of step {step}, the auto stop's evaluation closest to its rule, is "
+                 "kept in this exception's .result (an UnlearnResult)")
 
 
 def matched_rows(model: nn.Module, retain: Any, r: DataView | None, forget: tuple[torch.Tensor, torch.Tensor],

@@ -357,11 +357,17 @@ def warn_partial_read(loader: DataLoader | None, rows: int, name: str, fn: str) 
         size = len(loader.dataset)
     except TypeError:
         return
+    sampler = getattr(loader.batch_sampler, "sampler", None)
     if rows != size:
         warnings.warn(f"{fn}: the {name} DataLoader yielded {rows} rows for its dataset's {size} items (drop_last or "
                       f"its sampler): what it yielded is treated as the {name} set; pass the whole set once (a "
                       "DataLoader with shuffle=False, the dataset, or tensors) to use every row", UserWarning,
                       stacklevel=3)
+    elif getattr(sampler, "replacement", False) is True:  # RandomSampler(replacement=True), WeightedRandomSampler
+        warnings.warn(f"{fn}: the {name} DataLoader's {type(sampler).__name__} draws with replacement: its {rows} "
+                      f"rows repeat some of the dataset's {size} items and miss others, and what it yielded is "
+                      f"treated as the {name} set; pass the whole set once (a DataLoader with shuffle=False, the "
+                      "dataset, or tensors) to use every row once", UserWarning, stacklevel=3)
 
 
 def reads_in_dataset_order(loader: DataLoader) -> bool:

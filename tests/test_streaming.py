@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset, WeightedRandomSampler
 
 import fastblend
 from fastblend.data_adapter import as_data
@@ -230,6 +230,14 @@ def test_shuffling_forget_and_unseen_loaders_do_not_change_a_rerun(method):
     assert as_data(loader, "forget", "t").materialise("t").labels.numel() == len(yf) // 7 * 7 < len(yf)
     with pytest.warns(UserWarning, match=f"forget DataLoader yielded {len(yf) // 7 * 7} rows for its dataset's"):
         fastblend.unlearn(method, model, (xr, yr), loader, (xu, yu), config=dict(epochs=1, lr=0.05), seed=5)
+    # a sampler drawing with replacement yields as many rows as the dataset but repeats some and misses others
+    for sampler in (RandomSampler(Rows(xf, yf), replacement=True),
+                    WeightedRandomSampler(torch.ones(len(yf)), len(yf))):
+        loader = DataLoader(Rows(xf, yf), batch_size=7, sampler=sampler)
+        with pytest.warns(UserWarning, match=f"forget DataLoader's {type(sampler).__name__} draws with replacement"):
+            fastblend.unlearn(method, model, (xr, yr), loader, (xu, yu), config=dict(epochs=1, lr=0.05), seed=5)
+        with pytest.warns(UserWarning, match="draws with replacement"):
+            fastblend.data_adapter.as_tensors(loader, "forget", "t")
 
 
 def test_a_streamed_retain_set_without_labels_gets_the_papers_recipe_and_says_why():

@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader
 from ._batchnorm import frozen_running_stats, guard_recomputation, stateful_buffers
 from ._checks import plain_number
 from ._device import module_device
-from .data_adapter import as_data, cast_to_model, check_batch_labels, model_dtype, order_error, reads_in_dataset_order
+from .data_adapter import as_data, cast_to_model, check_batch_labels, materialises_in_order, model_dtype, order_error
 from .distributed import all_gather_rows, all_gather_rows_with_grad, is_distributed, row_shard
 from .metrics import true_class_log_odds
 from .ops._dispatch import BACKENDS
@@ -742,7 +742,7 @@ class AAMUStep:
             raise ValueError(f"{fn}: micro_batch must be an int >= 0 (0 = off), got {micro_batch!r}")
         self.model = model
         self.parallel = is_distributed() and isinstance(model, DistributedDataParallel)
-        if odds_pairing == "image" and isinstance(forget, DataLoader) and not reads_in_dataset_order(forget):
+        if odds_pairing == "image" and isinstance(forget, DataLoader) and not materialises_in_order(forget):
             raise order_error(forget, fn, "forget_odds_target's rows would be paired with the rows of one shuffled "
                               "pass (odds_pairing='image')")
         self._plain = model.module if isinstance(model, DistributedDataParallel) else model

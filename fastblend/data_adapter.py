@@ -386,6 +386,12 @@ def reads_in_dataset_order(loader: DataLoader) -> bool:
     return type(sampler) is SequentialSampler
 
 
+def materialises_in_order(loader: DataLoader) -> bool:
+    """Whether :meth:`DataView.materialise` reads ``loader`` into memory in its dataset's own order, each item once:
+    :func:`reads_in_dataset_order`, or a loader that only shuffles (read in the dataset's order instead)."""
+    return reads_in_dataset_order(loader) or _only_shuffles(loader)
+
+
 def order_error(loader: DataLoader, caller: str, why: str) -> ValueError:
     """The ``ValueError`` for a loader that :func:`reads_in_dataset_order` refuses: names its sampler and ``why``."""
     used = loader.batch_sampler if loader.batch_sampler is not None else loader.sampler

@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ._checks import plain_number
-from .data_adapter import as_data, order_error, reads_in_dataset_order
+from .data_adapter import as_data, materialises_in_order, order_error
 from .metrics import predict_logits
 
 __all__ = ["match_by_rank", "matched_unseen"]
@@ -123,7 +123,8 @@ def matched_unseen(model: nn.Module, reference: Any, forget: Any, unseen: Any, *
     ``reference``: training images the model kept (the retain set, real images: a Blend-reduced set's blended
     rows are not training images); at most ``max_reference`` rows of it are scored (a seeded sample;
     ``None``: all). ``forget``, ``unseen``: data forms of :func:`fastblend.unlearn` (a ``DataLoader`` as
-    ``unseen`` must read its dataset in order, ``shuffle=False``: the indices name its rows). Returns int64
+    ``unseen`` must read each item of its dataset once with torch's default samplers, ``shuffle=False`` or
+    ``True``, read in the dataset's order either way: the indices name its rows). Returns int64
     indices, one per forget image whose class has unseen images. ``unseen_logits``: ``model``'s logits of the
     ``unseen`` images (``[N_u, C]``) when the caller has them already; skips that forward.
     """
@@ -134,7 +135,7 @@ def matched_unseen(model: nn.Module, reference: Any, forget: Any, unseen: Any, *
     if max_reference is not None and (isinstance(max_reference, bool) or not isinstance(max_reference, int)
                                       or max_reference < 1):
         raise ValueError(f"{fn}: max_reference must be an int >= 1 or None, got {max_reference!r}")
-    if isinstance(unseen, DataLoader) and not reads_in_dataset_order(unseen):
+    if isinstance(unseen, DataLoader) and not materialises_in_order(unseen):
         raise order_error(unseen, fn, "indices into unseen would name rows of one shuffled pass")
     if unseen_logits is not None:  # before any forward: what can be checked without the model's width
         view = as_data(unseen, "unseen", fn).materialise(fn)

@@ -376,8 +376,8 @@ def test_a_loader_over_a_reduced_set_is_ranked_as_the_set():
     assert torch.equal(direct[0], loader[0]) and torch.equal(direct[1], loader[1])
 
 
-def test_matched_unseen_refuses_a_shuffling_unseen_loader():
-    from torch.utils.data import DataLoader, TensorDataset
+def test_matched_unseen_refuses_an_unseen_loader_with_its_own_sampler():
+    from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
     x, y = _blobs(90, 0)
     ux, uy = _blobs(60, 1)
@@ -385,8 +385,13 @@ def test_matched_unseen_refuses_a_shuffling_unseen_loader():
     direct = matched_unseen(net, (x, y), (x[:9], y[:9]), (ux, uy))
     ordered = matched_unseen(net, (x, y), (x[:9], y[:9]), DataLoader(TensorDataset(ux, uy), batch_size=8))
     assert torch.equal(direct, ordered)
+    # a loader that only shuffles is read in its dataset's order: the indices name the same rows
+    shuffled = matched_unseen(net, (x, y), (x[:9], y[:9]),
+                              DataLoader(TensorDataset(ux, uy), batch_size=8, shuffle=True))
+    assert torch.equal(direct, shuffled)
     with pytest.raises(ValueError, match="matched_unseen: the DataLoader reads its dataset through .*shuffle=False"):
-        matched_unseen(net, (x, y), (x[:9], y[:9]), DataLoader(TensorDataset(ux, uy), batch_size=8, shuffle=True))
+        sampler = RandomSampler(TensorDataset(ux, uy), replacement=True)
+        matched_unseen(net, (x, y), (x[:9], y[:9]), DataLoader(TensorDataset(ux, uy), batch_size=8, sampler=sampler))
 
 
 def test_a_saved_set_without_residual_rows_keeps_its_source_for_the_ranking(tmp_path):

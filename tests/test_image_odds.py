@@ -24,7 +24,7 @@ def test_the_excess_is_one_sided_and_row_to_row():
     out.backward()
     assert phi.grad.tolist() == pytest.approx([2 * 2.0 / 4, 0.0, 0.0, 2 * 4.0 / 4])  # below / at: no gradient
     # row to row, not sorted: the same values paired differently give a different excess (W₂ would not)
-    assert float(odds_excess(phi.detach(), target.flip(0))) != pytest.approx(float(out))
+    assert float(odds_excess(phi.detach(), target.flip(0))) != pytest.approx(float(out.detach()))
     with pytest.raises(ValueError, match="odds_excess: forget_odds and target_odds must have the same shape"):
         odds_excess(phi, target[:3])
 
@@ -74,16 +74,20 @@ def test_the_step_refuses_a_bad_pairing_or_target(kwargs, match):
         AAMUStep(nn.Linear(2, C), forget, unseen, batch_size=4, odds_pairing="image", forget_odds_target=[0.0] * 24)
 
 
-def test_the_step_refuses_a_shuffled_forget_loader_with_per_image_targets():
-    from torch.utils.data import DataLoader, TensorDataset
+def test_the_step_refuses_a_forget_loader_with_its_own_sampler_with_per_image_targets():
+    from torch.utils.data import DataLoader, SubsetRandomSampler, TensorDataset
 
     forget, unseen = _step_data()
-    shuffled = DataLoader(TensorDataset(*forget), batch_size=5, shuffle=True)
+    own = DataLoader(TensorDataset(*forget), batch_size=5, sampler=SubsetRandomSampler(range(24)))
     target = torch.zeros(24, dtype=torch.float64)
     with pytest.raises(ValueError, match="AAMUStep: the DataLoader reads its dataset through .*forget_odds_target"):
-        AAMUStep(nn.Linear(2, C), shuffled, unseen, batch_size=4, odds_pairing="image", forget_odds_target=target)
+        AAMUStep(nn.Linear(2, C), own, unseen, batch_size=4, odds_pairing="image", forget_odds_target=target)
     in_order = DataLoader(TensorDataset(*forget), batch_size=5)
     step = AAMUStep(nn.Linear(2, C), in_order, unseen, batch_size=4, odds_pairing="image", forget_odds_target=target)
+    assert torch.equal(step.forget.images, forget[0])
+    # a loader that only shuffles is read in its dataset's order, so its rows line up with the targets too
+    shuffled = DataLoader(TensorDataset(*forget), batch_size=5, shuffle=True)
+    step = AAMUStep(nn.Linear(2, C), shuffled, unseen, batch_size=4, odds_pairing="image", forget_odds_target=target)
     assert torch.equal(step.forget.images, forget[0])
     # the quantile match needs no row order: a shuffled loader stays accepted there
     AAMUStep(nn.Linear(2, C), shuffled, unseen, batch_size=4, odds_weight=1.0, unseen_logits=torch.zeros(30, C))

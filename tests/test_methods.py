@@ -580,3 +580,25 @@ def test_neggrad_chance_ascent_stops_at_chance_and_is_checked():
     with pytest.raises(ValueError, match="config.ascent must be one of"):
         unlearn("neggrad_plus", _mlp(), (torch.randn(8, D), torch.zeros(8, dtype=torch.long)),
                 (torch.randn(4, D), torch.zeros(4, dtype=torch.long)), config={"ascent": "bounded"})
+
+
+@pytest.mark.parametrize("lacks", [True, False])
+def test_amp_on_a_cpu_without_native_half_precision_warns(monkeypatch, lacks):
+    # emulated bfloat16 is several times slower than float32 (Blend's matcher 10x on an AVX2 EPYC): say so
+    import fastblend._device as device_helpers
+    from fastblend import condense
+    from fastblend.models import ConvNet3
+
+    monkeypatch.setattr(device_helpers, "cpu_lacks_native", lambda dtype: lacks)
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.randn(48, 1, 8, 8, generator=g), torch.randint(0, 3, (48,), generator=g)
+    torch.manual_seed(0)
+    net = ConvNet3(in_channels=1, num_classes=3, image_size=8, width=8)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        unlearn("finetune", net, (x[:40], y[:40]), (x[40:], y[40:]), config=dict(epochs=1, batch_size=16, amp=True))
+        condense(x, y, torch.arange(40, 48), ipc=4, iterations=1, progress=False, amp=True)
+    said = [str(w.message) for w in seen if "without native instructions" in str(w.message)]
+    assert len(said) == (2 if lacks else 0)
+    if lacks:
+        assert said[0].startswith("unlearn: config.amp=True runs bfloat16") and "Blend's amp=True" in said[1]

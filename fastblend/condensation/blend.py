@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .._device import synchronize
+from .._device import synchronize, warn_slow_cpu_amp
 from .._progress import bar as progress_bar
 from ..ops import segment_blend
 from ..ops._common import normalize_segment_weights
@@ -58,6 +58,7 @@ def embed_fn(matcher: nn.Module, amp: bool = False,
     fn = embed if callable(embed) else matcher
     if not amp:
         return lambda x: fn(x).flatten(1)
+    warn_slow_cpu_amp(device, torch.bfloat16, "Blend's amp=True (condense, BlendIndex.build, blend)")
 
     def mixed(x: torch.Tensor) -> torch.Tensor:
         # bfloat16 matcher arithmetic, float32 in and out (targets, loss and gradients stay float32)
@@ -230,7 +231,8 @@ def blend_clusters(x: torch.Tensor, indptr: torch.Tensor, matcher: nn.Module, *,
         amp: run the matcher in bfloat16 under ``torch.autocast`` (**option, changes numerics**;
             the weights, blends, targets and loss stay float32). On a 2-core AMD EPYC with AVX-512
             bf16 the matcher's forward+backward is ~1.7x faster per image in isolation and the whole
-            demo Blend 1.2x faster; on GPUs it is the tensor-core path.
+            demo Blend 1.2x faster; on GPUs it is the tensor-core path. On a CPU without native bfloat16
+            (AVX2 only) it is emulated, about 10x slower for the demo's matcher, and warns.
         loss_clusters: the ``K`` of the loss's ``1/K`` scale (default: the segments of ``x``). A
             part of a larger Blend passes the whole Blend's K, so that its clusters get exactly the
             steps they get when all are optimised together (``loss_history`` then holds this part's

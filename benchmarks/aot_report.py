@@ -1,6 +1,6 @@
 """Ahead-of-time compilation of every Triton kernel specialisation for real GPUs, without a GPU.
 
-    python -m benchmarks.aot_report [--out DIR] [--arch 80 90]
+    python -m benchmarks.aot_report [--out DIR] [--arch 80 90] [--jobs N]
 
 Compiles each entry of ``triton_specializations()`` of every op module (``fastblend.ops.segment_blend``,
 ``fastblend.ops.quantile_mmd``) for each ``sm_<arch>`` with Triton's compiler and the ``ptxas`` in
@@ -31,27 +31,48 @@ OP_MODULES = ("fastblend.ops.segment_blend", "fastblend.ops.quantile_mmd")
 DEFAULT_ARCHS = (80, 90)
 
 
-def compile_all(archs: tuple[int, ...]) -> dict:
+def _compile_one(name: str, index: int, arch: int) -> tuple[dict, str | None]:
+    """Compile specialisation ``index`` of op module ``name`` for ``sm_<arch>``: ``(its row, its error or None)``
+    (a worker's task: imports by name, so it runs in a fresh process too)."""
+    from fastblend.ops import _aot
+
+    module = importlib.import_module(name)
+    s = module.triton_specializations()[index]
+    row = {"op": name.rsplit(".", 1)[1], "kernel": s.kernel, "spec": s.label, "arch": f"sm_{arch}",
+           "num_warps": s.num_warps, "constexprs": {k: v for k, v in s.constexprs}}
+    t0 = time.perf_counter()
+    error = None
+    try:
+        compiled, usage = _aot.compile_specialization(module, s, arch)
+        row.update(usage, triton_shared_bytes=compiled.metadata.shared)
+    except Exception as exc:  # every failure is reported, not just the first
+        error = f"{row['op']} {s.label} sm_{arch}: {type(exc).__name__}: {exc}"
+        row["error"] = str(exc)
+    row["compile_s"] = round(time.perf_counter() - t0, 3)
+    return row, error
+
+
+def compile_all(archs: tuple[int, ...], jobs: int = 1) -> dict:
+    """Every specialisation for every arch; ``jobs`` > 1 compiles in that many fresh processes (the rows keep
+    the one-process order)."""
     from fastblend.experiments.machine import machine_info
     from fastblend.ops import _aot
 
-    rows, errors, uncovered = [], [], []
+    tasks, uncovered = [], []
     for name in OP_MODULES:
         module = importlib.import_module(name)
         uncovered += _aot.coverage_problems(module)
-        for s in module.triton_specializations():
-            for arch in archs:
-                row = {"op": name.rsplit(".", 1)[1], "kernel": s.kernel, "spec": s.label, "arch": f"sm_{arch}",
-                       "num_warps": s.num_warps, "constexprs": {k: v for k, v in s.constexprs}}
-                t0 = time.perf_counter()
-                try:
-                    compiled, usage = _aot.compile_specialization(module, s, arch)
-                    row.update(usage, triton_shared_bytes=compiled.metadata.shared)
-                except Exception as exc:  # every failure is reported, not just the first
-                    errors.append(f"{row['op']} {s.label} sm_{arch}: {type(exc).__name__}: {exc}")
-                    row["error"] = str(exc)
-                row["compile_s"] = round(time.perf_counter() - t0, 3)
-                rows.append(row)
+        tasks += [(name, i, arch) for i in range(len(module.triton_specializations())) for arch in archs]
+    if jobs > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            done = list(pool.map(_compile_one, *zip(*tasks)))
+    else:
+        done = [_compile_one(*task) for task in tasks]
+    rows = [row for row, _ in done]
+    errors = [error for _, error in done if error is not None]
     import triton
 
     return {"triton": triton.__version__, "ptxas": _aot.ptxas_path(), "archs": [f"sm_{a}" for a in archs],
@@ -66,11 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("fastblend-out/bench"), help="folder of aot_report.json")
     p.add_argument("--arch", type=int, nargs="+", default=list(DEFAULT_ARCHS), help="compute capabilities (x10)")
+    p.add_argument("--jobs", type=int, default=1, help="compile in this many processes (default 1)")
     args = p.parse_args(argv)
+    if args.jobs < 1:
+        p.error(f"--jobs must be >= 1, got {args.jobs}")
     with tempfile.TemporaryDirectory() as cache:
         os.environ["TRITON_CACHE_DIR"] = cache  # compile everything afresh
         t0 = time.perf_counter()
-        report = compile_all(tuple(args.arch))
+        report = compile_all(tuple(args.arch), args.jobs)
         report["total_s"] = round(time.perf_counter() - t0, 1)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "aot_report.json").write_text(json.dumps(report, indent=1) + "\n")

@@ -61,7 +61,8 @@ def test_every_specialisation_compiles_for_sm80_and_sm90_without_spills(tmp_path
     # the suite runs the kernels in the interpreter (tests/conftest.py): compile in a process without it
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    done = subprocess.run([sys.executable, "-m", "benchmarks.aot_report", "--out", str(tmp_path), "--arch", "80", "90"],
+    done = subprocess.run([sys.executable, "-m", "benchmarks.aot_report", "--out", str(tmp_path), "--arch", "80", "90",
+                           "--jobs", "2"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     report = json.loads((tmp_path / "aot_report.json").read_text())
     assert report["errors"] == [] and report["uncovered"] == [], done.stderr[-4000:]

@@ -235,6 +235,85 @@ def test_a_run_that_fails_under_the_stop_hands_back_the_closest_evaluations_mode
         stop.recover("model")
 
 
+def _mlp_task():
+    # 3 classes of 64-dim blobs as 8x8 images, and a small MLP trained on all of them
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(3, 64, generator=g) * 1.5
+
+    def draw(n):
+        y = torch.arange(3).repeat_interleave(n)
+        x = (centers[y] + torch.randn(3 * n, 64, generator=g)).reshape(-1, 1, 8, 8)
+        perm = torch.randperm(3 * n, generator=g)
+        return x[perm], y[perm]
+
+    (x, y), unseen = draw(60), draw(30)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 3))
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    for _ in range(100):
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval(), (x[20:], y[20:]), (x[:20], y[:20]), unseen
+
+
+def test_a_divergence_first_seen_by_the_stops_final_evaluation_hands_back_too():
+    # at lr 1000 the weights stay finite (no end-of-training refusal) but the final logits overflow: the stop's
+    # evaluation of the final model, after training, is what finds it
+    model, retain, forget, unseen = _mlp_task()
+    stop = AutoStop(forget, unseen, retain[1], seed=0)
+    with pytest.raises(FloatingPointError, match="not finite") as caught:
+        unlearn("finetune", model, retain, forget, unseen, config={"epochs": 3, "lr": 1000.0}, stop=stop)
+    res = caught.value.result
+    assert res.steps == stop.restored_step == res.info["auto_stop"]["closest"]["step"] > 0
+    assert all(bool(torch.isfinite(p).all()) for p in res.model.parameters())
+
+
+def test_a_pruned_run_that_fails_hands_back_plain_weights():
+    # prune's own finish (pruning made permanent) never ran: the hand-back does it, as a finished run would
+    model, retain, forget, unseen = _mlp_task()
+    wrapped = nn.Sequential(model)  # a caller's model that came pruned keeps its own reparametrisation
+    torch.nn.utils.prune.l1_unstructured(wrapped[0][1], "bias", amount=0.1)
+
+    def boom(m, step, seconds):
+        if step >= 4:
+            raise KeyboardInterrupt
+
+    keys = set(model.state_dict())
+    for net, inplace in ((model, False), (wrapped, True)):  # a pruned module cannot be deep-copied: in place
+        with pytest.raises(KeyboardInterrupt) as caught:
+            unlearn("prune", net, retain, forget, unseen, config={"epochs": 3, "inplace": inplace}, stop="auto",
+                    callback=boom, eval_every=1)
+        got = set(caught.value.result.model.state_dict())
+        assert not any(k.endswith("weight_orig") for k in got)  # the run's pruning is folded
+        if net is model:
+            assert got == keys  # loads into the caller's architecture
+        else:  # the caller's own reparametrisation of the bias stays
+            assert "0.1.bias_orig" in got and "0.1.weight" in got
+
+
+def test_the_hand_back_says_so_without_exception_notes(monkeypatch):
+    # before Python 3.11 an exception has no add_note: the note becomes a warning, the error stays the error
+    from fastblend.methods import _hand_back
+
+    class Old(FloatingPointError):
+        @property
+        def add_note(self):
+            raise AttributeError("add_note")
+
+    model, retain, forget, unseen = _mlp_task()
+    stop = AutoStop(forget, unseen, retain[1], seed=0)
+    stop.start(model)
+    stop(model, 1, 1.0)  # a counted evaluation, so there is a model to hand back
+    exc = Old("diverged")
+    ctx = type("Ctx", (), {"info": {}})()
+    with pytest.warns(UserWarning, match="kept in this exception's .result"):
+        _hand_back(exc, stop, model, None, "finetune", ctx, 1.0, 3, len(retain[1]), False, set())
+    assert exc.result.steps == 1 and not hasattr(exc, "__notes__")
+
+
 def test_it_needs_no_retrain_input():
     params = set(inspect.signature(AutoStop).parameters)
     assert params.isdisjoint({"retrain", "reference", "band", "target"})  # matched_heldout: held-out images

@@ -470,25 +470,26 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
         callback = _after_setup(callback, setup_seconds)
     before = stopper.eval_seconds if stopper is not None else 0.0
     started = time.perf_counter()
+    pruned_before = _pruning_hooks(work)
+    finishing = 0.0
     try:
         if spec.impl is None:
             outcome, seconds = timed(lambda: _ssd_tracked(work, data, cfg, ctx, callback), dev)
         else:
             outcome, seconds = timed(lambda: train(spec.impl(cfg), work, data, cfg, ctx, spec.accelerated,
                                                    callback, eval_every), dev)
+        seconds -= ctx.info.get("eval_seconds", 0.0)
+        seconds += setup_seconds
+        # the recipe ran out before the rule held: the closest evaluation's model (rank 0's view decides, so every
+        # rank evaluates, or not, together); its evaluation of the final model can find it diverged too
+        if stopper is not None and not broadcast_object(stopper.stopped):
+            start = stopper.eval_seconds
+            stopper.finish(outcome.model, outcome.steps, seconds)
+            finishing = stopper.eval_seconds - start
     except (FloatingPointError, KeyboardInterrupt) as exc:  # nothing the run computed is lost: the stop's kept model
         _hand_back(exc, stopper, work, cfg, spec.name, ctx, setup_seconds + time.perf_counter() - started,
-                   num_classes, len(r), r.reduced)
+                   num_classes, len(r), r.reduced, pruned_before)
         raise
-    seconds -= ctx.info.get("eval_seconds", 0.0)
-    seconds += setup_seconds
-    finishing = 0.0
-    # the recipe ran out before the rule held: the closest evaluation's model (rank 0's view decides, so every rank
-    # evaluates, or not, together)
-    if stopper is not None and not broadcast_object(stopper.stopped):
-        start = stopper.eval_seconds
-        stopper.finish(outcome.model, outcome.steps, seconds)
-        finishing = stopper.eval_seconds - start
     if stopper is not None:  # the stop's evaluations are the method's cost, not the caller's
         ctx.info["eval_seconds"] = ctx.info.get("eval_seconds", 0.0) - (stopper.eval_seconds - before - finishing)
         seconds += stopper.eval_seconds
@@ -499,8 +500,28 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
     return UnlearnResult(outcome.model.eval(), seconds, outcome.losses, cfg, spec.name, outcome.steps, info)
 
 
+def _pruning_hooks(model: nn.Module) -> set[tuple[int, str]]:
+    """``(id(module), tensor name)`` of every ``torch.nn.utils.prune`` reparametrisation on ``model``."""
+    from torch.nn.utils import prune
+
+    return {(id(m), h._tensor_name) for m in model.modules() for h in m._forward_pre_hooks.values()
+            if isinstance(h, prune.BasePruningMethod)}
+
+
+def _fold_new_pruning(model: nn.Module, before: set[tuple[int, str]]) -> None:
+    """Make permanent the pruning the run added (``prune``'s own ``finish`` on a run that did not get there); a
+    reparametrisation the caller's model came with stays."""
+    from torch.nn.utils import prune
+
+    for m in model.modules():
+        for h in list(m._forward_pre_hooks.values()):
+            if isinstance(h, prune.BasePruningMethod) and (id(m), h._tensor_name) not in before:
+                prune.remove(m, h._tensor_name)
+
+
 def _hand_back(exc: BaseException, stopper: AutoStop | None, work: nn.Module, cfg: Any, name: str, ctx: RunContext,
-               seconds: float, num_classes: int, retain_size: int, reduced: bool) -> None:
+               seconds: float, num_classes: int, retain_size: int, reduced: bool,
+               pruned_before: set[tuple[int, str]]) -> None:
     """A run that diverged (``FloatingPointError``) or was interrupted (``KeyboardInterrupt``) under an auto stop:
     the weights of the stop's evaluation closest to its rule go into ``work`` and onto the exception as
     ``exc.result`` (an :class:`UnlearnResult` whose ``info["failed"]`` says what happened), with a note saying so.
@@ -510,11 +531,16 @@ def _hand_back(exc: BaseException, stopper: AutoStop | None, work: nn.Module, cf
     if stopper is None or not stopper.recover(work, why):
         return
     step = int(stopper.restored_step)
+    _fold_new_pruning(work, pruned_before)
     info = {"num_classes": num_classes, "retain_size": retain_size, "reduced_retain": reduced, "backends": {},
             **ctx.info, "auto_stop": stopper.summary(), "failed": f"{type(exc).__name__}: {exc}"}
     exc.result = UnlearnResult(work.eval(), seconds, [], cfg, name, step, info)
-    exc.add_note(f"fastblend: {why}; the model of step {step}, the auto stop's evaluation closest to its rule, is "
-                 "kept in this exception's .result (an UnlearnResult)")
+    note = (f"fastblend: {why}; the model of step {step}, the auto stop's evaluation closest to its rule, is kept in "
+            "this exception's .result (an UnlearnResult)")
+    if hasattr(exc, "add_note"):  # Python 3.11+
+        exc.add_note(note)
+    else:  # before 3.11 an exception has no notes: say it on stderr as a warning
+        warnings.warn(note, UserWarning, stacklevel=3)
 
 
 def matched_rows(model: nn.Module, retain: Any, r: DataView | None, forget: tuple[torch.Tensor, torch.Tensor],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 
 import pytest
@@ -274,7 +275,7 @@ def test_a_divergence_first_seen_by_the_stops_final_evaluation_hands_back_too():
 def test_a_pruned_run_that_fails_hands_back_plain_weights():
     # prune's own finish (pruning made permanent) never ran: the hand-back does it, as a finished run would
     model, retain, forget, unseen = _mlp_task()
-    wrapped = nn.Sequential(model)  # a caller's model that came pruned keeps its own reparametrisation
+    wrapped = nn.Sequential(copy.deepcopy(model))  # a caller's model that came pruned keeps its reparametrisation
     torch.nn.utils.prune.l1_unstructured(wrapped[0][1], "bias", amount=0.1)
 
     def boom(m, step, seconds):

@@ -282,6 +282,8 @@ def test_a_pruned_run_that_fails_hands_back_plain_weights():
         if step >= 4:
             raise KeyboardInterrupt
 
+    with pytest.raises(ValueError, match="unlearn: model cannot be copied .*prune.remove"):
+        unlearn("finetune", wrapped, retain, forget, unseen, config={"epochs": 1})
     keys = set(model.state_dict())
     for net, inplace in ((model, False), (wrapped, True)):  # a pruned module cannot be deep-copied: in place
         with pytest.raises(KeyboardInterrupt) as caught:

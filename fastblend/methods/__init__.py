@@ -222,7 +222,7 @@ def train_model(model: nn.Module, data: Any, config: Any = None, device: torch.d
     model, ddp_options = _unwrap(model, fn)
     dev = as_device(device, fn) or model_device(model)
     view = as_data(data, "data", fn)
-    work = (model if cfg.inplace else copy.deepcopy(model)).to(dev)
+    work = (model if cfg.inplace else _copy_model(model, fn)).to(dev)
     probe = view.probe(fn)
     num_classes = probe_num_classes(work, probe.to(dev, model_dtype(work)))
     check_label_range(view, num_classes, fn)
@@ -372,7 +372,7 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
     if u is not None:
         u = u.materialise(fn)
 
-    work = model if cfg.inplace else copy.deepcopy(model)
+    work = model if cfg.inplace else _copy_model(model, fn)
     work = work.to(dev)
     probe = r.probe(fn)
     num_classes = probe_num_classes(work, probe.to(dev, model_dtype(work)))
@@ -498,6 +498,20 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
     info = {"num_classes": num_classes, "retain_size": len(r), "reduced_retain": r.reduced, "backends": {},
             **ctx.info}
     return UnlearnResult(outcome.model.eval(), seconds, outcome.losses, cfg, spec.name, outcome.steps, info)
+
+
+def _copy_model(model: nn.Module, fn: str) -> nn.Module:
+    """A deep copy of ``model``; a model torch cannot copy (a weight computed from others: ``torch.nn.utils.prune``
+    or the old ``weight_norm`` reparametrisation) gets a ``ValueError`` saying what to do."""
+    try:
+        return copy.deepcopy(model)
+    except RuntimeError as exc:
+        if "deepcopy" not in str(exc):
+            raise
+        raise ValueError(f"{fn}: model cannot be copied (torch: {str(exc).split('.')[0]}): it holds a weight computed "
+                         "from others, e.g. torch.nn.utils.prune's or weight_norm's reparametrisation; make it "
+                         "permanent first (torch.nn.utils.prune.remove / remove_weight_norm), or pass "
+                         "config={'inplace': True} to train this model itself") from None
 
 
 def _pruning_hooks(model: nn.Module) -> set[tuple[int, str]]:

@@ -25,6 +25,7 @@ speed-ups against it conservative.
 
 from __future__ import annotations
 
+import contextvars
 import math
 import numbers
 import time
@@ -87,6 +88,14 @@ class CurvePoint:
     eval_seconds: float
 
 
+_FINAL_REPORT: contextvars.ContextVar[bool] = contextvars.ContextVar("fastblend_final_report", default=False)
+
+
+def final_report() -> bool:
+    """Inside a step callback: whether this call is the training loop's report after its last step."""
+    return _FINAL_REPORT.get()
+
+
 class StepClock:
     """The training loop's side of a step callback: training wall time with evaluations cut out.
 
@@ -105,13 +114,18 @@ class StepClock:
         synchronize(device)
         self.start = time.perf_counter()
 
-    def report(self, model: nn.Module, step: int) -> None:
+    def report(self, model: nn.Module, step: int, final: bool = False) -> None:
+        """``final``: the report after the run's last step (:func:`final_report` says so to the callback)."""
         if step == self.last_step:
             return
         self.last_step = step
         synchronize(self.device)
         now = time.perf_counter()
-        stop = self.callback(model, step, now - self.start - self.paused) is True
+        token = _FINAL_REPORT.set(final)
+        try:
+            stop = self.callback(model, step, now - self.start - self.paused) is True
+        finally:
+            _FINAL_REPORT.reset(token)
         # every rank reports at the same steps; rank 0's answer holds everywhere, so no rank waits alone
         self.stop = self.stop or bool(broadcast_object(stop))
         synchronize(self.device)

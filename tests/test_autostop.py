@@ -317,6 +317,24 @@ def test_the_hand_back_says_so_without_exception_notes(monkeypatch):
     assert exc.result.steps == 1 and not hasattr(exc, "__notes__")
 
 
+@pytest.mark.parametrize("eval_every", [0, 7, 1000])
+def test_the_callers_eval_every_neither_thins_nor_multiplies_the_stops_evaluations(eval_every):
+    model, retain, forget, unseen = _mlp_task()
+    cfg = {"epochs": 5, "request": "sample"}
+    seen = []
+    res = unlearn("a_finetune", model, retain, forget, unseen, config=cfg, stop="auto", eval_every=eval_every,
+                  callback=lambda m, s, t: seen.append(s))
+    planned = fastblend.methods.planned_steps("a_finetune", cfg, len(retain[1]))
+    stop = res.info["auto_stop"]
+    every = fastblend.tracking.eval_every_for(planned, 8)
+    # the stop's own cadence: about 8 over the planned steps (or fewer where it stopped early)
+    assert stop["evaluations"] >= min(8, res.steps // every + 1) - 1
+    user = eval_every or every
+    assert seen[0] == 0 and seen[-1] == res.steps  # the caller sees the first and the last model
+    assert all(s % user == 0 for s in seen[1:-1])  # and otherwise its own cadence only
+    assert set(range(0, res.steps, user)) <= set(seen)
+
+
 def test_it_needs_no_retrain_input():
     params = set(inspect.signature(AutoStop).parameters)
     assert params.isdisjoint({"retrain", "reference", "band", "target"})  # matched_heldout: held-out images

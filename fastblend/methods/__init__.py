@@ -39,7 +39,7 @@ from ..datasets import whole_classes
 from ..distributed import broadcast_object
 from ..metrics import predict_logits, true_class_log_odds
 from ..recipe import RECIPE
-from ..tracking import StepClock, eval_every_for
+from ..tracking import StepClock, eval_every_for, final_report
 from .aamu_configs import (
     MATCHED_RECIPE,
     ABadTeacherConfig,
@@ -308,7 +308,8 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
             ``info["stopped_at_step"]`` then names the step.
         eval_every: steps between ``callback`` calls (``0``: only before and after; with ``stop``: about
             ``stop.evaluations`` evaluations over the planned steps). The stop itself evaluates about
-            ``stop.evaluations`` times over the planned steps whatever ``eval_every`` is.
+            ``stop.evaluations`` times over the planned steps whatever ``eval_every`` is (the loop pauses at
+            both cadences; ``callback`` also sees the model where the stop ends the run).
         stop: ``None`` (run the method's whole budget), ``"auto"`` or a :class:`fastblend.AutoStop`: end the
             run as soon as the forget set behaves like the held-out ``unseen`` data of its classes and held-out
             accuracy has not fallen (docs/method.md §4.5; no Retrain input). ``"auto"`` builds
@@ -462,9 +463,11 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
         # the untouched model's held-out accuracy, which the rule keeps (from the set-up's forward when it is ours)
         stopper.start(work, heldout_logits=unseen_logits if own else None)
         every = eval_every_for(planned_steps(spec.name, cfg, len(r)), stopper.evaluations)
-        if not eval_every:
-            eval_every = every
-        callback = _with_stop(callback, stopper, every)
+        user_every = eval_every or every  # the caller's cadence (0: the stop's)
+        callback = _with_stop(callback, stopper, every, user_every)
+        # a caller's denser cadence carries the stop's (it evaluates at the first report `every` steps after its last,
+        # as before); a sparser one would thin it: the loop pauses at both then
+        eval_every = user_every if user_every <= every else (lambda s: s % user_every == 0 or s % every == 0)
     del unseen_logits  # [N_u, C]: not needed while training
     if setup_seconds and callback is not None:  # the caller's and the stop's clock count the set-up: the method's time
         callback = _after_setup(callback, setup_seconds)
@@ -800,17 +803,24 @@ def _after_setup(callback: Callable, setup_seconds: float) -> Callable[[nn.Modul
     return shifted
 
 
-def _with_stop(callback: Callable | None, stopper: AutoStop, every: int) -> Callable[[nn.Module, int, float], bool]:
-    """``callback`` at every report; ``stopper`` at the first report at least ``every`` steps after its last
-    evaluation (a caller's denser ``eval_every`` does not multiply the stop's cost); stop when either asks to."""
+def _with_stop(callback: Callable | None, stopper: AutoStop, every: int,
+               user_every: int) -> Callable[[nn.Module, int, float], bool]:
+    """The training loop's one callback for a run with a stop: ``callback`` (the caller's) before the first step,
+    at every ``user_every``-th step, after the last and where the stop ends the run; ``stopper`` at the first report
+    at least ``every`` steps after its last evaluation (a caller's denser ``eval_every`` does not multiply the stop's
+    cost, nor a sparser one starve it); stop when either asks to."""
     last = [-every]
 
     def both(model: nn.Module, step: int, seconds: float) -> bool:
-        asked = callback(model, step, seconds) is True if callback is not None else False
+        user_due = callback is not None and (step == 0 or step % user_every == 0 or final_report())
+        asked = callback(model, step, seconds) is True if user_due else False
         if step - last[0] < every:
             return asked
         last[0] = step
-        return stopper(model, step, seconds) or asked
+        done = stopper(model, step, seconds)
+        if done and callback is not None and not user_due:  # the run ends here: the caller sees its last model
+            asked = callback(model, step, seconds) is True
+        return done or asked
 
     return both
 
@@ -841,7 +851,7 @@ def _ssd_tracked(model: nn.Module, data: RunData, cfg: Any, ctx: RunContext,
     clock = StepClock(callback, ctx.device)
     clock.report(model, 0)
     outcome = run_ssd(model, data, cfg, ctx)
-    clock.report(outcome.model, outcome.steps)
+    clock.report(outcome.model, outcome.steps, final=True)
     ctx.info["eval_seconds"] = clock.paused
     return outcome
 

@@ -163,12 +163,13 @@ class TrainOutcome:
 
 def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx: RunContext,
           accelerated: bool, callback: Callable[[nn.Module, int, float], None] | None = None,
-          eval_every: int = 0) -> TrainOutcome:
+          eval_every: int | Callable[[int], bool] = 0) -> TrainOutcome:
     """Run ``method`` (plain, or accelerated per docs/method.md §2.4 when ``accelerated``) on ``model``.
 
     ``callback(model, step, seconds)``, when given, runs before the first step, after every
-    ``eval_every``-th optimiser step and after the last, with ``seconds`` the training wall time so
-    far; its own time is excluded from that clock and recorded in ``ctx.info["eval_seconds"]``. If it
+    ``eval_every``-th optimiser step (or after each step ``s`` with ``eval_every(s)`` true) and after the last
+    (:func:`fastblend.tracking.final_report` true there), with ``seconds`` the training wall time so far; its own
+    time is excluded from that clock and recorded in ``ctx.info["eval_seconds"]``. If it
     returns ``True`` the training stops there (``ctx.info["stopped_at_step"]`` records the step; under
     ``torch.distributed`` rank 0's answer holds on every rank).
 
@@ -206,12 +207,12 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
 
     taken = 0
 
-    def report(step_count: int) -> None:
+    def report(step_count: int, final: bool = False) -> None:
         """The callback, after which every module is back in the mode it trained in (a callback that
         evaluates and leaves the model in eval mode must not make training use running statistics)."""
         modes = [(m, m.training) for m in model.modules()]
         try:
-            clock.report(model, step_count)
+            clock.report(model, step_count, final)
         finally:
             for m, training in modes:
                 m.training = training
@@ -220,7 +221,8 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
         nonlocal taken
         ctx.backward_step(loss, optimizer, scheduler)
         taken += 1
-        if clock is not None and eval_every and taken % eval_every == 0:
+        if clock is not None and (eval_every(taken) if callable(eval_every) else
+                                  eval_every and taken % eval_every == 0):
             report(taken)
             if clock.stop:  # wherever the step was taken: a retain step or a method's own pass (SCRUB's)
                 raise _StopTraining
@@ -293,7 +295,7 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
     if par is not None:
         par.sync_buffers()
     if clock is not None:
-        report(taken)
+        report(taken, final=True)
         ctx.info["eval_seconds"] = clock.paused
     bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
     if bad:

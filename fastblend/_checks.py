@@ -7,16 +7,21 @@ that hold data. A leaf: imports torch, numpy and the standard library only.
 - :func:`as_device`: a device argument checked once, with one message for a string torch does not
   know (``"gpu0"``) and for the meta device (which holds no data to compute on).
 - :func:`check_has_data`: a tensor on the meta device refused by name before torch fails inside.
+- :func:`user_stacklevel`: the ``stacklevel`` that attributes a warning to the first caller outside fastblend.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["as_device", "check_has_data", "plain_number", "plain_numbers"]
+__all__ = ["as_device", "check_has_data", "plain_number", "plain_numbers", "user_stacklevel"]
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 def plain_number(value: Any) -> Any:
@@ -63,3 +68,13 @@ def check_has_data(fn: str, name: str, *tensors: Any) -> None:
         if isinstance(t, torch.Tensor) and t.device.type == "meta":
             raise ValueError(f"{fn}: {name} must hold data, got a meta tensor (a shape without data); pass "
                              "tensors on e.g. 'cpu' or 'cuda'")
+
+
+def user_stacklevel() -> int:
+    """For ``warnings.warn`` called by the function that calls this: the ``stacklevel`` of the first frame outside
+    the fastblend package (the user's line, however deep inside fastblend the warning is raised), so that the
+    warning names the caller's code and the default filter shows it once per caller's line."""
+    frame, level = sys._getframe(1), 1  # the function that will call warnings.warn is level 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    return level

@@ -34,12 +34,13 @@ def cpu_lacks_native(dtype: torch.dtype) -> bool:
         return False
 
 
-def warn_slow_cpu_amp(device: torch.device, dtype: torch.dtype, what: str, stacklevel: int = 3) -> None:
+def warn_slow_cpu_amp(device: torch.device, dtype: torch.dtype, what: str, stacklevel: int) -> None:
     """A ``UserWarning`` when ``what`` (the option that asked for it, e.g. ``"condense: amp=True"``) runs ``dtype``
-    autocast on a CPU without native instructions for it (:func:`cpu_lacks_native`)."""
+    autocast on a CPU without native instructions for it (:func:`cpu_lacks_native`). ``stacklevel``: as
+    ``warnings.warn``'s, counted from the caller of this function (``fastblend._checks.user_stacklevel()``)."""
     import warnings
 
     if device.type == "cpu" and cpu_lacks_native(dtype):
         warnings.warn(f"{what} runs {str(dtype).removeprefix('torch.')} on a CPU without native instructions for it "
                       "(no AVX512-BF16/AMX/AVX512-FP16): it is emulated, several times slower than float32 and no "
-                      "more accurate; leave it off on this machine", UserWarning, stacklevel=stacklevel)
+                      "more accurate; leave it off on this machine", UserWarning, stacklevel=stacklevel + 1)

@@ -40,7 +40,7 @@ from torch.utils.data import (
     default_collate,
 )
 
-from ._checks import check_has_data
+from ._checks import check_has_data, user_stacklevel
 from ._device import module_device
 from .memmap import MemmapImages
 
@@ -362,12 +362,12 @@ def warn_partial_read(loader: DataLoader | None, rows: int, name: str, fn: str) 
         warnings.warn(f"{fn}: the {name} DataLoader yielded {rows} rows for its dataset's {size} items (drop_last or "
                       f"its sampler): what it yielded is treated as the {name} set; pass the whole set once (a "
                       "DataLoader with shuffle=False, the dataset, or tensors) to use every row", UserWarning,
-                      stacklevel=3)
+                      stacklevel=user_stacklevel())
     elif getattr(sampler, "replacement", False) is True:  # RandomSampler(replacement=True), WeightedRandomSampler
         warnings.warn(f"{fn}: the {name} DataLoader's {type(sampler).__name__} draws with replacement: its {rows} "
                       f"rows repeat some of the dataset's {size} items and miss others, and what it yielded is "
                       f"treated as the {name} set; pass the whole set once (a DataLoader with shuffle=False, the "
-                      "dataset, or tensors) to use every row once", UserWarning, stacklevel=3)
+                      "dataset, or tensors) to use every row once", UserWarning, stacklevel=user_stacklevel())
 
 
 def reads_in_dataset_order(loader: DataLoader) -> bool:

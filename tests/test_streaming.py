@@ -234,8 +234,10 @@ def test_shuffling_forget_and_unseen_loaders_do_not_change_a_rerun(method):
     for sampler in (RandomSampler(Rows(xf, yf), replacement=True),
                     WeightedRandomSampler(torch.ones(len(yf)), len(yf))):
         loader = DataLoader(Rows(xf, yf), batch_size=7, sampler=sampler)
-        with pytest.warns(UserWarning, match=f"forget DataLoader's {type(sampler).__name__} draws with replacement"):
+        with pytest.warns(UserWarning, match=f"forget DataLoader's {type(sampler).__name__} draws with replacement") \
+                as said:
             fastblend.unlearn(method, model, (xr, yr), loader, (xu, yu), config=dict(epochs=1, lr=0.05), seed=5)
+        assert {w.filename for w in said if "replacement" in str(w.message)} == {__file__}  # the caller's line
         with pytest.warns(UserWarning, match="draws with replacement"):
             fastblend.data_adapter.as_tensors(loader, "forget", "t")
 

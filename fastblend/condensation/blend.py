@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .._checks import user_stacklevel
 from .._device import synchronize, warn_slow_cpu_amp
 from .._progress import bar as progress_bar
 from ..ops import segment_blend
@@ -58,7 +59,7 @@ def embed_fn(matcher: nn.Module, amp: bool = False,
     fn = embed if callable(embed) else matcher
     if not amp:
         return lambda x: fn(x).flatten(1)
-    warn_slow_cpu_amp(device, torch.bfloat16, "Blend's amp=True (condense, BlendIndex.build, blend)")
+    warn_slow_cpu_amp(device, torch.bfloat16, "Blend's amp=True (condense, BlendIndex.build, blend)", user_stacklevel())
 
     def mixed(x: torch.Tensor) -> torch.Tensor:
         # bfloat16 matcher arithmetic, float32 in and out (targets, loss and gradients stay float32)

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._checks import user_stacklevel
 from .._device import warn_slow_cpu_amp
 from ..aamu import Forwards
 from .config import TrainConfig
@@ -42,7 +43,7 @@ class RunContext:
                 dtype = getattr(torch, cfg.amp_dtype)
         self.amp_dtype = dtype
         if dtype is not None:
-            warn_slow_cpu_amp(device, dtype, f"{fn}: config.amp=True", stacklevel=4)
+            warn_slow_cpu_amp(device, dtype, f"{fn}: config.amp=True", user_stacklevel())
         self.scaler = torch.amp.GradScaler("cuda") if (dtype == torch.float16 and device.type == "cuda") else None
         # how forwards run (fused / micro-batched when train() allows it for the model)
         self.forwards = Forwards(autocast=self.autocast, prep=self.prep, inference_mode=cfg.inference_mode,

@@ -33,12 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 
 from ._batchnorm import frozen_running_stats, guard_recomputation, stateful_buffers
 from ._checks import plain_number
 from ._device import module_device
-from .data_adapter import as_data, cast_to_model, check_batch_labels, materialises_in_order, model_dtype, order_error
+from .data_adapter import as_data, cast_to_model, check_batch_labels, model_dtype, read_forget
 from .distributed import all_gather_rows, all_gather_rows_with_grad, is_distributed, row_shard
 from .metrics import true_class_log_odds
 from .ops._dispatch import BACKENDS
@@ -742,11 +741,9 @@ class AAMUStep:
             raise ValueError(f"{fn}: micro_batch must be an int >= 0 (0 = off), got {micro_batch!r}")
         self.model = model
         self.parallel = is_distributed() and isinstance(model, DistributedDataParallel)
-        if odds_pairing == "image" and isinstance(forget, DataLoader) and not materialises_in_order(forget):
-            raise order_error(forget, fn, "forget_odds_target's rows would be paired with the rows of one shuffled "
-                              "pass (odds_pairing='image')")
         self._plain = model.module if isinstance(model, DistributedDataParallel) else model
-        self.forget = as_data(forget, "forget", fn).materialise(fn)
+        self.forget = read_forget(forget, fn, "forget_odds_target's rows would be paired with the rows of one "
+                                  "shuffled pass (odds_pairing='image')" if odds_pairing == "image" else None)
         self.unseen = as_data(unseen, "unseen", fn).materialise(fn)
         for view in (self.forget, self.unseen):
             cast_to_model(view, self._plain)  # batches are served in the network's dtype

@@ -402,16 +402,27 @@ def order_error(loader: DataLoader, caller: str, why: str) -> ValueError:
                       "dataset, or tensors")
 
 
+def read_forget(data: Any, fn: str, why_ordered: str | None = None) -> DataView:
+    """The forget set in memory (:meth:`DataView.materialise`; ``data`` in any form :func:`as_data` takes). A
+    ``DataLoader`` that does not read each item of its dataset once, in the dataset's order or only shuffled
+    (:func:`materialises_in_order`), is refused when ``why_ordered`` says why its rows must line up with something
+    else; one that yields other than one row per item, or draws with replacement, warns
+    (:func:`warn_partial_read`): a row left out is neither forgotten nor retained."""
+    view = as_data(data, "forget", fn)
+    loader = view.loader if view.images is None and view.dataset is None else None
+    if why_ordered is not None and loader is not None and not materialises_in_order(loader):
+        raise order_error(loader, fn, why_ordered)
+    out = view.materialise(fn)
+    warn_partial_read(loader, len(out), "forget", fn)
+    return out
+
+
 def as_tensors(obj: Any, name: str, fn: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``(images [N, ...] floating, labels [N] int64)`` of any data argument :func:`as_data` takes, read
     into memory once (a ``DataLoader`` with its own sampler and transforms; one that only shuffles is read in its
     dataset's order, :meth:`DataView.materialise`). A forget loader that yields fewer rows than its dataset holds
     warns (:func:`warn_partial_read`)."""
-    view = as_data(obj, name, fn)
-    loader = view.loader if view.images is None and view.dataset is None else None
-    view = view.materialise(fn)
-    if name == "forget":
-        warn_partial_read(loader, len(view), name, fn)
+    view = read_forget(obj, fn) if name == "forget" else as_data(obj, name, fn).materialise(fn)
     return view.images, view.labels
 
 

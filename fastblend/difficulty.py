@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ._checks import plain_number
-from .data_adapter import as_data, materialises_in_order, order_error
+from .data_adapter import as_data, materialises_in_order, order_error, read_forget
 from .metrics import predict_logits
 
 __all__ = ["match_by_rank", "matched_unseen"]
@@ -147,7 +147,9 @@ def matched_unseen(model: nn.Module, reference: Any, forget: Any, unseen: Any, *
         keep = torch.randperm(rx.shape[0], generator=torch.Generator().manual_seed(int(seed)))[:max_reference]
         rx, ry = rx[keep.to(rx.device)], ry[keep.to(ry.device)]
     ref_l, ref_y, _ = _losses(model, (rx, ry), "reference", fn, device)
-    f_l, f_y, width = _losses(model, forget, "forget", fn, device)
+    f_view = read_forget(forget, fn, "the indices, one per forget row, would follow one random pass, not the "
+                                     "forget set's rows")
+    f_l, f_y, width = _losses(model, (f_view.images, f_view.labels), "forget", fn, device)
     u_l, u_y, _ = _losses(model, unseen, "unseen", fn, device, unseen_logits, width)
     idx = match_by_rank(ref_l, ref_y, f_l, f_y, u_l, u_y)
     if idx.numel() == 0:

@@ -392,6 +392,15 @@ def test_matched_unseen_refuses_an_unseen_loader_with_its_own_sampler():
     with pytest.raises(ValueError, match="matched_unseen: the DataLoader reads its dataset through .*shuffle=False"):
         sampler = RandomSampler(TensorDataset(ux, uy), replacement=True)
         matched_unseen(net, (x, y), (x[:9], y[:9]), DataLoader(TensorDataset(ux, uy), batch_size=8, sampler=sampler))
+    # the forget side: one index per forget row, so its rows must be the forget set's, in order
+    forget = TensorDataset(x[:9], y[:9])
+    shuffled = matched_unseen(net, (x, y), DataLoader(forget, batch_size=4, shuffle=True), (ux, uy))
+    assert torch.equal(direct, shuffled)
+    with pytest.raises(ValueError, match="matched_unseen: .*one per forget row, would follow one random pass"):
+        matched_unseen(net, (x, y), DataLoader(forget, batch_size=4, sampler=RandomSampler(forget, replacement=True)),
+                       (ux, uy))
+    with pytest.warns(UserWarning, match="matched_unseen: the forget DataLoader yielded 8 rows for its dataset's 9"):
+        matched_unseen(net, (x, y), DataLoader(forget, batch_size=4, drop_last=True), (ux, uy))
 
 
 def test_a_saved_set_without_residual_rows_keeps_its_source_for_the_ranking(tmp_path):

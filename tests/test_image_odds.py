@@ -54,8 +54,8 @@ def test_the_step_adds_the_excess_over_each_forget_rows_own_target():
     phi = true_class_log_odds(net(batch.x).double(), batch.labels)
     expected = 2.0 * (phi - target[batch.index]).clamp(min=0).pow(2).mean()
     base = plain.loss(retain)
-    assert float(out.total) == pytest.approx(float(base.total + expected), rel=1e-9)
-    assert float(expected) > 0  # the check means something: some rows sit above their target
+    assert float(out.total.detach()) == pytest.approx(float(base.total.detach() + expected.detach()), rel=1e-9)
+    assert float(expected.detach()) > 0  # the check means something: some rows sit above their target
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -91,6 +91,11 @@ def test_the_step_refuses_a_forget_loader_with_its_own_sampler_with_per_image_ta
     assert torch.equal(step.forget.images, forget[0])
     # the quantile match needs no row order: a shuffled loader stays accepted there
     AAMUStep(nn.Linear(2, C), shuffled, unseen, batch_size=4, odds_weight=1.0, unseen_logits=torch.zeros(30, C))
+    # a loader drawing with replacement repeats some rows and misses others: said, as unlearn says it
+    from torch.utils.data import RandomSampler
+    drawn = DataLoader(TensorDataset(*forget), batch_size=5, sampler=RandomSampler(range(24), replacement=True))
+    with pytest.warns(UserWarning, match="AAMUStep: the forget DataLoader's RandomSampler draws with replacement"):
+        AAMUStep(nn.Linear(2, C), drawn, unseen, batch_size=4, odds_weight=1.0, unseen_logits=torch.zeros(30, C))
 
 
 def test_unlearn_pulls_each_forget_image_to_its_matched_images_odds():

@@ -33,7 +33,7 @@ from ..data_adapter import (
     check_label_range,
     model_device,
     model_dtype,
-    warn_partial_read,
+    read_forget,
 )
 from ..datasets import whole_classes
 from ..distributed import broadcast_object
@@ -367,9 +367,7 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
                       f"{fn}: method {spec.name!r} is not accelerated but retain is a reduced retain set (Blend); "
                       "pass the real retain set", stacklevel=2)
     check_disjoint(r, f, fn)
-    forget_loader = f.loader if f.images is None and f.dataset is None else None
-    f = f.materialise(fn)
-    warn_partial_read(forget_loader, len(f), "forget", fn)
+    f = read_forget(f, fn)
     if u is not None:
         u = u.materialise(fn)
 

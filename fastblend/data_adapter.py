@@ -289,9 +289,13 @@ def _check_pair(x: torch.Tensor, y: torch.Tensor, name: str, fn: str, where: str
     floating images, 1-D integer labels >= 0, one per image."""
     if not x.is_floating_point():
         raise TypeError(f"{fn}: {name} images must be a floating-point tensor, got {x.dtype}{where}")
+    if y.dim() == 0 and where and not (y.is_floating_point() or y.is_complex() or y.dtype == torch.bool):
+        raise ValueError(f"{fn}: {name}'s DataLoader yields one image and one scalar label at a time, not "
+                         "batches (batch_size=None); give it a batch_size, or pass its dataset")
     if y.dim() != 1 or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
         raise TypeError(f"{fn}: {name} labels must be a 1-D integer tensor, got {y.dtype} of shape "
-                        f"{tuple(y.shape)}{where} (float labels would be truncated)")
+                        f"{tuple(y.shape)}{where}" + (" (float labels would be truncated)"
+                                                      if y.is_floating_point() else ""))
     if x.dim() < 1 or x.shape[0] != y.shape[0]:
         raise ValueError(f"{fn}: {name}{where} has {x.shape[0] if x.dim() else 0} images but {y.shape[0]} labels")
     if y.numel() and y.device.type != "meta" and int(y.min()) < 0:

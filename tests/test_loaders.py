@@ -181,3 +181,13 @@ def test_the_predicates():
     assert is_streamed_dataset(_Batches(x, y))
     rows = indexed_rows(DataLoader(ds, batch_size=6), "f")
     assert torch.equal(rows[0], x) and torch.equal(rows[1], y)
+
+
+def test_a_loader_of_single_items_is_refused_with_what_to_do():
+    # batch_size=None yields (image, scalar label) one at a time: the message said "int64 is not an integer"
+    x, y = torch.randn(12, 1, 4, 4), torch.arange(12) % 3
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    with pytest.raises(ValueError, match="unlearn: forget's DataLoader yields one image and one scalar label at a "
+                                         "time, not batches .*give it a batch_size"):
+        fastblend.unlearn("finetune", net, (x[:8], y[:8]), DataLoader(TensorDataset(x[8:], y[8:]), batch_size=None),
+                          config={"epochs": 1})

@@ -1,11 +1,20 @@
-"""Probe a_finetune settings on the matrix's BatchNorm ResNet-18 hard cell (seed 0), final and auto stop."""
-import sys, json, time
+"""Probe a_finetune settings on the matrix's BatchNorm ResNet-18 hard cell (seed 0), final and auto stop.
+
+    FASTBLEND_CACHE=... PYTHONPATH=. python resnet_probe.py OUT.json '{"name": {config overrides}, ...}'
+
+(reads the cell's Retrain unit from matrix-default/; the file this produced is resnet_probe.json)"""
+import json
+import sys
+import time
 from pathlib import Path
+
 import torch
-torch.set_num_threads(1)
+
 from benchmarks import bench_matrix as bm
 from fastblend.experiments import pipeline
 from fastblend.methods import unlearn
+
+torch.set_num_threads(1)
 
 out = Path(sys.argv[1])
 variants = json.loads(sys.argv[2])
@@ -14,7 +23,7 @@ dev = torch.device("cpu")
 results = json.loads(out.read_text()) if out.exists() else {}
 with bm._resnet_models():
     cfg = bm.family_config("hard", 2000, {}, 8)
-    folder = Path("/work/main/benchmarks/results-2026-12-05-cpu/matrix-default/resnet18bn-w8-hard/seed0")
+    folder = Path(__file__).resolve().parents[1] / "matrix-default" / "resnet18bn-w8-hard" / "seed0"
     ctx = bm.prepare(cfg, "hard", seed, folder, dev, print)
     ipc = cfg.ipc if cfg.ipc is not None else pipeline.default_ipc(cfg, ctx.train)
     index, _, _ = pipeline.blend_index(cfg, ctx.train, ipc, seed, dev, False)

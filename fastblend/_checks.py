@@ -22,6 +22,7 @@ import torch
 __all__ = ["as_device", "check_has_data", "plain_number", "plain_numbers", "user_stacklevel"]
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_TORCH = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep  # nn.Module.__call__ between a user and a criterion
 
 
 def plain_number(value: Any) -> Any:
@@ -72,9 +73,10 @@ def check_has_data(fn: str, name: str, *tensors: Any) -> None:
 
 def user_stacklevel() -> int:
     """For ``warnings.warn`` called by the function that calls this: the ``stacklevel`` of the first frame outside
-    the fastblend package (the user's line, however deep inside fastblend the warning is raised), so that the
-    warning names the caller's code and the default filter shows it once per caller's line."""
+    the fastblend package and torch (the user's line, however deep inside fastblend the warning is raised, and
+    through ``nn.Module.__call__``), so that the warning names the caller's code and the default filter shows it
+    once per caller's line."""
     frame, level = sys._getframe(1), 1  # the function that will call warnings.warn is level 1
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith((_PACKAGE, _TORCH)):
         frame, level = frame.f_back, level + 1
     return level

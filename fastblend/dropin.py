@@ -40,18 +40,21 @@ its forget and unseen forwards leave BatchNorm running statistics (and every oth
 training-mode module) untouched, also when the model checkpoints activations. It is a thin layer
 over :class:`fastblend.AAMUStep`, the one A-AMU step.
 
-A loop that keeps its own optimiser (say SGD lr 0.01, momentum 0.9, batch 256) runs, but each recipe is tuned for
-its Adam (``prep.lr``); measured on the paper's (λ = 34 and the steepened loss, tuned for Adam lr 2.4e-4): on a
-converged model the steepened retain loss ``mean(ℓ)²`` passes on ``2·mean(ℓ)`` (about a tenth) of the
-cross-entropy's gradient, so the MMD term dominates the step, whose size plain SGD follows (Adam normalises
-it). Expect larger, noisier moves of forget and test accuracy than with ``prep.optimizer``; keep to
+Pass ``prep.optimizer(model)`` in place of a loop's own optimiser: each recipe is tuned for its Adam (``prep.lr``),
+which normalises the step, and on a converged model this loss's gradient is 10-40x the cross-entropy's (the
+default recipe's per-image log-odds term and anchor; on the paper's, the MMD term dominates because the steepened
+retain loss ``mean(ℓ)²`` passes on about a tenth of the cross-entropy's gradient). An optimiser that steps by the
+gradient's size at a codebase's learning rate (SGD lr 0.01, momentum 0.9, batch 256) collapses the model under the
+default recipe within a few steps; the criterion then warns once (``criterion.collapsed_at``). Keep to
 ``prep.epochs`` epochs (``prep.steps`` steps) and evaluate (benchmarks/results-2026-12-05-cpu/codebase_loop
-measures both).
+measures the paper's recipe both ways).
 """
 
 from __future__ import annotations
 
+import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,7 +63,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ._checks import as_device, plain_number
+from ._checks import as_device, plain_number, user_stacklevel
 from ._device import module_device
 from .aamu import AAMULossOutput, AAMUStep, check_odds_pairing, check_odds_weight, check_step_settings
 from .autostop import AutoStop
@@ -97,15 +100,38 @@ class AAMUCriterion(nn.Module):
     :class:`fastblend.AAMULossOutput` (``main``/``mmd`` detached, for logging).
     """
 
-    def __init__(self, step: AAMUStep) -> None:
+    def __init__(self, step: AAMUStep, lr: float | None = None) -> None:
         super().__init__()
         self.step = step
         step.loss_name = "AAMUCriterion"  # errors of a call name the criterion the caller holds
         self.last: AAMULossOutput | None = None
+        self.lr = lr  # the recipe optimiser's learning rate, for the collapse warning
+        self.calls = 0
+        self.collapsed_at: int | None = None  # the call whose retain batch first scored worse than a uniform guess
+        self._was_better = False  # an earlier call's retain batch scored better than a uniform guess
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         per_sample = F.cross_entropy(logits, targets, reduction="none")
         self.last = self.step.loss(per_sample)
+        self.calls += 1
+        # a collapsed model (an optimiser that steps by the gradient's size, e.g. SGD at a codebase's learning rate:
+        # this loss's gradient is 10-40x the cross-entropy's on a converged model) is said once, not left silent;
+        # read every call for the first 8 and every 8th after (one host sync each)
+        if self.collapsed_at is None and (self.calls <= 8 or self.calls % 8 == 0) \
+                and not torch.compiler.is_compiling() and logits.dim() == 2 and logits.shape[1] > 1:
+            mean = float(per_sample.detach().float().mean())
+            chance = math.log(logits.shape[1])
+            if mean <= chance:
+                self._was_better = True
+            elif self._was_better:  # better than a guess before, worse now: not a model that never learned
+                self.collapsed_at = self.calls
+                recipe = f"Adam, lr {self.lr:g}" if self.lr is not None else "Adam"
+                warnings.warn(f"AAMUCriterion: the retain batch's cross-entropy is {mean:.2f} at call {self.calls}, "
+                              f"above a uniform guess's ({chance:.2f}): the model has collapsed. The recipe's "
+                              f"terms assume its optimiser (prep.optimizer(model): {recipe}); an optimiser that "
+                              "steps by the gradient's size (SGD) takes steps 10-40x a cross-entropy step's with "
+                              "this loss: use prep.optimizer(model), or lower your learning rate by that much",
+                              UserWarning, stacklevel=user_stacklevel())
         return self.last.total
 
 
@@ -510,8 +536,8 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
     timings["auto_stop"] = time.perf_counter() - t2
     timings["total"] = time.perf_counter() - t0
     recommended = {**RECOMMENDED, "lr": cfg.lr, "epochs": cfg.epochs}
-    return PreparedUnlearning(loader, AAMUCriterion(step), reduced, index, timings, recommended, cfg.epochs, request,
-                              recipe if request == "class" else {}, cfg.lr, recipe=recipe,
+    return PreparedUnlearning(loader, AAMUCriterion(step, cfg.lr), reduced, index, timings, recommended, cfg.epochs,
+                              request, recipe if request == "class" else {}, cfg.lr, recipe=recipe,
                               request_reason=paper_reason(why_not, f"target={cfg.target!r} was passed"
                                                           if chose_other_target(given, cfg) else None)
                               if auto and request == "sample" else None,

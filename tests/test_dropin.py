@@ -251,3 +251,30 @@ def test_a_forget_loader_that_drops_rows_warns(memorised):
     with pytest.warns(UserWarning, match="forget DataLoader yielded .* rows for its dataset's"):
         fastblend.prepare_unlearning(copy.deepcopy(trained), retain, loader, unseen, batch_size=16, iterations=2,
                                      seed=0)
+
+
+def test_a_collapse_under_an_optimiser_that_steps_by_the_gradients_size_is_said(memorised):
+    # SGD at a codebase's learning rate takes this loss's large gradient as it is: the model collapses within a few
+    # steps, and the criterion says so once (it was silent); the recipe's own optimiser does not collapse it
+    import copy
+    import warnings
+
+    trained, retain, forget, unseen, test = memorised
+
+    def run(make_optimiser):
+        model = copy.deepcopy(trained)
+        loaders = {"retain": DataLoader(TensorDataset(*retain), batch_size=16, shuffle=True),
+                   "forget": DataLoader(TensorDataset(*forget), batch_size=16),
+                   "unseen": DataLoader(TensorDataset(*unseen), batch_size=16)}
+        prep = fastblend.prepare_unlearning(model, loaders["retain"], loaders["forget"], loaders["unseen"],
+                                            batch_size=16, iterations=2, seed=0, stop=None)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            finetune({"retain": prep.retain_loader}, model, prep.criterion, make_optimiser(model, prep), epochs=1)
+        return prep, [w for w in seen if "has collapsed" in str(w.message)]
+
+    prep, said = run(lambda m, p: torch.optim.SGD(m.parameters(), lr=5.0, momentum=0.9))
+    assert len(said) == 1 and prep.criterion.collapsed_at is not None
+    assert "use prep.optimizer(model)" in str(said[0].message) and said[0].filename == __file__
+    prep, said = run(lambda m, p: p.optimizer(m))
+    assert said == [] and prep.criterion.collapsed_at is None

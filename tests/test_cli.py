@@ -536,3 +536,36 @@ def test_two_runs_with_the_same_seed_give_the_same_results(tmp_path, capsys):
                 (variant, key, value, b[variant][key])
             compared += 1
     assert compared >= 20
+
+
+@pytest.mark.parametrize("settings, named, says", [
+    ({"run_base": "false"}, "run_base", "bool"),  # was read as true: the base method ran
+    ({"train_config": {"batch_size": "64"}}, "train_config", "config['batch_size'] must be an int, got str '64'"),
+    ({"train_config": {"warmup_epochs": 2.5}}, "train_config", "config['warmup_epochs'] must be an int, got float"),
+    ({"retrain_config": {"lr": "0.1"}}, "retrain_config", "config['lr'] must be a number, got str '0.1'"),
+    ({"base_config": {"momentum": True}}, "base_config", "config['momentum'] must be a number, got bool"),
+])
+def test_a_config_files_wrong_types_exit_2_naming_the_setting(tmp_path, capsys, settings, named, says):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps(settings))
+    code = _run(tmp_path, "--config", str(config))
+    line = _one_line(capsys.readouterr().err)
+    assert code == 2 and named in line and says in line, line
+    assert not (tmp_path / "cache").exists()  # nothing was trained
+
+
+def test_a_config_files_recipe_changes_the_keys_it_names():
+    # {"train_config": {"epochs": 2}} kept only epochs (the library's defaults for the rest: lr 0.1, 5 warm-up
+    # epochs) while --train-epochs 2 changed only epochs of the command's recipe
+    from fastblend.experiments.settings import DEMO
+
+    args = cli.build_parser().parse_args(["demo", "--train-epochs", "2"])
+    by_flag = cli._config_from_args(args, DEMO)
+    path = ROOT / "tests" / "_tmp_train_config.json"
+    try:
+        path.write_text(json.dumps({"train_config": {"epochs": 2}}))
+        args = cli.build_parser().parse_args(["demo", "--config", str(path)])
+        by_file = cli._config_from_args(args, DEMO)
+    finally:
+        path.unlink()
+    assert by_file.train_config == by_flag.train_config == {**DEMO.train_config, "epochs": 2}

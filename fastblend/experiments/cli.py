@@ -192,6 +192,10 @@ def _config_from_args(args: argparse.Namespace, base: ExperimentConfig) -> Exper
     if getattr(args, "config", None):
         overrides.update(_load_config_file(args.config))
     from_file = set(overrides)  # what an error names as "<setting> (in --config FILE)", unless a flag set it
+    for key in ("train_config", "retrain_config", "base_config", "accelerated_config"):
+        # a file's recipe dict changes the keys it names, over the command's own recipe (as --train-epochs does)
+        if isinstance(overrides.get(key), dict) and isinstance(getattr(base, key, None), dict):
+            overrides[key] = {**getattr(base, key), **overrides[key]}
     preset = getattr(args, "blend_preset", None)
     if preset is not None:  # over the file's values, under the explicit flags
         overrides.update(BLEND_PRESETS[preset])
@@ -241,14 +245,21 @@ def _config_from_args(args: argparse.Namespace, base: ExperimentConfig) -> Exper
     budget = getattr(args, "base_budget", None)
     if budget is not None:
         cfg.base_budget = None if budget == "none" else budget
-    cfg.run_retrain = cfg.run_retrain and not getattr(args, "no_retrain", False)
+    # a flag turns a setting off (or on); without it the file's value reaches the checks as it is (a "false" string
+    # must be refused there, not read as true)
+    if getattr(args, "no_retrain", False):
+        cfg.run_retrain = False
     if getattr(args, "no_retrain", False) and budget is None and cfg.base_budget == "retrain" \
             and "base_budget" not in from_file:
         cfg.base_budget = None  # the demo's default budget is Retrain's time: without Retrain, no budget
-    cfg.run_base = cfg.run_base and not getattr(args, "no_base", False)
-    cfg.plots = cfg.plots and not getattr(args, "no_plots", False)
-    cfg.blend_amp = cfg.blend_amp or bool(getattr(args, "blend_amp", False))
-    cfg.quiet = bool(args.quiet) or cfg.quiet  # --quiet, or quiet: true in the --config file
+    if getattr(args, "no_base", False):
+        cfg.run_base = False
+    if getattr(args, "no_plots", False):
+        cfg.plots = False
+    if getattr(args, "blend_amp", False):
+        cfg.blend_amp = True
+    if args.quiet:  # --quiet, or quiet: true in the --config file
+        cfg.quiet = True
     by_flag = {name for name in simple if getattr(args, name, None) is not None}
     by_flag |= {setting for setting, flag in (("base_config", "epochs"), ("train_config", "train_epochs"),
                                               ("retrain_config", "retrain_epochs"), ("base_budget", "base_budget"))

@@ -9,8 +9,11 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, fields
 from typing import Any
+
+import numpy as np
 
 from .._checks import plain_numbers
 from ..recipe import RECIPE
@@ -203,6 +206,35 @@ class AAMUFields:
             raise ValueError(f"{fn}: config.unseen_refresh must be >= 1 (1 = every step), got {self.unseen_refresh}")
 
 
+_SIMPLE_TYPES = {"int": "an int", "float": "a number", "str": "a str", "bool": "a bool", "None": "None"}
+
+
+def _matches(value: Any, name: str) -> bool:
+    if name == "int":
+        return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+    if name == "float":
+        return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+    if name == "str":
+        return isinstance(value, str)
+    if name == "bool":
+        return isinstance(value, (bool, np.bool_))
+    return value is None
+
+
+def _check_types(config: dict, cls: type, fn: str) -> None:
+    """Each override of a plain-typed field (``int``, ``float``, ``str``, ``bool``, optionally ``| None``) of the
+    dataclass ``cls`` is of that type (a ``TypeError`` naming the key, what it expected and what it got: a config
+    file's ``"3"`` for an int, ``2.5`` for epochs); fields of other types are left to ``check``."""
+    annotations = {f.name: f.type for f in fields(cls)}
+    for key, value in config.items():
+        kinds = [part.strip() for part in str(annotations.get(key, "")).split("|")]
+        if not kinds or not all(kind in _SIMPLE_TYPES for kind in kinds):
+            continue
+        if not any(_matches(value, kind) for kind in kinds):
+            expected = " or ".join(_SIMPLE_TYPES[kind] for kind in kinds)
+            raise TypeError(f"{fn}: config[{key!r}] must be {expected}, got {type(value).__name__} {value!r}")
+
+
 def resolve_config(config: Any, cls: type, fn: str):
     """``None`` -> defaults; a dict -> defaults with those overrides; an instance of ``cls`` -> itself."""
     if config is None:
@@ -213,7 +245,9 @@ def resolve_config(config: Any, cls: type, fn: str):
         if unknown:
             raise ValueError(f"{fn}: unknown config keys {unknown} for {cls.__name__}; "
                              f"expected some of {sorted(names)}")
-        cfg = cls(**plain_numbers(config))  # numpy numbers as Python's
+        config = plain_numbers(config)  # numpy numbers as Python's
+        _check_types(config, cls, fn)
+        cfg = cls(**config)
     elif type(config) is cls:
         cfg = config
     else:

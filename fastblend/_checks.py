@@ -59,6 +59,12 @@ def as_device(device: Any, fn: str, arg: str = "device") -> torch.device | None:
         raise ValueError(f"{fn}: {arg} {device!r} is not a device; expected e.g. 'cpu', 'cuda' or 'cuda:0'") from None
     if dev.type == "meta":
         raise ValueError(f"{fn}: {arg} 'meta' holds no data to compute on; expected e.g. 'cpu' or 'cuda'")
+    if dev.type == "cuda":  # torch's own error comes later, from deep inside ("Found no NVIDIA driver")
+        if not torch.cuda.is_available():
+            raise ValueError(f"{fn}: {arg} {str(dev)!r} but torch sees no CUDA device here "
+                             "(torch.cuda.is_available() is False); use 'cpu' or None")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{fn}: {arg} {str(dev)!r} but torch sees {torch.cuda.device_count()} CUDA device(s)")
     return dev
 
 

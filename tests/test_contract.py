@@ -663,6 +663,12 @@ ROWS += [
      ValueError, "condense: images must be finite; row 7"),
     ("unlearn", "device string", lambda: F.unlearn("finetune", _net(), _pair(12), _pair(2), device="cuda:x"),
      ValueError, "unlearn: device 'cuda:x' is not a device"),
+    # a CUDA device torch cannot see: said up front, not torch's "Found no NVIDIA driver" from deep inside
+    ("unlearn", "a CUDA ordinal beyond the devices",
+     lambda: F.unlearn("finetune", _net(), _pair(12), _pair(2), device="cuda:99"),
+     ValueError, "unlearn: device 'cuda:99' but torch sees"),
+    ("prepare_unlearning", "a CUDA ordinal beyond the devices", lambda: _pu(device="cuda:99"), ValueError,
+     "prepare_unlearning: device 'cuda:99' but torch sees"),
 ]
 
 

@@ -71,13 +71,14 @@ from .condensation import BlendIndex, ReducedRetainSet
 from .condensation.checks import forget_mask
 from .condensation.recipe import default_ipc
 from .condensation.source import content_keys, read_rows, row_keys, source_labels, source_sample
-from .data_adapter import as_tensors, is_streamed_dataset
+from .data_adapter import as_tensors, check_batch_labels, is_streamed_dataset, model_dtype
 from .methods import (
     anchor_rows,
     auto_request_of_labels,
     image_odds_target,
     matched_rows,
     paper_reason,
+    probe_num_classes,
     refuse_fixed_on_whole_classes,
 )
 from .methods.aamu_configs import AFinetuneConfig, chose_other_target, request_config
@@ -479,6 +480,11 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
     ux, uy = as_tensors(unseen, "unseen", fn)
     if tuple(ux.shape[1:]) != tuple(fx.shape[1:]):
         raise ValueError(f"{fn}: unseen images are {list(ux.shape[1:])} but forget images {list(fx.shape[1:])}")
+    # every label inside the model's output width, before any criterion call (torch's IndexError from inside the
+    # loss, or a forget class "missing from the unseen pool", otherwise)
+    width = probe_num_classes(model, fx[:1].to(dev, model_dtype(model)))
+    for name, labels in (("retain", reduced.labels), ("forget", fy), ("unseen", uy)):
+        check_batch_labels(labels, width, name, fn)
     # the fine-tune's recipes (the criterion is a fine-tune's) through the one rule unlearn uses: "auto" is a
     # whole-class request when no forget class has a retain row, else the difficulty-matched one when every forget
     # class keeps retain rows and has unseen images; what the caller passed here is kept

@@ -669,6 +669,14 @@ ROWS += [
      ValueError, "unlearn: device 'cuda:99' but torch sees"),
     ("prepare_unlearning", "a CUDA ordinal beyond the devices", lambda: _pu(device="cuda:99"), ValueError,
      "prepare_unlearning: device 'cuda:99' but torch sees"),
+    # labels beyond the model's 3 classes: torch's IndexError at the first criterion call, or "missing classes"
+    ("prepare_unlearning", "retain label beyond the model's classes", lambda: _pu(retain=(_x(12), _y(12, 4))),
+     ValueError, r"prepare_unlearning: retain labels must be in \[0, 3\) \(the model's output width\), got 3"),
+    ("prepare_unlearning", "forget label beyond the model's classes",
+     lambda: _pu(forget=(_x(2) + 100.0, torch.tensor([0, 3]))), ValueError,
+     r"prepare_unlearning: forget labels must be in \[0, 3\)"),
+    ("prepare_unlearning", "unseen label beyond the model's classes", lambda: _pu(unseen=(_x(12), _y(12) + 90)),
+     ValueError, r"prepare_unlearning: unseen labels must be in \[0, 3\)"),
 ]
 
 

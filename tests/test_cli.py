@@ -569,3 +569,13 @@ def test_a_config_files_recipe_changes_the_keys_it_names():
     finally:
         path.unlink()
     assert by_file.train_config == by_flag.train_config == {**DEMO.train_config, "epochs": 2}
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--forget-fraction", "0.01"], "--forget-fraction"),  # 1 forget image of 100: the MIA needs 5
+])
+def test_a_split_too_small_for_the_attack_exits_2_before_any_training(tmp_path, capsys, argv, flag):
+    code = _run(tmp_path, *argv)
+    line = _one_line(capsys.readouterr().err)
+    assert code == 2 and line.startswith(f"fastblend run: error: {flag}:") and "at least 5 of each" in line, line
+    assert not (tmp_path / "cache").exists()  # the original model was not trained

@@ -76,7 +76,7 @@ from .settings import (
 # the settings (.settings) and the result files (.results) are re-exported here, where the command
 # line and users have always found them
 __all__ = ["DEMO", "DEMO_RECIPE", "NOT_PER_REQUEST", "STAGES", "VARIANTS", "ConfigError", "ExperimentConfig",
-           "check_against_data", "default_ipc", "evaluate_model", "format_table", "hard_split",
+           "check_against_data", "check_evaluable", "default_ipc", "evaluate_model", "format_table", "hard_split",
            "original_model", "plots_available", "prepare_output", "reduce_retain", "retrain_ensemble",
            "run_experiment", "run_rounds", "run_seed", "summarise", "with_overrides", "write_results",
            "yardstick"]
@@ -475,6 +475,7 @@ def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, log: Callable[[str
     retain, forget, unseen = split.retain_tensors(), split.forget_tensors(), split.unseen_tensors()
     ipc = cfg.ipc if cfg.ipc is not None else default_ipc(cfg, train)
     check_against_data(cfg, split, ipc)
+    check_evaluable(cfg, split, heldout)
     log(f"[seed {seed}] {train.name}: {len(train)} train ({split.retain.numel()} retain, {split.forget.numel()} "
         f"forget, {cfg.forget}), {split.unseen.numel()} unseen, {split.evaluation.numel()} evaluation; ipc {ipc}")
 
@@ -686,24 +687,30 @@ def check_against_data(cfg: ExperimentConfig, split, ipc: int) -> None:
                           "(docs/method.md §1.3) serves: at most 5277; set ipc") from None
 
 
+#: the fewest forget and held-out images the membership attack and its interval score (docs/method.md §4.3)
+MIA_MIN_GROUP = 5
+
+
+def check_evaluable(cfg: ExperimentConfig, split, heldout: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """Before any training: the split holds enough forget images, and held-out images of their classes, for the
+    membership attack every row is scored with (a ``ConfigError`` naming the setting to raise, not an error from
+    the evaluation after the models were trained)."""
+    n_forget, n_heldout = int(split.forget.numel()), int(heldout[1].numel())
+    if min(n_forget, n_heldout) >= MIA_MIN_GROUP:
+        return
+    setting = "forget_fraction" if n_forget < MIA_MIN_GROUP and cfg.forget != "classwise" else \
+        "per_class" if cfg.per_class is not None else "limit"
+    raise ConfigError(setting, f"the split holds {n_forget} forget images and {n_heldout} held-out images of their "
+                               f"classes; the membership attack needs at least {MIA_MIN_GROUP} of each: raise "
+                               "limit or per_class (more images per class), or forget_fraction")
+
+
 def default_ipc(cfg: ExperimentConfig, train) -> int:
     info = dataset_info(cfg.dataset)
     paper = getattr(info, "paper_ipc", None)
     if paper and cfg.per_class is None and cfg.limit is None:
         return int(paper)
     return blend_default_ipc(len(train), train.num_classes)
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] | None = None) -> dict:

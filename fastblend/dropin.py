@@ -63,7 +63,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ._checks import as_device, plain_number, user_stacklevel
+from ._checks import as_device, check_finite_images, plain_number, user_stacklevel
 from ._device import module_device
 from .aamu import AAMULossOutput, AAMUStep, check_odds_pairing, check_odds_weight, check_step_settings
 from .autostop import AutoStop
@@ -446,6 +446,7 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
         if forget is retain:
             raise ValueError(f"{fn}: forget is retain (the same object); pass the retain set without the forget rows")
         fx, fy = as_tensors(forget, "forget", fn)
+        check_finite_images(fn, "forget", fx)
         if is_streamed_dataset(retain):  # e.g. MemmapImages: the index streams it, the reduced set serves rows from it
             shape = tuple(source_sample(retain, fn).shape)
             if shape != tuple(fx.shape[1:]):
@@ -462,6 +463,10 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
             data, labels = torch.cat([rx, fx.to(rx.device, rx.dtype)]), torch.cat([ry, fy.to(ry.device)])
             n_retain = rx.shape[0]
         all_labels = labels if labels is not None else data.labels
+        # labels inside the model's output width before the index is built (the build can take minutes)
+        width = probe_num_classes(model, fx[:1].to(dev, model_dtype(model)))
+        check_batch_labels(fy, width, "forget", fn)
+        check_batch_labels(all_labels[:n_retain], width, "retain", fn)
         if ipc is None:
             ipc = default_ipc(all_labels.numel(), int(torch.unique(all_labels).numel()))
         iterations = 12 if iterations is None else iterations
@@ -478,6 +483,7 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
     t1 = time.perf_counter()
     reduced = index.reduce(forget_rows)
     ux, uy = as_tensors(unseen, "unseen", fn)
+    check_finite_images(fn, "unseen", ux)
     if tuple(ux.shape[1:]) != tuple(fx.shape[1:]):
         raise ValueError(f"{fn}: unseen images are {list(ux.shape[1:])} but forget images {list(fx.shape[1:])}")
     # every label inside the model's output width, before any criterion call (torch's IndexError from inside the

@@ -675,6 +675,18 @@ ROWS += [
     ("prepare_unlearning", "forget label beyond the model's classes",
      lambda: _pu(forget=(_x(2) + 100.0, torch.tensor([0, 3]))), ValueError,
      r"prepare_unlearning: forget labels must be in \[0, 3\)"),
+    # NaN/inf pixels in the forget or unseen images: named, with the row (were "forget_loss must be finite" from
+    # match_by_rank, "unseen_logits must be finite" from matched_unseen, or the joined index's row number)
+    ("prepare_unlearning", "NaN forget pixel", lambda: _pu(forget=(_nan_at(1, 2) + 100.0, _y(2))), ValueError,
+     "prepare_unlearning: forget images must be finite; row 1 holds NaN or inf"),
+    ("prepare_unlearning", "inf unseen pixel", lambda: _pu(unseen=(_nan_at(7) * -1, _y(12))), ValueError,
+     "prepare_unlearning: unseen images must be finite; row 7 holds NaN or inf"),
+    ("unlearn", "NaN forget pixel", lambda: F.unlearn("a_finetune", _net(), _pair(12), (_nan_at(1, 4), _y(4)),
+                                                      _pair(12)), ValueError,
+     "unlearn: forget images must be finite; row 1 holds NaN or inf"),
+    ("unlearn", "inf unseen pixel", lambda: F.unlearn("a_finetune", _net(), _pair(12), _pair(4),
+                                                      (_nan_at(7) * -1, _y(12))), ValueError,
+     "unlearn: unseen images must be finite; row 7 holds NaN or inf"),
     ("prepare_unlearning", "unseen label beyond the model's classes", lambda: _pu(unseen=(_x(12), _y(12) + 90)),
      ValueError, r"prepare_unlearning: unseen labels must be in \[0, 3\)"),
 ]

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils.data import IterableDataset, TensorDataset
 
-from .._checks import as_device, plain_number
+from .._checks import as_device, check_finite_images, plain_number
 from ..autostop import AutoStop
 from ..data_adapter import (
     DataView,
@@ -368,8 +368,10 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
                       "pass the real retain set", stacklevel=2)
     check_disjoint(r, f, fn)
     f = read_forget(f, fn)
+    check_finite_images(fn, "forget", f.images)
     if u is not None:
         u = u.materialise(fn)
+        check_finite_images(fn, "unseen", u.images)
 
     work = model if cfg.inplace else _copy_model(model, fn)
     work = work.to(dev)

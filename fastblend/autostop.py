@@ -403,6 +403,10 @@ class AutoStop:
             raise TypeError(f"AutoStop: step must be an int, got {type(step).__name__}")
         if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real):
             raise TypeError(f"AutoStop: seconds must be a number, got {type(seconds).__name__}")
+        if step < 0:
+            raise ValueError(f"AutoStop: step must be >= 0 (optimiser steps taken), got {step}")
+        if not math.isfinite(seconds) or seconds < 0:
+            raise ValueError(f"AutoStop: seconds must be a finite number >= 0 (the run's time so far), got {seconds}")
         if full_below is not None and (isinstance(full_below, bool) or not isinstance(full_below, numbers.Real)):
             raise TypeError(f"AutoStop: full_below must be None or a number, got {type(full_below).__name__}")
         if full_below is not None and math.isnan(full_below):
@@ -523,6 +527,10 @@ class AutoStop:
             step = self.history[-1].step + 1 if self.history else 0
         if seconds is None:
             seconds = 0.0
+        last = self.history[-1].step if self.history else None
+        if last is not None and isinstance(step, numbers.Integral) and not isinstance(step, bool) and step < last:
+            raise ValueError(f"AutoStop: step {step} comes before the last evaluation's step {last}; a new run starts "
+                             "with start(model) (unlearn and prepare_unlearning call it)")
         # (c)'s held-out forwards are needed only where the check could stop the run or be the closest so far
         best = (self._closest[0].shortfall if self._closest is not None else math.inf) if self.keep_closest \
             else -math.inf

@@ -587,6 +587,17 @@ def test_hostile_inputs_to_the_stop_get_clear_errors(sets):
     stop.start(model)
     with pytest.raises(TypeError, match="full_below must be None or a number"):
         stop.check(model, 1, 0.0, full_below="x")
+    # a step going backwards is a run the caller forgot to start; steps and seconds out of range are refused
+    for step, seconds, message in ((-1, 0.0, "step must be >= 0"), (2, float("nan"), "seconds must be a finite"),
+                                   (2, -1.0, "seconds must be a finite number >= 0")):
+        with pytest.raises(ValueError, match=message):
+            stop.check(model, step, seconds)
+    stop(model, 3, 1.0)
+    with pytest.raises(ValueError, match="step 2 comes before the last evaluation's step 3; a new run starts"):
+        stop(model, 2, 2.0)
+    stop(model, 3, 2.0)  # the same step again (finish's evaluation of the final model) is fine
+    stop.start(model)
+    stop(model, 0, 0.0)  # after start, a new run from step 0
     assert stop.check(model, torch.tensor(1), 0.0).step == 1  # a one-element tensor step, as before
     with pytest.raises(ValueError, match="full_below must be None or a number"):
         stop.check(model, 1, 0.0, full_below=float("nan"))

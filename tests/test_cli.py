@@ -348,7 +348,7 @@ def test_sigterm_during_second_seed_keeps_the_first(tmp_path):
     finally:
         proc.kill()
     assert proc.returncode != 0
-    assert "SIGTERM" in _one_line(err)
+    assert "SIGTERM" in _one_line(err) and "results of the finished seeds are in" in _one_line(err)
     doc = json.loads((out / "results.json").read_text())
     assert [s["seed"] for s in doc["per_seed"]] == [0]
     csv_rows = (out / "results.csv").read_text().splitlines()
@@ -579,3 +579,13 @@ def test_a_split_too_small_for_the_attack_exits_2_before_any_training(tmp_path, 
     line = _one_line(capsys.readouterr().err)
     assert code == 2 and line.startswith(f"fastblend run: error: {flag}:") and "at least 5 of each" in line, line
     assert not (tmp_path / "cache").exists()  # the original model was not trained
+
+
+def test_an_interrupt_before_any_seed_finished_says_nothing_was_written(tmp_path, capsys, monkeypatch):
+    def interrupted(cfg, log=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "run_experiment", interrupted)
+    assert _run(tmp_path) == 130
+    line = _one_line(capsys.readouterr().err)
+    assert "interrupted by Ctrl-C; no seed had finished, so no results were written" in line, line

@@ -459,7 +459,10 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, _Terminated) as exc:
         if debug:
             raise
-        kept = f"; results of the finished seeds are in {args.results}" if getattr(args, "results", None) else ""
+        results = getattr(args, "results", None)
+        kept = "" if results is None else (f"; results of the finished seeds are in {results}"
+                                           if (Path(results) / "results.json").exists() else
+                                           "; no seed had finished, so no results were written")
         how = "SIGTERM" if isinstance(exc, _Terminated) else "Ctrl-C"
         print(f"{where}: interrupted by {how}{kept}", file=sys.stderr)
         return 143 if isinstance(exc, _Terminated) else 130

@@ -109,7 +109,7 @@ class AAMUCriterion(nn.Module):
         self.lr = lr  # the recipe optimiser's learning rate, for the collapse warning
         self.calls = 0
         self.collapsed_at: int | None = None  # the call whose retain batch first scored worse than a uniform guess
-        self._was_better = False  # an earlier call's retain batch scored better than a uniform guess
+        self._best = math.inf  # the lowest retain-batch cross-entropy read so far
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         per_sample = F.cross_entropy(logits, targets, reduction="none")
@@ -122,9 +122,10 @@ class AAMUCriterion(nn.Module):
                 and not torch.compiler.is_compiling() and logits.dim() == 2 and logits.shape[1] > 1:
             mean = float(per_sample.detach().float().mean())
             chance = math.log(logits.shape[1])
-            if mean <= chance:
-                self._was_better = True
-            elif self._was_better:  # better than a guess before, worse now: not a model that never learned
+            self._best = min(self._best, mean)
+            # clearly better than a guess before (half its loss), worse than one now: not a model that never learned,
+            # nor one near chance whose batches fluctuate around it
+            if mean > chance and self._best <= chance / 2:
                 self.collapsed_at = self.calls
                 recipe = f"Adam, lr {self.lr:g}" if self.lr is not None else "Adam"
                 warnings.warn(f"AAMUCriterion: the retain batch's cross-entropy is {mean:.2f} at call {self.calls}, "

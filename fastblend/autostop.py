@@ -256,7 +256,7 @@ class AutoStop:
                 raise TypeError(f"{fn}: {name} must be a bool, got {type(flag).__name__}")
         self.keep_closest, self.staged = bool(keep_closest), bool(staged)
         self._closest: tuple[AutoStopCheck, dict[str, torch.Tensor]] | None = None  # (its evaluation, weights)
-        self.restored_step: int | None = None  # the step whose weights finish() put back
+        self.restored_step: int | None = None  # the step whose weights finish() or recover() put back
         gen = torch.Generator().manual_seed(int(seed))
         limit = None if max_samples is None else int(max_samples)
         self.forget = _pair(forget, limit, gen, "forget")
@@ -594,15 +594,15 @@ class AutoStop:
         """After a run that ended in an error (its weights diverged, or it was interrupted): load the weights of
         the evaluation closest to the rule into ``model``, without evaluating the broken final model. ``why``
         goes into :attr:`reason`. Returns ``True`` when it loaded weights (:attr:`restored_step` says which
-        step's); ``False`` when there are none (no evaluation counted yet, ``keep_closest=False``, or already
-        restored). :func:`fastblend.unlearn` calls it for you and hands the model back on the exception
-        (``exc.result``)."""
+        step's); ``False`` when there are none (no evaluation counted yet, ``keep_closest=False``, already
+        restored, or the rule held: the stop's model is the result). :func:`fastblend.unlearn` calls it for you
+        and hands the model back on the exception (``exc.result``)."""
         if not isinstance(model, nn.Module):
             raise TypeError(f"AutoStop.recover: model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(why, str):
             raise TypeError(f"AutoStop.recover: why must be a str, got {type(why).__name__}")
-        if self.restored_step is not None or self._closest is None or not self._closest[1]:
-            return False
+        if self.stopped or self.restored_step is not None or self._closest is None or not self._closest[1]:
+            return False  # after a stop the model that met the rule is the result, not an older closest
         check, weights = self._closest
         model.load_state_dict(_fold_pruning(weights, model.state_dict()))
         self._closest = (check, {})  # the copy is the model's now
@@ -616,11 +616,11 @@ class AutoStop:
         """JSON-ready: ``stopped``, ``step``, ``seconds`` (at the stop, own evaluations included), ``reason``,
         ``kind``, ``whole_classes``, ``baseline_heldout_acc``, ``compared_with``, ``evaluations``,
         ``partial_evaluations`` (those that skipped (c): ``staged``), ``eval_seconds``,
-        ``restored_step`` (the step whose weights :meth:`finish` put back, else ``None``), ``closest`` (that
-        evaluation's step, seconds and shortfall, ``None`` before one counts) and the last evaluation. Plain
-        Python values for ``json.dump``; a statistic that is undefined (the MIA of a group under 5 samples, the
-        held-out accuracy of a partial evaluation, the shortfall before ``min_steps``) is NaN or inf, which
-        Python's ``json`` writes and strict JSON (``allow_nan=False``) refuses."""
+        ``restored_step`` (the step whose weights :meth:`finish` or :meth:`recover` put back, else ``None``),
+        ``closest`` (that evaluation's step, seconds and shortfall, ``None`` before one counts) and the last
+        evaluation. Plain Python values for ``json.dump``; a statistic that is undefined (the MIA of a group under 5
+        samples, the held-out accuracy of a partial evaluation, the shortfall before ``min_steps``) is NaN or inf,
+        which Python's ``json`` writes and strict JSON (``allow_nan=False``) refuses."""
         return {"stopped": self.stopped, "step": self.stop_step, "seconds": self.stop_seconds, "reason": self.reason,
                 "kind": self.kind, "whole_classes": list(self.whole_classes), "baseline_heldout_acc": self.baseline,
                 "compared_with": "heldout" if self.matched is None else "matched_heldout",

@@ -412,6 +412,8 @@ def read_forget(data: Any, fn: str, why_ordered: str | None = None) -> DataView:
     (:func:`materialises_in_order`), is refused when ``why_ordered`` says why its rows must line up with something
     else; one that yields other than one row per item, or draws with replacement, warns
     (:func:`warn_partial_read`): a row left out is neither forgotten nor retained."""
+    if why_ordered is not None and isinstance(data, DataLoader) and not materialises_in_order(data):
+        raise order_error(data, fn, why_ordered)  # before as_data, which reads an IterableDataset's loader at once
     view = as_data(data, "forget", fn)
     loader = view.loader if view.images is None and view.dataset is None else None
     if why_ordered is not None and loader is not None and not materialises_in_order(loader):

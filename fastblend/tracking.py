@@ -336,4 +336,4 @@ def eval_every_for(steps: int, evaluations: int) -> int:
 
 
 __all__ = ["Band", "CurvePoint", "SeedBand", "StepClock", "Tracker", "band_from_ensemble", "eval_every_for",
-           "time_to_target"]
+           "final_report", "time_to_target"]

@@ -335,6 +335,56 @@ def test_the_callers_eval_every_neither_thins_nor_multiplies_the_stops_evaluatio
     assert set(range(0, res.steps, user)) <= set(seen)
 
 
+@pytest.mark.parametrize("method", ["retrain", "distill"])
+def test_a_failed_run_of_a_method_that_trains_a_new_model_hands_that_one_back(method):
+    # retrain and distill train a new model: the kept weights are its, never loaded into the caller's (inplace)
+    model, retain, forget, unseen = _mlp_task()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def boom(m, step, seconds):
+        if step >= 4:
+            raise KeyboardInterrupt
+
+    student = (lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 3))) \
+        if method == "distill" else None
+    cfg = {"epochs": 3, "inplace": True, **({"model_factory": student} if student else {})}
+    with pytest.raises(KeyboardInterrupt) as caught:  # the caller's error, not a load_state_dict mismatch
+        unlearn(method, model, retain, forget, unseen, config=cfg, callback=boom, eval_every=1,
+                stop=AutoStop(forget, unseen, retain[1], seed=0, patience=1000))  # never stops by itself
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    res = caught.value.result
+    assert res.model is not model and res.steps == res.info["auto_stop"]["restored_step"]
+
+
+def test_recover_after_the_stop_fired_keeps_the_stops_model(sets):
+    retain, forget, heldout = sets
+    model = _Memoriser(*forget)
+    stop = AutoStop(forget, heldout, retain[1], seed=0, slack=5.0)
+    stop.start(model)
+    model.alpha = 0.5
+    stop(model, 1, 1.0)
+    model.alpha = 1.0
+    assert stop(model, 2, 2.0)  # the rule held: this model is the result
+    model.alpha = 0.0
+    assert not stop.recover(model) and model.alpha == 0.0 and stop.restored_step is None
+
+
+def test_the_caller_sees_the_last_model_when_it_falls_on_the_stops_cadence_only():
+    model, retain, forget, unseen = _mlp_task()
+    seen = []
+
+    def callback(m, step, seconds):
+        seen.append((step, fastblend.tracking.final_report()))
+
+    res = unlearn("finetune", model, retain, forget, unseen, config={"epochs": 20, "batch_size": 64}, stop="auto",
+                  callback=callback, eval_every=25)
+    assert seen[-1] == (res.steps, True) and [s for s, _ in seen].count(res.steps) == 1
+    seen.clear()  # without a stop: the last step on the caller's cadence is reported once, as the final one
+    res = unlearn("finetune", model, retain, forget, unseen, config={"epochs": 20, "batch_size": 64},
+                  callback=callback, eval_every=10)
+    assert seen[-1] == (res.steps, True) and not any(final for _, final in seen[:-1])
+
+
 def test_it_needs_no_retrain_input():
     params = set(inspect.signature(AutoStop).parameters)
     assert params.isdisjoint({"retrain", "reference", "band", "target"})  # matched_heldout: held-out images

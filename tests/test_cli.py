@@ -589,3 +589,16 @@ def test_an_interrupt_before_any_seed_finished_says_nothing_was_written(tmp_path
     assert _run(tmp_path) == 130
     line = _one_line(capsys.readouterr().err)
     assert "interrupted by Ctrl-C; no seed had finished, so no results were written" in line, line
+
+
+def test_an_earlier_runs_results_are_not_taken_for_this_ones(tmp_path, capsys, monkeypatch):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "results.json").write_text("{}")  # left by an earlier run
+    os.utime(tmp_path / "out" / "results.json", (0, 0))
+
+    def interrupted(cfg, log=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "run_experiment", interrupted)
+    assert _run(tmp_path) == 130
+    assert "no seed had finished" in _one_line(capsys.readouterr().err)

@@ -604,3 +604,14 @@ def test_amp_on_a_cpu_without_native_half_precision_warns(monkeypatch, lacks):
         assert str(said[0].message).startswith("unlearn: config.amp=True runs bfloat16")
         assert "Blend's amp=True" in str(said[1].message)
         assert all(w.filename == __file__ for w in said)  # the caller's line, however deep it was raised
+
+
+def test_config_dicts_take_0_and_1_for_bools_and_0d_tensors_for_numbers():
+    from fastblend.methods.config import resolve_config
+    from fastblend.methods.finetune import FinetuneConfig
+
+    cfg = resolve_config({"inplace": 1, "amp": 0, "epochs": torch.tensor(2), "lr": torch.tensor(0.5)},
+                         FinetuneConfig, "t")
+    assert cfg.inplace == 1 and cfg.amp == 0 and cfg.epochs == 2 and isinstance(cfg.epochs, int)
+    with pytest.raises(TypeError, match=r"t: config\['inplace'\] must be a bool, got int 2"):
+        resolve_config({"inplace": 2}, FinetuneConfig, "t")

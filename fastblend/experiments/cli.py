@@ -441,6 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     where = f"fastblend {args.command}"
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
+    started = time.time()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default", RuntimeWarning)
@@ -460,8 +461,9 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         results = getattr(args, "results", None)
-        kept = "" if results is None else (f"; results of the finished seeds are in {results}"
-                                           if (Path(results) / "results.json").exists() else
+        written = results is not None and (Path(results) / "results.json").exists() \
+            and (Path(results) / "results.json").stat().st_mtime >= started  # not an earlier run's file
+        kept = "" if results is None else (f"; results of the finished seeds are in {results}" if written else
                                            "; no seed had finished, so no results were written")
         how = "SIGTERM" if isinstance(exc, _Terminated) else "Ctrl-C"
         print(f"{where}: interrupted by {how}{kept}", file=sys.stderr)

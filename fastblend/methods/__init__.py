@@ -368,10 +368,12 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
                       "pass the real retain set", stacklevel=2)
     check_disjoint(r, f, fn)
     f = read_forget(f, fn)
-    check_finite_images(fn, "forget", f.images)
+    if spec.name != "retrain":  # retrain never reads the forget set
+        check_finite_images(fn, "forget", f.images)
     if u is not None:
         u = u.materialise(fn)
-        check_finite_images(fn, "unseen", u.images)
+        if spec.accelerated or stop is not None:  # the methods (and the stop) that read it
+            check_finite_images(fn, "unseen", u.images)
 
     work = model if cfg.inplace else _copy_model(model, fn)
     work = work.to(dev)
@@ -490,8 +492,12 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
             stopper.finish(outcome.model, outcome.steps, seconds)
             finishing = stopper.eval_seconds - start
     except (FloatingPointError, KeyboardInterrupt) as exc:  # nothing the run computed is lost: the stop's kept model
-        _hand_back(exc, stopper, work, cfg, spec.name, ctx, setup_seconds + time.perf_counter() - started,
-                   num_classes, len(r), r.reduced, pruned_before)
+        try:
+            _hand_back(exc, stopper, getattr(ctx, "trained", work), cfg, spec.name, ctx,
+                       setup_seconds + time.perf_counter() - started, num_classes, len(r), r.reduced, pruned_before)
+        except Exception as failed:  # the caller's error stays the error; what went wrong here is said beside it
+            warnings.warn(f"{fn}: the closest evaluation's model could not be handed back ({type(failed).__name__}: "
+                          f"{failed})", UserWarning, stacklevel=2)
         raise
     if stopper is not None:  # the stop's evaluations are the method's cost, not the caller's
         ctx.info["eval_seconds"] = ctx.info.get("eval_seconds", 0.0) - (stopper.eval_seconds - before - finishing)
@@ -540,9 +546,11 @@ def _hand_back(exc: BaseException, stopper: AutoStop | None, work: nn.Module, cf
                seconds: float, num_classes: int, retain_size: int, reduced: bool,
                pruned_before: set[tuple[int, str]]) -> None:
     """A run that diverged (``FloatingPointError``) or was interrupted (``KeyboardInterrupt``) under an auto stop:
-    the weights of the stop's evaluation closest to its rule go into ``work`` and onto the exception as
-    ``exc.result`` (an :class:`UnlearnResult` whose ``info["failed"]`` says what happened), with a note saying so.
-    Without a stop, or before its first counted evaluation, there is nothing whole to hand back."""
+    the weights of the stop's evaluation closest to its rule go into ``work`` (the model that trained: a new one for
+    retrain and distill) and onto the exception as ``exc.result`` (an :class:`UnlearnResult` whose
+    ``info["failed"]`` says what happened and whose ``seconds`` is the wall time until the failure), with a note
+    saying so. Without a stop, before its first counted evaluation, or after the stop had fired, there is nothing to
+    hand back."""
     why = ("the run was interrupted" if isinstance(exc, KeyboardInterrupt) else
            "the run diverged (non-finite loss, weights or logits)")
     if stopper is None or not stopper.recover(work, why):

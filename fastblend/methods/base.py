@@ -178,6 +178,7 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
     """
     clock = StepClock(callback, ctx.device) if callback is not None else None
     model = ctx.place(method.prepare(model, data, ctx))
+    ctx.trained = model  # what trains (retrain and distill start a new model): a failed run's hand-back loads into it
     model.train()
     par = _DataParallel(model, ctx.device, ctx.ddp_options) if is_distributed() else None
     net = par.net if par is not None else model  # the forwards that need gradients go through DDP
@@ -221,8 +222,9 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
         nonlocal taken
         ctx.backward_step(loss, optimizer, scheduler)
         taken += 1
-        if clock is not None and (eval_every(taken) if callable(eval_every) else
-                                  eval_every and taken % eval_every == 0):
+        # the planned last step is reported once, after the loop, as the final report (final_report() true there)
+        if clock is not None and taken != total_steps and (eval_every(taken) if callable(eval_every) else
+                                                           eval_every and taken % eval_every == 0):
             report(taken)
             if clock.stop:  # wherever the step was taken: a retain step or a method's own pass (SCRUB's)
                 raise _StopTraining
@@ -296,6 +298,8 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
         par.sync_buffers()
     if clock is not None:
         report(taken, final=True)
+        if clock.stop and "stopped_at_step" not in ctx.info and taken == total_steps:
+            ctx.info["stopped_at_step"] = taken  # asked at the planned last step, as an in-loop report would record
         ctx.info["eval_seconds"] = clock.paused
     bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
     if bad:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
+import torch
 
 from .._checks import plain_numbers
 from ..recipe import RECIPE
@@ -216,8 +217,8 @@ def _matches(value: Any, name: str) -> bool:
         return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
     if name == "str":
         return isinstance(value, str)
-    if name == "bool":
-        return isinstance(value, (bool, np.bool_))
+    if name == "bool":  # 0 and 1 too, as a JSON or hand-written config may say it
+        return isinstance(value, (bool, np.bool_)) or (isinstance(value, numbers.Integral) and value in (0, 1))
     return value is None
 
 
@@ -245,7 +246,8 @@ def resolve_config(config: Any, cls: type, fn: str):
         if unknown:
             raise ValueError(f"{fn}: unknown config keys {unknown} for {cls.__name__}; "
                              f"expected some of {sorted(names)}")
-        config = plain_numbers(config)  # numpy numbers as Python's
+        config = plain_numbers({k: v.item() if isinstance(v, torch.Tensor) and v.dim() == 0 else v
+                                for k, v in config.items()})  # numpy numbers and 0-d tensors as Python's
         _check_types(config, cls, fn)
         cfg = cls(**config)
     elif type(config) is cls:

@@ -816,7 +816,8 @@ def _with_stop(callback: Callable | None, stopper: AutoStop, every: int,
     """The training loop's one callback for a run with a stop: ``callback`` (the caller's) before the first step,
     at every ``user_every``-th step, after the last and where the stop ends the run; ``stopper`` at the first report
     at least ``every`` steps after its last evaluation (a caller's denser ``eval_every`` does not multiply the stop's
-    cost, nor a sparser one starve it); stop when either asks to."""
+    cost; one that does not divide ``every`` spaces it up to ``every + eval_every - 1`` apart, as before; a sparser
+    one no longer starves it: the loop then pauses at both cadences); stop when either asks to."""
     last = [-every]
 
     def both(model: nn.Module, step: int, seconds: float) -> bool:

@@ -150,12 +150,14 @@ class PreparedUnlearning:
         timings: seconds: ``index`` (building it, 0 when passed in) and ``request`` (reduce + set-up).
         recommended: the optimiser the recipe is tuned for (Adam, batch 64, ``lr`` and ``epochs`` below).
         epochs: the recipe's budget in epochs over ``retain_loader`` (three on the matched and whole-class recipes,
-            one on the paper's, :data:`fastblend.recipe.RECIPE`); the learning rate is constant (no schedule).
+            the matched one's times ``sqrt(batch_size / 64)`` above a batch of 64, rounded; one on the paper's,
+            :data:`fastblend.recipe.RECIPE`); the learning rate is constant (no schedule).
         request: the request that runs: ``"matched"`` (the difficulty-matched recipe of docs/method.md §7.10),
             ``"class"`` (the whole-class recipe of §7.6: pooled transform, λ 5, Adam lr 5e-4, three epochs) or
             ``"sample"`` (the paper's recipe).
         class_recipe: the settings the whole-class recipe chose (empty on any other request).
-        lr: the learning rate of :meth:`optimizer` (1e-3 matched, 5e-4 whole-class, 2.4e-4 the paper's).
+        lr: the learning rate of :meth:`optimizer` (1e-3 matched, times ``sqrt(batch_size / 64)`` above a batch of
+            64; 5e-4 whole-class; 2.4e-4 the paper's).
         recipe: the settings the request's recipe chose (those the caller did not pass).
         request_reason: why ``request="auto"`` fell back to the paper's recipe on scattered samples (``None``
             otherwise).
@@ -428,6 +430,8 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
         given["transform"] = transform
     if lam is not None:  # a λ of the caller's own is kept, the paper's value included; None: the request's
         given["lam"] = lam
+    if batch_size != RECIPE.batch_size:  # the matched recipe's lr and epochs scale with a larger batch (§7.10)
+        given["batch_size"] = batch_size
     check_step_settings(fn, RECIPE.lam if lam is None else lam, k, kappa, sigma, "auto",
                         RECIPE.forget_batch_factor if forget_batch_factor is None else forget_batch_factor,
                         unseen_batch_factor, max_draw, steepen)  # and the step's settings

@@ -279,3 +279,21 @@ def test_a_collapse_under_an_optimiser_that_steps_by_the_gradients_size_is_said(
     assert "use prep.optimizer(model)" in str(said[0].message) and said[0].filename == __file__
     prep, said = run(lambda m, p: p.optimizer(m))
     assert said == [] and prep.criterion.collapsed_at is None
+
+
+def test_a_larger_batch_scales_the_matched_recipes_lr_and_epochs(memorised):
+    # a codebase's batch of 256 took the batch-64 recipe's 3 epochs at lr 1e-3: 9 steps, the MIA above the band on
+    # the matrix's hard cell; the recipe scales both by sqrt(B / 64) (docs/method.md §7.10), in the drop-in and unlearn
+    _, retain, forget, unseen, _ = memorised
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, C))
+    for batch, lr, epochs in ((256, 2e-3, 6), (128, 1e-3 * 2 ** 0.5, 4), (64, 1e-3, 3), (16, 1e-3, 3)):
+        prep = fastblend.prepare_unlearning(model, retain, forget, unseen, batch_size=batch, iterations=1, seed=0,
+                                            stop=None)
+        assert prep.request == "matched" and prep.lr == pytest.approx(lr) and prep.epochs == epochs, batch
+    res = fastblend.unlearn("a_finetune", model, retain, forget, unseen, config={"batch_size": 256})
+    assert res.info["recipe"]["lr"] == pytest.approx(2e-3) and res.config.epochs == 6
+    # what the caller set is kept, and A-SCRUB (its own SGD recipe, not measured at other batches) is not scaled
+    res = fastblend.unlearn("a_finetune", model, retain, forget, unseen, config={"batch_size": 256, "lr": 5e-4})
+    assert res.config.lr == 5e-4 and res.config.epochs == 6
+    res = fastblend.unlearn("a_scrub", model, retain, forget, unseen, config={"batch_size": 256, "epochs": 1})
+    assert res.config.lr == fastblend.matched_recipe("a_scrub")["lr"]

@@ -19,6 +19,7 @@ forget set, so there is nothing for the forget-vs-unseen term to match) and ``ss
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -177,9 +178,32 @@ def request_config(name: str, cfg: Any, config: Any, whole_class: bool,
                          f"{cfg.target!r}; leave target out (or 'matched_fixed'), or use request='sample'")
     table = CLASS_REQUEST if request == "class" else MATCHED_RECIPE if request == "matched" else {}
     recipe = {k: v for k, v in table.get(name, {}).items() if k not in given}
+    if request == "matched" and "batch_size" in given:
+        recipe = batch_scaled(name, recipe, cfg.batch_size)
     if cfg.request != request or recipe:
         cfg = replace(cfg, **recipe, request=request)
     return request, cfg, recipe
+
+
+#: the methods whose matched recipe (Adam lr 1e-3, 3 epochs at batch 64) scales with a larger batch
+BATCH_SCALED = ("a_finetune", "a_neggrad_plus", "a_sparse")
+
+
+def batch_scaled(name: str, recipe: dict[str, Any], batch_size: int) -> dict[str, Any]:
+    """The matched recipe's ``lr`` and ``epochs`` (those of them in ``recipe``, i.e. not the caller's) for a retain
+    batch larger than its 64 (docs/method.md §7.10): both times ``sqrt(batch_size / 64)`` (epochs rounded), so a
+    codebase's batch of 256 runs lr 2e-3 for 6 epochs (24 steps) where the batch-64 recipe's 3 epochs at 1e-3 would
+    leave 9 steps and the MIA above the band (`codebase_loop/batch/`: 3/3 inside at 128 and 256 on the matrix's
+    ``hard`` cell, 0/2 at 256 unscaled). A batch of 64 or less, or another method, gets ``recipe`` unchanged."""
+    if name not in BATCH_SCALED or batch_size <= RECIPE.batch_size:
+        return recipe
+    ratio = math.sqrt(batch_size / RECIPE.batch_size)
+    out = dict(recipe)
+    if "lr" in out:
+        out["lr"] = out["lr"] * ratio
+    if "epochs" in out:
+        out["epochs"] = max(1, round(out["epochs"] * ratio))
+    return out
 
 
 def chose_other_target(config: Any, cfg: Any) -> bool:

@@ -148,7 +148,8 @@ class PreparedUnlearning:
         index: the :class:`fastblend.BlendIndex` used (built here unless one was passed): keep it to
             answer later requests without rebuilding.
         timings: seconds: ``index`` (building it, 0 when passed in) and ``request`` (reduce + set-up).
-        recommended: the optimiser the recipe is tuned for (Adam, batch 64, ``lr`` and ``epochs`` below).
+        recommended: the optimiser the recipe is tuned for (Adam, the batch it was prepared for, ``lr`` and
+            ``epochs`` below).
         epochs: the recipe's budget in epochs over ``retain_loader`` (three on the matched and whole-class recipes,
             the matched one's times ``sqrt(batch_size / 64)`` above a batch of 64, rounded; one on the paper's,
             :data:`fastblend.recipe.RECIPE`); the learning rate is constant (no schedule).
@@ -552,7 +553,7 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
             auto_stop.start(step._plain, heldout_logits=u_logits if auto_stop is not stop else None)
     timings["auto_stop"] = time.perf_counter() - t2
     timings["total"] = time.perf_counter() - t0
-    recommended = {**RECOMMENDED, "lr": cfg.lr, "epochs": cfg.epochs}
+    recommended = {**RECOMMENDED, "lr": cfg.lr, "epochs": cfg.epochs, "batch_size": batch_size}
     return PreparedUnlearning(loader, AAMUCriterion(step, cfg.lr), reduced, index, timings, recommended, cfg.epochs,
                               request, recipe if request == "class" else {}, cfg.lr, recipe=recipe,
                               request_reason=paper_reason(why_not, f"target={cfg.target!r} was passed"

@@ -356,6 +356,34 @@ def test_a_failed_run_of_a_method_that_trains_a_new_model_hands_that_one_back(me
     assert res.model is not model and res.steps == res.info["auto_stop"]["restored_step"]
 
 
+def test_an_interrupt_after_the_stop_fired_hands_back_the_stops_model():
+    # the stop fired at an evaluation off the caller's cadence; the caller's callback, then called, is interrupted
+    model, retain, forget, unseen = _mlp_task()
+    stop = AutoStop(forget, unseen, retain[1], seed=0, slack=100.0, max_drop=100.0)  # holds at the first count
+    calls = []
+
+    def boom(m, step, seconds):
+        calls.append(step)
+        if step > 0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt) as caught:
+        unlearn("finetune", model, retain, forget, unseen, config={"epochs": 3}, stop=stop, callback=boom,
+                eval_every=1000)
+    res = caught.value.result
+    assert stop.stopped and res.steps == stop.stop_step == calls[-1] and stop.restored_step is None
+    assert any("the model the auto stop judged done" in n for n in caught.value.__notes__)
+
+
+def test_retrain_with_a_stop_refuses_non_finite_forget_pixels_up_front():
+    model, retain, forget, unseen = _mlp_task()
+    bad = forget[0].clone()
+    bad[3, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="unlearn: forget images must be finite; row 3"):
+        unlearn("retrain", model, retain, (bad, forget[1]), unseen, config={"epochs": 1}, stop="auto")
+    unlearn("retrain", model, retain, (bad, forget[1]), unseen, config={"epochs": 1})  # it never reads them
+
+
 def test_recover_after_the_stop_fired_keeps_the_stops_model(sets):
     retain, forget, heldout = sets
     model = _Memoriser(*forget)

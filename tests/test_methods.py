@@ -612,6 +612,6 @@ def test_config_dicts_take_0_and_1_for_bools_and_0d_tensors_for_numbers():
 
     cfg = resolve_config({"inplace": 1, "amp": 0, "epochs": torch.tensor(2), "lr": torch.tensor(0.5)},
                          FinetuneConfig, "t")
-    assert cfg.inplace == 1 and cfg.amp == 0 and cfg.epochs == 2 and isinstance(cfg.epochs, int)
+    assert cfg.inplace is True and cfg.amp is False and cfg.epochs == 2 and isinstance(cfg.epochs, int)
     with pytest.raises(TypeError, match=r"t: config\['inplace'\] must be a bool, got int 2"):
         resolve_config({"inplace": 2}, FinetuneConfig, "t")

@@ -324,6 +324,8 @@ def _run_experiment(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
     if main:
         pipeline.prepare_output(cfg.out)
     args.results = cfg.out
+    earlier = Path(cfg.out) / "results.json"  # an earlier run's file is not this run's results
+    args.results_before = earlier.stat().st_mtime_ns if earlier.exists() else None
     log = _log(cfg.quiet or not main)
     t0 = time.perf_counter()
     result = pipeline.run_experiment(cfg, log=log)
@@ -441,7 +443,6 @@ def main(argv: list[str] | None = None) -> int:
     where = f"fastblend {args.command}"
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
-    started = time.time()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default", RuntimeWarning)
@@ -461,8 +462,9 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         results = getattr(args, "results", None)
-        written = results is not None and (Path(results) / "results.json").exists() \
-            and (Path(results) / "results.json").stat().st_mtime >= started  # not an earlier run's file
+        path = Path(results) / "results.json" if results is not None else None
+        written = path is not None and path.exists() \
+            and path.stat().st_mtime_ns != getattr(args, "results_before", None)  # not an earlier run's file
         kept = "" if results is None else (f"; results of the finished seeds are in {results}" if written else
                                            "; no seed had finished, so no results were written")
         how = "SIGTERM" if isinstance(exc, _Terminated) else "Ctrl-C"

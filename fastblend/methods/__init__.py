@@ -368,7 +368,7 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
                       "pass the real retain set", stacklevel=2)
     check_disjoint(r, f, fn)
     f = read_forget(f, fn)
-    if spec.name != "retrain":  # retrain never reads the forget set
+    if spec.name != "retrain" or stop is not None:  # retrain never reads the forget set; the stop does
         check_finite_images(fn, "forget", f.images)
     if u is not None:
         u = u.materialise(fn)
@@ -493,7 +493,7 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
             finishing = stopper.eval_seconds - start
     except (FloatingPointError, KeyboardInterrupt) as exc:  # nothing the run computed is lost: the stop's kept model
         try:
-            _hand_back(exc, stopper, getattr(ctx, "trained", work), cfg, spec.name, ctx,
+            _hand_back(exc, stopper, ctx.trained if ctx.trained is not None else work, cfg, spec.name, ctx,
                        setup_seconds + time.perf_counter() - started, num_classes, len(r), r.reduced, pruned_before)
         except Exception as failed:  # the caller's error stays the error; what went wrong here is said beside it
             warnings.warn(f"{fn}: the closest evaluation's model could not be handed back ({type(failed).__name__}: "
@@ -549,19 +549,25 @@ def _hand_back(exc: BaseException, stopper: AutoStop | None, work: nn.Module, cf
     the weights of the stop's evaluation closest to its rule go into ``work`` (the model that trained: a new one for
     retrain and distill) and onto the exception as ``exc.result`` (an :class:`UnlearnResult` whose
     ``info["failed"]`` says what happened and whose ``seconds`` is the wall time until the failure), with a note
-    saying so. Without a stop, before its first counted evaluation, or after the stop had fired, there is nothing to
-    hand back."""
+    saying so. Without a stop, or before its first counted evaluation, there is nothing to hand back. After the stop
+    had fired (the failure came in the caller's callback there, or later) the model is the
+    one the stop judged, handed back as it is."""
     why = ("the run was interrupted" if isinstance(exc, KeyboardInterrupt) else
            "the run diverged (non-finite loss, weights or logits)")
-    if stopper is None or not stopper.recover(work, why):
+    if stopper is None:
         return
-    step = int(stopper.restored_step)
+    if stopper.stopped:  # training ended at the stop: work holds the model that met the rule
+        step, what = int(stopper.stop_step), "the model the auto stop judged done"
+    elif stopper.recover(work, why):
+        step, what = int(stopper.restored_step), "the auto stop's evaluation closest to its rule"
+    else:
+        return
     _fold_new_pruning(work, pruned_before)
     info = {"num_classes": num_classes, "retain_size": retain_size, "reduced_retain": reduced, "backends": {},
             **ctx.info, "auto_stop": stopper.summary(), "failed": f"{type(exc).__name__}: {exc}"}
     exc.result = UnlearnResult(work.eval(), seconds, [], cfg, name, step, info)
-    note = (f"fastblend: {why}; the model of step {step}, the auto stop's evaluation closest to its rule, is kept in "
-            "this exception's .result (an UnlearnResult)")
+    note = (f"fastblend: {why}; the model of step {step}, {what}, is kept in this exception's .result (an "
+            "UnlearnResult)")
     if hasattr(exc, "add_note"):  # Python 3.11+
         exc.add_note(note)
     else:  # before 3.11 an exception has no notes: say it on stderr as a warning

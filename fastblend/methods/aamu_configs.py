@@ -149,7 +149,8 @@ def matched_recipe(method: str) -> dict[str, Any]:
     """The difficulty-matched recipe for a scattered-sample request to ``method`` (one of :data:`MATCHED_METHODS`),
     as a new config dict ``unlearn`` accepts (docs/method.md §7.10):
     ``unlearn(method, ..., config=matched_recipe(method))``; add keys to it to change more
-    (``{**matched_recipe("a_finetune"), "batch_size": 128}``)."""
+    (``{**matched_recipe("a_finetune"), "anchor_weight": 20.0}``). The dict holds the batch-64 ``lr`` and ``epochs``:
+    for another batch pass ``{"batch_size": 128}`` alone (the request scales them, :func:`batch_scaled`)."""
     if not isinstance(method, str) or method not in MATCHED_METHODS:
         raise ValueError(f"matched_recipe: method must be one of {MATCHED_METHODS} (the methods it was measured on), "
                          f"got {method!r}")
@@ -202,7 +203,7 @@ def batch_scaled(name: str, recipe: dict[str, Any], batch_size: int) -> dict[str
     if "lr" in out:
         out["lr"] = out["lr"] * ratio
     if "epochs" in out:
-        out["epochs"] = max(1, round(out["epochs"] * ratio))
+        out["epochs"] = max(1, math.floor(out["epochs"] * ratio + 0.5))  # halves up
     return out
 
 

@@ -298,8 +298,9 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
         par.sync_buffers()
     if clock is not None:
         report(taken, final=True)
-        if clock.stop and "stopped_at_step" not in ctx.info and taken == total_steps:
-            ctx.info["stopped_at_step"] = taken  # asked at the planned last step, as an in-loop report would record
+        on_cadence = eval_every(taken) if callable(eval_every) else bool(eval_every) and taken % eval_every == 0
+        if clock.stop and "stopped_at_step" not in ctx.info and taken == total_steps and on_cadence:
+            ctx.info["stopped_at_step"] = taken  # asked at the planned last step, as its in-loop report recorded
         ctx.info["eval_seconds"] = clock.paused
     bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
     if bad:

@@ -222,10 +222,11 @@ def _matches(value: Any, name: str) -> bool:
     return value is None
 
 
-def _check_types(config: dict, cls: type, fn: str) -> None:
+def _check_types(config: dict, cls: type, fn: str) -> dict:
     """Each override of a plain-typed field (``int``, ``float``, ``str``, ``bool``, optionally ``| None``) of the
     dataclass ``cls`` is of that type (a ``TypeError`` naming the key, what it expected and what it got: a config
-    file's ``"3"`` for an int, ``2.5`` for epochs); fields of other types are left to ``check``."""
+    file's ``"3"`` for an int, ``2.5`` for epochs); fields of other types are left to ``check``. Returns ``config``
+    with 0 / 1 for a bool field read as ``False`` / ``True``."""
     annotations = {f.name: f.type for f in fields(cls)}
     for key, value in config.items():
         kinds = [part.strip() for part in str(annotations.get(key, "")).split("|")]
@@ -234,6 +235,9 @@ def _check_types(config: dict, cls: type, fn: str) -> None:
         if not any(_matches(value, kind) for kind in kinds):
             expected = " or ".join(_SIMPLE_TYPES[kind] for kind in kinds)
             raise TypeError(f"{fn}: config[{key!r}] must be {expected}, got {type(value).__name__} {value!r}")
+        if "bool" in kinds and value is not None:
+            config = {**config, key: bool(value)}  # 0 / 1 as False / True
+    return config
 
 
 def resolve_config(config: Any, cls: type, fn: str):
@@ -248,7 +252,7 @@ def resolve_config(config: Any, cls: type, fn: str):
                              f"expected some of {sorted(names)}")
         config = plain_numbers({k: v.item() if isinstance(v, torch.Tensor) and v.dim() == 0 else v
                                 for k, v in config.items()})  # numpy numbers and 0-d tensors as Python's
-        _check_types(config, cls, fn)
+        config = _check_types(config, cls, fn)
         cfg = cls(**config)
     elif type(config) is cls:
         cfg = config

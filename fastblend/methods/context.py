@@ -34,6 +34,7 @@ class RunContext:
         self.num_classes = 0
         self.info: dict[str, Any] = {}
         self.ddp_options: dict[str, bool] = {}  # a user's DistributedDataParallel options, kept under DDP
+        self.trained: nn.Module | None = None  # the model train() trains (retrain/distill: a new one), once prepared
         dtype = None
         if cfg.amp:
             if cfg.amp_dtype == "auto":

@@ -284,3 +284,15 @@ def test_a_do_nothing_row_inside_the_band_is_said_so():
                                     "target_reached": 1.0, "t_target": 0.0},
                                    {**row, "variant": "retrain", "method": "retrain", "retain_acc": 99.0}])
     assert "setting: EASY" in table and "doing nothing reaches the target" in table and "do-nothing" in table
+
+
+def test_a_base_run_ended_by_its_auto_stop_is_not_reported_as_stopped_at_its_budget(tmp_path):
+    # the row said both "auto stop fired" and "stopped at its time budget" whenever the stop ended the run
+    cfg = _tiny(tmp_path, plots=False, base_budget=10_000.0, track_evaluations=4, stop="auto",
+                base_config={"epochs": 30, "warmup_epochs": 0})
+    rows = {r["variant"]: r for r in pipeline.run_experiment(cfg)["per_seed"][0]["rows"]}
+    base = rows["base"]
+    assert base["auto_stopped"] == 1.0  # the case this checks: the stop ended the run, long before the budget
+    assert base["stopped_at_budget"] == 0.0
+    table = pipeline.format_table(pipeline.summarise([{"rows": list(rows.values())}]))
+    assert "stopped at its time budget" not in table

@@ -532,8 +532,11 @@ def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, log: Callable[[str
                                  budget, heldout))
         record("base", cfg.method, res.model, {"unlearning": res.seconds})
         rows["base"].update(_stop_columns(res.info.get("auto_stop")))
-        if budget is not None:
-            rows["base"].update(budget_seconds=float(budget), stopped_at_budget=float("stopped_at_step" in res.info))
+        if budget is not None:  # the budget's own tracker says whether it was spent (an auto stop also ends a run)
+            tracker = trackers.get("base")
+            hit = tracker.stopped if tracker is not None else \
+                "stopped_at_step" in res.info and not (res.info.get("auto_stop") or {}).get("stopped")
+            rows["base"].update(budget_seconds=float(budget), stopped_at_budget=float(hit))
 
     index, index_seconds, index_cached = blend_index(cfg, train, ipc, seed, device, progress)
     log(f"[seed {seed}] Blend index: " + ("loaded from cache" if index_cached else f"built in {index_seconds:.1f}s")

@@ -486,6 +486,10 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
             raise ValueError(f"{fn}: forget (with every training row holding one of its images) covers all "
                              f"{len(index)} training images of the index; nothing would be retained")
         fx, fy = _index_rows(index, rows), index.labels[rows]
+        # the index's labels inside the model's output width (checked above before a build)
+        width = probe_num_classes(model, fx[:1].to(dev, model_dtype(model)))
+        check_batch_labels(fy, width, "forget", fn)
+        check_batch_labels(index.labels[~forget_rows], width, "retain", fn)
     t1 = time.perf_counter()
     reduced = index.reduce(forget_rows)
     ux, uy = as_tensors(unseen, "unseen", fn)
@@ -493,10 +497,8 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
     if tuple(ux.shape[1:]) != tuple(fx.shape[1:]):
         raise ValueError(f"{fn}: unseen images are {list(ux.shape[1:])} but forget images {list(fx.shape[1:])}")
     # every label inside the model's output width, before any criterion call (torch's IndexError from inside the
-    # loss, or a forget class "missing from the unseen pool", otherwise)
-    width = probe_num_classes(model, fx[:1].to(dev, model_dtype(model)))
-    for name, labels in (("retain", reduced.labels), ("forget", fy), ("unseen", uy)):
-        check_batch_labels(labels, width, name, fn)
+    # loss, or a forget class "missing from the unseen pool", otherwise): retain and forget checked above
+    check_batch_labels(uy, width, "unseen", fn)
     # the fine-tune's recipes (the criterion is a fine-tune's) through the one rule unlearn uses: "auto" is a
     # whole-class request when no forget class has a retain row, else the difficulty-matched one when every forget
     # class keeps retain rows and has unseen images; what the caller passed here is kept

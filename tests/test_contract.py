@@ -687,6 +687,10 @@ ROWS += [
     ("unlearn", "inf unseen pixel", lambda: F.unlearn("a_finetune", _net(), _pair(12), _pair(4),
                                                       (_nan_at(7) * -1, _y(12))), ValueError,
      "unlearn: unseen images must be finite; row 7 holds NaN or inf"),
+    ("prepare_unlearning", "an index's labels beyond the model's classes",
+     lambda: F.prepare_unlearning(_net(), _pair(12), torch.tensor([0]),
+                                  _pair(12), index=F.BlendIndex.build(_x(12), _y(12, 4), ipc=1, iterations=1)),
+     ValueError, r"prepare_unlearning: (forget|retain) labels must be in \[0, 3\) \(the model's output width\)"),
     ("prepare_unlearning", "unseen label beyond the model's classes", lambda: _pu(unseen=(_x(12), _y(12) + 90)),
      ValueError, r"prepare_unlearning: unseen labels must be in \[0, 3\)"),
 ]

@@ -89,12 +89,12 @@ def user_stacklevel() -> int:
 
 
 def check_finite_images(fn: str, name: str, images: torch.Tensor) -> None:
-    """Refuse NaN or inf pixels in ``images`` (``[N, ...]``) with a ``ValueError`` naming ``name`` and the first bad
-    row (not an error about losses or logits from deep inside): one float32 sum per row finds candidate rows, each
-    checked exactly (a sum can overflow without a bad pixel)."""
+    """Refuse NaN or inf pixels in ``images`` (``[N, ...]``) with a ``ValueError`` naming ``name`` (``""``: just
+    "images") and the first bad row (not an error about losses, logits or blends from deep inside): one float32 sum
+    per row finds candidate rows, each checked exactly (a sum can overflow without a bad pixel)."""
     if images.numel() == 0 or not images.is_floating_point() or images.device.type == "meta":
         return
     sums = images.reshape(images.shape[0], -1).sum(1, dtype=torch.float32)
     for row in torch.nonzero(~torch.isfinite(sums)).flatten().tolist():
         if not bool(torch.isfinite(images[row]).all()):
-            raise ValueError(f"{fn}: {name} images must be finite; row {row} holds NaN or inf")
+            raise ValueError(f"{fn}: {name + ' ' if name else ''}images must be finite; row {row} holds NaN or inf")

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .._checks import as_device, check_has_data, plain_number
+from .._checks import as_device, check_finite_images, check_has_data, plain_number
 from ..data_adapter import indexed_rows, is_streamed_dataset
 from ..grouping import Clustering, check_ipc
 from .source import is_dataset_source, source_labels, source_sample
@@ -34,23 +34,11 @@ def _check_data(caller: str, images: object, labels: object) -> tuple[torch.Tens
         raise ValueError(f"{caller}: images must have shape [N, C, H, W], got {list(images.shape)}")
     check_has_data(caller, "images", images)
     check_has_data(caller, "labels", labels)
-    _check_finite(caller, images)
+    check_finite_images(caller, "", images)  # a NaN or inf pixel makes every blend of its cluster non-finite
     if labels is None:
         raise TypeError(f"{caller}: labels are required with an images tensor (or pass an (images, labels) "
                         "pair, a Dataset or a DataLoader)")
     return images, _check_labels(caller, labels, images.shape[0])
-
-
-def _check_finite(caller: str, images: torch.Tensor) -> None:
-    """Refuse NaN or inf pixels (they make every blend of their cluster non-finite): one float32 sum per
-    row finds candidate rows (a non-finite pixel makes its row's sum non-finite), checked exactly."""
-    if images.numel() == 0:
-        return
-    sums = images.reshape(images.shape[0], -1).sum(1, dtype=torch.float32)
-    rows = torch.nonzero(~torch.isfinite(sums)).flatten()
-    for row in rows.tolist():  # a sum that overflowed is not a bad pixel: check the row itself
-        if not bool(torch.isfinite(images[row]).all()):
-            raise ValueError(f"{caller}: images must be finite; row {row} holds NaN or inf")
 
 
 def _check_source(caller: str, source: object, labels: object) -> tuple[object, torch.Tensor]:

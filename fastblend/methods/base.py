@@ -208,6 +208,10 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
 
     taken = 0
 
+    def due(step_count: int) -> bool:
+        """Whether ``step_count`` is on the callback's cadence."""
+        return eval_every(step_count) if callable(eval_every) else bool(eval_every) and step_count % eval_every == 0
+
     def report(step_count: int, final: bool = False) -> None:
         """The callback, after which every module is back in the mode it trained in (a callback that
         evaluates and leaves the model in eval mode must not make training use running statistics)."""
@@ -223,8 +227,7 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
         ctx.backward_step(loss, optimizer, scheduler)
         taken += 1
         # the planned last step is reported once, after the loop, as the final report (final_report() true there)
-        if clock is not None and taken != total_steps and (eval_every(taken) if callable(eval_every) else
-                                                           eval_every and taken % eval_every == 0):
+        if clock is not None and taken != total_steps and due(taken):
             report(taken)
             if clock.stop:  # wherever the step was taken: a retain step or a method's own pass (SCRUB's)
                 raise _StopTraining
@@ -298,8 +301,7 @@ def train(method: Method, model: nn.Module, data: RunData, cfg: TrainConfig, ctx
         par.sync_buffers()
     if clock is not None:
         report(taken, final=True)
-        on_cadence = eval_every(taken) if callable(eval_every) else bool(eval_every) and taken % eval_every == 0
-        if clock.stop and "stopped_at_step" not in ctx.info and taken == total_steps and on_cadence:
+        if clock.stop and "stopped_at_step" not in ctx.info and taken == total_steps and due(taken):
             ctx.info["stopped_at_step"] = taken  # asked at the planned last step, as its in-loop report recorded
         ctx.info["eval_seconds"] = clock.paused
     bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]

@@ -137,9 +137,10 @@ CLASS_REQUEST: dict[str, dict[str, Any]] = {
 # forgets whole classes (the fixed target refuses it; the whole-class recipe applies there), and it needs held-out
 # images of every forget class.
 _MATCHED = {"target": "matched_fixed", "odds_weight": 1.0, "odds_pairing": "image", "anchor_weight": 10.0}
+#: the methods whose matched recipe is Adam lr 1e-3 for 3 epochs at batch 64 (scaled with a larger batch: batch_scaled)
+BATCH_SCALED = ("a_finetune", "a_neggrad_plus", "a_sparse")
 MATCHED_RECIPE: dict[str, dict[str, Any]] = {
-    **{name: {**_MATCHED, "lr": 1e-3, "epochs": 3, "forget_batch_factor": 1}
-       for name in ("a_finetune", "a_neggrad_plus", "a_sparse")},
+    **{name: {**_MATCHED, "lr": 1e-3, "epochs": 3, "forget_batch_factor": 1} for name in BATCH_SCALED},
     "a_scrub": {**_MATCHED, "lr": 0.002},  # quality/hardimage_scrub.json: 3/3 in the band (lr 0.01: 0/3, collapses)
 }
 MATCHED_METHODS = tuple(MATCHED_RECIPE)
@@ -186,16 +187,12 @@ def request_config(name: str, cfg: Any, config: Any, whole_class: bool,
     return request, cfg, recipe
 
 
-#: the methods whose matched recipe (Adam lr 1e-3, 3 epochs at batch 64) scales with a larger batch
-BATCH_SCALED = ("a_finetune", "a_neggrad_plus", "a_sparse")
-
-
 def batch_scaled(name: str, recipe: dict[str, Any], batch_size: int) -> dict[str, Any]:
     """The matched recipe's ``lr`` and ``epochs`` (those of them in ``recipe``, i.e. not the caller's) for a retain
     batch larger than its 64 (docs/method.md §7.10): both times ``sqrt(batch_size / 64)`` (epochs rounded), so a
-    codebase's batch of 256 runs lr 2e-3 for 6 epochs (24 steps) where the batch-64 recipe's 3 epochs at 1e-3 would
-    leave 9 steps and the MIA above the band (`codebase_loop/batch/`: 3/3 inside at 128 and 256 on the matrix's
-    ``hard`` cell, 0/2 at 256 unscaled). A batch of 64 or less, or another method, gets ``recipe`` unchanged."""
+    codebase's batch of 256 runs lr 2e-3 for 6 epochs (18-24 steps) where the batch-64 recipe's 3 epochs at 1e-3
+    leave 9-12 steps and the MIA above the band (`codebase_loop/batch/`: 3/3 inside at 128 and 256 on the matrix's
+    ``hard`` cell, 0/3 at 256 unscaled). A batch of 64 or less, or another method, gets ``recipe`` unchanged."""
     if name not in BATCH_SCALED or batch_size <= RECIPE.batch_size:
         return recipe
     ratio = math.sqrt(batch_size / RECIPE.batch_size)

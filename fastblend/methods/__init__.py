@@ -536,10 +536,9 @@ def _fold_new_pruning(model: nn.Module, before: set[tuple[int, str]]) -> None:
     reparametrisation the caller's model came with stays."""
     from torch.nn.utils import prune
 
-    for m in model.modules():
-        for h in list(m._forward_pre_hooks.values()):
-            if isinstance(h, prune.BasePruningMethod) and (id(m), h._tensor_name) not in before:
-                prune.remove(m, h._tensor_name)
+    modules = {id(m): m for m in model.modules()}
+    for key in _pruning_hooks(model) - before:
+        prune.remove(modules[key[0]], key[1])
 
 
 def _hand_back(exc: BaseException, stopper: AutoStop | None, work: nn.Module, cfg: Any, name: str, ctx: RunContext,

@@ -430,6 +430,11 @@ T = fastblend.tracking
 DL = torch.utils.data.DataLoader
 ROWS += [
     # ---------------- the auto stop
+    ("AutoStop", "recover: a model that is not a Module",
+     lambda: F.AutoStop(_xy4(), _xy4(9), kind="sample").recover("model"), TypeError,
+     "AutoStop.recover: model must be a torch.nn.Module"),
+    ("AutoStop", "recover: why not a str", lambda: F.AutoStop(_xy4(), _xy4(9), kind="sample").recover(_lin(), 3),
+     TypeError, "AutoStop.recover: why must be a str"),
     ("AutoStop", "unknown kind", lambda: F.AutoStop(_xy4(), _xy4(9), kind="whole"), ValueError,
      "AutoStop: kind must be one of"),
     ("AutoStop", "auto kind without retain labels", lambda: F.AutoStop(_xy4(), _xy4(9)), ValueError,

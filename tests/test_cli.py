@@ -134,6 +134,23 @@ def test_condense_out_png_and_out_folder(tmp_path, capsys):
     assert (folder / "reduced.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_condense_offers_only_the_flags_it_reads(capsys):
+    """``condense`` trains no model and runs no method: its --help lists the data, request and index flags only,
+    and a method's flag is refused as unknown (it was accepted and ignored)."""
+    with pytest.raises(SystemExit):
+        cli.main(["condense", "--help"])
+    text = capsys.readouterr().out
+    for flag in ("--dataset", "--limit", "--forget", "--ipc", "--blend-iterations", "--seeds", "--config"):
+        assert flag in text
+    for flag in ("--method", "--retrain-seeds", "--stop", "--rounds", "--epochs", "--base-budget", "--recipe"):
+        assert flag not in text
+    assert cli.main(["condense", "--dataset", "digits", "--method", "scrub"]) == 2
+    assert "--method" in _one_line(capsys.readouterr().err)
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--help"])
+    assert "--method" in capsys.readouterr().out  # run and demo keep every flag
+
+
 # --------------------------------------------------------------------------------------------
 # every --method in --help runs, or is refused up front
 # --------------------------------------------------------------------------------------------

@@ -121,32 +121,15 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
 
 
-def _experiment_args(p: argparse.ArgumentParser) -> None:
+def _data_args(p: argparse.ArgumentParser) -> None:
+    """The flags of every command: the config file, the data, the forget request and the Blend index."""
     p.add_argument("--config", type=Path, help="TOML/YAML/JSON file with ExperimentConfig settings")
-    p.add_argument("--preset", help="method hyperparameters of a docs/method.md preset, e.g. cifar10-resnet18")
-    p.add_argument("--recipe", choices=["auto", "paper", "matched"], default=None,
-                   help="the accelerated method's recipe: auto (default: a whole class gets docs/method.md §7.6's, "
-                   "scattered samples the difficulty-matched one of §7.10 with a_finetune, a_neggrad_plus, a_sparse or "
-                   "a_scrub, else the paper's), paper (the paper's on scattered samples; a whole class still gets "
-                   "§7.6's) or matched (§7.10's, --forget uniform or hard only); settings in --config win")
     p.add_argument("--dataset", help="animal-mnist (default), digits, cifar10, svhn, cinic10")
     p.add_argument("--data-root", help="folder holding the local data set (default $FASTBLEND_DATA or ./data)")
     p.add_argument("--per-class", type=int, help="use the first N training images of each class")
     p.add_argument("--limit", type=int, help="seeded stratified subset of at most N images")
-    p.add_argument("--model", help="convnet3 (default), resnet18, resnet50")
-    p.add_argument("--width", type=int, help="ConvNet-3 width")
-    p.add_argument("--method", help=_method_help())
-    p.add_argument("--accelerated-method", help="the accelerated method, one of: " + ", ".join(
-        name for name, spec in METHODS.items() if spec.accelerated) + " (default: the --method's a_<name>)")
     p.add_argument("--forget", choices=["uniform", "classwise", "hard"],
                    help="forget-set kind (docs/method.md §6; hard: the highest-loss images of a uniform pool)")
-    p.add_argument("--retrain-seeds", type=int, help="models in Retrain's seed ensemble (the band, KLOM; default 3)")
-    p.add_argument("--band", dest="band_kind", choices=["seeds", "fixed"],
-                   help="Retrain's band: from the seed ensemble (default) or the run's Retrain ± fixed points")
-    p.add_argument("--stop", choices=["auto", "none"],
-                   help="how the base and accelerated variants end: auto (default; when the forget set behaves "
-                        "like held-out data, no Retrain input; a run whose recipe ends first keeps the evaluation "
-                        "closest to that) or none (the whole recipe)")
     p.add_argument("--forget-fraction", type=float)
     p.add_argument("--forget-class", type=int)
     p.add_argument("--ipc", type=int, help="clusters per class")
@@ -159,6 +142,30 @@ def _experiment_args(p: argparse.ArgumentParser) -> None:
                    help="run Blend's matcher in bfloat16 (faster; a departure from the reference numerics)")
     p.add_argument("--grouping-backend", choices=["auto", "faiss", "torch"])
     p.add_argument("--seeds", type=int, nargs="+", help="one repetition per seed (mean ± std reported)")
+    p.add_argument("--no-plots", action="store_true")
+
+
+def _experiment_args(p: argparse.ArgumentParser) -> None:
+    """The flags of ``demo`` and ``run``: :func:`_data_args` and the models, methods, stop and Retrain."""
+    _data_args(p)
+    p.add_argument("--preset", help="method hyperparameters of a docs/method.md preset, e.g. cifar10-resnet18")
+    p.add_argument("--recipe", choices=["auto", "paper", "matched"], default=None,
+                   help="the accelerated method's recipe: auto (default: a whole class gets docs/method.md §7.6's, "
+                   "scattered samples the difficulty-matched one of §7.10 with a_finetune, a_neggrad_plus, a_sparse or "
+                   "a_scrub, else the paper's), paper (the paper's on scattered samples; a whole class still gets "
+                   "§7.6's) or matched (§7.10's, --forget uniform or hard only); settings in --config win")
+    p.add_argument("--model", help="convnet3 (default), resnet18, resnet50")
+    p.add_argument("--width", type=int, help="ConvNet-3 width")
+    p.add_argument("--method", help=_method_help())
+    p.add_argument("--accelerated-method", help="the accelerated method, one of: " + ", ".join(
+        name for name, spec in METHODS.items() if spec.accelerated) + " (default: the --method's a_<name>)")
+    p.add_argument("--retrain-seeds", type=int, help="models in Retrain's seed ensemble (the band, KLOM; default 3)")
+    p.add_argument("--band", dest="band_kind", choices=["seeds", "fixed"],
+                   help="Retrain's band: from the seed ensemble (default) or the run's Retrain ± fixed points")
+    p.add_argument("--stop", choices=["auto", "none"],
+                   help="how the base and accelerated variants end: auto (default; when the forget set behaves "
+                        "like held-out data, no Retrain input; a run whose recipe ends first keeps the evaluation "
+                        "closest to that) or none (the whole recipe)")
     p.add_argument("--rounds", type=int, help="multi-round unlearning: the forget set arrives in R parts")
     p.add_argument("--round-mode", choices=["cached", "reference"])
     p.add_argument("--epochs", type=int, help="epochs of the base method")
@@ -169,7 +176,6 @@ def _experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-budget", type=_budget, metavar="SECONDS|retrain|none",
                    help="stop the base method at the first evaluation past this many seconds, or at Retrain's "
                    "time ('retrain', the demo's default); 'none' runs its whole schedule")
-    p.add_argument("--no-plots", action="store_true")
     p.add_argument("--cache-dir", help="where trained original models are cached (default $FASTBLEND_CACHE, "
                    "else $XDG_CACHE_HOME/fastblend, else ~/.cache/fastblend)")
 
@@ -411,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("condense", allow_abbrev=False,
                        help="build and save a reduced retain set (+ a PNG of blends)")
     _common(p)
-    _experiment_args(p)
+    _data_args(p)  # no model is trained and no method runs: only the data, the request and the index
     p.set_defaults(fn=cmd_condense)
     return parser
 

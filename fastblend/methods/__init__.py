@@ -49,6 +49,7 @@ from .aamu_configs import (
     AScrubConfig,
     ASparseConfig,
     chose_other_target,
+    given_fields,
     matched_recipe,
     request_config,
 )
@@ -281,7 +282,9 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
             ``indices [N]``, a ``Dataset`` (``Subset``/``TensorDataset``/anything with ``images`` and
             ``labels`` tensors are used in place; any other, e.g. :class:`fastblend.MemmapImages`, is
             streamed: each epoch reads the same seeded batches as the tensors would give, one batch in
-            memory at a time), or a ``DataLoader`` (streamed as is, batch size and shuffling its own).
+            memory at a time), or a ``DataLoader`` (streamed as is, batch size and shuffling its own; an
+            accelerated method whose config sets no ``batch_size`` takes the loader's as its ``B``: its forget and
+            unseen draws, and the matched recipe's scaling, follow the batches it trains on).
         forget: the forget set, in the same forms (read into memory: the samplers draw from it by index).
         unseen: in-distribution data the model never trained on, with labels; required by the
             accelerated methods, unused by the others (read into memory, as ``forget``).
@@ -366,6 +369,8 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
                       "real retain set" if spec.name in _ACCELERATED_OF else
                       f"{fn}: method {spec.name!r} is not accelerated but retain is a reduced retain set (Blend); "
                       "pass the real retain set", stacklevel=2)
+    if spec.accelerated:
+        cfg, config = _loader_batch(r, cfg, config, fn)
     check_disjoint(r, f, fn)
     f = read_forget(f, fn)
     if spec.name != "retrain" or stop is not None:  # retrain never reads the forget set; the stop does
@@ -705,6 +710,26 @@ def retained_reference(retain: Any, r: DataView | None, seed: int, dev: torch.de
             if n >= limit:
                 break
     return torch.cat(xs)[:limit], torch.cat(ys)[:limit]
+
+
+def _loader_batch(r: DataView, cfg: Any, config: Any, fn: str) -> tuple[Any, Any]:
+    """``(cfg, config)`` with a streamed retain ``DataLoader``'s batch size as ``batch_size`` where the caller set
+    none (a dict without the key, ``None``, or an instance at the default): an accelerated method draws its forget
+    and unseen batches as multiples of the retain batch, and the matched recipe scales its lr and epochs with it
+    (``aamu_configs.batch_scaled``), so both must see the batches the loader yields, not the default 64. A
+    ``batch_size`` the caller set below the loader's is refused (the step's forget and unseen draws would be sized
+    for smaller retain batches than it gets)."""
+    batch = getattr(r.loader, "batch_size", None) if r.loader is not None and r.dataset is None else None
+    if not isinstance(batch, int) or batch == cfg.batch_size:
+        return cfg, config
+    if "batch_size" in given_fields(config, cfg):
+        if cfg.batch_size < batch:
+            raise ValueError(f"{fn}: config.batch_size is {cfg.batch_size} but the retain DataLoader yields batches "
+                             f"of {batch}; leave batch_size out (the loader's is taken) or set it to {batch}")
+        return cfg, config
+    cfg = replace(cfg, batch_size=batch)
+    return cfg, ({**config, "batch_size": batch} if isinstance(config, dict) else
+                 {"batch_size": batch} if config is None else cfg)
 
 
 def _reads_whole_dataset(loader: Any) -> bool:

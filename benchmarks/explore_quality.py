@@ -446,6 +446,18 @@ def _grid() -> None:
                          ("bs32_ep1", {"epochs": 1, "batch_size": 32}),
                          ("bs16_ep1", {"epochs": 1, "batch_size": 16})]])
 
+    # time to band on a whole class (issue 23's 10x): the whole-class recipe keeps the paper's 4B forget and unseen
+    # draws, so a step forwards 64 retain rows, the whole ~200-image class and 256 unseen rows (about 3x the matched
+    # recipe's 192-row step). Draws of one retain batch each, at the recipe's lr and at twice it
+    plan("classfast", [(f"classwise@{s}/{m}/{name}", f"classwise@{s}", m, {**cls, **conf})
+                       for s in (0, 1, 2) for m in ("a_finetune", "a_sparse", "a_neggrad_plus") for name, conf in
+                       [("recipe", {}), ("fb1", {"forget_batch_factor": 1, "unseen_batch_factor": 1}),
+                        ("fb1_lr1e-3", {"forget_batch_factor": 1, "unseen_batch_factor": 1, "lr": 1e-3})]])
+    # the same draws for A-SCRUB (its SGD, 5 epochs, the forget max-step in epoch 1) and A-Bad-Teacher (λ 34)
+    plan("classfast2", [(f"classwise@{s}/{m}/{name}", f"classwise@{s}", m, {**cls, **conf})
+                        for s in (0, 1, 2) for m in ("a_scrub", "a_bad_teacher") for name, conf in
+                        [("recipe", {}), ("fb1", {"forget_batch_factor": 1, "unseen_batch_factor": 1})]])
+
 
 _grid()
 

@@ -319,7 +319,7 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
                        lam: float | None = None, k: float = RECIPE.k, kappa: float = RECIPE.kappa,
                        sigma: float = RECIPE.sigma, steepen: str = RECIPE.steepen,
                        forget_batch_factor: int | None = None,
-                       unseen_batch_factor: int = RECIPE.unseen_batch_factor,
+                       unseen_batch_factor: int | None = None,
                        max_draw: int | None = RECIPE.max_draw, iterations: int | None = None,
                        backend: str = "auto", device: torch.device | str | None = None,
                        progress: bool = False, stop: str | AutoStop | None = "auto", request: str = "auto",
@@ -353,7 +353,8 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
             settings (:class:`fastblend.AAMUStep`; defaults :data:`fastblend.recipe.RECIPE`, ``max_draw``
             256 = 4·64: a batch of 256 draws 256 forget and 256 unseen rows; ``None``: 4B each). ``lam``
             ``None`` (default): the request's, the paper's 34 or the whole-class recipe's 5;
-            ``forget_batch_factor`` ``None`` (default): the request's, 1 on the matched recipe, else 4.
+            ``forget_batch_factor`` ``None`` (default): the request's, 1 on the matched and whole-class recipes,
+            else 4; ``unseen_batch_factor`` ``None`` (default): the request's, 1 on the whole-class recipe, else 4.
         iterations, backend: Blend settings when the index is built here (default 12 iterations). With
             ``index``, an ``ipc`` or ``iterations`` other than the index's raises ``ValueError``.
         device: where the index is built (default: the model's device).
@@ -427,6 +428,8 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
         given["target"] = target
     if forget_batch_factor is not None:
         given["forget_batch_factor"] = forget_batch_factor
+    if unseen_batch_factor is not None:
+        given["unseen_batch_factor"] = unseen_batch_factor
     if transform is not None:
         given["transform"] = transform
     if lam is not None:  # a λ of the caller's own is kept, the paper's value included; None: the request's
@@ -435,7 +438,8 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
         given["batch_size"] = batch_size
     check_step_settings(fn, RECIPE.lam if lam is None else lam, k, kappa, sigma, "auto",
                         RECIPE.forget_batch_factor if forget_batch_factor is None else forget_batch_factor,
-                        unseen_batch_factor, max_draw, steepen)  # and the step's settings
+                        RECIPE.unseen_batch_factor if unseen_batch_factor is None else unseen_batch_factor,
+                        max_draw, steepen)  # and the step's settings
     if index is not None and not isinstance(index, BlendIndex):
         raise TypeError(f"{fn}: index must be a fastblend.BlendIndex or None, got {type(index).__name__}")
     if index is not None:  # the index was built with its own settings: a different one here would be ignored
@@ -512,7 +516,8 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
     except ValueError as exc:  # the settings are this function's keyword arguments, not a config's fields
         raise ValueError(f"{fn}: {str(exc).removeprefix(fn + ': ').replace('config.', '')}") from None
     lam, target, odds_weight, anchor_weight = cfg.lam, cfg.target, cfg.odds_weight, cfg.anchor_weight
-    odds_pairing, forget_batch_factor = cfg.odds_pairing, cfg.forget_batch_factor
+    odds_pairing, forget_batch_factor, unseen_batch_factor = (cfg.odds_pairing, cfg.forget_batch_factor,
+                                                              cfg.unseen_batch_factor)
     tx, ty, fixed, odds_target = ux, uy, None, None
     if target == "matched_fixed":  # refused before the set-up's forwards
         refuse_fixed_on_whole_classes(fy, reduced.labels, fn)

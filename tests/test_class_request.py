@@ -146,6 +146,12 @@ def test_the_drop_in_hands_a_whole_class_request_its_recipe(image_sets):
     assert prep.recommended["lr"] == recipe["lr"] and prep.recommended["epochs"] == recipe["epochs"]
     assert prep.steps == recipe["epochs"] * len(prep.retain_loader)
     assert prep.optimizer(model).param_groups[0]["lr"] == recipe["lr"]
+    # forget and unseen draws of one retain batch each (the drop-in's unseen draws kept the paper's 4B before)
+    step = prep.criterion.step
+    assert (step.forget_batch_factor, step.unseen_batch_factor) == (1, 1) == (recipe["forget_batch_factor"],
+                                                                           recipe["unseen_batch_factor"])
+    _, mine = _prepare(image_sets, "class", unseen_batch_factor=2)  # the caller's own is kept
+    assert mine.criterion.step.unseen_batch_factor == 2 and "unseen_batch_factor" not in mine.class_recipe
     paper = config_class("a_finetune")()
     _, prep = _prepare(image_sets, "sample")  # scattered samples: the matched recipe
     assert (prep.request, prep.class_recipe, prep.recipe) == ("matched", {}, MATCHED_RECIPE["a_finetune"])

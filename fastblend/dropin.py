@@ -344,14 +344,17 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
         ipc: clusters per class of the Blend grouping when the index is built here; default about a
             fifth of the mean class size (about five images per cluster).
         batch_size: the retain batch size of ``retain_loader`` (the codebase's, e.g. 256); the
-            criterion draws ``4·batch_size`` forget and unseen samples per call, at most ``max_draw``
-            each (and forget rows at most the forget set's size), and refuses larger retain batches.
+            criterion draws ``forget_batch_factor·batch_size`` forget and ``unseen_batch_factor·batch_size`` unseen
+            samples per call (the request's factors: 1 each on the whole-class recipe, 1 forget and no unseen
+            batch on the matched one, 4 each on the paper's), at most ``max_draw`` each (and forget rows at most
+            the forget set's size), and refuses larger retain batches.
         index: a :class:`fastblend.BlendIndex` of the training set (retain ∪ forget) built before
             the request; without one it is built here on ``retain`` followed by ``forget``.
         seed: seeds the grouping, the matcher, the loader's shuffling and the samplers.
         lam, k, kappa, sigma, steepen, forget_batch_factor, unseen_batch_factor, max_draw: A-AMU
             settings (:class:`fastblend.AAMUStep`; defaults :data:`fastblend.recipe.RECIPE`, ``max_draw``
-            256 = 4·64: a batch of 256 draws 256 forget and 256 unseen rows; ``None``: 4B each). ``lam``
+            256 = 4·64: on the paper's recipe a batch of 256 draws 256 forget and 256 unseen rows; ``None``: 4B
+            each). ``lam``
             ``None`` (default): the request's, the paper's 34 or the whole-class recipe's 5;
             ``forget_batch_factor`` ``None`` (default): the request's, 1 on the matched and whole-class recipes,
             else 4; ``unseen_batch_factor`` ``None`` (default): the request's, 1 on the whole-class recipe, else 4.

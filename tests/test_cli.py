@@ -134,7 +134,7 @@ def test_condense_out_png_and_out_folder(tmp_path, capsys):
     assert (folder / "reduced.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_condense_offers_only_the_flags_it_reads(capsys):
+def test_condense_offers_only_the_flags_it_reads(tmp_path, capsys):
     """``condense`` trains no model and runs no method: its --help lists the data, request and index flags only,
     and a method's flag is refused as unknown (it was accepted and ignored)."""
     with pytest.raises(SystemExit):
@@ -146,6 +146,13 @@ def test_condense_offers_only_the_flags_it_reads(capsys):
         assert flag not in text
     assert cli.main(["condense", "--dataset", "digits", "--method", "scrub"]) == 2
     assert "--method" in _one_line(capsys.readouterr().err)
+    # the hard kind needs a proxy model that condense does not train: refused up front (was exit 1 from make_split)
+    assert cli.main(["condense", "--dataset", "digits", "--forget", "hard"]) == 2
+    assert "--forget" in _one_line(capsys.readouterr().err)
+    hard = tmp_path / "hard.toml"
+    hard.write_text('forget = "hard"\n')
+    assert cli.main(["condense", "--dataset", "digits", "--config", str(hard), "--out", str(tmp_path / "r.pt")]) == 2
+    assert "forget = 'hard'" in _one_line(capsys.readouterr().err) and not (tmp_path / "r.pt").exists()
     with pytest.raises(SystemExit):
         cli.main(["run", "--help"])
     assert "--method" in capsys.readouterr().out  # run and demo keep every flag

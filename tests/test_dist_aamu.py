@@ -42,7 +42,7 @@ def _on_each_rank() -> dict:
             "plain": _accelerated_steps(False), "unused": _unused_parameter(),
             "image_odds": _accelerated_steps(True, image_odds=True),
             "anchor": _accelerated_steps(True, anchor=True), "matched": _unlearned_matched(True),
-            "autostop": _auto_stopped(), "direct_stop": _direct_stop(),
+            "autostop": _auto_stopped(), "direct_stop": _direct_stop(), "sharded_loader": _sharded_loader(),
             **{m: _unlearned(m, wrap=(m == "finetune")) for m in METHODS}}
 
 
@@ -175,6 +175,27 @@ def _local_batch_size() -> str:
     acc = fastblend.AAMUStep(net, (d["forget_x"], d["forget_y"]), (d["unseen_x"], d["unseen_y"]), batch_size=3)
     try:
         acc.loss(F.cross_entropy(net(d["retain_x"][:3]), d["retain_y"][:3], reduction="none"))
+    except ValueError as exc:
+        return str(exc)
+    return ""
+
+
+def test_unlearn_refuses_a_retain_loader_sharded_by_a_distributed_sampler(ranks):
+    # unlearn keeps each rank's part of every global retain batch: a loader whose DistributedSampler gives each rank
+    # other rows would lose most of them. With batches above the step's B it used to be refused only from inside the
+    # step; once the loader's batch became B it ran on half the rows without a word
+    for r in ranks:
+        assert "DistributedSampler" in r["sharded_loader"] and r["sharded_loader"].startswith("unlearn: ")
+
+
+def _sharded_loader() -> str:
+    from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+    d = _data()
+    data = TensorDataset(d["retain_x"], d["retain_y"])
+    loader = DataLoader(data, batch_size=8, sampler=DistributedSampler(data, shuffle=False))
+    try:
+        fastblend.unlearn("a_finetune", _model(), loader, (d["forget_x"], d["forget_y"]),
+                          unseen=(d["unseen_x"], d["unseen_y"]), config={"epochs": 1})
     except ValueError as exc:
         return str(exc)
     return ""

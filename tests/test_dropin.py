@@ -303,24 +303,39 @@ def test_unlearn_on_a_retain_loader_takes_its_batch(memorised):
     # a codebase's retain DataLoader of 256 passed to an accelerated method without a config batch size failed at the
     # first step ("retain_per_sample_loss has 256 samples but the step was built with batch_size=64"): the step sized
     # its draws for the default 64. It takes the loader's batch now, and the matched recipe scales with it
-    from torch.utils.data import DataLoader, TensorDataset
+    from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
     _, retain, forget, unseen, _ = memorised
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, C))
-    loader = DataLoader(TensorDataset(*retain), batch_size=256, shuffle=True)
+    data = TensorDataset(*retain)
+    loader = DataLoader(data, batch_size=256, shuffle=True)
     res = fastblend.unlearn("a_finetune", model, loader, forget, unseen)
     assert res.config.batch_size == 256 and res.config.lr == pytest.approx(2e-3) and res.config.epochs == 6
     assert res.steps == 6 * len(loader)
-    # the caller's own batch size (the dict's, or an instance's other than the default) is kept; one below the
-    # loader's is refused up front (it was refused from inside the A-AMU step, naming retain_per_sample_loss)
-    res = fastblend.unlearn("a_finetune", model, loader, forget, unseen, config={"batch_size": 320, "epochs": 1})
+    # a custom batch sampler's batches count the same (its loader's batch_size is None)
+    custom = DataLoader(data, batch_sampler=BatchSampler(RandomSampler(data), 256, False))
+    assert fastblend.unlearn("a_finetune", model, custom, forget, unseen).config.batch_size == 256
+    # smaller batches keep the default B (the step takes retain batches up to it): nothing changes for them
+    small = DataLoader(data, batch_size=16, shuffle=True)
+    res = fastblend.unlearn("a_finetune", model, small, forget, unseen, config={"epochs": 1})
+    assert res.config.batch_size == 64 and res.steps == len(small)
+    # the caller's own batch size is kept above the loader's (with a warning), refused below it (it was refused from
+    # inside the A-AMU step, naming retain_per_sample_loss)
+    with pytest.warns(UserWarning, match="config.batch_size is 320 and the retain DataLoader yields batches of 256"):
+        res = fastblend.unlearn("a_finetune", model, loader, forget, unseen, config={"batch_size": 320, "epochs": 1})
     assert res.config.batch_size == 320
-    for config in ({"batch_size": 64}, fastblend.methods.AFinetuneConfig(batch_size=32)):
-        with pytest.raises(ValueError, match=r"unlearn: config.batch_size is (64|32) but the retain DataLoader "
+    for config in ({"batch_size": 64}, fastblend.methods.AFinetuneConfig(batch_size=128)):
+        with pytest.raises(ValueError, match=r"unlearn: config.batch_size is (64|128) but the retain DataLoader "
                                              r"yields batches of 256"):
             fastblend.unlearn("a_finetune", model, loader, forget, unseen, config=config)
     # a config instance at the default batch size is "not set": the loader's is taken
     res = fastblend.unlearn("a_finetune", model, loader, forget, unseen, config=fastblend.methods.AFinetuneConfig())
     assert res.config.batch_size == 256
+    # a whole-class request takes it too (A-SCRUB's forget pass included)
+    keep = retain[1] != 0
+    res = fastblend.unlearn("a_scrub", model, DataLoader(TensorDataset(retain[0][keep], retain[1][keep]),
+                                                         batch_size=128), (retain[0][~keep], retain[1][~keep]),
+                            unseen, config={"epochs": 1})
+    assert res.info["request"] == "class" and res.config.batch_size == 128
     # a base method keeps its own config (the loader streams as is)
     res = fastblend.unlearn("finetune", model, loader, forget, config={"epochs": 1})
     assert res.config.batch_size == fastblend.methods.FinetuneConfig().batch_size

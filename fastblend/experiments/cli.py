@@ -121,15 +121,19 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
 
 
-def _data_args(p: argparse.ArgumentParser) -> None:
-    """The flags of every command: the config file, the data, the forget request and the Blend index."""
+def _data_args(p: argparse.ArgumentParser, condense: bool = False) -> None:
+    """The flags of every command: the config file, the data, the forget request and the Blend index (``condense``:
+    its own forget kinds and seed; the hard kind needs a proxy model trained by ``run``/``demo``)."""
     p.add_argument("--config", type=Path, help="TOML/YAML/JSON file with ExperimentConfig settings")
     p.add_argument("--dataset", help="animal-mnist (default), digits, cifar10, svhn, cinic10")
     p.add_argument("--data-root", help="folder holding the local data set (default $FASTBLEND_DATA or ./data)")
     p.add_argument("--per-class", type=int, help="use the first N training images of each class")
     p.add_argument("--limit", type=int, help="seeded stratified subset of at most N images")
-    p.add_argument("--forget", choices=["uniform", "classwise", "hard"],
-                   help="forget-set kind (docs/method.md §6; hard: the highest-loss images of a uniform pool)")
+    if condense:
+        p.add_argument("--forget", choices=["uniform", "classwise"], help="forget-set kind (docs/method.md §6)")
+    else:
+        p.add_argument("--forget", choices=["uniform", "classwise", "hard"],
+                       help="forget-set kind (docs/method.md §6; hard: the highest-loss images of a uniform pool)")
     p.add_argument("--forget-fraction", type=float)
     p.add_argument("--forget-class", type=int)
     p.add_argument("--ipc", type=int, help="clusters per class")
@@ -141,7 +145,8 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--blend-amp", action="store_true",
                    help="run Blend's matcher in bfloat16 (faster; a departure from the reference numerics)")
     p.add_argument("--grouping-backend", choices=["auto", "faiss", "torch"])
-    p.add_argument("--seeds", type=int, nargs="+", help="one repetition per seed (mean ± std reported)")
+    p.add_argument("--seeds", type=int, nargs="+", help="the forget split's and the index's seed (the first of them)"
+                   if condense else "one repetition per seed (mean ± std reported)")
     p.add_argument("--no-plots", action="store_true")
 
 
@@ -370,6 +375,9 @@ def cmd_condense(args: argparse.Namespace) -> int:
         raise UsageError(f"--out {args.out}: expected a .pt file (the reduced set; its .clustering.pt and .png "
                          "go beside it) or a folder (an existing one, or a path ending in /)")
     cfg.check()
+    if cfg.forget == "hard":  # from a --config file (the flag offers uniform and classwise only)
+        raise UsageError("condense: forget = 'hard' (in --config) needs a proxy model to rank the images, which only "
+                         "`fastblend run` / `demo` train; use forget 'uniform' or 'classwise' here")
     pipeline.prepare_output(out.parent)
     if cfg.plots and not pipeline.plots_available():
         warnings.warn("matplotlib is not installed, so no PNG grid (`pip install matplotlib`)", RuntimeWarning,
@@ -417,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("condense", allow_abbrev=False,
                        help="build and save a reduced retain set (+ a PNG of blends)")
     _common(p)
-    _data_args(p)  # no model is trained and no method runs: only the data, the request and the index
+    _data_args(p, condense=True)  # no model is trained and no method runs: only the data, the request and the index
     p.set_defaults(fn=cmd_condense)
     return parser
 

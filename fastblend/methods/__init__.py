@@ -21,9 +21,9 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
-from torch.utils.data import IterableDataset, TensorDataset
+from torch.utils.data import DistributedSampler, IterableDataset, TensorDataset
 
-from .._checks import as_device, check_finite_images, plain_number
+from .._checks import as_device, check_finite_images, plain_number, user_stacklevel
 from ..autostop import AutoStop
 from ..data_adapter import (
     DataView,
@@ -36,7 +36,7 @@ from ..data_adapter import (
     read_forget,
 )
 from ..datasets import whole_classes
-from ..distributed import broadcast_object
+from ..distributed import broadcast_object, is_distributed
 from ..metrics import predict_logits, true_class_log_odds
 from ..recipe import RECIPE
 from ..tracking import StepClock, eval_every_for, final_report
@@ -283,8 +283,11 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
             ``labels`` tensors are used in place; any other, e.g. :class:`fastblend.MemmapImages`, is
             streamed: each epoch reads the same seeded batches as the tensors would give, one batch in
             memory at a time), or a ``DataLoader`` (streamed as is, batch size and shuffling its own; an
-            accelerated method whose config sets no ``batch_size`` takes the loader's as its ``B``: its forget and
-            unseen draws, and the matched recipe's scaling, follow the batches it trains on).
+            accelerated method whose config sets no ``batch_size`` takes the loader's batch size, or its batch
+            sampler's, as its ``B`` when it is above the config's 64: its forget and unseen draws, and the matched
+            recipe's scaling, follow the batches it trains on. A loader over an ``IterableDataset`` is read into
+            memory and batched at ``config.batch_size``. Under torch.distributed the loader must yield the same
+            batches on every rank: one with a ``DistributedSampler`` is refused).
         forget: the forget set, in the same forms (read into memory: the samplers draw from it by index).
         unseen: in-distribution data the model never trained on, with labels; required by the
             accelerated methods, unused by the others (read into memory, as ``forget``).
@@ -713,19 +716,38 @@ def retained_reference(retain: Any, r: DataView | None, seed: int, dev: torch.de
 
 
 def _loader_batch(r: DataView, cfg: Any, config: Any, fn: str) -> tuple[Any, Any]:
-    """``(cfg, config)`` with a streamed retain ``DataLoader``'s batch size as ``batch_size`` where the caller set
-    none (a dict without the key, ``None``, or an instance at the default): an accelerated method draws its forget
-    and unseen batches as multiples of the retain batch, and the matched recipe scales its lr and epochs with it
-    (``aamu_configs.batch_scaled``), so both must see the batches the loader yields, not the default 64. A
-    ``batch_size`` the caller set below the loader's is refused (the step's forget and unseen draws would be sized
-    for smaller retain batches than it gets)."""
-    batch = getattr(r.loader, "batch_size", None) if r.loader is not None and r.dataset is None else None
-    if not isinstance(batch, int) or batch == cfg.batch_size:
+    """``(cfg, config)`` with a streamed retain ``DataLoader``'s batch size as ``batch_size`` where the loader's batches
+    are larger than the config's and the caller set none (a dict without the key, ``None``, or an instance at the
+    default): an accelerated method draws its forget and unseen batches as multiples of the retain batch, and the
+    matched recipe scales its lr and epochs with it (``aamu_configs.batch_scaled``), so both must see the batches the
+    loader yields (a step sized for 64 refused them). A loader of smaller batches keeps the config's ``batch_size``
+    (the step takes retain batches up to it). A ``batch_size`` the caller set below the loader's is refused; one
+    above it is kept, with a warning (the draws and the scaling follow it, not the batches trained on). Under
+    torch.distributed a retain loader with a ``DistributedSampler`` is refused: each rank keeps its part of every
+    global batch, so the loader must yield the same batches on every rank."""
+    loader = r.loader if r.dataset is None else None
+    if loader is None:
+        return cfg, config
+    sampler = getattr(loader.batch_sampler, "sampler", None) or loader.sampler  # a custom batch sampler's own
+    if is_distributed() and isinstance(sampler, DistributedSampler):
+        raise ValueError(f"{fn}: under torch.distributed each rank keeps its own part of every global retain batch, "
+                         "so the retain DataLoader must yield the same batches on every rank; this one has a "
+                         "DistributedSampler (each rank would drop most of its rows). Pass a DataLoader without it, "
+                         "or the Dataset itself (then sharded by index)")
+    batch = loader.batch_size if loader.batch_size is not None else getattr(loader.batch_sampler, "batch_size", None)
+    batch = plain_number(batch)
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch == cfg.batch_size:
         return cfg, config
     if "batch_size" in given_fields(config, cfg):
         if cfg.batch_size < batch:
             raise ValueError(f"{fn}: config.batch_size is {cfg.batch_size} but the retain DataLoader yields batches "
                              f"of {batch}; leave batch_size out (the loader's is taken) or set it to {batch}")
+        warnings.warn(f"{fn}: config.batch_size is {cfg.batch_size} and the retain DataLoader yields batches of "
+                      f"{batch}: the forget and unseen draws (and the matched recipe's lr and epochs) are sized for "
+                      f"{cfg.batch_size}; leave batch_size out to size them for the loader's batches",
+                      UserWarning, stacklevel=user_stacklevel())
+        return cfg, config
+    if batch < cfg.batch_size:
         return cfg, config
     cfg = replace(cfg, batch_size=batch)
     return cfg, ({**config, "batch_size": batch} if isinstance(config, dict) else

@@ -479,7 +479,8 @@ def as_data(obj: Any, name: str, fn: str) -> DataView:
     if isinstance(obj, DataLoader):
         if isinstance(obj.dataset, IterableDataset):  # no length to stream by: read once, in its own order
             return DataView(name, loader=obj).materialise(fn)
-        return DataView(name, loader=obj)
+        # a loader over a Blend-reduced set is one: the base methods warn about it and info says so
+        return DataView(name, loader=obj, reduced=_is_reduced_set(obj.dataset))
     if _is_reduced_set(obj):
         return _reduced_view(obj, name, fn)
     if isinstance(obj, Subset):

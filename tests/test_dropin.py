@@ -318,6 +318,12 @@ def test_unlearn_on_a_retain_loader_takes_its_batch(memorised):
     small = DataLoader(data, batch_size=16, shuffle=True)
     res = fastblend.unlearn("a_finetune", model, small, forget, unseen, config={"epochs": 1})
     assert res.config.batch_size == 64 and res.steps == len(small)
+    # the auto stop spreads its 8 evaluations over the 20 steps the loader gives: it planned len(retain) / 64 = 5 steps
+    # (and, re-reading the caller's epochs=1 as the recipe's 3, evaluated every 8 steps once the loader was counted)
+    stop = fastblend.AutoStop(forget, unseen, retain[1], min_steps=10**6, evaluations=8)
+    res = fastblend.unlearn("a_finetune", model, small, forget, unseen, config={"epochs": 1, "anchor_weight": 0.0},
+                            stop=stop)
+    assert res.steps == 20 and [h.step for h in stop.history] == [0, 3, 6, 9, 12, 15, 18, 20]
     # the caller's own batch size is kept above the loader's (with a warning), refused below it (it was refused from
     # inside the A-AMU step, naming retain_per_sample_loss)
     with pytest.warns(UserWarning, match="config.batch_size is 320 and the retain DataLoader yields batches of 256"):

@@ -140,3 +140,9 @@ def test_unlearn_warns_when_a_plain_method_gets_a_reduced_set(index):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fastblend.unlearn("a_finetune", model, reduced, forget, unseen=forget)
+    # a DataLoader over the reduced set is one too (it was taken for a plain retain set: no warning, and
+    # info["reduced_retain"] False)
+    loader = torch.utils.data.DataLoader(reduced, batch_size=16, shuffle=True)
+    with pytest.warns(UserWarning, match=r"^unlearn: method 'finetune' is not accelerated"):
+        fastblend.unlearn("FT", model, loader, forget, config={"epochs": 1})
+    assert fastblend.unlearn("a_finetune", model, loader, forget, unseen=forget).info["reduced_retain"] is True

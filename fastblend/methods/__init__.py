@@ -161,8 +161,13 @@ def planned_steps(method: str, config: object, retain_size: int, whole_class: bo
     cfg = resolve_config(config, spec.config_class, "planned_steps")
     if spec.accelerated:
         _, cfg, _ = request_config(spec.name, cfg, config, whole_class, matched_ok)
-    batch = getattr(cfg, "batch_size", retain_size) or 1
-    return getattr(cfg, "epochs", 1) * math.ceil(retain_size / batch)
+    return _steps_of(cfg, retain_size)
+
+
+def _steps_of(cfg: Any, rows: int) -> int:
+    """Epochs x batches of a resolved config on ``rows`` retain rows."""
+    batch = getattr(cfg, "batch_size", rows) or 1
+    return getattr(cfg, "epochs", 1) * math.ceil(rows / batch)
 
 
 PRESET_DATASETS = ("cifar10", "svhn", "cinic10")
@@ -472,7 +477,11 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
             matched_heldout=None if matched is None else (matched.images, matched.labels))
         # the untouched model's held-out accuracy, which the rule keeps (from the set-up's forward when it is ours)
         stopper.start(work, heldout_logits=unseen_logits if own else None)
-        every = eval_every_for(planned_steps(spec.name, cfg, len(r)), stopper.evaluations)
+        # rows an epoch reads: a loader's own batches (drop_last, a subset sampler) may read fewer than its dataset
+        rows = len(r) if r.loader is None or r.dataset is not None else r.num_batches(cfg.batch_size) * cfg.batch_size
+        # cfg is resolved: the request's recipe is in it already (planning it again would read a caller's setting at
+        # its default, e.g. epochs=1, as "not set" and plan the recipe's 3 epochs)
+        every = eval_every_for(_steps_of(cfg, rows), stopper.evaluations)
         user_every = eval_every or every  # the caller's cadence (0: the stop's)
         callback = _with_stop(callback, stopper, every, user_every)
         # a caller's denser cadence carries the stop's (it evaluates at the first report `every` steps after its last,

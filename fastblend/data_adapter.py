@@ -157,6 +157,7 @@ class DataView:
         self.reduced = reduced
         self.num_classes: int | None = None  # set by check_label_range: a loader's batches are checked too
         self.image_dtype: torch.dtype | None = None  # set by cast_to_model: batches arrive in the model's dtype
+        self.first_batch_rows: int | None = None  # set by probe on a loader: its first batch's rows
 
     @property
     def in_memory(self) -> bool:
@@ -213,6 +214,7 @@ class DataView:
         for batch in self.loader:
             x, _ = _unpack_batch(batch, self.name, fn)
             if x.shape[0]:
+                self.first_batch_rows = int(x.shape[0])  # a loader's batch size where it declares none
                 return x[:1]
         raise ValueError(f"{fn}: {self.name} is empty (its DataLoader yields no samples)")
 

@@ -50,6 +50,43 @@ def _run(method, sets, kind, config=None):
     return unlearn(method, _net(), retain, forget, sets["unseen"], config=config, seed=0)
 
 
+class _PlainSet(torch.utils.data.Dataset):
+    """A user's own dataset: items only, no labels/targets attribute."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i], int(self.y[i])
+
+
+def test_a_whole_class_request_through_a_loader_without_cheap_labels(request_sets):
+    # a retain DataLoader over a user's own Dataset (no labels attribute) or a Subset of a TensorDataset ran the paper's
+    # recipe on a whole class without a word (the class was left unforgotten), and its reason advised request="matched",
+    # which a whole class refuses
+    from torch.utils.data import DataLoader, Subset, TensorDataset
+    (rx, ry), forget = request_sets["class"]
+    plain = DataLoader(_PlainSet(rx, ry), batch_size=16, shuffle=True)
+    with pytest.warns(UserWarning, match=r"cannot read the retain set's labels without a pass.*'request': 'class'"):
+        res = unlearn("a_finetune", _net(), plain, forget, request_sets["unseen"], config={"epochs": 1}, seed=0)
+    assert res.info["request"] == "sample" and "'request': 'class'" in res.info["request_reason"]
+    # the auto stop reads the labels anyway: the request uses them
+    res = unlearn("a_finetune", _net(), plain, forget, request_sets["unseen"], seed=0, stop="auto")
+    assert res.info["request"] == "class" and res.config.forget_batch_factor == 1
+    # a Subset's labels come from its dataset's, with no pass
+    x, y = _data(0)
+    keep = torch.nonzero(y != 2).flatten().tolist()
+    sub = DataLoader(Subset(TensorDataset(x, y), keep), batch_size=16)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = unlearn("a_finetune", _net(), sub, forget, request_sets["unseen"], config={"epochs": 1}, seed=0)
+    assert res.info["request"] == "class"
+
+
 @pytest.mark.parametrize("method", sorted(CLASS_REQUEST))
 def test_a_whole_class_request_runs_the_whole_class_recipe(request_sets, method):
     res = _run(method, request_sets, "class", {"batch_size": 16})

@@ -329,13 +329,22 @@ def test_unlearn_on_a_retain_loader_takes_its_batch(memorised):
     with pytest.warns(UserWarning, match="config.batch_size is 320 and the retain DataLoader yields batches of 256"):
         res = fastblend.unlearn("a_finetune", model, loader, forget, unseen, config={"batch_size": 320, "epochs": 1})
     assert res.config.batch_size == 320
-    for config in ({"batch_size": 64}, fastblend.methods.AFinetuneConfig(batch_size=128)):
-        with pytest.raises(ValueError, match=r"unlearn: config.batch_size is (64|128) but the retain DataLoader "
+    for config in ({"batch_size": 32}, fastblend.methods.AFinetuneConfig(batch_size=128)):
+        with pytest.raises(ValueError, match=r"unlearn: config.batch_size is (32|128) but the retain DataLoader "
                                              r"yields batches of 256"):
             fastblend.unlearn("a_finetune", model, loader, forget, unseen, config=config)
-    # a config instance at the default batch size is "not set": the loader's is taken
-    res = fastblend.unlearn("a_finetune", model, loader, forget, unseen, config=fastblend.methods.AFinetuneConfig())
-    assert res.config.batch_size == 256
+    # a batch size at the default counts as not set (a config instance's, or a dict of every field such as presets'
+    # gives): the loader's is taken
+    for config in (fastblend.methods.AFinetuneConfig(), fastblend.presets("cifar10-resnet18", "a_finetune")):
+        assert fastblend.unlearn("a_finetune", model, loader, forget, unseen, config=config).config.batch_size == 256
+    # a loader batch beyond the set's rows is the set (its nominal 2000 would scale lr and epochs by sqrt(2000/64))
+    whole = DataLoader(data, batch_size=2000)
+    assert fastblend.unlearn("a_finetune", model, whole, forget, unseen).config.batch_size == len(data)
+    # a loader that declares no batch size (pre-batched items) is sized by its first batch
+    batches = [(retain[0][i:i + 100], retain[1][i:i + 100]) for i in range(0, len(data), 100)]
+    prebatched = DataLoader(batches, batch_size=None)
+    with pytest.warns(UserWarning, match="cannot read the retain set's labels"):  # a list of batches: no labels
+        assert fastblend.unlearn("a_finetune", model, prebatched, forget, unseen).config.batch_size == 100
     # a whole-class request takes it too (A-SCRUB's forget pass included)
     keep = retain[1] != 0
     res = fastblend.unlearn("a_scrub", model, DataLoader(TensorDataset(retain[0][keep], retain[1][keep]),

@@ -246,7 +246,8 @@ def test_a_streamed_retain_set_without_labels_gets_the_papers_recipe_and_says_wh
     """``request="auto"`` never reads a streamed set whole just to choose its recipe."""
     model, (xr, yr), (xf, yf), (xu, yu) = _task()
     retain = Rows(xr, yr)
-    res = fastblend.unlearn("a_finetune", model, retain, (xf, yf), (xu, yu), config=dict(epochs=1), seed=5)
+    with pytest.warns(UserWarning, match="cannot read the retain set's labels without a pass"):  # and says so
+        res = fastblend.unlearn("a_finetune", model, retain, (xf, yf), (xu, yu), config=dict(epochs=1), seed=5)
     assert res.info["request"] == "sample" and "labels are neither in memory" in res.info["request_reason"]
     assert len(retain.reads) == len(yr) + 1  # one epoch of batches and the shape probe: no pass for the labels
 

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
-from torch.utils.data import DistributedSampler, IterableDataset, TensorDataset
+from torch.utils.data import DistributedSampler, IterableDataset, Subset, TensorDataset
 
 from .._checks import as_device, check_finite_images, plain_number, user_stacklevel
 from ..autostop import AutoStop
@@ -377,8 +377,6 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
                       "real retain set" if spec.name in _ACCELERATED_OF else
                       f"{fn}: method {spec.name!r} is not accelerated but retain is a reduced retain set (Blend); "
                       "pass the real retain set", stacklevel=2)
-    if spec.accelerated:
-        cfg, config = _loader_batch(r, cfg, config, fn)
     check_disjoint(r, f, fn)
     f = read_forget(f, fn)
     if spec.name != "retrain" or stop is not None:  # retrain never reads the forget set; the stop does
@@ -391,6 +389,8 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
     work = model if cfg.inplace else _copy_model(model, fn)
     work = work.to(dev)
     probe = r.probe(fn)
+    if spec.accelerated:  # after the probe: a loader that declares no batch size is sized by its first batch
+        cfg, config = _loader_batch(r, cfg, config, fn)
     num_classes = probe_num_classes(work, probe.to(dev, model_dtype(work)))
     for view in (r, f, u):
         if view is not None:
@@ -402,12 +402,23 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
             f = f.to(dev)
         u = u.to(dev) if u is not None else None
 
+    read: list[torch.Tensor] = []
+
+    def retain_labels(use: str) -> torch.Tensor:
+        """The retain set's labels, read once for every reader below (a Dataset without a labels attribute costs a
+        pass over it); ``use`` names the reader in the error when they cannot be read."""
+        if not read:
+            read.append(_retain_labels(r, fn, use))
+        return read[0]
+
     request, recipe, why_not = None, {}, None
     if spec.accelerated:
         whole, matched_ok, why_not = False, True, None  # an explicit request decides by itself
         auto = cfg.request == "auto"
         if auto:
-            whole, matched_ok, why_not = (_auto_request(r, f, u, fn) if u is not None
+            # the auto stop reads the retain labels anyway (a pass, where they are not cheap): the request uses them
+            whole, matched_ok, why_not = (_auto_request(r, f, u, fn, (lambda: retain_labels("stop"))
+                                                        if stop is not None else None) if u is not None
                                           else (False, False, "no unseen data"))
         try:
             request, cfg, recipe = request_config(spec.name, cfg, config, whole, matched_ok)
@@ -431,15 +442,6 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
             reason = paper_reason(why_not, chosen)
             if reason is not None:
                 ctx.info["request_reason"] = reason
-    read: list[torch.Tensor] = []
-
-    def retain_labels(use: str) -> torch.Tensor:
-        """The retain set's labels, read once for every reader below (a Dataset without a labels attribute costs a
-        pass over it); ``use`` names the reader in the error when they cannot be read."""
-        if not read:
-            read.append(_retain_labels(r, fn, use))
-        return read[0]
-
     matched = fixed = odds_target = None
     # the untouched model's logits of the unseen images, one forward shared by the matched target and the anchor;
     # what that set-up costs is the method's (in the result's seconds)
@@ -745,9 +747,16 @@ def _loader_batch(r: DataView, cfg: Any, config: Any, fn: str) -> tuple[Any, Any
                          "or the Dataset itself (then sharded by index)")
     batch = loader.batch_size if loader.batch_size is not None else getattr(loader.batch_sampler, "batch_size", None)
     batch = plain_number(batch)
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch == cfg.batch_size:
+    if isinstance(batch, int) and not isinstance(batch, bool):
+        batch = min(batch, len(r))  # a batch larger than the set holds the set
+    else:  # a batch sampler of its own, or pre-batched items (the dataset's length then counts batches)
+        batch = r.first_batch_rows
+    if not isinstance(batch, int):
         return cfg, config
-    if "batch_size" in given_fields(config, cfg):
+    if batch == cfg.batch_size:
+        return cfg, config
+    # a batch size at the default counts as not set (a config instance's, or a dict of every field like presets')
+    if "batch_size" in given_fields(config, cfg) and cfg.batch_size != type(cfg)().batch_size:
         if cfg.batch_size < batch:
             raise ValueError(f"{fn}: config.batch_size is {cfg.batch_size} but the retain DataLoader yields batches "
                              f"of {batch}; leave batch_size out (the loader's is taken) or set it to {batch}")
@@ -808,14 +817,26 @@ def _retain_labels(r: Any, fn: str, use: str) -> torch.Tensor:
         raise ValueError(f"{fn}: {why}, and they could not be read ({exc}); {instead}") from None
 
 
-def _auto_request(r: Any, f: Any, u: Any, fn: str) -> tuple[bool, bool, str | None]:
+def _auto_request(r: Any, f: Any, u: Any, fn: str,
+                  labels: Callable[[], torch.Tensor] | None = None) -> tuple[bool, bool, str | None]:
     """What ``config.request="auto"`` may run: ``(whole class, difficulty-matched recipe possible, why not)``, from
-    the retain set's labels read from memory or a labels attribute, never by a pass over a streamed set
-    (:func:`auto_request_of_labels` decides)."""
+    the retain set's labels read from memory or a labels attribute (a ``Subset``'s through its dataset's), else by
+    ``labels()`` where given (a reader that passes over the set anyway, e.g. the auto stop's), never by a pass of its
+    own: then the paper's recipe runs, with a warning (it cannot tell a class forgotten whole; a whole class needs
+    the whole-class recipe to be forgotten). :func:`auto_request_of_labels` decides."""
     retained = _cheap_retain_labels(r, fn)
+    if retained is None and labels is not None:
+        retained = labels()
     if retained is None:
+        warnings.warn(f"{fn}: config.request='auto' cannot read the retain set's labels without a pass over it (no "
+                      "labels/targets attribute), so it runs the paper's recipe, which leaves a class forgotten whole "
+                      "largely unforgotten: pass config={'request': 'class'} for a request that forgets whole "
+                      "classes, {'request': 'matched'} for scattered samples (each reads the labels with a pass), or "
+                      "{'request': 'sample'} to keep the paper's and silence this", UserWarning,
+                      stacklevel=user_stacklevel())
         return False, False, ("the retain set's labels are neither in memory nor a labels/targets attribute with one "
-                              "value per row (pass config={'request': 'matched'} to read them with a pass)")
+                              "value per row (pass config={'request': 'class'} for whole classes or "
+                              "{'request': 'matched'} for scattered samples to read them with a pass)")
     return auto_request_of_labels(f.labels, retained, u.labels)
 
 
@@ -848,16 +869,32 @@ def paper_reason(why_not: str | None, chosen_target: str | None) -> str | None:
 def _cheap_retain_labels(r: Any, fn: str) -> torch.Tensor | None:
     """The retain set's labels when they cost no pass over its images (in memory or a labels/targets attribute);
     ``None`` otherwise, or, with a warning, when reading them fails."""
-    from ..condensation.source import _attribute_labels
-
     if r.labels is not None:
         return r.labels.detach().cpu()
     source = r.dataset if r.dataset is not None else getattr(r.loader, "dataset", None)
+    return _cheap_labels_of(source)
+
+
+def _cheap_labels_of(source: Any) -> torch.Tensor | None:
+    """A dataset's labels when they cost no pass over its images: a ``TensorDataset``'s, a labels/targets attribute
+    with one value per row, or a ``Subset``'s through its dataset's; ``None`` otherwise."""
+    from ..condensation.source import _attribute_labels
+
+    if source is None:
+        return None
+    if isinstance(source, Subset):
+        base = _cheap_labels_of(source.dataset)
+        if base is None:
+            return None
+        try:
+            return base[torch.as_tensor(list(source.indices), dtype=torch.long)]
+        except (IndexError, TypeError, ValueError, RuntimeError):
+            return None
     tensors = getattr(source, "tensors", None)  # a TensorDataset: its labels are already in memory
     if isinstance(source, TensorDataset) and len(tensors) >= 2 and tensors[1].dim() == 1:
         return tensors[1].detach().cpu()
     try:
-        return _attribute_labels(source) if source is not None else None  # one per row, or None: never a pass
+        return _attribute_labels(source)  # one per row, or None: never a pass
     except Exception:  # noqa: BLE001 - a source without len() or with odd attributes: not cheap to read
         return None
 

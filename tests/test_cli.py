@@ -149,6 +149,13 @@ def test_condense_offers_only_the_flags_it_reads(tmp_path, capsys):
     # the hard kind needs a proxy model that condense does not train: refused up front (was exit 1 from make_split)
     assert cli.main(["condense", "--dataset", "digits", "--forget", "hard"]) == 2
     assert "--forget" in _one_line(capsys.readouterr().err)
+    # one split and one index: a second seed was accepted and ignored
+    assert cli.main(["condense", "--dataset", "digits", "--seeds", "1", "2"]) == 2
+    assert "unrecognized arguments: 2" in _one_line(capsys.readouterr().err)
+    seeds = tmp_path / "seeds.toml"
+    seeds.write_text("seeds = [1, 2]\n")
+    assert cli.main(["condense", "--dataset", "digits", "--config", str(seeds), "--out", str(tmp_path / "s.pt")]) == 2
+    assert "give one seed" in _one_line(capsys.readouterr().err) and not (tmp_path / "s.pt").exists()
     hard = tmp_path / "hard.toml"
     hard.write_text('forget = "hard"\n')
     assert cli.main(["condense", "--dataset", "digits", "--config", str(hard), "--out", str(tmp_path / "r.pt")]) == 2

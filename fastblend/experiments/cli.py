@@ -145,8 +145,10 @@ def _data_args(p: argparse.ArgumentParser, condense: bool = False) -> None:
     p.add_argument("--blend-amp", action="store_true",
                    help="run Blend's matcher in bfloat16 (faster; a departure from the reference numerics)")
     p.add_argument("--grouping-backend", choices=["auto", "faiss", "torch"])
-    p.add_argument("--seeds", type=int, nargs="+", help="the forget split's and the index's seed (the first of them)"
-                   if condense else "one repetition per seed (mean ± std reported)")
+    if condense:  # one split, one index
+        p.add_argument("--seeds", type=int, nargs=1, metavar="SEED", help="the forget split's and the index's seed")
+    else:
+        p.add_argument("--seeds", type=int, nargs="+", help="one repetition per seed (mean ± std reported)")
     p.add_argument("--no-plots", action="store_true")
 
 
@@ -375,6 +377,9 @@ def cmd_condense(args: argparse.Namespace) -> int:
         raise UsageError(f"--out {args.out}: expected a .pt file (the reduced set; its .clustering.pt and .png "
                          "go beside it) or a folder (an existing one, or a path ending in /)")
     cfg.check()
+    if len(cfg.seeds) > 1:  # from a --config file (the flag takes one)
+        raise UsageError(f"condense: seeds = {list(cfg.seeds)} (in --config): condense builds one split and one index; "
+                         "give one seed")
     if cfg.forget == "hard":  # from a --config file (the flag offers uniform and classwise only)
         raise UsageError("condense: forget = 'hard' (in --config) needs a proxy model to rank the images, which only "
                          "`fastblend run` / `demo` train; use forget 'uniform' or 'classwise' here")

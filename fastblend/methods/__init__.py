@@ -292,7 +292,9 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
             sampler's, as its ``B`` when it is above the config's 64: its forget and unseen draws, and the matched
             recipe's scaling, follow the batches it trains on. A loader over an ``IterableDataset`` is read into
             memory and batched at ``config.batch_size``. Under torch.distributed the loader must yield the same
-            batches on every rank: one with a ``DistributedSampler`` is refused).
+            batches on every rank: one with a ``DistributedSampler`` is refused. ``config.request="auto"`` needs the
+            retain labels to tell a class forgotten whole: over a dataset without a ``labels``/``targets`` attribute
+            it runs the paper's recipe with a warning, unless ``stop="auto"`` reads them).
         forget: the forget set, in the same forms (read into memory: the samplers draw from it by index).
         unseen: in-distribution data the model never trained on, with labels; required by the
             accelerated methods, unused by the others (read into memory, as ``forget``).

@@ -198,8 +198,9 @@ def test_labels_read_without_a_pass_decide_the_recipe():
                                                                                         "epochs": 1}, seed=0)
     assert res.info["request"] == "matched"
     wrong = Streamed(rx, ry, np.zeros(len(ry) + 7, dtype=np.int64))  # a parent's labels: not one per row
-    res = unlearn("a_finetune", blob_model(), wrong, forget, blobs(150, 1), config={"batch_size": 16, "epochs": 1},
-                  seed=0)
+    with pytest.warns(UserWarning, match="cannot read the retain set's labels without a pass"):
+        res = unlearn("a_finetune", blob_model(), wrong, forget, blobs(150, 1),
+                      config={"batch_size": 16, "epochs": 1}, seed=0)
     assert res.info["request"] == "sample" and "labels/targets attribute" in res.info["request_reason"]
     assert wrong.reads == len(ry) + 1  # one epoch and the shape probe: no pass to read the labels
 

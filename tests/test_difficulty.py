@@ -456,5 +456,6 @@ def test_unreadable_retain_labels_name_what_needed_them(monkeypatch):
         unlearn("a_finetune", *args, config={"batch_size": 16, "request": "sample"}, stop="auto")
     retain = Pairs(x[~forget], y[~forget])
     retain.targets = y[:5]  # an attribute with the wrong length: not the labels, and "auto" reads nothing more
-    res = unlearn("a_finetune", args[0], retain, *args[2:], config={"batch_size": 16})
+    with pytest.warns(UserWarning, match="cannot read the retain set's labels without a pass"):
+        res = unlearn("a_finetune", args[0], retain, *args[2:], config={"batch_size": 16})
     assert res.info["request"] == "sample" and "labels/targets attribute" in res.info["request_reason"]

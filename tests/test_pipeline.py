@@ -171,6 +171,16 @@ def test_original_model_is_deterministic_given_seed(tmp_path):
         assert torch.equal(pa, pb)
 
 
+def test_a_method_preset_leaves_the_request_its_recipe():
+    # --preset merged the accelerated method's whole config, so every field counted as set: on a whole class the
+    # request said "class" while none of its recipe ran, on scattered samples the paper's recipe ran
+    args = cli.build_parser().parse_args(["run", "--preset", "cifar10-resnet18", "--forget", "classwise"])
+    cfg = cli._config_from_args(args, ExperimentConfig())
+    assert cfg.accelerated_config == {} and cfg.base_config["epochs"] == 50  # CIFAR-10 / ResNet-18 is the defaults
+    args = cli.build_parser().parse_args(["run", "--preset", "cinic10-resnet18"])
+    assert cli._config_from_args(args, ExperimentConfig()).accelerated_config == {"lr": 1e-4}  # its one change
+
+
 def test_blend_preset_and_width_reach_the_index(tmp_path):
     from fastblend.experiments.settings import BLEND_PRESETS
 

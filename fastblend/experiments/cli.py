@@ -241,11 +241,15 @@ def _config_from_args(args: argparse.Namespace, base: ExperimentConfig) -> Exper
         cfg.accelerated_config = {"request": "sample" if cfg.forget != "classwise" else "auto",
                                   **cfg.accelerated_config}
     if getattr(args, "preset", None):
-        from ..methods import presets
+        from ..methods import config_class, presets
 
         try:
             cfg.base_config = {**presets(args.preset, cfg.method), **cfg.base_config}
-            cfg.accelerated_config = {**presets(args.preset, cfg.accelerated), **cfg.accelerated_config}
+            # only what the preset changes from the defaults: a full config dict sets every field, so the request's
+            # recipe (whole-class or difficulty-matched, --recipe) would fill none of them
+            default = config_class(cfg.accelerated)()
+            changes = {k: v for k, v in presets(args.preset, cfg.accelerated).items() if v != getattr(default, k)}
+            cfg.accelerated_config = {**changes, **cfg.accelerated_config}
         except ValueError as exc:
             raise UsageError(f"--preset {args.preset} with --method {cfg.method}: {exc}") from None
     # `is not None`: an explicit 0 reaches the checks (and is refused there), never the defaults

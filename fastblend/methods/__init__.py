@@ -187,6 +187,10 @@ def presets(setting: str, method: str | None = None) -> dict[str, Any]:
     full config as a dict; without: ``{method: dict}`` for every method. Epoch counts are the paper's (docs/method.md)
     (CIFAR-10 / ResNet-18); override them for small demos, e.g.
     ``unlearn("a_finetune", ..., config={**presets("cinic10-resnet18", "a_finetune"), "epochs": 2})``.
+    As a config, the dict sets every field of an accelerated method, so ``config.request="auto"``'s recipes (the
+    whole-class and difficulty-matched ones, docs/method.md §7.6 / §7.10) fill none of them: the paper's recipe runs.
+    ``fastblend run --preset`` passes only the fields a preset changes from the defaults, and the request's recipe
+    fills the rest.
     """
     if not isinstance(setting, str):
         raise TypeError(f"presets: setting must be a string like 'cifar10-resnet18', got {type(setting).__name__}")

@@ -201,6 +201,10 @@ class DataView:
             xs.append(x)
             ys.append(y)
         if not xs:
+            if self.dataset is None and getattr(self.loader, "drop_last", False) and _has_rows(self.loader.dataset):
+                raise ValueError(f"{fn}: {self.name} is empty: its DataLoader drops its last partial batch "
+                                 f"(drop_last=True) and its batch size {self.loader.batch_size} is larger than its "
+                                 f"{len(self.loader.dataset)} rows; pass drop_last=False or a smaller batch")
             raise ValueError(f"{fn}: {self.name} is empty")
         return _tensor_view(self.name, torch.cat(xs), torch.cat(ys), self.indices, self.reduced, fn)
 
@@ -337,6 +341,14 @@ def is_streamed_dataset(obj: Any) -> bool:
     dataset with an ``images`` tensor are in memory already; an ``IterableDataset`` has no rows to index."""
     return (isinstance(obj, Dataset) and not isinstance(obj, (TensorDataset, IterableDataset))
             and callable(getattr(obj, "__len__", None)) and not torch.is_tensor(getattr(obj, "images", None)))
+
+
+def _has_rows(data: Any) -> bool:
+    """Whether ``data`` has a length above 0 (``False`` where it has none)."""
+    try:
+        return len(data) > 0
+    except TypeError:
+        return False
 
 
 def _only_shuffles(loader: DataLoader) -> bool:

@@ -275,6 +275,11 @@ ROWS = [
      "AAMUStep: batch_size must be"),
     # ---------------- methods
     ("unlearn", "unknown method", lambda: F.unlearn("forget-it", _lin(), _xy4(), _xy4()), ValueError, "unlearn: "),
+    ("unlearn", "forget loader dropping its only batch",
+     lambda: F.unlearn("finetune", _lin(), _xy4(), torch.utils.data.DataLoader(
+         torch.utils.data.TensorDataset(*_xy4(6)), batch_size=8, drop_last=True)), ValueError,
+     r"unlearn: forget is empty: its DataLoader drops its last partial batch \(drop_last=True\) and its batch size "
+     "8 is larger than its 6 rows"),
     ("unlearn", "lr inf", lambda: F.unlearn("finetune", _lin(), _xy4(), _xy4(), config=dict(lr=INF)), ValueError,
      "unlearn: config.lr must be a finite number"),
     ("unlearn", "neggrad ascent unknown", lambda: F.unlearn("neggrad_plus", _lin(), _xy4(), _xy4(),

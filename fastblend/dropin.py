@@ -354,8 +354,7 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
         lam, k, kappa, sigma, steepen, forget_batch_factor, unseen_batch_factor, max_draw: A-AMU
             settings (:class:`fastblend.AAMUStep`; defaults :data:`fastblend.recipe.RECIPE`, ``max_draw``
             256 = 4·64: on the paper's recipe a batch of 256 draws 256 forget and 256 unseen rows; ``None``: 4B
-            each). ``lam``
-            ``None`` (default): the request's, the paper's 34 or the whole-class recipe's 5;
+            each). ``lam`` ``None`` (default): the request's, the paper's 34 or the whole-class recipe's 5;
             ``forget_batch_factor`` ``None`` (default): the request's, 1 on the matched and whole-class recipes,
             else 4; ``unseen_batch_factor`` ``None`` (default): the request's, 1 on the whole-class recipe, else 4.
         iterations, backend: Blend settings when the index is built here (default 12 iterations). With

@@ -745,7 +745,8 @@ def _loader_batch(r: DataView, cfg: Any, config: Any, fn: str) -> tuple[Any, Any
     loader = r.loader if r.dataset is None else None
     if loader is None:
         return cfg, config
-    sampler = getattr(loader.batch_sampler, "sampler", None) or loader.sampler  # a custom batch sampler's own
+    sampler = getattr(loader.batch_sampler, "sampler", None)  # a custom batch sampler's own, else the loader's
+    sampler = loader.sampler if sampler is None else sampler
     if is_distributed() and isinstance(sampler, DistributedSampler):
         raise ValueError(f"{fn}: under torch.distributed each rank keeps its own part of every global retain batch, "
                          "so the retain DataLoader must yield the same batches on every rank; this one has a "
@@ -757,9 +758,7 @@ def _loader_batch(r: DataView, cfg: Any, config: Any, fn: str) -> tuple[Any, Any
         batch = min(batch, len(r))  # a batch larger than the set holds the set
     else:  # a batch sampler of its own, or pre-batched items (the dataset's length then counts batches)
         batch = r.first_batch_rows
-    if not isinstance(batch, int):
-        return cfg, config
-    if batch == cfg.batch_size:
+    if not isinstance(batch, int) or batch == cfg.batch_size:
         return cfg, config
     # a batch size at the default counts as not set (a config instance's, or a dict of every field like presets')
     if "batch_size" in given_fields(config, cfg) and cfg.batch_size != type(cfg)().batch_size:
@@ -809,12 +808,13 @@ _LABEL_USES = {
 def _retain_labels(r: Any, fn: str, use: str) -> torch.Tensor:
     """The retain set's labels, for ``use`` (a key of :data:`_LABEL_USES`: the auto stop's whole-class test, the
     matched target's ranking, the anchor's classes): in memory, or read from a Dataset / a
-    DataLoader's dataset (its ``labels``/``targets`` attribute, else one pass). Unreadable labels raise
-    ``ValueError`` saying what needed them."""
+    DataLoader's dataset (without a pass where :func:`_cheap_retain_labels` finds them, else one pass). Unreadable
+    labels raise ``ValueError`` saying what needed them."""
     from ..condensation.source import source_labels
 
-    if r.labels is not None:
-        return r.labels.detach().cpu()
+    cheap = _cheap_retain_labels(r)
+    if cheap is not None:
+        return cheap
     source = r.dataset if r.dataset is not None else getattr(r.loader, "dataset", None)
     try:
         return source_labels(source, fn)
@@ -830,7 +830,7 @@ def _auto_request(r: Any, f: Any, u: Any, fn: str,
     ``labels()`` where given (a reader that passes over the set anyway, e.g. the auto stop's), never by a pass of its
     own: then the paper's recipe runs, with a warning (it cannot tell a class forgotten whole; a whole class needs
     the whole-class recipe to be forgotten). :func:`auto_request_of_labels` decides."""
-    retained = _cheap_retain_labels(r, fn)
+    retained = _cheap_retain_labels(r)
     if retained is None and labels is not None:
         retained = labels()
     if retained is None:
@@ -872,9 +872,9 @@ def paper_reason(why_not: str | None, chosen_target: str | None) -> str | None:
     return None if why is None else f"the paper's recipe, not the difficulty-matched one: {why}"
 
 
-def _cheap_retain_labels(r: Any, fn: str) -> torch.Tensor | None:
-    """The retain set's labels when they cost no pass over its images (in memory or a labels/targets attribute);
-    ``None`` otherwise, or, with a warning, when reading them fails."""
+def _cheap_retain_labels(r: Any) -> torch.Tensor | None:
+    """The retain set's labels when they cost no pass over its images (in memory, or :func:`_cheap_labels_of` its
+    dataset); ``None`` otherwise."""
     if r.labels is not None:
         return r.labels.detach().cpu()
     source = r.dataset if r.dataset is not None else getattr(r.loader, "dataset", None)

@@ -119,6 +119,14 @@ def _ks(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((ca - cb).abs().max())
 
 
+def _under(value: float, limit: float, se: float, into: list[float]) -> bool:
+    """``value <= limit``; appends to ``into`` its shortfall ``(value − limit) / se`` when not (infinite for a NaN)."""
+    if not value <= limit:
+        gap = (value - limit) / max(se, 1e-6)
+        into.append(gap if math.isfinite(gap) else math.inf)
+    return value <= limit
+
+
 def _takes_full_below(check: Any) -> bool:
     """Whether a ``check`` method accepts ``full_below`` (a subclass may override it with the older signature)."""
     try:
@@ -207,14 +215,23 @@ class AutoStop:
             ``heldout`` still gives (c) and the whole-class rule.
         staged: forward first what the forget-side conditions need (the forget images, the matched images, the
             held-out images of the forget classes) and the rest of ``heldout`` (for (c) alone) only when those
-            conditions hold, or when the evaluation could be the closest so far: the same stops and the same
-            kept weights as a full evaluation at fewer forwards (on an atypical request the stop's evaluations
-            shrink to about a third); the evaluations that skip it are recorded with ``partial=True``.
-            :meth:`check` always evaluates everything.
+            conditions hold (a possible stop), or, with ``defer_kept=False``, when the evaluation could be the
+            closest so far: the same stops as a full evaluation at fewer forwards (on an atypical request the
+            stop's evaluations shrink to about a third); the evaluations that skip it are recorded with
+            ``partial=True``. :meth:`check` always evaluates everything.
+        defer_kept: with ``staged``, measure (c) for the closest evaluation only when the run ends without a stop
+            (:meth:`finish`): the closest is kept on the shortfall its evaluation measured (the forget side's, a
+            lower bound), and at the end its (c) is measured with its weights, and the final model's; it is handed
+            back only if still strictly closer, else the final model stays. Stops are those of a full evaluation;
+            the model handed back differs from ``defer_kept=False``'s (the exact closest, which measures (c) at
+            every evaluation that could be the closest) only where the kept evaluation lost held-out accuracy and
+            another evaluation than the final one was closer. Costs at most two forwards of (c)'s images at the
+            end instead of one at almost every evaluation of a run nearing the rule.
         keep_closest: keep a copy of the weights at the evaluation closest to the rule (the smallest
             :attr:`AutoStopCheck.shortfall`, the later one on a tie; never before ``min_steps``), so that a run
             whose recipe ends without the rule holding, e.g. one that passed near it and moved away, returns
-            that model (:meth:`finish`). Costs one copy of the model's ``state_dict`` on its device.
+            that model (:meth:`finish`; with ``defer_kept``, closest on what was measured, see there). Costs one
+            copy of the model's ``state_dict`` on its device (two for a moment in :meth:`finish`).
 
     The first call (``unlearn`` makes it with the untouched model, before any step), or :meth:`start`,
     records the held-out accuracy the rule must keep. After a run: :attr:`stopped`, :attr:`stop_step`,
@@ -230,7 +247,7 @@ class AutoStop:
                  class_floor: float = 0.0,
                  patience: int = 1,
                  min_steps: int = 1, evaluations: int = 8, seed: int = 0, matched_heldout: Any = None,
-                 keep_closest: bool = True, staged: bool = True):
+                 keep_closest: bool = True, staged: bool = True, defer_kept: bool = True):
         fn = "AutoStop"
         max_samples, z, match_z, slack, max_drop, class_floor, patience, min_steps, evaluations, seed = map(
             plain_number, (max_samples, z, match_z, slack, max_drop, class_floor, patience, min_steps, evaluations,
@@ -251,10 +268,10 @@ class AutoStop:
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (low is not None and value < low):
                 raise ValueError(f"{fn}: {name} must be an int" + (f" >= {low}" if low is not None else "")
                                  + f", got {value!r}")
-        for name, flag in (("keep_closest", keep_closest), ("staged", staged)):
+        for name, flag in (("keep_closest", keep_closest), ("staged", staged), ("defer_kept", defer_kept)):
             if not isinstance(flag, (bool, np.bool_)):
                 raise TypeError(f"{fn}: {name} must be a bool, got {type(flag).__name__}")
-        self.keep_closest, self.staged = bool(keep_closest), bool(staged)
+        self.keep_closest, self.staged, self.defer_kept = bool(keep_closest), bool(staged), bool(defer_kept)
         self._closest: tuple[AutoStopCheck, dict[str, torch.Tensor]] | None = None  # (its evaluation, weights)
         self.restored_step: int | None = None  # the step whose weights finish() or recover() put back
         gen = torch.Generator().manual_seed(int(seed))
@@ -435,13 +452,6 @@ class AutoStop:
         conditions: dict[str, bool] = {}
         short: list[float] = []  # each failing condition's shortfall, in its standard errors
 
-        def under(value: float, limit: float, se: float, into: list[float]) -> bool:
-            """``value <= limit``; its shortfall ``(value − limit) / se`` when not (infinite for a NaN)."""
-            if not value <= limit:
-                gap = (value - limit) / max(se, 1e-6)
-                into.append(gap if math.isfinite(gap) else math.inf)
-            return value <= limit
-
         cf = lf.argmax(1) == fy
         cr = lr.argmax(1) == ry  # rows not forwarded yet are never read (NaN argmax is never compared)
         # scattered samples: forget like held-out of the same classes
@@ -462,13 +472,13 @@ class AutoStop:
             acc_f = float(cf[part].double().mean() * 100)
             n_f = int(part.sum())
             se_diff = math.hypot(max(binomial_se(acc_f, n_f), 0.5), max(binomial_se(same, n_same), 0.5))
-            conditions["forget_acc_like_heldout"] = under(acc_f, same + self.slack + self.match_z * se_diff, se_diff,
+            conditions["forget_acc_like_heldout"] = _under(acc_f, same + self.slack + self.match_z * se_diff, se_diff,
                                                           short)
             ref = torch.isin(ry, f_cls)
             r = self._mia(lf, fy, lr, ry, part, ref)
             if r is not None:
                 mia = (r.score, r.low, r.high)
-                conditions["mia_not_member"] = under(r.score, 50.0 + self.slack + self.match_z * r.se, max(r.se, 0.5),
+                conditions["mia_not_member"] = _under(r.score, 50.0 + self.slack + self.match_z * r.se, max(r.se, 0.5),
                                                      short)
                 ce_f = F.cross_entropy(lf[part], fy[part], reduction="none")
                 ce_h = F.cross_entropy(lr[ref], ry[ref], reduction="none")
@@ -481,41 +491,56 @@ class AutoStop:
             fw, hw = torch.isin(fy, whole), torch.isin(hy, whole)
             kept_f, kept_h = float(cf[fw].double().mean() * 100), float(ch_first[hw].double().mean() * 100)
             conditions["class_forgotten"] = all([  # both evaluated: each adds its shortfall
-                under(kept_f, self.class_floor, max(binomial_se(kept_f, int(fw.sum())), 0.5), short),
-                under(kept_h, self.class_floor, max(binomial_se(kept_h, int(hw.sum())), 0.5), short)])
+                _under(kept_f, self.class_floor, max(binomial_se(kept_f, int(fw.sum())), 0.5), short),
+                _under(kept_h, self.class_floor, max(binomial_se(kept_h, int(hw.sum())), 0.5), short)])
             r = self._mia(lf, fy, lh, hy, fw, hw)
             if r is not None:
                 if not bool(part.any()):
                     mia = (r.score, r.low, r.high)
-                conditions["class_not_member"] = under(r.score, 50.0 + self.slack + self.match_z * r.se,
+                conditions["class_not_member"] = _under(r.score, 50.0 + self.slack + self.match_z * r.se,
                                                        max(r.se, 0.5), short)
         eligible = step >= self.min_steps
         partial_short = sum(short) if eligible else math.inf
         complete = (full_below is None or not self.staged or self.baseline is None
                     or (eligible and (all(conditions.values()) or partial_short <= full_below)))
-        acc_h = math.nan
-        head: list[float] = []
-        if complete:
-            rest = ~first
-            if bool(rest.any()):
-                lh[rest] = self._logits(model, hx[rest.to(hx.device)], dev, "held-out images", step)
-            ch = lh.argmax(1) == hy
-            if self.baseline is None:
-                self.baseline, _ = self._held_out_accuracy(ch)
-            # (c) held-out accuracy kept, on the classes the model must still predict
-            acc_h, n_h_kept = self._held_out_accuracy(ch)
-            if n_h_kept:
-                se_h = max(binomial_se(self.baseline, n_h_kept), 0.5)
-                margin = max(self.max_drop, self.z * se_h)
-                conditions = {"heldout_kept": under(-acc_h, -(self.baseline - margin), se_h, head), **conditions}
-        done = complete and all(conditions.values()) and eligible
-        shortfall = sum(head + short) if eligible else math.inf
         check = AutoStopCheck(step=int(step), seconds=float(seconds), forget_acc=float(cf.double().mean() * 100),
-                              heldout_acc=acc_h, heldout_same_class_acc=same, mia=mia[0], mia_low=mia[1],
-                              mia_high=mia[2], loss_ks=ks, conditions=conditions, done=done,
-                              shortfall=float(shortfall), partial=not complete)  # 0 when done: none fell short
+                              heldout_acc=math.nan, heldout_same_class_acc=same, mia=mia[0], mia_low=mia[1],
+                              mia_high=mia[2], loss_ks=ks, conditions=conditions, done=False,
+                              shortfall=float(partial_short), partial=True)
+        # what (c) needs later (the held-out rows forwarded already), should it be measured after this evaluation
+        check._first_correct = lh[first].argmax(1) == hy[first]  # type: ignore[attr-defined]
+        if complete:
+            self._measure_kept(check, model, dev)
         self.history.append(check)
         return check
+
+    def _measure_kept(self, check: AutoStopCheck, model: nn.Module, dev: torch.device) -> None:
+        """Complete the partial evaluation ``check`` with rule (c), forwarding with ``model`` (whose weights are
+        that evaluation's) the held-out images it did not forward: sets its ``heldout_acc``, ``conditions``,
+        ``done``, ``shortfall`` and ``partial``."""
+        hx, hy = self.heldout
+        first = self._first_rows
+        ch = torch.zeros(hy.numel(), dtype=torch.bool)
+        ch[first] = check._first_correct  # type: ignore[attr-defined]
+        rest = ~first
+        if bool(rest.any()):
+            ch[rest] = self._logits(model, hx[rest.to(hx.device)], dev, "held-out images", check.step).argmax(1) \
+                == hy[rest]
+        if self.baseline is None:
+            self.baseline, _ = self._held_out_accuracy(ch)
+        # (c) held-out accuracy kept, on the classes the model must still predict
+        acc_h, n_h_kept = self._held_out_accuracy(ch)
+        head: list[float] = []
+        if n_h_kept:
+            se_h = max(binomial_se(self.baseline, n_h_kept), 0.5)
+            margin = max(self.max_drop, self.z * se_h)
+            check.conditions = {"heldout_kept": _under(-acc_h, -(self.baseline - margin), se_h, head),
+                                **check.conditions}
+        eligible = check.step >= self.min_steps
+        check.heldout_acc = acc_h
+        check.done = all(check.conditions.values()) and eligible
+        check.shortfall = float(sum(head) + check.shortfall) if eligible else math.inf  # 0 when done
+        check.partial = False
 
     def __call__(self, model: nn.Module, step: int | None = None, seconds: float | None = None) -> bool:
         """Evaluate ``model`` at optimiser step ``step`` (default: one more than the previous call) and
@@ -531,9 +556,10 @@ class AutoStop:
         if last is not None and isinstance(step, numbers.Integral) and not isinstance(step, bool) and step < last:
             raise ValueError(f"AutoStop: step {step} comes before the last evaluation's step {last}; a new run starts "
                              "with start(model) (unlearn and prepare_unlearning call it)")
-        # (c)'s held-out forwards are needed only where the check could stop the run or be the closest so far
-        best = (self._closest[0].shortfall if self._closest is not None else math.inf) if self.keep_closest \
-            else -math.inf
+        # (c)'s held-out forwards are needed only where the check could stop the run or (not defer_kept) be the
+        # closest so far; deferred, the closest's (c) is measured by finish() if the run ends without a stop
+        best = (self._closest[0].shortfall if self._closest is not None else math.inf) \
+            if self.keep_closest and not self.defer_kept else -math.inf
         check = self.check(model, step, seconds, full_below=best) if _takes_full_below(self.check) else \
             self.check(model, step, seconds)  # a subclass's check of the older signature: everything measured
         self._run = self._run + 1 if check.done else 0
@@ -553,11 +579,15 @@ class AutoStop:
             self.reason = (f"every condition held at {self.patience} consecutive evaluation(s): "
                            + ", ".join(k for k in check.conditions))
         elif not self.stopped:
-            failing = [k for k, ok in check.conditions.items() if not ok]
-            self.reason = ("not stopped: " + (", ".join(failing) + " did not hold" if failing else
-                                              f"fewer than min_steps={self.min_steps} steps")
-                           + (" (heldout_kept not measured: staged)" if check.partial and failing else ""))
+            self.reason = self._not_stopped(check)
         return self.stopped
+
+    def _not_stopped(self, check: AutoStopCheck) -> str:
+        """The reason of a run not stopped at the evaluation ``check``."""
+        failing = [k for k, ok in check.conditions.items() if not ok]
+        return ("not stopped: " + (", ".join(failing) + " did not hold" if failing else
+                                   f"fewer than min_steps={self.min_steps} steps")
+                + (" (heldout_kept not measured: staged)" if check.partial and failing else ""))
 
     def finish(self, model: nn.Module, step: int | None = None, seconds: float | None = None) -> bool:
         """Call once when the run has ended without this stop (its recipe's steps spent, or the caller's own
@@ -580,6 +610,16 @@ class AutoStop:
             return False
         t0 = time.perf_counter()
         check, weights = self._closest
+        last = self.history[-1]
+        closer = not self.defer_kept or self._closer(check, weights, last, model)
+        self.reason = self._not_stopped(last)  # (c) may have been measured for it since
+        if not closer:
+            self._closest = (last, {})  # the final model is the closest: the kept copy is dropped
+            self.reason += (f"; the run ended without it, and the final model (shortfall {last.shortfall:.2f} standard "
+                            f"errors) is the closest to the rule: step {check.step}'s, the closest on what its "
+                            f"evaluation measured, falls {check.shortfall:.2f} short with (c) measured")
+            self.eval_seconds += time.perf_counter() - t0
+            return False
         model.load_state_dict(_fold_pruning(weights, model.state_dict()))
         self._closest = (check, {})  # the copy is the model's now
         self.restored_step = check.step
@@ -588,6 +628,29 @@ class AutoStop:
                         f"{'at least ' if self.history[-1].partial else ''}{self.history[-1].shortfall:.2f} at the "
                         "end)")
         self.eval_seconds += time.perf_counter() - t0
+        return True
+
+    def _closer(self, check: AutoStopCheck, weights: dict[str, torch.Tensor], last: AutoStopCheck,
+                model: nn.Module) -> bool:
+        """Whether the kept evaluation ``check`` (its ``weights``) is strictly closer to the rule than the final
+        one ``last`` (``model`` holds its weights), rule (c) included: a partial evaluation is completed when the
+        answer depends on it (the final one with ``model``'s weights, the kept one with its weights loaded into
+        ``model``, which hold the final weights again afterwards unless the kept one is closer). Under
+        ``torch.distributed`` rank 0's statistics decide every branch, so all ranks forward together."""
+        dev = model_device(model)
+        if broadcast_object(not check.partial and check.shortfall < last.shortfall):  # exact, below a lower bound
+            return True
+        if last.partial:
+            self._measure_kept(last, model, dev)
+        if not broadcast_object(check.shortfall < last.shortfall):  # a lower bound of the kept one is no closer
+            return False
+        if check.partial:
+            final = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            model.load_state_dict(_fold_pruning(weights, model.state_dict()))
+            self._measure_kept(check, model, dev)
+            if not broadcast_object(check.shortfall < last.shortfall):
+                model.load_state_dict(final)
+                return False
         return True
 
     def recover(self, model: nn.Module, why: str = "the run failed") -> bool:
@@ -628,5 +691,5 @@ class AutoStop:
                 "eval_seconds": self.eval_seconds,
                 "restored_step": self.restored_step,
                 "closest": None if self._closest is None else {k: self._closest[0].as_dict()[k] for k in
-                                                               ("step", "seconds", "shortfall")},
+                                                               ("step", "seconds", "shortfall", "partial")},
                 "last": self.history[-1].as_dict() if self.history else None}

@@ -149,12 +149,17 @@ def test_a_run_that_ends_without_the_rule_gets_the_closest_evaluations_model(set
         assert not stop(model, step, float(step))
     short = [h.shortfall for h in stop.history]
     assert short[2] == min(short) and 0 < short[2] < short[1] < short[3] < short[0]  # nearer as alpha rises
-    assert stop.summary()["closest"] == {"step": 3, "seconds": 3.0, "shortfall": short[2]}
+    # (c) deferred: the kept evaluation measured the forget side only, so its shortfall is a lower bound
+    assert stop.summary()["closest"] == {"step": 3, "seconds": 3.0, "shortfall": short[2], "partial": True}
     model.alpha = 0.0  # where the run ended: memorised again
     assert stop.finish(model, 5, 5.0)
     assert model.alpha == 1.0 and stop.restored_step == 3 and "step 3" in stop.reason
     assert len(stop.history) == 5  # the final model was evaluated before it was replaced
     assert stop.summary()["restored_step"] == 3
+    # finish() measured (c) for the kept evaluation (with its weights) and the final one: both held it
+    kept, final = stop.history[2], stop.history[4]
+    assert not kept.partial and kept.conditions["heldout_kept"] and kept.shortfall == short[2]
+    assert not final.partial and final.conditions["heldout_kept"] and final.heldout_acc == kept.heldout_acc
     # keep_closest=False: the final model stays
     plain = AutoStop(forget, heldout, retain[1], seed=0, keep_closest=False)
     for step, alpha in enumerate([0.0, 1.0, 0.0], start=1):
@@ -566,32 +571,88 @@ def test_staged_evaluations_decide_as_full_ones_at_fewer_forwards(sets, slack, a
     hx, hy = heldout
     matched = (hx[:300], hy[:300])  # stands in for the difficulty-matched images
     runs = {}
-    for staged in (True, False):
+    for mode, options in (("full", {"staged": False}), ("exact", {"defer_kept": False}), ("deferred", {})):
         model = _Counting(*forget)
-        stop = AutoStop(forget, heldout, retain[1], seed=0, slack=slack, matched_heldout=matched, staged=staged)
-        runs[staged] = (_run_through(stop, model, alphas), stop, model)
-    (d_s, s_s, m_s), (d_f, s_f, m_f) = runs[True], runs[False]
-    assert d_s == d_f and s_s.stopped == s_f.stopped and s_s.stop_step == s_f.stop_step
-    assert s_s.restored_step == s_f.restored_step and m_s.alpha == m_f.alpha
-    assert [h.done for h in s_s.history] == [h.done for h in s_f.history]
-    assert all(h.shortfall <= f.shortfall + 1e-9 for h, f in zip(s_s.history, s_f.history))
-    assert all(h.shortfall == f.shortfall for h, f in zip(s_s.history, s_f.history) if not h.partial)
-    partial = [h for h in s_s.history if h.partial]
-    # an evaluation nearer the rule than every earlier one is measured in full (it could be the closest); those
-    # after the nearest one (alpha 1.0 in the second run) skip (c)
-    # before min_steps (step 0) a check is never a stop nor the closest: (c) is skipped there
-    assert s_s.history[0].partial and s_s.history[0].step == 0
-    assert any(h.partial for h in s_s.history[1:]) == (slack == 0.0)
-    assert all(h.heldout_acc != h.heldout_acc and "heldout_kept" not in h.conditions for h in partial)
-    assert not any(h.partial for h in s_f.history)
-    assert s_s.summary()["partial_evaluations"] == len(partial) and s_f.summary()["partial_evaluations"] == 0
-    # each partial evaluation skipped the 600 held-out rows
-    assert m_f.rows - m_s.rows == 600 * len(partial)
+        stop = AutoStop(forget, heldout, retain[1], seed=0, slack=slack, matched_heldout=matched, **options)
+        runs[mode] = (_run_through(stop, model, alphas), stop, model)
+    d_f, s_f, m_f = runs["full"]
+    assert not any(h.partial for h in s_f.history) and s_f.summary()["partial_evaluations"] == 0
+    for mode in ("exact", "deferred"):
+        d_s, s_s, m_s = runs[mode]
+        assert d_s == d_f and s_s.stopped == s_f.stopped and s_s.stop_step == s_f.stop_step
+        assert s_s.restored_step == s_f.restored_step and m_s.alpha == m_f.alpha
+        assert [h.done for h in s_s.history] == [h.done for h in s_f.history]
+        assert all(h.shortfall <= f.shortfall + 1e-9 for h, f in zip(s_s.history, s_f.history))
+        assert all(h.shortfall == f.shortfall for h, f in zip(s_s.history, s_f.history) if not h.partial)
+        partial = [h for h in s_s.history if h.partial]
+        # before min_steps (step 0) a check is never a stop nor the closest: (c) is skipped there
+        assert s_s.history[0].partial and s_s.history[0].step == 0
+        assert all(h.heldout_acc != h.heldout_acc and "heldout_kept" not in h.conditions for h in partial)
+        assert s_s.summary()["partial_evaluations"] == len(partial)
+        # each partial evaluation skipped the 600 held-out rows
+        assert m_f.rows - m_s.rows == 600 * len(partial)
+    (_, s_e, m_e), (_, s_d, m_d) = runs["exact"], runs["deferred"]
+    # exact: an evaluation nearer the rule than every earlier one is measured in full (it could be the closest);
+    # those after the nearest one (alpha 1.0 in the second run) skip (c)
+    assert any(h.partial for h in s_e.history[1:]) == (slack == 0.0)
     if slack == 0.0:  # the run ended on a partial evaluation: its reason says (c) went unmeasured, and that the
         # end's shortfall is only a lower bound
-        assert s_s.history[-1].partial and s_s.restored_step is not None
-        assert "heldout_kept not measured" in s_s.reason and "against at least" in s_s.reason
+        assert s_e.history[-1].partial and s_e.restored_step is not None
+        assert "heldout_kept not measured" in s_e.reason and "against at least" in s_e.reason
         assert "not measured" not in s_f.reason and "at least" not in s_f.reason
+        # deferred: (c) only where the run ended: the kept evaluation and the final one, each once
+        assert [h.step for h in s_d.history if not h.partial] == [3, 6] and m_d.rows < m_e.rows
+        assert "against at least" not in s_d.reason
+    else:  # the stop's evaluation measured (c) (a possible stop), and no other did
+        assert [h.step for h in s_d.history if not h.partial] == [s_d.stop_step]
+
+
+class _Harmful(_Counting):
+    """A _Counting model whose ``harm`` buffer (in its state_dict) shifts its predictions of the images ``hurt`` by
+    one class."""
+
+    def __init__(self, fx: torch.Tensor, fy: torch.Tensor, hurt: torch.Tensor):
+        super().__init__(fx, fy)
+        self.hurt = hurt
+        self.register_buffer("harm", torch.tensor(0.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        if float(self.harm):
+            hit = (x[:, None, :] == self.hurt[None]).all(-1).any(1)
+            out = torch.where(hit[:, None], out.roll(1, dims=1), out)
+        return out
+
+
+def test_deferred_held_out_check_returns_the_final_model_when_the_closest_lost_accuracy(sets):
+    retain, forget, heldout = sets
+    hx, hy = heldout
+    runs = {}
+    for defer in (True, False):
+        # the matched images (the first 300 held-out ones) give (a) and (b); harm hurts only the rest, read by (c)
+        model = _Harmful(*forget, hurt=hx[300:])
+        stop = AutoStop(forget, heldout, retain[1], seed=0, defer_kept=defer,  # slack 0: (a) never holds
+                        matched_heldout=(hx[:300], hy[:300]))
+        stop.start(model)
+        stop(model, 0, 0.0)
+        # step 2: nearest the rule on the forget side, but held-out accuracy collapsed there
+        for step, (alpha, harm) in enumerate([(0.25, 0.0), (0.5078125, 1.0), (0.5, 0.0)], start=1):
+            model.alpha, model.harm = alpha, torch.tensor(harm)
+            assert not stop(model, step, float(step))
+        rows = model.rows
+        restored = stop.finish(model, 3, 3.0)
+        runs[defer] = (stop, model, restored, model.rows - rows)
+    (s_d, m_d, r_d, rows_d), (s_e, m_e, r_e, _) = runs[True], runs[False]
+    # exact staging measured (c) at step 2 (it could be the closest) and kept the final model; deferred kept step 2's
+    # weights on the forget side's shortfall, measured its (c) at the end (and the final model's) and put them back
+    assert not r_e and not r_d and m_e.alpha == m_d.alpha == 0.5 and float(m_d.harm) == 0.0
+    assert s_d.restored_step is None and s_d.summary()["closest"]["step"] == 3
+    kept = s_d.history[2]
+    assert not kept.partial and not kept.conditions["heldout_kept"] and kept.heldout_acc < 55
+    assert kept.shortfall == s_e.history[2].shortfall and s_d.history[3].shortfall == s_e.history[3].shortfall
+    assert "step 2's" in s_d.reason and "with (c) measured" in s_d.reason
+    assert rows_d == 2 * 600  # (c)'s 600 held-out rows, for the final model and for step 2's weights
+    assert s_d._closest[1] == {}  # the copy is dropped
 
 
 def test_matched_images_drawn_twice_are_forwarded_once(sets):

@@ -314,8 +314,17 @@ def _refuse_forget_in_retain(retain: Any, fx: torch.Tensor, fn: str) -> None:
                          "would serve them back: pass a retain set without the forget rows")
 
 
+def _loader_batch_size(data: Any) -> int | None:
+    """The batch size of a ``DataLoader`` (its own, else its batch sampler's); ``None`` for anything else."""
+    if not isinstance(data, DataLoader):
+        return None
+    batch = data.batch_size if data.batch_size is not None else getattr(data.batch_sampler, "batch_size", None)
+    batch = plain_number(batch)
+    return batch if isinstance(batch, int) and not isinstance(batch, bool) and batch >= 1 else None
+
+
 def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, *, ipc: int | None = None,
-                       batch_size: int = RECIPE.batch_size, index: BlendIndex | None = None, seed: int = 0,
+                       batch_size: int | None = None, index: BlendIndex | None = None, seed: int = 0,
                        lam: float | None = None, k: float = RECIPE.k, kappa: float = RECIPE.kappa,
                        sigma: float = RECIPE.sigma, steepen: str = RECIPE.steepen,
                        forget_batch_factor: int | None = None,
@@ -343,7 +352,9 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
         unseen: labelled in-distribution data the model never trained on, in the same forms.
         ipc: clusters per class of the Blend grouping when the index is built here; default about a
             fifth of the mean class size (about five images per cluster).
-        batch_size: the retain batch size of ``retain_loader`` (the codebase's, e.g. 256); the
+        batch_size: the retain batch size of ``retain_loader`` (the codebase's, e.g. 256; ``None``, the default:
+            the batch size of ``retain`` when it is a ``DataLoader`` of batches above 64, else 64, as ``unlearn``
+            takes a retain loader's); the
             criterion draws ``forget_batch_factor·batch_size`` forget and ``unseen_batch_factor·batch_size`` unseen
             samples per call (the request's factors: 1 each on the whole-class recipe, 1 forget and no unseen
             batch on the matched one, 4 each on the paper's), at most ``max_draw`` each (and forget rows at most
@@ -402,6 +413,8 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
     """
     fn = "prepare_unlearning"
     ipc, batch_size, seed, iterations = map(plain_number, (ipc, batch_size, seed, iterations))  # numpy's too
+    if batch_size is None:  # the codebase's loader keeps its batch size: the reduced loader yields batches of it
+        batch_size = max(_loader_batch_size(retain) or 0, RECIPE.batch_size)
     if not isinstance(model, nn.Module):
         raise TypeError(f"{fn}: model must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:

@@ -78,6 +78,25 @@ def test_loader_loop_runs_unmodified_and_forgets(memorised):
     assert prep.criterion.last is not None and not prep.criterion.last.main.requires_grad
 
 
+def test_a_codebase_loader_keeps_its_batch_size(memorised):
+    # a codebase passes its own retain loader of 128 and no batch_size: the reduced loader yields its batches, and
+    # the criterion takes them (it was built for 64 and refused every batch of the codebase's loop)
+    _, retain, forget, unseen, _ = memorised
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, C))
+    loader = DataLoader(TensorDataset(*retain), batch_size=128, shuffle=True)
+    prep = fastblend.prepare_unlearning(model, loader, forget, unseen, iterations=1, seed=0, stop=None)
+    assert prep.retain_loader.batch_size == 128
+    x, y = next(iter(DataLoader(TensorDataset(*retain), batch_size=128)))
+    loss = prep.criterion(model(x), y)
+    assert loss.ndim == 0 and bool(torch.isfinite(loss))
+    # a smaller loader keeps 64 (as unlearn does), and a batch_size passed is the caller's
+    small = fastblend.prepare_unlearning(model, DataLoader(TensorDataset(*retain), batch_size=16), forget, unseen,
+                                         iterations=1, seed=0, stop=None)
+    given = fastblend.prepare_unlearning(model, loader, forget, unseen, batch_size=64, iterations=1, seed=0,
+                                         stop=None)
+    assert small.retain_loader.batch_size == 64 and given.retain_loader.batch_size == 64
+
+
 def test_index_passed_in_and_forget_found_by_content(memorised):
     _, (rx, ry), (fx, fy), unseen, _ = memorised
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, C))

@@ -326,6 +326,7 @@ class AutoStop:
         self.patience, self.min_steps, self.evaluations, self.seed = int(patience), int(min_steps), int(evaluations), \
             int(seed)
         self.baseline: float | None = None
+        self._untouched: nn.Module | None = None  # start(defer_baseline=True)'s model, until the baseline is measured
         self.history: list[AutoStopCheck] = []
         self.stopped = False
         self.stop_step: int | None = None
@@ -369,14 +370,23 @@ class AutoStop:
                                      "the run diverged (lower the learning rate)")
         return out
 
-    def start(self, model: nn.Module, heldout_logits: torch.Tensor | None = None) -> float:
+    def start(self, model: nn.Module, heldout_logits: torch.Tensor | None = None, *,
+              defer_baseline: bool = False) -> float | None:
         """Record the held-out accuracy of ``model`` (the untouched model) that the rule must keep; returns it.
         Starts a new run: the history, the stop and the closest evaluation's weights of an earlier run are
         dropped (an AutoStop passed to a second ``unlearn`` judges that run alone). ``heldout_logits``: the
         untouched model's logits ``[N, C]`` of every row of the ``heldout`` given to the constructor, when already
-        computed (``unlearn`` shares its set-up's forward): no forward here."""
+        computed (``unlearn`` shares its set-up's forward): no forward here. ``defer_baseline``: keep a reference to
+        ``model`` and measure that accuracy only when rule (c) is first measured (a possible stop, or
+        :meth:`finish`; a run that never needs it skips the forward); ``model``'s weights must not change meanwhile
+        (``unlearn`` passes the caller's model and trains a copy). Returns ``None`` then."""
         if not isinstance(model, nn.Module):
             raise TypeError(f"AutoStop.start: model must be a torch.nn.Module, got {type(model).__name__}")
+        if not isinstance(defer_baseline, (bool, np.bool_)):
+            raise TypeError(f"AutoStop.start: defer_baseline must be a bool, got {type(defer_baseline).__name__}")
+        if defer_baseline and heldout_logits is not None:
+            raise ValueError("AutoStop.start: pass heldout_logits or defer_baseline=True, not both (the logits give "
+                             "the baseline at no cost)")
         rows = self._heldout_rows
         if heldout_logits is not None and not (
                 isinstance(heldout_logits, torch.Tensor) and heldout_logits.dim() == 2
@@ -391,6 +401,11 @@ class AutoStop:
         self.history, self._run, self._closest, self.restored_step = [], 0, None, None
         self.stopped, self.stop_step, self.stop_seconds, self.reason = False, None, None, "not evaluated yet"
         self.eval_seconds = 0.0
+        self._untouched = model if defer_baseline else None
+        self._baseline_width = None
+        if defer_baseline:
+            self.baseline = None
+            return None
         t0 = time.perf_counter()
         dev = model_device(model)
         if heldout_logits is not None:
@@ -501,7 +516,7 @@ class AutoStop:
                                                        max(r.se, 0.5), short)
         eligible = step >= self.min_steps
         partial_short = sum(short) if eligible else math.inf
-        complete = (full_below is None or not self.staged or self.baseline is None
+        complete = (full_below is None or not self.staged or (self.baseline is None and self._untouched is None)
                     or (eligible and (all(conditions.values()) or partial_short <= full_below)))
         check = AutoStopCheck(step=int(step), seconds=float(seconds), forget_acc=float(cf.double().mean() * 100),
                               heldout_acc=math.nan, heldout_same_class_acc=same, mia=mia[0], mia_low=mia[1],
@@ -526,7 +541,11 @@ class AutoStop:
         if bool(rest.any()):
             ch[rest] = self._logits(model, hx[rest.to(hx.device)], dev, "held-out images", check.step).argmax(1) \
                 == hy[rest]
-        if self.baseline is None:
+        if self.baseline is None and self._untouched is not None:  # start(defer_baseline=True): measured now
+            self.baseline, _ = self._held_out_accuracy(
+                predict_logits(self._untouched, hx, device=model_device(self._untouched)).float().cpu().argmax(1) == hy)
+            self._untouched = None
+        if self.baseline is None:  # never started: the first evaluation measured in full sets it
             self.baseline, _ = self._held_out_accuracy(ch)
         # (c) held-out accuracy kept, on the classes the model must still predict
         acc_h, n_h_kept = self._held_out_accuracy(ch)

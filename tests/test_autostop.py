@@ -655,6 +655,37 @@ def test_deferred_held_out_check_returns_the_final_model_when_the_closest_lost_a
     assert s_d._closest[1] == {}  # the copy is dropped
 
 
+@pytest.mark.parametrize("slack, alphas, measured", [
+    (5.0, [0.0, 0.5, 1.0, 1.0], True),    # stops at alpha 1.0: (c) measured there
+    (0.0, [0.0, 0.5, 1.0, 0.5], True),    # never holds: the kept step 3 and the final step 4 measured at the end
+    (0.0, [0.0, 0.5, 1.0, 1.0], False)])  # never holds, the final evaluation is the closest: (c) never needed
+def test_a_deferred_baseline_is_measured_only_when_rule_c_is(sets, slack, alphas, measured):
+    retain, forget, heldout = sets
+    runs = {}
+    for defer in (True, False):
+        untouched = _Counting(*forget)
+        stop = AutoStop(forget, heldout, retain[1], seed=0, slack=slack)
+        assert stop.start(untouched, defer_baseline=defer) == (None if defer else stop.baseline)
+        assert untouched.rows == (0 if defer else 600) and (stop.baseline is None) == defer
+        model = _Counting(*forget)
+        for step, alpha in enumerate(alphas, start=1):
+            model.alpha = alpha
+            if stop(model, step, float(step)):
+                break
+        stop.finish(model, step, float(step))
+        runs[defer] = (stop, untouched.rows, model.alpha)
+    (s_d, rows_d, a_d), (s_e, _, a_e) = runs[True], runs[False]
+    # the untouched model was forwarded once, when (c) was first measured (or never): the same decisions
+    assert rows_d == (600 if measured else 0) and a_d == a_e
+    assert s_d.baseline == (s_e.baseline if measured else None) == s_d.summary()["baseline_heldout_acc"]
+    assert s_d.stopped == s_e.stopped and s_d.stop_step == s_e.stop_step and s_d.restored_step == s_e.restored_step
+    assert [h.shortfall for h in s_d.history if not h.partial] == [h.shortfall for h in s_e.history if not h.partial]
+    with pytest.raises(ValueError, match="heldout_logits or defer_baseline=True, not both"):
+        s_d.start(model, torch.zeros(600, C), defer_baseline=True)
+    with pytest.raises(TypeError, match="defer_baseline must be a bool"):
+        s_d.start(model, defer_baseline="yes")
+
+
 def test_matched_images_drawn_twice_are_forwarded_once(sets):
     retain, forget, (hx, hy) = sets
     pick = torch.arange(100).repeat(3)  # every matched image three times

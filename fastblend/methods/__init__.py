@@ -483,8 +483,12 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
         stopper = stop if not own else AutoStop(
             (f.images, f.labels), (u.images, u.labels), retain_labels("stop"), seed=seed,
             matched_heldout=None if matched is None else (matched.images, matched.labels))
-        # the untouched model's held-out accuracy, which the rule keeps (from the set-up's forward when it is ours)
-        stopper.start(work, heldout_logits=unseen_logits if own else None)
+        # the untouched model's held-out accuracy, which the rule keeps (from the set-up's forward when it is ours;
+        # without one, measured on the caller's model, which the run does not train, only if the rule ever needs it)
+        if own and unseen_logits is None and work is not model and model_device(model) == model_device(work):
+            stopper.start(model, defer_baseline=True)
+        else:
+            stopper.start(work, heldout_logits=unseen_logits if own else None)
         # rows an epoch reads: a loader's own batches (drop_last, a subset sampler) may read fewer than its dataset
         rows = len(r) if r.loader is None or r.dataset is not None else r.num_batches(cfg.batch_size) * cfg.batch_size
         # cfg is resolved: the request's recipe is in it already (planning it again would read a caller's setting at

@@ -78,8 +78,9 @@ class AutoStopCheck:
     #: summed (0 when every condition holds; ``inf`` before ``min_steps``)
     shortfall: float = 0.0
     #: ``True`` when (c) was not measured (``staged``): before ``min_steps``, or when a forget-side condition had
-    #: already failed and the evaluation could not be the closest so far; ``heldout_acc`` is NaN, ``conditions``
-    #: lacks ``"heldout_kept"`` and ``shortfall`` is a lower bound
+    #: failed (with ``defer_kept=False``: and the evaluation could not be the closest so far); ``heldout_acc`` is
+    #: NaN, ``conditions`` lacks ``"heldout_kept"`` and ``shortfall`` is a lower bound. :meth:`AutoStop.finish` and
+    #: :meth:`AutoStop.recover` may measure (c) later for the kept and final evaluations (then ``False``)
     partial: bool = False
 
     def as_dict(self) -> dict[str, Any]:
@@ -221,12 +222,15 @@ class AutoStop:
             ``partial=True``. :meth:`check` always evaluates everything.
         defer_kept: with ``staged``, measure (c) for the closest evaluation only when the run ends without a stop
             (:meth:`finish`): the closest is kept on the shortfall its evaluation measured (the forget side's, a
-            lower bound), and at the end its (c) is measured with its weights, and the final model's; it is handed
-            back only if still strictly closer, else the final model stays. Stops are those of a full evaluation;
-            the model handed back differs from ``defer_kept=False``'s (the exact closest, which measures (c) at
-            every evaluation that could be the closest) only where the kept evaluation lost held-out accuracy and
-            another evaluation than the final one was closer. Costs at most two forwards of (c)'s images at the
-            end instead of one at almost every evaluation of a run nearing the rule.
+            lower bound). At the end, when the kept evaluation is not the final one, (c) is measured for the final
+            model and, with its weights, for the kept one, which is handed back only if still strictly closer (else
+            the final model stays); when the final evaluation is the closest on what it measured, the final model
+            stays and (c) is not measured. :meth:`recover` measures the kept one's (c) after loading it and says
+            in :attr:`reason` if its held-out accuracy fell. Stops are those of a full evaluation; the model handed
+            back differs from ``defer_kept=False``'s (the exact closest, which measures (c) at every evaluation
+            that could be the closest) only where the evaluation closest on the forget side lost held-out accuracy.
+            Costs at most two forwards of (c)'s images at the end instead of one at almost every evaluation of a
+            run nearing the rule.
         keep_closest: keep a copy of the weights at the evaluation closest to the rule (the smallest
             :attr:`AutoStopCheck.shortfall`, the later one on a tie; never before ``min_steps``), so that a run
             whose recipe ends without the rule holding, e.g. one that passed near it and moved away, returns
@@ -327,6 +331,8 @@ class AutoStop:
             int(seed)
         self.baseline: float | None = None
         self._untouched: nn.Module | None = None  # start(defer_baseline=True)'s model, until the baseline is measured
+        self._untouched_versions: list[int] = []  # its parameters' version counters then (changed: it was trained)
+        self._finished = False  # finish() ran for this run
         self.history: list[AutoStopCheck] = []
         self.stopped = False
         self.stop_step: int | None = None
@@ -399,9 +405,11 @@ class AutoStop:
             raise ValueError("AutoStop.start: heldout_logits must be finite (NaN or inf logits would set the held-out "
                              "accuracy the rule keeps from arbitrary predictions)")
         self.history, self._run, self._closest, self.restored_step = [], 0, None, None
+        self._finished = False
         self.stopped, self.stop_step, self.stop_seconds, self.reason = False, None, None, "not evaluated yet"
         self.eval_seconds = 0.0
         self._untouched = model if defer_baseline else None
+        self._untouched_versions = [p._version for p in model.parameters()] if defer_baseline else []
         self._baseline_width = None
         if defer_baseline:
             self.baseline = None
@@ -422,13 +430,17 @@ class AutoStop:
               full_below: float | None = None) -> AutoStopCheck:
         """Evaluate ``model`` against the rule (recorded in :attr:`history`); does not decide the stop. With
         ``full_below=None`` (default) everything is measured. Otherwise (``__call__`` passes the closest
-        evaluation's shortfall) the held-out images that only (c) needs are forwarded only at or after
-        ``min_steps`` (before, a check is never a stop nor the closest) and when the forget-side conditions hold,
-        or when the forget-side shortfall, a lower bound of the whole one, is at most ``full_below`` (the check
-        could be the closest so far); else the check is ``partial``. Not ``staged``, or with no baseline known
-        yet, everything is measured."""
+        evaluation's shortfall, or ``-inf`` with ``defer_kept``) the held-out images that only (c) needs are
+        forwarded only at or after ``min_steps`` (before, a check is never a stop nor the closest) and when the
+        forget-side conditions hold, or when the forget-side shortfall, a lower bound of the whole one, is at most
+        ``full_below`` (the check could be the closest so far); else the check is ``partial``. Not ``staged``, or
+        with no baseline known yet (and none deferred), everything is measured."""
         if not isinstance(model, nn.Module):
             raise TypeError(f"AutoStop: model must be a torch.nn.Module, got {type(model).__name__}")
+        if model is self._untouched:
+            raise ValueError("AutoStop: the model evaluated is the one given to start(..., defer_baseline=True), whose "
+                             "held-out accuracy is the level to keep: it must not be the model being trained; pass "
+                             "a copy to start(), or start() without defer_baseline")
         step, seconds, full_below = (plain_number(v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v)
                                      for v in (step, seconds, full_below))
         if isinstance(step, bool) or not isinstance(step, numbers.Integral):
@@ -532,7 +544,9 @@ class AutoStop:
     def _measure_kept(self, check: AutoStopCheck, model: nn.Module, dev: torch.device) -> None:
         """Complete the partial evaluation ``check`` with rule (c), forwarding with ``model`` (whose weights are
         that evaluation's) the held-out images it did not forward: sets its ``heldout_acc``, ``conditions``,
-        ``done``, ``shortfall`` and ``partial``."""
+        ``done``, ``shortfall`` and ``partial`` (nothing when it is complete already)."""
+        if not check.partial:
+            return
         hx, hy = self.heldout
         first = self._first_rows
         ch = torch.zeros(hy.numel(), dtype=torch.bool)
@@ -542,6 +556,10 @@ class AutoStop:
             ch[rest] = self._logits(model, hx[rest.to(hx.device)], dev, "held-out images", check.step).argmax(1) \
                 == hy[rest]
         if self.baseline is None and self._untouched is not None:  # start(defer_baseline=True): measured now
+            if [p._version for p in self._untouched.parameters()] != self._untouched_versions:
+                raise ValueError("AutoStop: the model given to start(..., defer_baseline=True) was changed since (its "
+                                 "weights were written), so the held-out accuracy to keep can no longer be measured "
+                                 "on it; pass a model that is not trained, or start() without defer_baseline")
             self.baseline, _ = self._held_out_accuracy(
                 predict_logits(self._untouched, hx, device=model_device(self._untouched)).float().cpu().argmax(1) == hy)
             self._untouched = None
@@ -618,8 +636,9 @@ class AutoStop:
         every rank."""
         if not isinstance(model, nn.Module):
             raise TypeError(f"AutoStop.finish: model must be a torch.nn.Module, got {type(model).__name__}")
-        if self.stopped or not self.keep_closest or self.restored_step is not None:
+        if self.stopped or not self.keep_closest or self.restored_step is not None or self._finished:
             return False
+        self._finished = True
         if step is None:
             step = self.history[-1].step + 1 if self.history else 0
         if not self.history or self.history[-1].step != int(step):
@@ -657,13 +676,14 @@ class AutoStop:
         ``model``, which hold the final weights again afterwards unless the kept one is closer). Under
         ``torch.distributed`` rank 0's statistics decide every branch, so all ranks forward together."""
         dev = model_device(model)
-        if broadcast_object(not check.partial and check.shortfall < last.shortfall):  # exact, below a lower bound
+        last_partial, kept_partial = broadcast_object((last.partial, check.partial))  # rank 0's, on every rank
+        if broadcast_object(not kept_partial and check.shortfall < last.shortfall):  # exact, below a lower bound
             return True
-        if last.partial:
+        if last_partial:
             self._measure_kept(last, model, dev)
         if not broadcast_object(check.shortfall < last.shortfall):  # a lower bound of the kept one is no closer
             return False
-        if check.partial:
+        if kept_partial:
             final = {k: v.detach().clone() for k, v in model.state_dict().items()}
             model.load_state_dict(_fold_pruning(weights, model.state_dict()))
             self._measure_kept(check, model, dev)
@@ -689,9 +709,19 @@ class AutoStop:
         model.load_state_dict(_fold_pruning(weights, model.state_dict()))
         self._closest = (check, {})  # the copy is the model's now
         self.restored_step = check.step
+        if check.partial:  # deferred (c): measured now, with the weights handed back, so the reason says how far
+            t0 = time.perf_counter()
+            try:
+                self._measure_kept(check, model, model_device(model))
+            except Exception:  # noqa: BLE001 - the weights are back; the statistic stays unmeasured
+                pass
+            self.eval_seconds += time.perf_counter() - t0
+        lost = "" if check.partial or check.conditions.get("heldout_kept", True) else (
+            f"; its held-out accuracy fell to {check.heldout_acc:.1f} against {self.baseline:.1f} before unlearning "
+            "(it was chosen on the forget side; (c) was measured only now)")
         self.reason = (f"{self.reason + '; ' if self.reason else ''}{why}, so the model is the one of step "
-                       f"{check.step}, the evaluation closest to the rule (shortfall {check.shortfall:.2f} standard "
-                       "errors)")
+                       f"{check.step}, the evaluation closest to the rule (shortfall "
+                       f"{'at least ' if check.partial else ''}{check.shortfall:.2f} standard errors){lost}")
         return True
 
     def summary(self) -> dict[str, Any]:

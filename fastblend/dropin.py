@@ -71,7 +71,7 @@ from .condensation import BlendIndex, ReducedRetainSet
 from .condensation.checks import forget_mask
 from .condensation.recipe import default_ipc
 from .condensation.source import content_keys, read_rows, row_keys, source_labels, source_sample
-from .data_adapter import as_tensors, check_batch_labels, is_streamed_dataset, model_dtype
+from .data_adapter import _unpack_batch, as_tensors, check_batch_labels, is_streamed_dataset, model_dtype
 from .methods import (
     anchor_rows,
     auto_request_of_labels,
@@ -314,13 +314,18 @@ def _refuse_forget_in_retain(retain: Any, fx: torch.Tensor, fn: str) -> None:
                          "would serve them back: pass a retain set without the forget rows")
 
 
-def _loader_batch_size(data: Any) -> int | None:
-    """The batch size of a ``DataLoader`` (its own, else its batch sampler's); ``None`` for anything else."""
+def _loader_batch_size(data: Any, fn: str) -> int | None:
+    """The batch size of a ``DataLoader``: its own, else its batch sampler's, else its first batch's rows (a batch
+    sampler of its own, pre-batched items); ``None`` for anything else."""
     if not isinstance(data, DataLoader):
         return None
-    batch = data.batch_size if data.batch_size is not None else getattr(data.batch_sampler, "batch_size", None)
-    batch = plain_number(batch)
-    return batch if isinstance(batch, int) and not isinstance(batch, bool) and batch >= 1 else None
+    batch = plain_number(data.batch_size if data.batch_size is not None
+                         else getattr(data.batch_sampler, "batch_size", None))
+    if isinstance(batch, int) and not isinstance(batch, bool):
+        return batch if batch >= 1 else None
+    for item in data:
+        return int(_unpack_batch(item, "retain", fn)[0].shape[0]) or None
+    return None
 
 
 def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, *, ipc: int | None = None,
@@ -413,12 +418,13 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
     """
     fn = "prepare_unlearning"
     ipc, batch_size, seed, iterations = map(plain_number, (ipc, batch_size, seed, iterations))  # numpy's too
-    if batch_size is None:  # the codebase's loader keeps its batch size: the reduced loader yields batches of it
-        batch_size = max(_loader_batch_size(retain) or 0, RECIPE.batch_size)
+    # the codebase's loader keeps its batch size: the reduced loader yields batches of it (set once the reduced set's
+    # size is known: a batch larger than the set holds the set)
+    loader_batch = _loader_batch_size(retain, fn) if batch_size is None else None
     if not isinstance(model, nn.Module):
         raise TypeError(f"{fn}: model must be a torch.nn.Module, got {type(model).__name__}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"{fn}: batch_size must be an int >= 1, got {batch_size!r}")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"{fn}: batch_size must be None or an int >= 1, got {batch_size!r}")
     if stop is not None and not isinstance(stop, AutoStop) and not (isinstance(stop, str) and stop == "auto"):
         raise ValueError(f"{fn}: stop must be 'auto', a fastblend.AutoStop or None, got {stop!r}")
     if not isinstance(request, str) or request not in REQUESTS:
@@ -449,8 +455,6 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
         given["transform"] = transform
     if lam is not None:  # a λ of the caller's own is kept, the paper's value included; None: the request's
         given["lam"] = lam
-    if batch_size != RECIPE.batch_size:  # the matched recipe's lr and epochs scale with a larger batch (§7.10)
-        given["batch_size"] = batch_size
     check_step_settings(fn, RECIPE.lam if lam is None else lam, k, kappa, sigma, "auto",
                         RECIPE.forget_batch_factor if forget_batch_factor is None else forget_batch_factor,
                         RECIPE.unseen_batch_factor if unseen_batch_factor is None else unseen_batch_factor,
@@ -511,6 +515,10 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
         check_batch_labels(index.labels[~forget_rows], width, "retain", fn)
     t1 = time.perf_counter()
     reduced = index.reduce(forget_rows)
+    if batch_size is None:
+        batch_size = max(min(loader_batch or 0, len(reduced)), RECIPE.batch_size)
+    if batch_size != RECIPE.batch_size:  # the matched recipe's lr and epochs scale with a larger batch (§7.10)
+        given["batch_size"] = batch_size
     ux, uy = as_tensors(unseen, "unseen", fn)
     check_finite_images(fn, "unseen", ux)
     if tuple(ux.shape[1:]) != tuple(fx.shape[1:]):

@@ -653,6 +653,25 @@ def test_deferred_held_out_check_returns_the_final_model_when_the_closest_lost_a
     assert "step 2's" in s_d.reason and "with (c) measured" in s_d.reason
     assert rows_d == 2 * 600  # (c)'s 600 held-out rows, for the final model and for step 2's weights
     assert s_d._closest[1] == {}  # the copy is dropped
+    # a second finish does nothing (it evaluated the final model once more, as a step after the last)
+    assert not s_d.finish(m_d) and len(s_d.history) == 4
+
+
+def test_recover_after_deferred_kept_says_when_the_kept_model_lost_held_out_accuracy(sets):
+    retain, forget, heldout = sets
+    hx, hy = heldout
+    model = _Harmful(*forget, hurt=hx[300:])
+    stop = AutoStop(forget, heldout, retain[1], seed=0, matched_heldout=(hx[:300], hy[:300]))
+    stop.start(model)
+    stop(model, 0, 0.0)
+    for step, (alpha, harm) in enumerate([(0.25, 0.0), (0.5078125, 1.0), (0.5, 0.0)], start=1):
+        model.alpha, model.harm = alpha, torch.tensor(harm)
+        stop(model, step, float(step))
+    assert stop._closest[0].step == 2 and stop._closest[0].partial  # kept on the forget side
+    assert stop.recover(model, "the run diverged") and float(model.harm) == 1.0 and stop.restored_step == 2
+    kept = stop.history[2]
+    assert not kept.partial and not kept.conditions["heldout_kept"]  # (c) measured after loading its weights
+    assert "held-out accuracy fell to" in stop.reason and "at least" not in stop.reason
 
 
 @pytest.mark.parametrize("slack, alphas, measured", [
@@ -682,8 +701,48 @@ def test_a_deferred_baseline_is_measured_only_when_rule_c_is(sets, slack, alphas
     assert [h.shortfall for h in s_d.history if not h.partial] == [h.shortfall for h in s_e.history if not h.partial]
     with pytest.raises(ValueError, match="heldout_logits or defer_baseline=True, not both"):
         s_d.start(model, torch.zeros(600, C), defer_baseline=True)
+    # the model whose accuracy is the level to keep cannot be the one trained: evaluating it is refused, and one
+    # whose weights were written since start() is refused when the baseline is measured
+    s_d.start(model, defer_baseline=True)
+    with pytest.raises(ValueError, match="must not be the model being trained"):
+        s_d(model, 1, 1.0)
+    other = _Counting(*forget)
+    with torch.no_grad():
+        model.linear.bias.add_(0.0)  # an in-place write: its version counter moves
+    with pytest.raises(ValueError, match="was changed since"):
+        s_d.check(other, 1, 1.0)
     with pytest.raises(TypeError, match="defer_baseline must be a bool"):
         s_d.start(model, defer_baseline="yes")
+
+
+def test_finish_makes_the_same_collectives_on_every_rank_when_their_statistics_split(sets, monkeypatch):
+    # under torch.distributed rank 0's statistics decide; here rank 1's forget side holds at the kept step (its
+    # evaluation is complete) where rank 0's does not (partial): finish() must still make rank 0's collectives, in
+    # rank 0's order, or the ranks' broadcasts pair with unrelated ones (a hang). Rank 1 is replayed against rank
+    # 0's recorded broadcasts.
+    import fastblend.autostop as autostop
+
+    retain, forget, heldout = sets
+    hx, hy = heldout
+
+    def run(kept_alpha: float, slack: float) -> tuple[AutoStop, _Harmful, bool]:
+        model = _Harmful(*forget, hurt=hx[300:])
+        stop = AutoStop(forget, heldout, retain[1], seed=0, slack=slack, matched_heldout=(hx[:300], hy[:300]))
+        stop.start(model)
+        stop(model, 0, 0.0)
+        for step, (alpha, harm) in enumerate([(0.25, 0.0), (kept_alpha, 1.0), (0.25, 0.0)], start=1):
+            model.alpha, model.harm = alpha, torch.tensor(harm)
+            stop(model, step, float(step))
+        return stop, model, stop.finish(model, 3, 3.0)
+
+    sent: list = []
+    monkeypatch.setattr(autostop, "broadcast_object", lambda v: sent.append(v) or v)
+    s0, _, r0 = run(0.5, 0.0)
+    replay, taken = iter(list(sent)), []
+    monkeypatch.setattr(autostop, "broadcast_object", lambda v: taken.append(v) or next(replay))
+    s1, _, r1 = run(1.0, 5.0)
+    assert s0.history[2].partial is False and s1.history[2].partial is False  # rank 0's measured at the end
+    assert len(taken) == len(sent) and r0 == r1 and s0.restored_step == s1.restored_step == 2
 
 
 def test_matched_images_drawn_twice_are_forwarded_once(sets):

@@ -95,6 +95,25 @@ def test_a_codebase_loader_keeps_its_batch_size(memorised):
     given = fastblend.prepare_unlearning(model, loader, forget, unseen, batch_size=64, iterations=1, seed=0,
                                          stop=None)
     assert small.retain_loader.batch_size == 64 and given.retain_loader.batch_size == 64
+    # a batch sampler of its own (no batch_size attribute) is sized by its first batch; a loader of the whole set
+    # yields the reduced set in one batch (the recipe's scaling follows that batch, not the loader's)
+
+    class Chunks(torch.utils.data.Sampler):
+        def __init__(self, n):
+            self.n = n
+
+        def __iter__(self):
+            return iter([list(range(s, min(s + 128, self.n))) for s in range(0, self.n, 128)])
+
+        def __len__(self):
+            return -(-self.n // 128)
+
+    own = DataLoader(TensorDataset(*retain), batch_sampler=Chunks(len(retain[1])))
+    whole = DataLoader(TensorDataset(*retain), batch_size=len(retain[1]))
+    by_first = fastblend.prepare_unlearning(model, own, forget, unseen, iterations=1, seed=0, stop=None)
+    capped = fastblend.prepare_unlearning(model, whole, forget, unseen, iterations=1, seed=0, stop=None)
+    assert by_first.retain_loader.batch_size == 128
+    assert 64 < capped.retain_loader.batch_size == len(capped.reduced) < len(retain[1])
 
 
 def test_index_passed_in_and_forget_found_by_content(memorised):

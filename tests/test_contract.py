@@ -176,7 +176,7 @@ ROWS = [
      "BlendIndex.load: cannot read /nonexistent/index.pt"),
     ("prepare_unlearning", "batch_size 0",
      lambda: F.prepare_unlearning(_net(), (_x(12), _y(12)), (_x(2), _y(2)), (_x(12), _y(12)), batch_size=0, ipc=2),
-     ValueError, "prepare_unlearning: batch_size must be an int >= 1"),
+     ValueError, "prepare_unlearning: batch_size must be None or an int >= 1"),
     ("prepare_unlearning", "model not a module",
      lambda: F.prepare_unlearning("net", (_x(12), _y(12)), (_x(2), _y(2)), (_x(12), _y(12)), ipc=2),
      TypeError, "prepare_unlearning: model must be a torch.nn.Module"),

@@ -221,16 +221,17 @@ class AutoStop:
             stop's evaluations shrink to about a third); the evaluations that skip it are recorded with
             ``partial=True``. :meth:`check` always evaluates everything.
         defer_kept: with ``staged``, measure (c) for the closest evaluation only when the run ends without a stop
-            (:meth:`finish`): the closest is kept on the shortfall its evaluation measured (the forget side's, a
-            lower bound). At the end, when the kept evaluation is not the final one, (c) is measured for the final
-            model and, with its weights, for the kept one, which is handed back only if still strictly closer (else
-            the final model stays); when the final evaluation is the closest on what it measured, the final model
-            stays and (c) is not measured. :meth:`recover` measures the kept one's (c) after loading it and says
-            in :attr:`reason` if its held-out accuracy fell. Stops are those of a full evaluation; the model handed
-            back differs from ``defer_kept=False``'s (the exact closest, which measures (c) at every evaluation
-            that could be the closest) only where the evaluation closest on the forget side lost held-out accuracy.
-            Costs at most two forwards of (c)'s images at the end instead of one at almost every evaluation of a
-            run nearing the rule.
+            (:meth:`finish`): the closest and the runner-up are kept on the shortfall their evaluations measured
+            (the forget side's, a lower bound). At the end, when the closest is not the final evaluation, (c) is
+            measured for the final model and, with their weights, for those kept ones that could still be closer,
+            and the closest of the three with (c) counted is handed back; when the final evaluation is the closest
+            on what it measured, the final model stays and (c) is not measured. :meth:`recover` measures the kept
+            one's (c) after loading it and says in :attr:`reason` if its held-out accuracy fell. Stops are those of
+            a full evaluation; the model handed back differs from ``defer_kept=False``'s (the exact closest, which
+            measures (c) at every evaluation that could be the closest) only where the two evaluations closest on
+            the forget side (or the final one, when it is the closest there) lost held-out accuracy. Costs a second
+            copy of the weights and at most three forwards of (c)'s images at the end instead of one at almost every
+            evaluation of a run nearing the rule.
         keep_closest: keep a copy of the weights at the evaluation closest to the rule (the smallest
             :attr:`AutoStopCheck.shortfall`, the later one on a tie; never before ``min_steps``), so that a run
             whose recipe ends without the rule holding, e.g. one that passed near it and moved away, returns
@@ -277,6 +278,8 @@ class AutoStop:
                 raise TypeError(f"{fn}: {name} must be a bool, got {type(flag).__name__}")
         self.keep_closest, self.staged, self.defer_kept = bool(keep_closest), bool(staged), bool(defer_kept)
         self._closest: tuple[AutoStopCheck, dict[str, torch.Tensor]] | None = None  # (its evaluation, weights)
+        # defer_kept: the runner-up on the shortfall measured, with its weights (resolved in finish, with (c))
+        self._runner: tuple[AutoStopCheck, dict[str, torch.Tensor]] | None = None
         self.restored_step: int | None = None  # the step whose weights finish() or recover() put back
         gen = torch.Generator().manual_seed(int(seed))
         limit = None if max_samples is None else int(max_samples)
@@ -405,6 +408,7 @@ class AutoStop:
             raise ValueError("AutoStop.start: heldout_logits must be finite (NaN or inf logits would set the held-out "
                              "accuracy the rule keeps from arbitrary predictions)")
         self.history, self._run, self._closest, self.restored_step = [], 0, None, None
+        self._runner = None
         self._finished = False
         self.stopped, self.stop_step, self.stop_seconds, self.reason = False, None, None, "not evaluated yet"
         self.eval_seconds = 0.0
@@ -605,8 +609,17 @@ class AutoStop:
         done = bool(broadcast_object(self._run >= self.patience))
         if self.keep_closest and not self.stopped and not done:  # rank 0's evaluation decides what every rank keeps
             best = self._closest[0].shortfall if self._closest is not None else math.inf
-            if bool(broadcast_object(math.isfinite(check.shortfall) and check.shortfall <= best)):
+            second = self._runner[0].shortfall if self._runner is not None else math.inf
+            finite = math.isfinite(check.shortfall)
+            # 1: the closest so far; 2 (defer_kept): the runner-up, since a partial shortfall is only a lower bound
+            slot = int(broadcast_object(1 if finite and check.shortfall <= best else
+                                        2 if finite and self.defer_kept and check.shortfall <= second else 0))
+            if slot == 1:
+                if self.defer_kept:
+                    self._runner = self._closest
                 self._closest = (check, {k: v.detach().clone() for k, v in model.state_dict().items()})
+            elif slot == 2:
+                self._runner = (check, {k: v.detach().clone() for k, v in model.state_dict().items()})
         spent = time.perf_counter() - t0
         self.eval_seconds += spent
         if done and not self.stopped:
@@ -647,18 +660,24 @@ class AutoStop:
         if self._closest is None or self._closest[0].step == self.history[-1].step:
             return False
         t0 = time.perf_counter()
-        check, weights = self._closest
         last = self.history[-1]
-        closer = not self.defer_kept or self._closer(check, weights, last, model)
+        kept = self._closest[0]
+        if self.defer_kept:
+            chosen = self._resolve([c for c in (self._closest, self._runner)
+                                    if c is not None and c[1] and c[0].step != last.step], last, model)
+        else:
+            chosen = self._closest
+            model.load_state_dict(_fold_pruning(chosen[1], model.state_dict()))
+        self._runner = None  # its copy is no longer needed
         self.reason = self._not_stopped(last)  # (c) may have been measured for it since
-        if not closer:
-            self._closest = (last, {})  # the final model is the closest: the kept copy is dropped
+        if chosen is None:
+            self._closest = (last, {})  # the final model is the closest: the kept copies are dropped
             self.reason += (f"; the run ended without it, and the final model (shortfall {last.shortfall:.2f} standard "
-                            f"errors) is the closest to the rule: step {check.step}'s, the closest on what its "
-                            f"evaluation measured, falls {check.shortfall:.2f} short with (c) measured")
+                            f"errors) is the closest to the rule: step {kept.step}'s, the closest on what its "
+                            f"evaluation measured, falls {kept.shortfall:.2f} short with (c) measured")
             self.eval_seconds += time.perf_counter() - t0
             return False
-        model.load_state_dict(_fold_pruning(weights, model.state_dict()))
+        check = chosen[0]
         self._closest = (check, {})  # the copy is the model's now
         self.restored_step = check.step
         self.reason += (f"; the run ended without it, so the model is the one of step {check.step}, the evaluation "
@@ -668,29 +687,38 @@ class AutoStop:
         self.eval_seconds += time.perf_counter() - t0
         return True
 
-    def _closer(self, check: AutoStopCheck, weights: dict[str, torch.Tensor], last: AutoStopCheck,
-                model: nn.Module) -> bool:
-        """Whether the kept evaluation ``check`` (its ``weights``) is strictly closer to the rule than the final
-        one ``last`` (``model`` holds its weights), rule (c) included: a partial evaluation is completed when the
-        answer depends on it (the final one with ``model``'s weights, the kept one with its weights loaded into
-        ``model``, which hold the final weights again afterwards unless the kept one is closer). Under
-        ``torch.distributed`` rank 0's statistics decide every branch, so all ranks forward together."""
+    def _resolve(self, candidates: list[tuple[AutoStopCheck, dict[str, torch.Tensor]]], last: AutoStopCheck,
+                 model: nn.Module) -> tuple[AutoStopCheck, dict[str, torch.Tensor]] | None:
+        """The closest to the rule, (c) included, of the kept ``candidates`` (the closest and the runner-up on the
+        shortfall measured, with their weights) and the final evaluation ``last`` (``model`` holds its weights);
+        ``None``: the final one (the later one wins a tie). A partial evaluation is completed only where the answer
+        depends on it: the final one with ``model``'s weights, a candidate with its weights loaded into ``model``.
+        ``model`` ends holding the chosen weights. Under ``torch.distributed`` rank 0's statistics decide every
+        branch, so all ranks forward together."""
         dev = model_device(model)
-        last_partial, kept_partial = broadcast_object((last.partial, check.partial))  # rank 0's, on every rank
-        if broadcast_object(not kept_partial and check.shortfall < last.shortfall):  # exact, below a lower bound
-            return True
-        if last_partial:
+        if broadcast_object(last.partial):  # rank 0's, on every rank
             self._measure_kept(last, model, dev)
-        if not broadcast_object(check.shortfall < last.shortfall):  # a lower bound of the kept one is no closer
-            return False
-        if kept_partial:
-            final = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            model.load_state_dict(_fold_pruning(weights, model.state_dict()))
-            self._measure_kept(check, model, dev)
-            if not broadcast_object(check.shortfall < last.shortfall):
+        best: tuple[AutoStopCheck, dict[str, torch.Tensor]] | None = None
+        final: dict[str, torch.Tensor] | None = None
+        for cand in sorted(candidates, key=lambda c: (c[0].shortfall, -c[0].step)):
+            check, weights = cand
+            value, step = (last.shortfall, last.step) if best is None else (best[0].shortfall, best[0].step)
+            # a lower bound (or exact value) above the best so far, or equal and earlier: it cannot win
+            if not broadcast_object(check.shortfall < value or (check.shortfall == value and check.step > step)):
+                continue
+            if broadcast_object(check.partial):
+                if final is None:
+                    final = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                model.load_state_dict(_fold_pruning(weights, model.state_dict()))
+                self._measure_kept(check, model, dev)
+            if broadcast_object(check.shortfall < value or (check.shortfall == value and check.step > step)):
+                best = cand
+        if best is None:
+            if final is not None:
                 model.load_state_dict(final)
-                return False
-        return True
+        else:
+            model.load_state_dict(_fold_pruning(best[1], model.state_dict()))
+        return best
 
     def recover(self, model: nn.Module, why: str = "the run failed") -> bool:
         """After a run that ended in an error (its weights diverged, or it was interrupted): load the weights of

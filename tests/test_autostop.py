@@ -657,6 +657,30 @@ def test_deferred_held_out_check_returns_the_final_model_when_the_closest_lost_a
     assert not s_d.finish(m_d) and len(s_d.history) == 4
 
 
+def test_deferred_held_out_check_keeps_the_runner_up_for_when_the_closest_lost_accuracy(sets):
+    # the matrix's case (A-SCRUB, `hard`, split 0): the evaluation nearest on the forget side lost held-out accuracy,
+    # the next nearest did not, and the run then moved away: the runner-up's weights were kept too, so the model
+    # handed back is the exact closest, as exact staging's
+    retain, forget, heldout = sets
+    hx, hy = heldout
+    runs = {}
+    for defer in (True, False):
+        model = _Harmful(*forget, hurt=hx[300:])
+        stop = AutoStop(forget, heldout, retain[1], seed=0, defer_kept=defer, matched_heldout=(hx[:300], hy[:300]))
+        stop.start(model)
+        stop(model, 0, 0.0)
+        for step, (alpha, harm) in enumerate([(0.25, 0.0), (0.5078125, 1.0), (0.5, 0.0), (0.25, 0.0)], start=1):
+            model.alpha, model.harm = alpha, torch.tensor(harm)
+            assert not stop(model, step, float(step))
+        kept = stop._closest[0].step  # on the shortfall measured: step 2, deferred
+        runs[defer] = (stop, model, stop.finish(model, 4, 4.0), kept)
+    (s_d, m_d, r_d, kept_d), (s_e, m_e, r_e, kept_e) = runs[True], runs[False]
+    assert r_d and r_e and s_d.restored_step == s_e.restored_step == 3 and (kept_d, kept_e) == (2, 3)
+    assert m_d.alpha == m_e.alpha == 0.5 and float(m_d.harm) == float(m_e.harm) == 0.0
+    assert not s_d.history[2].conditions["heldout_kept"] and s_d.history[3].conditions["heldout_kept"]
+    assert getattr(s_d, "_runner", None) is None  # the copies are dropped
+
+
 def test_recover_after_deferred_kept_says_when_the_kept_model_lost_held_out_accuracy(sets):
     retain, forget, heldout = sets
     hx, hy = heldout

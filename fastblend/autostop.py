@@ -167,6 +167,16 @@ def _distinct_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return keep, position[first[group]]
 
 
+def _beats(a: AutoStopCheck, b: AutoStopCheck) -> bool:
+    """Whether the evaluation ``a`` is closer to the rule than ``b``: a smaller shortfall, or as small and later."""
+    return a.shortfall < b.shortfall or (a.shortfall == b.shortfall and a.step > b.step)
+
+
+def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of ``model``'s ``state_dict`` on its device."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
 def _fold_pruning(weights: dict[str, torch.Tensor], current: dict[str, Any]) -> dict[str, torch.Tensor]:
     """``weights`` in the key layout of ``current``: a copy taken while ``torch.nn.utils.prune`` reparametrised a
     weight (``name_orig`` and ``name_mask``) whose pruning was made permanent since (``name``) is folded into
@@ -617,9 +627,9 @@ class AutoStop:
             if slot == 1:
                 if self.defer_kept:
                     self._runner = self._closest
-                self._closest = (check, {k: v.detach().clone() for k, v in model.state_dict().items()})
+                self._closest = (check, _weights(model))
             elif slot == 2:
-                self._runner = (check, {k: v.detach().clone() for k, v in model.state_dict().items()})
+                self._runner = (check, _weights(model))
         spent = time.perf_counter() - t0
         self.eval_seconds += spent
         if done and not self.stopped:
@@ -702,16 +712,15 @@ class AutoStop:
         final: dict[str, torch.Tensor] | None = None
         for cand in sorted(candidates, key=lambda c: (c[0].shortfall, -c[0].step)):
             check, weights = cand
-            value, step = (last.shortfall, last.step) if best is None else (best[0].shortfall, best[0].step)
-            # a lower bound (or exact value) above the best so far, or equal and earlier: it cannot win
-            if not broadcast_object(check.shortfall < value or (check.shortfall == value and check.step > step)):
+            leader = last if best is None else best[0]
+            if not broadcast_object(_beats(check, leader)):  # a lower bound (or exact value) that cannot win
                 continue
             if broadcast_object(check.partial):
                 if final is None:
-                    final = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    final = _weights(model)
                 model.load_state_dict(_fold_pruning(weights, model.state_dict()))
                 self._measure_kept(check, model, dev)
-            if broadcast_object(check.shortfall < value or (check.shortfall == value and check.step > step)):
+            if broadcast_object(_beats(check, leader)):
                 best = cand
         if best is None:
             if final is not None:

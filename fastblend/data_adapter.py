@@ -40,7 +40,7 @@ from torch.utils.data import (
     default_collate,
 )
 
-from ._checks import check_has_data, user_stacklevel
+from ._checks import check_has_data, plain_number, user_stacklevel
 from ._device import module_device
 from .memmap import MemmapImages
 
@@ -306,6 +306,14 @@ def _check_pair(x: torch.Tensor, y: torch.Tensor, name: str, fn: str, where: str
         raise ValueError(f"{fn}: {name}{where} has {x.shape[0] if x.dim() else 0} images but {y.shape[0]} labels")
     if y.numel() and y.device.type != "meta" and int(y.min()) < 0:
         raise ValueError(f"{fn}: {name} labels must be >= 0, got {int(y.min())}")
+
+
+def declared_batch_size(loader: DataLoader) -> int | None:
+    """The batch size a ``DataLoader`` declares: its own, else its batch sampler's; ``None`` when it declares none
+    (a batch sampler without one, pre-batched items)."""
+    batch = plain_number(loader.batch_size if loader.batch_size is not None
+                         else getattr(loader.batch_sampler, "batch_size", None))
+    return batch if isinstance(batch, int) and not isinstance(batch, bool) else None
 
 
 def _unpack_batch(batch: Any, name: str, fn: str) -> tuple[torch.Tensor, torch.Tensor]:

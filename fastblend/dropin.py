@@ -71,7 +71,14 @@ from .condensation import BlendIndex, ReducedRetainSet
 from .condensation.checks import forget_mask
 from .condensation.recipe import default_ipc
 from .condensation.source import content_keys, read_rows, row_keys, source_labels, source_sample
-from .data_adapter import _unpack_batch, as_tensors, check_batch_labels, is_streamed_dataset, model_dtype
+from .data_adapter import (
+    _unpack_batch,
+    as_tensors,
+    check_batch_labels,
+    declared_batch_size,
+    is_streamed_dataset,
+    model_dtype,
+)
 from .methods import (
     anchor_rows,
     auto_request_of_labels,
@@ -319,9 +326,8 @@ def _loader_batch_size(data: Any, fn: str) -> int | None:
     sampler of its own, pre-batched items); ``None`` for anything else."""
     if not isinstance(data, DataLoader):
         return None
-    batch = plain_number(data.batch_size if data.batch_size is not None
-                         else getattr(data.batch_sampler, "batch_size", None))
-    if isinstance(batch, int) and not isinstance(batch, bool):
+    batch = declared_batch_size(data)
+    if batch is not None:
         return batch if batch >= 1 else None
     for item in data:
         return int(_unpack_batch(item, "retain", fn)[0].shape[0]) or None

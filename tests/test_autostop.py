@@ -624,21 +624,27 @@ class _Harmful(_Counting):
         return out
 
 
+def _harmed_run(sets, steps, **options) -> tuple[AutoStop, _Harmful, list[bool]]:
+    """A run of a _Harmful model through ``steps`` of ``(alpha, harm)`` (evaluated at steps 1, 2, ..., after the
+    untouched model at step 0). The first 300 held-out images stand in for the matched images, which give (a) and
+    (b); harm hurts only the rest, read by (c). Returns the stop, the model and the stop's answers."""
+    retain, forget, (hx, hy) = sets
+    model = _Harmful(*forget, hurt=hx[300:])
+    stop = AutoStop(forget, (hx, hy), retain[1], seed=0, matched_heldout=(hx[:300], hy[:300]), **options)
+    stop.start(model)
+    answers = [stop(model, 0, 0.0)]
+    for step, (alpha, harm) in enumerate(steps, start=1):
+        model.alpha, model.harm = alpha, torch.tensor(harm)
+        answers.append(stop(model, step, float(step)))
+    return stop, model, answers
+
+
 def test_deferred_held_out_check_returns_the_final_model_when_the_closest_lost_accuracy(sets):
-    retain, forget, heldout = sets
-    hx, hy = heldout
     runs = {}
     for defer in (True, False):
-        # the matched images (the first 300 held-out ones) give (a) and (b); harm hurts only the rest, read by (c)
-        model = _Harmful(*forget, hurt=hx[300:])
-        stop = AutoStop(forget, heldout, retain[1], seed=0, defer_kept=defer,  # slack 0: (a) never holds
-                        matched_heldout=(hx[:300], hy[:300]))
-        stop.start(model)
-        stop(model, 0, 0.0)
-        # step 2: nearest the rule on the forget side, but held-out accuracy collapsed there
-        for step, (alpha, harm) in enumerate([(0.25, 0.0), (0.5078125, 1.0), (0.5, 0.0)], start=1):
-            model.alpha, model.harm = alpha, torch.tensor(harm)
-            assert not stop(model, step, float(step))
+        # step 2: nearest the rule on the forget side, but held-out accuracy collapsed there; slack 0: (a) never holds
+        stop, model, answers = _harmed_run(sets, [(0.25, 0.0), (0.5078125, 1.0), (0.5, 0.0)], defer_kept=defer)
+        assert not any(answers)
         rows = model.rows
         restored = stop.finish(model, 3, 3.0)
         runs[defer] = (stop, model, restored, model.rows - rows)
@@ -661,17 +667,11 @@ def test_deferred_held_out_check_keeps_the_runner_up_for_when_the_closest_lost_a
     # the matrix's case (A-SCRUB, `hard`, split 0): the evaluation nearest on the forget side lost held-out accuracy,
     # the next nearest did not, and the run then moved away: the runner-up's weights were kept too, so the model
     # handed back is the exact closest, as exact staging's
-    retain, forget, heldout = sets
-    hx, hy = heldout
     runs = {}
     for defer in (True, False):
-        model = _Harmful(*forget, hurt=hx[300:])
-        stop = AutoStop(forget, heldout, retain[1], seed=0, defer_kept=defer, matched_heldout=(hx[:300], hy[:300]))
-        stop.start(model)
-        stop(model, 0, 0.0)
-        for step, (alpha, harm) in enumerate([(0.25, 0.0), (0.5078125, 1.0), (0.5, 0.0), (0.25, 0.0)], start=1):
-            model.alpha, model.harm = alpha, torch.tensor(harm)
-            assert not stop(model, step, float(step))
+        stop, model, answers = _harmed_run(sets, [(0.25, 0.0), (0.5078125, 1.0), (0.5, 0.0), (0.25, 0.0)],
+                                           defer_kept=defer)
+        assert not any(answers)
         kept = stop._closest[0].step  # on the shortfall measured: step 2, deferred
         runs[defer] = (stop, model, stop.finish(model, 4, 4.0), kept)
     (s_d, m_d, r_d, kept_d), (s_e, m_e, r_e, kept_e) = runs[True], runs[False]
@@ -682,15 +682,7 @@ def test_deferred_held_out_check_keeps_the_runner_up_for_when_the_closest_lost_a
 
 
 def test_recover_after_deferred_kept_says_when_the_kept_model_lost_held_out_accuracy(sets):
-    retain, forget, heldout = sets
-    hx, hy = heldout
-    model = _Harmful(*forget, hurt=hx[300:])
-    stop = AutoStop(forget, heldout, retain[1], seed=0, matched_heldout=(hx[:300], hy[:300]))
-    stop.start(model)
-    stop(model, 0, 0.0)
-    for step, (alpha, harm) in enumerate([(0.25, 0.0), (0.5078125, 1.0), (0.5, 0.0)], start=1):
-        model.alpha, model.harm = alpha, torch.tensor(harm)
-        stop(model, step, float(step))
+    stop, model, _ = _harmed_run(sets, [(0.25, 0.0), (0.5078125, 1.0), (0.5, 0.0)])
     assert stop._closest[0].step == 2 and stop._closest[0].partial  # kept on the forget side
     assert stop.recover(model, "the run diverged") and float(model.harm) == 1.0 and stop.restored_step == 2
     kept = stop.history[2]
@@ -746,17 +738,8 @@ def test_finish_makes_the_same_collectives_on_every_rank_when_their_statistics_s
     # 0's recorded broadcasts.
     import fastblend.autostop as autostop
 
-    retain, forget, heldout = sets
-    hx, hy = heldout
-
     def run(kept_alpha: float, slack: float) -> tuple[AutoStop, _Harmful, bool]:
-        model = _Harmful(*forget, hurt=hx[300:])
-        stop = AutoStop(forget, heldout, retain[1], seed=0, slack=slack, matched_heldout=(hx[:300], hy[:300]))
-        stop.start(model)
-        stop(model, 0, 0.0)
-        for step, (alpha, harm) in enumerate([(0.25, 0.0), (kept_alpha, 1.0), (0.25, 0.0)], start=1):
-            model.alpha, model.harm = alpha, torch.tensor(harm)
-            stop(model, step, float(step))
+        stop, model, _ = _harmed_run(sets, [(0.25, 0.0), (kept_alpha, 1.0), (0.25, 0.0)], slack=slack)
         return stop, model, stop.finish(model, 3, 3.0)
 
     sent: list = []

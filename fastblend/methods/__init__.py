@@ -31,6 +31,7 @@ from ..data_adapter import (
     cast_to_model,
     check_disjoint,
     check_label_range,
+    declared_batch_size,
     model_device,
     model_dtype,
     read_forget,
@@ -756,9 +757,8 @@ def _loader_batch(r: DataView, cfg: Any, config: Any, fn: str) -> tuple[Any, Any
                          "so the retain DataLoader must yield the same batches on every rank; this one has a "
                          "DistributedSampler (each rank would drop most of its rows). Pass a DataLoader without it, "
                          "or the Dataset itself (then sharded by index)")
-    batch = loader.batch_size if loader.batch_size is not None else getattr(loader.batch_sampler, "batch_size", None)
-    batch = plain_number(batch)
-    if isinstance(batch, int) and not isinstance(batch, bool):
+    batch = declared_batch_size(loader)
+    if batch is not None:
         batch = min(batch, len(r))  # a batch larger than the set holds the set
     else:  # a batch sampler of its own, or pre-batched items (the dataset's length then counts batches)
         batch = r.first_batch_rows

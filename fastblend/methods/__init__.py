@@ -456,12 +456,20 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
     unseen_logits = None
     if spec.accelerated and cfg.target == "matched_fixed":  # refused before the set-up's forwards
         refuse_fixed_on_whole_classes(f.labels, retain_labels("target"), fn, "config.target")
-    if spec.accelerated and (cfg.target != "unseen" or cfg.anchor_weight):
-        unseen_logits = predict_logits(work, u.images, device=dev).float()
+    # a frozen prefix (§7.11): every set the run reads goes through the prefix once and the set-up's forwards and the
+    # training read those features, with the head as the model
+    cut = (_frozen_prefix(work, cfg.frozen_prefix, spec.name, r, "frozen_prefix" not in recipe, ctx.info, fn)
+           if spec.accelerated and cfg.frozen_prefix is not None else None)
+    if cut is not None:
+        f, u = cut.view(f), cut.view(u)
+    net = cut.head if cut is not None else work  # the model the set-up forwards and the loop trains
+    if spec.accelerated and (cfg.target != "unseen" or cfg.anchor_weight or cut is not None):
+        unseen_logits = predict_logits(net, u.images, device=dev).float()
     if spec.accelerated and cfg.target != "unseen":  # held-out images as hard as the forget images (§7.7)
-        idx, fixed, reference_rows = matched_rows(work, retain, r, (f.images, f.labels), (u.images, u.labels),
+        idx, fixed, reference_rows = matched_rows(net, retain, r, (f.images, f.labels), (u.images, u.labels),
                                                   cfg.target, lambda: retain_labels("target"), seed, dev, fn,
-                                                  "config.target", unseen_logits=unseen_logits)
+                                                  "config.target", unseen_logits=unseen_logits,
+                                                  embed=cut.embed if cut is not None else None)
         idx = idx.to(u.images.device)
         matched = DataView("unseen", u.images[idx], u.labels[idx])
         matched.num_classes, matched.image_dtype = u.num_classes, u.image_dtype
@@ -471,13 +479,19 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
             odds_target = image_odds_target(fixed, matched.labels, len(f), fn, "config.odds_pairing")
     anchor = None
     if spec.accelerated and cfg.anchor_weight:  # held-out images of the classes kept, as the untouched model sees them
-        anchor = anchor_rows(work, (u.images, u.labels), f.labels, retain_labels("anchor"), dev, fn,
+        anchor = anchor_rows(net, (u.images, u.labels), f.labels, retain_labels("anchor"), dev, fn,
                              "config.anchor_weight", unseen_logits=unseen_logits)
         ctx.info["anchor"] = {"rows": int(anchor[0].shape[0]), "weight": float(cfg.anchor_weight)}
+    if cut is not None:  # the retain rows last: those the ranking read already are not forwarded again
+        r = cut.view(r)
+        ctx.info["frozen_prefix"] = cut.summary()
+    trained = net  # what the loop trains: work, or its head (whose parameters are work's)
     setup_seconds = time.perf_counter() - t_setup if unseen_logits is not None else 0.0
     if setup_seconds:
         ctx.info["setup_seconds"] = setup_seconds
     data = RunData(r, f, matched if matched is not None else u, fixed, anchor, odds_target)
+    if cut is not None and callback is not None:  # the caller's callback sees the whole model
+        callback = _on_model(callback, work)
     stopper = None
     if stop is not None:
         own = not isinstance(stop, AutoStop)
@@ -486,17 +500,19 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
             matched_heldout=None if matched is None else (matched.images, matched.labels))
         # the untouched model's held-out accuracy, which the rule keeps (from the set-up's forward when it is ours;
         # without one, measured on the caller's model, which the run does not train, only if the rule ever needs it)
+        # a caller's stop evaluates the whole model on its own images; ours the head on the features
+        judged = trained if own else work
         if own and unseen_logits is None and work is not model and model_device(model) == model_device(work):
             stopper.start(model, defer_baseline=True)
         else:
-            stopper.start(work, heldout_logits=unseen_logits if own else None)
+            stopper.start(judged, heldout_logits=unseen_logits if own else None)
         # rows an epoch reads: a loader's own batches (drop_last, a subset sampler) may read fewer than its dataset
         rows = len(r) if r.loader is None or r.dataset is not None else r.num_batches(cfg.batch_size) * cfg.batch_size
         # cfg is resolved: the request's recipe is in it already (planning it again would read a caller's setting at
         # its default, e.g. epochs=1, as "not set" and plan the recipe's 3 epochs)
         every = eval_every_for(_steps_of(cfg, rows), stopper.evaluations)
         user_every = eval_every or every  # the caller's cadence (0: the stop's)
-        callback = _with_stop(callback, stopper, every, user_every)
+        callback = _with_stop(callback, stopper, every, user_every, None if judged is trained else judged)
         # a caller's denser cadence carries the stop's (it evaluates at the first report `every` steps after its last,
         # as before); a sparser one would thin it: the loop pauses at both then
         eval_every = user_every if user_every <= every else (lambda s: s % user_every == 0 or s % every == 0)
@@ -511,7 +527,7 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
         if spec.impl is None:
             outcome, seconds = timed(lambda: _ssd_tracked(work, data, cfg, ctx, callback), dev)
         else:
-            outcome, seconds = timed(lambda: train(spec.impl(cfg), work, data, cfg, ctx, spec.accelerated,
+            outcome, seconds = timed(lambda: train(spec.impl(cfg), trained, data, cfg, ctx, spec.accelerated,
                                                    callback, eval_every), dev)
         seconds -= ctx.info.get("eval_seconds", 0.0)
         seconds += setup_seconds
@@ -519,12 +535,14 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
         # rank evaluates, or not, together); its evaluation of the final model can find it diverged too
         if stopper is not None and not broadcast_object(stopper.stopped):
             start = stopper.eval_seconds
-            stopper.finish(outcome.model, outcome.steps, seconds)
+            stopper.finish(outcome.model if judged is trained else judged, outcome.steps, seconds)
             finishing = stopper.eval_seconds - start
     except (FloatingPointError, KeyboardInterrupt) as exc:  # nothing the run computed is lost: the stop's kept model
         try:
-            _hand_back(exc, stopper, ctx.trained if ctx.trained is not None else work, cfg, spec.name, ctx,
-                       setup_seconds + time.perf_counter() - started, num_classes, len(r), r.reduced, pruned_before)
+            _hand_back(exc, stopper, judged if stopper is not None and cut is not None else
+                       ctx.trained if ctx.trained is not None else work, cfg, spec.name, ctx,
+                       setup_seconds + time.perf_counter() - started, num_classes, len(r), r.reduced, pruned_before,
+                       full=work if cut is not None else None)
         except Exception as failed:  # the caller's error stays the error; what went wrong here is said beside it
             warnings.warn(f"{fn}: the closest evaluation's model could not be handed back ({type(failed).__name__}: "
                           f"{failed})", UserWarning, stacklevel=2)
@@ -536,7 +554,8 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
     # "backends": the backend of each fastblend op the method ran (A-AMU: quantile_mmd); {} for none
     info = {"num_classes": num_classes, "retain_size": len(r), "reduced_retain": r.reduced, "backends": {},
             **ctx.info}
-    return UnlearnResult(outcome.model.eval(), seconds, outcome.losses, cfg, spec.name, outcome.steps, info)
+    return UnlearnResult((work if cut is not None else outcome.model).eval(), seconds, outcome.losses, cfg, spec.name,
+                         outcome.steps, info)
 
 
 def _copy_model(model: nn.Module, fn: str) -> nn.Module:
@@ -573,14 +592,15 @@ def _fold_new_pruning(model: nn.Module, before: set[tuple[int, str]]) -> None:
 
 def _hand_back(exc: BaseException, stopper: AutoStop | None, work: nn.Module, cfg: Any, name: str, ctx: RunContext,
                seconds: float, num_classes: int, retain_size: int, reduced: bool,
-               pruned_before: set[tuple[int, str]]) -> None:
+               pruned_before: set[tuple[int, str]], full: nn.Module | None = None) -> None:
     """A run that diverged (``FloatingPointError``) or was interrupted (``KeyboardInterrupt``) under an auto stop:
     the weights of the stop's evaluation closest to its rule go into ``work`` (the model that trained: a new one for
     retrain and distill) and onto the exception as ``exc.result`` (an :class:`UnlearnResult` whose
     ``info["failed"]`` says what happened and whose ``seconds`` is the wall time until the failure), with a note
     saying so. Without a stop, or before its first counted evaluation, there is nothing to hand back. After the stop
     had fired (the failure came in the caller's callback there, or later) the model is the
-    one the stop judged, handed back as it is."""
+    one the stop judged, handed back as it is. ``full``: the whole model ``work`` is the trained head of (§7.11), the
+    one handed back."""
     why = ("the run was interrupted" if isinstance(exc, KeyboardInterrupt) else
            "the run diverged (non-finite loss, weights or logits)")
     if stopper is None:
@@ -594,7 +614,7 @@ def _hand_back(exc: BaseException, stopper: AutoStop | None, work: nn.Module, cf
     _fold_new_pruning(work, pruned_before)
     info = {"num_classes": num_classes, "retain_size": retain_size, "reduced_retain": reduced, "backends": {},
             **ctx.info, "auto_stop": stopper.summary(), "failed": f"{type(exc).__name__}: {exc}"}
-    exc.result = UnlearnResult(work.eval(), seconds, [], cfg, name, step, info)
+    exc.result = UnlearnResult((work if full is None else full).eval(), seconds, [], cfg, name, step, info)
     note = (f"fastblend: {why}; the model of step {step}, {what}, is kept in this exception's .result (an "
             "UnlearnResult)")
     if hasattr(exc, "add_note"):  # Python 3.11+
@@ -605,19 +625,25 @@ def _hand_back(exc: BaseException, stopper: AutoStop | None, work: nn.Module, cf
 
 def matched_rows(model: nn.Module, retain: Any, r: DataView | None, forget: tuple[torch.Tensor, torch.Tensor],
                  unseen: tuple[torch.Tensor, torch.Tensor], target: str, retain_labels: Callable[[], torch.Tensor],
-                 seed: int, dev: torch.device, fn: str, arg: str = "target",
-                 unseen_logits: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+                 seed: int, dev: torch.device, fn: str, arg: str = "target", unseen_logits: torch.Tensor | None = None,
+                 embed: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     """``config.target`` / the drop-in's ``target`` (docs/method.md §7.7), for ``unlearn`` and the drop-in:
     ``(indices into unseen of the images as hard as the forget images, their logits under the untouched model
     for "matched_fixed" else None, how many reference rows ranked them)``, ranked against
     :func:`retained_reference`. ``"matched_fixed"`` is refused when a forget class has no retain image
     (``retain_labels()``, read only then; ``arg`` names the setting in the message). ``unseen_logits``: the untouched
-    model's logits of the unseen images when already computed (one forward fewer)."""
+    model's logits of the unseen images when already computed (one forward fewer). ``embed(images, training
+    indices or None)``: what ``model`` reads instead of the reference's images (a frozen prefix's features, §7.11;
+    ``forget`` and ``unseen`` are given as such then)."""
     from ..difficulty import matched_unseen
 
     if target == "matched_fixed":
         refuse_fixed_on_whole_classes(forget[1], retain_labels(), fn, arg)
-    rx, ry = retained_reference(retain, r, seed, dev, model_dtype(model), fn, classes=forget[1].unique())
+    rx, ry, ri = retained_reference(retain, r, seed, dev, model_dtype(model), fn, classes=forget[1].unique(),
+                                    with_index=True)
+    if embed is not None:
+        rx = embed(rx, ri)
     idx = matched_unseen(model, (rx, ry), forget, unseen, max_reference=None, device=dev, unseen_logits=unseen_logits)
     fixed = None
     if target == "matched_fixed":  # their losses under the untouched model: a target that does not move
@@ -650,6 +676,12 @@ def image_odds_target(fixed: torch.Tensor, labels: torch.Tensor, n_forget: int, 
     return true_class_log_odds(fixed.double(), labels.to(fixed.device))
 
 
+def anchor_keep(unseen_labels: torch.Tensor, forget_labels: torch.Tensor, retain_labels: torch.Tensor) -> torch.Tensor:
+    """Which unseen rows the held-out anchor holds (a CPU mask): those of a class the retain set still holds."""
+    whole = whole_classes(forget_labels.unique(), retain_labels)
+    return ~torch.isin(unseen_labels.cpu(), torch.tensor(whole, dtype=torch.long))
+
+
 def anchor_rows(model: nn.Module, unseen: tuple[torch.Tensor, torch.Tensor], forget_labels: torch.Tensor,
                 retain_labels: torch.Tensor, dev: torch.device, fn: str, arg: str = "anchor_weight",
                 unseen_logits: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -657,9 +689,9 @@ def anchor_rows(model: nn.Module, unseen: tuple[torch.Tensor, torch.Tensor], for
     class the retain set still holds (a class forgotten whole is left out: a model that never saw it predicts it
     nowhere) in the model's dtype, and their logits under the untouched ``model``, fixed (``unseen_logits``: those of
     every unseen image, when already computed)."""
-    whole = whole_classes(forget_labels.unique(), retain_labels)
-    keep = ~torch.isin(unseen[1].cpu(), torch.tensor(whole, dtype=torch.long))
+    keep = anchor_keep(unseen[1], forget_labels, retain_labels)
     if not bool(keep.any()):
+        whole = whole_classes(forget_labels.unique(), retain_labels)
         raise ValueError(f"{fn}: {arg} > 0 needs unseen images of a class the retain set still holds, and every "
                          f"unseen image is of a class forgotten whole ({whole})")
     x = unseen[0][keep.to(unseen[0].device)].to(model_dtype(model) or torch.float32)
@@ -670,13 +702,14 @@ def anchor_rows(model: nn.Module, unseen: tuple[torch.Tensor, torch.Tensor], for
 
 def retained_reference(retain: Any, r: DataView | None, seed: int, dev: torch.device, dtype: torch.dtype | None,
                        fn: str, classes: torch.Tensor | None = None,
-                       limit: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+                       limit: int = 4096, with_index: bool = False) -> tuple[torch.Tensor, ...]:
     """A seeded sample of the training images a model keeps, with labels, on ``dev``: of the classes
     ``classes`` only (``None``: all), at most ``limit`` rows shared evenly among them (at least 64 per class).
     The rows are the retain set's (``r``, its view; built here when ``None``), or for a Blend-reduced set the
     members of its blends and its residual rows, read from its source. A reduced set's rows themselves would
     bias a ranking against them: its residual rows are the forget images' neighbours, its blended rows no
-    training images."""
+    training images. ``with_index``: a third item, the rows' training indices (``None`` where they are not known).
+    """
     from ..condensation.source import read_rows, source_labels
 
     gen = torch.Generator().manual_seed(int(seed))
@@ -702,7 +735,8 @@ def retained_reference(retain: Any, r: DataView | None, seed: int, dev: torch.de
         train_idx = torch.cat([members.cpu(), retain.source_index.cpu()[~blended]])
         labels = torch.cat([retain.labels.cpu()[blended].repeat_interleave(counts), retain.labels.cpu()[~blended]])
         rows = pick(labels)
-        return read_rows(retain.source, train_idx[rows], fn).to(dev, dtype), labels[rows].to(dev)
+        out = read_rows(retain.source, train_idx[rows], fn).to(dev, dtype), labels[rows].to(dev)
+        return (*out, train_idx[rows]) if with_index else out
     if members is not None:  # a reduced set without its source (materialised, or loaded self-contained)
         warnings.warn(f"{fn}: the reduced retain set has no source, so the matched target ranks the forget images "
                       "against its own rows (blended ones included) instead of the training images it condensed; "
@@ -711,16 +745,20 @@ def retained_reference(retain: Any, r: DataView | None, seed: int, dev: torch.de
                       "file saved with with_residual=False)", UserWarning, stacklevel=4)
     r = r if r is not None else as_data(retain, "retain", fn)
     if r.indexable:
-        return r.take(pick(_retain_labels(r, fn, "target")), dev)  # in-memory labels as they are, else read once
+        rows = pick(_retain_labels(r, fn, "target"))
+        out = r.take(rows, dev)
+        known = r.indices is not None and r.indices.numel() == len(r)
+        return (*out, r.indices.cpu()[rows] if known else None) if with_index else out
     data = getattr(r.loader, "dataset", None)
     if getattr(data, "blend_members", None) is not None:  # a DataLoader over a reduced set: rank as the set
-        return retained_reference(data, None, seed, dev, dtype, fn, classes, limit)
+        return retained_reference(data, None, seed, dev, dtype, fn, classes, limit, with_index)
     if data is not None and _reads_whole_dataset(r.loader):
         # sample the dataset's rows: the loader's own iteration would read only its first batches, and draw its
         # shuffle from the global RNG
         labels = source_labels(data, fn).long()
         rows = pick(labels)
-        return read_rows(data, rows, fn).to(dev, dtype), labels[rows].to(dev)
+        out = read_rows(data, rows, fn).to(dev, dtype), labels[rows].to(dev)
+        return (*out, None) if with_index else out
     # any other loader (a sampler of its own, a custom collate, an iterable dataset): its first batches, up to
     # ``limit`` rows of those classes, with the global RNG kept as it was
     xs, ys, n = [], [], 0
@@ -734,7 +772,8 @@ def retained_reference(retain: Any, r: DataView | None, seed: int, dev: torch.de
             n += x.shape[0]
             if n >= limit:
                 break
-    return torch.cat(xs)[:limit], torch.cat(ys)[:limit]
+    out = torch.cat(xs)[:limit], torch.cat(ys)[:limit]
+    return (*out, None) if with_index else out
 
 
 def _loader_batch(r: DataView, cfg: Any, config: Any, fn: str) -> tuple[Any, Any]:
@@ -919,13 +958,14 @@ def _after_setup(callback: Callable, setup_seconds: float) -> Callable[[nn.Modul
     return shifted
 
 
-def _with_stop(callback: Callable | None, stopper: AutoStop, every: int,
-               user_every: int) -> Callable[[nn.Module, int, float], bool]:
+def _with_stop(callback: Callable | None, stopper: AutoStop, every: int, user_every: int,
+               judged: nn.Module | None = None) -> Callable[[nn.Module, int, float], bool]:
     """The training loop's one callback for a run with a stop: ``callback`` (the caller's) before the first step,
     at every ``user_every``-th step, after the last and where the stop ends the run; ``stopper`` at the first report
     at least ``every`` steps after its last evaluation (a caller's denser ``eval_every`` does not multiply the stop's
     cost; one that does not divide ``every`` spaces it up to ``every + eval_every - 1`` apart, as before; a sparser
-    one no longer starves it: the loop then pauses at both cadences); stop when either asks to."""
+    one no longer starves it: the loop then pauses at both cadences); stop when either asks to. ``judged``: the
+    model the stop evaluates instead of the one the loop trains (a caller's stop under a frozen prefix)."""
     last = [-every]
 
     def both(model: nn.Module, step: int, seconds: float) -> bool:
@@ -934,12 +974,107 @@ def _with_stop(callback: Callable | None, stopper: AutoStop, every: int,
         if step - last[0] < every:
             return asked
         last[0] = step
-        done = stopper(model, step, seconds)
+        done = stopper(model if judged is None else judged, step, seconds)
         if done and callback is not None and not user_due:  # the run ends here: the caller sees its last model
             asked = callback(model, step, seconds) is True
         return done or asked
 
     return both
+
+
+def _on_model(callback: Callable, model: nn.Module) -> Callable[[nn.Module, int, float], Any]:
+    """``callback`` given ``model`` (the whole model) whatever the loop trains (its head, §7.11)."""
+
+    def whole(_trained: nn.Module, step: int, seconds: float) -> Any:
+        return callback(model, step, seconds)
+
+    return whole
+
+
+class _Cut:
+    """A run's frozen prefix (docs/method.md §7.11): the head it trains, and its sets as the prefix's features, each
+    image forwarded through the prefix once (rows of the training set it has seen, by their index, are reused)."""
+
+    def __init__(self, split: Any) -> None:
+        self.split, self.head = split, split.head
+        self.known: dict[int, torch.Tensor] = {}  # training index -> its features
+        self.rows = self.reused = 0
+        self.seconds = 0.0
+
+    def features(self, images: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        """``prefix(images)``; with ``index`` (training indices, ``-1`` where none) rows seen before are reused."""
+        from ..prefix import prefix_features
+
+        started = time.perf_counter()
+        n = images.shape[0]
+        if index is None or n == 0:
+            out = prefix_features(self.split.prefix, images)
+            self.rows += n
+        else:
+            keys = index.reshape(-1).tolist()
+            todo = [i for i, k in enumerate(keys) if k < 0 or k not in self.known]
+            fresh = prefix_features(self.split.prefix, images[todo]) if todo else None
+            self.rows += len(todo)
+            self.reused += n - len(todo)
+            slot = {i: j for j, i in enumerate(todo)}
+            parts = [fresh[slot[i]] if i in slot else self.known[k].to(images.device) for i, k in enumerate(keys)]
+            for i in todo:
+                if keys[i] >= 0:
+                    self.known[keys[i]] = fresh[slot[i]]
+            out = torch.stack(parts)
+        self.seconds += time.perf_counter() - started
+        return out
+
+    def embed(self, images: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+        return self.features(images, index)
+
+    def view(self, v: DataView | None) -> DataView | None:
+        """``v`` with its images replaced by their features."""
+        if v is None:
+            return None
+        known = v.indices if v.indices is not None and v.indices.numel() == len(v) else None
+        out = DataView(v.name, self.features(v.images, known), v.labels, None, v.indices, v.reduced)
+        out.num_classes, out.image_dtype = v.num_classes, out.images.dtype
+        return out
+
+    def summary(self) -> dict:
+        s = self.split
+        return {"at": s.at, "head_parameters": s.head_parameters, "parameters": s.parameters,
+                "feature_shape": list(next(iter(self.known.values())).shape) if self.known else None,
+                "rows": self.rows, "reused": self.reused, "seconds": self.seconds}
+
+
+#: methods a frozen prefix does not apply to: a_prune prunes the whole model
+_NO_PREFIX = ("a_prune",)
+
+
+def _frozen_prefix(work: nn.Module, at: str, name: str, r: DataView, explicit: bool, info: dict,
+                   fn: str) -> _Cut | None:
+    """``work`` cut at ``at`` (:func:`fastblend.prefix.split_model`). Where it cannot be, a caller's own
+    ``frozen_prefix`` (``explicit``) is refused with a ``ValueError``; the recipe's falls back to training the whole
+    model, ``info["frozen_prefix"]["skipped"]`` saying why."""
+    from ..prefix import split_model
+
+    def skip(reason: str) -> None:
+        if explicit:
+            raise ValueError(f"{fn}: config.frozen_prefix={at!r}: {reason}; set it to None to train the whole model")
+        info["frozen_prefix"] = {"at": at, "skipped": reason}
+
+    if name in _NO_PREFIX:
+        return skip(f"method {name!r} prunes the whole model")
+    if not r.in_memory:
+        return skip("the retain set is streamed (a DataLoader or a dataset read in batches): its features would be "
+                    "read once, freezing any random transform; pass tensors")
+    if is_distributed():
+        return skip("it is not supported under torch.distributed")
+    try:
+        split = split_model(work, at, fn, "config.frozen_prefix")
+    except ValueError as exc:
+        if explicit:
+            raise
+        info["frozen_prefix"] = {"at": at, "skipped": str(exc).removeprefix(f"{fn}: ")}
+        return None
+    return _Cut(split)
 
 
 def _unwrap(model: nn.Module, fn: str) -> tuple[nn.Module, dict]:

@@ -161,6 +161,13 @@ class AAMUFields:
         anchor_weight: weight ``ν`` of the held-out anchor (docs/method.md §7.9): ``ν · KL(p₀ ‖ p)`` on a batch of
             unseen images per step (the pool's images of every class the retain set still holds), ``p₀`` the
             untouched model's predictions on them, fixed; 0 (default): off, the paper's loss.
+        frozen_prefix: train only the top of the model (docs/method.md §7.11): ``None`` (default) trains every
+            parameter, as the paper does; ``"auto"`` cuts the model (traced by ``torch.fx``) at the latest point
+            whose remainder, the *head*, still holds half of its parameters and reads nothing from before it; a
+            module name (``"features.7"``, ``"layers.2"``) cuts after that module's output. Every image set the run
+            reads goes through the frozen prefix once (eval mode, no gradient) and the head trains on those
+            features: a step and an auto-stop evaluation cost the head's forward (and backward) only. Needs the
+            retain set in memory (tensors or an indexable dataset; a ``DataLoader`` streams its own batches).
     """
 
     lam: float = RECIPE.lam
@@ -178,6 +185,7 @@ class AAMUFields:
     odds_weight: float = 0.0
     odds_pairing: str = "quantile"
     anchor_weight: float = 0.0
+    frozen_prefix: str | None = None
 
     def check(self, fn: str) -> None:
         """Check the base method's settings (the next class in the MRO), then these."""
@@ -205,6 +213,9 @@ class AAMUFields:
             check_odds_pairing(fn, self.odds_pairing, "config.odds_pairing", self.target, "config.target")
         if self.unseen_refresh < 1:
             raise ValueError(f"{fn}: config.unseen_refresh must be >= 1 (1 = every step), got {self.unseen_refresh}")
+        if self.frozen_prefix is not None and (not isinstance(self.frozen_prefix, str) or not self.frozen_prefix):
+            raise TypeError(f"{fn}: config.frozen_prefix must be None, 'auto' or a module name of the model, got "
+                            f"{self.frozen_prefix!r}")
 
 
 _SIMPLE_TYPES = {"int": "an int", "float": "a number", "str": "a str", "bool": "a bool", "None": "None"}

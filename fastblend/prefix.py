@@ -1,0 +1,195 @@
+"""A frozen prefix: train only the top of a network on features computed once (docs/method.md §7.11).
+
+``split_model(model, at)`` cuts a classifier into ``prefix`` and ``head`` with ``head(prefix(x)) == model(x)``:
+the graph ``torch.fx`` traces from ``model`` is cut at one of its nodes after which nothing computed before it is
+read again (a *cut*). Both parts are ``torch.fx.GraphModule`` objects holding ``model``'s own submodules, so
+training the head trains ``model``. ``at="auto"`` picks the latest cut whose head still holds at least half of
+the model's parameters; a module name (``"features.7"``, ``"layer3"``) cuts after that module's output.
+
+An accelerated run with ``config.frozen_prefix`` forwards every image set it reads through the prefix once, in
+eval mode and without gradients, and trains the head on those features: a step then costs the head's forward and
+backward only, and the auto stop's evaluations the head's forward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+#: the head keeps at least this share of the model's parameters under ``at="auto"``
+AUTO_HEAD_SHARE = 0.5
+
+
+@dataclass
+class Split:
+    """``prefix`` and ``head`` of a model (``head(prefix(x)) == model(x)``); ``at`` names the cut."""
+
+    prefix: nn.Module
+    head: nn.Module
+    at: str
+    head_parameters: int
+    parameters: int
+
+
+class _Tracer(fx.Tracer):
+    """Traces through every module but the one named ``leaf`` (kept whole: its output is a node)."""
+
+    def __init__(self, leaf: str | None) -> None:
+        super().__init__()
+        self.leaf = leaf
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return qualname == self.leaf or super().is_leaf_module(m, qualname)
+
+
+def _trace(model: nn.Module, leaf: str | None, fn: str, name: str) -> fx.GraphModule:
+    try:
+        graph = _Tracer(leaf).trace(model)
+    except Exception as exc:  # fx raises many types for code it cannot trace (control flow on values, ...)
+        raise ValueError(f"{fn}: {name} needs a model torch.fx can trace, and {type(model).__name__} could not be "
+                         f"traced ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                         f"set {name}=None to train the whole model") from None
+    return fx.GraphModule(model, graph)
+
+
+def _cuts(graph: fx.Graph) -> list[fx.Node]:
+    """The nodes after which only their own value is read (in graph order; the output node excluded)."""
+    nodes = list(graph.nodes)
+    pos = {n: i for i, n in enumerate(nodes)}
+    last: dict[fx.Node, int] = {}
+    for n in nodes:
+        for a in n.all_input_nodes:
+            last[a] = max(last.get(a, -1), pos[n])
+    placeholders = sum(n.op == "placeholder" for n in nodes)
+    out = []
+    live: set[fx.Node] = set()
+    for i, n in enumerate(nodes):
+        if n.op == "output":
+            break
+        if n.op != "get_attr":
+            live.add(n)
+        live = {m for m in live if last.get(m, -1) > i}
+        if n.op not in ("placeholder", "get_attr") and live == {n} and placeholders == 1:
+            out.append(n)
+    return out
+
+
+def _node_parameters(gm: fx.GraphModule, n: fx.Node) -> list[torch.Tensor]:
+    if n.op == "call_module":
+        return list(gm.get_submodule(n.target).parameters())
+    if n.op == "get_attr":
+        obj = gm
+        for part in str(n.target).split("."):
+            obj = getattr(obj, part)
+        return [obj] if isinstance(obj, nn.Parameter) else []
+    return []
+
+
+def _part(gm: fx.GraphModule, nodes: list[fx.Node], cut: fx.Node, first: bool) -> fx.GraphModule:
+    """The graph up to ``cut`` (returning its value) or after it (taking it as its input)."""
+    graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    if not first:
+        env[cut] = graph.placeholder("features")
+    for n in nodes:
+        if n.op == "output":
+            if not first:
+                graph.output(fx.map_arg(n.args[0], lambda a: env[a]))
+            break
+        if first or n.op == "get_attr" or n not in env and _after(nodes, n, cut):
+            env[n] = graph.node_copy(n, lambda a: env[a])
+        if first and n is cut:
+            graph.output(env[n])
+            break
+    graph.lint()
+    return fx.GraphModule(gm, graph)
+
+
+def _after(nodes: list[fx.Node], n: fx.Node, cut: fx.Node) -> bool:
+    return nodes.index(n) > nodes.index(cut)
+
+
+def split_model(model: nn.Module, at: str = "auto", fn: str = "split_model",
+                name: str = "config.frozen_prefix") -> Split:
+    """``model`` cut into a frozen ``prefix`` and a trained ``head`` (module docstring).
+
+    Raises ``ValueError`` naming ``name`` when the model cannot be traced, ``at`` names no module of it, or the
+    cut there is not one (something the prefix computed is read again after it)."""
+    if not isinstance(at, str) or not at:
+        raise TypeError(f"{fn}: {name} must be 'auto' or a module name of the model, got {at!r}")
+    modules = dict(model.named_modules())
+    if at != "auto" and (at not in modules or at == ""):
+        raise ValueError(f"{fn}: {name}={at!r} is not a module of {type(model).__name__} (e.g. "
+                         f"{[n for n in modules if n][:6]})")
+    gm = _trace(model, None if at == "auto" else at, fn, name)
+    nodes = list(gm.graph.nodes)
+    cuts = _cuts(gm.graph)
+    total = sum(p.numel() for p in model.parameters())
+    if at == "auto":
+        chosen = None
+        seen: set[int] = set()
+        suffix = 0
+        params_after: dict[fx.Node, int] = {}
+        for n in reversed(nodes):
+            params_after[n] = suffix
+            for p in _node_parameters(gm, n):
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    suffix += p.numel()
+        for n in cuts:
+            if params_after[n] >= AUTO_HEAD_SHARE * total:
+                chosen = n
+        if chosen is None:
+            raise ValueError(f"{fn}: {name}='auto' found no point in {type(model).__name__} after which the rest holds "
+                             f"at least half of its parameters and reads nothing from before; name a module or set "
+                             f"{name}=None")
+    else:
+        hits = [n for n in nodes if n.op == "call_module" and n.target == at]
+        if len(hits) != 1:
+            raise ValueError(f"{fn}: {name}={at!r}: the model's forward calls that module {len(hits)} times; name "
+                             "a module it calls once")
+        chosen = hits[0]
+        if chosen not in cuts:
+            raise ValueError(f"{fn}: {name}={at!r}: the model's forward reads values computed before that module's "
+                             "output after it (a skip connection across it): name a module whose output is all that "
+                             "the rest of the forward reads")
+    prefix = _part(gm, nodes, chosen, first=True)
+    head = _part(gm, nodes, chosen, first=False)
+    head_params = sum(p.numel() for p in head.parameters())
+    return Split(prefix, head, _label(nodes, chosen), head_params, total)
+
+
+def _stack(n: fx.Node) -> list[str]:
+    """The qualified names of the modules whose forward ``n`` runs in, outermost first."""
+    stack = n.meta.get("nn_module_stack") or {}
+    names = [v[0] if isinstance(v, tuple) else str(v) for v in stack.values()]
+    if n.op == "call_module":
+        names.append(str(n.target))
+    return [name for name in names if name]
+
+
+def _label(nodes: list[fx.Node], cut: fx.Node) -> str:
+    """The cut named by the outermost module it ends (``"layers.2"``), else by the node itself."""
+    i = nodes.index(cut)
+    after = next((n for n in nodes[i + 1:] if n.op != "get_attr"), None)
+    later = set(_stack(after)) if after is not None else set()
+    for name in _stack(cut):
+        if name not in later:
+            return name
+    return str(cut.target) if cut.op == "call_module" else cut.name
+
+
+@torch.no_grad()
+def prefix_features(prefix: nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """``prefix(images)`` in eval mode, in batches, on ``images``' device (the prefix's modes restored)."""
+    modes = [(m, m.training) for m in prefix.modules()]
+    prefix.eval()
+    try:
+        parts = [prefix(images[i:i + batch_size]) for i in range(0, images.shape[0], batch_size)]
+    finally:
+        for m, training in modes:
+            m.training = training
+    return torch.cat(parts) if parts else images.new_zeros((0,))

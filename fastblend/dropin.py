@@ -544,6 +544,8 @@ def prepare_unlearning(model: nn.Module, retain: Any, forget: Any, unseen: Any, 
         cfg.check(fn)
     except ValueError as exc:  # the settings are this function's keyword arguments, not a config's fields
         raise ValueError(f"{fn}: {str(exc).removeprefix(fn + ': ').replace('config.', '')}") from None
+    # the caller's loop trains its own model whole: unlearn's frozen prefix (§7.11) is not the drop-in's
+    recipe = {k: v for k, v in recipe.items() if k != "frozen_prefix"}
     lam, target, odds_weight, anchor_weight = cfg.lam, cfg.target, cfg.odds_weight, cfg.anchor_weight
     odds_pairing, forget_batch_factor, unseen_batch_factor = (cfg.odds_pairing, cfg.forget_batch_factor,
                                                               cfg.unseen_batch_factor)

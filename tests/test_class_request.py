@@ -178,7 +178,8 @@ def _prepare(sets, kind, **kw):
 def test_the_drop_in_hands_a_whole_class_request_its_recipe(image_sets):
     recipe = CLASS_REQUEST["a_finetune"]
     model, prep = _prepare(image_sets, "class")
-    assert prep.request == "class" and prep.class_recipe == recipe
+    # the drop-in's loop trains the caller's model whole: the frozen prefix is unlearn's alone (§7.11)
+    assert prep.request == "class" and prep.class_recipe == {k: v for k, v in recipe.items() if k != "frozen_prefix"}
     assert (prep.epochs, prep.lr, prep.criterion.step.criterion.transform) == (recipe["epochs"], recipe["lr"], "pooled")
     assert prep.recommended["lr"] == recipe["lr"] and prep.recommended["epochs"] == recipe["epochs"]
     assert prep.steps == recipe["epochs"] * len(prep.retain_loader)
@@ -191,7 +192,8 @@ def test_the_drop_in_hands_a_whole_class_request_its_recipe(image_sets):
     assert mine.criterion.step.unseen_batch_factor == 2 and "unseen_batch_factor" not in mine.class_recipe
     paper = config_class("a_finetune")()
     _, prep = _prepare(image_sets, "sample")  # scattered samples: the matched recipe
-    assert (prep.request, prep.class_recipe, prep.recipe) == ("matched", {}, MATCHED_RECIPE["a_finetune"])
+    assert (prep.request, prep.class_recipe, prep.recipe) == (
+        "matched", {}, {k: v for k, v in MATCHED_RECIPE["a_finetune"].items() if k != "frozen_prefix"})
     for kind, kw in (("sample", {"request": "sample"}), ("class", {"request": "sample"})):  # the paper's, forced
         model, prep = _prepare(image_sets, kind, **kw)
         assert prep.request == "sample" and prep.class_recipe == {}

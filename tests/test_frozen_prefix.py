@@ -128,3 +128,28 @@ def test_a_callers_prefix_is_refused_where_it_cannot_apply():
         unlearn("a_finetune", _Branchy(), (torch.randn(30, 4), torch.arange(3).repeat(10)),
                 (torch.randn(6, 4), torch.arange(3).repeat(2)), (torch.randn(30, 4), torch.arange(3).repeat(10)),
                 config={"frozen_prefix": "auto"})
+
+
+class _Labelled(TensorDataset):
+    """A dataset whose labels can be read without a pass (the matched recipe needs them)."""
+
+    def __init__(self, x, y):
+        super().__init__(x, y)
+        self.targets = y
+
+
+def test_the_matched_recipe_trains_the_head_and_falls_back_where_it_cannot():
+    retain, forget, unseen = _task()
+    res = unlearn("a_finetune", _convnet(), retain, forget, unseen, config={"epochs": 1}, seed=0)
+    assert res.info["request"] == "matched" and res.info["recipe"]["frozen_prefix"] == "auto"
+    assert res.info["frozen_prefix"]["at"] == "features.3"
+    loader = DataLoader(_Labelled(*retain), batch_size=16)
+    streamed = unlearn("a_finetune", _convnet(), loader, forget, unseen, config={"epochs": 1}, seed=0)
+    assert streamed.info["request"] == "matched"
+    assert "the retain set is streamed" in streamed.info["frozen_prefix"]["skipped"]
+    branchy = (torch.randn(30, 4), torch.arange(3).repeat(10))
+    odd = unlearn("a_finetune", _Branchy(), branchy, (torch.randn(6, 4), torch.arange(3).repeat(2)), branchy,
+                  config={"epochs": 1}, seed=0)
+    assert "torch.fx" in odd.info["frozen_prefix"]["skipped"]
+    whole = unlearn("a_finetune", _convnet(), retain, forget, unseen, config={"epochs": 1, "frozen_prefix": None})
+    assert "frozen_prefix" not in whole.info

@@ -116,16 +116,19 @@ class APruneConfig(AAMUFields, AAMUOptimiser, PruneConfig):
 # Every method draws forget and unseen batches of one retain batch each (a step of 192 rows, not the paper's 4B
 # draws' ~520: the whole ~200-image class and 256 unseen rows): the same splits inside the band with about the same
 # final models, entering it 2.4-3.8x sooner (quality/classfast.json, classfast2.json; docs/method.md §7.6).
+# Every recipe below trains the model's head on features its frozen prefix computes once (docs/method.md §7.11): the
+# same final models within the band on every cell measured, reached several times sooner (matrix-prefix/).
+_HEAD = {"frozen_prefix": "auto"}
 _POOLED = {"transform": "pooled", "lr": 5e-4, "epochs": 3}
 _ONE_BATCH = {"forget_batch_factor": 1, "unseen_batch_factor": 1}
 CLASS_REQUEST: dict[str, dict[str, Any]] = {
-    "a_finetune": {**_POOLED, **_ONE_BATCH, "lam": 5.0},
+    "a_finetune": {**_POOLED, **_ONE_BATCH, "lam": 5.0, **_HEAD},
     # the ascent stops at chance (quality/classngp2.json: 3/3 in the band, the unbounded ascent 0/3)
-    "a_neggrad_plus": {**_POOLED, **_ONE_BATCH, "lam": 5.0, "ascent": "chance"},
-    "a_sparse": {**_POOLED, **_ONE_BATCH, "lam": 5.0},
+    "a_neggrad_plus": {**_POOLED, **_ONE_BATCH, "lam": 5.0, "ascent": "chance", **_HEAD},
+    "a_sparse": {**_POOLED, **_ONE_BATCH, "lam": 5.0, **_HEAD},
     # quality/classreq6.json: 3/3 in the band at λ 34 on one split, the paper's recipe 0/3
     "a_bad_teacher": {**_POOLED, **_ONE_BATCH},
-    "a_scrub": {"transform": "pooled", "max_epochs": 1, "lam": 5.0, "epochs": 5, **_ONE_BATCH},
+    "a_scrub": {"transform": "pooled", "max_epochs": 1, "lam": 5.0, "epochs": 5, **_ONE_BATCH, **_HEAD},
 }
 
 
@@ -141,7 +144,7 @@ CLASS_REQUEST: dict[str, dict[str, Any]] = {
 # the paper's recipe does in 1/3-2/3 (benchmarks/results-2026-12-05-cpu/matrix-image-fast/). Not for a request that
 # forgets whole classes (the fixed target refuses it; the whole-class recipe applies there), and it needs held-out
 # images of every forget class.
-_MATCHED = {"target": "matched_fixed", "odds_weight": 1.0, "odds_pairing": "image", "anchor_weight": 10.0}
+_MATCHED = {"target": "matched_fixed", "odds_weight": 1.0, "odds_pairing": "image", "anchor_weight": 10.0, **_HEAD}
 #: the methods whose matched recipe is Adam lr 1e-3 for 3 epochs at batch 64 (scaled with a larger batch: batch_scaled)
 BATCH_SCALED = ("a_finetune", "a_neggrad_plus", "a_sparse")
 MATCHED_RECIPE: dict[str, dict[str, Any]] = {

@@ -277,7 +277,8 @@ def _keeping_end(store: dict) -> Iterator[None]:
     original = fastblend.AutoStop.finish
 
     def finish(self, model: nn.Module, step: int | None = None, seconds: float | None = None) -> bool:
-        store["model"] = copy.deepcopy(model)
+        # a run on a frozen prefix (docs/method.md §7.11) judges its head: the whole model is the one to keep
+        store["model"] = copy.deepcopy(getattr(model, "whole_model", model))
         return original(self, model, step, seconds)
 
     fastblend.AutoStop.finish = finish

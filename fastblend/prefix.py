@@ -4,7 +4,8 @@
 the graph ``torch.fx`` traces from ``model`` is cut at one of its nodes after which nothing computed before it is
 read again (a *cut*). Both parts are ``torch.fx.GraphModule`` objects holding ``model``'s own submodules, so
 training the head trains ``model``. ``at="auto"`` picks the latest cut whose head still holds at least half of
-the model's parameters; a module name (``"features.7"``, ``"layer3"``) cuts after that module's output.
+the model's parameters, in two or more layers, with some parameters before it (a two-layer MLP has none: it trains
+whole); a module name (``"features.7"``, ``"layers.2"``) cuts after that module's output.
 
 An accelerated run with ``config.frozen_prefix`` forwards every image set it reads through the prefix once, in
 eval mode and without gradients, and trains the head on those features: a step then costs the head's forward and
@@ -131,21 +132,22 @@ def split_model(model: nn.Module, at: str = "auto", fn: str = "split_model",
     if at == "auto":
         chosen = None
         seen: set[int] = set()
-        suffix = 0
-        params_after: dict[fx.Node, int] = {}
+        suffix = layers = 0
+        after: dict[fx.Node, tuple[int, int]] = {}  # parameters and parameterised nodes after each node
         for n in reversed(nodes):
-            params_after[n] = suffix
-            for p in _node_parameters(gm, n):
-                if id(p) not in seen:
-                    seen.add(id(p))
-                    suffix += p.numel()
-        for n in cuts:
-            if params_after[n] >= AUTO_HEAD_SHARE * total:
+            after[n] = (suffix, layers)
+            own = [p for p in _node_parameters(gm, n) if id(p) not in seen]
+            seen.update(id(p) for p in own)
+            suffix += sum(p.numel() for p in own)
+            layers += bool(own)
+        for n in cuts:  # the prefix must hold parameters (else there is nothing to save), the head two layers or more
+            params, count = after[n]
+            if params < total and params >= AUTO_HEAD_SHARE * total and count >= 2:
                 chosen = n
         if chosen is None:
             raise ValueError(f"{fn}: {name}='auto' found no point in {type(model).__name__} after which the rest holds "
-                             f"at least half of its parameters and reads nothing from before; name a module or set "
-                             f"{name}=None")
+                             f"at least half of its parameters in two or more layers, the part before holds some, "
+                             f"and nothing from before is read again; name a module or set {name}=None")
     else:
         hits = [n for n in nodes if n.op == "call_module" and n.target == at]
         if len(hits) != 1:
@@ -158,6 +160,8 @@ def split_model(model: nn.Module, at: str = "auto", fn: str = "split_model",
                              "the rest of the forward reads")
     prefix = _part(gm, nodes, chosen, first=True)
     head = _part(gm, nodes, chosen, first=False)
+    # the model the head is part of, for code that holds the head and needs the whole (not a registered submodule)
+    object.__setattr__(head, "whole_model", model)
     head_params = sum(p.numel() for p in head.parameters())
     return Split(prefix, head, _label(nodes, chosen), head_params, total)
 

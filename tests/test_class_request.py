@@ -8,7 +8,7 @@ from torch import nn
 
 from fastblend import unlearn
 from fastblend.methods import config_class
-from fastblend.methods.aamu_configs import CLASS_REQUEST, MATCHED_RECIPE
+from fastblend.methods.aamu_configs import CLASS_HEAD, CLASS_REQUEST, MATCHED_RECIPE
 
 C = 3
 
@@ -90,8 +90,12 @@ def test_a_whole_class_request_through_a_loader_without_cheap_labels(request_set
 @pytest.mark.parametrize("method", sorted(CLASS_REQUEST))
 def test_a_whole_class_request_runs_the_whole_class_recipe(request_sets, method):
     res = _run(method, request_sets, "class", {"batch_size": 16})
-    assert res.info["request"] == "class" and res.info["class_recipe"] == CLASS_REQUEST[method]
-    for key, value in CLASS_REQUEST[method].items():
+    # where the run trains the head of a frozen prefix, its own epochs and learning rate (docs/method.md §7.11)
+    cut = res.info.get("frozen_prefix", {"skipped": "off"})
+    head = CLASS_HEAD.get(method, {}) if "skipped" not in cut else {}
+    expected = {**CLASS_REQUEST[method], **head}
+    assert res.info["request"] == "class" and res.info["class_recipe"] == expected
+    for key, value in expected.items():
         assert getattr(res.config, key) == value
     assert res.config.transform == "pooled"
 

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+import fastblend
 from fastblend import AutoStop, unlearn
 from fastblend.models import ConvNet3, resnet18_in
 from fastblend.prefix import split_model
@@ -19,15 +20,15 @@ def _convnet(seed: int = 0) -> ConvNet3:
         return ConvNet3(1, 3, image_size=8, width=4)
 
 
-def _task(seed: int = 0):
+def _task(seed: int = 0, noise: float = 0.8, bright: float = 1.5):
     """3 classes of 8x8 images (a bright quadrant each, plus noise): retain, forget (every tenth row) and unseen."""
     g = torch.Generator().manual_seed(seed)
 
     def draw(n):
         y = torch.arange(3).repeat(n)
-        x = torch.randn(3 * n, 1, 8, 8, generator=g) * 0.8
+        x = torch.randn(3 * n, 1, 8, 8, generator=g) * noise
         for c in range(3):
-            x[y == c, :, (c // 2) * 4:(c // 2) * 4 + 4, (c % 2) * 4:(c % 2) * 4 + 4] += 1.5
+            x[y == c, :, (c // 2) * 4:(c // 2) * 4 + 4, (c % 2) * 4:(c % 2) * 4 + 4] += bright
         return x, y
 
     x, y = draw(40)
@@ -116,10 +117,13 @@ def test_the_callers_callback_and_stop_see_the_whole_model():
 def test_a_callers_prefix_is_refused_where_it_cannot_apply():
     retain, forget, unseen = _task()
     loader = DataLoader(TensorDataset(*retain), batch_size=16)
-    with pytest.raises(ValueError, match=r"frozen_prefix='auto': the retain set is streamed"):
-        unlearn("a_finetune", _convnet(), loader, forget, unseen, config={"frozen_prefix": "auto", "epochs": 1})
+    with pytest.raises(ValueError, match=r"frozen_prefix='features.3': the retain set is streamed"):
+        unlearn("a_finetune", _convnet(), loader, forget, unseen, config={"frozen_prefix": "features.3", "epochs": 1})
     with pytest.raises(ValueError, match="prunes the whole model"):
-        unlearn("a_prune", _convnet(), retain, forget, unseen, config={"frozen_prefix": "auto"})
+        unlearn("a_prune", _convnet(), retain, forget, unseen, config={"frozen_prefix": "features.3"})
+    # "auto" is "where it applies", the caller's too (fastblend.matched_recipe() dicts hold it)
+    soft = unlearn("a_finetune", _convnet(), loader, forget, unseen, config={"frozen_prefix": "auto", "epochs": 1})
+    assert "the retain set is streamed" in soft.info["frozen_prefix"]["skipped"]
     with pytest.raises(TypeError, match=r"config\['frozen_prefix'\] must be a str or None, got int 7"):
         unlearn("a_finetune", _convnet(), retain, forget, unseen, config={"frozen_prefix": 7})
     with pytest.raises(TypeError, match="config.frozen_prefix must be None, 'auto' or a module name"):
@@ -127,7 +131,7 @@ def test_a_callers_prefix_is_refused_where_it_cannot_apply():
     with pytest.raises(ValueError, match="needs a model torch.fx can trace"):
         unlearn("a_finetune", _Branchy(), (torch.randn(30, 4), torch.arange(3).repeat(10)),
                 (torch.randn(6, 4), torch.arange(3).repeat(2)), (torch.randn(30, 4), torch.arange(3).repeat(10)),
-                config={"frozen_prefix": "auto"})
+                config={"frozen_prefix": "a"})
 
 
 class _Labelled(TensorDataset):
@@ -153,3 +157,45 @@ def test_the_matched_recipe_trains_the_head_and_falls_back_where_it_cannot():
     assert "torch.fx" in odd.info["frozen_prefix"]["skipped"]
     whole = unlearn("a_finetune", _convnet(), retain, forget, unseen, config={"epochs": 1, "frozen_prefix": None})
     assert "frozen_prefix" not in whole.info
+
+
+def test_an_interrupted_run_on_a_frozen_prefix_hands_back_the_whole_model():
+    # noisy images the model memorises: its forget set stays unlike held-out images for the whole run
+    retain, forget, unseen = _task(noise=2.0, bright=1.0)
+    model = fastblend.train_model(_convnet(), (torch.cat([retain[0], forget[0]]), torch.cat([retain[1], forget[1]])),
+                                  config={"epochs": 60, "lr": 0.05, "batch_size": 16, "warmup_epochs": 0})
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def interrupt(m, step, seconds):
+        if step >= 9:
+            raise KeyboardInterrupt
+
+    cfg = {"batch_size": 16, "epochs": 4, "request": "matched", "frozen_prefix": "features.3"}
+    with pytest.raises(KeyboardInterrupt) as caught:
+        unlearn("a_finetune", model, retain, forget, unseen, config=cfg, seed=0, stop="auto", callback=interrupt,
+                eval_every=1)
+    res = caught.value.result
+    assert isinstance(res.model, ConvNet3) and res.model(forget[0][:2]).shape == (2, 3)
+    assert 0 < res.steps <= 9 and res.info["failed"].startswith("KeyboardInterrupt")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the caller's model untouched
+    # the kept evaluation's model: its prefix is the untouched one, its head the weights of that step
+    kept = res.model.state_dict()
+    assert all(torch.equal(kept[k], before[k]) for k in before if k.startswith(("features.0.", "features.1.")))
+
+
+def test_the_whole_class_recipe_on_the_head_runs_its_own_epochs_and_learning_rate():
+    from fastblend.methods.aamu_configs import CLASS_HEAD, CLASS_REQUEST
+
+    retain, forget, unseen = _task()
+    x, y = torch.cat([retain[0], forget[0]]), torch.cat([retain[1], forget[1]])
+    gone = y == 2  # class 2 forgotten whole
+    args = (_convnet(), (x[~gone], y[~gone]), (x[gone], y[gone]), unseen)
+    res = unlearn("a_finetune", *args, seed=0)
+    assert res.info["request"] == "class" and res.info["frozen_prefix"]["at"] == "features.3"
+    assert (res.config.lr, res.config.epochs) == (CLASS_HEAD["a_finetune"]["lr"], CLASS_HEAD["a_finetune"]["epochs"])
+    assert res.info["recipe"]["epochs"] == 6 and res.info["recipe"]["frozen_prefix"] == "auto"
+    whole = unlearn("a_finetune", *args, config={"frozen_prefix": None}, seed=0)  # the whole model: the recipe as was
+    assert (whole.config.lr, whole.config.epochs) == (CLASS_REQUEST["a_finetune"]["lr"],
+                                                      CLASS_REQUEST["a_finetune"]["epochs"]) == (5e-4, 3)
+    own = unlearn("a_finetune", *args, config={"epochs": 2}, seed=0)  # a caller's setting is kept
+    assert own.config.epochs == 2 and own.config.lr == 1e-3

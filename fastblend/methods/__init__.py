@@ -51,6 +51,7 @@ from .aamu_configs import (
     ASparseConfig,
     chose_other_target,
     given_fields,
+    head_recipe,
     matched_recipe,
     request_config,
 )
@@ -436,7 +437,19 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
             warnings.warn(f"{fn}: config.unseen_refresh={cfg.unseen_refresh} does nothing here: the fixed matched "
                           f"target (the {request!r} request's) forwards no unseen batch to refresh", UserWarning,
                           stacklevel=2)
+    # a frozen prefix (§7.11): every set the run reads goes through the prefix once and the set-up's forwards and the
+    # training read those features, with the head as the model
+    cut, prefix_info = None, {}
+    if spec.accelerated and cfg.frozen_prefix is not None:
+        # "auto" applies where it can (the recipe's, or a caller's: matched_recipe() dicts hold it); a module the
+        # caller named is refused where it cannot
+        cut = _frozen_prefix(work, cfg.frozen_prefix, spec.name, r, cfg.frozen_prefix != "auto", prefix_info, fn)
+        head = head_recipe(spec.name, request, cfg, config) if cut is not None else {}
+        if head:  # the recipe's settings for training the head
+            cfg = replace(cfg, **head)
+            recipe = {**recipe, **head}
     ctx = RunContext(cfg, dev, seed, progress, fn)
+    ctx.info.update(prefix_info)
     ctx.num_classes = num_classes
     ctx.ddp_options = ddp_options
     if request is not None:
@@ -456,10 +469,6 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
     unseen_logits = None
     if spec.accelerated and cfg.target == "matched_fixed":  # refused before the set-up's forwards
         refuse_fixed_on_whole_classes(f.labels, retain_labels("target"), fn, "config.target")
-    # a frozen prefix (§7.11): every set the run reads goes through the prefix once and the set-up's forwards and the
-    # training read those features, with the head as the model
-    cut = (_frozen_prefix(work, cfg.frozen_prefix, spec.name, r, "frozen_prefix" not in recipe, ctx.info, fn)
-           if spec.accelerated and cfg.frozen_prefix is not None else None)
     if cut is not None:
         f, u = cut.view(f), cut.view(u)
     net = cut.head if cut is not None else work  # the model the set-up forwards and the loop trains
@@ -1050,9 +1059,9 @@ _NO_PREFIX = ("a_prune",)
 
 def _frozen_prefix(work: nn.Module, at: str, name: str, r: DataView, explicit: bool, info: dict,
                    fn: str) -> _Cut | None:
-    """``work`` cut at ``at`` (:func:`fastblend.prefix.split_model`). Where it cannot be, a caller's own
-    ``frozen_prefix`` (``explicit``) is refused with a ``ValueError``; the recipe's falls back to training the whole
-    model, ``info["frozen_prefix"]["skipped"]`` saying why."""
+    """``work`` cut at ``at`` (:func:`fastblend.prefix.split_model`). Where it cannot be, a module the caller named
+    (``explicit``) is refused with a ``ValueError``; ``"auto"`` falls back to training the whole model,
+    ``info["frozen_prefix"]["skipped"]`` saying why."""
     from ..prefix import split_model
 
     def skip(reason: str) -> None:

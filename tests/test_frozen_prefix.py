@@ -199,3 +199,14 @@ def test_the_whole_class_recipe_on_the_head_runs_its_own_epochs_and_learning_rat
                                                       CLASS_REQUEST["a_finetune"]["epochs"]) == (5e-4, 3)
     own = unlearn("a_finetune", *args, config={"epochs": 2}, seed=0)  # a caller's setting is kept
     assert own.config.epochs == 2 and own.config.lr == 1e-3
+
+
+def test_planned_steps_plan_the_heads_recipe_where_the_model_can_be_cut():
+    from fastblend.methods import planned_steps
+
+    assert planned_steps("a_finetune", None, 640, whole_class=True) == 6 * 10  # taken to apply without a model
+    assert planned_steps("a_finetune", None, 640, whole_class=True, model=_convnet()) == 60
+    mlp = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))  # no cut: the whole model, 3 epochs
+    assert planned_steps("a_finetune", None, 640, whole_class=True, model=mlp) == 30
+    assert planned_steps("a_finetune", {"frozen_prefix": None}, 640, whole_class=True) == 30
+    assert planned_steps("a_finetune", {"epochs": 2}, 640, whole_class=True) == 20

@@ -148,21 +148,33 @@ def config_class(method: str) -> type:
 
 
 def planned_steps(method: str, config: object, retain_size: int, whole_class: bool = False,
-                  matched_ok: bool = True) -> int:
+                  matched_ok: bool = True, model: nn.Module | None = None) -> int:
     """Optimiser steps ``unlearn(method, ..., config=config)`` takes on ``retain_size`` retain rows
     (epochs x batches; extra passes such as SCRUB's forget pass are not counted): what
     :func:`fastblend.tracking.eval_every_for` spreads evaluations over. ``whole_class``: the request forgets
     whole classes, so an accelerated method with ``config.request`` "auto" runs its whole-class recipe (else its
     difficulty-matched recipe where it has one); ``matched_ok=False``: the data do not allow that recipe (a request
     mixing whole and partial classes, unseen data lacking a forget class, retain labels without a labels attribute),
-    so "auto" runs the paper's there, as ``unlearn`` decides from the data (``info["request"]``)."""
+    so "auto" runs the paper's there, as ``unlearn`` decides from the data (``info["request"]``). A recipe that trains
+    the head of a frozen prefix (docs/method.md §7.11) has settings of its own there: ``model`` says whether it can be
+    cut; without it the cut is taken to apply (it does on fastblend's ConvNet-3 and ResNets)."""
     spec = _spec(method, "planned_steps")
     for name, value in (("whole_class", whole_class), ("matched_ok", matched_ok)):
         if not isinstance(value, bool):
             raise TypeError(f"planned_steps: {name} must be a bool, got {type(value).__name__}")
     cfg = resolve_config(config, spec.config_class, "planned_steps")
     if spec.accelerated:
-        _, cfg, _ = request_config(spec.name, cfg, config, whole_class, matched_ok)
+        request, cfg, _ = request_config(spec.name, cfg, config, whole_class, matched_ok)
+        head = head_recipe(spec.name, request, cfg, config) if cfg.frozen_prefix is not None else {}
+        if head and model is not None and spec.name not in _NO_PREFIX:
+            from ..prefix import split_model
+
+            try:
+                split_model(model, cfg.frozen_prefix, "planned_steps")
+            except ValueError:
+                head = {}
+        if head:
+            cfg = replace(cfg, **head)
     return _steps_of(cfg, retain_size)
 
 

@@ -47,12 +47,19 @@ class _Tracer(fx.Tracer):
 
 
 def _trace(model: nn.Module, leaf: str | None, fn: str, name: str) -> fx.GraphModule:
+    """The model's graph, traced in eval mode (code reading ``self.training``, e.g. dropout or stochastic depth
+    written as functions, is recorded as in eval mode; dropout modules keep their own mode); its modes restored."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
     try:
         graph = _Tracer(leaf).trace(model)
     except Exception as exc:  # fx raises many types for code it cannot trace (control flow on values, ...)
         raise ValueError(f"{fn}: {name} needs a model torch.fx can trace, and {type(model).__name__} could not be "
                          f"traced ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
                          f"set {name}=None to train the whole model") from None
+    finally:
+        for m, training in modes:
+            m.training = training
     return fx.GraphModule(model, graph)
 
 
@@ -90,27 +97,34 @@ def _node_parameters(gm: fx.GraphModule, n: fx.Node) -> list[torch.Tensor]:
 
 
 def _part(gm: fx.GraphModule, nodes: list[fx.Node], cut: fx.Node, first: bool) -> fx.GraphModule:
-    """The graph up to ``cut`` (returning its value) or after it (taking it as its input)."""
+    """The graph up to ``cut`` (returning its value) or after it (taking it as its input). An attribute read
+    (``get_attr``: a parameter or buffer the forward uses directly) is copied into the part that reads it, where it
+    is first read, so neither part holds the other's parameters."""
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
+
+    def arg(a: fx.Node) -> fx.Node:
+        if a not in env and a.op == "get_attr":
+            env[a] = graph.node_copy(a)
+        return env[a]
+
     if not first:
         env[cut] = graph.placeholder("features")
+    started = first
     for n in nodes:
         if n.op == "output":
             if not first:
-                graph.output(fx.map_arg(n.args[0], lambda a: env[a]))
+                graph.output(fx.map_arg(n.args[0], arg))
             break
-        if first or n.op == "get_attr" or n not in env and _after(nodes, n, cut):
-            env[n] = graph.node_copy(n, lambda a: env[a])
-        if first and n is cut:
-            graph.output(env[n])
-            break
+        if n.op != "get_attr" and started and n not in env:
+            env[n] = graph.node_copy(n, arg)
+        if n is cut:
+            if first:
+                graph.output(env[n])
+                break
+            started = True
     graph.lint()
     return fx.GraphModule(gm, graph)
-
-
-def _after(nodes: list[fx.Node], n: fx.Node, cut: fx.Node) -> bool:
-    return nodes.index(n) > nodes.index(cut)
 
 
 def split_model(model: nn.Module, at: str = "auto", fn: str = "split_model",
@@ -127,6 +141,9 @@ def split_model(model: nn.Module, at: str = "auto", fn: str = "split_model",
                          f"{[n for n in modules if n][:6]})")
     gm = _trace(model, None if at == "auto" else at, fn, name)
     nodes = list(gm.graph.nodes)
+    if sum(n.op == "placeholder" for n in nodes) != 1:
+        raise ValueError(f"{fn}: {name} needs a model whose forward takes one input; {type(model).__name__}'s takes "
+                         f"{sum(n.op == 'placeholder' for n in nodes)}: set {name}=None to train the whole model")
     cuts = _cuts(gm.graph)
     total = sum(p.numel() for p in model.parameters())
     if at == "auto":
@@ -160,10 +177,20 @@ def split_model(model: nn.Module, at: str = "auto", fn: str = "split_model",
                              "the rest of the forward reads")
     prefix = _part(gm, nodes, chosen, first=True)
     head = _part(gm, nodes, chosen, first=False)
-    # the model the head is part of, for code that holds the head and needs the whole (not a registered submodule)
+    label = _label(nodes, chosen)
+    shared = {id(p) for p in prefix.parameters()} & {id(p) for p in head.parameters()}
+    if shared:  # a tied weight, or a module called on both sides: training the head would move the prefix
+        raise ValueError(f"{fn}: {name}={at!r}: the cut at {label!r} leaves {len(shared)} parameter(s) read both "
+                         "before and after it (tied weights, or a module called on both sides); name another module "
+                         f"or set {name}=None")
+    if not any(p.requires_grad for p in head.parameters()):
+        raise ValueError(f"{fn}: {name}={at!r}: nothing after {label!r} has a trainable parameter; name an earlier "
+                         f"module or set {name}=None")
+    # the model the head is part of, for code that is handed the head and needs the whole model (a benchmark's hook
+    # on AutoStop.finish); a plain attribute, not a registered submodule
     object.__setattr__(head, "whole_model", model)
     head_params = sum(p.numel() for p in head.parameters())
-    return Split(prefix, head, _label(nodes, chosen), head_params, total)
+    return Split(prefix, head, label, head_params, total)
 
 
 def _stack(n: fx.Node) -> list[str]:
@@ -187,12 +214,23 @@ def _label(nodes: list[fx.Node], cut: fx.Node) -> str:
 
 
 @torch.no_grad()
-def prefix_features(prefix: nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """``prefix(images)`` in eval mode, in batches, on ``images``' device (the prefix's modes restored)."""
+def prefix_features(prefix: nn.Module, images: torch.Tensor, batch_size: int = 512,
+                    name: str = "config.frozen_prefix") -> torch.Tensor:
+    """``prefix(images)`` in eval mode, in batches moved to the prefix's device and dtype, on that device (the
+    prefix's modes restored). ``ValueError`` if the prefix's output is not one tensor."""
+    param = next(prefix.parameters(), None)
+    dev = param.device if param is not None else images.device
+    dtype = param.dtype if param is not None and param.is_floating_point() else images.dtype
     modes = [(m, m.training) for m in prefix.modules()]
     prefix.eval()
+    parts = []
     try:
-        parts = [prefix(images[i:i + batch_size]) for i in range(0, images.shape[0], batch_size)]
+        for i in range(0, images.shape[0], batch_size):
+            out = prefix(images[i:i + batch_size].to(dev, dtype, non_blocking=True))
+            if not isinstance(out, torch.Tensor):
+                raise ValueError(f"{name}: the cut's value is a {type(out).__name__}, not one tensor; name a module "
+                                 "whose output is a tensor")
+            parts.append(out)
     finally:
         for m, training in modes:
             m.training = training

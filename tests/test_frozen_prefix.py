@@ -210,3 +210,86 @@ def test_planned_steps_plan_the_heads_recipe_where_the_model_can_be_cut():
     assert planned_steps("a_finetune", None, 640, whole_class=True, model=mlp) == 30
     assert planned_steps("a_finetune", {"frozen_prefix": None}, 640, whole_class=True) == 30
     assert planned_steps("a_finetune", {"epochs": 2}, 640, whole_class=True) == 20
+
+
+class _Direct(nn.Module):
+    """Reads a parameter directly (a get_attr node) before the cut, and a dropout written as a function."""
+
+    def __init__(self):
+        super().__init__()
+        self.w0 = nn.Parameter(torch.randn(8, 64) * 0.2)
+        self.a, self.b, self.c = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = torch.nn.functional.relu(torch.nn.functional.linear(x.flatten(1), self.w0))
+        h = torch.nn.functional.dropout(h, 0.5, self.training)
+        return self.c(torch.relu(self.b(torch.relu(self.a(h)))))
+
+
+class _Tied(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(64, 16), nn.Linear(16, 16)
+        self.out = nn.Linear(16, 200)  # most of the parameters: "auto" cuts between b's two calls
+
+    def forward(self, x):
+        h = torch.relu(self.b(torch.relu(self.a(x.flatten(1)))))
+        return self.out(torch.relu(self.b(h)))  # b called on both sides of any cut between its calls
+
+
+def test_the_cut_keeps_each_parameter_on_one_side_and_traces_in_eval_mode():
+    model = _Direct().train()
+    split = split_model(model, "a")
+    assert not any(p is model.w0 for p in split.head.parameters())  # w0 is the prefix's alone
+    from fastblend.prefix import prefix_features
+
+    x = torch.randn(5, 1, 8, 8)
+    assert torch.equal(prefix_features(split.prefix, x), prefix_features(split.prefix, x))  # no dropout in it
+    assert model.training  # the caller's mode is kept
+    retain, forget, unseen = _task()
+    res = unlearn("a_sparse", model, retain, forget, unseen, config={"request": "matched", "frozen_prefix": "a",
+                                                                     "alpha": 0.1, "epochs": 1}, seed=0)
+    assert torch.equal(res.model.w0, model.w0)  # the L1 term never reached the frozen prefix
+    with pytest.raises(ValueError, match=r"parameter\(s\) read both before and after"):
+        split_model(_Tied(), "auto")
+    with pytest.raises(ValueError, match="nothing after 'classifier' has a trainable parameter"):
+        split_model(_convnet(), "classifier")
+
+
+def test_the_features_follow_each_set_and_its_dtype():
+    from torch.utils.data import Subset
+
+    retain, forget, unseen = _task()
+    x, y = torch.cat([forget[0], retain[0]]), torch.cat([forget[1], retain[1]])
+    train = TensorDataset(x, y)
+    nf = forget[1].numel()
+    cfg = {"epochs": 1, "batch_size": 16}
+    # unseen rows indexed 0..59 in their own dataset, as the forget rows are in the training set: no row is shared
+    subsets = unlearn("a_finetune", _convnet(), Subset(train, range(nf, len(y))), Subset(train, range(nf)),
+                      Subset(TensorDataset(*unseen), range(60)), config=cfg, seed=0)
+    tensors = unlearn("a_finetune", _convnet(), retain, forget, (unseen[0][:60], unseen[1][:60]), config=cfg, seed=0)
+    assert subsets.info["frozen_prefix"]["at"] == tensors.info["frozen_prefix"]["at"] == "features.3"
+    for a, b in zip(subsets.model.parameters(), tensors.model.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+    double = unlearn("a_finetune", _convnet(), (retain[0].double(), retain[1]), (forget[0].double(), forget[1]),
+                     (unseen[0].double(), unseen[1]), config=cfg, seed=0)  # images of another dtype than the model
+    assert all(p.dtype == torch.float32 for p in double.model.parameters())
+    assert double.info["frozen_prefix"]["at"] == "features.3"
+
+
+class _TwoInputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 3)
+
+    def forward(self, x, scale=None):
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_methods_and_models_a_prefix_does_not_fit_are_said_so():
+    retain, forget, unseen = _task()
+    bad = unlearn("a_bad_teacher", _convnet(), retain, forget, unseen, config={"epochs": 1, "frozen_prefix": "auto"},
+                  seed=0)
+    assert "incompetent model" in bad.info["frozen_prefix"]["skipped"]
+    with pytest.raises(ValueError, match="takes one input"):
+        split_model(_TwoInputs(), "a")

@@ -504,7 +504,7 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
                              "config.anchor_weight", unseen_logits=unseen_logits)
         ctx.info["anchor"] = {"rows": int(anchor[0].shape[0]), "weight": float(cfg.anchor_weight)}
     if cut is not None:  # the retain rows last: those the ranking read already are not forwarded again
-        r = cut.view(r)
+        r = cut.view(r, retain=True)
         ctx.info["frozen_prefix"] = cut.summary()
     trained = net  # what the loop trains: work, or its head (whose parameters are work's)
     setup_seconds = time.perf_counter() - t_setup if unseen_logits is not None else 0.0
@@ -647,15 +647,15 @@ def _hand_back(exc: BaseException, stopper: AutoStop | None, work: nn.Module, cf
 def matched_rows(model: nn.Module, retain: Any, r: DataView | None, forget: tuple[torch.Tensor, torch.Tensor],
                  unseen: tuple[torch.Tensor, torch.Tensor], target: str, retain_labels: Callable[[], torch.Tensor],
                  seed: int, dev: torch.device, fn: str, arg: str = "target", unseen_logits: torch.Tensor | None = None,
-                 embed: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None
+                 embed: Callable[[torch.Tensor, list | None], torch.Tensor] | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     """``config.target`` / the drop-in's ``target`` (docs/method.md §7.7), for ``unlearn`` and the drop-in:
     ``(indices into unseen of the images as hard as the forget images, their logits under the untouched model
     for "matched_fixed" else None, how many reference rows ranked them)``, ranked against
     :func:`retained_reference`. ``"matched_fixed"`` is refused when a forget class has no retain image
     (``retain_labels()``, read only then; ``arg`` names the setting in the message). ``unseen_logits``: the untouched
-    model's logits of the unseen images when already computed (one forward fewer). ``embed(images, training
-    indices or None)``: what ``model`` reads instead of the reference's images (a frozen prefix's features, §7.11;
+    model's logits of the unseen images when already computed (one forward fewer). ``embed(images, row
+    keys or None)``: what ``model`` reads instead of the reference's images (a frozen prefix's features, §7.11;
     ``forget`` and ``unseen`` are given as such then)."""
     from ..difficulty import matched_unseen
 
@@ -729,7 +729,9 @@ def retained_reference(retain: Any, r: DataView | None, seed: int, dev: torch.de
     The rows are the retain set's (``r``, its view; built here when ``None``), or for a Blend-reduced set the
     members of its blends and its residual rows, read from its source. A reduced set's rows themselves would
     bias a ranking against them: its residual rows are the forget images' neighbours, its blended rows no
-    training images. ``with_index``: a third item, the rows' training indices (``None`` where they are not known).
+    training images. ``with_index``: a third item, each row's keys (``[("train", training index)]`` for a reduced set's
+    rows read from its source, ``[("row", position)]`` for rows of ``r`` itself; ``None`` where neither is known): what
+    a frozen prefix's retain view matches its rows with (``_Cut``).
     """
     from ..condensation.source import read_rows, source_labels
 
@@ -757,7 +759,7 @@ def retained_reference(retain: Any, r: DataView | None, seed: int, dev: torch.de
         labels = torch.cat([retain.labels.cpu()[blended].repeat_interleave(counts), retain.labels.cpu()[~blended]])
         rows = pick(labels)
         out = read_rows(retain.source, train_idx[rows], fn).to(dev, dtype), labels[rows].to(dev)
-        return (*out, train_idx[rows]) if with_index else out
+        return (*out, [[("train", k)] for k in train_idx[rows].tolist()]) if with_index else out
     if members is not None:  # a reduced set without its source (materialised, or loaded self-contained)
         warnings.warn(f"{fn}: the reduced retain set has no source, so the matched target ranks the forget images "
                       "against its own rows (blended ones included) instead of the training images it condensed; "
@@ -768,8 +770,7 @@ def retained_reference(retain: Any, r: DataView | None, seed: int, dev: torch.de
     if r.indexable:
         rows = pick(_retain_labels(r, fn, "target"))
         out = r.take(rows, dev)
-        known = r.indices is not None and r.indices.numel() == len(r)
-        return (*out, r.indices.cpu()[rows] if known else None) if with_index else out
+        return (*out, [[("row", k)] for k in rows.tolist()]) if with_index else out
     data = getattr(r.loader, "dataset", None)
     if getattr(data, "blend_members", None) is not None:  # a DataLoader over a reduced set: rank as the set
         return retained_reference(data, None, seed, dev, dtype, fn, classes, limit, with_index)
@@ -1014,59 +1015,81 @@ def _on_model(callback: Callable, model: nn.Module) -> Callable[[nn.Module, int,
 
 class _Cut:
     """A run's frozen prefix (docs/method.md §7.11): the head it trains, and its sets as the prefix's features, each
-    image forwarded through the prefix once (rows of the training set it has seen, by their index, are reused)."""
+    image forwarded through the prefix once. The ranking's reference rows and the retain rows are the same images
+    where they share a key, ``("row", position in the retain set)`` or ``("train", training index)`` of a reduced set's
+    raw rows read from its source: the retain view reuses those; no other set does (their indices may be of another
+    dataset)."""
 
     def __init__(self, split: Any) -> None:
         self.split, self.head = split, split.head
-        self.known: dict[int, torch.Tensor] = {}  # training index -> its features
+        self.known: dict[tuple[str, int], torch.Tensor] = {}  # key -> a reference row's features, until the retain's
         self.rows = self.reused = 0
         self.seconds = 0.0
+        self.shape: list[int] | None = None
 
-    def features(self, images: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
-        """``prefix(images)``; with ``index`` (training indices, ``-1`` where none) rows seen before are reused."""
+    def features(self, images: torch.Tensor, keys: list[list[tuple[str, int]]] | None = None,
+                 remember: bool = False) -> torch.Tensor:
+        """``prefix(images)``; rows whose key (any of ``keys[i]``) is known are reused; ``remember``: keep these rows'
+        features under their keys."""
         from ..prefix import prefix_features
 
         started = time.perf_counter()
         n = images.shape[0]
-        if index is None or n == 0:
+        hits = [None] * n
+        if keys is not None and self.known:
+            hits = [next((self.known[k] for k in ks if k in self.known), None) for ks in keys]
+        todo = [i for i in range(n) if hits[i] is None]
+        if not todo:  # every row known
+            out = torch.stack(hits) if n else prefix_features(self.split.prefix, images)
+        elif len(todo) == n:
             out = prefix_features(self.split.prefix, images)
-            self.rows += n
         else:
-            keys = index.reshape(-1).tolist()
-            todo = [i for i, k in enumerate(keys) if k < 0 or k not in self.known]
-            fresh = prefix_features(self.split.prefix, images[todo]) if todo else None
-            self.rows += len(todo)
-            self.reused += n - len(todo)
-            slot = {i: j for j, i in enumerate(todo)}
-            parts = [fresh[slot[i]] if i in slot else self.known[k].to(images.device) for i, k in enumerate(keys)]
-            for i in todo:
-                if keys[i] >= 0:
-                    self.known[keys[i]] = fresh[slot[i]]
-            out = torch.stack(parts)
+            fresh = prefix_features(self.split.prefix, images[todo])
+            out = fresh.new_empty((n, *fresh.shape[1:]))
+            if todo:
+                out[torch.tensor(todo, device=out.device)] = fresh
+            for i, row in enumerate(hits):
+                if row is not None:
+                    out[i] = row
+        if remember and keys is not None:
+            for i, ks in enumerate(keys):
+                for k in ks:
+                    self.known[k] = out[i]
+        self.rows += len(todo)
+        self.reused += n - len(todo)
+        self.shape = list(out.shape[1:])
         self.seconds += time.perf_counter() - started
         return out
 
-    def embed(self, images: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
-        return self.features(images, index)
+    def embed(self, images: torch.Tensor, keys: list[list[tuple[str, int]]] | None) -> torch.Tensor:
+        """The ranking's reference rows (``matched_rows``' ``embed``), kept for the retain set's."""
+        return self.features(images, keys, remember=True)
 
-    def view(self, v: DataView | None) -> DataView | None:
-        """``v`` with its images replaced by their features."""
+    def view(self, v: DataView | None, retain: bool = False) -> DataView | None:
+        """``v`` with its images replaced by their features (``retain``: reusing the reference rows', then dropping
+        them)."""
         if v is None:
             return None
-        known = v.indices if v.indices is not None and v.indices.numel() == len(v) else None
-        out = DataView(v.name, self.features(v.images, known), v.labels, None, v.indices, v.reduced)
+        keys = None
+        if retain:
+            index = v.indices.reshape(-1).tolist() if v.indices is not None and v.indices.numel() == len(v) else None
+            keys = [[("row", i)] + ([("train", index[i])] if index is not None and index[i] >= 0 else [])
+                    for i in range(len(v))]
+        out = DataView(v.name, self.features(v.images, keys), v.labels, None, v.indices, v.reduced)
         out.num_classes, out.image_dtype = v.num_classes, out.images.dtype
+        if retain:
+            self.known.clear()  # nothing reads them after the retain set
         return out
 
     def summary(self) -> dict:
         s = self.split
         return {"at": s.at, "head_parameters": s.head_parameters, "parameters": s.parameters,
-                "feature_shape": list(next(iter(self.known.values())).shape) if self.known else None,
-                "rows": self.rows, "reused": self.reused, "seconds": self.seconds}
+                "feature_shape": self.shape, "rows": self.rows, "reused": self.reused, "seconds": self.seconds}
 
 
-#: methods a frozen prefix does not apply to: a_prune prunes the whole model
-_NO_PREFIX = ("a_prune",)
+#: methods a frozen prefix does not apply to: a_prune prunes the whole model, a_bad_teacher's incompetent teacher is a
+#: whole model of its own
+_NO_PREFIX = ("a_prune", "a_bad_teacher")
 
 
 def _frozen_prefix(work: nn.Module, at: str, name: str, r: DataView, explicit: bool, info: dict,
@@ -1082,7 +1105,8 @@ def _frozen_prefix(work: nn.Module, at: str, name: str, r: DataView, explicit: b
         info["frozen_prefix"] = {"at": at, "skipped": reason}
 
     if name in _NO_PREFIX:
-        return skip(f"method {name!r} prunes the whole model")
+        return skip(f"method {name!r} " + ("prunes the whole model" if name == "a_prune" else
+                                           "distils from a whole incompetent model of its own"))
     if not r.in_memory:
         return skip("the retain set is streamed (a DataLoader or a dataset read in batches): its features would be "
                     "read once, freezing any random transform; pass tensors")

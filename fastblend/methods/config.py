@@ -161,13 +161,18 @@ class AAMUFields:
         anchor_weight: weight ``ν`` of the held-out anchor (docs/method.md §7.9): ``ν · KL(p₀ ‖ p)`` on a batch of
             unseen images per step (the pool's images of every class the retain set still holds), ``p₀`` the
             untouched model's predictions on them, fixed; 0 (default): off, the paper's loss.
-        frozen_prefix: train only the top of the model (docs/method.md §7.11): ``None`` (default) trains every
-            parameter, as the paper does; ``"auto"`` cuts the model (traced by ``torch.fx``) at the latest point
-            whose remainder, the *head*, still holds half of its parameters and reads nothing from before it; a
-            module name (``"features.7"``, ``"layers.2"``) cuts after that module's output. Every image set the run
-            reads goes through the frozen prefix once (eval mode, no gradient) and the head trains on those
-            features: a step and an auto-stop evaluation cost the head's forward (and backward) only. Needs the
-            retain set in memory (tensors or an indexable dataset; a ``DataLoader`` streams its own batches).
+        frozen_prefix: train only the top of the model (docs/method.md §7.11): ``None`` trains every parameter, as
+            the paper does (the field's default; the matched and whole-class recipes set ``"auto"`` where the
+            caller did not: pass ``{"frozen_prefix": None}`` in a dict, since a config instance's ``None`` reads as
+            left at its default); ``"auto"`` cuts the model (traced by ``torch.fx``, in eval mode) at the latest
+            point whose remainder, the *head*, still holds half of its parameters in two or more layers and reads
+            nothing from before it, and trains the whole model where that cannot apply; a module name
+            (``"features.7"``, ``"layers.2"``) cuts after that module's output and is refused where it cannot. Every
+            image set the run reads goes through the frozen prefix once (eval mode, no gradient) and the head trains
+            on those features: a step and an auto-stop evaluation cost the head's forward (and backward) only. Needs
+            the retain set in memory (tensors, a ``TensorDataset`` or ``Subset`` of one, a reduced retain set; not a
+            ``DataLoader`` or another dataset, which stream their own batches) and one process. The features are
+            held for the run: a prefix whose output is larger than its input costs that much more memory.
     """
 
     lam: float = RECIPE.lam

@@ -157,7 +157,8 @@ def planned_steps(method: str, config: object, retain_size: int, whole_class: bo
     mixing whole and partial classes, unseen data lacking a forget class, retain labels without a labels attribute),
     so "auto" runs the paper's there, as ``unlearn`` decides from the data (``info["request"]``). A recipe that trains
     the head of a frozen prefix (docs/method.md §7.11) has settings of its own there: ``model`` says whether it can be
-    cut; without it the cut is taken to apply (it does on fastblend's ConvNet-3 and ResNets)."""
+    cut; without it the cut is taken to apply (it does on fastblend's ConvNet-3 and ResNets). A streamed retain set
+    or torch.distributed, where the whole model trains, are not seen here."""
     spec = _spec(method, "planned_steps")
     for name, value in (("whole_class", whole_class), ("matched_ok", matched_ok)):
         if not isinstance(value, bool):

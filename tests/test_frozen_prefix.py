@@ -293,3 +293,13 @@ def test_methods_and_models_a_prefix_does_not_fit_are_said_so():
     assert "incompetent model" in bad.info["frozen_prefix"]["skipped"]
     with pytest.raises(ValueError, match="takes one input"):
         split_model(_TwoInputs(), "a")
+
+
+def test_auto_leaves_a_batchnorm_model_whole_and_a_named_cut_still_cuts_it():
+    retain, forget, unseen = _task()
+    bn = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 8, 3, padding=1),
+                       nn.ReLU(), nn.Flatten(), nn.Linear(8 * 64, 3))
+    res = unlearn("a_finetune", bn, retain, forget, unseen, config={"epochs": 1}, seed=0)
+    assert res.info["request"] == "matched" and "BatchNorm" in res.info["frozen_prefix"]["skipped"]
+    named = unlearn("a_finetune", bn, retain, forget, unseen, config={"epochs": 1, "frozen_prefix": "2"}, seed=0)
+    assert named.info["frozen_prefix"]["at"] == "2"

@@ -32,7 +32,7 @@ ENTRY_POINTS = {"__main__"}  # may import the wing: `python -m fastblend` runs i
 # The floor of each unit: a top-level module or subpackage of the library, or a module of the wing.
 LAYERS = {
     "_batchnorm": 0, "_checks": 0, "_device": 0, "_io": 0, "_progress": 0, "_version": 0, "recipe": 0,
-    "labelled_images": 0,
+    "labelled_images": 0, "prefix": 0,
     "dataset_readers": 1, "distributed": 1, "models": 1, "kmeans": 1, "memmap": 1, "ops": 1,
     "data_adapter": 2, "datasets": 2,
     "features": 3, "metrics": 3,

@@ -190,26 +190,29 @@ def test_the_whole_class_recipe_on_the_head_runs_its_own_epochs_and_learning_rat
     x, y = torch.cat([retain[0], forget[0]]), torch.cat([retain[1], forget[1]])
     gone = y == 2  # class 2 forgotten whole
     args = (_convnet(), (x[~gone], y[~gone]), (x[gone], y[gone]), unseen)
-    res = unlearn("a_finetune", *args, seed=0)
+    assert "frozen_prefix" not in CLASS_REQUEST["a_finetune"]  # the whole-class recipe trains the whole model
+    assert "frozen_prefix" not in unlearn("a_finetune", *args, config={"epochs": 1}, seed=0).info
+    res = unlearn("a_finetune", *args, config={"frozen_prefix": "auto"}, seed=0)  # asked for: the head's settings
     assert res.info["request"] == "class" and res.info["frozen_prefix"]["at"] == "features.3"
     assert (res.config.lr, res.config.epochs) == (CLASS_HEAD["a_finetune"]["lr"], CLASS_HEAD["a_finetune"]["epochs"])
-    assert res.info["recipe"]["epochs"] == 6 and res.info["recipe"]["frozen_prefix"] == "auto"
+    assert res.info["recipe"]["epochs"] == 6
     whole = unlearn("a_finetune", *args, config={"frozen_prefix": None}, seed=0)  # the whole model: the recipe as was
     assert (whole.config.lr, whole.config.epochs) == (CLASS_REQUEST["a_finetune"]["lr"],
                                                       CLASS_REQUEST["a_finetune"]["epochs"]) == (5e-4, 3)
-    own = unlearn("a_finetune", *args, config={"epochs": 2}, seed=0)  # a caller's setting is kept
+    own = unlearn("a_finetune", *args, config={"epochs": 2, "frozen_prefix": "auto"}, seed=0)  # a caller's is kept
     assert own.config.epochs == 2 and own.config.lr == 1e-3
 
 
 def test_planned_steps_plan_the_heads_recipe_where_the_model_can_be_cut():
     from fastblend.methods import planned_steps
 
-    assert planned_steps("a_finetune", None, 640, whole_class=True) == 6 * 10  # taken to apply without a model
-    assert planned_steps("a_finetune", None, 640, whole_class=True, model=_convnet()) == 60
+    head = {"frozen_prefix": "auto"}
+    assert planned_steps("a_finetune", head, 640, whole_class=True) == 6 * 10  # taken to apply without a model
+    assert planned_steps("a_finetune", head, 640, whole_class=True, model=_convnet()) == 60
     mlp = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))  # no cut: the whole model, 3 epochs
-    assert planned_steps("a_finetune", None, 640, whole_class=True, model=mlp) == 30
-    assert planned_steps("a_finetune", {"frozen_prefix": None}, 640, whole_class=True) == 30
-    assert planned_steps("a_finetune", {"epochs": 2}, 640, whole_class=True) == 20
+    assert planned_steps("a_finetune", head, 640, whole_class=True, model=mlp) == 30
+    assert planned_steps("a_finetune", None, 640, whole_class=True) == 30  # the recipe's: the whole model
+    assert planned_steps("a_finetune", {**head, "epochs": 2}, 640, whole_class=True) == 20
 
 
 class _Direct(nn.Module):

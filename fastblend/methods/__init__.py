@@ -322,7 +322,10 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
             (an instance sets every field: its ``target`` counts as chosen, so "auto" runs the paper's recipe on
             scattered samples unless it is ``"matched_fixed"``). ``info["request"]`` names the recipe that ran,
             ``info["recipe"]`` the settings it chose, ``info["request_reason"]`` why "auto" fell back to the
-            paper's on scattered samples.
+            paper's on scattered samples. The matched recipe trains only the model's head on features of a frozen
+            prefix where the model allows it (``config.frozen_prefix``, docs/method.md §7.11):
+            ``info["frozen_prefix"]`` names the cut, or says why it was skipped; ``{"frozen_prefix": None}`` trains
+            the whole model.
         device: where to run; default the model's device.
         seed: seeds batch order, samplers and fresh initialisations (own generators; the global RNG
             is untouched). A ``DataLoader`` passed as data keeps its transforms, and the retain loader its own

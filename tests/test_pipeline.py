@@ -45,6 +45,8 @@ def test_run_experiment_writes_results_and_plots(tmp_path):
     if acc["auto_stopped"]:
         assert 0 < acc["auto_stop_seconds"] <= acc["t_unlearning"] + 1e-9
     json_acc = next(r for r in doc["per_seed"][0]["rows"] if r["variant"] == "accelerated")
+    # and whether only the model's head trained, on a frozen prefix (the cut's name; "" for the whole model)
+    assert isinstance(acc["frozen_prefix"], str) and json_acc["frozen_prefix"] == acc["frozen_prefix"]
     for op in ("segment_blend", "quantile_mmd"):  # results.json says which backend ran each op
         assert json_acc[f"backend_{op}"] == fastblend.explain(op, torch.empty(0)).chosen
     assert acc["speedup_vs_base"] == pytest.approx(variants["base"]["t_total"] / acc["t_total"])

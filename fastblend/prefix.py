@@ -4,8 +4,9 @@
 the graph ``torch.fx`` traces from ``model`` is cut at one of its nodes after which nothing computed before it is
 read again (a *cut*). Both parts are ``torch.fx.GraphModule`` objects holding ``model``'s own submodules, so
 training the head trains ``model``. ``at="auto"`` picks the latest cut whose head still holds at least half of
-the model's parameters, in two or more layers, with some parameters before it (a two-layer MLP has none: it trains
-whole); a module name (``"features.7"``, ``"layers.2"``) cuts after that module's output.
+the model's parameters, in two or more layers and, in a convolutional model, a convolution, with some parameters
+before it (a two-layer MLP has none: it trains whole); a module name (``"features.7"``, ``"layers.2"``) cuts after
+that module's output.
 
 An accelerated run with ``config.frozen_prefix`` forwards every image set it reads through the prefix once, in
 eval mode and without gradients, and trains the head on those features: a step then costs the head's forward and
@@ -150,16 +151,20 @@ def split_model(model: nn.Module, at: str = "auto", fn: str = "split_model",
         chosen = None
         seen: set[int] = set()
         suffix = layers = 0
-        after: dict[fx.Node, tuple[int, int]] = {}  # parameters and parameterised nodes after each node
+        conv = False
+        after: dict[fx.Node, tuple[int, int, bool]] = {}  # parameters, parameterised nodes, a convolution after it
         for n in reversed(nodes):
-            after[n] = (suffix, layers)
+            after[n] = (suffix, layers, conv)
             own = [p for p in _node_parameters(gm, n) if id(p) not in seen]
             seen.update(id(p) for p in own)
             suffix += sum(p.numel() for p in own)
             layers += bool(own)
-        for n in cuts:  # the prefix must hold parameters (else there is nothing to save), the head two layers or more
-            params, count = after[n]
-            if params < total and params >= AUTO_HEAD_SHARE * total and count >= 2:
+            conv = conv or (n.op == "call_module" and isinstance(gm.get_submodule(n.target), nn.modules.conv._ConvNd))
+        for n in cuts:  # the prefix must hold parameters (else there is nothing to save), the head two layers or more,
+            # and a convolutional model keeps a convolution in its head (its classifier alone, measured on ConvNet-3,
+            # left the MIA outside the band: docs/method.md §7.11)
+            params, count, conv_after = after[n]
+            if params < total and params >= AUTO_HEAD_SHARE * total and count >= 2 and (conv_after or not conv):
                 chosen = n
         if chosen is None:
             raise ValueError(f"{fn}: {name}='auto' found no point in {type(model).__name__} after which the rest holds "

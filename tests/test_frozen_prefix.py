@@ -306,3 +306,13 @@ def test_auto_leaves_a_batchnorm_model_whole_and_a_named_cut_still_cuts_it():
     assert res.info["request"] == "matched" and "BatchNorm" in res.info["frozen_prefix"]["skipped"]
     named = unlearn("a_finetune", bn, retain, forget, unseen, config={"epochs": 1, "frozen_prefix": "2"}, seed=0)
     assert named.info["frozen_prefix"]["at"] == "2"
+
+
+def test_auto_keeps_a_convolution_in_the_head_of_a_convolutional_model():
+    # a VGG-like net whose classifier holds most parameters: "auto" must not freeze every convolution
+    vgg = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+                        nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 64, 64), nn.ReLU(),
+                        nn.Linear(64, 3))
+    split = split_model(vgg, "auto")
+    assert split.at == "3"  # after the second convolution: the head holds the third and the classifier
+    assert any(isinstance(m, nn.Conv2d) for m in split.head.modules())

@@ -232,12 +232,13 @@ class _Direct(nn.Module):
 class _Tied(nn.Module):
     def __init__(self):
         super().__init__()
-        self.a, self.b = nn.Linear(64, 16), nn.Linear(16, 16)
-        self.out = nn.Linear(16, 200)  # most of the parameters: "auto" cuts between b's two calls
+        self.inp, self.a, self.c = nn.Linear(64, 16), nn.Linear(16, 16), nn.Linear(16, 16)
+        self.out = nn.Linear(16, 3)
 
     def forward(self, x):
-        h = torch.relu(self.b(torch.relu(self.a(x.flatten(1)))))
-        return self.out(torch.relu(self.b(h)))  # b called on both sides of any cut between its calls
+        h = torch.relu(self.c(torch.relu(self.a(torch.relu(self.inp(x.flatten(1)))))))
+        h = torch.relu(torch.nn.functional.linear(h, self.a.weight))  # a's weight read again after any cut at c
+        return self.out(h)
 
 
 def test_the_cut_keeps_each_parameter_on_one_side_and_traces_in_eval_mode():
@@ -254,7 +255,7 @@ def test_the_cut_keeps_each_parameter_on_one_side_and_traces_in_eval_mode():
                                                                      "alpha": 0.1, "epochs": 1}, seed=0)
     assert torch.equal(res.model.w0, model.w0)  # the L1 term never reached the frozen prefix
     with pytest.raises(ValueError, match=r"parameter\(s\) read both before and after"):
-        split_model(_Tied(), "auto")
+        split_model(_Tied(), "c")
     with pytest.raises(ValueError, match="nothing after 'classifier' has a trainable parameter"):
         split_model(_convnet(), "classifier")
 
@@ -306,6 +307,12 @@ def test_auto_leaves_a_batchnorm_model_whole_and_a_named_cut_still_cuts_it():
     assert res.info["request"] == "matched" and "BatchNorm" in res.info["frozen_prefix"]["skipped"]
     named = unlearn("a_finetune", bn, retain, forget, unseen, config={"epochs": 1, "frozen_prefix": "2"}, seed=0)
     assert named.info["frozen_prefix"]["at"] == "2"
+    # the rule is split_model's "auto": planned_steps, which asks it, plans the whole model's recipe too
+    with pytest.raises(ValueError, match="leaves a model with BatchNorm whole"):
+        split_model(bn, "auto")
+    from fastblend.methods import planned_steps
+
+    assert planned_steps("a_finetune", {"frozen_prefix": "auto"}, 640, whole_class=True, model=bn) == 30
 
 
 def test_auto_keeps_a_convolution_in_the_head_of_a_convolutional_model():

@@ -411,6 +411,11 @@ def reduce_retain(cfg: ExperimentConfig, train, forget: torch.Tensor, ipc: int, 
     return index.clustering, reduced, stages
 
 
+def _prefix_column(info: dict | None) -> str:
+    """The frozen prefix's cut where only the model's head trained (docs/method.md §7.11); "" for the whole model."""
+    return "" if not info or "skipped" in info else info["at"]
+
+
 def _tracked(cfg: ExperimentConfig, trackers: dict, variant: str, method: str, config: dict, retain_size: int,
              split, seed: int, budget: float | None = None, heldout: tuple | None = None) -> dict:
     """``unlearn`` keyword arguments that record ``variant``'s quality curve (time to target), or none;
@@ -558,9 +563,7 @@ def run_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, log: Callable[[str
                                 "blend_loss_final": reduced.final_loss, "ipc": ipc,
                                 "grouping_backend": clustering.backend, **_stop_columns(res.info.get("auto_stop")),
                                 "request": res.info.get("request", ""),  # the recipe that ran (method.md §7.6, §7.10)
-                                # the frozen prefix's cut where only the head trained (§7.11), "" for the whole model
-                                "frozen_prefix": (lambda fp: "" if "skipped" in fp else fp.get("at", ""))(
-                                    res.info.get("frozen_prefix", {})),
+                                "frozen_prefix": _prefix_column(res.info.get("frozen_prefix")),
                                 "index_blend": index.timings["blend"], "index_cached": index_cached,
                                 "index_build_seconds": index.timings.get("total", index_seconds),
                                 **{f"backend_{op}": name for op, name in {**reduced.settings.get("backends", {}),

@@ -488,7 +488,8 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
     if cut is not None:
         f, u = cut.view(f), cut.view(u)
     net = cut.head if cut is not None else work  # the model the set-up forwards and the loop trains
-    if spec.accelerated and (cfg.target != "unseen" or cfg.anchor_weight or cut is not None):
+    # (under a cut the stop's baseline too: the untouched model reads images, the stop features)
+    if spec.accelerated and (cfg.target != "unseen" or cfg.anchor_weight or (cut is not None and stop is not None)):
         unseen_logits = predict_logits(net, u.images, device=dev).float()
     if spec.accelerated and cfg.target != "unseen":  # held-out images as hard as the forget images (§7.7)
         idx, fixed, reference_rows = matched_rows(net, retain, r, (f.images, f.labels), (u.images, u.labels),
@@ -510,8 +511,7 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
     if cut is not None:  # the retain rows last: those the ranking read already are not forwarded again
         r = cut.view(r, retain=True)
         ctx.info["frozen_prefix"] = cut.summary()
-    trained = net  # what the loop trains: work, or its head (whose parameters are work's)
-    setup_seconds = time.perf_counter() - t_setup if unseen_logits is not None else 0.0
+    setup_seconds = time.perf_counter() - t_setup if unseen_logits is not None or cut is not None else 0.0
     if setup_seconds:
         ctx.info["setup_seconds"] = setup_seconds
     data = RunData(r, f, matched if matched is not None else u, fixed, anchor, odds_target)
@@ -526,7 +526,7 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
         # the untouched model's held-out accuracy, which the rule keeps (from the set-up's forward when it is ours;
         # without one, measured on the caller's model, which the run does not train, only if the rule ever needs it)
         # a caller's stop evaluates the whole model on its own images; ours the head on the features
-        judged = trained if own else work
+        judged = net if own else work
         if own and unseen_logits is None and work is not model and model_device(model) == model_device(work):
             stopper.start(model, defer_baseline=True)
         else:
@@ -537,7 +537,7 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
         # its default, e.g. epochs=1, as "not set" and plan the recipe's 3 epochs)
         every = eval_every_for(_steps_of(cfg, rows), stopper.evaluations)
         user_every = eval_every or every  # the caller's cadence (0: the stop's)
-        callback = _with_stop(callback, stopper, every, user_every, None if judged is trained else judged)
+        callback = _with_stop(callback, stopper, every, user_every, None if judged is net else judged)
         # a caller's denser cadence carries the stop's (it evaluates at the first report `every` steps after its last,
         # as before); a sparser one would thin it: the loop pauses at both then
         eval_every = user_every if user_every <= every else (lambda s: s % user_every == 0 or s % every == 0)
@@ -552,7 +552,7 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
         if spec.impl is None:
             outcome, seconds = timed(lambda: _ssd_tracked(work, data, cfg, ctx, callback), dev)
         else:
-            outcome, seconds = timed(lambda: train(spec.impl(cfg), trained, data, cfg, ctx, spec.accelerated,
+            outcome, seconds = timed(lambda: train(spec.impl(cfg), net, data, cfg, ctx, spec.accelerated,
                                                    callback, eval_every), dev)
         seconds -= ctx.info.get("eval_seconds", 0.0)
         seconds += setup_seconds
@@ -560,7 +560,7 @@ def unlearn(method: str, model: nn.Module, retain: Any, forget: Any, unseen: Any
         # rank evaluates, or not, together); its evaluation of the final model can find it diverged too
         if stopper is not None and not broadcast_object(stopper.stopped):
             start = stopper.eval_seconds
-            stopper.finish(outcome.model if judged is trained else judged, outcome.steps, seconds)
+            stopper.finish(outcome.model if judged is net else judged, outcome.steps, seconds)
             finishing = stopper.eval_seconds - start
     except (FloatingPointError, KeyboardInterrupt) as exc:  # nothing the run computed is lost: the stop's kept model
         try:
@@ -1043,18 +1043,14 @@ class _Cut:
         if keys is not None and self.known:
             hits = [next((self.known[k] for k in ks if k in self.known), None) for ks in keys]
         todo = [i for i in range(n) if hits[i] is None]
-        if not todo:  # every row known
-            out = torch.stack(hits) if n else prefix_features(self.split.prefix, images)
-        elif len(todo) == n:
+        if len(todo) == n:
             out = prefix_features(self.split.prefix, images)
-        else:
-            fresh = prefix_features(self.split.prefix, images[todo])
-            out = fresh.new_empty((n, *fresh.shape[1:]))
+        else:  # the known rows, and the others forwarded
+            rows = list(hits)
             if todo:
-                out[torch.tensor(todo, device=out.device)] = fresh
-            for i, row in enumerate(hits):
-                if row is not None:
-                    out[i] = row
+                for i, row in zip(todo, prefix_features(self.split.prefix, images[todo])):
+                    rows[i] = row
+            out = torch.stack(rows)
         if remember and keys is not None:
             for i, ks in enumerate(keys):
                 for k in ks:
@@ -1116,22 +1112,13 @@ def _frozen_prefix(work: nn.Module, at: str, name: str, r: DataView, explicit: b
                     "read once, freezing any random transform; pass tensors")
     if is_distributed():
         return skip("it is not supported under torch.distributed")
-    if at == "auto" and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in work.modules()):
-        # measured: on the matrix's BatchNorm ResNet-18 cell the head alone ended 2.3 test points below the band and
-        # the MIA 6.5 above it, where the whole model ends 0.1 and 1.0 from it (docs/method.md §7.11)
-        return skip("'auto' leaves a model with BatchNorm whole (on the BatchNorm ResNet-18 measured, training its "
-                    "head alone ended further from Retrain's band); name a module to cut it anyway")
-    try:
+    try:  # split_model's "auto" holds the rules of where a cut applies (BatchNorm, convolutions, the head's share)
         split = split_model(work, at, fn, "config.frozen_prefix")
     except ValueError as exc:
         if explicit:
             raise
         info["frozen_prefix"] = {"at": at, "skipped": str(exc).removeprefix(f"{fn}: ")}
         return None
-    if at == "auto" and not any(isinstance(m, nn.modules.conv._ConvNd) for m in split.prefix.modules()):
-        # the saving is the prefix's convolutions; an MLP's first layers are cheap, and on one (tests/test_methods.py's)
-        # training its head alone matched the forget and unseen losses half as well
-        return skip("'auto' cuts only where the part before the cut holds a convolution (the cost it saves)")
     return _Cut(split)
 
 

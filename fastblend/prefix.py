@@ -21,6 +21,8 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+__all__ = ["Split", "prefix_features", "split_model"]
+
 #: the head keeps at least this share of the model's parameters under ``at="auto"``
 AUTO_HEAD_SHARE = 0.5
 
@@ -137,6 +139,8 @@ def split_model(model: nn.Module, at: str = "auto", fn: str = "split_model",
 
     Raises ``ValueError`` naming ``name`` when the model cannot be traced, ``at`` names no module of it, or the
     cut there is not one (something the prefix computed is read again after it)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{fn}: model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(at, str) or not at:
         raise TypeError(f"{fn}: {name} must be 'auto' or a module name of the model, got {at!r}")
     modules = dict(model.named_modules())
@@ -236,7 +240,16 @@ def _label(nodes: list[fx.Node], cut: fx.Node) -> str:
 def prefix_features(prefix: nn.Module, images: torch.Tensor, batch_size: int = 512,
                     name: str = "config.frozen_prefix") -> torch.Tensor:
     """``prefix(images)`` in eval mode, in batches moved to the prefix's device and dtype, on that device (the
-    prefix's modes restored). ``ValueError`` if the prefix's output is not one tensor."""
+    prefix's modes restored). ``ValueError`` if ``images`` is empty, the prefix cannot read them, or its output is not
+    one tensor."""
+    if not isinstance(prefix, nn.Module):
+        raise TypeError(f"prefix_features: prefix must be a torch.nn.Module, got {type(prefix).__name__}")
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"prefix_features: images must be a torch.Tensor, got {type(images).__name__}")
+    if images.dim() < 1 or images.shape[0] == 0:
+        raise ValueError(f"prefix_features: images is empty (shape {list(images.shape)}); pass a batch of rows")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"prefix_features: batch_size must be an int >= 1, got {batch_size!r}")
     param = next(prefix.parameters(), None)
     dev = param.device if param is not None else images.device
     dtype = param.dtype if param is not None and param.is_floating_point() else images.dtype
@@ -245,7 +258,11 @@ def prefix_features(prefix: nn.Module, images: torch.Tensor, batch_size: int = 5
     parts = []
     try:
         for i in range(0, images.shape[0], batch_size):
-            out = prefix(images[i:i + batch_size].to(dev, dtype, non_blocking=True))
+            try:
+                out = prefix(images[i:i + batch_size].to(dev, dtype, non_blocking=True))
+            except RuntimeError as exc:  # a shape the prefix's layers cannot take
+                raise ValueError(f"prefix_features: the prefix cannot read images of shape {list(images.shape)} "
+                                 f"(torch: {str(exc).splitlines()[0]})") from None
             if not isinstance(out, torch.Tensor):
                 raise ValueError(f"{name}: the cut's value is a {type(out).__name__}, not one tensor; name a module "
                                  "whose output is a tensor")

@@ -31,7 +31,7 @@ NO_INPUT = {
 # public names outside fastblend.__all__ that the contract covers too, as "module.name" (None: the module's
 # whole __all__)
 SUBMODULES: dict[str, list[str] | None] = {"tracking": ["Band", "Tracker"], "distributed": None,
-                                           "methods": ["planned_steps"]}
+                                           "methods": ["planned_steps"], "prefix": ["split_model", "prefix_features"]}
 NO_INPUT.update({
     "distributed.is_distributed": "takes no arguments",
     "distributed.rank": "takes no arguments",
@@ -223,6 +223,24 @@ ROWS = [
     ("AAMUStep", "odds_pairing image without targets", lambda: F.AAMUStep(_lin(), _xy4(), _xy4(),
                                                                           odds_pairing="image"),
      ValueError, "AAMUStep: odds_pairing='image' needs forget_odds_target"),
+    ("prefix.split_model", "not a module", lambda: _prefix().split_model("net"), TypeError,
+     "split_model: model must be a torch.nn.Module, got str"),
+    ("prefix.split_model", "cut not a string", lambda: _prefix().split_model(_conv(), 3), TypeError,
+     "split_model: config.frozen_prefix must be 'auto' or a module name"),
+    ("prefix.split_model", "no such module", lambda: _prefix().split_model(_conv(), "nope"), ValueError,
+     "split_model: config.frozen_prefix='nope' is not a module of Sequential"),
+    ("prefix.split_model", "no cut for auto", lambda: _prefix().split_model(_lin(), "auto"), ValueError,
+     "split_model: config.frozen_prefix='auto' found no point"),
+    ("prefix.prefix_features", "not a module", lambda: _prefix().prefix_features("p", torch.zeros(2, 1, 4, 4)),
+     TypeError, "prefix_features: prefix must be a torch.nn.Module"),
+    ("prefix.prefix_features", "images not a tensor", lambda: _prefix().prefix_features(_conv(), [[0.0]]), TypeError,
+     "prefix_features: images must be a torch.Tensor, got list"),
+    ("prefix.prefix_features", "empty images", lambda: _prefix().prefix_features(_conv(), torch.zeros(0, 1, 4, 4)),
+     ValueError, "prefix_features: images is empty"),
+    ("prefix.prefix_features", "wrong shape", lambda: _prefix().prefix_features(_conv(), torch.zeros(2, 3, 4, 4)),
+     ValueError, r"prefix_features: the prefix cannot read images of shape \[2, 3, 4, 4\]"),
+    ("prefix.prefix_features", "bad batch size", lambda: _prefix().prefix_features(_conv(), torch.zeros(2, 1, 4, 4), 0),
+     ValueError, "prefix_features: batch_size must be an int >= 1, got 0"),
     ("matched_recipe", "a method it was not measured on", lambda: F.matched_recipe("a_bad_teacher"), ValueError,
      "matched_recipe: method must be one of"),
     ("matched_recipe", "not a string", lambda: F.matched_recipe(3), ValueError,
@@ -761,6 +779,17 @@ def _public() -> set[str]:
         mod = importlib.import_module(f"fastblend.{module}")
         names |= {f"{module}.{n}" for n in (chosen or mod.__all__)}
     return names
+
+
+def _prefix():
+    import fastblend.prefix
+
+    return fastblend.prefix
+
+
+def _conv() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Conv2d(2, 2, 3, padding=1), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(32, 3))
 
 
 def test_every_public_name_has_rows():
